@@ -1,0 +1,115 @@
+"""TLS/DTLS-PSK (RFC 4279) callbacks for pyOpenSSL contexts.
+
+pyOpenSSL has no PSK API, so this module, and only this module, reaches into
+``cryptography``'s OpenSSL binding to install ``SSL_CTX_set_psk_server_callback`` and
+``SSL_CTX_set_psk_client_callback``. OpenSSL 3 also serves TLS 1.3 external PSKs through
+these legacy callbacks (with a SHA-256 suite), so one code path covers 1.2 and 1.3.
+
+The callbacks run inside ``SSL_do_handshake``. They must never raise into C: any
+exception is logged (without key material) and turns into a failed lookup, which makes
+OpenSSL abort the handshake with an alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.bindings.openssl.binding import Binding
+from OpenSSL import SSL
+
+log = logging.getLogger(__name__)
+
+_binding = Binding()
+_ffi: Any = _binding.ffi
+_lib: Any = _binding.lib
+
+#: RFC 4279 limits the identity to 128 octets; OpenSSL caps keys at 256 octets.
+MAX_IDENTITY_LEN = 128
+MAX_PSK_LEN = 256
+
+ServerLookup = Callable[[SSL.Connection, bytes], bytes | None]
+"""(connection, psk_identity) -> psk, or None to refuse the identity."""
+
+ClientProvider = Callable[[SSL.Connection, bytes | None], tuple[bytes, bytes] | None]
+"""(connection, identity hint or None) -> (psk_identity, psk), or None to give up."""
+
+def _connection_of(ssl: Any) -> SSL.Connection | None:
+    # pyOpenSSL maps each SSL* back to its Connection for its own callbacks.
+    conn: SSL.Connection | None = SSL.Connection._reverse_mapping.get(ssl)  # type: ignore[attr-defined]
+    return conn
+
+
+def _ctx_ptr(ctx: SSL.Context) -> Any:
+    return ctx._context  # type: ignore[attr-defined]
+
+
+def set_server_callback(ctx: SSL.Context, lookup: ServerLookup, hint: bytes | None = None) -> None:
+    """Make ``ctx`` answer PSK handshakes by calling ``lookup`` with the client's identity."""
+
+    @_ffi.callback("unsigned int(SSL *, const char *, unsigned char *, unsigned int)")
+    def _cb(ssl: Any, identity: Any, psk_out: Any, max_len: int) -> int:
+        try:
+            conn = _connection_of(ssl)
+            if conn is None or identity == _ffi.NULL:
+                return 0
+            ident = _ffi.string(identity, MAX_IDENTITY_LEN + 1)
+            if len(ident) > MAX_IDENTITY_LEN:
+                log.warning("PSK identity longer than %d octets refused", MAX_IDENTITY_LEN)
+                return 0
+            key = lookup(conn, ident)
+            if key is None:
+                return 0
+            if not 0 < len(key) <= min(max_len, MAX_PSK_LEN):
+                log.error("PSK of unusable length %d refused", len(key))
+                return 0
+            _ffi.memmove(psk_out, key, len(key))
+            return len(key)
+        except Exception:
+            log.exception("PSK server lookup failed")
+            return 0
+
+    # The cffi callback must live as long as the context that calls it.
+    ctx._m2msec_psk_server_cb = _cb  # type: ignore[attr-defined]
+    _lib.SSL_CTX_set_psk_server_callback(_ctx_ptr(ctx), _cb)
+    if hint is not None:
+        if _lib.SSL_CTX_use_psk_identity_hint(_ctx_ptr(ctx), hint) != 1:
+            raise ValueError("OpenSSL refused the PSK identity hint")
+
+
+def set_client_callback(ctx: SSL.Context, provider: ClientProvider) -> None:
+    """Make ``ctx`` offer the PSK that ``provider`` returns for the server's hint."""
+
+    @_ffi.callback(
+        "unsigned int(SSL *, const char *, char *, unsigned int, unsigned char *, unsigned int)"
+    )
+    def _cb(
+        ssl: Any, hint: Any, identity_out: Any, max_identity_len: int, psk_out: Any, max_psk_len: int
+    ) -> int:
+        try:
+            conn = _connection_of(ssl)
+            if conn is None:
+                return 0
+            hint_bytes = None if hint == _ffi.NULL else _ffi.string(hint)
+            answer = provider(conn, hint_bytes)
+            if answer is None:
+                return 0
+            identity, key = answer
+            # identity_out must hold the identity plus its NUL terminator.
+            if len(identity) > min(MAX_IDENTITY_LEN, max_identity_len - 1) or b"\0" in identity:
+                log.error("PSK identity of unusable length %d not sent", len(identity))
+                return 0
+            if not 0 < len(key) <= min(max_psk_len, MAX_PSK_LEN):
+                log.error("PSK of unusable length %d not used", len(key))
+                return 0
+            _ffi.memmove(identity_out, identity + b"\0", len(identity) + 1)
+            _ffi.memmove(psk_out, key, len(key))
+            return len(key)
+        except Exception:
+            log.exception("PSK client provider failed")
+            return 0
+
+    ctx._m2msec_psk_client_cb = _cb  # type: ignore[attr-defined]
+    _lib.SSL_CTX_set_psk_client_callback(_ctx_ptr(ctx), _cb)
+

@@ -1,0 +1,118 @@
+"""Per-profile OpenSSL callbacks that bind a handshake to an identity.
+
+The callbacks are installed once on a profile's shared ``SSL.Context`` and find the
+per-connection :class:`HandshakeState` through the connection's app data. They record
+what the framework decided (the peer binding, or a refusal reason safe to log), so the
+engine can build the :class:`~m2msec.tls.context.SecurityContext` or explain a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from OpenSSL import SSL, crypto
+
+from m2msec.errors import CertificateError, HandshakeError
+from m2msec.tls import _psk
+from m2msec.tls.context import PeerBinding
+
+if TYPE_CHECKING:
+    from m2msec.tls.profiles import TLSProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class HandshakeState:
+    """What the callbacks learned during one handshake."""
+
+    psk_identity: str | None = None
+    binding: PeerBinding | None = None
+    refusal: str | None = None
+
+
+def _state(conn: SSL.Connection) -> HandshakeState:
+    state = conn.get_app_data()
+    assert isinstance(state, HandshakeState)
+    return state
+
+
+def _printable(identity: bytes) -> str:
+    # Identities end up in logs: keep them printable and bounded.
+    return identity[:128].decode("utf-8", "backslashreplace")
+
+
+def install(profile: TLSProfile) -> None:
+    ctx = profile.ssl_context
+    if profile.psk_resolver is not None:
+        resolver = profile.psk_resolver
+
+        def server_lookup(conn: SSL.Connection, identity: bytes) -> bytes | None:
+            state = _state(conn)
+            state.psk_identity = _printable(identity)
+            try:
+                answer = resolver(identity)
+            except HandshakeError as exc:
+                state.refusal = exc.reason
+                return None
+            if answer is None:
+                state.refusal = f"unknown or expired psk_identity {state.psk_identity!r}"
+                return None
+            key, state.binding = answer
+            return key
+
+        _psk.set_server_callback(ctx, server_lookup)
+
+    if profile.psk_offer is not None:
+        offer = profile.psk_offer
+
+        def client_provide(conn: SSL.Connection, hint: bytes | None) -> tuple[bytes, bytes] | None:
+            state = _state(conn)
+            answer = offer(hint)
+            if answer is None:
+                state.refusal = "no PSK configured for this server"
+                return None
+            identity, key, state.binding = answer
+            state.psk_identity = _printable(identity)
+            return identity, key
+
+        _psk.set_client_callback(ctx, client_provide)
+
+    if profile.certificate_policy is not None:
+        policy = profile.certificate_policy
+
+        def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+            state = _state(conn)
+            if not ok:
+                state.refusal = f"certificate verify failed at depth {depth}: {_x509_error(errnum)}"
+                return False
+            if depth != 0:
+                return True
+            try:
+                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+                state.binding = policy.bind(der)
+            except CertificateError as exc:
+                state.refusal = str(exc)
+                return False
+            except Exception:
+                log.exception("certificate policy failed")
+                state.refusal = "certificate policy failed"
+                return False
+            return True
+
+        mode = SSL.VERIFY_PEER
+        if policy.require_peer_certificate:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode, verify)
+
+
+def _x509_error(errnum: int) -> str:
+    lib: Any = _psk._lib
+    ffi: Any = _psk._ffi
+    try:
+        text: bytes = ffi.string(lib.X509_verify_cert_error_string(errnum))
+        return text.decode()
+    except AttributeError:  # binding without that symbol
+        return f"X.509 error {errnum}"

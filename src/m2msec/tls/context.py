@@ -1,0 +1,67 @@
+"""The result of a finished Security Association Establishment handshake.
+
+TS-0003 clause 8.2: after the Association Security Handshake each entity associates
+the (D)TLS session with the peer's identity (IdA at Entity B, IdB at Entity A).
+:class:`SecurityContext` is that association as the library hands it to applications.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+class Framework(enum.StrEnum):
+    """Security Association Establishment Frameworks of TS-0003 clause 8.2."""
+
+    PROVISIONED_PSK = "provisioned-psk"  # 8.2.2.1
+    CERTIFICATE = "certificate"  # 8.2.2.2
+    MAF = "maf"  # 8.2.2.3
+    GBA = "gba"  # seed 000 8.2.3.2 (legacy, READINGS A-10)
+
+
+class PeerKind(enum.StrEnum):
+    """What kind of identifier a peer was bound to."""
+
+    AE = "ae"
+    CSE = "cse"
+    CREDENTIAL = "credential"  # a Credential-ID (TS-0003 10.4), resolved later
+    SERVICE = "service"  # a MAF/MEF/BSF FQDN
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBinding:
+    """Who the peer is, as decided by a framework when the handshake finishes."""
+
+    peer_id: str
+    kind: PeerKind
+    key_id: str | None = None
+    valid_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityContext:
+    """An established security association, as seen by one side.
+
+    ``sa_id`` identifies the session (derived from a key exporter, never a key),
+    so both sides name the same association alike (READINGS A-24).
+    """
+
+    framework: Framework
+    local_id: str | None
+    peer_id: str
+    peer_kind: PeerKind
+    protocol: str
+    cipher_suite: str
+    key_id: str | None
+    established_at: datetime
+    valid_until: datetime | None
+    sa_id: str
+    server_name: str | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """True once the key behind this association has passed its lifetime."""
+        if self.valid_until is None:
+            return False
+        return (now or datetime.now(UTC)) >= self.valid_until

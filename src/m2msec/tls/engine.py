@@ -1,0 +1,267 @@
+"""Sans-IO (D)TLS engine over pyOpenSSL memory BIOs.
+
+The engine never touches a socket, in the manner of h11: feed it the bytes that
+arrived with :meth:`TLSEngine.receive_data`, send what :meth:`TLSEngine.data_to_send`
+returns, and act on the :class:`Event` objects from :meth:`TLSEngine.next_event`.
+Asyncio adapters live in :mod:`m2msec.tls.aio`; tests drive two engines against each
+other with no network at all.
+
+A finished handshake yields a :class:`HandshakeComplete` carrying the
+:class:`~m2msec.tls.context.SecurityContext`: the TS-0003 8.2 association of the
+session with the peer's identity, as decided by the framework's callbacks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from OpenSSL import SSL
+
+from m2msec.errors import HandshakeError
+from m2msec.tls.callbacks import HandshakeState
+from m2msec.tls.context import SecurityContext
+from m2msec.tls.profiles import TLSProfile, Transport
+
+#: RFC 5705 label for the SA record identifier (READINGS A-24): an exporter value
+#: both sides compute alike, and never a key.
+SA_ID_LABEL = b"EXPORTER-m2msec-SA-identifier"
+
+_READ_CHUNK = 16384 + 2048
+
+
+class Event:
+    """Base class of engine events."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete(Event):
+    context: SecurityContext
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed(Event):
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    """The peer sent close_notify, or its transport ended."""
+
+
+class TLSEngine:
+    """One side of one (D)TLS connection, with no I/O of its own."""
+
+    def __init__(
+        self,
+        profile: TLSProfile,
+        *,
+        server_name: str | None = None,
+        mtu: int | None = None,
+    ) -> None:
+        self.profile = profile
+        self._state = HandshakeState()
+        conn = SSL.Connection(profile.ssl_context, None)
+        conn.set_app_data(self._state)
+        if profile.server_side:
+            conn.set_accept_state()
+        else:
+            conn.set_connect_state()
+            sni = server_name or profile.server_name
+            if sni:
+                conn.set_tlsext_host_name(sni.encode("idna"))
+        if profile.transport is Transport.DTLS and mtu:
+            conn.set_ciphertext_mtu(mtu)
+        self._conn = conn
+        self._events: deque[Event] = deque()
+        self._context: SecurityContext | None = None
+        self._failed = False
+        self._closed = False
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def context(self) -> SecurityContext | None:
+        """The security context once the handshake has completed."""
+        return self._context
+
+    @property
+    def handshake_done(self) -> bool:
+        return self._context is not None
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    @property
+    def psk_identity(self) -> str | None:
+        """The psk_identity seen or sent, printable (for logs and errors)."""
+        return self._state.psk_identity
+
+    @property
+    def connection(self) -> SSL.Connection:
+        """The underlying pyOpenSSL connection (for DTLS timers and tests)."""
+        return self._conn
+
+    # -- input ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Client side: produce the ClientHello. Harmless on the server side."""
+        self._advance()
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; ``b""`` means the transport ended."""
+        if self._failed or self._closed:
+            return
+        if not data:
+            if not self.handshake_done:
+                self._fail("connection closed during the handshake")
+            else:
+                self._closed = True
+                self._events.append(ConnectionClosed())
+            return
+        self._conn.bio_write(data)
+        self._advance()
+
+    def send(self, data: bytes) -> None:
+        """Encrypt application data for the peer."""
+        if not self.handshake_done or self._failed or self._closed:
+            raise HandshakeError("no established security association to send on")
+        view = memoryview(data)
+        while view:
+            sent = self._conn.send(view[:16384])
+            view = view[sent:]
+
+    def close(self) -> None:
+        """Send close_notify (if the session is up)."""
+        if self.handshake_done and not self._failed and not self._closed:
+            self._closed = True
+            try:
+                self._conn.shutdown()
+            except SSL.Error:
+                pass
+
+    # -- output --------------------------------------------------------------------------
+    def data_to_send(self) -> bytes:
+        """Everything the engine wants on the wire now (records may be concatenated)."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(_READ_CHUNK))
+            except SSL.WantReadError:
+                break
+        return b"".join(chunks)
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def export_keying_material(self, label: bytes, length: int, context: bytes | None = None) -> bytes:
+        """RFC 5705 / RFC 8446 7.5 exporter over the established session."""
+        if not self.handshake_done:
+            raise HandshakeError("key export needs an established session")
+        out: bytes = self._conn.export_keying_material(label, length, context)
+        return out
+
+    # -- internals -----------------------------------------------------------------------
+    def _advance(self) -> None:
+        if not self.handshake_done:
+            try:
+                self._conn.do_handshake()
+            except SSL.WantReadError:
+                return
+            except SSL.Error as exc:
+                self._fail(self._reason(exc))
+                return
+            try:
+                self._context = self._build_context()
+            except HandshakeError as exc:
+                self._fail(exc.reason, send_alert=True)
+                return
+            self._events.append(HandshakeComplete(self._context))
+        self._read_application_data()
+
+    def _read_application_data(self) -> None:
+        while True:
+            try:
+                data = self._conn.recv(_READ_CHUNK)
+            except SSL.WantReadError:
+                return
+            except SSL.ZeroReturnError:
+                if not self._closed:
+                    self._closed = True
+                    try:
+                        self._conn.shutdown()  # answer close_notify
+                    except SSL.Error:
+                        pass
+                self._events.append(ConnectionClosed())
+                return
+            except SSL.Error as exc:
+                self._fail(self._reason(exc))
+                return
+            if data:
+                self._events.append(DataReceived(data))
+
+    def _build_context(self) -> SecurityContext:
+        binding = self._state.binding
+        if binding is None:
+            raise HandshakeError("handshake finished without an identity binding")
+        server_name: str | None
+        if self.profile.server_side:
+            raw = self._conn.get_servername()
+            server_name = raw.decode("ascii", "replace") if raw else None
+            if self.profile.require_sni and not server_name:
+                raise HandshakeError("client sent no server_name (SNI required)")
+        else:
+            server_name = self.profile.server_name
+        sa_id = self._conn.export_keying_material(SA_ID_LABEL, 16, None).hex()
+        return SecurityContext(
+            framework=self.profile.framework,
+            local_id=self.profile.local_id,
+            peer_id=binding.peer_id,
+            peer_kind=binding.kind,
+            protocol=self._conn.get_protocol_version_name(),
+            cipher_suite=self._conn.get_cipher_name() or "",
+            key_id=binding.key_id,
+            established_at=datetime.now(UTC),
+            valid_until=binding.valid_until,
+            sa_id=sa_id,
+            server_name=server_name,
+        )
+
+    def _fail(self, reason: str, *, send_alert: bool = False) -> None:
+        self._failed = True
+        if send_alert:
+            try:
+                self._conn.shutdown()
+            except SSL.Error:
+                pass
+        self._events.append(HandshakeFailed(reason))
+
+    def _reason(self, exc: SSL.Error) -> str:
+        # A refusal recorded by our callbacks is more precise than OpenSSL's text.
+        if self._state.refusal:
+            return self._state.refusal
+        detail = _openssl_reason(exc)
+        if "bad record mac" in detail or "decrypt" in detail:
+            detail += " (wrong PSK?)" if self._state.psk_identity else ""
+        return f"handshake failed: {detail}" if not self.handshake_done else detail
+
+
+def _openssl_reason(exc: SSL.Error) -> str:
+    """The reason strings of an OpenSSL error queue, which never carry key material."""
+    reasons: list[str] = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(item, tuple) and len(item) == 3:
+            reasons.append(str(item[2]))
+    if isinstance(exc, SSL.SysCallError):
+        return "transport error"
+    return "; ".join(reasons) or exc.__class__.__name__

@@ -1,0 +1,135 @@
+"""(D)TLS cipher-suite profiles of TS-0003 clause 10.2 and the context factory.
+
+10.2.1: TLS 1.2 / DTLS 1.2 are the baseline; SNI is supported. 10.2.2 (PSK frameworks):
+TLS_PSK_WITH_AES_128_CBC_SHA256 for TLS, TLS_PSK_WITH_AES_128_CCM_8 for DTLS. 10.2.3
+(certificates): TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256 for TLS,
+TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 for DTLS. Infrastructure nodes support all of them, so
+every profile offers both mandatory suites of its kind, plus AES-GCM. TLS 1.3 is offered
+beside 1.2 (our choice, READINGS A-03); renegotiation is off. Nothing weaker (no NULL, RC4,
+3DES, export, CBC-SHA1) is ever listed.
+
+CCM_8 suites carry a 64-bit tag, which OpenSSL 3 rates below its default security level,
+so cipher strings that list them end in ``@SECLEVEL=0``. The list itself is explicit, so
+the lowered level admits nothing else; certificate key strength is checked by the
+certificate framework instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from OpenSSL import SSL
+
+from m2msec.tls.context import Framework, PeerBinding
+
+# OpenSSL suite names (TLS 1.2 / DTLS 1.2). Order is preference order.
+PSK_SUITES_TLS = ("PSK-AES128-GCM-SHA256", "PSK-AES128-CCM8", "PSK-AES128-CBC-SHA256")
+PSK_SUITES_DTLS = ("PSK-AES128-CCM8", "PSK-AES128-GCM-SHA256", "PSK-AES128-CBC-SHA256")
+CERT_SUITES_TLS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES128-CCM8",
+    "ECDHE-ECDSA-AES128-SHA256",
+)
+CERT_SUITES_DTLS = (
+    "ECDHE-ECDSA-AES128-CCM8",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES128-SHA256",
+)
+# TLS 1.3: OpenSSL's legacy PSK callbacks only serve SHA-256 suites.
+TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_128_CCM_8_SHA256", "TLS_AES_128_CCM_SHA256")
+
+DTLS1_2_VERSION = 0xFEFD
+
+
+class Transport(enum.StrEnum):
+    TLS = "tls"
+    DTLS = "dtls"
+
+
+def cipher_string(suites: tuple[str, ...]) -> bytes:
+    s = ":".join(suites)
+    if any("CCM8" in name for name in suites):
+        s += ":@SECLEVEL=0"
+    return s.encode()
+
+
+PskResolver = Callable[[bytes], "tuple[bytes, PeerBinding] | None"]
+"""Entity B: psk_identity -> (psk, binding of the peer), or None to refuse.
+
+May raise :class:`m2msec.errors.HandshakeError` to refuse with a specific reason."""
+
+PskOffer = Callable[[bytes | None], "tuple[bytes, bytes, PeerBinding] | None"]
+"""Entity A: identity hint -> (psk_identity, psk, binding of the server), or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatePolicy:
+    """What a side checks of the peer's certificate beyond the chain (TS-0003 8.1.2.x).
+
+    ``bind`` receives the peer's leaf certificate as DER and returns the binding, or
+    raises :class:`m2msec.errors.CertificateError` with a reason safe to log.
+    """
+
+    bind: Callable[[bytes], PeerBinding]
+    require_peer_certificate: bool = True
+
+
+@dataclass(slots=True)
+class TLSProfile:
+    """Everything the engine needs for one side of one framework.
+
+    Built by a framework module (``m2msec.frameworks.*``) and shared by every
+    connection of a listener or a client.
+    """
+
+    framework: Framework
+    transport: Transport
+    server_side: bool
+    ssl_context: SSL.Context
+    local_id: str | None = None
+    psk_resolver: PskResolver | None = None
+    psk_offer: PskOffer | None = None
+    certificate_policy: CertificatePolicy | None = None
+    server_name: str | None = None
+    """Client side: the SNI to send (READINGS A-11). Server side: unused."""
+    require_sni: bool = False
+    """Server side strict mode: refuse ClientHellos without server_name."""
+
+    def __post_init__(self) -> None:
+        # Callbacks live on the shared SSL.Context; install them once per profile.
+        from m2msec.tls.callbacks import install
+
+        install(self)
+
+
+def new_context(
+    transport: Transport,
+    *,
+    server_side: bool,
+    suites: tuple[str, ...],
+    tls13: bool = True,
+) -> SSL.Context:
+    """A hardened OpenSSL context for ``transport`` limited to ``suites``."""
+    if transport is Transport.DTLS:
+        ctx = SSL.Context(SSL.DTLS_SERVER_METHOD if server_side else SSL.DTLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(DTLS1_2_VERSION)
+        ctx.set_max_proto_version(DTLS1_2_VERSION)
+    else:
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD if server_side else SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.set_max_proto_version(SSL.TLS1_3_VERSION if tls13 else SSL.TLS1_2_VERSION)
+        ctx.set_tls13_ciphersuites(":".join(TLS13_SUITES).encode())
+    ctx.set_cipher_list(cipher_string(suites))
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION
+        | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        # No resumption yet: a resumed session skips the PSK and verify callbacks
+        # that bind the peer's identity, so every association runs a full handshake.
+        | SSL.OP_NO_TICKET
+    )
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    return ctx
