@@ -1,0 +1,90 @@
+"""The asyncio TCP adapter: real sockets on loopback, our engine on both ends."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from m2msec.errors import HandshakeError
+from m2msec.tls.aio import TLSConnection, TLSServer, connect
+from tests.test_engine import client_profile, server_profile
+
+IDENT = b"AE123456789012-Light@in.provider.com"
+KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
+
+
+async def echo(conn: TLSConnection) -> None:
+    while data := await conn.recv():
+        await conn.send(data.upper())
+
+
+async def test_round_trip_and_counters() -> None:
+    server = TLSServer(server_profile(), echo)
+    await server.start("127.0.0.1", 0)
+    try:
+        conn = await connect("127.0.0.1", server.port, client_profile(IDENT, KEY))
+        assert conn.context.peer_id == "/mn-cse-123456"
+        await conn.send(b"ping" * 10000)
+        got = b""
+        while len(got) < 40000:
+            got += await conn.recv()
+        assert got == b"PING" * 10000
+        await conn.close()
+        assert server.established == 1
+    finally:
+        await server.close()
+
+
+async def test_refused_client_and_others_still_served() -> None:
+    reasons: list[str] = []
+    server = TLSServer(server_profile(), echo, on_failure=lambda p, r: reasons.append(r))
+    await server.start("127.0.0.1", 0)
+    try:
+        with pytest.raises(HandshakeError):
+            await connect("127.0.0.1", server.port, client_profile(b"who@in.provider.com", KEY))
+        conn = await connect("127.0.0.1", server.port, client_profile(IDENT, KEY))
+        await conn.send(b"x")
+        assert await conn.recv() == b"X"
+        await conn.close()
+        await asyncio.sleep(0.05)
+        assert any("who@in.provider.com" in r for r in reasons)
+    finally:
+        await server.close()
+
+
+async def test_stalled_handshake_is_cut_and_others_served() -> None:
+    reasons: list[str] = []
+    server = TLSServer(server_profile(), echo, handshake_timeout=0.3,
+                       on_failure=lambda p, r: reasons.append(r))
+    await server.start("127.0.0.1", 0)
+    try:
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        stalled.sendall(b"\x16\x03\x01")  # a record header, then nothing
+        conn = await connect("127.0.0.1", server.port, client_profile(IDENT, KEY))
+        await conn.send(b"y")
+        assert await conn.recv() == b"Y"
+        await asyncio.sleep(0.5)
+        assert "handshake timed out" in reasons
+        stalled.settimeout(1)
+        assert stalled.recv(10) == b""  # the server hung up
+        stalled.close()
+        await conn.close()
+    finally:
+        await server.close()
+
+
+async def test_half_open_bound_sheds_newcomers() -> None:
+    reasons: list[str] = []
+    server = TLSServer(server_profile(), echo, max_handshakes=2,
+                       on_failure=lambda p, r: reasons.append(r))
+    await server.start("127.0.0.1", 0)
+    try:
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        assert reasons.count("too many handshakes in progress") == 2
+        for s in socks:
+            s.close()
+    finally:
+        await server.close()
