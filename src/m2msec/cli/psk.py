@@ -1,0 +1,278 @@
+"""``m2msec psk``: manage the psk-lookup-table (TS-0003 8.2.2.1, TR-0038 7.1.2).
+
+Each row binds a KpsaId (the TLS psk_identity, TS-0003 10.5) to a Kpsa and, optionally,
+to the AE-ID or CSE-ID of the entity holding it. Keys are written sealed and are never
+printed: ``psk list`` shows their length only. Give a key as ``--key -`` to read it from
+standard input (a hidden prompt on a terminal), so that it does not show in ``ps`` or in
+the shell history.
+
+Exit status: 0 on success, 1 when the store refuses (duplicate, unknown KpsaId, wrong
+key-encryption key), 2 for malformed input.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from m2msec.errors import (
+    ConfigurationError,
+    IdentifierError,
+    StoreError,
+    UnknownCredentialError,
+)
+from m2msec.paths import default_store_path
+from m2msec.store import PskEntry, PskStore, open_store
+from m2msec.store.importer import (
+    RECOMMENDED_MIN_KPSA_OCTETS,
+    PskImportError,
+    load_psk_file,
+    parse_entity,
+    parse_expiry,
+    parse_kpsa_hex,
+    parse_kpsa_id,
+)
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="psk",
+    help="Manage the psk-lookup-table (TS-0003 8.2.2.1): KpsaId -> entity id, Kpsa.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Locals of a crashed command could hold a key: never print them.
+    pretty_exceptions_show_locals=False,
+)
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="PATH",
+        # No square brackets in help texts: typer renders them as rich markup.
+        help="Store file or sqlite:///absolute/path URL (default: m2msec.db in $M2MSEC_HOME, "
+        "else in $XDG_DATA_HOME/m2msec, else in ~/.local/share/m2msec).",
+        show_default=False,
+    ),
+]
+KpsaIdArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="KPSAID", help="Key identifier, e.g. AE123456789012-Light@in.provider.com."
+    ),
+]
+
+
+def _out() -> Console:
+    # Built per call so that it writes to whatever sys.stdout is now (CliRunner swaps it).
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    text = Text("error: ", style="bold red")
+    text.append(message, style="red")  # a Text, not markup: ids may contain '[' and ']'
+    _err().print(text)
+    raise typer.Exit(code)
+
+
+def _warn(message: str) -> None:
+    _err().print(Text(f"warning: {message}", style="yellow"))
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn expected errors into one red line (several for an import) and an exit code."""
+    try:
+        yield
+    except PskImportError as exc:
+        head, *rest = str(exc).splitlines()
+        err = _err()
+        err.print(Text(f"error: {head}", style="bold red"))
+        for line in rest:
+            err.print(Text(line, style="red"))
+        raise typer.Exit(2) from None
+    except (IdentifierError, ConfigurationError) as exc:
+        _fail(str(exc), 2)
+    except StoreError as exc:
+        # KeyError subclasses (UnknownCredentialError) would quote their message in str().
+        _fail(str(exc.args[0]) if exc.args else str(exc), 1)
+
+
+@contextmanager
+def _open(store: str | None) -> Iterator[PskStore]:
+    st = open_store(store)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def _store_name(store: str | None) -> str:
+    return store if store is not None else str(default_store_path())
+
+
+def _read_key(value: str) -> bytes:
+    if value == "-":
+        if sys.stdin.isatty():
+            text = typer.prompt("Kpsa (hexadecimal)", hide_input=True, err=True)
+        else:
+            text = sys.stdin.readline()
+    else:
+        text = value
+    return parse_kpsa_hex(text)
+
+
+def _short_key_warning(count: int) -> None:
+    if count:
+        what = "a key" if count == 1 else f"{count} keys"
+        _warn(
+            f"{what} shorter than {RECOMMENDED_MIN_KPSA_OCTETS} octets (accepted, as TR-0038 "
+            "uses 8-octet keys; stunnel and some TLS stacks refuse them)"
+        )
+
+
+def _format_time(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@app.command("add")
+def add_command(
+    kpsa_id: KpsaIdArgument,
+    key: Annotated[
+        str,
+        typer.Option(
+            "--key",
+            metavar="HEX",
+            help="The Kpsa in hexadecimal (1 to 64 octets), or '-' to read it from standard "
+            "input so that it does not show in ps.",
+        ),
+    ],
+    entity_id: Annotated[
+        str | None,
+        typer.Option(
+            "--entity-id",
+            metavar="ID",
+            help="AE-ID or CSE-ID bound to the key, e.g. Clight-AE1 (without it the "
+            "association is bound to the Credential-ID 12-<KpsaId>).",
+        ),
+    ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", metavar="ISO", help="Expiry, ISO 8601 (UTC if no offset)."),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite an existing row with this KpsaId.")
+    ] = False,
+    store: StoreOption = None,
+) -> None:
+    """Add one provisioned key."""
+    with _errors():
+        kid = parse_kpsa_id(kpsa_id)
+        entity = parse_entity(entity_id) if entity_id is not None else None
+        expires_at = parse_expiry(expires) if expires is not None else None
+        kpsa = _read_key(key)
+        with _open(store) as st:
+            st.add(PskEntry(kid, kpsa, entity, expires_at), replace=replace)
+    _short_key_warning(int(len(kpsa) < RECOMMENDED_MIN_KPSA_OCTETS))
+    message = Text("added ", style="green")
+    message.append(kid, style="bold")
+    message.append(f" ({len(kpsa)}-octet key" + (f", entity {entity})" if entity else ")"))
+    _out().print(message)
+
+
+@app.command("list")
+def list_command(store: StoreOption = None) -> None:
+    """List the rows: KpsaId, entity id, expiry and key length (never the key)."""
+    with _errors(), _open(store) as st:
+        now = datetime.now(UTC)
+        table = Table(title=f"psk-lookup-table {_store_name(store)}", title_justify="left")
+        table.add_column("KpsaId", no_wrap=True)
+        table.add_column("entity id", no_wrap=True)
+        table.add_column("expires (UTC)", no_wrap=True)
+        table.add_column("key length", justify="right", no_wrap=True)
+        rows = 0
+        for info in st.list():
+            rows += 1
+            expired = info.expires_at is not None and info.expires_at <= now
+            expiry = Text(_format_time(info.expires_at), style="red" if expired else "")
+            if expired:
+                expiry.append(" expired")
+            table.add_row(
+                Text(info.kpsa_id),
+                Text(info.entity_id or "-"),
+                expiry,
+                Text(f"{info.key_length} octets"),
+            )
+    if rows == 0:
+        _out().print(Text(f"no keys in {_store_name(store)}"))
+    else:
+        _out().print(table)
+
+
+@app.command("remove")
+def remove_command(kpsa_id: KpsaIdArgument, store: StoreOption = None) -> None:
+    """Remove the row of one KpsaId."""
+    with _errors(), _open(store) as st:
+        # Not re-validated: any stored KpsaId (GBA B-TIDs too) can be removed.
+        if not st.remove(kpsa_id):
+            raise UnknownCredentialError(f"no key with KpsaId {kpsa_id!r}")
+    message = Text("removed ", style="green")
+    message.append(kpsa_id, style="bold")
+    _out().print(message)
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help="CSV (columns kpsa_id,kpsa,entity_id,expires_at) or TOML (psk array of tables).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite rows whose KpsaId already exists.")
+    ] = False,
+    store: StoreOption = None,
+) -> None:
+    """Import a psk table: every row is checked first, then all are written in one transaction."""
+    with _errors():
+        result = load_psk_file(file)
+        total = len(result.entries)
+        with _open(store) as st:
+            progress = Progress(
+                TextColumn("importing"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=_err(),
+                transient=True,
+            )
+            with progress:
+                task = progress.add_task("import", total=total)
+                written = st.add_many(
+                    result.entries,
+                    replace=replace,
+                    progress=lambda done: progress.update(task, completed=done),
+                )
+    _short_key_warning(result.short_keys)
+    _out().print(Text(f"imported {written} key(s) from {file}", style="green"))
