@@ -1,0 +1,197 @@
+"""``m2msec ca``: a small CA for the Certificate-Based framework (TS-0003 8.2.2.2, 10.1.1).
+
+``ca init`` creates an ECDSA P-256 root in a private directory; ``ca issue`` issues a
+CSE-ID certificate (the CSE's public domain name ``<CSE-ID>.<IN public domain>`` as a
+dNSName, 10.1.1.7), an AE-ID certificate (the Absolute AE-ID as a URI, 10.1.1.5) or, with
+``--service``, an FQDN certificate for a MAF or MEF (10.1.1.6). Private keys are written
+0600 and never replaced.
+
+Exit status: 0 on success, 1 when the CA refuses (existing CA or files, missing CA), 2 for
+malformed input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
+from m2msec.frameworks.certificate import certificate_fingerprint
+from m2msec.pki import CA_CERT, CA_KEY, CertificateAuthority, write_credential
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="ca",
+    help="A small CA issuing certificates that name CSE-IDs and AE-IDs (TS-0003 10.1.1).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals could hold a private key
+)
+
+DirOption = Annotated[
+    Path, typer.Option("--dir", metavar="DIR", help="The CA directory.", show_default=False)
+]
+
+
+def _out() -> Console:
+    # Built per call so that it writes to whatever sys.stdout is now (CliRunner swaps it).
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    text = Text("error: ", style="bold red")
+    text.append(message, style="red")  # a Text, not markup: ids may contain '[' and ']'
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Expected errors become one red line and an exit code, never a traceback."""
+    try:
+        yield
+    except IdentifierError as exc:
+        _fail(str(exc), 2)
+    except (ConfigurationError, CertificateError) as exc:
+        _fail(str(exc), 1)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        _fail(f"cannot write{where}: {exc.strerror or exc}", 1)
+
+
+def _table(rows: list[tuple[str, str]]) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, Text(value))
+    return table
+
+
+@app.command()
+def init(
+    directory: DirOption,
+    domain: Annotated[
+        str,
+        typer.Option(
+            "--domain", help="IN public domain: CSEs are named <CSE-ID>.<domain> (TS-0001 6.5.1.1)."
+        ),
+    ] = "in.provider.com",
+    sp_fqdn: Annotated[
+        str | None,
+        typer.Option(
+            "--sp-fqdn",
+            help="M2M-SP FQDN of Absolute AE-IDs //<sp-fqdn>/... (default: the domain).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Common name of the root.", show_default=False)
+    ] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity of the root.")] = 3650,
+    extra_domain: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--extra-domain",
+            help="Another DNS subtree the CA may name (MAF/MEF FQDNs); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    no_name_constraints: Annotated[
+        bool,
+        typer.Option("--no-name-constraints", help="Leave the root unconstrained (8.1.2.2)."),
+    ] = False,
+) -> None:
+    """Create a CA (ECDSA P-256 root) in DIR; an existing CA is never overwritten."""
+    with _errors():
+        ca = CertificateAuthority.init(
+            directory,
+            domain=domain,
+            name=name,
+            days=days,
+            sp_fqdn=sp_fqdn,
+            extra_domains=extra_domain or (),
+            name_constraints=not no_name_constraints,
+        )
+    cert = ca.certificate
+    _out().print(Text("CA created", style="bold green"))
+    _out().print(
+        _table(
+            [
+                ("certificate", str(ca.directory / CA_CERT)),
+                ("private key", f"{ca.directory / CA_KEY} (0600)"),
+                ("subject", cert.subject.rfc4514_string()),
+                ("IN public domain", ca.in_domain),
+                ("M2M-SP FQDN", ca.sp_fqdn),
+                ("name constraints", ", ".join(ca.permitted) if ca.permitted else "none"),
+                ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
+            ]
+        )
+    )
+
+
+@app.command()
+def issue(
+    directory: DirOption,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", metavar="PREFIX", help="Write PREFIX.key and PREFIX.pem.", show_default=False
+        ),
+    ],
+    entity_id: Annotated[
+        str | None,
+        typer.Option(
+            "--entity-id",
+            metavar="ID",
+            help="CSE-ID (/mn-cse-123456) or AE-ID (/mn-cse-123456/Clight-AE1, /S...).",
+            show_default=False,
+        ),
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            "--service", metavar="FQDN", help="Issue an FQDN certificate for a MAF or MEF.",
+            show_default=False,
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity in days.")] = 365,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing PREFIX.key and PREFIX.pem.")
+    ] = False,
+) -> None:
+    """Issue a key and a certificate naming a oneM2M entity (TS-0003 10.1.1)."""
+    if (entity_id is None) == (service is None):
+        _fail("give exactly one of --entity-id and --service", 2)
+    with _errors():
+        ca = CertificateAuthority.load(directory)
+        if entity_id is not None:
+            issued = ca.issue(entity_id, days=days)
+        else:
+            assert service is not None
+            issued = ca.issue_service(service, days=days)
+        key_path, cert_path = write_credential(issued, out, overwrite=overwrite)
+    cert = issued.certificate
+    _out().print(Text(f"issued a certificate for {issued.identity}", style="bold green"))
+    _out().print(
+        _table(
+            [
+                ("identity", issued.identity),
+                ("subjectAltName", ", ".join(issued.names)),
+                ("certificate", str(cert_path)),
+                ("private key", f"{key_path} (0600)"),
+                ("CA certificate", str(ca.cert_path)),
+                ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
+                ("sha-256", certificate_fingerprint(cert)),
+            ]
+        )
+    )
+

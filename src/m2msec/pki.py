@@ -1,0 +1,493 @@
+"""A small certificate authority for the Certificate-Based framework (TS-0003 8.2.2.2).
+
+It issues the certificate flavours of TS-0003 8.1.2.1 that the framework needs, to the
+profiles of clause 10.1.1:
+
+* every certificate (10.1.1.1, 10.1.1.3): ECDSA on P-256 (uncompressed points), SHA-256,
+  keyUsage with digitalSignature, conforming to RFC 5280. The root is in the chain of
+  every certificate it signs, so it carries digitalSignature too, beside keyCertSign and
+  cRLSign;
+* CSE-ID certificates (10.1.1.7): the CSE's public domain name
+  ``<CSE-ID>.<IN public domain>`` (TS-0001 6.5.1.1) as a dNSName;
+* AE-ID certificates (10.1.1.5): the Absolute AE-ID ``//{M2M-SP FQDN}/{CSE-ID}/{stem}``
+  as a URI, the form 8.1.2.5 matches "exactly";
+* FQDN certificates for a MAF or MEF (10.1.1.6): the FQDN as a dNSName.
+
+No certificate carries a wildcard. Leaves carry extendedKeyUsage serverAuth and
+clientAuth, since an entity is Entity A on one association and Entity B on another.
+
+8.1.2.2 asks CA certificates to constrain the names below them: the root carries a
+critical nameConstraints extension permitting the dNSName subtrees of the IN public
+domain (and of any extra domains given at ``init``). It carries no URI constraint:
+OpenSSL cannot match a URI without a scheme, such as an Absolute AE-ID, against one and
+would then refuse every AE-ID certificate; Entity B checks the FQDN of the AE-ID itself.
+
+The CA directory holds ``ca.pem``, ``ca.key`` (0600, created with O_EXCL, never
+overwritten) and ``ca.toml`` (the IN public domain, the M2M-SP FQDN and the permitted
+domains), so that ``issue`` knows how to name CSEs and AEs. The key is stored
+unencrypted and protected by file permissions only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from m2msec.errors import ConfigurationError, IdentifierError
+from m2msec.frameworks.certificate import subject_alt_names_for
+from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id
+
+__all__ = [
+    "CA_CERT",
+    "CA_CONFIG",
+    "CA_KEY",
+    "CertificateAuthority",
+    "IssuedCredential",
+    "write_credential",
+]
+
+log = logging.getLogger(__name__)
+
+CA_CERT = "ca.pem"
+CA_KEY = "ca.key"
+CA_CONFIG = "ca.toml"
+
+#: Backdating of notBefore, to absorb clock skew between entities.
+_BACKDATE = timedelta(minutes=5)
+_CN_MAX = 64  # RFC 5280 ub-common-name
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    """A freshly issued private key and certificate, both PEM; the key stays out of repr."""
+
+    key_pem: bytes = field(repr=False)
+    cert_pem: bytes = field(repr=False)
+    identity: str = ""
+    """The identity the certificate names, normalised (``/mn-cse-123456``, an FQDN...)."""
+    names: tuple[str, ...] = ()
+    """The subjectAltName entries as text (``DNS:...``, ``URI:...``)."""
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` with ``mode``; O_EXCL makes it fail if anything is already there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fd = -1
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        if fd != -1:
+            os.close(fd)
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` atomically (temporary file with ``mode``, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(common_name: str | None) -> x509.Name:
+    if common_name is None or not 0 < len(common_name) <= _CN_MAX:
+        return x509.Name([])
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _show(name: x509.GeneralName) -> str:
+    if isinstance(name, x509.DNSName):
+        return f"DNS:{name.value}"
+    if isinstance(name, x509.UniformResourceIdentifier):
+        return f"URI:{name.value}"
+    return str(name)
+
+
+def _under(fqdn: str, domains: Iterable[str]) -> bool:
+    fqdn = fqdn.lower()
+    return any(fqdn == d.lower() or fqdn.endswith("." + d.lower()) for d in domains)
+
+
+class CertificateAuthority:
+    """A root CA (ECDSA P-256, SHA-256) that names oneM2M entities per TS-0003 10.1.1.
+
+    Create one with :meth:`init`, open it with :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        certificate: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        in_domain: str,
+        sp_fqdn: str,
+        permitted: tuple[str, ...] | None,
+    ) -> None:
+        self.directory = directory
+        self.certificate = certificate
+        self._key = key
+        self.in_domain = in_domain
+        self.sp_fqdn = sp_fqdn
+        #: dNSName subtrees of the root's nameConstraints; None when unconstrained.
+        self.permitted = permitted
+
+    def __repr__(self) -> str:
+        return f"CertificateAuthority({str(self.directory)!r}, in_domain={self.in_domain!r})"
+
+    @property
+    def cert_pem(self) -> bytes:
+        return _cert_pem(self.certificate)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.directory / CA_CERT
+
+    # -- creation ------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        directory: Path,
+        *,
+        domain: str = "in.provider.com",
+        name: str | None = None,
+        days: int = 3650,
+        sp_fqdn: str | None = None,
+        extra_domains: Iterable[str] = (),
+        name_constraints: bool = True,
+    ) -> CertificateAuthority:
+        """Create a new CA in ``directory`` (created 0700); refuse to replace one.
+
+        ``domain`` is the IN public domain under which CSEs are named; ``sp_fqdn`` the
+        M2M-SP FQDN of Absolute AE-IDs (default ``domain``); ``extra_domains`` further
+        DNS subtrees the CA may name (MAF/MEF FQDNs outside ``domain``).
+        """
+        directory = Path(directory)
+        in_domain = check_fqdn(domain, "IN public domain")
+        sp = check_fqdn(sp_fqdn or domain, "M2M-SP FQDN")
+        extra = [check_fqdn(d, "permitted domain") for d in extra_domains]
+        if days < 1:
+            raise ConfigurationError("the CA validity must be at least one day")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = [n for n in (CA_KEY, CA_CERT, CA_CONFIG) if (directory / n).exists()]
+        if existing:
+            raise ConfigurationError(
+                f"a CA already exists in {directory} ({', '.join(existing)}); "
+                "refusing to overwrite it"
+            )
+        permitted: tuple[str, ...] | None = None
+        if name_constraints:
+            permitted = tuple(dict.fromkeys(d.lower() for d in [in_domain, sp, *extra]))
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = _name(name or f"m2msec oneM2M CA {in_domain}"[:_CN_MAX])
+        now = datetime.now(UTC)
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _BACKDATE)
+            .not_valid_after(now + timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,  # 10.1.1.1, for every certificate in the chain
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(ski, critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                critical=False,
+            )
+        )
+        if permitted is not None:
+            # 8.1.2.2; RFC 5280 4.2.1.10: conforming CAs mark it critical.
+            builder = builder.add_extension(
+                x509.NameConstraints(
+                    permitted_subtrees=[x509.DNSName(d) for d in permitted],
+                    excluded_subtrees=None,
+                ),
+                critical=True,
+            )
+        cert = builder.sign(key, hashes.SHA256())
+
+        config = "# m2msec certificate authority (TS-0003 8.1.2, 10.1.1)\n"
+        config += f"in_domain = {json.dumps(in_domain)}\n"
+        config += f"sp_fqdn = {json.dumps(sp)}\n"
+        config += f"name_constraints = {json.dumps(permitted is not None)}\n"
+        config += f"permitted = {json.dumps(list(permitted or ()))}\n"
+        written: list[Path] = []
+        try:
+            # The key first: its O_EXCL creation is what makes a concurrent init lose.
+            for fname, data, mode in (
+                (CA_KEY, _key_pem(key), 0o600),
+                (CA_CERT, _cert_pem(cert), 0o644),
+                (CA_CONFIG, config.encode(), 0o644),
+            ):
+                _write_new(directory / fname, data, mode)
+                written.append(directory / fname)
+        except FileExistsError as exc:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise ConfigurationError(
+                f"a CA already exists in {directory} ({Path(str(exc.filename)).name}); "
+                "refusing to overwrite it"
+            ) from None
+        except OSError:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return cls(directory, cert, key, in_domain=in_domain, sp_fqdn=sp, permitted=permitted)
+
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """Open the CA in ``directory``."""
+        directory = Path(directory)
+        paths = {n: directory / n for n in (CA_KEY, CA_CERT, CA_CONFIG)}
+        missing = [n for n, p in paths.items() if not p.exists()]
+        if missing:
+            raise ConfigurationError(
+                f"no CA in {directory}: missing {', '.join(missing)} (run 'm2msec ca init')"
+            )
+        try:
+            config = tomllib.loads(paths[CA_CONFIG].read_text("utf-8"))
+            in_domain = check_fqdn(str(config["in_domain"]), "IN public domain")
+            sp = check_fqdn(str(config.get("sp_fqdn", in_domain)), "M2M-SP FQDN")
+            permitted: tuple[str, ...] | None = None
+            if config.get("name_constraints", False):
+                permitted = tuple(str(d) for d in config.get("permitted", [in_domain]))
+        except (tomllib.TOMLDecodeError, KeyError, IdentifierError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(
+                f"{paths[CA_CONFIG]} is not a valid CA config: {exc}"
+            ) from None
+        try:
+            cert = x509.load_pem_x509_certificate(paths[CA_CERT].read_bytes())
+            key = serialization.load_pem_private_key(paths[CA_KEY].read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"cannot read the CA in {directory}: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigurationError(f"{paths[CA_KEY]} is not an EC private key")
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        if key.public_key().public_bytes(serialization.Encoding.DER, spki) != (
+            cert.public_key().public_bytes(serialization.Encoding.DER, spki)
+        ):
+            raise ConfigurationError(f"{paths[CA_KEY]} does not match {paths[CA_CERT]}")
+        if os.name == "posix" and paths[CA_KEY].stat().st_mode & 0o077:
+            log.warning("CA key %s is readable by group or others", paths[CA_KEY])
+        return cls(directory, cert, key, in_domain=in_domain, sp_fqdn=sp, permitted=permitted)
+
+    # -- issuing -------------------------------------------------------------------------
+    def issue(
+        self,
+        entity_id: str,
+        *,
+        days: int = 365,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> IssuedCredential:
+        """A CSE-ID or AE-ID certificate and its new key (TS-0003 10.1.1.5, 10.1.1.7).
+
+        ``entity_id`` is a CSE-ID (``/mn-cse-123456``, ``mn-cse-123456`` or absolute) or
+        an AE-ID (``/mn-cse-123456/Clight-AE1``, ``/S...`` or absolute). ``not_before``
+        and ``not_after`` override the validity exactly (tests issue expired
+        certificates this way); otherwise the certificate is valid from now for ``days``,
+        and never beyond the CA's own validity.
+        """
+        entity = parse_entity_id(entity_id)
+        if entity.sp_fqdn is not None and entity.sp_fqdn.lower() != self.sp_fqdn.lower():
+            raise ConfigurationError(
+                f"{entity_id} belongs to the M2M-SP {entity.sp_fqdn}, "
+                f"not to this CA's {self.sp_fqdn}"
+            )
+        if isinstance(entity, AeId):
+            if entity.stem.startswith("C") and entity.cse is None:
+                raise ConfigurationError(
+                    f"AE-ID {entity_id} is a bare AE-ID-Stem: give it with its registrar, "
+                    f"as /{{CSE-ID}}/{entity_id}"
+                )
+            identity = entity.sp_relative()
+        else:
+            assert isinstance(entity, CseId)
+            identity = entity.sp_relative()
+        names = subject_alt_names_for(entity, in_domain=self.in_domain, sp_fqdn=self.sp_fqdn)
+        return self._issue(identity, names, days=days, not_before=not_before, not_after=not_after)
+
+    def issue_service(
+        self,
+        fqdn: str,
+        *,
+        days: int = 365,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+    ) -> IssuedCredential:
+        """An FQDN certificate for a MAF or MEF (TS-0003 10.1.1.6)."""
+        fqdn = check_fqdn(fqdn, "service FQDN")
+        return self._issue(
+            fqdn.lower(),
+            [x509.DNSName(fqdn)],
+            days=days,
+            not_before=not_before,
+            not_after=not_after,
+        )
+
+    def _issue(
+        self,
+        identity: str,
+        names: list[x509.GeneralName],
+        *,
+        days: int,
+        not_before: datetime | None,
+        not_after: datetime | None,
+    ) -> IssuedCredential:
+        for name in names:
+            if "*" in str(name.value):
+                raise ConfigurationError("wildcard names are never issued (TS-0003 10.1.1)")
+            if (
+                isinstance(name, x509.DNSName)
+                and self.permitted is not None
+                and not _under(name.value, self.permitted)
+            ):
+                raise ConfigurationError(
+                    f"{name.value} is outside this CA's name constraints "
+                    f"({', '.join(self.permitted)}); init the CA with --extra-domain"
+                )
+        now = datetime.now(UTC)
+        ca_end = self.certificate.not_valid_after_utc
+        if not_before is None:
+            not_before = now - _BACKDATE
+        if not_after is None:
+            if days < 1:
+                raise ConfigurationError("the validity must be at least one day")
+            not_after = min(now + timedelta(days=days), ca_end)
+        if not_after <= not_before:
+            raise ConfigurationError("notAfter must be later than notBefore")
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        cn = str(names[0].value)  # for people reading the certificate; SAN is what counts
+        san_critical = not _name(cn).rdns  # RFC 5280 4.2.1.6: critical if the subject is empty
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=san_critical)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return IssuedCredential(
+            key_pem=_key_pem(key),
+            cert_pem=_cert_pem(cert),
+            identity=identity,
+            names=tuple(_show(n) for n in names),
+        )
+
+
+def write_credential(
+    credential: IssuedCredential, prefix: Path, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write ``PREFIX.key`` (0600) and ``PREFIX.pem`` (the certificate only).
+
+    Without ``overwrite`` both files are created with O_EXCL, so an existing key is never
+    replaced; with it, each is replaced atomically. Returns (key path, certificate path).
+    """
+    prefix = Path(prefix)
+    key_path = prefix.with_name(prefix.name + ".key")
+    cert_path = prefix.with_name(prefix.name + ".pem")
+    prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if overwrite:
+        _replace(key_path, credential.key_pem, 0o600)
+        _replace(cert_path, credential.cert_pem, 0o644)
+        return key_path, cert_path
+    existing = [p for p in (key_path, cert_path) if p.exists() or p.is_symlink()]
+    if existing:
+        raise ConfigurationError(
+            f"{', '.join(str(p) for p in existing)} already exists; refusing to overwrite"
+        )
+    _write_new(key_path, credential.key_pem, 0o600)
+    try:
+        _write_new(cert_path, credential.cert_pem, 0o644)
+    except OSError:
+        key_path.unlink(missing_ok=True)
+        raise
+    return key_path, cert_path
