@@ -1,4 +1,4 @@
-"""TLS/DTLS-PSK (RFC 4279) callbacks for pyOpenSSL contexts.
+"""TLS/DTLS-PSK (RFC 4279) callbacks, and other settings pyOpenSSL lacks.
 
 pyOpenSSL has no PSK API, so this module, and only this module, reaches into
 ``cryptography``'s OpenSSL binding to install ``SSL_CTX_set_psk_server_callback`` and
@@ -113,3 +113,18 @@ def set_client_callback(ctx: SSL.Context, provider: ClientProvider) -> None:
     ctx._m2msec_psk_client_cb = _cb  # type: ignore[attr-defined]
     _lib.SSL_CTX_set_psk_client_callback(_ctx_ptr(ctx), _cb)
 
+
+
+#: Handshake signature algorithms: no SHA-1 or MD5, even under @SECLEVEL=0 (which the
+#: CCM_8 suites need and which would otherwise admit SHA-1 signatures in TLS 1.2).
+SIGALGS = (
+    b"ECDSA+SHA256:ECDSA+SHA384:ECDSA+SHA512:"
+    b"rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pss_rsae_sha512:"
+    b"RSA+SHA256:RSA+SHA384:RSA+SHA512"
+)
+
+
+def restrict_sigalgs(ctx: SSL.Context) -> None:
+    """Limit the signature algorithms a context offers and accepts to :data:`SIGALGS`."""
+    if _lib.SSL_CTX_set1_sigalgs_list(_ctx_ptr(ctx), SIGALGS) != 1:
+        raise ValueError("OpenSSL refused the signature algorithm list")

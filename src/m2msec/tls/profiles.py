@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from OpenSSL import SSL
 
+from m2msec.tls import _psk
 from m2msec.tls.context import Framework, PeerBinding
 
 # OpenSSL suite names (TLS 1.2 / DTLS 1.2). Order is preference order.
@@ -122,6 +123,7 @@ def new_context(
         ctx.set_max_proto_version(SSL.TLS1_3_VERSION if tls13 else SSL.TLS1_2_VERSION)
         ctx.set_tls13_ciphersuites(":".join(TLS13_SUITES).encode())
     ctx.set_cipher_list(cipher_string(suites))
+    _psk.restrict_sigalgs(ctx)
     ctx.set_options(
         SSL.OP_NO_COMPRESSION
         | SSL.OP_NO_RENEGOTIATION
