@@ -56,8 +56,9 @@ async def test_refused_client_and_others_still_served() -> None:
 
 async def test_stalled_handshake_is_cut_and_others_served() -> None:
     reasons: list[str] = []
-    server = TLSServer(server_profile(), echo, handshake_timeout=0.3,
-                       on_failure=lambda p, r: reasons.append(r))
+    server = TLSServer(
+        server_profile(), echo, handshake_timeout=0.3, on_failure=lambda p, r: reasons.append(r)
+    )
     await server.start("127.0.0.1", 0)
     try:
         stalled = socket.create_connection(("127.0.0.1", server.port))
@@ -77,8 +78,9 @@ async def test_stalled_handshake_is_cut_and_others_served() -> None:
 
 async def test_half_open_bound_sheds_newcomers() -> None:
     reasons: list[str] = []
-    server = TLSServer(server_profile(), echo, max_handshakes=2,
-                       on_failure=lambda p, r: reasons.append(r))
+    server = TLSServer(
+        server_profile(), echo, max_handshakes=2, on_failure=lambda p, r: reasons.append(r)
+    )
     await server.start("127.0.0.1", 0)
     try:
         socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]

@@ -44,7 +44,9 @@ def client_profile(identity: bytes, key: bytes, tls13: bool = True) -> TLSProfil
         framework=Framework.PROVISIONED_PSK,
         transport=Transport.TLS,
         server_side=False,
-        ssl_context=new_context(Transport.TLS, server_side=False, suites=PSK_SUITES_TLS, tls13=tls13),
+        ssl_context=new_context(
+            Transport.TLS, server_side=False, suites=PSK_SUITES_TLS, tls13=tls13
+        ),
         psk_offer=offer,
         server_name="mn-cse-123456.in.provider.com",
     )
@@ -73,7 +75,11 @@ def pump(a: TLSEngine, b: TLSEngine) -> tuple[list[Event], list[Event]]:
 @pytest.mark.parametrize("tls13", [True, False])
 def test_psk_handshake_binds_both_sides(tls13: bool) -> None:
     server = TLSEngine(server_profile(tls13))
-    client = TLSEngine(client_profile(b"AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), tls13))
+    client = TLSEngine(
+        client_profile(
+            b"AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), tls13
+        )
+    )
     client.start()
     ec, es = pump(client, server)
     sctx = next(e.context for e in es if isinstance(e, HandshakeComplete))
@@ -85,8 +91,9 @@ def test_psk_handshake_binds_both_sides(tls13: bool) -> None:
     assert sctx.server_name == "mn-cse-123456.in.provider.com"
     # Both sides name the association alike, from an exporter, not from a key.
     assert sctx.sa_id == cctx.sa_id and len(sctx.sa_id) == 32
-    assert client.export_keying_material(b"EXPORTER-oneM2M-Connection", 48) == \
-        server.export_keying_material(b"EXPORTER-oneM2M-Connection", 48)
+    assert client.export_keying_material(
+        b"EXPORTER-oneM2M-Connection", 48
+    ) == server.export_keying_material(b"EXPORTER-oneM2M-Connection", 48)
 
     client.send(b"hello oneM2M")
     _, es = pump(client, server)
@@ -99,7 +106,11 @@ def test_psk_handshake_binds_both_sides(tls13: bool) -> None:
 @pytest.mark.parametrize("suite", ["PSK-AES128-CCM8", "PSK-AES128-CBC-SHA256"])
 def test_mandatory_psk_suites_negotiate(suite: str) -> None:
     server = TLSEngine(server_profile(tls13=False, suites=(suite,)))
-    client = TLSEngine(client_profile(b"AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), False))
+    client = TLSEngine(
+        client_profile(
+            b"AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), False
+        )
+    )
     client.start()
     _, es = pump(client, server)
     ctx = next(e.context for e in es if isinstance(e, HandshakeComplete))

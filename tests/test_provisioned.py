@@ -37,11 +37,18 @@ def handshake(responder: PskResponder, initiator: PskInitiator, tls13: bool = Tr
 @pytest.mark.parametrize("row", [AE1, AE2])
 def test_tr0038_rows_bind_their_ae_ids(store: SqlitePskStore, row: tuple[str, bytes, str]) -> None:
     kpsa_id, key, entity = row
-    ec, es = handshake(PskResponder(store, local_id="/mn-cse-123456"),
-                       PskInitiator(kpsa_id, key, "/mn-cse-123456"), tls13=False)
+    ec, es = handshake(
+        PskResponder(store, local_id="/mn-cse-123456"),
+        PskInitiator(kpsa_id, key, "/mn-cse-123456"),
+        tls13=False,
+    )
     server_ctx = next(e.context for e in es if isinstance(e, HandshakeComplete))
     client_ctx = next(e.context for e in ec if isinstance(e, HandshakeComplete))
-    assert (server_ctx.peer_id, server_ctx.peer_kind, server_ctx.key_id) == (entity, PeerKind.AE, kpsa_id)
+    assert (server_ctx.peer_id, server_ctx.peer_kind, server_ctx.key_id) == (
+        entity,
+        PeerKind.AE,
+        kpsa_id,
+    )
     assert server_ctx.framework is Framework.PROVISIONED_PSK
     assert server_ctx.local_id == "/mn-cse-123456"
     # Entity A binds the session to its configured IdB (8.2.2.1 NOTE 2).
@@ -56,14 +63,18 @@ def test_ae1_key_under_ae2_identity_is_refused(store: SqlitePskStore) -> None:
 
 def test_row_without_entity_binds_credential_id(store: SqlitePskStore) -> None:
     store.add(PskEntry("anon-1@in.provider.com", b"k" * 16))
-    _, es = handshake(PskResponder(store), PskInitiator("anon-1@in.provider.com", b"k" * 16, "/mn-cse-123456"))
+    _, es = handshake(
+        PskResponder(store), PskInitiator("anon-1@in.provider.com", b"k" * 16, "/mn-cse-123456")
+    )
     ctx = next(e.context for e in es if isinstance(e, HandshakeComplete))
     assert (ctx.peer_id, ctx.peer_kind) == ("12-anon-1@in.provider.com", PeerKind.CREDENTIAL)
 
 
 def test_cse_row_binds_cse(store: SqlitePskStore) -> None:
     store.add(PskEntry("mn-cse-123456@in.provider.com", b"c" * 32, "/mn-cse-123456"))
-    _, es = handshake(PskResponder(store), PskInitiator("mn-cse-123456@in.provider.com", b"c" * 32, "/id-in"))
+    _, es = handshake(
+        PskResponder(store), PskInitiator("mn-cse-123456@in.provider.com", b"c" * 32, "/id-in")
+    )
     ctx = next(e.context for e in es if isinstance(e, HandshakeComplete))
     assert (ctx.peer_id, ctx.peer_kind) == ("/mn-cse-123456", PeerKind.CSE)
 

@@ -35,21 +35,21 @@ ServerLookup = Callable[[SSL.Connection, bytes], bytes | None]
 ClientProvider = Callable[[SSL.Connection, bytes | None], tuple[bytes, bytes] | None]
 """(connection, identity hint or None) -> (psk_identity, psk), or None to give up."""
 
+
 def _connection_of(ssl: Any) -> SSL.Connection | None:
     # pyOpenSSL maps each SSL* back to its Connection for its own callbacks.
-    conn: SSL.Connection | None = SSL.Connection._reverse_mapping.get(ssl)  # type: ignore[attr-defined]
+    conn: SSL.Connection | None = SSL.Connection._reverse_mapping.get(ssl)
     return conn
 
 
 def _ctx_ptr(ctx: SSL.Context) -> Any:
-    return ctx._context  # type: ignore[attr-defined]
+    return ctx._context
 
 
 def set_server_callback(ctx: SSL.Context, lookup: ServerLookup, hint: bytes | None = None) -> None:
     """Make ``ctx`` answer PSK handshakes by calling ``lookup`` with the client's identity."""
 
-    @_ffi.callback("unsigned int(SSL *, const char *, unsigned char *, unsigned int)")
-    def _cb(ssl: Any, identity: Any, psk_out: Any, max_len: int) -> int:
+    def server_cb(ssl: Any, identity: Any, psk_out: Any, max_len: int) -> int:
         try:
             conn = _connection_of(ssl)
             if conn is None or identity == _ffi.NULL:
@@ -70,22 +70,26 @@ def set_server_callback(ctx: SSL.Context, lookup: ServerLookup, hint: bytes | No
             log.exception("PSK server lookup failed")
             return 0
 
+    cb = _ffi.callback("unsigned int(SSL *, const char *, unsigned char *, unsigned int)")(
+        server_cb
+    )
     # The cffi callback must live as long as the context that calls it.
-    ctx._m2msec_psk_server_cb = _cb  # type: ignore[attr-defined]
-    _lib.SSL_CTX_set_psk_server_callback(_ctx_ptr(ctx), _cb)
-    if hint is not None:
-        if _lib.SSL_CTX_use_psk_identity_hint(_ctx_ptr(ctx), hint) != 1:
-            raise ValueError("OpenSSL refused the PSK identity hint")
+    setattr(ctx, "_m2msec_psk_server_cb", cb)  # noqa: B010 - pyOpenSSL type has no slot for it
+    _lib.SSL_CTX_set_psk_server_callback(_ctx_ptr(ctx), cb)
+    if hint is not None and _lib.SSL_CTX_use_psk_identity_hint(_ctx_ptr(ctx), hint) != 1:
+        raise ValueError("OpenSSL refused the PSK identity hint")
 
 
 def set_client_callback(ctx: SSL.Context, provider: ClientProvider) -> None:
     """Make ``ctx`` offer the PSK that ``provider`` returns for the server's hint."""
 
-    @_ffi.callback(
-        "unsigned int(SSL *, const char *, char *, unsigned int, unsigned char *, unsigned int)"
-    )
-    def _cb(
-        ssl: Any, hint: Any, identity_out: Any, max_identity_len: int, psk_out: Any, max_psk_len: int
+    def client_cb(
+        ssl: Any,
+        hint: Any,
+        identity_out: Any,
+        max_identity_len: int,
+        psk_out: Any,
+        max_psk_len: int,
     ) -> int:
         try:
             conn = _connection_of(ssl)
@@ -110,9 +114,11 @@ def set_client_callback(ctx: SSL.Context, provider: ClientProvider) -> None:
             log.exception("PSK client provider failed")
             return 0
 
-    ctx._m2msec_psk_client_cb = _cb  # type: ignore[attr-defined]
-    _lib.SSL_CTX_set_psk_client_callback(_ctx_ptr(ctx), _cb)
-
+    cb = _ffi.callback(
+        "unsigned int(SSL *, const char *, char *, unsigned int, unsigned char *, unsigned int)"
+    )(client_cb)
+    setattr(ctx, "_m2msec_psk_client_cb", cb)  # noqa: B010
+    _lib.SSL_CTX_set_psk_client_callback(_ctx_ptr(ctx), cb)
 
 
 #: Handshake signature algorithms: no SHA-1 or MD5, even under @SECLEVEL=0 (which the

@@ -70,7 +70,9 @@ class TLSConnection:
         self._p.write(data)
         await self._p.drain()
 
-    def export_keying_material(self, label: bytes, length: int, context: bytes | None = None) -> bytes:
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
         return self._p.engine.export_keying_material(label, length, context)
 
     async def close(self) -> None:
@@ -90,9 +92,7 @@ class _TLSProtocol(asyncio.Protocol):
         handshake_timeout: float = 10.0,
     ) -> None:
         self.engine = TLSEngine(profile, server_name=server_name)
-        self.handshake: asyncio.Future[SecurityContext] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.handshake: asyncio.Future[SecurityContext] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self.peer: tuple[Any, ...] | None = None
         self._transport: asyncio.Transport | None = None
@@ -110,7 +110,9 @@ class _TLSProtocol(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self.peer = transport.get_extra_info("peername")
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
+        self._timer = asyncio.get_running_loop().call_later(
+            self._timeout, self._handshake_timed_out
+        )
         self.engine.start()
         self._flush()
 

@@ -83,7 +83,9 @@ def install(profile: TLSProfile) -> None:
     if profile.certificate_policy is not None:
         policy = profile.certificate_policy
 
-        def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
+        def verify(
+            conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
+        ) -> bool:
             state = _state(conn)
             if not ok:
                 state.refusal = f"certificate verify failed at depth {depth}: {_x509_error(errnum)}"

@@ -13,6 +13,7 @@ session with the peer's identity, as decided by the framework's callbacks.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,10 +141,8 @@ class TLSEngine:
         """Send close_notify (if the session is up)."""
         if self.handshake_done and not self._failed and not self._closed:
             self._closed = True
-            try:
+            with contextlib.suppress(SSL.Error):
                 self._conn.shutdown()
-            except SSL.Error:
-                pass
 
     # -- output --------------------------------------------------------------------------
     def data_to_send(self) -> bytes:
@@ -164,7 +163,9 @@ class TLSEngine:
         self._events.clear()
         return out
 
-    def export_keying_material(self, label: bytes, length: int, context: bytes | None = None) -> bytes:
+    def export_keying_material(
+        self, label: bytes, length: int, context: bytes | None = None
+    ) -> bytes:
         """RFC 5705 / RFC 8446 7.5 exporter over the established session."""
         if not self.handshake_done:
             raise HandshakeError("key export needs an established session")
@@ -198,10 +199,8 @@ class TLSEngine:
             except SSL.ZeroReturnError:
                 if not self._closed:
                     self._closed = True
-                    try:
+                    with contextlib.suppress(SSL.Error):
                         self._conn.shutdown()  # answer close_notify
-                    except SSL.Error:
-                        pass
                 self._events.append(ConnectionClosed())
                 return
             except SSL.Error as exc:
@@ -240,10 +239,8 @@ class TLSEngine:
     def _fail(self, reason: str, *, send_alert: bool = False) -> None:
         self._failed = True
         if send_alert:
-            try:
+            with contextlib.suppress(SSL.Error):
                 self._conn.shutdown()
-            except SSL.Error:
-                pass
         self._events.append(HandshakeFailed(reason))
 
     def _reason(self, exc: SSL.Error) -> str:
