@@ -1,0 +1,500 @@
+"""TOML configuration of the CSE security gateway (``m2msec gateway serve``).
+
+Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
+
+    [gateway]
+    listen = ["tls://127.0.0.1:8443", "http://127.0.0.1:8081"]
+    backend = "http://127.0.0.1:8080"     # the oneM2M CSE behind the gateway
+    cse_id = "/mn-cse-123456"             # its CSE-ID, registrar of AE-ID stems (A-14)
+    in_domain = "in.provider.com"         # IN public domain (TS-0001 6.5.1.1)
+    handshake_timeout = 10.0              # seconds
+    max_handshakes = 1024                 # handshakes in progress per listener
+    max_body = 1048576                    # octets
+    tls13 = true                          # offer TLS 1.3 beside 1.2 (READINGS A-03)
+    require_sni = false                   # strict SNI (READINGS A-11)
+    backend_timeout = 10.0                # seconds, per forwarded request
+    idle_timeout = 120.0                  # seconds a keep-alive connection may idle
+
+    [psk]                                 # provisioned PSK, TS-0003 8.2.2.1
+    store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path; default: the data dir's
+
+    [certificates]                        # certificates, TS-0003 8.2.2.2
+    cert = "gateway.pem"                  # relative paths: from the config file's folder
+    key = "gateway.key"
+    ca = "ca.pem"
+    allowed = ["Clight-AE1"]              # optional IdA list (READINGS A-30)
+
+Listener URLs: ``tls://HOST:PORT`` terminates TLS with the configured framework and
+forwards; ``http://HOST:PORT`` is plain and answers every request 4107
+SECURITY_ASSOCIATION_REQUIRED itself. When both ``[psk]`` and ``[certificates]`` are
+configured, each ``tls://`` listener names its framework: ``?framework=psk`` or
+``?framework=certificate`` (one listener per framework; a PeerBinding does not carry its
+framework, so one OpenSSL context cannot yet report which of the two a session used).
+With neither section, the provisioned-PSK framework uses the default store.
+
+Errors are :class:`~m2msec.errors.ConfigurationError` naming the key, e.g.
+``gateway.listen[1]: ...`` or ``unknown key 'gateway.lisen' (did you mean 'listen'?)``.
+Command-line values override file values (:func:`load_config`'s ``overrides``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from m2msec.errors import ConfigurationError, IdentifierError
+from m2msec.ids import CseId, check_fqdn
+
+__all__ = [
+    "DEFAULT_BACKEND_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_HANDSHAKES",
+    "CertificateConfig",
+    "FrameworkName",
+    "GatewayConfig",
+    "ListenerSpec",
+    "PskConfig",
+    "load_config",
+    "parse_config",
+    "parse_listen_url",
+]
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_HANDSHAKES = 1024
+DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_BACKEND_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 120.0
+
+FrameworkName = Literal["psk", "certificate"]
+_FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    """One ``listen`` URL: ``tls://HOST:PORT[?framework=...]`` or ``http://HOST:PORT``."""
+
+    url: str
+    scheme: Literal["tls", "http"]
+    host: str
+    port: int
+    framework: FrameworkName | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme == "tls"
+
+
+@dataclass(frozen=True, slots=True)
+class PskConfig:
+    """``[psk]``: the psk-lookup-table. ``store`` None means the default store."""
+
+    store: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateConfig:
+    """``[certificates]``: our certificate, key and trust anchors, and optional IdA list."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    allowed: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The whole gateway configuration, validated."""
+
+    listen: tuple[ListenerSpec, ...]
+    backend: str
+    cse_id: CseId
+    in_domain: str | None = None
+    psk: PskConfig | None = None
+    certificates: CertificateConfig | None = None
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    max_body: int = DEFAULT_MAX_BODY
+    tls13: bool = True
+    require_sni: bool = False
+    backend_timeout: float = DEFAULT_BACKEND_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    source: str = "<defaults>"
+
+    @property
+    def frameworks(self) -> tuple[FrameworkName, ...]:
+        names: list[FrameworkName] = []
+        if self.psk is not None:
+            names.append("psk")
+        if self.certificates is not None:
+            names.append("certificate")
+        return tuple(names)
+
+
+# ----------------------------------------------------------------------------- schema
+
+_SECTIONS: dict[str, frozenset[str]] = {
+    "gateway": frozenset(
+        {
+            "listen",
+            "backend",
+            "cse_id",
+            "in_domain",
+            "handshake_timeout",
+            "max_handshakes",
+            "max_body",
+            "tls13",
+            "require_sni",
+            "backend_timeout",
+            "idle_timeout",
+        }
+    ),
+    "psk": frozenset({"store"}),
+    "certificates": frozenset({"cert", "key", "ca", "allowed"}),
+}
+
+
+def _unknown(key: str, known: frozenset[str] | set[str], where: str) -> ConfigurationError:
+    hint = difflib.get_close_matches(key, sorted(known), n=1)
+    dotted = f"{where}.{key}" if where else key
+    more = f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(sorted(known))})"
+    return ConfigurationError(f"unknown key '{dotted}'{more}")
+
+
+def _err(key: str, message: str) -> ConfigurationError:
+    return ConfigurationError(f"{key}: {message}")
+
+
+def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
+    """Parse one listener URL (see the module docstring)."""
+    if not isinstance(url, str) or not url:
+        raise _err(key, "a listener is a URL string such as 'tls://127.0.0.1:8443'")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise _err(key, f"{url!r} is not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("tls", "http"):
+        raise _err(
+            key,
+            f"{url!r}: scheme must be tls:// (secured, forwarded) or http:// (plain, "
+            "answers 4107); got "
+            + (f"{scheme}://" if scheme else "none"),
+        )
+    host = parts.hostname
+    if not host:
+        raise _err(key, f"{url!r}: no host; write e.g. {scheme}://127.0.0.1:8443")
+    if port is None:
+        raise _err(key, f"{url!r}: no port; write e.g. {scheme}://{host}:8443")
+    if parts.path not in ("", "/") or parts.fragment or parts.username or parts.password:
+        raise _err(key, f"{url!r}: only scheme://host:port[?framework=...] is allowed")
+    framework: FrameworkName | None = None
+    if parts.query:
+        try:
+            query = parse_qs(parts.query, strict_parsing=True)
+        except ValueError:
+            raise _err(key, f"{url!r}: malformed query") from None
+        unknown = set(query) - {"framework"}
+        if unknown:
+            raise _err(key, f"{url!r}: unknown parameter {sorted(unknown)[0]!r}")
+        value = query["framework"][-1].lower()
+        if scheme != "tls":
+            raise _err(key, f"{url!r}: framework= applies to tls:// listeners only")
+        if value in ("certificates", "cert"):
+            value = "certificate"
+        if value not in _FRAMEWORKS:
+            raise _err(key, f"{url!r}: framework must be 'psk' or 'certificate'")
+        framework = "psk" if value == "psk" else "certificate"
+    if ":" in host:  # IPv6 literal: check it, so a typo fails here and not at bind time
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _err(key, f"{url!r}: {host!r} is not an IPv6 address") from None
+    return ListenerSpec(
+        url=url,
+        scheme="tls" if scheme == "tls" else "http",
+        host=unquote(host),
+        port=port,
+        framework=framework,
+    )
+
+
+def _backend(url: object, key: str = "gateway.backend") -> str:
+    if not isinstance(url, str) or not url:
+        raise _err(key, "the backend is the CSE's URL, e.g. 'http://127.0.0.1:8080'")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise _err(key, f"{url!r} is not a valid URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise _err(key, f"{url!r}: the backend must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise _err(key, f"{url!r}: no host")
+    if parts.query or parts.fragment:
+        raise _err(key, f"{url!r}: no query or fragment allowed")
+    del port
+    return url.rstrip("/")
+
+
+def _number(value: object, key: str, *, integer: bool = False) -> float | int:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise _err(key, f"must be {kind}, got {value!r}")
+    assert isinstance(value, int | float)
+    if value <= 0:
+        raise _err(key, f"must be greater than 0, got {value!r}")
+    return value
+
+
+def _bool(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _err(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _path(value: object, key: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise _err(key, "must be a file path")
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise _err(key, f"no such file: {path}")
+    return path
+
+
+def _store(value: object, key: str, base: Path) -> str:
+    if not isinstance(value, str) or not value:
+        raise _err(key, "must be a path or a URL such as 'sqlite:///var/lib/m2msec.db'")
+    if "://" in value:
+        parts = urlsplit(value)
+        if parts.scheme.lower() == "sqlite":
+            file = Path(unquote(parts.path))
+            if not file.is_file():
+                raise _err(key, f"no such store: {file} (create it with 'm2msec psk add')")
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    if not path.is_file():
+        raise _err(key, f"no such store: {path} (create it with 'm2msec psk add')")
+    return str(path)
+
+
+def _table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise _err(name, f"must be a table ([{name}])")
+    for key in section:
+        if key not in _SECTIONS[name]:
+            raise _unknown(key, _SECTIONS[name], name)
+    return dict(section)
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    source: str = "<config>",
+) -> GatewayConfig:
+    """Validate a parsed TOML document (or the same shape built by the CLI)."""
+    base = base_dir or Path.cwd()
+    for key in data:
+        if key not in _SECTIONS:
+            raise _unknown(key, set(_SECTIONS), "")
+    gw = _table(data, "gateway")
+    psk_section = _table(data, "psk") if "psk" in data else None
+    cert_section = _table(data, "certificates") if "certificates" in data else None
+
+    listen_raw = gw.get("listen")
+    if isinstance(listen_raw, str):
+        listen_raw = [listen_raw]
+    if not isinstance(listen_raw, list) or not listen_raw:
+        raise _err("gateway.listen", "give at least one listener, e.g. ['tls://127.0.0.1:8443']")
+    listen = tuple(
+        parse_listen_url(u, f"gateway.listen[{i}]") for i, u in enumerate(listen_raw)
+    )
+    if "backend" not in gw:
+        raise _err("gateway.backend", "missing: the oneM2M CSE's URL, e.g. 'http://127.0.0.1:8080'")
+    backend = _backend(gw["backend"])
+
+    cse_text = gw.get("cse_id")
+    if cse_text is None:
+        raise _err(
+            "gateway.cse_id",
+            "missing: the CSE-ID of the CSE behind the gateway, e.g. '/mn-cse-123456' "
+            "(AE-ID stems are read under it)",
+        )
+    if not isinstance(cse_text, str):
+        raise _err("gateway.cse_id", "must be a CSE-ID string such as '/mn-cse-123456'")
+    try:
+        cse_id = CseId.parse(cse_text)
+    except IdentifierError as exc:
+        raise _err("gateway.cse_id", str(exc)) from None
+
+    in_domain = gw.get("in_domain")
+    if in_domain is not None:
+        if not isinstance(in_domain, str):
+            raise _err("gateway.in_domain", "must be a domain name such as 'in.provider.com'")
+        try:
+            check_fqdn(in_domain, "IN public domain")
+        except IdentifierError as exc:
+            raise _err("gateway.in_domain", str(exc)) from None
+
+    certificates: CertificateConfig | None = None
+    if cert_section is not None:
+        missing = [k for k in ("cert", "key", "ca") if k not in cert_section]
+        if missing:
+            raise _err(f"certificates.{missing[0]}", "missing (cert, key and ca are all needed)")
+        allowed_raw = cert_section.get("allowed")
+        allowed: tuple[str, ...] | None = None
+        if allowed_raw is not None:
+            if not isinstance(allowed_raw, list) or not all(
+                isinstance(a, str) for a in allowed_raw
+            ):
+                raise _err("certificates.allowed", "must be a list of AE-IDs and CSE-IDs")
+            allowed = tuple(allowed_raw)
+        certificates = CertificateConfig(
+            cert=_path(cert_section["cert"], "certificates.cert", base),
+            key=_path(cert_section["key"], "certificates.key", base),
+            ca=_path(cert_section["ca"], "certificates.ca", base),
+            allowed=allowed,
+        )
+        if in_domain is None:
+            raise _err(
+                "gateway.in_domain",
+                "needed with [certificates]: CSE-ID certificates name <CSE-ID>.<in_domain>",
+            )
+
+    psk: PskConfig | None = None
+    if psk_section is not None:
+        store = psk_section.get("store")
+        psk = PskConfig(None if store is None else _store(store, "psk.store", base))
+    elif certificates is None:
+        psk = PskConfig(None)  # the default store of the data directory
+
+    for i, spec in enumerate(listen):
+        if not spec.secure:
+            continue
+        where = f"gateway.listen[{i}]"
+        if spec.framework is None and psk is not None and certificates is not None:
+            raise _err(
+                where,
+                f"{spec.url!r}: both [psk] and [certificates] are configured; add "
+                "?framework=psk or ?framework=certificate (one listener per framework)",
+            )
+        if spec.framework == "psk" and psk is None:
+            raise _err(where, f"{spec.url!r} asks for framework=psk but there is no [psk]")
+        if spec.framework == "certificate" and certificates is None:
+            raise _err(
+                where, f"{spec.url!r} asks for framework=certificate but there is no [certificates]"
+            )
+    seen: dict[tuple[str, int], str] = {}
+    for i, spec in enumerate(listen):
+        address = (spec.host, spec.port)
+        if spec.port and address in seen:
+            raise _err(f"gateway.listen[{i}]", f"{spec.url!r} repeats {seen[address]!r}")
+        seen[address] = spec.url
+
+    def num(key: str, default: float) -> float:
+        return float(_number(gw.get(key, default), f"gateway.{key}"))
+
+    def integer(key: str, default: int) -> int:
+        return int(_number(gw.get(key, default), f"gateway.{key}", integer=True))
+
+    return GatewayConfig(
+        listen=listen,
+        backend=backend,
+        cse_id=cse_id,
+        in_domain=in_domain,
+        psk=psk,
+        certificates=certificates,
+        handshake_timeout=num("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
+        max_handshakes=integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
+        max_body=integer("max_body", DEFAULT_MAX_BODY),
+        tls13=_bool(gw.get("tls13", True), "gateway.tls13"),
+        require_sni=_bool(gw.get("require_sni", False), "gateway.require_sni"),
+        backend_timeout=num("backend_timeout", DEFAULT_BACKEND_TIMEOUT),
+        idle_timeout=num("idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        source=source,
+    )
+
+
+def _merge(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, sep, key = dotted.partition(".")
+        if not sep or section not in _SECTIONS or key not in _SECTIONS[section]:
+            raise ConfigurationError(f"unknown override {dotted!r}")
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise _err(section, f"must be a table ([{section}])")
+        table[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> GatewayConfig:
+    """Read ``path`` (TOML) if given, apply ``overrides`` (``{"gateway.backend": ...}``,
+    None values ignored) and validate. Relative file paths in the file are read from the
+    file's folder; those given as overrides from the current directory."""
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "<command line>"
+    if path is not None:
+        file = Path(path).expanduser()
+        try:
+            with file.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigurationError(f"config file not found: {file}") from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read config file {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{file}: invalid TOML: {exc}") from None
+        base = file.resolve().parent
+        source = str(file)
+        # File-relative paths are resolved now, so overrides can stay cwd-relative.
+        data = _absolutise(data, base)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return parse_config(data, base_dir=Path.cwd(), source=source)
+    except ConfigurationError as exc:
+        if path is not None:
+            raise ConfigurationError(f"{source}: {exc}") from None
+        raise
+
+
+def _absolutise(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    certs = out.get("certificates")
+    if isinstance(certs, dict):
+        for key in ("cert", "key", "ca"):
+            value = certs.get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                certs[key] = str(base / value)
+    psk = out.get("psk")
+    if isinstance(psk, dict):
+        value = psk.get("store")
+        if (
+            isinstance(value, str)
+            and value
+            and "://" not in value
+            and not Path(value).expanduser().is_absolute()
+        ):
+            psk["store"] = str(base / value)
+    return out

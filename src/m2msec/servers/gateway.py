@@ -1,0 +1,891 @@
+"""The CSE security gateway: Entity B in front of a real oneM2M CSE.
+
+The gateway terminates the Security Association Establishment of TS-0003 clause 8.2
+(provisioned PSK, 8.2.2.1; certificates, 8.2.2.2) on ``tls://`` listeners, then reads
+oneM2M HTTP requests (:mod:`m2msec.bindings.http`) from each association, checks every
+request's originator against the identity the association was bound to, and forwards the
+requests it accepts to the CSE behind it (the *backend*, for example ACME).
+
+Rules, applied to each request before anything is forwarded (:func:`check_request`, a
+pure function of the association and the request):
+
+(a) **Lifetime.** Past the association's ``valid_until`` (the key's lifetime) the request
+    is answered 4107 SECURITY_ASSOCIATION_REQUIRED and the association is closed: a fresh
+    handshake is needed (READINGS A-16; open sessions run until their next request after
+    expiry, which is then refused).
+(b) **Originator.** ``X-M2M-Origin`` (TS-0004 From) is normalised with
+    :func:`m2msec.ids.normalise_originator` under the gateway's CSE-ID (READINGS A-14:
+    ``Clight-AE1`` and ``/mn-cse-123456/Clight-AE1`` are the same AE) and must equal the
+    association's identity, normalised alike. A CSE peer (TS-0003 8.2.2: CSE-ID bound) may
+    use its CSE-ID or any originator under it (:func:`m2msec.ids.originator_within`); a
+    ``<remoteCSE>`` CREATE (ty=16) must come from the CSE-ID itself.
+(c) **AE registration** (CREATE with ty=2, TS-0001 V3.36 10.2.2.2, steps 001-003)
+    happens only over an established association (every ``tls://`` request is). Its From
+    must be the authenticated AE-ID; an absent or empty From, ``C`` or ``S`` (cases iii-v
+    of step 002: "assign me one") is replaced by the authenticated AE-ID-Stem, so the AE
+    is registered under the identity it proved. An association bound to a Credential-ID
+    (``12-<KpsaId>``, READINGS A-13) may only register an AE (From absent, ``C``, ``S``
+    or an AE-ID-Stem of this CSE or an S-stem); the backend receives the Credential-ID
+    (``X-M2MSec-Credential-ID``) for its step 003 check against the service subscription
+    (allowed AE-ID-Stems and App-IDs). On 2001 CREATED the gateway reads ``m2m:ae/aei``
+    from the JSON answer and binds the association to that AE-ID for the rest of its
+    life; until then everything else is refused.
+(d) Anything else is answered 4103 ORIGINATOR_HAS_NO_PRIVILEGE by the gateway itself and
+    nothing is forwarded (a missing From, outside AE registration, is 4000 BAD_REQUEST).
+
+``http://`` listeners are plain: every request there is answered 4107
+SECURITY_ASSOCIATION_REQUIRED (TS-0004 table 6.6.3.5-1) and nothing is forwarded.
+
+Forwarded requests lose any incoming ``X-M2MSec-*`` header and gain the association's
+identity: ``X-M2MSec-Peer-ID`` (the bound identity, normalised), ``X-M2MSec-Peer-Kind``,
+``X-M2MSec-Framework``, ``X-M2MSec-Key-ID`` (KpsaId or certificate fingerprint, never a
+key), ``X-M2MSec-SA-ID`` and, for Credential-ID bound peers, ``X-M2MSec-Credential-ID``.
+Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. A backend that cannot
+be reached is answered 5103 TARGET_NOT_REACHABLE (4008 REQUEST_TIMEOUT when it does not
+answer in time); the gateway keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+
+from m2msec.bindings.http import (
+    RSC,
+    BadRequest,
+    HttpResponse,
+    HttpServerConnection,
+    NeedData,
+    OneM2MRequest,
+    Operation,
+    PeerClosed,
+    RequestReceived,
+    error_response,
+    media_type_and_ty,
+)
+from m2msec.config import GatewayConfig, ListenerSpec
+from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
+from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
+from m2msec.store.base import PskStore
+from m2msec.tls.aio import TLSConnection, TLSServer
+from m2msec.tls.context import PeerKind, SecurityContext
+from m2msec.tls.profiles import TLSProfile
+
+__all__ = [
+    "AE_RESOURCE_TYPE",
+    "REMOTE_CSE_RESOURCE_TYPE",
+    "Association",
+    "Forward",
+    "Gateway",
+    "GatewayStats",
+    "ListenerInfo",
+    "Refuse",
+    "Rule",
+    "aei_from_response",
+    "check_request",
+    "forwarded_headers",
+    "response_headers",
+]
+
+log = logging.getLogger(__name__)
+
+AE_RESOURCE_TYPE = 2  # TS-0004 table 6.3.4.2.1-1
+REMOTE_CSE_RESOURCE_TYPE = 16
+
+#: Largest backend answer relayed; beyond it the client gets 5000 (a CSE answer this
+#: large is a discovery gone wrong, not something to hold in memory).
+MAX_RESPONSE_BODY = 64 * 1024 * 1024
+#: How long close() lets requests in progress finish before cutting them.
+SHUTDOWN_GRACE = 5.0
+
+_ASSIGN_ME = ("", "C", "S")  # From values that ask the CSE to assign the AE-ID
+
+# RFC 9110 7.6.1 hop-by-hop fields, plus framing and Host, which the next hop sets.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+        "expect",  # 100-continue was answered here; the backend gets the whole body
+    }
+)
+_OURS = "x-m2msec-"
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+class Rule(enum.StrEnum):
+    """Why the gateway answered a request itself (for logs, stats and docs)."""
+
+    EXPIRED = "association-expired"  # (a)
+    NO_ASSOCIATION = "security-association-required"  # plain http listener
+    ORIGIN_MISSING = "originator-missing"  # (d), 4000
+    ORIGIN_MALFORMED = "originator-malformed"  # (b)
+    ORIGIN_MISMATCH = "originator-mismatch"  # (b) AE
+    OUTSIDE_CSE = "originator-outside-cse"  # (b) CSE
+    CSE_REGISTRATION = "remote-cse-originator"  # (b) ty=16
+    UNBOUND_CREDENTIAL = "credential-not-registered"  # (c) A-13
+    REGISTRATION_IDENTITY = "registration-identity"  # (c)
+    SERVICE_PEER = "service-peer"  # MAF/MEF/BSF certificates carry no oneM2M originator
+    NO_IDENTITY = "identity-unusable"
+    METHOD = "method-not-mapped"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Forward the request with ``X-M2M-Origin: origin`` (None: without the header).
+
+    ``bind_on_created``: read ``m2m:ae/aei`` from a 2001 answer and bind the association.
+    """
+
+    origin: str | None
+    bind_on_created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer the request ourselves with ``rsc``; close the association if ``close``."""
+
+    rsc: int
+    rule: Rule
+    reason: str
+    close: bool = False
+
+
+@dataclass(slots=True)
+class Association:
+    """The identity state of one security association, as the rules see it.
+
+    ``identity`` is the bound identity in normalised form (SP-relative AE-ID or CSE-ID,
+    READINGS A-14), or None while a Credential-ID binding awaits AE registration.
+    """
+
+    context: SecurityContext
+    registrar: CseId
+    sp_fqdn: str | None
+    kind: PeerKind
+    identity: str | None
+    credential_id: str | None = None
+    cse: CseId | None = None
+
+    @classmethod
+    def from_context(
+        cls, context: SecurityContext, registrar: CseId, sp_fqdn: str | None = None
+    ) -> Association:
+        sp = sp_fqdn if sp_fqdn is not None else registrar.sp_fqdn
+        kind = context.peer_kind
+        if kind is PeerKind.CREDENTIAL:
+            return cls(context, registrar, sp, kind, None, credential_id=context.peer_id)
+        if kind is PeerKind.SERVICE:
+            return cls(context, registrar, sp, kind, None)
+        try:
+            identity = normalise_originator(context.peer_id, registrar, sp)
+            cse = CseId.parse(identity) if kind is PeerKind.CSE else None
+        except IdentifierError:
+            return cls(context, registrar, sp, kind, None)
+        return cls(context, registrar, sp, kind, identity, cse=cse)
+
+    @property
+    def peer_id(self) -> str:
+        """The identity told to the backend: bound identity, else the Credential-ID."""
+        if self.identity is not None:
+            return self.identity
+        return self.credential_id or self.context.peer_id
+
+    def normalise(self, origin: str) -> str:
+        return normalise_originator(origin, self.registrar, self.sp_fqdn)
+
+    def registration_origin(self) -> str | None:
+        """The AE-ID-Stem to register under, if it names exactly our identity here."""
+        if self.kind is not PeerKind.AE or self.identity is None:
+            return None
+        try:
+            entity = parse_entity_id(self.identity, self.registrar)
+            if not isinstance(entity, AeId):
+                return None
+            if self.normalise(entity.stem) != self.identity:
+                return None  # a C-stem of another registrar, or another M2M-SP's AE
+        except IdentifierError:
+            return None
+        return entity.stem
+
+    def bind_ae(self, aei: str) -> str:
+        """Bind a Credential-ID association to the AE-ID the CSE assigned (A-13)."""
+        identity = self.normalise(aei)
+        entity = parse_entity_id(identity, self.registrar)
+        if not isinstance(entity, AeId):
+            raise IdentifierError(f"invalid AE-ID {aei!r}: names a CSE")
+        self.identity = identity
+        self.kind = PeerKind.AE
+        return identity
+
+
+def _is_registration(request: OneM2MRequest) -> bool:
+    return request.operation is Operation.CREATE and request.resource_type == AE_RESOURCE_TYPE
+
+
+def check_request(
+    assoc: Association, request: OneM2MRequest, now: datetime | None = None
+) -> Forward | Refuse:
+    """Decide one request of an established association (rules (a)-(d), module doc)."""
+    ctx = assoc.context
+    if ctx.expired(now or datetime.now(UTC)):
+        return Refuse(
+            RSC.SECURITY_ASSOCIATION_REQUIRED,
+            Rule.EXPIRED,
+            "the security association has expired; establish a new one",
+            close=True,
+        )
+    if request.operation is None:
+        return Refuse(
+            RSC.BAD_REQUEST, Rule.METHOD, f"HTTP method {request.method} maps to no operation"
+        )
+    raw = request.origin
+    origin = (raw or "").strip()
+    registration = _is_registration(request)
+
+    if assoc.kind is PeerKind.SERVICE:
+        return Refuse(
+            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            Rule.SERVICE_PEER,
+            f"{assoc.peer_id} is a MAF/MEF/BSF, not an AE or CSE",
+        )
+
+    if assoc.kind is PeerKind.CREDENTIAL and assoc.identity is None:
+        if not registration:
+            return Refuse(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                Rule.UNBOUND_CREDENTIAL,
+                f"association bound to {assoc.peer_id}: register an AE first",
+            )
+        if origin in _ASSIGN_ME:
+            return Forward(raw, bind_on_created=True)
+        try:
+            entity = parse_entity_id(origin, assoc.registrar)
+            normal = assoc.normalise(origin)
+        except IdentifierError as exc:
+            return Refuse(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, Rule.ORIGIN_MALFORMED, str(exc))
+        local = originator_within(normal, assoc.registrar) or (
+            isinstance(entity, AeId) and entity.stem.startswith("S") and entity.sp_fqdn is None
+        )
+        if not isinstance(entity, AeId) or not local:
+            return Refuse(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                Rule.REGISTRATION_IDENTITY,
+                f"{origin!r} is not an AE-ID this CSE can register",
+            )
+        return Forward(raw, bind_on_created=True)
+
+    if assoc.identity is None:
+        return Refuse(
+            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            Rule.NO_IDENTITY,
+            f"the authenticated identity {ctx.peer_id!r} is not a usable AE-ID or CSE-ID",
+        )
+
+    if registration and assoc.kind is PeerKind.AE and origin in _ASSIGN_ME:
+        stem = assoc.registration_origin()
+        if stem is None:
+            return Refuse(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                Rule.REGISTRATION_IDENTITY,
+                f"{assoc.identity} cannot register with this CSE ({assoc.registrar})",
+            )
+        return Forward(stem)
+
+    if not origin:
+        return Refuse(RSC.BAD_REQUEST, Rule.ORIGIN_MISSING, "X-M2M-Origin is missing")
+    try:
+        normal = assoc.normalise(origin)
+    except IdentifierError as exc:
+        return Refuse(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, Rule.ORIGIN_MALFORMED, str(exc))
+
+    if assoc.kind is PeerKind.CSE:
+        assert assoc.cse is not None
+        if not originator_within(normal, assoc.cse):
+            return Refuse(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                Rule.OUTSIDE_CSE,
+                f"originator {origin!r} is neither {assoc.identity} nor under it",
+            )
+        if (
+            request.operation is Operation.CREATE
+            and request.resource_type == REMOTE_CSE_RESOURCE_TYPE
+            and normal != assoc.identity
+        ):
+            return Refuse(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                Rule.CSE_REGISTRATION,
+                f"only {assoc.identity} itself may register as a remote CSE",
+            )
+        return Forward(raw)
+
+    if normal != assoc.identity:
+        return Refuse(
+            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            Rule.ORIGIN_MISMATCH,
+            f"originator {origin!r} is not the authenticated AE {assoc.identity}",
+        )
+    return Forward(raw)
+
+
+def forwarded_headers(
+    request: OneM2MRequest, assoc: Association, origin: str | None
+) -> list[tuple[str, str]]:
+    """The request headers for the backend: hop-by-hop and ``X-M2MSec-*`` removed, From set,
+    the association's identity added."""
+    dropped = set(_HOP_BY_HOP) | _connection_tokens(request.headers)
+    headers = [
+        (name, value)
+        for name, value in request.headers
+        if name not in dropped and not name.startswith(_OURS) and name != "x-m2m-origin"
+    ]
+    if origin is not None:
+        headers.append(("X-M2M-Origin", origin))
+    ctx = assoc.context
+    headers.append(("X-M2MSec-Peer-ID", assoc.peer_id))
+    headers.append(("X-M2MSec-Peer-Kind", assoc.kind.value))
+    headers.append(("X-M2MSec-Framework", ctx.framework.value))
+    if ctx.key_id:
+        headers.append(("X-M2MSec-Key-ID", ctx.key_id))
+    headers.append(("X-M2MSec-SA-ID", ctx.sa_id))
+    if assoc.credential_id:
+        headers.append(("X-M2MSec-Credential-ID", assoc.credential_id))
+    return headers
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+    """The backend's response headers minus hop-by-hop fields (h11 reframes the body)."""
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    lowered = tuple((k.lower(), v) for k, v in headers)
+    dropped = set(_HOP_BY_HOP) | _connection_tokens(lowered)
+    return tuple((k, v) for k, v in headers if k.lower() not in dropped)
+
+
+def _connection_tokens(headers: tuple[tuple[str, str], ...]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def aei_from_response(response: HttpResponse) -> str | None:
+    """``m2m:ae/aei`` of a 2001 CREATED answer in JSON, or None."""
+    if response.rsc != RSC.CREATED:
+        return None
+    ctype = next((v for k, v in response.headers if k.lower() == "content-type"), None)
+    encoding = next((v for k, v in response.headers if k.lower() == "content-encoding"), "")
+    media, _ = media_type_and_ty(ctype)
+    if media is None or "json" not in media or encoding.strip().lower() not in ("", "identity"):
+        return None
+    try:
+        doc = json.loads(response.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ae = doc.get("m2m:ae") if isinstance(doc, dict) else None
+    aei = ae.get("aei") if isinstance(ae, dict) else None
+    return aei if isinstance(aei, str) and aei else None
+
+
+# ----------------------------------------------------------------------------- I/O
+
+
+class _Stream(Protocol):
+    async def recv(self) -> bytes: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _PlainStream:
+    """asyncio streams with the TLSConnection shape, for ``http://`` listeners."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def recv(self) -> bytes:
+        try:
+            return await self._reader.read(65536)
+        except ConnectionError:
+            return b""
+
+    async def send(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+
+
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters since start (no identities, no keys)."""
+
+    associations_established: int = 0
+    associations_closed: int = 0
+    handshakes_failed: int = 0
+    requests_forwarded: int = 0
+    requests_refused: int = 0
+    plain_requests_refused: int = 0
+    bad_requests: int = 0
+    backend_errors: int = 0
+    registrations_bound: int = 0
+    refused_by_rule: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name != "refused_by_rule"
+        }
+        out["refused_by_rule"] = dict(self.refused_by_rule)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerInfo:
+    """A running listener: its configuration and the address it is bound to."""
+
+    spec: ListenerSpec
+    host: str
+    port: int
+    framework: str | None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        suffix = f"?framework={self.spec.framework}" if self.spec.framework else ""
+        return f"{self.spec.scheme}://{host}:{self.port}{suffix}"
+
+
+@dataclass(slots=True, eq=False)  # hashed by identity: kept in a set
+class _Session:
+    stream: _Stream
+    busy: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+Handle = Callable[[OneM2MRequest], Awaitable[tuple[HttpResponse, bool]]]
+
+
+class Gateway:
+    """The CSE security gateway (module docstring): ``await start()``, ``await close()``.
+
+    ``store`` overrides the configured psk-lookup-table (the gateway does not close a
+    store it was given); ``transport`` overrides httpx's transport to the backend (tests).
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        store: PskStore | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.stats = GatewayStats()
+        self._store = store
+        self._own_store = False
+        self._transport = transport
+        self._clock = clock
+        self._client: httpx.AsyncClient | None = None
+        self._tls: list[TLSServer] = []
+        self._servers: list[asyncio.Server] = []
+        self._listeners: list[ListenerInfo] = []
+        self._sessions: set[_Session] = set()
+        self._plain_tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def listeners(self) -> list[ListenerInfo]:
+        return list(self._listeners)
+
+    @property
+    def store(self) -> PskStore | None:
+        return self._store
+
+    def url(self, index: int = 0) -> str:
+        return self._listeners[index].url
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the listeners; raises ConfigurationError (or OSError when a port is taken)."""
+        if self._started:
+            raise RuntimeError("gateway already started")
+        self._started = True
+        cfg = self.config
+        try:
+            profiles = self._profiles()
+            timeout = httpx.Timeout(cfg.backend_timeout, connect=min(cfg.backend_timeout, 5.0))
+            self._client = httpx.AsyncClient(
+                transport=self._transport,
+                timeout=timeout,
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            )
+            self._client.headers.clear()  # no defaults of our own: the client's headers go as sent
+            for spec in cfg.listen:
+                if spec.secure:
+                    framework, profile = profiles[spec.framework or _only(profiles)]
+                    tls = TLSServer(
+                        profile,
+                        self._serve_tls,
+                        handshake_timeout=cfg.handshake_timeout,
+                        max_handshakes=cfg.max_handshakes,
+                        on_failure=self._handshake_failed,
+                    )
+                    server = await tls.start(spec.host, spec.port)
+                    self._tls.append(tls)
+                else:
+                    framework = None
+                    server = await asyncio.start_server(self._serve_plain, spec.host, spec.port)
+                self._servers.append(server)
+                sock = server.sockets[0].getsockname()
+                self._listeners.append(ListenerInfo(spec, sock[0], sock[1], framework))
+                log.info("listening on %s (%s)", self._listeners[-1].url, framework or "plain")
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop listening, let requests in progress finish (a few seconds), close the rest."""
+        if self._closing:
+            return
+        self._closing = True
+        for server in self._servers:
+            server.close()  # stop accepting; connections stay up
+        for session in list(self._sessions):
+            if not session.busy:
+                await _quietly(session.stream.close())
+        pending = [s.done.wait() for s in self._sessions]
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pending), SHUTDOWN_GRACE)
+        for session in list(self._sessions):
+            await _quietly(session.stream.close())
+        for tls in self._tls:
+            await tls.close()
+        for task in list(self._plain_tasks):
+            task.cancel()
+        if self._plain_tasks:
+            await asyncio.gather(*self._plain_tasks, return_exceptions=True)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self._client is not None:
+            await self._client.aclose()
+        if self._own_store and self._store is not None:
+            self._store.close()
+        log.info("gateway stopped: %s", self.stats.as_dict())
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then close."""
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    # -- setup ----------------------------------------------------------------------------
+    def _profiles(self) -> dict[str, tuple[str, TLSProfile]]:
+        cfg = self.config
+        wanted = {s.framework or "*" for s in cfg.listen if s.secure}
+        out: dict[str, tuple[str, TLSProfile]] = {}
+        if not wanted:
+            return out
+        if cfg.psk is not None and (wanted & {"psk", "*"}):
+            from m2msec.frameworks.provisioned import PskResponder
+
+            if self._store is None:
+                from m2msec.store import open_store
+
+                self._store = open_store(cfg.psk.store)
+                self._own_store = True
+            profile = PskResponder(self._store, local_id=str(cfg.cse_id)).profile(tls13=cfg.tls13)
+            profile.require_sni = cfg.require_sni
+            out["psk"] = ("provisioned-psk", profile)
+        if cfg.certificates is not None and (wanted & {"certificate", "*"}):
+            from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
+
+            c = cfg.certificates
+            assert cfg.in_domain is not None  # enforced by the configuration
+            try:
+                responder = CertificateResponder(
+                    CertificateCredential.from_files(c.cert, c.key, c.ca),
+                    in_domain=cfg.in_domain,
+                    local_id=str(cfg.cse_id),
+                    allowed=c.allowed,
+                    sp_fqdn=cfg.cse_id.sp_fqdn,
+                    require_sni=cfg.require_sni,
+                )
+            except (CertificateError, IdentifierError) as exc:
+                raise ConfigurationError(f"certificates: {exc}") from None
+            out["certificate"] = ("certificate", responder.profile(tls13=cfg.tls13))
+        return out
+
+    # -- associations ---------------------------------------------------------------------
+    def _handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
+        self.stats.handshakes_failed += 1
+
+    def _sp_fqdn(self) -> str | None:
+        return self.config.cse_id.sp_fqdn or self.config.in_domain
+
+    async def _serve_tls(self, conn: TLSConnection) -> None:
+        ctx = conn.context
+        assoc = Association.from_context(ctx, self.config.cse_id, self._sp_fqdn())
+        self.stats.associations_established += 1
+        log.info(
+            "association established: peer=%s kind=%s framework=%s key_id=%s sa=%s "
+            "cipher=%s/%s from=%s",
+            ctx.peer_id,
+            ctx.peer_kind.value,
+            ctx.framework.value,
+            ctx.key_id,
+            ctx.sa_id,
+            ctx.protocol,
+            ctx.cipher_suite,
+            _addr(conn.peer_address),
+        )
+
+        async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            return await self._handle_secure(assoc, request)
+
+        try:
+            await self._run(conn, handle)
+        finally:
+            self.stats.associations_closed += 1
+            log.info("association closed: peer=%s sa=%s", assoc.peer_id, ctx.sa_id)
+
+    async def _serve_plain(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._plain_tasks.add(task)
+        peer = writer.get_extra_info("peername")
+
+        async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            self.stats.plain_requests_refused += 1
+            self.stats.refused_by_rule[Rule.NO_ASSOCIATION.value] += 1
+            log.warning(
+                "refused %s %s from %s originator=%r rule=%s: plain HTTP",
+                request.method,
+                _short(request.target),
+                _addr(peer),
+                request.origin,
+                Rule.NO_ASSOCIATION.value,
+            )
+            return _answer(
+                request,
+                RSC.SECURITY_ASSOCIATION_REQUIRED,
+                "a security association (TLS) is required; this listener is plain HTTP",
+            ), False
+
+        try:
+            await self._run(_PlainStream(reader, writer), handle)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            writer.close()
+            if task is not None:
+                self._plain_tasks.discard(task)
+
+    async def _run(self, stream: _Stream, handle: Handle) -> None:
+        """The HTTP loop of one connection: read, decide/forward, answer, in order."""
+        session = _Session(stream)
+        self._sessions.add(session)
+        http = HttpServerConnection(max_body=self.config.max_body)
+        try:
+            if self._closing:
+                return
+            while True:
+                event = http.next_event()
+                if isinstance(event, NeedData):
+                    out = http.data_to_send()  # e.g. 100 Continue
+                    if out:
+                        await stream.send(out)
+                    try:
+                        data = await asyncio.wait_for(stream.recv(), self.config.idle_timeout)
+                    except TimeoutError:
+                        return
+                    http.receive_data(data)
+                    continue
+                if isinstance(event, PeerClosed):
+                    return
+                session.busy = True
+                try:
+                    if isinstance(event, BadRequest):
+                        self.stats.bad_requests += 1
+                        log.info("bad request: %s", event.reason)
+                        http.send_response(event.response, close=event.close or self._closing)
+                    else:
+                        assert isinstance(event, RequestReceived)
+                        try:
+                            response, close = await handle(event.request)
+                        except Exception:
+                            # A bug of ours: answer it, end this connection, keep serving.
+                            log.exception("request handling failed")
+                            response = _answer(
+                                event.request, RSC.INTERNAL_SERVER_ERROR, "gateway error"
+                            )
+                            close = True
+                        http.send_response(response, close=close or self._closing)
+                    await stream.send(http.data_to_send())
+                finally:
+                    session.busy = False
+                if http.closed or self._closing:
+                    return
+        except (ConnectionError, OSError) as exc:
+            log.debug("connection ended: %s", exc)
+        finally:
+            self._sessions.discard(session)
+            session.done.set()
+            await _quietly(stream.close())
+
+    async def _handle_secure(
+        self, assoc: Association, request: OneM2MRequest
+    ) -> tuple[HttpResponse, bool]:
+        decision = check_request(assoc, request, self._clock())
+        if isinstance(decision, Refuse):
+            self.stats.requests_refused += 1
+            self.stats.refused_by_rule[decision.rule.value] += 1
+            log.warning(
+                "refused %s %s from peer=%s originator=%r rule=%s: %s",
+                request.method,
+                _short(request.target),
+                assoc.peer_id,
+                request.origin,
+                decision.rule.value,
+                decision.reason,
+            )
+            return _answer(request, decision.rsc, decision.reason), decision.close
+        response = await self._forward(assoc, request, decision)
+        if decision.bind_on_created:
+            self._bind(assoc, response)
+        return response, False
+
+    def _bind(self, assoc: Association, response: HttpResponse) -> None:
+        aei = aei_from_response(response)
+        if aei is None:
+            if response.rsc == RSC.CREATED:
+                log.warning(
+                    "AE registration by %s succeeded but the answer carries no readable "
+                    "m2m:ae/aei (JSON); the association stays unbound",
+                    assoc.peer_id,
+                )
+            return
+        try:
+            identity = assoc.bind_ae(aei)
+        except IdentifierError as exc:
+            log.warning("cannot bind %s to the registered AE-ID: %s", assoc.peer_id, exc)
+            return
+        self.stats.registrations_bound += 1
+        log.info("association %s bound to AE %s", assoc.credential_id, identity)
+
+    async def _forward(
+        self, assoc: Association, request: OneM2MRequest, decision: Forward
+    ) -> HttpResponse:
+        assert self._client is not None
+        headers = forwarded_headers(request, assoc, decision.origin)
+        if decision.bind_on_created:
+            # The aei must be readable in the answer: ask for it uncompressed.
+            headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+        url = self.config.backend + request.target
+        content = request.body if request.body or request.method in ("POST", "PUT") else None
+        try:
+            upstream = self._client.build_request(
+                request.method, url, headers=headers, content=content
+            )
+            resp = await self._client.send(upstream, stream=True)
+            try:
+                body = bytearray()
+                async for chunk in resp.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BODY:
+                        raise _TooLarge
+                status = resp.status_code
+                out_headers = response_headers(resp.headers.raw)
+            finally:
+                await resp.aclose()
+        except httpx.TimeoutException:
+            return self._backend_error(request, RSC.REQUEST_TIMEOUT, "did not answer in time")
+        except httpx.TransportError as exc:
+            return self._backend_error(
+                request, RSC.TARGET_NOT_REACHABLE, f"cannot be reached ({type(exc).__name__})"
+            )
+        except _TooLarge:
+            return self._backend_error(
+                request, RSC.INTERNAL_SERVER_ERROR, "answered more than the gateway relays"
+            )
+        self.stats.requests_forwarded += 1
+        return HttpResponse(status, out_headers, bytes(body))
+
+    def _backend_error(self, request: OneM2MRequest, rsc: int, what: str) -> HttpResponse:
+        self.stats.backend_errors += 1
+        target = _short(request.target)
+        log.error("backend %s %s (%s %s)", self.config.backend, what, request.method, target)
+        return _answer(request, rsc, f"the CSE behind the gateway {what}")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _answer(request: OneM2MRequest, rsc: int, message: str) -> HttpResponse:
+    return error_response(
+        rsc, message, request_id=request.request_id, release_version=request.release_version
+    )
+
+
+def _only(profiles: dict[str, tuple[str, TLSProfile]]) -> str:
+    if len(profiles) != 1:  # the configuration prevents this
+        raise ConfigurationError("name the framework of each tls:// listener")
+    return next(iter(profiles))
+
+
+def _addr(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+async def _quietly(aw: Awaitable[None]) -> None:
+    with contextlib.suppress(Exception):
+        await aw
