@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,7 +36,7 @@ from typing import Any
 import httpx
 import pytest
 
-ADMIN = "CAdmin"
+from m2msec.acme import ADMIN, STARTED_MARK, acme_command, acme_ini, free_port
 
 
 @dataclass
@@ -92,29 +90,9 @@ class AcmeCse:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _write_ini(directory: Path, *, cse_type: str, cse_id: str, cse_name: str, port: int) -> None:
-    (directory / "acme.ini").write_text(
-        "[basic.config]\n"
-        f"cseType={cse_type}\n"
-        f"cseID={cse_id}\n"
-        f"cseName={cse_name}\n"
-        f"adminID={ADMIN}\n"
-        "networkInterface=127.0.0.1\n"
-        "cseHost=127.0.0.1\n"
-        f"httpPort={port}\n"
-        "databaseType=memory\n"
-        "\n[textui]\n"
-        "startWithTUI=false\n"
-        "\n[webui]\n"
-        "enable=false\n"
-    )
+    text = acme_ini(cse_type=cse_type, cse_id=cse_id, cse_name=cse_name, port=port)
+    (directory / "acme.ini").write_text(text)
 
 
 def _ready(port: int, cse_id: str, cse_name: str) -> bool:
@@ -163,22 +141,12 @@ def running_acme(
     directory.mkdir(parents=True, exist_ok=True)
     last = ""
     for _ in range(attempts):
-        port = _free_port()
+        port = free_port()
         _write_ini(directory, cse_type=cse_type, cse_id=cse_id, cse_name=cse_name, port=port)
         out = (directory / "acme.out").open("wb")
         started = time.monotonic()
         process = subprocess.Popen(
-            [
-                sys.executable, "-m", "acmecse",
-                "--config", "acme.ini",
-                "--base-directory", str(directory),
-                "--headless",
-                "--db-type", "memory",
-                "--http-port", str(port),
-                "--network-interface", "127.0.0.1",
-                "--no-remote-cse",
-                "--no-statistics",
-            ],
+            acme_command(directory, port),
             cwd=directory,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -192,7 +160,7 @@ def running_acme(
                     break  # most likely the port was taken meanwhile: try another
                 # No HTTP request before ACME says it started: one that arrives while its
                 # plugins still register routes makes Flask refuse them, and ACME exits.
-                if b"CSE started" in _output(directory) and _ready(port, cse_id, cse_name):
+                if STARTED_MARK in _output(directory) and _ready(port, cse_id, cse_name):
                     cse.startup_seconds = time.monotonic() - started
                     break
                 time.sleep(0.05)

@@ -52,7 +52,7 @@ import contextlib
 import enum
 import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +98,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: How many SA records Entity B keeps in ``Gateway.recent_associations``.
+RECENT_ASSOCIATIONS = 1024
 
 AE_RESOURCE_TYPE = 2  # TS-0004 table 6.3.4.2.1-1
 REMOTE_CSE_RESOURCE_TYPE = 16
@@ -518,6 +521,9 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self._listeners: list[ListenerInfo] = []
         self._sessions: set[_Session] = set()
+        #: SA records of Entity B: the most recent associations, by SA identifier, open or
+        #: closed (bounded, so a long-running gateway does not grow without limit).
+        self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
         self._plain_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._started = False
@@ -667,6 +673,9 @@ class Gateway:
         ctx = conn.context
         assoc = Association.from_context(ctx, self.config.cse_id, self._sp_fqdn())
         self.stats.associations_established += 1
+        self.recent_associations[ctx.sa_id] = ctx
+        while len(self.recent_associations) > RECENT_ASSOCIATIONS:
+            self.recent_associations.popitem(last=False)
         log.info(
             "association established: peer=%s kind=%s framework=%s key_id=%s sa=%s "
             "cipher=%s/%s from=%s",

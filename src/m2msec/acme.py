@@ -1,0 +1,187 @@
+"""Run the ACME oneM2M CSE (``acmecse`` on PyPI) on loopback, for the demo and tests.
+
+ACME is a real oneM2M CSE we did not write: the gateway forwards to it, so the demo
+and the end-to-end tests exercise a genuine CSE rather than a mock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from m2msec.errors import ConfigurationError
+
+#: ACME prints this once every binding has registered its routes. A request that
+#: arrives earlier can make ACME exit, so nobody asks anything before it appears.
+STARTED_MARK = b"CSE started"
+ADMIN = "CAdmin"
+
+
+def acme_ini(
+    *, cse_type: str, cse_id: str, cse_name: str, port: int, allowed_csr: tuple[str, ...] = ()
+) -> str:
+    """The smallest ``acme.ini`` for a headless, in-memory CSE on loopback."""
+    text = (
+        "[basic.config]\n"
+        f"cseType={cse_type}\n"
+        f"cseID={cse_id}\n"
+        f"cseName={cse_name}\n"
+        f"adminID={ADMIN}\n"
+        "networkInterface=127.0.0.1\n"
+        "cseHost=127.0.0.1\n"
+        f"httpPort={port}\n"
+        "databaseType=memory\n"
+        "\n[textui]\nstartWithTUI=false\n"
+        "\n[webui]\nenable=false\n"
+    )
+    if allowed_csr:
+        # CSEs that may register here (CREATE <remoteCSE>), by SP-relative CSE-ID.
+        text += f"\n[cse.registration]\nallowedCSROriginators={','.join(allowed_csr)}\n"
+    return text
+
+
+def acme_command(directory: Path, port: int) -> list[str]:
+    """The command line; run it with cwd = ``directory`` holding ``acme.ini``.
+
+    ACME ignores the directory part of --config and keeps its runtime data in the base
+    directory, so both point at ``directory``.
+    """
+    return [
+        sys.executable, "-m", "acmecse",
+        "--config", "acme.ini",
+        "--base-directory", str(directory),
+        "--headless",
+        "--db-type", "memory",
+        "--http-port", str(port),
+        "--network-interface", "127.0.0.1",
+        "--no-remote-cse",
+        "--no-statistics",
+    ]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class AcmeCSE:
+    """One ACME CSE process with an in-memory database, bound to 127.0.0.1.
+
+    ``cse_id`` is the bare CSE-ID (``mn-cse-123456``); the CSEBase is reachable at
+    ``/~/<cse_id>/<cse_name>``. ACME is always started as an IN-CSE: it then needs no
+    registrar, and the security gateway in front of it plays the node's role.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        cse_id: str,
+        cse_name: str,
+        port: int | None = None,
+        *,
+        allowed_csr: tuple[str, ...] = (),
+    ) -> None:
+        if importlib.util.find_spec("acmecse") is None:
+            raise ConfigurationError(
+                "the ACME CSE is not installed: pip install 'm2msec[demo]' (or acmecse)"
+            )
+        self.workdir = workdir
+        self.cse_id = cse_id
+        self.cse_name = cse_name
+        self.port = port or free_port()
+        self.allowed_csr = allowed_csr
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_path(self) -> str:
+        return f"/~/{self.cse_id}/{self.cse_name}"
+
+    async def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start ACME and wait until its CSEBase answers; retry on a fresh port.
+
+        ACME exits quietly when its port is taken, so a port race costs one attempt.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(attempts):
+            if attempt:
+                self.port = free_port()
+            if await self._start_once(timeout):
+                return
+        raise ConfigurationError(
+            f"ACME CSE {self.cse_id} did not start; see {self.workdir / 'acme.log'}"
+        )
+
+    async def _start_once(self, timeout: float) -> bool:
+        (self.workdir / "acme.ini").write_text(
+            acme_ini(
+                cse_type="IN",
+                cse_id=self.cse_id,
+                cse_name=self.cse_name,
+                port=self.port,
+                allowed_csr=self.allowed_csr,
+            )
+        )
+        log_path = self.workdir / "acme.log"
+        with open(log_path, "wb") as log:
+            self._proc = proc = await asyncio.create_subprocess_exec(
+                *acme_command(self.workdir, self.port),
+                cwd=self.workdir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.returncode is None:
+            if STARTED_MARK in log_path.read_bytes():
+                break
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(timeout=5.0, trust_env=False) as client:
+            while time.monotonic() < deadline and proc.returncode is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await client.get(
+                        self.url + self.base_path,
+                        headers={"X-M2M-Origin": ADMIN, "X-M2M-RI": "up", "X-M2M-RVI": "3"},
+                    )
+                    if r.status_code == 200:
+                        return True
+                await asyncio.sleep(0.3)
+        await self.stop()
+        return False
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+
+    async def __aenter__(self) -> AcmeCSE:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,5 @@
+"""``python -m m2msec.cli``."""
+
+from m2msec.cli.main import main
+
+main()

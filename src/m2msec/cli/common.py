@@ -1,0 +1,63 @@
+"""Helpers shared by the CLI sub-commands: one-line errors, context tables, key input."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from m2msec.tls.context import SecurityContext
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one clear line, no traceback, and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def read_key(value: str, what: str = "key") -> bytes:
+    """A hex key from the command line, or from stdin when given as ``-``.
+
+    Reading from stdin keeps the key out of ``ps`` and shell history.
+    """
+    text = sys.stdin.readline().strip() if value == "-" else value.strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        fail(f"{what} must be hexadecimal")
+    if not 0 < len(key) <= 64:
+        fail(f"{what} must be 1 to 64 octets, got {len(key)}")
+    return key
+
+
+def context_table(contexts: list[tuple[str, SecurityContext]], title: str) -> Table:
+    """A table of established associations (never any key material)."""
+    table = Table(title=title)
+    for col in (
+        "association",
+        "framework",
+        "peer",
+        "protocol",
+        "cipher suite",
+        "key id",
+        "valid until",
+    ):
+        table.add_column(col)
+    for label, ctx in contexts:
+        table.add_row(
+            label,
+            ctx.framework.value,
+            f"{ctx.peer_id} ({ctx.peer_kind.value})",
+            ctx.protocol,
+            ctx.cipher_suite,
+            ctx.key_id or "-",
+            ctx.valid_until.isoformat(timespec="seconds") if ctx.valid_until else "-",
+        )
+    return table

@@ -1,0 +1,31 @@
+"""``m2msec demo`` and ``m2msec connect`` as a user runs them (real ACME CSEs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.interop
+def test_demo_runs_tr0038_scenario() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "m2msec.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    # Both lights registered by PSK and the home gateway reached the IN-CSE by certificate.
+    assert "ADN-AE1 registers as Clight-AE1: X-M2M-RSC 2001 ok" in out
+    assert "ADN-AE2 registers as Clight-AE2: X-M2M-RSC 2001 ok" in out
+    assert "gateway refuses, ORIGINATOR_HAS_NO_PRIVILEGE: X-M2M-RSC 4103 ok" in out
+    assert "MN-CSE registers at the IN-CSE (<remoteCSE>): X-M2M-RSC 2001 ok" in out
+    # Entity B's SA records bind the AE-IDs from the psk table and the CSE-ID from the cert.
+    table = out[out.index("Security associations established") :]
+    for expected in ("Clight-AE1", "Clight-AE2", "/mn-cse-123456", "certificate"):
+        assert expected in table
+    assert "1a2b3c4d5e6f7a8b" not in out + done.stderr  # no key material printed
