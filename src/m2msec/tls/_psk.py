@@ -25,8 +25,11 @@ _binding = Binding()
 _ffi: Any = _binding.ffi
 _lib: Any = _binding.lib
 
-#: RFC 4279 limits the identity to 128 octets; OpenSSL caps keys at 256 octets.
+#: RFC 4279 limits the identity to 128 octets, which the clients here enforce. Servers
+#: read up to OpenSSL's own limit so that the framework can refuse an oversized identity
+#: with a precise reason. OpenSSL caps keys at 256 octets.
 MAX_IDENTITY_LEN = 128
+MAX_RECEIVED_IDENTITY_LEN = 256
 MAX_PSK_LEN = 256
 
 ServerLookup = Callable[[SSL.Connection, bytes], bytes | None]
@@ -54,9 +57,9 @@ def set_server_callback(ctx: SSL.Context, lookup: ServerLookup, hint: bytes | No
             conn = _connection_of(ssl)
             if conn is None or identity == _ffi.NULL:
                 return 0
-            ident = _ffi.string(identity, MAX_IDENTITY_LEN + 1)
-            if len(ident) > MAX_IDENTITY_LEN:
-                log.warning("PSK identity longer than %d octets refused", MAX_IDENTITY_LEN)
+            ident = _ffi.string(identity, MAX_RECEIVED_IDENTITY_LEN + 1)
+            if len(ident) > MAX_RECEIVED_IDENTITY_LEN:
+                log.warning("PSK identity longer than %d octets refused", MAX_RECEIVED_IDENTITY_LEN)
                 return 0
             key = lookup(conn, ident)
             if key is None:

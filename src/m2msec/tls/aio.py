@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from m2msec.errors import HandshakeError
 from m2msec.tls.context import SecurityContext
@@ -107,9 +107,9 @@ class _TLSProtocol(asyncio.Protocol):
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self.peer = transport.get_extra_info("peername")
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = self._transport.get_extra_info("peername")
         self._timer = asyncio.get_running_loop().call_later(
             self._timeout, self._handshake_timed_out
         )

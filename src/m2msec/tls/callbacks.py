@@ -61,6 +61,9 @@ def install(profile: TLSProfile) -> None:
                 state.refusal = f"unknown or expired psk_identity {state.psk_identity!r}"
                 return None
             key, state.binding = answer
+            # A TLS 1.3 client may offer a resumption ticket before its external PSK; the
+            # ticket's refusal is moot once the PSK resolves.
+            state.refusal = None
             return key
 
         _psk.set_server_callback(ctx, server_lookup)
