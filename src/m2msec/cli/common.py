@@ -61,3 +61,23 @@ def context_table(contexts: list[tuple[str, SecurityContext]], title: str) -> Ta
             ctx.valid_until.isoformat(timespec="seconds") if ctx.valid_until else "-",
         )
     return table
+
+
+def context_details(ctx: SecurityContext) -> Table:
+    """One association as a two-column table, readable in a narrow terminal."""
+    table = Table(show_header=False, title="Security association", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = (
+        ("framework", ctx.framework.value),
+        ("peer (as bound)", f"{ctx.peer_id} ({ctx.peer_kind.value})"),
+        ("protocol", ctx.protocol),
+        ("cipher suite", ctx.cipher_suite),
+        ("key id", ctx.key_id or "-"),
+        ("server name", ctx.server_name or "-"),
+        ("valid until", ctx.valid_until.isoformat(timespec="seconds") if ctx.valid_until else "-"),
+        ("SA id", ctx.sa_id),
+    )
+    for key, value in rows:
+        table.add_row(key, value)
+    return table

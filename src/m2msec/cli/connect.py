@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import typer
 
 from m2msec.bindings.client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
-from m2msec.cli.common import console, context_table, fail, read_key
+from m2msec.cli.common import console, context_details, fail, read_key
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import SecurityContext
@@ -143,7 +143,7 @@ def connect(
         fail(f"security association failed: {exc.reason}")
     except (TimeoutError, ConnectionError, OSError) as exc:
         fail(f"request failed: {exc or type(exc).__name__}")
-    console.print(context_table([("Entity A -> B", ctx)], "Security association"))
+    console.print(context_details(ctx))
     console.print(f"HTTP {response.status}  X-M2M-RSC: {response.rsc}")
     if response.body:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -109,6 +110,17 @@ def _logging(level: str) -> None:
     logging.getLogger("m2msec").setLevel(level.upper())
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: about 1.4x the handshakes and 1.9x the round trips of
+    asyncio's own loop in bench/bench_handshakes.py (docs/performance.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 @app.command()
 def serve(
     listen: Annotated[
@@ -189,7 +201,8 @@ def serve(
         raise _err(str(exc), 2) from None
     console = Console(highlight=False)
     try:
-        gw = asyncio.run(_run(cfg, console))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            gw = runner.run(_run(cfg, console))
     except ConfigurationError as exc:
         raise _err(str(exc), 2) from None
     except (M2MSecError, OSError) as exc:
