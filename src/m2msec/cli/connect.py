@@ -8,6 +8,7 @@ the answer.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,14 @@ from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _profile(
@@ -113,6 +122,8 @@ def connect(
     if parts.scheme != "https" or not parts.hostname:
         fail("URL must look like https://HOST:PORT/PATH")
     host, port = parts.hostname, parts.port or 443
+    if server_name is None and not _is_ip(host):
+        server_name = host  # every client sends SNI (READINGS A-11), as s_client does
     type_code: int | None = None
     if ty is not None:
         type_code = RESOURCE_TYPES.get(ty) if not ty.isdigit() else int(ty)

@@ -679,7 +679,7 @@ class Gateway:
         log.info(
             "association established: peer=%s kind=%s framework=%s key_id=%s sa=%s "
             "cipher=%s/%s from=%s",
-            ctx.peer_id,
+            assoc.peer_id,
             ctx.peer_kind.value,
             ctx.framework.value,
             ctx.key_id,
