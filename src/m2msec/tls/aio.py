@@ -287,13 +287,16 @@ class TLSServer:
         return port
 
     async def close(self) -> None:
+        # Stop accepting, end the per-connection tasks, then wait: from Python 3.12
+        # wait_closed() also waits for open connections, which the tasks hold.
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
 
     def _new_protocol(self) -> asyncio.Protocol:
         protocol = _TLSProtocol(self.profile, handshake_timeout=self.handshake_timeout)
@@ -315,6 +318,9 @@ class TLSServer:
         except HandshakeError as exc:
             self._report(protocol.peer, exc.reason)
             return
+        except asyncio.CancelledError:
+            protocol.abort()  # server closing: drop the half-open connection
+            raise
         finally:
             self.pending -= 1
         self.established += 1
