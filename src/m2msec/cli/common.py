@@ -37,32 +37,6 @@ def read_key(value: str, what: str = "key") -> bytes:
     return key
 
 
-def context_table(contexts: list[tuple[str, SecurityContext]], title: str) -> Table:
-    """A table of established associations (never any key material)."""
-    table = Table(title=title)
-    for col in (
-        "association",
-        "framework",
-        "peer",
-        "protocol",
-        "cipher suite",
-        "key id",
-        "valid until",
-    ):
-        table.add_column(col)
-    for label, ctx in contexts:
-        table.add_row(
-            label,
-            ctx.framework.value,
-            f"{ctx.peer_id} ({ctx.peer_kind.value})",
-            ctx.protocol,
-            ctx.cipher_suite,
-            ctx.key_id or "-",
-            ctx.valid_until.isoformat(timespec="seconds") if ctx.valid_until else "-",
-        )
-    return table
-
-
 def context_details(ctx: SecurityContext) -> Table:
     """One association as a two-column table, readable in a narrow terminal."""
     table = Table(show_header=False, title="Security association", title_justify="left")
