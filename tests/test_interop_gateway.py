@@ -61,43 +61,30 @@ async def test_openssl_s_client_registers_through_gateway(
 ) -> None:
     port = psk_gateway.listeners[0].port
     base = f"/~/{acme.cse_id}/{acme.cse_name}"
+    s_client = [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-tls1_2",
+        "-cipher",
+        "PSK-AES128-CBC-SHA256",
+        "-psk",
+        "1a2b3c4d5e6f7a8b",
+        "-psk_identity",
+        "AE123456789012-Light@in.provider.com",
+        "-quiet",
+        "-ign_eof",
+    ]
     done = await run(
-        [
-            "openssl",
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{port}",
-            "-tls1_2",
-            "-cipher",
-            "PSK-AES128-CBC-SHA256",
-            "-psk",
-            "1a2b3c4d5e6f7a8b",
-            "-psk_identity",
-            "AE123456789012-Light@in.provider.com",
-            "-quiet",
-            "-ign_eof",
-        ],
+        s_client,
         stdin=registration(base, "Clight-AE1", "s-client-light"),
     )
     assert rsc(done.output) == "2001", done.output
     assert re.search(r'"aei":\s*"Clight-AE1"', done.output), done.output
     # The same association may not speak for another AE.
     done = await run(
-        [
-            "openssl",
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{port}",
-            "-tls1_2",
-            "-cipher",
-            "PSK-AES128-CBC-SHA256",
-            "-psk",
-            "1a2b3c4d5e6f7a8b",
-            "-psk_identity",
-            "AE123456789012-Light@in.provider.com",
-            "-quiet",
-            "-ign_eof",
-        ],
+        s_client,
         stdin=registration(base, "Clight-AE2", "impostor"),
     )
     assert rsc(done.output) == "4103", done.output
