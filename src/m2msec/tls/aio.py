@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import SecurityContext
+from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
     HandshakeComplete,
     HandshakeFailed,
+    PskLookupNeeded,
     TLSEngine,
 )
 from m2msec.tls.profiles import TLSProfile
@@ -104,6 +105,7 @@ class _TLSProtocol(asyncio.Protocol):
         self._paused = False
         self._timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
+        self._lookups: set[asyncio.Task[None]] = set()
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -128,6 +130,8 @@ class _TLSProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        for task in self._lookups:
+            task.cancel()
         if not self.handshake.done():
             self.handshake.set_exception(HandshakeError("connection lost during the handshake"))
         self._eof = True
@@ -165,6 +169,10 @@ class _TLSProtocol(asyncio.Protocol):
                 self._flush()
                 if self._transport is not None:
                     self._transport.close()
+            elif isinstance(event, PskLookupNeeded):
+                task = asyncio.get_running_loop().create_task(self._lookup(event))
+                self._lookups.add(task)
+                task.add_done_callback(self._lookups.discard)
             elif isinstance(event, HandshakeFailed):
                 self._cancel_timer()
                 if not self.handshake.done():
@@ -172,6 +180,24 @@ class _TLSProtocol(asyncio.Protocol):
                 self._flush()  # the alert
                 if self._transport is not None:
                     self._transport.close()
+
+    async def _lookup(self, event: PskLookupNeeded) -> None:
+        # The handshake timer keeps running: a slow MAF or BSF ends in "timed out".
+        resolver = self.engine.profile.psk_async_resolver
+        assert resolver is not None
+        answer: tuple[bytes, PeerBinding] | HandshakeError | None
+        try:
+            answer = await resolver(event.identity, event.cipher_suite)
+        except HandshakeError as exc:
+            answer = exc
+        except Exception:
+            log.exception("asynchronous PSK lookup failed")
+            answer = HandshakeError("psk_identity could not be resolved")
+        if self._transport is None or self._transport.is_closing():
+            return
+        self.engine.provide_psk(event.identity, answer)
+        self._flush()
+        self._dispatch()
 
     def _handshake_timed_out(self) -> None:
         if not self.handshake.done():

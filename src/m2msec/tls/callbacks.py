@@ -9,7 +9,7 @@ engine can build the :class:`~m2msec.tls.context.SecurityContext` or explain a f
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL, crypto
@@ -31,6 +31,9 @@ class HandshakeState:
     psk_identity: str | None = None
     binding: PeerBinding | None = None
     refusal: str | None = None
+    #: Answers of the profile's async resolver, by raw identity: (psk, binding), or a
+    #: refusal reason. Filled by the engine before OpenSSL's PSK callback runs.
+    prefetched: dict[bytes, tuple[bytes, PeerBinding] | str] = field(default_factory=dict)
 
 
 def _state(conn: SSL.Connection) -> HandshakeState:
@@ -46,17 +49,25 @@ def _printable(identity: bytes) -> str:
 
 def install(profile: TLSProfile) -> None:
     ctx = profile.ssl_context
-    if profile.psk_resolver is not None:
+    if profile.psk_resolver is not None or profile.psk_async_resolver is not None:
         resolver = profile.psk_resolver
 
         def server_lookup(conn: SSL.Connection, identity: bytes) -> bytes | None:
             state = _state(conn)
             state.psk_identity = _printable(identity)
-            try:
-                answer = resolver(identity)
-            except HandshakeError as exc:
-                state.refusal = exc.reason
+            answer: tuple[bytes, PeerBinding] | None = None
+            prefetched = state.prefetched.get(identity)
+            if isinstance(prefetched, str):
+                state.refusal = prefetched
                 return None
+            if prefetched is not None:
+                answer = prefetched
+            elif resolver is not None:
+                try:
+                    answer = resolver(identity)
+                except HandshakeError as exc:
+                    state.refusal = exc.reason
+                    return None
             if answer is None:
                 state.refusal = f"unknown or expired psk_identity {state.psk_identity!r}"
                 return None
@@ -66,7 +77,7 @@ def install(profile: TLSProfile) -> None:
             state.refusal = None
             return key
 
-        _psk.set_server_callback(ctx, server_lookup)
+        _psk.set_server_callback(ctx, server_lookup, profile.psk_hint)
 
     if profile.psk_offer is not None:
         offer = profile.psk_offer

@@ -22,8 +22,9 @@ from OpenSSL import SSL
 
 from m2msec.errors import HandshakeError
 from m2msec.tls.callbacks import HandshakeState
-from m2msec.tls.context import SecurityContext
+from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
+from m2msec.tls.psk_sniff import PskIdentitySniffer
 
 #: RFC 5705 label for the SA record identifier (READINGS A-24): an exporter value
 #: both sides compute alike, and never a key.
@@ -49,6 +50,18 @@ class HandshakeFailed(Event):
 @dataclass(frozen=True, slots=True)
 class DataReceived(Event):
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PskLookupNeeded(Event):
+    """Entity B: resolve ``identity`` with the profile's async resolver, then call
+    :meth:`TLSEngine.provide_psk`. The client's bytes wait until every lookup is answered.
+
+    ``cipher_suite`` is the IANA id of the negotiated suite, read from our ServerHello
+    (TLS/DTLS 1.2), or None when the lookup comes first (a TLS 1.3 ClientHello)."""
+
+    identity: bytes
+    cipher_suite: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +93,11 @@ class TLSEngine:
         if profile.transport is Transport.DTLS and mtu:
             conn.set_ciphertext_mtu(mtu)
         self._conn = conn
+        self._sniffer: PskIdentitySniffer | None = None
+        if profile.server_side and profile.psk_async_resolver is not None:
+            self._sniffer = PskIdentitySniffer(datagram=profile.transport is Transport.DTLS)
+        self._held: list[bytes] = []
+        self._awaiting: set[bytes] = set()
         self._events: deque[Event] = deque()
         self._context: SecurityContext | None = None
         self._failed = False
@@ -125,8 +143,51 @@ class TLSEngine:
                 self._closed = True
                 self._events.append(ConnectionClosed())
             return
+        if self._sniffer is not None and not self.handshake_done:
+            if self._awaiting:
+                self._held.append(data)
+                return
+            new = [i for i in self._sniffer.feed(data) if i not in self._state.prefetched]
+            if new:
+                self._held.append(data)
+                self._awaiting.update(new)
+                for identity in new:
+                    self._events.append(PskLookupNeeded(identity, self._sniffer.cipher_suite))
+                return
         self._conn.bio_write(data)
         self._advance()
+
+    @property
+    def psk_lookups_pending(self) -> bool:
+        """True while the engine waits for :meth:`provide_psk`."""
+        return bool(self._awaiting)
+
+    def provide_psk(
+        self, identity: bytes, answer: tuple[bytes, PeerBinding] | HandshakeError | None
+    ) -> None:
+        """The async resolver's answer for ``identity`` (None: unknown; an error: refused).
+
+        Once every pending identity has an answer, the held bytes go to OpenSSL.
+        """
+        if identity not in self._awaiting:
+            return
+        if isinstance(answer, HandshakeError):
+            self._state.prefetched[identity] = answer.reason
+        elif answer is None:
+            self._state.prefetched[identity] = (
+                f"unknown or expired psk_identity {_printable(identity)!r}"
+            )
+        else:
+            self._state.prefetched[identity] = answer
+        self._awaiting.discard(identity)
+        if self._awaiting or self._failed or self._closed:
+            return
+        # The first held chunk has been through the sniffer; later ones have not.
+        held, self._held = self._held, []
+        self._conn.bio_write(held[0])
+        self._advance()
+        for chunk in held[1:]:
+            self.receive_data(chunk)
 
     def send(self, data: bytes) -> None:
         """Encrypt application data for the peer."""
@@ -153,7 +214,10 @@ class TLSEngine:
                 chunks.append(self._conn.bio_read(_READ_CHUNK))
             except SSL.WantReadError:
                 break
-        return b"".join(chunks)
+        out = b"".join(chunks)
+        if self._sniffer is not None and not self.handshake_done:
+            self._sniffer.observe_server(out)
+        return out
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -251,6 +315,10 @@ class TLSEngine:
         if "bad record mac" in detail or "decrypt" in detail:
             detail += " (wrong PSK?)" if self._state.psk_identity else ""
         return f"handshake failed: {detail}" if not self.handshake_done else detail
+
+
+def _printable(identity: bytes) -> str:
+    return identity[:128].decode("utf-8", "backslashreplace")
 
 
 def _openssl_reason(exc: SSL.Error) -> str:

@@ -17,7 +17,7 @@ certificate framework instead.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from OpenSSL import SSL
@@ -61,6 +61,15 @@ PskResolver = Callable[[bytes], "tuple[bytes, PeerBinding] | None"]
 
 May raise :class:`m2msec.errors.HandshakeError` to refuse with a specific reason."""
 
+AsyncPskResolver = Callable[[bytes, "int | None"], Awaitable["tuple[bytes, PeerBinding] | None"]]
+"""Entity B: (psk_identity, IANA id of the negotiated suite or None) -> (psk, binding) or None.
+
+For frameworks whose keys live elsewhere (MAF Key Retrieval, GBA Zn). The engine calls it
+before OpenSSL's PSK callback (see :mod:`m2msec.tls.psk_sniff`); the suite (e.g. 0x00AE for
+TLS_PSK_WITH_AES_128_CBC_SHA256, which GBA's NAF_Id needs) is known for TLS/DTLS 1.2 (our
+ServerHello has gone out) and None for a TLS 1.3 ClientHello. May raise
+:class:`m2msec.errors.HandshakeError` to refuse with a specific reason."""
+
 PskOffer = Callable[[bytes | None], "tuple[bytes, bytes, PeerBinding] | None"]
 """Entity A: identity hint -> (psk_identity, psk, binding of the server), or None."""
 
@@ -91,6 +100,11 @@ class TLSProfile:
     ssl_context: SSL.Context
     local_id: str | None = None
     psk_resolver: PskResolver | None = None
+    psk_async_resolver: AsyncPskResolver | None = None
+    """Entity B: resolves each identity the client sends before OpenSSL asks for it; the
+    synchronous ``psk_resolver``, if any, answers only identities not resolved this way."""
+    psk_hint: bytes | None = None
+    """Entity B: the identity hint sent in ServerKeyExchange (TLS 1.2 only; GBA)."""
     psk_offer: PskOffer | None = None
     certificate_policy: CertificatePolicy | None = None
     server_name: str | None = None
