@@ -1,0 +1,376 @@
+"""``m2msec bsf``: the BSF with its HSS simulator (TS 33.220), from the shell.
+
+* ``m2msec bsf serve`` runs Ub (HTTP Digest AKA bootstrapping, TS 24.109) and Zn (NAF key
+  retrieval over mutual TLS, our mapping of TS 29.109), see :mod:`m2msec.servers.bsf`.
+  Settings come from a TOML file (``--config``, section ``[bsf]``); options override it.
+* ``m2msec bsf add-subscriber IMPI --k HEX (--opc HEX | --op HEX)`` provisions a
+  subscriber of the HSS simulator: K and OPc (computed from OP with MILENAGE when ``--op``
+  is given; OP itself is not stored), SQN_HE (``--sqn``, 12 hex digits, default 0), the AMF
+  of its vectors (``--amf``, default 0000), the NAFs it may use (``--allow-naf FQDN``,
+  repeatable; ``--uss FQDN=JSON`` gives a NAF its user security settings, e.g.
+  ``'mn.example.com={"aeId": "/mn-cse/Cdev"}'``; ``--any-naf`` allows every NAF) and
+  ``--uicc`` for a UICC-based (GBA_U) credential. ``--k -`` / ``--opc -`` / ``--op -``
+  read the value from standard input.
+* ``m2msec bsf list`` shows the subscribers (never their keys), ``m2msec bsf remove IMPI``
+  removes one with its bootstrapping sessions.
+
+Exit status: 0 on success, 1 when the store or the server fails, 2 for malformed input
+or configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from m2msec.crypto.milenage import opc as derive_opc
+from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
+from m2msec.gba.aka import DEFAULT_AMF
+from m2msec.gba.subscribers import Guss, SubscriberStore
+from m2msec.servers.bsf import BsfConfig, BsfServer, load_bsf_config
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="bsf",
+    help="The BSF and its HSS simulator (3GPP TS 33.220 GBA).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals could hold keys
+)
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        metavar="PATH",
+        help="Subscriber store (default: bsf.db in the m2msec data directory).",
+        show_default=False,
+    ),
+]
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        Text(f"error: {message}", style="bold red")
+    )
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except (IdentifierError, ConfigurationError) as exc:
+        _fail(str(exc), 2)
+    except StoreError as exc:
+        _fail(str(exc.args[0]) if exc.args else str(exc), 1)
+
+
+def _read_hex(value: str, what: str, length: int) -> bytes:
+    if value == "-":
+        if sys.stdin.isatty():
+            value = typer.prompt(f"{what} (hexadecimal)", hide_input=True, err=True)
+        else:
+            value = sys.stdin.readline()
+    text = value.strip().replace(":", "").replace(" ", "")
+    if text.lower().startswith("0x"):
+        text = text[2:]
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        _fail(f"{what} must be hexadecimal", 2)
+    if len(raw) != length:
+        _fail(f"{what} must be {length} octets ({2 * length} hex digits), got {len(raw)}", 2)
+    return raw
+
+
+def _open(store: Path | None) -> SubscriberStore:
+    return SubscriberStore(store)
+
+
+@app.callback()
+def _group() -> None:
+    """The BSF and its HSS simulator (3GPP TS 33.220 GBA)."""
+
+
+# ----------------------------------------------------------------------------- subscribers
+
+
+@app.command("add-subscriber")
+def add_subscriber(
+    impi: Annotated[str, typer.Argument(metavar="IMPI", help="Private user identity (NAI).")],
+    k: Annotated[
+        str, typer.Option("--k", metavar="HEX", help="Subscriber key K (16 octets), or -.")
+    ],
+    opc: Annotated[
+        str | None,
+        typer.Option("--opc", metavar="HEX", help="OPc (16 octets), or -.", show_default=False),
+    ] = None,
+    op: Annotated[
+        str | None,
+        typer.Option(
+            "--op", metavar="HEX", help="OP (16 octets); OPc is derived.", show_default=False
+        ),
+    ] = None,
+    sqn: Annotated[
+        str, typer.Option("--sqn", metavar="HEX", help="SQN_HE, 6 octets.")
+    ] = "000000000000",
+    amf: Annotated[
+        str, typer.Option("--amf", metavar="HEX", help="AMF of the vectors, 2 octets.")
+    ] = DEFAULT_AMF.hex(),
+    allow_naf: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-naf",
+            metavar="FQDN",
+            help="A NAF the subscriber may use (repeat).",
+            show_default=False,
+        ),
+    ] = None,
+    uss: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--uss",
+            metavar="FQDN=JSON",
+            help="A NAF with its user security settings.",
+            show_default=False,
+        ),
+    ] = None,
+    any_naf: Annotated[
+        bool, typer.Option("--any-naf", help="Allow every NAF (empty USS).")
+    ] = False,
+    uicc: Annotated[
+        bool, typer.Option("--uicc", help="UICC-based credential: GBA_U (Ks_int_NAF).")
+    ] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing one.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Provision a subscriber of the HSS simulator."""
+    if (opc is None) == (op is None):
+        _fail("give exactly one of --opc and --op", 2)
+    key = _read_hex(k, "K", 16)
+    if opc is not None:
+        opc_value = _read_hex(opc, "OPc", 16)
+    else:
+        assert op is not None
+        opc_value = derive_opc(key, _read_hex(op, "OP", 16))
+    sqn_value = int.from_bytes(_read_hex(sqn, "SQN", 6), "big")
+    amf_value = _read_hex(amf, "AMF", 2)
+    nafs: dict[str, dict[str, Any]] = {f: {} for f in allow_naf or ()}
+    for item in uss or ():
+        fqdn, sep, text = item.partition("=")
+        if not sep:
+            _fail(f"--uss {item!r}: write FQDN=JSON", 2)
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            _fail(f"--uss {fqdn}: not JSON: {exc}", 2)
+        if not isinstance(value, dict):
+            _fail(f"--uss {fqdn}: the USS must be a JSON object", 2)
+        nafs[fqdn] = value
+    with _errors():
+        guss = Guss.allowing(nafs, any_naf=any_naf)
+        with _open(store) as st:
+            sub = st.add_subscriber(
+                impi,
+                k=key,
+                opc=opc_value,
+                sqn=sqn_value,
+                amf=amf_value,
+                guss=guss,
+                uicc=uicc,
+                replace=replace,
+            )
+            where = st.path
+    allowed = "any NAF" if any_naf else (", ".join(sorted(guss.nafs)) or "no NAF yet")
+    _out().print(
+        f"added {sub.impi} ({sub.gba_type}, SQN {sub.sqn:012x}, AMF {sub.amf.hex()}; "
+        f"allowed: {allowed}) to {where}"
+    )
+    if not guss.nafs and not any_naf:
+        Console(stderr=True).print(
+            Text(
+                "warning: no NAF is allowed: every Zn request for this subscriber will be "
+                "refused (use --allow-naf or --any-naf)",
+                style="yellow",
+            )
+        )
+
+
+@app.command("list")
+def list_subscribers(store: StoreOption = None) -> None:
+    """Show the subscribers (never their keys)."""
+    with _errors(), _open(store) as st:
+        subs = st.list_subscribers()
+        sessions = st.count_sessions()
+        where = st.path
+    table = Table(title=f"subscribers in {where}", title_justify="left")
+    for column in ("IMPI", "type", "SQN", "AMF", "allowed NAFs"):
+        table.add_column(column, overflow="fold")
+    for sub in subs:
+        nafs = []
+        for fqdn, uss in sorted(sub.guss.nafs.items()):
+            nafs.append(fqdn + (f" {json.dumps(dict(uss))}" if uss else ""))
+        if sub.guss.any_naf:
+            nafs.append("(any NAF)")
+        table.add_row(sub.impi, sub.gba_type, f"{sub.sqn:012x}", sub.amf.hex(), "\n".join(nafs))
+    out = _out()
+    out.print(table)
+    out.print(f"{len(subs)} subscriber(s), {sessions} bootstrapping session(s)")
+
+
+@app.command("remove")
+def remove(
+    impi: Annotated[str, typer.Argument(metavar="IMPI")],
+    store: StoreOption = None,
+) -> None:
+    """Remove a subscriber and its bootstrapping sessions."""
+    with _errors(), _open(store) as st:
+        removed = st.remove_subscriber(impi)
+    if not removed:
+        _fail(f"no subscriber {impi!r}", 1)
+    _out().print(f"removed {impi}")
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def _banner(bsf: BsfServer) -> Table:
+    cfg = bsf.config
+    table = Table(title="m2msec BSF", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("FQDN", f"{cfg.fqdn} (realm, B-TID domain)")
+    for host, port in bsf.ub_addresses:
+        table.add_row("Ub", f"http://{host}:{port}/  (HTTP Digest AKA, TS 24.109)")
+    for host, port in bsf.zn_addresses:
+        table.add_row("Zn", f"tls://{host}:{port}  (mutual TLS, NAF certificates from {cfg.ca})")
+    store = bsf.store
+    table.add_row(
+        "store",
+        f"{store.path}: {store.count_subscribers()} subscriber(s), "
+        f"{store.count_sessions()} session(s)",
+    )
+    table.add_row("Ks lifetime", f"{cfg.ks_lifetime:g} s")
+    return table
+
+
+async def _run(config: BsfConfig, console: Console) -> BsfServer:
+    bsf = BsfServer(config)
+    await bsf.start()
+    console.print(_banner(bsf))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await bsf.serve_forever(stop)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return bsf
+
+
+@app.command()
+def serve(
+    listen: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--listen",
+            "-l",
+            metavar="URL",
+            help="Ub listener http://HOST:PORT (repeat).",
+            show_default=False,
+        ),
+    ] = None,
+    zn_listen: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--zn-listen",
+            metavar="URL",
+            help="Zn listener tls://HOST:PORT (repeat).",
+            show_default=False,
+        ),
+    ] = None,
+    fqdn: Annotated[
+        str | None,
+        typer.Option("--fqdn", metavar="FQDN", help="The BSF's FQDN.", show_default=False),
+    ] = None,
+    store: StoreOption = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Our FQDN certificate (PEM).", show_default=False),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Our private key (PEM).", show_default=False)
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="CA of the NAF certificates (PEM).", show_default=False),
+    ] = None,
+    ks_lifetime: Annotated[
+        float | None,
+        typer.Option("--ks-lifetime", metavar="SECONDS", help="Key lifetime.", show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", metavar="FILE", help="TOML configuration file.", show_default=False
+        ),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
+    ] = "info",
+) -> None:
+    """Run the BSF until SIGINT or SIGTERM."""
+    if log_level.lower() not in _LEVELS:
+        _fail(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("m2msec").setLevel(log_level.upper())
+    overrides: dict[str, Any] = {
+        "listen": list(listen) if listen else None,
+        "zn_listen": list(zn_listen) if zn_listen else None,
+        "fqdn": fqdn,
+        "store": None if store is None else str(store),
+        "cert": None if cert is None else str(cert),
+        "key": None if key is None else str(key),
+        "ca": None if ca is None else str(ca),
+        "ks_lifetime": ks_lifetime,
+    }
+    try:
+        cfg = load_bsf_config(config, overrides)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    console = Console(highlight=False)
+    try:
+        bsf = asyncio.run(_run(cfg, console))
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    except (M2MSecError, OSError) as exc:
+        _fail(str(exc), 1)
+    stats = bsf.stats
+    console.print(
+        f"stopped: {stats.bootstraps} bootstrap(s), {stats.resyncs} resynchronisation(s), "
+        f"{stats.zn_answered} Zn key(s) given, {stats.ub_refused + stats.zn_refused} refused"
+    )

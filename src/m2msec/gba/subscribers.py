@@ -1,0 +1,635 @@
+"""The HSS simulator's subscribers and the BSF's bootstrapping sessions, in SQLite.
+
+Two tables in one file (default ``<data dir>/bsf.db``, created 0600 in a 0700 directory)::
+
+    subscriber(impi TEXT PRIMARY KEY, k BLOB, opc BLOB, sqn INTEGER, amf BLOB,
+               guss TEXT, uicc INTEGER, created_at INTEGER)
+    bootstrap(btid TEXT PRIMARY KEY, impi TEXT, rand BLOB, ks BLOB, created_at INTEGER,
+              expires_at INTEGER, gba_type TEXT)
+
+* A subscriber is what the HSS holds for an IMPI (TS 33.220 4.2.3/4.4.2): the AKA
+  credential (K and OPc, each sealed with :mod:`m2msec.store.seal` under the
+  key-encryption key, with the IMPI and the column name as associated data), SQN_HE
+  (the last SQN issued, TS 33.102 Annex C), the AMF of its vectors, whether its
+  credential is on a UICC (GBA_U, READINGS A-08) and its GBA User Security Settings.
+* GUSS (TS 33.220 4.2.3, our reduced form, stored as JSON): the NAFs the subscriber may
+  use, by FQDN, each with its application-specific user security settings (USS) as a JSON
+  object that the BSF hands to that NAF over Zn (for example ``{"aeId": "/mn-cse/Cdev"}``,
+  which the NAF binds as the peer identity), or ``any_naf`` to allow every NAF with an
+  empty USS. A NAF not allowed is refused the key (4.4.6, "the BSF ... shall check
+  whether the NAF is authorised").
+* A bootstrapping session (TS 33.220 4.5.2) is the BSF's state after a successful Ub run:
+  B-TID, IMPI, RAND, Ks (sealed; the associated data binds B-TID, IMPI, RAND, expiry and
+  type) and the key lifetime.
+
+Writes use WAL with ``synchronous=NORMAL``: a power cut may lose the last SQN step or
+the last session (the device then resynchronises or bootstraps again), but never leaves
+the file inconsistent. One connection behind a lock serves the BSF's event loop; the CLI
+may use the same file at once from another process (``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, Literal
+
+from m2msec.crypto.milenage import AMF_LENGTH, KEY_LENGTH
+from m2msec.errors import (
+    ConfigurationError,
+    DuplicateCredentialError,
+    IdentifierError,
+    StoreError,
+    UnknownCredentialError,
+)
+from m2msec.gba.aka import DEFAULT_AMF, SQN_MAX, SubscriberKeys, next_sqn
+from m2msec.ids import check_fqdn
+from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.store.seal import KEK_FILE_NAME, Sealer, load_kek
+
+__all__ = [
+    "BSF_STORE_NAME",
+    "MAX_IMPI_OCTETS",
+    "BootstrapSession",
+    "GbaType",
+    "Guss",
+    "Subscriber",
+    "SubscriberStore",
+    "check_impi",
+    "default_bsf_store_path",
+]
+
+log = logging.getLogger(__name__)
+
+BSF_STORE_NAME: Final = "bsf.db"
+SCHEMA_VERSION: Final = 1
+MAX_IMPI_OCTETS: Final = 255
+MAX_GUSS_OCTETS: Final = 64 * 1024
+GbaType = Literal["GBA_ME", "GBA_U"]
+
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        """CREATE TABLE subscriber (
+               impi       TEXT PRIMARY KEY,
+               k          BLOB NOT NULL,
+               opc        BLOB NOT NULL,
+               sqn        INTEGER NOT NULL,
+               amf        BLOB NOT NULL,
+               guss       TEXT NOT NULL,
+               uicc       INTEGER NOT NULL,
+               created_at INTEGER NOT NULL
+           ) WITHOUT ROWID""",
+        """CREATE TABLE bootstrap (
+               btid       TEXT PRIMARY KEY,
+               impi       TEXT NOT NULL,
+               rand       BLOB NOT NULL,
+               ks         BLOB NOT NULL,
+               created_at INTEGER NOT NULL,
+               expires_at INTEGER NOT NULL,
+               gba_type   TEXT NOT NULL
+           ) WITHOUT ROWID""",
+        "CREATE INDEX bootstrap_expiry ON bootstrap (expires_at)",
+        "CREATE INDEX bootstrap_impi ON bootstrap (impi)",
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    ),
+}
+_KEK_CHECK_NAME: Final = "kek-check"
+_KEK_CHECK_AAD: Final = b"m2msec/bsf/meta/kek-check"
+_KEK_CHECK_VALUE: Final = b"m2msec BSF key-encryption key check, version 1"
+
+
+def default_bsf_store_path(*, create: bool = False) -> Path:
+    """``<data dir>/bsf.db``; with ``create``, make the data directory (0700) first."""
+    directory = data_dir()
+    if create:
+        ensure_private_dir(directory)
+    return directory / BSF_STORE_NAME
+
+
+def check_impi(impi: str) -> str:
+    """An IMPI (an NAI, TS 23.003 13.3): 1-255 UTF-8 octets, no spaces, quotes or controls."""
+    if not isinstance(impi, str) or not impi:
+        raise IdentifierError("IMPI is empty")
+    try:
+        n = len(impi.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise IdentifierError("IMPI is not valid Unicode text") from None
+    if n > MAX_IMPI_OCTETS:
+        raise IdentifierError(f"IMPI is longer than {MAX_IMPI_OCTETS} octets")
+    bad = [c for c in impi if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c in '"\\']
+    if bad:
+        raise IdentifierError(f"IMPI {impi[:64]!r} contains {bad[0]!r}")
+    return impi
+
+
+def _epoch(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+def _from_epoch(value: int) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _lp(*parts: bytes) -> bytes:
+    return b"".join(len(p).to_bytes(2, "big") + p for p in parts)
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Guss:
+    """GBA User Security Settings (reduced form, module docstring).
+
+    ``nafs`` maps allowed NAF FQDNs (lower case) to their USS (a JSON object).
+    """
+
+    nafs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    any_naf: bool = False
+
+    @classmethod
+    def allowing(
+        cls, nafs: Iterable[str] | Mapping[str, Mapping[str, Any]] = (), *, any_naf: bool = False
+    ) -> Guss:
+        """Build (and check) a GUSS from FQDNs, or from FQDN -> USS."""
+        items: Iterable[tuple[str, Mapping[str, Any]]] = (
+            nafs.items() if isinstance(nafs, Mapping) else ((n, {}) for n in nafs)
+        )
+        out: dict[str, Mapping[str, Any]] = {}
+        for fqdn, uss in items:
+            key = check_fqdn(str(fqdn).rstrip("."), "NAF FQDN in GUSS").lower()
+            if not isinstance(uss, Mapping):
+                raise IdentifierError(f"the USS of NAF {key} must be a JSON object")
+            out[key] = MappingProxyType(dict(uss))
+        return cls(MappingProxyType(out), any_naf)
+
+    def uss_for(self, naf_fqdn: str) -> dict[str, Any] | None:
+        """The USS for ``naf_fqdn`` (case-insensitive), ``{}`` under ``any_naf``, or None
+        when this NAF is not allowed."""
+        uss = self.nafs.get(naf_fqdn.lower().rstrip("."))
+        if uss is not None:
+            return dict(uss)
+        return {} if self.any_naf else None
+
+    def to_json(self) -> str:
+        doc = {"anyNaf": self.any_naf, "nafs": {k: dict(v) for k, v in self.nafs.items()}}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Guss:
+        if len(text) > MAX_GUSS_OCTETS:
+            raise StoreError(f"GUSS larger than {MAX_GUSS_OCTETS} octets")
+        try:
+            doc = json.loads(text)
+            nafs = doc["nafs"]
+            any_naf = doc.get("anyNaf", False)
+            if not isinstance(nafs, dict) or not isinstance(any_naf, bool):
+                raise TypeError
+            return cls.allowing(nafs, any_naf=any_naf)
+        except (ValueError, KeyError, TypeError, IdentifierError) as exc:
+            raise StoreError(f"stored GUSS is not valid: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """One subscriber of the HSS simulator; K and OPc stay out of repr."""
+
+    impi: str
+    k: bytes = field(repr=False)
+    opc: bytes = field(repr=False)
+    sqn: int
+    amf: bytes
+    guss: Guss
+    uicc: bool
+    created_at: datetime
+
+    @property
+    def gba_type(self) -> GbaType:
+        """GBA_U for a UICC-based credential, else GBA_ME (READINGS A-08)."""
+        return "GBA_U" if self.uicc else "GBA_ME"
+
+    def keys(self) -> SubscriberKeys:
+        return SubscriberKeys(self.impi, self.k, self.opc, self.amf)
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapSession:
+    """A bootstrapping session of the BSF (TS 33.220 4.5.2); Ks stays out of repr."""
+
+    btid: str
+    impi: str
+    rand: bytes
+    ks: bytes = field(repr=False)
+    created_at: datetime
+    expires_at: datetime
+    gba_type: GbaType = "GBA_ME"
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(UTC)) >= self.expires_at
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class SubscriberStore:
+    """Subscribers and bootstrapping sessions in one SQLite file (module docstring).
+
+    ``kek`` overrides the key-encryption key (else ``$M2MSEC_KEK`` or the ``kek`` file
+    beside the database, created 0600 for a new store).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        kek: bytes | None = None,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self._path = (
+            default_bsf_store_path(create=True) if path is None else Path(path).expanduser()
+        )
+        self._lock = threading.Lock()
+        _create_private_file(self._path)
+        try:
+            self._conn = sqlite3.connect(
+                os.fspath(self._path),
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open BSF store {self._path}: {exc}") from None
+        try:
+            self._conn.execute("PRAGMA trusted_schema = OFF")
+            self._sealer = self._open_schema(kek)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot open BSF store {self._path}: {exc}") from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _open_schema(self, kek: bytes | None) -> Sealer:
+        conn = self._conn
+        kek_path = self._path.parent / KEK_FILE_NAME
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("BSF store %s: journal_mode is %s, not wal", self._path, mode)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"BSF store {self._path} has schema version {version}; this version of "
+                    f"m2msec reads up to {SCHEMA_VERSION}"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[v]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {v:d}")
+            row = conn.execute(
+                "SELECT value FROM meta WHERE name = ?", (_KEK_CHECK_NAME,)
+            ).fetchone()
+            what = f"the check value of BSF store {self._path}"
+            if row is None:
+                sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=True))
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES (?, ?)",
+                    (_KEK_CHECK_NAME, sealer.seal(_KEK_CHECK_VALUE, _KEK_CHECK_AAD)),
+                )
+            else:
+                sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
+                sealer.check(bytes(row[0]), _KEK_CHECK_AAD, _KEK_CHECK_VALUE, what=what)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return sealer
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> SubscriberStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SubscriberStore({str(self._path)!r})"
+
+    def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"cannot {action} BSF store {self._path}: {exc}")
+
+    # -- subscribers -----------------------------------------------------------------------
+    @staticmethod
+    def _secret_aad(impi: str, column: str) -> bytes:
+        return b"m2msec/bsf/subscriber" + _lp(impi.encode("utf-8"), column.encode())
+
+    def add_subscriber(
+        self,
+        impi: str,
+        *,
+        k: bytes,
+        opc: bytes,
+        sqn: int = 0,
+        amf: bytes = DEFAULT_AMF,
+        guss: Guss | None = None,
+        uicc: bool = False,
+        replace: bool = False,
+        now: datetime | None = None,
+    ) -> Subscriber:
+        """Add (or with ``replace``, overwrite) a subscriber; returns it.
+
+        Raises :class:`DuplicateCredentialError` when the IMPI exists and not ``replace``.
+        """
+        check_impi(impi)
+        if len(k) != KEY_LENGTH or len(opc) != KEY_LENGTH:
+            raise ConfigurationError("K and OPc must be 16 octets (128 bits) each")
+        if len(amf) != AMF_LENGTH:
+            raise ConfigurationError("AMF must be 2 octets")
+        if not 0 <= sqn <= SQN_MAX:
+            raise ConfigurationError("SQN must be a 48-bit value")
+        guss = guss or Guss()
+        created = now or datetime.now(UTC)
+        row = (
+            impi,
+            self._sealer.seal(bytes(k), self._secret_aad(impi, "k")),
+            self._sealer.seal(bytes(opc), self._secret_aad(impi, "opc")),
+            sqn,
+            bytes(amf),
+            guss.to_json(),
+            int(uicc),
+            _epoch(created),
+        )
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        with self._lock:
+            try:
+                self._conn.execute(
+                    f"{verb} INTO subscriber (impi, k, opc, sqn, amf, guss, uicc, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicateCredentialError(f"subscriber {impi!r} already exists") from None
+            except sqlite3.Error as exc:
+                raise self._error("write", exc) from None
+        return Subscriber(impi, bytes(k), bytes(opc), sqn, bytes(amf), guss, uicc, created)
+
+    def get_subscriber(self, impi: str) -> Subscriber | None:
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
+                    " WHERE impi = ?",
+                    (impi,),
+                ).fetchone()
+            except UnicodeEncodeError:
+                return None
+            except sqlite3.Error as exc:
+                raise self._error("read", exc) from None
+        if row is None:
+            return None
+        k_sealed, opc_sealed, sqn, amf, guss, uicc, created = row
+        k = self._sealer.unseal(k_sealed, self._secret_aad(impi, "k"), what=f"K of {impi!r}")
+        opc = self._sealer.unseal(
+            opc_sealed, self._secret_aad(impi, "opc"), what=f"OPc of {impi!r}"
+        )
+        return Subscriber(
+            impi,
+            k,
+            opc,
+            int(sqn),
+            bytes(amf),
+            Guss.from_json(guss),
+            bool(uicc),
+            _from_epoch(created),
+        )
+
+    def subscriber_keys(self, impi: str) -> SubscriberKeys:
+        sub = self.get_subscriber(impi)
+        if sub is None:
+            raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
+        return sub.keys()
+
+    def list_subscribers(self) -> list[Subscriber]:
+        """Every subscriber, by IMPI (secrets unsealed: for tools, not for logs)."""
+        with self._lock:
+            try:
+                impis = [
+                    r[0] for r in self._conn.execute("SELECT impi FROM subscriber ORDER BY impi")
+                ]
+            except sqlite3.Error as exc:
+                raise self._error("read", exc) from None
+        out = []
+        for impi in impis:
+            sub = self.get_subscriber(impi)
+            if sub is not None:
+                out.append(sub)
+        return out
+
+    def count_subscribers(self) -> int:
+        with self._lock:
+            try:
+                return int(self._conn.execute("SELECT count(*) FROM subscriber").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._error("read", exc) from None
+
+    def remove_subscriber(self, impi: str) -> bool:
+        """Remove a subscriber and its bootstrapping sessions; False when unknown."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                cur = self._conn.execute("DELETE FROM subscriber WHERE impi = ?", (impi,))
+                self._conn.execute("DELETE FROM bootstrap WHERE impi = ?", (impi,))
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise self._error("write", exc) from None
+        return cur.rowcount > 0
+
+    def set_guss(self, impi: str, guss: Guss) -> None:
+        with self._lock:
+            try:
+                cur = self._conn.execute(
+                    "UPDATE subscriber SET guss = ? WHERE impi = ?", (guss.to_json(), impi)
+                )
+            except sqlite3.Error as exc:
+                raise self._error("write", exc) from None
+        if cur.rowcount == 0:
+            raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
+
+    # -- SQN (the HSS's SqnStore) ----------------------------------------------------------
+    def advance_sqn(self, impi: str, ind_bits: int) -> int:
+        """Move SQN_HE to the next SQN (TS 33.102 C.3.2) in one transaction; return it."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                row = self._conn.execute(
+                    "SELECT sqn FROM subscriber WHERE impi = ?", (impi,)
+                ).fetchone()
+                if row is None:
+                    self._conn.execute("ROLLBACK")
+                    raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
+                try:
+                    new = next_sqn(int(row[0]), ind_bits)
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("UPDATE subscriber SET sqn = ? WHERE impi = ?", (new, impi))
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise self._error("write", exc) from None
+        return new
+
+    def reset_sqn(self, impi: str, sqn_ms: int) -> None:
+        """SQN_HE := SQN_MS (resynchronisation, TS 33.102 6.3.5)."""
+        if not 0 <= sqn_ms <= SQN_MAX:
+            raise ValueError("SQN is a 48-bit value")
+        with self._lock:
+            try:
+                cur = self._conn.execute(
+                    "UPDATE subscriber SET sqn = ? WHERE impi = ?", (sqn_ms, impi)
+                )
+            except sqlite3.Error as exc:
+                raise self._error("write", exc) from None
+        if cur.rowcount == 0:
+            raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
+
+    # -- bootstrapping sessions ------------------------------------------------------------
+    @staticmethod
+    def _session_aad(btid: str, impi: str, rand: bytes, expires_at: int, gba_type: str) -> bytes:
+        return b"m2msec/bsf/bootstrap" + _lp(
+            btid.encode("utf-8"),
+            impi.encode("utf-8"),
+            bytes(rand),
+            expires_at.to_bytes(8, "big", signed=True),
+            gba_type.encode("ascii"),
+        )
+
+    def put_session(self, session: BootstrapSession) -> None:
+        """Store a new bootstrapping session; :class:`DuplicateCredentialError` if its B-TID
+        is taken (a repeated RAND)."""
+        expires = _epoch(session.expires_at)
+        aad = self._session_aad(session.btid, session.impi, session.rand, expires, session.gba_type)
+        row = (
+            session.btid,
+            session.impi,
+            bytes(session.rand),
+            self._sealer.seal(bytes(session.ks), aad),
+            _epoch(session.created_at),
+            expires,
+            session.gba_type,
+        )
+        with self._lock:
+            try:
+                self._conn.execute(
+                    "INSERT INTO bootstrap (btid, impi, rand, ks, created_at, expires_at,"
+                    " gba_type) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicateCredentialError(f"B-TID {session.btid!r} already exists") from None
+            except sqlite3.Error as exc:
+                raise self._error("write", exc) from None
+
+    def get_session(self, btid: str) -> BootstrapSession | None:
+        """The session of ``btid`` (expired ones too: the caller decides), or None."""
+        with self._lock:
+            try:
+                row = self._conn.execute(
+                    "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
+                    " WHERE btid = ?",
+                    (btid,),
+                ).fetchone()
+            except UnicodeEncodeError:
+                return None
+            except sqlite3.Error as exc:
+                raise self._error("read", exc) from None
+        if row is None:
+            return None
+        impi, rand, sealed, created, expires, gba_type = row
+        if gba_type not in ("GBA_ME", "GBA_U"):
+            raise StoreError(f"bootstrapping session {btid!r} has an unknown type")
+        ks = self._sealer.unseal(
+            sealed,
+            self._session_aad(btid, impi, bytes(rand), int(expires), gba_type),
+            what=f"Ks of B-TID {btid!r}",
+        )
+        return BootstrapSession(
+            btid, impi, bytes(rand), ks, _from_epoch(created), _from_epoch(expires), gba_type
+        )
+
+    def remove_session(self, btid: str) -> bool:
+        with self._lock:
+            try:
+                cur = self._conn.execute("DELETE FROM bootstrap WHERE btid = ?", (btid,))
+            except sqlite3.Error as exc:
+                raise self._error("write", exc) from None
+        return cur.rowcount > 0
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete sessions past their lifetime; return how many."""
+        cutoff = _epoch(now or datetime.now(UTC))
+        with self._lock:
+            try:
+                cur = self._conn.execute("DELETE FROM bootstrap WHERE expires_at <= ?", (cutoff,))
+            except sqlite3.Error as exc:
+                raise self._error("write", exc) from None
+        return cur.rowcount
+
+    def count_sessions(self) -> int:
+        with self._lock:
+            try:
+                return int(self._conn.execute("SELECT count(*) FROM bootstrap").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._error("read", exc) from None
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file 0600 (directory 0700) before SQLite opens it."""
+    ensure_private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"BSF store {path} is not a regular file") from None
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            log.warning(
+                "BSF store %s is accessible by group/others (mode %03o); run chmod 600 on it",
+                path,
+                mode,
+            )
+    except OSError as exc:
+        raise StoreError(f"cannot create BSF store {path}: {exc.strerror}") from None
+    else:
+        os.close(fd)

@@ -1,0 +1,401 @@
+"""Entity A's Ub client: GBA bootstrapping over HTTP Digest AKA (TS 33.220 4.5.2, TS 24.109).
+
+:func:`bootstrap` runs the exchange of TS 24.109 clause 5 against the BSF, over plain
+TCP (HTTP/1.1 on h11; the Ub request-URI is the BSF URL's path, ``/`` by default)::
+
+    GET /  Authorization: Digest username="<IMPI>", realm="<BSF host>", nonce="",
+                                 uri="/", response=""
+    <- 401 WWW-Authenticate: Digest realm=..., nonce=base64(RAND||AUTN||data),
+                                    algorithm=AKAv1-MD5, qop="auth-int"
+       the USIM checks AUTN and computes RES, CK, IK
+    GET /  Authorization: Digest ..., qop=auth-int, nc=00000001, cnonce=...,
+                                 response=<RFC 2617 digest with password RES>
+    <- 200 Authentication-Info: rspauth=...   (checked: the BSF knew XRES)
+       <BootstrappingInfo xmlns="uri:3gpp-gba"><btid>..</btid>
+                          <lifetime>YYYY-MM-DDThh:mm:ssZ</lifetime></BootstrappingInfo>
+
+Ks = CK || IK (TS 33.220 4.5.2) stays with the caller in :class:`Bootstrap`, with the
+B-TID and the key lifetime from the BSF.
+
+Failures, each a :class:`UbError` with a clear reason: the BSF refuses (403 unknown IMPI,
+wrong RES...), the challenge is malformed, the network fails authentication (MAC-A does
+not verify: the client tells the BSF with an empty-password response and no ``auts``,
+mirroring RFC 3310's empty-password convention, then gives up), the B-TID does not carry
+our RAND, or ``rspauth`` does not verify. A synchronisation failure (SQN out of range)
+sends ``auts`` with an empty-password response (RFC 3310 3.4) and answers the fresh
+challenge the BSF then sends, once; a second synchronisation failure gives up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+from urllib.parse import urlsplit
+
+import h11
+
+from m2msec.crypto.gba import ks_ext_naf, ks_from, ks_int_naf
+from m2msec.errors import M2MSecError
+from m2msec.gba.aka import AkaError, MacFailure, SyncFailure, Usim
+from m2msec.gba.digest import (
+    AKAV1_MD5,
+    Authorization,
+    Challenge,
+    DigestError,
+    compute_response,
+    compute_rspauth,
+    parse_authentication_info,
+    parse_challenge,
+    response_matches,
+    split_nonce,
+)
+
+__all__ = [
+    "GBA_NS",
+    "USER_AGENT",
+    "Bootstrap",
+    "UbError",
+    "bootstrap",
+    "format_bootstrapping_info",
+    "parse_bootstrapping_info",
+]
+
+#: XML namespace of the BootstrappingInfo document (TS 24.109 Annex C).
+GBA_NS: Final = "uri:3gpp-gba"
+#: TS 24.109 5.2.1: the product token "3gpp-gba" in User-Agent announces GBA support.
+USER_AGENT: Final = "m2msec 3gpp-gba"
+MAX_RESPONSE_OCTETS: Final = 16 * 1024
+_LIFETIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+class UbError(M2MSecError):
+    """Bootstrapping failed; ``status`` is the BSF's HTTP status when it answered one."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """The outcome of bootstrapping (TS 33.220 4.5.2): B-TID, RAND, Ks and its lifetime."""
+
+    btid: str
+    rand: bytes
+    ks: bytes = field(repr=False)
+    impi: str
+    expires: datetime
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(UTC)) >= self.expires
+
+    def ks_ext_naf(self, naf_id: bytes) -> bytes:
+        """Ks_ext_NAF for ``naf_id`` (GBA_ME's Ks_NAF)."""
+        return ks_ext_naf(self.ks, self.rand, self.impi, naf_id)
+
+    def ks_int_naf(self, naf_id: bytes) -> bytes:
+        """Ks_int_NAF for ``naf_id`` (GBA_U)."""
+        return ks_int_naf(self.ks, self.rand, self.impi, naf_id)
+
+
+# ----------------------------------------------------------------------------- XML body
+
+
+def format_bootstrapping_info(btid: str, lifetime: datetime) -> bytes:
+    """The 200 body of Ub (TS 24.109 5.3.2 / Annex C)."""
+    root = ET.Element("BootstrappingInfo", xmlns=GBA_NS)
+    ET.SubElement(root, "btid").text = btid
+    ET.SubElement(root, "lifetime").text = lifetime.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root)
+
+
+def parse_bootstrapping_info(body: bytes) -> tuple[str, datetime]:
+    """(B-TID, lifetime) from a BootstrappingInfo document; :class:`UbError` if malformed."""
+    if len(body) > MAX_RESPONSE_OCTETS:
+        raise UbError("BootstrappingInfo document is too large")
+    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
+        raise UbError("BootstrappingInfo document may not carry a DTD")
+    try:
+        root = ET.fromstring(body)  # noqa: S314 - size-bounded, DTD refused above
+    except ET.ParseError as exc:
+        raise UbError(f"BootstrappingInfo is not well-formed XML: {exc}") from None
+    ns = "{" + GBA_NS + "}"
+    if root.tag != ns + "BootstrappingInfo":
+        raise UbError(f"expected <BootstrappingInfo xmlns={GBA_NS!r}>, got {root.tag[:80]!r}")
+    btid_el = root.find(ns + "btid")
+    life_el = root.find(ns + "lifetime")
+    if btid_el is None or not (btid_el.text or "").strip():
+        raise UbError("BootstrappingInfo has no btid")
+    if life_el is None or not _LIFETIME.fullmatch((life_el.text or "").strip()):
+        raise UbError("BootstrappingInfo has no lifetime of the form YYYY-MM-DDThh:mm:ssZ")
+    lifetime = datetime.strptime((life_el.text or "").strip(), "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=UTC
+    )
+    return (btid_el.text or "").strip(), lifetime
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+@dataclass(slots=True)
+class _Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k == name]
+        if len(values) > 1:
+            raise UbError(f"the BSF sent {name} more than once", self.status)
+        return values[0] if values else None
+
+
+class _Http:
+    """A minimal HTTP/1.1 client connection (h11) that reconnects when the server closes."""
+
+    def __init__(self, host: str, port: int, host_header: str, timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.host_header = host_header
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._h11: h11.Connection | None = None
+
+    async def _connect(self) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UbError(f"cannot reach the BSF at {self.host}:{self.port}: {exc}") from None
+        self._h11 = h11.Connection(h11.CLIENT)
+
+    async def request(self, target: str, authorization: str) -> _Answer:
+        conn = self._h11
+        if conn is not None and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        elif conn is None or conn.our_state is not h11.IDLE:
+            await self.close()
+            await self._connect()
+        assert self._h11 is not None and self._writer is not None
+        headers = [
+            ("Host", self.host_header),
+            ("User-Agent", USER_AGENT),
+            ("Authorization", authorization),
+            ("Accept", "application/vnd.3gpp.bsf+xml, application/xml"),
+        ]
+        data = self._h11.send(h11.Request(method="GET", target=target, headers=headers))
+        data += self._h11.send(h11.EndOfMessage())
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+            return await asyncio.wait_for(self._read(), self.timeout)
+        except TimeoutError:
+            await self.close()
+            raise UbError("the BSF did not answer in time") from None
+        except (OSError, h11.ProtocolError) as exc:
+            await self.close()
+            raise UbError(f"Ub connection to the BSF failed: {exc}") from None
+
+    async def _read(self) -> _Answer:
+        assert self._h11 is not None and self._reader is not None
+        response: h11.Response | None = None
+        body = bytearray()
+        while True:
+            event = self._h11.next_event()
+            if event is h11.NEED_DATA:
+                chunk = await self._reader.read(65536)
+                if not chunk and response is None:
+                    raise ConnectionError("the BSF closed the connection without answering")
+                self._h11.receive_data(chunk)
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_RESPONSE_OCTETS:
+                    raise UbError("the BSF's answer is too large")
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+        assert response is not None
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
+        return _Answer(response.status_code, headers, bytes(body))
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader, self._h11 = self._writer, None, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def _refusal(answer: _Answer, what: str) -> UbError:
+    text = answer.body[:200].decode("utf-8", "replace").strip()
+    detail = f": {text}" if text else ""
+    return UbError(f"{what}: the BSF answered {answer.status}{detail}", answer.status)
+
+
+def _challenge(answer: _Answer) -> Challenge:
+    if answer.status != 401:
+        raise _refusal(answer, "bootstrapping refused")
+    value = answer.header("www-authenticate")
+    if value is None:
+        raise UbError("the BSF's 401 carries no WWW-Authenticate challenge", 401)
+    try:
+        challenge = parse_challenge(value)
+    except DigestError as exc:
+        raise UbError(f"malformed challenge from the BSF: {exc}", 401) from None
+    if challenge.algorithm != AKAV1_MD5:
+        raise UbError(f"the BSF asks for algorithm {challenge.algorithm}, not AKAv1-MD5", 401)
+    return challenge
+
+
+def _qop(challenge: Challenge) -> str | None:
+    if "auth-int" in challenge.qop:
+        return "auth-int"
+    if "auth" in challenge.qop:
+        return "auth"
+    if challenge.qop:
+        raise UbError(f"the BSF offers no usable qop ({', '.join(challenge.qop)})", 401)
+    return None
+
+
+def _answer_header(
+    challenge: Challenge, impi: str, uri: str, password: bytes, *, auts: bytes | None = None
+) -> tuple[Authorization, str | None]:
+    qop = _qop(challenge)
+    nc = "00000001" if qop else None
+    cnonce = os.urandom(12).hex() if qop else None
+    response = compute_response(
+        password=password,
+        username=impi,
+        realm=challenge.realm,
+        method="GET",
+        uri=uri,
+        nonce=challenge.nonce,
+        qop=qop,
+        nc=nc,
+        cnonce=cnonce,
+        body=b"",
+    )
+    auth = Authorization(
+        username=impi,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        uri=uri,
+        response=response,
+        algorithm=AKAV1_MD5,
+        qop=qop,
+        nc=nc,
+        cnonce=cnonce,
+        opaque=challenge.opaque,
+        auts=None if auts is None else base64.b64encode(auts).decode("ascii"),
+    )
+    return auth, qop
+
+
+async def bootstrap(bsf_url: str, usim: Usim, impi: str, *, timeout: float = 10.0) -> Bootstrap:
+    """Bootstrap with the BSF at ``bsf_url`` (``http://HOST:PORT[/path]``) as ``impi``.
+
+    Raises :class:`UbError` (module docstring); the USIM's SQN state advances only when it
+    accepts a challenge.
+    """
+    parts = urlsplit(bsf_url)
+    if parts.scheme.lower() != "http" or not parts.hostname:
+        raise UbError(f"the BSF URL must be http://HOST:PORT[/path], not {bsf_url!r}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise UbError(f"the BSF URL {bsf_url!r} has an invalid port") from None
+    uri = parts.path or "/"
+    host = parts.hostname
+    host_header = parts.netloc.rpartition("@")[2]
+    http = _Http(host, port, host_header, timeout)
+    try:
+        return await _run(http, usim, impi, uri, realm=host)
+    finally:
+        await http.close()
+
+
+async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> Bootstrap:
+    first = Authorization(
+        username=impi, realm=realm, nonce="", uri=uri, response="", algorithm=None
+    )
+    try:
+        header = first.header_value()
+    except DigestError as exc:
+        raise UbError(f"cannot send IMPI {impi[:64]!r}: {exc}") from None
+    answer = await http.request(uri, header)
+    resynced = False
+    while True:
+        challenge = _challenge(answer)
+        try:
+            rand, autn, _ = split_nonce(challenge.nonce)
+        except DigestError as exc:
+            raise UbError(f"the BSF's nonce is not an AKA nonce: {exc}", 401) from None
+        try:
+            result = usim.authenticate(rand, autn)
+        except MacFailure:
+            notify, _ = _answer_header(challenge, impi, uri, b"")
+            with contextlib.suppress(UbError):
+                await http.request(uri, notify.header_value())
+            raise UbError(
+                "network authentication failed: AUTN's MAC-A does not verify (this BSF does "
+                "not hold our subscriber key)"
+            ) from None
+        except SyncFailure as exc:
+            if resynced:
+                raise UbError(
+                    "synchronisation failure again after resynchronising: giving up"
+                ) from None
+            resynced = True
+            auth, _ = _answer_header(challenge, impi, uri, b"", auts=exc.auts)
+            answer = await http.request(uri, auth.header_value())
+            continue
+        except AkaError as exc:
+            raise UbError(f"the USIM refused the challenge: {exc}") from None
+        auth, qop = _answer_header(challenge, impi, uri, result.res)
+        answer = await http.request(uri, auth.header_value())
+        if answer.status != 200:
+            raise _refusal(answer, "authentication failed")
+        _check_rspauth(answer, auth, qop, result.res)
+        btid, lifetime = parse_bootstrapping_info(answer.body)
+        expected = base64.b64encode(rand).decode("ascii") + "@"
+        if not btid.startswith(expected):
+            raise UbError("the B-TID from the BSF does not carry our RAND (TS 33.220 4.5.2)")
+        return Bootstrap(btid, rand, ks_from(result.ck, result.ik), impi, lifetime)
+
+
+def _check_rspauth(answer: _Answer, auth: Authorization, qop: str | None, res: bytes) -> None:
+    value = answer.header("authentication-info")
+    if value is None:
+        raise UbError("the BSF's 200 carries no Authentication-Info (rspauth)", 200)
+    try:
+        info = parse_authentication_info(value)
+    except DigestError as exc:
+        raise UbError(f"malformed Authentication-Info: {exc}", 200) from None
+    expected = compute_rspauth(
+        password=res,
+        username=auth.username,
+        realm=auth.realm,
+        uri=auth.uri,
+        nonce=auth.nonce,
+        qop=qop,
+        nc=auth.nc,
+        cnonce=auth.cnonce,
+        body=answer.body,
+    )
+    if not response_matches(expected, info.rspauth):
+        raise UbError("rspauth from the BSF does not verify: the BSF did not know XRES", 200)
