@@ -137,3 +137,92 @@ def restrict_sigalgs(ctx: SSL.Context) -> None:
     """Limit the signature algorithms a context offers and accepts to :data:`SIGALGS`."""
     if _lib.SSL_CTX_set1_sigalgs_list(_ctx_ptr(ctx), SIGALGS) != 1:
         raise ValueError("OpenSSL refused the signature algorithm list")
+
+
+# -- session resumption (see m2msec.tls.sessions) --------------------------------------------
+#: TLS 1.3 suite with a SHA-384 PRF. None of our profiles offers it, so a ticket session
+#: re-labelled with it no longer matches the negotiated suite's hash and OpenSSL skips the
+#: ticket for the next PSK the client offers (or a full handshake).
+_TLS13_SHA384_SUITE = b"\x13\x02"
+
+
+def session_reused(conn: SSL.Connection) -> bool:
+    """Whether OpenSSL resumed a session on ``conn`` (``SSL_session_reused``).
+
+    TLS 1.3 external PSK handshakes count as reused too; callers tell them apart.
+    """
+    return bool(_lib.SSL_session_reused(conn._ssl))
+
+
+def _der_tlv(buf: Any, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, start of value, end of value) of the DER element at ``pos``."""
+    if pos + 2 > end:
+        raise ValueError("truncated DER")
+    tag, length = buf[pos], buf[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if not 0 < n <= 4 or pos + n > end:
+            raise ValueError("bad DER length")
+        length = 0
+        for i in range(n):
+            length = length << 8 | buf[pos + i]
+        pos += n
+    if pos + length > end:
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def session_fields(session: SSL.Session) -> tuple[int, bytes]:
+    """(protocol version, session ID) of ``session``; (0, b"") when unreadable.
+
+    The binding has no ``SSL_SESSION_get_id``, so both are read from the session's DER
+    encoding (OpenSSL's format: SEQUENCE { version, ssl_version, cipher, session_id,
+    master_key, ... }). Only these two fields are copied out; the C buffer, which also
+    holds the master secret, is wiped before it is released.
+    """
+    ptr = session._session
+    size = _lib.i2d_SSL_SESSION(ptr, _ffi.NULL)
+    if size <= 0:
+        return 0, b""
+    raw = _ffi.new("unsigned char[]", size)
+    out = _ffi.new("unsigned char **", raw)
+    try:
+        if _lib.i2d_SSL_SESSION(ptr, out) != size:
+            return 0, b""
+        buf = _ffi.buffer(raw, size)
+        tag, pos, end = _der_tlv(raw, 0, size)
+        if tag != 0x30:
+            return 0, b""
+        _, _, pos = _der_tlv(raw, pos, end)  # version of the encoding
+        tag, start, pos = _der_tlv(raw, pos, end)
+        version = int.from_bytes(buf[start:pos], "big") if tag == 0x02 else 0
+        _, _, pos = _der_tlv(raw, pos, end)  # cipher
+        tag, start, stop = _der_tlv(raw, pos, end)
+        return version, (bytes(buf[start:stop]) if tag == 0x04 else b"")
+    except ValueError:
+        return 0, b""
+    finally:
+        _ffi.memmove(raw, b"\0" * size, size)
+
+
+TLS1_3_VERSION = 0x0304
+
+
+def make_unresumable(session: SSL.Session, conn: SSL.Connection) -> None:
+    """Make OpenSSL's server cache treat ``session`` as a miss from now on.
+
+    The binding lacks ``SSL_CTX_remove_session``; instead the cached session's protocol
+    version is set to one no connection negotiates, which ``ssl_get_prev_session`` treats
+    as a cache miss, and a full handshake follows. A TLS 1.3 ticket's session is also
+    re-labelled with a SHA-384 suite (found through ``conn``, any connection of the same
+    context) so that OpenSSL moves on to the next PSK the client offered instead of
+    failing; TLS 1.2 sessions keep their suite, as live connections may share them.
+    """
+    ptr = session._session
+    version, _ = session_fields(session)
+    _lib.SSL_SESSION_set_protocol_version(ptr, 0)
+    if version == TLS1_3_VERSION:
+        cipher = _lib.SSL_CIPHER_find(conn._ssl, _TLS13_SHA384_SUITE)
+        if cipher != _ffi.NULL:
+            _lib.SSL_SESSION_set_cipher(ptr, cipher)

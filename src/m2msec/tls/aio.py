@@ -26,6 +26,7 @@ from m2msec.tls.engine import (
     TLSEngine,
 )
 from m2msec.tls.profiles import TLSProfile
+from m2msec.tls.sessions import ClientSession
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ class _TLSProtocol(asyncio.Protocol):
         *,
         server_name: str | None = None,
         handshake_timeout: float = 10.0,
+        session: ClientSession | None = None,
     ) -> None:
-        self.engine = TLSEngine(profile, server_name=server_name)
+        self.engine = TLSEngine(profile, server_name=server_name, session=session)
         self.handshake: asyncio.Future[SecurityContext] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self.peer: tuple[Any, ...] | None = None
@@ -254,14 +256,46 @@ async def connect(
     """Run the initiator's handshake (Entity A) and return the association.
 
     Raises :class:`HandshakeError` with a reason safe to show when it fails.
+
+    With ``profile.client_sessions`` set, a TLS 1.2 session of the last connection to the
+    same ``host``, ``port`` and server name is offered for resumption, and the new one
+    kept; if a resumption attempt fails, one full handshake follows.
     """
     if profile.server_side:
         raise ValueError("connect() needs an initiator (client) profile")
+    cache = profile.client_sessions
+    key = (host, port, server_name or profile.server_name)
+    offer = cache.get(key) if cache is not None else None
+    try:
+        conn = await _connect(host, port, profile, server_name, timeout, offer)
+    except HandshakeError:
+        if cache is None or offer is None:
+            raise
+        cache.discard(key)
+        conn = await _connect(host, port, profile, server_name, timeout, None)
+    session = conn.engine.session
+    if cache is not None and session is not None:
+        ctx = conn.context
+        binding = PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until)
+        cache.put(key, session, binding)
+    return conn
+
+
+async def _connect(
+    host: str,
+    port: int,
+    profile: TLSProfile,
+    server_name: str | None,
+    timeout: float,
+    offer: ClientSession | None,
+) -> TLSConnection:
     loop = asyncio.get_running_loop()
     try:
         _, protocol = await asyncio.wait_for(
             loop.create_connection(
-                lambda: _TLSProtocol(profile, server_name=server_name, handshake_timeout=timeout),
+                lambda: _TLSProtocol(
+                    profile, server_name=server_name, handshake_timeout=timeout, session=offer
+                ),
                 host,
                 port,
             ),

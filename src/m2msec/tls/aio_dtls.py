@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import SecurityContext
+from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.dtls import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -38,6 +38,7 @@ from m2msec.tls.dtls import (
 )
 from m2msec.tls.engine import ConnectionClosed, DataReceived, HandshakeComplete, HandshakeFailed
 from m2msec.tls.profiles import TLSProfile
+from m2msec.tls.sessions import ClientSession, ServerSessionCache
 
 log = logging.getLogger(__name__)
 
@@ -358,11 +359,13 @@ async def start_dtls_server(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     on_failure: FailureHook | None = None,
     max_queue: int = DEFAULT_RECV_QUEUE,
+    resumption: bool | ServerSessionCache = True,
 ) -> DTLSServerHandle:
     """Listen for DTLS associations (Entity B) on ``host:port`` (UDP).
 
     ``handler`` runs once per established association; the association is closed when
     it returns. ``on_failure(addr, reason)`` hears about refused handshakes.
+    ``resumption`` lets devices resume sessions (see :mod:`m2msec.tls.sessions`).
     """
     server = DTLSServer(
         profile,
@@ -371,6 +374,7 @@ async def start_dtls_server(
         max_peers=max_peers,
         idle_timeout=idle_timeout,
         handshake_timeout=handshake_timeout,
+        resumption=resumption,
     )
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
@@ -494,10 +498,46 @@ async def dtls_connect(
 
     Retransmits lost flights (RFC 6347 4.2.4) and gives up after ``timeout`` seconds.
     Raises :class:`HandshakeError` with a reason safe to show when it fails.
+
+    With ``profile.client_sessions`` set, the session of the last association with the
+    same ``host``, ``port`` and server name is offered for resumption, and the new one
+    kept; if a resumption attempt fails, one full handshake follows.
     """
     if profile.server_side:
         raise ValueError("dtls_connect() needs an initiator (client) profile")
-    engine = DTLSEngine(profile, server_name=server_name, mtu=mtu, handshake_timeout=timeout)
+    cache = profile.client_sessions
+    key = (host, port, server_name or profile.server_name)
+    offer = cache.get(key) if cache is not None else None
+    try:
+        assoc = await _dtls_connect(
+            profile, host, port, server_name, timeout, mtu, max_queue, offer
+        )
+    except HandshakeError:
+        if cache is None or offer is None:
+            raise
+        cache.discard(key)
+        assoc = await _dtls_connect(profile, host, port, server_name, timeout, mtu, max_queue, None)
+    session = assoc.engine.session
+    if cache is not None and session is not None:
+        ctx = assoc.context
+        binding = PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until)
+        cache.put(key, session, binding)
+    return assoc
+
+
+async def _dtls_connect(
+    profile: TLSProfile,
+    host: str,
+    port: int,
+    server_name: str | None,
+    timeout: float,
+    mtu: int,
+    max_queue: int,
+    offer: ClientSession | None,
+) -> DTLSAssociation:
+    engine = DTLSEngine(
+        profile, server_name=server_name, mtu=mtu, handshake_timeout=timeout, session=offer
+    )
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.create_datagram_endpoint(

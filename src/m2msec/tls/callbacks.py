@@ -20,6 +20,7 @@ from m2msec.tls.context import PeerBinding
 
 if TYPE_CHECKING:
     from m2msec.tls.profiles import TLSProfile
+    from m2msec.tls.sessions import SessionEntry
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,13 @@ class HandshakeState:
     #: Answers of the profile's async resolver, by raw identity: (psk, binding), or a
     #: refusal reason. Filled by the engine before OpenSSL's PSK callback runs.
     prefetched: dict[bytes, tuple[bytes, PeerBinding] | str] = field(default_factory=dict)
+    #: Client side: IANA id of the suite in the server's ServerHello, when the profile has
+    #: a ``psk_suite_offer`` (the engine reads it off the wire before OpenSSL does).
+    cipher_suite: int | None = None
+    #: Entity B: the raw psk_identity the PSK callback answered (kept with the session).
+    raw_psk_identity: bytes | None = None
+    #: Entity B: the recorded session the client offers and may resume (see sessions).
+    resumption: SessionEntry | None = None
 
 
 def _state(conn: SSL.Connection) -> HandshakeState:
@@ -54,6 +62,12 @@ def install(profile: TLSProfile) -> None:
 
         def server_lookup(conn: SSL.Connection, identity: bytes) -> bytes | None:
             state = _state(conn)
+            if profile.session_cache is not None and identity in profile.session_cache:
+                # A TLS 1.3 ticket of ours: OpenSSL finds it in its cache once we decline.
+                from m2msec.tls.sessions import screen
+
+                state.resumption = screen(profile, identity) or state.resumption
+                return None
             state.psk_identity = _printable(identity)
             answer: tuple[bytes, PeerBinding] | None = None
             prefetched = state.prefetched.get(identity)
@@ -72,6 +86,7 @@ def install(profile: TLSProfile) -> None:
                 state.refusal = f"unknown or expired psk_identity {state.psk_identity!r}"
                 return None
             key, state.binding = answer
+            state.raw_psk_identity = identity
             # A TLS 1.3 client may offer a resumption ticket before its external PSK; the
             # ticket's refusal is moot once the PSK resolves.
             state.refusal = None
@@ -79,12 +94,21 @@ def install(profile: TLSProfile) -> None:
 
         _psk.set_server_callback(ctx, server_lookup, profile.psk_hint)
 
-    if profile.psk_offer is not None:
+    if profile.psk_offer is not None or profile.psk_suite_offer is not None:
         offer = profile.psk_offer
+        suite_offer = profile.psk_suite_offer
 
         def client_provide(conn: SSL.Connection, hint: bytes | None) -> tuple[bytes, bytes] | None:
             state = _state(conn)
-            answer = offer(hint)
+            if suite_offer is not None:
+                try:
+                    answer = suite_offer(hint, state.cipher_suite)
+                except HandshakeError as exc:
+                    state.refusal = exc.reason
+                    return None
+            else:
+                assert offer is not None
+                answer = offer(hint)
             if answer is None:
                 state.refusal = "no PSK configured for this server"
                 return None

@@ -59,6 +59,8 @@ class SecurityContext:
     valid_until: datetime | None
     sa_id: str
     server_name: str | None = None
+    resumed: bool = False
+    """True when the handshake resumed an earlier session (its binding re-validated)."""
 
     def expired(self, now: datetime | None = None) -> bool:
         """True once the key behind this association has passed its lifetime."""

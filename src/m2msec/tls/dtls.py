@@ -34,6 +34,10 @@ Design (RFC 6347 references in brackets):
   it completes [4.2.8]; a replayed ClientHello therefore cannot tear an association down.
 * A Finished that fails to authenticate is discarded without an alert [4.1.2.7], so a
   wrong PSK surfaces as "DTLS handshake timed out (wrong PSK?)" at the deadline.
+* Resumption [4.2.4 of RFC 5246 via 4.1 of RFC 6347]: a device that comes back may
+  resume its session by ID (on by default). The binding decided by the full handshake
+  is kept in a :class:`~m2msec.tls.sessions.ServerSessionCache` and re-validated before
+  the session is resumed; see :mod:`m2msec.tls.sessions`.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from m2msec.tls.engine import (
     TLSEngine,
 )
 from m2msec.tls.profiles import TLSProfile, Transport
+from m2msec.tls.sessions import ClientSession, ServerSessionCache, enable_resumption
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +156,55 @@ def is_hello_verify_request(datagram: bytes) -> bool:
     )
 
 
+def client_hello_cookie(datagram: bytes) -> bytes | None:
+    """The cookie of the unfragmented ClientHello starting ``datagram`` (``b""``: none).
+
+    None when the datagram is not such a ClientHello, or is malformed: then OpenSSL's own
+    parser decides. Pure parser, never raises.
+    """
+    if not is_client_hello(datagram):
+        return None
+    h = RECORD_HEADER_LEN
+    record_len = int.from_bytes(datagram[11:13], "big")
+    msg_len = int.from_bytes(datagram[h + 1 : h + 4], "big")
+    frag_off = int.from_bytes(datagram[h + 6 : h + 9], "big")
+    frag_len = int.from_bytes(datagram[h + 9 : h + 12], "big")
+    if frag_off or frag_len != msg_len or record_len < 12 + frag_len:
+        return None
+    body = datagram[h + 12 : h + 12 + frag_len]
+    if len(body) != frag_len or len(body) < 2 + 32 + 1 or body[0] != 0xFE:
+        return None
+    pos = 34
+    if body[pos] > 32:
+        return None
+    pos += 1 + body[pos]
+    if pos >= len(body):
+        return None
+    cookie = body[pos + 1 : pos + 1 + body[pos]]
+    pos += 1 + body[pos]
+    if len(cookie) != body[pos - len(cookie) - 1] or pos + 2 > len(body):
+        return None
+    suites = int.from_bytes(body[pos : pos + 2], "big")
+    pos += 2 + suites
+    if suites < 2 or suites % 2 or pos >= len(body) or pos + 1 + body[pos] > len(body):
+        return None
+    return bytes(cookie)
+
+
+def hello_verify_request(client_hello: bytes, cookie: bytes) -> bytes:
+    """The HelloVerifyRequest answering ``client_hello`` with ``cookie`` (RFC 6347 4.2.1).
+
+    As OpenSSL's ``DTLSv1_listen`` writes it: DTLS 1.0 version numbers (RFC 6347 4.2.1
+    recommends them for this message), message_seq 0, and the record sequence number of
+    the ClientHello it answers.
+    """
+    body = b"\xfe\xff" + bytes([len(cookie)]) + cookie
+    n = len(body).to_bytes(3, "big")
+    message = bytes([_HT_HELLO_VERIFY_REQUEST]) + n + b"\0\0" + b"\0\0\0" + n + body
+    header = bytes([_CT_HANDSHAKE]) + b"\xfe\xff\0\0" + client_hello[5:11]
+    return header + len(message).to_bytes(2, "big") + message
+
+
 def address_key(addr: Address) -> bytes:
     """A canonical byte form of a peer address (host and port), for cookies."""
     return str(addr[0]).encode("utf-8", "surrogateescape") + b"\0" + int(addr[1]).to_bytes(2, "big")
@@ -181,6 +235,7 @@ class DTLSEngine(TLSEngine):
         clock: Clock = time.monotonic,
         connection: SSL.Connection | None = None,
         client_hello_seq: int | None = None,
+        session: ClientSession | None = None,
     ) -> None:
         if profile.transport is not Transport.DTLS:
             raise ConfigurationError("DTLSEngine needs a profile built for Transport.DTLS")
@@ -188,7 +243,7 @@ class DTLSEngine(TLSEngine):
             raise ConfigurationError(f"DTLS MTU must be within {MIN_MTU}..{MAX_MTU}, not {mtu}")
         if handshake_timeout <= 0:
             raise ConfigurationError("handshake_timeout must be positive")
-        super().__init__(profile, server_name=server_name)
+        super().__init__(profile, server_name=server_name, session=session)
         if connection is not None:
             state = connection.get_app_data()
             if not isinstance(state, HandshakeState):
@@ -498,6 +553,7 @@ class DTLSServer:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         cookie_jar: CookieJar | None = None,
         clock: Clock = time.monotonic,
+        resumption: bool | ServerSessionCache = True,
     ) -> None:
         if not profile.server_side or profile.transport is not Transport.DTLS:
             raise ConfigurationError("DTLSServer needs a responder profile for Transport.DTLS")
@@ -506,6 +562,10 @@ class DTLSServer:
         if max_half_open < 1 or max_peers < 1 or idle_timeout <= 0 or handshake_timeout <= 0:
             raise ConfigurationError("DTLS server bounds must be positive")
         install_cookie_callbacks(profile.ssl_context)
+        if resumption is not False:
+            # Devices that come back resume their session (see m2msec.tls.sessions).
+            cache = resumption if isinstance(resumption, ServerSessionCache) else None
+            enable_resumption(profile, cache)
         self.profile = profile
         self.settings = _Settings(mtu, max_half_open, max_peers, idle_timeout, handshake_timeout)
         self.cookie_jar = cookie_jar or CookieJar(clock=clock)
@@ -660,9 +720,19 @@ class DTLSServer:
     def _listen(self, data: bytes, addr: Address, now: float, replacing: _Peer | None) -> Outgoing:
         if not is_client_hello(data):
             return self._drop("not a ClientHello from an unknown address", addr)
+        peer_key = address_key(addr)
+        cookie = client_hello_cookie(data)
+        if cookie is not None and not (cookie and self.cookie_jar.verify(peer_key, cookie)):
+            # No cookie (or not one of ours): answer at once, without OpenSSL, as the
+            # first ClientHello of every handshake and every flooded one lands here.
+            answer = hello_verify_request(data, self.cookie_jar.cookie(peer_key))
+            if len(answer) > len(data):  # never amplify towards an unverified address
+                return self._drop("HelloVerifyRequest would exceed the request", addr)
+            self.stats.cookies_sent += 1
+            return [(answer, addr)]
         # A throwaway connection per datagram: OpenSSL parses the ClientHello and checks
-        # the cookie, and we keep nothing unless it verifies.
-        state = _PeerState(peer=address_key(addr), jar=self.cookie_jar)
+        # the cookie (again), and we keep nothing unless it verifies.
+        state = _PeerState(peer=peer_key, jar=self.cookie_jar)
         conn = SSL.Connection(self.profile.ssl_context, None)
         conn.set_app_data(state)
         conn.set_accept_state()
@@ -702,6 +772,7 @@ class DTLSServer:
             peer = _Peer(engine, now)
             self._peers[addr] = peer
         self._half_open.add(addr)
+        engine.screen_client_hello(data)  # before OpenSSL looks the offered session up
         engine.start()  # processes the ClientHello that DTLSv1_listen buffered
         return self._flush(addr, peer, engine)
 

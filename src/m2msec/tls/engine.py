@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from OpenSSL import SSL
 
 from m2msec.errors import HandshakeError
+from m2msec.tls import _psk, sessions
 from m2msec.tls.callbacks import HandshakeState
 from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
@@ -78,6 +79,7 @@ class TLSEngine:
         *,
         server_name: str | None = None,
         mtu: int | None = None,
+        session: sessions.ClientSession | None = None,
     ) -> None:
         self.profile = profile
         self._state = HandshakeState()
@@ -92,10 +94,26 @@ class TLSEngine:
                 conn.set_tlsext_host_name(sni.encode("idna"))
         if profile.transport is Transport.DTLS and mtu:
             conn.set_ciphertext_mtu(mtu)
+        # Entity A: a session to resume (its binding stands in for the skipped callbacks).
+        self._offered = session if not profile.server_side else None
+        if self._offered is not None:
+            try:
+                conn.set_session(self._offered.session)
+            except ValueError:  # a session of another profile's context: not offered
+                self._offered = None
+        # Entity B with resumption on: screen the session the ClientHello offers.
+        self._peek: bytearray | None = None
+        if profile.server_side and profile.session_cache is not None:
+            self._peek = bytearray()
         self._conn = conn
         self._sniffer: PskIdentitySniffer | None = None
         if profile.server_side and profile.psk_async_resolver is not None:
             self._sniffer = PskIdentitySniffer(datagram=profile.transport is Transport.DTLS)
+        # Client side: a suite-aware PSK offer (GBA's NAF_Id, READINGS A-09) learns the
+        # negotiated suite from the server's ServerHello, read here before OpenSSL's callback.
+        self._server_hello: PskIdentitySniffer | None = None
+        if not profile.server_side and profile.psk_suite_offer is not None:
+            self._server_hello = PskIdentitySniffer(datagram=profile.transport is Transport.DTLS)
         self._held: list[bytes] = []
         self._awaiting: set[bytes] = set()
         self._events: deque[Event] = deque()
@@ -143,17 +161,27 @@ class TLSEngine:
                 self._closed = True
                 self._events.append(ConnectionClosed())
             return
+        if self._peek is not None:
+            self._screen(data)
         if self._sniffer is not None and not self.handshake_done:
             if self._awaiting:
                 self._held.append(data)
                 return
-            new = [i for i in self._sniffer.feed(data) if i not in self._state.prefetched]
+            tickets = self.profile.session_cache or ()
+            new = [
+                i
+                for i in self._sniffer.feed(data)
+                if i not in self._state.prefetched and i not in tickets
+            ]
             if new:
                 self._held.append(data)
                 self._awaiting.update(new)
                 for identity in new:
                     self._events.append(PskLookupNeeded(identity, self._sniffer.cipher_suite))
                 return
+        if self._server_hello is not None and self._state.cipher_suite is None:
+            self._server_hello.observe_server(data)
+            self._state.cipher_suite = self._server_hello.cipher_suite
         self._conn.bio_write(data)
         self._advance()
 
@@ -204,6 +232,41 @@ class TLSEngine:
             self._closed = True
             with contextlib.suppress(SSL.Error):
                 self._conn.shutdown()
+
+    def screen_client_hello(self, data: bytes) -> None:
+        """Entity B: check the session a ClientHello offers before OpenSSL sees it.
+
+        For connections that took the ClientHello some other way (DTLS cookie exchange).
+        A session whose binding no longer holds is made unresumable, so OpenSSL runs a
+        full handshake (see :mod:`m2msec.tls.sessions`).
+        """
+        if self._peek is not None:
+            self._screen(data)
+
+    def _screen(self, data: bytes) -> None:
+        assert self._peek is not None
+        datagram = self.profile.transport is Transport.DTLS
+        if datagram:
+            chunk = data
+        else:
+            self._peek += data[: sessions.CLIENT_HELLO_PEEK - len(self._peek)]
+            chunk = bytes(self._peek)
+        sid = sessions.client_hello_session_id(chunk, datagram=datagram)
+        if sid is None and not datagram and len(chunk) < sessions.CLIENT_HELLO_PEEK:
+            return  # wait for more of the ClientHello
+        self._peek = None
+        if sid:
+            self._state.resumption = sessions.screen(self.profile, sid)
+
+    @property
+    def session(self) -> SSL.Session | None:
+        """Entity A: the session of this connection, to offer again later."""
+        return self._conn.get_session() if self.handshake_done else None
+
+    @property
+    def session_offered(self) -> bool:
+        """Entity A: whether this connection offered an earlier session."""
+        return self._offered is not None
 
     # -- output --------------------------------------------------------------------------
     def data_to_send(self) -> bytes:
@@ -275,8 +338,16 @@ class TLSEngine:
 
     def _build_context(self) -> SecurityContext:
         binding = self._state.binding
+        # TLS 1.3 external PSK handshakes count as "reused" in OpenSSL; a resumption is a
+        # reuse that no identity callback saw.
+        resumed = binding is None and _psk.session_reused(self._conn)
+        if resumed:
+            binding = self._resumed_binding()
         if binding is None:
             raise HandshakeError("handshake finished without an identity binding")
+        if self.profile.server_side and self.profile.session_cache is not None:
+            self._state.binding = binding
+            sessions.record(self.profile, self._conn, self._state)
         server_name: str | None
         if self.profile.server_side:
             raw = self._conn.get_servername()
@@ -298,7 +369,33 @@ class TLSEngine:
             valid_until=binding.valid_until,
             sa_id=sa_id,
             server_name=server_name,
+            resumed=resumed,
         )
+
+    def _resumed_binding(self) -> PeerBinding:
+        if not self.profile.server_side:
+            if self._offered is None:
+                raise HandshakeError("server resumed a session that was not offered")
+            return self._offered.binding
+        cache = self.profile.session_cache
+        entry = self._state.resumption
+        if entry is None and cache is not None:
+            session = self._conn.get_session()
+            if session is not None:
+                entry = cache.lookup(_psk.session_fields(session)[1])
+        if entry is None:
+            raise HandshakeError("resumed session has no recorded identity binding")
+        try:
+            binding = sessions.revalidate(self.profile, entry)
+        except HandshakeError:
+            if cache is not None:
+                cache.refused += 1
+                cache.discard(entry.session_id)
+            raise
+        if cache is not None:
+            cache.resumed += 1
+        self._state.resumption = entry
+        return binding
 
     def _fail(self, reason: str, *, send_alert: bool = False) -> None:
         self._failed = True

@@ -19,11 +19,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 
 from m2msec.tls import _psk
 from m2msec.tls.context import Framework, PeerBinding
+
+if TYPE_CHECKING:
+    from m2msec.tls.sessions import ClientSessionCache, ResumptionCheck, ServerSessionCache
 
 # OpenSSL suite names (TLS 1.2 / DTLS 1.2). Order is preference order.
 PSK_SUITES_TLS = ("PSK-AES128-GCM-SHA256", "PSK-AES128-CCM8", "PSK-AES128-CBC-SHA256")
@@ -73,6 +77,11 @@ ServerHello has gone out) and None for a TLS 1.3 ClientHello. May raise
 PskOffer = Callable[[bytes | None], "tuple[bytes, bytes, PeerBinding] | None"]
 """Entity A: identity hint -> (psk_identity, psk, binding of the server), or None."""
 
+PskSuiteOffer = Callable[[bytes | None, "int | None"], "tuple[bytes, bytes, PeerBinding] | None"]
+"""Entity A: (identity hint, IANA id of the suite in the server's ServerHello, or None) ->
+(psk_identity, psk, binding of the server), or None. For GBA, whose NAF_Id holds the
+negotiated suite (READINGS A-09); the engine reads the ServerHello to learn it (TLS 1.2)."""
+
 
 @dataclass(frozen=True, slots=True)
 class CertificatePolicy:
@@ -106,11 +115,20 @@ class TLSProfile:
     psk_hint: bytes | None = None
     """Entity B: the identity hint sent in ServerKeyExchange (TLS 1.2 only; GBA)."""
     psk_offer: PskOffer | None = None
+    psk_suite_offer: PskSuiteOffer | None = None
+    """Entity A: like ``psk_offer`` but also told the negotiated suite; takes precedence."""
     certificate_policy: CertificatePolicy | None = None
     server_name: str | None = None
     """Client side: the SNI to send (READINGS A-11). Server side: unused."""
     require_sni: bool = False
     """Server side strict mode: refuse ClientHellos without server_name."""
+    session_cache: ServerSessionCache | None = None
+    """Entity B: bindings of resumable sessions; set by
+    :func:`m2msec.tls.sessions.enable_resumption` (None: every handshake is a full one)."""
+    resumption_check: ResumptionCheck | None = None
+    """Entity B: re-validates a binding before its session is resumed (see sessions)."""
+    client_sessions: ClientSessionCache | None = None
+    """Entity A: sessions to offer again to the same server (see sessions)."""
 
     def __post_init__(self) -> None:
         # Callbacks live on the shared SSL.Context; install them once per profile.
@@ -142,8 +160,10 @@ def new_context(
         SSL.OP_NO_COMPRESSION
         | SSL.OP_NO_RENEGOTIATION
         | SSL.OP_CIPHER_SERVER_PREFERENCE
-        # No resumption yet: a resumed session skips the PSK and verify callbacks
-        # that bind the peer's identity, so every association runs a full handshake.
+        # No RFC 5077 tickets: TLS 1.2 resumes by session ID and TLS 1.3 gets stateful
+        # tickets, both found in the server's cache where m2msec.tls.sessions can check
+        # them. That cache stays off unless sessions.enable_resumption() turns it on, as a
+        # resumed session skips the callbacks that bind the peer's identity.
         | SSL.OP_NO_TICKET
     )
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)

@@ -1,0 +1,437 @@
+"""Safe (D)TLS session resumption for devices that come back (TS-0003 8.2, RFC 5246 7.3).
+
+A resumed handshake (TLS 1.2 / DTLS 1.2 session ID, RFC 5246 7.4.1.2; TLS 1.3 ticket,
+RFC 8446 2.2) runs none of the callbacks that bind the peer's identity: no PSK lookup of
+the KpsaId/KmId/KcId, no certificate check. So Entity B keeps, beside OpenSSL's own cache,
+a :class:`ServerSessionCache` that records the :class:`~m2msec.tls.context.PeerBinding`
+the full handshake decided, by session ID (TLS 1.3: by ticket), and re-validates it each
+time the session is offered again:
+
+* the binding's ``valid_until`` must not have passed: a session established before the
+  Kpsa/Km/Kc expired is not resumed after it (READINGS A-16);
+* the profile's ``resumption_check`` (if any) must accept it; otherwise, for the
+  provisioned-PSK framework, the psk-lookup-table row must still exist, unexpired and
+  bound to the same entity (the synchronous ``psk_resolver`` is asked again).
+
+The check runs when the ClientHello arrives, before OpenSSL looks the session up; a
+session that fails it is made unresumable in OpenSSL's cache, so the device falls back to
+a full handshake (which then succeeds or fails on its own merits). At the end of every
+resumed handshake the binding is checked once more and a resumption with no recorded
+binding is refused, so an identity is never taken from a session without a decision.
+
+Entity A keeps sessions in a :class:`ClientSessionCache` (with the binding of the server
+decided by the full handshake) and offers them on the next connection to the same
+address and server name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from OpenSSL import SSL
+
+from m2msec.errors import ConfigurationError, HandshakeError
+from m2msec.tls import _psk
+from m2msec.tls.context import Framework, PeerBinding
+
+if TYPE_CHECKING:
+    from m2msec.tls.profiles import TLSProfile
+
+log = logging.getLogger(__name__)
+
+#: How long a session may be resumed after its full handshake (seconds).
+DEFAULT_SESSION_LIFETIME = 3600.0
+#: Sessions remembered by a server; the least recently used go first.
+DEFAULT_MAX_SESSIONS = 10000
+#: Sessions remembered by a client.
+DEFAULT_MAX_CLIENT_SESSIONS = 256
+
+WallClock = Callable[[], datetime]
+ResumptionCheck = Callable[[PeerBinding], "PeerBinding | None"]
+"""Entity B: re-validate a binding before its session is resumed.
+
+Returns the binding to use (possibly refreshed, e.g. a later ``valid_until``) or None to
+keep it; raises :class:`~m2msec.errors.HandshakeError` to refuse the resumption."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- server side -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class SessionEntry:
+    """What Entity B decided about a session when its full handshake ran."""
+
+    session_id: bytes
+    """The session ID (TLS 1.2, DTLS 1.2) or stateful ticket (TLS 1.3) naming it."""
+    binding: PeerBinding
+    framework: Framework
+    psk_identity: bytes | None
+    """The raw psk_identity of a PSK handshake (for re-validation); None for certificates."""
+    expires: float
+    """Monotonic time after which the session is not resumed."""
+    session: SSL.Session
+    """OpenSSL's session object, kept to make it unresumable when the entry goes."""
+
+
+class ServerSessionCache:
+    """Bounded, expiring map of session ID (or TLS 1.3 ticket) -> :class:`SessionEntry`.
+
+    Dropping an entry (expiry, eviction, refusal) also makes OpenSSL's copy of the
+    session unresumable, so OpenSSL never resumes a session this cache cannot vouch for.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        lifetime: float = DEFAULT_SESSION_LIFETIME,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_sessions < 1 or lifetime <= 0:
+            raise ConfigurationError("session cache size and lifetime must be positive")
+        self.max_sessions = max_sessions
+        self.lifetime = lifetime
+        self._clock = clock
+        self._entries: OrderedDict[bytes, SessionEntry] = OrderedDict()
+        self._helper: SSL.Connection | None = None
+        self._context: SSL.Context | None = None
+        self.resumed = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._entries
+
+    def _bind_context(self, ctx: SSL.Context) -> None:
+        if self._context is not None and self._context is not ctx:
+            raise ConfigurationError("a ServerSessionCache serves one SSL context")
+        self._context = ctx
+
+    def store(
+        self,
+        session_id: bytes,
+        session: SSL.Session,
+        binding: PeerBinding,
+        framework: Framework,
+        psk_identity: bytes | None,
+        expires: float | None = None,
+    ) -> None:
+        """Remember ``binding`` for ``session_id`` (refreshing an existing entry's place).
+
+        ``expires`` (monotonic) defaults to now plus the lifetime; an entry already
+        present keeps its expiry, so resuming a session does not prolong it.
+        """
+        if not session_id:
+            return
+        old = self._entries.pop(session_id, None)
+        if old is not None:
+            expires = old.expires
+        elif expires is None:
+            expires = self._clock() + self.lifetime
+        self._entries[session_id] = SessionEntry(
+            session_id, binding, framework, psk_identity, expires, session
+        )
+        while len(self._entries) > self.max_sessions:
+            _, entry = self._entries.popitem(last=False)
+            self._unresumable(entry)
+
+    def lookup(self, session_id: bytes) -> SessionEntry | None:
+        """The live entry for ``session_id``; an expired one is dropped on the way."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        if self._clock() >= entry.expires:
+            self.discard(session_id)
+            return None
+        self._entries.move_to_end(session_id)
+        return entry
+
+    def discard(self, session_id: bytes) -> None:
+        """Forget ``session_id`` and make OpenSSL's copy unresumable."""
+        entry = self._entries.pop(session_id, None)
+        if entry is not None:
+            self._unresumable(entry)
+
+    def purge(self) -> int:
+        """Drop every expired entry; returns how many went."""
+        now = self._clock()
+        gone = [sid for sid, e in self._entries.items() if now >= e.expires]
+        for sid in gone:
+            self.discard(sid)
+        return len(gone)
+
+    def clear(self) -> None:
+        for sid in list(self._entries):
+            self.discard(sid)
+
+    def _unresumable(self, entry: SessionEntry) -> None:
+        if self._helper is None and self._context is not None:
+            # Any connection of the context serves to find SSL_CIPHER objects.
+            self._helper = SSL.Connection(self._context, None)
+        if self._helper is not None:
+            _psk.make_unresumable(entry.session, self._helper)
+
+
+def revalidate(
+    profile: TLSProfile, entry: SessionEntry, now: datetime | None = None
+) -> PeerBinding:
+    """The binding to give a resumed session, or :class:`HandshakeError` to refuse it."""
+    binding = entry.binding
+    now = now or _utcnow()
+    if binding.valid_until is not None and now >= binding.valid_until:
+        # READINGS A-16: no resumption of a pre-expiry session after expiry.
+        raise HandshakeError(
+            f"session of {binding.peer_id} not resumed: its key expired at "
+            f"{binding.valid_until.isoformat()}"
+        )
+    if profile.resumption_check is not None:
+        fresh = profile.resumption_check(binding)
+        binding = fresh if fresh is not None else binding
+    elif entry.psk_identity is not None and profile.psk_resolver is not None:
+        # Provisioned PSK: the psk-lookup-table row must still exist and bind the same entity.
+        answer = profile.psk_resolver(entry.psk_identity)
+        if answer is None:
+            raise HandshakeError(
+                f"session of {binding.peer_id} not resumed: its psk_identity is no longer known"
+            )
+        fresh = answer[1]
+        if (fresh.peer_id, fresh.kind) != (binding.peer_id, binding.kind):
+            raise HandshakeError(
+                f"session of {binding.peer_id} not resumed: its psk_identity now binds "
+                f"{fresh.peer_id}"
+            )
+        binding = fresh
+    if binding.valid_until is not None and now >= binding.valid_until:
+        raise HandshakeError(f"session of {binding.peer_id} not resumed: its key has expired")
+    return binding
+
+
+def screen(profile: TLSProfile, session_id: bytes) -> SessionEntry | None:
+    """Check a session a ClientHello offers, before OpenSSL looks it up.
+
+    Returns the entry when the session may be resumed. When it may not, the session is
+    dropped and made unresumable, so OpenSSL runs a full handshake; returns None then, and
+    also for sessions this cache does not know.
+    """
+    cache = profile.session_cache
+    if cache is None or not session_id:
+        return None
+    entry = cache.lookup(session_id)
+    if entry is None:
+        return None
+    try:
+        entry.binding = revalidate(profile, entry)
+    except HandshakeError as exc:
+        cache.refused += 1
+        log.info("%s; full handshake instead", exc.reason)
+        cache.discard(session_id)
+        return None
+    return entry
+
+
+def session_id_context(profile: TLSProfile) -> bytes:
+    """The SSL session ID context of a responder (at most 32 octets).
+
+    Sessions resume only where they were made: same framework, transport and local
+    identity. OpenSSL also requires one whenever client certificates are verified.
+    """
+    label = f"m2msec|{profile.framework}|{profile.transport}|{profile.local_id or ''}"
+    return hashlib.sha256(label.encode()).digest()
+
+
+def enable_resumption(
+    profile: TLSProfile,
+    cache: ServerSessionCache | None = None,
+    *,
+    check: ResumptionCheck | None = None,
+) -> ServerSessionCache:
+    """Let clients of the responder ``profile`` resume sessions (see the module text).
+
+    Turns on OpenSSL's server-side session cache for the profile's context (with the
+    cache's lifetime as OpenSSL's session timeout) and records bindings in ``cache``.
+    ``check`` overrides the default re-validation of a binding. Idempotent.
+    """
+    if not profile.server_side:
+        raise ConfigurationError("enable_resumption() is for responder profiles")
+    if profile.session_cache is not None and cache is None:
+        if check is not None:
+            profile.resumption_check = check
+        return profile.session_cache
+    if cache is None:
+        cache = ServerSessionCache()
+    ctx = profile.ssl_context
+    cache._bind_context(ctx)
+    profile.session_cache = cache
+    if check is not None:
+        profile.resumption_check = check
+    ctx.set_session_id(session_id_context(profile))
+    ctx.set_timeout(max(1, int(cache.lifetime)))
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    from m2msec.tls.profiles import Transport
+
+    if profile.transport is Transport.TLS:
+        _install_ticket_recorder(profile)
+    return cache
+
+
+def _install_ticket_recorder(profile: TLSProfile) -> None:
+    """TLS 1.3: record the binding of each NewSessionTicket the server sends.
+
+    OpenSSL (with ``OP_NO_TICKET``) issues stateful tickets: each names a session in its
+    cache by a fresh ID, made after the handshake's identity was decided. The info
+    callback sees each of them as the state machine leaves the ticket state.
+    """
+    from m2msec.tls.callbacks import HandshakeState
+
+    def info(conn: SSL.Connection, where: int, ret: int) -> None:
+        if not where & SSL.SSL_CB_LOOP:
+            return
+        try:
+            if b"session ticket" not in conn.get_state_string():
+                return
+            state = conn.get_app_data()
+            if isinstance(state, HandshakeState):
+                record(profile, conn, state)
+        except Exception:  # never raise into OpenSSL
+            log.exception("recording a TLS 1.3 ticket failed")
+
+    profile.ssl_context.set_info_callback(info)
+
+
+def record(profile: TLSProfile, conn: SSL.Connection, state: object) -> None:
+    """Store the current session of ``conn`` with the binding its handshake decided."""
+    from m2msec.tls.callbacks import HandshakeState
+
+    cache = profile.session_cache
+    if cache is None or not isinstance(state, HandshakeState):
+        return
+    binding = state.binding
+    psk_identity = state.raw_psk_identity
+    expires: float | None = None
+    if state.resumption is not None:
+        # Tickets issued on a resumed session live no longer than that session.
+        expires = state.resumption.expires
+        if binding is None:
+            binding = state.resumption.binding
+            psk_identity = state.resumption.psk_identity
+    session = conn.get_session()
+    if binding is None or session is None:
+        return
+    _, sid = _psk.session_fields(session)
+    cache.store(sid, session, binding, profile.framework, psk_identity, expires)
+
+
+# -- ClientHello ---------------------------------------------------------------------------
+_HANDSHAKE = 22
+_CLIENT_HELLO = 1
+
+
+def client_hello_session_id(data: bytes, *, datagram: bool) -> bytes | None:
+    """The legacy session_id of the ClientHello at the start of ``data``.
+
+    ``data`` is a datagram (DTLS) or the first bytes of a stream (TLS). Returns None when
+    ``data`` does not start with a ClientHello or is too short to tell; an empty ID as
+    ``b""``. Pure parser, never raises.
+    """
+    header = 13 + 12 if datagram else 5 + 4
+    if len(data) < header + 35 or data[0] != _HANDSHAKE:
+        return None
+    if data[header - (12 if datagram else 4)] != _CLIENT_HELLO:
+        return None
+    if datagram and data[13 + 6 : 13 + 9] != b"\0\0\0":
+        return None  # a later fragment of the ClientHello
+    pos = header + 2 + 32
+    n = data[pos]
+    if n > 32 or len(data) < pos + 1 + n:
+        return None
+    return bytes(data[pos + 1 : pos + 1 + n])
+
+
+#: Bytes a stream must have delivered before :func:`client_hello_session_id` can answer.
+CLIENT_HELLO_PEEK = 5 + 4 + 2 + 32 + 1 + 32
+
+
+# -- client side -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientSession:
+    """A session Entity A may offer again, with the binding its full handshake decided."""
+
+    session: SSL.Session
+    binding: PeerBinding
+    expires: float
+
+
+class ClientSessionCache:
+    """Entity A's sessions by destination (e.g. host, port, server name); LRU, expiring.
+
+    Only TLS 1.2 / DTLS 1.2 sessions are kept (TLS 1.3 tickets arrive after the
+    handshake and are not offered by our initiators).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int = DEFAULT_MAX_CLIENT_SESSIONS,
+        lifetime: float = DEFAULT_SESSION_LIFETIME,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_sessions < 1 or lifetime <= 0:
+            raise ConfigurationError("session cache size and lifetime must be positive")
+        self.max_sessions = max_sessions
+        self.lifetime = lifetime
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, ClientSession] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable, now: datetime | None = None) -> ClientSession | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        until = entry.binding.valid_until
+        if self._clock() >= entry.expires or (until is not None and (now or _utcnow()) >= until):
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: Hashable, session: SSL.Session, binding: PeerBinding) -> None:
+        version, sid = _psk.session_fields(session)
+        if not sid or version == _psk.TLS1_3_VERSION:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None and old.session is session:
+            expires = old.expires  # a resumption does not extend the session's life
+        else:
+            expires = self._clock() + self.lifetime
+        self._entries[key] = ClientSession(session, binding, expires)
+        while len(self._entries) > self.max_sessions:
+            self._entries.popitem(last=False)
+
+    def discard(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+
+__all__ = [
+    "ClientSession",
+    "ClientSessionCache",
+    "ResumptionCheck",
+    "ServerSessionCache",
+    "SessionEntry",
+    "client_hello_session_id",
+    "enable_resumption",
+    "revalidate",
+    "screen",
+]
