@@ -21,6 +21,8 @@ _SUBAPPS = {
     "psk": ("m2msec.cli.psk", "Manage the psk-lookup-table (KpsaId -> entity, Kpsa)."),
     "ca": ("m2msec.cli.ca", "A small CA issuing certificates that name CSE-IDs and AE-IDs."),
     "gateway": ("m2msec.cli.gateway", "The CSE security gateway."),
+    "bsf": ("m2msec.cli.bsf", "The GBA BSF and its HSS simulator (3GPP TS 33.220)."),
+    "maf": ("m2msec.cli.maf", "The M2M Authentication Function (MAF, TS-0003 8.8)."),
 }
 
 

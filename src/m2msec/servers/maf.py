@@ -1,0 +1,1195 @@
+"""The M2M Authentication Function server (TS-0003 8.2.2.3, 8.8.2): ``m2msec maf serve``.
+
+Two TLS listeners, one framework each:
+
+* the **client listener** runs the MAF Handshake (8.8.2.2): TLS-PSK with psk_identity =
+  KmId and psk = Km (cipher suites of 10.2.2, TLS 1.2 and 1.3), looked up in the MAF store
+  by a synchronous :data:`~m2msec.tls.profiles.PskResolver`; an unknown or disabled KmId
+  fails the handshake. Source MAF Clients (Entity A) use it for Client Registration,
+  Configuration Retrieval, Registration Update and De-Registration (8.8.2.3-8.8.2.6) and
+  Key Registration, Update and De-Registration (8.8.2.7, 8.8.2.9, 8.8.2.10). A Key
+  Registration without ``keyValue`` takes Kc and KcID from the session's RFC 5705 exporter
+  (``EXPORTER-oneM2M-Connection``, 48 octets, no context; 10.3.1), once per session.
+* the **retrieval listener** runs the certificate framework (8.2.2.2) with the MAF's FQDN
+  certificate (10.1.1.6) and requires a client certificate: the "mutually authenticated
+  secure channel" of the seed CR over which Entity B (an IN-CSE, e.g. our gateway) runs Key
+  Retrieval (8.8.2.8). The identity read from its certificate is what is checked against
+  the allowed Entity Bs and the key's targetIDs.
+
+Requests are HTTP/1.1 (:mod:`m2msec.bindings.http`) mapped onto the procedures by
+:mod:`m2msec.maf.protocol`. Every write (key registrations above all) and every audit record
+goes through one *journal* task that commits what has queued up in one SQLite transaction
+(each request in its own savepoint, the batch's audit records in the ``audit`` table of the
+same transaction), copies the records to the ``audit.log`` file, and only then lets the
+requests be answered: a 2001 CREATED is never sent for a key that is not committed, and
+concurrent requests share the cost of the commit (group commit).
+
+Durability (``durability``): "full" (default) fsyncs every commit, from a worker thread
+while the event loop goes on serving; "normal" commits on the loop's thread without fsync
+(SQLite ``synchronous=NORMAL``, WAL): a committed key still survives the MAF process being
+killed, but not necessarily a power cut, after which Entity A's next handshake with Entity
+B fails and it runs a fresh MAF Handshake (8.2.2.3). See docs/maf.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import tomllib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from m2msec.bindings.http import (
+    RSC,
+    BadRequest,
+    HttpResponse,
+    HttpServerConnection,
+    NeedData,
+    OneM2MRequest,
+    PeerClosed,
+    RequestReceived,
+)
+from m2msec.config import ListenerSpec, parse_listen_url
+from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_CONNECTION
+from m2msec.errors import (
+    CertificateError,
+    ConfigurationError,
+    HandshakeError,
+    IdentifierError,
+    M2MSecError,
+    StoreError,
+)
+from m2msec.ids import CredentialId, check_fqdn
+from m2msec.maf import protocol as p
+from m2msec.maf.audit import AuditEvent, AuditLog, audit_record
+from m2msec.maf.store import (
+    MafStore,
+    MafWriter,
+    MasterCredential,
+    NewKey,
+    default_maf_store_path,
+    open_maf_store,
+    parse_km_id,
+)
+from m2msec.tls.aio import TLSConnection, TLSServer
+from m2msec.tls.context import Framework, PeerBinding, PeerKind
+from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_RETRIEVAL_LISTEN",
+    "MafConfig",
+    "MafServer",
+    "MafStats",
+    "load_maf_config",
+    "parse_maf_config",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN: Final = "tls://127.0.0.1:8444"
+DEFAULT_RETRIEVAL_LISTEN: Final = "tls://127.0.0.1:8445"
+AUDIT_LOG_NAME: Final = "audit.log"
+#: Most jobs the journal commits in one transaction.
+MAX_BATCH: Final = 512
+#: How long close() lets queued writes finish.
+SHUTDOWN_GRACE: Final = 5.0
+#: TLSServer's reasons for connections that never reached a decision.
+_NOT_AUDITED: Final = (
+    "connection lost during the handshake",
+    "connection closed during the handshake",
+    "handshake timed out",
+    "too many handshakes in progress",
+)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class MafConfig:
+    """Everything ``m2msec maf serve`` needs (TOML: see :func:`parse_maf_config`).
+
+    ``retrieval_listen`` None disables Key Retrieval (and the need for ``cert``/``key``/
+    ``ca``). ``in_domain`` is the IN public domain under which Entity B certificates name
+    CSE-IDs (default: the MAF FQDN without its first label); ``sp_fqdn`` the M2M-SP FQDN
+    under which SP-relative ids are read (default ``in_domain``). Lifetimes are seconds.
+    ``audit_log`` defaults to ``audit.log`` beside the store.
+    """
+
+    fqdn: str
+    store: str | None = None
+    listen: str = DEFAULT_LISTEN
+    retrieval_listen: str | None = DEFAULT_RETRIEVAL_LISTEN
+    cert: str | Path | None = None
+    key: str | Path | None = None
+    ca: str | Path | None = None
+    key_lifetime: float = p.DEFAULT_KEY_LIFETIME.total_seconds()
+    registration_lifetime: float = p.DEFAULT_REGISTRATION_LIFETIME.total_seconds()
+    in_domain: str | None = None
+    sp_fqdn: str | None = None
+    tls13: bool = True
+    handshake_timeout: float = 10.0
+    max_handshakes: int = 1024
+    idle_timeout: float = 120.0
+    max_body: int = 64 * 1024
+    audit_log: str | None = None
+    durability: str = "full"
+    purge_interval: float = 3600.0
+    retention: float = 7 * 86400.0
+    audit_retention: float = 400 * 86400.0
+    source: str = "<arguments>"
+
+    def __post_init__(self) -> None:
+        try:
+            check_fqdn(self.fqdn, "MAF FQDN")
+            for name in ("in_domain", "sp_fqdn"):
+                value = getattr(self, name)
+                if value is not None:
+                    check_fqdn(value, name)
+        except IdentifierError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if "." not in self.fqdn:
+            raise ConfigurationError(f"MAF FQDN {self.fqdn!r} needs at least two labels")
+        for name in (
+            "key_lifetime",
+            "registration_lifetime",
+            "handshake_timeout",
+            "idle_timeout",
+            "purge_interval",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be greater than 0")
+        if self.max_handshakes < 1 or self.max_body < 1024:
+            raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")
+        if self.retention < 0 or self.audit_retention < 0:
+            raise ConfigurationError("retention and audit_retention must be >= 0")
+        if self.durability not in ("full", "normal"):
+            raise ConfigurationError("durability must be 'full' or 'normal'")
+
+    @property
+    def effective_in_domain(self) -> str:
+        return self.in_domain or self.fqdn.split(".", 1)[1]
+
+    @property
+    def effective_sp_fqdn(self) -> str:
+        return self.sp_fqdn or self.effective_in_domain
+
+    def policy(self) -> p.MafPolicy:
+        try:
+            return p.MafPolicy(
+                fqdn=self.fqdn,
+                sp_fqdn=self.effective_sp_fqdn,
+                key_lifetime=timedelta(seconds=self.key_lifetime),
+                registration_lifetime=timedelta(seconds=self.registration_lifetime),
+            )
+        except IdentifierError as exc:
+            raise ConfigurationError(f"MAF FQDN: {exc}") from None
+
+    def listener(self, which: str) -> ListenerSpec:
+        url = self.listen if which == "listen" else self.retrieval_listen
+        assert url is not None
+        spec = parse_listen_url(url, f"maf.{which}")
+        if spec.scheme != "tls" or spec.framework is not None:
+            raise ConfigurationError(
+                f"maf.{which}: {url!r}: the MAF listens on tls://HOST:PORT only"
+            )
+        return spec
+
+
+_KEYS: Final[dict[str, dict[str, type]]] = {
+    "maf": {
+        "fqdn": str,
+        "store": str,
+        "listen": str,
+        "retrieval_listen": str,
+        "in_domain": str,
+        "sp_fqdn": str,
+        "key_lifetime": float,
+        "registration_lifetime": float,
+        "tls13": bool,
+        "handshake_timeout": float,
+        "max_handshakes": int,
+        "idle_timeout": float,
+        "max_body": int,
+        "audit_log": str,
+        "audit_retention": float,
+        "durability": str,
+        "purge_interval": float,
+        "retention": float,
+    },
+    "certificates": {"cert": str, "key": str, "ca": str},
+}
+_PATHS: Final = {
+    ("maf", "store"),
+    ("maf", "audit_log"),
+    ("certificates", "cert"),
+    ("certificates", "key"),
+    ("certificates", "ca"),
+}
+
+
+def parse_maf_config(
+    data: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "<config>"
+) -> MafConfig:
+    """Validate a TOML document::
+
+        [maf]
+        fqdn = "maf.in.provider.com"                 # required
+        listen = "tls://0.0.0.0:8444"                # MAF Handshake (TLS-PSK, KmId/Km)
+        retrieval_listen = "tls://0.0.0.0:8445"      # Key Retrieval (mutual TLS); "" = off
+        store = "maf.db"                             # or sqlite:///abs/path
+        in_domain = "in.provider.com"                # CSE public domain names of Entity Bs
+        key_lifetime = 86400                         # longest Kc lifetime granted (s)
+        registration_lifetime = 2592000              # longest client registration (s)
+        audit_log = "audit.log"                      # default: beside the store
+
+        [certificates]                               # the MAF's FQDN certificate (10.1.1.6)
+        cert = "maf.pem"
+        key = "maf.key"
+        ca = "ca.pem"
+
+    Relative paths are read from ``base_dir``.
+    """
+    base = base_dir or Path.cwd()
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section not in _KEYS:
+            raise ConfigurationError(f"unknown section [{section}] (known: maf, certificates)")
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(f"[{section}] must be a table")
+        for key, value in table.items():
+            kinds = _KEYS[section]
+            if key not in kinds:
+                raise ConfigurationError(
+                    f"unknown key '{section}.{key}' (known: {', '.join(sorted(kinds))})"
+                )
+            if value is None:
+                continue
+            kind = kinds[key]
+            ok = (
+                isinstance(value, int | float) and not isinstance(value, bool)
+                if kind is float
+                else isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+            )
+            if not ok:
+                raise ConfigurationError(f"{section}.{key} must be {kind.__name__}, not {value!r}")
+            if (
+                (section, key) in _PATHS
+                and isinstance(value, str)
+                and value
+                and "://" not in value
+                and not Path(value).expanduser().is_absolute()
+            ):
+                value = str(base / Path(value).expanduser())
+            values[key] = value
+    if not values.get("fqdn"):
+        raise ConfigurationError("maf.fqdn is missing: the MAF's FQDN, e.g. maf.in.provider.com")
+    if values.get("retrieval_listen") == "":
+        values["retrieval_listen"] = None
+    return MafConfig(source=source, **values)
+
+
+def load_maf_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> MafConfig:
+    """Read ``path`` (TOML) if given and apply ``overrides`` (``{"maf.fqdn": ...}``; None
+    values ignored; relative paths in overrides from the current directory)."""
+    data: dict[str, dict[str, Any]] = {}
+    source = "<command line>"
+    base = Path.cwd()
+    if path is not None:
+        file = Path(path).expanduser()
+        try:
+            with file.open("rb") as fh:
+                data = {
+                    k: dict(v) if isinstance(v, dict) else v for k, v in tomllib.load(fh).items()
+                }
+        except FileNotFoundError:
+            raise ConfigurationError(f"config file not found: {file}") from None
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read config file {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{file}: invalid TOML: {exc}") from None
+        source = str(file)
+        base = file.resolve().parent
+        # Resolve file-relative paths now so that overrides stay cwd-relative.
+        for section, key in _PATHS:
+            table = data.get(section)
+            if isinstance(table, dict):
+                value = table.get(key)
+                if (
+                    isinstance(value, str)
+                    and value
+                    and "://" not in value
+                    and not Path(value).expanduser().is_absolute()
+                ):
+                    table[key] = str(base / value)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"[{section}] must be a table")
+        table[key] = value
+    try:
+        return parse_maf_config(data, base_dir=Path.cwd(), source=source)
+    except ConfigurationError as exc:
+        if path is not None:
+            raise ConfigurationError(f"{source}: {exc}") from None
+        raise
+
+
+# ----------------------------------------------------------------------------- journal
+
+
+Outcome = Any  # the op's result, or the exception it raised
+AuditFor = Callable[[Outcome], Sequence[dict[str, str | int]]]
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    op: Callable[[MafWriter], Any] | None
+    audit: AuditFor
+    future: asyncio.Future[Outcome] | None
+    #: The op is one SQL statement (atomic by itself): no savepoint needed around it.
+    atomic: bool = False
+
+
+_STOP: Final = _Job(None, lambda _o: (), None)
+
+
+class _Journal:
+    """Group commit of store writes and audit records (module documentation).
+
+    ``inline`` commits on the event loop's thread: only sensible when commits do not
+    fsync (durability "normal"); otherwise each batch runs in a worker thread while the
+    loop goes on serving (and queueing the next batch).
+    """
+
+    def __init__(self, store: MafStore, audit: AuditLog, *, inline: bool = False) -> None:
+        self.store = store
+        self.audit = audit
+        self.inline = inline
+        self.batches = 0
+        self.jobs = 0
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="maf-journal")
+
+    async def submit(
+        self, op: Callable[[MafWriter], Any] | None, audit: AuditFor, *, atomic: bool = False
+    ) -> Outcome:
+        """Run ``op`` in the next group transaction; return its result or the exception it
+        raised (a failed commit raises StoreError here) once commit and audit are written."""
+        if self._task is None:
+            raise StoreError("the MAF journal is not running")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Job(op, audit, future, atomic))
+        return await asyncio.shield(future)
+
+    def note(self, records: Sequence[dict[str, str | int]]) -> None:
+        """Queue audit records nobody waits for (handshake refusals)."""
+        if self._task is not None:
+            self._queue.put_nowait(_Job(None, lambda _r: records, None))
+
+    async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Commit what is queued (for at most ``grace`` seconds), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._queue.put_nowait(_STOP)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            if _STOP in batch:
+                stopping = True
+                batch = [job for job in batch if job is not _STOP]
+                if not batch:
+                    break
+            try:
+                if self.inline:
+                    outcomes = self._commit(batch)
+                else:
+                    outcomes = await asyncio.to_thread(self._commit, batch)
+            except Exception as exc:
+                log.error("MAF journal: %s", exc)
+                failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+                for job in batch:
+                    _finish(job, failure, error=True)
+                continue
+            self.batches += 1
+            self.jobs += len(batch)
+            for job, outcome in zip(batch, outcomes, strict=True):
+                _finish(job, outcome)
+
+    def _commit(self, batch: list[_Job]) -> list[Outcome]:
+        outcomes: list[Outcome] = [None] * len(batch)
+        records: list[dict[str, str | int]] = []
+        with self.store.writer() as w:
+            for i, job in enumerate(batch):
+                if job.op is not None:
+                    try:
+                        if job.atomic:
+                            outcomes[i] = job.op(w)
+                        else:
+                            with w.savepoint():
+                                outcomes[i] = job.op(w)
+                    except StoreError:
+                        raise  # the database itself failed: fail the batch
+                    except Exception as exc:
+                        outcomes[i] = exc
+                records.extend(job.audit(outcomes[i]))
+            w.append_audit(records)
+        # The file is a copy for operators (tail -f); the audit table is the record.
+        try:
+            self.audit.write(records)
+        except StoreError as exc:
+            log.error("%s", exc)
+        return outcomes
+
+
+def _finish(job: _Job, outcome: Outcome, *, error: bool = False) -> None:
+    if job.future is None or job.future.done():
+        return
+    if error:
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)
+
+
+# ----------------------------------------------------------------------------- server
+
+
+@dataclass(slots=True)
+class MafStats:
+    """Counters since start (no identities, no keys)."""
+
+    client_associations: int = 0
+    retrieval_associations: int = 0
+    handshakes_failed: int = 0
+    requests: int = 0
+    keys_issued: int = 0
+    keys_retrieved: int = 0
+    keys_updated: int = 0
+    keys_deregistered: int = 0
+    client_registrations: int = 0
+    requests_refused: int = 0
+    bad_requests: int = 0
+    internal_errors: int = 0
+    refused_by_rsc: Counter[int] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name != "refused_by_rsc"
+        }
+        out["refused_by_rsc"] = {str(k): v for k, v in sorted(self.refused_by_rsc.items())}
+        return out
+
+
+@dataclass(slots=True, eq=False)
+class _ClientSession:
+    """One MAF Handshake session of a Source MAF Client."""
+
+    conn: TLSConnection
+    km: MasterCredential
+    exported_used: bool = False
+
+
+Handle = Callable[[OneM2MRequest], Awaitable[HttpResponse]]
+
+
+class MafServer:
+    """The MAF (module documentation): ``async with MafServer(config) as maf: ...``.
+
+    ``store`` overrides the configured store (and is not closed by the server; its own
+    ``synchronous`` setting then decides the durability); ``clock`` gives "now" to the
+    procedures (tests).
+    """
+
+    def __init__(
+        self,
+        config: MafConfig,
+        store: MafStore | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.policy = config.policy()
+        self.stats = MafStats()
+        self._store = store
+        self._own_store = store is None
+        self._clock = clock
+        self._audit: AuditLog | None = None
+        self._journal: _Journal | None = None
+        self._client_server: TLSServer | None = None
+        self._retrieval_server: TLSServer | None = None
+        self._purge_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def store(self) -> MafStore:
+        assert self._store is not None, "start() the server first"
+        return self._store
+
+    @property
+    def audit_path(self) -> Path:
+        if self.config.audit_log:
+            return Path(self.config.audit_log).expanduser()
+        if self._store is not None:
+            return self._store.path.parent / AUDIT_LOG_NAME
+        return default_maf_store_path().parent / AUDIT_LOG_NAME
+
+    @property
+    def client_port(self) -> int:
+        assert self._client_server is not None
+        return self._client_server.port
+
+    @property
+    def retrieval_port(self) -> int | None:
+        return None if self._retrieval_server is None else self._retrieval_server.port
+
+    @property
+    def journal_batches(self) -> tuple[int, int]:
+        """(transactions committed, jobs in them): how much the group commit grouped."""
+        j = self._journal
+        return (0, 0) if j is None else (j.batches, j.jobs)
+
+    async def __aenter__(self) -> MafServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store, the audit log and the listeners. Raises ConfigurationError (bad
+        configuration or credentials), StoreError, or OSError (a port in use)."""
+        if self._started:
+            raise RuntimeError("MAF server already started")
+        self._started = True
+        cfg = self.config
+        try:
+            client_spec = cfg.listener("listen")
+            retrieval_spec = cfg.listener("retrieval_listen") if cfg.retrieval_listen else None
+            retrieval_profile = self._retrieval_profile() if retrieval_spec else None
+            if self._store is None:
+                self._store = open_maf_store(cfg.store, synchronous=cfg.durability)
+            self._audit = AuditLog(self.audit_path, fsync=False)
+            # Commit on the loop's thread only when commits do not fsync.
+            inline = self._store.synchronous != "full"
+            self._journal = _Journal(self._store, self._audit, inline=inline)
+            self._journal.start()
+            self._client_server = TLSServer(
+                self._client_profile(),
+                self._serve_client,
+                handshake_timeout=cfg.handshake_timeout,
+                max_handshakes=cfg.max_handshakes,
+                on_failure=lambda peer, reason: self._handshake_failed("client", peer, reason),
+            )
+            await self._client_server.start(client_spec.host, client_spec.port)
+            log.info(
+                "MAF client listener (MAF Handshake, TLS-PSK) on %s:%d",
+                client_spec.host,
+                self.client_port,
+            )
+            if retrieval_spec is not None and retrieval_profile is not None:
+                self._retrieval_server = TLSServer(
+                    retrieval_profile,
+                    self._serve_retrieval,
+                    handshake_timeout=cfg.handshake_timeout,
+                    max_handshakes=cfg.max_handshakes,
+                    on_failure=lambda peer, reason: self._handshake_failed(
+                        "retrieval", peer, reason
+                    ),
+                )
+                await self._retrieval_server.start(retrieval_spec.host, retrieval_spec.port)
+                log.info(
+                    "MAF retrieval listener (Key Retrieval, mutual TLS) on %s:%d",
+                    retrieval_spec.host,
+                    self.retrieval_port,
+                )
+            self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop listening, end the sessions, commit what is queued, close files."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge_task
+        for server in (self._client_server, self._retrieval_server):
+            if server is not None:
+                await server.close()
+        if self._journal is not None:
+            await self._journal.close()
+        if self._audit is not None:
+            self._audit.close()
+        if self._own_store and self._store is not None:
+            self._store.close()
+        if self._client_server is not None:
+            log.info("MAF stopped: %s", self.stats.as_dict())
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then close."""
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    # -- profiles -------------------------------------------------------------------------
+    def _client_profile(self) -> TLSProfile:
+        ctx = new_context(
+            Transport.TLS, server_side=True, suites=PSK_SUITES_TLS, tls13=self.config.tls13
+        )
+        return TLSProfile(
+            framework=Framework.MAF,
+            transport=Transport.TLS,
+            server_side=True,
+            ssl_context=ctx,
+            local_id=self.config.fqdn.lower(),
+            psk_resolver=self.resolve_km,
+        )
+
+    def _retrieval_profile(self) -> TLSProfile:
+        from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
+
+        cfg = self.config
+        missing = [n for n in ("cert", "key", "ca") if getattr(cfg, n) is None]
+        if missing:
+            raise ConfigurationError(
+                "the retrieval listener needs the MAF's certificate: give "
+                + ", ".join(f"--{n}" for n in missing)
+                + " ([certificates] in the config file), or turn Key Retrieval off "
+                '(--retrieval-listen off, retrieval_listen = "")'
+            )
+        assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
+        try:
+            credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
+            responder = CertificateResponder(
+                credential,
+                in_domain=cfg.effective_in_domain,
+                local_id=cfg.fqdn.lower(),
+                services=[cfg.fqdn],
+                sp_fqdn=cfg.effective_sp_fqdn,
+            )
+        except (CertificateError, IdentifierError) as exc:
+            raise ConfigurationError(f"MAF certificate: {exc}") from None
+        return responder.profile(tls13=cfg.tls13)
+
+    def resolve_km(self, identity: bytes) -> tuple[bytes, PeerBinding]:
+        """The MAF Handshake's PSK lookup (8.8.2.2): KmId -> Km; refusals raise."""
+        try:
+            text = identity.decode("utf-8")
+            km_id = parse_km_id(text)
+        except (UnicodeDecodeError, IdentifierError) as exc:
+            raise HandshakeError(f"malformed KmId: {exc}") from None
+        try:
+            cred = self.store.get_client(text)
+        except StoreError as exc:
+            log.error("MAF Handshake: %s", exc)
+            raise HandshakeError("the MAF store cannot be read") from None
+        if cred is None:
+            raise HandshakeError(f"unknown KmId {text!r}")
+        if not cred.enabled:
+            raise HandshakeError(f"KmId {text!r} is disabled")
+        binding = PeerBinding(
+            peer_id=str(CredentialId.for_km_id(km_id)),
+            kind=PeerKind.CREDENTIAL,
+            key_id=cred.canonical,
+        )
+        return cred.km, binding
+
+    def _handshake_failed(self, listener: str, peer: tuple[Any, ...] | None, reason: str) -> None:
+        self.stats.handshakes_failed += 1
+        # Connections that ended before a handshake was judged (port probes, timeouts,
+        # load shedding) are counted and logged by TLSServer, not audited.
+        if reason.startswith(_NOT_AUDITED):
+            return
+        if self._journal is not None:
+            self._journal.note(
+                [
+                    audit_record(
+                        AuditEvent.HANDSHAKE_REFUSED,
+                        listener=listener,
+                        peer=_addr(peer),
+                        reason=reason,
+                    )
+                ]
+            )
+
+    # -- connections ----------------------------------------------------------------------
+    async def _serve_client(self, conn: TLSConnection) -> None:
+        ctx = conn.context
+        km = self.store.get_client(ctx.key_id or "")
+        if km is None or not km.enabled:
+            return  # removed between the PSK lookup and now
+        self.stats.client_associations += 1
+        session = _ClientSession(conn, km)
+        log.debug("MAF Handshake with %s (%s, %s)", km.km_id, ctx.protocol, ctx.cipher_suite)
+
+        async def handle(request: OneM2MRequest) -> HttpResponse:
+            return await self._handle_client(session, request)
+
+        await self._http_loop(conn, handle)
+
+    async def _serve_retrieval(self, conn: TLSConnection) -> None:
+        ctx = conn.context
+        self.stats.retrieval_associations += 1
+        retriever = ctx.peer_id if ctx.peer_kind in (PeerKind.AE, PeerKind.CSE) else None
+        log.debug("retrieval channel with %s (%s)", ctx.peer_id, ctx.peer_kind.value)
+
+        async def handle(request: OneM2MRequest) -> HttpResponse:
+            return await self._handle_retrieval(conn, retriever, request)
+
+        await self._http_loop(conn, handle)
+
+    async def _http_loop(self, conn: TLSConnection, handle: Handle) -> None:
+        http = HttpServerConnection(max_body=self.config.max_body)
+        try:
+            while True:
+                event = http.next_event()
+                if isinstance(event, NeedData):
+                    out = http.data_to_send()
+                    if out:
+                        await conn.send(out)
+                    try:
+                        async with asyncio.timeout(self.config.idle_timeout):
+                            data = await conn.recv()
+                    except TimeoutError:
+                        return
+                    http.receive_data(data)
+                    continue
+                if isinstance(event, PeerClosed):
+                    return
+                if isinstance(event, BadRequest):
+                    self.stats.bad_requests += 1
+                    log.info("bad request: %s", event.reason)
+                    http.send_response(event.response, close=event.close)
+                else:
+                    assert isinstance(event, RequestReceived)
+                    self.stats.requests += 1
+                    try:
+                        response = await handle(event.request)
+                    except Exception:
+                        log.exception("MAF request handling failed")
+                        self.stats.internal_errors += 1
+                        response = p.refusal_response(
+                            p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error"),
+                            event.request,
+                        )
+                    http.send_response(response)
+                await conn.send(http.data_to_send())
+                if http.closed:
+                    return
+        except (ConnectionError, OSError) as exc:
+            log.debug("connection ended: %s", exc)
+
+    # -- procedures: client listener --------------------------------------------------------
+    async def _handle_client(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
+        try:
+            p.request_id(request)
+            r = p.route(request.method, request.target)
+            proc = r.procedure
+            if proc is p.Procedure.KEY_REGISTRATION:
+                return await self._key_registration(s, request)
+            if proc is p.Procedure.KEY_UPDATE:
+                assert r.param is not None
+                return await self._key_update(s, r.param, request)
+            if proc is p.Procedure.KEY_DEREGISTRATION:
+                assert r.param is not None
+                return await self._key_deregistration(s, r.param, request)
+            if proc is p.Procedure.CLIENT_REGISTRATION:
+                return await self._client_registration(s, request)
+            if proc is p.Procedure.CONFIG_RETRIEVAL:
+                assert r.param is not None
+                return self._config_retrieval(s, r.param, request)
+            if proc is p.Procedure.REGISTRATION_UPDATE:
+                assert r.param is not None
+                return await self._registration_update(s, r.param, request)
+            if proc is p.Procedure.DEREGISTRATION:
+                assert r.param is not None
+                return await self._deregistration(s, r.param, request)
+            raise p.MafRefusal(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                "Key Retrieval is served on the retrieval listener (mutual TLS with "
+                "certificates), not over a MAF Handshake",
+            )
+        except p.MafRefusal as refusal:
+            return self._refused(refusal, request, s.km.km_id)
+
+    def _refused(self, refusal: p.MafRefusal, request: OneM2MRequest, who: str) -> HttpResponse:
+        self.stats.requests_refused += 1
+        self.stats.refused_by_rsc[refusal.rsc] += 1
+        log.info(
+            "refused %s %s from %s: %d %s",
+            request.method,
+            request.target[:120],
+            who,
+            refusal.rsc,
+            refusal.audit,
+        )
+        return p.refusal_response(refusal, request)
+
+    async def _submit(
+        self, op: Callable[[MafWriter], Any] | None, audit: AuditFor, *, atomic: bool = False
+    ) -> Any:
+        assert self._journal is not None
+        outcome = await self._journal.submit(op, audit, atomic=atomic)
+        if isinstance(outcome, p.MafRefusal):
+            raise outcome
+        if isinstance(outcome, M2MSecError | ValueError):
+            raise p.MafRefusal(RSC.BAD_REQUEST, str(outcome))
+        if isinstance(outcome, BaseException):
+            log.error("MAF write failed: %r", outcome)
+            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error")
+        return outcome
+
+    async def _key_registration(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
+        """8.8.2.7."""
+        km = s.km
+        sa = s.conn.context.sa_id
+        try:
+            req = p.parse_key_registration(request, self.policy)
+            exported: bytes | None = None
+            if req.key_value is None and not s.exported_used:
+                exported = s.conn.export_keying_material(LABEL_CONNECTION, EXPORT_LENGTH)
+            now = self._clock()
+            plan = p.plan_key_registration(
+                self.store,
+                self.policy,
+                km,
+                req,
+                now,
+                exported=exported,
+                random_id=secrets.token_bytes(16),
+            )
+        except p.MafRefusal as refusal:
+            await self._audit_now(
+                audit_record(
+                    AuditEvent.KEY_REFUSED,
+                    kmId=km.km_id,
+                    rsc=refusal.rsc,
+                    reason=refusal.audit,
+                    sa=sa,
+                )
+            )
+            raise
+        source = "keyValue" if req.key_value is not None else "exporter"
+        for _attempt in range(3):
+            kc_id = self.policy.kc_id(plan.relative_hex)
+            target = ",".join(plan.target_ids)
+
+            def audit(
+                outcome: Any, kc_id: str = kc_id, target: str = target, key: NewKey = plan
+            ) -> list[dict[str, str | int]]:
+                if outcome is True:
+                    return [
+                        audit_record(
+                            AuditEvent.KEY_ISSUED,
+                            kcId=kc_id,
+                            kmId=km.km_id,
+                            target=target,
+                            expires=p.format_m2m_time(key.expires_at),
+                            suid=key.suid,
+                            adminFQDN=key.admin_fqdn,
+                            regId=key.reg_id,
+                            source=source,
+                            sa=sa,
+                        )
+                    ]
+                why = "RelativeKeyID already in use" if outcome is False else str(outcome)
+                return [
+                    audit_record(
+                        AuditEvent.KEY_REFUSED,
+                        kcId=kc_id,
+                        kmId=km.km_id,
+                        target=target,
+                        rsc=p.CONFLICT if outcome is False else RSC.INTERNAL_SERVER_ERROR,
+                        reason=why,
+                        sa=sa,
+                    )
+                ]
+
+            def op(w: MafWriter, key: NewKey = plan) -> bool:
+                return w.insert_key(key, now=now)
+
+            stored = await self._submit(op, audit, atomic=True)
+            if stored:
+                break
+            if req.key_value is None:
+                raise p.MafRefusal(
+                    p.CONFLICT,
+                    f"RelativeKeyID {plan.relative_hex} is already in use",
+                    audit="exported RelativeKeyID already in use",
+                )
+            # A random RelativeKeyID collided (not expected in practice): draw another.
+            plan = p.plan_key_registration(
+                self.store,
+                self.policy,
+                km,
+                req,
+                now,
+                exported=None,
+                random_id=secrets.token_bytes(16),
+            )
+        else:
+            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "no free RelativeKeyID")
+        if exported is not None:
+            s.exported_used = True
+        self.stats.keys_issued += 1
+        return p.maf_response(RSC.CREATED, p.key_registration_body(plan, km), request)
+
+    async def _key_update(
+        self, s: _ClientSession, rel_id: str, request: OneM2MRequest
+    ) -> HttpResponse:
+        """8.8.2.9."""
+        req = p.parse_key_update(request, self.policy)
+        now = self._clock()
+        key = p.owned_key(self.store, s.km, rel_id, now)
+        changes, body = p.plan_key_update(self.store, self.policy, key, req, now)
+        kc_id = self.policy.kc_id(rel_id)
+
+        def op(w: MafWriter) -> Any:
+            updated = w.update_key(rel_id, **changes)
+            if updated is None:
+                raise p.MafRefusal(RSC.NOT_FOUND, "no such key registration", audit="vanished")
+            return updated
+
+        def audit(outcome: Any) -> list[dict[str, str | int]]:
+            if isinstance(outcome, BaseException):
+                return []
+            return [
+                audit_record(
+                    AuditEvent.KEY_UPDATED,
+                    kcId=kc_id,
+                    kmId=s.km.km_id,
+                    target=",".join(outcome.target_ids),
+                    expires=p.format_m2m_time(outcome.expires_at),
+                )
+            ]
+
+        await self._submit(op, audit)
+        self.stats.keys_updated += 1
+        return p.maf_response(RSC.UPDATED, body, request)
+
+    async def _key_deregistration(
+        self, s: _ClientSession, rel_id: str, request: OneM2MRequest
+    ) -> HttpResponse:
+        """8.8.2.10."""
+        now = self._clock()
+        p.owned_key(self.store, s.km, rel_id, now)
+        kc_id = self.policy.kc_id(rel_id)
+
+        def audit(outcome: Any) -> list[dict[str, str | int]]:
+            if outcome is not True:
+                return []
+            return [audit_record(AuditEvent.KEY_DEREGISTERED, kcId=kc_id, kmId=s.km.km_id)]
+
+        if not await self._submit(lambda w: w.deregister_key(rel_id), audit):
+            raise p.MafRefusal(RSC.NOT_FOUND, "no such key registration", audit="vanished")
+        self.stats.keys_deregistered += 1
+        return p.maf_response(RSC.DELETED, None, request)
+
+    async def _client_registration(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
+        """8.8.2.3."""
+        req = p.parse_client_registration(request, self.policy)
+        reg = p.plan_client_registration(
+            self.policy, s.km, req, self._clock(), secrets.token_hex(16)
+        )
+
+        def audit(outcome: Any) -> list[dict[str, str | int]]:
+            if isinstance(outcome, BaseException):
+                return []
+            return [
+                audit_record(
+                    AuditEvent.CLIENT_REGISTERED,
+                    kmId=s.km.km_id,
+                    regId=reg.reg_id,
+                    adminFQDN=reg.admin_fqdn,
+                    expires=p.format_m2m_time(reg.expires_at),
+                )
+            ]
+
+        await self._submit(lambda w: w.insert_registration(reg), audit)
+        self.stats.client_registrations += 1
+        return p.maf_response(RSC.CREATED, p.client_registration_body(reg, s.km), request)
+
+    def _config_retrieval(
+        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
+    ) -> HttpResponse:
+        """8.8.2.4."""
+        p.owned_registration(self.store, s.km, reg_id, self._clock())
+        config = self.store.get_client_config(s.km.canonical)
+        if config is None:
+            raise p.MafRefusal(
+                RSC.NOT_FOUND, "no MAF Client Configuration is associated with this registration"
+            )
+        return p.maf_response(RSC.OK, {"mafClientCfg": config}, request)
+
+    async def _registration_update(
+        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
+    ) -> HttpResponse:
+        """8.8.2.5."""
+        req = p.parse_registration_update(request, self.policy)
+        now = self._clock()
+        reg = p.owned_registration(self.store, s.km, reg_id, now)
+        expires, body = p.plan_registration_update(self.policy, reg, req, now)
+        kwargs: dict[str, Any] = {"expires_at": expires}
+        if req.has_labels:
+            kwargs["labels"] = req.labels
+
+        def audit(outcome: Any) -> list[dict[str, str | int]]:
+            if isinstance(outcome, BaseException):
+                return []
+            return [
+                audit_record(
+                    AuditEvent.CLIENT_UPDATED,
+                    kmId=s.km.km_id,
+                    regId=reg_id,
+                    expires=p.format_m2m_time(outcome.expires_at),
+                )
+            ]
+
+        await self._submit(lambda w: w.update_registration(reg_id, **kwargs), audit)
+        return p.maf_response(RSC.UPDATED, body, request)
+
+    async def _deregistration(
+        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
+    ) -> HttpResponse:
+        """8.8.2.6: the registration and the keys registered under it are removed."""
+        p.owned_registration(self.store, s.km, reg_id, self._clock())
+
+        def audit(outcome: Any) -> list[dict[str, str | int]]:
+            if isinstance(outcome, BaseException) or not outcome[0]:
+                return []
+            return [
+                audit_record(
+                    AuditEvent.CLIENT_DEREGISTERED,
+                    kmId=s.km.km_id,
+                    regId=reg_id,
+                    keys=outcome[1],
+                )
+            ]
+
+        found, _keys = await self._submit(lambda w: w.delete_registration(reg_id), audit)
+        if not found:
+            raise p.MafRefusal(RSC.NOT_FOUND, "no such MAF Client Registration", audit="vanished")
+        return p.maf_response(RSC.DELETED, None, request)
+
+    # -- procedures: retrieval listener ---------------------------------------------------
+    async def _handle_retrieval(
+        self, conn: TLSConnection, retriever: str | None, request: OneM2MRequest
+    ) -> HttpResponse:
+        """8.8.2.8."""
+        who = retriever or conn.context.peer_id
+        if retriever is not None:
+            with contextlib.suppress(IdentifierError):
+                who = p.canonical_entity(retriever, self.policy.sp_fqdn)
+        sa = conn.context.sa_id
+        rel_id: str | None = None
+        try:
+            p.request_id(request)
+            r = p.route(request.method, request.target)
+            if r.procedure is not p.Procedure.KEY_RETRIEVAL:
+                raise p.MafRefusal(
+                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                    "the retrieval listener serves Key Retrieval (GET /maf/keys/{id}) only",
+                )
+            rel_id = r.param
+            assert rel_id is not None
+            if retriever is None:
+                raise p.MafRefusal(
+                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                    "the authenticated identity is not an AE-ID or CSE-ID",
+                    audit=f"retriever {who} ({conn.context.peer_kind.value}) is not an AE or CSE",
+                )
+            key = p.decide_retrieval(self.store, self.policy, retriever, rel_id, self._clock())
+        except p.MafRefusal as refusal:
+            await self._audit_now(
+                audit_record(
+                    AuditEvent.RETRIEVAL_REFUSED,
+                    kcId=None if rel_id is None else self.policy.kc_id(rel_id),
+                    retriever=who,
+                    rsc=refusal.rsc,
+                    reason=refusal.audit,
+                    sa=sa,
+                )
+            )
+            return self._refused(refusal, request, who)
+        client = self.store.get_client(key.km_id)
+        await self._audit_now(
+            audit_record(
+                AuditEvent.KEY_RETRIEVED,
+                kcId=self.policy.kc_id(key.relative_id),
+                kmId=client.km_id if client else key.km_id,
+                retriever=who,
+                target=",".join(key.target_ids),
+                expires=p.format_m2m_time(key.expires_at),
+                entityId=client.entity_id if client else None,
+                sa=sa,
+            )
+        )
+        self.stats.keys_retrieved += 1
+        return p.maf_response(RSC.OK, p.retrieval_body(key, client), request)
+
+    async def _audit_now(self, record: dict[str, str | int]) -> None:
+        """Write one audit record (durably) before answering."""
+        assert self._journal is not None
+        try:
+            await self._journal.submit(None, lambda _o: [record])
+        except StoreError as exc:
+            log.error("audit log: %s", exc)
+            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error") from None
+
+    # -- housekeeping ---------------------------------------------------------------------
+    async def _purge_loop(self) -> None:
+        retention = timedelta(seconds=self.config.retention)
+        audit_retention = timedelta(seconds=self.config.audit_retention)
+        while True:
+            await asyncio.sleep(self.config.purge_interval)
+            now = self._clock()
+
+            def purge(w: MafWriter, now: datetime = now) -> tuple[int, int]:
+                w.purge_audit(now - audit_retention)
+                return w.purge(now, retention)
+
+            try:
+                assert self._journal is not None
+                await self._journal.submit(purge, lambda _o: [])
+            except StoreError as exc:
+                log.warning("purging expired keys failed: %s", exc)
+
+
+def _addr(peer: Any) -> str | None:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return None if peer is None else str(peer)
