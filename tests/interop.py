@@ -54,6 +54,10 @@ PACKAGES = {
     "gnutls-serv": "gnutls-bin",
     "stunnel": "stunnel4",
     "stunnel4": "stunnel4",
+    "coap-client-openssl": "libcoap3-bin",
+    "coap-client-gnutls": "libcoap3-bin",
+    "coap-server-openssl": "libcoap3-bin",
+    "coap-server-gnutls": "libcoap3-bin",
 }
 
 DEFAULT_TIMEOUT = 10.0

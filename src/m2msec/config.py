@@ -14,6 +14,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     require_sni = false                   # strict SNI (READINGS A-11)
     backend_timeout = 10.0                # seconds, per forwarded request
     idle_timeout = 120.0                  # seconds a keep-alive connection may idle
+    coap_response_options = true          # oneM2M-RSC/-RQI/... in CoAP answers (see below)
 
     [psk]                                 # provisioned PSK, TS-0003 8.2.2.1
     store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path; default: the data dir's
@@ -24,13 +25,37 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     ca = "ca.pem"
     allowed = ["Clight-AE1"]              # optional IdA list (READINGS A-30)
 
+    [gba]                                 # the gateway as NAF, seed 000 8.2.3.2 (legacy)
+    zn = "tls://127.0.0.1:8444"           # the BSF's Zn listener (mutual TLS)
+    bsf_fqdn = "bsf.operator.example"     # its certificate's name; default: zn's host
+    naf_fqdn = "mn-cse-123456.in.provider.com"  # default: <cse_id>.<in_domain>
+    cert = "gateway.pem"                  # our Zn certificate (naming naf_fqdn), key, CA;
+    key = "gateway.key"                   #   default: those of [certificates]
+    ca = "ca.pem"
+    require_uicc = false                  # GBA_U only: hint 3GPP-bootstrapping-uicc (A-08)
+
+    [maf]                                 # the gateway as Entity B of TS-0003 8.2.2.3
+    addresses = { "maf.provider.com" = "127.0.0.1:8445" }  # MAF-FQDN -> retrieval listener
+    cert = "gateway.pem"                  # our Key Retrieval certificate (naming cse_id),
+    key = "gateway.key"                   #   key and CA; default: those of [certificates]
+    ca = "ca.pem"
+    cache_size = 1024                     # Kc kept until their expirationTime (LRU)
+    timeout = 5.0                         # seconds per Key Retrieval (8.8.2.8)
+
 Listener URLs: ``tls://HOST:PORT`` terminates TLS with the configured framework and
-forwards; ``http://HOST:PORT`` is plain and answers every request 4107
+forwards; ``dtls://HOST:PORT`` (UDP, CoAP's 5684 by convention) terminates DTLS 1.2 with
+the same framework, psk-lookup-table and CA and forwards CoAP requests (TS-0008) the same
+way; ``http://HOST:PORT`` is plain and answers every request 4107
 SECURITY_ASSOCIATION_REQUIRED itself. When both ``[psk]`` and ``[certificates]`` are
-configured, each ``tls://`` listener names its framework: ``?framework=psk`` or
+configured, each ``tls://`` or ``dtls://`` listener names its framework: ``?framework=psk`` or
 ``?framework=certificate`` (one listener per framework; a PeerBinding does not carry its
 framework, so one OpenSSL context cannot yet report which of the two a session used).
 With neither section, the provisioned-PSK framework uses the default store.
+``coap_response_options = false`` leaves the oneM2M response parameters out of CoAP
+answers: TS-0008 V3.7.0 made those options critical, and generic CoAP clients (libcoap's
+``coap-client``) reject answers with critical options they do not know (RFC 7252 5.4.1).
+``?framework=maf`` (with ``[maf]``) is offered on ``tls://`` listeners only: Entity B's Key
+Retrieval runs while the handshake waits, which the DTLS adapter does not do yet.
 
 Errors are :class:`~m2msec.errors.ConfigurationError` naming the key, e.g.
 ``gateway.listen[1]: ...`` or ``unknown key 'gateway.lisen' (did you mean 'listen'?)``.
@@ -60,7 +85,9 @@ __all__ = [
     "CertificateConfig",
     "FrameworkName",
     "GatewayConfig",
+    "GbaConfig",
     "ListenerSpec",
+    "MafRetrievalConfig",
     "PskConfig",
     "load_config",
     "parse_config",
@@ -73,23 +100,23 @@ DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_BACKEND_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 120.0
 
-FrameworkName = Literal["psk", "certificate"]
-_FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate")
+FrameworkName = Literal["psk", "certificate", "gba", "maf"]
+_FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate", "gba", "maf")
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """One ``listen`` URL: ``tls://HOST:PORT[?framework=...]`` or ``http://HOST:PORT``."""
+    """One ``listen`` URL: ``tls://`` or ``dtls://HOST:PORT[?framework=...]``, ``http://``."""
 
     url: str
-    scheme: Literal["tls", "http"]
+    scheme: Literal["tls", "dtls", "http"]
     host: str
     port: int
     framework: FrameworkName | None = None
 
     @property
     def secure(self) -> bool:
-        return self.scheme == "tls"
+        return self.scheme in ("tls", "dtls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +137,39 @@ class CertificateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GbaConfig:
+    """``[gba]``: the gateway as NAF (seed 000 8.2.3.2): its FQDN, the BSF's Zn address and
+    name, our Zn certificate credential, and whether only GBA_U is accepted (A-08)."""
+
+    bsf_host: str
+    bsf_port: int
+    bsf_fqdn: str
+    naf_fqdn: str
+    cert: Path
+    key: Path
+    ca: Path
+    require_uicc: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MafRetrievalConfig:
+    """``[maf]``: the gateway as Entity B of the MAF-based framework (TS-0003 8.2.2.3).
+
+    ``addresses`` maps each MAF-FQDN a KcId may name to (FQDN, host, port) of that MAF's
+    Key Retrieval listener (8.8.2.8); KcIds of other MAFs are refused without a network
+    call. ``cert``/``key``/``ca`` authenticate us to the MAF (mutual TLS, our CSE-ID
+    certificate); retrieved Kc are cached (``cache_size`` entries) until they expire.
+    """
+
+    addresses: tuple[tuple[str, str, int], ...]
+    cert: Path
+    key: Path
+    ca: Path
+    cache_size: int = 1024
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole gateway configuration, validated."""
 
@@ -119,6 +179,8 @@ class GatewayConfig:
     in_domain: str | None = None
     psk: PskConfig | None = None
     certificates: CertificateConfig | None = None
+    gba: GbaConfig | None = None
+    maf: MafRetrievalConfig | None = None
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     max_body: int = DEFAULT_MAX_BODY
@@ -126,6 +188,7 @@ class GatewayConfig:
     require_sni: bool = False
     backend_timeout: float = DEFAULT_BACKEND_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    coap_response_options: bool = True
     source: str = "<defaults>"
 
     @property
@@ -135,6 +198,10 @@ class GatewayConfig:
             names.append("psk")
         if self.certificates is not None:
             names.append("certificate")
+        if self.gba is not None:
+            names.append("gba")
+        if self.maf is not None:
+            names.append("maf")
         return tuple(names)
 
 
@@ -154,10 +221,13 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "require_sni",
             "backend_timeout",
             "idle_timeout",
+            "coap_response_options",
         }
     ),
     "psk": frozenset({"store"}),
     "certificates": frozenset({"cert", "key", "ca", "allowed"}),
+    "gba": frozenset({"zn", "bsf_fqdn", "naf_fqdn", "cert", "key", "ca", "require_uicc"}),
+    "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
 }
 
 
@@ -182,11 +252,11 @@ def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
     except ValueError as exc:
         raise _err(key, f"{url!r} is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("tls", "http"):
+    if scheme not in ("tls", "dtls", "http"):
         raise _err(
             key,
-            f"{url!r}: scheme must be tls:// (secured, forwarded) or http:// (plain, "
-            "answers 4107); got "
+            f"{url!r}: scheme must be tls:// (secured, forwarded), dtls:// (CoAP over "
+            "DTLS, forwarded) or http:// (plain, answers 4107); got "
             + (f"{scheme}://" if scheme else "none"),
         )
     host = parts.hostname
@@ -206,13 +276,13 @@ def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
         if unknown:
             raise _err(key, f"{url!r}: unknown parameter {sorted(unknown)[0]!r}")
         value = query["framework"][-1].lower()
-        if scheme != "tls":
-            raise _err(key, f"{url!r}: framework= applies to tls:// listeners only")
+        if scheme not in ("tls", "dtls"):
+            raise _err(key, f"{url!r}: framework= applies to tls:// and dtls:// listeners only")
         if value in ("certificates", "cert"):
             value = "certificate"
         if value not in _FRAMEWORKS:
-            raise _err(key, f"{url!r}: framework must be 'psk' or 'certificate'")
-        framework = "psk" if value == "psk" else "certificate"
+            raise _err(key, f"{url!r}: framework must be one of {', '.join(_FRAMEWORKS)}")
+        framework = next(f for f in _FRAMEWORKS if f == value)
     if ":" in host:  # IPv6 literal: check it, so a typo fails here and not at bind time
         try:
             ipaddress.IPv6Address(host)
@@ -220,7 +290,7 @@ def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
             raise _err(key, f"{url!r}: {host!r} is not an IPv6 address") from None
     return ListenerSpec(
         url=url,
-        scheme="tls" if scheme == "tls" else "http",
+        scheme="tls" if scheme == "tls" else "dtls" if scheme == "dtls" else "http",
         host=unquote(host),
         port=port,
         framework=framework,
@@ -301,6 +371,128 @@ def _table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     return dict(section)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _gba(
+    section: Mapping[str, Any],
+    base: Path,
+    cse_id: CseId,
+    in_domain: str | None,
+    certificates: CertificateConfig | None,
+) -> GbaConfig:
+    """Validate ``[gba]`` (module docstring)."""
+    zn = section.get("zn")
+    if not isinstance(zn, str) or not zn:
+        raise _err("gba.zn", "missing: the BSF's Zn listener, e.g. 'tls://127.0.0.1:8444'")
+    try:
+        parts = urlsplit(zn)
+        port = parts.port
+    except ValueError as exc:
+        raise _err("gba.zn", f"{zn!r} is not a valid URL: {exc}") from None
+    if parts.scheme.lower() != "tls" or not parts.hostname or port is None:
+        raise _err("gba.zn", f"{zn!r}: write tls://HOST:PORT (Zn runs over mutual TLS)")
+    bsf_fqdn = section.get("bsf_fqdn", parts.hostname)
+    naf_fqdn = section.get("naf_fqdn")
+    try:
+        if not isinstance(bsf_fqdn, str) or _is_ip(bsf_fqdn):
+            raise IdentifierError("must be a host name, the one in the BSF's certificate")
+        bsf_fqdn = check_fqdn(bsf_fqdn, "BSF FQDN")
+    except IdentifierError as exc:
+        raise _err("gba.bsf_fqdn", f"{exc} (an IP address in zn needs bsf_fqdn)") from None
+    try:
+        if naf_fqdn is None:
+            if in_domain is None:
+                raise IdentifierError("give naf_fqdn, or gateway.in_domain for the default")
+            naf_fqdn = cse_id.public_domain_name(in_domain)
+        elif not isinstance(naf_fqdn, str):
+            raise IdentifierError("must be a host name")
+        naf_fqdn = check_fqdn(naf_fqdn, "NAF FQDN")
+    except IdentifierError as exc:
+        raise _err("gba.naf_fqdn", str(exc)) from None
+    files: dict[str, Path] = {}
+    for name in ("cert", "key", "ca"):
+        if name in section:
+            files[name] = _path(section[name], f"gba.{name}", base)
+        elif certificates is not None:
+            files[name] = getattr(certificates, name)
+        else:
+            raise _err(f"gba.{name}", "missing: Zn needs our certificate (or a [certificates])")
+    return GbaConfig(
+        bsf_host=parts.hostname,
+        bsf_port=port,
+        bsf_fqdn=bsf_fqdn.lower(),
+        naf_fqdn=naf_fqdn.lower(),
+        cert=files["cert"],
+        key=files["key"],
+        ca=files["ca"],
+        require_uicc=_bool(section.get("require_uicc", False), "gba.require_uicc"),
+    )
+
+
+def _maf(
+    section: Mapping[str, Any],
+    base: Path,
+    in_domain: str | None,
+    certificates: CertificateConfig | None,
+) -> MafRetrievalConfig:
+    """Validate ``[maf]`` (module docstring)."""
+    raw = section.get("addresses")
+    if not isinstance(raw, dict) or not raw:
+        raise _err(
+            "maf.addresses",
+            "missing: the MAFs by FQDN, e.g. { \"maf.provider.com\" = \"127.0.0.1:8445\" }",
+        )
+    addresses: dict[str, tuple[str, str, int]] = {}
+    for fqdn, value in raw.items():
+        key = f"maf.addresses.{fqdn}"
+        try:
+            check_fqdn(fqdn, "MAF FQDN")
+        except IdentifierError as exc:
+            raise _err(key, str(exc)) from None
+        if fqdn.lower() in addresses:
+            raise _err(key, "repeats a MAF FQDN (FQDNs compare case-insensitively)")
+        host: str | None = None
+        port: int | None = None
+        if isinstance(value, str):
+            try:
+                parts = urlsplit("//" + value)
+                host, port = parts.hostname, parts.port
+            except ValueError:
+                host = None
+        if not host or not port:
+            raise _err(key, f"{value!r}: write 'HOST:PORT' of the MAF's retrieval listener")
+        addresses[fqdn.lower()] = (fqdn.lower(), host, port)
+    files: dict[str, Path] = {}
+    for name in ("cert", "key", "ca"):
+        if name in section:
+            files[name] = _path(section[name], f"maf.{name}", base)
+        elif certificates is not None:
+            files[name] = getattr(certificates, name)
+        else:
+            raise _err(
+                f"maf.{name}", "missing: Key Retrieval needs our certificate (or [certificates])"
+            )
+    if in_domain is None:
+        raise _err(
+            "gateway.in_domain",
+            "needed with [maf]: our certificate names <CSE-ID>.<in_domain> to the MAF",
+        )
+    return MafRetrievalConfig(
+        addresses=tuple(addresses.values()),
+        cert=files["cert"],
+        key=files["key"],
+        ca=files["ca"],
+        cache_size=int(_number(section.get("cache_size", 1024), "maf.cache_size", integer=True)),
+        timeout=float(_number(section.get("timeout", 5.0), "maf.timeout")),
+    )
+
+
 def parse_config(
     data: Mapping[str, Any],
     *,
@@ -315,6 +507,8 @@ def parse_config(
     gw = _table(data, "gateway")
     psk_section = _table(data, "psk") if "psk" in data else None
     cert_section = _table(data, "certificates") if "certificates" in data else None
+    gba_section = _table(data, "gba") if "gba" in data else None
+    maf_section = _table(data, "maf") if "maf" in data else None
 
     listen_raw = gw.get("listen")
     if isinstance(listen_raw, str):
@@ -380,8 +574,12 @@ def parse_config(
     if psk_section is not None:
         store = psk_section.get("store")
         psk = PskConfig(None if store is None else _store(store, "psk.store", base))
-    elif certificates is None:
+    elif certificates is None and gba_section is None and maf_section is None:
         psk = PskConfig(None)  # the default store of the data directory
+    gba = None
+    if gba_section is not None:
+        gba = _gba(gba_section, base, cse_id, in_domain, certificates)
+    maf = None if maf_section is None else _maf(maf_section, base, in_domain, certificates)
 
     for i, spec in enumerate(listen):
         if not spec.secure:
@@ -393,15 +591,34 @@ def parse_config(
                 f"{spec.url!r}: both [psk] and [certificates] are configured; add "
                 "?framework=psk or ?framework=certificate (one listener per framework)",
             )
+        if spec.framework is None and gba is not None and (psk or certificates):
+            raise _err(
+                where,
+                f"{spec.url!r}: [gba] and another framework are configured; add "
+                "?framework=gba or another framework (one listener per framework)",
+            )
+        if spec.framework is None and maf is not None and (psk or certificates or gba):
+            raise _err(
+                where,
+                f"{spec.url!r}: [maf] and another framework are configured; add "
+                "?framework=maf or another framework (one listener per framework)",
+            )
+        if spec.framework == "maf" and (maf is None or spec.scheme != "tls"):
+            # The DTLS adapter does not run asynchronous PSK lookups (Key Retrieval) yet.
+            raise _err(where, f"{spec.url!r}: framework=maf needs [maf] and a tls:// listener")
+        if spec.framework is None and maf is not None and spec.scheme != "tls":
+            raise _err(where, f"{spec.url!r}: the MAF framework is offered on tls:// only")
+        if spec.framework == "gba" and (gba is None or spec.scheme != "tls"):
+            raise _err(where, f"{spec.url!r}: framework=gba needs [gba] and a tls:// listener")
         if spec.framework == "psk" and psk is None:
             raise _err(where, f"{spec.url!r} asks for framework=psk but there is no [psk]")
         if spec.framework == "certificate" and certificates is None:
             raise _err(
                 where, f"{spec.url!r} asks for framework=certificate but there is no [certificates]"
             )
-    seen: dict[tuple[str, int], str] = {}
+    seen: dict[tuple[bool, str, int], str] = {}
     for i, spec in enumerate(listen):
-        address = (spec.host, spec.port)
+        address = (spec.scheme == "dtls", spec.host, spec.port)  # UDP and TCP ports differ
         if spec.port and address in seen:
             raise _err(f"gateway.listen[{i}]", f"{spec.url!r} repeats {seen[address]!r}")
         seen[address] = spec.url
@@ -419,6 +636,8 @@ def parse_config(
         in_domain=in_domain,
         psk=psk,
         certificates=certificates,
+        gba=gba,
+        maf=maf,
         handshake_timeout=num("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
         max_handshakes=integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         max_body=integer("max_body", DEFAULT_MAX_BODY),
@@ -426,6 +645,9 @@ def parse_config(
         require_sni=_bool(gw.get("require_sni", False), "gateway.require_sni"),
         backend_timeout=num("backend_timeout", DEFAULT_BACKEND_TIMEOUT),
         idle_timeout=num("idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        coap_response_options=_bool(
+            gw.get("coap_response_options", True), "gateway.coap_response_options"
+        ),
         source=source,
     )
 
@@ -481,8 +703,9 @@ def load_config(
 
 def _absolutise(data: dict[str, Any], base: Path) -> dict[str, Any]:
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    certs = out.get("certificates")
-    if isinstance(certs, dict):
+    for certs in (out.get("certificates"), out.get("gba"), out.get("maf")):
+        if not isinstance(certs, dict):
+            continue
         for key in ("cert", "key", "ca"):
             value = certs.get(key)
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():

@@ -4,7 +4,16 @@
   Provisioned Symmetric Key framework (TS-0003 8.2.2.1) with TR-0038's psk tables
   7.1.2-1 and 7.1.2-2, then register (TR-0038 7.1.5) and publish their state.
 * ADN-AE2 tries to act as Clight-AE1 and is refused (4103) by the gateway.
+* ADN-AE1 reaches the MN-CSE again by the CoAP binding (TS-0008) over DTLS-PSK
+  (TS-0003 10.2.1, TLS_PSK_WITH_AES_128_CCM_8), the way a constrained light would.
 * The home gateway reaches the IN-CSE by the Certificate-Based framework (8.2.2.2).
+* A GBA device reaches the IN-CSE by the GBA-based framework (seed 000 8.2.3.2, legacy):
+  it bootstraps with an in-process BSF (Ub), the IN-CSE's gateway, as NAF, fetches
+  Ks_NAF over Zn, and the device registers an AE; a second association reuses Ks.
+* TR-0038 7.1.4: the smartphone reaches the IN-CSE by the MAF-based framework (8.2.2.3):
+  MAF Handshake with its KmID/Km at an in-process MAF, Key Registration of a Kc for the
+  IN-CSE, TLS-PSK with the IN-CSE's gateway under the KcId; the gateway fetches the Kc by
+  Key Retrieval over mutual TLS and binds the AE-ID the MAF vouches for.
 
 The CSEs are ACME instances; m2msec gateways stand in front of them as Entity B.
 """
@@ -12,26 +21,51 @@ The CSEs are ACME instances; m2msec gateways stand in front of them as Entity B.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from m2msec.acme import AcmeCSE
 from m2msec.bindings.client import OneM2MClient, OneM2MResponse
-from m2msec.config import CertificateConfig, GatewayConfig, PskConfig, parse_listen_url
+from m2msec.bindings.coap import CoapOneM2MResponse
+from m2msec.bindings.coap_client import CoapClient
+from m2msec.config import (
+    CertificateConfig,
+    GatewayConfig,
+    GbaConfig,
+    MafRetrievalConfig,
+    PskConfig,
+    parse_listen_url,
+)
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
+from m2msec.frameworks.gba import GbaDevice
+from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.frameworks.provisioned import PskInitiator
+from m2msec.gba.aka import Usim
+from m2msec.gba.subscribers import Guss
 from m2msec.ids import CseId
+from m2msec.maf.store import MafStore
 from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
+from m2msec.servers.maf import MafConfig, MafServer
 from m2msec.store import SqlitePskStore
 from m2msec.store.base import PskEntry
-from m2msec.tls.aio import connect
+from m2msec.tls.aio import TLSConnection, connect
 from m2msec.tls.context import SecurityContext
 
 IN_DOMAIN = "in.provider.com"
 MN_CSE = "mn-cse-123456"
 IN_CSE = "id-in"
+BSF_FQDN = f"bsf.{IN_DOMAIN}"
+#: The GBA device's subscription (K and OPc of TS 35.208 test set 1, a demo value).
+GBA_IMPI = "gba-meter@ims.mnc001.mcc001.3gppnetwork.org"
+GBA_K = "465b5ce8b199b49faa5f0a2ee238a6bc"
+GBA_OPC = "cd63cb71954a9f4e48a5994e37a02baf"
+MAF_FQDN = "maf.provider.com"
+#: TR-0038 7.1.4's smartphone: its KmID at the MAF and the AE-ID the MAF vouches for.
+SMARTPHONE = ("smartphone@maf.provider.com", "Csmartphone")
 
 #: TR-0038 Table 7.1.2-1 (the lights) and 7.1.2-2 (the MN-CSE): the same rows.
 LIGHTS = (
@@ -72,10 +106,41 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
     for _, ae_id, key, kpsa_id in LIGHTS:
         store.add(PskEntry(kpsa_id, bytes.fromhex(key), ae_id))
     say(f"  MN-CSE psk-lookup-table: {store.count()} rows (TR-0038 Table 7.1.2-2)")
-    ca = CertificateAuthority.init(workdir / "ca", domain=IN_DOMAIN)
+    ca = CertificateAuthority.init(workdir / "ca", domain=IN_DOMAIN, extra_domains=[MAF_FQDN])
     mn_key, mn_cert = write_credential(ca.issue(f"/{MN_CSE}"), workdir / "mn-cse")
     in_key, in_cert = write_credential(ca.issue(f"/{IN_CSE}"), workdir / "in-cse")
-    say(f"  CA for {IN_DOMAIN}; certificates for /{MN_CSE} and /{IN_CSE}")
+    bsf_key, bsf_cert = write_credential(ca.issue_service(BSF_FQDN), workdir / "bsf")
+    say(f"  CA for {IN_DOMAIN}; certificates for /{MN_CSE}, /{IN_CSE} and the BSF {BSF_FQDN}")
+    bsf = BsfServer(
+        BsfConfig(
+            fqdn=BSF_FQDN,
+            listen=(("127.0.0.1", 0),),
+            zn_listen=(("127.0.0.1", 0),),
+            store=workdir / "bsf.db",
+            cert=bsf_cert,
+            key=bsf_key,
+            ca=ca.cert_path,
+        )
+    )
+    maf_key, maf_cert = write_credential(ca.issue_service(MAF_FQDN), workdir / "maf")
+    km = secrets.token_bytes(32)
+    maf_store = MafStore(workdir / "maf.db")
+    maf_store.add_client(SMARTPHONE[0], km, SMARTPHONE[1])
+    maf_store.add_entity_b(f"/{IN_CSE}")
+    say(f"  MAF {MAF_FQDN}: certificate; Master Credential {SMARTPHONE[0]} (IdA {SMARTPHONE[1]})")
+    say(f"  MAF may hand Kc to Entity B /{IN_CSE}")
+    maf = MafServer(
+        MafConfig(
+            fqdn=MAF_FQDN,
+            listen="tls://127.0.0.1:0",
+            retrieval_listen="tls://127.0.0.1:0",
+            cert=maf_cert,
+            key=maf_key,
+            ca=ca.cert_path,
+            in_domain=IN_DOMAIN,
+        ),
+        maf_store,
+    )
 
     say("[bold]2. Starting the CSEs (ACME) and the m2msec gateways in front of them[/]")
     mn_acme = AcmeCSE(workdir / "acme-mn", MN_CSE, "mn-cse")
@@ -84,7 +149,10 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
     try:
         mn_gw = Gateway(
             GatewayConfig(
-                listen=(parse_listen_url("tls://127.0.0.1:0"),),
+                listen=(
+                    parse_listen_url("tls://127.0.0.1:0"),
+                    parse_listen_url("dtls://127.0.0.1:0"),  # CoAP over DTLS
+                ),
                 backend=mn_acme.url,
                 cse_id=CseId.parse(MN_CSE),
                 in_domain=IN_DOMAIN,
@@ -92,20 +160,47 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
             ),
             store=store,
         )
+        await bsf.start()
+        zn_host, zn_port = bsf.zn_addresses[0]
+        await maf.start()
+        assert maf.retrieval_port is not None
         in_gw = Gateway(
             GatewayConfig(
-                listen=(parse_listen_url("tls://127.0.0.1:0"),),
+                listen=(
+                    parse_listen_url("tls://127.0.0.1:0?framework=certificate"),
+                    parse_listen_url("tls://127.0.0.1:0?framework=gba"),
+                    parse_listen_url("tls://127.0.0.1:0?framework=maf"),
+                ),
                 backend=in_acme.url,
                 cse_id=CseId.parse(IN_CSE),
                 in_domain=IN_DOMAIN,
                 certificates=CertificateConfig(cert=in_cert, key=in_key, ca=ca.cert_path),
+                gba=GbaConfig(
+                    bsf_host=zn_host,
+                    bsf_port=zn_port,
+                    bsf_fqdn=BSF_FQDN,
+                    naf_fqdn=f"{IN_CSE}.{IN_DOMAIN}",
+                    cert=in_cert,
+                    key=in_key,
+                    ca=ca.cert_path,
+                ),
+                maf=MafRetrievalConfig(
+                    addresses=((MAF_FQDN, "127.0.0.1", maf.retrieval_port),),
+                    cert=in_cert,
+                    key=in_key,
+                    ca=ca.cert_path,
+                ),
             )
         )
         async with mn_gw, in_gw:
             say(f"  home gateway MN-CSE: {mn_gw.url()} -> ACME {mn_acme.url}")
+            say(f"                       {mn_gw.url(1)} (CoAP over DTLS)")
             say(f"  IN-CSE:              {in_gw.url()} -> ACME {in_acme.url}")
             await _lights(result, say, mn_gw, mn_acme)
+            await _light_over_coap(result, say, mn_gw, mn_acme)
             await _gateway_to_in(result, say, in_gw, in_acme, mn_cert, mn_key, ca.cert_path)
+            await _gba_device(result, say, in_gw, in_acme, bsf)
+            await _smartphone(result, say, in_gw, in_acme, maf, km)
             # Entity B's SA record for each association, found by the shared SA identifier.
             records = {**mn_gw.recent_associations, **in_gw.recent_associations}
             result.associations = [
@@ -116,13 +211,14 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
                 "IN-CSE": in_gw.stats.as_dict(),
             }
     finally:
-        await asyncio.gather(mn_acme.stop(), in_acme.stop())
+        await asyncio.gather(mn_acme.stop(), in_acme.stop(), bsf.close(), maf.close())
         store.close()
+        maf_store.close()
     return result
 
 
 def _host_port(url: str) -> tuple[str, int]:
-    host, _, port = url.split("://", 1)[1].rpartition(":")
+    host, _, port = url.split("://", 1)[1].split("?", 1)[0].rpartition(":")
     return host, int(port)
 
 
@@ -182,6 +278,47 @@ async def _lights(result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE) -> N
         await client.close()
 
 
+def _coap_check(
+    result: DemoResult, say: Say, what: str, response: CoapOneM2MResponse, want: int
+) -> None:
+    passed = response.rsc == want
+    result.steps.append((what, f"{response.rsc}", passed))
+    mark = "[green]ok[/]" if passed else f"[red]expected {want}[/]"
+    say(f"  {what}: CoAP {response.code_text}, oneM2M-RSC {response.rsc} {mark}")
+
+
+async def _light_over_coap(result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE) -> None:
+    say("[bold]4b. ADN-AE1 again, as a constrained light: CoAP over DTLS-PSK (TS-0008)[/]")
+    from m2msec.tls.aio_dtls import dtls_connect
+    from m2msec.tls.profiles import Transport
+
+    host, port = _host_port(gw.url(1))
+    name, ae_id, key, kpsa_id = LIGHTS[0]
+    initiator = PskInitiator(
+        kpsa_id, bytes.fromhex(key), f"/{MN_CSE}", server_name=f"{MN_CSE}.{IN_DOMAIN}"
+    )
+    assoc = await dtls_connect(initiator.profile(Transport.DTLS), host, port)
+    result.associations.append((f"{name} -> MN-CSE (CoAP)", assoc.context, None))
+    say(f"  {name}: DTLS-PSK with psk_identity {kpsa_id}, {assoc.context.cipher_suite}")
+    client = CoapClient(assoc)
+    try:
+        state = f"{acme.base_path}/{name.lower()}/state"
+        r = await client.request(
+            "POST", state, origin=ae_id, ty=4, content={"m2m:cin": {"con": "off"}}
+        )
+        _coap_check(result, say, f"{name} publishes state 'off' by CoAP", r, 2001)
+        r = await client.request("GET", f"{state}/la", origin=ae_id)
+        _coap_check(result, say, f"{name} reads its latest state by CoAP", r, 2000)
+        content = (r.json() or {}).get("m2m:cin", {}).get("con")
+        result.steps.append(("latest state by CoAP is 'off'", str(content), content == "off"))
+        r = await client.request("GET", f"{acme.base_path}/adn-ae2/state/la", origin="Clight-AE2")
+        _coap_check(
+            result, say, "gateway refuses Clight-AE2 on ADN-AE1's DTLS association", r, 4103
+        )
+    finally:
+        await client.close()
+
+
 async def _gateway_to_in(
     result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, cert: Path, key: Path, ca: Path
 ) -> None:
@@ -211,3 +348,74 @@ async def _gateway_to_in(
     r = await client.request("GET", acme.base_path, origin="/other-cse")
     _check(result, say, "MN-CSE posing as /other-cse is refused", r, 4103)
     await client.close()
+
+
+async def _gba_device(
+    result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, bsf: BsfServer
+) -> None:
+    say("[bold]6. GBA device to IN-CSE: GBA-based framework (seed 000 8.2.3.2, legacy)[/]")
+    naf = f"{IN_CSE}.{IN_DOMAIN}"
+    k, opc = bytes.fromhex(GBA_K), bytes.fromhex(GBA_OPC)
+    bsf.store.add_subscriber(GBA_IMPI, k=k, opc=opc, guss=Guss.allowing([naf]))
+    say(f"  BSF {BSF_FQDN}: Ub {bsf.ub_url()}, Zn tls://{':'.join(map(str, bsf.zn_addresses[0]))}")
+    say(f"  HSS: subscriber {GBA_IMPI}, GUSS allows NAF {naf}")
+    port = next(i.port for i in gw.listeners if i.framework == "gba")
+    device = GbaDevice(Usim(k, opc), GBA_IMPI, bsf.ub_url())
+    conn = await connect_gba(device, port, naf)
+    boot = device.bootstrap
+    assert boot is not None
+    result.associations.append(("GBA device -> IN-CSE", conn.context, None))
+    say(f"  bootstrapped (Digest AKA, Milenage): B-TID {boot.btid}")
+    say(f"  TLS-PSK, psk_identity 3GPP-bootstrapping;<B-TID>, {conn.context.cipher_suite}")
+    client = OneM2MClient(conn)
+    content = {"m2m:ae": {"rn": "gba-meter", "api": "Nmeter", "rr": False, "srv": ["3"]}}
+    r = await client.request("POST", acme.base_path, origin="C", ty=2, content=content)
+    _check(result, say, "GBA device registers an AE (Credential-ID 12-<B-TID>)", r, 2001)
+    aei = str((r.json() or {}).get("m2m:ae", {}).get("aei", "C"))
+    r = await client.request("GET", f"{acme.base_path}/gba-meter", origin=aei)
+    _check(result, say, f"GBA device reads its AE as {aei}", r, 2000)
+    await client.close()
+    conn = await connect_gba(device, port, naf)
+    await conn.close()
+    reused = device.bootstraps == 1 and bsf.stats.bootstraps == 1
+    result.steps.append(("second association reuses Ks", f"{device.bootstraps} Ub run", reused))
+    mark = "[green]ok[/]" if reused else "[red]bootstrapped again[/]"
+    say(f"  second association reuses Ks (no Ub run): {mark}")
+
+
+async def connect_gba(device: GbaDevice, port: int, naf: str) -> TLSConnection:
+    return await device.connect("127.0.0.1", port, naf, id_b=f"/{IN_CSE}")
+
+
+async def _smartphone(
+    result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, maf: MafServer, km: bytes
+) -> None:
+    say("[bold]7. Smartphone to IN-CSE: MAF-based framework (TS-0003 8.2.2.3, TR-0038 7.1.4)[/]")
+    port = next(i.port for i in gw.listeners if i.framework == "maf")
+    client = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, SMARTPHONE[0], km)
+    # targetIDs holds the Absolute CSE-ID (8.8.2.7); the session binds IdB as configured.
+    initiator = MafInitiator(
+        client, f"//{IN_DOMAIN}/{IN_CSE}", f"{IN_CSE}.{IN_DOMAIN}", id_b=f"/{IN_CSE}"
+    )
+    conn = await initiator.connect("127.0.0.1", port)
+    issued = initiator.current
+    assert issued is not None
+    result.associations.append(("Smartphone -> IN-CSE", conn.context, None))
+    say(f"  MAF Handshake as {SMARTPHONE[0]}; Kc registered for /{IN_CSE}")
+    say(f"  TLS-PSK, psk_identity KcId {issued.kc_id}, {conn.context.cipher_suite}")
+    say("  (the IN-CSE's gateway fetched Kc from the MAF by Key Retrieval, mutual TLS)")
+    http = OneM2MClient(conn)
+    ae = {"m2m:ae": {"rn": "smartphone", "api": "Nsmartphone", "rr": False, "srv": ["3"]}}
+    r = await http.request("POST", acme.base_path, origin="Clight-AE1", ty=2, content=ae)
+    _check(result, say, "smartphone registering as Clight-AE1 is refused", r, 4103)
+    r = await http.request("POST", acme.base_path, origin=SMARTPHONE[1], ty=2, content=ae)
+    _check(result, say, f"smartphone registers as {SMARTPHONE[1]}, the MAF's IdA", r, 2001)
+    r = await http.request(
+        "POST",
+        f"{acme.base_path}/smartphone",
+        origin=SMARTPHONE[1],
+        ty=3,
+        content={"m2m:cnt": {"rn": "commands"}},
+    )
+    _check(result, say, "smartphone creates container commands", r, 2001)
+    await http.close()

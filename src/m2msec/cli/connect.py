@@ -1,8 +1,15 @@
 """``m2msec connect``: the Entity A side from the shell, like ``openssl s_client``.
 
 Establishes a security association with Entity B (TS-0003 8.2.2.1 by PSK, 8.2.2.2 by
-certificates), sends one oneM2M request over it and prints the security context and
-the answer.
+certificates, seed 000 8.2.3.2 by GBA with ``--gba``), sends one oneM2M request over it
+and prints the security context and the answer. With ``--gba`` the device's SQN_MS and
+its last bootstrap (Ks sealed) are kept in the data directory, so a second run within the
+key lifetime reuses Ks (:class:`m2msec.frameworks.gba.DeviceState`). With ``--maf`` it runs
+the MAF-based framework (TS-0003 8.2.2.3) as Entity A: MAF Handshake with ``--km-id``/``--km``,
+Key Registration for IdB, then TLS-PSK with Entity B under the KcId
+(:class:`m2msec.frameworks.maf.MafInitiator`); it prints the KcId and the Kc's lifetime.
+A ``coaps://HOST:PORT/PATH`` URL sends the request by the CoAP binding (TS-0008) over
+DTLS 1.2 (TS-0003 10.2.1) instead, with the PSK or certificate options.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -19,9 +27,10 @@ import typer
 from m2msec.bindings.client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
 from m2msec.cli.common import console, context_details, fail, read_key
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
+from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import SecurityContext
-from m2msec.tls.profiles import TLSProfile
+from m2msec.tls.profiles import TLSProfile, Transport
 
 
 def _is_ip(host: str) -> bool:
@@ -42,6 +51,7 @@ def _profile(
     server_name: str | None,
     in_domain: str,
     tls12: bool,
+    transport: Transport = Transport.TLS,
 ) -> TLSProfile:
     if psk_identity or psk:
         if not (psk_identity and psk):
@@ -54,7 +64,7 @@ def _profile(
             )
         except (IdentifierError, ValueError) as exc:
             fail(str(exc))
-        return initiator.profile(tls13=not tls12)
+        return initiator.profile(transport, tls13=not tls12)
     if cert and key and ca:
         from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 
@@ -62,14 +72,119 @@ def _profile(
             credential = CertificateCredential.from_files(cert, key, ca)
             return CertificateInitiator(
                 credential, id_b, in_domain=in_domain, server_name=server_name
-            ).profile(tls13=not tls12)
+            ).profile(transport=transport, tls13=not tls12)
         except M2MSecError as exc:
             fail(str(exc))
     fail("give --psk-identity/--psk, or --cert/--key/--ca")
 
 
+def _gba_opener(
+    bsf: str | None,
+    impi: str | None,
+    k: str | None,
+    opc: str | None,
+    sqn: str | None,
+    uicc: bool,
+    host: str,
+    port: int,
+    server_name: str | None,
+    id_b: str | None,
+    timeout: float,
+) -> Callable[[], Awaitable[TLSConnection]]:
+    """Entity A of the GBA framework: USIM from the options, state from the data dir."""
+    if not (bsf and impi and k and opc):
+        fail("--gba needs --bsf, --impi, --k and --opc")
+    if not server_name:
+        fail("--gba needs Entity B's host name (its NAF FQDN): give --servername")
+    from m2msec.frameworks.gba import DeviceState, GbaDevice
+    from m2msec.gba.aka import Usim
+
+    state = DeviceState()
+    try:
+        saved_sqn, saved = state.load(impi, bsf)
+        given = int(sqn, 16) if sqn else 0
+        usim = Usim(read_key(k, "--k"), read_key(opc, "--opc"), max(given, saved_sqn or 0))
+    except ValueError as exc:
+        fail(f"GBA credential: {exc}")
+    except M2MSecError as exc:
+        fail(str(exc))
+
+    def remember(bootstrap: Any) -> None:
+        state.save(impi, bsf, usim.sqn_ms, bootstrap)
+        console.print(f"GBA: bootstrapped with {bsf}, B-TID {bootstrap.btid}")
+
+    device = GbaDevice(usim, impi, bsf, uicc=uicc, bootstrap=saved, on_bootstrap=remember)
+    if saved is not None and device.bootstrap_valid():
+        console.print(f"GBA: reusing Ks of B-TID {saved.btid} (until {saved.expires})")
+
+    async def open_association() -> TLSConnection:
+        try:
+            return await device.connect(host, port, server_name, id_b=id_b, timeout=timeout)
+        finally:
+            state.save(impi, bsf, usim.sqn_ms, device.bootstrap)
+
+    return open_association
+
+
+def _maf_opener(
+    maf: str,
+    maf_fqdn: str | None,
+    km_id: str | None,
+    km: str | None,
+    target_id: str | None,
+    id_b: str | None,
+    server_name: str | None,
+    tls12: bool,
+    in_domain: str,
+    host: str,
+    port: int,
+    timeout: float,
+) -> Callable[[], Awaitable[TLSConnection]]:
+    """Entity A of the MAF framework: Kc from the MAF, then the association with B.
+
+    targetIDs gets the Absolute CSE-ID/AE-ID (8.8.2.7) under ``--in-domain``."""
+    if not (km_id and km):
+        fail("--maf needs --km-id and --km")
+    if not (id_b or target_id):
+        fail("--maf needs Entity B's identity: --id-b (or --target-id)")
+    parts = urlsplit(maf)
+    try:
+        maf_port = parts.port
+    except ValueError:
+        maf_port = None
+    if parts.scheme != "tls" or not parts.hostname or not maf_port:
+        fail("--maf must look like tls://HOST:PORT (the MAF's client listener)")
+    from m2msec.frameworks.maf import MafClient, MafInitiator
+
+    target = target_id or id_b
+    assert target is not None
+    key_km = read_key(km, "--km")
+    try:
+        client = MafClient(
+            parts.hostname, maf_port, maf_fqdn, km_id, key_km, tls13=not tls12, timeout=timeout
+        )
+        initiator = MafInitiator(
+            client, target, server_name, id_b=id_b or target, tls13=not tls12, sp_fqdn=in_domain
+        )
+    except (IdentifierError, ValueError) as exc:
+        fail(str(exc))
+
+    async def open_association() -> TLSConnection:
+        conn = await initiator.connect(host, port, timeout=timeout)
+        issued = initiator.current
+        if issued is not None:
+            console.print(
+                f"MAF {client.maf_fqdn}: KcId {issued.kc_id}, Kc lifetime until "
+                f"{issued.expires.isoformat(timespec='seconds')}",
+                highlight=False,
+            )
+        return conn
+
+    return open_association
+
+
 async def _run(
-    profile: TLSProfile,
+    profile: TLSProfile | Callable[[], Awaitable[TLSConnection]],
     host: str,
     port: int,
     method: str,
@@ -79,7 +194,10 @@ async def _run(
     ty: int | None,
     timeout: float,
 ) -> tuple[SecurityContext, OneM2MResponse]:
-    conn = await tls_connect(host, port, profile, timeout=timeout)
+    if isinstance(profile, TLSProfile):
+        conn = await tls_connect(host, port, profile, timeout=timeout)
+    else:
+        conn = await profile()
     client = OneM2MClient(conn, host=f"{host}:{port}")
     try:
         response = await asyncio.wait_for(
@@ -92,12 +210,16 @@ async def _run(
 
 def connect(
     url: Annotated[
-        str, typer.Argument(help="https://HOST:PORT/PATH of Entity B (a CSE or our gateway)")
+        str,
+        typer.Argument(
+            help="https://HOST:PORT/PATH or coaps://HOST:PORT/PATH of Entity B (a CSE or "
+            "our gateway)"
+        ),
     ],
     origin: Annotated[str, typer.Option("--from", help="X-M2M-Origin of the request")],
     id_b: Annotated[
-        str, typer.Option("--id-b", help="Entity B's CSE-ID (IdB), e.g. /mn-cse-123456")
-    ],
+        str | None, typer.Option("--id-b", help="Entity B's CSE-ID (IdB), e.g. /mn-cse-123456")
+    ] = None,
     method: Annotated[str, typer.Option("--method", "-X")] = "GET",
     ty: Annotated[
         str | None, typer.Option(help="resource type to create: ae, cnt, cin or a number")
@@ -116,12 +238,52 @@ def connect(
     ] = "in.provider.com",
     tls12: Annotated[bool, typer.Option("--tls1_2", help="offer TLS 1.2 only")] = False,
     timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
+    gba: Annotated[
+        bool, typer.Option("--gba", help="GBA-based framework (seed 000 8.2.3.2): Kc = Ks_NAF")
+    ] = False,
+    bsf: Annotated[
+        str | None, typer.Option("--bsf", help="GBA: the BSF's Ub URL, http://HOST:PORT")
+    ] = None,
+    impi: Annotated[str | None, typer.Option("--impi", help="GBA: our IMPI")] = None,
+    k: Annotated[str | None, typer.Option("--k", help="GBA: USIM key K (hex, or -)")] = None,
+    opc: Annotated[str | None, typer.Option("--opc", help="GBA: OPc (hex, or -)")] = None,
+    sqn: Annotated[
+        str | None, typer.Option("--sqn", help="GBA: initial SQN_MS (hex, 6 octets)")
+    ] = None,
+    uicc: Annotated[
+        bool, typer.Option("--uicc", help="GBA_U: Ks_int_NAF and the -uicc prefix")
+    ] = False,
+    maf: Annotated[
+        str | None,
+        typer.Option("--maf", help="MAF-based framework (8.2.2.3): the MAF, tls://HOST:PORT"),
+    ] = None,
+    maf_fqdn: Annotated[
+        str | None, typer.Option("--maf-fqdn", help="MAF: its FQDN (default: from --km-id)")
+    ] = None,
+    km_id: Annotated[str | None, typer.Option("--km-id", help="MAF: our KmID")] = None,
+    km: Annotated[
+        str | None, typer.Option("--km", help="MAF: Km in hex, or - to read it from stdin")
+    ] = None,
+    target_id: Annotated[
+        str | None, typer.Option("--target-id", help="MAF: the targetIDs entry (default --id-b)")
+    ] = None,
+    coap_options: Annotated[
+        str,
+        typer.Option(
+            "--coap-options",
+            help="coaps://: oneM2M option numbers, 'current' (TS-0008 V3.7.0+), 'legacy' "
+            "(earlier), or 'none' (a plain CoAP request, for generic CoAP servers)",
+        ),
+    ] = "current",
 ) -> None:
     """Establish a security association and send one oneM2M request over it."""
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        fail("URL must look like https://HOST:PORT/PATH")
-    host, port = parts.hostname, parts.port or 443
+    if parts.scheme not in ("https", "coaps") or not parts.hostname:
+        fail("URL must look like https://HOST:PORT/PATH or coaps://HOST:PORT/PATH")
+    coap = parts.scheme == "coaps"
+    if coap and (gba or maf is not None):
+        fail("coaps:// takes --psk-identity/--psk or --cert/--key/--ca")
+    host, port = parts.hostname, parts.port or (5684 if coap else 443)
     if server_name is None and not _is_ip(host):
         server_name = host  # every client sends SNI (READINGS A-11), as s_client does
     type_code: int | None = None
@@ -135,11 +297,47 @@ def connect(
             body = json.loads(content)
         except json.JSONDecodeError as exc:
             fail(f"--content is not JSON: {exc}")
-    profile = _profile(psk_identity, psk, cert, key, ca, id_b, server_name, in_domain, tls12)
+    if coap:
+        if id_b is None:
+            fail("--id-b (Entity B's CSE-ID) is needed with --psk-identity or --cert")
+        dtls = _profile(
+            psk_identity, psk, cert, key, ca, id_b, server_name, in_domain, tls12, Transport.DTLS
+        )
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        if coap_options not in ("current", "legacy", "none"):
+            fail("--coap-options must be current, legacy or none")
+        _connect_coap(
+            dtls, host, port, method.upper(), target, origin, body, type_code, timeout, coap_options
+        )
+        return
+    opener: TLSProfile | Callable[[], Awaitable[TLSConnection]]
+    if gba:
+        opener = _gba_opener(bsf, impi, k, opc, sqn, uicc, host, port, server_name, id_b, timeout)
+    elif maf is not None:
+        opener = _maf_opener(
+            maf,
+            maf_fqdn,
+            km_id,
+            km,
+            target_id,
+            id_b,
+            server_name,
+            tls12,
+            in_domain,
+            host,
+            port,
+            timeout,
+        )
+    else:
+        if id_b is None:
+            fail("--id-b (Entity B's CSE-ID) is needed with --psk-identity or --cert")
+        opener = _profile(psk_identity, psk, cert, key, ca, id_b, server_name, in_domain, tls12)
     try:
         ctx, response = asyncio.run(
             _run(
-                profile,
+                opener,
                 host,
                 port,
                 method.upper(),
@@ -152,6 +350,8 @@ def connect(
         )
     except HandshakeError as exc:
         fail(f"security association failed: {exc.reason}")
+    except M2MSecError as exc:  # e.g. GBA bootstrapping refused by the BSF
+        fail(str(exc))
     except (TimeoutError, ConnectionError, OSError) as exc:
         fail(f"request failed: {exc or type(exc).__name__}")
     console.print(context_details(ctx))
@@ -162,4 +362,54 @@ def connect(
         except (ValueError, UnicodeDecodeError):
             console.print(response.body.decode("utf-8", "replace"), highlight=False)
     if response.status >= 400:
+        raise typer.Exit(3)
+
+
+def _connect_coap(
+    profile: TLSProfile,
+    host: str,
+    port: int,
+    method: str,
+    target: str,
+    origin: str,
+    content: Any,
+    ty: int | None,
+    timeout: float,
+    options: str,
+) -> None:
+    """One oneM2M request by the CoAP binding over DTLS; print the context and the answer."""
+    from m2msec.bindings.coap import CoapBindingError, CoapOneM2MResponse, Numbering
+    from m2msec.bindings.coap_client import CoapClient
+    from m2msec.tls.aio_dtls import dtls_connect
+
+    async def run() -> tuple[SecurityContext, CoapOneM2MResponse]:
+        assoc = await dtls_connect(
+            profile, host, port, server_name=profile.server_name, timeout=timeout
+        )
+        client = CoapClient(
+            assoc,
+            numbering=Numbering.LEGACY if options == "legacy" else Numbering.CURRENT,
+            parameters=options != "none",
+        )
+        try:
+            return assoc.context, await client.request(
+                method, target, origin=origin, content=content, ty=ty, timeout=timeout
+            )
+        finally:
+            await client.close()
+
+    try:
+        ctx, response = asyncio.run(run())
+    except HandshakeError as exc:
+        fail(f"security association failed: {exc.reason}")
+    except (CoapBindingError, TimeoutError, ConnectionError, OSError) as exc:
+        fail(f"request failed: {exc or type(exc).__name__}")
+    console.print(context_details(ctx))
+    console.print(f"CoAP {response.code_text}  oneM2M-RSC: {response.rsc}", highlight=False)
+    if response.payload:
+        try:
+            console.print_json(response.payload.decode())
+        except (ValueError, UnicodeDecodeError):
+            console.print(response.payload.decode("utf-8", "replace"), highlight=False)
+    if response.code >= 128:  # 4.xx and 5.xx
         raise typer.Exit(3)

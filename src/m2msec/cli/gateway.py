@@ -1,7 +1,8 @@
 """``m2msec gateway serve``: the CSE security gateway from the shell.
 
-Terminates TLS with the provisioned-PSK (TS-0003 8.2.2.1) and/or certificate (8.2.2.2)
-framework, checks each request's originator against the authenticated identity
+Terminates TLS (HTTP) and DTLS (CoAP) with the provisioned-PSK (TS-0003 8.2.2.1),
+certificate (8.2.2.2), MAF-based (8.2.2.3) and GBA-based (seed 000 8.2.3.2) frameworks,
+checks each request's originator against the authenticated identity
 (:mod:`m2msec.servers.gateway`) and forwards what passes to the oneM2M CSE behind it.
 Settings come from a TOML file (``--config``, see :mod:`m2msec.config`); options given on
 the command line override the file. Runs until SIGINT or SIGTERM, then lets requests in
@@ -34,7 +35,7 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="gateway",
-    help="The CSE security gateway: TLS in front of a oneM2M CSE.",
+    help="The CSE security gateway: TLS and DTLS in front of a oneM2M CSE.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals could hold keys
@@ -45,7 +46,7 @@ _LEVELS = ("debug", "info", "warning", "error")
 
 @app.callback()
 def _group() -> None:
-    """The CSE security gateway: TLS in front of a oneM2M CSE."""
+    """The CSE security gateway: TLS and DTLS in front of a oneM2M CSE."""
     # A callback keeps ``serve`` a sub-command even while it is the only one.
 
 
@@ -60,11 +61,12 @@ def _banner(gw: Gateway) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for info in gw.listeners:
-        what = (
-            f"TLS, {info.framework}, forwards"
-            if info.spec.secure
-            else "plain HTTP, answers 4107 SECURITY_ASSOCIATION_REQUIRED"
-        )
+        if info.spec.scheme == "dtls":
+            what = f"CoAP over DTLS, {info.framework}, forwards"
+        elif info.spec.secure:
+            what = f"HTTP over TLS, {info.framework}, forwards"
+        else:
+            what = "plain HTTP, answers 4107 SECURITY_ASSOCIATION_REQUIRED"
         table.add_row("listen", f"{info.url}  ({what})")
     table.add_row("backend", cfg.backend)
     table.add_row("CSE-ID", str(cfg.cse_id))
@@ -82,6 +84,16 @@ def _banner(gw: Gateway) -> Table:
         table.add_row(
             "framework",
             f"certificates (TS-0003 8.2.2.2): {cfg.certificates.cert}, CA {cfg.certificates.ca}",
+        )
+    if cfg.maf is not None:
+        mafs = ", ".join(f"{fqdn} at {host}:{port}" for fqdn, host, port in cfg.maf.addresses)
+        table.add_row("framework", f"MAF-based (TS-0003 8.2.2.3): Key Retrieval from {mafs}")
+    if cfg.gba is not None:
+        g = cfg.gba
+        table.add_row(
+            "framework",
+            f"GBA-based (seed 000 8.2.3.2): NAF {g.naf_fqdn}, BSF {g.bsf_fqdn} (Zn at "
+            f"{g.bsf_host}:{g.bsf_port})" + (", GBA_U only" if g.require_uicc else ""),
         )
     table.add_row("TLS", "1.2 and 1.3" if cfg.tls13 else "1.2 only")
     return table

@@ -1,10 +1,16 @@
 """The CSE security gateway: Entity B in front of a real oneM2M CSE.
 
 The gateway terminates the Security Association Establishment of TS-0003 clause 8.2
-(provisioned PSK, 8.2.2.1; certificates, 8.2.2.2) on ``tls://`` listeners, then reads
+(provisioned PSK, 8.2.2.1; certificates, 8.2.2.2; GBA with the gateway as NAF, seed 000
+8.2.3.2, :mod:`m2msec.frameworks.gba`; MAF-based, 8.2.2.3, the gateway resolving KcIds by
+Key Retrieval at the MAF, :mod:`m2msec.frameworks.maf`) on ``tls://`` listeners, then reads
 oneM2M HTTP requests (:mod:`m2msec.bindings.http`) from each association, checks every
 request's originator against the identity the association was bound to, and forwards the
 requests it accepts to the CSE behind it (the *backend*, for example ACME).
+``dtls://`` listeners do the same for the CoAP binding over DTLS 1.2 (TS-0003 10.2.1,
+TS-0008; :mod:`m2msec.servers.coap_gateway`): a CoAP request is read as the same oneM2M
+request and goes through the same pipeline (:meth:`Gateway.process`), so the rules below
+hold alike for both transports.
 
 Rules, applied to each request before anything is forwarded (:func:`check_request`, a
 pure function of the association and the request):
@@ -56,7 +62,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
@@ -73,13 +79,13 @@ from m2msec.bindings.http import (
     error_response,
     media_type_and_ty,
 )
-from m2msec.config import GatewayConfig, ListenerSpec
+from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
 from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
 from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
 from m2msec.store.base import PskStore
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import PeerKind, SecurityContext
-from m2msec.tls.profiles import TLSProfile
+from m2msec.tls.profiles import TLSProfile, Transport
 
 __all__ = [
     "AE_RESOURCE_TYPE",
@@ -96,6 +102,12 @@ __all__ = [
     "forwarded_headers",
     "response_headers",
 ]
+
+if TYPE_CHECKING:
+    from m2msec.frameworks.gba import GbaResponder
+    from m2msec.frameworks.maf import MafResponder
+    from m2msec.gba.zn import ZnClient
+    from m2msec.servers.coap_gateway import CoapListener
 
 log = logging.getLogger(__name__)
 
@@ -457,6 +469,9 @@ class GatewayStats:
     bad_requests: int = 0
     backend_errors: int = 0
     registrations_bound: int = 0
+    dtls_associations: int = 0  # of associations_established: CoAP over DTLS
+    coap_requests: int = 0
+    coap_bad_messages: int = 0  # datagrams inside DTLS that were not (valid) CoAP
     refused_by_rule: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -518,6 +533,12 @@ class Gateway:
         self._clock = clock
         self._client: httpx.AsyncClient | None = None
         self._tls: list[TLSServer] = []
+        self._coap: list[CoapListener] = []
+        #: The NAF of the GBA framework (``[gba]``), once started; its Zn client.
+        self.gba: GbaResponder | None = None
+        self._zn: ZnClient | None = None
+        #: Entity B of the MAF framework (``[maf]``), once started; its Key Retrieval client.
+        self.maf: MafResponder | None = None
         self._servers: list[asyncio.Server] = []
         self._listeners: list[ListenerInfo] = []
         self._sessions: set[_Session] = set()
@@ -554,7 +575,8 @@ class Gateway:
         self._started = True
         cfg = self.config
         try:
-            profiles = self._profiles()
+            profiles = self._profiles(Transport.TLS)
+            dtls_profiles = self._profiles(Transport.DTLS)
             timeout = httpx.Timeout(cfg.backend_timeout, connect=min(cfg.backend_timeout, 5.0))
             self._client = httpx.AsyncClient(
                 transport=self._transport,
@@ -565,6 +587,17 @@ class Gateway:
             )
             self._client.headers.clear()  # no defaults of our own: the client's headers go as sent
             for spec in cfg.listen:
+                if spec.scheme == "dtls":
+                    from m2msec.servers.coap_gateway import CoapListener
+
+                    name, dtls = dtls_profiles[spec.framework or _only(dtls_profiles)]
+                    coap = CoapListener(self, dtls)
+                    self._coap.append(coap)
+                    host, port = await coap.start(spec.host, spec.port)
+                    self._listeners.append(ListenerInfo(spec, host, port, name))
+                    log.info("listening on %s (%s, CoAP)", self._listeners[-1].url, name)
+                    continue
+                framework: str | None
                 if spec.secure:
                     framework, profile = profiles[spec.framework or _only(profiles)]
                     tls = TLSServer(
@@ -572,7 +605,7 @@ class Gateway:
                         self._serve_tls,
                         handshake_timeout=cfg.handshake_timeout,
                         max_handshakes=cfg.max_handshakes,
-                        on_failure=self._handshake_failed,
+                        on_failure=self.handshake_failed,
                     )
                     server = await tls.start(spec.host, spec.port)
                     self._tls.append(tls)
@@ -605,6 +638,8 @@ class Gateway:
             await _quietly(session.stream.close())
         for tls in self._tls:
             await tls.close()
+        for coap in self._coap:
+            await coap.close(SHUTDOWN_GRACE)
         for task in list(self._plain_tasks):
             task.cancel()
         if self._plain_tasks:
@@ -614,6 +649,10 @@ class Gateway:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         if self._client is not None:
             await self._client.aclose()
+        if self._zn is not None:
+            await self._zn.close()
+        if self.maf is not None:
+            await self.maf.retriever.close()
         if self._own_store and self._store is not None:
             self._store.close()
         log.info("gateway stopped: %s", self.stats.as_dict())
@@ -626,9 +665,14 @@ class Gateway:
             await self.close()
 
     # -- setup ----------------------------------------------------------------------------
-    def _profiles(self) -> dict[str, tuple[str, TLSProfile]]:
+    def _profiles(self, transport: Transport) -> dict[str, tuple[str, TLSProfile]]:
+        """The responder profiles the ``tls://`` (or ``dtls://``) listeners need, by framework.
+
+        Both transports share the psk-lookup-table and the certificate configuration.
+        """
         cfg = self.config
-        wanted = {s.framework or "*" for s in cfg.listen if s.secure}
+        scheme = "dtls" if transport is Transport.DTLS else "tls"
+        wanted = {s.framework or "*" for s in cfg.listen if s.scheme == scheme}
         out: dict[str, tuple[str, TLSProfile]] = {}
         if not wanted:
             return out
@@ -640,7 +684,9 @@ class Gateway:
 
                 self._store = open_store(cfg.psk.store)
                 self._own_store = True
-            profile = PskResponder(self._store, local_id=str(cfg.cse_id)).profile(tls13=cfg.tls13)
+            profile = PskResponder(self._store, local_id=str(cfg.cse_id)).profile(
+                transport, tls13=cfg.tls13
+            )
             profile.require_sni = cfg.require_sni
             out["psk"] = ("provisioned-psk", profile)
         if cfg.certificates is not None and (wanted & {"certificate", "*"}):
@@ -659,20 +705,82 @@ class Gateway:
                 )
             except (CertificateError, IdentifierError) as exc:
                 raise ConfigurationError(f"certificates: {exc}") from None
-            out["certificate"] = ("certificate", responder.profile(tls13=cfg.tls13))
+            out["certificate"] = (
+                "certificate",
+                responder.profile(transport=transport, tls13=cfg.tls13),
+            )
+        if cfg.gba is not None and transport is Transport.TLS and (wanted & {"gba", "*"}):
+            out["gba"] = ("gba", self._gba_profile(cfg.gba))
+        if cfg.maf is not None and transport is Transport.TLS and (wanted & {"maf", "*"}):
+            out["maf"] = ("maf", self._maf_profile(cfg.maf))
         return out
 
+    def _maf_profile(self, maf: MafRetrievalConfig) -> TLSProfile:
+        """Entity B of the MAF framework (TS-0003 8.2.2.3): KcIds resolved by Key Retrieval."""
+        from m2msec.frameworks.certificate import CertificateCredential
+        from m2msec.frameworks.maf import MafKeyRetriever, MafResponder
+
+        cfg = self.config
+        assert cfg.in_domain is not None  # enforced by the configuration
+        try:
+            retriever = MafKeyRetriever(
+                CertificateCredential.from_files(maf.cert, maf.key, maf.ca),
+                {fqdn: (host, port) for fqdn, host, port in maf.addresses},
+                in_domain=cfg.in_domain,
+                local_id=str(cfg.cse_id),
+                sp_fqdn=cfg.cse_id.sp_fqdn,
+                cache_size=maf.cache_size,
+                timeout=maf.timeout,
+                tls13=cfg.tls13,
+            )
+        except (CertificateError, IdentifierError) as exc:
+            raise ConfigurationError(f"maf: {exc}") from None
+        self.maf = MafResponder(
+            retriever, str(cfg.cse_id), sp_fqdn=self._sp_fqdn(), require_sni=cfg.require_sni
+        )
+        return self.maf.profile(tls13=cfg.tls13)
+
+    def _gba_profile(self, gba: GbaConfig) -> TLSProfile:
+        """The gateway as NAF (seed 000 8.2.3.2): Zn client to the BSF, GBA responder."""
+        from m2msec.frameworks.certificate import CertificateCredential
+        from m2msec.frameworks.gba import GbaResponder
+        from m2msec.gba.zn import ZnClient
+
+        try:
+            credential = CertificateCredential.from_files(gba.cert, gba.key, gba.ca)
+        except CertificateError as exc:
+            raise ConfigurationError(f"gba: {exc}") from None
+        self._zn = ZnClient(
+            credential,
+            gba.bsf_host,
+            gba.bsf_port,
+            gba.bsf_fqdn,
+            in_domain=self.config.in_domain,
+            timeout=self.config.handshake_timeout,
+        )
+        self.gba = GbaResponder(
+            self._zn,
+            gba.naf_fqdn,
+            local_id=str(self.config.cse_id),
+            require_uicc=gba.require_uicc,
+            require_sni=self.config.require_sni,
+        )
+        return self.gba.profile()
+
     # -- associations ---------------------------------------------------------------------
-    def _handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
+    def handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
+        """Listeners report refused handshakes here (TLS and DTLS alike)."""
         self.stats.handshakes_failed += 1
 
     def _sp_fqdn(self) -> str | None:
         return self.config.cse_id.sp_fqdn or self.config.in_domain
 
-    async def _serve_tls(self, conn: TLSConnection) -> None:
-        ctx = conn.context
+    def open_association(self, ctx: SecurityContext, peer: Any) -> Association:
+        """Record a newly established association (SA record, stats, log); its rule state."""
         assoc = Association.from_context(ctx, self.config.cse_id, self._sp_fqdn())
         self.stats.associations_established += 1
+        if ctx.protocol.upper().startswith("DTLS"):
+            self.stats.dtls_associations += 1
         self.recent_associations[ctx.sa_id] = ctx
         while len(self.recent_associations) > RECENT_ASSOCIATIONS:
             self.recent_associations.popitem(last=False)
@@ -686,17 +794,24 @@ class Gateway:
             ctx.sa_id,
             ctx.protocol,
             ctx.cipher_suite,
-            _addr(conn.peer_address),
+            _addr(peer),
         )
+        return assoc
+
+    def close_association(self, assoc: Association) -> None:
+        self.stats.associations_closed += 1
+        log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
+
+    async def _serve_tls(self, conn: TLSConnection) -> None:
+        assoc = self.open_association(conn.context, conn.peer_address)
 
         async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
-            return await self._handle_secure(assoc, request)
+            return await self.process(assoc, request)
 
         try:
             await self._run(conn, handle)
         finally:
-            self.stats.associations_closed += 1
-            log.info("association closed: peer=%s sa=%s", assoc.peer_id, ctx.sa_id)
+            self.close_association(assoc)
 
     async def _serve_plain(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -784,9 +899,13 @@ class Gateway:
             session.done.set()
             await _quietly(stream.close())
 
-    async def _handle_secure(
+    async def process(
         self, assoc: Association, request: OneM2MRequest
     ) -> tuple[HttpResponse, bool]:
+        """The request pipeline of every secured transport: rules (a)-(d), then forwarding.
+
+        Returns the answer and whether the association must be closed after it.
+        """
         decision = check_request(assoc, request, self._clock())
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
