@@ -277,8 +277,9 @@ def test_open_maf_store_forms(tmp_path: Path) -> None:
     with open_maf_store(tmp_path / "p.db") as st:
         assert st.path == tmp_path / "p.db"
     for url, message in [
-        ("postgresql://maf@db/maf", "PostgreSQL MAF store is not available"),
-        ("postgres://db/maf", "PostgreSQL"),
+        # A working PostgreSQL store is tested in tests/test_maf_store_pg.py.
+        ("postgresql://maf@db/maf?nosuchoption=1", "invalid PostgreSQL MAF store URL"),
+        ("postgres://db/maf?bogus=1", "PostgreSQL"),
         ("sqlite://host/x.db", "sqlite:///absolute"),
         ("mysql://db/maf", "unsupported"),
     ]:

@@ -1,6 +1,8 @@
 """The MAF's store (TS-0003 8.8): Master Credentials, Entity Bs, registrations, keys.
 
-One SQLite file (WAL, ``synchronous=FULL``, created 0600) with these tables:
+One SQLite file (WAL, ``synchronous=FULL``, created 0600), or a PostgreSQL database shared
+by several MAF instances (:mod:`m2msec.maf.store_pg`, a subclass running this same code;
+``open_maf_store("postgresql://...")``), with these tables:
 
 ``clients``
     the MAF Clients' Master Credentials (8.8.3.1, pre-provisioned): KmId (canonical form:
@@ -63,7 +65,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import unquote, urlsplit
 
 from m2msec.errors import (
@@ -96,6 +98,7 @@ __all__ = [
     "open_maf_store",
     "parse_km_id",
     "parse_relative_key_id",
+    "redact_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -164,14 +167,26 @@ _KEY_COLUMNS: Final = (
     "deregistered"
 )
 _SELECT_KEY: Final = f"SELECT {_KEY_COLUMNS} FROM keys WHERE rel_id = ?"  # noqa: S608
-_INSERT_KEY: Final = f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"  # noqa: S608
+# "ON CONFLICT ... DO NOTHING" (SQLite and PostgreSQL alike) rather than catching the
+# integrity error: in PostgreSQL an error would abort the whole group transaction, and a
+# concurrent insert of the same RelativeKeyID by another MAF instance waits for that one to
+# commit, then writes nothing (rowcount 0): the loser sees a duplicate, never an error.
+_INSERT_KEY: Final = (
+    f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "  # noqa: S608
+    "ON CONFLICT (rel_id) DO NOTHING"
+)
 _INSERT_CLIENT: Final = (
-    "INSERT INTO clients (km_id, km_id_text, km, entity_id, created, enabled, config) "
-    "VALUES (?, ?, ?, ?, ?, 1, (SELECT config FROM clients WHERE km_id = ?))"
+    "INSERT INTO clients (km_id, km_id_text, km, entity_id, created, enabled) "
+    "VALUES (?, ?, ?, ?, ?, 1) "
 )
 # A replaced client keeps its MAF Client Configuration.
-_REPLACE_CLIENT: Final = "INSERT OR REPLACE" + _INSERT_CLIENT[len("INSERT") :]
+_REPLACE_CLIENT: Final = _INSERT_CLIENT + (
+    "ON CONFLICT (km_id) DO UPDATE SET km_id_text = excluded.km_id_text, km = excluded.km, "
+    "entity_id = excluded.entity_id, created = excluded.created, enabled = 1"
+)
+_ADD_CLIENT: Final = _INSERT_CLIENT + "ON CONFLICT (km_id) DO NOTHING"
 _LIST_PAGE: Final = 1_000
+_NO_LIMIT: Final = 1 << 62
 _UNSET: Any = object()
 
 
@@ -364,7 +379,7 @@ class MafWriter:
     Use :meth:`savepoint` to make one operation all-or-nothing inside a larger batch.
     """
 
-    def __init__(self, store: MafStore, conn: sqlite3.Connection) -> None:
+    def __init__(self, store: MafStore, conn: Any) -> None:
         self._store = store
         self._conn = conn
         self._sealer = store._sealer
@@ -374,7 +389,7 @@ class MafWriter:
     def _bump_config(self) -> None:
         """Record a change to clients, entity_b or registrations (the read caches of every
         process drop)."""
-        self._conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'config-version'")
+        self._conn.execute(self._store._SQL_BUMP_CONFIG)
         self.config_changed = True
 
     @contextlib.contextmanager
@@ -413,15 +428,13 @@ class MafWriter:
             key.reg_id,
             _epoch(now or _now()),
         )
-        try:
-            self._conn.execute(_INSERT_KEY, row)
-        except sqlite3.IntegrityError:
-            return False
-        return True
+        return bool(self._conn.execute(_INSERT_KEY, row).rowcount > 0)
 
     def get_key(self, rel_id: str | bytes) -> MafKey | None:
         """Read a key inside this transaction (unsealed)."""
-        row = self._conn.execute(_SELECT_KEY, (parse_relative_key_id(rel_id),)).fetchone()
+        row = self._conn.execute(
+            self._store._SQL_SELECT_KEY_FOR_UPDATE, (parse_relative_key_id(rel_id),)
+        ).fetchone()
         return None if row is None else self._store._key(row, unseal=True)
 
     def update_key(
@@ -458,7 +471,7 @@ class MafWriter:
             "UPDATE keys SET kc = NULL, deregistered = 1 WHERE rel_id = ? AND deregistered = 0",
             (parse_relative_key_id(rel_id),),
         )
-        return cursor.rowcount > 0
+        return bool(cursor.rowcount > 0)
 
     def deregister_keys_of(self, *, km_id: str | None = None, reg_id: str | None = None) -> int:
         """De-register every live key of a KmId or of a client registration."""
@@ -472,27 +485,24 @@ class MafWriter:
             f"UPDATE keys SET kc = NULL, deregistered = 1 WHERE {sql} AND deregistered = 0",  # noqa: S608
             (arg,),
         )
-        return cursor.rowcount
+        return int(cursor.rowcount)
 
     # -- client registrations -----------------------------------------------------------
     def insert_registration(self, reg: ClientRegistration, *, now: datetime | None = None) -> None:
-        try:
-            self._conn.execute(
-                "INSERT INTO registrations (reg_id, km_id, expires_at, labels, admin_fqdn, "
-                "created) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    reg.reg_id,
-                    reg.km_id,
-                    _epoch(reg.expires_at),
-                    _json_list(reg.labels),
-                    reg.admin_fqdn,
-                    _epoch(reg.created or now or _now()),
-                ),
-            )
-        except sqlite3.IntegrityError:
-            raise DuplicateCredentialError(
-                f"mafClientRegID {reg.reg_id!r} already exists"
-            ) from None
+        cursor = self._conn.execute(
+            "INSERT INTO registrations (reg_id, km_id, expires_at, labels, admin_fqdn, "
+            "created) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (reg_id) DO NOTHING",
+            (
+                reg.reg_id,
+                reg.km_id,
+                _epoch(reg.expires_at),
+                _json_list(reg.labels),
+                reg.admin_fqdn,
+                _epoch(reg.created or now or _now()),
+            ),
+        )
+        if cursor.rowcount == 0:
+            raise DuplicateCredentialError(f"mafClientRegID {reg.reg_id!r} already exists")
         self._bump_config()
 
     def update_registration(
@@ -544,7 +554,8 @@ class MafWriter:
 
     def purge_audit(self, before: datetime) -> int:
         """Delete audit records older than ``before``."""
-        return self._conn.execute("DELETE FROM audit WHERE time < ?", (_epoch(before),)).rowcount
+        cursor = self._conn.execute("DELETE FROM audit WHERE time < ?", (_epoch(before),))
+        return int(cursor.rowcount)
 
     # -- housekeeping -------------------------------------------------------------------
     def purge(self, now: datetime, retention: timedelta) -> tuple[int, int]:
@@ -567,7 +578,28 @@ class MafStore:
 
     ``path`` is created (0600, its directory 0700) when missing; ``kek`` overrides the
     key-encryption key of ``$M2MSEC_KEK`` or the ``kek`` file beside the database.
+
+    The SQL below is shared with the PostgreSQL store (:mod:`m2msec.maf.store_pg`, a
+    subclass): it uses ``?`` parameters and the few statements that differ are the class
+    attributes here.
     """
+
+    #: Commits happen in this process without network round trips (SQLite): cheap enough
+    #: to run on an event loop's thread when they do not fsync. False for PostgreSQL.
+    in_process: ClassVar[bool] = True
+    #: The database driver's errors (turned into StoreError).
+    _DB_ERRORS: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
+    #: Opens a write transaction: SQLite takes the write lock at once.
+    _SQL_BEGIN: ClassVar[str] = "BEGIN IMMEDIATE"
+    _SQL_BUMP_CONFIG: ClassVar[str] = (
+        "UPDATE meta SET value = value + 1 WHERE name = 'config-version'"
+    )
+    _SQL_CONFIG_VERSION: ClassVar[str] = "SELECT value FROM meta WHERE name = 'config-version'"
+    #: A key read inside a write transaction, to be updated (SQLite's writer is alone).
+    _SQL_SELECT_KEY_FOR_UPDATE: ClassVar[str] = _SELECT_KEY
+    #: The write and read connections: sqlite3's, or adapters with the same methods.
+    _wconn: Any
+    _rconn: Any
 
     def __init__(
         self,
@@ -578,22 +610,8 @@ class MafStore:
         cache_ttl: float = 2.0,
         synchronous: str = "full",
     ) -> None:
-        if cache_ttl < 0:
-            raise ValueError("cache_ttl must be >= 0")
-        if synchronous.lower() not in ("full", "normal"):
-            raise ConfigurationError("synchronous must be 'full' or 'normal'")
-        self._synchronous = synchronous.upper()
+        self._init_state(cache_ttl, synchronous)
         self._path = Path(path).expanduser()
-        self._cache_ttl = cache_ttl
-        self._rlock = threading.Lock()
-        self._wlock = threading.Lock()
-        self._closed = False
-        self._clients: dict[str, MasterCredential | None] = {}
-        self._by_text: dict[str, MasterCredential] = {}
-        self._live_regs: dict[tuple[str, str], ClientRegistration | None] = {}
-        self._entity_b: tuple[str, ...] | None = None
-        self._checked_at = -float("inf")
-        self._config_version: object = None
         _create_private_file(self._path)
         try:
             self._wconn = self._connect(busy_timeout)
@@ -610,6 +628,24 @@ class MafStore:
             self._rconn.close()
             self._wconn.close()
             raise
+
+    def _init_state(self, cache_ttl: float, synchronous: str) -> None:
+        """The backend-neutral state: caches and locks."""
+        if cache_ttl < 0:
+            raise ValueError("cache_ttl must be >= 0")
+        if synchronous.lower() not in ("full", "normal"):
+            raise ConfigurationError("synchronous must be 'full' or 'normal'")
+        self._synchronous = synchronous.upper()
+        self._cache_ttl = cache_ttl
+        self._rlock = threading.Lock()
+        self._wlock = threading.Lock()
+        self._closed = False
+        self._clients: dict[str, MasterCredential | None] = {}
+        self._by_text: dict[str, MasterCredential] = {}
+        self._live_regs: dict[tuple[str, str], ClientRegistration | None] = {}
+        self._entity_b: tuple[str, ...] | None = None
+        self._checked_at = -float("inf")
+        self._config_version: object = None
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -692,7 +728,14 @@ class MafStore:
 
     @property
     def path(self) -> Path:
+        """The database file (for PostgreSQL: a name in the local directory holding the
+        ``kek`` file and the audit log copy, see :mod:`m2msec.maf.store_pg`)."""
         return self._path
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for operators: the file, or the URL without a password."""
+        return os.fspath(self._path)
 
     @property
     def synchronous(self) -> str:
@@ -709,7 +752,7 @@ class MafStore:
         with self._wlock:
             conn = self._wconn
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(self._SQL_BEGIN)
                 w = MafWriter(self, conn)
                 try:
                     yield w
@@ -718,7 +761,7 @@ class MafStore:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
-            except sqlite3.Error as exc:
+            except self._DB_ERRORS as exc:
                 raise self._error("write", exc) from None
         if w.config_changed:
             self._invalidate()
@@ -741,13 +784,12 @@ class MafStore:
         sealed = self._sealer.seal(bytes(km), km_aad(kid.canonical, entity_id))
         created = _epoch(now or _now())
         with self.writer() as w:
-            try:
-                w._conn.execute(
-                    _REPLACE_CLIENT if replace else _INSERT_CLIENT,
-                    (kid.canonical, str(kid), sealed, entity_id, created, kid.canonical),
-                )
-            except sqlite3.IntegrityError:
-                raise DuplicateCredentialError(f"KmId {km_id!r} already exists") from None
+            cursor = w._conn.execute(
+                _REPLACE_CLIENT if replace else _ADD_CLIENT,
+                (kid.canonical, str(kid), sealed, entity_id, created),
+            )
+            if cursor.rowcount == 0:
+                raise DuplicateCredentialError(f"KmId {km_id!r} already exists")
             w._bump_config()
         info = self.client_info(kid.canonical)
         assert info is not None
@@ -773,7 +815,7 @@ class MafStore:
                 "UPDATE clients SET enabled = ? WHERE km_id = ?", (int(enabled), canonical)
             )
             w._bump_config()
-        return cursor.rowcount > 0
+        return bool(cursor.rowcount > 0)
 
     def set_client_config(self, km_id: str, config: Mapping[str, Any] | None) -> None:
         """Set (or clear, with None) the MAF Client Configuration (8.8.2.4) of a KmId."""
@@ -813,7 +855,7 @@ class MafStore:
                     "SELECT km_id_text, km, entity_id, enabled FROM clients WHERE km_id = ?",
                     (canonical,),
                 ).fetchone()
-            except sqlite3.Error as exc:
+            except self._DB_ERRORS as exc:
                 raise self._error("read", exc) from None
             cred: MasterCredential | None = None
             if row is not None:
@@ -864,17 +906,18 @@ class MafStore:
         _check_entity(entity_id, "the Entity B identity")
         with self.writer() as w:
             cursor = w._conn.execute(
-                "INSERT OR IGNORE INTO entity_b (entity_id, created) VALUES (?, ?)",
+                "INSERT INTO entity_b (entity_id, created) VALUES (?, ?) "
+                "ON CONFLICT (entity_id) DO NOTHING",
                 (entity_id, _epoch(now or _now())),
             )
             w._bump_config()
-        return cursor.rowcount > 0
+        return bool(cursor.rowcount > 0)
 
     def remove_entity_b(self, entity_id: str) -> bool:
         with self.writer() as w:
             cursor = w._conn.execute("DELETE FROM entity_b WHERE entity_id = ?", (entity_id,))
             w._bump_config()
-        return cursor.rowcount > 0
+        return bool(cursor.rowcount > 0)
 
     def list_entity_b(self) -> tuple[str, ...]:
         """The allowed Entity B identities as given (cached like the clients)."""
@@ -885,7 +928,7 @@ class MafStore:
                     rows = self._rconn.execute(
                         "SELECT entity_id FROM entity_b ORDER BY entity_id"
                     ).fetchall()
-                except sqlite3.Error as exc:
+                except self._DB_ERRORS as exc:
                     raise self._error("read", exc) from None
                 self._entity_b = tuple(r[0] for r in rows)
             return self._entity_b
@@ -895,14 +938,14 @@ class MafStore:
         with self._rlock:
             return self._registration(self._rconn, reg_id)
 
-    def _registration(self, conn: sqlite3.Connection, reg_id: str) -> ClientRegistration | None:
+    def _registration(self, conn: Any, reg_id: str) -> ClientRegistration | None:
         try:
             row = conn.execute(
                 "SELECT reg_id, km_id, expires_at, admin_fqdn, labels, created "
                 "FROM registrations WHERE reg_id = ?",
                 (reg_id,),
             ).fetchone()
-        except sqlite3.Error as exc:
+        except self._DB_ERRORS as exc:
             raise self._error("read", exc) from None
         if row is None:
             return None
@@ -926,7 +969,7 @@ class MafStore:
                         "lower(admin_fqdn) = ? ORDER BY expires_at DESC LIMIT 1",
                         key,
                     ).fetchone()
-                except sqlite3.Error as exc:
+                except self._DB_ERRORS as exc:
                     raise self._error("read", exc) from None
                 reg = None if row is None else self._registration(self._rconn, row[0])
                 if len(self._live_regs) < 65536:
@@ -1024,7 +1067,7 @@ class MafStore:
         """Audit records with a sequence number above ``after``, oldest first."""
         rows = self._read_all(
             "SELECT seq, record FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, -1 if limit is None else limit),
+            (after, _NO_LIMIT if limit is None else limit),
         )
         out = []
         for seq, text in rows:
@@ -1089,14 +1132,14 @@ class MafStore:
         with self._rlock:
             try:
                 return self._rconn.execute(sql, args).fetchone()
-            except sqlite3.Error as exc:
+            except self._DB_ERRORS as exc:
                 raise self._error("read", exc) from None
 
     def _read_all(self, sql: str, args: tuple[object, ...]) -> list[Any]:
         with self._rlock:
             try:
-                return self._rconn.execute(sql, args).fetchall()
-            except sqlite3.Error as exc:
+                return list(self._rconn.execute(sql, args).fetchall())
+            except self._DB_ERRORS as exc:
                 raise self._error("read", exc) from None
 
     def _revalidate(self) -> None:
@@ -1105,10 +1148,8 @@ class MafStore:
         if now - self._checked_at < self._cache_ttl:
             return
         try:
-            row = self._rconn.execute(
-                "SELECT value FROM meta WHERE name = 'config-version'"
-            ).fetchone()
-        except sqlite3.Error as exc:
+            row = self._rconn.execute(self._SQL_CONFIG_VERSION).fetchone()
+        except self._DB_ERRORS as exc:
             raise self._error("read", exc) from None
         version = None if row is None else row[0]
         if version != self._config_version or version is None:
@@ -1126,7 +1167,7 @@ class MafStore:
             self._live_regs.clear()
             self._entity_b = None
 
-    def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
+    def _error(self, action: str, exc: Exception) -> StoreError:
         # SQLite's messages never contain bound parameter values, so no key material.
         if self._closed:
             return StoreError(f"MAF store {self._path} is closed")
@@ -1138,6 +1179,24 @@ class MafStore:
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
+_PASSWORD_PARAM: Final = re.compile(r"((?:^|&)password=)[^&]*")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, in the user part or the query (for messages)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, hosts = netloc.rpartition("@")
+        if ":" in user:
+            netloc = f"{user.split(':', 1)[0]}:***@{hosts}"
+    query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    return out + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
 def default_maf_store_path(*, create: bool = False) -> Path:
     """``<data dir>/maf.db`` (see :mod:`m2msec.paths`)."""
     directory = data_dir()
@@ -1147,11 +1206,9 @@ def default_maf_store_path(*, create: bool = False) -> Path:
 
 
 def open_maf_store(url_or_path: str | os.PathLike[str] | None = None, **options: Any) -> MafStore:
-    """Open the MAF store named by a path, ``sqlite:///abs/path`` or None (the default).
-
-    ``postgresql://`` URLs are recognised and refused with a clear error: a shared
-    PostgreSQL MAF store is not implemented in this version.
-    """
+    """Open the MAF store named by a path, ``sqlite:///abs/path``, a ``postgresql://`` (or
+    ``postgres://``) URL (:mod:`m2msec.maf.store_pg`, needs ``m2msec[postgres]``), or None
+    (the default SQLite file in the data directory)."""
     if url_or_path is None:
         return MafStore(default_maf_store_path(create=True), **options)
     text = os.fspath(url_or_path)
@@ -1166,8 +1223,8 @@ def open_maf_store(url_or_path: str | os.PathLike[str] | None = None, **options:
             )
         return MafStore(unquote(parts.path), **options)
     if scheme in ("postgresql", "postgres"):
-        raise ConfigurationError(
-            "a PostgreSQL MAF store is not available in this version of m2msec; "
-            "use a SQLite file (a path or sqlite:///absolute/path)"
-        )
+        from m2msec.maf.store_pg import PgMafStore  # psycopg is an optional extra
+
+        options.pop("busy_timeout", None)
+        return PgMafStore(text, **options)
     raise ConfigurationError(f"unsupported MAF store URL scheme {scheme!r}")
