@@ -4,13 +4,17 @@ Targets, all on 127.0.0.1, each fronting the same plain HTTP/1.1 backend (its ow
 
 * ``gateway``: our :class:`m2msec.servers.gateway.Gateway` (one ``tls://`` listener,
   provisioned-PSK framework over a SQLite psk-lookup-table), in its own process. It parses
-  each oneM2M request, applies the originator rules and forwards it with httpx.
+  each oneM2M request, applies the originator rules and forwards it over its pool of
+  persistent HTTP/1.1 connections to the backend (:mod:`m2msec.servers.backend`, h11).
 * ``stunnel``: stunnel as a TLS-PSK server (``PSKsecrets``, ``ciphers =
   PSK-AES128-CBC-SHA256``, TLS 1.2 only), ``connect`` to the backend: bytes relayed, no
   HTTP parsing.
 
 The backend answers every request ``200`` with ``X-M2M-RSC: 2000`` and a small JSON body,
-keep-alive (asyncio protocol, minimal parser).
+keep-alive (asyncio protocol, minimal parser). With ``--backend-close`` it answers
+``Connection: close`` and closes after each answer, as ACME does: the gateway then opens
+one backend connection per request (stunnel is left out: it would close the client's
+connection along with the backend's).
 
 One load generator for both: ``--workers`` processes, each one persistent TLS 1.2
 PSK-AES128-CBC-SHA256 association (identity ``AE123456789012-Light@in.provider.com``,
@@ -23,6 +27,8 @@ process or stunnel, the backend not included), latency, and ratios ours/stunnel.
 
     python bench/bench_gateway.py --seconds 5 --rounds 3
     python bench/bench_gateway.py --seconds 3 --rounds 1 --no-stunnel --profile /tmp/gw.prof
+    python bench/bench_gateway.py --seconds 3 --rounds 2 --backend-close
+    python bench/bench_gateway.py --seconds 3 --rounds 2 --uvloop
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ def request_bytes(ri: str) -> bytes:
 class _Backend(asyncio.Protocol):
     """Keep-alive HTTP/1.1: header block, Content-Length body, one fixed 200 answer."""
 
+    close_each = False  # answer Connection: close and close (ACME's way)
+
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.buf = b""
@@ -119,13 +127,20 @@ class _Backend(asyncio.Protocol):
             out.append(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-M2M-RSC: 2000\r\n"
                 b"X-M2M-RI: " + ri + b"\r\nX-M2M-RVI: 3\r\n"
-                b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+                b"Content-Length: " + str(len(BODY)).encode() + b"\r\n"
+                + (b"Connection: close\r\n" if self.close_each else b"") + b"\r\n" + BODY
             )
+            if self.close_each:
+                break
         if out:
             self.transport.write(b"".join(out))
+            if self.close_each:
+                self.transport.close()
 
 
-def run_backend(port: int, ready: MpEvent) -> None:
+def run_backend(port: int, ready: MpEvent, close_each: bool = False) -> None:
+    _Backend.close_each = close_each
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(_Backend, HOST, port, backlog=4096)
@@ -141,7 +156,7 @@ def run_backend(port: int, ready: MpEvent) -> None:
 
 
 def run_gateway(port: int, backend: int, store_path: str, ready: MpEvent, stop: MpEvent,
-                profile_to: str | None) -> None:
+                profile_to: str | None, use_uvloop: bool = False) -> None:
     from m2msec.config import GatewayConfig, PskConfig, parse_listen_url
     from m2msec.ids import CseId
     from m2msec.servers.gateway import Gateway
@@ -165,19 +180,27 @@ def run_gateway(port: int, backend: int, store_path: str, ready: MpEvent, stop: 
     prof = cProfile.Profile() if profile_to else None
     if prof:
         prof.enable()
-    asyncio.run(main())
+    if use_uvloop:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())
     if prof and profile_to:
         prof.disable()
         prof.dump_stats(f"{profile_to}.{os.getpid()}")
 
 
 @contextlib.contextmanager
-def gateway(backend: int, store_path: str, profile_to: str | None) -> Iterator[Target]:
+def gateway(backend: int, store_path: str, profile_to: str | None,
+            use_uvloop: bool = False) -> Iterator[Target]:
     ctx = mp.get_context("spawn")
     port = free_port()
     stop, ready = ctx.Event(), ctx.Event()
     p = ctx.Process(target=run_gateway,
-                    args=(port, backend, store_path, ready, stop, profile_to), daemon=True)
+                    args=(port, backend, store_path, ready, stop, profile_to, use_uvloop),
+                    daemon=True)
     p.start()
     try:
         if not ready.wait(30):
@@ -375,6 +398,10 @@ def main() -> None:
                         help="repeat, targets interleaved; report the median round")
     parser.add_argument("--workers", type=int, default=4, help="load generator processes")
     parser.add_argument("--no-stunnel", action="store_true")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run the gateway on uvloop, as `m2msec gateway` does when installed")
+    parser.add_argument("--backend-close", action="store_true",
+                        help="backend answers Connection: close (as ACME); implies --no-stunnel")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="cProfile the gateway process to PREFIX.<pid> and print the top")
     args = parser.parse_args()
@@ -397,15 +424,16 @@ def main() -> None:
             store.add(PskEntry(KPSA_ID, KPSA_TEXT.encode(), ENTITY))
         backend_port = free_port()
         ready = ctx.Event()
-        backend = ctx.Process(target=run_backend, args=(backend_port, ready), daemon=True)
+        backend = ctx.Process(target=run_backend, args=(backend_port, ready, args.backend_close),
+                              daemon=True)
         backend.start()
         try:
             if not ready.wait(30):
                 raise RuntimeError("backend did not start")
             targets: list[Callable[[], contextlib.AbstractContextManager[Target]]] = [
-                lambda: gateway(backend_port, store_path, args.profile)
+                lambda: gateway(backend_port, store_path, args.profile, args.uvloop)
             ]
-            if not args.no_stunnel:
+            if not (args.no_stunnel or args.backend_close):
                 targets.append(lambda: stunnel(tmp, backend_port))
             for rnd in range(1, args.rounds + 1):
                 for make in targets:

@@ -46,9 +46,11 @@ Forwarded requests lose any incoming ``X-M2MSec-*`` header and gain the associat
 identity: ``X-M2MSec-Peer-ID`` (the bound identity, normalised), ``X-M2MSec-Peer-Kind``,
 ``X-M2MSec-Framework``, ``X-M2MSec-Key-ID`` (KpsaId or certificate fingerprint, never a
 key), ``X-M2MSec-SA-ID`` and, for Credential-ID bound peers, ``X-M2MSec-Credential-ID``.
-Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. A backend that cannot
-be reached is answered 5103 TARGET_NOT_REACHABLE (4008 REQUEST_TIMEOUT when it does not
-answer in time); the gateway keeps serving.
+Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. Requests travel over a
+pool of persistent HTTP/1.1 connections (:class:`m2msec.servers.backend.BackendPool`, h11).
+A backend that cannot be reached is answered 5103 TARGET_NOT_REACHABLE (4008
+REQUEST_TIMEOUT when it does not answer within ``backend_timeout``); the gateway keeps
+serving.
 """
 
 from __future__ import annotations
@@ -63,8 +65,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
-
-import httpx
 
 from m2msec.bindings.http import (
     RSC,
@@ -82,6 +82,13 @@ from m2msec.bindings.http import (
 from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
 from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
 from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
+from m2msec.servers.backend import (
+    BackendError,
+    BackendPool,
+    BackendRequestError,
+    BackendTimeout,
+    BackendTooLarge,
+)
 from m2msec.store.base import PskStore
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import PeerKind, SecurityContext
@@ -120,6 +127,9 @@ REMOTE_CSE_RESOURCE_TYPE = 16
 #: Largest backend answer relayed; beyond it the client gets 5000 (a CSE answer this
 #: large is a discovery gone wrong, not something to hold in memory).
 MAX_RESPONSE_BODY = 64 * 1024 * 1024
+#: Connections to the backend: at most this many open, this many kept idle between requests.
+BACKEND_CONNECTIONS = 100
+BACKEND_IDLE_CONNECTIONS = 20
 #: How long close() lets requests in progress finish before cutting them.
 SHUTDOWN_GRACE = 5.0
 
@@ -514,7 +524,8 @@ class Gateway:
     """The CSE security gateway (module docstring): ``await start()``, ``await close()``.
 
     ``store`` overrides the configured psk-lookup-table (the gateway does not close a
-    store it was given); ``transport`` overrides httpx's transport to the backend (tests).
+    store it was given). Requests are forwarded over a :class:`~m2msec.servers.backend.
+    BackendPool` of persistent HTTP/1.1 connections (``backend`` once started).
     """
 
     def __init__(
@@ -522,16 +533,15 @@ class Gateway:
         config: GatewayConfig,
         *,
         store: PskStore | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
         self.stats = GatewayStats()
         self._store = store
         self._own_store = False
-        self._transport = transport
         self._clock = clock
-        self._client: httpx.AsyncClient | None = None
+        #: The client of the backend CSE, once started.
+        self.backend: BackendPool | None = None
         self._tls: list[TLSServer] = []
         self._coap: list[CoapListener] = []
         #: The NAF of the GBA framework (``[gba]``), once started; its Zn client.
@@ -577,15 +587,14 @@ class Gateway:
         try:
             profiles = self._profiles(Transport.TLS)
             dtls_profiles = self._profiles(Transport.DTLS)
-            timeout = httpx.Timeout(cfg.backend_timeout, connect=min(cfg.backend_timeout, 5.0))
-            self._client = httpx.AsyncClient(
-                transport=self._transport,
-                timeout=timeout,
-                follow_redirects=False,
-                trust_env=False,
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            self.backend = BackendPool(
+                cfg.backend,
+                max_connections=BACKEND_CONNECTIONS,
+                max_idle=BACKEND_IDLE_CONNECTIONS,
+                timeout=cfg.backend_timeout,
+                connect_timeout=min(cfg.backend_timeout, 5.0),
+                max_body=MAX_RESPONSE_BODY,
             )
-            self._client.headers.clear()  # no defaults of our own: the client's headers go as sent
             for spec in cfg.listen:
                 if spec.scheme == "dtls":
                     from m2msec.servers.coap_gateway import CoapListener
@@ -647,8 +656,8 @@ class Gateway:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-        if self._client is not None:
-            await self._client.aclose()
+        if self.backend is not None:
+            await self.backend.aclose()
         if self._zn is not None:
             await self._zn.close()
         if self.maf is not None:
@@ -946,50 +955,37 @@ class Gateway:
     async def _forward(
         self, assoc: Association, request: OneM2MRequest, decision: Forward
     ) -> HttpResponse:
-        assert self._client is not None
+        assert self.backend is not None
         headers = forwarded_headers(request, assoc, decision.origin)
         if decision.bind_on_created:
             # The aei must be readable in the answer: ask for it uncompressed.
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
-        url = self.config.backend + request.target
-        content = request.body if request.body or request.method in ("POST", "PUT") else None
         try:
-            upstream = self._client.build_request(
-                request.method, url, headers=headers, content=content
+            resp = await self.backend.request(
+                request.method, request.target, headers, request.body
             )
-            resp = await self._client.send(upstream, stream=True)
-            try:
-                body = bytearray()
-                async for chunk in resp.aiter_raw():
-                    body += chunk
-                    if len(body) > MAX_RESPONSE_BODY:
-                        raise _TooLarge
-                status = resp.status_code
-                out_headers = response_headers(resp.headers.raw)
-            finally:
-                await resp.aclose()
-        except httpx.TimeoutException:
+        except BackendTimeout:
             return self._backend_error(request, RSC.REQUEST_TIMEOUT, "did not answer in time")
-        except httpx.TransportError as exc:
-            return self._backend_error(
-                request, RSC.TARGET_NOT_REACHABLE, f"cannot be reached ({type(exc).__name__})"
-            )
-        except _TooLarge:
+        except BackendTooLarge:
             return self._backend_error(
                 request, RSC.INTERNAL_SERVER_ERROR, "answered more than the gateway relays"
             )
+        except BackendRequestError:
+            # Header text HTTP/1.1 cannot carry (e.g. from CoAP options): nothing was sent.
+            self.stats.bad_requests += 1
+            return _answer(request, RSC.BAD_REQUEST, "the request cannot be forwarded as HTTP")
+        except BackendError as exc:
+            return self._backend_error(
+                request, RSC.TARGET_NOT_REACHABLE, f"cannot be reached ({exc})"
+            )
         self.stats.requests_forwarded += 1
-        return HttpResponse(status, out_headers, bytes(body))
+        return HttpResponse(resp.status, response_headers(resp.headers), resp.body)
 
     def _backend_error(self, request: OneM2MRequest, rsc: int, what: str) -> HttpResponse:
         self.stats.backend_errors += 1
         target = _short(request.target)
         log.error("backend %s %s (%s %s)", self.config.backend, what, request.method, target)
         return _answer(request, rsc, f"the CSE behind the gateway {what}")
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _answer(request: OneM2MRequest, rsc: int, message: str) -> HttpResponse:
