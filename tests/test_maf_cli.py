@@ -151,7 +151,7 @@ def test_keys_listing_never_shows_values(runner: CliRunner, db: Path) -> None:
         (("--fqdn", MAF_FQDN, "--listen", "http://127.0.0.1:1"), "tls://HOST:PORT only"),
         (("--fqdn", MAF_FQDN), "--cert, --key, --ca"),
         (
-            ("--fqdn", MAF_FQDN, "--retrieval-listen", "off", "--store", "postgresql://db/maf"),
+            ("--fqdn", MAF_FQDN, "--retrieval-listen", "off", "--store", "postgresql://db/maf?bogus=1"),
             "PostgreSQL",
         ),
         (("--fqdn", MAF_FQDN, "--log-level", "loud"), "--log-level"),

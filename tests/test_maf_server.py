@@ -678,7 +678,7 @@ async def test_server_start_errors(tmp_path: Path, pki: Pki) -> None:
     cfg = MafConfig(MAF_FQDN, str(tmp_path / "maf.db"), f"tls://{HOST}:0", f"tls://{HOST}:0")
     with pytest.raises(ConfigurationError, match="--cert, --key, --ca"):
         await MafServer(cfg).start()
-    cfg = MafConfig(MAF_FQDN, "postgresql://db.example/maf", f"tls://{HOST}:0", None)
+    cfg = MafConfig(MAF_FQDN, "postgresql://db.example/maf?bogus=1", f"tls://{HOST}:0", None)
     with pytest.raises(ConfigurationError, match="PostgreSQL"):
         await MafServer(cfg).start()
     cfg = MafConfig(MAF_FQDN, str(tmp_path / "maf.db"), f"http://{HOST}:0", None)
@@ -769,3 +769,26 @@ async def test_expired_keys_and_old_audit_records_are_purged(tmp_path: Path, pki
     finally:
         await server.close()
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("store", "durability", "expected"),
+    [
+        ("maf.db", None, "normal"),
+        ("postgresql://db.example/maf", None, "full"),
+        ("postgres://db.example/maf", None, "full"),
+        ("maf.db", "full", "full"),
+        ("postgresql://db.example/maf", "normal", "normal"),
+    ],
+)
+def test_durability_default_depends_on_the_store(
+    store: str, durability: str | None, expected: str
+) -> None:
+    # SQLite "normal" survives a killed MAF; a shared PostgreSQL defaults to synchronous commits.
+    cfg = MafConfig(MAF_FQDN, store, f"tls://{HOST}:0", None, durability=durability)
+    assert cfg.effective_durability == expected
+
+
+def test_durability_must_be_known() -> None:
+    with pytest.raises(ConfigurationError, match="durability must be 'full' or 'normal'"):
+        MafConfig(MAF_FQDN, "maf.db", f"tls://{HOST}:0", None, durability="fast")

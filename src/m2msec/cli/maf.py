@@ -47,6 +47,7 @@ from m2msec.maf.store import (
     default_maf_store_path,
     open_maf_store,
     parse_km_id,
+    redact_url,
 )
 
 __all__ = ["app"]
@@ -122,7 +123,8 @@ def _open(store: str | None) -> Iterator[MafStore]:
 
 
 def _store_name(store: str | None) -> str:
-    return store if store is not None else str(default_maf_store_path())
+    # A postgresql:// URL may hold a password: never printed.
+    return redact_url(store) if store is not None else str(default_maf_store_path())
 
 
 def _read_key(value: str) -> bytes:
@@ -426,6 +428,16 @@ def serve(
         ),
     ] = None,
     store: StoreOption = None,
+    durability: Annotated[
+        str | None,
+        typer.Option(
+            "--durability",
+            metavar="MODE",
+            help="normal (commits survive the process being killed; the default for SQLite) "
+            "or full (also a power cut or a database crash: the default for PostgreSQL).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
@@ -444,6 +456,7 @@ def serve(
         "maf.store": store,
         "maf.in_domain": in_domain,
         "maf.key_lifetime": key_lifetime,
+        "maf.durability": durability,
         "certificates.cert": None if cert is None else str(cert),
         "certificates.key": None if key is None else str(key),
         "certificates.ca": None if ca is None else str(ca),
@@ -491,7 +504,7 @@ async def _serve(cfg: Any, console: Console) -> dict[str, Any]:
         table.add_row("Key Retrieval", "off")
     table.add_row(
         "store",
-        f"{st.path}: {len(st.list_clients())} clients, "
+        f"{st.location}: {len(st.list_clients())} clients, "
         f"{st.count_keys(live_at=datetime.now(UTC))} live keys",
     )
     table.add_row("Entity B", ", ".join(st.list_entity_b()) or "none allowed yet")

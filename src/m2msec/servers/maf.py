@@ -18,17 +18,19 @@ Two TLS listeners, one framework each:
 
 Requests are HTTP/1.1 (:mod:`m2msec.bindings.http`) mapped onto the procedures by
 :mod:`m2msec.maf.protocol`. Every write (key registrations above all) and every audit record
-goes through one *journal* task that commits what has queued up in one SQLite transaction
+goes through one *journal* that commits what has queued up in one SQLite transaction
 (each request in its own savepoint, the batch's audit records in the ``audit`` table of the
 same transaction), copies the records to the ``audit.log`` file, and only then lets the
 requests be answered: a 2001 CREATED is never sent for a key that is not committed, and
 concurrent requests share the cost of the commit (group commit).
 
-Durability (``durability``): "full" (default) fsyncs every commit, from a worker thread
-while the event loop goes on serving; "normal" commits on the loop's thread without fsync
-(SQLite ``synchronous=NORMAL``, WAL): a committed key still survives the MAF process being
-killed, but not necessarily a power cut, after which Entity A's next handshake with Entity
-B fails and it runs a fresh MAF Handshake (8.2.2.3). See docs/maf.md.
+Durability (``durability``): "normal" commits on the loop's thread without fsync (SQLite
+``synchronous=NORMAL``, WAL): a committed key survives the MAF process being killed, but
+not necessarily a power cut, after which Entity A's next handshake with Entity B fails and
+it runs a fresh MAF Handshake (8.2.2.3). "full" fsyncs every commit, from the journal's
+worker thread while the event loop goes on serving. The default is "normal" for SQLite and
+"full" for PostgreSQL, where "normal" would let a crash of the database server (which
+several MAF instances share) lose acknowledged keys. See docs/maf.md.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import secrets
 import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -140,7 +143,8 @@ class MafConfig:
     idle_timeout: float = 120.0
     max_body: int = 64 * 1024
     audit_log: str | None = None
-    durability: str = "full"
+    durability: str | None = None
+    """"normal", "full", or None: "normal" for SQLite, "full" for PostgreSQL."""
     purge_interval: float = 3600.0
     retention: float = 7 * 86400.0
     audit_retention: float = 400 * 86400.0
@@ -170,8 +174,15 @@ class MafConfig:
             raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")
         if self.retention < 0 or self.audit_retention < 0:
             raise ConfigurationError("retention and audit_retention must be >= 0")
-        if self.durability not in ("full", "normal"):
+        if self.durability not in (None, "full", "normal"):
             raise ConfigurationError("durability must be 'full' or 'normal'")
+
+    @property
+    def effective_durability(self) -> str:
+        if self.durability is not None:
+            return self.durability
+        store = (self.store or "").lower()
+        return "full" if store.startswith(("postgresql:", "postgres:")) else "normal"
 
     @property
     def effective_in_domain(self) -> str:
@@ -363,15 +374,19 @@ class _Job:
     atomic: bool = False
 
 
-_STOP: Final = _Job(None, lambda _o: (), None)
-
-
 class _Journal:
     """Group commit of store writes and audit records (module documentation).
 
-    ``inline`` commits on the event loop's thread: only sensible when commits do not
-    fsync (durability "normal"); otherwise each batch runs in a worker thread while the
-    loop goes on serving (and queueing the next batch).
+    Jobs queue in a list; whenever no commit is running, everything queued (up to
+    :data:`MAX_BATCH`) becomes the next transaction, and the jobs that arrive meanwhile
+    make up the one after it. No task sits in between: a request's future is resolved by
+    the callback that ends its batch.
+
+    ``inline`` commits on the event loop's thread, in a callback run once the loop has
+    served what is ready (so that the requests of one loop iteration share the commit):
+    only sensible when commits do not fsync (durability "normal"). Otherwise each batch
+    runs in the journal's one worker thread while the loop goes on serving (and queueing
+    the next batch).
     """
 
     def __init__(self, store: MafStore, audit: AuditLog, *, inline: bool = False) -> None:
@@ -380,67 +395,128 @@ class _Journal:
         self.inline = inline
         self.batches = 0
         self.jobs = 0
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._pending: list[_Job] = []
+        self._busy = False  # a batch is scheduled or being committed
+        self._waited = False  # inline: the next batch has waited one loop iteration
+        self._running = False
+        self._idle: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="maf-journal")
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        if not self.inline:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="maf-journal")
+        self._running = True
 
     async def submit(
         self, op: Callable[[MafWriter], Any] | None, audit: AuditFor, *, atomic: bool = False
     ) -> Outcome:
         """Run ``op`` in the next group transaction; return its result or the exception it
-        raised (a failed commit raises StoreError here) once commit and audit are written."""
-        if self._task is None:
+        raised (a failed commit raises StoreError here) once commit and audit are written.
+
+        A cancelled caller does not take its job back: it is committed all the same."""
+        if not self._running or self._loop is None:
             raise StoreError("the MAF journal is not running")
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(op, audit, future, atomic))
-        return await asyncio.shield(future)
+        future: asyncio.Future[Outcome] = self._loop.create_future()
+        self._enqueue(_Job(op, audit, future, atomic))
+        return await future
 
     def note(self, records: Sequence[dict[str, str | int]]) -> None:
         """Queue audit records nobody waits for (handshake refusals)."""
-        if self._task is not None:
-            self._queue.put_nowait(_Job(None, lambda _r: records, None))
+        if self._running:
+            self._enqueue(_Job(None, lambda _r: records, None))
 
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Commit what is queued (for at most ``grace`` seconds), then stop."""
-        task, self._task = self._task, None
-        if task is None:
+        if not self._running:
             return
-        self._queue.put_nowait(_STOP)
+        self._running = False
+        assert self._idle is not None
         try:
-            await asyncio.wait_for(asyncio.shield(task), grace)
+            await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            log.error("MAF journal: %d writes not committed at shutdown", len(self._pending))
+        pending, self._pending = self._pending, []
+        for job in pending:
+            _finish(job, StoreError("the MAF is shutting down"), error=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            if _STOP in batch:
-                stopping = True
-                batch = [job for job in batch if job is not _STOP]
-                if not batch:
-                    break
+    def _enqueue(self, job: _Job) -> None:
+        self._pending.append(job)
+        if not self._busy:
+            self._busy = True
+            assert self._loop is not None and self._idle is not None
+            self._idle.clear()
+            self._loop.call_soon(self._next_batch)
+
+    def _next_batch(self) -> None:
+        if self.inline and not self._waited and len(self._pending) < MAX_BATCH:
+            # One more loop iteration first: requests whose bytes arrive in its poll join
+            # this commit (an inline commit holds the loop, so grouping is what saves).
+            self._waited = True
+            assert self._loop is not None
+            self._loop.call_soon(self._next_batch)
+            return
+        self._waited = False
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        if not batch:
+            self._busy = False
+            assert self._idle is not None
+            self._idle.set()
+            return
+        if self.inline:
             try:
-                if self.inline:
-                    outcomes = self._commit(batch)
-                else:
-                    outcomes = await asyncio.to_thread(self._commit, batch)
+                outcomes = self._commit(batch)
             except Exception as exc:
-                log.error("MAF journal: %s", exc)
-                failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
-                for job in batch:
-                    _finish(job, failure, error=True)
-                continue
-            self.batches += 1
-            self.jobs += len(batch)
-            for job, outcome in zip(batch, outcomes, strict=True):
-                _finish(job, outcome)
+                self._failed(batch, exc)
+            else:
+                self._done(batch, outcomes)
+            self._after_batch()
+            return
+        assert self._loop is not None and self._executor is not None
+        work = self._loop.run_in_executor(self._executor, self._commit, batch)
+        work.add_done_callback(lambda f: self._thread_done(batch, f))
+
+    def _thread_done(self, batch: list[_Job], work: asyncio.Future[list[Outcome]]) -> None:
+        exc = work.exception() if not work.cancelled() else StoreError("commit cancelled")
+        if exc is None:
+            self._done(batch, work.result())
+        else:
+            self._failed(batch, exc)
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        # Jobs that queued meanwhile form the next batch (group commit); without any, the
+        # journal goes idle. The next batch starts at once on the loop: the jobs queued
+        # while this one was committed already shared the wait.
+        if self._pending:
+            if self.inline:
+                assert self._loop is not None
+                self._loop.call_soon(self._next_batch)
+            else:
+                self._next_batch()
+        else:
+            self._busy = False
+            assert self._idle is not None
+            self._idle.set()
+
+    def _done(self, batch: list[_Job], outcomes: list[Outcome]) -> None:
+        self.batches += 1
+        self.jobs += len(batch)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            _finish(job, outcome)
+
+    @staticmethod
+    def _failed(batch: list[_Job], exc: BaseException) -> None:
+        log.error("MAF journal: %s", exc)
+        failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+        for job in batch:
+            _finish(job, failure, error=True)
 
     def _commit(self, batch: list[_Job]) -> list[Outcome]:
         outcomes: list[Outcome] = [None] * len(batch)
@@ -597,10 +673,11 @@ class MafServer:
             retrieval_spec = cfg.listener("retrieval_listen") if cfg.retrieval_listen else None
             retrieval_profile = self._retrieval_profile() if retrieval_spec else None
             if self._store is None:
-                self._store = open_maf_store(cfg.store, synchronous=cfg.durability)
+                self._store = open_maf_store(cfg.store, synchronous=cfg.effective_durability)
             self._audit = AuditLog(self.audit_path, fsync=False)
-            # Commit on the loop's thread only when commits do not fsync.
-            inline = self._store.synchronous != "full"
+            # Commit on the loop's thread only when commits do not fsync (never for
+            # PostgreSQL: a commit there is a network round trip).
+            inline = self._store.synchronous != "full" and self._store.in_process
             self._journal = _Journal(self._store, self._audit, inline=inline)
             self._journal.start()
             self._client_server = TLSServer(
@@ -807,9 +884,14 @@ class MafServer:
                             event.request,
                         )
                     http.send_response(response)
-                await conn.send(http.data_to_send())
+                out = http.data_to_send()
                 if http.closed:
+                    # The connection's last answer: left in the engine, it goes out in one
+                    # write with the close_notify TLSServer sends when this handler returns.
+                    with contextlib.suppress(HandshakeError):
+                        conn.engine.send(out)
                     return
+                await conn.send(out)
         except (ConnectionError, OSError) as exc:
             log.debug("connection ended: %s", exc)
 
