@@ -42,12 +42,28 @@ class HandshakeState:
     raw_psk_identity: bytes | None = None
     #: Entity B: the recorded session the client offers and may resume (see sessions).
     resumption: SessionEntry | None = None
+    #: Entity B: the psk identities the client offered, whole, as the engine read them.
+    offered_identities: list[bytes] = field(default_factory=list)
 
 
 def _state(conn: SSL.Connection) -> HandshakeState:
     state = conn.get_app_data()
     assert isinstance(state, HandshakeState)
     return state
+
+
+def _whole(identity: bytes, offered: list[bytes]) -> bytes:
+    """The offered identity that OpenSSL cut at its first NUL into ``identity``.
+
+    OpenSSL passes the legacy PSK callback a C string; a TLS 1.3 ticket (random octets)
+    holds a NUL about one time in eight, and must still be recognised as ours.
+    """
+    if identity in offered:
+        return identity
+    for whole in offered:
+        if whole.split(b"\0", 1)[0] == identity:
+            return whole
+    return identity
 
 
 def _printable(identity: bytes) -> str:
@@ -62,6 +78,8 @@ def install(profile: TLSProfile) -> None:
 
         def server_lookup(conn: SSL.Connection, identity: bytes) -> bytes | None:
             state = _state(conn)
+            if b"\0" in b"".join(state.offered_identities):
+                identity = _whole(identity, state.offered_identities)
             if profile.session_cache is not None and identity in profile.session_cache:
                 # A TLS 1.3 ticket of ours: OpenSSL finds it in its cache once we decline.
                 from m2msec.tls.sessions import screen

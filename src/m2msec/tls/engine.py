@@ -107,7 +107,12 @@ class TLSEngine:
             self._peek = bytearray()
         self._conn = conn
         self._sniffer: PskIdentitySniffer | None = None
-        if profile.server_side and profile.psk_async_resolver is not None:
+        # Entity B reads the client's psk identities itself: for the async resolver, and for
+        # TLS 1.3 tickets, which OpenSSL hands the PSK callback cut at their first NUL octet.
+        if profile.server_side and (
+            profile.psk_async_resolver is not None
+            or (profile.session_cache is not None and profile.transport is Transport.TLS)
+        ):
             self._sniffer = PskIdentitySniffer(datagram=profile.transport is Transport.DTLS)
         # Client side: a suite-aware PSK offer (GBA's NAF_Id, READINGS A-09) learns the
         # negotiated suite from the server's ServerHello, read here before OpenSSL's callback.
@@ -167,13 +172,15 @@ class TLSEngine:
             if self._awaiting:
                 self._held.append(data)
                 return
+            found = self._sniffer.feed(data)
+            self._state.offered_identities.extend(found)
             tickets = self.profile.session_cache or ()
             new = [
                 i
-                for i in self._sniffer.feed(data)
+                for i in found
                 if i not in self._state.prefetched and i not in tickets
             ]
-            if new:
+            if new and self.profile.psk_async_resolver is not None:
                 self._held.append(data)
                 self._awaiting.update(new)
                 for identity in new:
