@@ -3,8 +3,10 @@
 Targets, both on 127.0.0.1 with the same PSK (identity ``KPSA_ID``, key ``KPSA_TEXT``):
 
 * ``ours``: :func:`m2msec.tls.aio_dtls.start_dtls_server` with the provisioned-PSK
-  responder (TS-0003 8.2.2.1) over a SQLite psk-lookup-table, in its own process
-  (asyncio's loop, or uvloop with ``--uvloop``); stateless cookies, resumption cache on.
+  responder (TS-0003 8.2.2.1) over a SQLite psk-lookup-table, in its own process;
+  stateless cookies, resumption cache on. Two such targets when uvloop is installed:
+  ``ours`` on asyncio's own loop and ``ours-uv`` on uvloop (``asyncio.Runner`` with
+  ``uvloop.new_event_loop``, as ``m2msec gateway serve`` runs), same run, same load.
 * ``libcoap``: ``coap-server-openssl -k KEY`` (libcoap's example server on OpenSSL),
   DTLS on its secure port (``-p`` + 1).
 
@@ -23,8 +25,8 @@ Measurements:
   ``dtls://`` listener (one association per client process, each request waiting for its
   answer from an HTTP backend standing in for the CSE).
 
-    python bench/bench_dtls.py                        # ~1 minute
-    python bench/bench_dtls.py --seconds 5 --rounds 3 --idle 2000 --uvloop
+    python bench/bench_dtls.py                        # ~1.5 minutes
+    python bench/bench_dtls.py --seconds 5 --rounds 3 --idle 2000 --loops uvloop
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import multiprocessing as mp
 import os
 import shutil
@@ -119,7 +122,8 @@ def run_ours(port: int, store_path: str, ready: MpEvent, stop: MpEvent, uvloop: 
     if uvloop:
         import uvloop as uv
 
-        uv.run(main())
+        with asyncio.Runner(loop_factory=uv.new_event_loop) as runner:
+            runner.run(main())
     else:
         asyncio.run(main())
 
@@ -284,7 +288,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--clients", type=int, default=2, help="load generator processes")
     ap.add_argument("--idle", type=int, default=1000, help="idle associations for memory")
-    ap.add_argument("--uvloop", action="store_true", help="run our server on uvloop")
+    ap.add_argument(
+        "--loops",
+        default="asyncio,uvloop",
+        help="event loops to run our server on (comma-separated; uvloop when installed)",
+    )
     ap.add_argument("--no-libcoap", action="store_true")
     args = ap.parse_args()
     if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 10 or not 0 < args.idle <= 10000:
@@ -302,15 +310,23 @@ def main() -> int:
 
         targets: list[Target] = []
         ctx = mp.get_context("spawn")
-        ready = ctx.Event()
-        port = free_udp_port()
-        ours = ctx.Process(target=run_ours, args=(port, store_path, ready, stop, args.uvloop))
-        ours.start()
-        procs.append(ours)
-        if not ready.wait(20):
-            raise RuntimeError("our DTLS server did not start")
-        assert ours.pid is not None
-        targets.append(Target("ours" + ("-uv" if args.uvloop else ""), port, ours.pid))
+        loops = [x.strip() for x in args.loops.split(",") if x.strip()]
+        if "uvloop" in loops and importlib.util.find_spec("uvloop") is None:
+            log("uvloop not installed: our server on asyncio's loop only")
+            loops = [x for x in loops if x != "uvloop"] or ["asyncio"]
+        for loop_name in loops:
+            if loop_name not in ("asyncio", "uvloop"):
+                ap.error(f"unknown event loop {loop_name!r}")
+            ready = ctx.Event()
+            port = free_udp_port()
+            uv = loop_name == "uvloop"
+            ours = ctx.Process(target=run_ours, args=(port, store_path, ready, stop, uv))
+            ours.start()
+            procs.append(ours)
+            if not ready.wait(20):
+                raise RuntimeError("our DTLS server did not start")
+            assert ours.pid is not None
+            targets.append(Target("ours-uv" if uv else "ours", port, ours.pid))
 
         if not args.no_libcoap:
             binary = shutil.which("coap-server-openssl")
@@ -353,16 +369,23 @@ def main() -> int:
             kib = memory[t.name][0] / 1024
             suite = rates[t.name][-1].suite
             print(f"{t.name:10} {ops:9.1f} {cpu:10.3f} {failed:7d} {kib:9.1f}  {suite}")
-        if len(targets) == 2:
-            (a, (ops_a, cpu_a)), (b, (ops_b, cpu_b)) = med.items()
-            mem_a, mem_b = memory[a][0], memory[b][0]
-            print()
-            print(f"handshakes/s  {a} / {b}: {ops_a / ops_b:.2f}x   (goal >= 1.0x)")
-            print(f"CPU per hs    {a} / {b}: {cpu_a / cpu_b:.2f}x   (lower is better)")
-            if mem_b > 0:
-                print(f"memory/idle   {a} / {b}: {mem_a / mem_b:.2f}x")
-        kib = memory[targets[0].name][0] / 1024
-        print(f"memory per idle association, ours: {kib:.1f} KiB (goal < 20 KiB)")
+        if "libcoap" in med:
+            ops_b, cpu_b = med["libcoap"]
+            mem_b = memory["libcoap"][0]
+            for a, (ops_a, cpu_a) in med.items():
+                if a == "libcoap":
+                    continue
+                mem_a = memory[a][0]
+                print()
+                print(f"handshakes/s  {a} / libcoap: {ops_a / ops_b:.2f}x   (goal >= 1.0x)")
+                print(f"CPU per hs    {a} / libcoap: {cpu_a / cpu_b:.2f}x   (lower is better)")
+                if mem_b > 0:
+                    print(f"memory/idle   {a} / libcoap: {mem_a / mem_b:.2f}x")
+        print()
+        for t in targets:
+            if t.name != "libcoap":
+                kib = memory[t.name][0] / 1024
+                print(f"memory per idle association, {t.name}: {kib:.1f} KiB (goal < 20 KiB)")
         if not coap_available():
             print("CoAP requests/s through the gateway: no dtls:// listener in this tree")
         return 0

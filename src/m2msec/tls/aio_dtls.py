@@ -35,6 +35,7 @@ from m2msec.tls.dtls import (
     PeerDataReceived,
     PeerFailed,
     PeerHandshakeComplete,
+    PeerPskLookupNeeded,
 )
 from m2msec.tls.engine import ConnectionClosed, DataReceived, HandshakeComplete, HandshakeFailed
 from m2msec.tls.profiles import TLSProfile
@@ -174,7 +175,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_due: float | None = None
+        self._timer_due = 0.0
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -237,6 +238,10 @@ class _ServerProtocol(asyncio.DatagramProtocol):
                 closed = self.associations.pop(addr, None)
                 if closed is not None:
                     closed._on_closed()
+            elif isinstance(event, PeerPskLookupNeeded):
+                task = self._loop.create_task(self._lookup(event))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
             elif isinstance(event, PeerFailed):
                 log.info("DTLS security association with %s refused: %s", _fmt(addr), event.reason)
                 if self.on_failure is not None:
@@ -244,6 +249,24 @@ class _ServerProtocol(asyncio.DatagramProtocol):
                         self.on_failure(addr, event.reason)
                     except Exception:
                         log.exception("on_failure hook failed")
+
+    async def _lookup(self, event: PeerPskLookupNeeded) -> None:
+        # As over TLS (m2msec.tls.aio): the handshake deadline keeps running, so a slow
+        # MAF or BSF ends in "DTLS handshake timed out".
+        resolver = self.server.profile.psk_async_resolver
+        assert resolver is not None
+        answer: tuple[bytes, PeerBinding] | HandshakeError | None
+        try:
+            answer = await resolver(event.identity, event.cipher_suite)
+        except HandshakeError as exc:
+            answer = exc
+        except Exception:
+            log.exception("asynchronous PSK lookup failed")
+            answer = HandshakeError("psk_identity could not be resolved")
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._send(self.server.provide_psk(event.addr, event.identity, answer))
+        self._after()
 
     def _sender_for(self, addr: Address, engine: DTLSEngine) -> Callable[[bytes], None]:
         def send(data: bytes) -> None:
@@ -277,7 +300,8 @@ class _ServerProtocol(asyncio.DatagramProtocol):
     # timers
     def _schedule(self) -> None:
         due = self.server.next_timer()
-        if due == self._timer_due and self._timer is not None:
+        if self._timer is not None and (due is None or self._timer_due <= due):
+            # The armed timer fires no later than needed; firing early only re-arms.
             return
         self._cancel_timer()
         if due is None or self.transport is None or self.transport.is_closing():
@@ -288,7 +312,6 @@ class _ServerProtocol(asyncio.DatagramProtocol):
 
     def _fire(self) -> None:
         self._timer = None
-        self._timer_due = None
         self._send(self.server.on_timer())
         self._after()
 
@@ -296,7 +319,6 @@ class _ServerProtocol(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
-        self._timer_due = None
 
 
 class DTLSServerHandle:

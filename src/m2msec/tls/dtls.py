@@ -23,12 +23,22 @@ Design (RFC 6347 references in brackets):
 * Cookies [4.2.1]: before any per-peer state exists, a ClientHello from an address that
   has not proved it can receive there is answered with a HelloVerifyRequest. The cookie
   is ``HMAC-SHA256(secret, address || window)[:16]`` with a secret that changes every
-  window; cookies of the current and of the previous window are accepted. The check runs
-  in OpenSSL (``DTLSv1_listen`` on a throwaway connection per datagram). The answer to an
-  unverified address is never larger than the datagram it answers (no amplification).
+  window; cookies of the current and of the previous window are accepted. A ClientHello
+  without a valid cookie is answered in Python, without OpenSSL. One with a valid cookie
+  goes to ``DTLSv1_listen`` on the connection of the engine that will run the handshake
+  (OpenSSL's server expects message_seq 0 unless ``DTLSv1_listen`` ran, and the
+  ClientHello's message_seq is in the Finished hash, so it cannot be rewritten); OpenSSL's
+  own cookie checks then compare with the cookie already verified instead of recomputing
+  HMACs. The answer to an unverified address is never larger than the datagram it
+  answers (no amplification).
 * Bounds: at most ``max_half_open`` handshakes in progress and ``max_peers`` peers;
   peers idle for ``idle_timeout`` are evicted. Invalid datagrams are dropped silently
-  [4.1.2.7] and never cost the server state.
+  [4.1.2.7] and never cost the server state. Retransmission timers of half-open
+  handshakes sit in one heap, so :meth:`DTLSServer.next_timer` costs O(log n), not a
+  scan of every handshake per datagram.
+* PSK identities resolved over the network (MAF, GBA: the profile's
+  ``psk_async_resolver``) surface as :class:`PeerPskLookupNeeded`; the answer goes to
+  :meth:`DTLSServer.provide_psk`.
 * A verified ClientHello from the address of an established peer (a client that lost
   its state) starts a new handshake beside the association, which it replaces only once
   it completes [4.2.8]; a replayed ClientHello therefore cannot tear an association down.
@@ -42,8 +52,9 @@ Design (RFC 6347 references in brackets):
 
 from __future__ import annotations
 
-import hashlib
+import heapq
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -56,12 +67,13 @@ from OpenSSL import SSL
 
 from m2msec.errors import ConfigurationError, HandshakeError, M2MSecError
 from m2msec.tls.callbacks import HandshakeState
-from m2msec.tls.context import SecurityContext
+from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
     HandshakeComplete,
     HandshakeFailed,
+    PskLookupNeeded,
     TLSEngine,
 )
 from m2msec.tls.profiles import TLSProfile, Transport
@@ -220,9 +232,11 @@ class DTLSEngine(TLSEngine):
     TS-0003 10.2.1/10.2.2 profiles come from :func:`m2msec.tls.profiles.new_context`
     with ``Transport.DTLS``.
 
-    ``connection`` adopts a server connection that already passed ``DTLSv1_listen``
-    (:class:`DTLSServer` does this); its app data must be a ``HandshakeState``, and
-    ``client_hello_seq`` is the record sequence number of the ClientHello it verified.
+    ``connection`` adopts a server connection that already passed ``DTLSv1_listen``;
+    its app data must be a ``HandshakeState``. Alternatively ``state`` replaces the app
+    data of the engine's own connection before ``DTLSv1_listen`` runs on it (what
+    :class:`DTLSServer` does). ``client_hello_seq`` is the record sequence number of the
+    ClientHello that ``DTLSv1_listen`` verified.
     """
 
     def __init__(
@@ -236,6 +250,7 @@ class DTLSEngine(TLSEngine):
         connection: SSL.Connection | None = None,
         client_hello_seq: int | None = None,
         session: ClientSession | None = None,
+        state: HandshakeState | None = None,
     ) -> None:
         if profile.transport is not Transport.DTLS:
             raise ConfigurationError("DTLSEngine needs a profile built for Transport.DTLS")
@@ -245,11 +260,16 @@ class DTLSEngine(TLSEngine):
             raise ConfigurationError("handshake_timeout must be positive")
         super().__init__(profile, server_name=server_name, session=session)
         if connection is not None:
-            state = connection.get_app_data()
-            if not isinstance(state, HandshakeState):
+            adopted = connection.get_app_data()
+            if not isinstance(adopted, HandshakeState):
                 raise ConfigurationError("an adopted DTLS connection needs a HandshakeState")
             self._conn = connection
+            self._state = adopted
+        elif state is not None:
+            # DTLSServer: the engine's own connection runs DTLSv1_listen, with the cookie
+            # state as its app data (no second SSL object per handshake).
             self._state = state
+            self._conn.set_app_data(state)
         # Memory BIOs cannot report a path MTU: without this flag OpenSSL would replace
         # ours with a guess after repeated timeouts.
         self._conn.set_options(SSL.OP_NO_QUERY_MTU)
@@ -321,9 +341,16 @@ class DTLSEngine(TLSEngine):
     # -- output --------------------------------------------------------------------------
     def datagrams_to_send(self) -> list[bytes]:
         """The pending records packed into datagrams of at most :attr:`mtu` octets."""
-        records = split_records(self.data_to_send())
+        data = self.data_to_send()
+        if not data:
+            return []
+        if self._epoch0_floor is None and len(data) <= self.mtu:
+            return [data]  # what packing would give: all records in one datagram
+        records = split_records(data)
         if self._epoch0_floor is not None:
             records = [self._renumber(r) for r in records]
+            if self._epoch0_offset == 0:
+                self._epoch0_floor = None  # OpenSSL's numbers already continue the peer's
         return pack_datagrams(records, self.mtu)
 
     def _renumber(self, record: bytes) -> bytes:
@@ -410,7 +437,7 @@ class CookieJar:
 
     def _mac(self, secret: bytes, peer: bytes, index: int) -> bytes:
         msg = peer + index.to_bytes(8, "big", signed=True)
-        return hmac.new(secret, msg, hashlib.sha256).digest()[: self.length]
+        return hmac.digest(secret, msg, "sha256")[: self.length]
 
     def cookie(self, peer: bytes) -> bytes:
         """The cookie for ``peer`` (see :func:`address_key`) in the current window."""
@@ -436,6 +463,9 @@ class _PeerState(HandshakeState):
 
     peer: bytes = b""
     jar: CookieJar | None = None
+    verified: bytes | None = None
+    """The cookie :class:`DTLSServer` already checked in Python for this ClientHello:
+    OpenSSL's checks of the same octets compare against it instead of computing HMACs."""
 
 
 def _generate_cookie(conn: SSL.Connection) -> bytes:
@@ -449,6 +479,8 @@ def _verify_cookie(conn: SSL.Connection, cookie: bytes) -> bool:
     state = conn.get_app_data()
     if not isinstance(state, _PeerState) or state.jar is None:
         return False
+    if state.verified is not None:
+        return hmac.compare_digest(cookie, state.verified)
     return state.jar.verify(state.peer, cookie)
 
 
@@ -496,6 +528,19 @@ class PeerFailed(PeerEvent):
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class PeerPskLookupNeeded(PeerEvent):
+    """The handshake with ``addr`` waits for the profile's ``psk_async_resolver``.
+
+    MAF- and GBA-based associations (TS-0003 8.3, 8.5) resolve the psk_identity over the
+    network; answer with :meth:`DTLSServer.provide_psk`. Datagrams that arrive meanwhile
+    are held by the engine, and the handshake deadline keeps running.
+    """
+
+    identity: bytes
+    cipher_suite: int | None
+
+
 @dataclass(slots=True)
 class DTLSServerStats:
     """Counters for operators and tests."""
@@ -516,6 +561,8 @@ class _Peer:
     last_seen: float
     pending: DTLSEngine | None = None
     """A new handshake from the same address (RFC 6347 4.2.8), run beside ``engine``."""
+    timer: int = -1
+    """Token of this peer's live entry in the server's timer heap (older ones are stale)."""
 
     @property
     def handshaking(self) -> DTLSEngine | None:
@@ -576,6 +623,10 @@ class DTLSServer:
         self._peers: OrderedDict[Address, _Peer] = OrderedDict()
         self._half_open: set[Address] = set()
         self._events: deque[PeerEvent] = deque()
+        # Retransmission timers of half-open handshakes: a heap of (due, token, addr),
+        # one live entry per peer (its token), stale ones dropped when they surface.
+        self._timers: list[tuple[float, int, Address]] = []
+        self._tokens = itertools.count()
 
     # -- introspection -------------------------------------------------------------------
     @property
@@ -628,6 +679,23 @@ class DTLSServer:
             out += self._flush(addr, peer, peer.pending)
         return out
 
+    def provide_psk(
+        self,
+        addr: Address,
+        identity: bytes,
+        answer: tuple[bytes, PeerBinding] | HandshakeError | None,
+    ) -> Outgoing:
+        """The async resolver's answer to a :class:`PeerPskLookupNeeded` for ``addr``.
+
+        Ignored (returns nothing) when that handshake has ended or been replaced meanwhile.
+        """
+        peer = self._peers.get(addr)
+        engine = peer.handshaking if peer is not None else None
+        if peer is None or engine is None or not engine.psk_lookups_pending:
+            return []
+        engine.provide_psk(identity, answer)
+        return self._flush(addr, peer, engine)
+
     def send(self, addr: Address, data: bytes) -> Outgoing:
         """Encrypt one application message for ``addr`` (see :meth:`DTLSEngine.send`)."""
         peer = self._peers.get(addr)
@@ -656,13 +724,10 @@ class DTLSServer:
     # -- timers --------------------------------------------------------------------------
     def next_timer(self) -> float | None:
         """When (on this server's clock) :meth:`on_timer` should run next, if ever."""
-        now = self._clock()
-        due: float | None = None
-        for addr in self._half_open:
-            engine = self._peers[addr].handshaking
-            left = engine.timeout(now) if engine is not None else 0.0
-            if left is not None and (due is None or now + left < due):
-                due = now + left
+        timers = self._timers
+        while timers and not self._live(timers[0]):
+            heapq.heappop(timers)
+        due: float | None = timers[0][0] if timers else None
         if self._peers:
             oldest = next(iter(self._peers.values()))
             idle_due = oldest.last_seen + self.settings.idle_timeout
@@ -673,6 +738,14 @@ class DTLSServer:
         """Retransmit due flights, fail handshakes past their deadline, evict idle peers."""
         now = self._clock() if now is None else now
         out: Outgoing = []
+        # Entries due on this clock go; the engines themselves decide below, as OpenSSL's
+        # retransmission timer runs on the wall clock.
+        popped: set[Address] = set()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            entry = heapq.heappop(timers)
+            if self._live(entry):
+                popped.add(entry[2])
         for addr in list(self._half_open):
             peer = self._peers.get(addr)
             engine = peer.handshaking if peer is not None else None
@@ -682,7 +755,9 @@ class DTLSServer:
             left = engine.timeout(now)
             if left is not None and left <= 0:
                 engine.handle_timeout(now)
-                out += self._flush(addr, peer, engine)
+                out += self._flush(addr, peer, engine)  # re-arms the timer
+            elif addr in popped:
+                self._arm(addr, peer, engine, now)
         return out + self.expire(now)
 
     def expire(self, now: float | None = None) -> Outgoing:
@@ -704,6 +779,25 @@ class DTLSServer:
         return out
 
     # -- internals -----------------------------------------------------------------------
+    def _live(self, entry: tuple[float, int, Address]) -> bool:
+        peer = self._peers.get(entry[2])
+        return peer is not None and peer.timer == entry[1] and entry[2] in self._half_open
+
+    def _arm(
+        self, addr: Address, peer: _Peer, engine: DTLSEngine, now: float | None = None
+    ) -> None:
+        """(Re)arm the retransmission timer of the handshake ``engine`` runs for ``addr``."""
+        now = self._clock() if now is None else now
+        left = engine.timeout(now)
+        if left is None:
+            peer.timer = -1
+            return
+        peer.timer = token = next(self._tokens)
+        heapq.heappush(self._timers, (now + left, token, addr))
+        if len(self._timers) > 4 * len(self._half_open) + 64:  # shed stale entries
+            self._timers = [e for e in self._timers if self._live(e)]
+            heapq.heapify(self._timers)
+
     def _touch(self, addr: Address, peer: _Peer, now: float) -> None:
         peer.last_seen = now
         self._peers.move_to_end(addr)
@@ -730,12 +824,22 @@ class DTLSServer:
                 return self._drop("HelloVerifyRequest would exceed the request", addr)
             self.stats.cookies_sent += 1
             return [(answer, addr)]
-        # A throwaway connection per datagram: OpenSSL parses the ClientHello and checks
-        # the cookie (again), and we keep nothing unless it verifies.
-        state = _PeerState(peer=peer_key, jar=self.cookie_jar)
-        conn = SSL.Connection(self.profile.ssl_context, None)
-        conn.set_app_data(state)
-        conn.set_accept_state()
+        if cookie and self._full(addr, replacing):
+            return []  # refused before any per-peer object is built
+        # The cookie verified in Python (or the ClientHello did not parse here): the
+        # engine's own connection runs DTLSv1_listen, which parses the ClientHello and
+        # sets OpenSSL's handshake sequence numbers past the HelloVerifyRequest; the
+        # engine is kept only if it accepts the datagram.
+        state = _PeerState(peer=peer_key, jar=self.cookie_jar, verified=cookie or None)
+        engine = DTLSEngine(
+            self.profile,
+            mtu=self.settings.mtu,
+            handshake_timeout=self.settings.handshake_timeout,
+            clock=self._clock,
+            client_hello_seq=record_seq(data),
+            state=state,
+        )
+        conn = engine.connection
         conn.bio_write(data)
         try:
             conn.DTLSv1_listen()
@@ -750,20 +854,8 @@ class DTLSServer:
         except Exception as exc:  # garbage must never take the server down
             return self._drop(f"DTLSv1_listen: {exc}", addr)
         self.stats.cookies_verified += 1
-        if len(self._half_open) >= self.settings.max_half_open or (
-            replacing is None and len(self._peers) >= self.settings.max_peers
-        ):
-            self.stats.refused_full += 1
-            log.info("DTLS handshake from %s refused: server full", _fmt(addr))
+        if not cookie and self._full(addr, replacing):
             return []
-        engine = DTLSEngine(
-            self.profile,
-            mtu=self.settings.mtu,
-            handshake_timeout=self.settings.handshake_timeout,
-            clock=self._clock,
-            connection=conn,
-            client_hello_seq=record_seq(data),
-        )
         if replacing is not None:
             peer = replacing
             peer.pending = engine
@@ -775,6 +867,16 @@ class DTLSServer:
         engine.screen_client_hello(data)  # before OpenSSL looks the offered session up
         engine.start()  # processes the ClientHello that DTLSv1_listen buffered
         return self._flush(addr, peer, engine)
+
+    def _full(self, addr: Address, replacing: _Peer | None) -> bool:
+        """Whether a new handshake from ``addr`` must be refused (counted and logged)."""
+        if len(self._half_open) < self.settings.max_half_open and (
+            replacing is not None or len(self._peers) < self.settings.max_peers
+        ):
+            return False
+        self.stats.refused_full += 1
+        log.info("DTLS handshake from %s refused: server full", _fmt(addr))
+        return True
 
     def _flush(self, addr: Address, peer: _Peer, engine: DTLSEngine) -> Outgoing:
         out = [(d, addr) for d in engine.datagrams_to_send()]
@@ -790,6 +892,8 @@ class DTLSServer:
                 self._events.append(PeerHandshakeComplete(addr, event.context))
             elif isinstance(event, DataReceived):
                 self._events.append(PeerDataReceived(addr, event.data))
+            elif isinstance(event, PskLookupNeeded):
+                self._events.append(PeerPskLookupNeeded(addr, event.identity, event.cipher_suite))
             elif isinstance(event, ConnectionClosed | HandshakeFailed):
                 if isinstance(event, HandshakeFailed):
                     self.stats.failed += 1
@@ -804,6 +908,8 @@ class DTLSServer:
                 else:
                     self._forget(addr)
                 self._events.append(ended)
+        if addr in self._half_open and engine is peer.handshaking:
+            self._arm(addr, peer, engine)
         return out
 
 
@@ -833,4 +939,5 @@ __all__ = [
     "PeerEvent",
     "PeerFailed",
     "PeerHandshakeComplete",
+    "PeerPskLookupNeeded",
 ]
