@@ -14,6 +14,7 @@ No identity hint is sent (READINGS A-29); a client ignores any hint it receives.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -47,19 +48,32 @@ def entity_kind(entity_id: str) -> PeerKind:
 
 def binding_for(entry: PskEntry) -> PeerBinding:
     """The identity Entity B associates with a session keyed by ``entry``."""
-    if entry.entity_id:
+    return _binding(entry.entity_id, entry.kpsa_id, entry.expires_at)
+
+
+# Parsing identifiers is a tenth of a DTLS handshake's server CPU; rows change rarely, so
+# the results are kept (bounded). PeerBinding is immutable, so sharing one is safe.
+@functools.lru_cache(maxsize=8192)
+def _binding(entity_id: str | None, kpsa_id: str, expires_at: datetime | None) -> PeerBinding:
+    if entity_id:
         return PeerBinding(
-            peer_id=entry.entity_id,
-            kind=entity_kind(entry.entity_id),
-            key_id=entry.kpsa_id,
-            valid_until=entry.expires_at,
+            peer_id=entity_id,
+            kind=entity_kind(entity_id),
+            key_id=kpsa_id,
+            valid_until=expires_at,
         )
     return PeerBinding(
-        peer_id=str(CredentialId.for_kpsa_id(entry.kpsa_id)),
+        peer_id=str(CredentialId.for_kpsa_id(kpsa_id)),
         kind=PeerKind.CREDENTIAL,
-        key_id=entry.kpsa_id,
-        valid_until=entry.expires_at,
+        key_id=kpsa_id,
+        valid_until=expires_at,
     )
+
+
+@functools.lru_cache(maxsize=8192)
+def _check_kpsa_id(text: str) -> None:
+    """Raises IdentifierError for a malformed KpsaId (only well-formed ones are cached)."""
+    KpsaId.parse(text)
 
 
 class PskResponder:
@@ -80,7 +94,7 @@ class PskResponder:
         """OpenSSL's PSK lookup: psk_identity -> (Kpsa, binding); refusals raise."""
         try:
             text = identity.decode("utf-8")
-            KpsaId.parse(text)
+            _check_kpsa_id(text)
         except (UnicodeDecodeError, IdentifierError) as exc:
             raise HandshakeError(f"malformed psk_identity: {exc}") from None
         entry = self.store.get(text)
