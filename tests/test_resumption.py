@@ -213,6 +213,24 @@ def test_dtls_resumption_refused_once_the_row_is_removed() -> None:
     assert cache is not None and cache.refused == 1 and len(cache) == 0 and cache.resumed == 0
 
 
+def test_dtls_row_removed_after_a_resumption_still_refuses_the_next_one() -> None:
+    # A resumed session is recorded again; it must keep its psk_identity, or the next
+    # resumption would skip the psk-lookup-table check.
+    t = table()
+    server = DTLSServer(server_profile(t))
+    first = Run(server, DTLSEngine(client_profile()), ADDR)
+    session = session_of(first)
+    first.close()
+    again = come_back(server, first, session)
+    assert again.server_context is not None and again.server_context.resumed
+    session = session_of(again)
+    again.close()
+    del t.rows[IDENTITY.encode()]
+    third = come_back(server, again, session, port=40003)
+    assert third.server_context is None
+    assert third.failures() == [f"unknown or expired psk_identity {IDENTITY!r}"]
+
+
 def test_dtls_resumption_refused_after_the_key_expired_then_full_handshake() -> None:
     t = table()
     soon = datetime.now(UTC) + timedelta(seconds=0.5)

@@ -320,10 +320,12 @@ def record(profile: TLSProfile, conn: SSL.Connection, state: object) -> None:
     psk_identity = state.raw_psk_identity
     expires: float | None = None
     if state.resumption is not None:
-        # Tickets issued on a resumed session live no longer than that session.
+        # Tickets issued on a resumed session live no longer than that session, and keep
+        # its psk_identity, so the next resumption still re-checks the psk-lookup-table.
         expires = state.resumption.expires
         if binding is None:
             binding = state.resumption.binding
+        if psk_identity is None:
             psk_identity = state.resumption.psk_identity
     session = conn.get_session()
     if binding is None or session is None:
