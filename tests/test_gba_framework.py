@@ -688,11 +688,6 @@ FILES = 'cert = "in-cse.pem"\nkey = "in-cse.key"\nca = "ca/ca.pem"\n'
         ('zn = "tls://bsf.in.provider.com:1"\ncert = "nope.pem"', None, "no such file"),
         ('zn = "tls://bsf.in.provider.com:1"\nrequire_uicc = "yes"\n' + FILES, None, "uicc"),
         ('zn = "tls://bsf.in.provider.com:1"\nzn_port = 1', None, "unknown key 'gba.zn_port'"),
-        (
-            'zn = "tls://bsf.in.provider.com:1"\n' + FILES,
-            '"dtls://127.0.0.1:5684?framework=gba"',
-            re.escape("framework=gba needs [gba] and a tls:// listener"),
-        ),
     ],
 )
 def test_gba_config_errors(tmp_path: Path, gba: str, listen: str | None, message: str) -> None:

@@ -822,7 +822,6 @@ def test_gateway_maf_section(tmp_path: Path) -> None:
             load_config(path)
     for listen, message in (
         ("tls://127.0.0.1:0", "add ?framework=maf or another"),
-        ("dtls://127.0.0.1:0?framework=maf", "framework=maf needs [maf] and a tls://"),
     ):
         path = _toml_config(tmp_path, files, section, listen)
         with pytest.raises(ConfigurationError, match=re.escape(message)):

@@ -15,6 +15,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     backend_timeout = 10.0                # seconds, per forwarded request
     idle_timeout = 120.0                  # seconds a keep-alive connection may idle
     coap_response_options = true          # oneM2M-RSC/-RQI/... in CoAP answers (see below)
+    resumption = true                     # session resumption on tls:// and dtls:// (below)
 
     [psk]                                 # provisioned PSK, TS-0003 8.2.2.1
     store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path; default: the data dir's
@@ -54,8 +55,12 @@ With neither section, the provisioned-PSK framework uses the default store.
 ``coap_response_options = false`` leaves the oneM2M response parameters out of CoAP
 answers: TS-0008 V3.7.0 made those options critical, and generic CoAP clients (libcoap's
 ``coap-client``) reject answers with critical options they do not know (RFC 7252 5.4.1).
-``?framework=maf`` (with ``[maf]``) is offered on ``tls://`` listeners only: Entity B's Key
-Retrieval runs while the handshake waits, which the DTLS adapter does not do yet.
+``?framework=maf`` (with ``[maf]``) and ``?framework=gba`` (with ``[gba]``) are offered on
+``tls://`` and ``dtls://`` listeners: Entity B's Key Retrieval (or Zn request) runs while
+the handshake waits, over DTLS too. GBA over DTLS-PSK is our extension (the seed names
+TLS-PSK; docs/conformance.md). ``resumption = true`` (the default) lets devices resume
+their (D)TLS 1.2 sessions (TLS 1.3: tickets) after the framework re-validates the identity
+binding (:mod:`m2msec.tls.sessions`); ``false`` turns it off on both transports.
 
 Errors are :class:`~m2msec.errors.ConfigurationError` naming the key, e.g.
 ``gateway.listen[1]: ...`` or ``unknown key 'gateway.lisen' (did you mean 'listen'?)``.
@@ -189,6 +194,7 @@ class GatewayConfig:
     backend_timeout: float = DEFAULT_BACKEND_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     coap_response_options: bool = True
+    resumption: bool = True
     source: str = "<defaults>"
 
     @property
@@ -222,6 +228,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "backend_timeout",
             "idle_timeout",
             "coap_response_options",
+            "resumption",
         }
     ),
     "psk": frozenset({"store"}),
@@ -603,13 +610,10 @@ def parse_config(
                 f"{spec.url!r}: [maf] and another framework are configured; add "
                 "?framework=maf or another framework (one listener per framework)",
             )
-        if spec.framework == "maf" and (maf is None or spec.scheme != "tls"):
-            # The DTLS adapter does not run asynchronous PSK lookups (Key Retrieval) yet.
-            raise _err(where, f"{spec.url!r}: framework=maf needs [maf] and a tls:// listener")
-        if spec.framework is None and maf is not None and spec.scheme != "tls":
-            raise _err(where, f"{spec.url!r}: the MAF framework is offered on tls:// only")
-        if spec.framework == "gba" and (gba is None or spec.scheme != "tls"):
-            raise _err(where, f"{spec.url!r}: framework=gba needs [gba] and a tls:// listener")
+        if spec.framework == "maf" and maf is None:
+            raise _err(where, f"{spec.url!r}: framework=maf needs [maf]")
+        if spec.framework == "gba" and gba is None:
+            raise _err(where, f"{spec.url!r}: framework=gba needs [gba]")
         if spec.framework == "psk" and psk is None:
             raise _err(where, f"{spec.url!r} asks for framework=psk but there is no [psk]")
         if spec.framework == "certificate" and certificates is None:
@@ -648,6 +652,7 @@ def parse_config(
         coap_response_options=_bool(
             gw.get("coap_response_options", True), "gateway.coap_response_options"
         ),
+        resumption=_bool(gw.get("resumption", True), "gateway.resumption"),
         source=source,
     )
 

@@ -96,6 +96,10 @@ def _banner(gw: Gateway) -> Table:
             f"{g.bsf_host}:{g.bsf_port})" + (", GBA_U only" if g.require_uicc else ""),
         )
     table.add_row("TLS", "1.2 and 1.3" if cfg.tls13 else "1.2 only")
+    table.add_row(
+        "resumption",
+        "on (the framework re-validates each resumed session)" if cfg.resumption else "off",
+    )
     return table
 
 

@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from m2msec.crypto.gba import SUITE_IDS, ks_ext_naf, ks_int_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import ConfigurationError, HandshakeError, IdentifierError, M2MSecError
@@ -54,7 +54,16 @@ from m2msec.ids import CredentialId, CredIdType, check_fqdn
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
+from m2msec.tls.profiles import (
+    PSK_SUITES_DTLS,
+    PSK_SUITES_TLS,
+    TLSProfile,
+    Transport,
+    new_context,
+)
+
+if TYPE_CHECKING:
+    from m2msec.tls.aio_dtls import DTLSAssociation
 
 __all__ = [
     "HINT",
@@ -89,6 +98,8 @@ _LOOKALIKE_HYPHENS: Final = ("\u2010", "\u2011", "\u2012", "\u2013", "\u2014", "
 MAX_BTID_LENGTH: Final = 128 - len(HINT_UICC) - 1
 #: Suites of the GBA profile: the PSK suites of TS-0003 10.2.2, TLS 1.2 only (A-03).
 GBA_SUITES: Final = PSK_SUITES_TLS
+#: Over DTLS 1.2 (our extension): the same suites, CCM_8 first (TS-0003 10.2.1).
+GBA_SUITES_DTLS: Final = PSK_SUITES_DTLS
 
 
 # ----------------------------------------------------------------------------- identity
@@ -399,12 +410,18 @@ class GbaResponder:
         )
         return _Cached(bytes(key.ks_naf), binding, expires)
 
-    def profile(self) -> TLSProfile:
-        """TLS 1.2, PSK suites of 10.2.2, the GBA hint, the Zn-backed async resolver."""
-        ctx = new_context(Transport.TLS, server_side=True, suites=GBA_SUITES, tls13=False)
+    def profile(self, transport: Transport = Transport.TLS) -> TLSProfile:
+        """TLS 1.2, PSK suites of 10.2.2, the GBA hint, the Zn-backed async resolver.
+
+        ``transport=Transport.DTLS``: the same over DTLS 1.2 (CCM_8 first, TS-0003 10.2.1).
+        The seed names TLS-PSK only; DTLS-PSK with the same psk_identity and hint, NAF_Id
+        built from the suite the DTLS ServerHello chose, is our extension (conformance.md).
+        """
+        suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
+        ctx = new_context(transport, server_side=True, suites=suites, tls13=False)
         return TLSProfile(
             framework=Framework.GBA,
-            transport=Transport.TLS,
+            transport=transport,
             server_side=True,
             ssl_context=ctx,
             local_id=self.local_id,
@@ -455,7 +472,7 @@ class GbaDevice:
         self.renew_before = renew_before
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._profiles: dict[tuple[str, str | None], TLSProfile] = {}
+        self._profiles: dict[tuple[str, str | None, Transport], TLSProfile] = {}
         #: How many Ub bootstrappings this device ran.
         self.bootstraps = 0
 
@@ -521,31 +538,36 @@ class GbaDevice:
             binding = PeerBinding(server_name, PeerKind.SERVICE, b.btid, _aware(b.expires))
         return format_identity(b.btid, self.uicc), key, binding
 
-    def profile(self, server_name: str, *, id_b: str | None = None) -> TLSProfile:
+    def profile(
+        self, server_name: str, *, id_b: str | None = None, transport: Transport = Transport.TLS
+    ) -> TLSProfile:
         """A TLS 1.2 PSK profile for Entity B ``server_name`` (its NAF FQDN, sent as SNI).
+        ``transport=Transport.DTLS``: DTLS 1.2 instead (our extension, see
+        :meth:`GbaResponder.profile`).
 
         Entity A binds the session to ``id_b`` (B's CSE-ID) when given, else to the
         server name; the BSF vouched for it, since only the NAF holding a certificate
         for that FQDN gets the key. Call :meth:`ensure_bootstrap` before handshaking.
         """
         name = check_fqdn(server_name.rstrip("."), "Entity B host name (NAF FQDN)").lower()
-        cached = self._profiles.get((name, id_b))
+        cached = self._profiles.get((name, id_b, transport))
         if cached is not None:
             return cached
 
         def offer(hint: bytes | None, suite: int | None) -> tuple[bytes, bytes, PeerBinding]:
             return self._offer(name, id_b, hint, suite)
 
-        ctx = new_context(Transport.TLS, server_side=False, suites=GBA_SUITES, tls13=False)
+        suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
+        ctx = new_context(transport, server_side=False, suites=suites, tls13=False)
         profile = TLSProfile(
             framework=Framework.GBA,
-            transport=Transport.TLS,
+            transport=transport,
             server_side=False,
             ssl_context=ctx,
             psk_suite_offer=offer,
             server_name=name,
         )
-        self._profiles[(name, id_b)] = profile
+        self._profiles[(name, id_b, transport)] = profile
         return profile
 
     async def connect(
@@ -574,6 +596,31 @@ class GbaDevice:
             log.info("GBA: Entity B does not know B-TID; bootstrapping again")
         await self.ensure_bootstrap(force=True)
         return await tls_connect(host, port, profile, timeout=timeout)
+
+    async def connect_dtls(
+        self,
+        host: str,
+        port: int,
+        server_name: str | None = None,
+        *,
+        id_b: str | None = None,
+        timeout: float = 10.0,
+    ) -> DTLSAssociation:
+        """:meth:`connect` over DTLS 1.2 (CoAP binding; our extension, see
+        :meth:`GbaResponder.profile`): NAF_Id from the suite of the DTLS ServerHello."""
+        from m2msec.tls.aio_dtls import dtls_connect
+
+        profile = self.profile(server_name or host, id_b=id_b, transport=Transport.DTLS)
+        reused = self.bootstrap_valid()
+        await self.ensure_bootstrap()
+        try:
+            return await dtls_connect(profile, host, port, timeout=timeout)
+        except HandshakeError as exc:
+            if not reused or "unknown psk identity" not in exc.reason:
+                raise
+            log.info("GBA: Entity B does not know B-TID; bootstrapping again")
+        await self.ensure_bootstrap(force=True)
+        return await dtls_connect(profile, host, port, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- persistence

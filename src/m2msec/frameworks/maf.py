@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import h11
@@ -87,6 +87,9 @@ from m2msec.tls.profiles import (
     Transport,
     new_context,
 )
+
+if TYPE_CHECKING:
+    from m2msec.tls.aio_dtls import DTLSAssociation
 
 __all__ = [
     "DEFAULT_CLIENT_LIFETIME",
@@ -742,6 +745,7 @@ class MafInitiator:
         self.clock = clock or maf_client.clock
         self._current: IssuedKc | None = None
         self._profile: TLSProfile | None = None
+        self._dtls_profile: TLSProfile | None = None
         self._lock = asyncio.Lock()
         #: How many Key Registrations this initiator has run (for tests and logs).
         self.registrations = 0
@@ -761,6 +765,7 @@ class MafInitiator:
         """Forget the current Kc (e.g. after Entity B answered 4107 on expiry)."""
         self._current = None
         self._profile = None
+        self._dtls_profile = None
 
     async def kc(self) -> IssuedKc:
         """A Kc valid for a while yet, registering a fresh one when needed."""
@@ -778,15 +783,20 @@ class MafInitiator:
             self.registrations += 1
             self._current = issued
             self._profile = None
+            self._dtls_profile = None
             return issued
 
-    def profile(self, issued: IssuedKc | None = None) -> TLSProfile:
-        """The TLS-PSK profile offering ``issued`` (default: the current Kc)."""
+    def profile(
+        self, issued: IssuedKc | None = None, transport: Transport = Transport.TLS
+    ) -> TLSProfile:
+        """The TLS-PSK (or, with ``transport=Transport.DTLS``, DTLS-PSK: TS-0003 10.2.1,
+        CCM_8 first) profile offering ``issued`` (default: the current Kc)."""
         issued = issued or self._current
         if issued is None:
             raise MafError("no Kc yet: call kc() or connect() first")
-        if self._profile is not None and issued is self._current:
-            return self._profile
+        cached = self._dtls_profile if transport is Transport.DTLS else self._profile
+        if cached is not None and issued is self._current:
+            return cached
         binding = PeerBinding(
             peer_id=self.id_b,
             kind=self._kind,
@@ -799,19 +809,21 @@ class MafInitiator:
         def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
             return identity, kc, binding  # any identity hint is ignored
 
+        suites = PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
         profile = TLSProfile(
             framework=Framework.MAF,
-            transport=Transport.TLS,
+            transport=transport,
             server_side=False,
-            ssl_context=new_context(
-                Transport.TLS, server_side=False, suites=PSK_SUITES_TLS, tls13=self.tls13
-            ),
+            ssl_context=new_context(transport, server_side=False, suites=suites, tls13=self.tls13),
             local_id=self.local_id,
             psk_offer=offer,
             server_name=self.server_name,
         )
         if issued is self._current:
-            self._profile = profile
+            if transport is Transport.DTLS:
+                self._dtls_profile = profile
+            else:
+                self._profile = profile
         return profile
 
     async def connect(self, host: str, port: int, *, timeout: float = 10.0) -> TLSConnection:
@@ -832,6 +844,34 @@ class MafInitiator:
         renewed = await self._renew(issued)
         try:
             return await tls_connect(host, port, self.profile(renewed), timeout=timeout)
+        except HandshakeError as exc:
+            raise HandshakeError(f"{exc.reason} (also with a fresh Kc {renewed.kc_id})") from None
+
+    async def connect_dtls(self, host: str, port: int, *, timeout: float = 10.0) -> DTLSAssociation:
+        """:meth:`connect` over DTLS 1.2 (CoAP binding, TS-0003 10.2.1): the same Kc and
+        KcId as psk_identity, the DTLS-PSK suites; renew and retry once if B refuses it."""
+        from m2msec.tls.aio_dtls import dtls_connect
+
+        before = self._current
+        issued = await self.kc()
+        fresh = issued is not before
+        try:
+            return await dtls_connect(
+                self.profile(issued, Transport.DTLS), host, port, timeout=timeout
+            )
+        except HandshakeError as exc:
+            if fresh or not _kc_refused(exc.reason):
+                raise
+            log.info(
+                "DTLS handshake with KcId %s failed (%s); fresh MAF Handshake",
+                issued.kc_id,
+                exc.reason,
+            )
+        renewed = await self._renew(issued)
+        try:
+            return await dtls_connect(
+                self.profile(renewed, Transport.DTLS), host, port, timeout=timeout
+            )
         except HandshakeError as exc:
             raise HandshakeError(f"{exc.reason} (also with a fresh Kc {renewed.kc_id})") from None
 

@@ -104,6 +104,7 @@ class CoapListener:
             idle_timeout=cfg.idle_timeout,
             handshake_timeout=cfg.handshake_timeout,
             on_failure=self.gateway.handshake_failed,
+            resumption=cfg.resumption,
         )
         address = self._handle.address
         return str(address[0]), int(address[1])

@@ -3,14 +3,19 @@
 The gateway terminates the Security Association Establishment of TS-0003 clause 8.2
 (provisioned PSK, 8.2.2.1; certificates, 8.2.2.2; GBA with the gateway as NAF, seed 000
 8.2.3.2, :mod:`m2msec.frameworks.gba`; MAF-based, 8.2.2.3, the gateway resolving KcIds by
-Key Retrieval at the MAF, :mod:`m2msec.frameworks.maf`) on ``tls://`` listeners, then reads
+Key Retrieval at the MAF, :mod:`m2msec.frameworks.maf`) on ``tls://`` listeners (and, all
+four, on ``dtls://``; GBA over DTLS-PSK is our extension), then reads
 oneM2M HTTP requests (:mod:`m2msec.bindings.http`) from each association, checks every
 request's originator against the identity the association was bound to, and forwards the
 requests it accepts to the CSE behind it (the *backend*, for example ACME).
 ``dtls://`` listeners do the same for the CoAP binding over DTLS 1.2 (TS-0003 10.2.1,
 TS-0008; :mod:`m2msec.servers.coap_gateway`): a CoAP request is read as the same oneM2M
 request and goes through the same pipeline (:meth:`Gateway.process`), so the rules below
-hold alike for both transports.
+hold alike for both transports. Session resumption (``[gateway] resumption``, on by
+default) is enabled on both; a session is resumed only after the framework re-validates
+its binding (:func:`m2msec.tls.sessions.revalidate`: key expiry for all, the
+psk-lookup-table row for provisioned PSK, the held Kc for MAF, the certificate's notAfter
+for certificates).
 
 Rules, applied to each request before anything is forwarded (:func:`check_request`, a
 pure function of the association and the request):
@@ -80,7 +85,7 @@ from m2msec.bindings.http import (
     media_type_and_ty,
 )
 from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
-from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
+from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
 from m2msec.servers.backend import (
     BackendError,
@@ -91,7 +96,7 @@ from m2msec.servers.backend import (
 )
 from m2msec.store.base import PskStore
 from m2msec.tls.aio import TLSConnection, TLSServer
-from m2msec.tls.context import PeerKind, SecurityContext
+from m2msec.tls.context import PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
 __all__ = [
@@ -693,10 +698,10 @@ class Gateway:
 
                 self._store = open_store(cfg.psk.store)
                 self._own_store = True
-            profile = PskResponder(self._store, local_id=str(cfg.cse_id)).profile(
-                transport, tls13=cfg.tls13
-            )
+            psk_responder = PskResponder(self._store, local_id=str(cfg.cse_id))
+            profile = psk_responder.profile(transport, tls13=cfg.tls13)
             profile.require_sni = cfg.require_sni
+            profile.resumption_check = _psk_row_check(psk_responder.resolve)
             out["psk"] = ("provisioned-psk", profile)
         if cfg.certificates is not None and (wanted & {"certificate", "*"}):
             from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
@@ -718,18 +723,30 @@ class Gateway:
                 "certificate",
                 responder.profile(transport=transport, tls13=cfg.tls13),
             )
-        if cfg.gba is not None and transport is Transport.TLS and (wanted & {"gba", "*"}):
-            out["gba"] = ("gba", self._gba_profile(cfg.gba))
-        if cfg.maf is not None and transport is Transport.TLS and (wanted & {"maf", "*"}):
-            out["maf"] = ("maf", self._maf_profile(cfg.maf))
+        if cfg.gba is not None and (wanted & {"gba", "*"}):
+            out["gba"] = ("gba", self._gba_profile(cfg.gba, transport))
+        if cfg.maf is not None and (wanted & {"maf", "*"}):
+            out["maf"] = ("maf", self._maf_profile(cfg.maf, transport))
+        if cfg.resumption and transport is Transport.TLS:
+            # Devices that come back resume their session once the framework re-validates
+            # the binding (m2msec.tls.sessions); DTLS listeners do so in DTLSServer.
+            from m2msec.tls.sessions import enable_resumption
+
+            for _, profile in out.values():
+                enable_resumption(profile)
         return out
 
-    def _maf_profile(self, maf: MafRetrievalConfig) -> TLSProfile:
-        """Entity B of the MAF framework (TS-0003 8.2.2.3): KcIds resolved by Key Retrieval."""
+    def _maf_profile(self, maf: MafRetrievalConfig, transport: Transport) -> TLSProfile:
+        """Entity B of the MAF framework (TS-0003 8.2.2.3): KcIds resolved by Key Retrieval.
+
+        One responder (one Kc cache, one retrieval client) serves both transports.
+        """
         from m2msec.frameworks.certificate import CertificateCredential
         from m2msec.frameworks.maf import MafKeyRetriever, MafResponder
 
         cfg = self.config
+        if self.maf is not None:
+            return self.maf.profile(transport, tls13=cfg.tls13)
         assert cfg.in_domain is not None  # enforced by the configuration
         try:
             retriever = MafKeyRetriever(
@@ -747,13 +764,20 @@ class Gateway:
         self.maf = MafResponder(
             retriever, str(cfg.cse_id), sp_fqdn=self._sp_fqdn(), require_sni=cfg.require_sni
         )
-        return self.maf.profile(tls13=cfg.tls13)
+        return self.maf.profile(transport, tls13=cfg.tls13)
 
-    def _gba_profile(self, gba: GbaConfig) -> TLSProfile:
-        """The gateway as NAF (seed 000 8.2.3.2): Zn client to the BSF, GBA responder."""
+    def _gba_profile(self, gba: GbaConfig, transport: Transport) -> TLSProfile:
+        """The gateway as NAF (seed 000 8.2.3.2): Zn client to the BSF, GBA responder.
+
+        Over DTLS (``dtls://...?framework=gba``) the same NAF answers DTLS-PSK: our extension
+        (docs/conformance.md); NAF_Id names the suite the DTLS ServerHello chose.
+        """
         from m2msec.frameworks.certificate import CertificateCredential
         from m2msec.frameworks.gba import GbaResponder
         from m2msec.gba.zn import ZnClient
+
+        if self.gba is not None:
+            return self.gba.profile(transport)
 
         try:
             credential = CertificateCredential.from_files(gba.cert, gba.key, gba.ca)
@@ -774,7 +798,7 @@ class Gateway:
             require_uicc=gba.require_uicc,
             require_sni=self.config.require_sni,
         )
-        return self.gba.profile()
+        return self.gba.profile(transport)
 
     # -- associations ---------------------------------------------------------------------
     def handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
@@ -992,6 +1016,29 @@ def _answer(request: OneM2MRequest, rsc: int, message: str) -> HttpResponse:
     return error_response(
         rsc, message, request_id=request.request_id, release_version=request.release_version
     )
+
+
+def _psk_row_check(
+    resolve: Callable[[bytes], tuple[bytes, PeerBinding]],
+) -> Callable[[PeerBinding], PeerBinding]:
+    """Re-validation of a provisioned-PSK session before it is resumed (TS-0003 8.2.2.1).
+
+    The psk-lookup-table row named by the binding's KpsaId must still exist, be unexpired
+    and bind the same entity. Looked up by the binding's key ID rather than by the psk
+    identity the session cache recorded, which a resumed handshake does not carry forward.
+    """
+
+    def check(binding: PeerBinding) -> PeerBinding:
+        if not binding.key_id:
+            raise HandshakeError(f"session of {binding.peer_id} not resumed: it has no KpsaId")
+        _, fresh = resolve(binding.key_id.encode())  # HandshakeError: removed or expired
+        if (fresh.peer_id, fresh.kind) != (binding.peer_id, binding.kind):
+            raise HandshakeError(
+                f"session of {binding.peer_id} not resumed: its KpsaId now binds {fresh.peer_id}"
+            )
+        return fresh
+
+    return check
 
 
 def _only(profiles: dict[str, tuple[str, TLSProfile]]) -> str:
