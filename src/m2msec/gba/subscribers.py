@@ -54,7 +54,8 @@ from m2msec.errors import (
 from m2msec.gba.aka import DEFAULT_AMF, SQN_MAX, SubscriberKeys, next_sqn
 from m2msec.ids import check_fqdn
 from m2msec.paths import data_dir, ensure_private_dir
-from m2msec.store.seal import KEK_FILE_NAME, Sealer, load_kek
+from m2msec.store.schema import KekCheck, open_sealed_schema
+from m2msec.store.seal import KEK_FILE_NAME, Sealer
 
 __all__ = [
     "BSF_STORE_NAME",
@@ -102,9 +103,9 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
     ),
 }
-_KEK_CHECK_NAME: Final = "kek-check"
-_KEK_CHECK_AAD: Final = b"m2msec/bsf/meta/kek-check"
-_KEK_CHECK_VALUE: Final = b"m2msec BSF key-encryption key check, version 1"
+_KEK_CHECK: Final = KekCheck(
+    aad=b"m2msec/bsf/meta/kek-check", value=b"m2msec BSF key-encryption key check, version 1"
+)
 
 
 def default_bsf_store_path(*, create: bool = False) -> Path:
@@ -282,42 +283,16 @@ class SubscriberStore:
 
     def _open_schema(self, kek: bytes | None) -> Sealer:
         conn = self._conn
-        kek_path = self._path.parent / KEK_FILE_NAME
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            log.warning("BSF store %s: journal_mode is %s, not wal", self._path, mode)
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"BSF store {self._path} has schema version {version}; this version of "
-                    f"m2msec reads up to {SCHEMA_VERSION}"
-                )
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[v]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {v:d}")
-            row = conn.execute(
-                "SELECT value FROM meta WHERE name = ?", (_KEK_CHECK_NAME,)
-            ).fetchone()
-            what = f"the check value of BSF store {self._path}"
-            if row is None:
-                sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=True))
-                conn.execute(
-                    "INSERT INTO meta (name, value) VALUES (?, ?)",
-                    (_KEK_CHECK_NAME, sealer.seal(_KEK_CHECK_VALUE, _KEK_CHECK_AAD)),
-                )
-            else:
-                sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
-                sealer.check(bytes(row[0]), _KEK_CHECK_AAD, _KEK_CHECK_VALUE, what=what)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return sealer
+        return open_sealed_schema(
+            conn,
+            label=f"BSF store {self._path}",
+            kek=kek,
+            kek_path=self._path.parent / KEK_FILE_NAME,
+            migrations=_MIGRATIONS,
+            version=SCHEMA_VERSION,
+            check=_KEK_CHECK,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     @property

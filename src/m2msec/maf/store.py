@@ -77,7 +77,8 @@ from m2msec.errors import (
 )
 from m2msec.ids import KmId, parse_entity_id
 from m2msec.paths import data_dir, ensure_private_dir
-from m2msec.store.seal import KEK_FILE_NAME, Sealer, load_kek, sealed_plaintext_length
+from m2msec.store.schema import KekCheck, open_sealed_schema
+from m2msec.store.seal import KEK_FILE_NAME, Sealer, sealed_plaintext_length
 from m2msec.store.sqlite import _create_private_file, from_epoch, to_epoch
 
 __all__ = [
@@ -161,6 +162,7 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
 _KEK_CHECK_NAME: Final = "kek-check"
 _KEK_CHECK_AAD: Final = b"m2msec/maf/meta/kek-check"
 _KEK_CHECK_VALUE: Final = b"m2msec MAF key-encryption key check, version 1"
+_KEK_CHECK: Final = KekCheck(_KEK_CHECK_AAD, _KEK_CHECK_VALUE, _KEK_CHECK_NAME)
 
 _KEY_COLUMNS: Final = (
     "rel_id, kc, expires_at, km_id, suid, target_ids, labels, admin_fqdn, reg_id, created, "
@@ -673,58 +675,21 @@ class MafStore:
                 raise StoreError(
                     f"{self._path} is a psk-lookup-table (m2msec psk), not a MAF store"
                 )
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("MAF store %s: journal_mode is %s, not wal", self._path, mode)
-            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-                check = self._kek_check()
-                if check is not None:
-                    sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
-                    sealer.check(check, _KEK_CHECK_AAD, _KEK_CHECK_VALUE, what=self._what)
-                    return sealer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"MAF store {self._path} has schema version {version}; this version "
-                        f"of m2msec reads up to {SCHEMA_VERSION}"
-                    )
-                for v in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[v]:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {v:d}")
-                check = self._kek_check()
-                if check is None:
-                    sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=True))
-                    conn.execute(
-                        "INSERT INTO meta (name, value) VALUES (?, ?)",
-                        (_KEK_CHECK_NAME, sealer.seal(_KEK_CHECK_VALUE, _KEK_CHECK_AAD)),
-                    )
-                else:
-                    sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
-                    sealer.check(check, _KEK_CHECK_AAD, _KEK_CHECK_VALUE, what=self._what)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            return open_sealed_schema(
+                conn,
+                label=f"MAF store {self._path}",
+                kek=kek,
+                kek_path=kek_path,
+                migrations=_MIGRATIONS,
+                version=SCHEMA_VERSION,
+                check=_KEK_CHECK,
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open MAF store {self._path}: {exc}") from None
-        return sealer
 
     @property
     def _what(self) -> str:
         return f"the check value of MAF store {self._path}"
-
-    def _kek_check(self) -> bytes | None:
-        try:
-            row = self._wconn.execute(
-                "SELECT value FROM meta WHERE name = ?", (_KEK_CHECK_NAME,)
-            ).fetchone()
-        except sqlite3.OperationalError:
-            return None  # no meta table yet
-        return None if row is None else bytes(row[0])
 
     @property
     def path(self) -> Path:

@@ -52,10 +52,10 @@ from m2msec.errors import (
 )
 from m2msec.paths import ensure_private_dir
 from m2msec.store.base import ProgressCallback, PskEntry, PskInfo
+from m2msec.store.schema import KekCheck, open_sealed_schema
 from m2msec.store.seal import (
     KEK_FILE_NAME,
     Sealer,
-    load_kek,
     sealed_plaintext_length,
 )
 
@@ -88,9 +88,9 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
 }
 
-_KEK_CHECK_NAME: Final = "kek-check"
-_KEK_CHECK_AAD: Final = b"m2msec/meta/kek-check"
-_KEK_CHECK_VALUE: Final = b"m2msec key-encryption key check, version 1"
+_KEK_CHECK: Final = KekCheck(
+    aad=b"m2msec/meta/kek-check", value=b"m2msec key-encryption key check, version 1"
+)
 
 _SELECT: Final = "SELECT entity_id, kpsa, expires_at FROM psk WHERE kpsa_id = ?"
 _INSERT: Final = "INSERT INTO psk (kpsa_id, entity_id, kpsa, expires_at) VALUES (?, ?, ?, ?)"
@@ -216,62 +216,18 @@ class SqlitePskStore:
         return conn
 
     def _open_schema(self, kek: bytes | None) -> Sealer:
-        conn = self._wconn
-        kek_path = self._path.parent / KEK_FILE_NAME
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("store %s: journal_mode is %s, not wal", self._path, mode)
-            # Fast path, no write lock: an existing store of our version.
-            if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-                check = self._kek_check_value()
-                if check is not None:
-                    sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
-                    sealer.check(check, _KEK_CHECK_AAD, _KEK_CHECK_VALUE, what=self._what_check)
-                    return sealer
-            # New or older store: migrate under the write lock, so that two processes opening
-            # a new store at once agree on one schema and one KEK.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"store {self._path} has schema version {version}; this version of "
-                        f"m2msec reads up to {SCHEMA_VERSION}"
-                    )
-                for v in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[v]:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {v:d}")
-                check = self._kek_check_value()
-                if check is None:
-                    # A brand-new store: the KEK file may be created now.
-                    sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=True))
-                    conn.execute(
-                        "INSERT INTO meta (name, value) VALUES (?, ?)",
-                        (_KEK_CHECK_NAME, sealer.seal(_KEK_CHECK_VALUE, _KEK_CHECK_AAD)),
-                    )
-                else:
-                    sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
-                    sealer.check(check, _KEK_CHECK_AAD, _KEK_CHECK_VALUE, what=self._what_check)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+            return open_sealed_schema(
+                self._wconn,
+                label=f"store {self._path}",
+                kek=kek,
+                kek_path=self._path.parent / KEK_FILE_NAME,
+                migrations=_MIGRATIONS,
+                version=SCHEMA_VERSION,
+                check=_KEK_CHECK,
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self._path}: {exc}") from None
-        return sealer
-
-    @property
-    def _what_check(self) -> str:
-        return f"the check value of store {self._path}"
-
-    def _kek_check_value(self) -> bytes | None:
-        row = self._wconn.execute(
-            "SELECT value FROM meta WHERE name = ?", (_KEK_CHECK_NAME,)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
 
     # -- PskStore --------------------------------------------------------------------------
 

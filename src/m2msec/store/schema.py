@@ -1,0 +1,98 @@
+"""Opening a sealed SQLite store: schema migrations and the key-encryption key check.
+
+The psk-lookup-table, the MAF store and the BSF store share one way of starting: WAL, then
+(under the write lock, so that two processes opening a new store agree on one schema and
+one KEK) the migrations up to the current version, and a sealed check value in the
+``meta`` table that proves the KEK is the one the store was sealed under.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from m2msec.errors import StoreError
+from m2msec.store.seal import Sealer, load_kek
+
+log = logging.getLogger(__name__)
+
+__all__ = ["KekCheck", "open_sealed_schema"]
+
+
+@dataclass(frozen=True, slots=True)
+class KekCheck:
+    """The sealed value in ``meta`` that a store's KEK must open."""
+
+    aad: bytes
+    value: bytes
+    name: str = "kek-check"
+
+
+def open_sealed_schema(
+    conn: sqlite3.Connection,
+    *,
+    label: str,
+    kek: bytes | None,
+    kek_path: Path,
+    migrations: Mapping[int, tuple[str, ...]],
+    version: int,
+    check: KekCheck,
+) -> Sealer:
+    """Bring ``conn``'s schema to ``version`` and return the store's :class:`Sealer`.
+
+    ``label`` names the store in messages ("MAF store /path"). ``kek`` None reads the KEK
+    file at ``kek_path``, which is created only together with a brand-new store. Raises
+    :class:`StoreError` for a newer schema or a KEK that does not open the check value;
+    ``sqlite3.Error`` is left to the caller.
+    """
+    what = f"the check value of {label}"
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        log.warning("%s: journal_mode is %s, not wal", label, mode)
+    # Fast path, no write lock: an existing store of our version.
+    if conn.execute("PRAGMA user_version").fetchone()[0] == version:
+        sealed = _check_value(conn, check)
+        if sealed is not None:
+            sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
+            sealer.check(sealed, check.aad, check.value, what=what)
+            return sealer
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        if current > version:
+            raise StoreError(
+                f"{label} has schema version {current}; this version of m2msec reads up to "
+                f"{version}"
+            )
+        for v in range(current + 1, version + 1):
+            for statement in migrations[v]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {v:d}")
+        sealed = _check_value(conn, check)
+        if sealed is None:
+            # A brand-new store: the KEK file may be created now.
+            sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=True))
+            conn.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?)",
+                (check.name, sealer.seal(check.value, check.aad)),
+            )
+        else:
+            sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
+            sealer.check(sealed, check.aad, check.value, what=what)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return sealer
+
+
+def _check_value(conn: sqlite3.Connection, check: KekCheck) -> bytes | None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = ?", (check.name,)).fetchone()
+    except sqlite3.OperationalError:
+        return None  # no meta table yet
+    return None if row is None else bytes(row[0])
