@@ -71,7 +71,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -117,6 +117,7 @@ from m2msec.gba.subscribers import BootstrapSession, SubscriberStore
 from m2msec.gba.ub import format_bootstrapping_info
 from m2msec.gba.zn import NafKey, ZnError, ZnRequest, error_body
 from m2msec.ids import check_fqdn
+from m2msec.servers.streams import PlainStream, Stream
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
@@ -431,35 +432,6 @@ class _Pending:
     created: datetime
 
 
-class _Stream(Protocol):
-    async def recv(self) -> bytes: ...
-
-    async def send(self, data: bytes) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class _PlainStream:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def recv(self) -> bytes:
-        try:
-            return await self._reader.read(65536)
-        except ConnectionError:
-            return b""
-
-    async def send(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
-
-
 def _text(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
     return HttpResponse(
         status,
@@ -628,7 +600,7 @@ class BsfServer:
             async def handle(request: OneM2MRequest) -> HttpResponse:
                 return self.handle_ub(request, peer)
 
-            await self._http(_PlainStream(reader, writer), handle)
+            await self._http(PlainStream(reader, writer), handle)
         except asyncio.CancelledError:
             pass
         finally:
@@ -650,7 +622,7 @@ class BsfServer:
         await self._http(conn, handle)
 
     async def _http(
-        self, stream: _Stream, handle: Callable[[OneM2MRequest], Awaitable[HttpResponse]]
+        self, stream: Stream, handle: Callable[[OneM2MRequest], Awaitable[HttpResponse]]
     ) -> None:
         http = HttpServerConnection(max_body=_MAX_BODY)
         try:

@@ -69,7 +69,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from m2msec.bindings.http import (
     RSC,
@@ -94,6 +94,7 @@ from m2msec.servers.backend import (
     BackendTimeout,
     BackendTooLarge,
 )
+from m2msec.servers.streams import PlainStream, Stream
 from m2msec.store.base import PskStore
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import PeerBinding, PeerKind, SecurityContext
@@ -437,38 +438,7 @@ def aei_from_response(response: HttpResponse) -> str | None:
     return aei if isinstance(aei, str) and aei else None
 
 
-# ----------------------------------------------------------------------------- I/O
-
-
-class _Stream(Protocol):
-    async def recv(self) -> bytes: ...
-
-    async def send(self, data: bytes) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class _PlainStream:
-    """asyncio streams with the TLSConnection shape, for ``http://`` listeners."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def recv(self) -> bytes:
-        try:
-            return await self._reader.read(65536)
-        except ConnectionError:
-            return b""
-
-    async def send(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
+# ----------------------------------------------------------------------------- server
 
 
 @dataclass(slots=True)
@@ -517,7 +487,7 @@ class ListenerInfo:
 
 @dataclass(slots=True, eq=False)  # hashed by identity: kept in a set
 class _Session:
-    stream: _Stream
+    stream: Stream
     busy: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -872,7 +842,7 @@ class Gateway:
             ), False
 
         try:
-            await self._run(_PlainStream(reader, writer), handle)
+            await self._run(PlainStream(reader, writer), handle)
         except asyncio.CancelledError:
             pass
         finally:
@@ -880,7 +850,7 @@ class Gateway:
             if task is not None:
                 self._plain_tasks.discard(task)
 
-    async def _run(self, stream: _Stream, handle: Handle) -> None:
+    async def _run(self, stream: Stream, handle: Handle) -> None:
         """The HTTP loop of one connection: read, decide/forward, answer, in order."""
         session = _Session(stream)
         self._sessions.add(session)
