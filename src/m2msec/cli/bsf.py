@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from m2msec.cli.common import serve_until_signalled, setup_logging
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.gba.aka import DEFAULT_AMF
@@ -278,15 +277,7 @@ async def _run(config: BsfConfig, console: Console) -> BsfServer:
     bsf = BsfServer(config)
     await bsf.start()
     console.print(_banner(bsf))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await bsf.serve_forever(stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    await serve_until_signalled(bsf.serve_forever)
     return bsf
 
 
@@ -344,10 +335,7 @@ def serve(
     """Run the BSF until SIGINT or SIGTERM."""
     if log_level.lower() not in _LEVELS:
         _fail(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("m2msec").setLevel(log_level.upper())
+    setup_logging(log_level)
     overrides: dict[str, Any] = {
         "listen": list(listen) if listen else None,
         "zn_listen": list(zn_listen) if zn_listen else None,

@@ -14,10 +14,6 @@ unreadable), 2 for configuration errors.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from m2msec.cli.common import run_on_fast_loop, serve_until_signalled, setup_logging
 from m2msec.config import GatewayConfig, load_config
 from m2msec.errors import ConfigurationError, M2MSecError, StoreError
 from m2msec.paths import default_store_path
@@ -107,34 +104,8 @@ async def _run(config: GatewayConfig, console: Console) -> Gateway:
     gw = Gateway(config)
     await gw.start()
     console.print(_banner(gw))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await gw.serve_forever(stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    await serve_until_signalled(gw.serve_forever)
     return gw
-
-
-def _logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("m2msec").setLevel(level.upper())
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed: about 1.4x the handshakes and 1.9x the round trips of
-    asyncio's own loop in bench/bench_handshakes.py (docs/performance.md)."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 @app.command()
@@ -200,7 +171,7 @@ def serve(
     """Run the gateway until SIGINT or SIGTERM."""
     if log_level.lower() not in _LEVELS:
         raise _err(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
-    _logging(log_level)
+    setup_logging(log_level)
     overrides: dict[str, object] = {
         "gateway.listen": list(listen) if listen else None,
         "gateway.backend": backend,
@@ -217,8 +188,7 @@ def serve(
         raise _err(str(exc), 2) from None
     console = Console(highlight=False)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            gw = runner.run(_run(cfg, console))
+        gw = run_on_fast_loop(_run(cfg, console))
     except ConfigurationError as exc:
         raise _err(str(exc), 2) from None
     except (M2MSecError, OSError) as exc:

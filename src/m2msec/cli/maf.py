@@ -19,12 +19,9 @@ malformed input or configuration.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from m2msec.cli.common import run_on_fast_loop, serve_until_signalled, setup_logging
 from m2msec.errors import (
     ConfigurationError,
     IdentifierError,
@@ -349,22 +347,6 @@ def audit(
 # ----------------------------------------------------------------------------- serve
 
 
-def _logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("m2msec").setLevel(level.upper())
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
 @app.command()
 def serve(
     config: Annotated[
@@ -448,7 +430,7 @@ def serve(
 
     if log_level.lower() not in _LEVELS:
         _fail(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
-    _logging(log_level)
+    setup_logging(log_level)
     overrides: dict[str, object] = {
         "maf.fqdn": fqdn,
         "maf.listen": listen,
@@ -467,8 +449,7 @@ def serve(
         _fail(str(exc), 2)
     console = Console(highlight=False)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            stats = runner.run(_serve(cfg, console))
+        stats = run_on_fast_loop(_serve(cfg, console))
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except (M2MSecError, OSError) as exc:
@@ -511,13 +492,5 @@ async def _serve(cfg: Any, console: Console) -> dict[str, Any]:
     table.add_row("audit log", str(maf.audit_path))
     table.add_row("Kc lifetime", f"at most {cfg.key_lifetime:g} s")
     console.print(table)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await maf.serve_forever(stop)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    await serve_until_signalled(maf.serve_forever)
     return maf.stats.as_dict()
