@@ -38,10 +38,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_dtls import cpu_seconds, free_udp_port, log, wait_dtls
+from bench_dtls import free_udp_port, wait_dtls
 from bench_gateway import ENTITY as HTTP_BENCH_ENTITY
 from bench_gateway import request_bytes, run_backend
-from bench_handshakes import free_port, wait_port
+from bench_handshakes import cpu_seconds, free_port, log, wait_port
 
 from m2msec.bindings.coap_client import CoapClient
 from m2msec.frameworks.provisioned import PskInitiator
@@ -175,9 +175,9 @@ def measure(target: Target, clients: int, seconds: float) -> Rate:
         p.start()
     while time.time() < start_at:
         time.sleep(0.005)
-    cpu0 = cpu_seconds(target.pid)
+    cpu0 = cpu_seconds([target.pid])
     results = [out.get(timeout=seconds + 60) for _ in procs]
-    cpu1 = cpu_seconds(target.pid)
+    cpu1 = cpu_seconds([target.pid])
     for p in procs:
         p.join(10)
     ok = sum(r[0] for r in results)

@@ -49,6 +49,10 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_handshakes import cpu_seconds, log
+
 from m2msec.frameworks.provisioned import PskInitiator, PskResponder
 from m2msec.store import PskEntry, SqlitePskStore
 from m2msec.tls.aio_dtls import DTLSAssociation, start_dtls_server
@@ -61,12 +65,7 @@ SERVER_ID = "/mn-cse-123456"
 KPSA_ID = "AE123456789012-Bench@in.provider.com"
 KPSA_TEXT = "oneM2M-bench-Kpsa-0123456789ab"  # libcoap's -k takes the key as text
 ENTITY = "Clight-AE2"
-TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def free_udp_port(pair: bool = False) -> int:
@@ -84,12 +83,6 @@ def free_udp_port(pair: bool = False) -> int:
                 continue
             return port
     raise RuntimeError("no free UDP port")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def rss_bytes(pid: int) -> int:
@@ -231,9 +224,9 @@ def measure_handshakes(target: Target, clients: int, seconds: float) -> Rate:
         p.start()
     while time.time() < start_at:
         time.sleep(0.001)
-    cpu0 = cpu_seconds(target.pid)
+    cpu0 = cpu_seconds([target.pid])
     results = [out.get(timeout=seconds + 60) for _ in procs]
-    cpu1 = cpu_seconds(target.pid)
+    cpu1 = cpu_seconds([target.pid])
     for p in procs:
         p.join(10)
     ok = sum(r[0] for r in results)

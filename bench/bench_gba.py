@@ -45,6 +45,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_handshakes import cpu_seconds, log
+
 HOST = "127.0.0.1"
 IN_DOMAIN = "in.provider.com"
 BSF_FQDN = f"bsf.{IN_DOMAIN}"
@@ -53,18 +57,7 @@ KPSA_ID = "AE123456789012-Bench@in.provider.com"
 KPSA = bytes(range(16, 48))
 K = bytes.fromhex("465b5ce8b199b49faa5f0a2ee238a6bc")
 OPC = bytes.fromhex("cd63cb71954a9f4e48a5994e37a02baf")
-TICK = os.sysconf("SC_CLK_TCK")
 KINDS = ("bare-psk", "gba-full", "gba-zn", "gba-reuse", "ub-only")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def impi(i: int) -> str:
@@ -264,11 +257,11 @@ def main() -> None:
             errors: dict[str, int] = dict.fromkeys(kinds, 0)
             for r in range(args.rounds):
                 for kind in kinds:
-                    before = cpu_seconds(info["pid"])
+                    before = cpu_seconds([info["pid"]])
                     rate, errs = asyncio.run(
                         measure(kind, seconds, args.clients, info["ub"], info["ports"])
                     )
-                    used = cpu_seconds(info["pid"]) - before
+                    used = cpu_seconds([info["pid"]]) - before
                     rates[kind].append(rate)
                     cpu[kind].append(used / max(rate * seconds, 1) * 1000)
                     errors[kind] += errs

@@ -93,13 +93,14 @@ def machine_busy() -> tuple[float, float]:
     return sum(values) - idle, sum(values)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of processes (all their threads), from /proc."""
+def cpu_seconds(pids: list[int], *, kernel_only: bool = False) -> float:
+    """utime + stime of processes (all their threads), from /proc; stime alone with
+    ``kernel_only``."""
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
+        total += int(fields[12]) + (0 if kernel_only else int(fields[11]))
     return total / TICK
 
 

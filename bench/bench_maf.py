@@ -65,11 +65,15 @@ from typing import Any
 
 import h11
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_handshakes import cpu_seconds, free_port, handshake, log, wait_port
+
 from m2msec.crypto.keyexport import LABEL_CONNECTION, split_export
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.maf.store import MafStore, NewKey
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.engine import DataReceived, HandshakeComplete, HandshakeFailed, TLSEngine
+from m2msec.tls.engine import DataReceived, TLSEngine
 from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
 
 HOST = "127.0.0.1"
@@ -78,37 +82,6 @@ IN_DOMAIN = "in.provider.com"
 KM_ID = "bench-ae1@maf.in.provider.com"
 KM = bytes.fromhex("6f6e654d324d2d62656e63682d4b6d2d303132333435363738396162636465ff")
 ENTITY_B = "//in.provider.com/in-cse"
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {HOST}:{port} after {timeout}s")
-
-
-def cpu_seconds(pids: list[int], *, kernel_only: bool = False) -> float:
-    """User + system CPU time of ``pids`` (only system time with ``kernel_only``)."""
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[12]) + (0 if kernel_only else int(fields[11]))
-    return total / TICK
 
 
 def m2m_time(moment: datetime) -> str:
@@ -192,25 +165,6 @@ def entity_a_profile(tls13: bool) -> TLSProfile:
         psk_offer=lambda _hint: (KM_ID.encode(), KM, binding),
         server_name=FQDN,
     )
-
-
-def handshake(sock: socket.socket, profile: TLSProfile) -> TLSEngine:
-    engine = TLSEngine(profile)
-    engine.start()
-    sock.sendall(engine.data_to_send())
-    while True:
-        data = sock.recv(65536)
-        engine.receive_data(data)
-        out = engine.data_to_send()
-        if out:
-            sock.sendall(out)
-        for event in engine.events():
-            if isinstance(event, HandshakeComplete):
-                return engine
-            if isinstance(event, HandshakeFailed):
-                raise RuntimeError(event.reason)
-        if not data:
-            raise RuntimeError("server closed during the handshake")
 
 
 def http_exchange(
@@ -538,7 +492,7 @@ def main() -> None:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-                wait_port(sport)
+                wait_port(sport, timeout=20.0)
                 targets.append(("openssl s_server", sport, [openssl.pid], "bare"))
             proto = "TLS 1.3" if args.tls13 else "TLS 1.2"
             loop = "asyncio" if args.asyncio else "uvloop"
