@@ -39,10 +39,8 @@ import contextlib
 import cProfile
 import multiprocessing as mp
 import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,8 +63,8 @@ from bench_handshakes import (
     machine_busy,
     platform_line,
     print_profile,
-    wait_port,
 )
+from bench_handshakes import stunnel as handshakes_stunnel
 
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.store import PskEntry, SqlitePskStore
@@ -216,39 +214,9 @@ def gateway(backend: int, store_path: str, profile_to: str | None,
 
 @contextlib.contextmanager
 def stunnel(tmp: Path, backend: int) -> Iterator[Target]:
-    exe = shutil.which("stunnel") or shutil.which("stunnel4")
-    if exe is None:
-        raise SystemExit("stunnel is not installed (apt-get install stunnel4), or use --no-stunnel")
-    port = free_port()
-    secrets = tmp / "psk.secrets"
-    secrets.write_text(f"{KPSA_ID}:{KPSA_TEXT}\n")
-    secrets.chmod(0o600)
-    conf = tmp / "stunnel-gateway.conf"
-    conf.write_text("\n".join([
-        "foreground = yes",
-        f"pid = {tmp / 'stunnel.pid'}",
-        "debug = 3",
-        "[psk]",
-        f"accept = {HOST}:{port}",
-        f"connect = {HOST}:{backend}",
-        f"PSKsecrets = {secrets}",
-        "ciphers = PSK-AES128-CBC-SHA256",
-        "sslVersionMin = TLSv1.2",
-        "sslVersionMax = TLSv1.2",
-        "",
-    ]))
-    proc = subprocess.Popen([exe, str(conf)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        yield Target("stunnel", port, [proc.pid], proc.terminate)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """bench_handshakes' stunnel, TLS 1.2 only, with this bench's identity and key."""
+    with handshakes_stunnel(tmp, backend, False, identity=KPSA_ID, key_text=KPSA_TEXT) as target:
+        yield target
 
 
 # -- the load generator ------------------------------------------------------------------

@@ -230,13 +230,16 @@ def ours(nproc: int, backend: int, store_path: str, profile_to: str | None,
 
 
 @contextlib.contextmanager
-def stunnel(tmp: Path, backend: int, tls13: bool) -> Iterator[Target]:
+def stunnel(
+    tmp: Path, backend: int, tls13: bool, *, identity: str = KPSA_ID, key_text: str = KPSA_TEXT
+) -> Iterator[Target]:
+    """stunnel as a TLS-PSK server for ``identity``/``key_text`` in front of ``backend``."""
     exe = shutil.which("stunnel") or shutil.which("stunnel4")
     if exe is None:
         raise SystemExit("stunnel is not installed (apt-get install stunnel4), or use --no-stunnel")
     port = free_port()
     secrets = tmp / "psk.secrets"
-    secrets.write_text(f"{KPSA_ID}:{KPSA_TEXT}\n")
+    secrets.write_text(f"{identity}:{key_text}\n")
     secrets.chmod(0o600)
     version = "TLSv1.3" if tls13 else "TLSv1.2"
     conf = tmp / f"stunnel-{version}.conf"
