@@ -322,6 +322,21 @@ def serve(
         float | None,
         typer.Option("--ks-lifetime", metavar="SECONDS", help="Key lifetime.", show_default=False),
     ] = None,
+    ub_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--ub-rate",
+            metavar="PER_SECOND",
+            help="Ub requests per second per source address (then 429).",
+            show_default=False,
+        ),
+    ] = None,
+    ub_burst: Annotated[
+        int | None,
+        typer.Option(
+            "--ub-burst", metavar="N", help="Burst of the Ub rate limit.", show_default=False
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -345,6 +360,8 @@ def serve(
         "key": None if key is None else str(key),
         "ca": None if ca is None else str(ca),
         "ks_lifetime": ks_lifetime,
+        "ub_rate": ub_rate,
+        "ub_burst": ub_burst,
     }
     try:
         cfg = load_bsf_config(config, overrides)
