@@ -377,5 +377,6 @@ def serve(
     stats = bsf.stats
     console.print(
         f"stopped: {stats.bootstraps} bootstrap(s), {stats.resyncs} resynchronisation(s), "
-        f"{stats.zn_answered} Zn key(s) given, {stats.ub_refused + stats.zn_refused} refused"
+        f"{stats.zn_answered} Zn key(s) given, {stats.ub_refused + stats.zn_refused} refused, "
+        f"{stats.ub_rate_limited} rate-limited, {stats.challenges_reused} challenge(s) reused"
     )
