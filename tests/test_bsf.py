@@ -120,6 +120,27 @@ async def bsf(tmp_path: Path, pki: Pki, clock: Clock) -> AsyncIterator[BsfServer
         await server.close()
 
 
+@pytest.fixture
+async def open_bsf(tmp_path: Path, clock: Clock) -> AsyncIterator[BsfServer]:
+    """A Ub-only BSF without a per-source rate limit in the way (the flood tests below
+    measure the per-IMPI bound alone)."""
+    config = BsfConfig(
+        fqdn=BSF_FQDN,
+        listen=(("127.0.0.1", 0),),
+        store=tmp_path / "open.db",
+        challenge_timeout=30,
+        ub_rate=1e9,
+        ub_burst=10**9,
+    )
+    server = BsfServer(config, clock=clock)
+    await server.start()
+    server.store.add_subscriber(IMPI, k=K, opc=OPC, guss=Guss.allowing([NAF_FQDN]))
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
 def zn_client(bsf: BsfServer, credential: CertificateCredential) -> ZnClient:
     host, port = bsf.zn_addresses[0]
     return ZnClient(credential, host, port, BSF_FQDN, timeout=5.0)
@@ -266,7 +287,12 @@ async def test_unknown_impi_is_refused(bsf: BsfServer) -> None:
     assert info.value.status == 403
 
 
-async def test_wrong_res_is_refused_and_the_nonce_is_burnt(bsf: BsfServer) -> None:
+async def test_wrong_res_is_refused_and_leaves_the_challenge_usable(bsf: BsfServer) -> None:
+    # Issue 9 item 5: a wrong RES no longer burns the nonce (it used to: then anyone who saw
+    # the request could cancel a device's bootstrap with one forged answer). The device that
+    # holds the challenge still answers it; the nonce is used up only by a verified answer.
+    from m2msec.gba.digest import split_nonce
+
     raw = await RawUb.open(bsf)
     try:
         status, headers, _ = await raw.send(first_request())
@@ -275,12 +301,19 @@ async def test_wrong_res_is_refused_and_the_nonce_is_burnt(bsf: BsfServer) -> No
         wrong = answer(challenge, password=b"\x00" * 8)
         status, _, body = await raw.send(wrong)
         assert status == 403 and b"does not verify" in body
-        # The same (now consumed) nonce only earns a fresh challenge.
-        status, headers, _ = await raw.send(wrong)
+        # A forged "MAC failure" notification (empty password: anyone can compute it).
+        status, _, body = await raw.send(answer(challenge, password=b""))
+        assert status == 403 and b"MAC failure" in body
+        rand, autn, _ = split_nonce(parse_challenge(challenge).nonce)
+        res = Usim(K, OPC, 0).authenticate(rand, autn).res
+        status, _, _ = await raw.send(answer(challenge, password=res))
+        assert status == 200
+        # Now it is used up: the same answer only earns a fresh challenge.
+        status, headers, _ = await raw.send(answer(challenge, password=res))
         assert status == 401 and headers["www-authenticate"] != challenge
     finally:
         await raw.close()
-    assert bsf.store.count_sessions() == 0
+    assert bsf.store.count_sessions() == 1
 
 
 async def test_correct_res_by_hand_matches_the_server(bsf: BsfServer) -> None:
@@ -570,3 +603,118 @@ async def test_server_keeps_serving_after_garbage(bsf: BsfServer) -> None:
     assert data.startswith(b"HTTP/1.1 400")
     writer.close()
     await bootstrap(bsf.ub_url(), Usim(K, OPC, 0), IMPI)
+
+
+# ----------------------------------------------------------------------------- floods
+
+
+def _count_sqn_steps(bsf: BsfServer) -> list[int]:
+    """Count the store writes that step SQN_HE (each unauthenticated challenge used to)."""
+    steps: list[int] = []
+    store = bsf.store
+    advance = store.advance_sqn
+
+    def counting(impi: str, ind_bits: int) -> int:
+        steps.append(1)
+        return advance(impi, ind_bits)
+
+    store.advance_sqn = counting  # type: ignore[method-assign]
+    return steps
+
+
+async def _flood(bsf: BsfServer, count: int, connections: int = 4) -> list[int]:
+    statuses: list[int] = []
+
+    async def one(n: int) -> None:
+        raw = await RawUb.open(bsf)
+        try:
+            for _ in range(n):
+                statuses.append((await raw.send(first_request()))[0])
+        finally:
+            await raw.close()
+
+    await asyncio.gather(*(one(count // connections) for _ in range(connections)))
+    return statuses
+
+
+async def test_challenge_flood_does_not_step_sqn(open_bsf: BsfServer, clock: Clock) -> None:
+    bsf = open_bsf
+    steps = _count_sqn_steps(bsf)
+    sqn_before = bsf.store.get_subscriber(IMPI).sqn  # type: ignore[union-attr]
+    statuses = await _flood(bsf, 1000)
+    assert statuses == [401] * 1000
+    # One vector, handed out again while it is in the first half of its lifetime.
+    assert len(steps) == 1 and bsf.stats.challenges == 1
+    assert bsf.stats.challenges_reused == 999
+    sub = bsf.store.get_subscriber(IMPI)
+    assert sub is not None and sub.sqn > sqn_before
+    # Past half of challenge_timeout (30 s) a second vector; never more than
+    # max_pending_per_impi (2) outstanding, so a flood steps SQN once per 15 s at most.
+    raw = await RawUb.open(bsf)
+    try:
+        _, headers, _ = await raw.send(first_request())
+        first = headers["www-authenticate"]
+        clock.now += timedelta(seconds=16)
+        _, headers, _ = await raw.send(first_request())
+        second = headers["www-authenticate"]
+        assert second != first and len(steps) == 2
+        # The first is still answerable: a device that got it has 14 s left.
+        from m2msec.gba.digest import split_nonce
+
+        rand, autn, _ = split_nonce(parse_challenge(first).nonce)
+        res = Usim(K, OPC, 0).authenticate(rand, autn).res
+        status, _, _ = await raw.send(answer(first, password=res))
+        assert status == 200
+    finally:
+        await raw.close()
+    assert len(steps) == 2
+
+
+async def test_honest_device_bootstraps_during_a_challenge_flood(open_bsf: BsfServer) -> None:
+    bsf = open_bsf
+    steps = _count_sqn_steps(bsf)
+    flood = asyncio.create_task(_flood(bsf, 1000))
+    await asyncio.sleep(0.05)
+    usim = Usim(K, OPC, 0)  # one device: its USIM accepts each SQN once (TS 33.102 C.2)
+    boots = []
+    for _ in range(3):  # each bootstrap uses its challenge up; the flood then makes one more
+        boots.append(await bootstrap(bsf.ub_url(), usim, IMPI))
+    statuses = await flood
+    assert set(statuses) == {401}
+    assert bsf.stats.bootstraps == 3 and len({b.btid for b in boots}) == 3
+    # Without the flood: 3 vectors. With it: at most one more per bootstrap.
+    assert len(steps) <= 2 * 3
+
+
+async def test_per_source_rate_limit_answers_429(tmp_path: Path) -> None:
+    config = BsfConfig(
+        fqdn=BSF_FQDN,
+        listen=(("127.0.0.1", 0),),
+        store=tmp_path / "limited.db",
+        ub_rate=0.2,
+        ub_burst=3,
+    )
+    async with BsfServer(config) as bsf:
+        bsf.store.add_subscriber(IMPI, k=K, opc=OPC)
+        raw = await RawUb.open(bsf)
+        try:
+            for _ in range(3):
+                assert (await raw.send(first_request()))[0] == 401
+            status, headers, body = await raw.send(first_request())
+            assert status == 429 and b"too many" in body
+            assert 1 <= int(headers["retry-after"]) <= 5
+            # Garbage counts too: the limit is on requests, before any parsing.
+            assert (await raw.send(None))[0] == 429
+        finally:
+            await raw.close()
+        assert bsf.stats.ub_rate_limited == 2
+
+
+def test_source_table_is_bounded() -> None:
+    from m2msec.servers.bsf import _SourceLimiter
+
+    limiter = _SourceLimiter(rate=1.0, burst=1, max_sources=100)
+    for n in range(10_000):
+        assert limiter.take(f"10.0.{n >> 8}.{n & 255}", 0.0) == 0.0
+    assert len(limiter._buckets) == 100
+    assert limiter.take("10.0.39.15", 0.0) > 0  # the most recent are kept

@@ -158,3 +158,57 @@ def test_serve_runs_until_sigint(db: Path, tmp_path: Path) -> None:
     assert "m2msec BSF" in text and f"127.0.0.1:{port}" in text
     assert "stopped: 1 bootstrap(s)" in text
     assert K not in text + err.decode()
+
+
+def test_serve_limits_ub_per_source(db: Path) -> None:
+    """Issue 9 item 5 through the shipped CLI: --ub-rate/--ub-burst answer 429 with
+    Retry-After, and repeated unauthenticated requests reuse one challenge."""
+    import http.client
+
+    assert run(db, "add-subscriber", IMPI, "--k", K, "--opc", OPC, "--any-naf")[0] == 0
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m2msec.cli", "bsf", "serve", "--listen",
+         f"http://127.0.0.1:{port}", "--fqdn", "bsf.in.provider.com", "--store", str(db),
+         "--ub-rate", "0.05", "--ub-burst", "6"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        boot = None
+        while time.monotonic() < deadline and boot is None:
+            try:
+                usim = Usim(bytes.fromhex(K), bytes.fromhex(OPC), 0)
+                boot = asyncio.run(bootstrap(f"http://127.0.0.1:{port}/", usim, IMPI))
+            except Exception as exc:
+                if "cannot reach" not in str(exc):
+                    raise
+                time.sleep(0.2)
+        assert boot is not None, "the BSF did not come up"
+        header = (
+            f'Digest username="{IMPI}", realm="bsf.in.provider.com", nonce="", uri="/", response=""'
+        )
+        answers = []
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for _ in range(8):
+            conn.request("GET", "/", headers={"Authorization": header})
+            response = conn.getresponse()
+            response.read()
+            answers.append((response.status, response.getheader("Retry-After")))
+        conn.close()
+        statuses = [status for status, _ in answers]
+        # 6 tokens: 2 went to the bootstrap, 4 challenges (one vector), then 429.
+        assert statuses[:4] == [401] * 4 and statuses[-1] == 429
+        assert all(int(after) >= 1 for status, after in answers if status == 429)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "stopped: 1 bootstrap(s)" in text
+    assert "4 rate-limited, 3 challenge(s) reused" in text

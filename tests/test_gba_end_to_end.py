@@ -259,3 +259,56 @@ async def test_connect_cli_bootstraps_once_then_reuses_ks(acme: AcmeCse, tmp_pat
         # Missing GBA options: one clear line.
         done = await run([*base[:6], "--from", "C"], timeout=30)
         assert done.returncode != 0 and "--gba needs --bsf, --impi, --k and --opc" in done.output
+
+
+async def test_device_registers_during_a_ub_challenge_flood(acme: AcmeCse, tmp_path: Path) -> None:
+    """Issue 9 item 5: 1,000 unauthenticated Ub requests naming the device's IMPI (from
+    another loopback address) neither step its SQN per request nor keep it out."""
+    import asyncio
+
+    from m2msec.gba.digest import Authorization
+
+    async with gba_network(tmp_path) as net, naf_gateway(net, acme.url) as gw:
+        net.add_subscriber(DEVICE_IMPI)
+        sqn_before = net.bsf.store.get_subscriber(DEVICE_IMPI).sqn  # type: ignore[union-attr]
+        host, port = net.bsf.ub_addresses[0]
+        header = Authorization(
+            username=DEVICE_IMPI, realm=BSF_FQDN, nonce="", uri="/", response="", algorithm=None
+        ).header_value()
+        request = (
+            f"GET / HTTP/1.1\r\nHost: bsf\r\nContent-Length: 0\r\nAuthorization: {header}\r\n\r\n"
+        ).encode()
+        statuses: list[bytes] = []
+
+        async def flood(count: int) -> None:
+            reader, writer = await asyncio.open_connection(host, port, local_addr=("127.0.0.2", 0))
+            try:
+                for _ in range(count):
+                    writer.write(request)
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    statuses.append(head.split(b" ", 2)[1])
+                    length = next(
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    await reader.readexactly(length)
+            finally:
+                writer.close()
+
+        flooding = asyncio.gather(*(flood(250) for _ in range(4)))
+        await asyncio.sleep(0.05)
+        device = net.device()
+        conn = await device.connect("127.0.0.1", _port(gw), NAF_FQDN, id_b=f"/{IN_CSE}")
+        client = OneM2MClient(conn)
+        r = await client.request("POST", acme.base, origin="C", content=ae_content("fl"), ty=2)
+        assert r.rsc == 2001, r.body
+        await client.close()
+        await flooding
+        assert len(statuses) == 1000 and set(statuses) <= {b"401", b"429"}
+        assert statuses.count(b"429") >= 900  # ub_burst 50 for 127.0.0.2, 127.0.0.1 unaffected
+        assert net.bsf.stats.bootstraps == 1
+        # At most two vectors (the flood's, used up by the device, and one more).
+        assert net.bsf.stats.challenges <= 2
+        sub = net.bsf.store.get_subscriber(DEVICE_IMPI)
+        assert sub is not None and sub.sqn > sqn_before

@@ -322,6 +322,21 @@ def serve(
         float | None,
         typer.Option("--ks-lifetime", metavar="SECONDS", help="Key lifetime.", show_default=False),
     ] = None,
+    ub_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--ub-rate",
+            metavar="PER_SECOND",
+            help="Ub requests per second per source address (then 429).",
+            show_default=False,
+        ),
+    ] = None,
+    ub_burst: Annotated[
+        int | None,
+        typer.Option(
+            "--ub-burst", metavar="N", help="Burst of the Ub rate limit.", show_default=False
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -345,6 +360,8 @@ def serve(
         "key": None if key is None else str(key),
         "ca": None if ca is None else str(ca),
         "ks_lifetime": ks_lifetime,
+        "ub_rate": ub_rate,
+        "ub_burst": ub_burst,
     }
     try:
         cfg = load_bsf_config(config, overrides)
@@ -360,5 +377,6 @@ def serve(
     stats = bsf.stats
     console.print(
         f"stopped: {stats.bootstraps} bootstrap(s), {stats.resyncs} resynchronisation(s), "
-        f"{stats.zn_answered} Zn key(s) given, {stats.ub_refused + stats.zn_refused} refused"
+        f"{stats.zn_answered} Zn key(s) given, {stats.ub_refused + stats.zn_refused} refused, "
+        f"{stats.ub_rate_limited} rate-limited, {stats.challenges_reused} challenge(s) reused"
     )

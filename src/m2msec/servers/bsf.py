@@ -11,7 +11,7 @@ Digest AKA (RFC 3310) on any request-URI, GET or POST:
    ``base64(RAND || AUTN || 8 random octets)`` for ``challenge_timeout`` seconds and sends
    ``WWW-Authenticate: Digest realm="<BSF FQDN>", nonce=..., algorithm=AKAv1-MD5,
    qop="auth-int"``.
-2. The answer to a challenge is checked once (the nonce is then forgotten): with
+2. The answer to a challenge is checked (a verified answer uses the nonce up): with
    ``response`` computed from RES = XRES the user is authenticated, Ks = CK || IK is kept
    with B-TID = base64(RAND)@<BSF FQDN> for ``ks_lifetime`` seconds, and the BSF answers
    ``200`` with ``Authentication-Info`` (``rspauth``, over the body for auth-int) and the
@@ -29,6 +29,20 @@ Digest AKA (RFC 3310) on any request-URI, GET or POST:
 A wrong RES is answered 403 rather than with a new challenge: each challenge costs an
 authentication vector, and a client that computed a wrong RES will not do better with the
 next one.
+
+Challenge floods (issue 9 item 5). Anyone can send ``username=<IMPI>``; making a vector
+steps SQN_HE and writes the store. So while an IMPI has an unanswered challenge in the
+first half of ``challenge_timeout``, a new unauthenticated request gets the same nonce
+(same RAND/AUTN: one vector, which the USIM accepts at most once, TS 33.102 C.2, so SQN
+freshness is unchanged); at most ``max_pending_per_impi`` vectors are outstanding per
+IMPI (the oldest is dropped), so a flood steps SQN about once per half timeout. A wrong
+RES, a foreign user's answer or a (forgeable) MAC-failure report leaves the challenge
+pending: only a verified answer or a verified AUTS uses it up, so a forged answer cannot
+cancel a device's bootstrap. A resynchronisation drops every pending vector of the IMPI
+(their SQNs are the ones the USIM refused). Before any parsing, a token bucket per source
+address (``ub_rate`` per second, ``ub_burst``; 4,096 addresses, least recently seen
+forgotten) answers ``429`` with ``Retry-After``; counters ``challenges_reused`` and
+``ub_rate_limited``.
 
 **Zn** (``tls://HOST:PORT``, mutual TLS with certificates of the ``m2msec ca``; our HTTP
 mapping of TS 29.109, see :mod:`m2msec.gba.zn`). The NAF's certificate must chain to the
@@ -51,6 +65,9 @@ Configuration (:class:`BsfConfig`, TOML via :func:`load_bsf_config`)::
     ks_lifetime = 3600                    # seconds (TS 33.220 leaves it to the operator)
     challenge_timeout = 60                # seconds an unanswered challenge is kept
     max_pending = 10000                   # challenges kept at once (oldest dropped)
+    max_pending_per_impi = 2              # distinct unanswered vectors per IMPI
+    ub_rate = 10.0                        # Ub requests per second per source address
+    ub_burst = 50                         # ... with this burst (then 429 + Retry-After)
     ind_bits = 5                          # IND length of SQN (TS 33.102 C.3.2)
     handshake_timeout = 10
     idle_timeout = 60
@@ -63,7 +80,9 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
+import time
 import tomllib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -165,6 +184,9 @@ class BsfConfig:
     ks_lifetime: float = DEFAULT_KS_LIFETIME
     challenge_timeout: float = DEFAULT_CHALLENGE_TIMEOUT
     max_pending: int = DEFAULT_MAX_PENDING
+    max_pending_per_impi: int = 2
+    ub_rate: float = 10.0
+    ub_burst: int = 50
     ind_bits: int = DEFAULT_IND_BITS
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
@@ -185,6 +207,10 @@ class BsfConfig:
                 raise ConfigurationError(f"bsf.{name} must be greater than 0")
         if self.max_pending < 1 or self.max_handshakes < 1:
             raise ConfigurationError("bsf.max_pending and bsf.max_handshakes must be >= 1")
+        if self.max_pending_per_impi < 1 or self.ub_burst < 1 or self.ub_rate <= 0:
+            raise ConfigurationError(
+                "bsf.max_pending_per_impi and bsf.ub_burst must be >= 1, bsf.ub_rate > 0"
+            )
         if not 0 <= self.ind_bits <= 16:
             raise ConfigurationError("bsf.ind_bits must be 0 to 16")
         if not self.listen and not self.zn_listen:
@@ -203,6 +229,9 @@ _KEYS: Final = frozenset(
         "ks_lifetime",
         "challenge_timeout",
         "max_pending",
+        "max_pending_per_impi",
+        "ub_rate",
+        "ub_burst",
         "ind_bits",
         "handshake_timeout",
         "idle_timeout",
@@ -299,10 +328,16 @@ def parse_bsf_config(
     for name in ("cert", "key", "ca"):
         if name in section:
             kwargs[name] = _file(section[name], f"bsf.{name}", base)
-    for name in ("ks_lifetime", "challenge_timeout", "handshake_timeout", "idle_timeout"):
+    for name in (
+        "ks_lifetime",
+        "challenge_timeout",
+        "handshake_timeout",
+        "idle_timeout",
+        "ub_rate",
+    ):
         if name in section:
             kwargs[name] = float(_positive(section[name], f"bsf.{name}"))
-    for name in ("max_pending", "ind_bits", "max_handshakes"):
+    for name in ("max_pending", "max_pending_per_impi", "ub_burst", "ind_bits", "max_handshakes"):
         if name in section:
             kwargs[name] = int(_positive(section[name], f"bsf.{name}", integer=True))
     return BsfConfig(**kwargs)
@@ -419,6 +454,8 @@ class BsfStats:
     zn_answered: int = 0
     zn_refused: int = 0
     bad_requests: int = 0
+    challenges_reused: int = 0
+    ub_rate_limited: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -430,6 +467,30 @@ class _Pending:
     vector: AuthVector = field(repr=False)
     gba_type: str
     created: datetime
+
+
+class _SourceLimiter:
+    """A token bucket per source address (``rate`` per second, ``burst`` deep) over at most
+    ``max_sources`` addresses; the least recently seen are forgotten first (a forgotten
+    address starts with a full bucket, which only ever errs towards serving)."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 4096) -> None:
+        self.rate, self.burst, self.max_sources = rate, float(burst), max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, source: str, now: float) -> float:
+        """Take one token: 0.0 if allowed, else the seconds until one is available."""
+        tokens, last = self._buckets.pop(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[source] = (tokens, now)
+        while len(self._buckets) > self.max_sources:
+            self._buckets.popitem(last=False)
+        return wait
 
 
 def _text(status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
@@ -474,6 +535,8 @@ class BsfServer:
         self._own_store = store is None
         self._clock = clock
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._by_impi: dict[str, list[str]] = {}  # IMPI -> its pending nonces, oldest first
+        self._limiter = _SourceLimiter(config.ub_rate, config.ub_burst)
         self._servers: list[asyncio.Server] = []
         self._tls: list[TLSServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -581,6 +644,7 @@ class BsfServer:
         if self._own_store and self._store is not None:
             self._store.close()
         self._pending.clear()
+        self._by_impi.clear()
         log.info("BSF stopped: %s", self.stats.as_dict())
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
@@ -669,6 +733,15 @@ class BsfServer:
     # -- Ub ----------------------------------------------------------------------------------
     def handle_ub(self, request: OneM2MRequest, peer: object = None) -> HttpResponse:
         """Answer one Ub request (sans-IO apart from the store)."""
+        wait = self._limiter.take(_host(peer), time.monotonic())
+        if wait > 0:
+            self.stats.ub_rate_limited += 1
+            log.debug("Ub: rate limit for %s", _addr(peer))
+            return _text(
+                429,
+                "too many Ub requests from this address",
+                (("Retry-After", str(max(1, math.ceil(wait)))),),
+            )
         try:
             return self._ub_decide(request)
         except _Refused as refusal:
@@ -700,7 +773,9 @@ class BsfServer:
                 400, f"Authorization uri {auth.uri[:80]!r} is not the request-URI (RFC 2617)"
             )
         self._expire_pending()
-        pending = self._pending.pop(auth.nonce, None) if auth.nonce else None
+        # Looked up, not taken: only a verified answer (or AUTS) uses a challenge up, so a
+        # forged answer cannot cancel a device's bootstrap.
+        pending = self._pending.get(auth.nonce) if auth.nonce else None
         if pending is None:
             if auth.nonce:
                 log.info("Ub: unknown or expired nonce from %s: new challenge", auth.username)
@@ -713,9 +788,36 @@ class BsfServer:
             nonce, first = next(iter(self._pending.items()))
             if first.created > cutoff:
                 break
-            del self._pending[nonce]
+            self._forget(nonce)
+
+    def _forget(self, nonce: str) -> None:
+        pending = self._pending.pop(nonce, None)
+        if pending is None:
+            return
+        nonces = self._by_impi.get(pending.impi, [])
+        with contextlib.suppress(ValueError):
+            nonces.remove(nonce)
+        if not nonces:
+            self._by_impi.pop(pending.impi, None)
+
+    def _reusable(self, impi: str) -> str | None:
+        """A pending nonce of ``impi`` still in the first half of its lifetime, so the
+        device has at least half of ``challenge_timeout`` to answer it."""
+        half = self._clock() - timedelta(seconds=self.config.challenge_timeout / 2)
+        for nonce in reversed(self._by_impi.get(impi, ())):
+            if self._pending[nonce].created > half:
+                return nonce
+        return None
 
     def _challenge(self, impi: str) -> HttpResponse:
+        # An unanswered challenge is handed out again rather than a new vector made: an
+        # unauthenticated request must not step SQN_HE or write the store each time.  The
+        # same RAND/AUTN is one vector, so the USIM still accepts it at most once (TS 33.102
+        # C.2); at most max_pending_per_impi vectors are outstanding per IMPI.
+        reused = self._reusable(impi)
+        if reused is not None:
+            self.stats.challenges_reused += 1
+            return self._challenge_response(reused)
         subscriber = self.store.get_subscriber(impi)
         if subscriber is None:
             raise _Refused(403, f"unknown IMPI {impi[:80]!r}")
@@ -724,10 +826,18 @@ class BsfServer:
         except AkaError as exc:
             raise _Refused(500, f"cannot make an authentication vector: {exc}") from None
         nonce = make_nonce(vector.rand, vector.autn, os.urandom(_SERVER_DATA))
+        nonces = self._by_impi.setdefault(impi, [])
+        while len(nonces) >= self.config.max_pending_per_impi:
+            self._forget(nonces[0])
+            nonces = self._by_impi.setdefault(impi, [])
         self._pending[nonce] = _Pending(impi, vector, subscriber.gba_type, self._clock())
+        nonces.append(nonce)
         while len(self._pending) > self.config.max_pending:
-            self._pending.popitem(last=False)
+            self._forget(next(iter(self._pending)))
         self.stats.challenges += 1
+        return self._challenge_response(nonce)
+
+    def _challenge_response(self, nonce: str) -> HttpResponse:
         challenge = Challenge(realm=self.config.fqdn, nonce=nonce, algorithm=AKAV1_MD5)
         return _text(
             401,
@@ -778,6 +888,9 @@ class BsfServer:
                 raise _Refused(400, f"AUTS refused: {exc}") from None
             self.stats.resyncs += 1
             log.info("Ub: SQN resynchronised for %s", pending.impi)
+            # Every pending vector of this IMPI carries an SQN the USIM just refused.
+            for nonce in list(self._by_impi.get(pending.impi, ())):
+                self._forget(nonce)
             return self._challenge(pending.impi)
 
         if not response_matches(expected(vector.xres), auth.response):
@@ -787,6 +900,7 @@ class BsfServer:
                     "the client could not authenticate the network (MAC failure reported)",
                 )
             raise _Refused(403, "authentication failed: the digest response (RES) does not verify")
+        self._forget(auth.nonce)
         return self._bootstrapped(auth, pending)
 
     def _bootstrapped(self, auth: Authorization, pending: _Pending) -> HttpResponse:
@@ -898,6 +1012,12 @@ def _own_names(cert: x509.Certificate) -> frozenset[str]:
         return naf_names(cert)
     except CertificateError:
         return frozenset()
+
+
+def _host(peer: object) -> str:
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
 
 
 def _addr(peer: object) -> str:
