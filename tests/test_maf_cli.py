@@ -241,3 +241,20 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         .stdout
         == ""
     )
+
+
+def test_allow_entity_b_kind(runner: CliRunner, db: Path) -> None:
+    """Seed 001: Entity B is an IN-CSE; another kind needs --allow-non-in and warns."""
+    ae = "/in-cse/Cmy-ae"
+    code, _, err = maf(runner, db, "allow-entity-b", ae, "--kind", "ae")
+    assert code == 2 and "IN-CSE" in err
+    code, _, err = maf(runner, db, "allow-entity-b", "/mn-cse-1", "--kind", "mn-cse")
+    assert code == 2 and "IN-CSE" in err
+    code, _, err = maf(runner, db, "allow-entity-b", IN_CSE, "--kind", "router")
+    assert code == 2 and "unknown Entity B kind" in err
+    code, out, err = maf(runner, db, "allow-entity-b", ae, "--kind", "ae", "--allow-non-in")
+    assert code == 0 and "allowed Entity B" in out and "warning" in err and "not an IN-CSE" in err
+    code, out, err = maf(runner, db, "allow-entity-b", IN_CSE)
+    assert code == 0 and "(in-cse)" in out and "warning" not in err
+    with MafStore(db) as st:
+        assert st.entity_b_kinds() == {ae: "ae", IN_CSE: "in-cse"}

@@ -20,6 +20,7 @@ malformed input or configuration.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,8 @@ from m2msec.maf.store import (
 )
 
 __all__ = ["app"]
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="maf",
@@ -257,11 +260,33 @@ def set_client_config(
 
 
 @app.command("allow-entity-b")
-def allow_entity_b(entity_id: EntityArgument, store: StoreOption = None) -> None:
-    """Allow the MAF to hand keys to this Entity B (an IN-CSE or AE)."""
+def allow_entity_b(
+    entity_id: EntityArgument,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help="What Entity B is: in-cse (default), mn-cse, asn-cse or ae.",
+        ),
+    ] = "in-cse",
+    allow_non_in: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-in",
+            help="Accept an Entity B that is not an IN-CSE (outside this release, seed 001).",
+        ),
+    ] = False,
+    store: StoreOption = None,
+) -> None:
+    """Allow the MAF to hand keys to this Entity B (an IN-CSE, TS-0003 8.2.2.3)."""
     with _errors(), _open(store) as st:
-        added = st.add_entity_b(entity_id)
-    _done("allowed Entity B" if added else "already allowed:", entity_id)
+        added = st.add_entity_b(entity_id, kind=kind, allow_non_in=allow_non_in)
+    if kind != "in-cse":
+        warning = f"warning: Entity B {entity_id} is a {kind}, not an IN-CSE (--allow-non-in)"
+        log.warning("%s", warning)
+        _err().print(Text(warning, style="yellow"))
+    _done("allowed Entity B" if added else "already allowed:", entity_id, f" ({kind})")
 
 
 @app.command("disallow-entity-b")
