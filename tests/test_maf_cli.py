@@ -258,3 +258,19 @@ def test_allow_entity_b_kind(runner: CliRunner, db: Path) -> None:
     assert code == 0 and "(in-cse)" in out and "warning" not in err
     with MafStore(db) as st:
         assert st.entity_b_kinds() == {ae: "ae", IN_CSE: "in-cse"}
+
+
+def test_add_client_entity_a_kind(runner: CliRunner, db: Path) -> None:
+    """Seed 001: an Entity A that is a CSE is configured with its CSE-ID; refused without."""
+    code, _, err = maf(runner, db, "add-client", KM_ID, "--key", KM_HEX, "--kind", "cse")
+    assert code == 2 and "needs its CSE-ID" in err
+    args = ("add-client", KM_ID, "--key", KM_HEX, "--kind", "cse", "--entity-id", "Cae1")
+    code, _, err = maf(runner, db, *args)
+    assert code == 2 and "not a CSE-ID" in err
+    code, _, err = maf(runner, db, "add-client", KM_ID, "--key", KM_HEX, "--kind", "x")
+    assert code == 2 and "unknown Entity A kind" in err
+    code, out, err = maf(runner, db, *args[:-1], "/mn-cse-1")
+    assert code == 0 and "entity /mn-cse-1" in out, err
+    with MafStore(db) as st:
+        client = st.get_client(KM_ID)
+        assert client is not None and client.entity_id == "/mn-cse-1"

@@ -41,6 +41,7 @@ from m2msec.errors import (
     StoreError,
     UnknownCredentialError,
 )
+from m2msec.ids import AeId, CseId, parse_entity_id
 from m2msec.maf.store import (
     MafStore,
     default_maf_store_path,
@@ -172,6 +173,14 @@ def add_client(
             "(without it, B binds the Credential-ID 11-<KmId>).",
         ),
     ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help="What Entity A is: cse (then --entity-id must be its CSE-ID) or ae.",
+        ),
+    ] = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Overwrite a client with this KmId.")
     ] = False,
@@ -180,11 +189,30 @@ def add_client(
     """Provision a MAF Client's Master Credential (KmId, Km)."""
     with _errors():
         parse_km_id(km_id)
+        _check_entity_a_kind(kind, entity_id)
         km = _read_key(key)
         with _open(store) as st:
             info = st.add_client(km_id, km, entity_id, replace=replace)
     rest = f" ({len(km)}-octet Km" + (f", entity {info.entity_id})" if info.entity_id else ")")
     _done("added MAF client", info.km_id, rest)
+
+
+def _check_entity_a_kind(kind: str | None, entity_id: str | None) -> None:
+    # Seed 001 (8.2.2.3): "If Entity A is a CSE, then Entity A shall also be configured
+    # with its CSE-ID"; the MAF hands that CSE-ID to Entity B, which binds the association.
+    if kind is None:
+        return
+    if kind not in ("cse", "ae"):
+        raise ConfigurationError(f"unknown Entity A kind {kind!r}; cse or ae")
+    if entity_id is None:
+        if kind == "cse":
+            raise ConfigurationError("an Entity A that is a CSE needs its CSE-ID (--entity-id)")
+        return
+    entity = parse_entity_id(entity_id)
+    if kind == "cse" and not isinstance(entity, CseId):
+        raise ConfigurationError(f"--kind cse: {entity_id!r} is not a CSE-ID")
+    if kind == "ae" and not isinstance(entity, AeId):
+        raise ConfigurationError(f"--kind ae: {entity_id!r} is not an AE-ID")
 
 
 @app.command("list-clients")
