@@ -45,7 +45,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -785,6 +785,29 @@ class MafInitiator:
             self._profile = None
             self._dtls_profile = None
             return issued
+
+    async def update_key(
+        self, *, lifetime: timedelta | None = None, labels: Iterable[str] | None = None
+    ) -> IssuedKc:
+        """Key Registration Update (8.8.2.9) of the current Kc; the Kc in use then carries
+        the expiry the MAF granted, so it is not renewed before that."""
+        async with self._lock:
+            current = self._current
+            if current is None:
+                raise MafError("no Kc yet: call kc() or connect() first")
+            new_labels = tuple(labels) if labels is not None else None
+            expires = await self.maf_client.update_key(
+                current.kc_id, lifetime=lifetime, labels=new_labels
+            )
+            updated = replace(
+                current,
+                expires=expires if expires is not None else current.expires,
+                labels=new_labels if new_labels is not None else current.labels,
+            )
+            self._current = updated
+            self._profile = None  # its binding's valid_until was the old expiry
+            self._dtls_profile = None
+            return updated
 
     def profile(
         self, issued: IssuedKc | None = None, transport: Transport = Transport.TLS
