@@ -274,3 +274,15 @@ def test_add_client_entity_a_kind(runner: CliRunner, db: Path) -> None:
     with MafStore(db) as st:
         client = st.get_client(KM_ID)
         assert client is not None and client.entity_id == "/mn-cse-1"
+
+
+def test_connect_cse_id_must_be_a_cse_id(runner: CliRunner) -> None:
+    """`m2msec connect --maf --cse-id`: Entity A declared a CSE; an AE-ID there is refused
+    before any handshake (seed 001)."""
+    argv = [
+        "connect", "https://127.0.0.1:9/", "--from", "Cae1", "--id-b", IN_CSE,
+        "--maf", "tls://127.0.0.1:9",
+        "--km-id", KM_ID, "--km", KM_HEX, "--cse-id", "Cae1",
+    ]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code != 0 and "needs its CSE-ID" in result.stdout + result.stderr

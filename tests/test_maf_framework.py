@@ -896,3 +896,15 @@ async def test_reprs_show_key_ids_as_text_and_no_key(world: World) -> None:
     assert "b'" not in text and "relative_bytes" not in text
     for secret in (issued.kc, SMARTPHONE[1]):  # Kc and Km
         assert secret.hex() not in text.lower() and repr(secret) not in text
+
+
+def test_initiator_declared_as_a_cse_needs_its_cse_id(world: World) -> None:
+    """Seed 001: "If Entity A is a CSE, then Entity A shall also be configured with its CSE-ID"."""
+    client = world.client()
+    for local_id in (None, "Cae1", "/in-cse/Cae1"):
+        with pytest.raises(ValueError, match="needs its CSE-ID"):
+            MafInitiator(client, IN_CSE, entity_a_kind="cse", local_id=local_id)
+    with pytest.raises(ValueError, match="unknown Entity A kind"):
+        MafInitiator(client, IN_CSE, entity_a_kind="router")
+    initiator = MafInitiator(client, IN_CSE, entity_a_kind="cse", local_id="/mn-cse-1")
+    assert initiator.entity_a_kind == "cse" and initiator.local_id == "/mn-cse-1"
