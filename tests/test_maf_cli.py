@@ -241,3 +241,48 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         .stdout
         == ""
     )
+
+
+def test_allow_entity_b_kind(runner: CliRunner, db: Path) -> None:
+    """Seed 001: Entity B is an IN-CSE; another kind needs --allow-non-in and warns."""
+    ae = "/in-cse/Cmy-ae"
+    code, _, err = maf(runner, db, "allow-entity-b", ae, "--kind", "ae")
+    assert code == 2 and "IN-CSE" in err
+    code, _, err = maf(runner, db, "allow-entity-b", "/mn-cse-1", "--kind", "mn-cse")
+    assert code == 2 and "IN-CSE" in err
+    code, _, err = maf(runner, db, "allow-entity-b", IN_CSE, "--kind", "router")
+    assert code == 2 and "unknown Entity B kind" in err
+    code, out, err = maf(runner, db, "allow-entity-b", ae, "--kind", "ae", "--allow-non-in")
+    assert code == 0 and "allowed Entity B" in out and "warning" in err and "not an IN-CSE" in err
+    code, out, err = maf(runner, db, "allow-entity-b", IN_CSE)
+    assert code == 0 and "(in-cse)" in out and "warning" not in err
+    with MafStore(db) as st:
+        assert st.entity_b_kinds() == {ae: "ae", IN_CSE: "in-cse"}
+
+
+def test_add_client_entity_a_kind(runner: CliRunner, db: Path) -> None:
+    """Seed 001: an Entity A that is a CSE is configured with its CSE-ID; refused without."""
+    code, _, err = maf(runner, db, "add-client", KM_ID, "--key", KM_HEX, "--kind", "cse")
+    assert code == 2 and "needs its CSE-ID" in err
+    args = ("add-client", KM_ID, "--key", KM_HEX, "--kind", "cse", "--entity-id", "Cae1")
+    code, _, err = maf(runner, db, *args)
+    assert code == 2 and "not a CSE-ID" in err
+    code, _, err = maf(runner, db, "add-client", KM_ID, "--key", KM_HEX, "--kind", "x")
+    assert code == 2 and "unknown Entity A kind" in err
+    code, out, err = maf(runner, db, *args[:-1], "/mn-cse-1")
+    assert code == 0 and "entity /mn-cse-1" in out, err
+    with MafStore(db) as st:
+        client = st.get_client(KM_ID)
+        assert client is not None and client.entity_id == "/mn-cse-1"
+
+
+def test_connect_cse_id_must_be_a_cse_id(runner: CliRunner) -> None:
+    """`m2msec connect --maf --cse-id`: Entity A declared a CSE; an AE-ID there is refused
+    before any handshake (seed 001)."""
+    argv = [
+        "connect", "https://127.0.0.1:9/", "--from", "Cae1", "--id-b", IN_CSE,
+        "--maf", "tls://127.0.0.1:9",
+        "--km-id", KM_ID, "--km", KM_HEX, "--cse-id", "Cae1",
+    ]  # fmt: skip
+    result = runner.invoke(app, argv)
+    assert result.exit_code != 0 and "needs its CSE-ID" in result.stdout + result.stderr

@@ -873,3 +873,38 @@ async def test_resumption_check_needs_a_held_unexpired_kc(world: World) -> None:
     with pytest.raises(HandshakeError, match="no KcId"):
         responder.resumption_check(PeerBinding("Cx", PeerKind.AE, None))
     await retriever.close()
+
+
+async def test_initiator_update_key_keeps_the_granted_expiry(world: World) -> None:
+    """After a Key Registration Update the Kc in use carries the MAF's new expiry."""
+    initiator = MafInitiator(world.client(), IN_CSE, lifetime=60, renew_before=5)
+    first = await initiator.kc()
+    updated = await initiator.update_key(lifetime=timedelta(hours=2), labels=["x"])
+    assert updated.expires == world.clock() + timedelta(hours=2) and updated.labels == ("x",)
+    assert initiator.current is updated and updated.kc_id == first.kc_id
+    offer = initiator.profile().psk_offer
+    assert offer is not None and offer(None)[2].valid_until == updated.expires
+    world.clock.advance(56)  # would be inside renew_before of the old expiry
+    assert await initiator.kc() is updated and initiator.registrations == 1
+
+
+async def test_reprs_show_key_ids_as_text_and_no_key(world: World) -> None:
+    initiator = MafInitiator(world.client(), IN_CSE, lifetime=60)
+    issued = await initiator.kc()
+    text = " ".join(repr(x) for x in (issued, issued.kc_id, initiator, initiator.maf_client))
+    assert f"KcId({str(issued.kc_id)!r})" in repr(issued), repr(issued)
+    assert "b'" not in text and "relative_bytes" not in text
+    for secret in (issued.kc, SMARTPHONE[1]):  # Kc and Km
+        assert secret.hex() not in text.lower() and repr(secret) not in text
+
+
+def test_initiator_declared_as_a_cse_needs_its_cse_id(world: World) -> None:
+    """Seed 001: "If Entity A is a CSE, then Entity A shall also be configured with its CSE-ID"."""
+    client = world.client()
+    for local_id in (None, "Cae1", "/in-cse/Cae1"):
+        with pytest.raises(ValueError, match="needs its CSE-ID"):
+            MafInitiator(client, IN_CSE, entity_a_kind="cse", local_id=local_id)
+    with pytest.raises(ValueError, match="unknown Entity A kind"):
+        MafInitiator(client, IN_CSE, entity_a_kind="router")
+    initiator = MafInitiator(client, IN_CSE, entity_a_kind="cse", local_id="/mn-cse-1")
+    assert initiator.entity_a_kind == "cse" and initiator.local_id == "/mn-cse-1"

@@ -638,6 +638,17 @@ async def test_entity_b_allowed_later_from_another_process(maf: Maf) -> None:
     assert (await register(a, key_reg(target))).rsc == 2001
 
 
+async def test_entity_b_kind_is_honoured(maf: Maf) -> None:
+    """Seed 001: a non-IN Entity B gets keys only once allowed with the explicit override."""
+    a = await maf.a()
+    target = "//in.provider.com/mn-cse9"
+    with pytest.raises(ConfigurationError, match="IN-CSE"):
+        maf.store.add_entity_b(target, kind="mn-cse")
+    assert (await register(a, key_reg(target))).rsc == 4103
+    assert maf.store.add_entity_b(target, kind="mn-cse", allow_non_in=True)
+    assert (await register(a, key_reg(target))).rsc == 2001
+
+
 # ----------------------------------------------------------------------------- config
 
 

@@ -361,3 +361,20 @@ def test_closed_store(store: MafStore) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.count_keys()
+
+
+def test_schema_1_entity_b_rows_read_as_in_cse(tmp_path: Path) -> None:
+    """Schema 2 adds entity_b.kind; rows of a version-1 store were IN-CSEs (seed 001)."""
+    db = tmp_path / "maf.db"
+    with MafStore(db) as st:
+        st.add_entity_b("/in-cse")
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE entity_b DROP COLUMN kind")
+        conn.execute("PRAGMA user_version = 1")
+    with MafStore(db) as st:
+        assert st.entity_b_kinds() == {"/in-cse": "in-cse"}
+        assert st.list_entity_b() == ("/in-cse",)
+        with pytest.raises(ConfigurationError, match="IN-CSE"):
+            st.add_entity_b("/in-cse/Cae", kind="ae")
+        assert st.add_entity_b("/in-cse/Cae", kind="ae", allow_non_in=True)
+        assert st.entity_b_kinds()["/in-cse/Cae"] == "ae"

@@ -43,6 +43,7 @@ from tests.test_maf_server import (
     pki,
     provision,
     retrieve,
+    test_entity_b_kind_is_honoured,
     test_exported_key_registration,
     test_key_value_registration_and_retrieval,
     test_one_exported_key_per_session,
@@ -75,6 +76,7 @@ __all__ = [
     "test_clients",
     "test_clients_round_trip",
     "test_closed_store",
+    "test_entity_b_kind_is_honoured",
     "test_entity_b_list",
     "test_exported_key_registration",
     "test_gba_btid_as_km_id_is_taken_verbatim",
@@ -179,6 +181,18 @@ def test_schema_of_its_own_and_newer_versions_refused(pg_url: str) -> None:
     raw(pg_url, "UPDATE meta SET counter = 99 WHERE name = 'schema-version'")
     with pytest.raises(StoreError, match="schema version 99"):
         PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX))
+
+
+def test_schema_1_upgraded_entity_b_rows_read_as_in_cse(pg_url: str) -> None:
+    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+        st.add_entity_b(TARGET)
+    raw(pg_url, "ALTER TABLE entity_b DROP COLUMN kind")
+    raw(pg_url, "UPDATE meta SET counter = 1 WHERE name = 'schema-version'")
+    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+        assert st.entity_b_kinds() == {TARGET: "in-cse"}
+        assert st.add_entity_b("/in-cse/Cae", kind="ae", allow_non_in=True)
+        assert st.entity_b_kinds()["/in-cse/Cae"] == "ae"
+    assert raw(pg_url, "SELECT counter FROM meta WHERE name = 'schema-version'") == [(2,)]
 
 
 # ----------------------------------------------------------------------------- sealing

@@ -411,7 +411,7 @@ class KmId:
         return f"{self.relative}@{self.maf_fqdn}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class _HexKeyId:
     """``hexBinary(relative)@FQDN``; equality on the octets and the lower-cased FQDN."""
 
@@ -452,8 +452,12 @@ class _HexKeyId:
     def __str__(self) -> str:
         return f"{self.relative_hex}@{self.fqdn}"
 
+    def __repr__(self) -> str:
+        # The identifier as sent on the wire, not its octets (issue 9).
+        return f"{type(self).__name__}({str(self)!r})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class KcId(_HexKeyId):
     """MAF Key Identifier ``hexBinary(KcID)@MAF-FQDN`` (TS-0003 10.3.5), the psk_identity
     Entity A sends to Entity B; B finds the MAF from :attr:`maf_fqdn`."""
@@ -465,7 +469,7 @@ class KcId(_HexKeyId):
         return self.fqdn
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class KeId(_HexKeyId):
     """KeID = ``hexBinary(RelativeKeID)@MEF-FQDN`` (TS-0003 10.3.4).
 

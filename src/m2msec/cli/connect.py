@@ -139,10 +139,12 @@ def _maf_opener(
     host: str,
     port: int,
     timeout: float,
+    cse_id: str | None = None,
 ) -> Callable[[], Awaitable[TLSConnection]]:
     """Entity A of the MAF framework: Kc from the MAF, then the association with B.
 
-    targetIDs gets the Absolute CSE-ID/AE-ID (8.8.2.7) under ``--in-domain``."""
+    targetIDs gets the Absolute CSE-ID/AE-ID (8.8.2.7) under ``--in-domain``; ``--cse-id``
+    declares Entity A a CSE configured with its CSE-ID (seed 001)."""
     if not (km_id and km):
         fail("--maf needs --km-id and --km")
     if not (id_b or target_id):
@@ -164,7 +166,14 @@ def _maf_opener(
             parts.hostname, maf_port, maf_fqdn, km_id, key_km, tls13=not tls12, timeout=timeout
         )
         initiator = MafInitiator(
-            client, target, server_name, id_b=id_b or target, tls13=not tls12, sp_fqdn=in_domain
+            client,
+            target,
+            server_name,
+            id_b=id_b or target,
+            tls13=not tls12,
+            sp_fqdn=in_domain,
+            local_id=cse_id,
+            entity_a_kind="cse" if cse_id is not None else None,
         )
     except (IdentifierError, ValueError) as exc:
         fail(str(exc))
@@ -267,6 +276,10 @@ def connect(
     target_id: Annotated[
         str | None, typer.Option("--target-id", help="MAF: the targetIDs entry (default --id-b)")
     ] = None,
+    cse_id: Annotated[
+        str | None,
+        typer.Option("--cse-id", help="MAF: Entity A is a CSE with this CSE-ID (seed 001)"),
+    ] = None,
     coap_options: Annotated[
         str,
         typer.Option(
@@ -329,6 +342,7 @@ def connect(
             host,
             port,
             timeout,
+            cse_id,
         )
     else:
         if id_b is None:

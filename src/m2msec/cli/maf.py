@@ -20,6 +20,7 @@ malformed input or configuration.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from m2msec.errors import (
     StoreError,
     UnknownCredentialError,
 )
+from m2msec.ids import AeId, CseId, parse_entity_id
 from m2msec.maf.store import (
     MafStore,
     default_maf_store_path,
@@ -49,6 +51,8 @@ from m2msec.maf.store import (
 )
 
 __all__ = ["app"]
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="maf",
@@ -169,6 +173,14 @@ def add_client(
             "(without it, B binds the Credential-ID 11-<KmId>).",
         ),
     ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help="What Entity A is: cse (then --entity-id must be its CSE-ID) or ae.",
+        ),
+    ] = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Overwrite a client with this KmId.")
     ] = False,
@@ -177,11 +189,30 @@ def add_client(
     """Provision a MAF Client's Master Credential (KmId, Km)."""
     with _errors():
         parse_km_id(km_id)
+        _check_entity_a_kind(kind, entity_id)
         km = _read_key(key)
         with _open(store) as st:
             info = st.add_client(km_id, km, entity_id, replace=replace)
     rest = f" ({len(km)}-octet Km" + (f", entity {info.entity_id})" if info.entity_id else ")")
     _done("added MAF client", info.km_id, rest)
+
+
+def _check_entity_a_kind(kind: str | None, entity_id: str | None) -> None:
+    # Seed 001 (8.2.2.3): "If Entity A is a CSE, then Entity A shall also be configured
+    # with its CSE-ID"; the MAF hands that CSE-ID to Entity B, which binds the association.
+    if kind is None:
+        return
+    if kind not in ("cse", "ae"):
+        raise ConfigurationError(f"unknown Entity A kind {kind!r}; cse or ae")
+    if entity_id is None:
+        if kind == "cse":
+            raise ConfigurationError("an Entity A that is a CSE needs its CSE-ID (--entity-id)")
+        return
+    entity = parse_entity_id(entity_id)
+    if kind == "cse" and not isinstance(entity, CseId):
+        raise ConfigurationError(f"--kind cse: {entity_id!r} is not a CSE-ID")
+    if kind == "ae" and not isinstance(entity, AeId):
+        raise ConfigurationError(f"--kind ae: {entity_id!r} is not an AE-ID")
 
 
 @app.command("list-clients")
@@ -257,11 +288,33 @@ def set_client_config(
 
 
 @app.command("allow-entity-b")
-def allow_entity_b(entity_id: EntityArgument, store: StoreOption = None) -> None:
-    """Allow the MAF to hand keys to this Entity B (an IN-CSE or AE)."""
+def allow_entity_b(
+    entity_id: EntityArgument,
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help="What Entity B is: in-cse (default), mn-cse, asn-cse or ae.",
+        ),
+    ] = "in-cse",
+    allow_non_in: Annotated[
+        bool,
+        typer.Option(
+            "--allow-non-in",
+            help="Accept an Entity B that is not an IN-CSE (outside this release, seed 001).",
+        ),
+    ] = False,
+    store: StoreOption = None,
+) -> None:
+    """Allow the MAF to hand keys to this Entity B (an IN-CSE, TS-0003 8.2.2.3)."""
     with _errors(), _open(store) as st:
-        added = st.add_entity_b(entity_id)
-    _done("allowed Entity B" if added else "already allowed:", entity_id)
+        added = st.add_entity_b(entity_id, kind=kind, allow_non_in=allow_non_in)
+    if kind != "in-cse":
+        warning = f"warning: Entity B {entity_id} is a {kind}, not an IN-CSE (--allow-non-in)"
+        log.warning("%s", warning)
+        _err().print(Text(warning, style="yellow"))
+    _done("allowed Entity B" if added else "already allowed:", entity_id, f" ({kind})")
 
 
 @app.command("disallow-entity-b")

@@ -45,7 +45,7 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -713,7 +713,9 @@ class MafInitiator:
     with ``sp_fqdn`` an SP-relative one is made absolute under it); ``id_b`` the identity
     the session is bound to (default: ``target_id`` as given). ``server_name`` is the SNI
     for Entity B. ``lifetime`` is the Kc lifetime to propose; a Kc is renewed
-    ``renew_before`` seconds before it expires.
+    ``renew_before`` seconds before it expires. ``entity_a_kind="cse"`` declares Entity A a
+    CSE, which seed 001 (8.2.2.3 Credential Configuration) requires to be configured with
+    its CSE-ID: ``local_id`` must then be that CSE-ID.
     """
 
     def __init__(
@@ -729,7 +731,15 @@ class MafInitiator:
         tls13: bool = True,
         sp_fqdn: str | None = None,
         clock: Clock | None = None,
+        entity_a_kind: str | None = None,
     ) -> None:
+        if entity_a_kind not in (None, "cse", "ae"):
+            raise ValueError(f"unknown Entity A kind {entity_a_kind!r}; cse or ae")
+        if entity_a_kind == "cse" and (
+            local_id is None or entity_kind(local_id) is not PeerKind.CSE
+        ):
+            raise ValueError("an Entity A that is a CSE needs its CSE-ID (seed 001)")
+        self.entity_a_kind = entity_a_kind
         self.maf_client = maf_client
         parse_entity_id(target_id)  # a malformed IdB fails here, not at the MAF
         self.id_b = id_b or target_id
@@ -785,6 +795,29 @@ class MafInitiator:
             self._profile = None
             self._dtls_profile = None
             return issued
+
+    async def update_key(
+        self, *, lifetime: timedelta | None = None, labels: Iterable[str] | None = None
+    ) -> IssuedKc:
+        """Key Registration Update (8.8.2.9) of the current Kc; the Kc in use then carries
+        the expiry the MAF granted, so it is not renewed before that."""
+        async with self._lock:
+            current = self._current
+            if current is None:
+                raise MafError("no Kc yet: call kc() or connect() first")
+            new_labels = tuple(labels) if labels is not None else None
+            expires = await self.maf_client.update_key(
+                current.kc_id, lifetime=lifetime, labels=new_labels
+            )
+            updated = replace(
+                current,
+                expires=expires if expires is not None else current.expires,
+                labels=new_labels if new_labels is not None else current.labels,
+            )
+            self._current = updated
+            self._profile = None  # its binding's valid_until was the old expiry
+            self._dtls_profile = None
+            return updated
 
     def profile(
         self, issued: IssuedKc | None = None, transport: Transport = Transport.TLS

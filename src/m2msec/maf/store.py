@@ -104,7 +104,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+#: Entity B kinds (TS-0003 8.2.2.3, seed 001): in this release Entity B is an IN-CSE.
+ENTITY_B_KINDS: Final = ("in-cse", "mn-cse", "asn-cse", "ae")
 DEFAULT_MAF_STORE_NAME: Final = "maf.db"
 #: Key values (Km, Kc) we accept: OpenSSL's PSK limit above, 128 bits below.
 MIN_KEY_OCTETS: Final = 16
@@ -157,6 +159,8 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         # Bumped by every change to clients or entity_b, by any process: read caches check it.
         "INSERT INTO meta (name, value) VALUES ('config-version', 0)",
     ),
+    # Version 2: the kind of each Entity B; rows of version 1 were allowed as IN-CSEs.
+    2: ("ALTER TABLE entity_b ADD COLUMN kind TEXT NOT NULL DEFAULT 'in-cse'",),
 }
 
 _KEK_CHECK_NAME: Final = "kek-check"
@@ -866,17 +870,49 @@ class MafStore:
         )
 
     # -- Entity B -----------------------------------------------------------------------
-    def add_entity_b(self, entity_id: str, *, now: datetime | None = None) -> bool:
-        """Allow the MAF to hand keys to ``entity_id``; False if it was already allowed."""
+    def add_entity_b(
+        self,
+        entity_id: str,
+        *,
+        kind: str = "in-cse",
+        allow_non_in: bool = False,
+        now: datetime | None = None,
+    ) -> bool:
+        """Allow the MAF to hand keys to ``entity_id`` of ``kind`` (one of
+        :data:`ENTITY_B_KINDS`); False if it was already allowed.
+
+        Seed 001: in this release Entity B is an Infrastructure Node, so any other kind is
+        refused unless ``allow_non_in`` (an explicit override the caller warns about).
+        """
         _check_entity(entity_id, "the Entity B identity")
+        if kind not in ENTITY_B_KINDS:
+            raise ConfigurationError(
+                f"unknown Entity B kind {kind!r}; one of {', '.join(ENTITY_B_KINDS)}"
+            )
+        if kind != "in-cse" and not allow_non_in:
+            raise ConfigurationError(
+                f"Entity B {entity_id!r} of kind {kind}: in this release Entity B is an "
+                "IN-CSE (TS-0003 8.2.2.3); an explicit override is needed for another kind"
+            )
         with self.writer() as w:
             cursor = w._conn.execute(
-                "INSERT INTO entity_b (entity_id, created) VALUES (?, ?) "
+                "INSERT INTO entity_b (entity_id, created, kind) VALUES (?, ?, ?) "
                 "ON CONFLICT (entity_id) DO NOTHING",
-                (entity_id, _epoch(now or _now())),
+                (entity_id, _epoch(now or _now()), kind),
             )
             w._bump_config()
         return bool(cursor.rowcount > 0)
+
+    def entity_b_kinds(self) -> dict[str, str]:
+        """The allowed Entity B identities with their kinds."""
+        with self._rlock:
+            try:
+                rows = self._rconn.execute(
+                    "SELECT entity_id, kind FROM entity_b ORDER BY entity_id"
+                ).fetchall()
+            except self._DB_ERRORS as exc:
+                raise self._error("read", exc) from None
+        return {str(r[0]): str(r[1]) for r in rows}
 
     def remove_entity_b(self, entity_id: str) -> bool:
         with self.writer() as w:

@@ -82,7 +82,8 @@ _DDL: Final[tuple[str, ...]] = (
            enabled    INTEGER NOT NULL DEFAULT 1,
            config     TEXT
        )""",
-    f"CREATE TABLE entity_b (entity_id {_C} PRIMARY KEY, created BIGINT NOT NULL)",
+    f"CREATE TABLE entity_b (entity_id {_C} PRIMARY KEY, created BIGINT NOT NULL, "
+    "kind TEXT NOT NULL DEFAULT 'in-cse')",
     f"""CREATE TABLE registrations (
            reg_id     {_C} PRIMARY KEY,
            km_id      {_C} NOT NULL,
@@ -252,7 +253,17 @@ class PgMafStore(MafStore):
                             f"MAF store {self.location} has schema version {version}; this "
                             f"version of m2msec reads up to {SCHEMA_VERSION}"
                         )
-                    if version != SCHEMA_VERSION:
+                    if version == 1:
+                        # Schema 2 (as in SQLite): Entity B kinds, old rows are IN-CSEs.
+                        conn.execute(
+                            "ALTER TABLE entity_b ADD COLUMN kind TEXT NOT NULL "
+                            "DEFAULT 'in-cse'"
+                        )
+                        conn.execute(
+                            "UPDATE meta SET counter = ? WHERE name = 'schema-version'",
+                            (SCHEMA_VERSION,),
+                        )
+                    elif version != SCHEMA_VERSION:
                         raise StoreError(
                             f"{self.location}: schema {self._schema} is not a MAF store"
                         )
