@@ -642,6 +642,62 @@ def test_openssl_s_client_without_allowed_identity_is_refused(
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize(
+    ("case", "alert"),
+    [
+        ("not_allowed", "bad certificate"),
+        ("wildcard", "bad certificate"),
+        ("untrusted", "unknown ca"),
+        ("expired", "certificate expired"),
+    ],
+)
+def test_certificate_refusal_alerts_seen_by_openssl_s_client(
+    ca: CertificateAuthority,
+    other_ca: CertificateAuthority,
+    creds: dict[str, CertificateCredential],
+    openssl: str,
+    tmp_path: Path,
+    case: str,
+    alert: str,
+) -> None:
+    """Each refusal ends with the alert that names it, never internal_error (issue 9 item 7)."""
+    allowed = {"/mn-cse-123456/Cother"} if case == "not_allowed" else None
+    if case == "wildcard":
+        cert_pem, key_pem = _custom_cert(ca, [x509.DNSName("*.in.provider.com")])
+        cert_path, key_path = tmp_path / "wild.pem", tmp_path / "wild.key"
+        cert_path.write_bytes(cert_pem)
+        key_path.write_bytes(key_pem)
+    else:
+        past = datetime.now(UTC) - timedelta(days=30)
+        issued = {
+            "untrusted": lambda: other_ca.issue(AE),
+            "expired": lambda: ca.issue(AE, not_before=past, not_after=past + timedelta(days=1)),
+        }.get(case, lambda: ca.issue(AE))()
+        key_path, cert_path = write_credential(issued, tmp_path / "ae")
+    server = EngineServer(
+        CertificateResponder(creds[MN], in_domain=DOMAIN, allowed=allowed).profile(tls13=False)
+    )
+    try:
+        proc = subprocess.run(
+            [
+                openssl, "s_client", "-connect", f"{HOST}:{server.port}",
+                "-cert", str(cert_path), "-key", str(key_path), "-CAfile", str(ca.cert_path),
+                "-tls1_2", "-quiet",
+            ],
+            input=b"ping\n",
+            capture_output=True,
+            timeout=30,
+        )
+    finally:
+        server.close()
+    failure(server.events)
+    err = proc.stderr.decode(errors="replace")
+    assert f"alert {alert}" in err, err
+    assert "internal error" not in err
+    assert b"echo:" not in proc.stdout
+
+
+@pytest.mark.interop
 @pytest.mark.parametrize("tls13", [True, False])
 def test_our_initiator_against_openssl_s_server(
     ca: CertificateAuthority, creds: dict[str, CertificateCredential], openssl: str,
