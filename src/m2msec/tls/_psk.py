@@ -91,6 +91,7 @@ VerifyCallback = Callable[[SSL.Connection, bytes, int, int, int], int]
 #: No X.509 error maps to ``access_denied``.
 X509_V_ERR_CERT_REJECTED: int = _lib.X509_V_ERR_CERT_REJECTED
 X509_V_ERR_HOSTNAME_MISMATCH: int = _lib.X509_V_ERR_HOSTNAME_MISMATCH
+X509_V_ERR_CERT_REVOKED: int = _lib.X509_V_ERR_CERT_REVOKED
 
 
 def set_verify_callback(ctx: SSL.Context, mode: int, verify: VerifyCallback) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
-from m2msec.errors import CertificateError, HandshakeError
+from m2msec.errors import CertificateError, CertificateRevoked, HandshakeError
 from m2msec.tls import _psk
 from m2msec.tls.context import PeerBinding
 
@@ -149,6 +149,9 @@ def install(profile: TLSProfile) -> None:
                 return 0
             try:
                 state.binding = policy.bind(der)
+            except CertificateRevoked as exc:
+                state.refusal = str(exc)
+                return _psk.X509_V_ERR_CERT_REVOKED
             except CertificateError as exc:
                 state.refusal = str(exc)
                 # bad_certificate: the name or the allowed list refuses it, not the chain.
