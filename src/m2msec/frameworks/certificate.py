@@ -65,6 +65,7 @@ from m2msec.errors import (
     CertificateError,
     CertificateRevoked,
     ConfigurationError,
+    HandshakeError,
     IdentifierError,
 )
 from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id
@@ -454,6 +455,10 @@ def _suites(transport: Transport, suites: tuple[str, ...] | None) -> tuple[str, 
 # ----------------------------------------------------------------------------- Entity B
 
 
+#: Certificates remembered for re-checking resumed sessions against the CRL (oldest go).
+_MAX_REVOCABLE = 65536
+
+
 class RevocationList:
     """A CRL file (RFC 5280 5) that a certificate listener checks each peer against.
 
@@ -541,6 +546,7 @@ class CertificateResponder:
         )
         self.services = frozenset(check_fqdn(s, "service FQDN").lower() for s in services)
         self.revocation = None if crl is None else RevocationList(crl, credential.trust_anchors)
+        self._revocable: dict[str, x509.Certificate] = {}
         self.require_sni = require_sni
         self.allowed: dict[tuple[PeerKind, str], str] | None = None
         if allowed is not None:
@@ -595,7 +601,26 @@ class CertificateResponder:
                 "configure the allowed entities to choose one"
             )
         ident = found[0]
-        return _peer_binding(cert, ident.entity_id, ident.kind)
+        binding = _peer_binding(cert, ident.entity_id, ident.kind)
+        if self.revocation is not None and binding.key_id is not None:
+            # A resumed session runs no verify callback: remember which certificate a
+            # session's key_id (fingerprint) stands for, to check it against the CRL again.
+            self._revocable.pop(binding.key_id, None)
+            self._revocable[binding.key_id] = cert
+            while len(self._revocable) > _MAX_REVOCABLE:
+                del self._revocable[next(iter(self._revocable))]
+        return binding
+
+    def resumption_check(self, binding: PeerBinding) -> PeerBinding | None:
+        """Refuse to resume the session of a certificate revoked since (or of no known one)."""
+        cert = self._revocable.get(binding.key_id or "")
+        if cert is None or self.revocation is None:
+            raise HandshakeError(f"session of {binding.peer_id} not resumed: certificate unknown")
+        try:
+            self.revocation.check(cert)
+        except CertificateError as exc:
+            raise HandshakeError(f"session of {binding.peer_id} not resumed: {exc}") from None
+        return None
 
     def profile(
         self,
@@ -617,6 +642,7 @@ class CertificateResponder:
             local_id=self.local_id,
             certificate_policy=CertificatePolicy(bind=self.bind, require_peer_certificate=True),
             require_sni=self.require_sni,
+            resumption_check=None if self.revocation is None else self.resumption_check,
         )
 
 
