@@ -719,7 +719,7 @@ def _absolutise(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for certs in (out.get("certificates"), out.get("gba"), out.get("maf")):
         if not isinstance(certs, dict):
             continue
-        for key in ("cert", "key", "ca"):
+        for key in ("cert", "key", "ca", "crl"):
             value = certs.get(key)
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
                 certs[key] = str(base / value)
