@@ -218,8 +218,14 @@ def revoke(
         ca = CertificateAuthority.load(directory)
         if cert is not None:
             from cryptography import x509
+            from cryptography.exceptions import InvalidSignature
 
-            number = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+            target = x509.load_pem_x509_certificate(cert.read_bytes())
+            try:
+                target.verify_directly_issued_by(ca.certificate)
+            except (ValueError, TypeError, InvalidSignature):
+                _fail(f"{cert} was not issued by this CA", 2)
+            number = target.serial_number
         else:
             assert serial is not None
             try:
