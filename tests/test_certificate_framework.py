@@ -642,6 +642,62 @@ def test_openssl_s_client_without_allowed_identity_is_refused(
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize(
+    ("case", "alert"),
+    [
+        ("not_allowed", "bad certificate"),
+        ("wildcard", "bad certificate"),
+        ("untrusted", "unknown ca"),
+        ("expired", "certificate expired"),
+    ],
+)
+def test_certificate_refusal_alerts_seen_by_openssl_s_client(
+    ca: CertificateAuthority,
+    other_ca: CertificateAuthority,
+    creds: dict[str, CertificateCredential],
+    openssl: str,
+    tmp_path: Path,
+    case: str,
+    alert: str,
+) -> None:
+    """Each refusal ends with the alert that names it, never internal_error (issue 9 item 7)."""
+    allowed = {"/mn-cse-123456/Cother"} if case == "not_allowed" else None
+    if case == "wildcard":
+        cert_pem, key_pem = _custom_cert(ca, [x509.DNSName("*.in.provider.com")])
+        cert_path, key_path = tmp_path / "wild.pem", tmp_path / "wild.key"
+        cert_path.write_bytes(cert_pem)
+        key_path.write_bytes(key_pem)
+    else:
+        past = datetime.now(UTC) - timedelta(days=30)
+        issued = {
+            "untrusted": lambda: other_ca.issue(AE),
+            "expired": lambda: ca.issue(AE, not_before=past, not_after=past + timedelta(days=1)),
+        }.get(case, lambda: ca.issue(AE))()
+        key_path, cert_path = write_credential(issued, tmp_path / "ae")
+    server = EngineServer(
+        CertificateResponder(creds[MN], in_domain=DOMAIN, allowed=allowed).profile(tls13=False)
+    )
+    try:
+        proc = subprocess.run(
+            [
+                openssl, "s_client", "-connect", f"{HOST}:{server.port}",
+                "-cert", str(cert_path), "-key", str(key_path), "-CAfile", str(ca.cert_path),
+                "-tls1_2", "-quiet",
+            ],
+            input=b"ping\n",
+            capture_output=True,
+            timeout=30,
+        )
+    finally:
+        server.close()
+    failure(server.events)
+    err = proc.stderr.decode(errors="replace")
+    assert f"alert {alert}" in err, err
+    assert "internal error" not in err
+    assert b"echo:" not in proc.stdout
+
+
+@pytest.mark.interop
 @pytest.mark.parametrize("tls13", [True, False])
 def test_our_initiator_against_openssl_s_server(
     ca: CertificateAuthority, creds: dict[str, CertificateCredential], openssl: str,
@@ -707,3 +763,59 @@ def _drive(sock: socket.socket, engine: TLSEngine, message: bytes) -> list[Event
         if not data:
             break
     return events
+
+
+def _s_client(openssl: str, port: int, key: Path, cert: Path, ca_path: Path) -> str:
+    proc = subprocess.run(
+        [
+            openssl, "s_client", "-connect", f"{HOST}:{port}", "-cert", str(cert),
+            "-key", str(key), "-CAfile", str(ca_path), "-tls1_2", "-quiet",
+        ],
+        input=b"ping\n", capture_output=True, timeout=30,
+    )
+    return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+
+
+@pytest.mark.interop
+def test_revoked_client_refused_after_crl_reload_without_restart(
+    openssl: str, tmp_path: Path
+) -> None:
+    """`m2msec ca revoke` + `ca crl`; the same listener reloads the CRL (issue 9 item 7)."""
+    from typer.testing import CliRunner
+
+    from m2msec.cli.ca import app
+
+    runner = CliRunner()
+    d = tmp_path / "ca"
+    assert runner.invoke(app, ["init", "--dir", str(d), "--domain", DOMAIN]).exit_code == 0
+    ca = CertificateAuthority.load(d)
+    k1, c1 = write_credential(ca.issue(AE), tmp_path / "ae1")
+    k2, c2 = write_credential(ca.issue("/mn-cse-123456/Cother"), tmp_path / "ae2")
+    result = runner.invoke(app, ["crl", "--dir", str(d)])
+    assert result.exit_code == 0, result.output
+    responder = CertificateResponder(cred(ca, ca.issue(MN)), in_domain=DOMAIN, crl=ca.crl_path)
+    profile = responder.profile(tls13=False)
+
+    def attempt(key: Path, cert: Path) -> tuple[str, list[Event]]:
+        server = EngineServer(profile)
+        try:
+            out = _s_client(openssl, server.port, key, cert, ca.cert_path)
+        finally:
+            server.close()
+        return out, server.events
+
+    out, _ = attempt(k1, c1)
+    assert "echo:ping" in out, out
+    result = runner.invoke(app, ["revoke", "--dir", str(d), "--cert", str(c1)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["crl", "--dir", str(d)]).exit_code == 0
+    out, events = attempt(k1, c1)
+    assert "alert certificate revoked" in out, out
+    assert "is revoked" in failure(events)
+    out, _ = attempt(k2, c2)
+    assert "echo:ping" in out, out
+    # No CRL: fail closed, with the reason in the log.
+    ca.crl_path.unlink()
+    out, events = attempt(k2, c2)
+    assert "echo:" not in out
+    assert "unreadable" in failure(events)

@@ -652,3 +652,66 @@ async def test_certificate_listener_beside_psk(tmp_path: Path, store: SqlitePskS
         assert first["x-m2msec-framework"] == "certificate"
         assert first["x-m2msec-peer-id"] == "/mn-cse-123456/Clight-AE7"
         assert len(first["x-m2msec-key-id"]) == 64  # SHA-256 fingerprint
+
+
+async def _s_client(port: int, key: Path, cert: Path, ca: Path, *extra: str) -> str:
+    from tests.interop import require
+
+    proc = await asyncio.create_subprocess_exec(
+        require("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-cert", str(cert),
+        "-key", str(key), "-CAfile", str(ca), "-tls1_2", *extra,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(b""), 30)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.interop
+async def test_gateway_crl_revoked_client_refused_without_restart(
+    tmp_path: Path, store: SqlitePskStore
+) -> None:
+    """[certificates] crl: revoke + new CRL refuses that client (certificate_revoked), also
+    on resumption, while another client is served; no restart (issue 9 item 7)."""
+    from m2msec.pki import CertificateAuthority, write_credential
+
+    domain = "in.provider.com"
+    authority = CertificateAuthority.init(tmp_path / "ca", domain=domain)
+    key, cert = write_credential(authority.issue(CSE), tmp_path / "gateway")
+    k1, c1 = write_credential(authority.issue("/mn-cse-123456/Clight-AE7"), tmp_path / "ae1")
+    k2, c2 = write_credential(authority.issue("/mn-cse-123456/Clight-AE8"), tmp_path / "ae2")
+    authority.write_crl()
+    ca = authority.cert_path
+    async with Echo() as echo:
+        config = parse_config(
+            {
+                "gateway": {
+                    "listen": ["tls://127.0.0.1:0?framework=certificate"],
+                    "backend": echo.url, "cse_id": CSE, "in_domain": domain,
+                },
+                "psk": {"store": str(store.path)},
+                "certificates": {
+                    "cert": str(cert), "key": str(key), "ca": str(ca),
+                    "crl": str(authority.crl_path),
+                },
+            }
+        )
+        async with running(config, store) as gw:
+            port = gw.listeners[0].port
+            sess = tmp_path / "ae1.sess"
+            out = await _s_client(port, k1, c1, ca, "-sess_out", str(sess))
+            assert "Cipher is ECDHE" in out, out
+            authority.revoke(authority_serial(c1))
+            authority.write_crl()
+            out = await _s_client(port, k1, c1, ca)
+            assert "alert certificate revoked" in out, out
+            out = await _s_client(port, k1, c1, ca, "-sess_in", str(sess))
+            assert "Reused" not in out, out
+            out = await _s_client(port, k2, c2, ca)
+            assert "Cipher is ECDHE" in out, out
+
+
+def authority_serial(cert: Path) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number

@@ -803,3 +803,30 @@ def test_durability_default_depends_on_the_store(
 def test_durability_must_be_known() -> None:
     with pytest.raises(ConfigurationError, match="durability must be 'full' or 'normal'"):
         MafConfig(MAF_FQDN, "maf.db", f"tls://{HOST}:0", None, durability="fast")
+
+
+async def test_key_retrieval_listener_checks_crl(tmp_path: Path) -> None:
+    """[certificates] crl: a revoked Entity B is refused at the handshake, others served."""
+    pki = make_pki(tmp_path / "pki")
+    issued = pki.ca.issue("/in-cse2")
+    revoked = _cred(pki.ca, issued)
+    pki.ca.revoke(issued.certificate.serial_number)
+    crl = pki.ca.write_crl()
+    store = MafStore(tmp_path / "maf" / "maf.db", cache_ttl=0)
+    provision(store)
+    server = MafServer(maf_config(tmp_path / "maf", pki, crl=str(crl)), store)
+    await server.start()
+    try:
+        port = server.retrieval_port
+        assert port is not None
+        with pytest.raises((HandshakeError, ConnectionError)):
+            client = await entity_b(port, revoked)
+            # TLS 1.3: the refusal arrives after the client's Finished.
+            await client.request("GET", "/maf/keys/" + "ab" * 16, origin="/in-cse2")
+        good = await entity_b(port, pki.creds["/in-cse"])
+        r = await good.request("GET", "/maf/keys/" + "ab" * 16, origin="/in-cse")
+        assert r.rsc == 4004
+        good.conn.abort()
+    finally:
+        await server.close()
+        store.close()

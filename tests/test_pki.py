@@ -240,3 +240,32 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["issue", "--dir", str(d), "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "exactly one of" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_revoke_and_crl(tmp_path: Path) -> None:
+    """`ca revoke --serial|--cert` and `ca crl` write a CRL signed by the CA (RFC 5280 5)."""
+    from cryptography import x509
+
+    d = tmp_path / "ca"
+    result = runner.invoke(app, ["init", "--dir", str(d), "--domain", "in.provider.com"])
+    assert result.exit_code == 0, result.output
+    ca = CertificateAuthority.load(d)
+    _, c1 = write_credential(ca.issue("/mn-cse-1"), tmp_path / "one")
+    issued = ca.issue("/mn-cse-2")
+    result = runner.invoke(app, ["revoke", "--dir", str(d), "--cert", str(c1)])
+    assert result.exit_code == 0, result.output
+    serial = format(issued.certificate.serial_number, "x")
+    assert runner.invoke(app, ["revoke", "--dir", str(d), "--serial", serial]).exit_code == 0
+    assert runner.invoke(app, ["revoke", "--dir", str(d), "--serial", "xyz"]).exit_code == 2
+    other = CertificateAuthority.init(tmp_path / "other", domain="in.provider.com")
+    _, foreign = write_credential(other.issue("/mn-cse-3"), tmp_path / "three")
+    result = runner.invoke(app, ["revoke", "--dir", str(d), "--cert", str(foreign)])
+    assert result.exit_code == 2 and "not issued by this CA" in result.output
+    assert runner.invoke(app, ["crl", "--dir", str(d), "--days", "2"]).exit_code == 0
+    crl = x509.load_pem_x509_crl((d / "crl.pem").read_bytes())
+    assert crl.is_signature_valid(ca.certificate.public_key())  # type: ignore[arg-type]
+    revoked = {r.serial_number for r in crl}
+    assert revoked == {
+        x509.load_pem_x509_certificate(c1.read_bytes()).serial_number,
+        issued.certificate.serial_number,
+    }

@@ -25,6 +25,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     key = "gateway.key"
     ca = "ca.pem"
     allowed = ["Clight-AE1"]              # optional IdA list (READINGS A-30)
+    crl = "crl.pem"                       # optional CRL file, reloaded when it changes
 
     [gba]                                 # the gateway as NAF, seed 000 8.2.3.2 (legacy)
     zn = "tls://127.0.0.1:8444"           # the BSF's Zn listener (mutual TLS)
@@ -139,6 +140,8 @@ class CertificateConfig:
     key: Path
     ca: Path
     allowed: tuple[str, ...] | None = None
+    #: CRL file (PEM/DER) checked for every client certificate; missing/expired refuses all.
+    crl: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +235,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
         }
     ),
     "psk": frozenset({"store"}),
-    "certificates": frozenset({"cert", "key", "ca", "allowed"}),
+    "certificates": frozenset({"cert", "key", "ca", "allowed", "crl"}),
     "gba": frozenset({"zn", "bsf_fqdn", "naf_fqdn", "cert", "key", "ca", "require_uicc"}),
     "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
 }
@@ -570,6 +573,11 @@ def parse_config(
             key=_path(cert_section["key"], "certificates.key", base),
             ca=_path(cert_section["ca"], "certificates.ca", base),
             allowed=allowed,
+            crl=(
+                _path(cert_section["crl"], "certificates.crl", base)
+                if "crl" in cert_section
+                else None
+            ),
         )
         if in_domain is None:
             raise _err(
@@ -711,7 +719,7 @@ def _absolutise(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for certs in (out.get("certificates"), out.get("gba"), out.get("maf")):
         if not isinstance(certs, dict):
             continue
-        for key in ("cert", "key", "ca"):
+        for key in ("cert", "key", "ca", "crl"):
             value = certs.get(key)
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
                 certs[key] = str(base / value)

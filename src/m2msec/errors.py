@@ -41,3 +41,7 @@ class HandshakeError(M2MSecError):
 
 class CertificateError(M2MSecError):
     """A certificate is untrusted, expired or does not name the expected entity."""
+
+
+class CertificateRevoked(CertificateError):
+    """The peer's certificate is on its issuer's CRL (ends with ``certificate_revoked``)."""

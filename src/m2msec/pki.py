@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 CA_CONFIG = "ca.toml"
+CA_REVOKED = "revoked.json"
+CA_CRL = "crl.pem"
 
 #: Backdating of notBefore, to absorb clock skew between entities.
 _BACKDATE = timedelta(minutes=5)
@@ -180,6 +182,48 @@ class CertificateAuthority:
     @property
     def cert_path(self) -> Path:
         return self.directory / CA_CERT
+
+    # -- revocation (RFC 5280 5) ---------------------------------------------------------
+    @property
+    def crl_path(self) -> Path:
+        return self.directory / CA_CRL
+
+    def _revoked(self) -> dict[str, str]:
+        path = self.directory / CA_REVOKED
+        if not path.exists():
+            return {}
+        data: dict[str, str] = json.loads(path.read_text())
+        return data
+
+    def revoke(self, serial: int) -> None:
+        """Record ``serial`` as revoked (now); :meth:`write_crl` publishes it."""
+        revoked = self._revoked()
+        revoked.setdefault(format(serial, "x"), datetime.now(UTC).isoformat(timespec="seconds"))
+        _replace(self.directory / CA_REVOKED, json.dumps(revoked, indent=1).encode(), 0o600)
+
+    def crl(self, *, days: int = 7) -> x509.CertificateRevocationList:
+        """A CRL of every revoked serial, signed by the CA, valid ``days``."""
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.certificate.subject)
+            .last_update(now - timedelta(minutes=1))
+            .next_update(now + timedelta(days=days))
+        )
+        for serial, when in sorted(self._revoked().items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(serial, 16))
+                .revocation_date(datetime.fromisoformat(when))
+                .build()
+            )
+        return builder.sign(self._key, hashes.SHA256())
+
+    def write_crl(self, *, days: int = 7) -> Path:
+        """Write ``crl.pem`` atomically (listeners reload it when it changes)."""
+        crl = self.crl(days=days)
+        _replace(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        return self.crl_path
 
     # -- creation ------------------------------------------------------------------------
     @classmethod

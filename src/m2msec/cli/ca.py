@@ -195,3 +195,54 @@ def issue(
         )
     )
 
+
+
+@app.command()
+def revoke(
+    directory: DirOption,
+    serial: Annotated[
+        str | None,
+        typer.Option("--serial", metavar="HEX", help="Serial number (hex) to revoke.",
+                     show_default=False),
+    ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option("--cert", metavar="PEM", help="Certificate file to revoke.",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """Revoke a certificate this CA issued (RFC 5280 5); run `ca crl` to publish it."""
+    if (serial is None) == (cert is None):
+        _fail("give exactly one of --serial and --cert", 2)
+    with _errors():
+        ca = CertificateAuthority.load(directory)
+        if cert is not None:
+            from cryptography import x509
+            from cryptography.exceptions import InvalidSignature
+
+            target = x509.load_pem_x509_certificate(cert.read_bytes())
+            try:
+                target.verify_directly_issued_by(ca.certificate)
+            except (ValueError, TypeError, InvalidSignature):
+                _fail(f"{cert} was not issued by this CA", 2)
+            number = target.serial_number
+        else:
+            assert serial is not None
+            try:
+                number = int(serial.removeprefix("0x").replace(":", ""), 16)
+            except ValueError:
+                _fail(f"--serial {serial!r} is not a hexadecimal number", 2)
+        ca.revoke(number)
+    _out().print(Text(f"revoked serial {number:x}; run `m2msec ca crl` to publish", style="bold"))
+
+
+@app.command()
+def crl(
+    directory: DirOption,
+    days: Annotated[int, typer.Option("--days", min=1, help="CRL validity (nextUpdate).")] = 7,
+) -> None:
+    """Write DIR/crl.pem, the CA's signed CRL of every revoked serial."""
+    with _errors():
+        ca = CertificateAuthority.load(directory)
+        path = ca.write_crl(days=days)
+    _out().print(Text(f"wrote {path}", style="bold green"))

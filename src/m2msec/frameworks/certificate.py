@@ -61,7 +61,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 
-from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
+from m2msec.errors import (
+    CertificateError,
+    CertificateRevoked,
+    ConfigurationError,
+    HandshakeError,
+    IdentifierError,
+)
 from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
@@ -449,6 +455,62 @@ def _suites(transport: Transport, suites: tuple[str, ...] | None) -> tuple[str, 
 # ----------------------------------------------------------------------------- Entity B
 
 
+#: Certificates remembered for re-checking resumed sessions against the CRL (oldest go).
+_MAX_REVOCABLE = 65536
+
+
+class RevocationList:
+    """A CRL file (RFC 5280 5) that a certificate listener checks each peer against.
+
+    The file (PEM or DER) is read again whenever its mtime, size or inode changes, so a
+    new CRL takes effect without a restart. It must be signed by one of ``issuers``; a
+    missing, unreadable, badly signed or expired CRL (nextUpdate passed) refuses every
+    peer with a clear reason rather than accepting unchecked ones (fail closed).
+    """
+
+    def __init__(self, path: Path | str, issuers: Iterable[x509.Certificate]) -> None:
+        self.path = Path(path)
+        self.issuers = tuple(issuers)
+        self._stamp: tuple[int, int, int] | None = None
+        self._crl: x509.CertificateRevocationList | None = None
+
+    def current(self) -> x509.CertificateRevocationList:
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise CertificateError(f"CRL {self.path} unreadable: {exc.strerror}") from None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp != self._stamp or self._crl is None:
+            data = self.path.read_bytes()
+            try:
+                crl = (
+                    x509.load_pem_x509_crl(data)
+                    if data.lstrip().startswith(b"-----")
+                    else x509.load_der_x509_crl(data)
+                )
+            except ValueError:
+                raise CertificateError(f"CRL {self.path} is not a CRL") from None
+            if not any(
+                ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                for ca in self.issuers
+            ):
+                raise CertificateError(f"CRL {self.path} is not signed by a trusted CA")
+            self._crl, self._stamp = crl, stamp
+        assert self._crl is not None
+        next_update = self._crl.next_update_utc
+        if next_update is not None and next_update < datetime.now(UTC):
+            raise CertificateError(f"CRL {self.path} expired at {next_update.isoformat()}")
+        return self._crl
+
+    def check(self, cert: x509.Certificate) -> None:
+        """Raise :class:`CertificateRevoked` if ``cert`` is on the CRL."""
+        crl = self.current()
+        if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(
+            cert.serial_number
+        ) is not None:
+            raise CertificateRevoked(f"certificate serial {cert.serial_number:x} is revoked")
+
+
 class CertificateResponder:
     """Entity B of the certificate framework (TS-0003 8.2.2.2): the (D)TLS server.
 
@@ -470,6 +532,7 @@ class CertificateResponder:
         services: Iterable[str] = (),
         sp_fqdn: str | None = None,
         require_sni: bool = False,
+        crl: Path | str | None = None,
     ) -> None:
         self.in_domain = check_fqdn(in_domain, "IN public domain")
         self.sp_fqdn = check_fqdn(sp_fqdn or in_domain, "M2M-SP FQDN")
@@ -482,6 +545,8 @@ class CertificateResponder:
             credential, local_id, in_domain=self.in_domain, sp_fqdn=self.sp_fqdn
         )
         self.services = frozenset(check_fqdn(s, "service FQDN").lower() for s in services)
+        self.revocation = None if crl is None else RevocationList(crl, credential.trust_anchors)
+        self._revocable: dict[str, x509.Certificate] = {}
         self.require_sni = require_sni
         self.allowed: dict[tuple[PeerKind, str], str] | None = None
         if allowed is not None:
@@ -504,6 +569,8 @@ class CertificateResponder:
         """The identity of Entity A's certificate (called after OpenSSL verified the chain)."""
         cert = _load_der(der)
         _check_peer(cert)
+        if self.revocation is not None:
+            self.revocation.check(cert)
         found = identities_in(
             cert, in_domain=self.in_domain, sp_fqdn=self.sp_fqdn, services=self.services
         )
@@ -534,7 +601,26 @@ class CertificateResponder:
                 "configure the allowed entities to choose one"
             )
         ident = found[0]
-        return _peer_binding(cert, ident.entity_id, ident.kind)
+        binding = _peer_binding(cert, ident.entity_id, ident.kind)
+        if self.revocation is not None and binding.key_id is not None:
+            # A resumed session runs no verify callback: remember which certificate a
+            # session's key_id (fingerprint) stands for, to check it against the CRL again.
+            self._revocable.pop(binding.key_id, None)
+            self._revocable[binding.key_id] = cert
+            while len(self._revocable) > _MAX_REVOCABLE:
+                del self._revocable[next(iter(self._revocable))]
+        return binding
+
+    def resumption_check(self, binding: PeerBinding) -> PeerBinding | None:
+        """Refuse to resume the session of a certificate revoked since (or of no known one)."""
+        cert = self._revocable.get(binding.key_id or "")
+        if cert is None or self.revocation is None:
+            raise HandshakeError(f"session of {binding.peer_id} not resumed: certificate unknown")
+        try:
+            self.revocation.check(cert)
+        except CertificateError as exc:
+            raise HandshakeError(f"session of {binding.peer_id} not resumed: {exc}") from None
+        return None
 
     def profile(
         self,
@@ -556,6 +642,7 @@ class CertificateResponder:
             local_id=self.local_id,
             certificate_policy=CertificatePolicy(bind=self.bind, require_peer_certificate=True),
             require_sni=self.require_sni,
+            resumption_check=None if self.revocation is None else self.resumption_check,
         )
 
 

@@ -686,6 +686,7 @@ class Gateway:
                     allowed=c.allowed,
                     sp_fqdn=cfg.cse_id.sp_fqdn,
                     require_sni=cfg.require_sni,
+                    crl=c.crl,
                 )
             except (CertificateError, IdentifierError) as exc:
                 raise ConfigurationError(f"certificates: {exc}") from None

@@ -133,6 +133,8 @@ class MafConfig:
     cert: str | Path | None = None
     key: str | Path | None = None
     ca: str | Path | None = None
+    #: CRL file checked for every Key Retrieval client certificate (reloaded on change).
+    crl: str | Path | None = None
     key_lifetime: float = p.DEFAULT_KEY_LIFETIME.total_seconds()
     registration_lifetime: float = p.DEFAULT_REGISTRATION_LIFETIME.total_seconds()
     in_domain: str | None = None
@@ -235,7 +237,7 @@ _KEYS: Final[dict[str, dict[str, type]]] = {
         "purge_interval": float,
         "retention": float,
     },
-    "certificates": {"cert": str, "key": str, "ca": str},
+    "certificates": {"cert": str, "key": str, "ca": str, "crl": str},
 }
 _PATHS: Final = {
     ("maf", "store"),
@@ -243,6 +245,7 @@ _PATHS: Final = {
     ("certificates", "cert"),
     ("certificates", "key"),
     ("certificates", "ca"),
+    ("certificates", "crl"),
 }
 
 
@@ -265,6 +268,7 @@ def parse_maf_config(
         cert = "maf.pem"
         key = "maf.key"
         ca = "ca.pem"
+        crl = "crl.pem"                              # optional; reloaded when it changes
 
     Relative paths are read from ``base_dir``.
     """
@@ -777,6 +781,7 @@ class MafServer:
                 local_id=cfg.fqdn.lower(),
                 services=[cfg.fqdn],
                 sp_fqdn=cfg.effective_sp_fqdn,
+                crl=cfg.crl,
             )
         except (CertificateError, IdentifierError) as exc:
             raise ConfigurationError(f"MAF certificate: {exc}") from None

@@ -83,6 +83,60 @@ def set_server_callback(ctx: SSL.Context, lookup: ServerLookup, hint: bytes | No
         raise ValueError("OpenSSL refused the PSK identity hint")
 
 
+VerifyCallback = Callable[[SSL.Connection, bytes, int, int, int], int]
+"""(connection, DER certificate, OpenSSL's error, depth, ok) -> X.509 error to set, 0 to accept."""
+
+#: X.509 verify errors a certificate policy refuses with; OpenSSL turns the error left in
+#: the store context into the alert (ssl_x509err2alert): both give ``bad_certificate``.
+#: No X.509 error maps to ``access_denied``.
+X509_V_ERR_CERT_REJECTED: int = _lib.X509_V_ERR_CERT_REJECTED
+X509_V_ERR_HOSTNAME_MISMATCH: int = _lib.X509_V_ERR_HOSTNAME_MISMATCH
+X509_V_ERR_CERT_REVOKED: int = _lib.X509_V_ERR_CERT_REVOKED
+
+
+def set_verify_callback(ctx: SSL.Context, mode: int, verify: VerifyCallback) -> None:
+    """Install ``verify`` as ``ctx``'s certificate verify callback (``SSL_CTX_set_verify``).
+
+    pyOpenSSL's own wrapper returns 0 with the store context's error still ``X509_V_OK``,
+    which OpenSSL 3 reports as ``internal_error``. Here the callback names the X.509 error
+    it refuses with, set through ``X509_STORE_CTX_set_error``, so the peer gets the alert
+    that fits (``bad_certificate``, ``unknown_ca``, ``certificate_expired``, ...).
+    """
+    from OpenSSL import crypto
+
+    def verify_cb(ok: int, store_ctx: Any) -> int:
+        try:
+            ssl = _lib.X509_STORE_CTX_get_ex_data(
+                store_ctx, _lib.SSL_get_ex_data_X509_STORE_CTX_idx()
+            )
+            conn = _connection_of(ssl)
+            x509 = _lib.X509_STORE_CTX_get_current_cert(store_ctx)
+            if conn is None or x509 == _ffi.NULL:
+                _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_ERR_APPLICATION_VERIFICATION)
+                return 0
+            _lib.X509_up_ref(x509)
+            cert = crypto.X509._from_raw_x509_ptr(x509)
+            der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+            errnum = _lib.X509_STORE_CTX_get_error(store_ctx)
+            depth = _lib.X509_STORE_CTX_get_error_depth(store_ctx)
+            error = verify(conn, der, errnum, depth, ok)
+        except Exception:
+            log.exception("certificate verify callback failed")
+            _lib.X509_STORE_CTX_set_error(store_ctx, _lib.X509_V_ERR_APPLICATION_VERIFICATION)
+            return 0
+        if error:
+            _lib.X509_STORE_CTX_set_error(store_ctx, error)
+            return 0
+        if not ok:
+            # OpenSSL's own refusal stands: its error stays in the store context.
+            return 0
+        return 1
+
+    cb = _ffi.callback("int(int, X509_STORE_CTX *)")(verify_cb)
+    setattr(ctx, "_m2msec_verify_cb", cb)  # noqa: B010 - pyOpenSSL type has no slot for it
+    _lib.SSL_CTX_set_verify(_ctx_ptr(ctx), mode, cb)
+
+
 def set_client_callback(ctx: SSL.Context, provider: ClientProvider) -> None:
     """Make ``ctx`` offer the PSK that ``provider`` returns for the server's hint."""
 

@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
-from m2msec.errors import CertificateError, HandshakeError
+from m2msec.errors import CertificateError, CertificateRevoked, HandshakeError
 from m2msec.tls import _psk
 from m2msec.tls.context import PeerBinding
 
@@ -139,31 +139,33 @@ def install(profile: TLSProfile) -> None:
     if profile.certificate_policy is not None:
         policy = profile.certificate_policy
 
-        def verify(
-            conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int
-        ) -> bool:
+        def verify(conn: SSL.Connection, der: bytes, errnum: int, depth: int, ok: int) -> int:
             state = _state(conn)
             if not ok:
+                # OpenSSL's error stays: unknown_ca, certificate_expired, ... on the wire.
                 state.refusal = f"certificate verify failed at depth {depth}: {_x509_error(errnum)}"
-                return False
+                return errnum
             if depth != 0:
-                return True
+                return 0
             try:
-                der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
                 state.binding = policy.bind(der)
+            except CertificateRevoked as exc:
+                state.refusal = str(exc)
+                return _psk.X509_V_ERR_CERT_REVOKED
             except CertificateError as exc:
                 state.refusal = str(exc)
-                return False
+                # bad_certificate: the name or the allowed list refuses it, not the chain.
+                return _psk.X509_V_ERR_CERT_REJECTED
             except Exception:
                 log.exception("certificate policy failed")
                 state.refusal = "certificate policy failed"
-                return False
-            return True
+                return _psk.X509_V_ERR_CERT_REJECTED
+            return 0
 
         mode = SSL.VERIFY_PEER
         if policy.require_peer_certificate:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        ctx.set_verify(mode, verify)
+        _psk.set_verify_callback(ctx, mode, verify)
 
 
 def _x509_error(errnum: int) -> str:
