@@ -819,3 +819,68 @@ def test_revoked_client_refused_after_crl_reload_without_restart(
     out, events = attempt(k2, c2)
     assert "echo:" not in out
     assert "unreadable" in failure(events)
+
+
+@pytest.mark.interop
+def test_intermediate_ca_chains_verify_with_openssl(openssl: str, tmp_path: Path) -> None:
+    """`ca init --path-length 1` + `ca intermediate`: both ends' certificates come from the
+    intermediate, each side trusts only the root, and openssl s_client completes the
+    mutual handshake with our responder (issue 9 item 7)."""
+    from typer.testing import CliRunner
+
+    from m2msec.cli.ca import app
+
+    runner = CliRunner()
+    root, sub = tmp_path / "root", tmp_path / "sub"
+    flat = tmp_path / "flat"
+    assert runner.invoke(app, ["init", "--dir", str(flat), "--domain", DOMAIN]).exit_code == 0
+    refused = runner.invoke(app, ["intermediate", "--dir", str(flat), "--out-dir", str(sub)])
+    assert refused.exit_code == 1 and "--path-length" in refused.output, refused.output
+    assert not (sub / "ca.key").exists()
+
+    result = runner.invoke(
+        app, ["init", "--dir", str(root), "--domain", DOMAIN, "--path-length", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["intermediate", "--dir", str(root), "--out-dir", str(sub)])
+    assert result.exit_code == 0, result.output
+    for eid, prefix in ((MN, "mn"), (AE, "ae")):
+        result = runner.invoke(
+            app, ["issue", "--dir", str(sub), "--entity-id", eid, "--out", str(tmp_path / prefix)]
+        )
+        assert result.exit_code == 0, result.output
+
+    root_pem = (root / "ca.pem").read_bytes()
+    # An intermediate under a pathLen 1 root may itself sign end entities only.
+    nested = runner.invoke(
+        app, ["intermediate", "--dir", str(sub), "--out-dir", str(tmp_path / "x")]
+    )
+    assert nested.exit_code == 1 and "path length 0" in nested.output, nested.output
+
+    verify = subprocess.run(
+        [openssl, "verify", "-CAfile", str(root / "ca.pem"), "-untrusted",
+         str(sub / "chain.pem"), str(tmp_path / "ae.pem")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert verify.returncode == 0 and ": OK" in verify.stdout, verify.stdout + verify.stderr
+
+    mn = CertificateCredential(
+        (tmp_path / "mn.pem").read_bytes(), (tmp_path / "mn.key").read_bytes(), root_pem
+    )
+    assert len(mn.chain) == 1  # the intermediate travels with the certificate
+    server = EngineServer(CertificateResponder(mn, in_domain=DOMAIN).profile(tls13=False))
+    try:
+        proc = subprocess.run(
+            [
+                openssl, "s_client", "-connect", f"{HOST}:{server.port}",
+                "-cert", str(tmp_path / "ae.pem"), "-cert_chain", str(sub / "chain.pem"),
+                "-key", str(tmp_path / "ae.key"), "-CAfile", str(root / "ca.pem"),
+                "-verify_return_error", "-tls1_2", "-quiet",
+            ],
+            input=b"ping\n", capture_output=True, timeout=30,
+        )
+    finally:
+        server.close()
+    ctx = completed(server.events)
+    assert (ctx.peer_id, ctx.peer_kind) == (AE, PeerKind.AE)
+    assert b"echo:ping" in proc.stdout, proc.stderr.decode(errors="replace")

@@ -65,6 +65,9 @@ CA_KEY = "ca.key"
 CA_CONFIG = "ca.toml"
 CA_REVOKED = "revoked.json"
 CA_CRL = "crl.pem"
+#: The certificates between an intermediate CA and its root (the intermediate first):
+#: appended to every certificate the intermediate issues, so peers can build the chain.
+CA_CHAIN = "chain.pem"
 
 #: Backdating of notBefore, to absorb clock skew between entities.
 _BACKDATE = timedelta(minutes=5)
@@ -148,6 +151,111 @@ def _under(fqdn: str, domains: Iterable[str]) -> bool:
     return any(fqdn == d.lower() or fqdn.endswith("." + d.lower()) for d in domains)
 
 
+def _ca_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    subject: x509.Name,
+    *,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    not_after: datetime,
+    path_length: int,
+    permitted: tuple[str, ...] | None,
+) -> x509.Certificate:
+    """A CA certificate: self-signed when ``issuer`` is None, else signed by it."""
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    if issuer is None:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        issuer_name, signer = subject, key
+    else:
+        parent, signer = issuer
+        parent_ski = parent.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(parent_ski.value)
+        issuer_name = parent.subject
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(datetime.now(UTC) - _BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,  # 10.1.1.1, for every certificate in the chain
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(aki, critical=False)
+    )
+    if permitted is not None:
+        # 8.1.2.2; RFC 5280 4.2.1.10: conforming CAs mark it critical.
+        builder = builder.add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.DNSName(d) for d in permitted],
+                excluded_subtrees=None,
+            ),
+            critical=True,
+        )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _write_ca(
+    directory: Path,
+    key: ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    in_domain: str,
+    sp: str,
+    permitted: tuple[str, ...] | None,
+    chain: tuple[x509.Certificate, ...],
+) -> None:
+    """Write a new CA's files into ``directory`` (0700); never over an existing CA."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = [n for n in (CA_KEY, CA_CERT, CA_CONFIG) if (directory / n).exists()]
+    if existing:
+        raise ConfigurationError(
+            f"a CA already exists in {directory} ({', '.join(existing)}); "
+            "refusing to overwrite it"
+        )
+    config = "# m2msec certificate authority (TS-0003 8.1.2, 10.1.1)\n"
+    config += f"in_domain = {json.dumps(in_domain)}\n"
+    config += f"sp_fqdn = {json.dumps(sp)}\n"
+    config += f"name_constraints = {json.dumps(permitted is not None)}\n"
+    config += f"permitted = {json.dumps(list(permitted or ()))}\n"
+    files = [
+        (CA_KEY, _key_pem(key), 0o600),
+        (CA_CERT, _cert_pem(cert), 0o644),
+        (CA_CONFIG, config.encode(), 0o644),
+    ]
+    if chain:
+        files.append((CA_CHAIN, b"".join(_cert_pem(c) for c in chain), 0o644))
+    written: list[Path] = []
+    try:
+        # The key first: its O_EXCL creation is what makes a concurrent init lose.
+        for fname, data, mode in files:
+            _write_new(directory / fname, data, mode)
+            written.append(directory / fname)
+    except FileExistsError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise ConfigurationError(
+            f"a CA already exists in {directory} ({Path(str(exc.filename)).name}); "
+            "refusing to overwrite it"
+        ) from None
+    except OSError:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
 class CertificateAuthority:
     """A root CA (ECDSA P-256, SHA-256) that names oneM2M entities per TS-0003 10.1.1.
 
@@ -163,6 +271,7 @@ class CertificateAuthority:
         in_domain: str,
         sp_fqdn: str,
         permitted: tuple[str, ...] | None,
+        chain: tuple[x509.Certificate, ...] = (),
     ) -> None:
         self.directory = directory
         self.certificate = certificate
@@ -171,6 +280,8 @@ class CertificateAuthority:
         self.sp_fqdn = sp_fqdn
         #: dNSName subtrees of the root's nameConstraints; None when unconstrained.
         self.permitted = permitted
+        #: For an intermediate: itself and the CAs above it short of the root (RFC 5280 6.1).
+        self.chain = chain
 
     def __repr__(self) -> str:
         return f"CertificateAuthority({str(self.directory)!r}, in_domain={self.in_domain!r})"
@@ -237,8 +348,13 @@ class CertificateAuthority:
         sp_fqdn: str | None = None,
         extra_domains: Iterable[str] = (),
         name_constraints: bool = True,
+        path_length: int = 0,
     ) -> CertificateAuthority:
         """Create a new CA in ``directory`` (created 0700); refuse to replace one.
+
+        ``path_length`` is the root's pathLenConstraint (RFC 5280 4.2.1.9): 0, the
+        default, lets it sign only end-entity certificates; 1 lets it sign one level of
+        intermediates (:meth:`intermediate`).
 
         ``domain`` is the IN public domain under which CSEs are named; ``sp_fqdn`` the
         M2M-SP FQDN of Absolute AE-IDs (default ``domain``); ``extra_domains`` further
@@ -250,88 +366,67 @@ class CertificateAuthority:
         extra = [check_fqdn(d, "permitted domain") for d in extra_domains]
         if days < 1:
             raise ConfigurationError("the CA validity must be at least one day")
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        existing = [n for n in (CA_KEY, CA_CERT, CA_CONFIG) if (directory / n).exists()]
-        if existing:
-            raise ConfigurationError(
-                f"a CA already exists in {directory} ({', '.join(existing)}); "
-                "refusing to overwrite it"
-            )
+        if path_length < 0:
+            raise ConfigurationError("the path length must be 0 or more")
         permitted: tuple[str, ...] | None = None
         if name_constraints:
             permitted = tuple(dict.fromkeys(d.lower() for d in [in_domain, sp, *extra]))
-
         key = ec.generate_private_key(ec.SECP256R1())
         subject = _name(name or f"m2msec oneM2M CA {in_domain}"[:_CN_MAX])
         now = datetime.now(UTC)
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,  # 10.1.1.1, for every certificate in the chain
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                critical=False,
-            )
+        cert = _ca_certificate(
+            key,
+            subject,
+            issuer=None,
+            not_after=now + timedelta(days=days),
+            path_length=path_length,
+            permitted=permitted,
         )
-        if permitted is not None:
-            # 8.1.2.2; RFC 5280 4.2.1.10: conforming CAs mark it critical.
-            builder = builder.add_extension(
-                x509.NameConstraints(
-                    permitted_subtrees=[x509.DNSName(d) for d in permitted],
-                    excluded_subtrees=None,
-                ),
-                critical=True,
-            )
-        cert = builder.sign(key, hashes.SHA256())
-
-        config = "# m2msec certificate authority (TS-0003 8.1.2, 10.1.1)\n"
-        config += f"in_domain = {json.dumps(in_domain)}\n"
-        config += f"sp_fqdn = {json.dumps(sp)}\n"
-        config += f"name_constraints = {json.dumps(permitted is not None)}\n"
-        config += f"permitted = {json.dumps(list(permitted or ()))}\n"
-        written: list[Path] = []
-        try:
-            # The key first: its O_EXCL creation is what makes a concurrent init lose.
-            for fname, data, mode in (
-                (CA_KEY, _key_pem(key), 0o600),
-                (CA_CERT, _cert_pem(cert), 0o644),
-                (CA_CONFIG, config.encode(), 0o644),
-            ):
-                _write_new(directory / fname, data, mode)
-                written.append(directory / fname)
-        except FileExistsError as exc:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise ConfigurationError(
-                f"a CA already exists in {directory} ({Path(str(exc.filename)).name}); "
-                "refusing to overwrite it"
-            ) from None
-        except OSError:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
+        _write_ca(directory, key, cert, in_domain, sp, permitted, chain=())
         return cls(directory, cert, key, in_domain=in_domain, sp_fqdn=sp, permitted=permitted)
+
+    def intermediate(
+        self, directory: Path, *, name: str | None = None, days: int = 1825
+    ) -> CertificateAuthority:
+        """Create an intermediate CA in ``directory``, signed by this CA (TS-0003 8.1.2.2).
+
+        It names the same domains under the same name constraints, may sign end-entity
+        certificates only (pathLenConstraint 0), and appends itself to what it issues.
+        Needs this CA's own pathLenConstraint to allow it (``ca init --path-length 1``).
+        """
+        bc = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if bc.path_length is not None and bc.path_length < 1:
+            raise ConfigurationError(
+                f"the CA in {self.directory} has path length {bc.path_length}: it cannot "
+                "sign an intermediate (create the root with --path-length 1 or more)"
+            )
+        if days < 1:
+            raise ConfigurationError("the CA validity must be at least one day")
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = _name(name or f"m2msec oneM2M intermediate CA {self.in_domain}"[:_CN_MAX])
+        not_after = min(
+            datetime.now(UTC) + timedelta(days=days), self.certificate.not_valid_after_utc
+        )
+        cert = _ca_certificate(
+            key,
+            subject,
+            issuer=(self.certificate, self._key),
+            not_after=not_after,
+            path_length=0,
+            permitted=self.permitted,
+        )
+        chain = (cert, *self.chain)
+        directory = Path(directory)
+        _write_ca(directory, key, cert, self.in_domain, self.sp_fqdn, self.permitted, chain)
+        return CertificateAuthority(
+            directory,
+            cert,
+            key,
+            in_domain=self.in_domain,
+            sp_fqdn=self.sp_fqdn,
+            permitted=self.permitted,
+            chain=chain,
+        )
 
     @classmethod
     def load(cls, directory: Path) -> CertificateAuthority:
@@ -357,6 +452,12 @@ class CertificateAuthority:
         try:
             cert = x509.load_pem_x509_certificate(paths[CA_CERT].read_bytes())
             key = serialization.load_pem_private_key(paths[CA_KEY].read_bytes(), password=None)
+            chain_path = directory / CA_CHAIN
+            chain = (
+                tuple(x509.load_pem_x509_certificates(chain_path.read_bytes()))
+                if chain_path.exists()
+                else ()
+            )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"cannot read the CA in {directory}: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -368,8 +469,9 @@ class CertificateAuthority:
             raise ConfigurationError(f"{paths[CA_KEY]} does not match {paths[CA_CERT]}")
         if os.name == "posix" and paths[CA_KEY].stat().st_mode & 0o077:
             log.warning("CA key %s is readable by group or others", paths[CA_KEY])
-        return cls(directory, cert, key, in_domain=in_domain, sp_fqdn=sp, permitted=permitted)
-
+        return cls(
+            directory, cert, key, in_domain=in_domain, sp_fqdn=sp, permitted=permitted, chain=chain
+        )
     # -- issuing -------------------------------------------------------------------------
     def issue(
         self,
@@ -501,7 +603,7 @@ class CertificateAuthority:
         )
         return IssuedCredential(
             key_pem=_key_pem(key),
-            cert_pem=_cert_pem(cert),
+            cert_pem=_cert_pem(cert) + b"".join(_cert_pem(c) for c in self.chain),
             identity=identity,
             names=tuple(_show(n) for n in names),
         )

@@ -109,6 +109,14 @@ def init(
         bool,
         typer.Option("--no-name-constraints", help="Leave the root unconstrained (8.1.2.2)."),
     ] = False,
+    path_length: Annotated[
+        int,
+        typer.Option(
+            "--path-length",
+            min=0,
+            help="Intermediate levels the root may sign (0: end entities only).",
+        ),
+    ] = 0,
 ) -> None:
     """Create a CA (ECDSA P-256 root) in DIR; an existing CA is never overwritten."""
     with _errors():
@@ -120,6 +128,7 @@ def init(
             sp_fqdn=sp_fqdn,
             extra_domains=extra_domain or (),
             name_constraints=not no_name_constraints,
+            path_length=path_length,
         )
     cert = ca.certificate
     _out().print(Text("CA created", style="bold green"))
@@ -195,6 +204,45 @@ def issue(
         )
     )
 
+
+
+@app.command()
+def intermediate(
+    directory: DirOption,
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out-dir", metavar="DIR", help="Directory of the new intermediate CA.",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Common name.", show_default=False)
+    ] = None,
+    days: Annotated[
+        int, typer.Option("--days", min=1, help="Validity (within the root's).")
+    ] = 1825,
+) -> None:
+    """Create an intermediate CA in OUT-DIR, signed by the CA in DIR (8.1.2.2).
+
+    Use OUT-DIR with `ca issue --dir`; what it issues carries the intermediate, and
+    peers keep the root (DIR/ca.pem) as their trust anchor.
+    """
+    with _errors():
+        ca = CertificateAuthority.load(directory).intermediate(out_dir, name=name, days=days)
+    cert = ca.certificate
+    _out().print(Text("intermediate CA created", style="bold green"))
+    _out().print(
+        _table(
+            [
+                ("certificate", str(ca.directory / CA_CERT)),
+                ("private key", f"{ca.directory / CA_KEY} (0600)"),
+                ("subject", cert.subject.rfc4514_string()),
+                ("issuer", cert.issuer.rfc4514_string()),
+                ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
+            ]
+        )
+    )
 
 
 @app.command()
