@@ -275,3 +275,46 @@ def test_head_response_has_no_body() -> None:
     out = conn.data_to_send()
     assert out.endswith(b"\r\n\r\n")
     assert not conn.closed
+
+
+def test_content_length_with_transfer_encoding_is_400_and_closes() -> None:
+    conn = HttpServerConnection()
+    conn.receive_data(
+        req("POST", extra="Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n" + req()
+    )
+    ev = conn.next_event()
+    assert isinstance(ev, BadRequest) and ev.close
+    conn.send_response(ev.response)
+    (resp, _), = parse_responses(conn.data_to_send())
+    assert resp.status_code == 400
+    assert headers_of(resp)["x-m2m-rsc"] == "4000"
+    assert headers_of(resp)["connection"] == "close"
+    assert conn.closed
+    assert isinstance(conn.next_event(), PeerClosed)  # the pipelined request is never read
+
+
+@pytest.mark.parametrize("name", ["X_M2M_Origin", "x-m2m_ri", "X_M2MSec_Kind"])
+def test_underscore_lookalike_headers_are_refused(name: str) -> None:
+    conn = HttpServerConnection()
+    conn.receive_data(req(extra=f"{name}: CAdmin\r\n") + req(ri="r2"))
+    ev = conn.next_event()
+    assert isinstance(ev, BadRequest) and not ev.close
+    assert name.lower() in ev.reason
+    conn.send_response(ev.response)
+    (resp, _), = parse_responses(conn.data_to_send())
+    assert resp.status_code == 400 and headers_of(resp)["x-m2m-rsc"] == "4000"
+    nxt = conn.next_event()
+    assert isinstance(nxt, RequestReceived) and nxt.request.request_id == "r2"
+
+
+def test_request_line_without_version_is_400_at_once() -> None:
+    conn = HttpServerConnection()
+    conn.receive_data(b"GET /~/mn-cse-123456")
+    assert conn.next_event() is NEED_DATA  # the line is not complete yet
+    conn.receive_data(b"\r\n")
+    ev = conn.next_event()
+    assert isinstance(ev, BadRequest) and ev.close
+    conn.send_response(ev.response)
+    (resp, _), = parse_responses(conn.data_to_send())
+    assert resp.status_code == 400 and headers_of(resp)["x-m2m-rsc"] == "4000"
+    assert conn.closed

@@ -77,21 +77,32 @@ def store(tmp_path: Path) -> Iterator[MafStore]:
     ("text", "expected"),
     [
         ("20300101T120000", NOW),
-        ("20300101T120000Z", NOW),
         ("20300101T120000,5", NOW + timedelta(microseconds=500_000)),
-        ("20300101T140000+02:00", NOW),
-        ("20300101T110000-0100", NOW),
+        ("20300101T120000.000001", NOW + timedelta(microseconds=1)),
     ],
 )
 def test_timestamps(text: str, expected: datetime) -> None:
     assert p.parse_m2m_time(text) == expected
-    assert p.format_m2m_time(expected) == "20300101T120000"
+    # Round trip: the fraction is written only when there is one (TS-0004 6.3.3).
+    assert p.parse_m2m_time(p.format_m2m_time(expected)) == expected
+    assert p.format_m2m_time(NOW) == "20300101T120000"
+    assert p.format_m2m_time(NOW + timedelta(microseconds=500_000)) == "20300101T120000,500000"
 
 
 @pytest.mark.parametrize("bad", ["2030-01-01T12:00:00", "20301301T000000", "x", 20300101, ""])
 def test_bad_timestamps(bad: Any) -> None:
     with pytest.raises(p.MafRefusal) as info:
         p.parse_m2m_time(bad)
+    assert info.value.rsc == 4000
+
+
+@pytest.mark.parametrize(
+    "zoned", ["20300101T000000+02:00", "20300101T120000Z", "20300101T110000-0100"]
+)
+def test_zoned_expiration_time_is_refused_4000(zoned: str) -> None:
+    """TS-0004 6.3.3 times are UTC with no zone designator: the server refuses, not converts."""
+    with pytest.raises(p.MafRefusal, match="time zone designator") as info:
+        p.parse_key_registration(request(body=reg_body(expirationTime=zoned)), POLICY)
     assert info.value.rsc == 4000
 
 

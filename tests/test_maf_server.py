@@ -313,6 +313,15 @@ BAD_REQUESTS = [
     ("POST", "/maf/keys", key_reg(mafFQDN="maf.elsewhere.com"), {}, 4000, "not this MAF"),
     ("POST", "/maf/keys", key_reg(hours=-1), {}, 4000, "not in the future"),
     ("POST", "/maf/keys", key_reg(expirationTime="tomorrow"), {}, 4000, "timestamp"),
+    # TS-0004 6.3.3: UTC without a zone designator; the MAF converted +02:00 before.
+    (
+        "POST",
+        "/maf/keys",
+        key_reg(expirationTime="20300101T000000+02:00"),
+        {},
+        4000,
+        "time zone designator",
+    ),
     ("POST", "/maf/keys", key_reg(keyValue="zz"), {}, 4000, "hexadecimal"),
     ("POST", "/maf/keys", key_reg(keyValue="00" * 8), {}, 4000, "16 to 64 octets"),
     ("POST", "/maf/keys", key_reg(bogus=1), {}, 4000, "unknown field"),

@@ -25,6 +25,15 @@ A request that repeats ``X-M2M-Origin``, ``X-M2M-RI``, ``X-M2M-RVI`` or ``Conten
 is refused (400 / 4000) but the connection stays up: a gateway that checked one copy of
 From while its backend read another would be bypassed.
 
+Edge cases (issue 9 item 6): a request carrying both ``Content-Length`` and
+``Transfer-Encoding`` is answered 400 / 4000 and the connection closed (RFC 9112 6.1: a
+proxy and its backend could frame it differently - request smuggling). A header whose name
+equals ``X-M2M-*`` or ``X-M2MSec-*`` once ``_`` is read as ``-`` (``X_M2M_Origin``) is
+refused 400 / 4000 rather than stripped: backends that fold ``_`` into ``-`` (CGI, WSGI
+servers) would read it as From, and a refusal tells the sender what is wrong. A request
+line without an HTTP version (``GET /``, HTTP/0.9 style) is answered 400 / 4000 and closed as
+soon as its line is complete; h11 would wait for a header block that never comes.
+
 RSC to HTTP status (:func:`http_status_for`): TS-0009's mapping, as implemented by the
 ACME CSE (TS-0009 is not available to us): 4103 and 4107 -> 403, 4000 -> 400,
 4004 and 5103 -> 404, 4005 -> 405, 4008 -> 504, 5000 -> 500, 5001 -> 501; a code
@@ -333,6 +342,14 @@ class HttpServerConnection:
                     why = f"malformed HTTP request: {str(exc)[:120]}"
                 return self._refuse(why, status, close=True)
             if event is h11.NEED_DATA:
+                if self._h11.their_state is h11.IDLE and _versionless_request_line(
+                    self._h11
+                ):
+                    return self._refuse(
+                        "malformed HTTP request: request line without HTTP version",
+                        400,
+                        close=True,
+                    )
                 return NEED_DATA
             if event is h11.PAUSED:  # pragma: no cover - guarded by _answering
                 raise RuntimeError("answer the current request with send_response() first")
@@ -414,6 +431,13 @@ class HttpServerConnection:
             return self._refuse(
                 f"request header fields larger than {self.max_header} octets", 431, close=True
             )
+        if _first(head, b"content-length") is not None and _first(
+            head, b"transfer-encoding"
+        ) is not None:
+            # RFC 9112 6.1: a server MAY reject such a request and MUST close after it.
+            return self._refuse(
+                "both Content-Length and Transfer-Encoding in one request", 400, close=True
+            )
         length = _content_length(head)
         if length is not None and length > self.max_body:
             return self._too_large()
@@ -436,8 +460,12 @@ class HttpServerConnection:
                 counts[name] = counts.get(name, 0) + 1
         repeated = sorted(name for name, n in counts.items() if n > 1)
         problem: str | None = None
+        lookalike = next((name for name, _ in headers if _is_lookalike(name)), None)
         if repeated:
             problem = f"header {repeated[0]} must appear at most once"
+        elif lookalike is not None:
+            # Never forwarded: a backend that reads "_" as "-" would take it as X-M2M-*.
+            problem = f"header {lookalike}: use '-' not '_' in X-M2M-* / X-M2MSec-* names"
         elif not target.startswith("/"):
             # Only origin-form targets: an absolute URL must not steer the forwarding.
             problem = "request target must be a path (origin-form)"
@@ -487,6 +515,21 @@ def _first(head: h11.Request, name: bytes) -> str | None:
         if k == name:
             return v.decode("latin-1")
     return None
+
+
+def _is_lookalike(name: str) -> bool:
+    """``x_m2m_origin`` and the like: an X-M2M-* / X-M2MSec-* name spelt with ``_``."""
+    return "_" in name and name.replace("_", "-").startswith(("x-m2m-", "x-m2msec-"))
+
+
+def _versionless_request_line(conn: h11.Connection) -> bool:
+    """True when the buffered request line is complete and names no HTTP version."""
+    buffered = bytes(getattr(conn, "_receive_buffer", b""))
+    buffered = buffered.lstrip(b"\r\n")  # h11 skips blank lines before a request
+    end = buffered.find(b"\n")
+    if end < 0:
+        return False
+    return b" HTTP/" not in buffered[:end]
 
 
 def _content_length(head: h11.Request) -> int | None:

@@ -27,10 +27,30 @@ import typer
 from m2msec.bindings.client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
 from m2msec.cli.common import console, context_details, fail, read_key
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
+from m2msec.ids import CseId, parse_entity_id
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
+
+
+def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | None:
+    """The SNI to send when ``--servername`` is not given (READINGS A-11, A-12).
+
+    A host name in the URL is sent as is, as s_client does; for an IP-address URL with a
+    CSE-ID as IdB it is the CSE public domain name ``<CSE-ID>.<IN domain>`` (TS-0001
+    6.5.1.1); otherwise (an IP and an AE or no IdB) nothing, since no name is known.
+    """
+    if not _is_ip(host):
+        return host
+    if id_b:
+        try:
+            entity = parse_entity_id(id_b)
+            if isinstance(entity, CseId):
+                return entity.public_domain_name(in_domain)
+        except IdentifierError:
+            return None  # not usable as a DNS label: send no SNI rather than a wrong one
+    return None
 
 
 def _is_ip(host: str) -> bool:
@@ -297,8 +317,8 @@ def connect(
     if coap and (gba or maf is not None):
         fail("coaps:// takes --psk-identity/--psk or --cert/--key/--ca")
     host, port = parts.hostname, parts.port or (5684 if coap else 443)
-    if server_name is None and not _is_ip(host):
-        server_name = host  # every client sends SNI (READINGS A-11), as s_client does
+    if server_name is None:
+        server_name = default_server_name(host, id_b, in_domain)
     type_code: int | None = None
     if ty is not None:
         type_code = RESOURCE_TYPES.get(ty) if not ty.isdigit() else int(ty)

@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -53,6 +52,7 @@ from urllib.parse import quote
 
 import h11
 
+from m2msec import m2mtime
 from m2msec.bindings.client import OneM2MClient, OneM2MResponse
 from m2msec.crypto.keyexport import (
     EXPORT_LENGTH,
@@ -121,8 +121,6 @@ DEFAULT_KEY_LIFETIME = timedelta(hours=24)
 DEFAULT_CLIENT_LIFETIME = timedelta(days=30)
 
 _DBG_LIMIT = 200
-_TIME = re.compile(r"(\d{8}T\d{6})(?:[.,](\d{1,9}))?Z?")
-
 Clock = Callable[[], datetime]
 
 
@@ -134,26 +132,16 @@ def _now() -> datetime:
 
 
 def format_time(when: datetime) -> str:
-    """A oneM2M timestamp ``YYYYMMDDTHHMMSS`` in UTC (basic ISO 8601, TS-0004)."""
-    if when.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return when.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
+    """A oneM2M timestamp (TS-0004 6.3.3) in UTC; the one codec is :mod:`m2msec.m2mtime`."""
+    return m2mtime.format_time(when)
 
 
 def parse_time(text: object, what: str = "expirationTime") -> datetime:
-    """Read ``YYYYMMDDTHHMMSS`` (optionally ``,ffffff`` and ``Z``) as UTC."""
-    if not isinstance(text, str):
-        raise MafError(f"{what} is not a oneM2M timestamp")
-    match = _TIME.fullmatch(text.strip())
-    if match is None:
-        raise MafError(f"{what} {text[:40]!r} is not a oneM2M timestamp YYYYMMDDTHHMMSS")
+    """Read a oneM2M timestamp as UTC; a zone designator (``Z``, ``+02:00``) is refused."""
     try:
-        when = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-    except ValueError:
-        raise MafError(f"{what} {text[:40]!r} is not a valid date and time") from None
-    if match.group(2):
-        when += timedelta(microseconds=int(match.group(2)[:6].ljust(6, "0")))
-    return when
+        return m2mtime.parse_time(text.strip() if isinstance(text, str) else text, what)
+    except m2mtime.M2MTimeError as exc:
+        raise MafError(str(exc)) from None
 
 
 def _printable(data: bytes | str, limit: int = 128) -> str:

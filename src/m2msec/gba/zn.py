@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -40,6 +39,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import h11
 
+from m2msec import m2mtime
 from m2msec.crypto.gba import KS_NAF_LENGTH, parse_naf_id
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
@@ -63,8 +63,6 @@ ZN_PATH: Final = "/zn/bootstrap/"
 MAX_BTID_LENGTH: Final = 512
 MAX_NAF_ID_OCTETS: Final = 260  # FQDN (253) || Ua protocol id (5)
 MAX_ANSWER_OCTETS: Final = 64 * 1024
-_TIME_FORMAT: Final = "%Y%m%dT%H%M%S"
-_TIME: Final = re.compile(r"\d{8}T\d{6}")
 
 
 class ZnError(M2MSecError):
@@ -77,16 +75,13 @@ class ZnError(M2MSecError):
 
 
 def format_time(value: datetime) -> str:
-    """``YYYYMMDDTHHMMSS`` in UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime(_TIME_FORMAT)
+    """``YYYYMMDDThhmmss[,ffffff]`` in UTC (TS-0004 6.3.3, :mod:`m2msec.m2mtime`)."""
+    return m2mtime.format_time(value)
 
 
 def parse_time(text: str) -> datetime:
-    if not isinstance(text, str) or not _TIME.fullmatch(text):
-        raise ValueError(f"{str(text)[:40]!r} is not YYYYMMDDTHHMMSS")
-    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    """A oneM2M timestamp as UTC; raises ``ValueError`` (a zone designator is refused)."""
+    return m2mtime.parse_time(text)
 
 
 @dataclass(frozen=True, slots=True)
