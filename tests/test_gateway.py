@@ -652,3 +652,40 @@ async def test_certificate_listener_beside_psk(tmp_path: Path, store: SqlitePskS
         assert first["x-m2msec-framework"] == "certificate"
         assert first["x-m2msec-peer-id"] == "/mn-cse-123456/Clight-AE7"
         assert len(first["x-m2msec-key-id"]) == 64  # SHA-256 fingerprint
+
+
+async def test_honest_device_served_through_an_idle_flood_from_its_own_address(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 2: idle TCP connections from 127.0.0.1, far more than max_handshakes,
+    # while ADN-AE1 on the same address keeps associating and requesting: all served.
+    cfg = gw_config(acme.url, max_handshakes=8, first_flight_timeout=2.0)
+    async with running(cfg, store) as gw:
+        port = next(i.port for i in gw.listeners if i.framework == "provisioned-psk")
+        idle: list[asyncio.StreamWriter] = []
+        stop = asyncio.Event()
+
+        async def flood() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    idle.append(writer)  # sends nothing
+                await asyncio.sleep(0.005)
+
+        flooder = asyncio.create_task(flood())
+        try:
+            await asyncio.sleep(0.3)
+            served = 0
+            for i in range(6):
+                async with light(gw, AE1) as ae1:
+                    r = await ae1.request("GET", acme.base, origin="Clight-AE1")
+                    assert r.rsc == 2000, r.body
+                    served += 1
+            assert served == 6
+            assert len(idle) > 8 * 4  # the flood really exceeded the cap
+            assert gw.stats.handshakes_evicted > 0
+        finally:
+            stop.set()
+            await flooder
+            for w in idle:
+                w.close()

@@ -163,6 +163,18 @@ def serve(
         typer.Option("--config", "-c", metavar="FILE", help="TOML configuration file.",
                      show_default=False),
     ] = None,
+    first_flight_timeout: Annotated[
+        float | None,
+        typer.Option("--first-flight-timeout", metavar="SECONDS",
+                     help="Seconds from accept to a whole ClientHello (default 2).",
+                     show_default=False),
+    ] = None,
+    source_share: Annotated[
+        float | None,
+        typer.Option("--source-share", metavar="FRACTION",
+                     help="Share of max_handshakes one source address may hold (default 0.25).",
+                     show_default=False),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
@@ -181,6 +193,8 @@ def serve(
         "certificates.cert": None if cert is None else str(cert),
         "certificates.key": None if key is None else str(key),
         "certificates.ca": None if ca is None else str(ca),
+        "gateway.first_flight_timeout": first_flight_timeout,
+        "gateway.source_share": source_share,
     }
     try:
         cfg = load_config(config, overrides)

@@ -96,7 +96,7 @@ from m2msec.servers.backend import (
 )
 from m2msec.servers.streams import PlainStream, Stream
 from m2msec.store.base import PskStore
-from m2msec.tls.aio import TLSConnection, TLSServer
+from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
 from m2msec.tls.context import PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
@@ -457,6 +457,8 @@ class GatewayStats:
     dtls_associations: int = 0  # of associations_established: CoAP over DTLS
     coap_requests: int = 0
     coap_bad_messages: int = 0  # datagrams inside DTLS that were not (valid) CoAP
+    handshakes_evicted: int = 0  # of handshakes_failed: silent connections making room
+    first_flight_timeouts: int = 0  # of handshakes_failed: no ClientHello within the deadline
     refused_by_rule: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -590,6 +592,8 @@ class Gateway:
                         handshake_timeout=cfg.handshake_timeout,
                         max_handshakes=cfg.max_handshakes,
                         on_failure=self.handshake_failed,
+                        first_flight_timeout=cfg.first_flight_timeout,
+                        source_share=cfg.source_share,
                     )
                     server = await tls.start(spec.host, spec.port)
                     self._tls.append(tls)
@@ -774,6 +778,10 @@ class Gateway:
     def handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
         """Listeners report refused handshakes here (TLS and DTLS alike)."""
         self.stats.handshakes_failed += 1
+        if reason == EVICTED:
+            self.stats.handshakes_evicted += 1
+        elif reason == NO_FIRST_FLIGHT:
+            self.stats.first_flight_timeouts += 1
 
     def _sp_fqdn(self) -> str | None:
         return self.config.cse_id.sp_fqdn or self.config.in_domain
