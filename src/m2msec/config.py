@@ -11,6 +11,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     max_handshakes = 1024                 # handshakes in progress per listener
     first_flight_timeout = 2.0            # seconds from accept to a whole ClientHello
     source_share = 0.25                   # of max_handshakes one source address may hold
+    max_associations_per_credential = 64  # live associations of one key; more are refused
     max_body = 1048576                    # octets
     tls13 = true                          # offer TLS 1.3 beside 1.2 (READINGS A-03)
     require_sni = false                   # strict SNI (READINGS A-11)
@@ -105,6 +106,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_HANDSHAKES = 1024
 DEFAULT_FIRST_FLIGHT_TIMEOUT = 2.0
 DEFAULT_SOURCE_SHARE = 0.25
+DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL = 64
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_BACKEND_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 120.0
@@ -194,6 +196,7 @@ class GatewayConfig:
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     first_flight_timeout: float = DEFAULT_FIRST_FLIGHT_TIMEOUT
     source_share: float = DEFAULT_SOURCE_SHARE
+    max_associations_per_credential: int = DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL
     max_body: int = DEFAULT_MAX_BODY
     tls13: bool = True
     require_sni: bool = False
@@ -230,6 +233,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "max_handshakes",
             "first_flight_timeout",
             "source_share",
+            "max_associations_per_credential",
             "max_body",
             "tls13",
             "require_sni",
@@ -656,6 +660,9 @@ def parse_config(
         max_handshakes=integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         first_flight_timeout=num("first_flight_timeout", DEFAULT_FIRST_FLIGHT_TIMEOUT),
         source_share=num("source_share", DEFAULT_SOURCE_SHARE),
+        max_associations_per_credential=integer(
+            "max_associations_per_credential", DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL
+        ),
         max_body=integer("max_body", DEFAULT_MAX_BODY),
         tls13=_bool(gw.get("tls13", True), "gateway.tls13"),
         require_sni=_bool(gw.get("require_sni", False), "gateway.require_sni"),

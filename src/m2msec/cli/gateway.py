@@ -175,6 +175,12 @@ def serve(
                      help="Share of max_handshakes one source address may hold (default 0.25).",
                      show_default=False),
     ] = None,
+    max_associations_per_credential: Annotated[
+        int | None,
+        typer.Option("--max-associations-per-credential", metavar="N",
+                     help="Live associations one credential may hold; more are refused "
+                     "(default 64).", show_default=False),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
@@ -195,6 +201,7 @@ def serve(
         "certificates.ca": None if ca is None else str(ca),
         "gateway.first_flight_timeout": first_flight_timeout,
         "gateway.source_share": source_share,
+        "gateway.max_associations_per_credential": max_associations_per_credential,
     }
     try:
         cfg = load_config(config, overrides)

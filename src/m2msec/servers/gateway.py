@@ -459,6 +459,7 @@ class GatewayStats:
     coap_bad_messages: int = 0  # datagrams inside DTLS that were not (valid) CoAP
     handshakes_evicted: int = 0  # of handshakes_failed: silent connections making room
     first_flight_timeouts: int = 0  # of handshakes_failed: no ClientHello within the deadline
+    associations_over_credential_cap: int = 0  # refused: the credential holds the maximum
     refused_by_rule: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -514,6 +515,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.stats = GatewayStats()
+        self._live_by_credential: Counter[str] = Counter()
         self._store = store
         self._own_store = False
         self._clock = clock
@@ -786,6 +788,26 @@ class Gateway:
     def _sp_fqdn(self) -> str | None:
         return self.config.cse_id.sp_fqdn or self.config.in_domain
 
+    def admit_association(self, ctx: SecurityContext, peer: Any) -> bool:
+        """Count a new association against its credential's cap; False: refuse it (issue 9).
+
+        Refuse-new rather than evict-oldest: evicting would let whoever holds a copy of the
+        key knock the device's own associations off at will; refusing keeps what works and
+        bounds what one key can hold. Each admitted association is released by
+        :meth:`close_association`.
+        """
+        key = _credential(ctx)
+        if self._live_by_credential[key] >= self.config.max_associations_per_credential:
+            self.stats.associations_over_credential_cap += 1
+            log.warning(
+                "association refused: peer=%s key_id=%s holds %d live associations (the cap) "
+                "from=%s",
+                ctx.peer_id, ctx.key_id, self._live_by_credential[key], _addr(peer),
+            )
+            return False
+        self._live_by_credential[key] += 1
+        return True
+
     def open_association(self, ctx: SecurityContext, peer: Any) -> Association:
         """Record a newly established association (SA record, stats, log); its rule state."""
         assoc = Association.from_context(ctx, self.config.cse_id, self._sp_fqdn())
@@ -810,10 +832,16 @@ class Gateway:
         return assoc
 
     def close_association(self, assoc: Association) -> None:
+        key = _credential(assoc.context)
+        self._live_by_credential[key] -= 1
+        if self._live_by_credential[key] <= 0:
+            del self._live_by_credential[key]
         self.stats.associations_closed += 1
         log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
 
     async def _serve_tls(self, conn: TLSConnection) -> None:
+        if not self.admit_association(conn.context, conn.peer_address):
+            return  # TLSServer closes it with close_notify
         assoc = self.open_association(conn.context, conn.peer_address)
 
         async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
@@ -1038,3 +1066,8 @@ def _short(text: str, limit: int = 200) -> str:
 async def _quietly(aw: Awaitable[None]) -> None:
     with contextlib.suppress(Exception):
         await aw
+
+
+def _credential(ctx: SecurityContext) -> str:
+    """What the per-credential cap counts: the framework's key id, else the peer identity."""
+    return f"{ctx.framework.value}:{ctx.key_id or ctx.peer_id}"
