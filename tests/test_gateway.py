@@ -718,3 +718,38 @@ async def test_credential_cap_refuses_new_associations_and_keeps_the_live_ones(
             assert answered_by_acme(await a.request("GET", acme.base, origin="Clight-AE1"))
         async with light(gw, AE1) as again:  # slots are released when associations end
             assert answered_by_acme(await again.request("GET", acme.base, origin="Clight-AE1"))
+
+
+async def test_request_head_trickled_byte_by_byte_gets_408(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 2: inside an association, a head must be complete within
+    # request_head_timeout of its first byte, however the bytes are spaced.
+    async with running(gw_config(acme.url, request_head_timeout=1.0), store) as gw:
+        port = next(i.port for i in gw.listeners if i.framework == "provisioned-psk")
+        initiator = PskInitiator(AE1[0], bytes.fromhex(AE1[1]), CSE, server_name=SNI)
+        conn = await connect("127.0.0.1", port, initiator.profile())
+        head = b"GET /mn-cse-123456 HTTP/1.1\r\nHost: x\r\nX-M2M-Origin: Clight-AE1\r\n\r\n"
+        got = bytearray()
+
+        async def read_all() -> None:
+            while data := await conn.recv():
+                got.extend(data)
+
+        reader = asyncio.create_task(read_all())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            for byte in head:
+                if reader.done():
+                    break
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(bytes([byte]))
+                await asyncio.sleep(0.2)  # each byte well inside idle_timeout
+            await asyncio.wait_for(reader, 5)
+        finally:
+            reader.cancel()
+            await conn.close()
+        assert got.startswith(b"HTTP/1.1 408 "), bytes(got)
+        assert loop.time() - start < 5  # generous: the deadline is 1 s, the full trickle 14 s
+        assert gw.stats.request_head_timeouts == 1

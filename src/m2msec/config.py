@@ -12,6 +12,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     first_flight_timeout = 2.0            # seconds from accept to a whole ClientHello
     source_share = 0.25                   # of max_handshakes one source address may hold
     max_associations_per_credential = 64  # live associations of one key; more are refused
+    request_head_timeout = 10.0           # seconds from a head's first byte to its end: 408
     max_body = 1048576                    # octets
     tls13 = true                          # offer TLS 1.3 beside 1.2 (READINGS A-03)
     require_sni = false                   # strict SNI (READINGS A-11)
@@ -107,6 +108,7 @@ DEFAULT_MAX_HANDSHAKES = 1024
 DEFAULT_FIRST_FLIGHT_TIMEOUT = 2.0
 DEFAULT_SOURCE_SHARE = 0.25
 DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL = 64
+DEFAULT_REQUEST_HEAD_TIMEOUT = 10.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_BACKEND_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 120.0
@@ -197,6 +199,7 @@ class GatewayConfig:
     first_flight_timeout: float = DEFAULT_FIRST_FLIGHT_TIMEOUT
     source_share: float = DEFAULT_SOURCE_SHARE
     max_associations_per_credential: int = DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL
+    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
     tls13: bool = True
     require_sni: bool = False
@@ -234,6 +237,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "first_flight_timeout",
             "source_share",
             "max_associations_per_credential",
+            "request_head_timeout",
             "max_body",
             "tls13",
             "require_sni",
@@ -663,6 +667,7 @@ def parse_config(
         max_associations_per_credential=integer(
             "max_associations_per_credential", DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL
         ),
+        request_head_timeout=num("request_head_timeout", DEFAULT_REQUEST_HEAD_TIMEOUT),
         max_body=integer("max_body", DEFAULT_MAX_BODY),
         tls13=_bool(gw.get("tls13", True), "gateway.tls13"),
         require_sni=_bool(gw.get("require_sni", False), "gateway.require_sni"),

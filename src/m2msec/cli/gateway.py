@@ -181,6 +181,12 @@ def serve(
                      help="Live associations one credential may hold; more are refused "
                      "(default 64).", show_default=False),
     ] = None,
+    request_head_timeout: Annotated[
+        float | None,
+        typer.Option("--request-head-timeout", metavar="SECONDS",
+                     help="Seconds from a request head's first byte to its end; then 408 "
+                     "(default 10).", show_default=False),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
@@ -202,6 +208,7 @@ def serve(
         "gateway.first_flight_timeout": first_flight_timeout,
         "gateway.source_share": source_share,
         "gateway.max_associations_per_credential": max_associations_per_credential,
+        "gateway.request_head_timeout": request_head_timeout,
     }
     try:
         cfg = load_config(config, overrides)

@@ -460,6 +460,7 @@ class GatewayStats:
     handshakes_evicted: int = 0  # of handshakes_failed: silent connections making room
     first_flight_timeouts: int = 0  # of handshakes_failed: no ClientHello within the deadline
     associations_over_credential_cap: int = 0  # refused: the credential holds the maximum
+    request_head_timeouts: int = 0  # heads not complete within request_head_timeout: 408
     refused_by_rule: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -891,6 +892,8 @@ class Gateway:
         session = _Session(stream)
         self._sessions.add(session)
         http = HttpServerConnection(max_body=self.config.max_body)
+        loop = asyncio.get_running_loop()
+        head_deadline: float | None = None  # while a request head is arriving
         try:
             if self._closing:
                 return
@@ -900,12 +903,27 @@ class Gateway:
                     out = http.data_to_send()  # e.g. 100 Continue
                     if out:
                         await stream.send(out)
+                    wait = self.config.idle_timeout
+                    if not http.reading_head:
+                        head_deadline = None
+                    else:
+                        if head_deadline is None:
+                            head_deadline = loop.time() + self.config.request_head_timeout
+                        wait = min(wait, max(0.0, head_deadline - loop.time()))
                     try:
-                        data = await asyncio.wait_for(stream.recv(), self.config.idle_timeout)
+                        data = await asyncio.wait_for(stream.recv(), wait)
                     except TimeoutError:
+                        if not http.reading_head:
+                            return
+                        event = http.head_timed_out()
+                        self.stats.request_head_timeouts += 1
+                        log.info("bad request: %s", event.reason)
+                        http.send_response(event.response, close=True)
+                        await stream.send(http.data_to_send())
                         return
                     http.receive_data(data)
                     continue
+                head_deadline = None
                 if isinstance(event, PeerClosed):
                     return
                 session.busy = True
