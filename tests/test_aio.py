@@ -133,3 +133,21 @@ async def test_first_flight_deadline() -> None:
         writer.close()
     finally:
         await server.close()
+
+
+async def test_source_share_counts_the_real_peer_address() -> None:
+    # A flood from one address evicts only that address's silent connections.
+    server = TLSServer(server_profile(), echo, max_handshakes=4, source_share=0.25)
+    await server.start("127.0.0.1", 0)
+    try:
+        other = socket.create_connection(
+            ("127.0.0.1", server.port), source_address=("127.0.0.2", 0)
+        )
+        flood = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert server.evicted == 2
+        assert server.admission._by_source == {"127.0.0.2": 1, "127.0.0.1": 1}
+        for s in (other, *flood):
+            s.close()
+    finally:
+        await server.close()

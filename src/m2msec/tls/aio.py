@@ -197,12 +197,14 @@ class _TLSProtocol(asyncio.Protocol):
         self._first: bytearray | None = bytearray() if first_flight_timeout else None
         self._first_timer: asyncio.TimerHandle | None = None
         self.on_first_flight: Callable[[], None] | None = None
+        self.made = asyncio.Event()  # connection_made ran: peer is known
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self.peer = self._transport.get_extra_info("peername")
+        self.made.set()
         self._timer = asyncio.get_running_loop().call_later(
             self._timeout, self._handshake_timed_out
         )
@@ -498,6 +500,8 @@ class TLSServer:
         return protocol
 
     async def _serve(self, protocol: _TLSProtocol) -> None:
+        # This task was created in the protocol factory, before connection_made.
+        await protocol.made.wait()
         source = str(protocol.peer[0]) if protocol.peer else "?"
         victims = self.admission.admit(protocol, source)
         if victims is None:
