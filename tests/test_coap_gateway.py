@@ -482,3 +482,17 @@ async def test_wrong_psk_fails_the_handshake_and_is_counted(
             assert (
                 await ae1.request("GET", "/~/mn-cse-123456/home-gw", origin="Clight-AE1")
             ).rsc == 2000
+
+
+async def test_credential_cap_covers_dtls_associations(
+    recorder: str, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 2: the per-credential cap counts DTLS associations too; refuse-new.
+    cfg = config(recorder, max_associations_per_credential=1)
+    async with running(cfg, store) as gw, light(gw, AE1) as ae1:
+        assert (await ae1.request("GET", CSE, origin="Clight-AE1")).rsc == 2000
+        second = await associate(gw, AE1)
+        assert await asyncio.wait_for(second.recv(), 5) == b""  # close_notify
+        second.close()
+        assert gw.stats.associations_over_credential_cap == 1
+        assert (await ae1.request("GET", CSE, origin="Clight-AE1")).rsc == 2000

@@ -114,6 +114,11 @@ allowed = ["Clight-AE1", "/mn-cse-9"]
         (MINIMAL + "max_body = 1.5\n", "gateway.max_body: must be an integer"),
         (MINIMAL + "tls13 = 1\n", "gateway.tls13: must be true or false"),
         (MINIMAL + "handshake_timeout = 'slow'\n", "gateway.handshake_timeout"),
+        (MINIMAL + "source_share = 1.5\n", "gateway.source_share: is a fraction"),
+        (MINIMAL + "first_flight_timeout = 0\n", "gateway.first_flight_timeout"),
+        (MINIMAL + "max_associations_per_credential = 0\n",
+         "gateway.max_associations_per_credential"),
+        (MINIMAL + "request_head_timeout = -1\n", "gateway.request_head_timeout"),
         (MINIMAL + "[psk]\nstore = 'missing.db'\n", "psk.store: no such store"),
         (MINIMAL + "[certificates]\ncert = 'a.pem'\n", "certificates.key: missing"),
         (MINIMAL + "listen = []\n", "invalid TOML"),  # a repeated key

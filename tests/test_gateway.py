@@ -715,3 +715,102 @@ def authority_serial(cert: Path) -> int:
     from cryptography import x509
 
     return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+def answered_by_acme(r: Any) -> bool:
+    """The gateway forwarded the request and ACME answered it (whatever ACME decided)."""
+    return bool(r.headers.get("server", "").startswith("ACME"))
+
+
+async def test_honest_device_served_through_an_idle_flood_from_its_own_address(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 2: idle TCP connections from 127.0.0.1, far more than max_handshakes,
+    # while ADN-AE1 on the same address keeps associating and requesting: all served.
+    cfg = gw_config(acme.url, max_handshakes=8, first_flight_timeout=2.0)
+    async with running(cfg, store) as gw:
+        port = next(i.port for i in gw.listeners if i.framework == "provisioned-psk")
+        idle: list[asyncio.StreamWriter] = []
+        stop = asyncio.Event()
+
+        async def flood() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    idle.append(writer)  # sends nothing
+                await asyncio.sleep(0.005)
+
+        flooder = asyncio.create_task(flood())
+        try:
+            await asyncio.sleep(0.3)
+            served = 0
+            for _ in range(6):
+                async with light(gw, AE1) as ae1:
+                    r = await ae1.request("GET", acme.base, origin="Clight-AE1")
+                    assert answered_by_acme(r), r.body
+                    served += 1
+            assert served == 6
+            assert len(idle) > 8 * 4  # the flood really exceeded the cap
+            assert gw.stats.handshakes_evicted > 0
+        finally:
+            stop.set()
+            await flooder
+            for w in idle:
+                w.close()
+
+
+async def test_credential_cap_refuses_new_associations_and_keeps_the_live_ones(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 2: one key may hold max_associations_per_credential live associations;
+    # a further one is closed right after its handshake, the live ones keep being served.
+    async with running(gw_config(acme.url, max_associations_per_credential=2), store) as gw:
+        port = next(i.port for i in gw.listeners if i.framework == "provisioned-psk")
+        async with light(gw, AE1) as a, light(gw, AE1) as b:
+            for c in (a, b):
+                assert answered_by_acme(await c.request("GET", acme.base, origin="Clight-AE1"))
+            initiator = PskInitiator(AE1[0], bytes.fromhex(AE1[1]), CSE, server_name=SNI)
+            third = await connect("127.0.0.1", port, initiator.profile())
+            assert await asyncio.wait_for(third.recv(), 5) == b""  # close_notify
+            await third.close()
+            assert gw.stats.associations_over_credential_cap == 1
+            async with light(gw, AE2) as other:  # other credentials are not affected
+                assert answered_by_acme(
+                    await other.request("GET", acme.base, origin="Clight-AE2")
+                )
+            assert answered_by_acme(await a.request("GET", acme.base, origin="Clight-AE1"))
+        async with light(gw, AE1) as again:  # slots are released when associations end
+            assert answered_by_acme(await again.request("GET", acme.base, origin="Clight-AE1"))
+
+
+async def test_request_head_trickled_byte_by_byte_gets_408(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 2: inside an association, a head must be complete within
+    # request_head_timeout of its first byte, however the bytes are spaced.
+    async with running(gw_config(acme.url, request_head_timeout=1.0), store) as gw:
+        port = next(i.port for i in gw.listeners if i.framework == "provisioned-psk")
+        initiator = PskInitiator(AE1[0], bytes.fromhex(AE1[1]), CSE, server_name=SNI)
+        conn = await connect("127.0.0.1", port, initiator.profile())
+        head = b"GET /mn-cse-123456 HTTP/1.1\r\nHost: x\r\nX-M2M-Origin: Clight-AE1\r\n\r\n"
+        got = bytearray()
+
+        async def read_all() -> None:
+            while data := await conn.recv():
+                got.extend(data)
+
+        reader = asyncio.create_task(read_all())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            for byte in head:
+                if reader.done():
+                    break
+                with contextlib.suppress(ConnectionError):
+                    await conn.send(bytes([byte]))
+                await asyncio.sleep(0.2)  # each byte well inside idle_timeout
+            await asyncio.wait_for(reader, 5)
+        finally:
+            reader.cancel()
+            await conn.close()
+        assert got.startswith(b"HTTP/1.1 408 "), bytes(got)
+        assert loop.time() - start < 5  # generous: the deadline is 1 s, the full trickle 14 s
+        assert gw.stats.request_head_timeouts == 1

@@ -9,6 +9,10 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     in_domain = "in.provider.com"         # IN public domain (TS-0001 6.5.1.1)
     handshake_timeout = 10.0              # seconds
     max_handshakes = 1024                 # handshakes in progress per listener
+    first_flight_timeout = 2.0            # seconds from accept to a whole ClientHello
+    source_share = 0.25                   # of max_handshakes one source address may hold
+    max_associations_per_credential = 64  # live associations of one key; more are refused
+    request_head_timeout = 10.0           # seconds from a head's first byte to its end: 408
     max_body = 1048576                    # octets
     tls13 = true                          # offer TLS 1.3 beside 1.2 (READINGS A-03)
     require_sni = false                   # strict SNI (READINGS A-11)
@@ -102,6 +106,10 @@ __all__ = [
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_HANDSHAKES = 1024
+DEFAULT_FIRST_FLIGHT_TIMEOUT = 2.0
+DEFAULT_SOURCE_SHARE = 0.25
+DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL = 64
+DEFAULT_REQUEST_HEAD_TIMEOUT = 10.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_BACKEND_TIMEOUT = 10.0
 DEFAULT_IDLE_TIMEOUT = 120.0
@@ -191,6 +199,10 @@ class GatewayConfig:
     maf: MafRetrievalConfig | None = None
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    first_flight_timeout: float = DEFAULT_FIRST_FLIGHT_TIMEOUT
+    source_share: float = DEFAULT_SOURCE_SHARE
+    max_associations_per_credential: int = DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL
+    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
     max_body: int = DEFAULT_MAX_BODY
     tls13: bool = True
     require_sni: bool = False
@@ -225,6 +237,10 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "in_domain",
             "handshake_timeout",
             "max_handshakes",
+            "first_flight_timeout",
+            "source_share",
+            "max_associations_per_credential",
+            "request_head_timeout",
             "max_body",
             "tls13",
             "require_sni",
@@ -641,6 +657,8 @@ def parse_config(
     def integer(key: str, default: int) -> int:
         return int(_number(gw.get(key, default), f"gateway.{key}", integer=True))
 
+    if num("source_share", DEFAULT_SOURCE_SHARE) > 1:
+        raise _err("gateway.source_share", "is a fraction of max_handshakes, at most 1")
     return GatewayConfig(
         listen=listen,
         backend=backend,
@@ -652,6 +670,12 @@ def parse_config(
         maf=maf,
         handshake_timeout=num("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
         max_handshakes=integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
+        first_flight_timeout=num("first_flight_timeout", DEFAULT_FIRST_FLIGHT_TIMEOUT),
+        source_share=num("source_share", DEFAULT_SOURCE_SHARE),
+        max_associations_per_credential=integer(
+            "max_associations_per_credential", DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL
+        ),
+        request_head_timeout=num("request_head_timeout", DEFAULT_REQUEST_HEAD_TIMEOUT),
         max_body=integer("max_body", DEFAULT_MAX_BODY),
         tls13=_bool(gw.get("tls13", True), "gateway.tls13"),
         require_sni=_bool(gw.get("require_sni", False), "gateway.require_sni"),

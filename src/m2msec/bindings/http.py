@@ -316,6 +316,24 @@ class HttpServerConnection:
     def awaiting_response(self) -> bool:
         return self._answering
 
+    @property
+    def reading_head(self) -> bool:
+        """True while part of a request head has arrived but not all of it.
+
+        The server loop bounds this phase (issue 9 item 2: a head trickled at 1 byte / 3 s
+        stayed open 45 s); the body stays under the loop's idle timeout.
+        """
+        return (
+            not self._answering
+            and self._head is None
+            and self._h11.their_state is h11.IDLE
+            and bool(self._h11.trailing_data[0])
+        )
+
+    def head_timed_out(self) -> BadRequest:
+        """The refusal when the head did not arrive in time: 408, and close (RFC 9110 15.5.9)."""
+        return self._refuse("request head not received in time", 408, close=True)
+
     # -- input ----------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
         """Bytes from the peer; ``b""`` once it has closed its side."""

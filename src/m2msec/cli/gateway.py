@@ -163,6 +163,30 @@ def serve(
         typer.Option("--config", "-c", metavar="FILE", help="TOML configuration file.",
                      show_default=False),
     ] = None,
+    first_flight_timeout: Annotated[
+        float | None,
+        typer.Option("--first-flight-timeout", metavar="SECONDS",
+                     help="Seconds from accept to a whole ClientHello (default 2).",
+                     show_default=False),
+    ] = None,
+    source_share: Annotated[
+        float | None,
+        typer.Option("--source-share", metavar="FRACTION",
+                     help="Share of max_handshakes one source address may hold (default 0.25).",
+                     show_default=False),
+    ] = None,
+    max_associations_per_credential: Annotated[
+        int | None,
+        typer.Option("--max-associations-per-credential", metavar="N",
+                     help="Live associations one credential may hold; more are refused "
+                     "(default 64).", show_default=False),
+    ] = None,
+    request_head_timeout: Annotated[
+        float | None,
+        typer.Option("--request-head-timeout", metavar="SECONDS",
+                     help="Seconds from a request head's first byte to its end; then 408 "
+                     "(default 10).", show_default=False),
+    ] = None,
     log_level: Annotated[
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
@@ -181,6 +205,10 @@ def serve(
         "certificates.cert": None if cert is None else str(cert),
         "certificates.key": None if key is None else str(key),
         "certificates.ca": None if ca is None else str(ca),
+        "gateway.first_flight_timeout": first_flight_timeout,
+        "gateway.source_share": source_share,
+        "gateway.max_associations_per_credential": max_associations_per_credential,
+        "gateway.request_head_timeout": request_head_timeout,
     }
     try:
         cfg = load_config(config, overrides)

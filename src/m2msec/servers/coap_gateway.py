@@ -126,6 +126,8 @@ class CoapListener:
     # -- one association -----------------------------------------------------------------
     async def _serve(self, dtls: DTLSAssociation) -> None:
         gw = self.gateway
+        if not gw.admit_association(dtls.context, dtls.peer_address):
+            return  # the DTLS server closes it with close_notify
         assoc = gw.open_association(dtls.context, dtls.peer_address)
         session = CoapServerSession(
             max_message=dtls.max_payload,

@@ -96,7 +96,7 @@ from m2msec.servers.backend import (
 )
 from m2msec.servers.streams import PlainStream, Stream
 from m2msec.store.base import PskStore
-from m2msec.tls.aio import TLSConnection, TLSServer
+from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
 from m2msec.tls.context import PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
@@ -457,6 +457,10 @@ class GatewayStats:
     dtls_associations: int = 0  # of associations_established: CoAP over DTLS
     coap_requests: int = 0
     coap_bad_messages: int = 0  # datagrams inside DTLS that were not (valid) CoAP
+    handshakes_evicted: int = 0  # of handshakes_failed: silent connections making room
+    first_flight_timeouts: int = 0  # of handshakes_failed: no ClientHello within the deadline
+    associations_over_credential_cap: int = 0  # refused: the credential holds the maximum
+    request_head_timeouts: int = 0  # heads not complete within request_head_timeout: 408
     refused_by_rule: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -512,6 +516,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.stats = GatewayStats()
+        self._live_by_credential: Counter[str] = Counter()
         self._store = store
         self._own_store = False
         self._clock = clock
@@ -590,6 +595,8 @@ class Gateway:
                         handshake_timeout=cfg.handshake_timeout,
                         max_handshakes=cfg.max_handshakes,
                         on_failure=self.handshake_failed,
+                        first_flight_timeout=cfg.first_flight_timeout,
+                        source_share=cfg.source_share,
                     )
                     server = await tls.start(spec.host, spec.port)
                     self._tls.append(tls)
@@ -775,9 +782,33 @@ class Gateway:
     def handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
         """Listeners report refused handshakes here (TLS and DTLS alike)."""
         self.stats.handshakes_failed += 1
+        if reason == EVICTED:
+            self.stats.handshakes_evicted += 1
+        elif reason == NO_FIRST_FLIGHT:
+            self.stats.first_flight_timeouts += 1
 
     def _sp_fqdn(self) -> str | None:
         return self.config.cse_id.sp_fqdn or self.config.in_domain
+
+    def admit_association(self, ctx: SecurityContext, peer: Any) -> bool:
+        """Count a new association against its credential's cap; False: refuse it (issue 9).
+
+        Refuse-new rather than evict-oldest: evicting would let whoever holds a copy of the
+        key knock the device's own associations off at will; refusing keeps what works and
+        bounds what one key can hold. Each admitted association is released by
+        :meth:`close_association`.
+        """
+        key = _credential(ctx)
+        if self._live_by_credential[key] >= self.config.max_associations_per_credential:
+            self.stats.associations_over_credential_cap += 1
+            log.warning(
+                "association refused: peer=%s key_id=%s holds %d live associations (the cap) "
+                "from=%s",
+                ctx.peer_id, ctx.key_id, self._live_by_credential[key], _addr(peer),
+            )
+            return False
+        self._live_by_credential[key] += 1
+        return True
 
     def open_association(self, ctx: SecurityContext, peer: Any) -> Association:
         """Record a newly established association (SA record, stats, log); its rule state."""
@@ -803,10 +834,16 @@ class Gateway:
         return assoc
 
     def close_association(self, assoc: Association) -> None:
+        key = _credential(assoc.context)
+        self._live_by_credential[key] -= 1
+        if self._live_by_credential[key] <= 0:
+            del self._live_by_credential[key]
         self.stats.associations_closed += 1
         log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
 
     async def _serve_tls(self, conn: TLSConnection) -> None:
+        if not self.admit_association(conn.context, conn.peer_address):
+            return  # TLSServer closes it with close_notify
         assoc = self.open_association(conn.context, conn.peer_address)
 
         async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
@@ -856,6 +893,8 @@ class Gateway:
         session = _Session(stream)
         self._sessions.add(session)
         http = HttpServerConnection(max_body=self.config.max_body)
+        loop = asyncio.get_running_loop()
+        head_deadline: float | None = None  # while a request head is arriving
         try:
             if self._closing:
                 return
@@ -865,12 +904,27 @@ class Gateway:
                     out = http.data_to_send()  # e.g. 100 Continue
                     if out:
                         await stream.send(out)
+                    wait = self.config.idle_timeout
+                    if not http.reading_head:
+                        head_deadline = None
+                    else:
+                        if head_deadline is None:
+                            head_deadline = loop.time() + self.config.request_head_timeout
+                        wait = min(wait, max(0.0, head_deadline - loop.time()))
                     try:
-                        data = await asyncio.wait_for(stream.recv(), self.config.idle_timeout)
+                        data = await asyncio.wait_for(stream.recv(), wait)
                     except TimeoutError:
+                        if not http.reading_head:
+                            return
+                        event = http.head_timed_out()
+                        self.stats.request_head_timeouts += 1
+                        log.info("bad request: %s", event.reason)
+                        http.send_response(event.response, close=True)
+                        await stream.send(http.data_to_send())
                         return
                     http.receive_data(data)
                     continue
+                head_deadline = None
                 if isinstance(event, PeerClosed):
                     return
                 session.busy = True
@@ -1031,3 +1085,8 @@ def _short(text: str, limit: int = 200) -> str:
 async def _quietly(aw: Awaitable[None]) -> None:
     with contextlib.suppress(Exception):
         await aw
+
+
+def _credential(ctx: SecurityContext) -> str:
+    """What the per-credential cap counts: the framework's key id, else the peer identity."""
+    return f"{ctx.framework.value}:{ctx.key_id or ctx.peer_id}"

@@ -5,14 +5,21 @@ Thin on purpose: an :class:`asyncio.Protocol` moves bytes between the socket and
 protocol decisions stay in the engine and the framework callbacks.
 
 Servers bound a handshake's duration and the number of handshakes in flight, so a client
-that stalls mid-handshake, or a flood of them, cannot starve the others.
+that stalls mid-handshake, or a flood of them, cannot starve the others (issue 9 item 2):
+a connection must send its first flight (a whole ClientHello record, RFC 8446 5.1 / RFC 5246
+6.2) within ``first_flight_timeout``; one source address may hold at most ``source_share`` of
+``max_handshakes``; and at the cap the oldest connection that has sent nothing is evicted to
+admit a newcomer, so silent connections cannot keep out a device that talks
+(:class:`HandshakeAdmission`). TS-0003 8.2.1 leaves these resource limits to the implementation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
@@ -35,6 +42,82 @@ _HIGH_WATER = 256 * 1024
 
 Handler = Callable[["TLSConnection"], Awaitable[None]]
 FailureHook = Callable[[tuple[Any, ...] | None, str], None]
+
+
+#: Failure reasons of the admission limits (listeners' on_failure; gateway stats count them).
+EVICTED = "evicted: silent at the handshake cap"
+NO_FIRST_FLIGHT = "no first flight in time"
+
+#: TLS record header: content type handshake(22), then the legacy version 3.x, then length.
+_RECORD_HEADER = 5
+_HANDSHAKE = 0x16
+_CLIENT_HELLO = 0x01
+
+
+@dataclass
+class _Slot:
+    source: str
+    spoke: bool = False
+
+
+class HandshakeAdmission:
+    """Sans-IO admission of half-open handshakes for one listener (issue 9 item 2).
+
+    ``admit`` answers which connections to evict so a newcomer fits, or ``None`` to refuse it.
+    Connections that have sent a valid first flight (``first_flight``) keep their slot; at the
+    total cap or at a source's share the oldest silent one gives way. A flood of idle sockets
+    from the honest device's own address therefore only displaces itself.
+    """
+
+    def __init__(self, max_handshakes: int, source_share: float = 0.25) -> None:
+        if max_handshakes < 1 or not 0 < source_share <= 1:
+            raise ValueError("max_handshakes must be >= 1 and source_share in (0, 1]")
+        self.max_handshakes = max_handshakes
+        self.per_source = max(1, int(max_handshakes * source_share))
+        self._slots: OrderedDict[Hashable, _Slot] = OrderedDict()  # arrival order
+        self._by_source: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def admit(self, key: Hashable, source: str) -> list[Hashable] | None:
+        victims: list[Hashable] = []
+        if self._by_source.get(source, 0) >= self.per_source:
+            victim = self._oldest_silent(source)
+            if victim is None:
+                return None
+            victims.append(victim)
+            self.release(victim)
+        if len(self._slots) >= self.max_handshakes:
+            victim = self._oldest_silent(None)
+            if victim is None:
+                return None
+            victims.append(victim)
+            self.release(victim)
+        self._slots[key] = _Slot(source)
+        self._by_source[source] = self._by_source.get(source, 0) + 1
+        return victims
+
+    def first_flight(self, key: Hashable) -> None:
+        slot = self._slots.get(key)
+        if slot is not None:
+            slot.spoke = True
+
+    def release(self, key: Hashable) -> None:
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            return
+        left = self._by_source[slot.source] - 1
+        if left:
+            self._by_source[slot.source] = left
+        else:
+            del self._by_source[slot.source]
+
+    def _oldest_silent(self, source: str | None) -> Hashable | None:
+        for key, slot in self._slots.items():
+            if not slot.spoke and (source is None or slot.source == source):
+                return key
+        return None
 
 
 def _fmt(addr: Any) -> str:
@@ -93,6 +176,7 @@ class _TLSProtocol(asyncio.Protocol):
         server_name: str | None = None,
         handshake_timeout: float = 10.0,
         session: ClientSession | None = None,
+        first_flight_timeout: float | None = None,
     ) -> None:
         self.engine = TLSEngine(profile, server_name=server_name, session=session)
         self.handshake: asyncio.Future[SecurityContext] = asyncio.get_running_loop().create_future()
@@ -108,19 +192,32 @@ class _TLSProtocol(asyncio.Protocol):
         self._timeout = handshake_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._lookups: set[asyncio.Task[None]] = set()
+        # Responder only: bytes of the first record seen so far, until it is a whole ClientHello.
+        self._first_timeout = first_flight_timeout
+        self._first: bytearray | None = bytearray() if first_flight_timeout else None
+        self._first_timer: asyncio.TimerHandle | None = None
+        self.on_first_flight: Callable[[], None] | None = None
+        self.made = asyncio.Event()  # connection_made ran: peer is known
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self.peer = self._transport.get_extra_info("peername")
+        self.made.set()
         self._timer = asyncio.get_running_loop().call_later(
             self._timeout, self._handshake_timed_out
         )
+        if self._first_timeout:
+            self._first_timer = asyncio.get_running_loop().call_later(
+                self._first_timeout, self._first_flight_timed_out
+            )
         self.engine.start()
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        if self._first is not None:
+            self._watch_first_flight(data)
         self.engine.receive_data(data)
         self._flush()
         self._dispatch()
@@ -201,6 +298,31 @@ class _TLSProtocol(asyncio.Protocol):
         self._flush()
         self._dispatch()
 
+    def _watch_first_flight(self, data: bytes) -> None:
+        first = self._first
+        assert first is not None
+        first += data[: _RECORD_HEADER + 0xFFFF - len(first)]
+        if len(first) < _RECORD_HEADER + 1:
+            return
+        length = int.from_bytes(first[3:5], "big")
+        if first[0] != _HANDSHAKE or first[1] != 3 or first[5] != _CLIENT_HELLO:
+            self._first = None  # not TLS: the engine refuses it, the deadlines stay
+            return
+        if len(first) >= _RECORD_HEADER + length:
+            self._first = None
+            if self._first_timer is not None:
+                self._first_timer.cancel()
+                self._first_timer = None
+            if self.on_first_flight is not None:
+                self.on_first_flight()
+
+    def _first_flight_timed_out(self) -> None:
+        self._first_timer = None
+        if not self.handshake.done():
+            self.handshake.set_exception(HandshakeError(NO_FIRST_FLIGHT))
+        if self._transport is not None:
+            self._transport.abort()
+
     def _handshake_timed_out(self) -> None:
         if not self.handshake.done():
             self.handshake.set_exception(HandshakeError("handshake timed out"))
@@ -208,6 +330,9 @@ class _TLSProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def _cancel_timer(self) -> None:
+        if self._first_timer is not None:
+            self._first_timer.cancel()
+            self._first_timer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -318,6 +443,8 @@ class TLSServer:
         handshake_timeout: float = 10.0,
         max_handshakes: int = 1024,
         on_failure: FailureHook | None = None,
+        first_flight_timeout: float = 2.0,
+        source_share: float = 0.25,
     ) -> None:
         if not profile.server_side:
             raise ValueError("TLSServer needs a responder (server) profile")
@@ -325,7 +452,10 @@ class TLSServer:
         self.handler = handler
         self.handshake_timeout = handshake_timeout
         self.max_handshakes = max_handshakes
+        self.first_flight_timeout = first_flight_timeout
+        self.admission = HandshakeAdmission(max_handshakes, source_share)
         self.on_failure = on_failure
+        self.evicted = 0  # silent connections dropped to admit a newcomer
         self.pending = 0
         self.established = 0
         self.failed = 0
@@ -359,19 +489,35 @@ class TLSServer:
             await self._server.wait_closed()
 
     def _new_protocol(self) -> asyncio.Protocol:
-        protocol = _TLSProtocol(self.profile, handshake_timeout=self.handshake_timeout)
+        protocol = _TLSProtocol(
+            self.profile,
+            handshake_timeout=self.handshake_timeout,
+            first_flight_timeout=self.first_flight_timeout,
+        )
         task = asyncio.get_running_loop().create_task(self._serve(protocol))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return protocol
 
     async def _serve(self, protocol: _TLSProtocol) -> None:
-        if self.pending >= self.max_handshakes:
-            # Too many half-open handshakes: shed the newcomer, keep serving the rest.
+        # This task was created in the protocol factory, before connection_made.
+        await protocol.made.wait()
+        source = str(protocol.peer[0]) if protocol.peer else "?"
+        victims = self.admission.admit(protocol, source)
+        if victims is None:
+            # Every slot (or this source's share) is held by peers that have spoken: refuse.
             await asyncio.sleep(0)
             protocol.abort()
             self._report(protocol.peer, "too many handshakes in progress")
             return
+        for victim in victims:
+            # The oldest connection that has sent nothing gives way to the newcomer.
+            self.evicted += 1
+            silent = cast(_TLSProtocol, victim)
+            if not silent.handshake.done():
+                silent.handshake.set_exception(HandshakeError(EVICTED))
+            silent.abort()
+        protocol.on_first_flight = lambda: self.admission.first_flight(protocol)
         self.pending += 1
         try:
             await protocol.handshake
@@ -383,6 +529,8 @@ class TLSServer:
             raise
         finally:
             self.pending -= 1
+            self.admission.release(protocol)
+            protocol.on_first_flight = None
         self.established += 1
         conn = TLSConnection(protocol)
         try:
