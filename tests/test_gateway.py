@@ -121,7 +121,7 @@ def test_ae_originator_forms_are_the_same_ae(origin: str) -> None:
 def test_ae_other_originators_refused(origin: str | None, rule: Rule) -> None:
     decision = check_request(assoc("Clight-AE1", PeerKind.AE), request(origin=origin), NOW)
     assert isinstance(decision, Refuse) and decision.rule is rule
-    assert decision.rsc == (4000 if rule is Rule.ORIGIN_MISSING else 4103)
+    assert decision.rsc == {Rule.ORIGIN_MISSING: 4000, Rule.ORIGIN_MALFORMED: 4103}.get(rule, 4106)
 
 
 @pytest.mark.parametrize("origin", [None, "", "C", "S"])
@@ -132,7 +132,7 @@ def test_ae_registration_gets_the_authenticated_stem(origin: str | None) -> None
 
 def test_ae_registration_with_another_stem_refused() -> None:
     decision = check_request(assoc("Clight-AE1", PeerKind.AE), request("POST", "Cother", 2), NOW)
-    assert isinstance(decision, Refuse) and decision.rsc == 4103
+    assert isinstance(decision, Refuse) and decision.rsc == 4106
 
 
 def test_foreign_c_stem_cannot_register_here() -> None:
@@ -327,10 +327,10 @@ async def test_impersonation_is_refused_and_never_reaches_acme(
     async with running(gw_config(acme.url), store) as gw, light(gw, AE1) as ae1:
         r = await ae1.request("POST", acme.base, origin="Clight-AE2",
                               content=ae_content("impostor"), ty=2)
-        assert (r.status, r.rsc) == (403, 4103)
+        assert (r.status, r.rsc) == (403, 4106)
         assert "Clight-AE2" in r.json()["m2m:dbg"]
         r = await ae1.request("GET", acme.base, origin="Clight-AE2")
-        assert r.rsc == 4103
+        assert r.rsc == 4106
         # The association survives a refusal.
         r = await ae1.request("GET", acme.base, origin="Clight-AE1")
         assert r.rsc in (2000, 4103) and r.headers.get("server", "").find("ACME") >= 0
@@ -387,7 +387,7 @@ async def test_credential_bound_association_is_bound_at_registration(
                               content={"m2m:cnt": {"rn": "c"}}, ty=3)
         assert r.rsc == 2001, r.body
         r = await dev.request("GET", acme.base + "/device", origin="Clight-AE1")
-        assert r.rsc == 4103
+        assert r.rsc == 4106
         assert gw.stats.registrations_bound == 1
 
 
@@ -562,7 +562,7 @@ async def test_cse_peer_may_speak_for_its_own_subtree(store: SqlitePskStore) -> 
         config = gw_config(echo.url, cse_id="/in-cse")
         async with running(config, store) as gw, light(gw, MN) as mn:
             for origin, rsc in [("/mn-cse-123456", 2001), ("/mn-cse-123456/Cxyz", 2001),
-                                ("/other-cse", 4103), ("Cxyz", 4103)]:
+                                ("/other-cse", 4106), ("Cxyz", 4106)]:
                 r = await mn.request("GET", "/~/in-cse/cse-in", origin=origin)
                 assert r.rsc == rsc, origin
         assert [dict(s["headers"])["x-m2m-origin"] for s in echo.seen] == [
@@ -643,7 +643,7 @@ async def test_certificate_listener_beside_psk(tmp_path: Path, store: SqlitePskS
                                      content=ae_content("lamp"), ty=2)
             assert r.rsc == 2001
             r = await client.request("GET", "/~/mn-cse-123456/home-gw", origin="Clight-AE1")
-            assert r.rsc == 4103
+            assert r.rsc == 4106
             await conn.close()
             async with light(gw, AE1) as ae1:  # the PSK listener serves beside it
                 assert (await ae1.request("GET", "/~/x", origin="Clight-AE1")).rsc == 2001

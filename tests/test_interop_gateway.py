@@ -87,7 +87,7 @@ async def test_openssl_s_client_registers_through_gateway(
         s_client,
         stdin=registration(base, "Clight-AE2", "impostor"),
     )
-    assert rsc(done.output) == "4103", done.output
+    assert rsc(done.output) == "4106", done.output
     assert psk_gateway.stats.requests_forwarded == 1
 
 

@@ -41,8 +41,10 @@ pure function of the association and the request):
     (allowed AE-ID-Stems and App-IDs). On 2001 CREATED the gateway reads ``m2m:ae/aei``
     from the JSON answer and binds the association to that AE-ID for the rest of its
     life; until then everything else is refused.
-(d) Anything else is answered 4103 ORIGINATOR_HAS_NO_PRIVILEGE by the gateway itself and
-    nothing is forwarded (a missing From, outside AE registration, is 4000 BAD_REQUEST).
+(d) A From that does not match the association's identity (rule (b)) is answered 4106
+    ORIGINATOR_NOT_AUTHENTICATED (TS-0004 7.3.2.1, TS-0003 V3.18 7.2.1); anything else is
+    answered 4103 ORIGINATOR_HAS_NO_PRIVILEGE by the gateway itself, and nothing is
+    forwarded (a missing From, outside AE registration, is 4000 BAD_REQUEST).
 
 ``http://`` listeners are plain: every request there is answered 4107
 SECURITY_ASSOCIATION_REQUIRED (TS-0004 table 6.6.3.5-1) and nothing is forwarded.
@@ -354,7 +356,7 @@ def check_request(
         assert assoc.cse is not None
         if not originator_within(normal, assoc.cse):
             return Refuse(
-                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                RSC.ORIGINATOR_NOT_AUTHENTICATED,
                 Rule.OUTSIDE_CSE,
                 f"originator {origin!r} is neither {assoc.identity} nor under it",
             )
@@ -372,7 +374,7 @@ def check_request(
 
     if normal != assoc.identity:
         return Refuse(
-            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            RSC.ORIGINATOR_NOT_AUTHENTICATED,
             Rule.ORIGIN_MISMATCH,
             f"originator {origin!r} is not the authenticated AE {assoc.identity}",
         )
