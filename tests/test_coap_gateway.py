@@ -202,6 +202,14 @@ async def test_light_registers_creates_and_reads_over_coap(
             ty=4,
             content={"m2m:cin": {"con": "on"}},
         )
+        assert (r.code, r.rsc) == (Code.BAD_REQUEST, 4000)  # TS-0004 7.3.2.1: the stem only
+        r = await ae1.request(
+            "POST",
+            acme.base + "/coap-light1/state",
+            origin="Clight-AE1",
+            ty=4,
+            content={"m2m:cin": {"con": "on"}},
+        )
         assert (r.code, r.rsc) == (Code.CREATED, 2001), r.payload
         r = await ae1.request("GET", acme.base + "/coap-light1/state/la", origin="Clight-AE1")
         assert (r.code, r.rsc) == (Code.CONTENT, 2000) and r.json()["m2m:cin"]["con"] == "on"
@@ -211,8 +219,8 @@ async def test_light_registers_creates_and_reads_over_coap(
         record = gw.recent_associations[ctx.sa_id]
         assert record.protocol == "DTLSv1.2" and "CCM8" in record.cipher_suite
         assert record.peer_id == "Clight-AE1" and record.key_id == AE1[0]
-        assert gw.stats.dtls_associations == 1 and gw.stats.coap_requests == 4
-        assert gw.stats.requests_forwarded == 4 and gw.stats.requests_refused == 0
+        assert gw.stats.dtls_associations == 1 and gw.stats.coap_requests == 5
+        assert gw.stats.requests_forwarded == 4 and gw.stats.requests_refused == 1
     assert gw.stats.associations_closed == 1
 
 

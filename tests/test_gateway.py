@@ -101,11 +101,28 @@ def assoc(peer_id: str, kind: PeerKind, **kw: Any) -> Association:
     return Association.from_context(ctx(peer_id, kind, **kw), CseId.parse(CSE))
 
 
-@pytest.mark.parametrize("origin", ["Clight-AE1", "/mn-cse-123456/Clight-AE1"])
-def test_ae_originator_forms_are_the_same_ae(origin: str) -> None:
-    assert check_request(assoc("Clight-AE1", PeerKind.AE), request(origin=origin), NOW) == Forward(
-        origin
+def test_ae_originator_is_its_stem() -> None:
+    decision = check_request(assoc("Clight-AE1", PeerKind.AE), request(origin="Clight-AE1"), NOW)
+    assert decision == Forward("Clight-AE1")
+
+
+@pytest.mark.parametrize(
+    "origin", ["/mn-cse-123456/Clight-AE1", "//m2m.example.com/mn-cse-123456/Clight-AE1"]
+)
+def test_ae_sp_relative_or_absolute_own_id_is_bad_request(origin: str) -> None:
+    """TS-0004 7.3.2.1: a registree AE's From is its AE-ID-Stem; other forms are 4000."""
+    a = Association.from_context(
+        ctx("Clight-AE1", PeerKind.AE), CseId.parse("//m2m.example.com/mn-cse-123456")
     )
+    for registration in (False, True):
+        r = request("POST", origin, 2) if registration else request(origin=origin)
+        decision = check_request(a, r, NOW)
+        assert isinstance(decision, Refuse) and decision.rule is Rule.ORIGIN_NOT_STEM
+        assert decision.rsc == 4000
+    # ... but the context is bound to the Absolute AE-ID, and the backend is told that.
+    assert a.absolute_id == "//m2m.example.com/mn-cse-123456/Clight-AE1"
+    got = dict(forwarded_headers(request(origin="Clight-AE1"), a, "Clight-AE1"))
+    assert got["X-M2MSec-Peer-ID"] == "//m2m.example.com/mn-cse-123456/Clight-AE1"
 
 
 @pytest.mark.parametrize(
@@ -310,13 +327,16 @@ async def test_adn_ae1_registers_creates_and_retrieves(
         r = await ae1.request("POST", acme.base + "/light1/state",
                               origin="/mn-cse-123456/Clight-AE1",
                               content={"m2m:cin": {"con": "on"}}, ty=4)
+        assert r.rsc == 4000, r.body  # TS-0004 7.3.2.1: a registree AE sends its stem
+        r = await ae1.request("POST", acme.base + "/light1/state", origin="Clight-AE1",
+                              content={"m2m:cin": {"con": "on"}}, ty=4)
         assert r.rsc == 2001, r.body
         r = await ae1.request("GET", acme.base + "/light1/state", origin="Clight-AE1")
         assert (r.status, r.rsc) == (200, 2000) and r.json()["m2m:cnt"]["cni"] == 1
         r = await ae1.request("GET", acme.base + "/light1/state/la", origin="Clight-AE1")
         assert r.rsc == 2000 and r.json()["m2m:cin"]["con"] == "on"
         assert r.headers["x-m2m-ri"].startswith("m2msec-")
-        assert gw.stats.requests_forwarded == 5 and gw.stats.requests_refused == 0
+        assert gw.stats.requests_forwarded == 5 and gw.stats.requests_refused == 1
     assert gw.stats.associations_established == 1
 
 
@@ -650,5 +670,5 @@ async def test_certificate_listener_beside_psk(tmp_path: Path, store: SqlitePskS
         first = dict(echo.seen[0]["headers"])
         assert first["x-m2m-origin"] == "Clight-AE7"  # "C" replaced by the proven AE-ID-Stem
         assert first["x-m2msec-framework"] == "certificate"
-        assert first["x-m2msec-peer-id"] == "/mn-cse-123456/Clight-AE7"
+        assert first["x-m2msec-peer-id"] == "//in.provider.com/mn-cse-123456/Clight-AE7"
         assert len(first["x-m2msec-key-id"]) == 64  # SHA-256 fingerprint

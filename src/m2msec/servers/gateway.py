@@ -25,9 +25,11 @@ pure function of the association and the request):
     handshake is needed (READINGS A-16; open sessions run until their next request after
     expiry, which is then refused).
 (b) **Originator.** ``X-M2M-Origin`` (TS-0004 From) is normalised with
-    :func:`m2msec.ids.normalise_originator` under the gateway's CSE-ID (READINGS A-14:
-    ``Clight-AE1`` and ``/mn-cse-123456/Clight-AE1`` are the same AE) and must equal the
-    association's identity, normalised alike. A CSE peer (TS-0003 8.2.2: CSE-ID bound) may
+    :func:`m2msec.ids.normalise_originator` under the gateway's CSE-ID and must equal the
+    association's identity, normalised alike. Over an AE's association From must be the
+    AE-ID-Stem itself (``Clight-AE1``): its SP-relative or absolute form
+    (``/mn-cse-123456/Clight-AE1``) is 4000 BAD_REQUEST (TS-0004 7.3.2.1; READINGS A-14 as
+    corrected in ISSUE-NOTES). A CSE peer (TS-0003 8.2.2: CSE-ID bound) may
     use its CSE-ID or any originator under it (:func:`m2msec.ids.originator_within`); a
     ``<remoteCSE>`` CREATE (ty=16) must come from the CSE-ID itself.
 (c) **AE registration** (CREATE with ty=2, TS-0001 V3.36 10.2.2.2, steps 001-003)
@@ -50,7 +52,8 @@ pure function of the association and the request):
 SECURITY_ASSOCIATION_REQUIRED (TS-0004 table 6.6.3.5-1) and nothing is forwarded.
 
 Forwarded requests lose any incoming ``X-M2MSec-*`` header and gain the association's
-identity: ``X-M2MSec-Peer-ID`` (the bound identity, normalised), ``X-M2MSec-Peer-Kind``,
+identity: ``X-M2MSec-Peer-ID`` (the bound identity, normalised; for an AE its Absolute
+AE-ID when the CSE-ID carries the M2M-SP's FQDN), ``X-M2MSec-Peer-Kind``,
 ``X-M2MSec-Framework``, ``X-M2MSec-Key-ID`` (KpsaId or certificate fingerprint, never a
 key), ``X-M2MSec-SA-ID`` and, for Credential-ID bound peers, ``X-M2MSec-Credential-ID``.
 Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. Requests travel over a
@@ -175,6 +178,7 @@ class Rule(enum.StrEnum):
     ORIGIN_MALFORMED = "originator-malformed"  # (b)
     ORIGIN_MISMATCH = "originator-mismatch"  # (b) AE
     OUTSIDE_CSE = "originator-outside-cse"  # (b) CSE
+    ORIGIN_NOT_STEM = "originator-not-stem"  # (b) AE: SP-relative/absolute form of itself
     CSE_REGISTRATION = "remote-cse-originator"  # (b) ty=16
     UNBOUND_CREDENTIAL = "credential-not-registered"  # (c) A-13
     REGISTRATION_IDENTITY = "registration-identity"  # (c)
@@ -243,6 +247,16 @@ class Association:
         if self.identity is not None:
             return self.identity
         return self.credential_id or self.context.peer_id
+
+    @property
+    def absolute_id(self) -> str:
+        """The Absolute AE-ID (``//{SP FQDN}/{cse}/{stem}``, TS-0001 7.2) the context is bound
+        to, when the M2M-SP's FQDN is known; else :attr:`peer_id` (ISSUE-NOTES, A-14)."""
+        identity = self.identity
+        local = identity and identity.startswith("/") and not identity.startswith("//")
+        if self.kind is PeerKind.AE and local and self.sp_fqdn:
+            return f"//{self.sp_fqdn}{identity}"
+        return self.peer_id
 
     def normalise(self, origin: str) -> str:
         return normalise_originator(origin, self.registrar, self.sp_fqdn)
@@ -378,6 +392,14 @@ def check_request(
             Rule.ORIGIN_MISMATCH,
             f"originator {origin!r} is not the authenticated AE {assoc.identity}",
         )
+    if origin.startswith("/"):
+        # TS-0004 7.3.2.1: a registree AE's From is its AE-ID-Stem; the SP-relative or
+        # absolute form of its own AE-ID is a malformed request, not the same AE.
+        return Refuse(
+            RSC.BAD_REQUEST,
+            Rule.ORIGIN_NOT_STEM,
+            f"originator {origin!r}: a registree AE sends its AE-ID-Stem as From",
+        )
     return Forward(raw)
 
 
@@ -395,7 +417,7 @@ def forwarded_headers(
     if origin is not None:
         headers.append(("X-M2M-Origin", origin))
     ctx = assoc.context
-    headers.append(("X-M2MSec-Peer-ID", assoc.peer_id))
+    headers.append(("X-M2MSec-Peer-ID", assoc.absolute_id))
     headers.append(("X-M2MSec-Peer-Kind", assoc.kind.value))
     headers.append(("X-M2MSec-Framework", ctx.framework.value))
     if ctx.key_id:
