@@ -24,7 +24,7 @@ import pytest
 
 from m2msec.bindings.client import OneM2MClient
 from m2msec.bindings.http import OneM2MRequest
-from m2msec.config import parse_config
+from m2msec.config import ConfigurationError, parse_config
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.ids import CseId
@@ -99,6 +99,52 @@ def request(
 
 def assoc(peer_id: str, kind: PeerKind, **kw: Any) -> Association:
     return Association.from_context(ctx(peer_id, kind, **kw), CseId.parse(CSE))
+
+
+# A stand-in for the identity registry of the registration branch (owner_of): which
+# credential owns a normalised entity id.
+_OWNERS = {"/mn-cse-123456": "key-mn", "/mn-cse-2": "key-mn2", "/mn-cse-123456/Cx": "key-ae"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "strict", "ts_0004"),
+    [
+        ("/mn-cse-123456", 2, 2),  # its own CSE-ID
+        ("/mn-cse-123456/Cxyz", 2, 2),  # an AE registered to it
+        ("/mn-cse-3", 4106, 2),  # a transit CSE below it (registered to nobody here)
+        ("/mn-cse-3/Cxyz", 4106, 2),  # an AE of that CSE (multi-hop MN-CSE chain)
+        ("/Sxyz", 4106, 2),  # an S-stem AE it carries
+        ("/mn-cse-2", 4106, 4106),  # another registree CSE's CSE-ID
+        ("/mn-cse-2/Cxyz", 4106, 4106),  # a C-stem AE-ID under another registree CSE
+        ("Cxyz", 4106, 4106),  # a CSE-relative C-stem
+    ],
+)
+def test_cse_originators_follow_ts_0004_7_3_2_1(origin: str, strict: int, ts_0004: int) -> None:
+    """TS-0004 7.3.2.1's CSE rules (default) and the "strict" option, registry faked."""
+    a = Association.from_context(ctx("/mn-cse-123456", PeerKind.CSE), CseId.parse("/in-cse"))
+    for mode, expected in (("strict", strict), ("ts-0004", ts_0004)):
+        decision = check_request(
+            a, request(origin=origin), NOW, cse_originators=mode, owner_of=_OWNERS.get
+        )
+        if expected == 2:
+            assert decision == Forward(origin), (mode, origin)
+        else:
+            assert isinstance(decision, Refuse) and decision.rsc == expected, (mode, origin)
+            assert decision.rule is Rule.OUTSIDE_CSE
+
+
+def test_cse_originators_without_registry_refuse_only_the_c_stem() -> None:
+    a = Association.from_context(ctx("/mn-cse-123456", PeerKind.CSE), CseId.parse("/in-cse"))
+    assert check_request(a, request(origin="/mn-cse-2"), NOW) == Forward("/mn-cse-2")
+    refused = check_request(a, request(origin="Cxyz"), NOW)
+    assert isinstance(refused, Refuse) and refused.rsc == 4106
+
+
+def test_cse_originators_option_is_checked() -> None:
+    assert gw_config("http://127.0.0.1:1").cse_originators == "ts-0004"
+    assert gw_config("http://127.0.0.1:1", cse_originators="strict").cse_originators == "strict"
+    with pytest.raises(ConfigurationError, match="cse_originators"):
+        gw_config("http://127.0.0.1:1", cse_originators="loose")
 
 
 def test_ae_originator_is_its_stem() -> None:
@@ -177,7 +223,7 @@ def test_s_stem_registration() -> None:
 )
 def test_cse_peer_originators(origin: str, ok: bool) -> None:
     a = Association.from_context(ctx("/mn-cse-123456", PeerKind.CSE), CseId.parse("/in-cse"))
-    decision = check_request(a, request(origin=origin), NOW)
+    decision = check_request(a, request(origin=origin), NOW, cse_originators="strict")
     assert isinstance(decision, Forward) == ok, decision
 
 
@@ -579,7 +625,8 @@ async def test_credential_headers_reach_the_backend(store: SqlitePskStore) -> No
 async def test_cse_peer_may_speak_for_its_own_subtree(store: SqlitePskStore) -> None:
     config = gw_config("http://placeholder:1", cse_id="/in-cse")
     async with Echo() as echo:
-        config = gw_config(echo.url, cse_id="/in-cse")
+        # The older rule, kept as [gateway] cse_originators = "strict".
+        config = gw_config(echo.url, cse_id="/in-cse", cse_originators="strict")
         async with running(config, store) as gw, light(gw, MN) as mn:
             for origin, rsc in [("/mn-cse-123456", 2001), ("/mn-cse-123456/Cxyz", 2001),
                                 ("/other-cse", 4106), ("Cxyz", 4106)]:

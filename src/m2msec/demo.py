@@ -345,8 +345,9 @@ async def _gateway_to_in(
     _check(result, say, "MN-CSE registers at the IN-CSE (<remoteCSE>)", r, 2001)
     r = await client.request("GET", acme.base_path, origin=f"/{MN_CSE}")
     _check(result, say, "MN-CSE retrieves the IN-CSE's CSEBase", r, 2000)
-    r = await client.request("GET", acme.base_path, origin="/other-cse")
-    _check(result, say, "MN-CSE posing as /other-cse is refused", r, 4106)
+    # TS-0004 7.3.2.1: a CSE may carry transit originators, never a CSE-relative C-stem.
+    r = await client.request("GET", acme.base_path, origin="Cother")
+    _check(result, say, "MN-CSE sending a CSE-relative C-stem is refused", r, 4106)
     await client.close()
 
 

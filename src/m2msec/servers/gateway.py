@@ -26,7 +26,11 @@ pure function of the association and the request):
     expiry, which is then refused).
 (b) **Originator.** ``X-M2M-Origin`` (TS-0004 From) is normalised with
     :func:`m2msec.ids.normalise_originator` under the gateway's CSE-ID and must equal the
-    association's identity, normalised alike. Over an AE's association From must be the
+    association's identity, normalised alike. A CSE peer is held to TS-0004 7.3.2.1's CSE
+    rules (``[gateway] cse_originators = "ts-0004"``, the default: a CSE-relative C-stem,
+    another registree CSE's CSE-ID or a C-stem AE-ID under one is 4106, transit
+    originators of CSEs/AEs below it pass) or, with ``"strict"``, to the older rule below.
+    Over an AE's association From must be the
     AE-ID-Stem itself (``Clight-AE1``): its SP-relative or absolute form
     (``/mn-cse-123456/Clight-AE1``) is 4000 BAD_REQUEST (TS-0004 7.3.2.1; READINGS A-14 as
     corrected in ISSUE-NOTES). A CSE peer (TS-0003 8.2.2: CSE-ID bound) may
@@ -68,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hmac
 import json
 import logging
 from collections import Counter, OrderedDict
@@ -290,10 +295,63 @@ def _is_registration(request: OneM2MRequest) -> bool:
     return request.operation is Operation.CREATE and request.resource_type == AE_RESOURCE_TYPE
 
 
+OwnerOf = Callable[[str], "str | None"]
+"""Which credential owns a normalised entity id (the identity registry; None: nobody)."""
+
+CSE_ORIGINATORS = ("ts-0004", "strict")
+"""``[gateway] cse_originators``: TS-0004 7.3.2.1's CSE rules, or From under the CSE-ID."""
+
+
+def _cse_originator_refusal(
+    assoc: Association, origin: str, normal: str, owner_of: OwnerOf | None
+) -> str | None:
+    """Why TS-0004 7.3.2.1 refuses ``origin`` from a registree CSE (None: it may carry it).
+
+    A transit CSE carries requests of CSEs and AEs registered below it (multi-hop MN-CSE
+    chains), so only what the clause lists is refused: a CSE-relative C-stem, another
+    registree CSE's CSE-ID, or a C-stem AE-ID under another registree CSE. "Registree CSE"
+    is decided by ``owner_of``: an id owned by a credential other than the one that owns the
+    peer's CSE-ID. Without a registry only the C-stem rule is decidable.
+    """
+    if not origin.startswith("/") and origin.startswith("C"):
+        return f"originator {origin!r} is a CSE-relative C-stem, not an originator a CSE carries"
+    if owner_of is None or normal == assoc.identity:
+        return None
+    try:
+        entity = parse_entity_id(normal, assoc.registrar)
+    except IdentifierError:
+        return None
+    if isinstance(entity, CseId):
+        cse_id = normal
+    elif entity.stem.startswith("C") and entity.cse is not None:
+        cse_id = normalise_originator("/" + entity.cse, assoc.registrar, assoc.sp_fqdn)
+        if entity.sp_fqdn is not None and normal.startswith("//"):
+            cse_id = f"//{entity.sp_fqdn}/{entity.cse}"
+        if cse_id == assoc.identity:
+            return None
+    else:
+        return None
+    owner = owner_of(cse_id)
+    if owner is None:
+        return None
+    own = owner_of(assoc.identity) if assoc.identity else None
+    if own is not None and hmac.compare_digest(owner, own):
+        return None
+    return f"originator {origin!r} names {cse_id}, another registree CSE"
+
+
 def check_request(
-    assoc: Association, request: OneM2MRequest, now: datetime | None = None
+    assoc: Association,
+    request: OneM2MRequest,
+    now: datetime | None = None,
+    *,
+    cse_originators: str = "ts-0004",
+    owner_of: OwnerOf | None = None,
 ) -> Forward | Refuse:
-    """Decide one request of an established association (rules (a)-(d), module doc)."""
+    """Decide one request of an established association (rules (a)-(d), module doc).
+
+    ``cse_originators`` and ``owner_of`` decide CSE peers' originators (rule (b)).
+    """
     ctx = assoc.context
     if ctx.expired(now or datetime.now(UTC)):
         return Refuse(
@@ -368,12 +426,17 @@ def check_request(
 
     if assoc.kind is PeerKind.CSE:
         assert assoc.cse is not None
-        if not originator_within(normal, assoc.cse):
-            return Refuse(
-                RSC.ORIGINATOR_NOT_AUTHENTICATED,
-                Rule.OUTSIDE_CSE,
-                f"originator {origin!r} is neither {assoc.identity} nor under it",
-            )
+        if cse_originators == "strict":
+            if not originator_within(normal, assoc.cse):
+                return Refuse(
+                    RSC.ORIGINATOR_NOT_AUTHENTICATED,
+                    Rule.OUTSIDE_CSE,
+                    f"originator {origin!r} is neither {assoc.identity} nor under it",
+                )
+        else:
+            why = _cse_originator_refusal(assoc, origin, normal, owner_of)
+            if why is not None:
+                return Refuse(RSC.ORIGINATOR_NOT_AUTHENTICATED, Rule.OUTSIDE_CSE, why)
         if (
             request.operation is Operation.CREATE
             and request.resource_type == REMOTE_CSE_RESOURCE_TYPE
@@ -535,6 +598,8 @@ class Gateway:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
+        # The identity registry (owner_of, ISSUE-NOTES issue 6); None until one is wired in.
+        self.owner_of: OwnerOf | None = None
         self.stats = GatewayStats()
         self._store = store
         self._own_store = False
@@ -933,7 +998,13 @@ class Gateway:
 
         Returns the answer and whether the association must be closed after it.
         """
-        decision = check_request(assoc, request, self._clock())
+        decision = check_request(
+            assoc,
+            request,
+            self._clock(),
+            cse_originators=self.config.cse_originators,
+            owner_of=self.owner_of,
+        )
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
             self.stats.refused_by_rule[decision.rule.value] += 1
