@@ -622,6 +622,19 @@ async def test_credential_headers_reach_the_backend(store: SqlitePskStore) -> No
         assert second["x-m2msec-credential-id"] == "12-" + CRED[0]
 
 
+async def test_cse_peer_carries_transit_originators_by_default(store: SqlitePskStore) -> None:
+    """TS-0004 7.3.2.1 (default cse_originators): an MN-CSE's transit originators reach the
+    backend, a CSE-relative C-stem is 4106 (no registry wired in: rules needing it idle)."""
+    async with Echo() as echo:
+        config = gw_config(echo.url, cse_id="/in-cse")
+        async with running(config, store) as gw, light(gw, MN) as mn:
+            for origin, rsc in [("/mn-cse-7", 2001), ("/mn-cse-7/Cxyz", 2001), ("Cxyz", 4106)]:
+                r = await mn.request("GET", "/~/in-cse/cse-in", origin=origin)
+                assert r.rsc == rsc, origin
+        assert [dict(s["headers"])["x-m2m-origin"] for s in echo.seen] == [
+            "/mn-cse-7", "/mn-cse-7/Cxyz"]
+
+
 async def test_cse_peer_may_speak_for_its_own_subtree(store: SqlitePskStore) -> None:
     config = gw_config("http://placeholder:1", cse_id="/in-cse")
     async with Echo() as echo:
