@@ -269,6 +269,7 @@ def test_client_message_round_trips_through_the_mapping(
         (4008, None, Code.GATEWAY_TIMEOUT),
         (4015, None, Code.UNSUPPORTED_CONTENT_FORMAT),
         (4103, None, Code.FORBIDDEN),
+        (4106, None, Code.FORBIDDEN),
         (4107, None, Code.FORBIDDEN),
         (5103, None, Code.NOT_FOUND),
         (5207, None, Code.NOT_ACCEPTABLE),

@@ -202,6 +202,14 @@ async def test_light_registers_creates_and_reads_over_coap(
             ty=4,
             content={"m2m:cin": {"con": "on"}},
         )
+        assert (r.code, r.rsc) == (Code.BAD_REQUEST, 4000)  # TS-0004 7.3.2.1: the stem only
+        r = await ae1.request(
+            "POST",
+            acme.base + "/coap-light1/state",
+            origin="Clight-AE1",
+            ty=4,
+            content={"m2m:cin": {"con": "on"}},
+        )
         assert (r.code, r.rsc) == (Code.CREATED, 2001), r.payload
         r = await ae1.request("GET", acme.base + "/coap-light1/state/la", origin="Clight-AE1")
         assert (r.code, r.rsc) == (Code.CONTENT, 2000) and r.json()["m2m:cin"]["con"] == "on"
@@ -211,22 +219,22 @@ async def test_light_registers_creates_and_reads_over_coap(
         record = gw.recent_associations[ctx.sa_id]
         assert record.protocol == "DTLSv1.2" and "CCM8" in record.cipher_suite
         assert record.peer_id == "Clight-AE1" and record.key_id == AE1[0]
-        assert gw.stats.dtls_associations == 1 and gw.stats.coap_requests == 4
-        assert gw.stats.requests_forwarded == 4 and gw.stats.requests_refused == 0
+        assert gw.stats.dtls_associations == 1 and gw.stats.coap_requests == 5
+        assert gw.stats.requests_forwarded == 4 and gw.stats.requests_refused == 1
     assert gw.stats.associations_closed == 1
 
 
-async def test_impersonation_is_4_03_with_rsc_4103_and_never_reaches_acme(
+async def test_impersonation_is_4_03_with_rsc_4106_and_never_reaches_acme(
     acme: AcmeCse, store: SqlitePskStore
 ) -> None:
     async with running(config(acme.url), store) as gw, light(gw, AE2) as ae2:
         r = await ae2.request(
             "POST", acme.base, origin="Clight-AE1", ty=2, content=ae_content("coap-impostor")
         )
-        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4103)
+        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4106)
         assert "Clight-AE1" in r.json()["m2m:dbg"]
         r = await ae2.request("GET", acme.base, origin="/mn-cse-123456/Clight-AE1")
-        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4103)
+        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4106)
         assert gw.stats.refused_by_rule["originator-mismatch"] == 2
         assert gw.stats.requests_forwarded == 0
     assert acme.retrieve(acme.base + "/coap-impostor").status_code == 404
@@ -245,7 +253,7 @@ async def test_credential_bound_light_registers_first_over_coap(
         r = await dev.request("GET", acme.base + "/coap-cred", origin=aei)
         assert (r.code, r.rsc) == (Code.CONTENT, 2000)
         r = await dev.request("GET", acme.base, origin="Cother")
-        assert r.rsc == 4103
+        assert r.rsc == 4106
 
 
 async def test_large_content_goes_blockwise_both_ways(acme: AcmeCse, store: SqlitePskStore) -> None:
@@ -322,7 +330,7 @@ async def test_certificate_light_over_dtls(acme: AcmeCse, tmp_path: Path) -> Non
         r = await client.request("GET", acme.base + "/coap-cert7", origin="Clight-AE7")
         assert (r.code, r.rsc) == (Code.CONTENT, 2000) and r.json()["m2m:ae"]["aei"] == "Clight-AE7"
         r = await client.request("GET", acme.base, origin="Clight-AE1")
-        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4103)
+        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4106)
         record = gw.recent_associations[assoc.context.sa_id]
         assert record.framework.value == "certificate" and record.protocol == "DTLSv1.2"
         await client.close()

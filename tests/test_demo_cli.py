@@ -22,16 +22,16 @@ def test_demo_runs_tr0038_scenario() -> None:
     # Both lights registered by PSK and the home gateway reached the IN-CSE by certificate.
     assert "ADN-AE1 registers as Clight-AE1: X-M2M-RSC 2001 ok" in out
     assert "ADN-AE2 registers as Clight-AE2: X-M2M-RSC 2001 ok" in out
-    assert "gateway refuses, ORIGINATOR_HAS_NO_PRIVILEGE: X-M2M-RSC 4103 ok" in out
+    assert "gateway refuses, ORIGINATOR_NOT_AUTHENTICATED: X-M2M-RSC 4106 ok" in out
     assert "MN-CSE registers at the IN-CSE (<remoteCSE>): X-M2M-RSC 2001 ok" in out
     # ADN-AE1 as a constrained light: CoAP over DTLS-PSK through the same gateway rules.
     assert "ADN-AE1 publishes state 'off' by CoAP: CoAP 2.01 Created, oneM2M-RSC 2001 ok" in out
-    assert "on ADN-AE1's DTLS association: CoAP 4.03 Forbidden, oneM2M-RSC 4103 ok" in out
+    assert "on ADN-AE1's DTLS association: CoAP 4.03 Forbidden, oneM2M-RSC 4106 ok" in out
     # The GBA device bootstraps, associates, registers, and reuses Ks the second time.
     assert "GBA device registers an AE (Credential-ID 12-<B-TID>): X-M2M-RSC 2001 ok" in out
     assert "second association reuses Ks (no Ub run): ok" in out
     # The smartphone reaches the IN-CSE through the MAF and may only be the MAF's IdA.
-    assert "smartphone registering as Clight-AE1 is refused: X-M2M-RSC 4103 ok" in out
+    assert "smartphone registering as Clight-AE1 is refused: X-M2M-RSC 4106 ok" in out
     assert "smartphone registers as Csmartphone, the MAF's IdA: X-M2M-RSC 2001 ok" in out
     # Entity B's SA records bind the AE-IDs from the psk table and the CSE-ID from the cert.
     table = out[out.index("Security associations established") :]

@@ -24,7 +24,7 @@ import pytest
 
 from m2msec.bindings.client import OneM2MClient
 from m2msec.bindings.http import OneM2MRequest
-from m2msec.config import parse_config
+from m2msec.config import ConfigurationError, parse_config
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.ids import CseId
@@ -101,11 +101,74 @@ def assoc(peer_id: str, kind: PeerKind, **kw: Any) -> Association:
     return Association.from_context(ctx(peer_id, kind, **kw), CseId.parse(CSE))
 
 
-@pytest.mark.parametrize("origin", ["Clight-AE1", "/mn-cse-123456/Clight-AE1"])
-def test_ae_originator_forms_are_the_same_ae(origin: str) -> None:
-    assert check_request(assoc("Clight-AE1", PeerKind.AE), request(origin=origin), NOW) == Forward(
-        origin
+# A stand-in for the identity registry of the registration branch (owner_of): which
+# credential owns a normalised entity id.
+_OWNERS = {"/mn-cse-123456": "key-mn", "/mn-cse-2": "key-mn2", "/mn-cse-123456/Cx": "key-ae"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "strict", "ts_0004"),
+    [
+        ("/mn-cse-123456", 2, 2),  # its own CSE-ID
+        ("/mn-cse-123456/Cxyz", 2, 2),  # an AE registered to it
+        ("/mn-cse-3", 4106, 2),  # a transit CSE below it (registered to nobody here)
+        ("/mn-cse-3/Cxyz", 4106, 2),  # an AE of that CSE (multi-hop MN-CSE chain)
+        ("/Sxyz", 4106, 2),  # an S-stem AE it carries
+        ("/mn-cse-2", 4106, 4106),  # another registree CSE's CSE-ID
+        ("/mn-cse-2/Cxyz", 4106, 4106),  # a C-stem AE-ID under another registree CSE
+        ("Cxyz", 4106, 4106),  # a CSE-relative C-stem
+    ],
+)
+def test_cse_originators_follow_ts_0004_7_3_2_1(origin: str, strict: int, ts_0004: int) -> None:
+    """TS-0004 7.3.2.1's CSE rules (default) and the "strict" option, registry faked."""
+    a = Association.from_context(ctx("/mn-cse-123456", PeerKind.CSE), CseId.parse("/in-cse"))
+    for mode, expected in (("strict", strict), ("ts-0004", ts_0004)):
+        decision = check_request(
+            a, request(origin=origin), NOW, cse_originators=mode, owner_of=_OWNERS.get
+        )
+        if expected == 2:
+            assert decision == Forward(origin), (mode, origin)
+        else:
+            assert isinstance(decision, Refuse) and decision.rsc == expected, (mode, origin)
+            assert decision.rule is Rule.OUTSIDE_CSE
+
+
+def test_cse_originators_without_registry_refuse_only_the_c_stem() -> None:
+    a = Association.from_context(ctx("/mn-cse-123456", PeerKind.CSE), CseId.parse("/in-cse"))
+    assert check_request(a, request(origin="/mn-cse-2"), NOW) == Forward("/mn-cse-2")
+    refused = check_request(a, request(origin="Cxyz"), NOW)
+    assert isinstance(refused, Refuse) and refused.rsc == 4106
+
+
+def test_cse_originators_option_is_checked() -> None:
+    assert gw_config("http://127.0.0.1:1").cse_originators == "ts-0004"
+    assert gw_config("http://127.0.0.1:1", cse_originators="strict").cse_originators == "strict"
+    with pytest.raises(ConfigurationError, match="cse_originators"):
+        gw_config("http://127.0.0.1:1", cse_originators="loose")
+
+
+def test_ae_originator_is_its_stem() -> None:
+    decision = check_request(assoc("Clight-AE1", PeerKind.AE), request(origin="Clight-AE1"), NOW)
+    assert decision == Forward("Clight-AE1")
+
+
+@pytest.mark.parametrize(
+    "origin", ["/mn-cse-123456/Clight-AE1", "//m2m.example.com/mn-cse-123456/Clight-AE1"]
+)
+def test_ae_sp_relative_or_absolute_own_id_is_bad_request(origin: str) -> None:
+    """TS-0004 7.3.2.1: a registree AE's From is its AE-ID-Stem; other forms are 4000."""
+    a = Association.from_context(
+        ctx("Clight-AE1", PeerKind.AE), CseId.parse("//m2m.example.com/mn-cse-123456")
     )
+    for registration in (False, True):
+        r = request("POST", origin, 2) if registration else request(origin=origin)
+        decision = check_request(a, r, NOW)
+        assert isinstance(decision, Refuse) and decision.rule is Rule.ORIGIN_NOT_STEM
+        assert decision.rsc == 4000
+    # ... but the context is bound to the Absolute AE-ID, and the backend is told that.
+    assert a.absolute_id == "//m2m.example.com/mn-cse-123456/Clight-AE1"
+    got = dict(forwarded_headers(request(origin="Clight-AE1"), a, "Clight-AE1"))
+    assert got["X-M2MSec-Peer-ID"] == "//m2m.example.com/mn-cse-123456/Clight-AE1"
 
 
 @pytest.mark.parametrize(
@@ -121,7 +184,7 @@ def test_ae_originator_forms_are_the_same_ae(origin: str) -> None:
 def test_ae_other_originators_refused(origin: str | None, rule: Rule) -> None:
     decision = check_request(assoc("Clight-AE1", PeerKind.AE), request(origin=origin), NOW)
     assert isinstance(decision, Refuse) and decision.rule is rule
-    assert decision.rsc == (4000 if rule is Rule.ORIGIN_MISSING else 4103)
+    assert decision.rsc == {Rule.ORIGIN_MISSING: 4000, Rule.ORIGIN_MALFORMED: 4103}.get(rule, 4106)
 
 
 @pytest.mark.parametrize("origin", [None, "", "C", "S"])
@@ -132,7 +195,7 @@ def test_ae_registration_gets_the_authenticated_stem(origin: str | None) -> None
 
 def test_ae_registration_with_another_stem_refused() -> None:
     decision = check_request(assoc("Clight-AE1", PeerKind.AE), request("POST", "Cother", 2), NOW)
-    assert isinstance(decision, Refuse) and decision.rsc == 4103
+    assert isinstance(decision, Refuse) and decision.rsc == 4106
 
 
 def test_foreign_c_stem_cannot_register_here() -> None:
@@ -160,7 +223,7 @@ def test_s_stem_registration() -> None:
 )
 def test_cse_peer_originators(origin: str, ok: bool) -> None:
     a = Association.from_context(ctx("/mn-cse-123456", PeerKind.CSE), CseId.parse("/in-cse"))
-    decision = check_request(a, request(origin=origin), NOW)
+    decision = check_request(a, request(origin=origin), NOW, cse_originators="strict")
     assert isinstance(decision, Forward) == ok, decision
 
 
@@ -310,13 +373,16 @@ async def test_adn_ae1_registers_creates_and_retrieves(
         r = await ae1.request("POST", acme.base + "/light1/state",
                               origin="/mn-cse-123456/Clight-AE1",
                               content={"m2m:cin": {"con": "on"}}, ty=4)
+        assert r.rsc == 4000, r.body  # TS-0004 7.3.2.1: a registree AE sends its stem
+        r = await ae1.request("POST", acme.base + "/light1/state", origin="Clight-AE1",
+                              content={"m2m:cin": {"con": "on"}}, ty=4)
         assert r.rsc == 2001, r.body
         r = await ae1.request("GET", acme.base + "/light1/state", origin="Clight-AE1")
         assert (r.status, r.rsc) == (200, 2000) and r.json()["m2m:cnt"]["cni"] == 1
         r = await ae1.request("GET", acme.base + "/light1/state/la", origin="Clight-AE1")
         assert r.rsc == 2000 and r.json()["m2m:cin"]["con"] == "on"
         assert r.headers["x-m2m-ri"].startswith("m2msec-")
-        assert gw.stats.requests_forwarded == 5 and gw.stats.requests_refused == 0
+        assert gw.stats.requests_forwarded == 5 and gw.stats.requests_refused == 1
     assert gw.stats.associations_established == 1
 
 
@@ -327,10 +393,10 @@ async def test_impersonation_is_refused_and_never_reaches_acme(
     async with running(gw_config(acme.url), store) as gw, light(gw, AE1) as ae1:
         r = await ae1.request("POST", acme.base, origin="Clight-AE2",
                               content=ae_content("impostor"), ty=2)
-        assert (r.status, r.rsc) == (403, 4103)
+        assert (r.status, r.rsc) == (403, 4106)
         assert "Clight-AE2" in r.json()["m2m:dbg"]
         r = await ae1.request("GET", acme.base, origin="Clight-AE2")
-        assert r.rsc == 4103
+        assert r.rsc == 4106
         # The association survives a refusal.
         r = await ae1.request("GET", acme.base, origin="Clight-AE1")
         assert r.rsc in (2000, 4103) and r.headers.get("server", "").find("ACME") >= 0
@@ -387,7 +453,7 @@ async def test_credential_bound_association_is_bound_at_registration(
                               content={"m2m:cnt": {"rn": "c"}}, ty=3)
         assert r.rsc == 2001, r.body
         r = await dev.request("GET", acme.base + "/device", origin="Clight-AE1")
-        assert r.rsc == 4103
+        assert r.rsc == 4106
         assert gw.stats.registrations_bound == 1
 
 
@@ -556,13 +622,27 @@ async def test_credential_headers_reach_the_backend(store: SqlitePskStore) -> No
         assert second["x-m2msec-credential-id"] == "12-" + CRED[0]
 
 
-async def test_cse_peer_may_speak_for_its_own_subtree(store: SqlitePskStore) -> None:
-    config = gw_config("http://placeholder:1", cse_id="/in-cse")
+async def test_cse_peer_carries_transit_originators_by_default(store: SqlitePskStore) -> None:
+    """TS-0004 7.3.2.1 (default cse_originators): an MN-CSE's transit originators reach the
+    backend, a CSE-relative C-stem is 4106 (no registry wired in: rules needing it idle)."""
     async with Echo() as echo:
         config = gw_config(echo.url, cse_id="/in-cse")
         async with running(config, store) as gw, light(gw, MN) as mn:
+            for origin, rsc in [("/mn-cse-7", 2001), ("/mn-cse-7/Cxyz", 2001), ("Cxyz", 4106)]:
+                r = await mn.request("GET", "/~/in-cse/cse-in", origin=origin)
+                assert r.rsc == rsc, origin
+        assert [dict(s["headers"])["x-m2m-origin"] for s in echo.seen] == [
+            "/mn-cse-7", "/mn-cse-7/Cxyz"]
+
+
+async def test_cse_peer_may_speak_for_its_own_subtree(store: SqlitePskStore) -> None:
+    config = gw_config("http://placeholder:1", cse_id="/in-cse")
+    async with Echo() as echo:
+        # The older rule, kept as [gateway] cse_originators = "strict".
+        config = gw_config(echo.url, cse_id="/in-cse", cse_originators="strict")
+        async with running(config, store) as gw, light(gw, MN) as mn:
             for origin, rsc in [("/mn-cse-123456", 2001), ("/mn-cse-123456/Cxyz", 2001),
-                                ("/other-cse", 4103), ("Cxyz", 4103)]:
+                                ("/other-cse", 4106), ("Cxyz", 4106)]:
                 r = await mn.request("GET", "/~/in-cse/cse-in", origin=origin)
                 assert r.rsc == rsc, origin
         assert [dict(s["headers"])["x-m2m-origin"] for s in echo.seen] == [
@@ -643,14 +723,14 @@ async def test_certificate_listener_beside_psk(tmp_path: Path, store: SqlitePskS
                                      content=ae_content("lamp"), ty=2)
             assert r.rsc == 2001
             r = await client.request("GET", "/~/mn-cse-123456/home-gw", origin="Clight-AE1")
-            assert r.rsc == 4103
+            assert r.rsc == 4106
             await conn.close()
             async with light(gw, AE1) as ae1:  # the PSK listener serves beside it
                 assert (await ae1.request("GET", "/~/x", origin="Clight-AE1")).rsc == 2001
         first = dict(echo.seen[0]["headers"])
         assert first["x-m2m-origin"] == "Clight-AE7"  # "C" replaced by the proven AE-ID-Stem
         assert first["x-m2msec-framework"] == "certificate"
-        assert first["x-m2msec-peer-id"] == "/mn-cse-123456/Clight-AE7"
+        assert first["x-m2msec-peer-id"] == "//in.provider.com/mn-cse-123456/Clight-AE7"
         assert len(first["x-m2msec-key-id"]) == 64  # SHA-256 fingerprint
 
 

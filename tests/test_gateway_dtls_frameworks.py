@@ -142,7 +142,7 @@ async def test_maf_device_registers_over_coap_on_dtls(acme: AcmeCse, tmp_path: P
             r = await client.request(
                 "POST", acme.base, origin="Cintruder", ty=2, content=ae_content("x")
             )
-            assert r.rsc == 4103  # not the AE-ID the MAF vouched for: refused by the gateway
+            assert r.rsc == 4106  # not the AE-ID the MAF vouched for: refused by the gateway
             r = await client.request(
                 "POST", acme.base, origin="Cdtls-phone", ty=2, content=ae_content("dtls-phone")
             )

@@ -122,7 +122,7 @@ async def test_s_client_resumes_with_the_same_identity_until_the_row_is_removed(
         # ... and may not speak for another AE.
         done = await run(s_client(port, sess, out=False), stdin=get(base, "Clight-AE2"))
         assert reuse(done.output) == "Reused", done.output
-        assert rsc(done.output) == "4103", done.output
+        assert rsc(done.output) == "4106", done.output
         forwarded = gw.stats.requests_forwarded
         assert forwarded == 2
         # The operator removes the row with the CLI (same SQLite file).

@@ -113,7 +113,7 @@ async def test_uss_names_the_ae(acme: AcmeCse, tmp_path: Path) -> None:
         assert r.rsc == 2001, r.body
         assert r.json()["m2m:ae"]["aei"] == "Cgba-uss-meter"  # the stem the BSF named
         r = await client.request("GET", acme.base + "/uss", origin="Cother")
-        assert r.rsc == 4103
+        assert r.rsc == 4106
         await client.close()
 
 

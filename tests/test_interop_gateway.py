@@ -87,7 +87,7 @@ async def test_openssl_s_client_registers_through_gateway(
         s_client,
         stdin=registration(base, "Clight-AE2", "impostor"),
     )
-    assert rsc(done.output) == "4103", done.output
+    assert rsc(done.output) == "4106", done.output
     assert psk_gateway.stats.requests_forwarded == 1
 
 
@@ -133,3 +133,36 @@ async def test_gnutls_cli_with_certificate_registers_through_gateway(
         assert any(
             c.peer_id == "/mn-cse-123456/Cgnutls-ae" for c in gw.recent_associations.values()
         )
+
+
+def retrieval(target: str, origin: str) -> bytes:
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: mn-cse-123456.in.provider.com\r\n"
+        f"X-M2M-Origin: {origin}\r\nX-M2M-RI: interop-2\r\nX-M2M-RVI: 3\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+async def test_openssl_s_client_originator_rules_against_acme(
+    psk_gateway: Gateway, acme: AcmeCse
+) -> None:
+    """TS-0004 7.3.2.1 through the gateway to ACME, device = openssl s_client over TLS-PSK:
+    another AE's From is 4106, the SP-relative form of its own AE-ID is 4000 (From must be
+    the AE-ID-Stem), the stem itself reaches ACME."""
+    port = psk_gateway.listeners[0].port
+    base = f"/~/{acme.cse_id}/{acme.cse_name}"
+    s_client = [
+        "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2",
+        "-cipher", "PSK-AES128-CBC-SHA256", "-psk", "1a2b3c4d5e6f7a8b",
+        "-psk_identity", "AE123456789012-Light@in.provider.com", "-quiet", "-ign_eof",
+    ]
+    target = base  # the CSEBase: ACME is session-wide, Clight-AE1 may be registered already
+    done = await run(s_client, stdin=retrieval(target, "Clight-AE2"))
+    assert rsc(done.output) == "4106", done.output
+    done = await run(s_client, stdin=retrieval(target, "/mn-cse-123456/Clight-AE1"))
+    assert rsc(done.output) == "4000", done.output
+    assert "AE-ID-Stem" in done.output
+    assert psk_gateway.stats.requests_forwarded == 0  # neither refusal reached ACME
+    done = await run(s_client, stdin=retrieval(target, "Clight-AE1"))
+    assert "Server: ACME" in done.output, done.output  # ACME's own access rules answer
+    assert psk_gateway.stats.requests_forwarded == 1

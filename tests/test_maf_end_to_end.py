@@ -127,7 +127,7 @@ async def test_smartphone_registers_the_ae_the_maf_vouched_for(world: World) -> 
     base = world.acme.base
     # Another AE-ID than the one the MAF gave is refused by the gateway itself.
     r = await client.request("POST", base, origin="Cintruder", ty=2, content=ae_content("x"))
-    assert r.rsc == 4103
+    assert r.rsc == 4106
     r = await client.request(
         "POST", base, origin="Csmartphone", ty=2, content=ae_content("smartphone")
     )

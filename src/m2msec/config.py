@@ -20,6 +20,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     idle_timeout = 120.0                  # seconds a keep-alive connection may idle
     coap_response_options = true          # oneM2M-RSC/-RQI/... in CoAP answers (see below)
     resumption = true                     # session resumption on tls:// and dtls:// (below)
+    cse_originators = "ts-0004"           # or "strict": CSE From must lie under its CSE-ID
 
     [psk]                                 # provisioned PSK, TS-0003 8.2.2.1
     store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path; default: the data dir's
@@ -210,6 +211,7 @@ class GatewayConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     coap_response_options: bool = True
     resumption: bool = True
+    cse_originators: str = "ts-0004"
     source: str = "<defaults>"
 
     @property
@@ -248,6 +250,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "idle_timeout",
             "coap_response_options",
             "resumption",
+            "cse_originators",
         }
     ),
     "psk": frozenset({"store"}),
@@ -685,8 +688,16 @@ def parse_config(
             gw.get("coap_response_options", True), "gateway.coap_response_options"
         ),
         resumption=_bool(gw.get("resumption", True), "gateway.resumption"),
+        cse_originators=_cse_originators(gw.get("cse_originators", "ts-0004")),
         source=source,
     )
+
+
+def _cse_originators(value: Any) -> str:
+    # TS-0004 7.3.2.1's CSE rules, or the stricter "From under the peer's CSE-ID".
+    if value not in ("ts-0004", "strict"):
+        raise _err("gateway.cse_originators", f"{value!r}: write \"ts-0004\" or \"strict\"")
+    return str(value)
 
 
 def _merge(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 * Lights ADN-AE1 and ADN-AE2 reach the home gateway MN-CSE (mn-cse-123456) by the
   Provisioned Symmetric Key framework (TS-0003 8.2.2.1) with TR-0038's psk tables
   7.1.2-1 and 7.1.2-2, then register (TR-0038 7.1.5) and publish their state.
-* ADN-AE2 tries to act as Clight-AE1 and is refused (4103) by the gateway.
+* ADN-AE2 tries to act as Clight-AE1 and is refused (4106) by the gateway.
 * ADN-AE1 reaches the MN-CSE again by the CoAP binding (TS-0008) over DTLS-PSK
   (TS-0003 10.2.1, TLS_PSK_WITH_AES_128_CCM_8), the way a constrained light would.
 * The home gateway reaches the IN-CSE by the Certificate-Based framework (8.2.2.2).
@@ -267,7 +267,7 @@ async def _lights(result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE) -> N
         ty=4,
         content={"m2m:cin": {"con": "off"}},
     )
-    _check(result, say, "gateway refuses, ORIGINATOR_HAS_NO_PRIVILEGE", r, 4103)
+    _check(result, say, "gateway refuses, ORIGINATOR_NOT_AUTHENTICATED", r, 4106)
     r = await clients["ADN-AE1"].request(
         "GET", f"{acme.base_path}/adn-ae1/state/la", origin="Clight-AE1"
     )
@@ -313,7 +313,7 @@ async def _light_over_coap(result: DemoResult, say: Say, gw: Gateway, acme: Acme
         result.steps.append(("latest state by CoAP is 'off'", str(content), content == "off"))
         r = await client.request("GET", f"{acme.base_path}/adn-ae2/state/la", origin="Clight-AE2")
         _coap_check(
-            result, say, "gateway refuses Clight-AE2 on ADN-AE1's DTLS association", r, 4103
+            result, say, "gateway refuses Clight-AE2 on ADN-AE1's DTLS association", r, 4106
         )
     finally:
         await client.close()
@@ -345,8 +345,9 @@ async def _gateway_to_in(
     _check(result, say, "MN-CSE registers at the IN-CSE (<remoteCSE>)", r, 2001)
     r = await client.request("GET", acme.base_path, origin=f"/{MN_CSE}")
     _check(result, say, "MN-CSE retrieves the IN-CSE's CSEBase", r, 2000)
-    r = await client.request("GET", acme.base_path, origin="/other-cse")
-    _check(result, say, "MN-CSE posing as /other-cse is refused", r, 4103)
+    # TS-0004 7.3.2.1: a CSE may carry transit originators, never a CSE-relative C-stem.
+    r = await client.request("GET", acme.base_path, origin="Cother")
+    _check(result, say, "MN-CSE sending a CSE-relative C-stem is refused", r, 4106)
     await client.close()
 
 
@@ -407,7 +408,7 @@ async def _smartphone(
     http = OneM2MClient(conn)
     ae = {"m2m:ae": {"rn": "smartphone", "api": "Nsmartphone", "rr": False, "srv": ["3"]}}
     r = await http.request("POST", acme.base_path, origin="Clight-AE1", ty=2, content=ae)
-    _check(result, say, "smartphone registering as Clight-AE1 is refused", r, 4103)
+    _check(result, say, "smartphone registering as Clight-AE1 is refused", r, 4106)
     r = await http.request("POST", acme.base_path, origin=SMARTPHONE[1], ty=2, content=ae)
     _check(result, say, f"smartphone registers as {SMARTPHONE[1]}, the MAF's IdA", r, 2001)
     r = await http.request(

@@ -140,6 +140,16 @@ def serve(
             "--in-domain", metavar="FQDN", help="IN public domain.", show_default=False
         ),
     ] = None,
+    cse_originators: Annotated[
+        str | None,
+        typer.Option(
+            "--cse-originators",
+            metavar="RULES",
+            help="CSE peers' From: ts-0004 (TS-0004 7.3.2.1, default) or strict (under the "
+            "peer's CSE-ID).",
+            show_default=False,
+        ),
+    ] = None,
     store: Annotated[
         str | None,
         typer.Option(
@@ -201,6 +211,7 @@ def serve(
         "gateway.backend": backend,
         "gateway.cse_id": cse_id,
         "gateway.in_domain": in_domain,
+        "gateway.cse_originators": cse_originators,
         "psk.store": store,
         "certificates.cert": None if cert is None else str(cert),
         "certificates.key": None if key is None else str(key),

@@ -25,9 +25,15 @@ pure function of the association and the request):
     handshake is needed (READINGS A-16; open sessions run until their next request after
     expiry, which is then refused).
 (b) **Originator.** ``X-M2M-Origin`` (TS-0004 From) is normalised with
-    :func:`m2msec.ids.normalise_originator` under the gateway's CSE-ID (READINGS A-14:
-    ``Clight-AE1`` and ``/mn-cse-123456/Clight-AE1`` are the same AE) and must equal the
-    association's identity, normalised alike. A CSE peer (TS-0003 8.2.2: CSE-ID bound) may
+    :func:`m2msec.ids.normalise_originator` under the gateway's CSE-ID and must equal the
+    association's identity, normalised alike. A CSE peer is held to TS-0004 7.3.2.1's CSE
+    rules (``[gateway] cse_originators = "ts-0004"``, the default: a CSE-relative C-stem,
+    another registree CSE's CSE-ID or a C-stem AE-ID under one is 4106, transit
+    originators of CSEs/AEs below it pass) or, with ``"strict"``, to the older rule below.
+    Over an AE's association From must be the
+    AE-ID-Stem itself (``Clight-AE1``): its SP-relative or absolute form
+    (``/mn-cse-123456/Clight-AE1``) is 4000 BAD_REQUEST (TS-0004 7.3.2.1; READINGS A-14 as
+    corrected in ISSUE-NOTES). A CSE peer (TS-0003 8.2.2: CSE-ID bound) may
     use its CSE-ID or any originator under it (:func:`m2msec.ids.originator_within`); a
     ``<remoteCSE>`` CREATE (ty=16) must come from the CSE-ID itself.
 (c) **AE registration** (CREATE with ty=2, TS-0001 V3.36 10.2.2.2, steps 001-003)
@@ -41,14 +47,17 @@ pure function of the association and the request):
     (allowed AE-ID-Stems and App-IDs). On 2001 CREATED the gateway reads ``m2m:ae/aei``
     from the JSON answer and binds the association to that AE-ID for the rest of its
     life; until then everything else is refused.
-(d) Anything else is answered 4103 ORIGINATOR_HAS_NO_PRIVILEGE by the gateway itself and
-    nothing is forwarded (a missing From, outside AE registration, is 4000 BAD_REQUEST).
+(d) A From that does not match the association's identity (rule (b)) is answered 4106
+    ORIGINATOR_NOT_AUTHENTICATED (TS-0004 7.3.2.1, TS-0003 V3.18 7.2.1); anything else is
+    answered 4103 ORIGINATOR_HAS_NO_PRIVILEGE by the gateway itself, and nothing is
+    forwarded (a missing From, outside AE registration, is 4000 BAD_REQUEST).
 
 ``http://`` listeners are plain: every request there is answered 4107
 SECURITY_ASSOCIATION_REQUIRED (TS-0004 table 6.6.3.5-1) and nothing is forwarded.
 
 Forwarded requests lose any incoming ``X-M2MSec-*`` header and gain the association's
-identity: ``X-M2MSec-Peer-ID`` (the bound identity, normalised), ``X-M2MSec-Peer-Kind``,
+identity: ``X-M2MSec-Peer-ID`` (the bound identity, normalised; for an AE its Absolute
+AE-ID when the CSE-ID carries the M2M-SP's FQDN), ``X-M2MSec-Peer-Kind``,
 ``X-M2MSec-Framework``, ``X-M2MSec-Key-ID`` (KpsaId or certificate fingerprint, never a
 key), ``X-M2MSec-SA-ID`` and, for Credential-ID bound peers, ``X-M2MSec-Credential-ID``.
 Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. Requests travel over a
@@ -63,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import hmac
 import json
 import logging
 from collections import Counter, OrderedDict
@@ -173,6 +183,7 @@ class Rule(enum.StrEnum):
     ORIGIN_MALFORMED = "originator-malformed"  # (b)
     ORIGIN_MISMATCH = "originator-mismatch"  # (b) AE
     OUTSIDE_CSE = "originator-outside-cse"  # (b) CSE
+    ORIGIN_NOT_STEM = "originator-not-stem"  # (b) AE: SP-relative/absolute form of itself
     CSE_REGISTRATION = "remote-cse-originator"  # (b) ty=16
     UNBOUND_CREDENTIAL = "credential-not-registered"  # (c) A-13
     REGISTRATION_IDENTITY = "registration-identity"  # (c)
@@ -242,6 +253,16 @@ class Association:
             return self.identity
         return self.credential_id or self.context.peer_id
 
+    @property
+    def absolute_id(self) -> str:
+        """The Absolute AE-ID (``//{SP FQDN}/{cse}/{stem}``, TS-0001 7.2) the context is bound
+        to, when the M2M-SP's FQDN is known; else :attr:`peer_id` (ISSUE-NOTES, A-14)."""
+        identity = self.identity
+        local = identity and identity.startswith("/") and not identity.startswith("//")
+        if self.kind is PeerKind.AE and local and self.sp_fqdn:
+            return f"//{self.sp_fqdn}{identity}"
+        return self.peer_id
+
     def normalise(self, origin: str) -> str:
         return normalise_originator(origin, self.registrar, self.sp_fqdn)
 
@@ -274,10 +295,63 @@ def _is_registration(request: OneM2MRequest) -> bool:
     return request.operation is Operation.CREATE and request.resource_type == AE_RESOURCE_TYPE
 
 
+OwnerOf = Callable[[str], "str | None"]
+"""Which credential owns a normalised entity id (the identity registry; None: nobody)."""
+
+CSE_ORIGINATORS = ("ts-0004", "strict")
+"""``[gateway] cse_originators``: TS-0004 7.3.2.1's CSE rules, or From under the CSE-ID."""
+
+
+def _cse_originator_refusal(
+    assoc: Association, origin: str, normal: str, owner_of: OwnerOf | None
+) -> str | None:
+    """Why TS-0004 7.3.2.1 refuses ``origin`` from a registree CSE (None: it may carry it).
+
+    A transit CSE carries requests of CSEs and AEs registered below it (multi-hop MN-CSE
+    chains), so only what the clause lists is refused: a CSE-relative C-stem, another
+    registree CSE's CSE-ID, or a C-stem AE-ID under another registree CSE. "Registree CSE"
+    is decided by ``owner_of``: an id owned by a credential other than the one that owns the
+    peer's CSE-ID. Without a registry only the C-stem rule is decidable.
+    """
+    if not origin.startswith("/") and origin.startswith("C"):
+        return f"originator {origin!r} is a CSE-relative C-stem, not an originator a CSE carries"
+    if owner_of is None or normal == assoc.identity:
+        return None
+    try:
+        entity = parse_entity_id(normal, assoc.registrar)
+    except IdentifierError:
+        return None
+    if isinstance(entity, CseId):
+        cse_id = normal
+    elif entity.stem.startswith("C") and entity.cse is not None:
+        cse_id = normalise_originator("/" + entity.cse, assoc.registrar, assoc.sp_fqdn)
+        if entity.sp_fqdn is not None and normal.startswith("//"):
+            cse_id = f"//{entity.sp_fqdn}/{entity.cse}"
+        if cse_id == assoc.identity:
+            return None
+    else:
+        return None
+    owner = owner_of(cse_id)
+    if owner is None:
+        return None
+    own = owner_of(assoc.identity) if assoc.identity else None
+    if own is not None and hmac.compare_digest(owner, own):
+        return None
+    return f"originator {origin!r} names {cse_id}, another registree CSE"
+
+
 def check_request(
-    assoc: Association, request: OneM2MRequest, now: datetime | None = None
+    assoc: Association,
+    request: OneM2MRequest,
+    now: datetime | None = None,
+    *,
+    cse_originators: str = "ts-0004",
+    owner_of: OwnerOf | None = None,
 ) -> Forward | Refuse:
-    """Decide one request of an established association (rules (a)-(d), module doc)."""
+    """Decide one request of an established association (rules (a)-(d), module doc).
+
+    ``cse_originators`` and ``owner_of`` decide CSE peers' originators (rule (b)).
+    """
     ctx = assoc.context
     if ctx.expired(now or datetime.now(UTC)):
         return Refuse(
@@ -352,12 +426,17 @@ def check_request(
 
     if assoc.kind is PeerKind.CSE:
         assert assoc.cse is not None
-        if not originator_within(normal, assoc.cse):
-            return Refuse(
-                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
-                Rule.OUTSIDE_CSE,
-                f"originator {origin!r} is neither {assoc.identity} nor under it",
-            )
+        if cse_originators == "strict":
+            if not originator_within(normal, assoc.cse):
+                return Refuse(
+                    RSC.ORIGINATOR_NOT_AUTHENTICATED,
+                    Rule.OUTSIDE_CSE,
+                    f"originator {origin!r} is neither {assoc.identity} nor under it",
+                )
+        else:
+            why = _cse_originator_refusal(assoc, origin, normal, owner_of)
+            if why is not None:
+                return Refuse(RSC.ORIGINATOR_NOT_AUTHENTICATED, Rule.OUTSIDE_CSE, why)
         if (
             request.operation is Operation.CREATE
             and request.resource_type == REMOTE_CSE_RESOURCE_TYPE
@@ -372,9 +451,17 @@ def check_request(
 
     if normal != assoc.identity:
         return Refuse(
-            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            RSC.ORIGINATOR_NOT_AUTHENTICATED,
             Rule.ORIGIN_MISMATCH,
             f"originator {origin!r} is not the authenticated AE {assoc.identity}",
+        )
+    if origin.startswith("/"):
+        # TS-0004 7.3.2.1: a registree AE's From is its AE-ID-Stem; the SP-relative or
+        # absolute form of its own AE-ID is a malformed request, not the same AE.
+        return Refuse(
+            RSC.BAD_REQUEST,
+            Rule.ORIGIN_NOT_STEM,
+            f"originator {origin!r}: a registree AE sends its AE-ID-Stem as From",
         )
     return Forward(raw)
 
@@ -393,7 +480,7 @@ def forwarded_headers(
     if origin is not None:
         headers.append(("X-M2M-Origin", origin))
     ctx = assoc.context
-    headers.append(("X-M2MSec-Peer-ID", assoc.peer_id))
+    headers.append(("X-M2MSec-Peer-ID", assoc.absolute_id))
     headers.append(("X-M2MSec-Peer-Kind", assoc.kind.value))
     headers.append(("X-M2MSec-Framework", ctx.framework.value))
     if ctx.key_id:
@@ -515,6 +602,8 @@ class Gateway:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
+        # The identity registry (owner_of, ISSUE-NOTES issue 6); None until one is wired in.
+        self.owner_of: OwnerOf | None = None
         self.stats = GatewayStats()
         self._live_by_credential: Counter[str] = Counter()
         self._store = store
@@ -964,7 +1053,13 @@ class Gateway:
 
         Returns the answer and whether the association must be closed after it.
         """
-        decision = check_request(assoc, request, self._clock())
+        decision = check_request(
+            assoc,
+            request,
+            self._clock(),
+            cse_originators=self.config.cse_originators,
+            owner_of=self.owner_of,
+        )
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
             self.stats.refused_by_rule[decision.rule.value] += 1
