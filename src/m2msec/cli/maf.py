@@ -424,6 +424,10 @@ def serve(
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
     ] = "info",
+    init: Annotated[
+        bool,
+        typer.Option("--init", help="Create the MAF store if it does not exist yet."),
+    ] = False,
 ) -> None:
     """Run the MAF until SIGINT or SIGTERM."""
     from m2msec.servers.maf import load_maf_config
@@ -447,6 +451,17 @@ def serve(
         cfg = load_maf_config(config, overrides)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
+    if not init:
+        from m2msec.store.schema import require_initialised
+
+        try:
+            require_initialised(
+                cfg.store or default_maf_store_path(),
+                label="MAF store",
+                create="m2msec maf add-client",
+            )
+        except StoreError as exc:
+            _fail(str(exc), 1)
     console = Console(highlight=False)
     try:
         stats = run_on_fast_loop(_serve(cfg, console))
