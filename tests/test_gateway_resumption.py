@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -228,8 +229,9 @@ async def test_maf_session_resumes_while_the_gateway_holds_the_kc(
         assert maf.stats.keys_retrieved == 2
 
 
+@pytest.mark.parametrize("change", ["remove", "earlier-expiry"])
 async def test_live_association_ends_when_its_psk_row_is_removed(
-    acme: AcmeCse, tmp_path: Path
+    acme: AcmeCse, tmp_path: Path, change: str
 ) -> None:
     """ISSUE-NOTES issue 6: a live association whose psk row is removed (``m2msec psk
     remove`` in another process) is not served past the lookup cache's lifetime: the next
@@ -261,12 +263,18 @@ async def test_live_association_ends_when_its_psk_row_is_removed(
                 )
                 await client.expect(r"X-M2M-RI: live-2", 10)
                 assert gw.stats.requests_forwarded == 2
+                if change == "remove":
+                    args = ["remove", TR0038_KPSA_ID]
+                else:  # re-added with an expiry one second from now
+                    soon = datetime.now(UTC) + timedelta(seconds=1)
+                    args = ["add", TR0038_KPSA_ID, "--key", TR0038_KPSA_HEX, "--entity-id",
+                            TR0038_AE_ID, "--replace", "--expires", soon.isoformat()]
                 removed = await run([
-                    sys.executable, "-m", "m2msec.cli", "psk", "remove", TR0038_KPSA_ID,
+                    sys.executable, "-m", "m2msec.cli", "psk", *args,
                     "--store", str(tmp_path / "psk.db"),
                 ])  # fmt: skip
                 assert removed.returncode == 0, removed.describe()
-                await asyncio.sleep(2 * ttl + 0.2)
+                await asyncio.sleep(2 * ttl + (1.2 if change != "remove" else 0.2))
                 forwarded = gw.stats.requests_forwarded
                 client.write(
                     get(base, "Clight-AE1").replace(*keep).replace(b"resume-1", b"live-3")
