@@ -451,20 +451,9 @@ def serve(
         cfg = load_maf_config(config, overrides)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
-    if not init:
-        from m2msec.store.schema import require_initialised
-
-        try:
-            require_initialised(
-                cfg.store or default_maf_store_path(),
-                label="MAF store",
-                create="m2msec maf add-client",
-            )
-        except StoreError as exc:
-            _fail(str(exc), 1)
     console = Console(highlight=False)
     try:
-        stats = run_on_fast_loop(_serve(cfg, console))
+        stats = run_on_fast_loop(_serve(cfg, console, init=init))
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except (M2MSecError, OSError) as exc:
@@ -476,10 +465,11 @@ def serve(
     )
 
 
-async def _serve(cfg: Any, console: Console) -> dict[str, Any]:
+async def _serve(cfg: Any, console: Console, *, init: bool = False) -> dict[str, Any]:
     from m2msec.servers.maf import MafServer
 
     maf = MafServer(cfg)
+    maf.require_existing_store = not init  # a new store only with --init
     await maf.start()
     st = maf.store
     table = Table(title="m2msec MAF", show_header=False, title_justify="left")

@@ -81,6 +81,7 @@ from m2msec.maf.store import (
     parse_km_id,
 )
 from m2msec.store.outage import StoreOutage
+from m2msec.store.schema import require_initialised
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
@@ -624,6 +625,8 @@ class MafServer:
         self.config = config
         self.policy = config.policy()
         self.stats = MafStats()
+        #: Refuse a missing or schema-less SQLite store instead of creating one.
+        self.require_existing_store = False
         self._store_outage = StoreOutage(
             "MAF store", logger=log, on_failure=self._count_store_error
         )
@@ -686,6 +689,12 @@ class MafServer:
             retrieval_spec = cfg.listener("retrieval_listen") if cfg.retrieval_listen else None
             retrieval_profile = self._retrieval_profile() if retrieval_spec else None
             if self._store is None:
+                if self.require_existing_store:  # serve without --init (issue 9 item 3)
+                    require_initialised(
+                        cfg.store or default_maf_store_path(),
+                        label="MAF store",
+                        create="m2msec maf add-client",
+                    )
                 self._store = open_maf_store(cfg.store, synchronous=cfg.effective_durability)
             self._audit = AuditLog(self.audit_path, fsync=False)
             # Commit on the loop's thread only when commits do not fsync (never for
