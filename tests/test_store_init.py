@@ -108,8 +108,8 @@ def test_psk_add_on_truncated_store_warns_about_old_kek(
 def test_maf_serve_refuses_zero_byte_store(tmp_path: Path) -> None:
     db = tmp_path / "maf.db"
     db.touch()
-    code, out = _serve(maf_cli_app, ["serve", "--fqdn", "maf.example.net", "--retrieval-listen", "off",
-                                     "--store", str(db)])
+    code, out = _serve(maf_cli_app, ["serve", "--fqdn", "maf.example.net",
+                                     "--retrieval-listen", "off", "--store", str(db)])
     assert code == 1, out
     text = _one_line(out)
     assert "MAF store" in text and str(db) in text and "empty" in text
