@@ -234,7 +234,7 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "serve", "--listen", "http://127.0.0.1:0",
          "--listen", "tls://127.0.0.1:0", "--backend", "http://127.0.0.1:1",
-         "--cse-id", "/mn-cse-123456"],
+         "--cse-id", "/mn-cse-123456", "--init"],  # a fresh home: no store yet
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,60 @@ async def test_maf_session_resumes_while_the_gateway_holds_the_kc(
         assert not conn.context.resumed  # the Kc was no longer held: full handshake
         await conn.close()
         assert maf.stats.keys_retrieved == 2
+
+
+@pytest.mark.parametrize("change", ["remove", "earlier-expiry"])
+async def test_live_association_ends_when_its_psk_row_is_removed(
+    acme: AcmeCse, tmp_path: Path, change: str
+) -> None:
+    """ISSUE-NOTES issue 6: a live association whose psk row is removed (``m2msec psk
+    remove`` in another process) is not served past the lookup cache's lifetime: the next
+    request is answered 4107 and the association closed."""
+    import asyncio
+
+    from tests.interop import spawn
+
+    tr0038_store(tmp_path / "psk.db").close()
+    ttl = 0.3  # the lookup cache lifetime, small for the test
+    store = SqlitePskStore(tmp_path / "psk.db", cache_ttl=ttl)
+    base = acme.base
+    keep = (b"Connection: close\r\n", b"")
+    argv = [
+        require("openssl"), "s_client", "-connect", "", "-tls1_2", "-cipher",
+        "PSK-AES128-GCM-SHA256", "-psk", TR0038_KPSA_HEX, "-psk_identity", TR0038_KPSA_ID,
+        "-nocommands", "-ign_eof", "-quiet",
+    ]  # fmt: skip
+    try:
+        async with Gateway(config(acme.url), store=store) as gw:
+            argv[3] = f"127.0.0.1:{gw.listeners[0].port}"
+            async with spawn(argv) as client:
+                # Served while the row exists (Clight-AE1 may be registered already by an
+                # earlier test against this module's ACME: 2001 or 4117, both forwarded).
+                client.write(registration(base, "Clight-AE1", "live-light").replace(*keep))
+                await client.expect(r"X-M2M-RI: interop-1", 10)
+                client.write(
+                    get(base, "Clight-AE1").replace(*keep).replace(b"resume-1", b"live-2")
+                )
+                await client.expect(r"X-M2M-RI: live-2", 10)
+                assert gw.stats.requests_forwarded == 2
+                if change == "remove":
+                    args = ["remove", TR0038_KPSA_ID]
+                else:  # re-added with an expiry one second from now
+                    soon = datetime.now(UTC) + timedelta(seconds=1)
+                    args = ["add", TR0038_KPSA_ID, "--key", TR0038_KPSA_HEX, "--entity-id",
+                            TR0038_AE_ID, "--replace", "--expires", soon.isoformat()]
+                removed = await run([
+                    sys.executable, "-m", "m2msec.cli", "psk", *args,
+                    "--store", str(tmp_path / "psk.db"),
+                ])  # fmt: skip
+                assert removed.returncode == 0, removed.describe()
+                await asyncio.sleep(2 * ttl + (1.2 if change != "remove" else 0.2))
+                forwarded = gw.stats.requests_forwarded
+                client.write(
+                    get(base, "Clight-AE1").replace(*keep).replace(b"resume-1", b"live-3")
+                )
+                await client.expect(r"X-M2M-RSC: 4107", 10)
+                await client.wait(10)  # the gateway closed the association
+                assert gw.stats.requests_forwarded == forwarded  # nothing forwarded
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -469,3 +470,51 @@ async def test_our_initiator_refused_by_s_server_on_wrong_key() -> None:
             await connect(HOST, port, initiator(False), timeout=STEP)
         assert TR0038_KPSA_HEX not in info.value.reason
         assert "alert" in info.value.reason or "handshake failed" in info.value.reason
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+async def test_store_outage_ends_with_internal_error(
+    tmp_path: Path, version: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ISSUE-NOTES issue 6: a PSK handshake refused because the store cannot be read ends
+    with alert internal_error (80), not the alerts of a wrong or unknown key, so a device
+    can tell "retry later" from "refused"; the outage is logged once, without traceback."""
+    store = tr0038_store(tmp_path / "psk.db")
+    profile = PskResponder(store, local_id=SERVER_ID).profile(tls13=True)
+
+    async def handler(conn: TLSConnection) -> None:
+        await conn.send(f"m2msec peer={conn.context.peer_id}\n".encode())
+        while data := await conn.recv():
+            await conn.send(data)
+
+    server = TLSServer(profile, handler, handshake_timeout=STEP)
+    await server.start(HOST, 0)
+    live_cursor = store._rcur
+    try:
+        # Every read now fails as on an unreachable store (a cursor of a closed database).
+        dead = sqlite3.connect(":memory:")
+        dead_cursor = dead.cursor()
+        dead.close()
+        live_cursor, store._rcur = store._rcur, dead_cursor
+        caplog.set_level(logging.DEBUG)
+        for _ in range(3):
+            bad = await run(
+                s_client_argv(server.port, TR0038_KPSA_ID, TR0038_KPSA_HEX, version),
+                timeout=STEP,
+            )
+            assert bad.returncode != 0, bad.describe()
+            assert re.search(r"alert internal error|alert number 80", bad.output), bad.describe()
+            assert "m2msec peer=" not in bad.output
+        assert "Traceback" not in caplog.text
+        assert all(r.exc_info is None for r in caplog.records)
+        outage = [r for r in caplog.records if "unavailable" in r.getMessage()
+                  and r.levelno >= logging.ERROR]
+        assert len(outage) <= 1  # one per outage (the outage log is per process)
+        store._rcur = live_cursor
+        good = s_client_argv(server.port, TR0038_KPSA_ID, TR0038_KPSA_HEX, version)
+        async with spawn(good) as honest:
+            assert await talk(honest) == TR0038_AE_ID  # the store is back: served
+    finally:
+        store._rcur = live_cursor
+        await server.close()
+        store.close()

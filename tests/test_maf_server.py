@@ -839,3 +839,33 @@ async def test_key_retrieval_listener_checks_crl(tmp_path: Path) -> None:
     finally:
         await server.close()
         store.close()
+
+
+async def test_full_disk_logs_one_line_per_outage(
+    maf: Maf, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 9 item 4: a full disk (SQLite max_page_count) while registrations flow gives
+    one ERROR line with the cause, no traceback per request, a store_errors count and a
+    "recovered" line once writes work again."""
+    a = await maf.a()
+    assert (await register(a, key_reg(keyValue="11" * 32))).rsc == 2001
+    conn = maf.server.store._wconn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        refused = 0
+        for i in range(40):
+            kc = bytes([i]) * 32
+            r = await register(a, key_reg(keyValue=kc.hex(), labels=["x" * 2000]))
+            refused += r.rsc != 2001
+        assert refused == 40
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert 1 <= len(errors) <= 3, [r.getMessage() for r in errors]
+        assert "full" in errors[0].getMessage()
+        assert all(r.exc_info is None for r in caplog.records)
+        assert "Traceback" not in caplog.text
+        assert maf.server.stats.store_errors >= 40
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        assert (await register(a, key_reg(keyValue="22" * 32))).rsc == 2001
+    assert any("recovered" in r.getMessage() for r in caplog.records)

@@ -346,6 +346,10 @@ def serve(
     log_level: Annotated[
         str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
     ] = "info",
+    init: Annotated[
+        bool,
+        typer.Option("--init", help="Create the BSF store if it does not exist yet."),
+    ] = False,
 ) -> None:
     """Run the BSF until SIGINT or SIGTERM."""
     if log_level.lower() not in _LEVELS:
@@ -367,6 +371,18 @@ def serve(
         cfg = load_bsf_config(config, overrides)
     except ConfigurationError as exc:
         _fail(str(exc), 2)
+    if not init:
+        from m2msec.gba.subscribers import default_bsf_store_path
+        from m2msec.store.schema import require_initialised
+
+        try:
+            require_initialised(
+                cfg.store or default_bsf_store_path(),
+                label="BSF store",
+                create="m2msec bsf add-subscriber",
+            )
+        except StoreError as exc:
+            _fail(str(exc), 1)
     console = Console(highlight=False)
     try:
         bsf = asyncio.run(_run(cfg, console))

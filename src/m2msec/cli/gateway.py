@@ -201,6 +201,10 @@ def serve(
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
     ] = "info",
+    init: Annotated[
+        bool,
+        typer.Option("--init", help="Create the psk-lookup-table if it does not exist yet."),
+    ] = False,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
     if log_level.lower() not in _LEVELS:
@@ -225,6 +229,17 @@ def serve(
         cfg = load_config(config, overrides)
     except ConfigurationError as exc:
         raise _err(str(exc), 2) from None
+    if cfg.psk is not None and not init:
+        from m2msec.store.schema import require_initialised
+
+        try:
+            require_initialised(
+                cfg.psk.store or default_store_path(),
+                label="psk-lookup-table",
+                create="m2msec psk add / psk import",
+            )
+        except StoreError as exc:
+            raise _err(str(exc), 1) from None
     console = Console(highlight=False)
     try:
         gw = run_on_fast_loop(_run(cfg, console))

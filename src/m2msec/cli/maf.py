@@ -477,6 +477,10 @@ def serve(
         str,
         typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
     ] = "info",
+    init: Annotated[
+        bool,
+        typer.Option("--init", help="Create the MAF store if it does not exist yet."),
+    ] = False,
 ) -> None:
     """Run the MAF until SIGINT or SIGTERM."""
     from m2msec.servers.maf import load_maf_config
@@ -502,7 +506,7 @@ def serve(
         _fail(str(exc), 2)
     console = Console(highlight=False)
     try:
-        stats = run_on_fast_loop(_serve(cfg, console))
+        stats = run_on_fast_loop(_serve(cfg, console, init=init))
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except (M2MSecError, OSError) as exc:
@@ -514,10 +518,11 @@ def serve(
     )
 
 
-async def _serve(cfg: Any, console: Console) -> dict[str, Any]:
+async def _serve(cfg: Any, console: Console, *, init: bool = False) -> dict[str, Any]:
     from m2msec.servers.maf import MafServer
 
     maf = MafServer(cfg)
+    maf.require_existing_store = not init  # a new store only with --init
     await maf.start()
     st = maf.store
     table = Table(title="m2msec MAF", show_header=False, title_justify="left")

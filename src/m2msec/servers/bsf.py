@@ -137,6 +137,7 @@ from m2msec.gba.ub import format_bootstrapping_info
 from m2msec.gba.zn import NafKey, ZnError, ZnRequest, error_body
 from m2msec.ids import check_fqdn
 from m2msec.servers.streams import PlainStream, Stream
+from m2msec.store.outage import StoreOutage
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
@@ -456,6 +457,7 @@ class BsfStats:
     bad_requests: int = 0
     challenges_reused: int = 0
     ub_rate_limited: int = 0
+    store_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -531,6 +533,9 @@ class BsfServer:
     ) -> None:
         self.config = config
         self.stats = BsfStats()
+        self._store_outage = StoreOutage(
+            "BSF store", logger=log, on_failure=self._count_store_error
+        )
         self._store = store
         self._own_store = store is None
         self._clock = clock
@@ -578,6 +583,9 @@ class BsfServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _count_store_error(self) -> None:
+        self.stats.store_errors += 1
 
     async def start(self) -> None:
         """Open the store and the listeners (ConfigurationError, StoreError, OSError)."""
@@ -714,8 +722,9 @@ class BsfServer:
                     assert isinstance(event, RequestReceived)
                     try:
                         response = await handle(event.request)
+                        self._store_outage.succeeded()
                     except StoreError as exc:
-                        log.error("BSF store error: %s", exc)
+                        self._store_outage.failed(exc)  # one line per outage
                         response = _text(500, "BSF store error")
                     except Exception:
                         log.exception("BSF request handling failed")

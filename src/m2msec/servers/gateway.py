@@ -71,10 +71,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import hmac
 import json
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -95,7 +97,13 @@ from m2msec.bindings.http import (
     media_type_and_ty,
 )
 from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
-from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
+from m2msec.errors import (
+    CertificateError,
+    ConfigurationError,
+    HandshakeError,
+    IdentifierError,
+    StoreError,
+)
 from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
 from m2msec.servers.backend import (
     BackendError,
@@ -107,7 +115,7 @@ from m2msec.servers.backend import (
 from m2msec.servers.streams import PlainStream, Stream
 from m2msec.store.base import PskStore
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
-from m2msec.tls.context import PeerBinding, PeerKind, SecurityContext
+from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
 __all__ = [
@@ -228,6 +236,8 @@ class Association:
     identity: str | None
     credential_id: str | None = None
     cse: CseId | None = None
+    #: time.monotonic() of the last live revalidation of its psk row (ISSUE-NOTES issue 6).
+    revalidated_at: float = -float("inf")
 
     @classmethod
     def from_context(
@@ -608,6 +618,9 @@ class Gateway:
         self._live_by_credential: Counter[str] = Counter()
         self._store = store
         self._own_store = False
+        # Live revalidation of provisioned-PSK associations: the row check and how often
+        # (the store's lookup cache lifetime: a change is not visible sooner anyway).
+        self._psk_revalidate: Callable[[PeerBinding], PeerBinding] | None = None
         self._clock = clock
         #: The client of the backend CSE, once started.
         self.backend: BackendPool | None = None
@@ -768,6 +781,7 @@ class Gateway:
             profile = psk_responder.profile(transport, tls13=cfg.tls13)
             profile.require_sni = cfg.require_sni
             profile.resumption_check = _psk_row_check(psk_responder.resolve)
+            self._psk_revalidate = profile.resumption_check
             out["psk"] = ("provisioned-psk", profile)
         if cfg.certificates is not None and (wanted & {"certificate", "*"}):
             from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
@@ -1046,6 +1060,35 @@ class Gateway:
             session.done.set()
             await _quietly(stream.close())
 
+    def _revalidate(self, assoc: Association) -> Refuse | None:
+        """Re-check a live provisioned-PSK association's psk row, at most once per lookup
+        cache lifetime: a removed row ends it (4107, closed); an expiry moved earlier
+        becomes the association's lifetime, which rule (a) then enforces."""
+        ctx = assoc.context
+        check = self._psk_revalidate
+        if check is None or ctx.framework is not Framework.PROVISIONED_PSK:
+            return None
+        now = time.monotonic()
+        if now - assoc.revalidated_at < getattr(self._store, "cache_ttl", 2.0):
+            return None
+        assoc.revalidated_at = now
+        try:
+            fresh = check(PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until))
+        except HandshakeError as exc:
+            log.info("association of peer=%s sa=%s ended: %s", ctx.peer_id, ctx.sa_id, exc)
+            return Refuse(
+                RSC.SECURITY_ASSOCIATION_REQUIRED,
+                Rule.EXPIRED,
+                "the credential of this security association was removed or has expired",
+                close=True,
+            )
+        except StoreError:
+            return None  # an outage does not end live associations; logged by the store
+        until = fresh.valid_until
+        if until is not None and (ctx.valid_until is None or until < ctx.valid_until):
+            assoc.context = dataclasses.replace(ctx, valid_until=until)
+        return None
+
     async def process(
         self, assoc: Association, request: OneM2MRequest
     ) -> tuple[HttpResponse, bool]:
@@ -1053,7 +1096,7 @@ class Gateway:
 
         Returns the answer and whether the association must be closed after it.
         """
-        decision = check_request(
+        decision = self._revalidate(assoc) or check_request(
             assoc,
             request,
             self._clock(),

@@ -80,6 +80,8 @@ from m2msec.maf.store import (
     open_maf_store,
     parse_km_id,
 )
+from m2msec.store.outage import StoreOutage
+from m2msec.store.schema import require_initialised
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
@@ -393,7 +395,15 @@ class _Journal:
     the next batch).
     """
 
-    def __init__(self, store: MafStore, audit: AuditLog, *, inline: bool = False) -> None:
+    def __init__(
+        self,
+        store: MafStore,
+        audit: AuditLog,
+        *,
+        inline: bool = False,
+        outage: StoreOutage | None = None,
+    ) -> None:
+        self.outage = outage if outage is not None else StoreOutage("MAF store", logger=log)
         self.store = store
         self.audit = audit
         self.inline = inline
@@ -512,12 +522,12 @@ class _Journal:
     def _done(self, batch: list[_Job], outcomes: list[Outcome]) -> None:
         self.batches += 1
         self.jobs += len(batch)
+        self.outage.succeeded()
         for job, outcome in zip(batch, outcomes, strict=True):
             _finish(job, outcome)
 
-    @staticmethod
-    def _failed(batch: list[_Job], exc: BaseException) -> None:
-        log.error("MAF journal: %s", exc)
+    def _failed(self, batch: list[_Job], exc: BaseException) -> None:
+        self.outage.failed(exc)  # one line per outage, not one per batch
         failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
         for job in batch:
             _finish(job, failure, error=True)
@@ -576,6 +586,7 @@ class MafStats:
     requests_refused: int = 0
     bad_requests: int = 0
     internal_errors: int = 0
+    store_errors: int = 0
     refused_by_rsc: Counter[int] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -618,6 +629,11 @@ class MafServer:
         self.config = config
         self.policy = config.policy()
         self.stats = MafStats()
+        #: Refuse a missing or schema-less SQLite store instead of creating one.
+        self.require_existing_store = False
+        self._store_outage = StoreOutage(
+            "MAF store", logger=log, on_failure=self._count_store_error
+        )
         self._store = store
         self._own_store = store is None
         self._clock = clock
@@ -677,12 +693,20 @@ class MafServer:
             retrieval_spec = cfg.listener("retrieval_listen") if cfg.retrieval_listen else None
             retrieval_profile = self._retrieval_profile() if retrieval_spec else None
             if self._store is None:
+                if self.require_existing_store:  # serve without --init (issue 9 item 3)
+                    require_initialised(
+                        cfg.store or default_maf_store_path(),
+                        label="MAF store",
+                        create="m2msec maf add-client",
+                    )
                 self._store = open_maf_store(cfg.store, synchronous=cfg.effective_durability)
             self._audit = AuditLog(self.audit_path, fsync=False)
             # Commit on the loop's thread only when commits do not fsync (never for
             # PostgreSQL: a commit there is a network round trip).
             inline = self._store.synchronous != "full" and self._store.in_process
-            self._journal = _Journal(self._store, self._audit, inline=inline)
+            self._journal = _Journal(
+                self._store, self._audit, inline=inline, outage=self._store_outage
+            )
             self._journal.start()
             self._client_server = TLSServer(
                 self._client_profile(),
@@ -797,8 +821,9 @@ class MafServer:
         try:
             cred = self.store.get_client(text)
         except StoreError as exc:
-            log.error("MAF Handshake: %s", exc)
+            self._store_outage.failed(exc)
             raise HandshakeError("the MAF store cannot be read") from None
+        self._store_outage.succeeded()
         if cred is None:
             raise HandshakeError(f"unknown KmId {text!r}")
         if not cred.enabled:
@@ -809,6 +834,9 @@ class MafServer:
             key_id=cred.canonical,
         )
         return cred.km, binding
+
+    def _count_store_error(self) -> None:
+        self.stats.store_errors += 1
 
     def _handshake_failed(self, listener: str, peer: tuple[Any, ...] | None, reason: str) -> None:
         self.stats.handshakes_failed += 1
@@ -1254,7 +1282,7 @@ class MafServer:
         try:
             await self._journal.submit(None, lambda _o: [record])
         except StoreError as exc:
-            log.error("audit log: %s", exc)
+            self._store_outage.failed(exc)  # one line per outage
             raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error") from None
 
     # -- housekeeping ---------------------------------------------------------------------

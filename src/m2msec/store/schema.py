@@ -9,6 +9,7 @@ one KEK) the migrations up to the current version, and a sealed check value in t
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from m2msec.store.seal import Sealer, load_kek
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KekCheck", "open_sealed_schema"]
+__all__ = ["KekCheck", "open_sealed_schema", "require_initialised"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,16 @@ def open_sealed_schema(
             conn.execute(f"PRAGMA user_version = {v:d}")
         sealed = _check_value(conn, check)
         if sealed is None:
-            # A brand-new store: the KEK file may be created now.
+            # A brand-new store: the KEK file may be created now. A store file that had
+            # no schema (e.g. truncated to 0 bytes) is sealed under an existing KEK file
+            # only loudly: that file may belong to the keys that were lost.
+            if kek is None and current == 0 and kek_path.exists():
+                log.warning(
+                    "%s had no schema: initialising it as a new, empty store sealed under "
+                    "the existing key-encryption key file %s",
+                    label,
+                    kek_path,
+                )
             sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=True))
             conn.execute(
                 "INSERT INTO meta (name, value) VALUES (?, ?)",
@@ -88,6 +98,48 @@ def open_sealed_schema(
             conn.execute("ROLLBACK")
         raise
     return sealer
+
+
+def require_initialised(path: str | os.PathLike[str] | None, *, label: str, create: str) -> None:
+    """Refuse to serve from a store that was never created (issue 9 item 3).
+
+    A server opens a store only if the file exists and holds a schema with its KEK check
+    value; a missing, 0-byte or schema-less file raises :class:`StoreError` with a one-line
+    message naming the file and how to create it (``create``). ``path`` None or a URL
+    (PostgreSQL) is not checked here: the server's own open reports those. The check
+    opens the file read-only, so it never creates or modifies anything.
+    """
+    if path is None:
+        return
+    text = os.fspath(path)
+    if "://" in text:
+        if not text.lower().startswith("sqlite:///"):
+            return
+        text = text[len("sqlite://"):]
+    file = Path(text).expanduser()
+    if not file.exists():
+        raise StoreError(f"{label} {file} does not exist; create it with {create}, or serve --init")
+    if file.stat().st_size == 0:
+        raise StoreError(
+            f"{label} {file} is empty (0 bytes), not a store; restore it from a backup, or "
+            f"remove it and create a new one with {create} or serve --init"
+        )
+    try:
+        conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            has_meta = conn.execute(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{label} {file} is not a readable store: {exc}") from None
+    if version == 0 or has_meta is None:
+        raise StoreError(
+            f"{label} {file} has no m2msec schema; restore it from a backup, or remove it "
+            f"and create a new one with {create} or serve --init"
+        )
 
 
 def _check_value(conn: sqlite3.Connection, check: KekCheck) -> bytes | None:

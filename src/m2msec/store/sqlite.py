@@ -235,6 +235,11 @@ class SqlitePskStore:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def cache_ttl(self) -> float:
+        """Seconds a cached row may be served before the file is re-checked."""
+        return self._cache_ttl
+
     def get(self, kpsa_id: str) -> PskEntry | None:
         """The row for ``kpsa_id`` (octet-exact), possibly from the cache; expired rows too."""
         with self._rlock:

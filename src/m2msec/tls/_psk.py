@@ -19,7 +19,12 @@ from typing import Any
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
+from m2msec.errors import StoreError
+from m2msec.store.outage import StoreOutage
+
 log = logging.getLogger(__name__)
+#: One outage log for PSK lookups that hit a failing store (one line per outage).
+_STORE_OUTAGE = StoreOutage("psk-lookup-table (PSK handshake lookup)", logger=log)
 
 _binding = Binding()
 _ffi: Any = _binding.ffi
@@ -31,6 +36,8 @@ _lib: Any = _binding.lib
 MAX_IDENTITY_LEN = 128
 MAX_RECEIVED_IDENTITY_LEN = 256
 MAX_PSK_LEN = 256
+#: Returned by the server callback when the store fails: above OpenSSL's PSK_MAX_PSK_LEN.
+STORE_UNAVAILABLE = 0x7FFFFFFF
 
 ServerLookup = Callable[[SSL.Connection, bytes], bytes | None]
 """(connection, psk_identity) -> psk, or None to refuse the identity."""
@@ -69,6 +76,12 @@ def set_server_callback(ctx: SSL.Context, lookup: ServerLookup, hint: bytes | No
                 return 0
             _ffi.memmove(psk_out, key, len(key))
             return len(key)
+        except StoreError as exc:
+            # The store is unreachable: a length above PSK_MAX_PSK_LEN makes OpenSSL end
+            # the handshake with internal_error (TLS 1.2 and 1.3), so a device can tell
+            # "retry later" from the unknown_psk_identity / decrypt_error of a wrong key.
+            _STORE_OUTAGE.failed(exc)
+            return STORE_UNAVAILABLE
         except Exception:
             log.exception("PSK server lookup failed")
             return 0

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 
-from m2msec.errors import CertificateError, CertificateRevoked, HandshakeError
+from m2msec.errors import CertificateError, CertificateRevoked, HandshakeError, StoreError
 from m2msec.tls import _psk
 from m2msec.tls.context import PeerBinding
 
@@ -100,6 +100,9 @@ def install(profile: TLSProfile) -> None:
                 except HandshakeError as exc:
                     state.refusal = exc.reason
                     return None
+                except StoreError:
+                    state.refusal = "the psk-lookup-table is unavailable"
+                    raise  # the callback answers internal_error
             if answer is None:
                 state.refusal = f"unknown or expired psk_identity {state.psk_identity!r}"
                 return None
