@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -186,6 +187,23 @@ def test_credential_peer_must_register_first_then_is_bound() -> None:
     assert check_request(a, request(origin="Cnew"), NOW) == Forward("Cnew")
     assert isinstance(check_request(a, request(origin="Clight-AE1"), NOW), Refuse)
 
+
+def test_credential_peer_cannot_register_an_ae_id_another_credential_owns() -> None:
+    # Issue 9 item 1: the registry's owner decides, not a header the CSE ignores.
+    a = assoc("12-" + CRED[0], PeerKind.CREDENTIAL)
+    owners = {"/mn-cse-123456/Clight-AE1": "psk:" + AE1[0], "/mn-cse-123456/Cmine": None}
+    own = "/mn-cse-123456/Cown"
+    a.context = dataclasses.replace(a.context, key_id=CRED[0])
+    owners[own] = "psk:" + CRED[0]
+    decide = owners.get
+    for origin in ("Clight-AE1", "/mn-cse-123456/Clight-AE1"):
+        refused = check_request(a, request("POST", origin, 2), NOW, decide)
+        assert isinstance(refused, Refuse), origin
+        assert refused.rsc == 4103 and refused.rule is Rule.IDENTITY_OWNED
+    for origin in ("Cmine", "Cown", "C"):
+        assert check_request(a, request("POST", origin, 2), NOW, decide) == Forward(
+            origin, bind_on_created=True
+        )
 
 def test_expired_association_needs_a_new_one() -> None:
     a = assoc("Clight-AE1", PeerKind.AE, valid_until=NOW - timedelta(seconds=1))
@@ -541,6 +559,33 @@ async def test_backend_learns_the_authenticated_identity(store: SqlitePskStore) 
         assert got["x-custom"] == "kept" and "x-strip" not in got
         assert AE1[1] not in json.dumps(seen["headers"])
 
+
+async def test_credential_cannot_take_an_owned_ae_id_and_keeps_its_own(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 1, end to end with ACME: B (no entity id) cannot take A's Clight-AE1.
+    async with running(gw_config(acme.url), store) as gw:
+        async with light(gw, CRED) as dev:
+            r = await dev.request("POST", acme.base, origin="Clight-AE1",
+                                  content=ae_content("stolen"), ty=2)
+            assert r.rsc == 4103, r.body
+            r = await dev.request("POST", acme.base, origin="Cregdev",
+                                  content=ae_content("regdev"), ty=2)
+            assert r.rsc == 2001, r.body
+        assert acme.retrieve(acme.base + "/stolen").status_code == 404
+        async with light(gw, AE1) as ae1:
+            r = await ae1.request("POST", acme.base, origin="Clight-AE1",
+                                  content=ae_content("light-own"), ty=2)
+            # Forwarded: ACME decides (this module's ACME may hold Clight-AE1 already).
+            assert r.rsc == 2001 or b"already registered" in r.body
+        # B's next session acts as its recorded AE-ID, and only that.
+        async with light(gw, CRED) as dev:
+            r = await dev.request("GET", acme.base + "/regdev", origin="Cregdev")
+            assert r.rsc == 2000, r.body
+            r = await dev.request("GET", acme.base + "/regdev", origin="Clight-AE1")
+            assert r.rsc in (4103, 4106)
+        assert gw.registry is not None
+        assert gw.registry.owner_of("/mn-cse-123456/Cregdev") == "psk:" + CRED[0]
 
 async def test_credential_headers_reach_the_backend(store: SqlitePskStore) -> None:
     async with Echo() as echo, running(gw_config(echo.url), store) as gw, light(gw, CRED) as dev:

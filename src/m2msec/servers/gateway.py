@@ -96,8 +96,10 @@ from m2msec.servers.backend import (
 )
 from m2msec.servers.streams import PlainStream, Stream
 from m2msec.store.base import PskStore
+from m2msec.store.registry import IdentityRegistry
+from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import TLSConnection, TLSServer
-from m2msec.tls.context import PeerBinding, PeerKind, SecurityContext
+from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
 __all__ = [
@@ -176,6 +178,7 @@ class Rule(enum.StrEnum):
     CSE_REGISTRATION = "remote-cse-originator"  # (b) ty=16
     UNBOUND_CREDENTIAL = "credential-not-registered"  # (c) A-13
     REGISTRATION_IDENTITY = "registration-identity"  # (c)
+    IDENTITY_OWNED = "identity-owned"  # (c) the AE-ID belongs to another credential
     SERVICE_PEER = "service-peer"  # MAF/MEF/BSF certificates carry no oneM2M originator
     NO_IDENTITY = "identity-unusable"
     METHOD = "method-not-mapped"
@@ -270,14 +273,36 @@ class Association:
         return identity
 
 
+_CREDENTIAL_PREFIX: dict[Framework, str] = {
+    Framework.PROVISIONED_PSK: "psk",
+    Framework.MAF: "maf",
+    Framework.GBA: "gba",
+    Framework.CERTIFICATE: "cert",
+}
+
+
+def credential_of(context: SecurityContext) -> str | None:
+    """The identity registry's key of the association's credential (m2msec.store.registry)."""
+    if context.key_id is None:
+        return None
+    return f"{_CREDENTIAL_PREFIX[context.framework]}:{context.key_id}"
+
+
 def _is_registration(request: OneM2MRequest) -> bool:
     return request.operation is Operation.CREATE and request.resource_type == AE_RESOURCE_TYPE
 
 
 def check_request(
-    assoc: Association, request: OneM2MRequest, now: datetime | None = None
+    assoc: Association,
+    request: OneM2MRequest,
+    now: datetime | None = None,
+    owner_of: Callable[[str], str | None] | None = None,
 ) -> Forward | Refuse:
-    """Decide one request of an established association (rules (a)-(d), module doc)."""
+    """Decide one request of an established association (rules (a)-(d), module doc).
+
+    ``owner_of`` is the identity registry's lookup (normalised entity id -> credential key):
+    a Credential-ID association may not register an AE-ID another credential owns.
+    """
     ctx = assoc.context
     if ctx.expired(now or datetime.now(UTC)):
         return Refuse(
@@ -324,6 +349,15 @@ def check_request(
                 Rule.REGISTRATION_IDENTITY,
                 f"{origin!r} is not an AE-ID this CSE can register",
             )
+        if owner_of is not None:
+            owner = owner_of(normal)
+            if owner is not None and owner != credential_of(ctx):
+                # TS-0001 9.6.1.2.2: only the owner of an AE-ID may register it (issue 9).
+                return Refuse(
+                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                    Rule.IDENTITY_OWNED,
+                    f"{origin!r} is bound to another credential",
+                )
         return Forward(raw, bind_on_created=True)
 
     if assoc.identity is None:
@@ -514,6 +548,7 @@ class Gateway:
         self.stats = GatewayStats()
         self._store = store
         self._own_store = False
+        self._registry: IdentityRegistry | None = None
         self._clock = clock
         #: The client of the backend CSE, once started.
         self.backend: BackendPool | None = None
@@ -542,6 +577,21 @@ class Gateway:
     @property
     def store(self) -> PskStore | None:
         return self._store
+
+    @property
+    def registry(self) -> IdentityRegistry | None:
+        """The identity registry in the psk store's SQLite file (None without one)."""
+        if self._registry is None and isinstance(self._store, SqlitePskStore):
+            prefix = f"{self.config.cse_id}/"
+
+            def forms(entity_id: str) -> tuple[str, ...]:
+                # A psk row may spell a local AE-ID as its stem.
+                if entity_id.startswith(prefix):
+                    return (entity_id, entity_id[len(prefix) :])
+                return (entity_id,)
+
+            self._registry = IdentityRegistry(self._store.path, psk_forms=forms)
+        return self._registry
 
     def url(self, index: int = 0) -> str:
         return self._listeners[index].url
@@ -637,6 +687,9 @@ class Gateway:
             await self._zn.close()
         if self.maf is not None:
             await self.maf.retriever.close()
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
         if self._own_store and self._store is not None:
             self._store.close()
         log.info("gateway stopped: %s", self.stats.as_dict())
@@ -781,6 +834,16 @@ class Gateway:
     def open_association(self, ctx: SecurityContext, peer: Any) -> Association:
         """Record a newly established association (SA record, stats, log); its rule state."""
         assoc = Association.from_context(ctx, self.config.cse_id, self._sp_fqdn())
+        registry = self.registry
+        credential = credential_of(ctx)
+        if assoc.identity is None and registry is not None and credential is not None:
+            # A credential's later sessions act as the AE-ID it registered (issue 9).
+            recorded = registry.recorded_for(credential)
+            if recorded is not None:
+                try:
+                    assoc.bind_ae(recorded)
+                except IdentifierError:
+                    log.warning("recorded AE-ID of %s is not usable here", assoc.peer_id)
         self.stats.associations_established += 1
         if ctx.protocol.upper().startswith("DTLS"):
             self.stats.dtls_associations += 1
@@ -909,7 +972,10 @@ class Gateway:
 
         Returns the answer and whether the association must be closed after it.
         """
-        decision = check_request(assoc, request, self._clock())
+        registry = self.registry
+        decision = check_request(
+            assoc, request, self._clock(), None if registry is None else registry.owner_of
+        )
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
             self.stats.refused_by_rule[decision.rule.value] += 1
@@ -945,6 +1011,18 @@ class Gateway:
             return
         self.stats.registrations_bound += 1
         log.info("association %s bound to AE %s", assoc.credential_id, identity)
+        registry = self.registry
+        credential = credential_of(assoc.context)
+        if (
+            registry is not None
+            and credential is not None
+            and not registry.record(identity, credential)
+        ):
+            log.warning(
+                "AE-ID %s registered by %s is recorded for another credential",
+                identity,
+                assoc.peer_id,
+            )
 
     async def _forward(
         self, assoc: Association, request: OneM2MRequest, decision: Forward
