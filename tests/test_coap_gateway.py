@@ -77,6 +77,8 @@ def config(backend: str, listen: tuple[str, ...] = ("dtls://127.0.0.1:0",), **kw
                 "backend": backend,
                 "cse_id": CSE,
                 "backend_timeout": 5.0,
+                # CRED registers under TS-0001's serviceSubscribedAppRule (issue 9).
+                "app_rule": [{"credentials": ["12-" + CRED[0]], "allowed_aes": ["C*"]}],
                 **kw,
             }
         }

@@ -25,10 +25,11 @@ import pytest
 
 from m2msec.bindings.client import OneM2MClient
 from m2msec.bindings.http import OneM2MRequest
-from m2msec.config import parse_config
+from m2msec.config import AppRule, parse_config
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.ids import CseId
+from m2msec.servers.app_rules import wildcard_match
 from m2msec.servers.gateway import (
     Association,
     Forward,
@@ -205,6 +206,34 @@ def test_credential_peer_cannot_register_an_ae_id_another_credential_owns() -> N
             origin, bind_on_created=True
         )
 
+def test_credential_registration_needs_a_service_subscribed_app_rule() -> None:
+    a = assoc("12-" + CRED[0], PeerKind.CREDENTIAL)
+    rules = (
+        AppRule(("12-AE1234*-Light@in.provider.com",), ("Cdev*",), ("Nlight",)),
+        AppRule(("11-*",), ("*",)),
+    )
+    body = json.dumps({"m2m:ae": {"api": "Nlight", "rr": True}}).encode()
+
+    def decide(origin: str | None, api_body: bytes = body) -> Forward | Refuse:
+        req = dataclasses.replace(request("POST", origin, 2), body=api_body)
+        return check_request(a, req, NOW, None, rules)
+
+    assert decide("Cdev1") == Forward("Cdev1", bind_on_created=True)
+    for refused in (decide("Cother"), decide("Cdev1", b'{"m2m:ae": {"api": "Nx"}}')):
+        assert isinstance(refused, Refuse) and refused.rsc == 4126
+        assert refused.rule is Rule.APP_RULE
+    b = assoc("12-someone-else", PeerKind.CREDENTIAL)
+    nobody = check_request(b, request("POST", "Cdev1", 2), NOW, None, rules)
+    assert isinstance(nobody, Refuse) and nobody.rsc == 4128
+    nothing = check_request(b, request("POST", "Cdev1", 2), NOW, None, ())
+    assert isinstance(nothing, Refuse) and nothing.rsc == 4128
+
+
+def test_app_rule_wildcards() -> None:
+    assert wildcard_match(["C123*X"], "C123abcX") and not wildcard_match(["C123*X"], "C123abc")
+    assert wildcard_match(["S*"], "Sabc") and not wildcard_match(["S*"], "Cabc")
+    assert wildcard_match(["*"], "anything") and not wildcard_match(["C.x"], "Cax")
+
 def test_expired_association_needs_a_new_one() -> None:
     a = assoc("Clight-AE1", PeerKind.AE, valid_until=NOW - timedelta(seconds=1))
     decision = check_request(a, request(), NOW)
@@ -281,6 +310,8 @@ def gw_config(backend: str, cse_id: str = CSE, **gateway: Any) -> Any:
             "backend": backend,
             "cse_id": cse_id,
             "backend_timeout": 3.0,
+            # CRED registers under TS-0001's serviceSubscribedAppRule (issue 9).
+            "app_rule": [{"credentials": ["12-" + CRED[0]], "allowed_aes": ["C*"]}],
             **gateway,
         }
     }
@@ -569,6 +600,9 @@ async def test_credential_cannot_take_an_owned_ae_id_and_keeps_its_own(
             r = await dev.request("POST", acme.base, origin="Clight-AE1",
                                   content=ae_content("stolen"), ty=2)
             assert r.rsc == 4103, r.body
+            r = await dev.request("POST", acme.base, origin="Sstolen",
+                                  content=ae_content("stolen"), ty=2)
+            assert r.rsc == 4126, r.body  # its app rule allows C* only
             r = await dev.request("POST", acme.base, origin="Cregdev",
                                   content=ae_content("regdev"), ty=2)
             assert r.rsc == 2001, r.body

@@ -66,7 +66,7 @@ import enum
 import json
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -84,9 +84,10 @@ from m2msec.bindings.http import (
     error_response,
     media_type_and_ty,
 )
-from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
+from m2msec.config import AppRule, GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
 from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
+from m2msec.servers.app_rules import check_app_rules
 from m2msec.servers.backend import (
     BackendError,
     BackendPool,
@@ -179,6 +180,7 @@ class Rule(enum.StrEnum):
     UNBOUND_CREDENTIAL = "credential-not-registered"  # (c) A-13
     REGISTRATION_IDENTITY = "registration-identity"  # (c)
     IDENTITY_OWNED = "identity-owned"  # (c) the AE-ID belongs to another credential
+    APP_RULE = "app-rule"  # (c) serviceSubscribedAppRule, 4126 / 4128
     SERVICE_PEER = "service-peer"  # MAF/MEF/BSF certificates carry no oneM2M originator
     NO_IDENTITY = "identity-unusable"
     METHOD = "method-not-mapped"
@@ -288,6 +290,15 @@ def credential_of(context: SecurityContext) -> str | None:
     return f"{_CREDENTIAL_PREFIX[context.framework]}:{context.key_id}"
 
 
+def _app_id(request: OneM2MRequest) -> str | None:
+    """``m2m:ae/api`` of a JSON registration body, if readable."""
+    try:
+        api = json.loads(request.body)["m2m:ae"]["api"]
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+    return api if isinstance(api, str) else None
+
+
 def _is_registration(request: OneM2MRequest) -> bool:
     return request.operation is Operation.CREATE and request.resource_type == AE_RESOURCE_TYPE
 
@@ -297,11 +308,14 @@ def check_request(
     request: OneM2MRequest,
     now: datetime | None = None,
     owner_of: Callable[[str], str | None] | None = None,
+    app_rules: Sequence[AppRule] | None = None,
 ) -> Forward | Refuse:
     """Decide one request of an established association (rules (a)-(d), module doc).
 
     ``owner_of`` is the identity registry's lookup (normalised entity id -> credential key):
     a Credential-ID association may not register an AE-ID another credential owns.
+    ``app_rules`` (None: not checked) are the serviceSubscribedAppRules a Credential-ID
+    registration must satisfy (m2msec.servers.app_rules): 4128 / 4126 otherwise.
     """
     ctx = assoc.context
     if ctx.expired(now or datetime.now(UTC)):
@@ -333,6 +347,15 @@ def check_request(
                 Rule.UNBOUND_CREDENTIAL,
                 f"association bound to {assoc.peer_id}: register an AE first",
             )
+        if app_rules is not None and assoc.credential_id is not None:
+            wanted = origin.rsplit("/", 1)[-1] if origin else "C"
+            rsc = check_app_rules(app_rules, assoc.credential_id, wanted, _app_id(request))
+            if rsc is not None:
+                return Refuse(
+                    RSC(rsc),
+                    Rule.APP_RULE,
+                    f"no serviceSubscribedAppRule lets {assoc.credential_id} register {wanted!r}",
+                )
         if origin in _ASSIGN_ME:
             return Forward(raw, bind_on_created=True)
         try:
@@ -974,7 +997,11 @@ class Gateway:
         """
         registry = self.registry
         decision = check_request(
-            assoc, request, self._clock(), None if registry is None else registry.owner_of
+            assoc,
+            request,
+            self._clock(),
+            None if registry is None else registry.owner_of,
+            self.config.app_rules,
         )
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
