@@ -621,6 +621,20 @@ async def test_credential_cannot_take_an_owned_ae_id_and_keeps_its_own(
         assert gw.registry is not None
         assert gw.registry.owner_of("/mn-cse-123456/Cregdev") == "psk:" + CRED[0]
 
+async def test_maf_ida_is_recorded_as_owned_by_its_km(store: SqlitePskStore) -> None:
+    gw = Gateway(gw_config("http://127.0.0.1:1"), store=store)
+    maf_ctx = dataclasses.replace(
+        ctx("/mn-cse-123456/Cphone", PeerKind.AE), framework=Framework.MAF, key_id="11-ab"
+    )
+    gw.open_association(maf_ctx, None)
+    assert gw.registry is not None
+    assert gw.registry.owner_of("/mn-cse-123456/Cphone") == "maf:/mn-cse-123456/Cphone"
+    a = assoc("12-" + CRED[0], PeerKind.CREDENTIAL)
+    a.context = dataclasses.replace(a.context, key_id=CRED[0])
+    refused = check_request(a, request("POST", "Cphone", 2), NOW, gw.registry.owner_of)
+    assert isinstance(refused, Refuse) and refused.rule is Rule.IDENTITY_OWNED
+    gw.registry.close()
+
 async def test_credential_headers_reach_the_backend(store: SqlitePskStore) -> None:
     async with Echo() as echo, running(gw_config(echo.url), store) as gw, light(gw, CRED) as dev:
         r = await dev.request("POST", "/~/mn-cse-123456/home-gw", origin="Cdev",

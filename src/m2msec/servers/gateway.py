@@ -284,10 +284,22 @@ _CREDENTIAL_PREFIX: dict[Framework, str] = {
 
 
 def credential_of(context: SecurityContext) -> str | None:
-    """The identity registry's key of the association's credential (m2msec.store.registry)."""
+    """The identity registry's key of the association's credential (m2msec.store.registry).
+
+    psk and certificate: the KpsaId / fingerprint. MAF: ``maf:<KmId>`` from a Credential-ID
+    ``11-<KmId>`` (the KcId changes with every key); with IdA the MAF vouches for the
+    identity itself, so ``maf:<IdA>``. GBA likewise: ``gba:<B-TID>`` or ``gba:<USS identity>``.
+    """
+    prefix = _CREDENTIAL_PREFIX[context.framework]
+    if context.framework in (Framework.MAF, Framework.GBA):
+        peer = context.peer_id
+        credential_prefix = "11-" if context.framework is Framework.MAF else "12-"
+        if peer.startswith(credential_prefix):
+            peer = peer[3:]
+        return f"{prefix}:{peer}"
     if context.key_id is None:
         return None
-    return f"{_CREDENTIAL_PREFIX[context.framework]}:{context.key_id}"
+    return f"{prefix}:{context.key_id}"
 
 
 def _app_id(request: OneM2MRequest) -> str | None:
@@ -867,6 +879,15 @@ class Gateway:
                     assoc.bind_ae(recorded)
                 except IdentifierError:
                     log.warning("recorded AE-ID of %s is not usable here", assoc.peer_id)
+        elif (
+            assoc.identity is not None
+            and registry is not None
+            and credential is not None
+            and ctx.framework in (Framework.MAF, Framework.GBA)
+            and registry.owner_of(assoc.identity) is None
+        ):
+            # A MAF IdA / GBA USS identity is owned by the credential that proved it.
+            registry.record(assoc.identity, credential, source=ctx.framework.value)
         self.stats.associations_established += 1
         if ctx.protocol.upper().startswith("DTLS"):
             self.stats.dtls_associations += 1
