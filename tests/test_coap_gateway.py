@@ -77,6 +77,8 @@ def config(backend: str, listen: tuple[str, ...] = ("dtls://127.0.0.1:0",), **kw
                 "backend": backend,
                 "cse_id": CSE,
                 "backend_timeout": 5.0,
+                # CRED registers under TS-0001's serviceSubscribedAppRule (issue 9).
+                "app_rule": [{"credentials": ["12-" + CRED[0]], "allowed_aes": ["C*"]}],
                 **kw,
             }
         }
@@ -239,6 +241,21 @@ async def test_impersonation_is_4_03_with_rsc_4106_and_never_reaches_acme(
         assert gw.stats.requests_forwarded == 0
     assert acme.retrieve(acme.base + "/coap-impostor").status_code == 404
 
+
+async def test_coap_credential_cannot_take_an_owned_ae_id(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 1 over CoAP: the same Gateway.process answers, mapped to 4.03.
+    async with running(config(acme.url), store) as gw, light(gw, CRED) as dev:
+        r = await dev.request("POST", acme.base, origin="Clight-AE1", ty=2,
+                              content=ae_content("coap-stolen"))
+        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4103)
+        r = await dev.request("POST", acme.base, origin="Scoap", ty=2,
+                              content=ae_content("coap-stolen"))
+        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4126)
+        assert gw.stats.refused_by_rule["identity-owned"] == 1
+        assert gw.stats.requests_forwarded == 0
+    assert acme.retrieve(acme.base + "/coap-stolen").status_code == 404
 
 async def test_credential_bound_light_registers_first_over_coap(
     acme: AcmeCse, store: SqlitePskStore

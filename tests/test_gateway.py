@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -24,10 +25,11 @@ import pytest
 
 from m2msec.bindings.client import OneM2MClient
 from m2msec.bindings.http import OneM2MRequest
-from m2msec.config import ConfigurationError, parse_config
+from m2msec.config import AppRule, ConfigurationError, parse_config
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.ids import CseId
+from m2msec.servers.app_rules import wildcard_match
 from m2msec.servers.gateway import (
     Association,
     Forward,
@@ -250,6 +252,51 @@ def test_credential_peer_must_register_first_then_is_bound() -> None:
     assert isinstance(check_request(a, request(origin="Clight-AE1"), NOW), Refuse)
 
 
+def test_credential_peer_cannot_register_an_ae_id_another_credential_owns() -> None:
+    # Issue 9 item 1: the registry's owner decides, not a header the CSE ignores.
+    a = assoc("12-" + CRED[0], PeerKind.CREDENTIAL)
+    owners = {"/mn-cse-123456/Clight-AE1": "psk:" + AE1[0], "/mn-cse-123456/Cmine": None}
+    own = "/mn-cse-123456/Cown"
+    a.context = dataclasses.replace(a.context, key_id=CRED[0])
+    owners[own] = "psk:" + CRED[0]
+    decide = owners.get
+    for origin in ("Clight-AE1", "/mn-cse-123456/Clight-AE1"):
+        refused = check_request(a, request("POST", origin, 2), NOW, decide)
+        assert isinstance(refused, Refuse), origin
+        assert refused.rsc == 4103 and refused.rule is Rule.IDENTITY_OWNED
+    for origin in ("Cmine", "Cown", "C"):
+        assert check_request(a, request("POST", origin, 2), NOW, decide) == Forward(
+            origin, bind_on_created=True
+        )
+
+def test_credential_registration_needs_a_service_subscribed_app_rule() -> None:
+    a = assoc("12-" + CRED[0], PeerKind.CREDENTIAL)
+    rules = (
+        AppRule(("12-AE1234*-Light@in.provider.com",), ("Cdev*",), ("Nlight",)),
+        AppRule(("11-*",), ("*",)),
+    )
+    body = json.dumps({"m2m:ae": {"api": "Nlight", "rr": True}}).encode()
+
+    def decide(origin: str | None, api_body: bytes = body) -> Forward | Refuse:
+        req = dataclasses.replace(request("POST", origin, 2), body=api_body)
+        return check_request(a, req, NOW, None, rules)
+
+    assert decide("Cdev1") == Forward("Cdev1", bind_on_created=True)
+    for refused in (decide("Cother"), decide("Cdev1", b'{"m2m:ae": {"api": "Nx"}}')):
+        assert isinstance(refused, Refuse) and refused.rsc == 4126
+        assert refused.rule is Rule.APP_RULE
+    b = assoc("12-someone-else", PeerKind.CREDENTIAL)
+    nobody = check_request(b, request("POST", "Cdev1", 2), NOW, None, rules)
+    assert isinstance(nobody, Refuse) and nobody.rsc == 4128
+    nothing = check_request(b, request("POST", "Cdev1", 2), NOW, None, ())
+    assert isinstance(nothing, Refuse) and nothing.rsc == 4128
+
+
+def test_app_rule_wildcards() -> None:
+    assert wildcard_match(["C123*X"], "C123abcX") and not wildcard_match(["C123*X"], "C123abc")
+    assert wildcard_match(["S*"], "Sabc") and not wildcard_match(["S*"], "Cabc")
+    assert wildcard_match(["*"], "anything") and not wildcard_match(["C.x"], "Cax")
+
 def test_expired_association_needs_a_new_one() -> None:
     a = assoc("Clight-AE1", PeerKind.AE, valid_until=NOW - timedelta(seconds=1))
     decision = check_request(a, request(), NOW)
@@ -326,6 +373,8 @@ def gw_config(backend: str, cse_id: str = CSE, **gateway: Any) -> Any:
             "backend": backend,
             "cse_id": cse_id,
             "backend_timeout": 3.0,
+            # CRED registers under TS-0001's serviceSubscribedAppRule (issue 9).
+            "app_rule": [{"credentials": ["12-" + CRED[0]], "allowed_aes": ["C*"]}],
             **gateway,
         }
     }
@@ -607,6 +656,50 @@ async def test_backend_learns_the_authenticated_identity(store: SqlitePskStore) 
         assert got["x-custom"] == "kept" and "x-strip" not in got
         assert AE1[1] not in json.dumps(seen["headers"])
 
+
+async def test_credential_cannot_take_an_owned_ae_id_and_keeps_its_own(
+    acme: AcmeCse, store: SqlitePskStore
+) -> None:
+    # Issue 9 item 1, end to end with ACME: B (no entity id) cannot take A's Clight-AE1.
+    async with running(gw_config(acme.url), store) as gw:
+        async with light(gw, CRED) as dev:
+            r = await dev.request("POST", acme.base, origin="Clight-AE1",
+                                  content=ae_content("stolen"), ty=2)
+            assert r.rsc == 4103, r.body
+            r = await dev.request("POST", acme.base, origin="Sstolen",
+                                  content=ae_content("stolen"), ty=2)
+            assert r.rsc == 4126, r.body  # its app rule allows C* only
+            r = await dev.request("POST", acme.base, origin="Cregdev",
+                                  content=ae_content("regdev"), ty=2)
+            assert r.rsc == 2001, r.body
+        assert acme.retrieve(acme.base + "/stolen").status_code == 404
+        async with light(gw, AE1) as ae1:
+            r = await ae1.request("POST", acme.base, origin="Clight-AE1",
+                                  content=ae_content("light-own"), ty=2)
+            # Forwarded: ACME decides (this module's ACME may hold Clight-AE1 already).
+            assert r.rsc == 2001 or b"already registered" in r.body
+        # B's next session acts as its recorded AE-ID, and only that.
+        async with light(gw, CRED) as dev:
+            r = await dev.request("GET", acme.base + "/regdev", origin="Cregdev")
+            assert r.rsc == 2000, r.body
+            r = await dev.request("GET", acme.base + "/regdev", origin="Clight-AE1")
+            assert r.rsc in (4103, 4106)
+        assert gw.registry is not None
+        assert gw.registry.owner_of("/mn-cse-123456/Cregdev") == "psk:" + CRED[0]
+
+async def test_maf_ida_is_recorded_as_owned_by_its_km(store: SqlitePskStore) -> None:
+    gw = Gateway(gw_config("http://127.0.0.1:1"), store=store)
+    maf_ctx = dataclasses.replace(
+        ctx("/mn-cse-123456/Cphone", PeerKind.AE), framework=Framework.MAF, key_id="11-ab"
+    )
+    gw.open_association(maf_ctx, None)
+    assert gw.registry is not None
+    assert gw.registry.owner_of("/mn-cse-123456/Cphone") == "maf:/mn-cse-123456/Cphone"
+    a = assoc("12-" + CRED[0], PeerKind.CREDENTIAL)
+    a.context = dataclasses.replace(a.context, key_id=CRED[0])
+    refused = check_request(a, request("POST", "Cphone", 2), NOW, gw.registry.owner_of)
+    assert isinstance(refused, Refuse) and refused.rule is Rule.IDENTITY_OWNED
+    gw.registry.close()
 
 async def test_credential_headers_reach_the_backend(store: SqlitePskStore) -> None:
     async with Echo() as echo, running(gw_config(echo.url), store) as gw, light(gw, CRED) as dev:

@@ -103,6 +103,7 @@ async def maf_world(tmp_path: Path, backend: str) -> AsyncIterator[tuple[MafServ
                         ],
                         "backend": backend,
                         "cse_id": IN_CSE,
+                        "app_rule": [{"credentials": ["*"], "allowed_aes": ["*"]}],  # issue 9
                         "in_domain": IN_DOMAIN,
                         "backend_timeout": 5.0,
                     },
@@ -225,6 +226,7 @@ async def gba_gateway(net: GbaNet, backend: str) -> AsyncIterator[Gateway]:
                 "listen": ["dtls://127.0.0.1:0?framework=gba", "tls://127.0.0.1:0?framework=gba"],
                 "backend": backend,
                 "cse_id": IN_CSE,
+                "app_rule": [{"credentials": ["*"], "allowed_aes": ["*"]}],  # issue 9
                 "in_domain": IN_DOMAIN,
                 "backend_timeout": 5.0,
                 "handshake_timeout": 2.0,

@@ -52,6 +52,7 @@ async def naf_gateway(net: GbaNet, backend: str) -> AsyncIterator[Gateway]:
                 "listen": ["tls://127.0.0.1:0?framework=gba", "http://127.0.0.1:0"],
                 "backend": backend,
                 "cse_id": f"/{IN_CSE}",
+                "app_rule": [{"credentials": ["*"], "allowed_aes": ["*"]}],  # issue 9
                 "in_domain": IN_DOMAIN,  # naf_fqdn defaults to id-in.in.provider.com
                 "backend_timeout": 5.0,
             },

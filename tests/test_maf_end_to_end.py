@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from m2msec.bindings.client import OneM2MClient
-from m2msec.config import GatewayConfig, MafRetrievalConfig, parse_listen_url
+from m2msec.config import AppRule, GatewayConfig, MafRetrievalConfig, parse_listen_url
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.ids import CseId
@@ -96,6 +96,7 @@ async def world(tmp_path: Path, acme: AcmeCse) -> AsyncIterator[World]:
                 backend=acme.url,
                 cse_id=CseId.parse(IN_CSE),
                 in_domain=IN_DOMAIN,
+                app_rules=(AppRule(("*",), ("*",)),),  # any Credential-ID (issue 9)
                 maf=MafRetrievalConfig(
                     addresses=((MAF_FQDN, "127.0.0.1", maf.retrieval_port),),
                     cert=gw_cert,

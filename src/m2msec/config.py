@@ -187,6 +187,15 @@ class MafRetrievalConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AppRule:
+    """One serviceSubscribedAppRule (TS-0001 9.6.1.2.2): see m2msec.servers.app_rules."""
+
+    credentials: tuple[str, ...]
+    allowed_aes: tuple[str, ...]
+    allowed_app_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """The whole gateway configuration, validated."""
 
@@ -212,6 +221,7 @@ class GatewayConfig:
     coap_response_options: bool = True
     resumption: bool = True
     cse_originators: str = "ts-0004"
+    app_rules: tuple[AppRule, ...] = ()
     source: str = "<defaults>"
 
     @property
@@ -251,6 +261,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "coap_response_options",
             "resumption",
             "cse_originators",
+            "app_rule",
         }
     ),
     "psk": frozenset({"store"}),
@@ -689,6 +700,7 @@ def parse_config(
         ),
         resumption=_bool(gw.get("resumption", True), "gateway.resumption"),
         cse_originators=_cse_originators(gw.get("cse_originators", "ts-0004")),
+        app_rules=_app_rules(gw.get("app_rule", [])),
         source=source,
     )
 
@@ -698,6 +710,30 @@ def _cse_originators(value: Any) -> str:
     if value not in ("ts-0004", "strict"):
         raise _err("gateway.cse_originators", f"{value!r}: write \"ts-0004\" or \"strict\"")
     return str(value)
+
+
+def _app_rules(raw: Any) -> tuple[AppRule, ...]:
+    """``[[gateway.app_rule]]`` tables: credentials, allowed_aes, allowed_app_ids."""
+    if not isinstance(raw, list):
+        raise _err("gateway.app_rule", "must be a list of tables ([[gateway.app_rule]])")
+    rules = []
+    for i, table in enumerate(raw):
+        where = f"gateway.app_rule[{i}]"
+        if not isinstance(table, dict):
+            raise _err(where, "must be a table")
+        unknown = set(table) - {"credentials", "allowed_aes", "allowed_app_ids"}
+        if unknown:
+            raise _err(where, f"unknown keys {sorted(unknown)}")
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("credentials", "allowed_aes", "allowed_app_ids"):
+            value = table.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise _err(f"{where}.{key}", "must be a list of non-empty strings")
+            lists[key] = tuple(value)
+        if not lists["credentials"] or not lists["allowed_aes"]:
+            raise _err(where, "needs credentials and allowed_aes")
+        rules.append(AppRule(lists["credentials"], lists["allowed_aes"], lists["allowed_app_ids"]))
+    return tuple(rules)
 
 
 def _merge(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -274,7 +274,7 @@ _RSC_TO_COAP: dict[int, int] = {
     4008: _C.GATEWAY_TIMEOUT,
     4015: _C.UNSUPPORTED_CONTENT_FORMAT,
     **{rsc: _C.FORBIDDEN for rsc in (4101, 4103, 4105, 4106, 4107, 4108, 4109, 4111)},
-    **{rsc: _C.FORBIDDEN for rsc in (4112, 4113, 4114, 4115, 4116, 4117, 4126, 4127)},
+    **{rsc: _C.FORBIDDEN for rsc in (4112, 4113, 4114, 4115, 4116, 4117, 4126, 4127, 4128)},
     **{rsc: _C.BAD_REQUEST for rsc in (4102, 4104, 4110, 4123, 4124, 4143)},
     **{rsc: _C.NOT_FOUND for rsc in (4118, 4119, 4121)},
     4120: _C.BAD_OPTION,

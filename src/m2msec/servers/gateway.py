@@ -78,7 +78,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -96,7 +96,7 @@ from m2msec.bindings.http import (
     error_response,
     media_type_and_ty,
 )
-from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
+from m2msec.config import AppRule, GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
 from m2msec.errors import (
     CertificateError,
     ConfigurationError,
@@ -105,6 +105,7 @@ from m2msec.errors import (
     StoreError,
 )
 from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
+from m2msec.servers.app_rules import check_app_rules
 from m2msec.servers.backend import (
     BackendError,
     BackendPool,
@@ -114,6 +115,8 @@ from m2msec.servers.backend import (
 )
 from m2msec.servers.streams import PlainStream, Stream
 from m2msec.store.base import PskStore
+from m2msec.store.registry import IdentityRegistry
+from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
@@ -195,6 +198,8 @@ class Rule(enum.StrEnum):
     CSE_REGISTRATION = "remote-cse-originator"  # (b) ty=16
     UNBOUND_CREDENTIAL = "credential-not-registered"  # (c) A-13
     REGISTRATION_IDENTITY = "registration-identity"  # (c)
+    IDENTITY_OWNED = "identity-owned"  # (c) the AE-ID belongs to another credential
+    APP_RULE = "app-rule"  # (c) serviceSubscribedAppRule, 4126 / 4128
     SERVICE_PEER = "service-peer"  # MAF/MEF/BSF certificates carry no oneM2M originator
     NO_IDENTITY = "identity-unusable"
     METHOD = "method-not-mapped"
@@ -301,6 +306,42 @@ class Association:
         return identity
 
 
+_CREDENTIAL_PREFIX: dict[Framework, str] = {
+    Framework.PROVISIONED_PSK: "psk",
+    Framework.MAF: "maf",
+    Framework.GBA: "gba",
+    Framework.CERTIFICATE: "cert",
+}
+
+
+def credential_of(context: SecurityContext) -> str | None:
+    """The identity registry's key of the association's credential (m2msec.store.registry).
+
+    psk and certificate: the KpsaId / fingerprint. MAF: ``maf:<KmId>`` from a Credential-ID
+    ``11-<KmId>`` (the KcId changes with every key); with IdA the MAF vouches for the
+    identity itself, so ``maf:<IdA>``. GBA likewise: ``gba:<B-TID>`` or ``gba:<USS identity>``.
+    """
+    prefix = _CREDENTIAL_PREFIX[context.framework]
+    if context.framework in (Framework.MAF, Framework.GBA):
+        peer = context.peer_id
+        credential_prefix = "11-" if context.framework is Framework.MAF else "12-"
+        if peer.startswith(credential_prefix):
+            peer = peer[3:]
+        return f"{prefix}:{peer}"
+    if context.key_id is None:
+        return None
+    return f"{prefix}:{context.key_id}"
+
+
+def _app_id(request: OneM2MRequest) -> str | None:
+    """``m2m:ae/api`` of a JSON registration body, if readable."""
+    try:
+        api = json.loads(request.body)["m2m:ae"]["api"]
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+    return api if isinstance(api, str) else None
+
+
 def _is_registration(request: OneM2MRequest) -> bool:
     return request.operation is Operation.CREATE and request.resource_type == AE_RESOURCE_TYPE
 
@@ -354,13 +395,19 @@ def check_request(
     assoc: Association,
     request: OneM2MRequest,
     now: datetime | None = None,
+    owner_of: OwnerOf | None = None,
+    app_rules: Sequence[AppRule] | None = None,
     *,
     cse_originators: str = "ts-0004",
-    owner_of: OwnerOf | None = None,
 ) -> Forward | Refuse:
     """Decide one request of an established association (rules (a)-(d), module doc).
 
     ``cse_originators`` and ``owner_of`` decide CSE peers' originators (rule (b)).
+
+    ``owner_of`` is the identity registry's lookup (normalised entity id -> credential key):
+    a Credential-ID association may not register an AE-ID another credential owns.
+    ``app_rules`` (None: not checked) are the serviceSubscribedAppRules a Credential-ID
+    registration must satisfy (m2msec.servers.app_rules): 4128 / 4126 otherwise.
     """
     ctx = assoc.context
     if ctx.expired(now or datetime.now(UTC)):
@@ -392,6 +439,15 @@ def check_request(
                 Rule.UNBOUND_CREDENTIAL,
                 f"association bound to {assoc.peer_id}: register an AE first",
             )
+        if app_rules is not None and assoc.credential_id is not None:
+            wanted = origin.rsplit("/", 1)[-1] if origin else "C"
+            rsc = check_app_rules(app_rules, assoc.credential_id, wanted, _app_id(request))
+            if rsc is not None:
+                return Refuse(
+                    RSC(rsc),
+                    Rule.APP_RULE,
+                    f"no serviceSubscribedAppRule lets {assoc.credential_id} register {wanted!r}",
+                )
         if origin in _ASSIGN_ME:
             return Forward(raw, bind_on_created=True)
         try:
@@ -408,6 +464,15 @@ def check_request(
                 Rule.REGISTRATION_IDENTITY,
                 f"{origin!r} is not an AE-ID this CSE can register",
             )
+        if owner_of is not None:
+            owner = owner_of(normal)
+            if owner is not None and owner != credential_of(ctx):
+                # TS-0001 9.6.1.2.2: only the owner of an AE-ID may register it (issue 9).
+                return Refuse(
+                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                    Rule.IDENTITY_OWNED,
+                    f"{origin!r} is bound to another credential",
+                )
         return Forward(raw, bind_on_created=True)
 
     if assoc.identity is None:
@@ -612,7 +677,7 @@ class Gateway:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
-        # The identity registry (owner_of, ISSUE-NOTES issue 6); None until one is wired in.
+        # A stand-in owner_of (tests); otherwise the identity registry of the psk store.
         self.owner_of: OwnerOf | None = None
         self.stats = GatewayStats()
         self._live_by_credential: Counter[str] = Counter()
@@ -621,6 +686,7 @@ class Gateway:
         # Live revalidation of provisioned-PSK associations: the row check and how often
         # (the store's lookup cache lifetime: a change is not visible sooner anyway).
         self._psk_revalidate: Callable[[PeerBinding], PeerBinding] | None = None
+        self._registry: IdentityRegistry | None = None
         self._clock = clock
         #: The client of the backend CSE, once started.
         self.backend: BackendPool | None = None
@@ -649,6 +715,21 @@ class Gateway:
     @property
     def store(self) -> PskStore | None:
         return self._store
+
+    @property
+    def registry(self) -> IdentityRegistry | None:
+        """The identity registry in the psk store's SQLite file (None without one)."""
+        if self._registry is None and isinstance(self._store, SqlitePskStore):
+            prefix = f"{self.config.cse_id}/"
+
+            def forms(entity_id: str) -> tuple[str, ...]:
+                # A psk row may spell a local AE-ID as its stem.
+                if entity_id.startswith(prefix):
+                    return (entity_id, entity_id[len(prefix) :])
+                return (entity_id,)
+
+            self._registry = IdentityRegistry(self._store.path, psk_forms=forms)
+        return self._registry
 
     def url(self, index: int = 0) -> str:
         return self._listeners[index].url
@@ -746,6 +827,9 @@ class Gateway:
             await self._zn.close()
         if self.maf is not None:
             await self.maf.retriever.close()
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
         if self._own_store and self._store is not None:
             self._store.close()
         log.info("gateway stopped: %s", self.stats.as_dict())
@@ -916,6 +1000,25 @@ class Gateway:
     def open_association(self, ctx: SecurityContext, peer: Any) -> Association:
         """Record a newly established association (SA record, stats, log); its rule state."""
         assoc = Association.from_context(ctx, self.config.cse_id, self._sp_fqdn())
+        registry = self.registry
+        credential = credential_of(ctx)
+        if assoc.identity is None and registry is not None and credential is not None:
+            # A credential's later sessions act as the AE-ID it registered (issue 9).
+            recorded = registry.recorded_for(credential)
+            if recorded is not None:
+                try:
+                    assoc.bind_ae(recorded)
+                except IdentifierError:
+                    log.warning("recorded AE-ID of %s is not usable here", assoc.peer_id)
+        elif (
+            assoc.identity is not None
+            and registry is not None
+            and credential is not None
+            and ctx.framework in (Framework.MAF, Framework.GBA)
+            and registry.owner_of(assoc.identity) is None
+        ):
+            # A MAF IdA / GBA USS identity is owned by the credential that proved it.
+            registry.record(assoc.identity, credential, source=ctx.framework.value)
         self.stats.associations_established += 1
         if ctx.protocol.upper().startswith("DTLS"):
             self.stats.dtls_associations += 1
@@ -1096,12 +1199,15 @@ class Gateway:
 
         Returns the answer and whether the association must be closed after it.
         """
+        registry = self.registry
+        owner_of = self.owner_of or (None if registry is None else registry.owner_of)
         decision = self._revalidate(assoc) or check_request(
             assoc,
             request,
             self._clock(),
+            owner_of,
+            self.config.app_rules,
             cse_originators=self.config.cse_originators,
-            owner_of=self.owner_of,
         )
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
@@ -1138,6 +1244,18 @@ class Gateway:
             return
         self.stats.registrations_bound += 1
         log.info("association %s bound to AE %s", assoc.credential_id, identity)
+        registry = self.registry
+        credential = credential_of(assoc.context)
+        if (
+            registry is not None
+            and credential is not None
+            and not registry.record(identity, credential)
+        ):
+            log.warning(
+                "AE-ID %s registered by %s is recorded for another credential",
+                identity,
+                assoc.peer_id,
+            )
 
     async def _forward(
         self, assoc: Association, request: OneM2MRequest, decision: Forward

@@ -70,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 MAX_KPSA_ID_OCTETS: Final = 128  # RFC 4279 psk_identity limit
 MAX_KPSA_OCTETS: Final = 64  # OpenSSL's PSK_MAX_PSK_LEN
 MAX_ENTITY_ID_OCTETS: Final = 1024
@@ -85,6 +85,17 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                expires_at INTEGER
            ) WITHOUT ROWID""",
         "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    ),
+    # The identity registry (m2msec.store.registry): which credential owns an AE-ID/CSE-ID.
+    2: (
+        """CREATE TABLE identity_owner (
+               entity_id  TEXT PRIMARY KEY,
+               credential TEXT NOT NULL,
+               source     TEXT NOT NULL,
+               recorded_at INTEGER NOT NULL
+           ) WITHOUT ROWID""",
+        "CREATE INDEX identity_owner_credential ON identity_owner (credential)",
+        "CREATE INDEX psk_entity_id ON psk (entity_id)",
     ),
 }
 

@@ -1,0 +1,60 @@
+"""serviceSubscribedAppRule checks of AE registration (TS-0001 9.6.1.2.2, TR-0038 7.1.2).
+
+A registration over a Credential-ID association (``12-<KpsaId>``, ``11-<KmId>``, a GBA
+B-TID without USS identity) is allowed only by a rule whose ``applicableCredIDs`` match
+the Credential-ID and whose ``allowedAEs`` match the AE-ID-Stem (and, if given, whose
+``allowedApp-IDs`` match the App-ID). Wildcards are TS-0001's: ``*`` anywhere in an
+element matches any run of characters (``C*``, ``S*``, ``C123*X``, ``*``). No rule for
+the credential: 4128 SERVICE_SUBSCRIPTION_NOT_ESTABLISHED; rules, none allowing: 4126
+APP_RULE_VALIDATION_FAILED. The rules come from the gateway's TOML
+(``[[gateway.app_rule]]``); ``<serviceSubscribedAppRule>`` resources of the CSE are not read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from m2msec.config import AppRule
+
+__all__ = [
+    "APP_RULE_VALIDATION_FAILED",
+    "SERVICE_SUBSCRIPTION_NOT_ESTABLISHED",
+    "AppRule",
+    "check_app_rules",
+    "wildcard_match",
+]
+
+APP_RULE_VALIDATION_FAILED = 4126
+SERVICE_SUBSCRIPTION_NOT_ESTABLISHED = 4128
+
+
+@lru_cache(maxsize=1024)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join(".*" if p == "*" else re.escape(p) for p in re.split(r"(\*)", pattern))
+    )
+
+
+def wildcard_match(patterns: Iterable[str], value: str) -> bool:
+    """Whether ``value`` matches one of ``patterns`` (TS-0001's ``*`` wildcard)."""
+    return any(_pattern(p).fullmatch(value) is not None for p in patterns)
+
+
+def check_app_rules(
+    rules: Sequence[AppRule], credential_id: str, ae_stem: str, app_id: str | None
+) -> int | None:
+    """None if a rule allows the registration, else the RSC to refuse it with."""
+    applicable = [r for r in rules if wildcard_match(r.credentials, credential_id)]
+    if not applicable:
+        return SERVICE_SUBSCRIPTION_NOT_ESTABLISHED
+    for rule in applicable:
+        if not wildcard_match(rule.allowed_aes, ae_stem):
+            continue
+        if rule.allowed_app_ids and (
+            app_id is None or not wildcard_match(rule.allowed_app_ids, app_id)
+        ):
+            continue
+        return None
+    return APP_RULE_VALIDATION_FAILED

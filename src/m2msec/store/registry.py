@@ -1,0 +1,178 @@
+"""Identity registry: which credential owns an AE-ID or CSE-ID (TS-0003 7.1.2, TR-0038 7.1.2).
+
+TS-0003 7.1.2 makes the Registrar CSE bind an AE-ID to the security association whose
+credential registered it; TS-0001 9.6.1.2.2 lets only the credential that owns an AE-ID
+re-register it. The gateway decides this itself from one table, ``identity_owner``, in
+the psk-lookup-table's SQLite file (schema version 2 of :mod:`m2msec.store.sqlite`).
+
+A *credential key* is ``<framework>:<key id>``:
+
+- ``psk:<KpsaId>`` - a psk-lookup-table row (TS-0003 8.2.2.1);
+- ``maf:<KmId>`` - a MAF-provisioned key (TS-0003 8.8), the KmId that names Km's owner;
+- ``gba:<IMPI>`` - a GBA association (TS-0003 8.3), the subscriber behind the B-TID;
+- ``cert:<SHA-256 of the DER certificate, hex>`` - a certificate association (8.4).
+
+Owners come from two kinds of source. *Implicit*: a psk row's entity id (and, recorded by
+the gateway when such an association is established, a MAF IdA or a GBA USS identity) -
+an association authenticated as X with a bound identity owns that identity. *Recorded*:
+the ``aei`` the CSE assigned at a 2001 registration of a Credential-ID association.
+:meth:`IdentityRegistry.owner_of` is a ``Callable[[str], str | None]`` over normalised
+entity ids (:func:`m2msec.ids.normalise_originator`), the form the gateway's rules use.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from m2msec.errors import StoreError
+
+__all__ = ["IdentityRegistry", "credential_key"]
+
+_FRAMEWORKS: Final = frozenset({"psk", "maf", "gba", "cert"})
+
+
+def credential_key(framework: str, key_id: str) -> str:
+    """The registry's name of a credential: ``<framework>:<key id>``."""
+    if framework not in _FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}")
+    if not key_id:
+        raise ValueError("empty key id")
+    return f"{framework}:{key_id}"
+
+
+class IdentityRegistry:
+    """The ``identity_owner`` table of a psk-lookup-table SQLite file.
+
+    The psk store (:class:`~m2msec.store.sqlite.SqlitePskStore`) must have opened ``path``
+    first: it owns the schema migrations. ``psk_forms`` maps a normalised entity id to the
+    spellings a psk row's ``entity_id`` may hold for it (an AE-ID-Stem, the SP-relative
+    form); by default only the id itself.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        psk_forms: Callable[[str], Iterable[str]] | None = None,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self._path = Path(path).expanduser()
+        self._psk_forms = psk_forms or (lambda entity_id: (entity_id,))
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                os.fspath(self._path),
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.execute("PRAGMA trusted_schema = OFF")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._conn.execute("SELECT 1 FROM identity_owner LIMIT 0")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the identity registry in {self._path}: {exc}") from None
+
+    def owner_of(self, entity_id: str) -> str | None:
+        """The credential key that owns ``entity_id`` (normalised), or None if nobody does.
+
+        A recorded owner wins over a psk row's entity id: it is the later, explicit fact.
+        """
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT credential FROM identity_owner WHERE entity_id = ?", (entity_id,)
+                ).fetchone()
+                if row is not None:
+                    return str(row[0])
+                for form in dict.fromkeys(self._psk_forms(entity_id)):
+                    row = self._conn.execute(
+                        "SELECT kpsa_id FROM psk WHERE entity_id = ? ORDER BY kpsa_id LIMIT 1",
+                        (form,),
+                    ).fetchone()
+                    if row is not None:
+                        return credential_key("psk", str(row[0]))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the identity registry in {self._path}: {exc}") from None
+        return None
+
+    def recorded_for(self, credential: str) -> str | None:
+        """The entity id recorded for ``credential`` (its registered AE-ID), if any."""
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT entity_id FROM identity_owner WHERE credential = ? "
+                    "ORDER BY recorded_at DESC, entity_id LIMIT 1",
+                    (credential,),
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the identity registry in {self._path}: {exc}") from None
+        return None if row is None else str(row[0])
+
+    def record(self, entity_id: str, credential: str, *, source: str = "registration") -> bool:
+        """Record ``credential`` as the owner of ``entity_id``; False if another owns it.
+
+        Idempotent for the same owner. Never moves an identity from one owner to another:
+        that is :meth:`forget` first, an operator's decision.
+        """
+        try:
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._conn.execute(
+                        "SELECT credential FROM identity_owner WHERE entity_id = ?", (entity_id,)
+                    ).fetchone()
+                    if row is None:
+                        self._conn.execute(
+                            "INSERT INTO identity_owner (entity_id, credential, source, "
+                            "recorded_at) VALUES (?, ?, ?, ?)",
+                            (entity_id, credential, source, int(time.time())),
+                        )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the identity registry in {self._path}: {exc}") from None
+        return row is None or str(row[0]) == credential
+
+    def forget(self, entity_id: str) -> bool:
+        """Drop the recorded owner of ``entity_id``; True if there was one."""
+        try:
+            with self._lock:
+                cur = self._conn.execute(
+                    "DELETE FROM identity_owner WHERE entity_id = ?", (entity_id,)
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the identity registry in {self._path}: {exc}") from None
+        return cur.rowcount > 0
+
+    def list(self) -> Iterator[tuple[str, str, str]]:
+        """Recorded ``(entity_id, credential, source)`` rows, by entity id."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT entity_id, credential, source FROM identity_owner ORDER BY entity_id"
+            ).fetchall()
+        for entity_id, credential, source in rows:
+            yield str(entity_id), str(credential), str(source)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> IdentityRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
