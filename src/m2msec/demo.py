@@ -31,6 +31,7 @@ from m2msec.bindings.client import OneM2MClient, OneM2MResponse
 from m2msec.bindings.coap import CoapOneM2MResponse
 from m2msec.bindings.coap_client import CoapClient
 from m2msec.config import (
+    AppRule,
     CertificateConfig,
     GatewayConfig,
     GbaConfig,
@@ -174,6 +175,9 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
                 backend=in_acme.url,
                 cse_id=CseId.parse(IN_CSE),
                 in_domain=IN_DOMAIN,
+                # serviceSubscribedAppRule (TS-0001 9.6.1.2.2): Credential-ID devices
+                # (GBA B-TIDs) may register C-stem AEs; without a rule they get 4128.
+                app_rules=(AppRule(credentials=("12-*",), allowed_aes=("C*",)),),
                 certificates=CertificateConfig(cert=in_cert, key=in_key, ca=ca.cert_path),
                 gba=GbaConfig(
                     bsf_host=zn_host,
