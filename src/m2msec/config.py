@@ -705,9 +705,12 @@ def parse_config(
     )
 
 
+CSE_ORIGINATORS = ("ts-0004", "strict")
+"""``[gateway] cse_originators``: TS-0004 7.3.2.1's CSE rules, or From under the CSE-ID."""
+
+
 def _cse_originators(value: Any) -> str:
-    # TS-0004 7.3.2.1's CSE rules, or the stricter "From under the peer's CSE-ID".
-    if value not in ("ts-0004", "strict"):
+    if value not in CSE_ORIGINATORS:
         raise _err("gateway.cse_originators", f"{value!r}: write \"ts-0004\" or \"strict\"")
     return str(value)
 

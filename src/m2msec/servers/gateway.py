@@ -349,8 +349,6 @@ def _is_registration(request: OneM2MRequest) -> bool:
 OwnerOf = Callable[[str], "str | None"]
 """Which credential owns a normalised entity id (the identity registry; None: nobody)."""
 
-CSE_ORIGINATORS = ("ts-0004", "strict")
-"""``[gateway] cse_originators``: TS-0004 7.3.2.1's CSE rules, or From under the CSE-ID."""
 
 
 def _cse_originator_refusal(
