@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from cryptography import x509
@@ -51,16 +52,15 @@ from m2msec.tls.engine import (
 )
 from m2msec.tls.profiles import (
     CERT_SUITES_DTLS,
-    PSK_SUITES_DTLS,
     CertificatePolicy,
     TLSProfile,
     Transport,
     new_context,
 )
+from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
 
-IDENTITY = b"AE123456789012-Light@in.provider.com"
-KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
-TABLE = {IDENTITY: KEY}
+IDENTITY = TR0038_IDENTITY
+KEY = TR0038_KEY
 ADDR = ("127.0.0.1", 40001)
 
 
@@ -72,34 +72,9 @@ class FakeClock:
         return self.t
 
 
-def server_profile(suites: tuple[str, ...] = PSK_SUITES_DTLS) -> TLSProfile:
-    def resolve(identity: bytes) -> tuple[bytes, PeerBinding] | None:
-        key = TABLE.get(identity)
-        if key is None:
-            return None
-        return key, PeerBinding("Clight-AE1", PeerKind.AE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=True,
-        ssl_context=new_context(Transport.DTLS, server_side=True, suites=suites),
-        local_id="/mn-cse-123456",
-        psk_resolver=resolve,
-    )
-
-
-def client_profile(identity: bytes = IDENTITY, key: bytes = KEY) -> TLSProfile:
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        return identity, key, PeerBinding("/mn-cse-123456", PeerKind.CSE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=False,
-        ssl_context=new_context(Transport.DTLS, server_side=False, suites=PSK_SUITES_DTLS),
-        psk_offer=offer,
-    )
+# TR-0038's row over DTLS (tests/helpers.py); the client sends no SNI.
+server_profile = partial(psk_server_profile, transport=Transport.DTLS)
+client_profile = partial(psk_client_profile, transport=Transport.DTLS, server_name=None)
 
 
 Trace = list[tuple[str, bytes]]
@@ -221,7 +196,7 @@ def test_server_close_reaches_client() -> None:
 
 def test_gcm_and_cbc_suites_negotiate() -> None:
     for suite in ("PSK-AES128-GCM-SHA256", "PSK-AES128-CBC-SHA256"):
-        server = DTLSServer(server_profile((suite,)))
+        server = DTLSServer(server_profile(suites=(suite,)))
         client = DTLSEngine(client_profile())
         client.start()
         p = Pump(client, server)

@@ -14,17 +14,18 @@ import shutil
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 
 from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, dtls_connect, start_dtls_server
-from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.profiles import PSK_SUITES_DTLS, TLSProfile, Transport, new_context
+from m2msec.tls.profiles import Transport
+from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
 
 pytestmark = pytest.mark.interop
 
-IDENTITY = "AE123456789012-Light@in.provider.com"
-KEY_HEX = "1a2b3c4d5e6f7a8b"
+IDENTITY = TR0038_IDENTITY.decode()
+KEY_HEX = TR0038_KEY.hex()
 LABEL = "EXPORTER-oneM2M-Connection"
 GNUTLS_PRIORITY = "NORMAL:-VERS-ALL:+VERS-DTLS1.2:+PSK:+AES-128-CCM-8"
 OPENSSL_CIPHERS = "PSK-AES128-CCM8:@SECLEVEL=0"
@@ -33,37 +34,9 @@ needs_gnutls = pytest.mark.skipif(shutil.which("gnutls-cli") is None, reason="no
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
 
 
-def server_profile() -> TLSProfile:
-    def resolve(identity: bytes) -> tuple[bytes, PeerBinding] | None:
-        if identity != IDENTITY.encode():
-            return None
-        return bytes.fromhex(KEY_HEX), PeerBinding("Clight-AE1", PeerKind.AE, IDENTITY)
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=True,
-        ssl_context=new_context(Transport.DTLS, server_side=True, suites=PSK_SUITES_DTLS),
-        local_id="/mn-cse-123456",
-        psk_resolver=resolve,
-    )
-
-
-def client_profile() -> TLSProfile:
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        return (
-            IDENTITY.encode(),
-            bytes.fromhex(KEY_HEX),
-            PeerBinding("/mn-cse-123456", PeerKind.CSE, IDENTITY),
-        )
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=False,
-        ssl_context=new_context(Transport.DTLS, server_side=False, suites=PSK_SUITES_DTLS),
-        psk_offer=offer,
-    )
+# TR-0038's row over DTLS (tests/helpers.py); the client sends no SNI.
+server_profile = partial(psk_server_profile, transport=Transport.DTLS)
+client_profile = partial(psk_client_profile, transport=Transport.DTLS, server_name=None)
 
 
 class Tool:
