@@ -40,6 +40,7 @@ from m2msec.tls.profiles import (
     Transport,
     new_context,
 )
+from tests import helpers
 from tests.interop import HOST, free_port, require
 
 DOMAIN = "in.provider.com"
@@ -71,23 +72,7 @@ def creds(ca: CertificateAuthority) -> dict[str, CertificateCredential]:
 
 
 def pump(a: TLSEngine, b: TLSEngine) -> tuple[list[Event], list[Event]]:
-    ea: list[Event] = []
-    eb: list[Event] = []
-    for _ in range(30):
-        moved = False
-        out = a.data_to_send()
-        if out:
-            b.receive_data(out)
-            moved = True
-        out = b.data_to_send()
-        if out:
-            a.receive_data(out)
-            moved = True
-        ea += a.events()
-        eb += b.events()
-        if not moved:
-            break
-    return ea, eb
+    return helpers.pump(a, b, rounds=30)  # a certificate handshake takes more flights
 
 
 def handshake(

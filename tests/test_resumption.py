@@ -36,7 +36,6 @@ from m2msec.tls.dtls import (
 )
 from m2msec.tls.engine import Event, HandshakeComplete, TLSEngine
 from m2msec.tls.profiles import (
-    PSK_SUITES_DTLS,
     PSK_SUITES_TLS,
     TLSProfile,
     Transport,
@@ -50,6 +49,7 @@ from m2msec.tls.sessions import (
     enable_resumption,
 )
 from tests import interop
+from tests.helpers import psk_client_profile, psk_server_profile
 
 IDENTITY = "AE123456789012-Light@in.provider.com"
 KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
@@ -83,35 +83,15 @@ def table() -> Table:
     )
 
 
-def server_profile(t: Table, transport: Transport = Transport.DTLS, **kw: object) -> TLSProfile:
-    suites = PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=transport,
-        server_side=True,
-        ssl_context=new_context(transport, server_side=True, suites=suites, **kw),  # type: ignore[arg-type]
-        local_id="/mn-cse-123456",
-        psk_resolver=t.resolve,
-    )
+def server_profile(t: Table, transport: Transport = Transport.DTLS, **kw: bool) -> TLSProfile:
+    return psk_server_profile(transport=transport, resolver=t.resolve, **kw)
 
 
 def client_profile(
     transport: Transport = Transport.DTLS, offers: list[bytes] | None = None
 ) -> TLSProfile:
-    suites = PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
-    identity, key = IDENTITY, KEY
-
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        if offers is not None:
-            offers.append(identity.encode())
-        return identity.encode(), key, PeerBinding("/mn-cse-123456", PeerKind.CSE, identity)
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=transport,
-        server_side=False,
-        ssl_context=new_context(transport, server_side=False, suites=suites, tls13=False),
-        psk_offer=offer,
+    return psk_client_profile(
+        IDENTITY.encode(), KEY, False, transport=transport, offers=offers, server_name=None
     )
 
 
