@@ -16,7 +16,7 @@ from m2msec.errors import HandshakeError
 from m2msec.tls.aio import TLSConnection, TLSServer, connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.engine import HandshakeComplete, HandshakeFailed, PskLookupNeeded, TLSEngine
-from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
+from m2msec.tls.profiles import TLSProfile
 from m2msec.tls.psk_sniff import MAX_IDENTITIES, PskIdentitySniffer
 from tests.helpers import psk_client_profile, psk_server_profile, pump
 from tests.interop import HOST, keying_material, spawn
@@ -45,16 +45,12 @@ def async_profile(
             return None
         return key, PeerBinding("Csmartphone", PeerKind.AE, identity.decode())
 
-    return TLSProfile(
+    return psk_server_profile(
+        tls13,
         framework=Framework.MAF,
-        transport=Transport.TLS,
-        server_side=True,
-        ssl_context=new_context(
-            Transport.TLS, server_side=True, suites=PSK_SUITES_TLS, tls13=tls13
-        ),
         local_id="/id-in",
-        psk_async_resolver=resolve,
-        psk_hint=hint,
+        async_resolver=resolve,
+        hint=hint,
     )
 
 
