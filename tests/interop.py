@@ -20,7 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,6 +263,19 @@ async def wait_listening(port: int, program: Program | None = None, timeout: flo
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return
+
+
+async def wait_until(
+    predicate: Callable[[], bool], what: Callable[[], str] | str, timeout: float = 10.0
+) -> None:
+    """Poll ``predicate`` until it holds; fail with ``what`` (text, or a callable giving it)
+    after ``timeout`` seconds, so that no wait in a test is unbounded or silent."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"after {timeout}s: {what() if callable(what) else what}")
+        await asyncio.sleep(0.02)
 
 
 def keying_material(output: str) -> str:

@@ -34,6 +34,7 @@ from tests.interop import (
     TR0038_KPSA_ID,
     run,
     tr0038_store,
+    wait_until,
 )
 
 STEP = 10.0  # bound of every single wait in this module
@@ -51,12 +52,11 @@ class Fixture:
         return self.server.port
 
     async def wait_refusals(self, n: int) -> None:
-        for _ in range(int(STEP / 0.02)):
-            if len(self.refusals) >= n:
-                return
-            await asyncio.sleep(0.02)
-        pytest.fail(f"expected {n} refusals, the server reported {len(self.refusals)}: "
-                    f"{self.refusals}")
+        await wait_until(
+            lambda: len(self.refusals) >= n,
+            lambda: f"expected {n} refusals, the server reported {self.refusals}",
+            STEP,
+        )
 
 
 async def echo(conn: TLSConnection) -> None:

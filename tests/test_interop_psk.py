@@ -49,6 +49,7 @@ from tests.interop import (
     spawn,
     tr0038_store,
     wait_listening,
+    wait_until,
 )
 
 pytestmark = pytest.mark.interop
@@ -81,11 +82,11 @@ class Responder:
         return self.server.port
 
     async def wait_refusals(self, n: int) -> None:
-        for _ in range(int(STEP / 0.02)):
-            if len(self.refusals) >= n:
-                return
-            await asyncio.sleep(0.02)
-        pytest.fail(f"expected {n} refusals, server reported {self.refusals}")
+        await wait_until(
+            lambda: len(self.refusals) >= n,
+            lambda: f"expected {n} refusals, server reported {self.refusals}",
+            STEP,
+        )
 
 
 @pytest.fixture

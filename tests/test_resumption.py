@@ -50,6 +50,7 @@ from m2msec.tls.sessions import (
 )
 from tests import interop
 from tests.helpers import psk_client_profile, psk_server_profile
+from tests.interop import wait_until
 
 IDENTITY = "AE123456789012-Light@in.provider.com"
 KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
@@ -434,13 +435,6 @@ async def _dtls_server(t: Table, contexts: list[SecurityContext], failures: list
     )
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.interop
 async def test_openssl_s_client_dtls_sess_out_sess_in(tmp_path: Path) -> None:
     t = table()
@@ -450,10 +444,10 @@ async def test_openssl_s_client_dtls_sess_out_sess_in(tmp_path: Path) -> None:
     async with await _dtls_server(t, contexts, failures) as srv:
         first = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_out", str(sess)))
         assert re.search(r"^New, ", first.output, re.M), first.describe()
-        await wait_for(lambda: srv.server.peer_count == 0)
+        await wait_until(lambda: srv.server.peer_count == 0, "srv.server.peer_count == 0", 5.0)
         second = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_in", str(sess)))
         assert re.search(r"^Reused, ", second.output, re.M), second.describe()
-        await wait_for(lambda: len(contexts) == 2)
+        await wait_until(lambda: len(contexts) == 2, "len(contexts) == 2", 5.0)
     assert [c.resumed for c in contexts] == [False, True]
     assert contexts[0].peer_id == contexts[1].peer_id == "Clight-AE1"
     assert contexts[1].key_id == IDENTITY and not failures
@@ -468,11 +462,11 @@ async def test_openssl_s_client_refused_resumption_after_row_removed(tmp_path: P
     async with await _dtls_server(t, contexts, failures) as srv:
         first = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_out", str(sess)))
         assert re.search(r"^New, ", first.output, re.M), first.describe()
-        await wait_for(lambda: srv.server.peer_count == 0)
+        await wait_until(lambda: srv.server.peer_count == 0, "srv.server.peer_count == 0", 5.0)
         del t.rows[IDENTITY.encode()]
         second = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_in", str(sess)))
         assert not re.search(r"^Reused, ", second.output, re.M), second.describe()
-        await wait_for(lambda: bool(failures))
+        await wait_until(lambda: bool(failures), "bool(failures)", 5.0)
     assert len(contexts) == 1
     assert failures == [f"unknown or expired psk_identity {IDENTITY!r}"]
 
@@ -490,7 +484,7 @@ async def test_gnutls_cli_udp_resume() -> None:
         ]  # fmt: skip
         done = await interop.run(argv, timeout=20)
         assert "This is a resumed session" in done.output, done.describe()
-        await wait_for(lambda: len(contexts) == 2)
+        await wait_until(lambda: len(contexts) == 2, "len(contexts) == 2", 5.0)
     assert [c.resumed for c in contexts] == [False, True]
     assert {c.peer_id for c in contexts} == {"Clight-AE1"} and not failures
 
@@ -516,7 +510,7 @@ async def test_openssl_s_client_tls_reconnect(version: str) -> None:
     server = await _tls_server(profile, contexts)
     try:
         done = await interop.run(s_client(server.port, version, "-reconnect"), timeout=20)
-        await wait_for(lambda: len(contexts) == 6)
+        await wait_until(lambda: len(contexts) == 6, "len(contexts) == 6", 5.0)
     finally:
         await server.close()
     # -reconnect: one full handshake, five resumed. (s_client calls a TLS 1.3 external
