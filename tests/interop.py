@@ -21,13 +21,14 @@ import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
+from m2msec.tls.aio import TLSServer
 
 HOST = "127.0.0.1"
 
@@ -276,6 +277,25 @@ async def wait_until(
         if loop.time() > deadline:
             pytest.fail(f"after {timeout}s: {what() if callable(what) else what}")
         await asyncio.sleep(0.02)
+
+
+@dataclass
+class ServerUnderTest:
+    """One of our TLS servers on loopback and the refusal reasons its on_failure reported."""
+
+    server: TLSServer
+    refusals: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def wait_refusals(self, n: int, timeout: float = 10.0) -> None:
+        await wait_until(
+            lambda: len(self.refusals) >= n,
+            lambda: f"expected {n} refusals, the server reported {self.refusals}",
+            timeout,
+        )
 
 
 def keying_material(output: str) -> str:

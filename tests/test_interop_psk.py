@@ -43,13 +43,13 @@ from tests.interop import (
     TR0038_KPSA_HEX,
     TR0038_KPSA_ID,
     Program,
+    ServerUnderTest,
     free_port,
     keying_material,
     run,
     spawn,
     tr0038_store,
     wait_listening,
-    wait_until,
 )
 
 pytestmark = pytest.mark.interop
@@ -72,21 +72,8 @@ class Seen:
 
 
 @dataclass
-class Responder:
-    server: TLSServer
+class Responder(ServerUnderTest):
     sessions: list[Seen] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    async def wait_refusals(self, n: int) -> None:
-        await wait_until(
-            lambda: len(self.refusals) >= n,
-            lambda: f"expected {n} refusals, server reported {self.refusals}",
-            STEP,
-        )
 
 
 @pytest.fixture
