@@ -1,4 +1,4 @@
-"""Shared helpers for the in-process (D)TLS tests: PSK profiles and an engine pump.
+"""Shared helpers for the in-process (D)TLS tests: PSK profiles, credentials, an engine pump.
 
 One copy of what the engine, DTLS, resumption and asyncio tests each used to write
 themselves. The profiles are TS-0003 8.2.1's provisioned-PSK roles on the TR-0038 7.1.2
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from m2msec.frameworks.certificate import CertificateCredential
+from m2msec.pki import CertificateAuthority, IssuedCredential
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.engine import Event, TLSEngine
 from m2msec.tls.profiles import (
@@ -103,6 +105,11 @@ def psk_client_profile(
         psk_offer=offer,
         server_name=server_name,
     )
+
+
+def credential(ca: CertificateAuthority, issued: IssuedCredential) -> CertificateCredential:
+    """``issued`` (certificate and key) with ``ca`` as the only trust anchor."""
+    return CertificateCredential(issued.cert_pem, issued.key_pem, ca.cert_pem)
 
 
 def pump(a: TLSEngine, b: TLSEngine, rounds: int = 20) -> tuple[list[Event], list[Event]]:
