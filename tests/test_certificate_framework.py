@@ -106,7 +106,7 @@ def test_ae_to_mn_cse_mutual_auth(creds: dict[str, CertificateCredential], tls13
     assert cctx.local_id == AE
     assert sctx.framework is Framework.CERTIFICATE
     assert sctx.protocol == ("TLSv1.3" if tls13 else "TLSv1.2")
-    # SNI defaults to the CSE public domain name (READINGS ).
+    # SNI defaults to the CSE public domain name (docs/readings.md ).
     assert sctx.server_name == "mn-cse-123456.in.provider.com"
     assert sctx.key_id == creds[AE].fingerprint and cctx.key_id == creds[MN].fingerprint
     assert sctx.valid_until == creds[AE].certificate.not_valid_after_utc
@@ -157,7 +157,7 @@ def test_dtls_ccm8(creds: dict[str, CertificateCredential]) -> None:
 def test_idb_given_in_absolute_form_and_other_case(
     creds: dict[str, CertificateCredential],
 ) -> None:
-    # FQDN parts compare case-insensitively (READINGS A-05); the binding is SP-relative.
+    # FQDN parts compare case-insensitively (docs/readings.md A-05); the binding is SP-relative.
     initiator = CertificateInitiator(creds[AE], "//IN.Provider.com/mn-cse-123456", in_domain=DOMAIN)
     responder = CertificateResponder(creds[MN], in_domain=DOMAIN)
     _, _, ec_, _ = handshake(initiator.profile(), responder.profile())

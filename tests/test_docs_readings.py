@@ -1,7 +1,8 @@
 """Every reading cited in the project has a heading in docs/readings.md, and every heading is cited.
 
-Citations are ``A-`` followed by two digits (``docs/readings.md A-xx`` or a bare ``A-xx``);
-headings are ``## A-xx Title``. The comments used to point at a file outside the project.
+Citations are ``A-`` followed by two digits; a file that cites one names docs/readings.md at
+least once. Headings are ``## A-xx Title``. The comments used to point at READINGS.md, a file
+outside the project that its users never see.
 """
 
 from __future__ import annotations
@@ -55,3 +56,26 @@ def test_every_heading_is_cited() -> None:
     uncited = [h for h in _headings() if h not in cited]
     assert not uncited, f"in docs/readings.md but cited nowhere: {uncited}"
 
+
+
+def test_every_citing_file_points_at_docs_readings() -> None:
+    bare = [
+        str(p.relative_to(ROOT))
+        for p in _sources()
+        if p != Path(__file__).resolve()
+        and CITATION.search(text := p.read_text(encoding="utf-8"))
+        and "docs/readings.md" not in text
+    ]
+    assert not bare, f"cites A-xx but never names docs/readings.md: {bare}"
+
+
+def test_no_citation_points_outside_the_project() -> None:
+    outside = re.compile(r"\bREADINGS\b")
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in _sources()
+        if p != Path(__file__).resolve()
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not hits, f"cite docs/readings.md instead: {hits}"

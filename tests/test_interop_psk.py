@@ -300,7 +300,7 @@ async def test_our_initiator_to_openssl_s_server(
         "openssl", "s_server", "-accept", f"{HOST}:{port}", "-nocert", "-naccept", "1",
         # s_server refuses any psk_identity but this one: it checks what we send.
         "-psk_identity", TR0038_KPSA_ID, "-psk", TR0038_KPSA_HEX,
-        # A hint our initiator must ignore (READINGS A-29); TLS 1.2 only sends it.
+        # A hint our initiator must ignore (docs/readings.md A-29); TLS 1.2 only sends it.
         "-psk_hint", "ignore-this-hint",
         "-keymatexport", EXPORT_LABEL, "-keymatexportlen", str(EXPORT_LEN), *args,
     ]

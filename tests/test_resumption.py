@@ -2,7 +2,7 @@
 
 A resumed handshake skips the callbacks that bind the peer's identity, so the server
 must take the identity from what it recorded at the full handshake, and re-validate it:
-the key must still be valid (READINGS A-16) and, for the provisioned PSK, the
+the key must still be valid (docs/readings.md A-16) and, for the provisioned PSK, the
 psk-lookup-table row must still exist and bind the same entity. A session that fails
 falls back to a full handshake.
 
@@ -222,7 +222,7 @@ def test_dtls_resumption_refused_after_the_key_expired_then_full_handshake() -> 
     first.close()
     time.sleep(0.6)
     # The key was re-provisioned with a later expiry: the session made under the old one
-    # is not resumed (READINGS A-16); a full handshake binds the row as it is now.
+    # is not resumed (docs/readings.md A-16); a full handshake binds the row as it is now.
     later = datetime.now(UTC) + timedelta(hours=1)
     t.rows[IDENTITY.encode()] = (KEY, "Clight-AE1", later)
     lookups = t.lookups
