@@ -8,11 +8,12 @@ through :mod:`tests.interop`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.pki import CertificateAuthority, IssuedCredential
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
+from m2msec.tls.dtls import DTLSEngine, DTLSServer, PeerEvent
 from m2msec.tls.engine import Event, TLSEngine
 from m2msec.tls.profiles import (
     PSK_SUITES_DTLS,
@@ -31,6 +32,8 @@ TR0038_AE = "Clight-AE1"
 MN_CSE = "/mn-cse-123456"
 #: Its CSE public domain name, the SNI a client sends by default (TS-0001 6.5.1.1).
 MN_SNI = "mn-cse-123456.in.provider.com"
+#: The address a sans-IO DTLS server sees the client at.
+DTLS_ADDR = ("127.0.0.1", 40001)
 
 def psk_suites(transport: Transport) -> tuple[str, ...]:
     """The PSK suites of TS-0003 10.2.2 for ``transport``."""
@@ -131,3 +134,47 @@ def pump(a: TLSEngine, b: TLSEngine, rounds: int = 20) -> tuple[list[Event], lis
         if not moved:
             break
     return ea, eb
+
+
+Trace = list[tuple[str, bytes]]
+Drop = Callable[[str, bytes], bool]
+
+
+class DatagramPump:
+    """Moves datagrams between one client engine and a server, losing those ``loss`` picks."""
+
+    def __init__(self, client: DTLSEngine, server: DTLSServer, addr: tuple[str, int] = DTLS_ADDR):
+        self.client = client
+        self.server = server
+        self.addr = addr
+        self.loss: Drop | None = None
+        self.trace: Trace = []
+        self.client_events: list[Event] = []
+        self.server_events: list[PeerEvent] = []
+
+    def run(self, drop: Drop | None = None, rounds: int = 20) -> None:
+        if drop is not None:
+            self.loss = drop
+        for _ in range(rounds):
+            moved = False
+            for d in self.client.datagrams_to_send():
+                moved = True
+                self.trace.append(("c>s", d))
+                if self.loss and self.loss("c>s", d):
+                    continue
+                self.deliver_to_client(self.server.datagram_received(d, self.addr))
+            self.collect()
+            if not moved:
+                break
+
+    def deliver_to_client(self, answers: list[tuple[bytes, tuple[object, ...]]]) -> None:
+        for d, to in answers:
+            assert to == self.addr
+            self.trace.append(("s>c", d))
+            if self.loss and self.loss("s>c", d):
+                continue
+            self.client.receive_datagram(d)
+
+    def collect(self) -> None:
+        self.client_events += self.client.events()
+        self.server_events += self.server.events()

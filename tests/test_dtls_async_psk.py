@@ -20,13 +20,14 @@ from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.dtls import (
     DTLSEngine,
     DTLSServer,
+    PeerEvent,
     PeerFailed,
     PeerHandshakeComplete,
     PeerPskLookupNeeded,
 )
 from m2msec.tls.engine import HandshakeComplete
 from m2msec.tls.profiles import Transport
-from tests.helpers import psk_client_profile, psk_server_profile
+from tests.helpers import DatagramPump, psk_client_profile, psk_server_profile
 
 IDENTITY = b"0123456789abcdef0123456789abcdef@maf.provider.com"
 KEY = bytes(range(16))
@@ -61,19 +62,11 @@ client_profile = partial(
 )
 
 
-def _pump(client: DTLSEngine, server: DTLSServer) -> list[object]:
+def _pump(client: DTLSEngine, server: DTLSServer) -> list[PeerEvent]:
     """Move datagrams both ways until quiet; returns the server's events."""
-    events: list[object] = []
-    for _ in range(20):
-        moved = False
-        for d in client.datagrams_to_send():
-            moved = True
-            for answer, _ in server.datagram_received(d, ADDR):
-                client.receive_datagram(answer)
-        events += server.events()
-        if not moved:
-            break
-    return events
+    p = DatagramPump(client, server, ADDR)
+    p.run()
+    return p.server_events
 
 
 async def test_sans_io_server_asks_and_completes_after_the_answer() -> None:

@@ -30,11 +30,10 @@ from m2msec.tls.dtls import (
     DTLSEngine,
     DTLSServer,
     PeerDataReceived,
-    PeerEvent,
     PeerFailed,
     PeerHandshakeComplete,
 )
-from m2msec.tls.engine import Event, HandshakeComplete, TLSEngine
+from m2msec.tls.engine import HandshakeComplete, TLSEngine
 from m2msec.tls.profiles import (
     PSK_SUITES_TLS,
     TLSProfile,
@@ -49,7 +48,7 @@ from m2msec.tls.sessions import (
     enable_resumption,
 )
 from tests import interop
-from tests.helpers import psk_client_profile, psk_server_profile
+from tests.helpers import DatagramPump, psk_client_profile, psk_server_profile
 from tests.interop import wait_until
 
 IDENTITY = "AE123456789012-Light@in.provider.com"
@@ -97,27 +96,16 @@ def client_profile(
 
 
 # -- sans-IO DTLS ----------------------------------------------------------------------------
-class Run:
+class Run(DatagramPump):
     """One DTLS association between a fresh client engine and ``server``."""
 
     def __init__(self, server: DTLSServer, client: DTLSEngine, addr: tuple[str, int]) -> None:
-        self.server, self.client, self.addr = server, client, addr
-        self.client_events: list[Event] = []
-        self.server_events: list[PeerEvent] = []
+        super().__init__(client, server, addr)
         client.start()
         self.pump()
 
     def pump(self) -> None:
-        for _ in range(30):
-            out = self.client.datagrams_to_send()
-            for d in out:
-                for answer, to in self.server.datagram_received(d, self.addr):
-                    assert to == self.addr
-                    self.client.receive_datagram(answer)
-            self.client_events += self.client.events()
-            self.server_events += self.server.events()
-            if not out:
-                return
+        self.run(rounds=30)
 
     @property
     def server_context(self) -> SecurityContext | None:
