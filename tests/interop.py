@@ -97,6 +97,14 @@ def free_port() -> int:
         return port
 
 
+def free_udp_port() -> int:
+    """A UDP port that was free on 127.0.0.1 a moment ago (DTLS, CoAP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def tr0038_store(path: Path) -> SqlitePskStore:
     """A fresh SQLite psk-lookup-table holding the TR-0038 row and a 16-octet row."""
     store = SqlitePskStore(path)

@@ -9,7 +9,6 @@ the oneM2M label must match ours. Every subprocess has a deadline and is killed 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,7 +18,7 @@ import pytest
 from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, dtls_connect, start_dtls_server
 from m2msec.tls.profiles import Transport
 from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
-from tests.interop import keying_material, spawn, wait_until
+from tests.interop import free_udp_port, keying_material, spawn, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -50,13 +49,6 @@ async def echo_server(
     handle = await start_dtls_server(server_profile(), "127.0.0.1", 0, echo, **kw)  # type: ignore[arg-type]
     async with handle:
         yield handle, seen
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def gnutls_cli(port: int, key_hex: str = KEY_HEX, mtu: int | None = None) -> list[str]:
