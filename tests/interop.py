@@ -20,14 +20,15 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
+from m2msec.tls.aio import TLSServer
 
 HOST = "127.0.0.1"
 
@@ -91,6 +92,14 @@ def require(program: str) -> str:
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_udp_port() -> int:
+    """A UDP port that was free on 127.0.0.1 a moment ago (DTLS, CoAP)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
@@ -263,6 +272,38 @@ async def wait_listening(port: int, program: Program | None = None, timeout: flo
         with contextlib.suppress(OSError):
             await writer.wait_closed()
         return
+
+
+async def wait_until(
+    predicate: Callable[[], bool], what: Callable[[], str] | str, timeout: float = 10.0
+) -> None:
+    """Poll ``predicate`` until it holds; fail with ``what`` (text, or a callable giving it)
+    after ``timeout`` seconds, so that no wait in a test is unbounded or silent."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"after {timeout}s: {what() if callable(what) else what}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class ServerUnderTest:
+    """One of our TLS servers on loopback and the refusal reasons its on_failure reported."""
+
+    server: TLSServer
+    refusals: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def wait_refusals(self, n: int, timeout: float = 10.0) -> None:
+        await wait_until(
+            lambda: len(self.refusals) >= n,
+            lambda: f"expected {n} refusals, the server reported {self.refusals}",
+            timeout,
+        )
 
 
 def keying_material(output: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from m2msec.errors import HandshakeError
 from m2msec.tls.aio import HandshakeAdmission, TLSConnection, TLSServer, connect
-from tests.test_engine import client_profile, server_profile
+from tests.helpers import psk_client_profile, psk_server_profile
 
 IDENT = b"AE123456789012-Light@in.provider.com"
 KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
@@ -21,10 +21,10 @@ async def echo(conn: TLSConnection) -> None:
 
 
 async def test_round_trip_and_counters() -> None:
-    server = TLSServer(server_profile(), echo)
+    server = TLSServer(psk_server_profile(), echo)
     await server.start("127.0.0.1", 0)
     try:
-        conn = await connect("127.0.0.1", server.port, client_profile(IDENT, KEY))
+        conn = await connect("127.0.0.1", server.port, psk_client_profile(IDENT, KEY))
         assert conn.context.peer_id == "/mn-cse-123456"
         await conn.send(b"ping" * 10000)
         got = b""
@@ -39,12 +39,12 @@ async def test_round_trip_and_counters() -> None:
 
 async def test_refused_client_and_others_still_served() -> None:
     reasons: list[str] = []
-    server = TLSServer(server_profile(), echo, on_failure=lambda p, r: reasons.append(r))
+    server = TLSServer(psk_server_profile(), echo, on_failure=lambda p, r: reasons.append(r))
     await server.start("127.0.0.1", 0)
     try:
         with pytest.raises(HandshakeError):
-            await connect("127.0.0.1", server.port, client_profile(b"who@in.provider.com", KEY))
-        conn = await connect("127.0.0.1", server.port, client_profile(IDENT, KEY))
+            await connect("127.0.0.1", server.port, psk_client_profile(b"who@in.provider.com", KEY))
+        conn = await connect("127.0.0.1", server.port, psk_client_profile(IDENT, KEY))
         await conn.send(b"x")
         assert await conn.recv() == b"X"
         await conn.close()
@@ -57,13 +57,13 @@ async def test_refused_client_and_others_still_served() -> None:
 async def test_stalled_handshake_is_cut_and_others_served() -> None:
     reasons: list[str] = []
     server = TLSServer(
-        server_profile(), echo, handshake_timeout=0.3, on_failure=lambda p, r: reasons.append(r)
+        psk_server_profile(), echo, handshake_timeout=0.3, on_failure=lambda p, r: reasons.append(r)
     )
     await server.start("127.0.0.1", 0)
     try:
         stalled = socket.create_connection(("127.0.0.1", server.port))
         stalled.sendall(b"\x16\x03\x01")  # a record header, then nothing
-        conn = await connect("127.0.0.1", server.port, client_profile(IDENT, KEY))
+        conn = await connect("127.0.0.1", server.port, psk_client_profile(IDENT, KEY))
         await conn.send(b"y")
         assert await conn.recv() == b"Y"
         await asyncio.sleep(0.5)
@@ -81,7 +81,7 @@ async def test_half_open_bound_evicts_the_oldest_silent_connection() -> None:
     # (formerly the newcomer was shed, which let idle sockets lock every device out).
     reasons: list[str] = []
     server = TLSServer(
-        server_profile(), echo, max_handshakes=2, source_share=1.0,
+        psk_server_profile(), echo, max_handshakes=2, source_share=1.0,
         on_failure=lambda p, r: reasons.append(r),
     )
     await server.start("127.0.0.1", 0)
@@ -90,7 +90,7 @@ async def test_half_open_bound_evicts_the_oldest_silent_connection() -> None:
         await asyncio.sleep(0.2)
         assert server.evicted == 2 and len(server.admission) == 2
         assert "too many handshakes in progress" not in reasons
-        conn = await connect("127.0.0.1", server.port, client_profile(IDENT, KEY))
+        conn = await connect("127.0.0.1", server.port, psk_client_profile(IDENT, KEY))
         await conn.send(b"hi")
         assert await conn.recv() == b"HI"
         await conn.close()
@@ -122,7 +122,10 @@ def test_admission_gives_precedence_to_connections_that_spoke() -> None:
 async def test_first_flight_deadline() -> None:
     reasons: list[str] = []
     server = TLSServer(
-        server_profile(), echo, first_flight_timeout=0.3, on_failure=lambda p, r: reasons.append(r)
+        psk_server_profile(),
+        echo,
+        first_flight_timeout=0.3,
+        on_failure=lambda p, r: reasons.append(r),
     )
     await server.start("127.0.0.1", 0)
     try:
@@ -137,7 +140,7 @@ async def test_first_flight_deadline() -> None:
 
 async def test_source_share_counts_the_real_peer_address() -> None:
     # A flood from one address evicts only that address's silent connections.
-    server = TLSServer(server_profile(), echo, max_handshakes=4, source_share=0.25)
+    server = TLSServer(psk_server_profile(), echo, max_handshakes=4, source_share=0.25)
     await server.start("127.0.0.1", 0)
     try:
         other = socket.create_connection(

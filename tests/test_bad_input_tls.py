@@ -13,7 +13,6 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from tests.interop import (
     STRONG_KPSA_ID,
     TR0038_KPSA_HEX,
     TR0038_KPSA_ID,
+    ServerUnderTest,
     run,
     tr0038_store,
 )
@@ -41,22 +41,6 @@ HANDSHAKE_TIMEOUT = 1.0
 KEY_HEX = (TR0038_KPSA_HEX, STRONG_KPSA_HEX)
 
 
-@dataclass
-class Fixture:
-    server: TLSServer
-    refusals: list[str] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    async def wait_refusals(self, n: int) -> None:
-        for _ in range(int(STEP / 0.02)):
-            if len(self.refusals) >= n:
-                return
-            await asyncio.sleep(0.02)
-        pytest.fail(f"expected {n} refusals, the server reported {len(self.refusals)}: "
-                    f"{self.refusals}")
 
 
 async def echo(conn: TLSConnection) -> None:
@@ -65,7 +49,9 @@ async def echo(conn: TLSConnection) -> None:
 
 
 @pytest.fixture
-async def target(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Fixture]:
+async def target(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[ServerUnderTest]:
     caplog.set_level(logging.DEBUG)
     store = tr0038_store(tmp_path / "psk.db")
     profile = PskResponder(store, local_id=SERVER_ID).profile(tls13=True)
@@ -74,7 +60,7 @@ async def target(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncItera
                        on_failure=lambda _peer, reason: refusals.append(reason))
     await server.start(HOST, 0)
     try:
-        yield Fixture(server, refusals)
+        yield ServerUnderTest(server, refusals)
     finally:
         await server.close()
         store.close()
@@ -154,7 +140,7 @@ RANDOM_SIZES = [1, 5, 64, 517, 4096, 70_000]
 
 
 @pytest.mark.parametrize("size", RANDOM_SIZES)
-async def test_random_bytes(target: Fixture, size: int) -> None:
+async def test_random_bytes(target: ServerUnderTest, size: int) -> None:
     await send_and_hang_up(target.port, os.urandom(size))
     await target.wait_refusals(1)
     assert target.server.established == 0
@@ -171,7 +157,7 @@ NOT_TLS = [
 
 
 @pytest.mark.parametrize("payload", NOT_TLS)
-async def test_not_tls(target: Fixture, payload: bytes) -> None:
+async def test_not_tls(target: ServerUnderTest, payload: bytes) -> None:
     await send_and_hang_up(target.port, payload)
     await target.wait_refusals(1)
     assert target.refusals[0], "refused without a reason"
@@ -190,7 +176,7 @@ HELLO_THEN = [
 @pytest.mark.parametrize("tls13", [True, False], ids=["tls13", "tls12"])
 @pytest.mark.parametrize("garbage", HELLO_THEN)
 async def test_client_hello_then_garbage(
-    target: Fixture, tls13: bool, garbage: Callable[[], bytes]
+    target: ServerUnderTest, tls13: bool, garbage: Callable[[], bytes]
 ) -> None:
     await send_and_hang_up(target.port, client_hello(tls13) + garbage())
     await target.wait_refusals(1)
@@ -233,7 +219,7 @@ BAD_IDENTITIES = [
 @pytest.mark.parametrize(("identity", "reason"), BAD_IDENTITIES)
 @pytest.mark.interop
 async def test_bad_psk_identity_from_s_client(
-    target: Fixture, identity: str, reason: str, version: str,
+    target: ServerUnderTest, identity: str, reason: str, version: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await s_client_with_identity(target.port, identity, version)
@@ -244,7 +230,7 @@ async def test_bad_psk_identity_from_s_client(
     await honest_client(target.port)
 
 
-async def test_stalled_handshakes_are_cut(target: Fixture) -> None:
+async def test_stalled_handshakes_are_cut(target: ServerUnderTest) -> None:
     """Silent after connect, after a ClientHello, after half a record: all cut on time."""
     stalls = [b"", client_hello(), client_hello(False)[:7]]
     conns = []
@@ -264,7 +250,7 @@ async def test_stalled_handshakes_are_cut(target: Fixture) -> None:
     await honest_client(target.port)
 
 
-async def test_fifty_concurrent_garbage_connections(target: Fixture) -> None:
+async def test_fifty_concurrent_garbage_connections(target: ServerUnderTest) -> None:
     kinds = [
         lambda: os.urandom(1 + int.from_bytes(os.urandom(2), "big") % 2000),
         lambda: client_hello() + os.urandom(200),
@@ -290,7 +276,7 @@ async def test_fifty_concurrent_garbage_connections(target: Fixture) -> None:
 
 
 async def test_wrong_key_is_refused_without_leaking_it(
-    target: Fixture, caplog: pytest.LogCaptureFixture,
+    target: ServerUnderTest, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Our own initiator with a wrong Kpsa: refused on both sides, nothing key-like logged."""
     wrong = PskInitiator(

@@ -256,7 +256,7 @@ async def test_ks_is_reusable_for_several_suites(bsf: BsfServer, pki: Pki) -> No
             naf_id = gba.naf_id(NAF_FQDN, gba.ua_protocol_id_tls_psk(suite))
             keys[suite] = (await zn.fetch(boot.btid, naf_id)).ks_naf
             assert keys[suite] == boot.ks_ext_naf(naf_id)
-    assert len(set(keys.values())) == 3  # READINGS A-09: the key depends on the suite
+    assert len(set(keys.values())) == 3  # docs/readings.md A-09: the key depends on the suite
 
 
 async def test_sqn_out_of_range_resynchronises(bsf: BsfServer) -> None:

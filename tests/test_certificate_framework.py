@@ -24,7 +24,7 @@ from m2msec.frameworks.certificate import (
     identities_in,
     public_key_identifier,
 )
-from m2msec.pki import CertificateAuthority, IssuedCredential, write_credential
+from m2msec.pki import CertificateAuthority, write_credential
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from m2msec.tls.engine import (
     DataReceived,
@@ -40,6 +40,8 @@ from m2msec.tls.profiles import (
     Transport,
     new_context,
 )
+from tests import helpers
+from tests.helpers import credential
 from tests.interop import HOST, free_port, require
 
 DOMAIN = "in.provider.com"
@@ -61,33 +63,13 @@ def other_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return CertificateAuthority.init(tmp_path_factory.mktemp("pki") / "other", domain=DOMAIN)
 
 
-def cred(ca: CertificateAuthority, issued: IssuedCredential) -> CertificateCredential:
-    return CertificateCredential(issued.cert_pem, issued.key_pem, ca.cert_pem)
-
-
 @pytest.fixture(scope="module")
 def creds(ca: CertificateAuthority) -> dict[str, CertificateCredential]:
-    return {eid: cred(ca, ca.issue(eid)) for eid in (MN, AE, IN, "/mn-cse-999")}
+    return {eid: credential(ca, ca.issue(eid)) for eid in (MN, AE, IN, "/mn-cse-999")}
 
 
 def pump(a: TLSEngine, b: TLSEngine) -> tuple[list[Event], list[Event]]:
-    ea: list[Event] = []
-    eb: list[Event] = []
-    for _ in range(30):
-        moved = False
-        out = a.data_to_send()
-        if out:
-            b.receive_data(out)
-            moved = True
-        out = b.data_to_send()
-        if out:
-            a.receive_data(out)
-            moved = True
-        ea += a.events()
-        eb += b.events()
-        if not moved:
-            break
-    return ea, eb
+    return helpers.pump(a, b, rounds=30)  # a certificate handshake takes more flights
 
 
 def handshake(
@@ -124,7 +106,7 @@ def test_ae_to_mn_cse_mutual_auth(creds: dict[str, CertificateCredential], tls13
     assert cctx.local_id == AE
     assert sctx.framework is Framework.CERTIFICATE
     assert sctx.protocol == ("TLSv1.3" if tls13 else "TLSv1.2")
-    # SNI defaults to the CSE public domain name (READINGS ).
+    # SNI defaults to the CSE public domain name (docs/readings.md ).
     assert sctx.server_name == "mn-cse-123456.in.provider.com"
     assert sctx.key_id == creds[AE].fingerprint and cctx.key_id == creds[MN].fingerprint
     assert sctx.valid_until == creds[AE].certificate.not_valid_after_utc
@@ -175,7 +157,7 @@ def test_dtls_ccm8(creds: dict[str, CertificateCredential]) -> None:
 def test_idb_given_in_absolute_form_and_other_case(
     creds: dict[str, CertificateCredential],
 ) -> None:
-    # FQDN parts compare case-insensitively (READINGS A-05); the binding is SP-relative.
+    # FQDN parts compare case-insensitively (docs/readings.md A-05); the binding is SP-relative.
     initiator = CertificateInitiator(creds[AE], "//IN.Provider.com/mn-cse-123456", in_domain=DOMAIN)
     responder = CertificateResponder(creds[MN], in_domain=DOMAIN)
     _, _, ec_, _ = handshake(initiator.profile(), responder.profile())
@@ -202,7 +184,7 @@ def test_ae_as_entity_b_for_sa2(
 
 
 def test_s_stem_ae(ca: CertificateAuthority, creds: dict[str, CertificateCredential]) -> None:
-    ae = cred(ca, ca.issue("/Sweather-app"))
+    ae = credential(ca, ca.issue("/Sweather-app"))
     assert ae.identities(in_domain=DOMAIN)[0].entity_id == "/Sweather-app"
     responder = CertificateResponder(creds[MN], in_domain=DOMAIN)
     _, _, _, es = handshake(
@@ -215,8 +197,8 @@ def test_service_fqdn_certificate(
     tmp_path: Path, creds: dict[str, CertificateCredential]
 ) -> None:
     ca = CertificateAuthority.init(tmp_path / "ca", domain=DOMAIN, extra_domains=["maf.example"])
-    maf = cred(ca, ca.issue_service("maf.example"))
-    mn = cred(ca, ca.issue(MN))
+    maf = credential(ca, ca.issue_service("maf.example"))
+    mn = credential(ca, ca.issue(MN))
     # Entity B towards the MAF (client), the MAF as server.
     responder = CertificateResponder(maf, in_domain=DOMAIN, local_id="maf.example")
     initiator = CertificateInitiator.for_service(mn, "maf.example", in_domain=DOMAIN)
@@ -250,7 +232,7 @@ def test_expired_server_certificate(
     ca: CertificateAuthority, creds: dict[str, CertificateCredential], tls13: bool
 ) -> None:
     past = datetime.now(UTC) - timedelta(days=30)
-    expired = cred(ca, ca.issue(MN, not_before=past, not_after=past + timedelta(days=1)))
+    expired = credential(ca, ca.issue(MN, not_before=past, not_after=past + timedelta(days=1)))
     server = CertificateResponder(expired, in_domain=DOMAIN).profile(tls13=tls13)
     client = CertificateInitiator(creds[AE], MN, in_domain=DOMAIN).profile(tls13=tls13)
     _, s, ec_, _ = handshake(client, server)
@@ -263,7 +245,7 @@ def test_expired_client_certificate(
     ca: CertificateAuthority, creds: dict[str, CertificateCredential], tls13: bool
 ) -> None:
     past = datetime.now(UTC) - timedelta(days=30)
-    expired = cred(ca, ca.issue(AE, not_before=past, not_after=past + timedelta(days=1)))
+    expired = credential(ca, ca.issue(AE, not_before=past, not_after=past + timedelta(days=1)))
     server = CertificateResponder(creds[MN], in_domain=DOMAIN).profile(tls13=tls13)
     client = CertificateInitiator(expired, MN, in_domain=DOMAIN).profile(tls13=tls13)
     _, s, _, es = handshake(client, server)
@@ -281,14 +263,14 @@ def test_certificate_from_another_root(
     # The foreign side's certificate chains to a root its peer does not trust.
     if foreign_side == "server":
         issued = other_ca.issue(MN)
-        server_cred = CertificateCredential(issued.cert_pem, issued.key_pem, ca.cert_pem)
+        server_cred = credential(ca, issued)
         server = CertificateResponder(server_cred, in_domain=DOMAIN).profile(tls13=False)
         client = CertificateInitiator(creds[AE], MN, in_domain=DOMAIN).profile(tls13=False)
         c, s, ec_, _ = handshake(client, server)
         reason = failure(ec_)
     else:
         issued = other_ca.issue(AE)
-        client_cred = CertificateCredential(issued.cert_pem, issued.key_pem, ca.cert_pem)
+        client_cred = credential(ca, issued)
         server = CertificateResponder(creds[MN], in_domain=DOMAIN).profile(tls13=False)
         client = CertificateInitiator(client_cred, MN, in_domain=DOMAIN).profile(tls13=False)
         c, s, _, es = handshake(client, server)
@@ -793,7 +775,9 @@ def test_revoked_client_refused_after_crl_reload_without_restart(
     k2, c2 = write_credential(ca.issue("/mn-cse-123456/Cother"), tmp_path / "ae2")
     result = runner.invoke(app, ["crl", "--dir", str(d)])
     assert result.exit_code == 0, result.output
-    responder = CertificateResponder(cred(ca, ca.issue(MN)), in_domain=DOMAIN, crl=ca.crl_path)
+    responder = CertificateResponder(
+        credential(ca, ca.issue(MN)), in_domain=DOMAIN, crl=ca.crl_path
+    )
     profile = responder.profile(tls13=False)
 
     def attempt(key: Path, cert: Path) -> tuple[str, list[Event]]:

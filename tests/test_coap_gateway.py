@@ -262,7 +262,8 @@ async def test_credential_bound_light_registers_first_over_coap(
 ) -> None:
     async with running(config(acme.url), store) as gw, light(gw, CRED) as dev:
         r = await dev.request("GET", acme.base, origin="Cany")
-        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4103)  # register an AE first
+        # Register an AE first (docs/readings.md A-13).
+        assert (r.code, r.rsc) == (Code.FORBIDDEN, 4103)
         r = await dev.request("POST", acme.base, origin="C", ty=2, content=ae_content("coap-cred"))
         assert r.rsc == 2001, r.payload
         aei = r.json()["m2m:ae"]["aei"]

@@ -1,4 +1,4 @@
-"""SNI from ``m2msec connect`` (READINGS A-11, A-12; TS-0001 6.5.1.1 CSE public domain name).
+"""SNI from ``m2msec connect`` (docs/readings.md A-11, A-12; TS-0001 6.5.1.1 public domain name).
 
 With an IP-address URL and a CSE-ID as IdB, the initiator sends ``<CSE-ID>.<IN domain>`` as
 server_name; ``openssl s_server -trace`` is the peer and shows the ClientHello extension.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from cryptography import x509
@@ -32,7 +32,6 @@ from m2msec.tls.dtls import (
     DTLSServer,
     PeerClosed,
     PeerDataReceived,
-    PeerEvent,
     PeerFailed,
     PeerHandshakeComplete,
     address_key,
@@ -45,23 +44,29 @@ from m2msec.tls.dtls import (
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
-    Event,
     HandshakeComplete,
     HandshakeFailed,
 )
 from m2msec.tls.profiles import (
     CERT_SUITES_DTLS,
-    PSK_SUITES_DTLS,
     CertificatePolicy,
     TLSProfile,
     Transport,
     new_context,
 )
+from tests.helpers import (
+    DTLS_ADDR,
+    TR0038_IDENTITY,
+    TR0038_KEY,
+    DatagramPump,
+    Drop,
+    psk_client_profile,
+    psk_server_profile,
+)
 
-IDENTITY = b"AE123456789012-Light@in.provider.com"
-KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
-TABLE = {IDENTITY: KEY}
-ADDR = ("127.0.0.1", 40001)
+IDENTITY = TR0038_IDENTITY
+KEY = TR0038_KEY
+ADDR = DTLS_ADDR
 
 
 class FakeClock:
@@ -72,92 +77,25 @@ class FakeClock:
         return self.t
 
 
-def server_profile(suites: tuple[str, ...] = PSK_SUITES_DTLS) -> TLSProfile:
-    def resolve(identity: bytes) -> tuple[bytes, PeerBinding] | None:
-        key = TABLE.get(identity)
-        if key is None:
-            return None
-        return key, PeerBinding("Clight-AE1", PeerKind.AE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=True,
-        ssl_context=new_context(Transport.DTLS, server_side=True, suites=suites),
-        local_id="/mn-cse-123456",
-        psk_resolver=resolve,
-    )
+# TR-0038's row over DTLS (tests/helpers.py); the client sends no SNI.
+server_profile = partial(psk_server_profile, transport=Transport.DTLS)
+client_profile = partial(psk_client_profile, transport=Transport.DTLS, server_name=None)
 
 
-def client_profile(identity: bytes = IDENTITY, key: bytes = KEY) -> TLSProfile:
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        return identity, key, PeerBinding("/mn-cse-123456", PeerKind.CSE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=False,
-        ssl_context=new_context(Transport.DTLS, server_side=False, suites=PSK_SUITES_DTLS),
-        psk_offer=offer,
-    )
-
-
-Trace = list[tuple[str, bytes]]
-Drop = Callable[[str, bytes], bool]
-
-
-class Pump:
-    """Moves datagrams between one client engine and a server, losing those ``loss`` picks."""
-
-    def __init__(self, client: DTLSEngine, server: DTLSServer, addr: tuple[str, int] = ADDR):
-        self.client = client
-        self.server = server
-        self.addr = addr
-        self.loss: Drop | None = None
-        self.trace: Trace = []
-        self.client_events: list[Event] = []
-        self.server_events: list[PeerEvent] = []
-
-    def run(self, drop: Drop | None = None, rounds: int = 20) -> None:
-        if drop is not None:
-            self.loss = drop
-        for _ in range(rounds):
-            moved = False
-            for d in self.client.datagrams_to_send():
-                moved = True
-                self.trace.append(("c>s", d))
-                if self.loss and self.loss("c>s", d):
-                    continue
-                self.deliver_to_client(self.server.datagram_received(d, self.addr))
-            self.collect()
-            if not moved:
-                break
-
-    def deliver_to_client(self, answers: list[tuple[bytes, tuple[object, ...]]]) -> None:
-        for d, to in answers:
-            assert to == self.addr
-            self.trace.append(("s>c", d))
-            if self.loss and self.loss("s>c", d):
-                continue
-            self.client.receive_datagram(d)
-
-    def collect(self) -> None:
-        self.client_events += self.client.events()
-        self.server_events += self.server.events()
-
-
-def complete(p: Pump) -> tuple[PeerHandshakeComplete, HandshakeComplete]:
+def complete(p: DatagramPump) -> tuple[PeerHandshakeComplete, HandshakeComplete]:
     s = next(e for e in p.server_events if isinstance(e, PeerHandshakeComplete))
     c = next(e for e in p.client_events if isinstance(e, HandshakeComplete))
     return s, c
 
 
-def handshake(mtu: int = DEFAULT_MTU, clock: FakeClock | None = None, **server_kw: object) -> Pump:
+def handshake(
+    mtu: int = DEFAULT_MTU, clock: FakeClock | None = None, **server_kw: object
+) -> DatagramPump:
     clock = clock or FakeClock()
     server = DTLSServer(server_profile(), mtu=mtu, clock=clock, **server_kw)  # type: ignore[arg-type]
     client = DTLSEngine(client_profile(), mtu=mtu, clock=clock)
     client.start()
-    p = Pump(client, server)
+    p = DatagramPump(client, server)
     p.run()
     return p
 
@@ -221,10 +159,10 @@ def test_server_close_reaches_client() -> None:
 
 def test_gcm_and_cbc_suites_negotiate() -> None:
     for suite in ("PSK-AES128-GCM-SHA256", "PSK-AES128-CBC-SHA256"):
-        server = DTLSServer(server_profile((suite,)))
+        server = DTLSServer(server_profile(suites=(suite,)))
         client = DTLSEngine(client_profile())
         client.start()
-        p = Pump(client, server)
+        p = DatagramPump(client, server)
         p.run()
         assert complete(p)[0].context.cipher_suite == suite
 
@@ -384,7 +322,7 @@ def test_handshake_messages_larger_than_the_mtu_are_fragmented() -> None:
     server = DTLSServer(_cert_profile(True, server_cert, client_cert[0]), mtu=300)
     client = DTLSEngine(_cert_profile(False, client_cert, server_cert[0]), mtu=300)
     client.start()
-    p = Pump(client, server)
+    p = DatagramPump(client, server)
     p.run()
     sdone, _ = complete(p)
     assert sdone.context.cipher_suite == "ECDHE-ECDSA-AES128-CCM8"
@@ -434,7 +372,7 @@ def test_lost_server_flight_is_retransmitted_by_the_server_timer() -> None:
     server = DTLSServer(server_profile(), clock=clock)
     client = DTLSEngine(client_profile(), clock=clock)
     client.start()
-    p = Pump(client, server)
+    p = DatagramPump(client, server)
     lost: list[bytes] = []
 
     def drop_first_server_flight(way: str, d: bytes) -> bool:
@@ -459,7 +397,7 @@ def test_lost_server_flight_is_retransmitted_by_the_server_timer() -> None:
 
 
 def test_lost_final_flight_is_recovered_by_the_client_timer() -> None:
-    p = Pump(DTLSEngine(client_profile()), DTLSServer(server_profile()))
+    p = DatagramPump(DTLSEngine(client_profile()), DTLSServer(server_profile()))
     p.client.start()
     dropped: list[bytes] = []
 
@@ -484,7 +422,7 @@ def test_lost_final_flight_is_recovered_by_the_client_timer() -> None:
 
 
 def test_lost_client_hello_is_resent() -> None:
-    p = Pump(DTLSEngine(client_profile()), DTLSServer(server_profile()))
+    p = DatagramPump(DTLSEngine(client_profile()), DTLSServer(server_profile()))
     p.client.start()
     p.run(drop=lambda way, d: way == "c>s")
     assert p.server.stats.datagrams_in == 0
@@ -508,7 +446,7 @@ def test_handshake_deadline_fails_both_sides() -> None:
     server = DTLSServer(server_profile(), clock=clock, handshake_timeout=5.0)
     client = DTLSEngine(client_profile(), clock=clock, handshake_timeout=5.0)
     client.start()
-    p = Pump(client, server)
+    p = DatagramPump(client, server)
     p.run(drop=lambda way, d: way == "c>s" and not is_client_hello(d))  # ClientKeyExchange lost
     assert server.half_open_count == 1
     clock.t += 5.0
@@ -533,7 +471,7 @@ def test_wrong_psk_fails_without_leaking_keys() -> None:
     wrong = bytes.fromhex("ffffffffffffffff")
     client = DTLSEngine(client_profile(key=wrong), clock=clock)
     client.start()
-    p = Pump(client, server)
+    p = DatagramPump(client, server)
     p.run()
     # DTLS discards a Finished that fails to authenticate, without an alert (RFC 6347
     # 4.1.2.7): nothing completes, and the deadline turns that into a failure.
@@ -559,7 +497,7 @@ def test_wrong_psk_fails_without_leaking_keys() -> None:
 def test_unknown_identity_is_refused_at_once() -> None:
     client = DTLSEngine(client_profile(identity=b"nobody@in.provider.com"))
     client.start()
-    p = Pump(client, DTLSServer(server_profile()))
+    p = DatagramPump(client, DTLSServer(server_profile()))
     p.run()
     (failed,) = [e for e in p.server_events if isinstance(e, PeerFailed)]
     assert "nobody@in.provider.com" in failed.reason
@@ -569,11 +507,11 @@ def test_unknown_identity_is_refused_at_once() -> None:
 
 def test_half_open_bound() -> None:
     server = DTLSServer(server_profile(), max_half_open=2)
-    pumps: list[Pump] = []
+    pumps: list[DatagramPump] = []
     for i in range(3):
         client = DTLSEngine(client_profile())
         client.start()
-        pumps.append(Pump(client, server, ("127.0.0.1", 41000 + i)))
+        pumps.append(DatagramPump(client, server, ("127.0.0.1", 41000 + i)))
     # Each client gets its cookie; server state fills up with the verified ClientHellos.
     hellos = []
     for p in pumps:
@@ -599,11 +537,11 @@ def test_half_open_bound() -> None:
 
 def test_max_peers_bound() -> None:
     server = DTLSServer(server_profile(), max_peers=1)
-    first = Pump(DTLSEngine(client_profile()), server, ("127.0.0.1", 42000))
+    first = DatagramPump(DTLSEngine(client_profile()), server, ("127.0.0.1", 42000))
     first.client.start()
     first.run()
     complete(first)
-    second = Pump(DTLSEngine(client_profile()), server, ("127.0.0.1", 42001))
+    second = DatagramPump(DTLSEngine(client_profile()), server, ("127.0.0.1", 42001))
     second.client.start()
     second.run()
     assert not second.client_events and server.peer_count == 1
@@ -637,7 +575,7 @@ def test_new_client_hello_replaces_an_established_association() -> None:
     p = handshake()
     old_sa = complete(p)[0].context.sa_id
     # The client rebooted and lost its state; same address, new handshake (RFC 6347 4.2.8).
-    restarted = Pump(DTLSEngine(client_profile()), p.server)
+    restarted = DatagramPump(DTLSEngine(client_profile()), p.server)
     restarted.client.start()
     restarted.run()
     assert is_hello_verify_request(restarted.trace[1][1])
@@ -764,7 +702,7 @@ def test_one_profile_serves_two_servers() -> None:
     for server in (a, b):
         client = DTLSEngine(client_profile())
         client.start()
-        p = Pump(client, server)
+        p = DatagramPump(client, server)
         p.run()
         complete(p)
 

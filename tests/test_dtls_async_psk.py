@@ -10,6 +10,7 @@ answers on a datagram socket in the test).
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import pytest
 
@@ -19,12 +20,14 @@ from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.dtls import (
     DTLSEngine,
     DTLSServer,
+    PeerEvent,
     PeerFailed,
     PeerHandshakeComplete,
     PeerPskLookupNeeded,
 )
 from m2msec.tls.engine import HandshakeComplete
-from m2msec.tls.profiles import PSK_SUITES_DTLS, TLSProfile, Transport, new_context
+from m2msec.tls.profiles import Transport
+from tests.helpers import DatagramPump, psk_client_profile, psk_server_profile
 
 IDENTITY = b"0123456789abcdef0123456789abcdef@maf.provider.com"
 KEY = bytes(range(16))
@@ -40,43 +43,30 @@ async def _resolve(identity: bytes, cipher: int | None) -> tuple[bytes, PeerBind
     return KEY, PeerBinding("Csmartphone", PeerKind.AE, identity.decode())
 
 
-def server_profile() -> TLSProfile:
-    return TLSProfile(
-        framework=Framework.MAF,
-        transport=Transport.DTLS,
-        server_side=True,
-        ssl_context=new_context(Transport.DTLS, server_side=True, suites=PSK_SUITES_DTLS),
-        local_id="/id-in",
-        psk_async_resolver=_resolve,
-    )
+# A MAF-style Entity B whose lookup answers later (tests/helpers.py profiles).
+server_profile = partial(
+    psk_server_profile,
+    transport=Transport.DTLS,
+    framework=Framework.MAF,
+    local_id="/id-in",
+    async_resolver=_resolve,
+)
+client_profile = partial(
+    psk_client_profile,
+    identity=IDENTITY,
+    key=KEY,
+    transport=Transport.DTLS,
+    framework=Framework.MAF,
+    peer_id="/id-in",
+    server_name=None,
+)
 
 
-def client_profile(identity: bytes = IDENTITY, key: bytes = KEY) -> TLSProfile:
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        return identity, key, PeerBinding("/id-in", PeerKind.CSE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.MAF,
-        transport=Transport.DTLS,
-        server_side=False,
-        ssl_context=new_context(Transport.DTLS, server_side=False, suites=PSK_SUITES_DTLS),
-        psk_offer=offer,
-    )
-
-
-def _pump(client: DTLSEngine, server: DTLSServer) -> list[object]:
+def _pump(client: DTLSEngine, server: DTLSServer) -> list[PeerEvent]:
     """Move datagrams both ways until quiet; returns the server's events."""
-    events: list[object] = []
-    for _ in range(20):
-        moved = False
-        for d in client.datagrams_to_send():
-            moved = True
-            for answer, _ in server.datagram_received(d, ADDR):
-                client.receive_datagram(answer)
-        events += server.events()
-        if not moved:
-            break
-    return events
+    p = DatagramPump(client, server, ADDR)
+    p.run()
+    return p.server_events
 
 
 async def test_sans_io_server_asks_and_completes_after_the_answer() -> None:

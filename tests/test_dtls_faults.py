@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 
@@ -25,45 +26,20 @@ from m2msec.tls.aio_dtls import (
     dtls_connect,
     start_dtls_server,
 )
-from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.dtls import DTLSEngine, is_client_hello, is_hello_verify_request
-from m2msec.tls.profiles import PSK_SUITES_DTLS, TLSProfile, Transport, new_context
+from m2msec.tls.profiles import Transport
+from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
 
-IDENTITY = b"AE123456789012-Light@in.provider.com"
-KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
+IDENTITY = TR0038_IDENTITY
+KEY = TR0038_KEY
 HOST = "127.0.0.1"
 
 Address = tuple[str, int]
 
 
-def server_profile() -> TLSProfile:
-    def resolve(identity: bytes) -> tuple[bytes, PeerBinding] | None:
-        if identity != IDENTITY:
-            return None
-        return KEY, PeerBinding("Clight-AE1", PeerKind.AE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=True,
-        ssl_context=new_context(Transport.DTLS, server_side=True, suites=PSK_SUITES_DTLS),
-        local_id="/mn-cse-123456",
-        psk_resolver=resolve,
-    )
-
-
-def client_profile() -> TLSProfile:
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=False,
-        ssl_context=new_context(Transport.DTLS, server_side=False, suites=PSK_SUITES_DTLS),
-        psk_offer=lambda hint: (
-            IDENTITY,
-            KEY,
-            PeerBinding("/mn-cse-123456", PeerKind.CSE, IDENTITY.decode()),
-        ),
-    )
+# TR-0038's row over DTLS (tests/helpers.py); the client sends no SNI.
+server_profile = partial(psk_server_profile, transport=Transport.DTLS)
+client_profile = partial(psk_client_profile, transport=Transport.DTLS, server_name=None)
 
 
 @dataclass

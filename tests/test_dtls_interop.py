@@ -9,128 +9,30 @@ the oneM2M label must match ours. Every subprocess has a deadline and is killed 
 from __future__ import annotations
 
 import asyncio
-import re
-import shutil
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 
 from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, dtls_connect, start_dtls_server
-from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.profiles import PSK_SUITES_DTLS, TLSProfile, Transport, new_context
+from m2msec.tls.profiles import Transport
+from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
+from tests.interop import free_udp_port, keying_material, spawn, wait_until
 
 pytestmark = pytest.mark.interop
 
-IDENTITY = "AE123456789012-Light@in.provider.com"
-KEY_HEX = "1a2b3c4d5e6f7a8b"
+IDENTITY = TR0038_IDENTITY.decode()
+KEY_HEX = TR0038_KEY.hex()
 LABEL = "EXPORTER-oneM2M-Connection"
 GNUTLS_PRIORITY = "NORMAL:-VERS-ALL:+VERS-DTLS1.2:+PSK:+AES-128-CCM-8"
 OPENSSL_CIPHERS = "PSK-AES128-CCM8:@SECLEVEL=0"
 
-needs_gnutls = pytest.mark.skipif(shutil.which("gnutls-cli") is None, reason="no gnutls-cli")
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
 
 
-def server_profile() -> TLSProfile:
-    def resolve(identity: bytes) -> tuple[bytes, PeerBinding] | None:
-        if identity != IDENTITY.encode():
-            return None
-        return bytes.fromhex(KEY_HEX), PeerBinding("Clight-AE1", PeerKind.AE, IDENTITY)
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=True,
-        ssl_context=new_context(Transport.DTLS, server_side=True, suites=PSK_SUITES_DTLS),
-        local_id="/mn-cse-123456",
-        psk_resolver=resolve,
-    )
-
-
-def client_profile() -> TLSProfile:
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        return (
-            IDENTITY.encode(),
-            bytes.fromhex(KEY_HEX),
-            PeerBinding("/mn-cse-123456", PeerKind.CSE, IDENTITY),
-        )
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.DTLS,
-        server_side=False,
-        ssl_context=new_context(Transport.DTLS, server_side=False, suites=PSK_SUITES_DTLS),
-        psk_offer=offer,
-    )
-
-
-class Tool:
-    """A subprocess whose merged output is collected and searched."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.output = bytearray()
-        self._changed = asyncio.Event()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while chunk := await self.proc.stdout.read(4096):
-            self.output += chunk
-            self._changed.set()
-        self._changed.set()
-
-    async def expect(self, pattern: bytes, timeout: float = 10.0) -> re.Match[bytes]:
-        async def search() -> re.Match[bytes]:
-            while True:
-                self._changed.clear()
-                found = re.search(pattern, self.output)
-                if found:
-                    return found
-                if self._reader.done():
-                    raise AssertionError(f"{pattern!r} never appeared in:\n{self.output.decode()}")
-                await self._changed.wait()
-
-        try:
-            return await asyncio.wait_for(search(), timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"{pattern!r} not seen within {timeout} s in:\n{self.output.decode()}"
-            ) from None
-
-    def write(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-
-    def close_stdin(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-
-    async def wait(self, timeout: float = 10.0) -> int:
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await asyncio.wait_for(self.proc.wait(), 10)
-        self._reader.cancel()
-
-
-@asynccontextmanager
-async def tool(*argv: str) -> AsyncIterator[Tool]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    t = Tool(proc)
-    try:
-        yield t
-    finally:
-        await t.stop()
+# TR-0038's row over DTLS (tests/helpers.py); the client sends no SNI.
+server_profile = partial(psk_server_profile, transport=Transport.DTLS)
+client_profile = partial(psk_client_profile, transport=Transport.DTLS, server_name=None)
 
 
 @asynccontextmanager
@@ -147,13 +49,6 @@ async def echo_server(
     handle = await start_dtls_server(server_profile(), "127.0.0.1", 0, echo, **kw)  # type: ignore[arg-type]
     async with handle:
         yield handle, seen
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def gnutls_cli(port: int, key_hex: str = KEY_HEX, mtu: int | None = None) -> list[str]:
@@ -178,22 +73,21 @@ def gnutls_cli(port: int, key_hex: str = KEY_HEX, mtu: int | None = None) -> lis
 
 
 # -- our server, their clients ---------------------------------------------------------------
-@needs_gnutls
 @pytest.mark.parametrize("mtu", [None, 300])
 async def test_gnutls_cli_against_our_server(mtu: int | None) -> None:
     server_kw = {"mtu": mtu} if mtu else {}
-    async with echo_server(**server_kw) as (srv, seen), tool(*gnutls_cli(srv.port, mtu=mtu)) as cli:
-        found = await cli.expect(rb"- Key material: ([0-9a-fA-F]+)")
-        await cli.expect(rb"Handshake was completed")
-        assert b"DTLS1.2" in cli.output and b"AES-128-CCM-8" in cli.output
+    async with echo_server(**server_kw) as (srv, seen), spawn(gnutls_cli(srv.port, mtu=mtu)) as cli:
+        await cli.expect(r"- Key material: [0-9a-fA-F]+\n")
+        await cli.expect(r"Handshake was completed")
+        assert "DTLS1.2" in cli.output and "AES-128-CCM-8" in cli.output
         cli.write(b"hello oneM2M over DTLS\n")
-        await cli.expect(rb"hello oneM2M over DTLS\n")  # the echo (stdin is not copied)
+        await cli.expect(r"hello oneM2M over DTLS\n")  # the echo (stdin is not copied)
         (assoc,) = seen
         assert assoc.context.protocol == "DTLSv1.2"
         assert assoc.context.cipher_suite == "PSK-AES128-CCM8"
         assert assoc.context.peer_id == "Clight-AE1" and assoc.context.key_id == IDENTITY
         ours = assoc.export_keying_material(LABEL.encode(), 48)
-        assert found.group(1).decode().lower() == ours.hex()
+        assert keying_material(cli.output) == ours.hex()
         # End of input: gnutls-cli sends close_notify and the association ends here too.
         cli.close_stdin()
         await asyncio.wait_for(assoc.wait_closed(), 10)
@@ -201,24 +95,19 @@ async def test_gnutls_cli_against_our_server(mtu: int | None) -> None:
         assert srv.server.stats.cookies_sent >= 1
 
 
-@needs_gnutls
 async def test_gnutls_cli_with_a_wrong_key_is_refused() -> None:
     failures: list[str] = []
     async with (
         echo_server(
             handshake_timeout=2.0, on_failure=lambda addr, reason: failures.append(reason)
         ) as (srv, seen),
-        tool(*gnutls_cli(srv.port, key_hex="ffffffffffffffff")),
+        spawn(gnutls_cli(srv.port, key_hex="ffffffffffffffff")),
     ):
-        for _ in range(100):
-            if failures:
-                break
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: bool(failures), "no refusal reported", 10.0)
         assert failures == ["DTLS handshake timed out (wrong PSK?)"]
         assert not seen and srv.server.peer_count == 0
 
 
-@needs_openssl
 async def test_openssl_s_client_against_our_server() -> None:
     async with echo_server() as (srv, seen):
         argv = [
@@ -226,21 +115,20 @@ async def test_openssl_s_client_against_our_server() -> None:
             "-psk", KEY_HEX, "-psk_identity", IDENTITY, "-cipher", OPENSSL_CIPHERS,
             "-keymatexport", LABEL, "-keymatexportlen", "48",
         ]  # fmt: skip
-        async with tool(*argv) as cli:
-            found = await cli.expect(rb"Keying material: ([0-9A-Fa-f]+)")
+        async with spawn(argv) as cli:
+            await cli.expect(r"Keying material: [0-9A-Fa-f]+\n")
             cli.write(b"hello from s_client\n")
-            await cli.expect(rb"hello from s_client\n")
+            await cli.expect(r"hello from s_client\n")
             (assoc,) = seen
             assert assoc.context.cipher_suite == "PSK-AES128-CCM8"
             ours = assoc.export_keying_material(LABEL.encode(), 48)
-            assert found.group(1).decode().lower() == ours.hex()
+            assert keying_material(cli.output) == ours.hex()
             cli.close_stdin()
             await asyncio.wait_for(assoc.wait_closed(), 10)
             await cli.wait()
 
 
 # -- our client, their server ----------------------------------------------------------------
-@needs_openssl
 async def test_our_client_against_openssl_s_server() -> None:
     port = free_udp_port()
     argv = [
@@ -248,20 +136,20 @@ async def test_our_client_against_openssl_s_server() -> None:
         "-psk", KEY_HEX, "-psk_identity", IDENTITY, "-cipher", OPENSSL_CIPHERS,
         "-keymatexport", LABEL, "-keymatexportlen", "48", "-naccept", "1",
     ]  # fmt: skip
-    async with tool(*argv) as srv:
-        await srv.expect(rb"ACCEPT")
+    async with spawn(argv) as srv:
+        await srv.expect(r"ACCEPT")
         assoc = await dtls_connect(client_profile(), "127.0.0.1", port, timeout=10)
         try:
             assert assoc.context.protocol == "DTLSv1.2"
             assert assoc.context.cipher_suite == "PSK-AES128-CCM8"
             assert assoc.context.peer_id == "/mn-cse-123456"
-            found = await srv.expect(rb"Keying material: ([0-9A-Fa-f]+)")
+            await srv.expect(r"Keying material: [0-9A-Fa-f]+\n")
             ours = assoc.export_keying_material(LABEL.encode(), 48)
-            assert found.group(1).decode().lower() == ours.hex()
+            assert keying_material(srv.output) == ours.hex()
             assoc.send(b"hello from m2msec\n")
-            await srv.expect(rb"hello from m2msec\n")
+            await srv.expect(r"hello from m2msec\n")
             srv.write(b"hello from s_server\n")
             assert await asyncio.wait_for(assoc.recv(), 10) == b"hello from s_server\n"
         finally:
             assoc.close()
-        await srv.expect(rb"CONNECTION CLOSED|shutting down", timeout=10)
+        await srv.expect(r"CONNECTION CLOSED|shutting down", timeout=10)

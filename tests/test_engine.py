@@ -5,78 +5,22 @@ from __future__ import annotations
 import pytest
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import Framework, PeerBinding, PeerKind
+from m2msec.tls.context import PeerKind
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
-    Event,
     HandshakeComplete,
     HandshakeFailed,
     TLSEngine,
 )
-from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
-
-TABLE = {b"AE123456789012-Light@in.provider.com": bytes.fromhex("1a2b3c4d5e6f7a8b")}
-
-
-def server_profile(tls13: bool = True, suites: tuple[str, ...] = PSK_SUITES_TLS) -> TLSProfile:
-    def resolve(identity: bytes) -> tuple[bytes, PeerBinding] | None:
-        key = TABLE.get(identity)
-        if key is None:
-            return None
-        return key, PeerBinding("Clight-AE1", PeerKind.AE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.TLS,
-        server_side=True,
-        ssl_context=new_context(Transport.TLS, server_side=True, suites=suites, tls13=tls13),
-        local_id="/mn-cse-123456",
-        psk_resolver=resolve,
-    )
-
-
-def client_profile(identity: bytes, key: bytes, tls13: bool = True) -> TLSProfile:
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        return identity, key, PeerBinding("/mn-cse-123456", PeerKind.CSE, identity.decode())
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.TLS,
-        server_side=False,
-        ssl_context=new_context(
-            Transport.TLS, server_side=False, suites=PSK_SUITES_TLS, tls13=tls13
-        ),
-        psk_offer=offer,
-        server_name="mn-cse-123456.in.provider.com",
-    )
-
-
-def pump(a: TLSEngine, b: TLSEngine) -> tuple[list[Event], list[Event]]:
-    ea: list[Event] = []
-    eb: list[Event] = []
-    for _ in range(20):
-        moved = False
-        out = a.data_to_send()
-        if out:
-            b.receive_data(out)
-            moved = True
-        out = b.data_to_send()
-        if out:
-            a.receive_data(out)
-            moved = True
-        ea += a.events()
-        eb += b.events()
-        if not moved:
-            break
-    return ea, eb
+from tests.helpers import psk_client_profile, psk_server_profile, pump
 
 
 @pytest.mark.parametrize("tls13", [True, False])
 def test_psk_handshake_binds_both_sides(tls13: bool) -> None:
-    server = TLSEngine(server_profile(tls13))
+    server = TLSEngine(psk_server_profile(tls13))
     client = TLSEngine(
-        client_profile(
+        psk_client_profile(
             b"AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), tls13
         )
     )
@@ -105,9 +49,9 @@ def test_psk_handshake_binds_both_sides(tls13: bool) -> None:
 
 @pytest.mark.parametrize("suite", ["PSK-AES128-CCM8", "PSK-AES128-CBC-SHA256"])
 def test_mandatory_psk_suites_negotiate(suite: str) -> None:
-    server = TLSEngine(server_profile(tls13=False, suites=(suite,)))
+    server = TLSEngine(psk_server_profile(tls13=False, suites=(suite,)))
     client = TLSEngine(
-        client_profile(
+        psk_client_profile(
             b"AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), False
         )
     )
@@ -118,8 +62,8 @@ def test_mandatory_psk_suites_negotiate(suite: str) -> None:
 
 
 def test_unknown_identity_fails_with_reason() -> None:
-    server = TLSEngine(server_profile(False))
-    client = TLSEngine(client_profile(b"nobody@in.provider.com", b"0" * 16, False))
+    server = TLSEngine(psk_server_profile(False))
+    client = TLSEngine(psk_client_profile(b"nobody@in.provider.com", b"0" * 16, False))
     client.start()
     ec, es = pump(client, server)
     fail = next(e for e in es if isinstance(e, HandshakeFailed))
@@ -130,9 +74,9 @@ def test_unknown_identity_fails_with_reason() -> None:
 
 @pytest.mark.parametrize("tls13", [True, False])
 def test_wrong_key_fails_on_both_sides_without_leaking_it(tls13: bool) -> None:
-    server = TLSEngine(server_profile(tls13))
+    server = TLSEngine(psk_server_profile(tls13))
     wrong = bytes.fromhex("ffffffffffffffff")
-    client = TLSEngine(client_profile(b"AE123456789012-Light@in.provider.com", wrong, tls13))
+    client = TLSEngine(psk_client_profile(b"AE123456789012-Light@in.provider.com", wrong, tls13))
     client.start()
     ec, es = pump(client, server)
     reasons = [e.reason for e in ec + es if isinstance(e, HandshakeFailed)]
@@ -144,7 +88,7 @@ def test_wrong_key_fails_on_both_sides_without_leaking_it(tls13: bool) -> None:
 
 
 def test_garbage_fails_cleanly() -> None:
-    server = TLSEngine(server_profile())
+    server = TLSEngine(psk_server_profile())
     server.receive_data(b"\x16\x03\x01\x00\x05hello-this-is-not-tls" * 3)
     events = server.events()
     assert isinstance(events[-1], HandshakeFailed)
@@ -154,7 +98,7 @@ def test_garbage_fails_cleanly() -> None:
 
 
 def test_eof_mid_handshake() -> None:
-    server = TLSEngine(server_profile())
+    server = TLSEngine(psk_server_profile())
     server.receive_data(b"")
     (event,) = server.events()
     assert isinstance(event, HandshakeFailed) and "closed" in event.reason

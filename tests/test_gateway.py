@@ -51,7 +51,8 @@ SNI = "mn-cse-123456.in.provider.com"
 AE1 = ("AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", "Clight-AE1")
 AE2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", "Clight-AE2")
 AE3 = ("AE123456789016-Light@in.provider.com", "00112233445566778899aabbccddeeff", "Clight-AE3")
-# A row with no entity id: the association binds to Credential-ID 12-<KpsaId> (A-13).
+# A row with no entity id binds its association to Credential-ID 12-<KpsaId>
+# (docs/readings.md A-13).
 CRED = ("AE123456789099-Light@in.provider.com", "ffeeddccbbaa99887766554433221100", None)
 # A CSE peer (Mcc): the row binds a CSE-ID.
 MN = ("mn-cse-123456@in.provider.com", "0f0e0d0c0b0a09080706050403020100", "/mn-cse-123456")

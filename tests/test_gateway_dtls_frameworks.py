@@ -182,7 +182,7 @@ async def test_maf_credential_binding_over_dtls_and_unknown_kcid_refused(
         client = CoapClient(assoc)
         try:
             r = await client.request("GET", acme.base, origin="Ctablet")
-            assert r.rsc == 4103  # Credential-ID: register an AE first
+            assert r.rsc == 4103  # Credential-ID: register an AE first (docs/readings.md A-13)
             r = await client.request(
                 "POST", acme.base, origin="C", ty=2, content=ae_content("dtls-tablet")
             )

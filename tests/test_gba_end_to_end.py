@@ -84,7 +84,8 @@ async def test_device_bootstraps_associates_and_registers(acme: AcmeCse, tmp_pat
         assert ctx.key_id == device.bootstrap.btid  # type: ignore[union-attr]
         client = OneM2MClient(conn)
         r = await client.request("GET", acme.base, origin="Cgba-device")
-        assert r.rsc == 4103  # a Credential-ID binding may only register an AE
+        # A Credential-ID binding may only register an AE (docs/readings.md ).
+        assert r.rsc == 4103
         r = await client.request("POST", acme.base, origin="C", content=ae_content("meter"), ty=2)
         assert r.rsc == 2001, r.body
         aei = r.json()["m2m:ae"]["aei"]

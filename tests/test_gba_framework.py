@@ -1,6 +1,6 @@
 """The GBA-based framework (seed 000 8.2.3.2): identities, NAF_Id, Entity A and the NAF.
 
-Identity and NAF_Id tests compare octets typed from the readings (A-01, A-02, A-09) and
+Identity and NAF_Id tests compare octets typed from docs/readings.md (A-01, A-02, A-09) and
 TS 33.220 Annex H. The handshake tests run :class:`GbaDevice` against
 :class:`GbaResponder` over loopback TCP. Most use ``StandInZn``, a stand-in for the BSF's
 Zn answer that derives Ks_NAF from the same Ks with :mod:`m2msec.crypto.gba` (so the NAF

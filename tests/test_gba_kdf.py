@@ -102,7 +102,7 @@ def test_the_key_depends_on_every_input() -> None:
         gba.ks_ext_naf(bytes(32), RAND, IMPI, naf),
         gba.ks_ext_naf(KS, bytes(16), IMPI, naf),
         gba.ks_ext_naf(KS, RAND, IMPI + "x", naf),
-        gba.ks_ext_naf(KS, RAND, IMPI, other_suite),  # READINGS A-09
+        gba.ks_ext_naf(KS, RAND, IMPI, other_suite),  # docs/readings.md A-09
     ]
     assert base not in variants
     assert len(set(variants)) == len(variants)

@@ -130,7 +130,7 @@ def test_tr0038_c_stem_under_mn_cse() -> None:
     assert stem.stem == "Clight-AE1"
     assert stem.registrar == MN
     assert stem.sp_relative() == "/mn-cse-123456/Clight-AE1"
-    assert str(stem) == "Clight-AE1"  # stored as given
+    assert str(stem) == "Clight-AE1"  # stored as given (docs/readings.md A-14)
     assert stem == rel and hash(stem) == hash(rel)
     assert str(rel) == "/mn-cse-123456/Clight-AE1"
 

@@ -32,7 +32,7 @@ from m2msec.servers.gateway import Gateway
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
 from tests.acme import AcmeCse, acme_fixture, ae_content
-from tests.interop import Completed, require, run, spawn
+from tests.interop import Completed, free_udp_port, require, run, spawn
 
 pytestmark = pytest.mark.interop
 
@@ -59,13 +59,6 @@ ROWS = {
     "cli": ("AE123456789023-Lamp@in.provider.com", "oneM2M-Kpsa-libcoap-cli-0001", "Ccoap-cli"),
 }
 CODE = re.compile(r"v:1 t:(?:ACK|CON|NON) c:(\d\.\d\d) ")
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from tests.interop import (
     TR0038_KPSA_HEX,
     TR0038_KPSA_ID,
     Program,
+    ServerUnderTest,
     free_port,
     keying_material,
     run,
@@ -71,21 +72,8 @@ class Seen:
 
 
 @dataclass
-class Responder:
-    server: TLSServer
+class Responder(ServerUnderTest):
     sessions: list[Seen] = field(default_factory=list)
-    refusals: list[str] = field(default_factory=list)
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    async def wait_refusals(self, n: int) -> None:
-        for _ in range(int(STEP / 0.02)):
-            if len(self.refusals) >= n:
-                return
-            await asyncio.sleep(0.02)
-        pytest.fail(f"expected {n} refusals, server reported {self.refusals}")
 
 
 @pytest.fixture
@@ -312,7 +300,7 @@ async def test_our_initiator_to_openssl_s_server(
         "openssl", "s_server", "-accept", f"{HOST}:{port}", "-nocert", "-naccept", "1",
         # s_server refuses any psk_identity but this one: it checks what we send.
         "-psk_identity", TR0038_KPSA_ID, "-psk", TR0038_KPSA_HEX,
-        # A hint our initiator must ignore (READINGS A-29); TLS 1.2 only sends it.
+        # A hint our initiator must ignore (docs/readings.md A-29); TLS 1.2 only sends it.
         "-psk_hint", "ignore-this-hint",
         "-keymatexport", EXPORT_LABEL, "-keymatexportlen", str(EXPORT_LEN), *args,
     ]

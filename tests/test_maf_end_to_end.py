@@ -173,7 +173,7 @@ async def test_expired_kc_fails_and_entity_a_recovers_by_itself(world: World) ->
     r = await client.request("GET", world.acme.base, origin="Csmartphone")
     assert r.rsc in (2000, 4103)  # ACME's own access rules; what matters is it got through
     await asyncio.sleep((stale.expires - datetime.now(UTC)).total_seconds() + 0.5)
-    # The open association outlived its Kc: its next request is refused (READINGS A-16).
+    # The open association outlived its Kc: its next request is refused (docs/readings.md A-16).
     r = await client.request("GET", world.acme.base, origin="Csmartphone")
     assert r.rsc == 4107
     await client.close()

@@ -514,7 +514,7 @@ async def test_retrieval_returns_kc_and_metadata_and_caches(world: World) -> Non
         assert got.km_id == KmId.parse(SMARTPHONE[0]).canonical
         assert got.entity_id == "Csmartphone" and got.suid == 32
         assert issued.kc.hex() not in repr(got)
-        # Upper-case hexBinary names the same key (READINGS A-05): served from the cache.
+        # Upper-case hexBinary names the same key (docs/readings.md A-05): served from the cache.
         upper = f"{issued.kc_id.relative_hex.upper()}@{MAF_FQDN.upper()}"
         assert (await retriever.retrieve(upper)).kc == issued.kc
         assert world.maf.retrievals == 1 and retriever.stats.cache_hits == 1
@@ -677,7 +677,7 @@ async def test_refused_kc_triggers_a_fresh_maf_handshake(world: World, entity_b:
     stale = initiator.current
     assert stale is not None
     world.clock.advance(40)
-    # Plain TLS-PSK with the old Kc now fails: Entity B refuses it (READINGS A-16) ...
+    # Plain TLS-PSK with the old Kc now fails: Entity B refuses it (docs/readings.md A-16) ...
     with pytest.raises(HandshakeError):
         await connect(HOST, entity_b.port, initiator.profile(stale))
     # ... and the initiator recovers by itself: fresh MAF Handshake, one retry.

@@ -110,7 +110,8 @@ def test_zoned_expiration_time_is_refused_4000(zoned: str) -> None:
     ("text", "canonical"),
     [
         ("//in.provider.com/in-cse", "//in.provider.com/in-cse"),
-        ("//IN.Provider.com/IN-CSE", "//in.provider.com/in-cse"),  # DNS carries no case
+        # DNS carries no letter case (docs/readings.md A-05).
+        ("//IN.Provider.com/IN-CSE", "//in.provider.com/in-cse"),
         ("/in-cse", "//in.provider.com/in-cse"),
         ("in-cse", "//in.provider.com/in-cse"),
         ("/mn-cse/Clight-AE1", "//in.provider.com/mn-cse/Clight-AE1"),

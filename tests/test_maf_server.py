@@ -402,7 +402,7 @@ async def test_key_retrieval_rules(maf: Maf) -> None:
     response = await register(a, key_reg(hours=1))
     rel = response.json()["mafKeyReg"]["relativeKeyID"]
     b = await maf.b()
-    ok = await retrieve(b, rel.upper())  # hexBinary in either case
+    ok = await retrieve(b, rel.upper())  # hexBinary in either case (docs/readings.md A-05)
     assert ok.rsc == 2000 and ok.json()["mafKey"]["keyValue"] == exported(a.conn)[1].hex()
     # An allowed Entity B that is not the key's target.
     other = await maf.b("/in-cse2")

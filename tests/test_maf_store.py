@@ -104,7 +104,7 @@ def test_client_validation(
 
 
 def test_gba_btid_as_km_id_is_taken_verbatim(store: MafStore) -> None:
-    # READINGS A-25: a B-TID (base64 with '+', '/', '=') as KmId.
+    # docs/readings.md A-25: a B-TID (base64 with '+', '/', '=') as KmId.
     btid = "dGVzdA+/=@bsf.in.provider.com"
     assert parse_km_id(btid).verbatim
     store.add_client(btid, KM)

@@ -13,7 +13,7 @@ from m2msec.store import SqlitePskStore
 from m2msec.store.base import PskEntry
 from m2msec.tls.context import Framework, PeerKind
 from m2msec.tls.engine import HandshakeComplete, HandshakeFailed, TLSEngine
-from tests.test_engine import pump
+from tests.helpers import pump
 
 AE1 = ("AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), "Clight-AE1")
 AE2 = ("AE123456789015-Light@in.provider.com", bytes.fromhex("12345678abcdefab"), "Clight-AE2")

@@ -16,10 +16,10 @@ from m2msec.errors import HandshakeError
 from m2msec.tls.aio import TLSConnection, TLSServer, connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.engine import HandshakeComplete, HandshakeFailed, PskLookupNeeded, TLSEngine
-from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
+from m2msec.tls.profiles import TLSProfile
 from m2msec.tls.psk_sniff import MAX_IDENTITIES, PskIdentitySniffer
+from tests.helpers import psk_client_profile, psk_server_profile, pump
 from tests.interop import HOST, keying_material, spawn
-from tests.test_engine import client_profile, pump
 
 IDENTITY = b"0123456789abcdef0123456789abcdef@maf.provider.com"
 KEY = bytes(range(32))
@@ -45,16 +45,12 @@ def async_profile(
             return None
         return key, PeerBinding("Csmartphone", PeerKind.AE, identity.decode())
 
-    return TLSProfile(
+    return psk_server_profile(
+        tls13,
         framework=Framework.MAF,
-        transport=Transport.TLS,
-        server_side=True,
-        ssl_context=new_context(
-            Transport.TLS, server_side=True, suites=PSK_SUITES_TLS, tls13=tls13
-        ),
         local_id="/id-in",
-        psk_async_resolver=resolve,
-        psk_hint=hint,
+        async_resolver=resolve,
+        hint=hint,
     )
 
 
@@ -63,11 +59,9 @@ def async_profile(
 
 def _client_flights(tls13: bool) -> list[bytes]:
     """The bytes an OpenSSL PSK client sends, flight by flight, against a sync server."""
-    from tests.test_engine import server_profile
-
-    server = TLSEngine(server_profile(tls13))
+    server = TLSEngine(psk_server_profile(tls13))
     client = TLSEngine(
-        client_profile(
+        psk_client_profile(
             b"AE123456789012-Light@in.provider.com", bytes.fromhex("1a2b3c4d5e6f7a8b"), tls13
         )
     )
@@ -124,7 +118,7 @@ def test_sniffer_bounds_tls13_identities() -> None:
 @pytest.mark.parametrize("tls13", [False, True])
 def test_engine_holds_bytes_until_the_psk_is_provided(tls13: bool) -> None:
     server = TLSEngine(async_profile({}, tls13=tls13))
-    client = TLSEngine(client_profile(IDENTITY, KEY, tls13))
+    client = TLSEngine(psk_client_profile(IDENTITY, KEY, tls13))
     client.start()
     ea, eb = pump(client, server)
     lookups = [e for e in eb if isinstance(e, PskLookupNeeded)]
@@ -150,7 +144,7 @@ def test_engine_refusal_from_the_async_resolver(
     answer: HandshakeError | None, reason: str
 ) -> None:
     server = TLSEngine(async_profile({}, tls13=False))
-    client = TLSEngine(client_profile(IDENTITY, KEY, tls13=False))
+    client = TLSEngine(psk_client_profile(IDENTITY, KEY, tls13=False))
     client.start()
     pump(client, server)
     server.provide_psk(IDENTITY, answer)
@@ -186,7 +180,10 @@ async def test_slow_resolver_does_not_block_other_handshakes(tls13: bool) -> Non
     )
     try:
         conns = await asyncio.gather(
-            *(connect(HOST, server.port, client_profile(IDENTITY, KEY, tls13)) for _ in range(5))
+            *(
+                connect(HOST, server.port, psk_client_profile(IDENTITY, KEY, tls13))
+                for _ in range(5)
+            )
         )
         for conn in conns:
             assert conn.context.peer_id == "/mn-cse-123456"
@@ -194,10 +191,10 @@ async def test_slow_resolver_does_not_block_other_handshakes(tls13: bool) -> Non
         assert peers == ["Csmartphone"] * 5
         assert {identity for identity, _ in seen} == {IDENTITY}
         with pytest.raises(HandshakeError):
-            await connect(HOST, server.port, client_profile(b"refuse-me", KEY, tls13))
+            await connect(HOST, server.port, psk_client_profile(b"refuse-me", KEY, tls13))
         with pytest.raises(HandshakeError):
-            await connect(HOST, server.port, client_profile(IDENTITY, bytes(32), tls13))
-        conn = await connect(HOST, server.port, client_profile(IDENTITY, KEY, tls13))
+            await connect(HOST, server.port, psk_client_profile(IDENTITY, bytes(32), tls13))
+        conn = await connect(HOST, server.port, psk_client_profile(IDENTITY, KEY, tls13))
         await conn.close()
     finally:
         await server.close()
@@ -219,7 +216,7 @@ async def test_resolver_that_hangs_ends_in_the_handshake_timeout() -> None:
     await server.start(HOST, 0)
     try:
         with pytest.raises(HandshakeError):
-            await connect(HOST, server.port, client_profile(IDENTITY, KEY, False), timeout=3)
+            await connect(HOST, server.port, psk_client_profile(IDENTITY, KEY, False), timeout=3)
     finally:
         await server.close()
     assert reasons == ["handshake timed out"]

@@ -2,7 +2,7 @@
 
 A resumed handshake skips the callbacks that bind the peer's identity, so the server
 must take the identity from what it recorded at the full handshake, and re-validate it:
-the key must still be valid (READINGS A-16) and, for the provisioned PSK, the
+the key must still be valid (docs/readings.md A-16) and, for the provisioned PSK, the
 psk-lookup-table row must still exist and bind the same entity. A session that fails
 falls back to a full handshake.
 
@@ -30,13 +30,11 @@ from m2msec.tls.dtls import (
     DTLSEngine,
     DTLSServer,
     PeerDataReceived,
-    PeerEvent,
     PeerFailed,
     PeerHandshakeComplete,
 )
-from m2msec.tls.engine import Event, HandshakeComplete, TLSEngine
+from m2msec.tls.engine import HandshakeComplete, TLSEngine
 from m2msec.tls.profiles import (
-    PSK_SUITES_DTLS,
     PSK_SUITES_TLS,
     TLSProfile,
     Transport,
@@ -50,6 +48,8 @@ from m2msec.tls.sessions import (
     enable_resumption,
 )
 from tests import interop
+from tests.helpers import DatagramPump, psk_client_profile, psk_server_profile
+from tests.interop import wait_until
 
 IDENTITY = "AE123456789012-Light@in.provider.com"
 KEY = bytes.fromhex("1a2b3c4d5e6f7a8b")
@@ -83,60 +83,29 @@ def table() -> Table:
     )
 
 
-def server_profile(t: Table, transport: Transport = Transport.DTLS, **kw: object) -> TLSProfile:
-    suites = PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=transport,
-        server_side=True,
-        ssl_context=new_context(transport, server_side=True, suites=suites, **kw),  # type: ignore[arg-type]
-        local_id="/mn-cse-123456",
-        psk_resolver=t.resolve,
-    )
+def server_profile(t: Table, transport: Transport = Transport.DTLS, **kw: bool) -> TLSProfile:
+    return psk_server_profile(transport=transport, resolver=t.resolve, **kw)
 
 
 def client_profile(
     transport: Transport = Transport.DTLS, offers: list[bytes] | None = None
 ) -> TLSProfile:
-    suites = PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
-    identity, key = IDENTITY, KEY
-
-    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        if offers is not None:
-            offers.append(identity.encode())
-        return identity.encode(), key, PeerBinding("/mn-cse-123456", PeerKind.CSE, identity)
-
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=transport,
-        server_side=False,
-        ssl_context=new_context(transport, server_side=False, suites=suites, tls13=False),
-        psk_offer=offer,
+    return psk_client_profile(
+        IDENTITY.encode(), KEY, False, transport=transport, offers=offers, server_name=None
     )
 
 
 # -- sans-IO DTLS ----------------------------------------------------------------------------
-class Run:
+class Run(DatagramPump):
     """One DTLS association between a fresh client engine and ``server``."""
 
     def __init__(self, server: DTLSServer, client: DTLSEngine, addr: tuple[str, int]) -> None:
-        self.server, self.client, self.addr = server, client, addr
-        self.client_events: list[Event] = []
-        self.server_events: list[PeerEvent] = []
+        super().__init__(client, server, addr)
         client.start()
         self.pump()
 
     def pump(self) -> None:
-        for _ in range(30):
-            out = self.client.datagrams_to_send()
-            for d in out:
-                for answer, to in self.server.datagram_received(d, self.addr):
-                    assert to == self.addr
-                    self.client.receive_datagram(answer)
-            self.client_events += self.client.events()
-            self.server_events += self.server.events()
-            if not out:
-                return
+        self.run(rounds=30)
 
     @property
     def server_context(self) -> SecurityContext | None:
@@ -241,7 +210,7 @@ def test_dtls_resumption_refused_after_the_key_expired_then_full_handshake() -> 
     first.close()
     time.sleep(0.6)
     # The key was re-provisioned with a later expiry: the session made under the old one
-    # is not resumed (READINGS A-16); a full handshake binds the row as it is now.
+    # is not resumed (docs/readings.md A-16); a full handshake binds the row as it is now.
     later = datetime.now(UTC) + timedelta(hours=1)
     t.rows[IDENTITY.encode()] = (KEY, "Clight-AE1", later)
     lookups = t.lookups
@@ -454,13 +423,6 @@ async def _dtls_server(t: Table, contexts: list[SecurityContext], failures: list
     )
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.interop
 async def test_openssl_s_client_dtls_sess_out_sess_in(tmp_path: Path) -> None:
     t = table()
@@ -470,10 +432,10 @@ async def test_openssl_s_client_dtls_sess_out_sess_in(tmp_path: Path) -> None:
     async with await _dtls_server(t, contexts, failures) as srv:
         first = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_out", str(sess)))
         assert re.search(r"^New, ", first.output, re.M), first.describe()
-        await wait_for(lambda: srv.server.peer_count == 0)
+        await wait_until(lambda: srv.server.peer_count == 0, "srv.server.peer_count == 0", 5.0)
         second = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_in", str(sess)))
         assert re.search(r"^Reused, ", second.output, re.M), second.describe()
-        await wait_for(lambda: len(contexts) == 2)
+        await wait_until(lambda: len(contexts) == 2, "len(contexts) == 2", 5.0)
     assert [c.resumed for c in contexts] == [False, True]
     assert contexts[0].peer_id == contexts[1].peer_id == "Clight-AE1"
     assert contexts[1].key_id == IDENTITY and not failures
@@ -488,11 +450,11 @@ async def test_openssl_s_client_refused_resumption_after_row_removed(tmp_path: P
     async with await _dtls_server(t, contexts, failures) as srv:
         first = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_out", str(sess)))
         assert re.search(r"^New, ", first.output, re.M), first.describe()
-        await wait_for(lambda: srv.server.peer_count == 0)
+        await wait_until(lambda: srv.server.peer_count == 0, "srv.server.peer_count == 0", 5.0)
         del t.rows[IDENTITY.encode()]
         second = await interop.run(s_client(srv.port, *OPENSSL_DTLS, "-sess_in", str(sess)))
         assert not re.search(r"^Reused, ", second.output, re.M), second.describe()
-        await wait_for(lambda: bool(failures))
+        await wait_until(lambda: bool(failures), "bool(failures)", 5.0)
     assert len(contexts) == 1
     assert failures == [f"unknown or expired psk_identity {IDENTITY!r}"]
 
@@ -510,7 +472,7 @@ async def test_gnutls_cli_udp_resume() -> None:
         ]  # fmt: skip
         done = await interop.run(argv, timeout=20)
         assert "This is a resumed session" in done.output, done.describe()
-        await wait_for(lambda: len(contexts) == 2)
+        await wait_until(lambda: len(contexts) == 2, "len(contexts) == 2", 5.0)
     assert [c.resumed for c in contexts] == [False, True]
     assert {c.peer_id for c in contexts} == {"Clight-AE1"} and not failures
 
@@ -536,7 +498,7 @@ async def test_openssl_s_client_tls_reconnect(version: str) -> None:
     server = await _tls_server(profile, contexts)
     try:
         done = await interop.run(s_client(server.port, version, "-reconnect"), timeout=20)
-        await wait_for(lambda: len(contexts) == 6)
+        await wait_until(lambda: len(contexts) == 6, "len(contexts) == 6", 5.0)
     finally:
         await server.close()
     # -reconnect: one full handshake, five resumed. (s_client calls a TLS 1.3 external

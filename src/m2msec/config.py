@@ -14,8 +14,8 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     max_associations_per_credential = 64  # live associations of one key; more are refused
     request_head_timeout = 10.0           # seconds from a head's first byte to its end: 408
     max_body = 1048576                    # octets
-    tls13 = true                          # offer TLS 1.3 beside 1.2 (READINGS A-03)
-    require_sni = false                   # strict SNI (READINGS A-11)
+    tls13 = true                          # offer TLS 1.3 beside 1.2 (docs/readings.md A-03)
+    require_sni = false                   # strict SNI (docs/readings.md A-11)
     backend_timeout = 10.0                # seconds, per forwarded request
     idle_timeout = 120.0                  # seconds a keep-alive connection may idle
     coap_response_options = true          # oneM2M-RSC/-RQI/... in CoAP answers (see below)
@@ -29,7 +29,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     cert = "gateway.pem"                  # relative paths: from the config file's folder
     key = "gateway.key"
     ca = "ca.pem"
-    allowed = ["Clight-AE1"]              # optional IdA list (READINGS A-30)
+    allowed = ["Clight-AE1"]              # optional IdA list (docs/readings.md A-30)
     crl = "crl.pem"                       # optional CRL file, reloaded when it changes
 
     [gba]                                 # the gateway as NAF, seed 000 8.2.3.2 (legacy)

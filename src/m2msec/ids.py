@@ -10,9 +10,9 @@ Formats and where they come from:
 * KeID ``hexBinary(RelativeKeID)@MEF-FQDN``: TS-0003 10.3.4.
 * MAF Key Identifier ``hexBinary(KcID)@MAF-FQDN`` (:class:`KcId`): TS-0003 10.3.5.
 
-Comparison (READINGS A-05): KpsaID compares octet-exact; KmID's relative part and every
+Comparison (docs/readings.md A-05): KpsaID compares octet-exact; KmID's relative part and every
 other FQDN part compare case-insensitively; hexBinary is emitted in lower case and
-accepted in either case. Identifiers derived from GBA (READINGS A-25: KmID = KpsaID =
+accepted in either case. Identifiers derived from GBA (docs/readings.md A-25: KmID = KpsaID =
 B-TID) may be built with ``verbatim=True``, which skips the 10.5/10.6/10.4 character
 check (any visible ASCII is then allowed) but keeps the length and FQDN checks.
 
@@ -191,7 +191,7 @@ class AeId:
     M2M-SP). ``cse`` is the bare SP-relative id of the registrar, known for C-stems only
     (the registrar is not part of an S-stem AE-ID). ``sp_fqdn`` is set for the absolute
     form. ``as_stem`` records that the text was a bare stem so that ``str()`` gives it back
-    (READINGS A-14: store as given); it does not take part in equality, so ``Clight-AE1``
+    (docs/readings.md A-14: store as given); it does not take part in equality, so ``Clight-AE1``
     under ``mn-cse-123456`` equals ``/mn-cse-123456/Clight-AE1``.
     """
 
@@ -354,7 +354,7 @@ def _check_psk_length(kind: str, text: str) -> None:
 class KpsaId:
     """KpsaID = ``Issuer_Relative_KpsaID@Issuer-FQDN`` (TS-0003 10.5).
 
-    Compared octet-exact, FQDN included (READINGS A-05): it is the psk_identity.
+    Compared octet-exact, FQDN included (docs/readings.md A-05): it is the psk_identity.
     """
 
     relative: str
@@ -517,7 +517,7 @@ class CredIdType(IntEnum):
 class CredentialId:
     """Credential-ID = ``typeID '-' value`` (TS-0003 10.4), compared exactly.
 
-    ``verbatim`` (READINGS A-25) skips the value character check, for GBA-derived ids.
+    ``verbatim`` (docs/readings.md A-25) skips the value character check, for GBA-derived ids.
     """
 
     type_id: CredIdType

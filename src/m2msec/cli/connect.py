@@ -35,7 +35,7 @@ from m2msec.tls.profiles import TLSProfile, Transport
 
 
 def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | None:
-    """The SNI to send when ``--servername`` is not given (READINGS A-11, A-12).
+    """The SNI to send when ``--servername`` is not given (docs/readings.md A-11, A-12).
 
     A host name in the URL is sent as is, as s_client does; for an IP-address URL with a
     CSE-ID as IdB it is the CSE public domain name ``<CSE-ID>.<IN domain>`` (TS-0001

@@ -13,7 +13,7 @@
 * NAF_Id = NAF FQDN || Ua security protocol identifier (4.5.2, Annex H): five octets,
   ``01 00 00 00 02`` for HTTP Digest (RFC 3310 based Ua, H.3), ``01 00 01 yy zz`` for
   shared-key TLS with the cipher suite ``yy zz`` (H.2). The NAF FQDN is written in lower
-  case without a trailing dot: DNS names compare case-insensitively (READINGS A-05), and
+  case without a trailing dot: DNS names compare case-insensitively (docs/readings.md A-05), and
   both ends must feed the same octets into the KDF (our choice; the spec has no rule).
 * B-TID = base64(RAND) "@" BSF server domain name (4.5.2, an NAI per RFC 4282).
 

@@ -5,7 +5,7 @@ length 48 and no context value (none is given by the specification; in TLS 1.2 "
 context" differs from an empty one). The 48 octets split into a 16-octet relative key ID
 (the "16 most significant bytes") and a 32-octet key (the "32 least significant bytes").
 We read the output as a big-endian number, so ID = output[0:16] and key = output[16:48]
-(NOTES, READINGS A-04):
+(NOTES, docs/readings.md A-04):
 
 * ``EXPORTER-oneM2M-Bootstrap``: Ke and RelativeKeID (Enrolee <-> MEF, 8.3.1.2);
 * ``EXPORTER-oneM2M-Connection``: Kc and KcID (Entity A <-> MAF, 8.8.2.7);

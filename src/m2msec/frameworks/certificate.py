@@ -11,7 +11,7 @@ module then checks what 8.1.2.5 asks beyond the chain and binds the session:
   public domain name of a CSE-ID as a dNSName, the Absolute AE-ID as a URI, or the FQDN of
   a MAF/MEF. It binds the session to IdB (8.2.2.2).
 * Entity B (:class:`CertificateResponder`) reads Entity A's identity from its certificate
-  (8.2.2.2, READINGS A-30): a CSE-ID certificate binds the CSE-ID, an AE-ID certificate the
+  (8.2.2.2, docs/readings.md A-30): a CSE-ID certificate binds the CSE-ID, an AE-ID certificate the
   AE-ID. When allowed identities (IdA) are configured, the identity read must be one of
   them, or the handshake fails.
 
@@ -19,7 +19,7 @@ How identities are written in certificates (10.1.1.5, 10.1.1.7, 10.1.1.6):
 
 * CSE-ID certificate: the CSE's public domain name ``<CSE-ID>.<IN public domain>``
   (TS-0001 6.5.1.1) as a dNSName, e.g. ``mn-cse-123456.in.provider.com``. Compared as an
-  FQDN, case-insensitively (READINGS A-05).
+  FQDN, case-insensitively (docs/readings.md A-05).
 * AE-ID certificate: "the full URI representation of the AE-ID" as a URI, matched
   "exactly" against the Absolute AE-ID (8.1.2.5), so the URI is the Absolute AE-ID itself,
   ``//{M2M-SP FQDN}/{CSE-ID}/{C-stem}`` or ``//{M2M-SP FQDN}/{S-stem}`` (TS-0001 table
@@ -29,7 +29,7 @@ How identities are written in certificates (10.1.1.5, 10.1.1.7, 10.1.1.6):
   accepted, 8.1.2.5).
 
 Wildcards are never accepted (10.1.1.5-10.1.1.8): a certificate carrying one is refused.
-Identities bind in their SP-relative form (READINGS A-14) when they belong to the local
+Identities bind in their SP-relative form (docs/readings.md A-14) when they belong to the local
 M2M-SP (``sp_fqdn``, by default the IN public domain), in absolute form otherwise.
 
 The key identifier of a certificate-based association is the SHA-256 fingerprint of the
@@ -169,7 +169,7 @@ def _check_signature_hash(cert: x509.Certificate) -> None:
 
 
 def _normal(entity: EntityId, sp_fqdn: str) -> str:
-    """SP-relative form for the local M2M-SP (READINGS A-14), absolute for another SP."""
+    """SP-relative form for the local M2M-SP (docs/readings.md A-14), absolute for another SP."""
     if entity.sp_fqdn is not None and entity.sp_fqdn.lower() != sp_fqdn.lower():
         return str(entity)
     return entity.sp_relative()
@@ -435,7 +435,7 @@ def _own_identity(
 
 
 def _same(a: str, b: str, kind: PeerKind) -> bool:
-    # A CSE-ID travels in a DNS name, which carries no letter case (READINGS A-05).
+    # A CSE-ID travels in a DNS name, which carries no letter case (docs/readings.md A-05).
     return a.lower() == b.lower() if kind is PeerKind.CSE else a == b
 
 
@@ -517,7 +517,7 @@ class CertificateResponder:
     ``in_domain`` is the IN public domain under which CSE public domain names are read;
     ``sp_fqdn`` the local M2M-SP FQDN (default ``in_domain``). ``allowed`` is the optional
     configured IdA: AE-IDs and CSE-IDs (any form; bare C-stems are read under
-    ``local_id``), one of which the certificate must name (READINGS A-30). ``services``
+    ``local_id``), one of which the certificate must name (docs/readings.md A-30). ``services``
     lists MAF/MEF FQDNs accepted as clients (10.1.1.6); they bind as
     :attr:`PeerKind.SERVICE`. ``local_id`` defaults to the identity in our certificate.
     """
@@ -552,7 +552,7 @@ class CertificateResponder:
         if allowed is not None:
             registrar = None
             if self.local_id is not None and self.local_id.startswith("/"):
-                # Bare C-stems are read under us, their registrar (READINGS A-14).
+                # Bare C-stems are read under us, their registrar (docs/readings.md A-14).
                 local = parse_entity_id(self.local_id)
                 registrar = local if isinstance(local, CseId) else None
             self.allowed = {}
@@ -659,7 +659,7 @@ class CertificateInitiator:
     ``id_b`` is IdB, an AE-ID or CSE-ID (use :meth:`for_service` for a MAF or MEF). The
     server's certificate must name exactly IdB (8.1.2.5): a CSE-ID's public domain name
     under ``in_domain`` as a dNSName, or an AE-ID's Absolute AE-ID as a URI. The SNI is
-    ``server_name``, by default the CSE's public domain name (READINGS A-11, A-12); an
+    ``server_name``, by default the CSE's public domain name (docs/readings.md A-11, A-12); an
     AE as IdB (the SA2 case of 8.2.1) has no default SNI.
     """
 
@@ -740,7 +740,7 @@ class CertificateInitiator:
             if "*" in value:
                 raise CertificateError(f"certificate names a wildcard ({value}): refused (10.1.1)")
             if self._dns is not None:
-                # 8.1.2.5: an exact FQDN match (case-insensitive per READINGS A-05); an
+                # 8.1.2.5: an exact FQDN match (case-insensitive per docs/readings.md A-05); an
                 # FQDN certificate may also carry the FQDN as a URI.
                 dns_like = isinstance(name, x509.DNSName) or self.kind is PeerKind.SERVICE
                 if dns_like and value.lower() == self._dns.lower():

@@ -11,10 +11,10 @@ The handshake (TS 33.222 5.4, TS 24.109 Annex F, seed 000 8.2.3.2):
 1. Entity A offers PSK suites and names Entity B in server_name (SNI = B's host name).
 2. Entity B picks a suite (ServerHello) and sends the identity hint ``3GPP-bootstrapping``
    in ServerKeyExchange, or ``3GPP-bootstrapping-uicc`` when its policy requires GBA_U
-   with Ks_int_NAF (READINGS A-08).
+   with Ks_int_NAF (docs/readings.md A-08).
 3. Entity A (re)uses a valid Ks, or bootstraps first (the Centralized Key Distribution
    Server Handshake), computes NAF_Id = B's host name || 01 00 01 yy zz with ``yy zz`` the
-   suite of the ServerHello (TS 33.220 Annex H, READINGS A-09) and Kc = Ks_ext_NAF
+   suite of the ServerHello (TS 33.220 Annex H, docs/readings.md A-09) and Kc = Ks_ext_NAF
    (= Ks_NAF of GBA_ME), or Ks_int_NAF when its ``uicc`` flag is set, and sends the
    psk_identity ``3GPP-bootstrapping;<B-TID>`` (``-uicc`` prefix with the flag).
 4. Entity B parses the identity (:func:`parse_identity`), computes NAF_Id from its own
@@ -117,7 +117,7 @@ def _check_btid(btid: str) -> str:
     if btid[0] in ";.":
         raise IdentifierError(
             f"B-TID {btid[:80]!r} starts with a separator: exactly one ';' or '.' follows "
-            "the prefix (READINGS A-01)"
+            "the prefix (docs/readings.md A-01)"
         )
     local, sep, domain = btid.rpartition("@")
     if not sep or not local:
@@ -137,7 +137,7 @@ def parse_identity(identity: bytes) -> tuple[str, bool]:
 
     The longer prefix ``3GPP-bootstrapping-uicc`` is tried first, then exactly one
     separator, ";" or ".", and the rest is the B-TID, whose domain has dots of its own
-    (READINGS A-01). Prefixes are compared as octets: only the ASCII hyphen 0x2D (A-02).
+    (docs/readings.md A-01). Prefixes are compared as octets: only the ASCII hyphen 0x2D (A-02).
     """
     for prefix, uicc in _PREFIXES:
         sep = identity[len(prefix) : len(prefix) + 1]
@@ -152,12 +152,12 @@ def parse_identity(identity: bytes) -> tuple[str, bool]:
     if any(h in text for h in _LOOKALIKE_HYPHENS):
         raise IdentifierError(
             f"psk_identity {text!r} uses a non-ASCII hyphen; the GBA prefix is "
-            "'3GPP-bootstrapping' with ASCII 0x2D (READINGS A-02)"
+            "'3GPP-bootstrapping' with ASCII 0x2D (docs/readings.md A-02)"
         )
     if identity.startswith(HINT):
         raise IdentifierError(
             f"psk_identity {text!r}: the GBA prefix must be followed by exactly one ';' or '.' "
-            "and the B-TID (READINGS A-01)"
+            "and the B-TID (docs/readings.md A-01)"
         )
     raise IdentifierError(f"psk_identity {text!r} has no 3GPP-bootstrapping prefix")
 
@@ -220,7 +220,7 @@ def device_naf_key(
     """Kc of Entity A for NAF ``naf_fqdn`` and the negotiated suite (TS 33.220 B.3).
 
     Ks_int_NAF with ``uicc`` (GBA_U, the application in the UICC), else Ks_ext_NAF
-    (which is Ks_NAF with GBA_ME): seed 000 8.2.3.2, READINGS A-07, A-08.
+    (which is Ks_NAF with GBA_ME): seed 000 8.2.3.2, docs/readings.md A-07, A-08.
     """
     nid = gba_naf_id(naf_fqdn, cipher_suite)
     derive = ks_int_naf if uicc else ks_ext_naf
@@ -279,7 +279,7 @@ class GbaResponder:
     ``zn`` fetches NAF keys from the BSF (:class:`m2msec.gba.zn.ZnClient`). ``naf_fqdn``
     is this NAF's FQDN, the host name clients put in SNI (for a CSE, its public domain
     name). With ``require_uicc`` the hint is ``3GPP-bootstrapping-uicc`` and identities
-    with the plain prefix are refused (READINGS A-08).
+    with the plain prefix are refused (docs/readings.md A-08).
 
     Keys are cached per (B-TID, NAF_Id, GBA_U) until they expire, so a device that
     reconnects costs no Zn round trip; concurrent handshakes with the same B-TID share one
@@ -344,7 +344,9 @@ class GbaResponder:
                 f"B-TID {btid!r} was offered with the plain prefix"
             )
         if cipher_suite is None:
-            raise HandshakeError("GBA needs TLS 1.2 (no identity hint in TLS 1.3, READINGS A-03)")
+            raise HandshakeError(
+                "GBA needs TLS 1.2 (no identity hint in TLS 1.3, docs/readings.md A-03)"
+            )
         nid = gba_naf_id(self.naf_fqdn, cipher_suite)
         slot = (btid, nid, uicc)
         now = self._clock()
@@ -442,7 +444,7 @@ class GbaDevice:
 
     ``usim`` is the USIM-like credential (:class:`m2msec.gba.aka.Usim`), ``impi`` the
     subscriber's private identity and ``bsf_url`` the BSF's Ub address (``http://...``).
-    ``uicc`` selects GBA_U with Ks_int_NAF and the ``-uicc`` prefix (READINGS A-08).
+    ``uicc`` selects GBA_U with Ks_int_NAF and the ``-uicc`` prefix (docs/readings.md A-08).
 
     A valid bootstrap is reused (no Ub run) until ``renew_before`` ahead of its expiry;
     ``bootstrap`` seeds it (e.g. from disk) and ``on_bootstrap`` is told of each new one

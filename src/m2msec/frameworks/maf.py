@@ -18,14 +18,14 @@ of the IN-CSE, acting as Target MAF Client).
 * **Association** (8.2.2.3): :class:`MafInitiator` (Entity A) runs TLS-PSK with Entity B,
   psk_identity = KcId, psk = Kc, and binds the session to its configured IdB. It reuses a
   valid Kc; once the Kc is past its lifetime, or a handshake with it fails in a way that
-  says Entity B refused it (READINGS A-16), it runs a fresh MAF Handshake and Key
+  says Entity B refused it (docs/readings.md A-16), it runs a fresh MAF Handshake and Key
   Registration by itself and retries once.
-* **Key Retrieval** (8.8.2.8, READINGS A-17): :class:`MafKeyRetriever` (Entity B) reads
+* **Key Retrieval** (8.8.2.8, docs/readings.md A-17): :class:`MafKeyRetriever` (Entity B) reads
   the MAF-FQDN from the KcId, picks that MAF's address from its configuration and asks
   for the RelativeKeyID over mutual TLS with certificates (8.2.2.2 credentials; the MAF's
   certificate must name its FQDN, 10.1.1.6). Answers are cached until the Kc expires
   (bounded LRU); concurrent lookups of the same KcId share one request.
-* **Entity B's binding** (8.2.2.3, READINGS A-06): :class:`MafResponder` resolves the
+* **Entity B's binding** (8.2.2.3, docs/readings.md A-06): :class:`MafResponder` resolves the
   psk_identity with the engine's asynchronous PSK hook
   (:attr:`m2msec.tls.profiles.TLSProfile.psk_async_resolver`) and binds the session to
   the CSE-ID or AE-ID the MAF returned, else to the Credential-ID ``11-<KmID>`` (10.4);
@@ -209,7 +209,7 @@ class IssuedKc:
 
 @dataclass(frozen=True, slots=True)
 class RetrievedKc:
-    """A Kc as Entity B received it from the MAF (8.8.2.8, READINGS A-17)."""
+    """A Kc as Entity B received it from the MAF (8.8.2.8, docs/readings.md A-17)."""
 
     kc_id: KcId
     kc: bytes = field(repr=False)
@@ -684,7 +684,7 @@ class MafClient:
 
 
 def _kc_refused(reason: str) -> bool:
-    """Whether a failed handshake may mean Entity B refused our Kc (READINGS A-16).
+    """Whether a failed handshake may mean Entity B refused our Kc (docs/readings.md A-16).
 
     Entity B fails the handshake with an alert (unknown_psk_identity in TLS 1.2; TLS 1.3
     falls back to a handshake_failure). A peer we could not reach, or that did not answer
@@ -1231,7 +1231,7 @@ def _km_credential(km_id: str) -> str:
     try:
         km = KmId.parse(km_id)
     except IdentifierError:
-        km = KmId.parse(km_id, verbatim=True)  # a GBA B-TID as KmID (READINGS A-25)
+        km = KmId.parse(km_id, verbatim=True)  # a GBA B-TID as KmID (docs/readings.md A-25)
     return str(CredentialId.for_km_id(km))
 
 
@@ -1239,7 +1239,7 @@ class MafResponder:
     """Entity B of the MAF-based framework (8.2.2.3): TLS-PSK server resolving KcIds.
 
     ``local_id`` is Entity B's own CSE-ID; ``sp_fqdn`` the local M2M-SP FQDN, under which
-    absolute identities from the MAF are shortened to their SP-relative form (READINGS
+    absolute identities from the MAF are shortened to their SP-relative form (docs/readings.md
     A-14), as the other frameworks bind them.
     """
 

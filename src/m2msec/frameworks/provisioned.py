@@ -6,10 +6,10 @@ the cipher-suite profile of 10.2.2.
 
 * Entity B looks KpsaId up in its psk-lookup-table (TR-0038 7.1.2) and binds the
   session to the entity identity of that row: the AE-ID or CSE-ID, or, when the row has
-  none, the Credential-ID ``12-<KpsaId>`` (10.4, READINGS A-13).
+  none, the Credential-ID ``12-<KpsaId>`` (10.4, docs/readings.md A-13).
 * Entity A binds the session to its configured IdB (NOTE 2 of 8.2.2.1).
 
-No identity hint is sent (READINGS A-29); a client ignores any hint it receives.
+No identity hint is sent (docs/readings.md A-29); a client ignores any hint it receives.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class PskInitiator:
         return f"PskInitiator(kpsa_id={self.kpsa_id!r}, id_b={self.id_b!r})"
 
     def offer(self, hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-        # READINGS A-29: no hint is defined for this framework; ignore any we get.
+        # docs/readings.md A-29: no hint is defined for this framework; ignore any we get.
         binding = PeerBinding(peer_id=self.id_b, kind=entity_kind(self.id_b), key_id=self.kpsa_id)
         return self.kpsa_id.encode(), self._kpsa, binding
 

@@ -1,6 +1,6 @@
 """Generic Bootstrapping Architecture (3GPP TS 33.220) for the GBA-based SAEF.
 
-Seed 000 8.2.3.2 (legacy in V3.18, READINGS A-10) lets Entity A use Ks_(ext/int)_NAF from
+Seed 000 8.2.3.2 (legacy in V3.18, docs/readings.md A-10) lets Entity A use Ks_(ext/int)_NAF from
 GBA as the TLS-PSK of an association with Entity B. This package holds the network and
 device machinery behind that key:
 

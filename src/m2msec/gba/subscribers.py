@@ -11,7 +11,7 @@ Two tables in one file (default ``<data dir>/bsf.db``, created 0600 in a 0700 di
   credential (K and OPc, each sealed with :mod:`m2msec.store.seal` under the
   key-encryption key, with the IMPI and the column name as associated data), SQN_HE
   (the last SQN issued, TS 33.102 Annex C), the AMF of its vectors, whether its
-  credential is on a UICC (GBA_U, READINGS A-08) and its GBA User Security Settings.
+  credential is on a UICC (GBA_U, docs/readings.md A-08) and its GBA User Security Settings.
 * GUSS (TS 33.220 4.2.3, our reduced form, stored as JSON): the NAFs the subscriber may
   use, by FQDN, each with its application-specific user security settings (USS) as a JSON
   object that the BSF hands to that NAF over Zn (for example ``{"aeId": "/mn-cse/Cdev"}``,
@@ -217,7 +217,7 @@ class Subscriber:
 
     @property
     def gba_type(self) -> GbaType:
-        """GBA_U for a UICC-based credential, else GBA_ME (READINGS A-08)."""
+        """GBA_U for a UICC-based credential, else GBA_ME (docs/readings.md A-08)."""
         return "GBA_U" if self.uicc else "GBA_ME"
 
     def keys(self) -> SubscriberKeys:

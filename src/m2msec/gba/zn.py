@@ -16,7 +16,7 @@ answer 200 (Bootstrapping-Info-Answer: key, lifetime, IMPI, USS, key type)::
      "bootstrapTime": "YYYYMMDDTHHMMSS", "gbaType": "GBA_ME" | "GBA_U", "uss": {...}}
 
 Times are UTC in oneM2M's basic ISO 8601 form. ``gbaU=1`` asks for Ks_int_NAF (the
-client's identity had the "-uicc" prefix, READINGS A-08); ``gbaU=0`` for Ks_ext_NAF.
+client's identity had the "-uicc" prefix, docs/readings.md A-08); ``gbaU=0`` for Ks_ext_NAF.
 Refusals carry ``{"error": "<reason>"}``: 400 malformed request, 403 the NAF FQDN in
 ``nafId`` is not the FQDN the NAF's certificate authenticates, the subscriber's GUSS does
 not allow this NAF, or ``gbaU=1`` for a subscriber without a UICC; 404 unknown or expired

@@ -1,7 +1,7 @@
 """Our HTTP mapping of the MAF procedures (TS-0003 8.8.2), sans-IO.
 
 TS-0032, which gives the MAF interface its resources and wire formats, is not available to
-us (NOTES, READINGS A-17): the mapping below is ours and ``docs/maf.md`` documents it.
+us (NOTES, docs/readings.md A-17): the mapping below is ours and ``docs/maf.md`` documents it.
 Requests travel as HTTP/1.1 over the MAF Handshake's TLS session (client listener) or over
 the certificate-authenticated retrieval channel (retrieval listener), with oneM2M-style
 headers (``X-M2M-RI`` required and echoed, ``X-M2M-RSC`` on every answer) and JSON bodies.
@@ -152,7 +152,7 @@ def canonical_entity(text: str, sp_fqdn: str) -> str:
     and a retriever's authenticated identity.
 
     SP-relative ids are read under ``sp_fqdn``; FQDNs compare case-insensitively and so do
-    CSE-IDs (they reach us in DNS names, READINGS A-05); AE-IDs compare exactly. A bare
+    CSE-IDs (they reach us in DNS names, docs/readings.md A-05); AE-IDs compare exactly. A bare
     C-stem has no registrar and is not accepted. Raises IdentifierError.
     """
     entity = parse_entity_id(text)

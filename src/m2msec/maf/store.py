@@ -6,7 +6,7 @@ by several MAF instances (:mod:`m2msec.maf.store_pg`, a subclass running this sa
 
 ``clients``
     the MAF Clients' Master Credentials (8.8.3.1, pre-provisioned): KmId (canonical form:
-    lower case, TS-0003 10.6 / READINGS A-05), KmId as given, Km (sealed), the optional
+    lower case, TS-0003 10.6 / docs/readings.md A-05), KmId as given, Km (sealed), the optional
     CSE-ID or AE-ID of Entity A (8.2.2.3: passed to Entity B when configured), an enabled
     flag and the MAF Client Configuration (``mafClientCfg``, 8.8.2.4) set by the admin.
 ``entity_b``
@@ -200,7 +200,7 @@ _UNSET: Any = object()
 
 
 def parse_km_id(text: str) -> KmId:
-    """A KmId (TS-0003 10.6); a GBA B-TID used as KmId (READINGS A-25) is taken verbatim."""
+    """A KmId (TS-0003 10.6); a GBA B-TID used as KmId (docs/readings.md A-25) is taken verbatim."""
     try:
         return KmId.parse(text)
     except IdentifierError:

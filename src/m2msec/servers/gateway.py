@@ -22,7 +22,7 @@ pure function of the association and the request):
 
 (a) **Lifetime.** Past the association's ``valid_until`` (the key's lifetime) the request
     is answered 4107 SECURITY_ASSOCIATION_REQUIRED and the association is closed: a fresh
-    handshake is needed (READINGS A-16; open sessions run until their next request after
+    handshake is needed (docs/readings.md A-16; open sessions run until their next request after
     expiry, which is then refused).
 (b) **Originator.** ``X-M2M-Origin`` (TS-0004 From) is normalised with
     :func:`m2msec.ids.normalise_originator` under the gateway's CSE-ID and must equal the
@@ -32,7 +32,7 @@ pure function of the association and the request):
     originators of CSEs/AEs below it pass) or, with ``"strict"``, to the older rule below.
     Over an AE's association From must be the
     AE-ID-Stem itself (``Clight-AE1``): its SP-relative or absolute form
-    (``/mn-cse-123456/Clight-AE1``) is 4000 BAD_REQUEST (TS-0004 7.3.2.1; READINGS A-14 as
+    (``/mn-cse-123456/Clight-AE1``) is 4000 BAD_REQUEST (TS-0004 7.3.2.1; docs/readings.md A-14 as
     corrected in ISSUE-NOTES). A CSE peer (TS-0003 8.2.2: CSE-ID bound) may
     use its CSE-ID or any originator under it (:func:`m2msec.ids.originator_within`); a
     ``<remoteCSE>`` CREATE (ty=16) must come from the CSE-ID itself.
@@ -41,7 +41,7 @@ pure function of the association and the request):
     must be the authenticated AE-ID; an absent or empty From, ``C`` or ``S`` (cases iii-v
     of step 002: "assign me one") is replaced by the authenticated AE-ID-Stem, so the AE
     is registered under the identity it proved. An association bound to a Credential-ID
-    (``12-<KpsaId>``, READINGS A-13) may only register an AE (From absent, ``C``, ``S``
+    (``12-<KpsaId>``, docs/readings.md A-13) may only register an AE (From absent, ``C``, ``S``
     or an AE-ID-Stem of this CSE or an S-stem); the backend receives the Credential-ID
     (``X-M2MSec-Credential-ID``) for its step 003 check against the service subscription
     (allowed AE-ID-Stems and App-IDs). On 2001 CREATED the gateway reads ``m2m:ae/aei``
@@ -231,7 +231,7 @@ class Association:
     """The identity state of one security association, as the rules see it.
 
     ``identity`` is the bound identity in normalised form (SP-relative AE-ID or CSE-ID,
-    READINGS A-14), or None while a Credential-ID binding awaits AE registration.
+    docs/readings.md A-14), or None while a Credential-ID binding awaits AE registration.
     """
 
     context: SecurityContext

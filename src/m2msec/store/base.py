@@ -18,7 +18,7 @@ class PskEntry:
     """One row of the psk-lookup-table: KpsaId -> (entity id, Kpsa, expiry).
 
     ``entity_id`` is the AE-ID or CSE-ID bound to the key; it may be None, in which
-    case the association is bound to the Credential-ID ``12-<KpsaId>`` (READINGS A-13).
+    case the association is bound to the Credential-ID ``12-<KpsaId>`` (docs/readings.md A-13).
     The key never appears in ``repr``.
     """
 
@@ -50,7 +50,7 @@ class PskStore(Protocol):
     """Persistent psk-lookup-table."""
 
     def get(self, kpsa_id: str) -> PskEntry | None:
-        """The row for ``kpsa_id`` (octet-exact match, READINGS A-05), or None."""
+        """The row for ``kpsa_id`` (octet-exact match, docs/readings.md A-05), or None."""
         ...
 
     def add(self, entry: PskEntry, *, replace: bool = False) -> None:

@@ -18,7 +18,7 @@ class Framework(enum.StrEnum):
     PROVISIONED_PSK = "provisioned-psk"  # 8.2.2.1
     CERTIFICATE = "certificate"  # 8.2.2.2
     MAF = "maf"  # 8.2.2.3
-    GBA = "gba"  # seed 000 8.2.3.2 (legacy, READINGS A-10)
+    GBA = "gba"  # seed 000 8.2.3.2 (legacy, docs/readings.md A-10)
 
 
 class PeerKind(enum.StrEnum):
@@ -45,7 +45,7 @@ class SecurityContext:
     """An established security association, as seen by one side.
 
     ``sa_id`` identifies the session (derived from a key exporter, never a key),
-    so both sides name the same association alike (READINGS A-24).
+    so both sides name the same association alike (docs/readings.md A-24).
     """
 
     framework: Framework

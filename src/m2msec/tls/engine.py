@@ -27,7 +27,7 @@ from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 from m2msec.tls.psk_sniff import PskIdentitySniffer
 
-#: RFC 5705 label for the SA record identifier (READINGS A-24): an exporter value
+#: RFC 5705 label for the SA record identifier (docs/readings.md A-24): an exporter value
 #: both sides compute alike, and never a key.
 SA_ID_LABEL = b"EXPORTER-m2msec-SA-identifier"
 
@@ -114,7 +114,7 @@ class TLSEngine:
             or (profile.session_cache is not None and profile.transport is Transport.TLS)
         ):
             self._sniffer = PskIdentitySniffer(datagram=profile.transport is Transport.DTLS)
-        # Client side: a suite-aware PSK offer (GBA's NAF_Id, READINGS A-09) learns the
+        # Client side: a suite-aware PSK offer (GBA's NAF_Id, docs/readings.md A-09) learns the
         # negotiated suite from the server's ServerHello, read here before OpenSSL's callback.
         self._server_hello: PskIdentitySniffer | None = None
         if not profile.server_side and profile.psk_suite_offer is not None:

@@ -5,7 +5,7 @@ TLS_PSK_WITH_AES_128_CBC_SHA256 for TLS, TLS_PSK_WITH_AES_128_CCM_8 for DTLS. 10
 (certificates): TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256 for TLS,
 TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 for DTLS. Infrastructure nodes support all of them, so
 every profile offers both mandatory suites of its kind, plus AES-GCM. TLS 1.3 is offered
-beside 1.2 (our choice, READINGS A-03); renegotiation is off. Nothing weaker (no NULL, RC4,
+beside 1.2 (our choice, docs/readings.md A-03); renegotiation is off. Nothing weaker (no NULL, RC4,
 3DES, export, CBC-SHA1) is ever listed.
 
 CCM_8 suites carry a 64-bit tag, which OpenSSL 3 rates below its default security level,
@@ -80,7 +80,7 @@ PskOffer = Callable[[bytes | None], "tuple[bytes, bytes, PeerBinding] | None"]
 PskSuiteOffer = Callable[[bytes | None, "int | None"], "tuple[bytes, bytes, PeerBinding] | None"]
 """Entity A: (identity hint, IANA id of the suite in the server's ServerHello, or None) ->
 (psk_identity, psk, binding of the server), or None. For GBA, whose NAF_Id holds the
-negotiated suite (READINGS A-09); the engine reads the ServerHello to learn it (TLS 1.2)."""
+negotiated suite (docs/readings.md A-09); the engine reads the ServerHello to learn it (TLS 1.2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ class TLSProfile:
     """Entity A: like ``psk_offer`` but also told the negotiated suite; takes precedence."""
     certificate_policy: CertificatePolicy | None = None
     server_name: str | None = None
-    """Client side: the SNI to send (READINGS A-11). Server side: unused."""
+    """Client side: the SNI to send (docs/readings.md A-11). Server side: unused."""
     require_sni: bool = False
     """Server side strict mode: refuse ClientHellos without server_name."""
     session_cache: ServerSessionCache | None = None

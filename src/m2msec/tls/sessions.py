@@ -8,7 +8,7 @@ the full handshake decided, by session ID (TLS 1.3: by ticket), and re-validates
 time the session is offered again:
 
 * the binding's ``valid_until`` must not have passed: a session established before the
-  Kpsa/Km/Kc expired is not resumed after it (READINGS A-16);
+  Kpsa/Km/Kc expired is not resumed after it (docs/readings.md A-16);
 * the profile's ``resumption_check`` (if any) must accept it; otherwise, for the
   provisioned-PSK framework, the psk-lookup-table row must still exist, unexpired and
   bound to the same entity (the synchronous ``psk_resolver`` is asked again).
@@ -190,7 +190,7 @@ def revalidate(
     binding = entry.binding
     now = now or _utcnow()
     if binding.valid_until is not None and now >= binding.valid_until:
-        # READINGS A-16: no resumption of a pre-expiry session after expiry.
+        # docs/readings.md A-16: no resumption of a pre-expiry session after expiry.
         raise HandshakeError(
             f"session of {binding.peer_id} not resumed: its key expired at "
             f"{binding.valid_until.isoformat()}"
