@@ -84,15 +84,17 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from m2msec.bindings.http import (
-    RSC,
     BadRequest,
-    HttpResponse,
     HttpServerConnection,
     NeedData,
-    OneM2MRequest,
-    Operation,
     PeerClosed,
     RequestReceived,
+)
+from m2msec.bindings.messages import (
+    RSC,
+    HttpResponse,
+    OneM2MRequest,
+    Operation,
     error_response,
     media_type_and_ty,
 )
