@@ -53,11 +53,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("m2msec.servers.gateway", "m2msec.servers.coap_gateway"): "i10-http",
     # i10-wire: the Zn client gets its TLS initiator from below frameworks/.
     ("m2msec.gba.zn", "m2msec.frameworks.certificate"): "i10-wire",
-    # i10-layers (item 2, this branch): the engine installs the callbacks,
-    # TLSProfile is frozen.
-    ("m2msec.tls.profiles", "m2msec.tls.callbacks"): "i10-layers",
-    ("m2msec.tls.profiles", "m2msec.tls.sessions"): "i10-layers",
-    ("m2msec.tls.sessions", "m2msec.tls.callbacks"): "i10-layers",
 }
 
 
