@@ -15,7 +15,7 @@ from pathlib import Path
 import h11
 import pytest
 
-from m2msec.bindings.http import OneM2MRequest
+from m2msec.bindings.messages import OneM2MRequest
 from m2msec.crypto import gba
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.errors import ConfigurationError

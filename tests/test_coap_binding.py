@@ -34,7 +34,7 @@ from m2msec.bindings.coap import (
     response_to_coap,
     uri_path_for,
 )
-from m2msec.bindings.http import HttpResponse, Operation
+from m2msec.bindings.messages import HttpResponse, Operation
 
 CB = "/~/mn-cse-123456/home-gw"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import PeerKind
+from m2msec.tls.context import Framework, PeerKind
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
@@ -13,6 +13,7 @@ from m2msec.tls.engine import (
     HandshakeFailed,
     TLSEngine,
 )
+from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
 from tests.helpers import psk_client_profile, psk_server_profile, pump
 
 
@@ -102,3 +103,25 @@ def test_eof_mid_handshake() -> None:
     server.receive_data(b"")
     (event,) = server.events()
     assert isinstance(event, HandshakeFailed) and "closed" in event.reason
+
+
+def test_profile_is_frozen_and_the_engine_installs_its_callbacks() -> None:
+    # Issue 10: a profile is built complete (dataclasses.replace), never mutated, and
+    # building one leaves the context alone until an engine uses it.
+    import dataclasses
+
+    from m2msec.tls import callbacks
+
+    ctx = new_context(Transport.TLS, server_side=True, suites=PSK_SUITES_TLS)
+    profile = TLSProfile(
+        framework=Framework.PROVISIONED_PSK,
+        transport=Transport.TLS,
+        server_side=True,
+        ssl_context=ctx,
+        psk_resolver=lambda identity: None,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        profile.require_sni = True  # type: ignore[misc]
+    assert ctx not in callbacks._installed
+    TLSEngine(dataclasses.replace(profile, require_sni=True))
+    assert ctx in callbacks._installed

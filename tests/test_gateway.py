@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from m2msec.bindings.client import OneM2MClient
-from m2msec.bindings.http import OneM2MRequest
+from m2msec.bindings.messages import OneM2MRequest
 from m2msec.config import AppRule, ConfigurationError, parse_config
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.provisioned import PskInitiator
@@ -337,7 +337,7 @@ def test_forwarded_headers_strip_forgeries_and_hop_by_hop() -> None:
 
 
 def test_aei_read_from_json_answers_only() -> None:
-    from m2msec.bindings.http import HttpResponse
+    from m2msec.bindings.messages import HttpResponse
 
     body = json.dumps({"m2m:ae": {"aei": "Cabc", "api": "Nx"}}).encode()
     ok = HttpResponse(201, (("X-M2M-RSC", "2001"), ("Content-Type", "application/json")), body)

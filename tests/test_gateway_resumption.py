@@ -11,6 +11,7 @@ follows fails (the KpsaId is unknown).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -205,7 +206,7 @@ async def test_maf_session_resumes_while_the_gateway_holds_the_kc(
         initiator = MafInitiator(_maf_client(maf, SMARTPHONE), IN_CSE, tls13=False)
         await initiator.kc()
         profile = initiator.profile()
-        profile.client_sessions = ClientSessionCache()
+        profile = dataclasses.replace(profile, client_sessions=ClientSessionCache())
         port = _port(gw, "tls", "maf")
         contexts = []
         for _ in range(2):

@@ -9,13 +9,15 @@ import pytest
 
 from m2msec.bindings.http import (
     NEED_DATA,
-    RSC,
     BadRequest,
-    HttpResponse,
     HttpServerConnection,
-    Operation,
     PeerClosed,
     RequestReceived,
+)
+from m2msec.bindings.messages import (
+    RSC,
+    HttpResponse,
+    Operation,
     error_response,
     http_status_for,
     media_type_and_ty,

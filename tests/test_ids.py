@@ -520,3 +520,19 @@ def test_kc_id_round_trip(relative: bytes, fqdn: str) -> None:
     assert kc.relative_bytes == relative
     assert KcId.parse(str(kc)) == kc
     assert KcId.parse(str(kc).upper()) == kc
+
+
+def test_naming_rules_live_in_ids() -> None:
+    # TS-0003 10.1.1.5 / 10.1.1.7: a CSE-ID is named by its public domain name, an
+    # AE-ID by its Absolute AE-ID (issue 10: pki.py no longer reaches into frameworks/).
+    from m2msec.ids import PeerKind, entity_kind, subject_alt_name
+
+    cse = CseId.parse("/mn-cse-1")
+    ae = AeId.parse("/mn-cse-1/Cdevice")
+    assert subject_alt_name(cse, in_domain="m2m.example") == ("DNS", "mn-cse-1.m2m.example")
+    assert subject_alt_name(ae, in_domain="m2m.example", sp_fqdn="sp.example") == (
+        "URI",
+        "//sp.example/mn-cse-1/Cdevice",
+    )
+    assert entity_kind("/mn-cse-1") is PeerKind.CSE
+    assert entity_kind("Cdevice") is PeerKind.AE

@@ -25,16 +25,13 @@ from typing import Any
 import pytest
 
 from m2msec.bindings.http import (
-    RSC,
     BadRequest,
-    HttpResponse,
     HttpServerConnection,
     NeedData,
-    OneM2MRequest,
     PeerClosed,
     RequestReceived,
-    error_response,
 )
+from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, error_response
 from m2msec.crypto.keyexport import LABEL_CONNECTION, split_export
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder

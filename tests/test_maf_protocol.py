@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from m2msec.bindings.http import OneM2MRequest
+from m2msec.bindings.messages import OneM2MRequest
 from m2msec.crypto.keyexport import split_export
 from m2msec.errors import IdentifierError
 from m2msec.maf import protocol as p

@@ -8,6 +8,7 @@ initiator, ``openssl s_client`` (TLS 1.2 and 1.3) and ``gnutls-cli``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 import pytest
@@ -207,7 +208,7 @@ async def test_resolver_that_hangs_ends_in_the_handshake_timeout() -> None:
         return None
 
     profile = async_profile({})
-    profile.psk_async_resolver = never
+    profile = dataclasses.replace(profile, psk_async_resolver=never)
     reasons: list[str] = []
     server = TLSServer(
         profile, lambda c: c.close(), handshake_timeout=0.5,

@@ -14,6 +14,7 @@ servers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -40,12 +41,12 @@ from m2msec.tls.profiles import (
     Transport,
     new_context,
 )
+from m2msec.tls.resumption import enable_resumption
 from m2msec.tls.sessions import (
     ClientSession,
     ClientSessionCache,
     ServerSessionCache,
     client_hello_session_id,
-    enable_resumption,
 )
 from tests import interop
 from tests.helpers import DatagramPump, psk_client_profile, psk_server_profile
@@ -243,7 +244,7 @@ def test_resumption_check_hook_can_refuse() -> None:
         refused.append(binding.peer_id)
         raise HandshakeError("operator revoked the association")
 
-    enable_resumption(profile, check=check)
+    profile = enable_resumption(profile, check=check)
     server = DTLSServer(profile)
     first = Run(server, DTLSEngine(client_profile()), ADDR)
     session = session_of(first)
@@ -273,7 +274,9 @@ def test_server_cache_is_bounded_and_expires() -> None:
     now = [0.0]
     t = table()
     profile = server_profile(t)
-    cache = enable_resumption(profile, ServerSessionCache(max_sessions=2, clock=lambda: now[0]))
+    profile = enable_resumption(profile, ServerSessionCache(max_sessions=2, clock=lambda: now[0]))
+    cache = profile.session_cache
+    assert cache is not None
     server = DTLSServer(profile)
     sessions = []
     client = client_profile()
@@ -330,7 +333,7 @@ async def test_dtls_connect_keeps_and_offers_the_session() -> None:
 
     offers: list[bytes] = []
     profile = client_profile(offers=offers)
-    profile.client_sessions = ClientSessionCache()
+    profile = dataclasses.replace(profile, client_sessions=ClientSessionCache())
     async with await start_dtls_server(server_profile(t), "127.0.0.1", 0, echo) as srv:
         for _ in range(3):
             assoc = await dtls_connect(profile, "127.0.0.1", srv.port, timeout=5)
@@ -346,7 +349,7 @@ async def test_dtls_connect_keeps_and_offers_the_session() -> None:
 async def test_tls12_connect_resumes_through_tls_server() -> None:
     t = table()
     profile = server_profile(t, Transport.TLS)
-    enable_resumption(profile)
+    profile = enable_resumption(profile)
     contexts: list[SecurityContext] = []
 
     async def handler(conn: TLSConnection) -> None:
@@ -356,7 +359,7 @@ async def test_tls12_connect_resumes_through_tls_server() -> None:
     server = TLSServer(profile, handler)
     await server.start("127.0.0.1", 0)
     client = client_profile(Transport.TLS)
-    client.client_sessions = ClientSessionCache()
+    client = dataclasses.replace(client, client_sessions=ClientSessionCache())
     try:
         for _ in range(2):
             conn = await connect("127.0.0.1", server.port, client, timeout=5)
@@ -378,7 +381,7 @@ async def test_client_falls_back_when_the_server_forgot_the_session() -> None:
         contexts.append(assoc.context)
 
     profile = client_profile()
-    profile.client_sessions = ClientSessionCache()
+    profile = dataclasses.replace(profile, client_sessions=ClientSessionCache())
     async with await start_dtls_server(server_profile(t), "127.0.0.1", 0, handler) as srv:
         (await dtls_connect(profile, "127.0.0.1", srv.port, timeout=5)).close()
     # A new server (a restart): the kept session is unknown there; a full handshake follows.
@@ -493,7 +496,7 @@ async def _tls_server(profile: TLSProfile, contexts: list[SecurityContext]) -> T
 async def test_openssl_s_client_tls_reconnect(version: str) -> None:
     t = table()
     profile = server_profile(t, Transport.TLS)
-    enable_resumption(profile)
+    profile = enable_resumption(profile)
     contexts: list[SecurityContext] = []
     server = await _tls_server(profile, contexts)
     try:
@@ -517,7 +520,9 @@ async def test_openssl_s_client_tls_reconnect(version: str) -> None:
 def test_tls13_ticket_resumption_is_bound_and_revalidated() -> None:
     t = table()
     profile = server_profile(t, Transport.TLS)
-    cache = enable_resumption(profile)
+    profile = enable_resumption(profile)
+    cache = profile.session_cache
+    assert cache is not None
     client = TLSProfile(
         framework=Framework.PROVISIONED_PSK,
         transport=Transport.TLS,

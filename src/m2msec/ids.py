@@ -24,6 +24,11 @@ CSE-IDs, and a C-stem never stands alone after a slash). ``/S...`` stays ambiguo
 CSE-ID starting with 'S'; both normalise to the same string, so originator checks do not
 depend on the choice. Use :meth:`CseId.parse` to force a CSE-ID.
 
+Naming rules (:func:`entity_kind`, :func:`absolute_ae_id`, :func:`subject_alt_name`):
+which kind of peer an identifier names, and how a certificate names it in its
+subjectAltName (TS-0003 10.1.1.5, 10.1.1.7) — a CSE-ID as its public domain name
+(dNSName), an AE-ID as its Absolute AE-ID (URI).
+
 Every malformed identifier raises :class:`~m2msec.errors.IdentifierError`; messages name
 the identifier kind, the text (shortened) and the reason, never key material.
 """
@@ -32,8 +37,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from enum import IntEnum
-from typing import ClassVar, Self, TypeAlias
+from enum import IntEnum, StrEnum
+from typing import ClassVar, Literal, Self, TypeAlias
 
 from m2msec.errors import IdentifierError
 
@@ -291,6 +296,41 @@ def parse_entity_id(text: str, registrar: CseId | None = None) -> CseId | AeId:
     if "/" in body or body.startswith("S"):
         return AeId.parse(text, registrar)
     return CseId.parse(text)
+
+
+class PeerKind(StrEnum):
+    """What kind of identifier a peer was bound to."""
+
+    AE = "ae"
+    CSE = "cse"
+    CREDENTIAL = "credential"  # a Credential-ID (TS-0003 10.4), resolved later
+    SERVICE = "service"  # a MAF/MEF/BSF FQDN
+
+
+def entity_kind(entity_id: str) -> PeerKind:
+    """Whether a configured entity identity names an AE or a CSE."""
+    return PeerKind.AE if isinstance(parse_entity_id(entity_id), AeId) else PeerKind.CSE
+
+
+def absolute_ae_id(ae: AeId, sp_fqdn: str) -> str:
+    """The Absolute AE-ID ``{M2M-SP-ID}{SP-relative AE-ID}`` (TS-0001 table 7.2-1).
+
+    An AE-ID already in absolute form keeps its own FQDN.
+    """
+    return f"//{ae.sp_fqdn or sp_fqdn}{ae.sp_relative()}"
+
+
+def subject_alt_name(
+    entity: EntityId, *, in_domain: str, sp_fqdn: str | None = None
+) -> tuple[Literal["DNS", "URI"], str]:
+    """The subjectAltName entry that names ``entity`` (TS-0003 10.1.1.5, 10.1.1.7).
+
+    A CSE-ID gets its public domain name as a dNSName, an AE-ID its Absolute AE-ID as a
+    URI. ``sp_fqdn`` (the M2M-SP FQDN of Absolute AE-IDs) defaults to ``in_domain``.
+    """
+    if isinstance(entity, CseId):
+        return "DNS", entity.public_domain_name(in_domain)
+    return "URI", absolute_ae_id(entity, sp_fqdn or in_domain)
 
 
 def normalise_originator(origin: str, registrar: CseId, sp_fqdn: str | None = None) -> str:

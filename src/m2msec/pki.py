@@ -46,8 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from m2msec.errors import ConfigurationError, IdentifierError
-from m2msec.frameworks.certificate import subject_alt_names_for
-from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id
+from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id, subject_alt_name
 
 __all__ = [
     "CA_CERT",
@@ -505,7 +504,10 @@ class CertificateAuthority:
         else:
             assert isinstance(entity, CseId)
             identity = entity.sp_relative()
-        names = subject_alt_names_for(entity, in_domain=self.in_domain, sp_fqdn=self.sp_fqdn)
+        kind, name = subject_alt_name(entity, in_domain=self.in_domain, sp_fqdn=self.sp_fqdn)
+        names: list[x509.GeneralName] = [
+            x509.DNSName(name) if kind == "DNS" else x509.UniformResourceIdentifier(name)
+        ]
         return self._issue(identity, names, days=days, not_before=not_before, not_after=not_after)
 
     def issue_service(

@@ -68,7 +68,7 @@ from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption, OpaqueOption, UintOption
 
-from m2msec.bindings.http import RSC, HttpResponse, OneM2MRequest, Operation
+from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, Operation
 from m2msec.errors import M2MSecError
 
 __all__ = [

@@ -68,7 +68,7 @@ from m2msec.errors import (
     HandshakeError,
     IdentifierError,
 )
-from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id
+from m2msec.ids import AeId, CseId, absolute_ae_id, check_fqdn, parse_entity_id
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
     CERT_SUITES_DTLS,
@@ -84,12 +84,10 @@ __all__ = [
     "CertificateIdentity",
     "CertificateInitiator",
     "CertificateResponder",
-    "absolute_ae_id",
     "certificate_fingerprint",
     "check_public_key",
     "identities_in",
     "public_key_identifier",
-    "subject_alt_names_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,27 +103,6 @@ EntityId = CseId | AeId
 
 
 # ----------------------------------------------------------------------------- naming rules
-
-
-def absolute_ae_id(ae: AeId, sp_fqdn: str) -> str:
-    """The Absolute AE-ID ``{M2M-SP-ID}{SP-relative AE-ID}`` (TS-0001 table 7.2-1).
-
-    An AE-ID already in absolute form keeps its own FQDN.
-    """
-    return f"//{ae.sp_fqdn or sp_fqdn}{ae.sp_relative()}"
-
-
-def subject_alt_names_for(
-    entity: EntityId, *, in_domain: str, sp_fqdn: str | None = None
-) -> list[x509.GeneralName]:
-    """The subjectAltName entries that name ``entity`` (TS-0003 10.1.1.5, 10.1.1.7).
-
-    A CSE-ID gets its public domain name as a dNSName, an AE-ID its Absolute AE-ID as a
-    URI. ``sp_fqdn`` (the M2M-SP FQDN of Absolute AE-IDs) defaults to ``in_domain``.
-    """
-    if isinstance(entity, CseId):
-        return [x509.DNSName(entity.public_domain_name(in_domain))]
-    return [x509.UniformResourceIdentifier(absolute_ae_id(entity, sp_fqdn or in_domain))]
 
 
 def certificate_fingerprint(cert: x509.Certificate) -> str:

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from m2msec.crypto.gba import SUITE_IDS, ks_ext_naf, ks_int_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import ConfigurationError, HandshakeError, IdentifierError, M2MSecError
 from m2msec.gba.aka import Usim
-from m2msec.ids import CredentialId, CredIdType, check_fqdn
+from m2msec.ids import CredentialId, CredIdType, check_fqdn, entity_kind
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
@@ -533,7 +533,6 @@ class GbaDevice:
             raise HandshakeError("negotiated cipher suite unknown: GBA needs TLS 1.2")
         key = device_naf_key(b, server_name, suite, uicc=self.uicc)
         if id_b is not None:
-            from m2msec.frameworks.provisioned import entity_kind
 
             binding = PeerBinding(id_b, entity_kind(id_b), b.btid, _aware(b.expires))
         else:

@@ -68,13 +68,13 @@ from m2msec.errors import (
     M2MSecError,
 )
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-from m2msec.frameworks.provisioned import entity_kind
 from m2msec.ids import (
     AeId,
     CredentialId,
     KcId,
     KmId,
     check_fqdn,
+    entity_kind,
     parse_entity_id,
 )
 from m2msec.tls.aio import TLSConnection

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from m2msec.errors import HandshakeError, IdentifierError
-from m2msec.ids import AeId, CredentialId, CseId, KpsaId, parse_entity_id
+from m2msec.ids import CredentialId, KpsaId, entity_kind
 from m2msec.store.base import PskEntry, PskStore
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 
 #: Below this length a Kpsa is accepted with a warning (TR-0038's examples are 8 octets).
 WEAK_KEY_OCTETS = 16
-
-
-def entity_kind(entity_id: str) -> PeerKind:
-    """Whether a configured entity identity names an AE or a CSE."""
-    parsed = parse_entity_id(entity_id)
-    if isinstance(parsed, AeId):
-        return PeerKind.AE
-    assert isinstance(parsed, CseId)
-    return PeerKind.CSE
 
 
 def binding_for(entry: PskEntry) -> PeerBinding:

@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 from m2msec import m2mtime
-from m2msec.bindings.http import RSC, HttpResponse, OneM2MRequest, http_status_for
+from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, http_status_for
 from m2msec.crypto.keyexport import EXPORT_LENGTH, RELATIVE_ID_LENGTH, split_export
 from m2msec.errors import IdentifierError
 from m2msec.ids import CseId, KcId, check_fqdn, parse_entity_id
@@ -96,7 +96,7 @@ __all__ = [
     "route",
 ]
 
-#: 4105 CONFLICT (TS-0004 table 6.6.3.5-1); not in m2msec.bindings.http.RSC.
+#: 4105 CONFLICT (TS-0004 table 6.6.3.5-1); not in m2msec.bindings.messages.RSC.
 CONFLICT: Final = 4105
 #: m2m:suid values of MAF-distributed symmetric keys (TS-0004 table 6.3.4.2.39-1).
 SAEF_SUID: Final = 32

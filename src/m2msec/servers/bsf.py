@@ -98,13 +98,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from m2msec.bindings.http import (
     BadRequest,
-    HttpResponse,
     HttpServerConnection,
     NeedData,
-    OneM2MRequest,
     PeerClosed,
     RequestReceived,
 )
+from m2msec.bindings.messages import HttpResponse, OneM2MRequest
 from m2msec.crypto.gba import btid as make_btid
 from m2msec.crypto.gba import ks_ext_naf, ks_from, ks_int_naf
 from m2msec.errors import (

@@ -46,7 +46,7 @@ from m2msec.bindings.coap import (
     request_from_coap,
     response_to_coap,
 )
-from m2msec.bindings.http import RSC
+from m2msec.bindings.messages import RSC
 from m2msec.errors import M2MSecError
 from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, start_dtls_server
 from m2msec.tls.profiles import TLSProfile

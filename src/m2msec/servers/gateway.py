@@ -13,7 +13,7 @@ TS-0008; :mod:`m2msec.servers.coap_gateway`): a CoAP request is read as the same
 request and goes through the same pipeline (:meth:`Gateway.process`), so the rules below
 hold alike for both transports. Session resumption (``[gateway] resumption``, on by
 default) is enabled on both; a session is resumed only after the framework re-validates
-its binding (:func:`m2msec.tls.sessions.revalidate`: key expiry for all, the
+its binding (:func:`m2msec.tls.resumption.revalidate`: key expiry for all, the
 psk-lookup-table row for provisioned PSK, the held Kc for MAF, the certificate's notAfter
 for certificates).
 
@@ -84,15 +84,17 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from m2msec.bindings.http import (
-    RSC,
     BadRequest,
-    HttpResponse,
     HttpServerConnection,
     NeedData,
-    OneM2MRequest,
-    Operation,
     PeerClosed,
     RequestReceived,
+)
+from m2msec.bindings.messages import (
+    RSC,
+    HttpResponse,
+    OneM2MRequest,
+    Operation,
     error_response,
     media_type_and_ty,
 )
@@ -860,10 +862,12 @@ class Gateway:
                 self._store = open_store(cfg.psk.store)
                 self._own_store = True
             psk_responder = PskResponder(self._store, local_id=str(cfg.cse_id))
-            profile = psk_responder.profile(transport, tls13=cfg.tls13)
-            profile.require_sni = cfg.require_sni
-            profile.resumption_check = _psk_row_check(psk_responder.resolve)
-            self._psk_revalidate = profile.resumption_check
+            self._psk_revalidate = _psk_row_check(psk_responder.resolve)
+            profile = dataclasses.replace(
+                psk_responder.profile(transport, tls13=cfg.tls13),
+                require_sni=cfg.require_sni,
+                resumption_check=self._psk_revalidate,
+            )
             out["psk"] = ("provisioned-psk", profile)
         if cfg.certificates is not None and (wanted & {"certificate", "*"}):
             from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
@@ -893,10 +897,9 @@ class Gateway:
         if cfg.resumption and transport is Transport.TLS:
             # Devices that come back resume their session once the framework re-validates
             # the binding (m2msec.tls.sessions); DTLS listeners do so in DTLSServer.
-            from m2msec.tls.sessions import enable_resumption
+            from m2msec.tls.resumption import enable_resumption
 
-            for _, profile in out.values():
-                enable_resumption(profile)
+            out = {key: (name, enable_resumption(p)) for key, (name, p) in out.items()}
         return out
 
     def _maf_profile(self, maf: MafRetrievalConfig, transport: Transport) -> TLSProfile:

@@ -49,15 +49,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from m2msec.bindings.http import (
-    RSC,
     BadRequest,
-    HttpResponse,
     HttpServerConnection,
     NeedData,
-    OneM2MRequest,
     PeerClosed,
     RequestReceived,
 )
+from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config import ListenerSpec, parse_listen_url
 from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_CONNECTION
 from m2msec.errors import (

@@ -1,7 +1,9 @@
 """Per-profile OpenSSL callbacks that bind a handshake to an identity.
 
-The callbacks are installed once on a profile's shared ``SSL.Context`` and find the
-per-connection :class:`HandshakeState` through the connection's app data. They record
+The engine installs the callbacks on a profile's shared ``SSL.Context`` before its first
+connection (:func:`install`, once per context), and they find the per-connection
+:class:`~m2msec.tls.state.HandshakeState`, and through it the connection's profile, in
+the connection's app data. They record
 what the framework decided (the peer binding, or a refusal reason safe to log), so the
 engine can build the :class:`~m2msec.tls.context.SecurityContext` or explain a failure.
 """
@@ -9,41 +11,19 @@ engine can build the :class:`~m2msec.tls.context.SecurityContext` or explain a f
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import weakref
+from typing import Any
 
 from OpenSSL import SSL
 
 from m2msec.errors import CertificateError, CertificateRevoked, HandshakeError, StoreError
 from m2msec.tls import _psk
 from m2msec.tls.context import PeerBinding
-
-if TYPE_CHECKING:
-    from m2msec.tls.profiles import TLSProfile
-    from m2msec.tls.sessions import SessionEntry
+from m2msec.tls.profiles import TLSProfile, Transport
+from m2msec.tls.resumption import record, screen
+from m2msec.tls.state import HandshakeState
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class HandshakeState:
-    """What the callbacks learned during one handshake."""
-
-    psk_identity: str | None = None
-    binding: PeerBinding | None = None
-    refusal: str | None = None
-    #: Answers of the profile's async resolver, by raw identity: (psk, binding), or a
-    #: refusal reason. Filled by the engine before OpenSSL's PSK callback runs.
-    prefetched: dict[bytes, tuple[bytes, PeerBinding] | str] = field(default_factory=dict)
-    #: Client side: IANA id of the suite in the server's ServerHello, when the profile has
-    #: a ``psk_suite_offer`` (the engine reads it off the wire before OpenSSL does).
-    cipher_suite: int | None = None
-    #: Entity B: the raw psk_identity the PSK callback answered (kept with the session).
-    raw_psk_identity: bytes | None = None
-    #: Entity B: the recorded session the client offers and may resume (see sessions).
-    resumption: SessionEntry | None = None
-    #: Entity B: the psk identities the client offered, whole, as the engine read them.
-    offered_identities: list[bytes] = field(default_factory=list)
 
 
 def _state(conn: SSL.Connection) -> HandshakeState:
@@ -71,104 +51,136 @@ def _printable(identity: bytes) -> str:
     return identity[:128].decode("utf-8", "backslashreplace")
 
 
+#: Contexts whose callbacks are installed. pyOpenSSL freezes a context once it has made a
+#: connection, so this happens once, before the first; the callbacks read the profile of
+#: each connection from its HandshakeState.
+_installed: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
+
+
+def _profile(state: HandshakeState) -> TLSProfile:
+    assert state.profile is not None, "the engine sets the profile of each connection"
+    return state.profile
+
+
 def install(profile: TLSProfile) -> None:
+    """Install the callbacks ``profile`` needs on its context, once per context."""
     ctx = profile.ssl_context
+    if ctx in _installed:
+        return
+    _installed.add(ctx)
     if profile.psk_resolver is not None or profile.psk_async_resolver is not None:
-        resolver = profile.psk_resolver
-
-        def server_lookup(conn: SSL.Connection, identity: bytes) -> bytes | None:
-            state = _state(conn)
-            if b"\0" in b"".join(state.offered_identities):
-                identity = _whole(identity, state.offered_identities)
-            if profile.session_cache is not None and identity in profile.session_cache:
-                # A TLS 1.3 ticket of ours: OpenSSL finds it in its cache once we decline.
-                from m2msec.tls.sessions import screen
-
-                state.resumption = screen(profile, identity) or state.resumption
-                return None
-            state.psk_identity = _printable(identity)
-            answer: tuple[bytes, PeerBinding] | None = None
-            prefetched = state.prefetched.get(identity)
-            if isinstance(prefetched, str):
-                state.refusal = prefetched
-                return None
-            if prefetched is not None:
-                answer = prefetched
-            elif resolver is not None:
-                try:
-                    answer = resolver(identity)
-                except HandshakeError as exc:
-                    state.refusal = exc.reason
-                    return None
-                except StoreError:
-                    state.refusal = "the psk-lookup-table is unavailable"
-                    raise  # the callback answers internal_error
-            if answer is None:
-                state.refusal = f"unknown or expired psk_identity {state.psk_identity!r}"
-                return None
-            key, state.binding = answer
-            state.raw_psk_identity = identity
-            # A TLS 1.3 client may offer a resumption ticket before its external PSK; the
-            # ticket's refusal is moot once the PSK resolves.
-            state.refusal = None
-            return key
-
-        _psk.set_server_callback(ctx, server_lookup, profile.psk_hint)
-
+        _psk.set_server_callback(ctx, _server_lookup, profile.psk_hint)
     if profile.psk_offer is not None or profile.psk_suite_offer is not None:
-        offer = profile.psk_offer
-        suite_offer = profile.psk_suite_offer
-
-        def client_provide(conn: SSL.Connection, hint: bytes | None) -> tuple[bytes, bytes] | None:
-            state = _state(conn)
-            if suite_offer is not None:
-                try:
-                    answer = suite_offer(hint, state.cipher_suite)
-                except HandshakeError as exc:
-                    state.refusal = exc.reason
-                    return None
-            else:
-                assert offer is not None
-                answer = offer(hint)
-            if answer is None:
-                state.refusal = "no PSK configured for this server"
-                return None
-            identity, key, state.binding = answer
-            state.psk_identity = _printable(identity)
-            return identity, key
-
-        _psk.set_client_callback(ctx, client_provide)
-
+        _psk.set_client_callback(ctx, _client_provide)
     if profile.certificate_policy is not None:
-        policy = profile.certificate_policy
-
-        def verify(conn: SSL.Connection, der: bytes, errnum: int, depth: int, ok: int) -> int:
-            state = _state(conn)
-            if not ok:
-                # OpenSSL's error stays: unknown_ca, certificate_expired, ... on the wire.
-                state.refusal = f"certificate verify failed at depth {depth}: {_x509_error(errnum)}"
-                return errnum
-            if depth != 0:
-                return 0
-            try:
-                state.binding = policy.bind(der)
-            except CertificateRevoked as exc:
-                state.refusal = str(exc)
-                return _psk.X509_V_ERR_CERT_REVOKED
-            except CertificateError as exc:
-                state.refusal = str(exc)
-                # bad_certificate: the name or the allowed list refuses it, not the chain.
-                return _psk.X509_V_ERR_CERT_REJECTED
-            except Exception:
-                log.exception("certificate policy failed")
-                state.refusal = "certificate policy failed"
-                return _psk.X509_V_ERR_CERT_REJECTED
-            return 0
-
         mode = SSL.VERIFY_PEER
-        if policy.require_peer_certificate:
+        if profile.certificate_policy.require_peer_certificate:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-        _psk.set_verify_callback(ctx, mode, verify)
+        _psk.set_verify_callback(ctx, mode, _verify)
+    if profile.session_cache is not None and profile.transport is Transport.TLS:
+        ctx.set_info_callback(_record_ticket)
+
+
+def _server_lookup(conn: SSL.Connection, identity: bytes) -> bytes | None:
+    state = _state(conn)
+    profile = _profile(state)
+    if b"\0" in b"".join(state.offered_identities):
+        identity = _whole(identity, state.offered_identities)
+    if profile.session_cache is not None and identity in profile.session_cache:
+        # A TLS 1.3 ticket of ours: OpenSSL finds it in its cache once we decline.
+        state.resumption = screen(profile, identity) or state.resumption
+        return None
+    state.psk_identity = _printable(identity)
+    answer: tuple[bytes, PeerBinding] | None = None
+    prefetched = state.prefetched.get(identity)
+    if isinstance(prefetched, str):
+        state.refusal = prefetched
+        return None
+    if prefetched is not None:
+        answer = prefetched
+    elif profile.psk_resolver is not None:
+        try:
+            answer = profile.psk_resolver(identity)
+        except HandshakeError as exc:
+            state.refusal = exc.reason
+            return None
+        except StoreError:
+            state.refusal = "the psk-lookup-table is unavailable"
+            raise  # the callback answers internal_error
+    if answer is None:
+        state.refusal = f"unknown or expired psk_identity {state.psk_identity!r}"
+        return None
+    key, state.binding = answer
+    state.raw_psk_identity = identity
+    # A TLS 1.3 client may offer a resumption ticket before its external PSK; the
+    # ticket's refusal is moot once the PSK resolves.
+    state.refusal = None
+    return key
+
+
+def _client_provide(conn: SSL.Connection, hint: bytes | None) -> tuple[bytes, bytes] | None:
+    state = _state(conn)
+    profile = _profile(state)
+    if profile.psk_suite_offer is not None:
+        try:
+            answer = profile.psk_suite_offer(hint, state.cipher_suite)
+        except HandshakeError as exc:
+            state.refusal = exc.reason
+            return None
+    else:
+        assert profile.psk_offer is not None
+        answer = profile.psk_offer(hint)
+    if answer is None:
+        state.refusal = "no PSK configured for this server"
+        return None
+    identity, key, state.binding = answer
+    state.psk_identity = _printable(identity)
+    return identity, key
+
+
+def _verify(conn: SSL.Connection, der: bytes, errnum: int, depth: int, ok: int) -> int:
+    state = _state(conn)
+    if not ok:
+        # OpenSSL's error stays: unknown_ca, certificate_expired, ... on the wire.
+        state.refusal = f"certificate verify failed at depth {depth}: {_x509_error(errnum)}"
+        return errnum
+    if depth != 0:
+        return 0
+    policy = _profile(state).certificate_policy
+    assert policy is not None
+    try:
+        state.binding = policy.bind(der)
+    except CertificateRevoked as exc:
+        state.refusal = str(exc)
+        return _psk.X509_V_ERR_CERT_REVOKED
+    except CertificateError as exc:
+        state.refusal = str(exc)
+        # bad_certificate: the name or the allowed list refuses it, not the chain.
+        return _psk.X509_V_ERR_CERT_REJECTED
+    except Exception:
+        log.exception("certificate policy failed")
+        state.refusal = "certificate policy failed"
+        return _psk.X509_V_ERR_CERT_REJECTED
+    return 0
+
+
+def _record_ticket(conn: SSL.Connection, where: int, ret: int) -> None:
+    """TLS 1.3: record the binding of each NewSessionTicket the server sends.
+
+    OpenSSL (with ``OP_NO_TICKET``) issues stateful tickets: each names a session in its
+    cache by a fresh ID, made after the handshake's identity was decided. The info
+    callback sees each of them as the state machine leaves the ticket state.
+    """
+    if not where & SSL.SSL_CB_LOOP:
+        return
+    try:
+        if b"session ticket" not in conn.get_state_string():
+            return
+        state = conn.get_app_data()
+        if isinstance(state, HandshakeState) and state.profile is not None:
+            record(state.profile, conn, state)
+    except Exception:  # never raise into OpenSSL
+        log.exception("recording a TLS 1.3 ticket failed")
 
 
 def _x509_error(errnum: int) -> str:

@@ -11,6 +11,10 @@ import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+# PeerKind belongs to the identifiers; a PeerBinding carries one, so it is part of
+# this module's interface too.
+from m2msec.ids import PeerKind as PeerKind
+
 
 class Framework(enum.StrEnum):
     """Security Association Establishment Frameworks of TS-0003 clause 8.2."""
@@ -19,15 +23,6 @@ class Framework(enum.StrEnum):
     CERTIFICATE = "certificate"  # 8.2.2.2
     MAF = "maf"  # 8.2.2.3
     GBA = "gba"  # seed 000 8.2.3.2 (legacy, docs/readings.md A-10)
-
-
-class PeerKind(enum.StrEnum):
-    """What kind of identifier a peer was bound to."""
-
-    AE = "ae"
-    CSE = "cse"
-    CREDENTIAL = "credential"  # a Credential-ID (TS-0003 10.4), resolved later
-    SERVICE = "service"  # a MAF/MEF/BSF FQDN
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,6 @@ from typing import Any, TypeAlias
 from OpenSSL import SSL
 
 from m2msec.errors import ConfigurationError, HandshakeError, M2MSecError
-from m2msec.tls.callbacks import HandshakeState
 from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.engine import (
     ConnectionClosed,
@@ -77,7 +76,9 @@ from m2msec.tls.engine import (
     TLSEngine,
 )
 from m2msec.tls.profiles import TLSProfile, Transport
-from m2msec.tls.sessions import ClientSession, ServerSessionCache, enable_resumption
+from m2msec.tls.resumption import enable_resumption
+from m2msec.tls.sessions import ClientSession, ServerSessionCache
+from m2msec.tls.state import HandshakeState
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ class DTLSEngine(TLSEngine):
             # state as its app data (no second SSL object per handshake).
             self._state = state
             self._conn.set_app_data(state)
+        self._state.profile = profile
         # Memory BIOs cannot report a path MTU: without this flag OpenSSL would replace
         # ours with a guess after repeated timeouts.
         self._conn.set_options(SSL.OP_NO_QUERY_MTU)
@@ -612,7 +614,7 @@ class DTLSServer:
         if resumption is not False:
             # Devices that come back resume their session (see m2msec.tls.sessions).
             cache = resumption if isinstance(resumption, ServerSessionCache) else None
-            enable_resumption(profile, cache)
+            profile = enable_resumption(profile, cache)
         self.profile = profile
         self.settings = _Settings(mtu, max_half_open, max_peers, idle_timeout, handshake_timeout)
         self.cookie_jar = cookie_jar or CookieJar(clock=clock)

@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from OpenSSL import SSL
 
 from m2msec.errors import HandshakeError
-from m2msec.tls import _psk, sessions
-from m2msec.tls.callbacks import HandshakeState
+from m2msec.tls import _psk, callbacks, resumption, sessions
 from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 from m2msec.tls.psk_sniff import PskIdentitySniffer
+from m2msec.tls.state import HandshakeState
 
 #: RFC 5705 label for the SA record identifier (docs/readings.md A-24): an exporter value
 #: both sides compute alike, and never a key.
@@ -82,7 +82,8 @@ class TLSEngine:
         session: sessions.ClientSession | None = None,
     ) -> None:
         self.profile = profile
-        self._state = HandshakeState()
+        self._state = HandshakeState(profile)
+        callbacks.install(profile)
         conn = SSL.Connection(profile.ssl_context, None)
         conn.set_app_data(self._state)
         if profile.server_side:
@@ -263,7 +264,7 @@ class TLSEngine:
             return  # wait for more of the ClientHello
         self._peek = None
         if sid:
-            self._state.resumption = sessions.screen(self.profile, sid)
+            self._state.resumption = resumption.screen(self.profile, sid)
 
     @property
     def session(self) -> SSL.Session | None:
@@ -354,7 +355,7 @@ class TLSEngine:
             raise HandshakeError("handshake finished without an identity binding")
         if self.profile.server_side and self.profile.session_cache is not None:
             self._state.binding = binding
-            sessions.record(self.profile, self._conn, self._state)
+            resumption.record(self.profile, self._conn, self._state)
         server_name: str | None
         if self.profile.server_side:
             raw = self._conn.get_servername()
@@ -393,7 +394,7 @@ class TLSEngine:
         if entry is None:
             raise HandshakeError("resumed session has no recorded identity binding")
         try:
-            binding = sessions.revalidate(self.profile, entry)
+            binding = resumption.revalidate(self.profile, entry)
         except HandshakeError:
             if cache is not None:
                 cache.refused += 1

@@ -19,15 +19,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 
 from m2msec.tls import _psk
 from m2msec.tls.context import Framework, PeerBinding
-
-if TYPE_CHECKING:
-    from m2msec.tls.sessions import ClientSessionCache, ResumptionCheck, ServerSessionCache
+from m2msec.tls.sessions import ClientSessionCache, ResumptionCheck, ServerSessionCache
 
 # OpenSSL suite names (TLS 1.2 / DTLS 1.2). Order is preference order.
 PSK_SUITES_TLS = ("PSK-AES128-GCM-SHA256", "PSK-AES128-CCM8", "PSK-AES128-CBC-SHA256")
@@ -95,12 +92,14 @@ class CertificatePolicy:
     require_peer_certificate: bool = True
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TLSProfile:
     """Everything the engine needs for one side of one framework.
 
     Built by a framework module (``m2msec.frameworks.*``) and shared by every
-    connection of a listener or a client.
+    connection of a listener or a client. Frozen: build a variant with
+    ``dataclasses.replace``; the engine installs its callbacks on the context
+    (:func:`m2msec.tls.callbacks.install`).
     """
 
     framework: Framework
@@ -124,17 +123,11 @@ class TLSProfile:
     """Server side strict mode: refuse ClientHellos without server_name."""
     session_cache: ServerSessionCache | None = None
     """Entity B: bindings of resumable sessions; set by
-    :func:`m2msec.tls.sessions.enable_resumption` (None: every handshake is a full one)."""
+    :func:`m2msec.tls.resumption.enable_resumption` (None: every handshake is a full one)."""
     resumption_check: ResumptionCheck | None = None
     """Entity B: re-validates a binding before its session is resumed (see sessions)."""
     client_sessions: ClientSessionCache | None = None
     """Entity A: sessions to offer again to the same server (see sessions)."""
-
-    def __post_init__(self) -> None:
-        # Callbacks live on the shared SSL.Context; install them once per profile.
-        from m2msec.tls.callbacks import install
-
-        install(self)
 
 
 def new_context(
@@ -162,7 +155,7 @@ def new_context(
         | SSL.OP_CIPHER_SERVER_PREFERENCE
         # No RFC 5077 tickets: TLS 1.2 resumes by session ID and TLS 1.3 gets stateful
         # tickets, both found in the server's cache where m2msec.tls.sessions can check
-        # them. That cache stays off unless sessions.enable_resumption() turns it on, as a
+        # them. That cache stays off unless resumption.enable_resumption() turns it on, as a
         # resumed session skips the callbacks that bind the peer's identity.
         | SSL.OP_NO_TICKET
     )

@@ -26,23 +26,18 @@ address and server name.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 
-from m2msec.errors import ConfigurationError, HandshakeError
+from m2msec.errors import ConfigurationError
 from m2msec.tls import _psk
 from m2msec.tls.context import Framework, PeerBinding
-
-if TYPE_CHECKING:
-    from m2msec.tls.profiles import TLSProfile
 
 log = logging.getLogger(__name__)
 
@@ -183,157 +178,6 @@ class ServerSessionCache:
             _psk.make_unresumable(entry.session, self._helper)
 
 
-def revalidate(
-    profile: TLSProfile, entry: SessionEntry, now: datetime | None = None
-) -> PeerBinding:
-    """The binding to give a resumed session, or :class:`HandshakeError` to refuse it."""
-    binding = entry.binding
-    now = now or _utcnow()
-    if binding.valid_until is not None and now >= binding.valid_until:
-        # docs/readings.md A-16: no resumption of a pre-expiry session after expiry.
-        raise HandshakeError(
-            f"session of {binding.peer_id} not resumed: its key expired at "
-            f"{binding.valid_until.isoformat()}"
-        )
-    if profile.resumption_check is not None:
-        fresh = profile.resumption_check(binding)
-        binding = fresh if fresh is not None else binding
-    elif entry.psk_identity is not None and profile.psk_resolver is not None:
-        # Provisioned PSK: the psk-lookup-table row must still exist and bind the same entity.
-        answer = profile.psk_resolver(entry.psk_identity)
-        if answer is None:
-            raise HandshakeError(
-                f"session of {binding.peer_id} not resumed: its psk_identity is no longer known"
-            )
-        fresh = answer[1]
-        if (fresh.peer_id, fresh.kind) != (binding.peer_id, binding.kind):
-            raise HandshakeError(
-                f"session of {binding.peer_id} not resumed: its psk_identity now binds "
-                f"{fresh.peer_id}"
-            )
-        binding = fresh
-    if binding.valid_until is not None and now >= binding.valid_until:
-        raise HandshakeError(f"session of {binding.peer_id} not resumed: its key has expired")
-    return binding
-
-
-def screen(profile: TLSProfile, session_id: bytes) -> SessionEntry | None:
-    """Check a session a ClientHello offers, before OpenSSL looks it up.
-
-    Returns the entry when the session may be resumed. When it may not, the session is
-    dropped and made unresumable, so OpenSSL runs a full handshake; returns None then, and
-    also for sessions this cache does not know.
-    """
-    cache = profile.session_cache
-    if cache is None or not session_id:
-        return None
-    entry = cache.lookup(session_id)
-    if entry is None:
-        return None
-    try:
-        entry.binding = revalidate(profile, entry)
-    except HandshakeError as exc:
-        cache.refused += 1
-        log.info("%s; full handshake instead", exc.reason)
-        cache.discard(session_id)
-        return None
-    return entry
-
-
-def session_id_context(profile: TLSProfile) -> bytes:
-    """The SSL session ID context of a responder (at most 32 octets).
-
-    Sessions resume only where they were made: same framework, transport and local
-    identity. OpenSSL also requires one whenever client certificates are verified.
-    """
-    label = f"m2msec|{profile.framework}|{profile.transport}|{profile.local_id or ''}"
-    return hashlib.sha256(label.encode()).digest()
-
-
-def enable_resumption(
-    profile: TLSProfile,
-    cache: ServerSessionCache | None = None,
-    *,
-    check: ResumptionCheck | None = None,
-) -> ServerSessionCache:
-    """Let clients of the responder ``profile`` resume sessions (see the module text).
-
-    Turns on OpenSSL's server-side session cache for the profile's context (with the
-    cache's lifetime as OpenSSL's session timeout) and records bindings in ``cache``.
-    ``check`` overrides the default re-validation of a binding. Idempotent.
-    """
-    if not profile.server_side:
-        raise ConfigurationError("enable_resumption() is for responder profiles")
-    if profile.session_cache is not None and cache is None:
-        if check is not None:
-            profile.resumption_check = check
-        return profile.session_cache
-    if cache is None:
-        cache = ServerSessionCache()
-    ctx = profile.ssl_context
-    cache._bind_context(ctx)
-    profile.session_cache = cache
-    if check is not None:
-        profile.resumption_check = check
-    ctx.set_session_id(session_id_context(profile))
-    ctx.set_timeout(max(1, int(cache.lifetime)))
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-    from m2msec.tls.profiles import Transport
-
-    if profile.transport is Transport.TLS:
-        _install_ticket_recorder(profile)
-    return cache
-
-
-def _install_ticket_recorder(profile: TLSProfile) -> None:
-    """TLS 1.3: record the binding of each NewSessionTicket the server sends.
-
-    OpenSSL (with ``OP_NO_TICKET``) issues stateful tickets: each names a session in its
-    cache by a fresh ID, made after the handshake's identity was decided. The info
-    callback sees each of them as the state machine leaves the ticket state.
-    """
-    from m2msec.tls.callbacks import HandshakeState
-
-    def info(conn: SSL.Connection, where: int, ret: int) -> None:
-        if not where & SSL.SSL_CB_LOOP:
-            return
-        try:
-            if b"session ticket" not in conn.get_state_string():
-                return
-            state = conn.get_app_data()
-            if isinstance(state, HandshakeState):
-                record(profile, conn, state)
-        except Exception:  # never raise into OpenSSL
-            log.exception("recording a TLS 1.3 ticket failed")
-
-    profile.ssl_context.set_info_callback(info)
-
-
-def record(profile: TLSProfile, conn: SSL.Connection, state: object) -> None:
-    """Store the current session of ``conn`` with the binding its handshake decided."""
-    from m2msec.tls.callbacks import HandshakeState
-
-    cache = profile.session_cache
-    if cache is None or not isinstance(state, HandshakeState):
-        return
-    binding = state.binding
-    psk_identity = state.raw_psk_identity
-    expires: float | None = None
-    if state.resumption is not None:
-        # Tickets issued on a resumed session live no longer than that session, and keep
-        # its psk_identity, so the next resumption still re-checks the psk-lookup-table.
-        expires = state.resumption.expires
-        if binding is None:
-            binding = state.resumption.binding
-        if psk_identity is None:
-            psk_identity = state.resumption.psk_identity
-    session = conn.get_session()
-    if binding is None or session is None:
-        return
-    _, sid = _psk.session_fields(session)
-    cache.store(sid, session, binding, profile.framework, psk_identity, expires)
-
-
 # -- ClientHello ---------------------------------------------------------------------------
 _HANDSHAKE = 22
 _CLIENT_HELLO = 1
@@ -433,7 +277,4 @@ __all__ = [
     "ServerSessionCache",
     "SessionEntry",
     "client_hello_session_id",
-    "enable_resumption",
-    "revalidate",
-    "screen",
 ]
