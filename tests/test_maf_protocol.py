@@ -272,7 +272,7 @@ def test_assign_expiry() -> None:
     cap = NOW + timedelta(minutes=5)
     assert p.assign_expiry(NOW + timedelta(hours=1), NOW, life, cap) == cap
     odd = NOW + timedelta(hours=1, microseconds=7)
-    assert p.assign_expiry(odd, NOW, life) == NOW + timedelta(hours=1)  # whole seconds
+    assert p.assign_expiry(odd, NOW, life) == odd  # the fraction is kept (issue 9 item 7)
     for bad in (NOW, NOW - timedelta(seconds=1)):
         with pytest.raises(p.MafRefusal, match="not in the future"):
             p.assign_expiry(bad, NOW, life)
