@@ -52,7 +52,6 @@ from urllib.parse import quote
 
 import h11
 
-from m2msec import m2mtime
 from m2msec.bindings.client import OneM2MClient, OneM2MResponse
 from m2msec.crypto.keyexport import (
     EXPORT_LENGTH,
@@ -77,6 +76,7 @@ from m2msec.ids import (
     check_fqdn,
     parse_entity_id,
 )
+from m2msec.maf import wire
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
@@ -132,15 +132,17 @@ def _now() -> datetime:
 
 
 def format_time(when: datetime) -> str:
-    """A oneM2M timestamp (TS-0004 6.3.3) in UTC; the one codec is :mod:`m2msec.m2mtime`."""
-    return m2mtime.format_time(when)
+    """A oneM2M timestamp (TS-0004 6.3.3) in UTC, written as the MAF writes it
+    (:mod:`m2msec.maf.wire`); a naive datetime raises ``WireError`` on both ends."""
+    return wire.format_time(when)
 
 
 def parse_time(text: object, what: str = "expirationTime") -> datetime:
-    """Read a oneM2M timestamp as UTC; a zone designator (``Z``, ``+02:00``) is refused."""
+    """Read a oneM2M timestamp as UTC, as the MAF reads it (:mod:`m2msec.maf.wire`): a zone
+    designator (``Z``, ``+02:00``) or padding is refused."""
     try:
-        return m2mtime.parse_time(text.strip() if isinstance(text, str) else text, what)
-    except m2mtime.M2MTimeError as exc:
+        return wire.parse_time(text, what)
+    except wire.WireError as exc:
         raise MafError(str(exc)) from None
 
 
@@ -160,11 +162,10 @@ def _debug_info(response: OneM2MResponse) -> str:
 
 
 def _labels(value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise MafError("labels is not a list of strings")
-    return tuple(value)
+    try:
+        return wire.parse_labels(value) or ()
+    except wire.WireError as exc:
+        raise MafError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- errors
@@ -1163,46 +1164,25 @@ class MafKeyRetriever:
     def _parse(self, kc: KcId, key: dict[str, Any]) -> RetrievedKc:
         fqdn = kc.maf_fqdn.lower()
         what = f"Key Retrieval of {kc}: the MAF {fqdn} answered"
-        rel = key.get("relativeKeyID")
         try:
-            rel_bytes = bytes.fromhex(rel) if isinstance(rel, str) else b""
-        except ValueError:
-            rel_bytes = b""
-        if not hmac.compare_digest(rel_bytes, kc.relative_bytes):
+            body = wire.MafKeyBody.parse(key)
+        except wire.WireError as exc:
+            raise KeyRetrievalError(f"{what}: {exc}") from None
+        if not hmac.compare_digest(body.relative_id, kc.relative_bytes):
             raise KeyRetrievalError(f"{what} for another relativeKeyID")
-        value = key.get("keyValue")
-        try:
-            secret = bytes.fromhex(value) if isinstance(value, str) else b""
-        except ValueError:
-            secret = b""
-        if not 16 <= len(secret) <= 64:
-            raise KeyRetrievalError(f"{what} without a usable keyValue")
-        suid = key.get("SUID")
-        if suid != SUID_MAF_SAEF:
+        if body.suid != SUID_MAF_SAEF:
             raise KeyRetrievalError(
-                f"{what} SUID {suid!r}: the key is not for the MAF-based SAEF (32)"
+                f"{what} SUID {body.suid!r}: the key is not for the MAF-based SAEF (32)"
             )
-        source = key.get("sourceMAFClientID")
-        if not isinstance(source, str) or not source:
-            raise KeyRetrievalError(f"{what} without sourceMAFClientID")
-        entity = key.get("entityID")
-        if entity is not None and (not isinstance(entity, str) or not entity):
-            raise KeyRetrievalError(f"{what} with a malformed entityID")
-        admin = key.get("adminFQDN")
-        try:
-            expires = parse_time(key.get("expirationTime"))
-            labels = _labels(key.get("labels"))
-        except MafError as exc:
-            raise KeyRetrievalError(f"{what}: {exc.reason}") from None
         return RetrievedKc(
             kc_id=kc,
-            kc=secret,
-            expires=expires,
-            km_id=source,
-            entity_id=entity,
+            kc=body.key_value,
+            expires=body.expires,
+            km_id=body.source_client_id,
+            entity_id=body.entity_id,
             suid=SUID_MAF_SAEF,
-            admin_fqdn=admin if isinstance(admin, str) else None,
-            labels=labels,
+            admin_fqdn=body.admin_fqdn,
+            labels=body.labels or (),
         )
 
     async def close(self) -> None:

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
-from m2msec import m2mtime
 from m2msec.bindings.http import RSC, HttpResponse, OneM2MRequest, http_status_for
 from m2msec.crypto.keyexport import EXPORT_LENGTH, RELATIVE_ID_LENGTH, split_export
 from m2msec.errors import IdentifierError
 from m2msec.ids import CseId, KcId, check_fqdn, parse_entity_id
+from m2msec.maf import wire
 from m2msec.maf.store import (
     MAX_KEY_OCTETS,
     MIN_KEY_OCTETS,
@@ -130,16 +130,17 @@ def _bad(message: str) -> MafRefusal:
 
 
 def parse_m2m_time(text: object, what: str = "expirationTime") -> datetime:
-    """A oneM2M timestamp (TS-0004 6.3.3, :mod:`m2msec.m2mtime`); a zone is refused with 4000."""
+    """A oneM2M timestamp read as Entity A reads it (:mod:`m2msec.maf.wire`); a zone
+    designator or padding is refused with 4000."""
     try:
-        return m2mtime.parse_time(text, what)
-    except m2mtime.M2MTimeError as exc:
+        return wire.parse_time(text, what)
+    except wire.WireError as exc:
         raise _bad(str(exc)) from None
 
 
 def format_m2m_time(value: datetime) -> str:
-    """``YYYYMMDDThhmmss[,ffffff]`` in UTC (:mod:`m2msec.m2mtime`)."""
-    return m2mtime.format_time(value)
+    """``YYYYMMDDThhmmss[,ffffff]`` in UTC (:mod:`m2msec.maf.wire`); naive values refused."""
+    return wire.format_time(value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -177,9 +178,9 @@ class MafPolicy:
         if self.key_lifetime <= timedelta(0) or self.registration_lifetime <= timedelta(0):
             raise ValueError("lifetimes must be positive")
 
-    def kc_id(self, relative_id: str) -> str:
+    def kc_id(self, relative_id: str) -> KcId:
         """The MAF Key Identifier ``<relativeKeyID>@<MAF-FQDN>`` (TS-0003 10.3.5)."""
-        return f"{relative_id}@{self.fqdn}"
+        return wire.kc_id(relative_id, self.fqdn)
 
 
 class MafReader(Protocol):
@@ -773,19 +774,16 @@ def retrieval_body(key: MafKey, client: MasterCredential | None) -> dict[str, An
     """Table 8.8.2.8-2, plus the RelativeKeyID and (8.2.2.3) Entity A's CSE-ID/AE-ID when
     the MAF is configured with one."""
     assert key.kc is not None
-    out: dict[str, Any] = {
-        "relativeKeyID": key.relative_id,
-        "keyValue": key.kc.hex(),
-        "expirationTime": format_m2m_time(key.expires_at),
-        "sourceMAFClientID": client.km_id if client is not None else key.km_id,
-        "adminFQDN": key.admin_fqdn,
-        "SUID": key.suid,
-    }
-    if client is not None and client.entity_id:
-        out["entityID"] = client.entity_id
-    if key.labels is not None:
-        out["labels"] = list(key.labels)
-    return {"mafKey": out}
+    return wire.MafKeyBody(
+        relative_id=bytes.fromhex(key.relative_id),
+        key_value=key.kc,
+        expires=key.expires_at,
+        source_client_id=client.km_id if client is not None else key.km_id,
+        admin_fqdn=key.admin_fqdn,
+        suid=key.suid,
+        entity_id=client.entity_id if client is not None else None,
+        labels=key.labels,
+    ).to_json()
 
 
 # ----------------------------------------------------------------------------- answers

@@ -1,0 +1,128 @@
+"""MAF messages on the wire, shared by both roles (TS-0003 8.8.2; tracker issue 10 item 2).
+
+One module writes and reads what the MAF Client (``frameworks/maf.py``: MafSession,
+MafClient, MafKeyRetriever) and the MAF server (``maf/protocol.py``) exchange, so the two
+ends cannot drift apart again:
+
+- time values only through :mod:`m2msec.m2mtime` (TS-0004 6.3.3 basic format, UTC, no
+  zone designator): :func:`parse_time` / :func:`format_time` refuse the same things on both
+  ends — a zoned value, padding, a naive datetime — with one :class:`WireError`;
+- KcIds only through :class:`m2msec.ids.KcId` (TS-0003 10.3.5), :func:`kc_id`;
+- the MAF Key Retrieval answer (table 8.8.2.8-2) as one typed message, :class:`MafKeyBody`,
+  built by the server and parsed by Entity B.
+
+Sans-IO: no sockets, no asyncio. Each role maps :class:`WireError` to its own error (4000
+BAD_REQUEST on the server, ``MafError`` on the client); messages never hold key values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from m2msec import m2mtime
+from m2msec.ids import KcId
+
+__all__ = ["MafKeyBody", "WireError", "format_time", "kc_id", "parse_labels", "parse_time"]
+
+
+class WireError(ValueError):
+    """A MAF message field that does not follow TS-0003 8.8.2; the message is safe to show."""
+
+
+def format_time(value: datetime) -> str:
+    """``YYYYMMDDThhmmss[,ffffff]`` in UTC; a naive datetime is refused (its zone is a guess)."""
+    try:
+        return m2mtime.format_time(value)
+    except m2mtime.M2MTimeError as exc:
+        raise WireError(str(exc)) from None
+
+
+def parse_time(text: object, what: str = "expirationTime") -> datetime:
+    """A UTC datetime from a oneM2M timestamp; a zone designator or padding is refused."""
+    try:
+        return m2mtime.parse_time(text, what)
+    except m2mtime.M2MTimeError as exc:
+        raise WireError(str(exc)) from None
+
+
+def kc_id(relative_hex: str, maf_fqdn: str) -> KcId:
+    """The MAF Key Identifier ``hexBinary(RelativeKeyID)@MAF-FQDN`` (TS-0003 10.3.5)."""
+    return KcId.from_relative(bytes.fromhex(relative_hex), maf_fqdn)
+
+
+def parse_labels(value: object) -> tuple[str, ...] | None:
+    """``labels``: absent (None) or a list of strings."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise WireError("labels is not a list of strings")
+    return tuple(value)
+
+
+def _hex(value: object) -> bytes:
+    try:
+        return bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
+class MafKeyBody:
+    """``mafKey``: the MAF Key Retrieval response (table 8.8.2.8-2), plus the RelativeKeyID
+    and (8.2.2.3) Entity A's CSE-ID/AE-ID when the MAF holds one. ``key_value`` (Kc) is
+    never in ``repr``."""
+
+    relative_id: bytes
+    key_value: bytes = field(repr=False)
+    expires: datetime
+    source_client_id: str
+    admin_fqdn: str | None
+    suid: int
+    entity_id: str | None = None
+    labels: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "relativeKeyID": self.relative_id.hex(),
+            "keyValue": self.key_value.hex(),
+            "expirationTime": format_time(self.expires),
+            "sourceMAFClientID": self.source_client_id,
+            "adminFQDN": self.admin_fqdn,
+            "SUID": self.suid,
+        }
+        if self.entity_id:
+            out["entityID"] = self.entity_id
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
+        return {"mafKey": out}
+
+    @classmethod
+    def parse(cls, key: Mapping[str, Any]) -> MafKeyBody:
+        """Read the object under ``mafKey``; the checks of what it must be for this caller
+        (which RelativeKeyID, which SUID) are the caller's."""
+        secret = _hex(key.get("keyValue"))
+        if not 16 <= len(secret) <= 64:
+            raise WireError("without a usable keyValue")
+        suid = key.get("SUID")
+        if not isinstance(suid, int) or isinstance(suid, bool):
+            raise WireError(f"SUID {suid!r} is not an integer")
+        source = key.get("sourceMAFClientID")
+        if not isinstance(source, str) or not source:
+            raise WireError("without sourceMAFClientID")
+        entity = key.get("entityID")
+        if entity is not None and (not isinstance(entity, str) or not entity):
+            raise WireError("with a malformed entityID")
+        admin = key.get("adminFQDN")
+        return cls(
+            relative_id=_hex(key.get("relativeKeyID")),
+            key_value=secret,
+            expires=parse_time(key.get("expirationTime")),
+            source_client_id=source,
+            admin_fqdn=admin if isinstance(admin, str) else None,
+            suid=suid,
+            entity_id=entity,
+            labels=parse_labels(key.get("labels")),
+        )
