@@ -16,7 +16,7 @@ from m2msec.frameworks import maf as client
 from m2msec.ids import KcId
 from m2msec.maf import protocol as server
 from m2msec.maf import wire
-from m2msec.maf.store import MafKey
+from m2msec.maf.store import MafKey, MasterCredential, NewKey
 
 FQDN = "maf.in.provider.com"
 POLICY = server.MafPolicy(FQDN, "in.provider.com")
@@ -108,3 +108,27 @@ def test_key_retrieval_answer_built_by_the_maf_read_by_entity_b() -> None:
     ):
         with pytest.raises(wire.WireError, match=reason):
             wire.MafKeyBody.parse({**body["mafKey"], **broken})
+
+
+def test_key_registration_answer_built_by_the_maf_read_by_entity_a() -> None:
+    expires = WHEN + timedelta(seconds=6.5)
+    key = NewKey(
+        relative_id=bytes.fromhex("cd" * 16), kc=bytes(32), expires_at=expires,
+        km_id="ae1@" + FQDN, suid=32, target_ids=("//in.provider.com/in-cse",),
+        admin_fqdn="admin.in.provider.com", labels=None,
+    )  # fmt: skip
+    km = MasterCredential("AE1@" + FQDN, "ae1@" + FQDN, bytes(32), None, True)
+    body = json.loads(json.dumps(server.key_registration_body(key, km)))
+    assert "keyValue" not in json.dumps(body)  # Kc never travels back
+    got = wire.MafKeyRegBody.parse(body["mafKeyReg"])
+    assert (got.relative_id, got.expires, got.suid) == (bytes.fromhex("cd" * 16), expires, 32)
+    assert got.target_ids == ("//in.provider.com/in-cse",) and got.labels is None
+    assert (got.source_client_id, got.admin_fqdn) == ("AE1@" + FQDN, "admin.in.provider.com")
+    for broken, reason in (
+        ({"relativeKeyID": "zz"}, "relativeKeyID"),
+        ({"SUID": "32"}, "SUID"),
+        ({"targetIDs": "//in.provider.com/in-cse"}, "targetIDs"),
+        ({"expirationTime": "20300101T130006+02:00"}, "time zone designator"),
+    ):
+        with pytest.raises(wire.WireError, match=reason):
+            wire.MafKeyRegBody.parse({**body["mafKeyReg"], **broken})

@@ -431,34 +431,24 @@ class MafSession:
             reg["keyValue"] = kc.hex()
         doc = await self._call("POST", "/maf/keys", {"mafKeyReg": reg}, 2001, what)
         out = _member(doc, "mafKeyReg", what, self.maf)
-        rel_text = out.get("relativeKeyID")
         try:
-            rel = bytes.fromhex(rel_text) if isinstance(rel_text, str) else b""
-        except ValueError:
-            rel = b""
-        if not rel:
-            raise MafError(f"{what}: the MAF {self.maf} answered without a valid relativeKeyID")
+            answer = wire.MafKeyRegBody.parse(out)
+        except wire.WireError as exc:
+            raise MafError(f"{what}: the MAF {self.maf} {exc}") from None
+        rel = answer.relative_id
         if kc_rel is not None and not hmac.compare_digest(rel, kc_rel):
             raise MafError(
                 f"{what}: the MAF {self.maf} names RelativeKeyID {rel.hex()} but this session "
                 f"exported {kc_rel.hex()}; the two ends did not share the TLS session"
             )
-        suid = out.get("SUID", SUID_MAF_SAEF)
-        if suid != SUID_MAF_SAEF:
-            raise MafError(f"{what}: the MAF {self.maf} registered SUID {suid!r}, not 32")
-        targets = out.get("targetIDs", [target_id])
-        if (
-            not isinstance(targets, list)
-            or len(targets) != 1
-            or not isinstance(targets[0], str)
-            or not _same_entity(targets[0], target_id)
-        ):
+        if answer.suid not in (None, SUID_MAF_SAEF):
+            raise MafError(f"{what}: the MAF {self.maf} registered SUID {answer.suid!r}, not 32")
+        targets = (target_id,) if answer.target_ids is None else answer.target_ids
+        if len(targets) != 1 or not _same_entity(targets[0], target_id):
             raise MafError(
-                f"{what}: the MAF {self.maf} changed targetIDs to {targets!r}; "
+                f"{what}: the MAF {self.maf} changed targetIDs to {list(targets)!r}; "
                 f"the Kc would not serve {target_id}"
             )
-        source = out.get("sourceMAFClientID")
-        admin = out.get("adminFQDN")
         try:
             kc_id = KcId.from_relative(rel, self.maf)
         except IdentifierError as exc:
@@ -466,11 +456,11 @@ class MafSession:
         issued = IssuedKc(
             kc_id=kc_id,
             kc=kc,
-            expires=parse_time(out.get("expirationTime")),
+            expires=answer.expires,
             target_id=target_id,
-            source_client_id=source if isinstance(source, str) else None,
-            admin_fqdn=admin if isinstance(admin, str) else None,
-            labels=_labels(out.get("labels")),
+            source_client_id=answer.source_client_id,
+            admin_fqdn=answer.admin_fqdn,
+            labels=answer.labels or (),
         )
         log.info(
             "Kc registered at MAF %s: KcId=%s target=%s expires=%s",

@@ -649,18 +649,16 @@ def plan_key_registration(
 
 
 def key_registration_body(key: NewKey, km: MasterCredential) -> dict[str, Any]:
-    """Table 8.8.2.7-2."""
-    out: dict[str, Any] = {
-        "relativeKeyID": key.relative_hex,
-        "expirationTime": format_m2m_time(key.expires_at),
-        "sourceMAFClientID": km.km_id,
-        "adminFQDN": key.admin_fqdn,
-        "SUID": key.suid,
-        "targetIDs": list(key.target_ids),
-    }
-    if key.labels is not None:
-        out["labels"] = list(key.labels)
-    return {"mafKeyReg": out}
+    """Table 8.8.2.7-2 (:class:`m2msec.maf.wire.MafKeyRegBody`)."""
+    return wire.MafKeyRegBody(
+        relative_id=bytes.fromhex(key.relative_hex),
+        expires=key.expires_at,
+        source_client_id=km.km_id,
+        admin_fqdn=key.admin_fqdn,
+        suid=key.suid,
+        target_ids=tuple(key.target_ids),
+        labels=key.labels,
+    ).to_json()
 
 
 def owned_key(store: MafReader, km: MasterCredential, rel_id: str, now: datetime) -> MafKey:

@@ -8,8 +8,9 @@ ends cannot drift apart again:
   zone designator): :func:`parse_time` / :func:`format_time` refuse the same things on both
   ends — a zoned value, padding, a naive datetime — with one :class:`WireError`;
 - KcIds only through :class:`m2msec.ids.KcId` (TS-0003 10.3.5), :func:`kc_id`;
-- the MAF Key Retrieval answer (table 8.8.2.8-2) as one typed message, :class:`MafKeyBody`,
-  built by the server and parsed by Entity B.
+- typed messages built by one end and parsed by the other: the Key Registration answer
+  (table 8.8.2.7-2, :class:`MafKeyRegBody`, MAF -> Entity A) and the Key Retrieval answer
+  (table 8.8.2.8-2, :class:`MafKeyBody`, MAF -> Entity B).
 
 Sans-IO: no sockets, no asyncio. Each role maps :class:`WireError` to its own error (4000
 BAD_REQUEST on the server, ``MafError`` on the client); messages never hold key values.
@@ -25,7 +26,15 @@ from typing import Any
 from m2msec import m2mtime
 from m2msec.ids import KcId
 
-__all__ = ["MafKeyBody", "WireError", "format_time", "kc_id", "parse_labels", "parse_time"]
+__all__ = [
+    "MafKeyBody",
+    "MafKeyRegBody",
+    "WireError",
+    "format_time",
+    "kc_id",
+    "parse_labels",
+    "parse_time",
+]
 
 
 class WireError(ValueError):
@@ -125,4 +134,60 @@ class MafKeyBody:
             suid=suid,
             entity_id=entity,
             labels=parse_labels(key.get("labels")),
+        )
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class MafKeyRegBody:
+    """``mafKeyReg``: the MAF Key Registration response (table 8.8.2.7-2). Read leniently
+    where the table lets the MAF omit a member (``SUID``, ``targetIDs``: None when absent);
+    what they must be for this Entity A is the caller's check."""
+
+    relative_id: bytes
+    expires: datetime
+    source_client_id: str | None
+    admin_fqdn: str | None
+    suid: int | None
+    target_ids: tuple[str, ...] | None
+    labels: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "relativeKeyID": self.relative_id.hex(),
+            "expirationTime": format_time(self.expires),
+            "sourceMAFClientID": self.source_client_id,
+            "adminFQDN": self.admin_fqdn,
+            "SUID": self.suid,
+            "targetIDs": None if self.target_ids is None else list(self.target_ids),
+        }
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
+        return {"mafKeyReg": out}
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> MafKeyRegBody:
+        """Read the object under ``mafKeyReg``."""
+        rel = _hex(body.get("relativeKeyID"))
+        if not rel:
+            raise WireError("answered without a valid relativeKeyID")
+        suid = body.get("SUID")
+        if suid is not None and (not isinstance(suid, int) or isinstance(suid, bool)):
+            raise WireError(f"registered SUID {suid!r}, not an integer")
+        targets = body.get("targetIDs")
+        if targets is not None and (
+            not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)
+        ):
+            raise WireError(f"answered targetIDs {targets!r}, not a list of strings")
+        return cls(
+            relative_id=rel,
+            expires=parse_time(body.get("expirationTime")),
+            source_client_id=_optional_str(body.get("sourceMAFClientID")),
+            admin_fqdn=_optional_str(body.get("adminFQDN")),
+            suid=suid,
+            target_ids=None if targets is None else tuple(targets),
+            labels=parse_labels(body.get("labels")),
         )
