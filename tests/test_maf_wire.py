@@ -23,16 +23,7 @@ POLICY = server.MafPolicy(FQDN, "in.provider.com")
 WHEN = datetime(2030, 1, 1, 13, 0, tzinfo=UTC)
 
 
-def key_registration(expiration: object) -> OneM2MRequest:
-    body = {
-        "mafKeyReg": {
-            "mafFQDN": FQDN,
-            "expirationTime": expiration,
-            "adminFQDN": "admin.in.provider.com",
-            "SUID": 32,
-            "targetIDs": ["//in.provider.com/in-cse"],
-        }
-    }
+def as_request(body: object) -> OneM2MRequest:
     return OneM2MRequest(
         method="POST",
         target="/maf/keys",
@@ -43,6 +34,20 @@ def key_registration(expiration: object) -> OneM2MRequest:
         release_version="3",
         content_type="application/json",
         resource_type=None,
+    )
+
+
+def key_registration(expiration: object) -> OneM2MRequest:
+    return as_request(
+        {
+            "mafKeyReg": {
+                "mafFQDN": FQDN,
+                "expirationTime": expiration,
+                "adminFQDN": "admin.in.provider.com",
+                "SUID": 32,
+                "targetIDs": ["//in.provider.com/in-cse"],
+            }
+        }
     )
 
 
@@ -132,3 +137,15 @@ def test_key_registration_answer_built_by_the_maf_read_by_entity_a() -> None:
     ):
         with pytest.raises(wire.WireError, match=reason):
             wire.MafKeyRegBody.parse({**body["mafKeyReg"], **broken})
+
+
+def test_key_registration_request_built_by_entity_a_read_by_the_maf() -> None:
+    expires = WHEN + timedelta(seconds=6.5)
+    body = wire.key_registration_request(
+        FQDN, expires, "admin.in.provider.com", 32, ["//in.provider.com/in-cse"],
+        ["light"], bytes(range(32)),
+    )  # fmt: skip
+    assert body["mafKeyReg"].keys() <= wire.KEY_REG_REQUEST_FIELDS
+    got = server.parse_key_registration(as_request(body), POLICY)
+    assert (got.expires, got.suid, got.labels) == (expires, 32, ("light",))
+    assert got.key_value == bytes(range(32)) and got.admin_fqdn == "admin.in.provider.com"

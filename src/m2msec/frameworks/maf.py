@@ -418,18 +418,16 @@ class MafSession:
             if not 16 <= len(key_value) <= 64:
                 raise ValueError("a self-generated Kc must be 16 to 64 octets")
             kc = bytes(key_value)
-        reg: dict[str, Any] = {
-            "mafFQDN": self.maf,
-            "expirationTime": format_time(self._owner.clock() + (lifetime or DEFAULT_KEY_LIFETIME)),
-            "adminFQDN": self._owner.admin_fqdn,
-            "SUID": SUID_MAF_SAEF,
-            "targetIDs": [target_id],
-        }
-        if labels is not None:
-            reg["labels"] = list(labels)
-        if key_value is not None:
-            reg["keyValue"] = kc.hex()
-        doc = await self._call("POST", "/maf/keys", {"mafKeyReg": reg}, 2001, what)
+        body = wire.key_registration_request(
+            self.maf,
+            self._owner.clock() + (lifetime or DEFAULT_KEY_LIFETIME),
+            self._owner.admin_fqdn,
+            SUID_MAF_SAEF,
+            [target_id],
+            None if labels is None else list(labels),
+            None if key_value is None else kc,
+        )
+        doc = await self._call("POST", "/maf/keys", body, 2001, what)
         out = _member(doc, "mafKeyReg", what, self.maf)
         try:
             answer = wire.MafKeyRegBody.parse(out)

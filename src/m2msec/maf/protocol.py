@@ -453,10 +453,7 @@ class KeyRegRequest:
 
 def parse_key_registration(request: OneM2MRequest, policy: MafPolicy) -> KeyRegRequest:
     body = json_body(request, "mafKeyReg")
-    known = frozenset(
-        {"mafFQDN", "expirationTime", "adminFQDN", "SUID", "targetIDs", "labels", "keyValue"}
-    )
-    _check_fields(body, known, "mafKeyReg")
+    _check_fields(body, wire.KEY_REG_REQUEST_FIELDS, "mafKeyReg")
     _maf_fqdn(body, policy)
     for name in ("expirationTime", "adminFQDN", "SUID", "targetIDs"):
         # targetIDs is 0..1 in table 8.8.2.7-1, but SAEF and ESPrim need exactly one and

@@ -18,20 +18,22 @@ BAD_REQUEST on the server, ``MafError`` on the client); messages never hold key 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from m2msec import m2mtime
 from m2msec.ids import KcId
 
 __all__ = [
+    "KEY_REG_REQUEST_FIELDS",
     "MafKeyBody",
     "MafKeyRegBody",
     "WireError",
     "format_time",
     "kc_id",
+    "key_registration_request",
     "parse_labels",
     "parse_time",
 ]
@@ -60,6 +62,37 @@ def parse_time(text: object, what: str = "expirationTime") -> datetime:
 def kc_id(relative_hex: str, maf_fqdn: str) -> KcId:
     """The MAF Key Identifier ``hexBinary(RelativeKeyID)@MAF-FQDN`` (TS-0003 10.3.5)."""
     return KcId.from_relative(bytes.fromhex(relative_hex), maf_fqdn)
+
+
+#: The members of a MAF Key Registration request (table 8.8.2.7-1).
+KEY_REG_REQUEST_FIELDS: Final = frozenset(
+    {"mafFQDN", "expirationTime", "adminFQDN", "SUID", "targetIDs", "labels", "keyValue"}
+)
+
+
+def key_registration_request(
+    maf_fqdn: str,
+    expires: datetime,
+    admin_fqdn: str,
+    suid: int,
+    target_ids: Sequence[str],
+    labels: Sequence[str] | None = None,
+    key_value: bytes | None = None,
+) -> dict[str, Any]:
+    """``mafKeyReg`` as Entity A sends it (table 8.8.2.7-1); the MAF reads it with
+    ``maf.protocol.parse_key_registration`` (which also applies its policy)."""
+    reg: dict[str, Any] = {
+        "mafFQDN": maf_fqdn,
+        "expirationTime": format_time(expires),
+        "adminFQDN": admin_fqdn,
+        "SUID": suid,
+        "targetIDs": list(target_ids),
+    }
+    if labels is not None:
+        reg["labels"] = list(labels)
+    if key_value is not None:
+        reg["keyValue"] = key_value.hex()
+    return {"mafKeyReg": reg}
 
 
 def parse_labels(value: object) -> tuple[str, ...] | None:
