@@ -16,7 +16,7 @@ from m2msec.frameworks import maf as client
 from m2msec.ids import KcId
 from m2msec.maf import protocol as server
 from m2msec.maf import wire
-from m2msec.maf.store import MafKey, MasterCredential, NewKey
+from m2msec.maf.store import ClientRegistration, MafKey, MasterCredential, NewKey
 
 FQDN = "maf.in.provider.com"
 POLICY = server.MafPolicy(FQDN, "in.provider.com")
@@ -149,3 +149,15 @@ def test_key_registration_request_built_by_entity_a_read_by_the_maf() -> None:
     got = server.parse_key_registration(as_request(body), POLICY)
     assert (got.expires, got.suid, got.labels) == (expires, 32, ("light",))
     assert got.key_value == bytes(range(32)) and got.admin_fqdn == "admin.in.provider.com"
+
+
+def test_client_registration_answer_built_by_the_maf_read_by_entity_a() -> None:
+    expires = WHEN + timedelta(days=1, microseconds=5)
+    reg = ClientRegistration("reg1", "ae1@" + FQDN, expires, "admin.in.provider.com", None)
+    km = MasterCredential("AE1@" + FQDN, "ae1@" + FQDN, bytes(32), None, True)
+    body = json.loads(json.dumps(server.client_registration_body(reg, km)))
+    got = wire.MafClientRegBody.parse(body["mafClientReg"])
+    assert (got.reg_id, got.expires, got.client_id) == ("reg1", expires, "AE1@" + FQDN)
+    assert got.admin_fqdn == "admin.in.provider.com" and got.labels is None
+    with pytest.raises(wire.WireError, match="mafClientRegID"):
+        wire.MafClientRegBody.parse({**body["mafClientReg"], "mafClientRegID": ""})

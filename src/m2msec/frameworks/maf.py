@@ -340,17 +340,16 @@ class MafSession:
             reg["labels"] = list(labels)
         doc = await self._call("POST", "/maf/clients", {"mafClientReg": reg}, 2001, what)
         out = _member(doc, "mafClientReg", what, self.maf)
-        reg_id = out.get("mafClientRegID")
-        if not isinstance(reg_id, str) or not reg_id:
-            raise MafError(f"{what}: the MAF {self.maf} assigned no mafClientRegID")
-        client_id = out.get("mafClientID")
-        admin = out.get("adminFQDN")
+        try:
+            answer = wire.MafClientRegBody.parse(out)
+        except wire.WireError as exc:
+            raise MafError(f"{what}: the MAF {self.maf} {exc}") from None
         return MafClientRegistration(
-            reg_id=reg_id,
-            expires=parse_time(out.get("expirationTime")),
-            client_id=client_id if isinstance(client_id, str) else None,
-            admin_fqdn=admin if isinstance(admin, str) else None,
-            labels=_labels(out.get("labels")),
+            reg_id=answer.reg_id,
+            expires=answer.expires,
+            client_id=answer.client_id,
+            admin_fqdn=answer.admin_fqdn,
+            labels=answer.labels or (),
         )
 
     async def client_config(self, reg_id: str) -> dict[str, Any]:

@@ -546,16 +546,10 @@ def plan_client_registration(
 
 
 def client_registration_body(reg: ClientRegistration, km: MasterCredential) -> dict[str, Any]:
-    """Table 8.8.2.3-2."""
-    out: dict[str, Any] = {
-        "mafClientRegID": reg.reg_id,
-        "expirationTime": format_m2m_time(reg.expires_at),
-        "mafClientID": km.km_id,
-        "adminFQDN": reg.admin_fqdn,
-    }
-    if reg.labels is not None:
-        out["labels"] = list(reg.labels)
-    return {"mafClientReg": out}
+    """Table 8.8.2.3-2 (:class:`m2msec.maf.wire.MafClientRegBody`)."""
+    return wire.MafClientRegBody(
+        reg.reg_id, reg.expires_at, km.km_id, reg.admin_fqdn, reg.labels
+    ).to_json()
 
 
 def owned_registration(

@@ -8,7 +8,8 @@ ends cannot drift apart again:
   zone designator): :func:`parse_time` / :func:`format_time` refuse the same things on both
   ends — a zoned value, padding, a naive datetime — with one :class:`WireError`;
 - KcIds only through :class:`m2msec.ids.KcId` (TS-0003 10.3.5), :func:`kc_id`;
-- typed messages built by one end and parsed by the other: the Key Registration answer
+- typed messages built by one end and parsed by the other: the Client Registration answer
+  (table 8.8.2.3-2, :class:`MafClientRegBody`), the Key Registration answer
   (table 8.8.2.7-2, :class:`MafKeyRegBody`, MAF -> Entity A) and the Key Retrieval answer
   (table 8.8.2.8-2, :class:`MafKeyBody`, MAF -> Entity B).
 
@@ -28,6 +29,7 @@ from m2msec.ids import KcId
 
 __all__ = [
     "KEY_REG_REQUEST_FIELDS",
+    "MafClientRegBody",
     "MafKeyBody",
     "MafKeyRegBody",
     "WireError",
@@ -222,5 +224,41 @@ class MafKeyRegBody:
             admin_fqdn=_optional_str(body.get("adminFQDN")),
             suid=suid,
             target_ids=None if targets is None else tuple(targets),
+            labels=parse_labels(body.get("labels")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MafClientRegBody:
+    """``mafClientReg``: the MAF Client Registration response (table 8.8.2.3-2)."""
+
+    reg_id: str
+    expires: datetime
+    client_id: str | None
+    admin_fqdn: str | None
+    labels: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mafClientRegID": self.reg_id,
+            "expirationTime": format_time(self.expires),
+            "mafClientID": self.client_id,
+            "adminFQDN": self.admin_fqdn,
+        }
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
+        return {"mafClientReg": out}
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> MafClientRegBody:
+        """Read the object under ``mafClientReg``."""
+        reg_id = body.get("mafClientRegID")
+        if not isinstance(reg_id, str) or not reg_id:
+            raise WireError("assigned no mafClientRegID")
+        return cls(
+            reg_id=reg_id,
+            expires=parse_time(body.get("expirationTime")),
+            client_id=_optional_str(body.get("mafClientID")),
+            admin_fqdn=_optional_str(body.get("adminFQDN")),
             labels=parse_labels(body.get("labels")),
         )
