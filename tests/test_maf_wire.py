@@ -161,3 +161,12 @@ def test_client_registration_answer_built_by_the_maf_read_by_entity_a() -> None:
     assert got.admin_fqdn == "admin.in.provider.com" and got.labels is None
     with pytest.raises(wire.WireError, match="mafClientRegID"):
         wire.MafClientRegBody.parse({**body["mafClientReg"], "mafClientRegID": ""})
+
+
+def test_client_registration_request_built_by_entity_a_read_by_the_maf() -> None:
+    expires = WHEN + timedelta(hours=2, microseconds=250000)
+    body = wire.client_registration_request(FQDN, expires, "admin.in.provider.com", ["home"])
+    assert body["mafClientReg"].keys() <= wire.CLIENT_REG_REQUEST_FIELDS
+    got = server.parse_client_registration(as_request(body), POLICY)
+    assert (got.expires, got.admin_fqdn) == (expires, "admin.in.provider.com")
+    assert got.labels == ("home",)

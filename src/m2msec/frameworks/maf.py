@@ -329,16 +329,13 @@ class MafSession:
     ) -> MafClientRegistration:
         """MAF Client Registration (8.8.2.3)."""
         what = "MAF Client Registration"
-        reg: dict[str, Any] = {
-            "mafFQDN": self.maf,
-            "expirationTime": format_time(
-                self._owner.clock() + (lifetime or DEFAULT_CLIENT_LIFETIME)
-            ),
-            "adminFQDN": self._owner.admin_fqdn,
-        }
-        if labels is not None:
-            reg["labels"] = list(labels)
-        doc = await self._call("POST", "/maf/clients", {"mafClientReg": reg}, 2001, what)
+        body = wire.client_registration_request(
+            self.maf,
+            self._owner.clock() + (lifetime or DEFAULT_CLIENT_LIFETIME),
+            self._owner.admin_fqdn,
+            None if labels is None else list(labels),
+        )
+        doc = await self._call("POST", "/maf/clients", body, 2001, what)
         out = _member(doc, "mafClientReg", what, self.maf)
         try:
             answer = wire.MafClientRegBody.parse(out)

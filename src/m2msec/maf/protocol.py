@@ -404,8 +404,7 @@ class ClientRegRequest:
 
 def parse_client_registration(request: OneM2MRequest, policy: MafPolicy) -> ClientRegRequest:
     body = json_body(request, "mafClientReg")
-    _check_fields(body, frozenset({"mafFQDN", "expirationTime", "adminFQDN", "labels"}),
-                  "mafClientReg")  # fmt: skip
+    _check_fields(body, wire.CLIENT_REG_REQUEST_FIELDS, "mafClientReg")
     _maf_fqdn(body, policy)
     if "expirationTime" not in body:
         raise _bad("expirationTime is missing")
@@ -428,7 +427,7 @@ class RegUpdateRequest:
 
 def parse_registration_update(request: OneM2MRequest, policy: MafPolicy) -> RegUpdateRequest:
     body = json_body(request, "mafClientReg")
-    _check_fields(body, frozenset({"mafFQDN", "expirationTime", "labels"}), "mafClientReg")
+    _check_fields(body, wire.CLIENT_UPDATE_REQUEST_FIELDS, "mafClientReg")
     if "mafFQDN" in body:
         _maf_fqdn(body, policy)
     if "expirationTime" not in body and "labels" not in body:
@@ -502,8 +501,7 @@ class KeyUpdateRequest:
 
 def parse_key_update(request: OneM2MRequest, policy: MafPolicy) -> KeyUpdateRequest:
     body = json_body(request, "mafKeyReg")
-    known = frozenset({"mafFQDN", "expirationTime", "labels", "targetIDs"})
-    _check_fields(body, known, "mafKeyReg")
+    _check_fields(body, wire.KEY_UPDATE_REQUEST_FIELDS, "mafKeyReg")
     if "mafFQDN" in body:
         _maf_fqdn(body, policy)
     if not {"expirationTime", "labels", "targetIDs"} & set(body):

@@ -28,11 +28,15 @@ from m2msec import m2mtime
 from m2msec.ids import KcId
 
 __all__ = [
+    "CLIENT_REG_REQUEST_FIELDS",
+    "CLIENT_UPDATE_REQUEST_FIELDS",
     "KEY_REG_REQUEST_FIELDS",
+    "KEY_UPDATE_REQUEST_FIELDS",
     "MafClientRegBody",
     "MafKeyBody",
     "MafKeyRegBody",
     "WireError",
+    "client_registration_request",
     "format_time",
     "kc_id",
     "key_registration_request",
@@ -64,6 +68,27 @@ def parse_time(text: object, what: str = "expirationTime") -> datetime:
 def kc_id(relative_hex: str, maf_fqdn: str) -> KcId:
     """The MAF Key Identifier ``hexBinary(RelativeKeyID)@MAF-FQDN`` (TS-0003 10.3.5)."""
     return KcId.from_relative(bytes.fromhex(relative_hex), maf_fqdn)
+
+
+#: The members of a MAF Client Registration request (table 8.8.2.3-1) and its Update (8.8.2.5).
+CLIENT_REG_REQUEST_FIELDS: Final = frozenset({"mafFQDN", "expirationTime", "adminFQDN", "labels"})
+CLIENT_UPDATE_REQUEST_FIELDS: Final = frozenset({"mafFQDN", "expirationTime", "labels"})
+#: The members of a MAF Key Registration Update request (table 8.8.2.9-1).
+KEY_UPDATE_REQUEST_FIELDS: Final = frozenset({"mafFQDN", "expirationTime", "labels", "targetIDs"})
+
+
+def client_registration_request(
+    maf_fqdn: str, expires: datetime, admin_fqdn: str, labels: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """``mafClientReg`` as Entity A sends it (table 8.8.2.3-1)."""
+    reg: dict[str, Any] = {
+        "mafFQDN": maf_fqdn,
+        "expirationTime": format_time(expires),
+        "adminFQDN": admin_fqdn,
+    }
+    if labels is not None:
+        reg["labels"] = list(labels)
+    return {"mafClientReg": reg}
 
 
 #: The members of a MAF Key Registration request (table 8.8.2.7-1).
