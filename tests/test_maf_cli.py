@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from m2msec.cli.main import app
+from m2msec.m2mtime import parse_time
 from m2msec.maf.store import MafStore, NewKey
 from tests.interop import free_port, wait_listening
 from tests.test_maf_server import (
@@ -208,7 +209,7 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         assert response.rsc == 2001
         reg = response.json()["mafKeyReg"]
         assert reg["relativeKeyID"] == exported(client.conn)[0].hex()
-        granted = datetime.strptime(reg["expirationTime"], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        granted = parse_time(reg["expirationTime"])
         assert granted <= datetime.now(UTC) + timedelta(seconds=600)  # key_lifetime from TOML
         await client.close()
     finally:

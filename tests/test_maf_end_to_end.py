@@ -241,3 +241,32 @@ async def test_connect_cli_does_the_whole_flow(world: World) -> None:
     assert world.maf.stats.keys_issued == 1
     record = next(iter(world.gateway.recent_associations.values()))
     assert record.peer_id == "Csmartphone" and record.framework is Framework.MAF
+
+
+async def test_kc_expiry_keeps_its_microseconds_end_to_end(world: World, tmp_path: Path) -> None:
+    """Issue 9 item 7: a Kc asked for now + 6.5 s gets exactly that, to the microsecond, on
+    the wire, in the MAF store, at Entity B (Key Retrieval) and as the gateway's expiry."""
+    t0 = datetime.now(UTC).replace(microsecond=123456)
+    requested = t0 + timedelta(seconds=6.5)
+    assert requested.microsecond == 623456
+    client = MafClient(
+        "127.0.0.1", world.maf.client_port, MAF_FQDN, SMARTPHONE[0], SMARTPHONE[1], clock=lambda: t0
+    )
+    initiator = MafInitiator(client, IN_CSE, lifetime=6.5, renew_before=0, clock=lambda: t0)
+    conn = await initiator.connect("127.0.0.1", world.gw_port)
+    issued = initiator.current
+    assert issued is not None
+    assert issued.expires == requested  # the MAF's answer, parsed from the wire
+    stored = world.maf.store.get_key(issued.kc_id.relative_bytes)
+    assert stored is not None and stored.expires_at == requested
+    retrieved = world.gateway.maf.retriever.cached(issued.kc_id) if world.gateway.maf else None
+    assert retrieved is not None and retrieved.expires == requested
+    record = await b_record(world, conn.context.sa_id)
+    assert record.valid_until == requested
+    assert not record.expired(requested - timedelta(microseconds=1))
+    assert record.expired(requested)
+    await conn.close()
+    # The fraction is in the store file itself, not only in a cache.
+    with MafStore(world.maf.store.path) as again:
+        reread = again.get_key(issued.kc_id.relative_bytes)
+        assert reread is not None and reread.expires_at == requested and reread.kc == issued.kc

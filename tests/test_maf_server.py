@@ -24,6 +24,7 @@ from m2msec.bindings.client import OneM2MClient, OneM2MResponse
 from m2msec.crypto.keyexport import LABEL_CONNECTION, split_export
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
+from m2msec.m2mtime import parse_time
 from m2msec.maf.audit import read_audit_log
 from m2msec.maf.store import MafStore
 from m2msec.pki import CertificateAuthority, IssuedCredential, write_credential
@@ -258,8 +259,7 @@ async def test_lifetime_is_assigned_by_the_maf(maf: Maf) -> None:
     before = datetime.now(UTC)
     response = await register(a, hours=24 * 30)
     assert response.rsc == 2001
-    granted = datetime.strptime(response.json()["mafKeyReg"]["expirationTime"], "%Y%m%dT%H%M%S")
-    granted = granted.replace(tzinfo=UTC)
+    granted = parse_time(response.json()["mafKeyReg"]["expirationTime"])
     # The default longest Kc lifetime is 24 h.
     assert before + timedelta(hours=24) - timedelta(seconds=2) <= granted
     assert granted <= datetime.now(UTC) + timedelta(hours=24)
@@ -454,7 +454,7 @@ async def test_client_registration_lifecycle(maf: Maf) -> None:
     reg = created.json()["mafClientReg"]
     reg_id = reg["mafClientRegID"]
     assert reg["mafClientID"] == KM_ID and reg["labels"] == ["home"]
-    granted = datetime.strptime(reg["expirationTime"], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    granted = parse_time(reg["expirationTime"])
     assert granted <= datetime.now(UTC) + timedelta(days=30)  # the default longest lifetime
     # 8.8.2.4: nothing configured yet, then the admin's configuration.
     assert (await a.request("GET", f"/maf/clients/{reg_id}/config", origin="ae1")).rsc == 4004
@@ -519,7 +519,7 @@ async def test_key_update_and_deregistration(maf: Maf) -> None:
     assert upd.rsc == 2004, upd.body
     body = upd.json()["mafKeyReg"]
     assert body["targetIDs"] == [OTHER_CSE] and body["labels"] == ["x"]
-    granted = datetime.strptime(body["expirationTime"], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    granted = parse_time(body["expirationTime"])
     assert timedelta(hours=23) < granted - datetime.now(UTC) <= timedelta(hours=24)
     assert (await retrieve(await maf.b(), rel)).rsc == 4103
     assert (await retrieve(await maf.b("/in-cse2"), rel)).rsc == 2000

@@ -29,6 +29,7 @@ from m2msec.maf.store import (
     parse_km_id,
     parse_relative_key_id,
 )
+from m2msec.store.seal import Sealer, load_kek
 from m2msec.store.sqlite import SqlitePskStore
 
 KM_ID = "AE123456789012-Light@maf.in.provider.com"
@@ -232,6 +233,7 @@ def test_files_private_and_keys_sealed(db: Path, store: MafStore) -> None:
     [
         ("UPDATE keys SET target_ids = '[\"//in.provider.com/evil\"]'", "key value"),
         ("UPDATE keys SET expires_at = expires_at + 86400", "key value"),
+        ("UPDATE keys SET expires_us = 250000", "key value"),  # the fraction is sealed too
         ("UPDATE keys SET km_id = 'other@maf.in.provider.com'", "key value"),
         ("UPDATE clients SET entity_id = '/mn-cse/Cevil'", "Km"),
     ],
@@ -363,6 +365,61 @@ def test_closed_store(store: MafStore) -> None:
         store.count_keys()
 
 
+def _schema_2_kc_aad(rel: str, km_id: str, suid: int, targets: str, expires: int) -> bytes:
+    """The associated data schema 2 sealed a Kc with (whole-second expiry), spelt out here
+    so that a change to maf/store.py's kc_aad cannot hide a break of old rows."""
+
+    def lp(data: bytes) -> bytes:
+        return len(data).to_bytes(2, "big") + data
+
+    return (
+        b"m2msec/maf/kc\x00"
+        + lp(rel.encode())
+        + lp(km_id.encode())
+        + suid.to_bytes(2, "big")
+        + lp(targets.encode())
+        + expires.to_bytes(8, "big", signed=True)
+    )
+
+
+def test_schema_2_store_migrates_and_its_kc_rows_still_open(db: Path, store: MafStore) -> None:
+    """Schema 3 keeps an expiry's microseconds (issue 9 item 7); a schema-2 file, its Kc
+    sealed with the old associated data, opens, migrates, and its keys still unseal."""
+    old = new_key(1)
+    store.register_key(old)
+    reg = ClientRegistration("reg1", KM_ID.lower(), NOW + timedelta(hours=2), "a.example", None)
+    with store.writer() as w:
+        w.insert_registration(reg, now=NOW)
+    store.close()
+    rel = old.relative_id.hex()
+    expires = int(old.expires_at.timestamp())
+    aad = _schema_2_kc_aad(rel, old.km_id, old.suid, f'["{TARGET}"]', expires)
+    sealed = Sealer(load_kek(db.parent / "kek", create=False)).seal(old.kc, aad)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE keys SET kc = ? WHERE rel_id = ?", (sealed, rel))
+        conn.execute("ALTER TABLE keys DROP COLUMN expires_us")
+        conn.execute("ALTER TABLE registrations DROP COLUMN expires_us")
+        conn.execute("PRAGMA user_version = 2")
+    precise = NOW + timedelta(seconds=6.5, microseconds=1)
+    with MafStore(db) as st:
+        key = st.get_key(old.relative_id)
+        assert key is not None and key.kc == old.kc and key.expires_at == old.expires_at
+        got = st.get_registration("reg1")
+        assert got is not None and got.expires_at == reg.expires_at
+        st.register_key(new_key(2, expires_at=precise))
+        with st.writer() as w:
+            w.update_registration("reg1", expires_at=precise)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+    with MafStore(db) as st:
+        fresh = st.get_key(new_key(2).relative_id)
+        assert fresh is not None and fresh.expires_at == precise and fresh.kc == new_key(2).kc
+        got = st.get_registration("reg1")
+        assert got is not None and got.expires_at == precise
+        assert st.count_keys(live_at=precise - timedelta(microseconds=1)) == 2
+        assert st.count_keys(live_at=precise) == 1  # the old key lives an hour longer
+
+
 def test_schema_1_entity_b_rows_read_as_in_cse(tmp_path: Path) -> None:
     """Schema 2 adds entity_b.kind; rows of a version-1 store were IN-CSEs (seed 001)."""
     db = tmp_path / "maf.db"
@@ -370,6 +427,8 @@ def test_schema_1_entity_b_rows_read_as_in_cse(tmp_path: Path) -> None:
         st.add_entity_b("/in-cse")
     with sqlite3.connect(db) as conn:
         conn.execute("ALTER TABLE entity_b DROP COLUMN kind")
+        conn.execute("ALTER TABLE keys DROP COLUMN expires_us")  # schema 3's columns
+        conn.execute("ALTER TABLE registrations DROP COLUMN expires_us")
         conn.execute("PRAGMA user_version = 1")
     with MafStore(db) as st:
         assert st.entity_b_kinds() == {"/in-cse": "in-cse"}

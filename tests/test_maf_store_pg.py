@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -187,12 +188,34 @@ def test_schema_1_upgraded_entity_b_rows_read_as_in_cse(pg_url: str) -> None:
     with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         st.add_entity_b(TARGET)
     raw(pg_url, "ALTER TABLE entity_b DROP COLUMN kind")
+    raw(pg_url, "ALTER TABLE keys DROP COLUMN expires_us")  # schema 3's columns
+    raw(pg_url, "ALTER TABLE registrations DROP COLUMN expires_us")
     raw(pg_url, "UPDATE meta SET counter = 1 WHERE name = 'schema-version'")
     with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         assert st.entity_b_kinds() == {TARGET: "in-cse"}
         assert st.add_entity_b("/in-cse/Cae", kind="ae", allow_non_in=True)
         assert st.entity_b_kinds()["/in-cse/Cae"] == "ae"
-    assert raw(pg_url, "SELECT counter FROM meta WHERE name = 'schema-version'") == [(2,)]
+    assert raw(pg_url, "SELECT counter FROM meta WHERE name = 'schema-version'") == [(3,)]
+
+
+def test_schema_2_upgraded_and_its_kc_rows_still_open(pg_url: str) -> None:
+    """Schema 3 keeps an expiry's microseconds (issue 9 item 7); rows of schema 2 still open."""
+    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+        st.add_client(KM_ID, KM)
+        st.register_key(new_key(1))  # whole seconds: sealed exactly as schema 2 did
+    raw(pg_url, "ALTER TABLE keys DROP COLUMN expires_us")
+    raw(pg_url, "ALTER TABLE registrations DROP COLUMN expires_us")
+    raw(pg_url, "UPDATE meta SET counter = 2 WHERE name = 'schema-version'")
+    precise = new_key(2).expires_at + timedelta(microseconds=623456)
+    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+        key = st.get_key(new_key(1).relative_id)
+        assert key is not None and key.kc == new_key(1).kc
+        assert key.expires_at == new_key(1).expires_at
+        st.register_key(new_key(2, expires_at=precise))
+    assert raw(pg_url, "SELECT counter FROM meta WHERE name = 'schema-version'") == [(3,)]
+    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+        fresh = st.get_key(new_key(2).relative_id)
+        assert fresh is not None and fresh.expires_at == precise
 
 
 # ----------------------------------------------------------------------------- sealing
@@ -214,6 +237,7 @@ def test_keys_sealed_at_rest(store: PgMafStore, pg_url: str) -> None:
     [
         ("UPDATE keys SET target_ids = '[\"//in.provider.com/evil\"]'", "key value"),
         ("UPDATE keys SET expires_at = expires_at + 86400", "key value"),
+        ("UPDATE keys SET expires_us = 250000", "key value"),  # the fraction is sealed too
         ("UPDATE keys SET km_id = 'other@maf.in.provider.com'", "key value"),
         ("UPDATE clients SET entity_id = '/mn-cse/Cevil'", "Km"),
     ],

@@ -52,7 +52,6 @@ from urllib.parse import quote
 
 import h11
 
-from m2msec import m2mtime
 from m2msec.bindings.client import OneM2MClient, OneM2MResponse
 from m2msec.crypto.keyexport import (
     EXPORT_LENGTH,
@@ -77,6 +76,7 @@ from m2msec.ids import (
     entity_kind,
     parse_entity_id,
 )
+from m2msec.maf import wire
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
@@ -132,15 +132,17 @@ def _now() -> datetime:
 
 
 def format_time(when: datetime) -> str:
-    """A oneM2M timestamp (TS-0004 6.3.3) in UTC; the one codec is :mod:`m2msec.m2mtime`."""
-    return m2mtime.format_time(when)
+    """A oneM2M timestamp (TS-0004 6.3.3) in UTC, written as the MAF writes it
+    (:mod:`m2msec.maf.wire`); a naive datetime raises ``WireError`` on both ends."""
+    return wire.format_time(when)
 
 
 def parse_time(text: object, what: str = "expirationTime") -> datetime:
-    """Read a oneM2M timestamp as UTC; a zone designator (``Z``, ``+02:00``) is refused."""
+    """Read a oneM2M timestamp as UTC, as the MAF reads it (:mod:`m2msec.maf.wire`): a zone
+    designator (``Z``, ``+02:00``) or padding is refused."""
     try:
-        return m2mtime.parse_time(text.strip() if isinstance(text, str) else text, what)
-    except m2mtime.M2MTimeError as exc:
+        return wire.parse_time(text, what)
+    except wire.WireError as exc:
         raise MafError(str(exc)) from None
 
 
@@ -160,11 +162,10 @@ def _debug_info(response: OneM2MResponse) -> str:
 
 
 def _labels(value: object) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise MafError("labels is not a list of strings")
-    return tuple(value)
+    try:
+        return wire.parse_labels(value) or ()
+    except wire.WireError as exc:
+        raise MafError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- errors
@@ -328,28 +329,24 @@ class MafSession:
     ) -> MafClientRegistration:
         """MAF Client Registration (8.8.2.3)."""
         what = "MAF Client Registration"
-        reg: dict[str, Any] = {
-            "mafFQDN": self.maf,
-            "expirationTime": format_time(
-                self._owner.clock() + (lifetime or DEFAULT_CLIENT_LIFETIME)
-            ),
-            "adminFQDN": self._owner.admin_fqdn,
-        }
-        if labels is not None:
-            reg["labels"] = list(labels)
-        doc = await self._call("POST", "/maf/clients", {"mafClientReg": reg}, 2001, what)
+        body = wire.client_registration_request(
+            self.maf,
+            self._owner.clock() + (lifetime or DEFAULT_CLIENT_LIFETIME),
+            self._owner.admin_fqdn,
+            None if labels is None else list(labels),
+        )
+        doc = await self._call("POST", "/maf/clients", body, 2001, what)
         out = _member(doc, "mafClientReg", what, self.maf)
-        reg_id = out.get("mafClientRegID")
-        if not isinstance(reg_id, str) or not reg_id:
-            raise MafError(f"{what}: the MAF {self.maf} assigned no mafClientRegID")
-        client_id = out.get("mafClientID")
-        admin = out.get("adminFQDN")
+        try:
+            answer = wire.MafClientRegBody.parse(out)
+        except wire.WireError as exc:
+            raise MafError(f"{what}: the MAF {self.maf} {exc}") from None
         return MafClientRegistration(
-            reg_id=reg_id,
-            expires=parse_time(out.get("expirationTime")),
-            client_id=client_id if isinstance(client_id, str) else None,
-            admin_fqdn=admin if isinstance(admin, str) else None,
-            labels=_labels(out.get("labels")),
+            reg_id=answer.reg_id,
+            expires=answer.expires,
+            client_id=answer.client_id,
+            admin_fqdn=answer.admin_fqdn,
+            labels=answer.labels or (),
         )
 
     async def client_config(self, reg_id: str) -> dict[str, Any]:
@@ -417,47 +414,35 @@ class MafSession:
             if not 16 <= len(key_value) <= 64:
                 raise ValueError("a self-generated Kc must be 16 to 64 octets")
             kc = bytes(key_value)
-        reg: dict[str, Any] = {
-            "mafFQDN": self.maf,
-            "expirationTime": format_time(self._owner.clock() + (lifetime or DEFAULT_KEY_LIFETIME)),
-            "adminFQDN": self._owner.admin_fqdn,
-            "SUID": SUID_MAF_SAEF,
-            "targetIDs": [target_id],
-        }
-        if labels is not None:
-            reg["labels"] = list(labels)
-        if key_value is not None:
-            reg["keyValue"] = kc.hex()
-        doc = await self._call("POST", "/maf/keys", {"mafKeyReg": reg}, 2001, what)
+        body = wire.key_registration_request(
+            self.maf,
+            self._owner.clock() + (lifetime or DEFAULT_KEY_LIFETIME),
+            self._owner.admin_fqdn,
+            SUID_MAF_SAEF,
+            [target_id],
+            None if labels is None else list(labels),
+            None if key_value is None else kc,
+        )
+        doc = await self._call("POST", "/maf/keys", body, 2001, what)
         out = _member(doc, "mafKeyReg", what, self.maf)
-        rel_text = out.get("relativeKeyID")
         try:
-            rel = bytes.fromhex(rel_text) if isinstance(rel_text, str) else b""
-        except ValueError:
-            rel = b""
-        if not rel:
-            raise MafError(f"{what}: the MAF {self.maf} answered without a valid relativeKeyID")
+            answer = wire.MafKeyRegBody.parse(out)
+        except wire.WireError as exc:
+            raise MafError(f"{what}: the MAF {self.maf} {exc}") from None
+        rel = answer.relative_id
         if kc_rel is not None and not hmac.compare_digest(rel, kc_rel):
             raise MafError(
                 f"{what}: the MAF {self.maf} names RelativeKeyID {rel.hex()} but this session "
                 f"exported {kc_rel.hex()}; the two ends did not share the TLS session"
             )
-        suid = out.get("SUID", SUID_MAF_SAEF)
-        if suid != SUID_MAF_SAEF:
-            raise MafError(f"{what}: the MAF {self.maf} registered SUID {suid!r}, not 32")
-        targets = out.get("targetIDs", [target_id])
-        if (
-            not isinstance(targets, list)
-            or len(targets) != 1
-            or not isinstance(targets[0], str)
-            or not _same_entity(targets[0], target_id)
-        ):
+        if answer.suid not in (None, SUID_MAF_SAEF):
+            raise MafError(f"{what}: the MAF {self.maf} registered SUID {answer.suid!r}, not 32")
+        targets = (target_id,) if answer.target_ids is None else answer.target_ids
+        if len(targets) != 1 or not _same_entity(targets[0], target_id):
             raise MafError(
-                f"{what}: the MAF {self.maf} changed targetIDs to {targets!r}; "
+                f"{what}: the MAF {self.maf} changed targetIDs to {list(targets)!r}; "
                 f"the Kc would not serve {target_id}"
             )
-        source = out.get("sourceMAFClientID")
-        admin = out.get("adminFQDN")
         try:
             kc_id = KcId.from_relative(rel, self.maf)
         except IdentifierError as exc:
@@ -465,11 +450,11 @@ class MafSession:
         issued = IssuedKc(
             kc_id=kc_id,
             kc=kc,
-            expires=parse_time(out.get("expirationTime")),
+            expires=answer.expires,
             target_id=target_id,
-            source_client_id=source if isinstance(source, str) else None,
-            admin_fqdn=admin if isinstance(admin, str) else None,
-            labels=_labels(out.get("labels")),
+            source_client_id=answer.source_client_id,
+            admin_fqdn=answer.admin_fqdn,
+            labels=answer.labels or (),
         )
         log.info(
             "Kc registered at MAF %s: KcId=%s target=%s expires=%s",
@@ -1163,46 +1148,25 @@ class MafKeyRetriever:
     def _parse(self, kc: KcId, key: dict[str, Any]) -> RetrievedKc:
         fqdn = kc.maf_fqdn.lower()
         what = f"Key Retrieval of {kc}: the MAF {fqdn} answered"
-        rel = key.get("relativeKeyID")
         try:
-            rel_bytes = bytes.fromhex(rel) if isinstance(rel, str) else b""
-        except ValueError:
-            rel_bytes = b""
-        if not hmac.compare_digest(rel_bytes, kc.relative_bytes):
+            body = wire.MafKeyBody.parse(key)
+        except wire.WireError as exc:
+            raise KeyRetrievalError(f"{what}: {exc}") from None
+        if not hmac.compare_digest(body.relative_id, kc.relative_bytes):
             raise KeyRetrievalError(f"{what} for another relativeKeyID")
-        value = key.get("keyValue")
-        try:
-            secret = bytes.fromhex(value) if isinstance(value, str) else b""
-        except ValueError:
-            secret = b""
-        if not 16 <= len(secret) <= 64:
-            raise KeyRetrievalError(f"{what} without a usable keyValue")
-        suid = key.get("SUID")
-        if suid != SUID_MAF_SAEF:
+        if body.suid != SUID_MAF_SAEF:
             raise KeyRetrievalError(
-                f"{what} SUID {suid!r}: the key is not for the MAF-based SAEF (32)"
+                f"{what} SUID {body.suid!r}: the key is not for the MAF-based SAEF (32)"
             )
-        source = key.get("sourceMAFClientID")
-        if not isinstance(source, str) or not source:
-            raise KeyRetrievalError(f"{what} without sourceMAFClientID")
-        entity = key.get("entityID")
-        if entity is not None and (not isinstance(entity, str) or not entity):
-            raise KeyRetrievalError(f"{what} with a malformed entityID")
-        admin = key.get("adminFQDN")
-        try:
-            expires = parse_time(key.get("expirationTime"))
-            labels = _labels(key.get("labels"))
-        except MafError as exc:
-            raise KeyRetrievalError(f"{what}: {exc.reason}") from None
         return RetrievedKc(
             kc_id=kc,
-            kc=secret,
-            expires=expires,
-            km_id=source,
-            entity_id=entity,
+            kc=body.key_value,
+            expires=body.expires,
+            km_id=body.source_client_id,
+            entity_id=body.entity_id,
             suid=SUID_MAF_SAEF,
-            admin_fqdn=admin if isinstance(admin, str) else None,
-            labels=labels,
+            admin_fqdn=body.admin_fqdn,
+            labels=body.labels or (),
         )
 
     async def close(self) -> None:

@@ -41,11 +41,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
-from m2msec import m2mtime
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, http_status_for
 from m2msec.crypto.keyexport import EXPORT_LENGTH, RELATIVE_ID_LENGTH, split_export
 from m2msec.errors import IdentifierError
 from m2msec.ids import CseId, KcId, check_fqdn, parse_entity_id
+from m2msec.maf import wire
 from m2msec.maf.store import (
     MAX_KEY_OCTETS,
     MIN_KEY_OCTETS,
@@ -130,20 +130,17 @@ def _bad(message: str) -> MafRefusal:
 
 
 def parse_m2m_time(text: object, what: str = "expirationTime") -> datetime:
-    """A oneM2M timestamp (TS-0004 6.3.3, :mod:`m2msec.m2mtime`); a zone is refused with 4000."""
+    """A oneM2M timestamp read as Entity A reads it (:mod:`m2msec.maf.wire`); a zone
+    designator or padding is refused with 4000."""
     try:
-        return m2mtime.parse_time(text, what)
-    except m2mtime.M2MTimeError as exc:
+        return wire.parse_time(text, what)
+    except wire.WireError as exc:
         raise _bad(str(exc)) from None
 
 
 def format_m2m_time(value: datetime) -> str:
-    """``YYYYMMDDThhmmss[,ffffff]`` in UTC (:mod:`m2msec.m2mtime`)."""
-    return m2mtime.format_time(value)
-
-
-def _floor(value: datetime) -> datetime:
-    return value.replace(microsecond=0)
+    """``YYYYMMDDThhmmss[,ffffff]`` in UTC (:mod:`m2msec.maf.wire`); naive values refused."""
+    return wire.format_time(value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -181,9 +178,9 @@ class MafPolicy:
         if self.key_lifetime <= timedelta(0) or self.registration_lifetime <= timedelta(0):
             raise ValueError("lifetimes must be positive")
 
-    def kc_id(self, relative_id: str) -> str:
+    def kc_id(self, relative_id: str) -> KcId:
         """The MAF Key Identifier ``<relativeKeyID>@<MAF-FQDN>`` (TS-0003 10.3.5)."""
-        return f"{relative_id}@{self.fqdn}"
+        return wire.kc_id(relative_id, self.fqdn)
 
 
 class MafReader(Protocol):
@@ -407,8 +404,7 @@ class ClientRegRequest:
 
 def parse_client_registration(request: OneM2MRequest, policy: MafPolicy) -> ClientRegRequest:
     body = json_body(request, "mafClientReg")
-    _check_fields(body, frozenset({"mafFQDN", "expirationTime", "adminFQDN", "labels"}),
-                  "mafClientReg")  # fmt: skip
+    _check_fields(body, wire.CLIENT_REG_REQUEST_FIELDS, "mafClientReg")
     _maf_fqdn(body, policy)
     if "expirationTime" not in body:
         raise _bad("expirationTime is missing")
@@ -431,7 +427,7 @@ class RegUpdateRequest:
 
 def parse_registration_update(request: OneM2MRequest, policy: MafPolicy) -> RegUpdateRequest:
     body = json_body(request, "mafClientReg")
-    _check_fields(body, frozenset({"mafFQDN", "expirationTime", "labels"}), "mafClientReg")
+    _check_fields(body, wire.CLIENT_UPDATE_REQUEST_FIELDS, "mafClientReg")
     if "mafFQDN" in body:
         _maf_fqdn(body, policy)
     if "expirationTime" not in body and "labels" not in body:
@@ -456,10 +452,7 @@ class KeyRegRequest:
 
 def parse_key_registration(request: OneM2MRequest, policy: MafPolicy) -> KeyRegRequest:
     body = json_body(request, "mafKeyReg")
-    known = frozenset(
-        {"mafFQDN", "expirationTime", "adminFQDN", "SUID", "targetIDs", "labels", "keyValue"}
-    )
-    _check_fields(body, known, "mafKeyReg")
+    _check_fields(body, wire.KEY_REG_REQUEST_FIELDS, "mafKeyReg")
     _maf_fqdn(body, policy)
     for name in ("expirationTime", "adminFQDN", "SUID", "targetIDs"):
         # targetIDs is 0..1 in table 8.8.2.7-1, but SAEF and ESPrim need exactly one and
@@ -508,8 +501,7 @@ class KeyUpdateRequest:
 
 def parse_key_update(request: OneM2MRequest, policy: MafPolicy) -> KeyUpdateRequest:
     body = json_body(request, "mafKeyReg")
-    known = frozenset({"mafFQDN", "expirationTime", "labels", "targetIDs"})
-    _check_fields(body, known, "mafKeyReg")
+    _check_fields(body, wire.KEY_UPDATE_REQUEST_FIELDS, "mafKeyReg")
     if "mafFQDN" in body:
         _maf_fqdn(body, policy)
     if not {"expirationTime", "labels", "targetIDs"} & set(body):
@@ -531,13 +523,13 @@ def assign_expiry(
     requested: datetime, now: datetime, max_lifetime: timedelta, cap: datetime | None = None
 ) -> datetime:
     """The expirationTime the MAF grants: the request, shortened to ``max_lifetime`` from
-    now and to ``cap`` (the client registration), in whole seconds."""
+    now and to ``cap`` (the client registration), to the microsecond (TS-0004 6.3.3 allows
+    a fraction; rounding to whole seconds cut a 6 s Kc to 5.x s, issue 9 item 7)."""
     if requested <= now:
         raise _bad("expirationTime is not in the future")
     granted = min(requested, now + max_lifetime)
     if cap is not None:
         granted = min(granted, cap)
-    granted = _floor(granted)
     if granted <= now:
         raise _bad("the expirationTime the MAF could grant has already passed")
     return granted
@@ -552,16 +544,10 @@ def plan_client_registration(
 
 
 def client_registration_body(reg: ClientRegistration, km: MasterCredential) -> dict[str, Any]:
-    """Table 8.8.2.3-2."""
-    out: dict[str, Any] = {
-        "mafClientRegID": reg.reg_id,
-        "expirationTime": format_m2m_time(reg.expires_at),
-        "mafClientID": km.km_id,
-        "adminFQDN": reg.admin_fqdn,
-    }
-    if reg.labels is not None:
-        out["labels"] = list(reg.labels)
-    return {"mafClientReg": out}
+    """Table 8.8.2.3-2 (:class:`m2msec.maf.wire.MafClientRegBody`)."""
+    return wire.MafClientRegBody(
+        reg.reg_id, reg.expires_at, km.km_id, reg.admin_fqdn, reg.labels
+    ).to_json()
 
 
 def owned_registration(
@@ -652,18 +638,16 @@ def plan_key_registration(
 
 
 def key_registration_body(key: NewKey, km: MasterCredential) -> dict[str, Any]:
-    """Table 8.8.2.7-2."""
-    out: dict[str, Any] = {
-        "relativeKeyID": key.relative_hex,
-        "expirationTime": format_m2m_time(key.expires_at),
-        "sourceMAFClientID": km.km_id,
-        "adminFQDN": key.admin_fqdn,
-        "SUID": key.suid,
-        "targetIDs": list(key.target_ids),
-    }
-    if key.labels is not None:
-        out["labels"] = list(key.labels)
-    return {"mafKeyReg": out}
+    """Table 8.8.2.7-2 (:class:`m2msec.maf.wire.MafKeyRegBody`)."""
+    return wire.MafKeyRegBody(
+        relative_id=bytes.fromhex(key.relative_hex),
+        expires=key.expires_at,
+        source_client_id=km.km_id,
+        admin_fqdn=key.admin_fqdn,
+        suid=key.suid,
+        target_ids=tuple(key.target_ids),
+        labels=key.labels,
+    ).to_json()
 
 
 def owned_key(store: MafReader, km: MasterCredential, rel_id: str, now: datetime) -> MafKey:
@@ -777,19 +761,16 @@ def retrieval_body(key: MafKey, client: MasterCredential | None) -> dict[str, An
     """Table 8.8.2.8-2, plus the RelativeKeyID and (8.2.2.3) Entity A's CSE-ID/AE-ID when
     the MAF is configured with one."""
     assert key.kc is not None
-    out: dict[str, Any] = {
-        "relativeKeyID": key.relative_id,
-        "keyValue": key.kc.hex(),
-        "expirationTime": format_m2m_time(key.expires_at),
-        "sourceMAFClientID": client.km_id if client is not None else key.km_id,
-        "adminFQDN": key.admin_fqdn,
-        "SUID": key.suid,
-    }
-    if client is not None and client.entity_id:
-        out["entityID"] = client.entity_id
-    if key.labels is not None:
-        out["labels"] = list(key.labels)
-    return {"mafKey": out}
+    return wire.MafKeyBody(
+        relative_id=bytes.fromhex(key.relative_id),
+        key_value=key.kc,
+        expires=key.expires_at,
+        source_client_id=client.km_id if client is not None else key.km_id,
+        admin_fqdn=key.admin_fqdn,
+        suid=key.suid,
+        entity_id=client.entity_id if client is not None else None,
+        labels=key.labels,
+    ).to_json()
 
 
 # ----------------------------------------------------------------------------- answers

@@ -104,7 +104,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 #: Entity B kinds (TS-0003 8.2.2.3, seed 001): in this release Entity B is an IN-CSE.
 ENTITY_B_KINDS: Final = ("in-cse", "mn-cse", "asn-cse", "ae")
 DEFAULT_MAF_STORE_NAME: Final = "maf.db"
@@ -161,6 +161,12 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
     # Version 2: the kind of each Entity B; rows of version 1 were allowed as IN-CSEs.
     2: ("ALTER TABLE entity_b ADD COLUMN kind TEXT NOT NULL DEFAULT 'in-cse'",),
+    # Version 3: the microseconds of each expiry (issue 9 item 7: the MAF grants and keeps
+    # the expirationTime to the microsecond, TS-0004 6.3.3); rows of version 2 have none.
+    3: (
+        "ALTER TABLE keys ADD COLUMN expires_us INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE registrations ADD COLUMN expires_us INTEGER NOT NULL DEFAULT 0",
+    ),
 }
 
 _KEK_CHECK_NAME: Final = "kek-check"
@@ -170,7 +176,7 @@ _KEK_CHECK: Final = KekCheck(_KEK_CHECK_AAD, _KEK_CHECK_VALUE, _KEK_CHECK_NAME)
 
 _KEY_COLUMNS: Final = (
     "rel_id, kc, expires_at, km_id, suid, target_ids, labels, admin_fqdn, reg_id, created, "
-    "deregistered"
+    "deregistered, expires_us"
 )
 _SELECT_KEY: Final = f"SELECT {_KEY_COLUMNS} FROM keys WHERE rel_id = ?"  # noqa: S608
 # "ON CONFLICT ... DO NOTHING" (SQLite and PostgreSQL alike) rather than catching the
@@ -178,7 +184,7 @@ _SELECT_KEY: Final = f"SELECT {_KEY_COLUMNS} FROM keys WHERE rel_id = ?"  # noqa
 # concurrent insert of the same RelativeKeyID by another MAF instance waits for that one to
 # commit, then writes nothing (rowcount 0): the loser sees a duplicate, never an error.
 _INSERT_KEY: Final = (
-    f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0) "  # noqa: S608
+    f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?) "  # noqa: S608
     "ON CONFLICT (rel_id) DO NOTHING"
 )
 _INSERT_CLIENT: Final = (
@@ -231,8 +237,15 @@ def km_aad(km_id: str, entity_id: str | None) -> bytes:
     return b"m2msec/maf/km\x00" + _lp(km_id.encode()) + tail
 
 
-def kc_aad(rel_id: str, km_id: str, suid: int, target_ids: str, expires_at: int) -> bytes:
-    """Associated data sealing a Kc: everything that decides who may have it, and until when."""
+def kc_aad(
+    rel_id: str, km_id: str, suid: int, target_ids: str, expires_at: int, expires_us: int = 0
+) -> bytes:
+    """Associated data sealing a Kc: everything that decides who may have it, and until when.
+
+    The expiry's microseconds are appended only when non-zero, so rows sealed before schema
+    3 (whole seconds) still open; the fixed-width tail keeps the encoding unambiguous.
+    """
+    tail = expires_us.to_bytes(4, "big") if expires_us else b""
     return b"".join(
         (
             b"m2msec/maf/kc\x00",
@@ -241,6 +254,7 @@ def kc_aad(rel_id: str, km_id: str, suid: int, target_ids: str, expires_at: int)
             suid.to_bytes(2, "big"),
             _lp(target_ids.encode()),
             expires_at.to_bytes(8, "big", signed=True),
+            tail,
         )
     )
 
@@ -284,10 +298,15 @@ def _epoch(value: datetime) -> int:
     return out
 
 
-def _dt(value: int) -> datetime:
+def _dt(value: int, micros: int = 0) -> datetime:
     out = from_epoch(value)
     assert out is not None
-    return out
+    return out.replace(microsecond=micros) if micros else out
+
+
+def _micros(value: datetime) -> int:
+    """The sub-second part of an expiry, kept beside its whole seconds (schema 3)."""
+    return value.microsecond
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +392,9 @@ class MafKey:
         return not self.deregistered and not self.expired(now)
 
 
-_KeyRow = tuple[str, bytes | None, int, str, int, str, str | None, str, str | None, int, int]
+_KeyRow = tuple[
+    str, bytes | None, int, str, int, str, str | None, str, str | None, int, int, int
+]
 
 
 # ----------------------------------------------------------------------------- writer
@@ -420,8 +441,10 @@ class MafWriter:
             raise ConfigurationError(f"SUID {key.suid} is out of range")
         targets = _json_list(key.target_ids)
         assert targets is not None
-        expires = _epoch(key.expires_at)
-        sealed = self._sealer.seal(key.kc, kc_aad(rel, key.km_id, key.suid, targets, expires))
+        expires, micros = _epoch(key.expires_at), _micros(key.expires_at)
+        sealed = self._sealer.seal(
+            key.kc, kc_aad(rel, key.km_id, key.suid, targets, expires, micros)
+        )
         row = (
             rel,
             sealed,
@@ -433,6 +456,7 @@ class MafWriter:
             key.admin_fqdn,
             key.reg_id,
             _epoch(now or _now()),
+            micros,
         )
         return bool(self._conn.execute(_INSERT_KEY, row).rowcount > 0)
 
@@ -461,13 +485,14 @@ class MafWriter:
         new_labels = key.labels if labels is _UNSET else labels
         targets = _json_list(new_targets)
         assert targets is not None
-        expires = _epoch(new_expires)
+        expires, micros = _epoch(new_expires), _micros(new_expires)
         sealed = self._sealer.seal(
-            key.kc, kc_aad(key.relative_id, key.km_id, key.suid, targets, expires)
+            key.kc, kc_aad(key.relative_id, key.km_id, key.suid, targets, expires, micros)
         )
         self._conn.execute(
-            "UPDATE keys SET kc = ?, expires_at = ?, target_ids = ?, labels = ? WHERE rel_id = ?",
-            (sealed, expires, targets, _json_list(new_labels), key.relative_id),
+            "UPDATE keys SET kc = ?, expires_at = ?, expires_us = ?, target_ids = ?, labels = ? "
+            "WHERE rel_id = ?",
+            (sealed, expires, micros, targets, _json_list(new_labels), key.relative_id),
         )
         return self.get_key(key.relative_id)
 
@@ -496,12 +521,13 @@ class MafWriter:
     # -- client registrations -----------------------------------------------------------
     def insert_registration(self, reg: ClientRegistration, *, now: datetime | None = None) -> None:
         cursor = self._conn.execute(
-            "INSERT INTO registrations (reg_id, km_id, expires_at, labels, admin_fqdn, "
-            "created) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (reg_id) DO NOTHING",
+            "INSERT INTO registrations (reg_id, km_id, expires_at, expires_us, labels, "
+            "admin_fqdn, created) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reg_id) DO NOTHING",
             (
                 reg.reg_id,
                 reg.km_id,
                 _epoch(reg.expires_at),
+                _micros(reg.expires_at),
                 _json_list(reg.labels),
                 reg.admin_fqdn,
                 _epoch(reg.created or now or _now()),
@@ -521,8 +547,8 @@ class MafWriter:
         sets: list[str] = []
         args: list[object] = []
         if expires_at is not None:
-            sets.append("expires_at = ?")
-            args.append(_epoch(expires_at))
+            sets.append("expires_at = ?, expires_us = ?")
+            args.extend((_epoch(expires_at), _micros(expires_at)))
         if labels is not _UNSET:
             sets.append("labels = ?")
             args.append(_json_list(labels))
@@ -942,7 +968,7 @@ class MafStore:
     def _registration(self, conn: Any, reg_id: str) -> ClientRegistration | None:
         try:
             row = conn.execute(
-                "SELECT reg_id, km_id, expires_at, admin_fqdn, labels, created "
+                "SELECT reg_id, km_id, expires_at, admin_fqdn, labels, created, expires_us "
                 "FROM registrations WHERE reg_id = ?",
                 (reg_id,),
             ).fetchone()
@@ -950,8 +976,10 @@ class MafStore:
             raise self._error("read", exc) from None
         if row is None:
             return None
-        rid, km, expires, admin, labels, created = row
-        return ClientRegistration(rid, km, _dt(expires), admin, _tuple(labels), _dt(created))
+        rid, km, expires, admin, labels, created, micros = row
+        return ClientRegistration(
+            rid, km, _dt(expires, micros), admin, _tuple(labels), _dt(created)
+        )
 
     def live_registration(
         self, km_id: str, admin_fqdn: str, now: datetime | None = None
@@ -967,7 +995,7 @@ class MafStore:
                 try:
                     row = self._rconn.execute(
                         "SELECT reg_id FROM registrations WHERE km_id = ? AND "
-                        "lower(admin_fqdn) = ? ORDER BY expires_at DESC LIMIT 1",
+                        "lower(admin_fqdn) = ? ORDER BY expires_at DESC, expires_us DESC LIMIT 1",
                         key,
                     ).fetchone()
                 except self._DB_ERRORS as exc:
@@ -1002,12 +1030,14 @@ class MafStore:
         return None if row is None else self._key(row, unseal=True)
 
     def _key(self, row: _KeyRow, *, unseal: bool) -> MafKey:
-        rel, sealed, expires, km_id, suid, targets, labels, admin, reg_id, created, dereg = row
+        rel, sealed, expires, km_id, suid, targets, labels, admin, reg_id, created, dereg, us = (
+            row
+        )
         kc: bytes | None = None
         if unseal and sealed is not None:
             kc = self._sealer.unseal(
                 sealed,
-                kc_aad(rel, km_id, suid, targets, expires),
+                kc_aad(rel, km_id, suid, targets, expires, us),
                 what=f"the key value of RelativeKeyID {rel}",
             )
         target_ids = _tuple(targets)
@@ -1015,7 +1045,7 @@ class MafStore:
         return MafKey(
             rel,
             kc,
-            _dt(expires),
+            _dt(expires, us),
             km_id,
             suid,
             target_ids,
@@ -1055,8 +1085,9 @@ class MafStore:
             row = self._read("SELECT count(*) FROM keys", ())
         else:
             row = self._read(
-                "SELECT count(*) FROM keys WHERE deregistered = 0 AND expires_at > ?",
-                (_epoch(live_at),),
+                "SELECT count(*) FROM keys WHERE deregistered = 0 AND (expires_at > ? OR "
+                "(expires_at = ? AND expires_us > ?))",
+                (_epoch(live_at), _epoch(live_at), _micros(live_at)),
             )
         assert row is not None
         return int(row[0])

@@ -88,6 +88,7 @@ _DDL: Final[tuple[str, ...]] = (
            reg_id     {_C} PRIMARY KEY,
            km_id      {_C} NOT NULL,
            expires_at BIGINT NOT NULL,
+           expires_us INTEGER NOT NULL DEFAULT 0,
            labels     TEXT,
            admin_fqdn {_C} NOT NULL,
            created    BIGINT NOT NULL
@@ -104,12 +105,24 @@ _DDL: Final[tuple[str, ...]] = (
            admin_fqdn   {_C} NOT NULL,
            reg_id       {_C},
            created      BIGINT NOT NULL,
-           deregistered INTEGER NOT NULL DEFAULT 0
+           deregistered INTEGER NOT NULL DEFAULT 0,
+           expires_us   INTEGER NOT NULL DEFAULT 0
        )""",
     "CREATE TABLE audit (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
     "time BIGINT NOT NULL, record TEXT NOT NULL)",
     "INSERT INTO meta (name, counter) VALUES ('config-version', 0)",
 )
+
+#: Upgrades from schema version N (the key) to N + 1, as in maf/store.py's _MIGRATIONS.
+_PG_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    # Schema 2: Entity B kinds, old rows are IN-CSEs.
+    1: ("ALTER TABLE entity_b ADD COLUMN kind TEXT NOT NULL DEFAULT 'in-cse'",),
+    # Schema 3: the microseconds of each expiry; old rows have none.
+    2: (
+        "ALTER TABLE keys ADD COLUMN expires_us INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE registrations ADD COLUMN expires_us INTEGER NOT NULL DEFAULT 0",
+    ),
+}
 
 
 @functools.lru_cache(maxsize=256)
@@ -253,19 +266,18 @@ class PgMafStore(MafStore):
                             f"MAF store {self.location} has schema version {version}; this "
                             f"version of m2msec reads up to {SCHEMA_VERSION}"
                         )
-                    if version == 1:
-                        # Schema 2 (as in SQLite): Entity B kinds, old rows are IN-CSEs.
-                        conn.execute(
-                            "ALTER TABLE entity_b ADD COLUMN kind TEXT NOT NULL "
-                            "DEFAULT 'in-cse'"
+                    if version not in _PG_MIGRATIONS and version != SCHEMA_VERSION:
+                        raise StoreError(
+                            f"{self.location}: schema {self._schema} is not a MAF store"
                         )
+                    if version != SCHEMA_VERSION:
+                        # The steps of maf/store.py's _MIGRATIONS, in PostgreSQL's words.
+                        for step in range(version + 1, SCHEMA_VERSION + 1):
+                            for statement in _PG_MIGRATIONS[step - 1]:
+                                conn.execute(statement)
                         conn.execute(
                             "UPDATE meta SET counter = ? WHERE name = 'schema-version'",
                             (SCHEMA_VERSION,),
-                        )
-                    elif version != SCHEMA_VERSION:
-                        raise StoreError(
-                            f"{self.location}: schema {self._schema} is not a MAF store"
                         )
                 else:
                     for statement in _DDL:

@@ -1018,7 +1018,7 @@ class MafServer:
             raise
         source = "keyValue" if req.key_value is not None else "exporter"
         for _attempt in range(3):
-            kc_id = self.policy.kc_id(plan.relative_hex)
+            kc_id = str(self.policy.kc_id(plan.relative_hex))
             target = ",".join(plan.target_ids)
 
             def audit(
@@ -1089,7 +1089,7 @@ class MafServer:
         now = self._clock()
         key = p.owned_key(self.store, s.km, rel_id, now)
         changes, body = p.plan_key_update(self.store, self.policy, key, req, now)
-        kc_id = self.policy.kc_id(rel_id)
+        kc_id = str(self.policy.kc_id(rel_id))
 
         def op(w: MafWriter) -> Any:
             updated = w.update_key(rel_id, **changes)
@@ -1120,7 +1120,7 @@ class MafServer:
         """8.8.2.10."""
         now = self._clock()
         p.owned_key(self.store, s.km, rel_id, now)
-        kc_id = self.policy.kc_id(rel_id)
+        kc_id = str(self.policy.kc_id(rel_id))
 
         def audit(outcome: Any) -> list[dict[str, str | int]]:
             if outcome is not True:
@@ -1247,10 +1247,15 @@ class MafServer:
                 )
             key = p.decide_retrieval(self.store, self.policy, retriever, rel_id, self._clock())
         except p.MafRefusal as refusal:
+            kc_id: str | None = None
+            if rel_id is not None:
+                # A RelativeKeyID too long for a psk_identity makes no KcId (10.3.5).
+                with contextlib.suppress(IdentifierError):
+                    kc_id = str(self.policy.kc_id(rel_id))
             await self._audit_now(
                 audit_record(
                     AuditEvent.RETRIEVAL_REFUSED,
-                    kcId=None if rel_id is None else self.policy.kc_id(rel_id),
+                    kcId=kc_id,
                     retriever=who,
                     rsc=refusal.rsc,
                     reason=refusal.audit,
@@ -1262,7 +1267,7 @@ class MafServer:
         await self._audit_now(
             audit_record(
                 AuditEvent.KEY_RETRIEVED,
-                kcId=self.policy.kc_id(key.relative_id),
+                kcId=str(self.policy.kc_id(key.relative_id)),
                 kmId=client.km_id if client else key.km_id,
                 retriever=who,
                 target=",".join(key.target_ids),
