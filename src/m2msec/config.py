@@ -78,7 +78,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +100,7 @@ __all__ = [
     "ListenerSpec",
     "MafRetrievalConfig",
     "PskConfig",
+    "app_rule",
     "load_config",
     "parse_config",
     "parse_listen_url",
@@ -727,16 +728,51 @@ def _app_rules(raw: Any) -> tuple[AppRule, ...]:
         unknown = set(table) - {"credentials", "allowed_aes", "allowed_app_ids"}
         if unknown:
             raise _err(where, f"unknown keys {sorted(unknown)}")
-        lists: dict[str, tuple[str, ...]] = {}
         for key in ("credentials", "allowed_aes", "allowed_app_ids"):
-            value = table.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            if not isinstance(table.get(key, []), list):
                 raise _err(f"{where}.{key}", "must be a list of non-empty strings")
-            lists[key] = tuple(value)
-        if not lists["credentials"] or not lists["allowed_aes"]:
-            raise _err(where, "needs credentials and allowed_aes")
-        rules.append(AppRule(lists["credentials"], lists["allowed_aes"], lists["allowed_app_ids"]))
+        rules.append(
+            app_rule(
+                table.get("credentials", []),
+                table.get("allowed_aes", []),
+                table.get("allowed_app_ids", []),
+                where=where,
+            )
+        )
     return tuple(rules)
+
+
+def app_rule(
+    credentials: Sequence[Any],
+    allowed_aes: Sequence[Any],
+    allowed_app_ids: Sequence[Any] = (),
+    *,
+    where: str = "app_rule",
+) -> AppRule:
+    """A validated :class:`AppRule`: the one check of TOML and ``m2msec gateway rule add``.
+
+    Each pattern is a non-empty string without whitespace or control characters (no oneM2M
+    identifier holds them, so such a pattern could never match); ``*`` is TS-0001's
+    wildcard. ``credentials`` and ``allowed_aes`` must not be empty.
+    """
+    lists: dict[str, tuple[str, ...]] = {}
+    for key, value in (
+        ("credentials", credentials),
+        ("allowed_aes", allowed_aes),
+        ("allowed_app_ids", allowed_app_ids),
+    ):
+        for v in value:
+            if not isinstance(v, str) or not v:
+                raise _err(f"{where}.{key}", "must be a list of non-empty strings")
+            if any(c.isspace() or not c.isprintable() for c in v):
+                raise _err(
+                    f"{where}.{key}",
+                    f"pattern {v!r} holds whitespace or a control character",
+                )
+        lists[key] = tuple(value)
+    if not lists["credentials"] or not lists["allowed_aes"]:
+        raise _err(where, "needs credentials and allowed_aes")
+    return AppRule(lists["credentials"], lists["allowed_aes"], lists["allowed_app_ids"])
 
 
 def _merge(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:

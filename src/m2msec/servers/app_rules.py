@@ -7,7 +7,8 @@ the Credential-ID and whose ``allowedAEs`` match the AE-ID-Stem (and, if given, 
 element matches any run of characters (``C*``, ``S*``, ``C123*X``, ``*``). No rule for
 the credential: 4128 SERVICE_SUBSCRIPTION_NOT_ESTABLISHED; rules, none allowing: 4126
 APP_RULE_VALIDATION_FAILED. The rules come from the gateway's TOML
-(``[[gateway.app_rule]]``); ``<serviceSubscribedAppRule>`` resources of the CSE are not read.
+(``[[gateway.app_rule]]``) and the psk store (:mod:`m2msec.store.app_rules`, ``m2msec
+gateway rule``); ``<serviceSubscribedAppRule>`` resources of the CSE are not read.
 """
 
 from __future__ import annotations

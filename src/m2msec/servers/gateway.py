@@ -114,6 +114,7 @@ from m2msec.servers.backend import (
     BackendTooLarge,
 )
 from m2msec.servers.streams import PlainStream, Stream
+from m2msec.store.app_rules import AppRuleStore
 from m2msec.store.base import PskStore
 from m2msec.store.registry import IdentityRegistry
 from m2msec.store.sqlite import SqlitePskStore
@@ -685,6 +686,7 @@ class Gateway:
         # (the store's lookup cache lifetime: a change is not visible sooner anyway).
         self._psk_revalidate: Callable[[PeerBinding], PeerBinding] | None = None
         self._registry: IdentityRegistry | None = None
+        self._rule_store: AppRuleStore | None = None
         self._clock = clock
         #: The client of the backend CSE, once started.
         self.backend: BackendPool | None = None
@@ -728,6 +730,18 @@ class Gateway:
 
             self._registry = IdentityRegistry(self._store.path, psk_forms=forms)
         return self._registry
+
+    @property
+    def rule_store(self) -> AppRuleStore | None:
+        """The stored serviceSubscribedAppRules (``m2msec gateway rule``), beside the registry."""
+        if self._rule_store is None and isinstance(self._store, SqlitePskStore):
+            self._rule_store = AppRuleStore(self._store.path, cache_ttl=self._store.cache_ttl)
+        return self._rule_store
+
+    def app_rules(self) -> tuple[AppRule, ...]:
+        """The TOML's rules, then the stored ones (re-read within the lookup cache lifetime)."""
+        stored = self.rule_store
+        return self.config.app_rules + (() if stored is None else stored.rules())
 
     def url(self, index: int = 0) -> str:
         return self._listeners[index].url
@@ -828,6 +842,9 @@ class Gateway:
         if self._registry is not None:
             self._registry.close()
             self._registry = None
+        if self._rule_store is not None:
+            self._rule_store.close()
+            self._rule_store = None
         if self._own_store and self._store is not None:
             self._store.close()
         log.info("gateway stopped: %s", self.stats.as_dict())
@@ -1204,7 +1221,7 @@ class Gateway:
             request,
             self._clock(),
             owner_of,
-            self.config.app_rules,
+            self.app_rules(),
             cse_originators=self.config.cse_originators,
         )
         if isinstance(decision, Refuse):
