@@ -30,7 +30,7 @@ PACKAGE = "m2msec"
 # step with the table in docs/architecture.md.
 LAYERS: list[list[str]] = [
     ["errors", "paths", "m2mtime", "__init__"],
-    ["ids"],
+    ["ids", "app_rules"],
     ["crypto"],
     ["store"],
     ["tls"],

@@ -23,13 +23,13 @@ import h11
 import httpx
 import pytest
 
+from m2msec.app_rules import AppRule, wildcard_match
 from m2msec.bindings.client import OneM2MClient
 from m2msec.bindings.messages import OneM2MRequest
-from m2msec.config import AppRule, ConfigurationError, parse_config
+from m2msec.config import ConfigurationError, parse_config
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.ids import CseId
-from m2msec.servers.app_rules import wildcard_match
 from m2msec.servers.gateway import (
     Association,
     Forward,

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from m2msec.app_rules import AppRule
 from m2msec.bindings.client import OneM2MClient
-from m2msec.config import AppRule, GatewayConfig, MafRetrievalConfig, parse_listen_url
+from m2msec.config import GatewayConfig, MafRetrievalConfig, parse_listen_url
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.ids import CseId

@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from m2msec.app_rules import AppRule, app_rule
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
 
@@ -100,6 +101,7 @@ __all__ = [
     "ListenerSpec",
     "MafRetrievalConfig",
     "PskConfig",
+    "app_rule",
     "load_config",
     "parse_config",
     "parse_listen_url",
@@ -184,15 +186,6 @@ class MafRetrievalConfig:
     ca: Path
     cache_size: int = 1024
     timeout: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class AppRule:
-    """One serviceSubscribedAppRule (TS-0001 9.6.1.2.2): see m2msec.servers.app_rules."""
-
-    credentials: tuple[str, ...]
-    allowed_aes: tuple[str, ...]
-    allowed_app_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -727,15 +720,17 @@ def _app_rules(raw: Any) -> tuple[AppRule, ...]:
         unknown = set(table) - {"credentials", "allowed_aes", "allowed_app_ids"}
         if unknown:
             raise _err(where, f"unknown keys {sorted(unknown)}")
-        lists: dict[str, tuple[str, ...]] = {}
         for key in ("credentials", "allowed_aes", "allowed_app_ids"):
-            value = table.get(key, [])
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            if not isinstance(table.get(key, []), list):
                 raise _err(f"{where}.{key}", "must be a list of non-empty strings")
-            lists[key] = tuple(value)
-        if not lists["credentials"] or not lists["allowed_aes"]:
-            raise _err(where, "needs credentials and allowed_aes")
-        rules.append(AppRule(lists["credentials"], lists["allowed_aes"], lists["allowed_app_ids"]))
+        rules.append(
+            app_rule(
+                table.get("credentials", []),
+                table.get("allowed_aes", []),
+                table.get("allowed_app_ids", []),
+                where=where,
+            )
+        )
     return tuple(rules)
 
 

@@ -1,4 +1,4 @@
-"""``m2msec gateway serve``: the CSE security gateway from the shell.
+"""``m2msec gateway serve``: the CSE security gateway from the shell (``rule``: app rules).
 
 Terminates TLS (HTTP) and DTLS (CoAP) with the provisioned-PSK (TS-0003 8.2.2.1),
 certificate (8.2.2.2), MAF-based (8.2.2.3) and GBA-based (seed 000 8.2.3.2) frameworks,
@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from m2msec.cli import gateway_rules
 from m2msec.cli.common import run_on_fast_loop, serve_until_signalled, setup_logging
 from m2msec.config import GatewayConfig, load_config
 from m2msec.errors import ConfigurationError, M2MSecError, StoreError
@@ -37,6 +38,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals could hold keys
 )
+
+app.add_typer(gateway_rules.app, name="rule")
 
 _LEVELS = ("debug", "info", "warning", "error")
 

@@ -83,6 +83,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from m2msec.app_rules import AppRule, check_app_rules
 from m2msec.bindings.http import (
     BadRequest,
     HttpServerConnection,
@@ -98,7 +99,7 @@ from m2msec.bindings.messages import (
     error_response,
     media_type_and_ty,
 )
-from m2msec.config import AppRule, GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
+from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
 from m2msec.errors import (
     CertificateError,
     ConfigurationError,
@@ -107,7 +108,6 @@ from m2msec.errors import (
     StoreError,
 )
 from m2msec.ids import AeId, CseId, normalise_originator, originator_within, parse_entity_id
-from m2msec.servers.app_rules import check_app_rules
 from m2msec.servers.backend import (
     BackendError,
     BackendPool,
@@ -116,6 +116,7 @@ from m2msec.servers.backend import (
     BackendTooLarge,
 )
 from m2msec.servers.streams import PlainStream, Stream
+from m2msec.store.app_rules import AppRuleStore
 from m2msec.store.base import PskStore
 from m2msec.store.registry import IdentityRegistry
 from m2msec.store.sqlite import SqlitePskStore
@@ -407,7 +408,7 @@ def check_request(
     ``owner_of`` is the identity registry's lookup (normalised entity id -> credential key):
     a Credential-ID association may not register an AE-ID another credential owns.
     ``app_rules`` (None: not checked) are the serviceSubscribedAppRules a Credential-ID
-    registration must satisfy (m2msec.servers.app_rules): 4128 / 4126 otherwise.
+    registration must satisfy (m2msec.app_rules): 4128 / 4126 otherwise.
     """
     ctx = assoc.context
     if ctx.expired(now or datetime.now(UTC)):
@@ -687,6 +688,7 @@ class Gateway:
         # (the store's lookup cache lifetime: a change is not visible sooner anyway).
         self._psk_revalidate: Callable[[PeerBinding], PeerBinding] | None = None
         self._registry: IdentityRegistry | None = None
+        self._rule_store: AppRuleStore | None = None
         self._clock = clock
         #: The client of the backend CSE, once started.
         self.backend: BackendPool | None = None
@@ -730,6 +732,18 @@ class Gateway:
 
             self._registry = IdentityRegistry(self._store.path, psk_forms=forms)
         return self._registry
+
+    @property
+    def rule_store(self) -> AppRuleStore | None:
+        """The stored serviceSubscribedAppRules (``m2msec gateway rule``), beside the registry."""
+        if self._rule_store is None and isinstance(self._store, SqlitePskStore):
+            self._rule_store = AppRuleStore(self._store.path, cache_ttl=self._store.cache_ttl)
+        return self._rule_store
+
+    def app_rules(self) -> tuple[AppRule, ...]:
+        """The TOML's rules, then the stored ones (re-read within the lookup cache lifetime)."""
+        stored = self.rule_store
+        return self.config.app_rules + (() if stored is None else stored.rules())
 
     def url(self, index: int = 0) -> str:
         return self._listeners[index].url
@@ -830,6 +844,9 @@ class Gateway:
         if self._registry is not None:
             self._registry.close()
             self._registry = None
+        if self._rule_store is not None:
+            self._rule_store.close()
+            self._rule_store = None
         if self._own_store and self._store is not None:
             self._store.close()
         log.info("gateway stopped: %s", self.stats.as_dict())
@@ -1207,7 +1224,7 @@ class Gateway:
             request,
             self._clock(),
             owner_of,
-            self.config.app_rules,
+            self.app_rules(),
             cse_originators=self.config.cse_originators,
         )
         if isinstance(decision, Refuse):

@@ -70,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 MAX_KPSA_ID_OCTETS: Final = 128  # RFC 4279 psk_identity limit
 MAX_KPSA_OCTETS: Final = 64  # OpenSSL's PSK_MAX_PSK_LEN
 MAX_ENTITY_ID_OCTETS: Final = 1024
@@ -96,6 +96,17 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
            ) WITHOUT ROWID""",
         "CREATE INDEX identity_owner_credential ON identity_owner (credential)",
         "CREATE INDEX psk_entity_id ON psk (entity_id)",
+    ),
+    # Stored serviceSubscribedAppRules (m2msec.store.app_rules, ``m2msec gateway rule``).
+    3: (
+        """CREATE TABLE app_rule (
+               id              INTEGER PRIMARY KEY AUTOINCREMENT,
+               name            TEXT UNIQUE,
+               credentials     TEXT NOT NULL,
+               allowed_aes     TEXT NOT NULL,
+               allowed_app_ids TEXT NOT NULL,
+               created_at      INTEGER NOT NULL
+           )""",
     ),
 }
 

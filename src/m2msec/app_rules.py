@@ -7,27 +7,74 @@ the Credential-ID and whose ``allowedAEs`` match the AE-ID-Stem (and, if given, 
 element matches any run of characters (``C*``, ``S*``, ``C123*X``, ``*``). No rule for
 the credential: 4128 SERVICE_SUBSCRIPTION_NOT_ESTABLISHED; rules, none allowing: 4126
 APP_RULE_VALIDATION_FAILED. The rules come from the gateway's TOML
-(``[[gateway.app_rule]]``); ``<serviceSubscribedAppRule>`` resources of the CSE are not read.
+(``[[gateway.app_rule]]``) and the psk store (:mod:`m2msec.store.app_rules`, ``m2msec
+gateway rule``), both validated by :func:`app_rule`; ``<serviceSubscribedAppRule>``
+resources of the CSE are not read. No I/O here: the config loader, the store and the
+gateway share this module.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
-from m2msec.config import AppRule
+from m2msec.errors import ConfigurationError
 
 __all__ = [
     "APP_RULE_VALIDATION_FAILED",
     "SERVICE_SUBSCRIPTION_NOT_ESTABLISHED",
     "AppRule",
+    "app_rule",
     "check_app_rules",
     "wildcard_match",
 ]
 
 APP_RULE_VALIDATION_FAILED = 4126
 SERVICE_SUBSCRIPTION_NOT_ESTABLISHED = 4128
+
+
+@dataclass(frozen=True, slots=True)
+class AppRule:
+    """One serviceSubscribedAppRule (TS-0001 9.6.1.2.2): checked by :func:`check_app_rules`."""
+
+    credentials: tuple[str, ...]
+    allowed_aes: tuple[str, ...]
+    allowed_app_ids: tuple[str, ...] = ()
+
+
+def app_rule(
+    credentials: Sequence[Any],
+    allowed_aes: Sequence[Any],
+    allowed_app_ids: Sequence[Any] = (),
+    *,
+    where: str = "app_rule",
+) -> AppRule:
+    """A validated :class:`AppRule`: the one check of TOML and ``m2msec gateway rule add``.
+
+    Each pattern is a non-empty string without whitespace or control characters (no oneM2M
+    identifier holds them, so such a pattern could never match); ``*`` is TS-0001's
+    wildcard. ``credentials`` and ``allowed_aes`` must not be empty.
+    """
+    lists: dict[str, tuple[str, ...]] = {}
+    for key, value in (
+        ("credentials", credentials),
+        ("allowed_aes", allowed_aes),
+        ("allowed_app_ids", allowed_app_ids),
+    ):
+        for v in value:
+            if not isinstance(v, str) or not v:
+                raise ConfigurationError(f"{where}.{key}: must be a list of non-empty strings")
+            if any(c.isspace() or not c.isprintable() for c in v):
+                raise ConfigurationError(
+                    f"{where}.{key}: pattern {v!r} holds whitespace or a control character"
+                )
+        lists[key] = tuple(value)
+    if not lists["credentials"] or not lists["allowed_aes"]:
+        raise ConfigurationError(f"{where}: needs credentials and allowed_aes")
+    return AppRule(lists["credentials"], lists["allowed_aes"], lists["allowed_app_ids"])
 
 
 @lru_cache(maxsize=1024)

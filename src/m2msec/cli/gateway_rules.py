@@ -1,0 +1,153 @@
+"""``m2msec gateway rule add|list|remove``: stored serviceSubscribedAppRules.
+
+TS-0001 9.6.1.2.2 / TR-0038 7.1.2: a registration over a Credential-ID association is
+allowed only by a rule whose ``applicableCredIDs`` (``--credential``) match the
+Credential-ID and whose ``allowedAEs`` (``--allowed-ae``) match the AE-ID-Stem, and
+``allowedApp-IDs`` (``--allowed-app-id``) the App-ID if given. The rules are kept in the
+psk store's SQLite file (:mod:`m2msec.store.app_rules`); a running gateway on that file
+applies a change within its lookup cache lifetime, together with its TOML rules.
+
+Exit status: 0 on success, 1 for a store that cannot be opened or an unknown rule, 2 for
+an invalid pattern or name (nothing is written).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from m2msec.app_rules import app_rule
+from m2msec.errors import ConfigurationError, StoreError
+from m2msec.store import SqlitePskStore, open_store
+from m2msec.store.app_rules import AppRuleStore, check_rule_name
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="rule",
+    help="Manage stored serviceSubscribedAppRules (TS-0001 9.6.1.2.2).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="PATH",
+        help="The gateway's psk store file or sqlite:///absolute/path URL (default: "
+        "m2msec.db in the data directory, as m2msec psk).",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    text = Text("error: ", style="bold red")
+    text.append(message, style="red")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _rules(store: str | None) -> Iterator[AppRuleStore]:
+    try:
+        psk = open_store(store)  # runs the schema migrations
+        try:
+            if not isinstance(psk, SqlitePskStore):
+                _fail("stored app rules need a SQLite psk store", 1)
+            rules = AppRuleStore(psk.path)
+        finally:
+            psk.close()
+        try:
+            yield rules
+        finally:
+            rules.close()
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    except StoreError as exc:
+        _fail(str(exc.args[0]) if exc.args else str(exc), 1)
+
+
+@app.command("add")
+def add_command(
+    credential: Annotated[
+        list[str],
+        typer.Option("--credential", metavar="PATTERN",
+                     help="applicableCredIDs pattern, e.g. 12-*@in.provider.com (repeatable)."),
+    ],
+    allowed_ae: Annotated[
+        list[str],
+        typer.Option("--allowed-ae", metavar="PATTERN",
+                     help="allowedAEs pattern, an AE-ID-Stem such as C* (repeatable)."),
+    ],
+    allowed_app_id: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-app-id", metavar="PATTERN",
+                     help="allowedApp-IDs pattern (repeatable; none: any App-ID)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name for rule remove.")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Add a rule: CREDENTIAL patterns may register ALLOWED-AE stems."""
+    try:
+        # Validated before the store is opened: a bad pattern writes nothing.
+        rule = app_rule(credential, allowed_ae, allowed_app_id or (), where="rule")
+        check_rule_name(name)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
+    with _rules(store) as rules:
+        added = rules.add(rule, name)
+    Console(highlight=False, soft_wrap=True).print(
+        Text(f"added rule {added.id}" + (f" ({added.name})" if added.name else ""))
+    )
+
+
+@app.command("list")
+def list_command(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """List the stored rules (the TOML's [[gateway.app_rule]] are not shown)."""
+    with _rules(store) as rules:
+        rows = rules.list()
+    out = Console(highlight=False, soft_wrap=True)
+    if as_json:
+        out.out(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    if not rows:
+        out.print("no stored app rules")
+        return
+    table = Table(title="serviceSubscribedAppRules", title_justify="left")
+    for column in ("id", "name", "credentials", "allowed AEs", "allowed App-IDs"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            Text(r.name or ""),
+            Text(" ".join(r.rule.credentials)),
+            Text(" ".join(r.rule.allowed_aes)),
+            Text(" ".join(r.rule.allowed_app_ids) or "any"),
+        )
+    out.print(table)
+
+
+@app.command("remove")
+def remove_command(
+    rule: Annotated[str, typer.Argument(metavar="NAME|ID", help="The rule's name or id.")],
+    store: StoreOption = None,
+) -> None:
+    """Remove a stored rule by name or id."""
+    with _rules(store) as rules:
+        removed = rules.remove(rule)
+    if not removed:
+        _fail(f"no stored app rule {rule!r}", 1)
+    Console(highlight=False, soft_wrap=True).print(Text(f"removed rule {rule}"))
