@@ -356,16 +356,16 @@ def serve(
         _fail(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
     setup_logging(log_level)
     overrides: dict[str, Any] = {
-        "listen": list(listen) if listen else None,
-        "zn_listen": list(zn_listen) if zn_listen else None,
-        "fqdn": fqdn,
-        "store": None if store is None else str(store),
-        "cert": None if cert is None else str(cert),
-        "key": None if key is None else str(key),
-        "ca": None if ca is None else str(ca),
-        "ks_lifetime": ks_lifetime,
-        "ub_rate": ub_rate,
-        "ub_burst": ub_burst,
+        "bsf.listen": list(listen) if listen else None,
+        "bsf.zn_listen": list(zn_listen) if zn_listen else None,
+        "bsf.fqdn": fqdn,
+        "bsf.store": None if store is None else str(store),
+        "bsf.cert": None if cert is None else str(cert),
+        "bsf.key": None if key is None else str(key),
+        "bsf.ca": None if ca is None else str(ca),
+        "bsf.ks_lifetime": ks_lifetime,
+        "bsf.ub_rate": ub_rate,
+        "bsf.ub_burst": ub_burst,
     }
     try:
         cfg = load_bsf_config(config, overrides)

@@ -83,7 +83,6 @@ import logging
 import math
 import os
 import time
-import tomllib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -105,6 +104,7 @@ from m2msec.bindings.http import (
     PeerClosed,
     RequestReceived,
 )
+from m2msec.config.loader import load
 from m2msec.crypto.gba import btid as make_btid
 from m2msec.crypto.gba import ks_ext_naf, ks_from, ks_int_naf
 from m2msec.errors import (
@@ -347,44 +347,15 @@ def parse_bsf_config(
 def load_bsf_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> BsfConfig:
-    """Read ``path`` (TOML) if given, apply ``overrides`` (``{"fqdn": ...}``, None values
-    ignored; relative paths from the current directory) and validate."""
-    data: dict[str, Any] = {}
-    source = "<command line>"
-    file_base = Path.cwd()
-    if path is not None:
-        file = Path(path).expanduser()
-        try:
-            with file.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigurationError(f"config file not found: {file}") from None
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read config file {file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{file}: invalid TOML: {exc}") from None
-        source = str(file)
-        file_base = file.resolve().parent
-    section = data.get("bsf", {})
-    if isinstance(section, dict):
-        section = dict(section)
-        # Paths from the file are relative to the file; those from overrides to the cwd.
-        for name in ("store", "cert", "key", "ca"):
-            value = section.get(name)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                section[name] = str(file_base / value)
-        for name, value in (overrides or {}).items():
-            if value is not None:
-                if name not in _KEYS:
-                    raise ConfigurationError(f"unknown override {name!r}")
-                section[name] = value
-        data = {**data, "bsf": section}
-    try:
-        return parse_bsf_config(data, base_dir=Path.cwd(), source=source)
-    except ConfigurationError as exc:
-        if path is not None:
-            raise ConfigurationError(f"{source}: {exc}") from None
-        raise
+    """Read ``path`` (TOML) if given, apply ``overrides`` (``{"bsf.fqdn": ...}``, None
+    values ignored) and validate, through :func:`m2msec.config.loader.load`."""
+    return load(
+        path,
+        overrides,
+        sections={"bsf": _KEYS},
+        paths=[("bsf", name) for name in ("store", "cert", "key", "ca")],
+        parse=lambda data, base, source: parse_bsf_config(data, base_dir=base, source=source),
+    )
 
 
 # ----------------------------------------------------------------------------- Zn identity

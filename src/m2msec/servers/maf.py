@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +58,7 @@ from m2msec.bindings.http import (
     RequestReceived,
 )
 from m2msec.config import ListenerSpec, parse_listen_url
+from m2msec.config.loader import load
 from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_CONNECTION
 from m2msec.errors import (
     CertificateError,
@@ -317,51 +317,14 @@ def load_maf_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> MafConfig:
     """Read ``path`` (TOML) if given and apply ``overrides`` (``{"maf.fqdn": ...}``; None
-    values ignored; relative paths in overrides from the current directory)."""
-    data: dict[str, dict[str, Any]] = {}
-    source = "<command line>"
-    base = Path.cwd()
-    if path is not None:
-        file = Path(path).expanduser()
-        try:
-            with file.open("rb") as fh:
-                data = {
-                    k: dict(v) if isinstance(v, dict) else v for k, v in tomllib.load(fh).items()
-                }
-        except FileNotFoundError:
-            raise ConfigurationError(f"config file not found: {file}") from None
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read config file {file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{file}: invalid TOML: {exc}") from None
-        source = str(file)
-        base = file.resolve().parent
-        # Resolve file-relative paths now so that overrides stay cwd-relative.
-        for section, key in _PATHS:
-            table = data.get(section)
-            if isinstance(table, dict):
-                value = table.get(key)
-                if (
-                    isinstance(value, str)
-                    and value
-                    and "://" not in value
-                    and not Path(value).expanduser().is_absolute()
-                ):
-                    table[key] = str(base / value)
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        section, _, key = dotted.partition(".")
-        table = data.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigurationError(f"[{section}] must be a table")
-        table[key] = value
-    try:
-        return parse_maf_config(data, base_dir=Path.cwd(), source=source)
-    except ConfigurationError as exc:
-        if path is not None:
-            raise ConfigurationError(f"{source}: {exc}") from None
-        raise
+    values ignored) through :func:`m2msec.config.loader.load`."""
+    return load(
+        path,
+        overrides,
+        sections=_KEYS,
+        paths=_PATHS,
+        parse=lambda data, base, source: parse_maf_config(data, base_dir=base, source=source),
+    )
 
 
 # ----------------------------------------------------------------------------- journal
