@@ -276,8 +276,8 @@ def test_one_override_convention_for_every_server(
 ) -> None:
     """gateway, MAF and BSF take the same dotted ``section.key`` overrides (one loader);
     a misspelt key is refused as an override, named, with the near miss suggested."""
+    from m2msec.config import bsf, maf
     from m2msec.config.loader import merge_overrides
-    from m2msec.servers import bsf, maf
 
     sections = {
         "gateway": {"gateway": {"backend"}},
