@@ -33,6 +33,8 @@ from rich.table import Table
 from rich.text import Text
 
 from m2msec.cli.common import (
+    ConfigOption,
+    LogLevelOption,
     fail,
     load_config_or_exit,
     require_store,
@@ -326,15 +328,8 @@ def serve(
             "--ub-burst", metavar="N", help="Burst of the Ub rate limit.", show_default=False
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", metavar="FILE", help="TOML configuration file.", show_default=False
-        ),
-    ] = None,
-    log_level: Annotated[
-        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
-    ] = "info",
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "info",
     init: Annotated[
         bool,
         typer.Option("--init", help="Create the BSF store if it does not exist yet."),

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
 import typer
 from rich.console import Console, RenderableType
@@ -115,6 +115,15 @@ async def serve_until_signalled(serve_forever: Callable[[asyncio.Event], Awaitab
 # (exit 1), start the server, print its banner, run until a signal, then report.
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", metavar="FILE", help="TOML configuration file.", show_default=False
+    ),
+]
+LogLevelOption = Annotated[
+    str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
+]
 C = TypeVar("C")
 
 

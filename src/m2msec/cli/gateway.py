@@ -21,7 +21,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from m2msec.cli.common import load_config_or_exit, require_store, run_server, start_logging
+from m2msec.cli.common import (
+    ConfigOption,
+    LogLevelOption,
+    load_config_or_exit,
+    require_store,
+    run_server,
+    start_logging,
+)
 from m2msec.config import load_config
 from m2msec.errors import StoreError
 from m2msec.paths import default_store_path
@@ -153,11 +160,7 @@ def serve(
         Path | None,
         typer.Option(metavar="FILE", help="Trust anchors (PEM).", show_default=False),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", metavar="FILE", help="TOML configuration file.",
-                     show_default=False),
-    ] = None,
+    config: ConfigOption = None,
     first_flight_timeout: Annotated[
         float | None,
         typer.Option("--first-flight-timeout", metavar="SECONDS",
@@ -182,10 +185,7 @@ def serve(
                      help="Seconds from a request head's first byte to its end; then 408 "
                      "(default 10).", show_default=False),
     ] = None,
-    log_level: Annotated[
-        str,
-        typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
-    ] = "info",
+    log_level: LogLevelOption = "info",
     init: Annotated[
         bool,
         typer.Option("--init", help="Create the psk-lookup-table if it does not exist yet."),

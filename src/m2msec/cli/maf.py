@@ -34,6 +34,8 @@ from rich.table import Table
 from rich.text import Text
 
 from m2msec.cli.common import (
+    ConfigOption,
+    LogLevelOption,
     fail,
     load_config_or_exit,
     run_server,
@@ -401,12 +403,7 @@ def audit(
 
 @app.command()
 def serve(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", metavar="FILE", help="TOML configuration file.", show_default=False
-        ),
-    ] = None,
+    config: ConfigOption = None,
     fqdn: Annotated[
         str | None,
         typer.Option("--fqdn", metavar="FQDN", help="The MAF's FQDN (MAF-ID).", show_default=False),
@@ -472,10 +469,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    log_level: Annotated[
-        str,
-        typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
-    ] = "info",
+    log_level: LogLevelOption = "info",
     init: Annotated[
         bool,
         typer.Option("--init", help="Create the MAF store if it does not exist yet."),
