@@ -584,7 +584,7 @@ def test_config_file_paths_are_relative_to_the_file(tmp_path: Path, pki: Pki) ->
         'zn_listen = ["tls://[::1]:0"]\nstore = "state/bsf.db"\n'
         'cert = "bsf.pem"\nkey = "bsf.key"\nca = "ca.pem"\nks_lifetime = 120\n'
     )
-    cfg = load_bsf_config(folder / "bsf.toml", {"ks_lifetime": 60.0})
+    cfg = load_bsf_config(folder / "bsf.toml", {"bsf.ks_lifetime": 60.0})
     assert cfg.fqdn == BSF_FQDN
     assert cfg.listen == (("127.0.0.1", 0),) and cfg.zn_listen == (("::1", 0),)
     assert cfg.store == folder / "state" / "bsf.db"

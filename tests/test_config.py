@@ -261,3 +261,34 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("load", "good", "bad"),
+    [
+        ("gateway", {"gateway.backend": "http://127.0.0.1:9/"}, "gateway.bakend"),
+        ("maf", {"maf.fqdn": "maf.example.com"}, "maf.fdqn"),
+        ("bsf", {"bsf.fqdn": "bsf.example.com"}, "bsf.fdqn"),
+    ],
+)
+def test_one_override_convention_for_every_server(
+    load: str, good: dict[str, str], bad: str
+) -> None:
+    """gateway, MAF and BSF take the same dotted ``section.key`` overrides (one loader);
+    a misspelt key is refused as an override, named, with the near miss suggested."""
+    from m2msec.config import bsf, maf
+    from m2msec.config.loader import merge_overrides
+
+    sections = {
+        "gateway": {"gateway": {"backend"}},
+        "maf": maf._KEYS,
+        "bsf": {"bsf": bsf._KEYS},
+    }[load]
+    section, _, key = next(iter(good)).partition(".")
+    assert merge_overrides({}, good, sections)[section][key] == good[f"{section}.{key}"]
+    loaders = {"gateway": load_config, "maf": maf.load_maf_config, "bsf": bsf.load_bsf_config}
+    with pytest.raises(ConfigurationError, match=rf"unknown override '{bad}' \(did you mean"):
+        loaders[load](None, {bad: "x"})
+    # The bare spelling the BSF took before is refused like any unknown key.
+    with pytest.raises(ConfigurationError, match="unknown override 'fqdn'"):
+        loaders[load](None, {"fqdn": "x"})

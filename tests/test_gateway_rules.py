@@ -26,7 +26,7 @@ from tests.test_gateway import gw_config, light, running
 
 acme = acme_fixture()
 
-# Two psk rows without entity id: Credential-ID associations 12-<KpsaId> (A-13).
+# Two psk rows without entity id: Credential-ID associations 12-<KpsaId> (docs/readings.md A-13).
 CRED = ("AE123456789099-Light@in.provider.com", "ffeeddccbbaa99887766554433221100", None)
 CRED2 = ("AE123456789098-Light@in.provider.com", "00ffeeddccbbaa998877665544332211", None)
 PATTERN = "12-AE12345678909*-Light@in.provider.com"

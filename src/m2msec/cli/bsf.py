@@ -20,25 +20,32 @@ or configuration.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from m2msec.cli.common import serve_until_signalled, setup_logging
+from m2msec.cli.common import (
+    ConfigOption,
+    LogLevelOption,
+    fail,
+    load_config_or_exit,
+    require_store,
+    run_server,
+    start_logging,
+)
 from m2msec.crypto.milenage import opc as derive_opc
-from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
+from m2msec.errors import ConfigurationError, IdentifierError, StoreError
 from m2msec.gba.aka import DEFAULT_AMF
 from m2msec.gba.subscribers import Guss, SubscriberStore
-from m2msec.servers.bsf import BsfConfig, BsfServer, load_bsf_config
+from m2msec.servers.bsf import BsfServer, load_bsf_config
 
 __all__ = ["app"]
 
@@ -50,7 +57,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals could hold keys
 )
 
-_LEVELS = ("debug", "info", "warning", "error")
 
 StoreOption = Annotated[
     Path | None,
@@ -67,21 +73,14 @@ def _out() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        Text(f"error: {message}", style="bold red")
-    )
-    raise typer.Exit(code)
-
-
 @contextmanager
 def _errors() -> Iterator[None]:
     try:
         yield
     except (IdentifierError, ConfigurationError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except StoreError as exc:
-        _fail(str(exc.args[0]) if exc.args else str(exc), 1)
+        fail(str(exc.args[0]) if exc.args else str(exc), 1)
 
 
 def _read_hex(value: str, what: str, length: int) -> bytes:
@@ -96,9 +95,9 @@ def _read_hex(value: str, what: str, length: int) -> bytes:
     try:
         raw = bytes.fromhex(text)
     except ValueError:
-        _fail(f"{what} must be hexadecimal", 2)
+        fail(f"{what} must be hexadecimal", 2)
     if len(raw) != length:
-        _fail(f"{what} must be {length} octets ({2 * length} hex digits), got {len(raw)}", 2)
+        fail(f"{what} must be {length} octets ({2 * length} hex digits), got {len(raw)}", 2)
     return raw
 
 
@@ -165,7 +164,7 @@ def add_subscriber(
 ) -> None:
     """Provision a subscriber of the HSS simulator."""
     if (opc is None) == (op is None):
-        _fail("give exactly one of --opc and --op", 2)
+        fail("give exactly one of --opc and --op", 2)
     key = _read_hex(k, "K", 16)
     if opc is not None:
         opc_value = _read_hex(opc, "OPc", 16)
@@ -178,13 +177,13 @@ def add_subscriber(
     for item in uss or ():
         fqdn, sep, text = item.partition("=")
         if not sep:
-            _fail(f"--uss {item!r}: write FQDN=JSON", 2)
+            fail(f"--uss {item!r}: write FQDN=JSON", 2)
         try:
             value = json.loads(text)
         except ValueError as exc:
-            _fail(f"--uss {fqdn}: not JSON: {exc}", 2)
+            fail(f"--uss {fqdn}: not JSON: {exc}", 2)
         if not isinstance(value, dict):
-            _fail(f"--uss {fqdn}: the USS must be a JSON object", 2)
+            fail(f"--uss {fqdn}: the USS must be a JSON object", 2)
         nafs[fqdn] = value
     with _errors():
         guss = Guss.allowing(nafs, any_naf=any_naf)
@@ -246,7 +245,7 @@ def remove(
     with _errors(), _open(store) as st:
         removed = st.remove_subscriber(impi)
     if not removed:
-        _fail(f"no subscriber {impi!r}", 1)
+        fail(f"no subscriber {impi!r}", 1)
     _out().print(f"removed {impi}")
 
 
@@ -271,14 +270,6 @@ def _banner(bsf: BsfServer) -> Table:
     )
     table.add_row("Ks lifetime", f"{cfg.ks_lifetime:g} s")
     return table
-
-
-async def _run(config: BsfConfig, console: Console) -> BsfServer:
-    bsf = BsfServer(config)
-    await bsf.start()
-    console.print(_banner(bsf))
-    await serve_until_signalled(bsf.serve_forever)
-    return bsf
 
 
 @app.command()
@@ -337,59 +328,38 @@ def serve(
             "--ub-burst", metavar="N", help="Burst of the Ub rate limit.", show_default=False
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", metavar="FILE", help="TOML configuration file.", show_default=False
-        ),
-    ] = None,
-    log_level: Annotated[
-        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
-    ] = "info",
+    config: ConfigOption = None,
+    log_level: LogLevelOption = "info",
     init: Annotated[
         bool,
         typer.Option("--init", help="Create the BSF store if it does not exist yet."),
     ] = False,
 ) -> None:
     """Run the BSF until SIGINT or SIGTERM."""
-    if log_level.lower() not in _LEVELS:
-        _fail(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
-    setup_logging(log_level)
+    start_logging(log_level)
     overrides: dict[str, Any] = {
-        "listen": list(listen) if listen else None,
-        "zn_listen": list(zn_listen) if zn_listen else None,
-        "fqdn": fqdn,
-        "store": None if store is None else str(store),
-        "cert": None if cert is None else str(cert),
-        "key": None if key is None else str(key),
-        "ca": None if ca is None else str(ca),
-        "ks_lifetime": ks_lifetime,
-        "ub_rate": ub_rate,
-        "ub_burst": ub_burst,
+        "bsf.listen": list(listen) if listen else None,
+        "bsf.zn_listen": list(zn_listen) if zn_listen else None,
+        "bsf.fqdn": fqdn,
+        "bsf.store": None if store is None else str(store),
+        "bsf.cert": None if cert is None else str(cert),
+        "bsf.key": None if key is None else str(key),
+        "bsf.ca": None if ca is None else str(ca),
+        "bsf.ks_lifetime": ks_lifetime,
+        "bsf.ub_rate": ub_rate,
+        "bsf.ub_burst": ub_burst,
     }
-    try:
-        cfg = load_bsf_config(config, overrides)
-    except ConfigurationError as exc:
-        _fail(str(exc), 2)
+    cfg = load_config_or_exit(load_bsf_config, config, overrides)
     if not init:
         from m2msec.gba.subscribers import default_bsf_store_path
-        from m2msec.store.schema import require_initialised
 
-        try:
-            require_initialised(
-                cfg.store or default_bsf_store_path(),
-                label="BSF store",
-                create="m2msec bsf add-subscriber",
-            )
-        except StoreError as exc:
-            _fail(str(exc), 1)
+        require_store(
+            cfg.store or default_bsf_store_path(),
+            label="BSF store",
+            create="m2msec bsf add-subscriber",
+        )
     console = Console(highlight=False)
-    try:
-        bsf = asyncio.run(_run(cfg, console))
-    except ConfigurationError as exc:
-        _fail(str(exc), 2)
-    except (M2MSecError, OSError) as exc:
-        _fail(str(exc), 1)
+    bsf = run_server(lambda: BsfServer(cfg), _banner, console)
     stats = bsf.stats
     console.print(
         f"stopped: {stats.bootstraps} bootstrap(s), {stats.resyncs} resynchronisation(s), "

@@ -20,12 +20,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from m2msec.cli import gateway_rules
-from m2msec.cli.common import run_on_fast_loop, serve_until_signalled, setup_logging
-from m2msec.config import GatewayConfig, load_config
-from m2msec.errors import ConfigurationError, M2MSecError, StoreError
+from m2msec.cli.common import (
+    ConfigOption,
+    LogLevelOption,
+    load_config_or_exit,
+    require_store,
+    run_server,
+    start_logging,
+)
+from m2msec.config import load_config
+from m2msec.errors import StoreError
 from m2msec.paths import default_store_path
 from m2msec.servers.gateway import Gateway
 
@@ -41,18 +47,11 @@ app = typer.Typer(
 
 app.add_typer(gateway_rules.app, name="rule")
 
-_LEVELS = ("debug", "info", "warning", "error")
-
 
 @app.callback()
 def _group() -> None:
     """The CSE security gateway: TLS and DTLS in front of a oneM2M CSE."""
     # A callback keeps ``serve`` a sub-command even while it is the only one.
-
-
-def _err(message: str, code: int) -> typer.Exit:
-    Console(stderr=True, highlight=False).print(Text(f"error: {message}", style="bold red"))
-    return typer.Exit(code)
 
 
 def _banner(gw: Gateway) -> Table:
@@ -101,14 +100,6 @@ def _banner(gw: Gateway) -> Table:
         "on (the framework re-validates each resumed session)" if cfg.resumption else "off",
     )
     return table
-
-
-async def _run(config: GatewayConfig, console: Console) -> Gateway:
-    gw = Gateway(config)
-    await gw.start()
-    console.print(_banner(gw))
-    await serve_until_signalled(gw.serve_forever)
-    return gw
 
 
 @app.command()
@@ -171,11 +162,7 @@ def serve(
         Path | None,
         typer.Option(metavar="FILE", help="Trust anchors (PEM).", show_default=False),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", metavar="FILE", help="TOML configuration file.",
-                     show_default=False),
-    ] = None,
+    config: ConfigOption = None,
     first_flight_timeout: Annotated[
         float | None,
         typer.Option("--first-flight-timeout", metavar="SECONDS",
@@ -200,19 +187,14 @@ def serve(
                      help="Seconds from a request head's first byte to its end; then 408 "
                      "(default 10).", show_default=False),
     ] = None,
-    log_level: Annotated[
-        str,
-        typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
-    ] = "info",
+    log_level: LogLevelOption = "info",
     init: Annotated[
         bool,
         typer.Option("--init", help="Create the psk-lookup-table if it does not exist yet."),
     ] = False,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
-    if log_level.lower() not in _LEVELS:
-        raise _err(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
-    setup_logging(log_level)
+    start_logging(log_level)
     overrides: dict[str, object] = {
         "gateway.listen": list(listen) if listen else None,
         "gateway.backend": backend,
@@ -228,28 +210,15 @@ def serve(
         "gateway.max_associations_per_credential": max_associations_per_credential,
         "gateway.request_head_timeout": request_head_timeout,
     }
-    try:
-        cfg = load_config(config, overrides)
-    except ConfigurationError as exc:
-        raise _err(str(exc), 2) from None
+    cfg = load_config_or_exit(load_config, config, overrides)
     if cfg.psk is not None and not init:
-        from m2msec.store.schema import require_initialised
-
-        try:
-            require_initialised(
-                cfg.psk.store or default_store_path(),
-                label="psk-lookup-table",
-                create="m2msec psk add / psk import",
-            )
-        except StoreError as exc:
-            raise _err(str(exc), 1) from None
+        require_store(
+            cfg.psk.store or default_store_path(),
+            label="psk-lookup-table",
+            create="m2msec psk add / psk import",
+        )
     console = Console(highlight=False)
-    try:
-        gw = run_on_fast_loop(_run(cfg, console))
-    except ConfigurationError as exc:
-        raise _err(str(exc), 2) from None
-    except (M2MSecError, OSError) as exc:
-        raise _err(str(exc), 1) from None
+    gw = run_server(lambda: Gateway(cfg), _banner, console)
     stats = gw.stats
     console.print(
         f"stopped: {stats.associations_established} associations, "

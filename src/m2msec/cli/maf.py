@@ -26,18 +26,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from m2msec.cli.common import run_on_fast_loop, serve_until_signalled, setup_logging
+from m2msec.cli.common import (
+    ConfigOption,
+    LogLevelOption,
+    fail,
+    load_config_or_exit,
+    run_server,
+    start_logging,
+)
 from m2msec.errors import (
     ConfigurationError,
     IdentifierError,
-    M2MSecError,
     StoreError,
     UnknownCredentialError,
 )
@@ -49,6 +55,9 @@ from m2msec.maf.store import (
     parse_km_id,
     redact_url,
 )
+
+if TYPE_CHECKING:
+    from m2msec.servers.maf import MafConfig, MafServer
 
 __all__ = ["app"]
 
@@ -79,7 +88,6 @@ EntityArgument = Annotated[
     str,
     typer.Argument(metavar="ID", help="CSE-ID or AE-ID, e.g. //in.provider.com/in-cse."),
 ]
-_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _out() -> Console:
@@ -88,13 +96,6 @@ def _out() -> Console:
 
 def _err() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    text = Text("error: ", style="bold red")
-    text.append(message, style="red")
-    _err().print(text)
-    raise typer.Exit(code)
 
 
 def _done(message: str, subject: str, rest: str = "") -> None:
@@ -110,9 +111,9 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except (IdentifierError, ConfigurationError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except StoreError as exc:
-        _fail(str(exc.args[0]) if exc.args else str(exc), 1)
+        fail(str(exc.args[0]) if exc.args else str(exc), 1)
 
 
 @contextmanager
@@ -402,12 +403,7 @@ def audit(
 
 @app.command()
 def serve(
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", metavar="FILE", help="TOML configuration file.", show_default=False
-        ),
-    ] = None,
+    config: ConfigOption = None,
     fqdn: Annotated[
         str | None,
         typer.Option("--fqdn", metavar="FQDN", help="The MAF's FQDN (MAF-ID).", show_default=False),
@@ -473,10 +469,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    log_level: Annotated[
-        str,
-        typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error."),
-    ] = "info",
+    log_level: LogLevelOption = "info",
     init: Annotated[
         bool,
         typer.Option("--init", help="Create the MAF store if it does not exist yet."),
@@ -485,9 +478,7 @@ def serve(
     """Run the MAF until SIGINT or SIGTERM."""
     from m2msec.servers.maf import load_maf_config
 
-    if log_level.lower() not in _LEVELS:
-        _fail(f"--log-level must be one of {', '.join(_LEVELS)}", 2)
-    setup_logging(log_level)
+    start_logging(log_level)
     overrides: dict[str, object] = {
         "maf.fqdn": fqdn,
         "maf.listen": listen,
@@ -500,17 +491,9 @@ def serve(
         "certificates.key": None if key is None else str(key),
         "certificates.ca": None if ca is None else str(ca),
     }
-    try:
-        cfg = load_maf_config(config, overrides)
-    except ConfigurationError as exc:
-        _fail(str(exc), 2)
+    cfg = load_config_or_exit(load_maf_config, config, overrides)
     console = Console(highlight=False)
-    try:
-        stats = run_on_fast_loop(_serve(cfg, console, init=init))
-    except ConfigurationError as exc:
-        _fail(str(exc), 2)
-    except (M2MSecError, OSError) as exc:
-        _fail(str(exc), 1)
+    stats = run_server(lambda: _server(cfg, init=init), _banner, console).stats.as_dict()
     console.print(
         f"stopped: {stats['keys_issued']} keys issued, {stats['keys_retrieved']} retrieved, "
         f"{stats['requests_refused']} requests refused, "
@@ -518,12 +501,16 @@ def serve(
     )
 
 
-async def _serve(cfg: Any, console: Console, *, init: bool = False) -> dict[str, Any]:
+def _server(cfg: MafConfig, *, init: bool) -> MafServer:
     from m2msec.servers.maf import MafServer
 
     maf = MafServer(cfg)
     maf.require_existing_store = not init  # a new store only with --init
-    await maf.start()
+    return maf
+
+
+def _banner(maf: MafServer) -> Table:
+    cfg = maf.config
     st = maf.store
     table = Table(title="m2msec MAF", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -549,6 +536,4 @@ async def _serve(cfg: Any, console: Console, *, init: bool = False) -> dict[str,
     table.add_row("Entity B", ", ".join(st.list_entity_b()) or "none allowed yet")
     table.add_row("audit log", str(maf.audit_path))
     table.add_row("Kc lifetime", f"at most {cfg.key_lifetime:g} s")
-    console.print(table)
-    await serve_until_signalled(maf.serve_forever)
-    return maf.stats.as_dict()
+    return table

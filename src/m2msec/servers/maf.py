@@ -39,9 +39,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import tomllib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -56,7 +55,13 @@ from m2msec.bindings.http import (
     RequestReceived,
 )
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
-from m2msec.config import ListenerSpec, parse_listen_url
+from m2msec.config.maf import (
+    DEFAULT_LISTEN,
+    DEFAULT_RETRIEVAL_LISTEN,
+    MafConfig,
+    load_maf_config,
+    parse_maf_config,
+)
 from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_CONNECTION
 from m2msec.errors import (
     CertificateError,
@@ -66,7 +71,7 @@ from m2msec.errors import (
     M2MSecError,
     StoreError,
 )
-from m2msec.ids import CredentialId, check_fqdn
+from m2msec.ids import CredentialId
 from m2msec.maf import protocol as p
 from m2msec.maf.audit import AuditEvent, AuditLog, audit_record
 from m2msec.maf.store import (
@@ -96,8 +101,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN: Final = "tls://127.0.0.1:8444"
-DEFAULT_RETRIEVAL_LISTEN: Final = "tls://127.0.0.1:8445"
 AUDIT_LOG_NAME: Final = "audit.log"
 #: Most jobs the journal commits in one transaction.
 MAX_BATCH: Final = 512
@@ -110,256 +113,6 @@ _NOT_AUDITED: Final = (
     "handshake timed out",
     "too many handshakes in progress",
 )
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True, slots=True)
-class MafConfig:
-    """Everything ``m2msec maf serve`` needs (TOML: see :func:`parse_maf_config`).
-
-    ``retrieval_listen`` None disables Key Retrieval (and the need for ``cert``/``key``/
-    ``ca``). ``in_domain`` is the IN public domain under which Entity B certificates name
-    CSE-IDs (default: the MAF FQDN without its first label); ``sp_fqdn`` the M2M-SP FQDN
-    under which SP-relative ids are read (default ``in_domain``). Lifetimes are seconds.
-    ``audit_log`` defaults to ``audit.log`` beside the store.
-    """
-
-    fqdn: str
-    store: str | None = None
-    listen: str = DEFAULT_LISTEN
-    retrieval_listen: str | None = DEFAULT_RETRIEVAL_LISTEN
-    cert: str | Path | None = None
-    key: str | Path | None = None
-    ca: str | Path | None = None
-    #: CRL file checked for every Key Retrieval client certificate (reloaded on change).
-    crl: str | Path | None = None
-    key_lifetime: float = p.DEFAULT_KEY_LIFETIME.total_seconds()
-    registration_lifetime: float = p.DEFAULT_REGISTRATION_LIFETIME.total_seconds()
-    in_domain: str | None = None
-    sp_fqdn: str | None = None
-    tls13: bool = True
-    handshake_timeout: float = 10.0
-    max_handshakes: int = 1024
-    idle_timeout: float = 120.0
-    max_body: int = 64 * 1024
-    audit_log: str | None = None
-    durability: str | None = None
-    """"normal", "full", or None: "normal" for SQLite, "full" for PostgreSQL."""
-    purge_interval: float = 3600.0
-    retention: float = 7 * 86400.0
-    audit_retention: float = 400 * 86400.0
-    source: str = "<arguments>"
-
-    def __post_init__(self) -> None:
-        try:
-            check_fqdn(self.fqdn, "MAF FQDN")
-            for name in ("in_domain", "sp_fqdn"):
-                value = getattr(self, name)
-                if value is not None:
-                    check_fqdn(value, name)
-        except IdentifierError as exc:
-            raise ConfigurationError(str(exc)) from None
-        if "." not in self.fqdn:
-            raise ConfigurationError(f"MAF FQDN {self.fqdn!r} needs at least two labels")
-        for name in (
-            "key_lifetime",
-            "registration_lifetime",
-            "handshake_timeout",
-            "idle_timeout",
-            "purge_interval",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be greater than 0")
-        if self.max_handshakes < 1 or self.max_body < 1024:
-            raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")
-        if self.retention < 0 or self.audit_retention < 0:
-            raise ConfigurationError("retention and audit_retention must be >= 0")
-        if self.durability not in (None, "full", "normal"):
-            raise ConfigurationError("durability must be 'full' or 'normal'")
-
-    @property
-    def effective_durability(self) -> str:
-        if self.durability is not None:
-            return self.durability
-        store = (self.store or "").lower()
-        return "full" if store.startswith(("postgresql:", "postgres:")) else "normal"
-
-    @property
-    def effective_in_domain(self) -> str:
-        return self.in_domain or self.fqdn.split(".", 1)[1]
-
-    @property
-    def effective_sp_fqdn(self) -> str:
-        return self.sp_fqdn or self.effective_in_domain
-
-    def policy(self) -> p.MafPolicy:
-        try:
-            return p.MafPolicy(
-                fqdn=self.fqdn,
-                sp_fqdn=self.effective_sp_fqdn,
-                key_lifetime=timedelta(seconds=self.key_lifetime),
-                registration_lifetime=timedelta(seconds=self.registration_lifetime),
-            )
-        except IdentifierError as exc:
-            raise ConfigurationError(f"MAF FQDN: {exc}") from None
-
-    def listener(self, which: str) -> ListenerSpec:
-        url = self.listen if which == "listen" else self.retrieval_listen
-        assert url is not None
-        spec = parse_listen_url(url, f"maf.{which}")
-        if spec.scheme != "tls" or spec.framework is not None:
-            raise ConfigurationError(
-                f"maf.{which}: {url!r}: the MAF listens on tls://HOST:PORT only"
-            )
-        return spec
-
-
-_KEYS: Final[dict[str, dict[str, type]]] = {
-    "maf": {
-        "fqdn": str,
-        "store": str,
-        "listen": str,
-        "retrieval_listen": str,
-        "in_domain": str,
-        "sp_fqdn": str,
-        "key_lifetime": float,
-        "registration_lifetime": float,
-        "tls13": bool,
-        "handshake_timeout": float,
-        "max_handshakes": int,
-        "idle_timeout": float,
-        "max_body": int,
-        "audit_log": str,
-        "audit_retention": float,
-        "durability": str,
-        "purge_interval": float,
-        "retention": float,
-    },
-    "certificates": {"cert": str, "key": str, "ca": str, "crl": str},
-}
-_PATHS: Final = {
-    ("maf", "store"),
-    ("maf", "audit_log"),
-    ("certificates", "cert"),
-    ("certificates", "key"),
-    ("certificates", "ca"),
-    ("certificates", "crl"),
-}
-
-
-def parse_maf_config(
-    data: Mapping[str, Any], *, base_dir: Path | None = None, source: str = "<config>"
-) -> MafConfig:
-    """Validate a TOML document::
-
-        [maf]
-        fqdn = "maf.in.provider.com"                 # required
-        listen = "tls://0.0.0.0:8444"                # MAF Handshake (TLS-PSK, KmId/Km)
-        retrieval_listen = "tls://0.0.0.0:8445"      # Key Retrieval (mutual TLS); "" = off
-        store = "maf.db"                             # or sqlite:///abs/path
-        in_domain = "in.provider.com"                # CSE public domain names of Entity Bs
-        key_lifetime = 86400                         # longest Kc lifetime granted (s)
-        registration_lifetime = 2592000              # longest client registration (s)
-        audit_log = "audit.log"                      # default: beside the store
-
-        [certificates]                               # the MAF's FQDN certificate (10.1.1.6)
-        cert = "maf.pem"
-        key = "maf.key"
-        ca = "ca.pem"
-        crl = "crl.pem"                              # optional; reloaded when it changes
-
-    Relative paths are read from ``base_dir``.
-    """
-    base = base_dir or Path.cwd()
-    values: dict[str, Any] = {}
-    for section, table in data.items():
-        if section not in _KEYS:
-            raise ConfigurationError(f"unknown section [{section}] (known: maf, certificates)")
-        if not isinstance(table, Mapping):
-            raise ConfigurationError(f"[{section}] must be a table")
-        for key, value in table.items():
-            kinds = _KEYS[section]
-            if key not in kinds:
-                raise ConfigurationError(
-                    f"unknown key '{section}.{key}' (known: {', '.join(sorted(kinds))})"
-                )
-            if value is None:
-                continue
-            kind = kinds[key]
-            ok = (
-                isinstance(value, int | float) and not isinstance(value, bool)
-                if kind is float
-                else isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-            )
-            if not ok:
-                raise ConfigurationError(f"{section}.{key} must be {kind.__name__}, not {value!r}")
-            if (
-                (section, key) in _PATHS
-                and isinstance(value, str)
-                and value
-                and "://" not in value
-                and not Path(value).expanduser().is_absolute()
-            ):
-                value = str(base / Path(value).expanduser())
-            values[key] = value
-    if not values.get("fqdn"):
-        raise ConfigurationError("maf.fqdn is missing: the MAF's FQDN, e.g. maf.in.provider.com")
-    if values.get("retrieval_listen") == "":
-        values["retrieval_listen"] = None
-    return MafConfig(source=source, **values)
-
-
-def load_maf_config(
-    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> MafConfig:
-    """Read ``path`` (TOML) if given and apply ``overrides`` (``{"maf.fqdn": ...}``; None
-    values ignored; relative paths in overrides from the current directory)."""
-    data: dict[str, dict[str, Any]] = {}
-    source = "<command line>"
-    base = Path.cwd()
-    if path is not None:
-        file = Path(path).expanduser()
-        try:
-            with file.open("rb") as fh:
-                data = {
-                    k: dict(v) if isinstance(v, dict) else v for k, v in tomllib.load(fh).items()
-                }
-        except FileNotFoundError:
-            raise ConfigurationError(f"config file not found: {file}") from None
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read config file {file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{file}: invalid TOML: {exc}") from None
-        source = str(file)
-        base = file.resolve().parent
-        # Resolve file-relative paths now so that overrides stay cwd-relative.
-        for section, key in _PATHS:
-            table = data.get(section)
-            if isinstance(table, dict):
-                value = table.get(key)
-                if (
-                    isinstance(value, str)
-                    and value
-                    and "://" not in value
-                    and not Path(value).expanduser().is_absolute()
-                ):
-                    table[key] = str(base / value)
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        section, _, key = dotted.partition(".")
-        table = data.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigurationError(f"[{section}] must be a table")
-        table[key] = value
-    try:
-        return parse_maf_config(data, base_dir=Path.cwd(), source=source)
-    except ConfigurationError as exc:
-        if path is not None:
-            raise ConfigurationError(f"{source}: {exc}") from None
-        raise
 
 
 # ----------------------------------------------------------------------------- journal

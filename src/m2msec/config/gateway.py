@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +84,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from m2msec.app_rules import AppRule, app_rule
+from m2msec.config.loader import load
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
 
@@ -734,72 +734,21 @@ def _app_rules(raw: Any) -> tuple[AppRule, ...]:
     return tuple(rules)
 
 
-def _merge(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        section, sep, key = dotted.partition(".")
-        if not sep or section not in _SECTIONS or key not in _SECTIONS[section]:
-            raise ConfigurationError(f"unknown override {dotted!r}")
-        table = merged.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise _err(section, f"must be a table ([{section}])")
-        table[key] = value
-    return merged
+_PATHS = frozenset(
+    {(t, k) for t in ("certificates", "gba", "maf") for k in ("cert", "key", "ca", "crl")}
+    | {("psk", "store")}
+)
 
 
 def load_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> GatewayConfig:
     """Read ``path`` (TOML) if given, apply ``overrides`` (``{"gateway.backend": ...}``,
-    None values ignored) and validate. Relative file paths in the file are read from the
-    file's folder; those given as overrides from the current directory."""
-    data: dict[str, Any] = {}
-    base = Path.cwd()
-    source = "<command line>"
-    if path is not None:
-        file = Path(path).expanduser()
-        try:
-            with file.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigurationError(f"config file not found: {file}") from None
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read config file {file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"{file}: invalid TOML: {exc}") from None
-        base = file.resolve().parent
-        source = str(file)
-        # File-relative paths are resolved now, so overrides can stay cwd-relative.
-        data = _absolutise(data, base)
-    if overrides:
-        data = _merge(data, overrides)
-    try:
-        return parse_config(data, base_dir=Path.cwd(), source=source)
-    except ConfigurationError as exc:
-        if path is not None:
-            raise ConfigurationError(f"{source}: {exc}") from None
-        raise
-
-
-def _absolutise(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for certs in (out.get("certificates"), out.get("gba"), out.get("maf")):
-        if not isinstance(certs, dict):
-            continue
-        for key in ("cert", "key", "ca", "crl"):
-            value = certs.get(key)
-            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-                certs[key] = str(base / value)
-    psk = out.get("psk")
-    if isinstance(psk, dict):
-        value = psk.get("store")
-        if (
-            isinstance(value, str)
-            and value
-            and "://" not in value
-            and not Path(value).expanduser().is_absolute()
-        ):
-            psk["store"] = str(base / value)
-    return out
+    None values ignored) and validate (:func:`m2msec.config.loader.load`)."""
+    return load(
+        path,
+        overrides,
+        sections=_SECTIONS,
+        paths=_PATHS,
+        parse=lambda data, base, source: parse_config(data, base_dir=base, source=source),
+    )
