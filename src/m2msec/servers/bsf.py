@@ -71,6 +71,7 @@ Configuration (:class:`BsfConfig`, TOML via :func:`load_bsf_config`)::
     ind_bits = 5                          # IND length of SQN (TS 33.102 C.3.2)
     handshake_timeout = 10
     idle_timeout = 60
+    request_head_timeout = 10             # seconds from a head's first byte to its end: 408
     max_handshakes = 1024
 """
 
@@ -99,12 +100,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from m2msec.bindings.http import (
     BadRequest,
     HttpResponse,
-    HttpServerConnection,
-    NeedData,
     OneM2MRequest,
-    PeerClosed,
-    RequestReceived,
 )
+from m2msec.config import DEFAULT_REQUEST_HEAD_TIMEOUT
 from m2msec.crypto.gba import btid as make_btid
 from m2msec.crypto.gba import ks_ext_naf, ks_from, ks_int_naf
 from m2msec.errors import (
@@ -137,6 +135,8 @@ from m2msec.gba.ub import format_bootstrapping_info
 from m2msec.gba.zn import NafKey, ZnError, ZnRequest, error_body
 from m2msec.ids import check_fqdn
 from m2msec.servers.streams import PlainStream, Stream
+from m2msec.service.limits import HttpLimits
+from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.outage import StoreOutage
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
@@ -191,6 +191,7 @@ class BsfConfig:
     ind_bits: int = DEFAULT_IND_BITS
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
+    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
     max_handshakes: int = 1024
     source: str = "<defaults>"
 
@@ -203,7 +204,13 @@ class BsfConfig:
             raise ConfigurationError(
                 "bsf.zn_listen needs cert, key and ca (Zn is mutually authenticated TLS)"
             )
-        for name in ("ks_lifetime", "challenge_timeout", "handshake_timeout", "idle_timeout"):
+        for name in (
+            "ks_lifetime",
+            "challenge_timeout",
+            "handshake_timeout",
+            "idle_timeout",
+            "request_head_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"bsf.{name} must be greater than 0")
         if self.max_pending < 1 or self.max_handshakes < 1:
@@ -236,6 +243,7 @@ _KEYS: Final = frozenset(
         "ind_bits",
         "handshake_timeout",
         "idle_timeout",
+        "request_head_timeout",
         "max_handshakes",
     }
 )
@@ -334,6 +342,7 @@ def parse_bsf_config(
         "challenge_timeout",
         "handshake_timeout",
         "idle_timeout",
+        "request_head_timeout",
         "ub_rate",
     ):
         if name in section:
@@ -550,6 +559,18 @@ class BsfServer:
         self._hss: Hss | None = None
         self._started = False
         self._closing = False
+        self._service = HttpService(
+            HttpLimits(
+                max_body=_MAX_BODY,
+                request_head_timeout=config.request_head_timeout,
+                idle_timeout=config.idle_timeout,
+            ),
+            ServiceHooks(
+                bad_request=lambda event: _text(event.response.status, event.reason),
+                on_bad_request=self._count_bad_request,
+            ),
+            name="BSF",
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -638,6 +659,7 @@ class BsfServer:
         if self._closing:
             return
         self._closing = True
+        self._service.closing = True
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
@@ -696,48 +718,22 @@ class BsfServer:
     async def _http(
         self, stream: Stream, handle: Callable[[OneM2MRequest], Awaitable[HttpResponse]]
     ) -> None:
-        http = HttpServerConnection(max_body=_MAX_BODY)
-        try:
-            while not self._closing:
-                event = http.next_event()
-                if isinstance(event, NeedData):
-                    out = http.data_to_send()
-                    if out:
-                        await stream.send(out)
-                    try:
-                        data = await asyncio.wait_for(stream.recv(), self.config.idle_timeout)
-                    except TimeoutError:
-                        return
-                    http.receive_data(data)
-                    continue
-                if isinstance(event, PeerClosed):
-                    return
-                if isinstance(event, BadRequest):
-                    self.stats.bad_requests += 1
-                    log.info("bad HTTP request: %s", event.reason)
-                    http.send_response(
-                        _text(event.response.status, event.reason), close=event.close
-                    )
-                else:
-                    assert isinstance(event, RequestReceived)
-                    try:
-                        response = await handle(event.request)
-                        self._store_outage.succeeded()
-                    except StoreError as exc:
-                        self._store_outage.failed(exc)  # one line per outage
-                        response = _text(500, "BSF store error")
-                    except Exception:
-                        log.exception("BSF request handling failed")
-                        response = _text(500, "BSF error")
-                    http.send_response(response)
-                await stream.send(http.data_to_send())
-                if http.closed:
-                    return
-        except (ConnectionError, OSError) as exc:
-            log.debug("connection ended: %s", exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+        async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            try:
+                response = await handle(request)
+                self._store_outage.succeeded()
+            except StoreError as exc:
+                self._store_outage.failed(exc)  # one line per outage
+                response = _text(500, "BSF store error")
+            except Exception:
+                log.exception("BSF request handling failed")
+                response = _text(500, "BSF error")
+            return response, False
+
+        await self._service.serve(stream, answer)
+
+    def _count_bad_request(self, event: BadRequest) -> None:
+        self.stats.bad_requests += 1
 
     # -- Ub ----------------------------------------------------------------------------------
     def handle_ub(self, request: OneM2MRequest, peer: object = None) -> HttpResponse:

@@ -87,12 +87,8 @@ from m2msec.bindings.http import (
     RSC,
     BadRequest,
     HttpResponse,
-    HttpServerConnection,
-    NeedData,
     OneM2MRequest,
     Operation,
-    PeerClosed,
-    RequestReceived,
     error_response,
     media_type_and_ty,
 )
@@ -114,6 +110,8 @@ from m2msec.servers.backend import (
     BackendTooLarge,
 )
 from m2msec.servers.streams import PlainStream, Stream
+from m2msec.service.limits import HttpLimits
+from m2msec.service.server import Handler, HttpService, ServiceHooks
 from m2msec.store.base import PskStore
 from m2msec.store.registry import IdentityRegistry
 from m2msec.store.sqlite import SqlitePskStore
@@ -649,16 +647,6 @@ class ListenerInfo:
         return f"{self.spec.scheme}://{host}:{self.port}{suffix}"
 
 
-@dataclass(slots=True, eq=False)  # hashed by identity: kept in a set
-class _Session:
-    stream: Stream
-    busy: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-Handle = Callable[[OneM2MRequest], Awaitable[tuple[HttpResponse, bool]]]
-
-
 class Gateway:
     """The CSE security gateway (module docstring): ``await start()``, ``await close()``.
 
@@ -697,7 +685,21 @@ class Gateway:
         self.maf: MafResponder | None = None
         self._servers: list[asyncio.Server] = []
         self._listeners: list[ListenerInfo] = []
-        self._sessions: set[_Session] = set()
+        self._http = HttpService(
+            HttpLimits(
+                max_body=config.max_body,
+                request_head_timeout=config.request_head_timeout,
+                idle_timeout=config.idle_timeout,
+            ),
+            ServiceHooks(
+                internal_error=lambda request: _answer(
+                    request, RSC.INTERNAL_SERVER_ERROR, "gateway error"
+                ),
+                on_bad_request=self._count_bad_request,
+                on_head_timeout=self._count_head_timeout,
+            ),
+            name="gateway",
+        )
         #: SA records of Entity B: the most recent associations, by SA identifier, open or
         #: closed (bounded, so a long-running gateway does not grow without limit).
         self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
@@ -799,15 +801,7 @@ class Gateway:
         self._closing = True
         for server in self._servers:
             server.close()  # stop accepting; connections stay up
-        for session in list(self._sessions):
-            if not session.busy:
-                await _quietly(session.stream.close())
-        pending = [s.done.wait() for s in self._sessions]
-        if pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*pending), SHUTDOWN_GRACE)
-        for session in list(self._sessions):
-            await _quietly(session.stream.close())
+        await self._http.close(SHUTDOWN_GRACE)
         for tls in self._tls:
             await tls.close()
         for coap in self._coap:
@@ -1045,6 +1039,12 @@ class Gateway:
         self.stats.associations_closed += 1
         log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
 
+    def _count_bad_request(self, event: BadRequest) -> None:
+        self.stats.bad_requests += 1
+
+    def _count_head_timeout(self, event: BadRequest) -> None:
+        self.stats.request_head_timeouts += 1
+
     async def _serve_tls(self, conn: TLSConnection) -> None:
         if not self.admit_association(conn.context, conn.peer_address):
             return  # TLSServer closes it with close_notify
@@ -1092,74 +1092,9 @@ class Gateway:
             if task is not None:
                 self._plain_tasks.discard(task)
 
-    async def _run(self, stream: Stream, handle: Handle) -> None:
-        """The HTTP loop of one connection: read, decide/forward, answer, in order."""
-        session = _Session(stream)
-        self._sessions.add(session)
-        http = HttpServerConnection(max_body=self.config.max_body)
-        loop = asyncio.get_running_loop()
-        head_deadline: float | None = None  # while a request head is arriving
-        try:
-            if self._closing:
-                return
-            while True:
-                event = http.next_event()
-                if isinstance(event, NeedData):
-                    out = http.data_to_send()  # e.g. 100 Continue
-                    if out:
-                        await stream.send(out)
-                    wait = self.config.idle_timeout
-                    if not http.reading_head:
-                        head_deadline = None
-                    else:
-                        if head_deadline is None:
-                            head_deadline = loop.time() + self.config.request_head_timeout
-                        wait = min(wait, max(0.0, head_deadline - loop.time()))
-                    try:
-                        data = await asyncio.wait_for(stream.recv(), wait)
-                    except TimeoutError:
-                        if not http.reading_head:
-                            return
-                        event = http.head_timed_out()
-                        self.stats.request_head_timeouts += 1
-                        log.info("bad request: %s", event.reason)
-                        http.send_response(event.response, close=True)
-                        await stream.send(http.data_to_send())
-                        return
-                    http.receive_data(data)
-                    continue
-                head_deadline = None
-                if isinstance(event, PeerClosed):
-                    return
-                session.busy = True
-                try:
-                    if isinstance(event, BadRequest):
-                        self.stats.bad_requests += 1
-                        log.info("bad request: %s", event.reason)
-                        http.send_response(event.response, close=event.close or self._closing)
-                    else:
-                        assert isinstance(event, RequestReceived)
-                        try:
-                            response, close = await handle(event.request)
-                        except Exception:
-                            # A bug of ours: answer it, end this connection, keep serving.
-                            log.exception("request handling failed")
-                            response = _answer(
-                                event.request, RSC.INTERNAL_SERVER_ERROR, "gateway error"
-                            )
-                            close = True
-                        http.send_response(response, close=close or self._closing)
-                    await stream.send(http.data_to_send())
-                finally:
-                    session.busy = False
-                if http.closed or self._closing:
-                    return
-        except (ConnectionError, OSError) as exc:
-            log.debug("connection ended: %s", exc)
-        finally:
-            self._sessions.discard(session)
-            session.done.set()
-            await _quietly(stream.close())
+    async def _run(self, stream: Stream, handle: Handler) -> None:
+        """The HTTP loop of one connection: the service layer's, with our hooks."""
+        await self._http.serve(stream, handle)
 
     def _revalidate(self, assoc: Association) -> Refuse | None:
         """Re-check a live provisioned-PSK association's psk row, at most once per lookup
