@@ -109,9 +109,9 @@ from m2msec.servers.backend import (
     BackendTimeout,
     BackendTooLarge,
 )
-from m2msec.servers.streams import PlainStream, Stream
+from m2msec.servers.streams import PlainStream
 from m2msec.service.limits import HttpLimits
-from m2msec.service.server import Handler, HttpService, ServiceHooks
+from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.base import PskStore
 from m2msec.store.registry import IdentityRegistry
 from m2msec.store.sqlite import SqlitePskStore
@@ -1054,7 +1054,7 @@ class Gateway:
             return await self.process(assoc, request)
 
         try:
-            await self._run(conn, handle)
+            await self._http.serve(conn, handle)
         finally:
             self.close_association(assoc)
 
@@ -1084,17 +1084,13 @@ class Gateway:
             ), False
 
         try:
-            await self._run(PlainStream(reader, writer), handle)
+            await self._http.serve(PlainStream(reader, writer), handle)
         except asyncio.CancelledError:
             pass
         finally:
             writer.close()
             if task is not None:
                 self._plain_tasks.discard(task)
-
-    async def _run(self, stream: Stream, handle: Handler) -> None:
-        """The HTTP loop of one connection: the service layer's, with our hooks."""
-        await self._http.serve(stream, handle)
 
     def _revalidate(self, assoc: Association) -> Refuse | None:
         """Re-check a live provisioned-PSK association's psk row, at most once per lookup

@@ -134,7 +134,15 @@ class HttpService:
                         assert isinstance(event, RequestReceived)
                         if hooks.on_request is not None:
                             hooks.on_request()
-                        response, close = await self._answer(handle, event.request)
+                        try:
+                            response, close = await handle(event.request)
+                        except Exception:
+                            if hooks.internal_error is None:
+                                raise
+                            # A bug of ours: answer it, keep serving the other connections.
+                            log.exception("%s: request handling failed", self.name)
+                            response = hooks.internal_error(event.request)
+                            close = hooks.close_after_error
                         answered += 1
                         if limits.max_requests is not None and answered >= limits.max_requests:
                             close = True
@@ -152,18 +160,6 @@ class HttpService:
             if hooks.close_stream:
                 with contextlib.suppress(Exception):
                     await stream.close()
-
-    async def _answer(
-        self, handle: Handler, request: OneM2MRequest
-    ) -> tuple[HttpResponse, bool]:
-        if self.hooks.internal_error is None:
-            return await handle(request)
-        try:
-            return await handle(request)
-        except Exception:
-            # A bug of ours: answer it, end this connection, keep serving the others.
-            log.exception("%s: request handling failed", self.name)
-            return self.hooks.internal_error(request), self.hooks.close_after_error
 
     async def close(self, grace: float) -> None:
         """Stop serving: idle connections close now, busy ones get ``grace`` seconds."""
