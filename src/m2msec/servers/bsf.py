@@ -134,9 +134,9 @@ from m2msec.gba.subscribers import BootstrapSession, SubscriberStore
 from m2msec.gba.ub import format_bootstrapping_info
 from m2msec.gba.zn import NafKey, ZnError, ZnRequest, error_body
 from m2msec.ids import check_fqdn
-from m2msec.servers.streams import PlainStream, Stream
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
+from m2msec.service.streams import PlainStream, Stream
 from m2msec.store.outage import StoreOutage
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind

@@ -109,9 +109,9 @@ from m2msec.servers.backend import (
     BackendTimeout,
     BackendTooLarge,
 )
-from m2msec.servers.streams import PlainStream
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
+from m2msec.service.streams import PlainStream
 from m2msec.store.base import PskStore
 from m2msec.store.registry import IdentityRegistry
 from m2msec.store.sqlite import SqlitePskStore

@@ -8,7 +8,7 @@ body over ``max_body`` (announced by Content-Length, or counted as it arrives) r
 sent after the server answered ``Connection: close`` (or closed) raises ``ConnectionError``,
 not h11's ``LocalProtocolError`` (ISSUE-NOTES, issue 7).
 
-:class:`HttpClient` drives one connection over a :class:`~m2msec.servers.streams.Stream`;
+:class:`HttpClient` drives one connection over a :class:`~m2msec.service.streams.Stream`;
 given a ``connect`` factory it reconnects before a request when the previous answer ended the
 connection (safe: nothing of the new request was sent yet).
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import h11
 
-from m2msec.servers.streams import Stream
 from m2msec.service.limits import HttpLimits
+from m2msec.service.streams import Stream
 
 __all__ = ["HttpAnswer", "HttpClient", "HttpClientConnection", "ResponseTooLarge"]
 
@@ -145,6 +145,11 @@ class HttpClient:
         self.stream = stream
         self._connect = connect
         self._http = HttpClientConnection(self.limits)
+
+    @property
+    def reusable(self) -> bool:
+        """True when the next request can go on the current connection."""
+        return self.stream is not None and self._http.reusable
 
     async def request(
         self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes = b""

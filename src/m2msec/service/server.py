@@ -1,7 +1,7 @@
 """The one asyncio driver of the sans-IO HTTP server connection (issue 10, item 1).
 
 :class:`HttpService` serves :class:`~m2msec.bindings.http.HttpServerConnection` over any
-:class:`~m2msec.servers.streams.Stream` (a :class:`~m2msec.tls.aio.TLSConnection` or asyncio's
+:class:`~m2msec.service.streams.Stream` (a :class:`~m2msec.tls.aio.TLSConnection` or asyncio's
 plain streams) under one :class:`~m2msec.service.limits.HttpLimits`: the request head must be
 complete within ``request_head_timeout`` of its first byte (else 408 and close - a slow-loris
 head no longer holds a connection for the idle timeout), a connection may idle
@@ -31,8 +31,8 @@ from m2msec.bindings.http import (
     PeerClosed,
     RequestReceived,
 )
-from m2msec.servers.streams import Stream
 from m2msec.service.limits import HttpLimits
+from m2msec.service.streams import Stream
 
 __all__ = ["Handler", "HttpService", "ServiceHooks"]
 
