@@ -109,6 +109,7 @@ from m2msec.servers.backend import (
     BackendTimeout,
     BackendTooLarge,
 )
+from m2msec.servers.coap_gateway import CoapListener
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream
@@ -139,7 +140,6 @@ if TYPE_CHECKING:
     from m2msec.frameworks.gba import GbaResponder
     from m2msec.frameworks.maf import MafResponder
     from m2msec.gba.zn import ZnClient
-    from m2msec.servers.coap_gateway import CoapListener
 
 log = logging.getLogger(__name__)
 
@@ -748,8 +748,10 @@ class Gateway:
         self._started = True
         cfg = self.config
         try:
-            profiles = self._profiles(Transport.TLS)
-            dtls_profiles = self._profiles(Transport.DTLS)
+            profiles = {
+                Transport.TLS: self._profiles(Transport.TLS),
+                Transport.DTLS: self._profiles(Transport.DTLS),
+            }
             self.backend = BackendPool(
                 cfg.backend,
                 max_connections=BACKEND_CONNECTIONS,
@@ -758,41 +760,54 @@ class Gateway:
                 connect_timeout=min(cfg.backend_timeout, 5.0),
                 max_body=MAX_RESPONSE_BODY,
             )
+            openers = {"tls": self._open_tls, "dtls": self._open_dtls, "http": self._open_http}
             for spec in cfg.listen:
-                if spec.scheme == "dtls":
-                    from m2msec.servers.coap_gateway import CoapListener
-
-                    name, dtls = dtls_profiles[spec.framework or _only(dtls_profiles)]
-                    coap = CoapListener(self, dtls)
-                    self._coap.append(coap)
-                    host, port = await coap.start(spec.host, spec.port)
-                    self._listeners.append(ListenerInfo(spec, host, port, name))
-                    log.info("listening on %s (%s, CoAP)", self._listeners[-1].url, name)
-                    continue
-                framework: str | None
-                if spec.secure:
-                    framework, profile = profiles[spec.framework or _only(profiles)]
-                    tls = TLSServer(
-                        profile,
-                        self._serve_tls,
-                        handshake_timeout=cfg.handshake_timeout,
-                        max_handshakes=cfg.max_handshakes,
-                        on_failure=self.handshake_failed,
-                        first_flight_timeout=cfg.first_flight_timeout,
-                        source_share=cfg.source_share,
-                    )
-                    server = await tls.start(spec.host, spec.port)
-                    self._tls.append(tls)
-                else:
-                    framework = None
-                    server = await asyncio.start_server(self._serve_plain, spec.host, spec.port)
-                self._servers.append(server)
-                sock = server.sockets[0].getsockname()
-                self._listeners.append(ListenerInfo(spec, sock[0], sock[1], framework))
-                log.info("listening on %s (%s)", self._listeners[-1].url, framework or "plain")
+                info = await openers[spec.scheme](spec, profiles)
+                self._listeners.append(info)
+                log.info(
+                    "listening on %s (%s%s)",
+                    info.url,
+                    info.framework or "plain",
+                    ", CoAP" if spec.scheme == "dtls" else "",
+                )
         except BaseException:
             await self.close()
             raise
+
+    # -- listeners, by URL scheme ---------------------------------------------------------
+    async def _open_tls(self, spec: ListenerSpec, profiles: _Profiles) -> ListenerInfo:
+        cfg = self.config
+        framework, profile = _pick(profiles[Transport.TLS], spec)
+        tls = TLSServer(
+            profile,
+            self._serve_tls,
+            handshake_timeout=cfg.handshake_timeout,
+            max_handshakes=cfg.max_handshakes,
+            on_failure=self.handshake_failed,
+            first_flight_timeout=cfg.first_flight_timeout,
+            source_share=cfg.source_share,
+        )
+        server = await tls.start(spec.host, spec.port)
+        self._tls.append(tls)
+        return self._bound(spec, server, framework)
+
+    async def _open_dtls(self, spec: ListenerSpec, profiles: _Profiles) -> ListenerInfo:
+        name, dtls = _pick(profiles[Transport.DTLS], spec)
+        coap = CoapListener(self, dtls)
+        self._coap.append(coap)
+        host, port = await coap.start(spec.host, spec.port)
+        return ListenerInfo(spec, host, port, name)
+
+    async def _open_http(self, spec: ListenerSpec, profiles: _Profiles) -> ListenerInfo:
+        server = await asyncio.start_server(self._serve_plain, spec.host, spec.port)
+        return self._bound(spec, server, None)
+
+    def _bound(
+        self, spec: ListenerSpec, server: asyncio.Server, framework: str | None
+    ) -> ListenerInfo:
+        self._servers.append(server)
+        sock = server.sockets[0].getsockname()
+        return ListenerInfo(spec, sock[0], sock[1], framework)
 
     async def close(self) -> None:
         """Stop listening, let requests in progress finish (a few seconds), close the rest."""
@@ -1249,6 +1264,15 @@ def _psk_row_check(
         return fresh
 
     return check
+
+
+_Profiles = dict[Transport, dict[str, tuple[str, TLSProfile]]]
+
+
+def _pick(
+    profiles: dict[str, tuple[str, TLSProfile]], spec: ListenerSpec
+) -> tuple[str, TLSProfile]:
+    return profiles[spec.framework or _only(profiles)]
 
 
 def _only(profiles: dict[str, tuple[str, TLSProfile]]) -> str:
