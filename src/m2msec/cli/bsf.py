@@ -20,7 +20,6 @@ or configuration.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from m2msec.cli.common import serve_until_signalled, setup_logging
+from m2msec.cli.common import run_on_fast_loop, serve_until_signalled, setup_logging
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.gba.aka import DEFAULT_AMF
@@ -385,7 +384,7 @@ def serve(
             _fail(str(exc), 1)
     console = Console(highlight=False)
     try:
-        bsf = asyncio.run(_run(cfg, console))
+        bsf = run_on_fast_loop(_run(cfg, console))
     except ConfigurationError as exc:
         _fail(str(exc), 2)
     except (M2MSecError, OSError) as exc:
