@@ -686,11 +686,7 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self._listeners: list[ListenerInfo] = []
         self._http = HttpService(
-            HttpLimits(
-                max_body=config.max_body,
-                request_head_timeout=config.request_head_timeout,
-                idle_timeout=config.idle_timeout,
-            ),
+            HttpLimits.of(config),
             ServiceHooks(
                 internal_error=lambda request: _answer(
                     request, RSC.INTERNAL_SERVER_ERROR, "gateway error"

@@ -646,11 +646,7 @@ class MafServer:
         self._started = False
         self._closed = False
         self._http = HttpService(
-            HttpLimits(
-                max_body=config.max_body,
-                request_head_timeout=config.request_head_timeout,
-                idle_timeout=config.idle_timeout,
-            ),
+            HttpLimits.of(config),
             ServiceHooks(
                 internal_error=self._internal_error,
                 close_after_error=False,

@@ -10,11 +10,23 @@ answered 408 and closed), a keep-alive connection may idle ``idle_timeout`` betw
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from m2msec.bindings.http import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER
 from m2msec.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT
 
 __all__ = ["HttpLimits"]
+
+
+class _ServerConfig(Protocol):
+    @property
+    def max_body(self) -> int: ...
+
+    @property
+    def request_head_timeout(self) -> float: ...
+
+    @property
+    def idle_timeout(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +46,12 @@ class HttpLimits:
             raise ValueError("timeouts must be positive")
         if self.max_requests is not None and self.max_requests < 1:
             raise ValueError("max_requests must be >= 1")
+
+    @classmethod
+    def of(cls, config: _ServerConfig) -> HttpLimits:
+        """The limits a server configuration sets (``[gateway]``, the MAF's)."""
+        return cls(
+            max_body=config.max_body,
+            request_head_timeout=config.request_head_timeout,
+            idle_timeout=config.idle_timeout,
+        )
