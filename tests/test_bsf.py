@@ -31,6 +31,7 @@ from m2msec.gba.ub import UbError, bootstrap
 from m2msec.gba.zn import ZnClient, ZnError, ZnRequest
 from m2msec.pki import CertificateAuthority, IssuedCredential, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer, load_bsf_config, parse_bsf_config
+from tests.slow_head import trickle_head
 
 DOMAIN = "in.provider.com"
 BSF_FQDN = "bsf.in.provider.com"
@@ -718,3 +719,34 @@ def test_source_table_is_bounded() -> None:
         assert limiter.take(f"10.0.{n >> 8}.{n & 255}", 0.0) == 0.0
     assert len(limiter._buckets) == 100
     assert limiter.take("10.0.39.15", 0.0) > 0  # the most recent are kept
+
+
+async def test_ub_request_head_trickled_byte_by_byte_gets_408(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Issue 10 item 1: the BSF's loop is the service layer's, with its request-head deadline;
+    # before, a Ub head trickled a byte at a time held the connection for the idle timeout.
+    config = BsfConfig(
+        fqdn=BSF_FQDN,
+        listen=(("127.0.0.1", 0),),
+        store=tmp_path / "bsf.db",
+        request_head_timeout=1.0,
+    )
+    server = BsfServer(config, clock=clock)
+    await server.start()
+    try:
+        host, port = server.ub_addresses[0]
+        reader, writer = await asyncio.open_connection(host, port)
+
+        async def send(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        try:
+            got, elapsed = await trickle_head(send, lambda: reader.read(4096))
+        finally:
+            writer.close()
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        assert elapsed < 5  # generous: the deadline is 1 s, the full trickle 13 s
+    finally:
+        await server.close()

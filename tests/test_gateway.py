@@ -45,6 +45,7 @@ from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import connect
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture, ae_content
+from tests.slow_head import trickle_head
 
 CSE = "/mn-cse-123456"
 SNI = "mn-cse-123456.in.provider.com"
@@ -965,26 +966,10 @@ async def test_request_head_trickled_byte_by_byte_gets_408(
         initiator = PskInitiator(AE1[0], bytes.fromhex(AE1[1]), CSE, server_name=SNI)
         conn = await connect("127.0.0.1", port, initiator.profile())
         head = b"GET /mn-cse-123456 HTTP/1.1\r\nHost: x\r\nX-M2M-Origin: Clight-AE1\r\n\r\n"
-        got = bytearray()
-
-        async def read_all() -> None:
-            while data := await conn.recv():
-                got.extend(data)
-
-        reader = asyncio.create_task(read_all())
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         try:
-            for byte in head:
-                if reader.done():
-                    break
-                with contextlib.suppress(ConnectionError):
-                    await conn.send(bytes([byte]))
-                await asyncio.sleep(0.2)  # each byte well inside idle_timeout
-            await asyncio.wait_for(reader, 5)
+            got, elapsed = await trickle_head(conn.send, conn.recv, head=head)
         finally:
-            reader.cancel()
             await conn.close()
         assert got.startswith(b"HTTP/1.1 408 "), bytes(got)
-        assert loop.time() - start < 5  # generous: the deadline is 1 s, the full trickle 14 s
+        assert elapsed < 5  # generous: the deadline is 1 s, the full trickle 14 s
         assert gw.stats.request_head_timeouts == 1

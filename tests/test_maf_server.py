@@ -32,6 +32,7 @@ from m2msec.servers.maf import MafConfig, MafServer, parse_maf_config
 from m2msec.tls.aio import TLSConnection, connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
+from tests.slow_head import trickle_head
 
 HOST = "127.0.0.1"
 MAF_FQDN = "maf.in.provider.com"
@@ -869,3 +870,29 @@ async def test_full_disk_logs_one_line_per_outage(
         conn.execute("PRAGMA max_page_count = 1073741823")
         assert (await register(a, key_reg(keyValue="22" * 32))).rsc == 2001
     assert any("recovered" in r.getMessage() for r in caplog.records)
+
+
+async def test_request_head_trickled_byte_by_byte_gets_408(tmp_path: Path, pki: Pki) -> None:
+    # Issue 10 item 1: the MAF's loop is the service layer's, with its request-head deadline;
+    # before, a head trickled a byte at a time held the session for the idle timeout.
+    directory = tmp_path / "maf"
+    store = MafStore(directory / "maf.db", cache_ttl=0)
+    provision(store)
+    server = MafServer(maf_config(directory, pki, request_head_timeout=1.0), store)
+    await server.start()
+    try:
+        conn = await connect(HOST, server.client_port, entity_a_profile(), timeout=10)
+        try:
+            got, elapsed = await trickle_head(conn.send, conn.recv)
+        finally:
+            conn.abort()
+        assert got.startswith(b"HTTP/1.1 408 "), got
+        assert elapsed < 5  # generous: the deadline is 1 s, the full trickle 13 s
+    finally:
+        await server.close()
+        store.close()
+
+
+def test_request_head_timeout_is_configurable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="request_head_timeout"):
+        MafConfig(MAF_FQDN, str(tmp_path / "maf.db"), request_head_timeout=0)

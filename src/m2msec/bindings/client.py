@@ -1,7 +1,10 @@
 """oneM2M HTTP-binding client over an established security association (Entity A).
 
 Requests travel over a :class:`~m2msec.tls.aio.TLSConnection`, so every request is sent
-within the security context established by the framework. HTTP framing is h11's.
+within the security context established by the framework. HTTP is the service layer's one
+client (:class:`~m2msec.service.client.HttpClient`, on h11): an answer whose body exceeds
+``max_body`` (default :data:`MAX_RESPONSE_BODY`, 8 MiB) raises
+:class:`~m2msec.service.client.ResponseTooLarge` instead of being read whole.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import h11
-
+from m2msec.service.client import HttpClient
+from m2msec.service.limits import HttpLimits
 from m2msec.tls.aio import TLSConnection
 
 _request_ids = itertools.count(1)
 
 #: oneM2M resource type codes used by the tools (TS-0004 6.3.4.2.1).
 RESOURCE_TYPES = {"ae": 2, "cnt": 3, "cin": 4, "csr": 16, "sub": 23, "acp": 1, "grp": 9}
+
+#: Default cap on an answer's body (a discovery result may be large; 50 MiB is not read).
+MAX_RESPONSE_BODY = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -37,11 +43,18 @@ class OneM2MResponse:
 class OneM2MClient:
     """Sends oneM2M requests over one TLS association, keeping the connection alive."""
 
-    def __init__(self, conn: TLSConnection, *, host: str = "m2msec", rvi: str = "3") -> None:
+    def __init__(
+        self,
+        conn: TLSConnection,
+        *,
+        host: str = "m2msec",
+        rvi: str = "3",
+        max_body: int = MAX_RESPONSE_BODY,
+    ) -> None:
         self.conn = conn
         self.host = host
         self.rvi = rvi
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._http = HttpClient(conn, limits=HttpLimits(max_body=max_body))
 
     async def request(
         self,
@@ -67,40 +80,14 @@ class OneM2MClient:
             headers.append(("Content-Type", ctype))
         for k, v in (extra_headers or {}).items():
             headers.append((k, v))
-        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-            self._h11.start_next_cycle()
-        out = self._h11.send(h11.Request(method=method, target=target, headers=headers))
-        if body:
-            out += self._h11.send(h11.Data(data=body))
-        out += self._h11.send(h11.EndOfMessage())
-        await self.conn.send(out)
-        return await self._read_response()
-
-    async def _read_response(self) -> OneM2MResponse:
-        response: h11.Response | None = None
-        chunks: list[bytes] = []
-        while True:
-            event = self._h11.next_event()
-            if event is h11.NEED_DATA:
-                data = await self.conn.recv()
-                self._h11.receive_data(data)
-                if not data and response is None:
-                    raise ConnectionError("the server closed the association without answering")
-                continue
-            if isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                break
-        assert response is not None
-        headers = {k.decode().lower(): v.decode("latin-1") for k, v in response.headers}
-        rsc = headers.get("x-m2m-rsc")
+        answer = await self._http.request(method, target, headers, body)
+        headers_in = {k.lower(): v for k, v in answer.headers}
+        rsc = headers_in.get("x-m2m-rsc")
         return OneM2MResponse(
-            status=response.status_code,
+            status=answer.status,
             rsc=int(rsc) if rsc and rsc.isdigit() else None,
-            headers=headers,
-            body=b"".join(chunks),
+            headers=headers_in,
+            body=answer.body,
         )
 
     async def close(self) -> None:

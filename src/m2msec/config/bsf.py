@@ -18,6 +18,7 @@ from m2msec.errors import (
 )
 from m2msec.gba.aka import DEFAULT_IND_BITS
 from m2msec.ids import check_fqdn
+from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
 DEFAULT_KS_LIFETIME: Final = 3600.0
 DEFAULT_CHALLENGE_TIMEOUT: Final = 60.0
@@ -45,6 +46,7 @@ class BsfConfig:
     ind_bits: int = DEFAULT_IND_BITS
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
+    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
     max_handshakes: int = 1024
     source: str = "<defaults>"
 
@@ -57,7 +59,13 @@ class BsfConfig:
             raise ConfigurationError(
                 "bsf.zn_listen needs cert, key and ca (Zn is mutually authenticated TLS)"
             )
-        for name in ("ks_lifetime", "challenge_timeout", "handshake_timeout", "idle_timeout"):
+        for name in (
+            "ks_lifetime",
+            "challenge_timeout",
+            "handshake_timeout",
+            "idle_timeout",
+            "request_head_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"bsf.{name} must be greater than 0")
         if self.max_pending < 1 or self.max_handshakes < 1:
@@ -90,6 +98,7 @@ _KEYS: Final = frozenset(
         "ind_bits",
         "handshake_timeout",
         "idle_timeout",
+        "request_head_timeout",
         "max_handshakes",
     }
 )
@@ -188,6 +197,7 @@ def parse_bsf_config(
         "challenge_timeout",
         "handshake_timeout",
         "idle_timeout",
+        "request_head_timeout",
         "ub_rate",
     ):
         if name in section:

@@ -87,6 +87,7 @@ from m2msec.app_rules import AppRule, app_rule
 from m2msec.config.loader import load
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
+from m2msec.service.limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT
 
 __all__ = [
     "DEFAULT_BACKEND_TIMEOUT",
@@ -112,10 +113,8 @@ DEFAULT_MAX_HANDSHAKES = 1024
 DEFAULT_FIRST_FLIGHT_TIMEOUT = 2.0
 DEFAULT_SOURCE_SHARE = 0.25
 DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL = 64
-DEFAULT_REQUEST_HEAD_TIMEOUT = 10.0
 DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_BACKEND_TIMEOUT = 10.0
-DEFAULT_IDLE_TIMEOUT = 120.0
 
 FrameworkName = Literal["psk", "certificate", "gba", "maf"]
 _FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate", "gba", "maf")

@@ -17,6 +17,7 @@ from m2msec.errors import (
 )
 from m2msec.ids import check_fqdn
 from m2msec.maf import protocol as p
+from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
 DEFAULT_LISTEN: Final = "tls://127.0.0.1:8444"
 DEFAULT_RETRIEVAL_LISTEN: Final = "tls://127.0.0.1:8445"
@@ -50,6 +51,7 @@ class MafConfig:
     handshake_timeout: float = 10.0
     max_handshakes: int = 1024
     idle_timeout: float = 120.0
+    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
     max_body: int = 64 * 1024
     audit_log: str | None = None
     durability: str | None = None
@@ -75,6 +77,7 @@ class MafConfig:
             "registration_lifetime",
             "handshake_timeout",
             "idle_timeout",
+            "request_head_timeout",
             "purge_interval",
         ):
             if not getattr(self, name) > 0:
@@ -137,6 +140,7 @@ _KEYS: Final[dict[str, dict[str, type]]] = {
         "handshake_timeout": float,
         "max_handshakes": int,
         "idle_timeout": float,
+        "request_head_timeout": float,
         "max_body": int,
         "audit_log": str,
         "audit_retention": float,

@@ -39,8 +39,6 @@ from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import urlsplit
 
-import h11
-
 from m2msec.crypto.gba import ks_ext_naf, ks_from, ks_int_naf
 from m2msec.errors import M2MSecError
 from m2msec.gba.aka import AkaError, MacFailure, SyncFailure, Usim
@@ -56,6 +54,9 @@ from m2msec.gba.digest import (
     response_matches,
     split_nonce,
 )
+from m2msec.service.client import HttpClient, ResponseTooLarge
+from m2msec.service.limits import HttpLimits
+from m2msec.service.streams import PlainStream, Stream
 
 __all__ = [
     "GBA_NS",
@@ -159,83 +160,52 @@ class _Answer:
 
 
 class _Http:
-    """A minimal HTTP/1.1 client connection (h11) that reconnects when the server closes."""
+    """The Ub HTTP/1.1 connection (the service layer's client) that reconnects when the
+    server closes."""
 
     def __init__(self, host: str, port: int, host_header: str, timeout: float) -> None:
         self.host = host
         self.port = port
         self.host_header = host_header
         self.timeout = timeout
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._h11: h11.Connection | None = None
+        self._client = HttpClient(
+            connect=self._connect, limits=HttpLimits(max_body=MAX_RESPONSE_OCTETS)
+        )
 
-    async def _connect(self) -> None:
+    async def _connect(self) -> Stream:
         try:
-            self._reader, self._writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), self.timeout
             )
         except (OSError, TimeoutError) as exc:
             raise UbError(f"cannot reach the BSF at {self.host}:{self.port}: {exc}") from None
-        self._h11 = h11.Connection(h11.CLIENT)
+        return PlainStream(reader, writer)
 
     async def request(self, target: str, authorization: str) -> _Answer:
-        conn = self._h11
-        if conn is not None and conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        elif conn is None or conn.our_state is not h11.IDLE:
-            await self.close()
-            await self._connect()
-        assert self._h11 is not None and self._writer is not None
         headers = [
             ("Host", self.host_header),
             ("User-Agent", USER_AGENT),
             ("Authorization", authorization),
             ("Accept", "application/vnd.3gpp.bsf+xml, application/xml"),
         ]
-        data = self._h11.send(h11.Request(method="GET", target=target, headers=headers))
-        data += self._h11.send(h11.EndOfMessage())
         try:
-            self._writer.write(data)
-            await self._writer.drain()
-            return await asyncio.wait_for(self._read(), self.timeout)
+            answer = await asyncio.wait_for(
+                self._client.request("GET", target, headers), self.timeout
+            )
         except TimeoutError:
             await self.close()
             raise UbError("the BSF did not answer in time") from None
-        except (OSError, h11.ProtocolError) as exc:
+        except ResponseTooLarge:
+            raise UbError("the BSF's answer is too large") from None
+        except OSError as exc:  # includes ConnectionError
             await self.close()
             raise UbError(f"Ub connection to the BSF failed: {exc}") from None
-
-    async def _read(self) -> _Answer:
-        assert self._h11 is not None and self._reader is not None
-        response: h11.Response | None = None
-        body = bytearray()
-        while True:
-            event = self._h11.next_event()
-            if event is h11.NEED_DATA:
-                chunk = await self._reader.read(65536)
-                if not chunk and response is None:
-                    raise ConnectionError("the BSF closed the connection without answering")
-                self._h11.receive_data(chunk)
-                continue
-            if isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_RESPONSE_OCTETS:
-                    raise UbError("the BSF's answer is too large")
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                break
-        assert response is not None
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers]
-        return _Answer(response.status_code, headers, bytes(body))
+        headers_in = [(k.lower(), v) for k, v in answer.headers]
+        return _Answer(answer.status, headers_in, answer.body)
 
     async def close(self) -> None:
-        writer, self._writer, self._reader, self._h11 = self._writer, None, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 2.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._client.aclose(), 2.0)
 
 
 # ----------------------------------------------------------------------------- bootstrap

@@ -37,12 +37,12 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import h11
-
 from m2msec import m2mtime
 from m2msec.crypto.gba import KS_NAF_LENGTH, parse_naf_id
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
+from m2msec.service.client import HttpClient, ResponseTooLarge
+from m2msec.service.limits import HttpLimits
 from m2msec.tls.aio import TLSConnection, connect
 from m2msec.tls.profiles import TLSProfile
 
@@ -222,44 +222,19 @@ class _Channel:
 
     def __init__(self, conn: TLSConnection) -> None:
         self.conn = conn
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.http = HttpClient(conn, limits=HttpLimits(max_body=MAX_ANSWER_OCTETS))
 
     async def get(self, target: str, host: str, timeout: float) -> tuple[int, bytes]:
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-        request = h11.Request(
-            method="GET",
-            target=target,
-            headers=[("Host", host), ("Accept", "application/json"), ("User-Agent", "m2msec")],
-        )
-        await self.conn.send(self.h11.send(request) + self.h11.send(h11.EndOfMessage()))
-        return await asyncio.wait_for(self._read(), timeout)
-
-    async def _read(self) -> tuple[int, bytes]:
-        status: int | None = None
-        body = bytearray()
-        while True:
-            event = self.h11.next_event()
-            if event is h11.NEED_DATA:
-                data = await self.conn.recv()
-                if not data and status is None:
-                    raise ConnectionError("the BSF closed the connection without answering")
-                self.h11.receive_data(data)
-                continue
-            if isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_ANSWER_OCTETS:
-                    raise ZnError(0, "answer from the BSF is too large")
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                break
-        assert status is not None
-        return status, bytes(body)
+        headers = [("Host", host), ("Accept", "application/json"), ("User-Agent", "m2msec")]
+        try:
+            answer = await asyncio.wait_for(self.http.request("GET", target, headers), timeout)
+        except ResponseTooLarge:
+            raise ZnError(0, "answer from the BSF is too large") from None
+        return answer.status, answer.body
 
     @property
     def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        return self.http.reusable
 
 
 class ZnClient:
@@ -323,7 +298,7 @@ class ZnClient:
                 channel = await self._open()
             try:
                 status, body = await channel.get(target, self.bsf_fqdn, self.timeout)
-            except (ConnectionError, OSError, h11.ProtocolError) as exc:
+            except (ConnectionError, OSError) as exc:
                 await _close(channel)
                 if fresh:
                     raise ZnError(0, f"the BSF connection failed: {exc}") from None

@@ -71,6 +71,7 @@ Configuration (:class:`BsfConfig`, TOML via :func:`load_bsf_config`)::
     ind_bits = 5                          # IND length of SQN (TS 33.102 C.3.2)
     handshake_timeout = 10
     idle_timeout = 60
+    request_head_timeout = 10             # seconds from a head's first byte to its end: 408
     max_handshakes = 1024
 """
 
@@ -94,10 +95,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from m2msec.bindings.http import (
     BadRequest,
-    HttpServerConnection,
-    NeedData,
-    PeerClosed,
-    RequestReceived,
 )
 from m2msec.bindings.messages import HttpResponse, OneM2MRequest
 from m2msec.config.bsf import (
@@ -134,7 +131,9 @@ from m2msec.gba.digest import (
 from m2msec.gba.subscribers import BootstrapSession, SubscriberStore
 from m2msec.gba.ub import format_bootstrapping_info
 from m2msec.gba.zn import NafKey, ZnError, ZnRequest, error_body
-from m2msec.servers.streams import PlainStream, Stream
+from m2msec.service.limits import HttpLimits
+from m2msec.service.server import HttpService, ServiceHooks
+from m2msec.service.streams import PlainStream, Stream
 from m2msec.store.outage import StoreOutage
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
@@ -325,6 +324,18 @@ class BsfServer:
         self._hss: Hss | None = None
         self._started = False
         self._closing = False
+        self._service = HttpService(
+            HttpLimits(
+                max_body=_MAX_BODY,
+                request_head_timeout=config.request_head_timeout,
+                idle_timeout=config.idle_timeout,
+            ),
+            ServiceHooks(
+                bad_request=lambda event: _text(event.response.status, event.reason),
+                on_bad_request=self._count_bad_request,
+            ),
+            name="BSF",
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -413,6 +424,7 @@ class BsfServer:
         if self._closing:
             return
         self._closing = True
+        self._service.closing = True
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
@@ -471,48 +483,22 @@ class BsfServer:
     async def _http(
         self, stream: Stream, handle: Callable[[OneM2MRequest], Awaitable[HttpResponse]]
     ) -> None:
-        http = HttpServerConnection(max_body=_MAX_BODY)
-        try:
-            while not self._closing:
-                event = http.next_event()
-                if isinstance(event, NeedData):
-                    out = http.data_to_send()
-                    if out:
-                        await stream.send(out)
-                    try:
-                        data = await asyncio.wait_for(stream.recv(), self.config.idle_timeout)
-                    except TimeoutError:
-                        return
-                    http.receive_data(data)
-                    continue
-                if isinstance(event, PeerClosed):
-                    return
-                if isinstance(event, BadRequest):
-                    self.stats.bad_requests += 1
-                    log.info("bad HTTP request: %s", event.reason)
-                    http.send_response(
-                        _text(event.response.status, event.reason), close=event.close
-                    )
-                else:
-                    assert isinstance(event, RequestReceived)
-                    try:
-                        response = await handle(event.request)
-                        self._store_outage.succeeded()
-                    except StoreError as exc:
-                        self._store_outage.failed(exc)  # one line per outage
-                        response = _text(500, "BSF store error")
-                    except Exception:
-                        log.exception("BSF request handling failed")
-                        response = _text(500, "BSF error")
-                    http.send_response(response)
-                await stream.send(http.data_to_send())
-                if http.closed:
-                    return
-        except (ConnectionError, OSError) as exc:
-            log.debug("connection ended: %s", exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+        async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            try:
+                response = await handle(request)
+                self._store_outage.succeeded()
+            except StoreError as exc:
+                self._store_outage.failed(exc)  # one line per outage
+                response = _text(500, "BSF store error")
+            except Exception:
+                log.exception("BSF request handling failed")
+                response = _text(500, "BSF error")
+            return response, False
+
+        await self._service.serve(stream, answer)
+
+    def _count_bad_request(self, event: BadRequest) -> None:
+        self.stats.bad_requests += 1
 
     # -- Ub ----------------------------------------------------------------------------------
     def handle_ub(self, request: OneM2MRequest, peer: object = None) -> HttpResponse:

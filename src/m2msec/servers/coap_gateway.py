@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiocoap.numbers.codes import Code
 
@@ -46,15 +46,14 @@ from m2msec.bindings.coap import (
     request_from_coap,
     response_to_coap,
 )
-from m2msec.bindings.messages import RSC
+from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
+from m2msec.config import GatewayConfig
 from m2msec.errors import M2MSecError
 from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, start_dtls_server
+from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile
 
-if TYPE_CHECKING:
-    from m2msec.servers.gateway import Association, Gateway
-
-__all__ = ["ACK_DELAY", "MAX_BAD_MESSAGES", "MAX_IN_FLIGHT", "CoapListener"]
+__all__ = ["ACK_DELAY", "MAX_BAD_MESSAGES", "MAX_IN_FLIGHT", "AssociationHost", "CoapListener"]
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +65,40 @@ MAX_IN_FLIGHT = 8
 MAX_BAD_MESSAGES = 16
 
 
+class _CoapStats(Protocol):
+    coap_bad_messages: int
+    coap_requests: int
+    bad_requests: int
+
+
+class AssociationHost(Protocol):
+    """What a listener needs of the gateway: admit, record and close associations, and the
+    one request pipeline. Typed here so this module does not import the gateway (which
+    imports it)."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+
+    @property
+    def stats(self) -> _CoapStats: ...
+
+    def handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None: ...
+
+    def admit_association(self, ctx: SecurityContext, peer: Any) -> bool: ...
+
+    def open_association(self, ctx: SecurityContext, peer: Any) -> Any: ...
+
+    def close_association(self, assoc: Any) -> None: ...
+
+    async def process(
+        self, assoc: Any, request: OneM2MRequest
+    ) -> tuple[HttpResponse, bool]: ...
+
+
 @dataclass(slots=True, eq=False)
 class _Peer:
     dtls: DTLSAssociation
-    assoc: Association
+    assoc: Any  # the gateway's Association
     session: CoapServerSession
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     timer: asyncio.TimerHandle | None = None
@@ -79,7 +108,9 @@ class _Peer:
 class CoapListener:
     """One ``dtls://`` listener of a :class:`~m2msec.servers.gateway.Gateway`."""
 
-    def __init__(self, gateway: Gateway, profile: TLSProfile, *, ack_delay: float = ACK_DELAY):
+    def __init__(
+        self, gateway: AssociationHost, profile: TLSProfile, *, ack_delay: float = ACK_DELAY
+    ):
         self.gateway = gateway
         self.profile = profile
         self.ack_delay = ack_delay

@@ -86,10 +86,6 @@ from typing import TYPE_CHECKING, Any
 from m2msec.app_rules import AppRule, check_app_rules
 from m2msec.bindings.http import (
     BadRequest,
-    HttpServerConnection,
-    NeedData,
-    PeerClosed,
-    RequestReceived,
 )
 from m2msec.bindings.messages import (
     RSC,
@@ -115,7 +111,10 @@ from m2msec.servers.backend import (
     BackendTimeout,
     BackendTooLarge,
 )
-from m2msec.servers.streams import PlainStream, Stream
+from m2msec.servers.coap_gateway import CoapListener
+from m2msec.service.limits import HttpLimits
+from m2msec.service.server import HttpService, ServiceHooks
+from m2msec.service.streams import PlainStream
 from m2msec.store.app_rules import AppRuleStore
 from m2msec.store.base import PskStore
 from m2msec.store.registry import IdentityRegistry
@@ -144,7 +143,6 @@ if TYPE_CHECKING:
     from m2msec.frameworks.gba import GbaResponder
     from m2msec.frameworks.maf import MafResponder
     from m2msec.gba.zn import ZnClient
-    from m2msec.servers.coap_gateway import CoapListener
 
 log = logging.getLogger(__name__)
 
@@ -652,16 +650,6 @@ class ListenerInfo:
         return f"{self.spec.scheme}://{host}:{self.port}{suffix}"
 
 
-@dataclass(slots=True, eq=False)  # hashed by identity: kept in a set
-class _Session:
-    stream: Stream
-    busy: bool = False
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-Handle = Callable[[OneM2MRequest], Awaitable[tuple[HttpResponse, bool]]]
-
-
 class Gateway:
     """The CSE security gateway (module docstring): ``await start()``, ``await close()``.
 
@@ -701,7 +689,17 @@ class Gateway:
         self.maf: MafResponder | None = None
         self._servers: list[asyncio.Server] = []
         self._listeners: list[ListenerInfo] = []
-        self._sessions: set[_Session] = set()
+        self._http = HttpService(
+            HttpLimits.of(config),
+            ServiceHooks(
+                internal_error=lambda request: _answer(
+                    request, RSC.INTERNAL_SERVER_ERROR, "gateway error"
+                ),
+                on_bad_request=self._count_bad_request,
+                on_head_timeout=self._count_head_timeout,
+            ),
+            name="gateway",
+        )
         #: SA records of Entity B: the most recent associations, by SA identifier, open or
         #: closed (bounded, so a long-running gateway does not grow without limit).
         self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
@@ -762,8 +760,10 @@ class Gateway:
         self._started = True
         cfg = self.config
         try:
-            profiles = self._profiles(Transport.TLS)
-            dtls_profiles = self._profiles(Transport.DTLS)
+            profiles = {
+                Transport.TLS: self._profiles(Transport.TLS),
+                Transport.DTLS: self._profiles(Transport.DTLS),
+            }
             self.backend = BackendPool(
                 cfg.backend,
                 max_connections=BACKEND_CONNECTIONS,
@@ -772,41 +772,54 @@ class Gateway:
                 connect_timeout=min(cfg.backend_timeout, 5.0),
                 max_body=MAX_RESPONSE_BODY,
             )
+            openers = {"tls": self._open_tls, "dtls": self._open_dtls, "http": self._open_http}
             for spec in cfg.listen:
-                if spec.scheme == "dtls":
-                    from m2msec.servers.coap_gateway import CoapListener
-
-                    name, dtls = dtls_profiles[spec.framework or _only(dtls_profiles)]
-                    coap = CoapListener(self, dtls)
-                    self._coap.append(coap)
-                    host, port = await coap.start(spec.host, spec.port)
-                    self._listeners.append(ListenerInfo(spec, host, port, name))
-                    log.info("listening on %s (%s, CoAP)", self._listeners[-1].url, name)
-                    continue
-                framework: str | None
-                if spec.secure:
-                    framework, profile = profiles[spec.framework or _only(profiles)]
-                    tls = TLSServer(
-                        profile,
-                        self._serve_tls,
-                        handshake_timeout=cfg.handshake_timeout,
-                        max_handshakes=cfg.max_handshakes,
-                        on_failure=self.handshake_failed,
-                        first_flight_timeout=cfg.first_flight_timeout,
-                        source_share=cfg.source_share,
-                    )
-                    server = await tls.start(spec.host, spec.port)
-                    self._tls.append(tls)
-                else:
-                    framework = None
-                    server = await asyncio.start_server(self._serve_plain, spec.host, spec.port)
-                self._servers.append(server)
-                sock = server.sockets[0].getsockname()
-                self._listeners.append(ListenerInfo(spec, sock[0], sock[1], framework))
-                log.info("listening on %s (%s)", self._listeners[-1].url, framework or "plain")
+                info = await openers[spec.scheme](spec, profiles)
+                self._listeners.append(info)
+                log.info(
+                    "listening on %s (%s%s)",
+                    info.url,
+                    info.framework or "plain",
+                    ", CoAP" if spec.scheme == "dtls" else "",
+                )
         except BaseException:
             await self.close()
             raise
+
+    # -- listeners, by URL scheme ---------------------------------------------------------
+    async def _open_tls(self, spec: ListenerSpec, profiles: _Profiles) -> ListenerInfo:
+        cfg = self.config
+        framework, profile = _pick(profiles[Transport.TLS], spec)
+        tls = TLSServer(
+            profile,
+            self._serve_tls,
+            handshake_timeout=cfg.handshake_timeout,
+            max_handshakes=cfg.max_handshakes,
+            on_failure=self.handshake_failed,
+            first_flight_timeout=cfg.first_flight_timeout,
+            source_share=cfg.source_share,
+        )
+        server = await tls.start(spec.host, spec.port)
+        self._tls.append(tls)
+        return self._bound(spec, server, framework)
+
+    async def _open_dtls(self, spec: ListenerSpec, profiles: _Profiles) -> ListenerInfo:
+        name, dtls = _pick(profiles[Transport.DTLS], spec)
+        coap = CoapListener(self, dtls)
+        self._coap.append(coap)
+        host, port = await coap.start(spec.host, spec.port)
+        return ListenerInfo(spec, host, port, name)
+
+    async def _open_http(self, spec: ListenerSpec, profiles: _Profiles) -> ListenerInfo:
+        server = await asyncio.start_server(self._serve_plain, spec.host, spec.port)
+        return self._bound(spec, server, None)
+
+    def _bound(
+        self, spec: ListenerSpec, server: asyncio.Server, framework: str | None
+    ) -> ListenerInfo:
+        self._servers.append(server)
+        sock = server.sockets[0].getsockname()
+        return ListenerInfo(spec, sock[0], sock[1], framework)
 
     async def close(self) -> None:
         """Stop listening, let requests in progress finish (a few seconds), close the rest."""
@@ -815,15 +828,7 @@ class Gateway:
         self._closing = True
         for server in self._servers:
             server.close()  # stop accepting; connections stay up
-        for session in list(self._sessions):
-            if not session.busy:
-                await _quietly(session.stream.close())
-        pending = [s.done.wait() for s in self._sessions]
-        if pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*pending), SHUTDOWN_GRACE)
-        for session in list(self._sessions):
-            await _quietly(session.stream.close())
+        await self._http.close(SHUTDOWN_GRACE)
         for tls in self._tls:
             await tls.close()
         for coap in self._coap:
@@ -1065,6 +1070,12 @@ class Gateway:
         self.stats.associations_closed += 1
         log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
 
+    def _count_bad_request(self, event: BadRequest) -> None:
+        self.stats.bad_requests += 1
+
+    def _count_head_timeout(self, event: BadRequest) -> None:
+        self.stats.request_head_timeouts += 1
+
     async def _serve_tls(self, conn: TLSConnection) -> None:
         if not self.admit_association(conn.context, conn.peer_address):
             return  # TLSServer closes it with close_notify
@@ -1074,7 +1085,7 @@ class Gateway:
             return await self.process(assoc, request)
 
         try:
-            await self._run(conn, handle)
+            await self._http.serve(conn, handle)
         finally:
             self.close_association(assoc)
 
@@ -1104,82 +1115,13 @@ class Gateway:
             ), False
 
         try:
-            await self._run(PlainStream(reader, writer), handle)
+            await self._http.serve(PlainStream(reader, writer), handle)
         except asyncio.CancelledError:
             pass
         finally:
             writer.close()
             if task is not None:
                 self._plain_tasks.discard(task)
-
-    async def _run(self, stream: Stream, handle: Handle) -> None:
-        """The HTTP loop of one connection: read, decide/forward, answer, in order."""
-        session = _Session(stream)
-        self._sessions.add(session)
-        http = HttpServerConnection(max_body=self.config.max_body)
-        loop = asyncio.get_running_loop()
-        head_deadline: float | None = None  # while a request head is arriving
-        try:
-            if self._closing:
-                return
-            while True:
-                event = http.next_event()
-                if isinstance(event, NeedData):
-                    out = http.data_to_send()  # e.g. 100 Continue
-                    if out:
-                        await stream.send(out)
-                    wait = self.config.idle_timeout
-                    if not http.reading_head:
-                        head_deadline = None
-                    else:
-                        if head_deadline is None:
-                            head_deadline = loop.time() + self.config.request_head_timeout
-                        wait = min(wait, max(0.0, head_deadline - loop.time()))
-                    try:
-                        data = await asyncio.wait_for(stream.recv(), wait)
-                    except TimeoutError:
-                        if not http.reading_head:
-                            return
-                        event = http.head_timed_out()
-                        self.stats.request_head_timeouts += 1
-                        log.info("bad request: %s", event.reason)
-                        http.send_response(event.response, close=True)
-                        await stream.send(http.data_to_send())
-                        return
-                    http.receive_data(data)
-                    continue
-                head_deadline = None
-                if isinstance(event, PeerClosed):
-                    return
-                session.busy = True
-                try:
-                    if isinstance(event, BadRequest):
-                        self.stats.bad_requests += 1
-                        log.info("bad request: %s", event.reason)
-                        http.send_response(event.response, close=event.close or self._closing)
-                    else:
-                        assert isinstance(event, RequestReceived)
-                        try:
-                            response, close = await handle(event.request)
-                        except Exception:
-                            # A bug of ours: answer it, end this connection, keep serving.
-                            log.exception("request handling failed")
-                            response = _answer(
-                                event.request, RSC.INTERNAL_SERVER_ERROR, "gateway error"
-                            )
-                            close = True
-                        http.send_response(response, close=close or self._closing)
-                    await stream.send(http.data_to_send())
-                finally:
-                    session.busy = False
-                if http.closed or self._closing:
-                    return
-        except (ConnectionError, OSError) as exc:
-            log.debug("connection ended: %s", exc)
-        finally:
-            self._sessions.discard(session)
-            session.done.set()
-            await _quietly(stream.close())
 
     def _revalidate(self, assoc: Association) -> Refuse | None:
         """Re-check a live provisioned-PSK association's psk row, at most once per lookup
@@ -1338,6 +1280,15 @@ def _psk_row_check(
         return fresh
 
     return check
+
+
+_Profiles = dict[Transport, dict[str, tuple[str, TLSProfile]]]
+
+
+def _pick(
+    profiles: dict[str, tuple[str, TLSProfile]], spec: ListenerSpec
+) -> tuple[str, TLSProfile]:
+    return profiles[spec.framework or _only(profiles)]
 
 
 def _only(profiles: dict[str, tuple[str, TLSProfile]]) -> str:

@@ -49,10 +49,6 @@ from typing import Any, Final
 
 from m2msec.bindings.http import (
     BadRequest,
-    HttpServerConnection,
-    NeedData,
-    PeerClosed,
-    RequestReceived,
 )
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config.maf import (
@@ -83,6 +79,8 @@ from m2msec.maf.store import (
     open_maf_store,
     parse_km_id,
 )
+from m2msec.service.limits import HttpLimits
+from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.outage import StoreOutage
 from m2msec.store.schema import require_initialised
 from m2msec.tls.aio import TLSConnection, TLSServer
@@ -395,6 +393,17 @@ class MafServer:
         self._purge_task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
+        self._http = HttpService(
+            HttpLimits.of(config),
+            ServiceHooks(
+                internal_error=self._internal_error,
+                close_after_error=False,
+                on_bad_request=self._count_bad_request,
+                on_request=self._count_request,
+                close_stream=False,  # TLSServer ends the association with close_notify
+            ),
+            name="MAF",
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -634,50 +643,22 @@ class MafServer:
         await self._http_loop(conn, handle)
 
     async def _http_loop(self, conn: TLSConnection, handle: Handle) -> None:
-        http = HttpServerConnection(max_body=self.config.max_body)
-        try:
-            while True:
-                event = http.next_event()
-                if isinstance(event, NeedData):
-                    out = http.data_to_send()
-                    if out:
-                        await conn.send(out)
-                    try:
-                        async with asyncio.timeout(self.config.idle_timeout):
-                            data = await conn.recv()
-                    except TimeoutError:
-                        return
-                    http.receive_data(data)
-                    continue
-                if isinstance(event, PeerClosed):
-                    return
-                if isinstance(event, BadRequest):
-                    self.stats.bad_requests += 1
-                    log.info("bad request: %s", event.reason)
-                    http.send_response(event.response, close=event.close)
-                else:
-                    assert isinstance(event, RequestReceived)
-                    self.stats.requests += 1
-                    try:
-                        response = await handle(event.request)
-                    except Exception:
-                        log.exception("MAF request handling failed")
-                        self.stats.internal_errors += 1
-                        response = p.refusal_response(
-                            p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error"),
-                            event.request,
-                        )
-                    http.send_response(response)
-                out = http.data_to_send()
-                if http.closed:
-                    # The connection's last answer: left in the engine, it goes out in one
-                    # write with the close_notify TLSServer sends when this handler returns.
-                    with contextlib.suppress(HandshakeError):
-                        conn.engine.send(out)
-                    return
-                await conn.send(out)
-        except (ConnectionError, OSError) as exc:
-            log.debug("connection ended: %s", exc)
+        async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            return await handle(request), False
+
+        await self._http.serve(conn, answer)
+
+    def _count_bad_request(self, event: BadRequest) -> None:
+        self.stats.bad_requests += 1
+
+    def _count_request(self) -> None:
+        self.stats.requests += 1
+
+    def _internal_error(self, request: OneM2MRequest) -> HttpResponse:
+        self.stats.internal_errors += 1
+        return p.refusal_response(
+            p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error"), request
+        )
 
     # -- procedures: client listener --------------------------------------------------------
     async def _handle_client(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
