@@ -115,8 +115,8 @@ from m2msec.servers.backend import (
 )
 from m2msec.servers.streams import PlainStream, Stream
 from m2msec.store.base import PskStore
+from m2msec.store.psk import SealedPskStore
 from m2msec.store.registry import IdentityRegistry
-from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
@@ -716,8 +716,8 @@ class Gateway:
 
     @property
     def registry(self) -> IdentityRegistry | None:
-        """The identity registry in the psk store's SQLite file (None without one)."""
-        if self._registry is None and isinstance(self._store, SqlitePskStore):
+        """The identity registry beside the psk store's table (None without one)."""
+        if self._registry is None and isinstance(self._store, SealedPskStore):
             prefix = f"{self.config.cse_id}/"
 
             def forms(entity_id: str) -> tuple[str, ...]:
@@ -726,7 +726,7 @@ class Gateway:
                     return (entity_id, entity_id[len(prefix) :])
                 return (entity_id,)
 
-            self._registry = IdentityRegistry(self._store.path, psk_forms=forms)
+            self._registry = IdentityRegistry(self._store.database, psk_forms=forms)
         return self._registry
 
     def url(self, index: int = 0) -> str:

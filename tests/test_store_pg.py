@@ -1,0 +1,149 @@
+"""The psk-lookup-table and the identity registry on PostgreSQL (issue 10 item 3).
+
+The store contract runs over both dialects (SQLite file, PostgreSQL schema on the private
+server of tests/pg.py). Then two ``m2msec gateway serve`` processes share one PostgreSQL
+psk table: a ``m2msec psk add`` is served by both, a ``psk remove`` stops both serving the
+key within the lookup cache's lifetime (default 2 s), seen by ``openssl s_client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from m2msec.errors import DuplicateCredentialError, StoreError
+from m2msec.store import PskEntry, SealedPskStore, open_store
+from m2msec.store.registry import IdentityRegistry, credential_key
+from tests.interop import (
+    TR0038_AE_ID,
+    TR0038_KPSA_HEX,
+    TR0038_KPSA_ID,
+    free_port,
+    require,
+    run,
+    spawn,
+    wait_listening,
+)
+from tests.pg import pg_server, pg_url  # noqa: F401 - fixtures
+
+KEK_HEX = "42" * 32
+KEK = bytes.fromhex(KEK_HEX)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path}/psk.db"
+    else:
+        yield request.getfixturevalue("pg_url")
+
+
+def test_contract_add_get_list_remove(url: str) -> None:
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    with open_store(url, kek=KEK) as st:
+        st.add(PskEntry("b@x", b"\x01" * 16, "Cb", expires))
+        st.add(PskEntry("a@x", b"\x02" * 32))
+        with pytest.raises(DuplicateCredentialError, match="a@x"):
+            st.add(PskEntry("a@x", b"\x03" * 16))
+        st.add(PskEntry("a@x", b"\x03" * 16, "Ca"), replace=True)
+        got = st.get("a@x")
+        assert got is not None and got.kpsa == b"\x03" * 16 and got.entity_id == "Ca"
+        assert [(i.kpsa_id, i.key_length) for i in st.list()] == [("a@x", 16), ("b@x", 16)]
+        assert st.get("b@x") == PskEntry("b@x", b"\x01" * 16, "Cb", expires)
+        assert st.get("\udcff") is None and st.count() == 2
+        with pytest.raises(DuplicateCredentialError, match="c@x"):
+            st.add_many([PskEntry("d@x", b"\x04" * 16), PskEntry("c@x", b"\x05" * 16),
+                         PskEntry("c@x", b"\x05" * 16)])
+        assert st.count() == 2  # all or nothing
+        assert st.add_many([PskEntry(f"{i}@y", b"\x06" * 16) for i in range(5)]) == 5
+        past = datetime.now(UTC) - timedelta(days=1)
+        st.add(PskEntry("old@x", b"\x07" * 16, None, past))
+        assert st.purge_expired() == 1
+        assert st.remove("a@x") and not st.remove("a@x") and st.count() == 6
+    # Reopened: the rows are still there, sealed under the same KEK; another KEK is refused.
+    with open_store(url, kek=KEK) as st:
+        assert st.get("b@x") is not None
+    with pytest.raises(StoreError, match="key-encryption key"):
+        open_store(url, kek=b"\x11" * 32)
+
+
+def test_contract_registry(url: str) -> None:
+    with open_store(url, kek=KEK) as st:
+        st.add(PskEntry("k@x", b"\x01" * 16, "Cae1"))
+        with IdentityRegistry(st.database) as reg:
+            assert reg.owner_of("Cae1") == credential_key("psk", "k@x")
+            assert reg.record("Cae9", "maf:km1") and reg.record("Cae9", "maf:km1")
+            assert not reg.record("Cae9", "maf:km2")
+            assert reg.owner_of("Cae9") == "maf:km1" and reg.recorded_for("maf:km1") == "Cae9"
+            assert list(reg.list()) == [("Cae9", "maf:km1", "registration")]
+            assert reg.forget("Cae9") and reg.owner_of("Cae9") is None
+
+
+def test_postgres_cache_sees_other_connections_within_ttl(pg_url: str) -> None:  # noqa: F811
+    with open_store(pg_url, kek=KEK) as a, open_store(pg_url, kek=KEK, cache_ttl=0) as b:
+        assert isinstance(a, SealedPskStore)
+        a.add(PskEntry("k@x", b"\x01" * 16))
+        assert b.get("k@x") is not None  # cached in b now
+        a.remove("k@x")
+        assert b.get("k@x") is None  # ttl 0: the change counter is read on every lookup
+
+
+# ------------------------------------------------- two gateway processes, one PostgreSQL table
+
+
+def _s_client(port: int) -> list[str]:
+    return [
+        require("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2",
+        "-cipher", "PSK-AES128-GCM-SHA256", "-psk", TR0038_KPSA_HEX,
+        "-psk_identity", TR0038_KPSA_ID, "-nocommands",
+    ]
+
+
+async def _served(port: int) -> bool:
+    done = await run(_s_client(port), stdin=b"")
+    # s_client prints the negotiated suite even when the server's alert follows it.
+    return "Cipher is PSK" in done.output and "alert" not in done.output
+
+
+async def _psk(*args: str) -> None:
+    done = await run([sys.executable, "-m", "m2msec.cli", "psk", *args])
+    assert done.returncode == 0, done.describe()
+
+
+async def test_two_gateways_share_one_postgres_psk_table(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    monkeypatch.setenv("M2MSEC_KEK", KEK_HEX)  # every process sharing the table has it
+    monkeypatch.setenv("M2MSEC_HOME", str(tmp_path / "home"))
+    open_store(pg_url).close()  # created by the operator before the gateways start
+    ports = [free_port(), free_port()]
+
+    def serve(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "m2msec.cli", "gateway", "serve",
+            "--listen", f"tls://127.0.0.1:{port}", "--backend", "http://127.0.0.1:9",
+            "--cse-id", "/mn-cse-123456", "--store", pg_url,
+        ]
+
+    async with spawn(serve(ports[0])) as gw1, spawn(serve(ports[1])) as gw2:
+        await wait_listening(ports[0], gw1, timeout=30)
+        await wait_listening(ports[1], gw2, timeout=30)
+        assert not await _served(ports[0])  # no row yet
+        await _psk("add", TR0038_KPSA_ID, "--key", TR0038_KPSA_HEX, "--entity-id",
+                   TR0038_AE_ID, "--store", pg_url)
+        # A KpsaId never served is not cached: both see the new row at once.
+        assert await _served(ports[0]) and await _served(ports[1])
+        await _psk("remove", TR0038_KPSA_ID, "--store", pg_url)
+        removed = time.monotonic()
+        for port in ports:
+            while await _served(port):
+                # The lookup cache may serve the row for up to its lifetime (2 s).
+                assert time.monotonic() - removed < 2.0 + 3.0, "still served after removal"
+                await asyncio.sleep(0.2)
+        assert gw1.running and gw2.running
