@@ -147,3 +147,69 @@ async def test_two_gateways_share_one_postgres_psk_table(
                 assert time.monotonic() - removed < 2.0 + 3.0, "still served after removal"
                 await asyncio.sleep(0.2)
         assert gw1.running and gw2.running
+
+
+# ------------------------------------------------------------ BSF store on both dialects
+
+BSF_K = "465b5ce8b199b49faa5f0a2ee238a6bc"
+BSF_OPC = "cd63cb71954a9f4e48a5994e37a02baf"
+IMPI = "dev1@ims.example.com"
+
+
+def test_bsf_contract(url: str) -> None:
+    from m2msec.gba.subscribers import BootstrapSession, Guss, SubscriberStore
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    with SubscriberStore(url, kek=KEK) as st:
+        st.add_subscriber(IMPI, k=bytes.fromhex(BSF_K), opc=bytes.fromhex(BSF_OPC), sqn=5)
+        with pytest.raises(DuplicateCredentialError):
+            st.add_subscriber(IMPI, k=bytes.fromhex(BSF_K), opc=bytes.fromhex(BSF_OPC))
+        st.add_subscriber(IMPI, k=bytes.fromhex(BSF_K), opc=bytes.fromhex(BSF_OPC), sqn=7,
+                          replace=True)
+        st.set_guss(IMPI, Guss(any_naf=True))
+        sub = st.get_subscriber(IMPI)
+        assert sub is not None and sub.sqn == 7 and sub.guss.any_naf
+        assert st.advance_sqn(IMPI, 5) > 7
+        session = BootstrapSession("b1@bsf", IMPI, b"\x01" * 16, b"\x02" * 32, now,
+                                   now + timedelta(hours=1), "GBA_ME")
+        st.put_session(session)
+        assert st.get_session("b1@bsf") == session and st.count_sessions() == 1
+        assert st.remove_subscriber(IMPI) and st.get_session("b1@bsf") is None
+        assert st.count_subscribers() == 0
+
+
+async def test_two_bsf_processes_share_one_postgres_store(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A subscriber added or removed by ``m2msec bsf`` is seen by two ``bsf serve``
+    processes at once (no cache); both step one SQN_HE (a Ub run on each succeeds with
+    one USIM, which accepts only fresh SQNs)."""
+    from m2msec.gba.aka import Usim
+    from m2msec.gba.ub import UbError, bootstrap
+
+    monkeypatch.setenv("M2MSEC_KEK", KEK_HEX)
+    monkeypatch.setenv("M2MSEC_HOME", str(tmp_path / "home"))
+    cli = [sys.executable, "-m", "m2msec.cli", "bsf"]
+    added = await run([*cli, "add-subscriber", IMPI, "--k", BSF_K, "--opc", BSF_OPC,
+                       "--any-naf", "--store", pg_url])
+    assert added.returncode == 0, added.describe()
+    ports = [free_port(), free_port()]
+
+    def serve(port: int) -> list[str]:
+        return [*cli, "serve", "--listen", f"http://127.0.0.1:{port}", "--fqdn",
+                "bsf.in.provider.com", "--store", pg_url]
+
+    usim = Usim(bytes.fromhex(BSF_K), bytes.fromhex(BSF_OPC), 0)
+    async with spawn(serve(ports[0])) as b1, spawn(serve(ports[1])) as b2:
+        await wait_listening(ports[0], b1, timeout=30)
+        await wait_listening(ports[1], b2, timeout=30)
+        first = await bootstrap(f"http://127.0.0.1:{ports[0]}/", usim, IMPI)
+        second = await bootstrap(f"http://127.0.0.1:{ports[1]}/", usim, IMPI)
+        assert first.btid != second.btid
+        removed = await run([*cli, "remove", IMPI, "--store", pg_url])
+        assert removed.returncode == 0, removed.describe()
+        for port in ports:
+            with pytest.raises(UbError) as refused:  # the BSF answers: unknown IMPI
+                await bootstrap(f"http://127.0.0.1:{port}/", usim, IMPI)
+            assert "cannot reach" not in str(refused.value), refused.value
+        assert b1.running and b2.running

@@ -27,7 +27,7 @@ import stat
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from m2msec.errors import ConfigurationError, StoreError
@@ -151,7 +151,7 @@ class Database(ABC):
 
 
 class SqliteDatabase(Database):
-    """One SQLite file, WAL, ``synchronous=FULL``; created 0600 in a 0700 directory."""
+    """One SQLite file, WAL, ``synchronous`` FULL (or NORMAL); created 0600 in a 0700 directory."""
 
     p = "?"
     blob = "BLOB"
@@ -160,9 +160,16 @@ class SqliteDatabase(Database):
     errors = (sqlite3.Error,)
     integrity_errors = (sqlite3.IntegrityError,)
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    ) -> None:
         self.path = Path(path).expanduser()
         self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
         self.label = os.fspath(self.path)
         self.kek_path = self.path.parent / KEK_FILE_NAME
 
@@ -178,7 +185,7 @@ class SqliteDatabase(Database):
             check_same_thread=False,
         )
         conn.execute("PRAGMA trusted_schema = OFF")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return cast(Connection, conn)
 
     def begin_exclusive(self, conn: Connection) -> None:
@@ -334,11 +341,12 @@ def open_database(
     *,
     pg_schema: str,
     busy_timeout: float = 5.0,
+    synchronous: Literal["FULL", "NORMAL"] = "FULL",
 ) -> Database:
     """The :class:`Database` named by a plain path, ``sqlite:///path`` or ``postgresql://``."""
     text = os.fspath(url_or_path)
     if not _URL.match(text):
-        return SqliteDatabase(text, busy_timeout=busy_timeout)
+        return SqliteDatabase(text, busy_timeout=busy_timeout, synchronous=synchronous)
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
@@ -346,7 +354,9 @@ def open_database(
             raise ConfigurationError(
                 "a SQLite store URL has the form sqlite:///absolute/path/to/file.db"
             )
-        return SqliteDatabase(unquote(parts.path), busy_timeout=busy_timeout)
+        return SqliteDatabase(
+            unquote(parts.path), busy_timeout=busy_timeout, synchronous=synchronous
+        )
     if scheme in ("postgresql", "postgres"):
         return PostgresDatabase(text, schema=pg_schema)
     raise ConfigurationError(f"unsupported store URL scheme {scheme!r}")
