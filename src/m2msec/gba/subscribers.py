@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from m2msec.crypto.milenage import AMF_LENGTH, KEY_LENGTH
@@ -57,10 +57,12 @@ from m2msec.gba.aka import DEFAULT_AMF, SQN_MAX, SubscriberKeys, next_sqn
 from m2msec.ids import check_fqdn
 from m2msec.paths import data_dir, ensure_private_dir
 from m2msec.store.db import (
+    Closing,
     Connection,
     Database,
     PostgresDatabase,
     SqliteDatabase,
+    is_text,
     open_database,
 )
 from m2msec.store.schema import KekCheck, open_sealed_schema
@@ -260,7 +262,7 @@ class BootstrapSession:
 # ----------------------------------------------------------------------------- the store
 
 
-class SubscriberStore:
+class SubscriberStore(Closing):
     """Subscribers and bootstrapping sessions in SQLite or PostgreSQL (module docstring).
 
     ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, a
@@ -345,16 +347,6 @@ class SubscriberStore:
         with self._lock:
             self._c.close()
 
-    def __enter__(self) -> SubscriberStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SubscriberStore({self._path!r})"
@@ -428,7 +420,7 @@ class SubscriberStore:
         return Subscriber(impi, bytes(k), bytes(opc), sqn, bytes(amf), guss, uicc, created)
 
     def get_subscriber(self, impi: str) -> Subscriber | None:
-        if not _is_text(impi):
+        if not is_text(impi):
             return None
         with self._lock:
             try:
@@ -600,7 +592,7 @@ class SubscriberStore:
 
     def get_session(self, btid: str) -> BootstrapSession | None:
         """The session of ``btid`` (expired ones too: the caller decides), or None."""
-        if not _is_text(btid):
+        if not is_text(btid):
             return None
         with self._lock:
             try:
@@ -651,11 +643,3 @@ class SubscriberStore:
                 return int(self._conn.execute("SELECT count(*) FROM bootstrap").fetchone()[0])
             except self._db.errors as exc:
                 raise self._error("read", exc) from None
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

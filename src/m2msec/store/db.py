@@ -27,7 +27,8 @@ import stat
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, cast
+from types import TracebackType
+from typing import Any, Final, Literal, Protocol, Self, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from m2msec.errors import ConfigurationError, StoreError
@@ -35,12 +36,14 @@ from m2msec.paths import data_dir, ensure_private_dir
 from m2msec.store.seal import KEK_FILE_NAME
 
 __all__ = [
+    "Closing",
     "Connection",
     "Database",
     "PostgresDatabase",
     "SqliteDatabase",
     "create_private_file",
     "from_epoch",
+    "is_text",
     "open_database",
     "redact_url",
     "to_epoch",
@@ -95,6 +98,33 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` encodes as UTF-8 (a lone surrogate cannot be a stored key)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class Closing(ABC):
+    """A store used as a context manager: ``with Store(...) as st:`` closes it."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class Database(ABC):

@@ -40,7 +40,6 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from m2msec.errors import (
@@ -51,11 +50,13 @@ from m2msec.errors import (
 )
 from m2msec.store.base import ProgressCallback, PskEntry, PskInfo
 from m2msec.store.db import (
+    Closing,
     Connection,
     Database,
     SqliteDatabase,
     change_counter_ddl,
     from_epoch,
+    is_text,
     open_database,
     to_epoch,
 )
@@ -172,15 +173,7 @@ def _check_text(value: str, what: str, limit: int) -> None:
         raise IdentifierError(f"{what} must be 1 to {limit} octets (UTF-8), not {n}")
 
 
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class SealedPskStore:
+class SealedPskStore(Closing):
     """A :class:`~m2msec.store.base.PskStore` in SQLite or PostgreSQL, Kpsa sealed at rest.
 
     ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, or a
@@ -276,7 +269,7 @@ class SealedPskStore:
 
     def get(self, kpsa_id: str) -> PskEntry | None:
         """The row for ``kpsa_id`` (octet-exact), possibly from the cache; expired rows too."""
-        if not _is_text(kpsa_id):
+        if not is_text(kpsa_id):
             return None  # not valid UTF-8 text: cannot be a stored KpsaId
         with self._rlock:
             try:
@@ -361,7 +354,7 @@ class SealedPskStore:
         return done
 
     def remove(self, kpsa_id: str) -> bool:
-        if not _is_text(kpsa_id):
+        if not is_text(kpsa_id):
             return False
         with self._wlock:
             try:
@@ -429,16 +422,6 @@ class SealedPskStore:
             self._rconn.close()
             self._wconn.close()
 
-    def __enter__(self) -> SealedPskStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._db.label!r})"

@@ -27,11 +27,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from m2msec.errors import StoreError
-from m2msec.store.db import Connection, Database, open_database
+from m2msec.store.db import Closing, Connection, Database, open_database
 from m2msec.store.psk import PG_SCHEMA
 
 __all__ = ["IdentityRegistry", "credential_key"]
@@ -48,7 +47,7 @@ def credential_key(framework: str, key_id: str) -> str:
     return f"{framework}:{key_id}"
 
 
-class IdentityRegistry:
+class IdentityRegistry(Closing):
     """The ``identity_owner`` table beside a psk-lookup-table.
 
     ``target`` is the psk store's :attr:`~m2msec.store.psk.SealedPskStore.database` (or its
@@ -174,13 +173,3 @@ class IdentityRegistry:
             f"cannot {action} the identity registry in {self._path}: {self._db.message(exc)}"
         )
 
-    def __enter__(self) -> IdentityRegistry:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
