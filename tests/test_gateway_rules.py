@@ -19,8 +19,9 @@ from m2msec.cli.gateway import app
 from m2msec.errors import ConfigurationError
 from m2msec.store import PskEntry, SqlitePskStore
 from m2msec.store import app_rules as app_rules_module
-from m2msec.store import sqlite as sqlite_module
 from m2msec.store.app_rules import AppRuleStore
+from m2msec.store.db import SqliteDatabase
+from m2msec.store.psk import migrations
 from tests.acme import AcmeCse, acme_fixture, ae_content
 from tests.test_gateway import gw_config, light, running
 
@@ -99,8 +100,9 @@ def test_missing_pattern_option_is_a_usage_error(tmp_path: Path) -> None:
 def test_version_2_store_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "v2.db"
     raw = sqlite3.connect(path)
+    steps = migrations(SqliteDatabase(path))
     for version in (1, 2):
-        for statement in sqlite_module._MIGRATIONS[version]:
+        for statement in steps[version]:
             raw.execute(statement)
     raw.execute(
         "INSERT INTO identity_owner VALUES ('/mn-cse-123456/Cx', 'psk:x', 'registration', 0)"

@@ -206,5 +206,6 @@ def test_store_errors_are_one_line(
     code, _out, err = _run(runner, db, "list")
     assert code == 1
     assert "wrong key-encryption key" in err and len(err.strip().splitlines()) == 1
-    result = runner.invoke(app, ["list", "--store", "postgresql://db/m2m"])
-    assert result.exit_code == 2 and "PostgreSQL store not available" in result.stderr
+    result = runner.invoke(app, ["list", "--store", "postgresql://m2m@127.0.0.1:1/m2m"])
+    assert result.exit_code == 1 and "cannot open store postgresql://" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

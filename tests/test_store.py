@@ -25,7 +25,7 @@ from m2msec.errors import (
 )
 from m2msec.paths import data_dir, default_store_path
 from m2msec.store import PskEntry, SqlitePskStore, open_store
-from m2msec.store import sqlite as sqlite_module
+from m2msec.store import psk as sqlite_module
 from m2msec.store.importer import (
     PskImportError,
     load_psk_file,
@@ -553,8 +553,9 @@ def test_open_store_forms(tmp_path: Path) -> None:
     plain = open_store(str(tmp_path / "plain.db"), kek=KEK_A)
     assert isinstance(plain, SqlitePskStore) and plain.path == tmp_path / "plain.db"
     plain.close()
-    with pytest.raises(ConfigurationError, match="PostgreSQL store not available"):
-        open_store("postgresql://m2m@db.example.org/m2msec")
+    # A PostgreSQL URL is a PostgreSQL store (tests/test_store_pg.py); nothing listens here.
+    with pytest.raises(StoreError, match=r"cannot open store postgresql://m2m:\*\*\*@127"):
+        open_store("postgresql://m2m:secret@127.0.0.1:1/m2msec")
     with pytest.raises(ConfigurationError, match="sqlite:///absolute"):
         open_store("sqlite://host/x.db")
     with pytest.raises(ConfigurationError, match="unsupported"):

@@ -59,11 +59,12 @@ app = typer.Typer(
 
 
 StoreOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--store",
         metavar="PATH",
-        help="Subscriber store (default: bsf.db in the m2msec data directory).",
+        help="Subscriber store: a file, sqlite:///absolute/path or postgresql://... URL "
+        "(default: bsf.db in the m2msec data directory).",
         show_default=False,
     ),
 ]
@@ -101,7 +102,7 @@ def _read_hex(value: str, what: str, length: int) -> bytes:
     return raw
 
 
-def _open(store: Path | None) -> SubscriberStore:
+def _open(store: str | None) -> SubscriberStore:
     return SubscriberStore(store)
 
 
@@ -198,7 +199,7 @@ def add_subscriber(
                 uicc=uicc,
                 replace=replace,
             )
-            where = st.path
+            where = st.label
     allowed = "any NAF" if any_naf else (", ".join(sorted(guss.nafs)) or "no NAF yet")
     _out().print(
         f"added {sub.impi} ({sub.gba_type}, SQN {sub.sqn:012x}, AMF {sub.amf.hex()}; "
@@ -220,7 +221,7 @@ def list_subscribers(store: StoreOption = None) -> None:
     with _errors(), _open(store) as st:
         subs = st.list_subscribers()
         sessions = st.count_sessions()
-        where = st.path
+        where = st.label
     table = Table(title=f"subscribers in {where}", title_justify="left")
     for column in ("IMPI", "type", "SQN", "AMF", "allowed NAFs"):
         table.add_column(column, overflow="fold")
@@ -265,7 +266,7 @@ def _banner(bsf: BsfServer) -> Table:
     store = bsf.store
     table.add_row(
         "store",
-        f"{store.path}: {store.count_subscribers()} subscriber(s), "
+        f"{store.label}: {store.count_subscribers()} subscriber(s), "
         f"{store.count_sessions()} session(s)",
     )
     table.add_row("Ks lifetime", f"{cfg.ks_lifetime:g} s")

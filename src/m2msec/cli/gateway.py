@@ -148,7 +148,7 @@ def serve(
         str | None,
         typer.Option(
             metavar="PATH",
-            help="psk-lookup-table: a file or sqlite:///absolute/path URL.",
+            help="psk-lookup-table: a file, sqlite:///absolute/path or postgresql://... URL.",
             show_default=False,
         ),
     ] = None,

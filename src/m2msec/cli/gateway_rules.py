@@ -4,8 +4,9 @@ TS-0001 9.6.1.2.2 / TR-0038 7.1.2: a registration over a Credential-ID associati
 allowed only by a rule whose ``applicableCredIDs`` (``--credential``) match the
 Credential-ID and whose ``allowedAEs`` (``--allowed-ae``) match the AE-ID-Stem, and
 ``allowedApp-IDs`` (``--allowed-app-id``) the App-ID if given. The rules are kept in the
-psk store's SQLite file (:mod:`m2msec.store.app_rules`); a running gateway on that file
-applies a change within its lookup cache lifetime, together with its TOML rules.
+psk store's database, SQLite or PostgreSQL (:mod:`m2msec.store.app_rules`); a running
+gateway on that store applies a change within its lookup cache lifetime, together with
+its TOML rules.
 
 Exit status: 0 on success, 1 for a store that cannot be opened or an unknown rule, 2 for
 an invalid pattern or name (nothing is written).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,8 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from m2msec.app_rules import app_rule
+from m2msec.cli.common import fail
 from m2msec.errors import ConfigurationError, StoreError
-from m2msec.store import SqlitePskStore, open_store
+from m2msec.store import open_store
 from m2msec.store.app_rules import AppRuleStore, check_rule_name
 
 __all__ = ["app"]
@@ -43,18 +45,11 @@ StoreOption = Annotated[
     typer.Option(
         "--store",
         metavar="PATH",
-        help="The gateway's psk store file or sqlite:///absolute/path URL (default: "
-        "m2msec.db in the data directory, as m2msec psk).",
+        help="The gateway's psk store: a file, sqlite:///absolute/path or postgresql:// URL "
+        "(default: m2msec.db in the data directory, as m2msec psk).",
         show_default=False,
     ),
 ]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    text = Text("error: ", style="bold red")
-    text.append(message, style="red")
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
-    raise typer.Exit(code)
 
 
 @contextmanager
@@ -62,9 +57,7 @@ def _rules(store: str | None) -> Iterator[AppRuleStore]:
     try:
         psk = open_store(store)  # runs the schema migrations
         try:
-            if not isinstance(psk, SqlitePskStore):
-                _fail("stored app rules need a SQLite psk store", 1)
-            rules = AppRuleStore(psk.path)
+            rules = AppRuleStore(psk.database)
         finally:
             psk.close()
         try:
@@ -72,9 +65,9 @@ def _rules(store: str | None) -> Iterator[AppRuleStore]:
         finally:
             rules.close()
     except ConfigurationError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except StoreError as exc:
-        _fail(str(exc.args[0]) if exc.args else str(exc), 1)
+        fail(str(exc.args[0]) if exc.args else str(exc), 1)
 
 
 @app.command("add")
@@ -103,7 +96,7 @@ def add_command(
         rule = app_rule(credential, allowed_ae, allowed_app_id or (), where="rule")
         check_rule_name(name)
     except ConfigurationError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     with _rules(store) as rules:
         added = rules.add(rule, name)
     Console(highlight=False, soft_wrap=True).print(
@@ -149,5 +142,5 @@ def remove_command(
     with _rules(store) as rules:
         removed = rules.remove(rule)
     if not removed:
-        _fail(f"no stored app rule {rule!r}", 1)
+        fail(f"no stored app rule {rule!r}", 1)
     Console(highlight=False, soft_wrap=True).print(Text(f"removed rule {rule}"))

@@ -60,7 +60,8 @@ StoreOption = Annotated[
         "--store",
         metavar="PATH",
         # No square brackets in help texts: typer renders them as rich markup.
-        help="Store file or sqlite:///absolute/path URL (default: m2msec.db in $M2MSEC_HOME, "
+        help="Store file, sqlite:///absolute/path or postgresql://user@host/db URL "
+        "(default: m2msec.db in $M2MSEC_HOME, "
         "else in $XDG_DATA_HOME/m2msec, else in ~/.local/share/m2msec).",
         show_default=False,
     ),

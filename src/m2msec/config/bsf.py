@@ -33,7 +33,7 @@ class BsfConfig:
     fqdn: str
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 8090),)
     zn_listen: tuple[tuple[str, int], ...] = ()
-    store: Path | None = None
+    store: Path | str | None = None
     cert: Path | None = None
     key: Path | None = None
     ca: Path | None = None
@@ -186,9 +186,12 @@ def parse_bsf_config(
     store = section.get("store")
     if store is not None:
         if not isinstance(store, str) or not store:
-            raise ConfigurationError("bsf.store: must be a file path")
-        path = Path(store).expanduser()
-        kwargs["store"] = path if path.is_absolute() else base / path
+            raise ConfigurationError("bsf.store: must be a file path or a store URL")
+        if "://" in store:
+            kwargs["store"] = store  # sqlite:///abs or postgresql://, m2msec.store.db
+        else:
+            path = Path(store).expanduser()
+            kwargs["store"] = path if path.is_absolute() else base / path
     for name in ("cert", "key", "ca"):
         if name in section:
             kwargs[name] = _file(section[name], f"bsf.{name}", base)

@@ -23,7 +23,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     cse_originators = "ts-0004"           # or "strict": CSE From must lie under its CSE-ID
 
     [psk]                                 # provisioned PSK, TS-0003 8.2.2.1
-    store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path; default: the data dir's
+    store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path, or postgresql://user@host/db
 
     [certificates]                        # certificates, TS-0003 8.2.2.2
     cert = "gateway.pem"                  # relative paths: from the config file's folder

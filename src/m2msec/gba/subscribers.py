@@ -1,6 +1,8 @@
-"""The HSS simulator's subscribers and the BSF's bootstrapping sessions, in SQLite.
+"""The HSS simulator's subscribers and the BSF's bootstrapping sessions, SQLite or PostgreSQL.
 
-Two tables in one file (default ``<data dir>/bsf.db``, created 0600 in a 0700 directory)::
+Two tables in one SQLite file (default ``<data dir>/bsf.db``, created 0600 in a 0700
+directory) or in the ``m2msec_bsf`` schema of a PostgreSQL database
+(``postgresql://...``, :mod:`m2msec.store.db`), shared by several BSF processes::
 
     subscriber(impi TEXT PRIMARY KEY, k BLOB, opc BLOB, sqn INTEGER, amf BLOB,
                guss TEXT, uicc INTEGER, created_at INTEGER)
@@ -22,10 +24,12 @@ Two tables in one file (default ``<data dir>/bsf.db``, created 0600 in a 0700 di
   B-TID, IMPI, RAND, Ks (sealed; the associated data binds B-TID, IMPI, RAND, expiry and
   type) and the key lifetime.
 
-Writes use WAL with ``synchronous=NORMAL``: a power cut may lose the last SQN step or
-the last session (the device then resynchronises or bootstraps again), but never leaves
+SQLite writes use WAL with ``synchronous=NORMAL``: a power cut may lose the last SQN step
+or the last session (the device then resynchronises or bootstraps again), but never leaves
 the file inconsistent. One connection behind a lock serves the BSF's event loop; the CLI
-may use the same file at once from another process (``busy_timeout``).
+may use the same store at once from another process (``busy_timeout`` for SQLite). There
+is no cache: every read sees what other processes committed. SQN steps lock the
+subscriber's row (``FOR UPDATE`` in PostgreSQL, the write lock in SQLite).
 """
 
 from __future__ import annotations
@@ -33,14 +37,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
-import stat
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from m2msec.crypto.milenage import AMF_LENGTH, KEY_LENGTH
@@ -54,8 +56,16 @@ from m2msec.errors import (
 from m2msec.gba.aka import DEFAULT_AMF, SQN_MAX, SubscriberKeys, next_sqn
 from m2msec.ids import check_fqdn
 from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.store.db import (
+    Closing,
+    Connection,
+    Database,
+    PostgresDatabase,
+    SqliteDatabase,
+    is_text,
+    open_database,
+)
 from m2msec.store.schema import KekCheck, open_sealed_schema
-from m2msec.store.seal import KEK_FILE_NAME, Sealer
 
 __all__ = [
     "BSF_STORE_NAME",
@@ -77,32 +87,41 @@ MAX_IMPI_OCTETS: Final = 255
 MAX_GUSS_OCTETS: Final = 64 * 1024
 GbaType = Literal["GBA_ME", "GBA_U"]
 
-_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
-    1: (
-        """CREATE TABLE subscriber (
-               impi       TEXT PRIMARY KEY,
-               k          BLOB NOT NULL,
-               opc        BLOB NOT NULL,
-               sqn        INTEGER NOT NULL,
-               amf        BLOB NOT NULL,
-               guss       TEXT NOT NULL,
-               uicc       INTEGER NOT NULL,
-               created_at INTEGER NOT NULL
-           ) WITHOUT ROWID""",
-        """CREATE TABLE bootstrap (
-               btid       TEXT PRIMARY KEY,
-               impi       TEXT NOT NULL,
-               rand       BLOB NOT NULL,
-               ks         BLOB NOT NULL,
-               created_at INTEGER NOT NULL,
-               expires_at INTEGER NOT NULL,
-               gba_type   TEXT NOT NULL
-           ) WITHOUT ROWID""",
-        "CREATE INDEX bootstrap_expiry ON bootstrap (expires_at)",
-        "CREATE INDEX bootstrap_impi ON bootstrap (impi)",
-        "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
-    ),
-}
+#: The PostgreSQL schema holding the BSF's tables.
+PG_SCHEMA: Final = "m2msec_bsf"
+
+
+def migrations(db: Database) -> dict[int, tuple[str, ...]]:
+    """Each schema version's statements in ``db``'s dialect (:mod:`m2msec.store.db`)."""
+    t, b, w = db.key_text, db.blob, db.table_suffix
+    return {
+        1: (
+            f"""CREATE TABLE subscriber (
+                   impi       {t} PRIMARY KEY,
+                   k          {b} NOT NULL,
+                   opc        {b} NOT NULL,
+                   sqn        BIGINT NOT NULL,
+                   amf        {b} NOT NULL,
+                   guss       TEXT NOT NULL,
+                   uicc       INTEGER NOT NULL,
+                   created_at BIGINT NOT NULL
+               ){w}""",
+            f"""CREATE TABLE bootstrap (
+                   btid       {t} PRIMARY KEY,
+                   impi       {t} NOT NULL,
+                   rand       {b} NOT NULL,
+                   ks         {b} NOT NULL,
+                   created_at BIGINT NOT NULL,
+                   expires_at BIGINT NOT NULL,
+                   gba_type   TEXT NOT NULL
+               ){w}""",
+            "CREATE INDEX bootstrap_expiry ON bootstrap (expires_at)",
+            "CREATE INDEX bootstrap_impi ON bootstrap (impi)",
+            f"CREATE TABLE meta (name {t} PRIMARY KEY, value {b} NOT NULL){w}",
+        ),
+    }
+
+
 _KEK_CHECK: Final = KekCheck(
     aad=b"m2msec/bsf/meta/kek-check", value=b"m2msec BSF key-encryption key check, version 1"
 )
@@ -243,82 +262,101 @@ class BootstrapSession:
 # ----------------------------------------------------------------------------- the store
 
 
-class SubscriberStore:
-    """Subscribers and bootstrapping sessions in one SQLite file (module docstring).
+class SubscriberStore(Closing):
+    """Subscribers and bootstrapping sessions in SQLite or PostgreSQL (module docstring).
 
-    ``kek`` overrides the key-encryption key (else ``$M2MSEC_KEK`` or the ``kek`` file
-    beside the database, created 0600 for a new store).
+    ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, a
+    :class:`~m2msec.store.db.Database`, or None for ``<data dir>/bsf.db``. ``kek``
+    overrides the key-encryption key (else ``$M2MSEC_KEK`` or the ``kek`` file beside the
+    SQLite file / in the data directory, created 0600 for a new store).
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str] | None = None,
+        target: str | os.PathLike[str] | Database | None = None,
         *,
         kek: bytes | None = None,
         busy_timeout: float = 5.0,
     ) -> None:
-        self._path = (
-            default_bsf_store_path(create=True) if path is None else Path(path).expanduser()
-        )
-        self._lock = threading.Lock()
-        _create_private_file(self._path)
-        try:
-            self._conn = sqlite3.connect(
-                os.fspath(self._path),
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
+        if isinstance(target, Database):
+            db = target
+        elif target is None:
+            db = SqliteDatabase(
+                default_bsf_store_path(create=True), busy_timeout=busy_timeout, synchronous="NORMAL"
             )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open BSF store {self._path}: {exc}") from None
+        else:
+            if isinstance(target, Path):
+                target = target.expanduser()
+            db = open_database(
+                target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout, synchronous="NORMAL"
+            )
+        self._db = db
+        self._path = db.label
+        self._lock = threading.Lock()
+        p = db.p
+        self._p = p
+        self._for_update = " FOR UPDATE" if isinstance(db, PostgresDatabase) else ""
+        db.prepare()
         try:
-            self._conn.execute("PRAGMA trusted_schema = OFF")
-            self._sealer = self._open_schema(kek)
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise StoreError(f"cannot open BSF store {self._path}: {exc}") from None
+            self._c = db.connect()
+        except db.errors as exc:
+            raise StoreError(f"cannot open BSF store {self._path}: {db.message(exc)}") from None
+        try:
+            self._sealer = open_sealed_schema(
+                self._c,
+                db=db,
+                label=f"BSF store {self._path}",
+                kek=kek,
+                kek_path=db.kek_path,
+                migrations=migrations(db),
+                version=SCHEMA_VERSION,
+                check=_KEK_CHECK,
+            )
+        except db.errors as exc:
+            self._c.close()
+            raise StoreError(f"cannot open BSF store {self._path}: {db.message(exc)}") from None
         except BaseException:
-            self._conn.close()
+            self._c.close()
             raise
 
-    def _open_schema(self, kek: bytes | None) -> Sealer:
-        conn = self._conn
-        conn.execute("PRAGMA synchronous = NORMAL")
-        return open_sealed_schema(
-            conn,
-            label=f"BSF store {self._path}",
-            kek=kek,
-            kek_path=self._path.parent / KEK_FILE_NAME,
-            migrations=_MIGRATIONS,
-            version=SCHEMA_VERSION,
-            check=_KEK_CHECK,
-        )
+    @property
+    def _conn(self) -> Connection:
+        # Caller holds _lock. A broken PostgreSQL connection is replaced at its next use.
+        if not self._db.usable(self._c):
+            self._c = self._db.connect()
+        return self._c
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
+    def database(self) -> Database:
+        return self._db
+
+    @property
+    def label(self) -> str:
+        """The file, or the PostgreSQL URL (without password) and schema, for messages."""
+        return self._db.label
+
+    @property
     def path(self) -> Path:
-        return self._path
+        """The SQLite file (a PostgreSQL store has none)."""
+        if not isinstance(self._db, SqliteDatabase):
+            raise StoreError(f"BSF store {self._path} is not a file")
+        return self._db.path
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._c.close()
 
-    def __enter__(self) -> SubscriberStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
-        return f"SubscriberStore({str(self._path)!r})"
+        return f"SubscriberStore({self._path!r})"
 
-    def _error(self, action: str, exc: sqlite3.Error) -> StoreError:
-        return StoreError(f"cannot {action} BSF store {self._path}: {exc}")
+    def _error(self, action: str, exc: Exception) -> StoreError:
+        return StoreError(f"cannot {action} BSF store {self._path}: {self._db.message(exc)}")
+
+    def _rollback(self) -> None:
+        if self._db.usable(self._c) and self._db.in_transaction(self._c):
+            self._c.execute("ROLLBACK")
 
     # -- subscribers -----------------------------------------------------------------------
     @staticmethod
@@ -361,38 +399,46 @@ class SubscriberStore:
             int(uicc),
             _epoch(created),
         )
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        p = self._p
+        sql = (
+            "INSERT INTO subscriber (impi, k, opc, sqn, amf, guss, uicc, created_at)"
+            f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+        )
+        if replace:
+            sql += (
+                " ON CONFLICT (impi) DO UPDATE SET k = excluded.k, opc = excluded.opc,"
+                " sqn = excluded.sqn, amf = excluded.amf, guss = excluded.guss,"
+                " uicc = excluded.uicc, created_at = excluded.created_at"
+            )
         with self._lock:
             try:
-                self._conn.execute(
-                    f"{verb} INTO subscriber (impi, k, opc, sqn, amf, guss, uicc, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-            except sqlite3.IntegrityError:
+                self._conn.execute(sql, row)
+            except self._db.integrity_errors:
                 raise DuplicateCredentialError(f"subscriber {impi!r} already exists") from None
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("write", exc) from None
         return Subscriber(impi, bytes(k), bytes(opc), sqn, bytes(amf), guss, uicc, created)
 
     def get_subscriber(self, impi: str) -> Subscriber | None:
+        if not is_text(impi):
+            return None
         with self._lock:
             try:
                 row = self._conn.execute(
                     "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
-                    " WHERE impi = ?",
+                    f" WHERE impi = {self._p}",
                     (impi,),
                 ).fetchone()
-            except UnicodeEncodeError:
-                return None
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("read", exc) from None
         if row is None:
             return None
         k_sealed, opc_sealed, sqn, amf, guss, uicc, created = row
-        k = self._sealer.unseal(k_sealed, self._secret_aad(impi, "k"), what=f"K of {impi!r}")
+        k = self._sealer.unseal(
+            bytes(k_sealed), self._secret_aad(impi, "k"), what=f"K of {impi!r}"
+        )
         opc = self._sealer.unseal(
-            opc_sealed, self._secret_aad(impi, "opc"), what=f"OPc of {impi!r}"
+            bytes(opc_sealed), self._secret_aad(impi, "opc"), what=f"OPc of {impi!r}"
         )
         return Subscriber(
             impi,
@@ -416,9 +462,12 @@ class SubscriberStore:
         with self._lock:
             try:
                 impis = [
-                    r[0] for r in self._conn.execute("SELECT impi FROM subscriber ORDER BY impi")
+                    r[0]
+                    for r in self._conn.execute(
+                        "SELECT impi FROM subscriber ORDER BY impi"
+                    ).fetchall()
                 ]
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("read", exc) from None
         out = []
         for impi in impis:
@@ -431,30 +480,33 @@ class SubscriberStore:
         with self._lock:
             try:
                 return int(self._conn.execute("SELECT count(*) FROM subscriber").fetchone()[0])
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("read", exc) from None
 
     def remove_subscriber(self, impi: str) -> bool:
         """Remove a subscriber and its bootstrapping sessions; False when unknown."""
+        p = self._p
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                cur = self._conn.execute("DELETE FROM subscriber WHERE impi = ?", (impi,))
-                self._conn.execute("DELETE FROM bootstrap WHERE impi = ?", (impi,))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                conn = self._conn
+                self._db.begin(conn)
+                cur = conn.execute(f"DELETE FROM subscriber WHERE impi = {p}", (impi,))
+                removed = bool(cur.rowcount > 0)
+                conn.execute(f"DELETE FROM bootstrap WHERE impi = {p}", (impi,))
+                conn.execute("COMMIT")
+            except self._db.errors as exc:
+                self._rollback()
                 raise self._error("write", exc) from None
-        return cur.rowcount > 0
+        return removed
 
     def set_guss(self, impi: str, guss: Guss) -> None:
         with self._lock:
             try:
                 cur = self._conn.execute(
-                    "UPDATE subscriber SET guss = ? WHERE impi = ?", (guss.to_json(), impi)
+                    f"UPDATE subscriber SET guss = {self._p} WHERE impi = {self._p}",
+                    (guss.to_json(), impi),
                 )
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("write", exc) from None
         if cur.rowcount == 0:
             raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
@@ -462,25 +514,26 @@ class SubscriberStore:
     # -- SQN (the HSS's SqnStore) ----------------------------------------------------------
     def advance_sqn(self, impi: str, ind_bits: int) -> int:
         """Move SQN_HE to the next SQN (TS 33.102 C.3.2) in one transaction; return it."""
+        p = self._p
         with self._lock:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                row = self._conn.execute(
-                    "SELECT sqn FROM subscriber WHERE impi = ?", (impi,)
+                conn = self._conn
+                self._db.begin(conn)
+                row = conn.execute(
+                    f"SELECT sqn FROM subscriber WHERE impi = {p}{self._for_update}", (impi,)
                 ).fetchone()
                 if row is None:
-                    self._conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                     raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
                 try:
                     new = next_sqn(int(row[0]), ind_bits)
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                     raise
-                self._conn.execute("UPDATE subscriber SET sqn = ? WHERE impi = ?", (new, impi))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                conn.execute(f"UPDATE subscriber SET sqn = {p} WHERE impi = {p}", (new, impi))
+                conn.execute("COMMIT")
+            except self._db.errors as exc:
+                self._rollback()
                 raise self._error("write", exc) from None
         return new
 
@@ -491,9 +544,10 @@ class SubscriberStore:
         with self._lock:
             try:
                 cur = self._conn.execute(
-                    "UPDATE subscriber SET sqn = ? WHERE impi = ?", (sqn_ms, impi)
+                    f"UPDATE subscriber SET sqn = {self._p} WHERE impi = {self._p}",
+                    (sqn_ms, impi),
                 )
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("write", exc) from None
         if cur.rowcount == 0:
             raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
@@ -525,28 +579,29 @@ class SubscriberStore:
         )
         with self._lock:
             try:
+                p = self._p
                 self._conn.execute(
                     "INSERT INTO bootstrap (btid, impi, rand, ks, created_at, expires_at,"
-                    " gba_type) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f" gba_type) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
                     row,
                 )
-            except sqlite3.IntegrityError:
+            except self._db.integrity_errors:
                 raise DuplicateCredentialError(f"B-TID {session.btid!r} already exists") from None
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("write", exc) from None
 
     def get_session(self, btid: str) -> BootstrapSession | None:
         """The session of ``btid`` (expired ones too: the caller decides), or None."""
+        if not is_text(btid):
+            return None
         with self._lock:
             try:
                 row = self._conn.execute(
                     "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
-                    " WHERE btid = ?",
+                    f" WHERE btid = {self._p}",
                     (btid,),
                 ).fetchone()
-            except UnicodeEncodeError:
-                return None
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("read", exc) from None
         if row is None:
             return None
@@ -554,7 +609,7 @@ class SubscriberStore:
         if gba_type not in ("GBA_ME", "GBA_U"):
             raise StoreError(f"bootstrapping session {btid!r} has an unknown type")
         ks = self._sealer.unseal(
-            sealed,
+            bytes(sealed),
             self._session_aad(btid, impi, bytes(rand), int(expires), gba_type),
             what=f"Ks of B-TID {btid!r}",
         )
@@ -565,46 +620,26 @@ class SubscriberStore:
     def remove_session(self, btid: str) -> bool:
         with self._lock:
             try:
-                cur = self._conn.execute("DELETE FROM bootstrap WHERE btid = ?", (btid,))
-            except sqlite3.Error as exc:
+                cur = self._conn.execute(f"DELETE FROM bootstrap WHERE btid = {self._p}", (btid,))
+            except self._db.errors as exc:
                 raise self._error("write", exc) from None
-        return cur.rowcount > 0
+        return bool(cur.rowcount > 0)
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete sessions past their lifetime; return how many."""
         cutoff = _epoch(now or datetime.now(UTC))
         with self._lock:
             try:
-                cur = self._conn.execute("DELETE FROM bootstrap WHERE expires_at <= ?", (cutoff,))
-            except sqlite3.Error as exc:
+                cur = self._conn.execute(
+                    f"DELETE FROM bootstrap WHERE expires_at <= {self._p}", (cutoff,)
+                )
+            except self._db.errors as exc:
                 raise self._error("write", exc) from None
-        return cur.rowcount
+        return int(cur.rowcount)
 
     def count_sessions(self) -> int:
         with self._lock:
             try:
                 return int(self._conn.execute("SELECT count(*) FROM bootstrap").fetchone()[0])
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise self._error("read", exc) from None
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the database file 0600 (directory 0700) before SQLite opens it."""
-    ensure_private_dir(path.parent)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise StoreError(f"BSF store {path} is not a regular file") from None
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            log.warning(
-                "BSF store %s is accessible by group/others (mode %03o); run chmod 600 on it",
-                path,
-                mode,
-            )
-    except OSError as exc:
-        raise StoreError(f"cannot create BSF store {path}: {exc.strerror}") from None
-    else:
-        os.close(fd)

@@ -77,9 +77,10 @@ from m2msec.errors import (
 )
 from m2msec.ids import KmId, parse_entity_id
 from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.store.db import create_private_file as _create_private_file
+from m2msec.store.db import from_epoch, to_epoch
 from m2msec.store.schema import KekCheck, open_sealed_schema
 from m2msec.store.seal import KEK_FILE_NAME, Sealer, sealed_plaintext_length
-from m2msec.store.sqlite import _create_private_file, from_epoch, to_epoch
 
 __all__ = [
     "DEFAULT_MAF_STORE_NAME",

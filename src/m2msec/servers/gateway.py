@@ -117,8 +117,8 @@ from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream
 from m2msec.store.app_rules import AppRuleStore
 from m2msec.store.base import PskStore
+from m2msec.store.psk import SealedPskStore
 from m2msec.store.registry import IdentityRegistry
-from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
@@ -718,8 +718,8 @@ class Gateway:
 
     @property
     def registry(self) -> IdentityRegistry | None:
-        """The identity registry in the psk store's SQLite file (None without one)."""
-        if self._registry is None and isinstance(self._store, SqlitePskStore):
+        """The identity registry beside the psk store's table (None without one)."""
+        if self._registry is None and isinstance(self._store, SealedPskStore):
             prefix = f"{self.config.cse_id}/"
 
             def forms(entity_id: str) -> tuple[str, ...]:
@@ -728,14 +728,14 @@ class Gateway:
                     return (entity_id, entity_id[len(prefix) :])
                 return (entity_id,)
 
-            self._registry = IdentityRegistry(self._store.path, psk_forms=forms)
+            self._registry = IdentityRegistry(self._store.database, psk_forms=forms)
         return self._registry
 
     @property
     def rule_store(self) -> AppRuleStore | None:
         """The stored serviceSubscribedAppRules (``m2msec gateway rule``), beside the registry."""
-        if self._rule_store is None and isinstance(self._store, SqlitePskStore):
-            self._rule_store = AppRuleStore(self._store.path, cache_ttl=self._store.cache_ttl)
+        if self._rule_store is None and isinstance(self._store, SealedPskStore):
+            self._rule_store = AppRuleStore(self._store.database, cache_ttl=self._store.cache_ttl)
         return self._rule_store
 
     def app_rules(self) -> tuple[AppRule, ...]:

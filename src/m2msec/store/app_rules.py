@@ -1,27 +1,28 @@
 """Stored serviceSubscribedAppRules (TS-0001 9.6.1.2.2, TR-0038 7.1.2).
 
 The rules ``m2msec gateway rule add|list|remove`` manage live in the ``app_rule`` table
-of the psk-lookup-table's SQLite file (schema version 3 of :mod:`m2msec.store.sqlite`),
-beside the identity registry. The gateway applies them together with the TOML's
-``[[gateway.app_rule]]``; :meth:`AppRuleStore.rules` re-reads the table at most once per
-``cache_ttl`` (the psk lookup cache's lifetime), so a rule added or removed while the
-gateway runs takes effect within that time, without a restart. Patterns are validated by
-:func:`m2msec.app_rules.app_rule`, the TOML loader's check. All SQL of the table is here.
+of the psk-lookup-table's database (schema version 3 of :mod:`m2msec.store.psk`; SQLite or
+PostgreSQL, :mod:`m2msec.store.db`), beside the identity registry. The gateway applies
+them together with the TOML's ``[[gateway.app_rule]]``; :meth:`AppRuleStore.rules`
+re-reads the table at most once per ``cache_ttl`` (the psk lookup cache's lifetime), so a
+rule added or removed while the gateway runs takes effect within that time, without a
+restart. Patterns are validated by :func:`m2msec.app_rules.app_rule`, the TOML loader's
+check. All SQL of the table is here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from m2msec.app_rules import AppRule, app_rule
 from m2msec.errors import ConfigurationError, StoreError
+from m2msec.store.db import Closing, Connection, Database, open_database
+from m2msec.store.psk import PG_SCHEMA
 
 __all__ = ["AppRuleStore", "StoredAppRule", "check_rule_name"]
 
@@ -54,33 +55,55 @@ class StoredAppRule:
         }
 
 
-class AppRuleStore:
-    """The ``app_rule`` table of a psk-lookup-table SQLite file.
+class AppRuleStore(Closing):
+    """The ``app_rule`` table beside a psk-lookup-table.
 
-    The psk store (:class:`~m2msec.store.sqlite.SqlitePskStore`) must have opened ``path``
-    first: it owns the schema migrations.
+    ``target`` is the psk store's :attr:`~m2msec.store.psk.SealedPskStore.database` (or its
+    path or URL); the psk store must have opened it first: it owns the schema migrations.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, cache_ttl: float = 2.0, busy_timeout: float = 5.0
+        self,
+        target: str | os.PathLike[str] | Database,
+        *,
+        cache_ttl: float = 2.0,
+        busy_timeout: float = 5.0,
     ) -> None:
-        self._path = Path(path).expanduser()
+        if isinstance(target, Database):
+            db = target
+        else:
+            if isinstance(target, Path):
+                target = target.expanduser()
+            db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
+        self._db = db
+        self._path = db.label
         self._cache_ttl = cache_ttl
         self._cached: tuple[AppRule, ...] = ()
         self._read_at = -float("inf")
         self._lock = threading.Lock()
+        p = db.p
+        self._insert = (
+            "INSERT INTO app_rule (name, credentials, allowed_aes, allowed_app_ids, "
+            f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id"
+        )
+        self._delete = {
+            column: f"DELETE FROM app_rule WHERE {column} = {p}"
+            for column in ("id", "name")
+        }
         try:
-            self._conn = sqlite3.connect(
-                os.fspath(self._path),
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute("PRAGMA trusted_schema = OFF")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("SELECT 1 FROM app_rule LIMIT 0")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the app rules in {self._path}: {exc}") from None
+            self._c = db.connect()
+            self._c.execute("SELECT 1 FROM app_rule LIMIT 0")
+        except db.errors as exc:
+            raise StoreError(
+                f"cannot open the app rules in {self._path}: {db.message(exc)}"
+            ) from None
+
+    @property
+    def _conn(self) -> Connection:
+        # Caller holds _lock. A broken PostgreSQL connection is replaced at its next use.
+        if not self._db.usable(self._c):
+            self._c = self._db.connect()
+        return self._c
 
     def add(self, rule: AppRule, name: str | None = None) -> StoredAppRule:
         """Store ``rule`` (validated again here); a taken or all-digit name is refused."""
@@ -88,9 +111,8 @@ class AppRuleStore:
         check_rule_name(name)
         try:
             with self._lock:
-                cur = self._conn.execute(
-                    "INSERT INTO app_rule (name, credentials, allowed_aes, allowed_app_ids, "
-                    "created_at) VALUES (?, ?, ?, ?, ?)",
+                row = self._conn.execute(
+                    self._insert,
                     (
                         name,
                         json.dumps(rule.credentials),
@@ -98,14 +120,14 @@ class AppRuleStore:
                         json.dumps(rule.allowed_app_ids),
                         int(time.time()),
                     ),
-                )
+                ).fetchone()
                 self._read_at = -float("inf")
-        except sqlite3.IntegrityError:
+        except self._db.integrity_errors:
             raise ConfigurationError(f"a rule named {name!r} exists already") from None
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the app rules in {self._path}: {exc}") from None
-        assert cur.lastrowid is not None
-        return StoredAppRule(cur.lastrowid, name, rule)
+        except self._db.errors as exc:
+            raise self._fail("write", exc) from None
+        assert row is not None
+        return StoredAppRule(int(row[0]), name, rule)
 
     def list(self) -> list[StoredAppRule]:
         """All stored rules, by id."""
@@ -115,8 +137,8 @@ class AppRuleStore:
                     "SELECT id, name, credentials, allowed_aes, allowed_app_ids FROM app_rule "
                     "ORDER BY id"
                 ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the app rules in {self._path}: {exc}") from None
+        except self._db.errors as exc:
+            raise self._fail("read", exc) from None
         return [
             StoredAppRule(
                 int(i),
@@ -128,17 +150,17 @@ class AppRuleStore:
 
     def remove(self, name_or_id: str) -> bool:
         """Drop the rule with that name, or (all digits) that id; True if there was one."""
-        column = "id" if name_or_id.isdigit() else "name"
+        by_id = name_or_id.isdigit()
         try:
             with self._lock:
                 cur = self._conn.execute(
-                    f"DELETE FROM app_rule WHERE {column} = ?",  # noqa: S608 - fixed names
-                    (int(name_or_id) if column == "id" else name_or_id,),
+                    self._delete["id" if by_id else "name"],
+                    (int(name_or_id) if by_id else name_or_id,),
                 )
                 self._read_at = -float("inf")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the app rules in {self._path}: {exc}") from None
-        return cur.rowcount > 0
+        except self._db.errors as exc:
+            raise self._fail("write", exc) from None
+        return bool(cur.rowcount > 0)
 
     def rules(self) -> tuple[AppRule, ...]:
         """The stored rules, re-read at most once per ``cache_ttl`` seconds."""
@@ -150,15 +172,9 @@ class AppRuleStore:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._c.close()
 
-    def __enter__(self) -> AppRuleStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _fail(self, action: str, exc: Exception) -> StoreError:
+        return StoreError(
+            f"cannot {action} the app rules in {self._path}: {self._db.message(exc)}"
+        )

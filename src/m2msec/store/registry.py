@@ -3,7 +3,7 @@
 TS-0003 7.1.2 makes the Registrar CSE bind an AE-ID to the security association whose
 credential registered it; TS-0001 9.6.1.2.2 lets only the credential that owns an AE-ID
 re-register it. The gateway decides this itself from one table, ``identity_owner``, in
-the psk-lookup-table's SQLite file (schema version 2 of :mod:`m2msec.store.sqlite`).
+the psk-lookup-table's database (schema version 2 of :mod:`m2msec.store.psk`).
 
 A *credential key* is ``<framework>:<key id>``:
 
@@ -23,15 +23,15 @@ entity ids (:func:`m2msec.ids.normalise_originator`), the form the gateway's rul
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from m2msec.errors import StoreError
+from m2msec.store.db import Closing, Connection, Database, open_database
+from m2msec.store.psk import PG_SCHEMA
 
 __all__ = ["IdentityRegistry", "credential_key"]
 
@@ -47,37 +47,60 @@ def credential_key(framework: str, key_id: str) -> str:
     return f"{framework}:{key_id}"
 
 
-class IdentityRegistry:
-    """The ``identity_owner`` table of a psk-lookup-table SQLite file.
+class IdentityRegistry(Closing):
+    """The ``identity_owner`` table beside a psk-lookup-table.
 
-    The psk store (:class:`~m2msec.store.sqlite.SqlitePskStore`) must have opened ``path``
-    first: it owns the schema migrations. ``psk_forms`` maps a normalised entity id to the
-    spellings a psk row's ``entity_id`` may hold for it (an AE-ID-Stem, the SP-relative
-    form); by default only the id itself.
+    ``target`` is the psk store's :attr:`~m2msec.store.psk.SealedPskStore.database` (or its
+    path or URL); the psk store must have opened it first: it owns the schema migrations.
+    ``psk_forms`` maps a normalised entity id to the spellings a psk row's ``entity_id`` may
+    hold for it (an AE-ID-Stem, the SP-relative form); by default only the id itself.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        target: str | os.PathLike[str] | Database,
         *,
         psk_forms: Callable[[str], Iterable[str]] | None = None,
         busy_timeout: float = 5.0,
     ) -> None:
-        self._path = Path(path).expanduser()
+        if isinstance(target, Database):
+            db = target
+        else:
+            if isinstance(target, Path):
+                target = target.expanduser()
+            db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
+        self._db = db
+        self._path = db.label
         self._psk_forms = psk_forms or (lambda entity_id: (entity_id,))
         self._lock = threading.Lock()
+        p = db.p
+        self._owner = f"SELECT credential FROM identity_owner WHERE entity_id = {p}"
+        self._by_psk = (
+            f"SELECT kpsa_id FROM psk WHERE entity_id = {p} ORDER BY kpsa_id LIMIT 1"
+        )
+        self._recorded = (
+            f"SELECT entity_id FROM identity_owner WHERE credential = {p} "
+            "ORDER BY recorded_at DESC, entity_id LIMIT 1"
+        )
+        self._insert = (
+            "INSERT INTO identity_owner (entity_id, credential, source, recorded_at) "
+            f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (entity_id) DO NOTHING"
+        )
+        self._delete = f"DELETE FROM identity_owner WHERE entity_id = {p}"
         try:
-            self._conn = sqlite3.connect(
-                os.fspath(self._path),
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute("PRAGMA trusted_schema = OFF")
-            self._conn.execute("PRAGMA synchronous = FULL")
-            self._conn.execute("SELECT 1 FROM identity_owner LIMIT 0")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the identity registry in {self._path}: {exc}") from None
+            self._c = db.connect()
+            self._c.execute("SELECT 1 FROM identity_owner LIMIT 0")
+        except db.errors as exc:
+            raise StoreError(
+                f"cannot open the identity registry in {self._path}: {db.message(exc)}"
+            ) from None
+
+    @property
+    def _conn(self) -> Connection:
+        # Caller holds _lock. A broken PostgreSQL connection is replaced at its next use.
+        if not self._db.usable(self._c):
+            self._c = self._db.connect()
+        return self._c
 
     def owner_of(self, entity_id: str) -> str | None:
         """The credential key that owns ``entity_id`` (normalised), or None if nobody does.
@@ -86,33 +109,25 @@ class IdentityRegistry:
         """
         try:
             with self._lock:
-                row = self._conn.execute(
-                    "SELECT credential FROM identity_owner WHERE entity_id = ?", (entity_id,)
-                ).fetchone()
+                conn = self._conn
+                row = conn.execute(self._owner, (entity_id,)).fetchone()
                 if row is not None:
                     return str(row[0])
                 for form in dict.fromkeys(self._psk_forms(entity_id)):
-                    row = self._conn.execute(
-                        "SELECT kpsa_id FROM psk WHERE entity_id = ? ORDER BY kpsa_id LIMIT 1",
-                        (form,),
-                    ).fetchone()
+                    row = conn.execute(self._by_psk, (form,)).fetchone()
                     if row is not None:
                         return credential_key("psk", str(row[0]))
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the identity registry in {self._path}: {exc}") from None
+        except self._db.errors as exc:
+            raise self._fail("read", exc) from None
         return None
 
     def recorded_for(self, credential: str) -> str | None:
         """The entity id recorded for ``credential`` (its registered AE-ID), if any."""
         try:
             with self._lock:
-                row = self._conn.execute(
-                    "SELECT entity_id FROM identity_owner WHERE credential = ? "
-                    "ORDER BY recorded_at DESC, entity_id LIMIT 1",
-                    (credential,),
-                ).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the identity registry in {self._path}: {exc}") from None
+                row = self._conn.execute(self._recorded, (credential,)).fetchone()
+        except self._db.errors as exc:
+            raise self._fail("read", exc) from None
         return None if row is None else str(row[0])
 
     def record(self, entity_id: str, credential: str, *, source: str = "registration") -> bool:
@@ -123,35 +138,22 @@ class IdentityRegistry:
         """
         try:
             with self._lock:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    row = self._conn.execute(
-                        "SELECT credential FROM identity_owner WHERE entity_id = ?", (entity_id,)
-                    ).fetchone()
-                    if row is None:
-                        self._conn.execute(
-                            "INSERT INTO identity_owner (entity_id, credential, source, "
-                            "recorded_at) VALUES (?, ?, ?, ?)",
-                            (entity_id, credential, source, int(time.time())),
-                        )
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the identity registry in {self._path}: {exc}") from None
-        return row is None or str(row[0]) == credential
+                conn = self._conn
+                # One statement, atomic in both dialects: the first owner stays.
+                conn.execute(self._insert, (entity_id, credential, source, int(time.time())))
+                row = conn.execute(self._owner, (entity_id,)).fetchone()
+        except self._db.errors as exc:
+            raise self._fail("write", exc) from None
+        return row is not None and str(row[0]) == credential
 
     def forget(self, entity_id: str) -> bool:
         """Drop the recorded owner of ``entity_id``; True if there was one."""
         try:
             with self._lock:
-                cur = self._conn.execute(
-                    "DELETE FROM identity_owner WHERE entity_id = ?", (entity_id,)
-                )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write the identity registry in {self._path}: {exc}") from None
-        return cur.rowcount > 0
+                cur = self._conn.execute(self._delete, (entity_id,))
+        except self._db.errors as exc:
+            raise self._fail("write", exc) from None
+        return bool(cur.rowcount > 0)
 
     def list(self) -> Iterator[tuple[str, str, str]]:
         """Recorded ``(entity_id, credential, source)`` rows, by entity id."""
@@ -164,15 +166,10 @@ class IdentityRegistry:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._c.close()
 
-    def __enter__(self) -> IdentityRegistry:
-        return self
+    def _fail(self, action: str, exc: Exception) -> StoreError:
+        return StoreError(
+            f"cannot {action} the identity registry in {self._path}: {self._db.message(exc)}"
+        )
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -1,4 +1,4 @@
-"""Opening a sealed SQLite store: schema migrations and the key-encryption key check.
+"""Opening a sealed store (SQLite or PostgreSQL): schema migrations and the KEK check.
 
 The psk-lookup-table, the MAF store and the BSF store share one way of starting: WAL, then
 (under the write lock, so that two processes opening a new store agree on one schema and
@@ -14,11 +14,16 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, cast
 
 from m2msec.errors import StoreError
+from m2msec.store.db import Connection, Database, SqliteDatabase
 from m2msec.store.seal import Sealer, load_kek
 
 log = logging.getLogger(__name__)
+
+# The dialect of a bare sqlite3 connection (its path is not used).
+_SQLITE: Final = SqliteDatabase(":memory:")
 
 __all__ = ["KekCheck", "open_sealed_schema", "require_initialised"]
 
@@ -33,8 +38,9 @@ class KekCheck:
 
 
 def open_sealed_schema(
-    conn: sqlite3.Connection,
+    conn: sqlite3.Connection | Connection,
     *,
+    db: Database | None = None,
     label: str,
     kek: bytes | None,
     kek_path: Path,
@@ -47,22 +53,22 @@ def open_sealed_schema(
     ``label`` names the store in messages ("MAF store /path"). ``kek`` None reads the KEK
     file at ``kek_path``, which is created only together with a brand-new store. Raises
     :class:`StoreError` for a newer schema or a KEK that does not open the check value;
-    ``sqlite3.Error`` is left to the caller.
+    the database's own errors (``db.errors``) are left to the caller. ``db`` is the
+    dialect (:mod:`m2msec.store.db`); None means a SQLite connection.
     """
     what = f"the check value of {label}"
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        log.warning("%s: journal_mode is %s, not wal", label, mode)
+    d: Database = db if db is not None else _SQLITE
+    c = cast(Connection, conn)
     # Fast path, no write lock: an existing store of our version.
-    if conn.execute("PRAGMA user_version").fetchone()[0] == version:
-        sealed = _check_value(conn, check)
+    if d.schema_version(c) == version:
+        sealed = _check_value(d, c, check)
         if sealed is not None:
             sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
             sealer.check(sealed, check.aad, check.value, what=what)
             return sealer
-    conn.execute("BEGIN IMMEDIATE")
+    d.begin_exclusive(c)
     try:
-        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        current = d.schema_version(c)
         if current > version:
             raise StoreError(
                 f"{label} has schema version {current}; this version of m2msec reads up to "
@@ -70,9 +76,9 @@ def open_sealed_schema(
             )
         for v in range(current + 1, version + 1):
             for statement in migrations[v]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {v:d}")
-        sealed = _check_value(conn, check)
+                c.execute(statement)
+            d.set_schema_version(c, v)
+        sealed = _check_value(d, c, check)
         if sealed is None:
             # A brand-new store: the KEK file may be created now. A store file that had
             # no schema (e.g. truncated to 0 bytes) is sealed under an existing KEK file
@@ -85,17 +91,17 @@ def open_sealed_schema(
                     kek_path,
                 )
             sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=True))
-            conn.execute(
-                "INSERT INTO meta (name, value) VALUES (?, ?)",
+            c.execute(
+                f"INSERT INTO meta (name, value) VALUES ({d.p}, {d.p})",
                 (check.name, sealer.seal(check.value, check.aad)),
             )
         else:
             sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
             sealer.check(sealed, check.aad, check.value, what=what)
-        conn.execute("COMMIT")
+        c.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        if d.usable(c) and d.in_transaction(c):
+            c.execute("ROLLBACK")
         raise
     return sealer
 
@@ -142,9 +148,8 @@ def require_initialised(path: str | os.PathLike[str] | None, *, label: str, crea
         )
 
 
-def _check_value(conn: sqlite3.Connection, check: KekCheck) -> bytes | None:
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE name = ?", (check.name,)).fetchone()
-    except sqlite3.OperationalError:
+def _check_value(d: Database, conn: Connection, check: KekCheck) -> bytes | None:
+    if d.schema_version(conn) == 0:
         return None  # no meta table yet
+    row = conn.execute(f"SELECT value FROM meta WHERE name = {d.p}", (check.name,)).fetchone()
     return None if row is None else bytes(row[0])
