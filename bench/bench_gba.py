@@ -75,7 +75,7 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
     import logging
 
     from m2msec.frameworks.certificate import CertificateCredential
-    from m2msec.frameworks.gba import GbaResponder
+    from m2msec.frameworks.gba import GbaResponder, zn_profile
     from m2msec.frameworks.provisioned import PskResponder
     from m2msec.gba.subscribers import Guss
     from m2msec.gba.zn import ZnClient
@@ -107,8 +107,8 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
             work / "in-cse.pem", work / "in-cse.key", work / "ca" / "ca.pem"
         )
         zn_host, zn_port = bsf.zn_addresses[0]
-        zn = ZnClient(credential, zn_host, zn_port, BSF_FQDN, in_domain=IN_DOMAIN,
-                      max_connections=8)  # fmt: skip
+        profile = zn_profile(credential, BSF_FQDN, in_domain=IN_DOMAIN)
+        zn = ZnClient(profile, zn_host, zn_port, BSF_FQDN, max_connections=8)
         cached = GbaResponder(zn, NAF_FQDN)
         uncached = GbaResponder(zn, NAF_FQDN, cache_size=0)
         servers = [

@@ -54,8 +54,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # into service/ beside HttpService, or the generic client moves below bindings.
     ("m2msec.bindings.client", "m2msec.service.client"): "issue 10 follow-up",
     ("m2msec.bindings.client", "m2msec.service.limits"): "issue 10 follow-up",
-    # i10-wire: the Zn client gets its TLS initiator from below frameworks/.
-    ("m2msec.gba.zn", "m2msec.frameworks.certificate"): "i10-wire",
 }
 
 

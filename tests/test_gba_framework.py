@@ -33,6 +33,7 @@ from m2msec.frameworks.gba import (
     format_identity,
     gba_naf_id,
     parse_identity,
+    zn_profile,
 )
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.tls.aio import TLSConnection, TLSServer, connect
@@ -541,7 +542,8 @@ class GbaNet:
         credential = CertificateCredential.from_files(
             self.naf_cert, self.naf_key, self.ca.cert_path
         )
-        return ZnClient(credential, self.zn_host, self.zn_port, BSF_FQDN, in_domain=IN_DOMAIN)
+        profile = zn_profile(credential, BSF_FQDN, in_domain=IN_DOMAIN)
+        return ZnClient(profile, self.zn_host, self.zn_port, BSF_FQDN)
 
 
 @contextlib.asynccontextmanager

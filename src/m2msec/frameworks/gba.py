@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from m2msec.crypto.gba import SUITE_IDS, ks_ext_naf, ks_int_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import ConfigurationError, HandshakeError, IdentifierError, M2MSecError
+from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.gba.aka import Usim
 from m2msec.ids import CredentialId, CredIdType, check_fqdn, entity_kind
 from m2msec.tls.aio import TLSConnection
@@ -80,6 +81,7 @@ __all__ = [
     "format_identity",
     "gba_naf_id",
     "parse_identity",
+    "zn_profile",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,23 @@ class NafKeySource(Protocol):
     """The NAF's side of Zn (:class:`m2msec.gba.zn.ZnClient`), or any stand-in for it."""
 
     async def fetch(self, btid: str, naf_id: bytes, gba_u: bool) -> NafKeyInfo: ...
+
+
+def zn_profile(
+    credential: CertificateCredential, bsf_fqdn: str, *, in_domain: str | None = None
+) -> TLSProfile:
+    """The NAF's TLS client profile towards the BSF for :class:`m2msec.gba.zn.ZnClient`.
+
+    Zn is mutually authenticated (TS 33.220 4.4.3): the NAF presents ``credential``, whose
+    dNSName is the NAF FQDN the BSF accepts in NAF_Id, and the BSF's certificate must name
+    ``bsf_fqdn`` (TS-0003 10.1.1.6, also the SNI), as for any FQDN-named service of the
+    certificate framework. ``in_domain`` only serves to read our own certificate
+    (default: ``bsf_fqdn``).
+    """
+    initiator = CertificateInitiator.for_service(
+        credential, bsf_fqdn, in_domain=in_domain or bsf_fqdn
+    )
+    return initiator.profile()
 
 
 def device_naf_key(

@@ -14,6 +14,9 @@ TCP (HTTP/1.1 on h11; the Ub request-URI is the BSF URL's path, ``/`` by default
        <BootstrappingInfo xmlns="uri:3gpp-gba"><btid>..</btid>
                           <lifetime>YYYY-MM-DDThh:mm:ssZ</lifetime></BootstrappingInfo>
 
+The document and its xs:dateTime are read by :mod:`m2msec.gba.wire`, the module the BSF
+writes them with.
+
 Ks = CK || IK (TS 33.220 4.5.2) stays with the caller in :class:`Bootstrap`, with the
 B-TID and the key lifetime from the BSF.
 
@@ -32,8 +35,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -54,26 +55,21 @@ from m2msec.gba.digest import (
     response_matches,
     split_nonce,
 )
+from m2msec.gba.wire import (
+    BSF_MEDIA_TYPE,
+    MAX_BOOTSTRAPPING_INFO_OCTETS,
+    WireError,
+    parse_bootstrapping_info,
+)
 from m2msec.service.client import HttpClient, ResponseTooLarge
 from m2msec.service.limits import HttpLimits
 from m2msec.service.streams import PlainStream, Stream
 
-__all__ = [
-    "GBA_NS",
-    "USER_AGENT",
-    "Bootstrap",
-    "UbError",
-    "bootstrap",
-    "format_bootstrapping_info",
-    "parse_bootstrapping_info",
-]
+__all__ = ["USER_AGENT", "Bootstrap", "UbError", "bootstrap"]
 
-#: XML namespace of the BootstrappingInfo document (TS 24.109 Annex C).
-GBA_NS: Final = "uri:3gpp-gba"
 #: TS 24.109 5.2.1: the product token "3gpp-gba" in User-Agent announces GBA support.
 USER_AGENT: Final = "m2msec 3gpp-gba"
-MAX_RESPONSE_OCTETS: Final = 16 * 1024
-_LIFETIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+MAX_RESPONSE_OCTETS: Final = MAX_BOOTSTRAPPING_INFO_OCTETS
 
 
 class UbError(M2MSecError):
@@ -105,42 +101,6 @@ class Bootstrap:
     def ks_int_naf(self, naf_id: bytes) -> bytes:
         """Ks_int_NAF for ``naf_id`` (GBA_U)."""
         return ks_int_naf(self.ks, self.rand, self.impi, naf_id)
-
-
-# ----------------------------------------------------------------------------- XML body
-
-
-def format_bootstrapping_info(btid: str, lifetime: datetime) -> bytes:
-    """The 200 body of Ub (TS 24.109 5.3.2 / Annex C)."""
-    root = ET.Element("BootstrappingInfo", xmlns=GBA_NS)
-    ET.SubElement(root, "btid").text = btid
-    ET.SubElement(root, "lifetime").text = lifetime.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root)
-
-
-def parse_bootstrapping_info(body: bytes) -> tuple[str, datetime]:
-    """(B-TID, lifetime) from a BootstrappingInfo document; :class:`UbError` if malformed."""
-    if len(body) > MAX_RESPONSE_OCTETS:
-        raise UbError("BootstrappingInfo document is too large")
-    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-        raise UbError("BootstrappingInfo document may not carry a DTD")
-    try:
-        root = ET.fromstring(body)  # noqa: S314 - size-bounded, DTD refused above
-    except ET.ParseError as exc:
-        raise UbError(f"BootstrappingInfo is not well-formed XML: {exc}") from None
-    ns = "{" + GBA_NS + "}"
-    if root.tag != ns + "BootstrappingInfo":
-        raise UbError(f"expected <BootstrappingInfo xmlns={GBA_NS!r}>, got {root.tag[:80]!r}")
-    btid_el = root.find(ns + "btid")
-    life_el = root.find(ns + "lifetime")
-    if btid_el is None or not (btid_el.text or "").strip():
-        raise UbError("BootstrappingInfo has no btid")
-    if life_el is None or not _LIFETIME.fullmatch((life_el.text or "").strip()):
-        raise UbError("BootstrappingInfo has no lifetime of the form YYYY-MM-DDThh:mm:ssZ")
-    lifetime = datetime.strptime((life_el.text or "").strip(), "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=UTC
-    )
-    return (btid_el.text or "").strip(), lifetime
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -186,7 +146,7 @@ class _Http:
             ("Host", self.host_header),
             ("User-Agent", USER_AGENT),
             ("Authorization", authorization),
-            ("Accept", "application/vnd.3gpp.bsf+xml, application/xml"),
+            ("Accept", f"{BSF_MEDIA_TYPE}, application/xml"),
         ]
         try:
             answer = await asyncio.wait_for(
@@ -341,7 +301,10 @@ async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> B
         if answer.status != 200:
             raise _refusal(answer, "authentication failed")
         _check_rspauth(answer, auth, qop, result.res)
-        btid, lifetime = parse_bootstrapping_info(answer.body)
+        try:
+            btid, lifetime = parse_bootstrapping_info(answer.body)
+        except WireError as exc:
+            raise UbError(str(exc)) from None
         expected = base64.b64encode(rand).decode("ascii") + "@"
         if not btid.startswith(expected):
             raise UbError("the B-TID from the BSF does not carry our RAND (TS 33.220 4.5.2)")

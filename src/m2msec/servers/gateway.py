@@ -961,7 +961,7 @@ class Gateway:
         (docs/conformance.md); NAF_Id names the suite the DTLS ServerHello chose.
         """
         from m2msec.frameworks.certificate import CertificateCredential
-        from m2msec.frameworks.gba import GbaResponder
+        from m2msec.frameworks.gba import GbaResponder, zn_profile
         from m2msec.gba.zn import ZnClient
 
         if self.gba is not None:
@@ -972,11 +972,10 @@ class Gateway:
         except CertificateError as exc:
             raise ConfigurationError(f"gba: {exc}") from None
         self._zn = ZnClient(
-            credential,
+            zn_profile(credential, gba.bsf_fqdn, in_domain=self.config.in_domain),
             gba.bsf_host,
             gba.bsf_port,
             gba.bsf_fqdn,
-            in_domain=self.config.in_domain,
             timeout=self.config.handshake_timeout,
         )
         self.gba = GbaResponder(
