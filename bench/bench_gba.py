@@ -139,7 +139,7 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
 async def measure(
     kind: str, seconds: float, clients: int, ub: str, ports: list[int]
 ) -> tuple[float, int]:
-    from m2msec.frameworks.gba import GbaDevice
+    from m2msec.frameworks.gba_device import GbaDevice
     from m2msec.frameworks.provisioned import PskInitiator
     from m2msec.gba.aka import Usim
     from m2msec.tls.aio import connect

@@ -40,7 +40,7 @@ from m2msec.config import (
     parse_listen_url,
 )
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-from m2msec.frameworks.gba import GbaDevice
+from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.gba.aka import Usim

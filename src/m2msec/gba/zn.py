@@ -186,4 +186,3 @@ class ZnClient:
 async def _close(channel: _Channel) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(channel.conn.close(), 2.0)
-
