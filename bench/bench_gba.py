@@ -77,7 +77,7 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
     from m2msec.frameworks.certificate import CertificateCredential
     from m2msec.frameworks.gba import GbaResponder, zn_profile
     from m2msec.frameworks.provisioned import PskResponder
-    from m2msec.gba.subscribers import Guss
+    from m2msec.gba.records import Guss
     from m2msec.gba.zn import ZnClient
     from m2msec.servers.bsf import BsfConfig, BsfServer
     from m2msec.store import PskEntry, SqlitePskStore

@@ -27,7 +27,7 @@ from m2msec.gba.digest import (
     compute_response,
     parse_challenge,
 )
-from m2msec.gba.subscribers import Guss
+from m2msec.gba.records import Guss
 from m2msec.gba.ub import UbError, bootstrap
 from m2msec.gba.wire import ZnError, ZnRequest
 from m2msec.gba.zn import ZnClient

@@ -523,7 +523,7 @@ class GbaNet:
     now: list[datetime]
 
     def add_subscriber(self, impi: str, *, nafs: Any = (NAF_FQDN,), uicc: bool = False) -> Any:
-        from m2msec.gba.subscribers import Guss
+        from m2msec.gba.records import Guss
 
         return self.bsf.store.add_subscriber(
             impi, k=K1, opc=OPC1, guss=Guss.allowing(nafs), uicc=uicc

@@ -44,7 +44,7 @@ from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.gba.aka import Usim
-from m2msec.gba.subscribers import Guss
+from m2msec.gba.records import Guss
 from m2msec.ids import CseId
 from m2msec.maf.store import MafStore
 from m2msec.pki import CertificateAuthority, write_credential

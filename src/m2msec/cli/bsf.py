@@ -44,7 +44,8 @@ from m2msec.cli.common import (
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.errors import ConfigurationError, IdentifierError, StoreError
 from m2msec.gba.aka import DEFAULT_AMF
-from m2msec.gba.subscribers import Guss, SubscriberStore
+from m2msec.gba.records import Guss
+from m2msec.gba.subscribers import SubscriberStore
 from m2msec.servers.bsf import BsfServer, load_bsf_config
 
 __all__ = ["app"]

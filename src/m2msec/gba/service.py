@@ -41,7 +41,8 @@ from m2msec.gba.digest import (
     parse_authorization,
     response_matches,
 )
-from m2msec.gba.subscribers import BootstrapSession, SubscriberStore
+from m2msec.gba.records import BootstrapSession
+from m2msec.gba.subscribers import SubscriberStore
 from m2msec.gba.wire import (
     BSF_MEDIA_TYPE,
     NafKey,

@@ -1,4 +1,5 @@
-"""The HSS simulator's subscribers and the BSF's bootstrapping sessions, SQLite or PostgreSQL.
+"""The store of the HSS simulator's subscribers and the BSF's bootstrapping sessions (TS
+33.220 4.2.1, 4.2.3, 4.5.2), SQLite or PostgreSQL.
 
 Two tables in one SQLite file (default ``<data dir>/bsf.db``, created 0600 in a 0700
 directory) or in the ``m2msec_bsf`` schema of a PostgreSQL database
@@ -9,20 +10,11 @@ directory) or in the ``m2msec_bsf`` schema of a PostgreSQL database
     bootstrap(btid TEXT PRIMARY KEY, impi TEXT, rand BLOB, ks BLOB, created_at INTEGER,
               expires_at INTEGER, gba_type TEXT)
 
-* A subscriber is what the HSS holds for an IMPI (TS 33.220 4.2.3/4.4.2): the AKA
-  credential (K and OPc, each sealed with :mod:`m2msec.store.seal` under the
-  key-encryption key, with the IMPI and the column name as associated data), SQN_HE
-  (the last SQN issued, TS 33.102 Annex C), the AMF of its vectors, whether its
-  credential is on a UICC (GBA_U, docs/readings.md A-08) and its GBA User Security Settings.
-* GUSS (TS 33.220 4.2.3, our reduced form, stored as JSON): the NAFs the subscriber may
-  use, by FQDN, each with its application-specific user security settings (USS) as a JSON
-  object that the BSF hands to that NAF over Zn (for example ``{"aeId": "/mn-cse/Cdev"}``,
-  which the NAF binds as the peer identity), or ``any_naf`` to allow every NAF with an
-  empty USS. A NAF not allowed is refused the key (4.4.6, "the BSF ... shall check
-  whether the NAF is authorised").
-* A bootstrapping session (TS 33.220 4.5.2) is the BSF's state after a successful Ub run:
-  B-TID, IMPI, RAND, Ks (sealed; the associated data binds B-TID, IMPI, RAND, expiry and
-  type) and the key lifetime.
+The records (:class:`~m2msec.gba.records.Subscriber`, its
+:class:`~m2msec.gba.records.Guss`, :class:`~m2msec.gba.records.BootstrapSession`) are
+:mod:`m2msec.gba.records`'s. Here K and OPc are sealed with :mod:`m2msec.store.seal` under
+the key-encryption key, with the IMPI and the column name as associated data; a session's
+Ks with associated data binding B-TID, IMPI, RAND, expiry and type.
 
 SQLite writes use WAL with ``synchronous=NORMAL``: a power cut may lose the last SQN step
 or the last session (the device then resynchronises or bootstraps again), but never leaves
@@ -34,27 +26,22 @@ subscriber's row (``FOR UPDATE`` in PostgreSQL, the write lock in SQLite).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Final
 
 from m2msec.crypto.milenage import AMF_LENGTH, KEY_LENGTH
 from m2msec.errors import (
     ConfigurationError,
     DuplicateCredentialError,
-    IdentifierError,
     StoreError,
     UnknownCredentialError,
 )
 from m2msec.gba.aka import DEFAULT_AMF, SQN_MAX, SubscriberKeys, next_sqn
-from m2msec.ids import check_fqdn
+from m2msec.gba.records import BootstrapSession, Guss, Subscriber, check_impi
 from m2msec.paths import data_dir, ensure_private_dir
 from m2msec.store.db import (
     Closing,
@@ -67,25 +54,12 @@ from m2msec.store.db import (
 )
 from m2msec.store.schema import KekCheck, open_sealed_schema
 
-__all__ = [
-    "BSF_STORE_NAME",
-    "MAX_IMPI_OCTETS",
-    "BootstrapSession",
-    "GbaType",
-    "Guss",
-    "Subscriber",
-    "SubscriberStore",
-    "check_impi",
-    "default_bsf_store_path",
-]
+__all__ = ["BSF_STORE_NAME", "SubscriberStore", "default_bsf_store_path"]
 
 log = logging.getLogger(__name__)
 
 BSF_STORE_NAME: Final = "bsf.db"
 SCHEMA_VERSION: Final = 1
-MAX_IMPI_OCTETS: Final = 255
-MAX_GUSS_OCTETS: Final = 64 * 1024
-GbaType = Literal["GBA_ME", "GBA_U"]
 
 #: The PostgreSQL schema holding the BSF's tables.
 PG_SCHEMA: Final = "m2msec_bsf"
@@ -135,22 +109,6 @@ def default_bsf_store_path(*, create: bool = False) -> Path:
     return directory / BSF_STORE_NAME
 
 
-def check_impi(impi: str) -> str:
-    """An IMPI (an NAI, TS 23.003 13.3): 1-255 UTF-8 octets, no spaces, quotes or controls."""
-    if not isinstance(impi, str) or not impi:
-        raise IdentifierError("IMPI is empty")
-    try:
-        n = len(impi.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise IdentifierError("IMPI is not valid Unicode text") from None
-    if n > MAX_IMPI_OCTETS:
-        raise IdentifierError(f"IMPI is longer than {MAX_IMPI_OCTETS} octets")
-    bad = [c for c in impi if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c in '"\\']
-    if bad:
-        raise IdentifierError(f"IMPI {impi[:64]!r} contains {bad[0]!r}")
-    return impi
-
-
 def _epoch(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
@@ -163,100 +121,6 @@ def _from_epoch(value: int) -> datetime:
 
 def _lp(*parts: bytes) -> bytes:
     return b"".join(len(p).to_bytes(2, "big") + p for p in parts)
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class Guss:
-    """GBA User Security Settings (reduced form, module docstring).
-
-    ``nafs`` maps allowed NAF FQDNs (lower case) to their USS (a JSON object).
-    """
-
-    nafs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    any_naf: bool = False
-
-    @classmethod
-    def allowing(
-        cls, nafs: Iterable[str] | Mapping[str, Mapping[str, Any]] = (), *, any_naf: bool = False
-    ) -> Guss:
-        """Build (and check) a GUSS from FQDNs, or from FQDN -> USS."""
-        items: Iterable[tuple[str, Mapping[str, Any]]] = (
-            nafs.items() if isinstance(nafs, Mapping) else ((n, {}) for n in nafs)
-        )
-        out: dict[str, Mapping[str, Any]] = {}
-        for fqdn, uss in items:
-            key = check_fqdn(str(fqdn).rstrip("."), "NAF FQDN in GUSS").lower()
-            if not isinstance(uss, Mapping):
-                raise IdentifierError(f"the USS of NAF {key} must be a JSON object")
-            out[key] = MappingProxyType(dict(uss))
-        return cls(MappingProxyType(out), any_naf)
-
-    def uss_for(self, naf_fqdn: str) -> dict[str, Any] | None:
-        """The USS for ``naf_fqdn`` (case-insensitive), ``{}`` under ``any_naf``, or None
-        when this NAF is not allowed."""
-        uss = self.nafs.get(naf_fqdn.lower().rstrip("."))
-        if uss is not None:
-            return dict(uss)
-        return {} if self.any_naf else None
-
-    def to_json(self) -> str:
-        doc = {"anyNaf": self.any_naf, "nafs": {k: dict(v) for k, v in self.nafs.items()}}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> Guss:
-        if len(text) > MAX_GUSS_OCTETS:
-            raise StoreError(f"GUSS larger than {MAX_GUSS_OCTETS} octets")
-        try:
-            doc = json.loads(text)
-            nafs = doc["nafs"]
-            any_naf = doc.get("anyNaf", False)
-            if not isinstance(nafs, dict) or not isinstance(any_naf, bool):
-                raise TypeError
-            return cls.allowing(nafs, any_naf=any_naf)
-        except (ValueError, KeyError, TypeError, IdentifierError) as exc:
-            raise StoreError(f"stored GUSS is not valid: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    """One subscriber of the HSS simulator; K and OPc stay out of repr."""
-
-    impi: str
-    k: bytes = field(repr=False)
-    opc: bytes = field(repr=False)
-    sqn: int
-    amf: bytes
-    guss: Guss
-    uicc: bool
-    created_at: datetime
-
-    @property
-    def gba_type(self) -> GbaType:
-        """GBA_U for a UICC-based credential, else GBA_ME (docs/readings.md A-08)."""
-        return "GBA_U" if self.uicc else "GBA_ME"
-
-    def keys(self) -> SubscriberKeys:
-        return SubscriberKeys(self.impi, self.k, self.opc, self.amf)
-
-
-@dataclass(frozen=True, slots=True)
-class BootstrapSession:
-    """A bootstrapping session of the BSF (TS 33.220 4.5.2); Ks stays out of repr."""
-
-    btid: str
-    impi: str
-    rand: bytes
-    ks: bytes = field(repr=False)
-    created_at: datetime
-    expires_at: datetime
-    gba_type: GbaType = "GBA_ME"
-
-    def expired(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(UTC)) >= self.expires_at
 
 
 # ----------------------------------------------------------------------------- the store
