@@ -75,26 +75,16 @@ def parse_xs_datetime(text: object, what: str = "dateTime") -> datetime:
     m = _XS_DATETIME.fullmatch(text.strip())
     if m is None:
         raise M2MTimeError(f"{what} {text[:40]!r} is not an xs:dateTime YYYY-MM-DDThh:mm:ss[.f]Z")
-    year, month, day, hour, minute, second, frac, zone = m.groups()
+    zone = m.group(8)
     if zone is None:
         raise M2MTimeError(
             f"{what} {text[:40]!r} names no time zone: write Z (UTC) or an offset +hh:mm"
         )
     try:
         tz = UTC if zone == "Z" else _offset(zone)
-        value = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            int((frac or "0").ljust(6, "0")),
-            tzinfo=tz,
-        )
     except ValueError:
         raise M2MTimeError(f"{what} {text[:40]!r} is not a valid date and time") from None
-    return value.astimezone(UTC)
+    return _datetime(m, tz, what, text).astimezone(UTC)
 
 
 def _offset(zone: str) -> timezone:
@@ -117,17 +107,14 @@ def parse_time(text: object, what: str = "time") -> datetime:
                 "UTC without one (TS-0004 6.3.3, YYYYMMDDThhmmss[,ffffff])"
             )
         raise M2MTimeError(f"{what} {text[:40]!r} is not a timestamp YYYYMMDDThhmmss[,ffffff]")
-    year, month, day, hour, minute, second, frac = m.groups()
+    return _datetime(m, UTC, what, text)
+
+
+def _datetime(m: re.Match[str], tz: timezone, what: str, text: str) -> datetime:
+    """The datetime of a match whose groups 1-7 are year..second and the fraction digits."""
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    micro = int((m.group(7) or "0").ljust(6, "0"))
     try:
-        return datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            int((frac or "0").ljust(6, "0")),
-            tzinfo=UTC,
-        )
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
     except ValueError:
         raise M2MTimeError(f"{what} {text[:40]!r} is not a valid date and time") from None

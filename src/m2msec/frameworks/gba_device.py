@@ -19,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from m2msec import m2mtime
 from m2msec.crypto.gba import ks_ext_naf, ks_int_naf
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["BootstrapInfo", "Bootstrapper", "DeviceState", "GbaDevice", "device_naf_key"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class BootstrapInfo(Protocol):
@@ -231,16 +233,7 @@ class GbaDevice:
         bootstraps once more and retries. Returns the :class:`~m2msec.tls.aio.TLSConnection`.
         """
         profile = self.profile(server_name or host, id_b=id_b)
-        reused = self.bootstrap_valid()
-        await self.ensure_bootstrap()
-        try:
-            return await tls_connect(host, port, profile, timeout=timeout)
-        except HandshakeError as exc:
-            if not reused or "unknown psk identity" not in exc.reason:
-                raise
-            log.info("GBA: Entity B does not know B-TID; bootstrapping again")
-        await self.ensure_bootstrap(force=True)
-        return await tls_connect(host, port, profile, timeout=timeout)
+        return await self._handshake(lambda: tls_connect(host, port, profile, timeout=timeout))
 
     async def connect_dtls(
         self,
@@ -256,16 +249,21 @@ class GbaDevice:
         from m2msec.tls.aio_dtls import dtls_connect
 
         profile = self.profile(server_name or host, id_b=id_b, transport=Transport.DTLS)
+        return await self._handshake(lambda: dtls_connect(profile, host, port, timeout=timeout))
+
+    async def _handshake(self, handshake: Callable[[], Awaitable[_T]]) -> _T:
+        """Bootstrap if needed and run ``handshake``; when Entity B does not know a reused
+        B-TID (the BSF forgot it), bootstrap once more and run it again."""
         reused = self.bootstrap_valid()
         await self.ensure_bootstrap()
         try:
-            return await dtls_connect(profile, host, port, timeout=timeout)
+            return await handshake()
         except HandshakeError as exc:
             if not reused or "unknown psk identity" not in exc.reason:
                 raise
             log.info("GBA: Entity B does not know B-TID; bootstrapping again")
         await self.ensure_bootstrap(force=True)
-        return await dtls_connect(profile, host, port, timeout=timeout)
+        return await handshake()
 
 
 # ----------------------------------------------------------------------------- persistence

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Final, Protocol
+from typing import Final
 
 from m2msec.bindings.messages import HttpResponse, OneM2MRequest
 from m2msec.crypto.gba import btid as make_btid
@@ -59,29 +59,19 @@ log = logging.getLogger(__name__)
 _SERVER_DATA: Final = 8
 
 
-class BsfPolicy(Protocol):
-    """The settings the answers depend on (:class:`m2msec.config.bsf.BsfConfig` has them)."""
+@dataclass(frozen=True, slots=True)
+class BsfPolicy:
+    """The settings the answers depend on (from :class:`m2msec.config.bsf.BsfConfig`):
+    the BSF's FQDN (realm and B-TID domain), the Ks lifetime, how long and how many
+    challenges are kept, and the per-address Ub rate limit (seconds, counts, per second)."""
 
-    @property
-    def fqdn(self) -> str: ...
-
-    @property
-    def ks_lifetime(self) -> float: ...
-
-    @property
-    def challenge_timeout(self) -> float: ...
-
-    @property
-    def max_pending(self) -> int: ...
-
-    @property
-    def max_pending_per_impi(self) -> int: ...
-
-    @property
-    def ub_rate(self) -> float: ...
-
-    @property
-    def ub_burst(self) -> int: ...
+    fqdn: str
+    ks_lifetime: float
+    challenge_timeout: float
+    max_pending: int
+    max_pending_per_impi: int
+    ub_rate: float
+    ub_burst: int
 
 
 @dataclass(slots=True)

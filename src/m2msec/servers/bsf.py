@@ -110,7 +110,7 @@ from m2msec.frameworks.certificate import (
     check_public_key,
 )
 from m2msec.gba.aka import Hss
-from m2msec.gba.service import BsfService, BsfStats, text_response
+from m2msec.gba.service import BsfPolicy, BsfService, BsfStats, text_response
 from m2msec.gba.subscribers import SubscriberStore
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
@@ -291,8 +291,17 @@ class BsfServer:
             if self._store is None:
                 self._store = SubscriberStore(cfg.store)
             hss = Hss(self._store, ind_bits=cfg.ind_bits)
+            policy = BsfPolicy(
+                cfg.fqdn,
+                cfg.ks_lifetime,
+                cfg.challenge_timeout,
+                cfg.max_pending,
+                cfg.max_pending_per_impi,
+                cfg.ub_rate,
+                cfg.ub_burst,
+            )
             self._answers = BsfService(
-                cfg, self._store, hss, stats=self.stats, clock=self._clock
+                policy, self._store, hss, stats=self.stats, clock=self._clock
             )
             profile = None
             if cfg.zn_listen:
