@@ -35,8 +35,6 @@ from m2msec.gba.digest import (
     Authorization,
     Challenge,
     DigestError,
-    compute_response,
-    compute_rspauth,
     make_nonce,
     parse_authorization,
     response_matches,
@@ -306,18 +304,7 @@ class BsfService:
         vector = pending.vector
 
         def expected(password: bytes) -> str:
-            return compute_response(
-                password=password,
-                username=auth.username,
-                realm=auth.realm,
-                method=request.method,
-                uri=auth.uri,
-                nonce=auth.nonce,
-                qop=auth.qop,
-                nc=auth.nc,
-                cnonce=auth.cnonce,
-                body=request.body,
-            )
+            return auth.digest(password, request.method, request.body)
 
         if auth.auts is not None:
             try:
@@ -369,18 +356,7 @@ class BsfService:
         except DuplicateCredentialError:
             raise _Refused(500, "B-TID collision: bootstrap again") from None
         body = format_bootstrapping_info(btid, expires)
-        rspauth = compute_rspauth(
-            password=vector.xres,
-            username=auth.username,
-            realm=auth.realm,
-            uri=auth.uri,
-            nonce=auth.nonce,
-            qop=auth.qop,
-            nc=auth.nc,
-            cnonce=auth.cnonce,
-            body=body,
-        )
-        info = AuthenticationInfo(rspauth, auth.qop, auth.nc, auth.cnonce)
+        info = AuthenticationInfo(auth.rspauth(vector.xres, body), auth.qop, auth.nc, auth.cnonce)
         self.stats.bootstraps += 1
         log.info(
             "bootstrapped %s: B-TID %s (%s) until %s",

@@ -35,7 +35,7 @@ import asyncio
 import base64
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import urlsplit
@@ -48,8 +48,6 @@ from m2msec.gba.digest import (
     Authorization,
     Challenge,
     DigestError,
-    compute_response,
-    compute_rspauth,
     parse_authentication_info,
     parse_challenge,
     response_matches,
@@ -204,36 +202,22 @@ def _qop(challenge: Challenge) -> str | None:
 
 def _answer_header(
     challenge: Challenge, impi: str, uri: str, password: bytes, *, auts: bytes | None = None
-) -> tuple[Authorization, str | None]:
+) -> Authorization:
     qop = _qop(challenge)
-    nc = "00000001" if qop else None
-    cnonce = os.urandom(12).hex() if qop else None
-    response = compute_response(
-        password=password,
-        username=impi,
-        realm=challenge.realm,
-        method="GET",
-        uri=uri,
-        nonce=challenge.nonce,
-        qop=qop,
-        nc=nc,
-        cnonce=cnonce,
-        body=b"",
-    )
     auth = Authorization(
         username=impi,
         realm=challenge.realm,
         nonce=challenge.nonce,
         uri=uri,
-        response=response,
+        response="",
         algorithm=AKAV1_MD5,
         qop=qop,
-        nc=nc,
-        cnonce=cnonce,
+        nc="00000001" if qop else None,
+        cnonce=os.urandom(12).hex() if qop else None,
         opaque=challenge.opaque,
         auts=None if auts is None else base64.b64encode(auts).decode("ascii"),
     )
-    return auth, qop
+    return replace(auth, response=auth.digest(password, "GET"))
 
 
 async def bootstrap(bsf_url: str, usim: Usim, impi: str, *, timeout: float = 10.0) -> Bootstrap:
@@ -278,7 +262,7 @@ async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> B
         try:
             result = usim.authenticate(rand, autn)
         except MacFailure:
-            notify, _ = _answer_header(challenge, impi, uri, b"")
+            notify = _answer_header(challenge, impi, uri, b"")
             with contextlib.suppress(UbError):
                 await http.request(uri, notify.header_value())
             raise UbError(
@@ -291,16 +275,16 @@ async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> B
                     "synchronisation failure again after resynchronising: giving up"
                 ) from None
             resynced = True
-            auth, _ = _answer_header(challenge, impi, uri, b"", auts=exc.auts)
+            auth = _answer_header(challenge, impi, uri, b"", auts=exc.auts)
             answer = await http.request(uri, auth.header_value())
             continue
         except AkaError as exc:
             raise UbError(f"the USIM refused the challenge: {exc}") from None
-        auth, qop = _answer_header(challenge, impi, uri, result.res)
+        auth = _answer_header(challenge, impi, uri, result.res)
         answer = await http.request(uri, auth.header_value())
         if answer.status != 200:
             raise _refusal(answer, "authentication failed")
-        _check_rspauth(answer, auth, qop, result.res)
+        _check_rspauth(answer, auth, result.res)
         try:
             btid, lifetime = parse_bootstrapping_info(answer.body)
         except WireError as exc:
@@ -311,7 +295,7 @@ async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> B
         return Bootstrap(btid, rand, ks_from(result.ck, result.ik), impi, lifetime)
 
 
-def _check_rspauth(answer: _Answer, auth: Authorization, qop: str | None, res: bytes) -> None:
+def _check_rspauth(answer: _Answer, auth: Authorization, res: bytes) -> None:
     value = answer.header("authentication-info")
     if value is None:
         raise UbError("the BSF's 200 carries no Authentication-Info (rspauth)", 200)
@@ -319,16 +303,5 @@ def _check_rspauth(answer: _Answer, auth: Authorization, qop: str | None, res: b
         info = parse_authentication_info(value)
     except DigestError as exc:
         raise UbError(f"malformed Authentication-Info: {exc}", 200) from None
-    expected = compute_rspauth(
-        password=res,
-        username=auth.username,
-        realm=auth.realm,
-        uri=auth.uri,
-        nonce=auth.nonce,
-        qop=qop,
-        nc=auth.nc,
-        cnonce=auth.cnonce,
-        body=answer.body,
-    )
-    if not response_matches(expected, info.rspauth):
+    if not response_matches(auth.rspauth(res, answer.body), info.rspauth):
         raise UbError("rspauth from the BSF does not verify: the BSF did not know XRES", 200)
