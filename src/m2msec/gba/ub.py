@@ -35,9 +35,10 @@ import asyncio
 import base64
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from m2msec.crypto.gba import ks_ext_naf, ks_from, ks_int_naf
@@ -64,6 +65,8 @@ from m2msec.service.limits import HttpLimits
 from m2msec.service.streams import PlainStream, Stream
 
 __all__ = ["USER_AGENT", "Bootstrap", "UbError", "bootstrap"]
+
+_H = TypeVar("_H")
 
 #: TS 24.109 5.2.1: the product token "3gpp-gba" in User-Agent announces GBA support.
 USER_AGENT: Final = "m2msec 3gpp-gba"
@@ -175,16 +178,21 @@ def _refusal(answer: _Answer, what: str) -> UbError:
     return UbError(f"{what}: the BSF answered {answer.status}{detail}", answer.status)
 
 
+def _parsed(answer: _Answer, name: str, parse: Callable[[str], _H], what: str) -> _H:
+    """The Digest header ``name`` of ``answer``, parsed; :class:`UbError` if absent or bad."""
+    value = answer.header(name)
+    if value is None:
+        raise UbError(f"the BSF's {answer.status} carries no {what}", answer.status)
+    try:
+        return parse(value)
+    except DigestError as exc:
+        raise UbError(f"malformed {what} from the BSF: {exc}", answer.status) from None
+
+
 def _challenge(answer: _Answer) -> Challenge:
     if answer.status != 401:
         raise _refusal(answer, "bootstrapping refused")
-    value = answer.header("www-authenticate")
-    if value is None:
-        raise UbError("the BSF's 401 carries no WWW-Authenticate challenge", 401)
-    try:
-        challenge = parse_challenge(value)
-    except DigestError as exc:
-        raise UbError(f"malformed challenge from the BSF: {exc}", 401) from None
+    challenge = _parsed(answer, "www-authenticate", parse_challenge, "WWW-Authenticate challenge")
     if challenge.algorithm != AKAV1_MD5:
         raise UbError(f"the BSF asks for algorithm {challenge.algorithm}, not AKAv1-MD5", 401)
     return challenge
@@ -296,12 +304,8 @@ async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> B
 
 
 def _check_rspauth(answer: _Answer, auth: Authorization, res: bytes) -> None:
-    value = answer.header("authentication-info")
-    if value is None:
-        raise UbError("the BSF's 200 carries no Authentication-Info (rspauth)", 200)
-    try:
-        info = parse_authentication_info(value)
-    except DigestError as exc:
-        raise UbError(f"malformed Authentication-Info: {exc}", 200) from None
+    info = _parsed(
+        answer, "authentication-info", parse_authentication_info, "Authentication-Info (rspauth)"
+    )
     if not response_matches(auth.rspauth(res, answer.body), info.rspauth):
         raise UbError("rspauth from the BSF does not verify: the BSF did not know XRES", 200)
