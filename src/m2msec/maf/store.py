@@ -89,6 +89,7 @@ from m2msec.store.db import (
     Database,
     PostgresDatabase,
     SqliteDatabase,
+    connect_pair,
     redact_url,
 )
 from m2msec.store.schema import open_sealed_schema
@@ -180,12 +181,7 @@ class MafStore(Closing):
             self._path = db.kek_path.parent / f"maf-postgresql-{schema}"
         db.prepare()
         try:
-            self._wconn: Connection = db.connect()
-            try:
-                self._rconn: Connection = db.connect()
-            except BaseException:
-                self._wconn.close()
-                raise
+            self._wconn, self._rconn = connect_pair(db)
         except db.errors as exc:
             raise StoreError(f"cannot open MAF store {self.location}: {db.message(exc)}") from None
         try:

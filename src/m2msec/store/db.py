@@ -41,6 +41,7 @@ __all__ = [
     "Database",
     "PostgresDatabase",
     "SqliteDatabase",
+    "connect_pair",
     "create_private_file",
     "from_epoch",
     "is_text",
@@ -412,6 +413,19 @@ class PostgresDatabase(Database):
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.label!r})"
+
+
+def connect_pair(db: Database) -> tuple[Connection, Connection]:
+    """A store's write and read connections; none left open if the second fails.
+
+    The database's own errors (``db.errors``) are left to the caller.
+    """
+    first = db.connect()
+    try:
+        return first, db.connect()
+    except BaseException:
+        first.close()
+        raise
 
 
 def change_counter_ddl(db: Database, tables: tuple[str, ...]) -> tuple[str, ...]:
