@@ -43,6 +43,7 @@ from m2msec.gba.records import BootstrapSession
 from m2msec.gba.subscribers import SubscriberStore
 from m2msec.gba.wire import (
     BSF_MEDIA_TYPE,
+    ZN_MEDIA_TYPE,
     NafKey,
     ZnError,
     ZnRequest,
@@ -135,7 +136,7 @@ def text_response(
 
 
 def _json(status: int, body: bytes) -> HttpResponse:
-    return HttpResponse(status, (("Content-Type", "application/json"),), body)
+    return HttpResponse(status, (("Content-Type", ZN_MEDIA_TYPE),), body)
 
 
 class _Refused(Exception):

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_BOOTSTRAPPING_INFO_OCTETS",
     "MAX_BTID_LENGTH",
     "MAX_NAF_ID_OCTETS",
+    "ZN_MEDIA_TYPE",
     "ZN_PATH",
     "NafKey",
     "WireError",
@@ -104,6 +105,8 @@ def parse_bootstrapping_info(body: bytes) -> tuple[str, datetime]:
 # ----------------------------------------------------------------------------- Zn
 
 ZN_PATH: Final = "/zn/bootstrap/"
+#: The media type of every Zn answer, the key and the refusals.
+ZN_MEDIA_TYPE: Final = "application/json"
 MAX_BTID_LENGTH: Final = 512
 MAX_NAF_ID_OCTETS: Final = 260  # FQDN (253) || Ua protocol id (5)
 

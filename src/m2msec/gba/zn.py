@@ -37,7 +37,7 @@ import logging
 from typing import Final
 
 from m2msec.errors import ConfigurationError, HandshakeError
-from m2msec.gba.wire import NafKey, ZnError, ZnRequest, error_reason
+from m2msec.gba.wire import ZN_MEDIA_TYPE, NafKey, ZnError, ZnRequest, error_reason
 from m2msec.service.client import HttpClient, ResponseTooLarge
 from m2msec.service.limits import HttpLimits
 from m2msec.tls.aio import TLSConnection, connect
@@ -62,7 +62,7 @@ class _Channel:
         self.http = HttpClient(conn, limits=HttpLimits(max_body=MAX_ANSWER_OCTETS))
 
     async def get(self, target: str, host: str, timeout: float) -> tuple[int, bytes]:
-        headers = [("Host", host), ("Accept", "application/json"), ("User-Agent", "m2msec")]
+        headers = [("Host", host), ("Accept", ZN_MEDIA_TYPE), ("User-Agent", "m2msec")]
         try:
             answer = await asyncio.wait_for(self.http.request("GET", target, headers), timeout)
         except ResponseTooLarge:
