@@ -29,9 +29,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from m2msec.crypto.milenage import AMF_LENGTH, KEY_LENGTH
 from m2msec.errors import (
@@ -117,6 +118,25 @@ def _epoch(value: datetime) -> int:
 
 def _from_epoch(value: int) -> datetime:
     return datetime.fromtimestamp(value, UTC)
+
+
+_T = TypeVar("_T")
+
+
+def _one(cursor: Any) -> Any:
+    return cursor.fetchone()
+
+
+def _all(cursor: Any) -> list[Any]:
+    return list(cursor.fetchall())
+
+
+def _count(cursor: Any) -> int:
+    return int(cursor.fetchone()[0])
+
+
+def _rowcount(cursor: Any) -> int:
+    return int(cursor.rowcount)
 
 
 def _lp(*parts: bytes) -> bytes:
@@ -211,12 +231,35 @@ class SubscriberStore(Closing):
         with self._lock:
             self._c.close()
 
-
     def __repr__(self) -> str:
         return f"SubscriberStore({self._path!r})"
 
     def _error(self, action: str, exc: Exception) -> StoreError:
         return StoreError(f"cannot {action} BSF store {self._path}: {self._db.message(exc)}")
+
+    def _run(
+        self,
+        sql: str,
+        params: tuple[Any, ...] = (),
+        *,
+        fetch: Callable[[Any], _T],
+        action: str = "read",
+        duplicate: str | None = None,
+    ) -> _T:
+        """One statement under the lock, ``fetch`` reading its cursor there; a driver error
+        becomes a StoreError naming ``action``, a broken constraint DuplicateCredentialError
+        (``duplicate``) when given."""
+        with self._lock:
+            try:
+                return fetch(self._conn.execute(sql, params))
+            except self._db.errors as exc:
+                if duplicate is not None and isinstance(exc, self._db.integrity_errors):
+                    raise DuplicateCredentialError(duplicate) from None
+                raise self._error(action, exc) from None
+
+    def _write(self, sql: str, params: tuple[Any, ...], duplicate: str | None = None) -> int:
+        """Run one write; how many rows it touched."""
+        return self._run(sql, params, fetch=_rowcount, action="write", duplicate=duplicate)
 
     def _rollback(self) -> None:
         if self._db.usable(self._c) and self._db.in_transaction(self._c):
@@ -274,33 +317,22 @@ class SubscriberStore(Closing):
                 " sqn = excluded.sqn, amf = excluded.amf, guss = excluded.guss,"
                 " uicc = excluded.uicc, created_at = excluded.created_at"
             )
-        with self._lock:
-            try:
-                self._conn.execute(sql, row)
-            except self._db.integrity_errors:
-                raise DuplicateCredentialError(f"subscriber {impi!r} already exists") from None
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
+        self._write(sql, row, duplicate=f"subscriber {impi!r} already exists")
         return Subscriber(impi, bytes(k), bytes(opc), sqn, bytes(amf), guss, uicc, created)
 
     def get_subscriber(self, impi: str) -> Subscriber | None:
         if not is_text(impi):
             return None
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
-                    f" WHERE impi = {self._p}",
-                    (impi,),
-                ).fetchone()
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        row = self._run(
+            "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
+            f" WHERE impi = {self._p}",
+            (impi,),
+            fetch=_one,
+        )
         if row is None:
             return None
         k_sealed, opc_sealed, sqn, amf, guss, uicc, created = row
-        k = self._sealer.unseal(
-            bytes(k_sealed), self._secret_aad(impi, "k"), what=f"K of {impi!r}"
-        )
+        k = self._sealer.unseal(bytes(k_sealed), self._secret_aad(impi, "k"), what=f"K of {impi!r}")
         opc = self._sealer.unseal(
             bytes(opc_sealed), self._secret_aad(impi, "opc"), what=f"OPc of {impi!r}"
         )
@@ -323,16 +355,7 @@ class SubscriberStore(Closing):
 
     def list_subscribers(self) -> list[Subscriber]:
         """Every subscriber, by IMPI (secrets unsealed: for tools, not for logs)."""
-        with self._lock:
-            try:
-                impis = [
-                    r[0]
-                    for r in self._conn.execute(
-                        "SELECT impi FROM subscriber ORDER BY impi"
-                    ).fetchall()
-                ]
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        impis = [r[0] for r in self._run("SELECT impi FROM subscriber ORDER BY impi", fetch=_all)]
         out = []
         for impi in impis:
             sub = self.get_subscriber(impi)
@@ -341,11 +364,7 @@ class SubscriberStore(Closing):
         return out
 
     def count_subscribers(self) -> int:
-        with self._lock:
-            try:
-                return int(self._conn.execute("SELECT count(*) FROM subscriber").fetchone()[0])
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        return self._run("SELECT count(*) FROM subscriber", fetch=_count)
 
     def remove_subscriber(self, impi: str) -> bool:
         """Remove a subscriber and its bootstrapping sessions; False when unknown."""
@@ -364,15 +383,10 @@ class SubscriberStore(Closing):
         return removed
 
     def set_guss(self, impi: str, guss: Guss) -> None:
-        with self._lock:
-            try:
-                cur = self._conn.execute(
-                    f"UPDATE subscriber SET guss = {self._p} WHERE impi = {self._p}",
-                    (guss.to_json(), impi),
-                )
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        if cur.rowcount == 0:
+        p = self._p
+        if not self._write(
+            f"UPDATE subscriber SET guss = {p} WHERE impi = {p}", (guss.to_json(), impi)
+        ):
             raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
 
     # -- SQN (the HSS's SqnStore) ----------------------------------------------------------
@@ -405,15 +419,8 @@ class SubscriberStore(Closing):
         """SQN_HE := SQN_MS (resynchronisation, TS 33.102 6.3.5)."""
         if not 0 <= sqn_ms <= SQN_MAX:
             raise ValueError("SQN is a 48-bit value")
-        with self._lock:
-            try:
-                cur = self._conn.execute(
-                    f"UPDATE subscriber SET sqn = {self._p} WHERE impi = {self._p}",
-                    (sqn_ms, impi),
-                )
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        if cur.rowcount == 0:
+        p = self._p
+        if not self._write(f"UPDATE subscriber SET sqn = {p} WHERE impi = {p}", (sqn_ms, impi)):
             raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
 
     # -- bootstrapping sessions ------------------------------------------------------------
@@ -441,32 +448,24 @@ class SubscriberStore(Closing):
             expires,
             session.gba_type,
         )
-        with self._lock:
-            try:
-                p = self._p
-                self._conn.execute(
-                    "INSERT INTO bootstrap (btid, impi, rand, ks, created_at, expires_at,"
-                    f" gba_type) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
-                    row,
-                )
-            except self._db.integrity_errors:
-                raise DuplicateCredentialError(f"B-TID {session.btid!r} already exists") from None
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
+        p = self._p
+        self._write(
+            "INSERT INTO bootstrap (btid, impi, rand, ks, created_at, expires_at,"
+            f" gba_type) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+            row,
+            duplicate=f"B-TID {session.btid!r} already exists",
+        )
 
     def get_session(self, btid: str) -> BootstrapSession | None:
         """The session of ``btid`` (expired ones too: the caller decides), or None."""
         if not is_text(btid):
             return None
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
-                    f" WHERE btid = {self._p}",
-                    (btid,),
-                ).fetchone()
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        row = self._run(
+            "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
+            f" WHERE btid = {self._p}",
+            (btid,),
+            fetch=_one,
+        )
         if row is None:
             return None
         impi, rand, sealed, created, expires, gba_type = row
@@ -482,28 +481,12 @@ class SubscriberStore(Closing):
         )
 
     def remove_session(self, btid: str) -> bool:
-        with self._lock:
-            try:
-                cur = self._conn.execute(f"DELETE FROM bootstrap WHERE btid = {self._p}", (btid,))
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        return bool(cur.rowcount > 0)
+        return self._write(f"DELETE FROM bootstrap WHERE btid = {self._p}", (btid,)) > 0
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete sessions past their lifetime; return how many."""
         cutoff = _epoch(now or datetime.now(UTC))
-        with self._lock:
-            try:
-                cur = self._conn.execute(
-                    f"DELETE FROM bootstrap WHERE expires_at <= {self._p}", (cutoff,)
-                )
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        return int(cur.rowcount)
+        return self._write(f"DELETE FROM bootstrap WHERE expires_at <= {self._p}", (cutoff,))
 
     def count_sessions(self) -> int:
-        with self._lock:
-            try:
-                return int(self._conn.execute("SELECT count(*) FROM bootstrap").fetchone()[0])
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        return self._run("SELECT count(*) FROM bootstrap", fetch=_count)
