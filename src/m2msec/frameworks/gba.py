@@ -51,6 +51,7 @@ from typing import Any, Final, Protocol
 from m2msec.crypto.gba import SUITE_IDS, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
+from m2msec.gba.wire import NafKey
 from m2msec.ids import CredentialId, CredIdType, check_fqdn
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
@@ -66,7 +67,6 @@ __all__ = [
     "HINT_UICC",
     "SEPARATOR",
     "GbaResponder",
-    "NafKeyInfo",
     "NafKeySource",
     "assume_utc",
     "binding_for_naf_key",
@@ -164,29 +164,10 @@ def gba_naf_id(naf_fqdn: str, cipher_suite: int) -> bytes:
 # ----------------------------------------------------------------------------- key sources
 
 
-class NafKeyInfo(Protocol):
-    """What the BSF answers on Zn (:class:`m2msec.gba.zn.NafKey`)."""
-
-    @property
-    def ks_naf(self) -> bytes: ...
-
-    @property
-    def expires(self) -> datetime: ...
-
-    @property
-    def impi(self) -> str: ...
-
-    @property
-    def btid(self) -> str: ...
-
-    @property
-    def uss(self) -> Mapping[str, Any] | None: ...
-
-
 class NafKeySource(Protocol):
     """The NAF's side of Zn (:class:`m2msec.gba.zn.ZnClient`), or any stand-in for it."""
 
-    async def fetch(self, btid: str, naf_id: bytes, gba_u: bool) -> NafKeyInfo: ...
+    async def fetch(self, btid: str, naf_id: bytes, gba_u: bool) -> NafKey: ...
 
 
 def zn_profile(
@@ -233,7 +214,7 @@ def _uss_identity(uss: Mapping[str, Any] | None) -> tuple[str, PeerKind] | None:
     return None
 
 
-def binding_for_naf_key(key: NafKeyInfo) -> PeerBinding:
+def binding_for_naf_key(key: NafKey) -> PeerBinding:
     """The identity Entity B binds a GBA session to (module docstring; A-25)."""
     named = _uss_identity(key.uss)
     valid_until = assume_utc(key.expires)

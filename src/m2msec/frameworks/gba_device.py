@@ -19,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from m2msec import m2mtime
 from m2msec.crypto.gba import ks_ext_naf, ks_int_naf
@@ -34,6 +34,8 @@ from m2msec.frameworks.gba import (
     gba_naf_id,
 )
 from m2msec.gba.aka import Usim
+from m2msec.gba.ub import Bootstrap
+from m2msec.gba.ub import bootstrap as ub_bootstrap
 from m2msec.ids import check_fqdn, entity_kind
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
@@ -43,34 +45,15 @@ from m2msec.tls.profiles import TLSProfile, Transport, new_context
 if TYPE_CHECKING:
     from m2msec.tls.aio_dtls import DTLSAssociation
 
-__all__ = ["BootstrapInfo", "Bootstrapper", "DeviceState", "GbaDevice", "device_naf_key"]
+__all__ = ["Bootstrapper", "DeviceState", "GbaDevice", "device_naf_key"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
 
-class BootstrapInfo(Protocol):
-    """A GBA bootstrap as Entity A keeps it (:class:`m2msec.gba.ub.Bootstrap`)."""
-
-    @property
-    def btid(self) -> str: ...
-
-    @property
-    def rand(self) -> bytes: ...
-
-    @property
-    def ks(self) -> bytes: ...
-
-    @property
-    def impi(self) -> str: ...
-
-    @property
-    def expires(self) -> datetime: ...
-
-
 def device_naf_key(
-    bootstrap: BootstrapInfo, naf_fqdn: str, cipher_suite: int, *, uicc: bool = False
+    bootstrap: Bootstrap, naf_fqdn: str, cipher_suite: int, *, uicc: bool = False
 ) -> bytes:
     """Kc of Entity A for NAF ``naf_fqdn`` and the negotiated suite (TS 33.220 B.3).
 
@@ -82,7 +65,7 @@ def device_naf_key(
     return derive(bootstrap.ks, bootstrap.rand, bootstrap.impi, nid)
 
 
-Bootstrapper = Callable[[], Awaitable[BootstrapInfo]]
+Bootstrapper = Callable[[], Awaitable[Bootstrap]]
 """Runs one Ub bootstrapping and returns the new bootstrap."""
 
 
@@ -105,8 +88,8 @@ class GbaDevice:
         bsf_url: str,
         *,
         uicc: bool = False,
-        bootstrap: BootstrapInfo | None = None,
-        on_bootstrap: Callable[[BootstrapInfo], None] | None = None,
+        bootstrap: Bootstrap | None = None,
+        on_bootstrap: Callable[[Bootstrap], None] | None = None,
         bootstrapper: Bootstrapper | None = None,
         renew_before: timedelta = timedelta(seconds=30),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -130,7 +113,7 @@ class GbaDevice:
         return f"GbaDevice(impi={self.impi!r}, uicc={self.uicc}, btid={btid!r})"
 
     @property
-    def bootstrap(self) -> BootstrapInfo | None:
+    def bootstrap(self) -> Bootstrap | None:
         """The current bootstrap (B-TID, RAND, Ks, lifetime), or None."""
         return self._bootstrap
 
@@ -141,7 +124,7 @@ class GbaDevice:
         margin = self.renew_before if margin is None else margin
         return assume_utc(b.expires) - margin > self._clock()
 
-    async def ensure_bootstrap(self, *, force: bool = False) -> BootstrapInfo:
+    async def ensure_bootstrap(self, *, force: bool = False) -> Bootstrap:
         """Reuse a valid Ks (seed 000 8.2.3.2), or bootstrap with the BSF over Ub."""
         async with self._lock:
             if not force and self.bootstrap_valid():
@@ -150,8 +133,6 @@ class GbaDevice:
             if self._bootstrapper is not None:
                 fresh = await self._bootstrapper()
             else:
-                from m2msec.gba.ub import bootstrap as ub_bootstrap
-
                 fresh = await ub_bootstrap(self.bsf_url, self.usim, self.impi)
             self.bootstraps += 1
             self._bootstrap = fresh
@@ -316,11 +297,9 @@ class DeviceState:
             raise ConfigurationError(f"{self.path} is not a GBA device state file")
         return doc
 
-    def load(self, impi: str, bsf_url: str) -> tuple[int | None, BootstrapInfo | None]:
+    def load(self, impi: str, bsf_url: str) -> tuple[int | None, Bootstrap | None]:
         """(SQN_MS, bootstrap) saved for ``impi``; the bootstrap only if it was made with
         ``bsf_url`` and has not expired."""
-        from m2msec.gba.ub import Bootstrap
-
         entry = self._read().get(impi)
         if not isinstance(entry, dict):
             return None, None
@@ -346,7 +325,7 @@ class DeviceState:
             return sqn_ms, None
         return sqn_ms, Bootstrap(btid, rand, ks, impi, expires)
 
-    def save(self, impi: str, bsf_url: str, sqn_ms: bytes, bootstrap: BootstrapInfo | None) -> None:
+    def save(self, impi: str, bsf_url: str, sqn_ms: bytes, bootstrap: Bootstrap | None) -> None:
         """Record SQN_MS and the bootstrap of ``impi`` (atomically, mode 0600)."""
         from m2msec.paths import ensure_private_dir
 
