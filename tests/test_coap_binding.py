@@ -16,7 +16,7 @@ from aiocoap.optiontypes import BlockOption, OpaqueOption, UintOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from m2msec.bindings.coap import (
+from m2msec.bindings.coap.mapping import (
     ONEM2M_OPTIONS,
     CoapRequestError,
     CoapServerSession,

@@ -3,7 +3,7 @@
 The CoAP counterpart of :mod:`m2msec.bindings.client`: every request travels inside the
 DTLS security association the framework established (TS-0003 10.2.1; TS-0008 7: the
 answer comes back in the same session and epoch). Messages are built and read by
-:mod:`m2msec.bindings.coap` (aiocoap's codec); this module only sends, retransmits and
+:mod:`m2msec.bindings.coap.mapping` (aiocoap's codec); this module only sends, retransmits and
 waits (RFC 7252 4.2: Confirmable requests, ACK_TIMEOUT with random factor, doubling,
 MAX_RETRANSMIT), accepts piggybacked and separate answers, and runs block-wise transfers
 both ways (RFC 7959: a request body too large for one record goes in Block1 blocks, a
@@ -24,7 +24,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 
-from m2msec.bindings.coap import (
+from m2msec.bindings.coap.mapping import (
     ACK_RANDOM_FACTOR,
     ACK_TIMEOUT,
     JSON_FORMAT,
@@ -103,7 +103,7 @@ class CoapClient:
         ``content`` is sent as JSON; ``payload`` sends bytes as they are. Raises
         :class:`TimeoutError` when no answer comes in ``timeout`` seconds,
         :class:`ConnectionError` when the association closes, and
-        :class:`~m2msec.bindings.coap.CoapBindingError` when the peer resets the request.
+        :class:`~m2msec.bindings.coap.mapping.CoapBindingError` when the peer resets the request.
         """
         body = payload if payload is not None else b""
         if content is not None:

@@ -3,7 +3,7 @@
 TS-0003 10.2.1 secures the CoAP binding with DTLS 1.2; this module is the CoAP side. It
 never touches a socket: CoAP messages are bytes in and bytes out, encoded and decoded by
 :class:`aiocoap.Message` (no hand-written CoAP parsing), and the asyncio plumbing lives in
-:mod:`m2msec.servers.coap_gateway` (server) and :mod:`m2msec.bindings.coap_client`
+:mod:`m2msec.servers.coap_gateway` (server) and :mod:`m2msec.bindings.coap.client`
 (Entity A).
 
 **Request primitive -> CoAP request** (TS-0008 6.2). The Operation is the method (table
