@@ -8,7 +8,7 @@ first; or certificates, 8.2.2.2) through :func:`m2msec.tls.aio_dtls.start_dtls_s
 recorded by :meth:`Gateway.open_association` like a TLS one (SA record, stats, log).
 
 Each datagram of an association is one CoAP message (TS-0008 7: all CoAP messages are
-DTLS application data). :class:`~m2msec.bindings.coap.mapping.CoapServerSession` runs the
+DTLS application data). :class:`~m2msec.bindings.coap.messages.CoapServerSession` runs the
 message layer (deduplication, piggybacked or separate answers, retransmission,
 block-wise transfer); :func:`~m2msec.bindings.coap.mapping.request_from_coap` reads the request
 as a oneM2M request in HTTP-binding form, and :meth:`Gateway.process` applies the same
@@ -38,14 +38,13 @@ from typing import Any, Protocol
 from aiocoap.numbers.codes import Code
 
 from m2msec.bindings.coap.mapping import (
-    CoapRequestError,
-    CoapServerSession,
-    Exchange,
     error_message,
     peek,
     request_from_coap,
     response_to_coap,
 )
+from m2msec.bindings.coap.messages import CoapServerSession, Exchange
+from m2msec.bindings.coap.options import CoapRequestError
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config import GatewayConfig
 from m2msec.errors import M2MSecError
