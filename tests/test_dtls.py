@@ -24,7 +24,7 @@ from OpenSSL import SSL, crypto
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect, start_dtls_server
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.dtls import (
+from m2msec.tls.dtls.server import (
     DEFAULT_MTU,
     CookieJar,
     DatagramTooLargeError,

@@ -17,7 +17,7 @@ import pytest
 from m2msec.errors import HandshakeError
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect, start_dtls_server
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.dtls import (
+from m2msec.tls.dtls.server import (
     DTLSEngine,
     DTLSServer,
     PeerEvent,

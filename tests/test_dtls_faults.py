@@ -26,7 +26,7 @@ from m2msec.tls.aio_dtls import (
     dtls_connect,
     start_dtls_server,
 )
-from m2msec.tls.dtls import DTLSEngine, is_client_hello, is_hello_verify_request
+from m2msec.tls.dtls.server import DTLSEngine, is_client_hello, is_hello_verify_request
 from m2msec.tls.profiles import Transport
 from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
 
@@ -415,7 +415,7 @@ def test_our_hello_verify_request_is_openssls_byte_for_byte() -> None:
     flooded datagram); the answer must be what ``DTLSv1_listen`` would have sent."""
     from OpenSSL import SSL
 
-    from m2msec.tls.dtls import (
+    from m2msec.tls.dtls.server import (
         DTLSServer,
         _drain,
         _PeerState,

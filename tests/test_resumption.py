@@ -27,7 +27,7 @@ from m2msec.errors import HandshakeError
 from m2msec.tls.aio import TLSConnection, TLSServer, connect
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect, start_dtls_server
 from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
-from m2msec.tls.dtls import (
+from m2msec.tls.dtls.server import (
     DTLSEngine,
     DTLSServer,
     PeerDataReceived,

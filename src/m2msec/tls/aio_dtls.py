@@ -3,7 +3,7 @@
 Thin on purpose, like :mod:`m2msec.tls.aio` for TCP: an :class:`asyncio.DatagramProtocol`
 moves datagrams between the socket and the sans-IO :class:`~m2msec.tls.dtls.DTLSServer` or
 :class:`~m2msec.tls.dtls.DTLSEngine`, and ``loop.call_later`` drives their retransmission
-timers. Cookies, bounds and timeouts are decided in :mod:`m2msec.tls.dtls`. TS-0003 10.2.1
+timers. Cookies, bounds and timeouts are decided in :mod:`m2msec.tls.dtls.server`. TS-0003 10.2.1
 and 10.2.2 profiles come from :func:`m2msec.tls.profiles.new_context` with
 ``Transport.DTLS``.
 
@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from m2msec.errors import HandshakeError
 from m2msec.tls.context import PeerBinding, SecurityContext
-from m2msec.tls.dtls import (
+from m2msec.tls.dtls.server import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_HALF_OPEN,
