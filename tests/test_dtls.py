@@ -24,22 +24,21 @@ from OpenSSL import SSL, crypto
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect, start_dtls_server
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.dtls.server import (
-    DEFAULT_MTU,
-    CookieJar,
-    DatagramTooLargeError,
-    DTLSEngine,
-    DTLSServer,
-    PeerClosed,
-    PeerDataReceived,
-    PeerFailed,
-    PeerHandshakeComplete,
-    address_key,
+from m2msec.tls.dtls.cookies import CookieJar, address_key
+from m2msec.tls.dtls.engine import DEFAULT_MTU, DatagramTooLargeError, DTLSEngine
+from m2msec.tls.dtls.records import (
     is_client_hello,
     is_hello_verify_request,
     pack_datagrams,
     record_seq,
     split_records,
+)
+from m2msec.tls.dtls.server import (
+    DTLSServer,
+    PeerClosed,
+    PeerDataReceived,
+    PeerFailed,
+    PeerHandshakeComplete,
 )
 from m2msec.tls.engine import (
     ConnectionClosed,

@@ -4,7 +4,7 @@ TS-0003 10.2.1 secures the CoAP binding with DTLS 1.2, and TR-0038's lights are 
 constrained devices that use it. A :class:`CoapListener` terminates DTLS with the
 gateway's framework profile (provisioned PSK, TS-0003 8.2.2.1, TLS_PSK_WITH_AES_128_CCM_8
 first; or certificates, 8.2.2.2) through :func:`m2msec.tls.aio_dtls.start_dtls_server`
-(cookies, bounds, timers: :mod:`m2msec.tls.dtls.server`). Each established association is
+(cookies, bounds, timers: :mod:`m2msec.tls.dtls`). Each established association is
 recorded by :meth:`Gateway.open_association` like a TLS one (SA record, stats, log).
 
 Each datagram of an association is one CoAP message (TS-0008 7: all CoAP messages are

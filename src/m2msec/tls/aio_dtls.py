@@ -1,9 +1,10 @@
 """Asyncio adapters for DTLS 1.2 (RFC 6347) over UDP.
 
 Thin on purpose, like :mod:`m2msec.tls.aio` for TCP: an :class:`asyncio.DatagramProtocol`
-moves datagrams between the socket and the sans-IO :class:`~m2msec.tls.dtls.DTLSServer` or
-:class:`~m2msec.tls.dtls.DTLSEngine`, and ``loop.call_later`` drives their retransmission
-timers. Cookies, bounds and timeouts are decided in :mod:`m2msec.tls.dtls.server`. TS-0003 10.2.1
+moves datagrams between the socket and the sans-IO
+:class:`~m2msec.tls.dtls.server.DTLSServer` or :class:`~m2msec.tls.dtls.engine.DTLSEngine`,
+and ``loop.call_later`` drives their retransmission timers. Cookies, bounds and timeouts
+are decided in :mod:`m2msec.tls.dtls`. TS-0003 10.2.1
 and 10.2.2 profiles come from :func:`m2msec.tls.profiles.new_context` with
 ``Transport.DTLS``.
 
@@ -21,14 +22,12 @@ from typing import Any, cast
 
 from m2msec.errors import HandshakeError
 from m2msec.tls.context import PeerBinding, SecurityContext
+from m2msec.tls.dtls.engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MTU, DTLSEngine
+from m2msec.tls.dtls.records import Address
 from m2msec.tls.dtls.server import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_HALF_OPEN,
     DEFAULT_MAX_PEERS,
-    DEFAULT_MTU,
-    Address,
-    DTLSEngine,
     DTLSServer,
     Outgoing,
     PeerClosed,
@@ -122,7 +121,7 @@ class DTLSAssociation:
         """Encrypt and send one message.
 
         Raises :class:`ConnectionResetError` once closed and
-        :class:`~m2msec.tls.dtls.DatagramTooLargeError` above :attr:`max_payload`.
+        :class:`~m2msec.tls.dtls.engine.DatagramTooLargeError` above :attr:`max_payload`.
         """
         if self.closed:
             raise ConnectionResetError("security association is closed")

@@ -1,36 +1,11 @@
-"""DTLS 1.2 (RFC 6347) on the sans-IO engine: datagrams, cookies, timers, per-peer state.
+"""A DTLS 1.2 responder for many peers on one UDP port (RFC 6347), sans-IO.
 
-TS-0003 10.2.1 makes DTLS 1.2 the security of the CoAP binding and 10.2.2 names
-TLS_PSK_WITH_AES_128_CCM_8 its mandatory PSK suite (``PSK_SUITES_DTLS`` lists it first).
-Nothing here opens a socket: :class:`DTLSEngine` is one side of one association,
-:class:`DTLSServer` is a responder for many peers on one UDP port. The asyncio adapters in
-:mod:`m2msec.tls.aio_dtls` only move datagrams and run timers.
+:class:`DTLSServer` demultiplexes datagrams by peer address onto one
+:class:`~m2msec.tls.dtls.engine.DTLSEngine` per peer, and keeps the server safe from the
+addresses it talks to (RFC 6347 references in brackets):
 
-Design (RFC 6347 references in brackets):
-
-* Datagrams [4.1.1]: OpenSSL's output is split on record boundaries and packed into
-  datagrams of at most ``mtu`` octets (1200 by default, safe on any IPv6 path and on
-  IPv4 paths with tunnels); a record is never split. The MTU is also given to OpenSSL
-  (with ``OP_NO_QUERY_MTU``, as memory BIOs cannot report one) so that it fragments
-  handshake messages to fit [4.2.3]. Application data is never fragmented: a message
-  larger than :attr:`DTLSEngine.max_payload` is refused with
-  :class:`DatagramTooLargeError`, as DTLS keeps message boundaries and the CoAP layer
-  must use block-wise transfer instead.
-* Timers [4.2.4]: OpenSSL's retransmission timer (1 s, doubling per timeout, capped at
-  60 s) is exposed as :meth:`DTLSEngine.timeout` / :meth:`DTLSEngine.handle_timeout`;
-  on top of it every handshake has a total deadline (``handshake_timeout``, 30 s by
-  default), after which it fails with "DTLS handshake timed out".
-* Cookies [4.2.1]: before any per-peer state exists, a ClientHello from an address that
-  has not proved it can receive there is answered with a HelloVerifyRequest. The cookie
-  is ``HMAC-SHA256(secret, address || window)[:16]`` with a secret that changes every
-  window; cookies of the current and of the previous window are accepted. A ClientHello
-  without a valid cookie is answered in Python, without OpenSSL. One with a valid cookie
-  goes to ``DTLSv1_listen`` on the connection of the engine that will run the handshake
-  (OpenSSL's server expects message_seq 0 unless ``DTLSv1_listen`` ran, and the
-  ClientHello's message_seq is in the Finished hash, so it cannot be rewritten); OpenSSL's
-  own cookie checks then compare with the cookie already verified instead of recomputing
-  HMACs. The answer to an unverified address is never larger than the datagram it
-  answers (no amplification).
+* Cookies [4.2.1]: per-peer state is created only for a ClientHello whose cookie
+  verified (:mod:`m2msec.tls.dtls.cookies`); until then the server keeps nothing.
 * Bounds: at most ``max_half_open`` handshakes in progress and ``max_peers`` peers;
   peers idle for ``idle_timeout`` are evicted. Invalid datagrams are dropped silently
   [4.1.2.7] and never cost the server state. Retransmission timers of half-open
@@ -42,465 +17,80 @@ Design (RFC 6347 references in brackets):
 * A verified ClientHello from the address of an established peer (a client that lost
   its state) starts a new handshake beside the association, which it replaces only once
   it completes [4.2.8]; a replayed ClientHello therefore cannot tear an association down.
-* A Finished that fails to authenticate is discarded without an alert [4.1.2.7], so a
-  wrong PSK surfaces as "DTLS handshake timed out (wrong PSK?)" at the deadline.
 * Resumption [4.2.4 of RFC 5246 via 4.1 of RFC 6347]: a device that comes back may
   resume its session by ID (on by default). The binding decided by the full handshake
   is kept in a :class:`~m2msec.tls.sessions.ServerSessionCache` and re-validated before
   the session is resumed; see :mod:`m2msec.tls.sessions`.
+
+The asyncio adapter is :mod:`m2msec.tls.aio_dtls`; it only moves datagrams and runs timers.
 """
 
 from __future__ import annotations
 
 import heapq
-import hmac
 import itertools
 import logging
-import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from OpenSSL import SSL
 
-from m2msec.errors import ConfigurationError, HandshakeError, M2MSecError
+from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.tls.context import PeerBinding, SecurityContext
+from m2msec.tls.dtls.cookies import CookieJar, PeerState, address_key, install_cookie_callbacks
+from m2msec.tls.dtls.engine import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MTU,
+    MAX_MTU,
+    MIN_MTU,
+    DTLSEngine,
+)
+from m2msec.tls.dtls.records import (
+    Address,
+    Clock,
+    client_hello_cookie,
+    hello_verify_request,
+    is_client_hello,
+    record_seq,
+)
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
     HandshakeComplete,
     HandshakeFailed,
     PskLookupNeeded,
-    TLSEngine,
 )
 from m2msec.tls.profiles import TLSProfile, Transport
 from m2msec.tls.resumption import enable_resumption
-from m2msec.tls.sessions import ClientSession, ServerSessionCache
-from m2msec.tls.state import HandshakeState
+from m2msec.tls.sessions import ServerSessionCache
+
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_HALF_OPEN",
+    "DEFAULT_MAX_PEERS",
+    "DTLSServer",
+    "DTLSServerStats",
+    "Outgoing",
+    "PeerClosed",
+    "PeerDataReceived",
+    "PeerEvent",
+    "PeerFailed",
+    "PeerHandshakeComplete",
+    "PeerPskLookupNeeded",
+]
 
 log = logging.getLogger(__name__)
 
-Address: TypeAlias = tuple[Any, ...]
-"""A UDP peer address as asyncio reports it: ``(host, port)`` or ``(host, port, flow, scope)``."""
-
-Clock: TypeAlias = Callable[[], float]
 Outgoing: TypeAlias = list[tuple[bytes, Address]]
 """Datagrams to send, each with its destination."""
 
-#: Path-MTU-safe default datagram size: fits the IPv6 minimum MTU (1280) less headers.
-DEFAULT_MTU = 1200
-#: OpenSSL refuses smaller MTUs for DTLS (``dtls1_min_mtu``).
-MIN_MTU = 256
-#: The largest UDP payload over IPv4.
-MAX_MTU = 65507
-DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_MAX_HALF_OPEN = 256
 DEFAULT_MAX_PEERS = 4096
-DEFAULT_COOKIE_WINDOW = 60.0
-COOKIE_LENGTH = 16
-
-RECORD_HEADER_LEN = 13
-_CT_HANDSHAKE = 22
-_HT_CLIENT_HELLO = 1
-_HT_HELLO_VERIFY_REQUEST = 3
 
 
-class DatagramTooLargeError(M2MSecError, ValueError):
-    """Application data that would not fit one record within the MTU."""
-
-
-# -- records and datagrams -------------------------------------------------------------------
-def split_records(data: bytes) -> list[bytes]:
-    """Split concatenated DTLS records (header: type, version, epoch, seq, 2-octet length)."""
-    records: list[bytes] = []
-    pos = 0
-    while pos < len(data):
-        if len(data) - pos < RECORD_HEADER_LEN:
-            records.append(data[pos:])  # malformed tail: keep it whole rather than lose it
-            break
-        end = pos + RECORD_HEADER_LEN + int.from_bytes(data[pos + 11 : pos + 13], "big")
-        records.append(data[pos:end])
-        pos = end
-    return records
-
-
-def pack_datagrams(records: list[bytes], mtu: int) -> list[bytes]:
-    """Pack records, in order and never split, into datagrams of at most ``mtu`` octets.
-
-    A single record larger than ``mtu`` travels alone (the engine prevents that case).
-    """
-    out: list[bytes] = []
-    current = bytearray()
-    for record in records:
-        if current and len(current) + len(record) > mtu:
-            out.append(bytes(current))
-            current.clear()
-        current += record
-    if current:
-        out.append(bytes(current))
-    return out
-
-
-def is_client_hello(datagram: bytes) -> bool:
-    """Whether ``datagram`` starts with an epoch-0 handshake record holding a ClientHello."""
-    return (
-        len(datagram) >= RECORD_HEADER_LEN + 12
-        and datagram[0] == _CT_HANDSHAKE
-        and datagram[1] == 0xFE  # DTLS major version (1's complement of 1)
-        and datagram[3:5] == b"\0\0"
-        and datagram[RECORD_HEADER_LEN] == _HT_CLIENT_HELLO
-    )
-
-
-def record_seq(record: bytes) -> int:
-    """The 48-bit sequence number of the record at the start of ``record``."""
-    return int.from_bytes(record[5:11], "big")
-
-
-def is_hello_verify_request(datagram: bytes) -> bool:
-    """Whether ``datagram`` starts with a HelloVerifyRequest (for tests and tracing)."""
-    return (
-        len(datagram) > RECORD_HEADER_LEN
-        and datagram[0] == _CT_HANDSHAKE
-        and datagram[RECORD_HEADER_LEN] == _HT_HELLO_VERIFY_REQUEST
-    )
-
-
-def client_hello_cookie(datagram: bytes) -> bytes | None:
-    """The cookie of the unfragmented ClientHello starting ``datagram`` (``b""``: none).
-
-    None when the datagram is not such a ClientHello, or is malformed: then OpenSSL's own
-    parser decides. Pure parser, never raises.
-    """
-    if not is_client_hello(datagram):
-        return None
-    h = RECORD_HEADER_LEN
-    record_len = int.from_bytes(datagram[11:13], "big")
-    msg_len = int.from_bytes(datagram[h + 1 : h + 4], "big")
-    frag_off = int.from_bytes(datagram[h + 6 : h + 9], "big")
-    frag_len = int.from_bytes(datagram[h + 9 : h + 12], "big")
-    if frag_off or frag_len != msg_len or record_len < 12 + frag_len:
-        return None
-    body = datagram[h + 12 : h + 12 + frag_len]
-    if len(body) != frag_len or len(body) < 2 + 32 + 1 or body[0] != 0xFE:
-        return None
-    pos = 34
-    if body[pos] > 32:
-        return None
-    pos += 1 + body[pos]
-    if pos >= len(body):
-        return None
-    cookie = body[pos + 1 : pos + 1 + body[pos]]
-    pos += 1 + body[pos]
-    if len(cookie) != body[pos - len(cookie) - 1] or pos + 2 > len(body):
-        return None
-    suites = int.from_bytes(body[pos : pos + 2], "big")
-    pos += 2 + suites
-    if suites < 2 or suites % 2 or pos >= len(body) or pos + 1 + body[pos] > len(body):
-        return None
-    return bytes(cookie)
-
-
-def hello_verify_request(client_hello: bytes, cookie: bytes) -> bytes:
-    """The HelloVerifyRequest answering ``client_hello`` with ``cookie`` (RFC 6347 4.2.1).
-
-    As OpenSSL's ``DTLSv1_listen`` writes it: DTLS 1.0 version numbers (RFC 6347 4.2.1
-    recommends them for this message), message_seq 0, and the record sequence number of
-    the ClientHello it answers.
-    """
-    body = b"\xfe\xff" + bytes([len(cookie)]) + cookie
-    n = len(body).to_bytes(3, "big")
-    message = bytes([_HT_HELLO_VERIFY_REQUEST]) + n + b"\0\0" + b"\0\0\0" + n + body
-    header = bytes([_CT_HANDSHAKE]) + b"\xfe\xff\0\0" + client_hello[5:11]
-    return header + len(message).to_bytes(2, "big") + message
-
-
-def address_key(addr: Address) -> bytes:
-    """A canonical byte form of a peer address (host and port), for cookies."""
-    return str(addr[0]).encode("utf-8", "surrogateescape") + b"\0" + int(addr[1]).to_bytes(2, "big")
-
-
-# -- the engine ------------------------------------------------------------------------------
-class DTLSEngine(TLSEngine):
-    """One side of one DTLS 1.2 association (RFC 6347), sans-IO.
-
-    Feed each received datagram to :meth:`receive_datagram`, send every datagram of
-    :meth:`datagrams_to_send`, and call :meth:`handle_timeout` once :meth:`timeout`
-    seconds have passed. Events are those of :class:`~m2msec.tls.engine.TLSEngine`.
-    TS-0003 10.2.1/10.2.2 profiles come from :func:`m2msec.tls.profiles.new_context`
-    with ``Transport.DTLS``.
-
-    ``connection`` adopts a server connection that already passed ``DTLSv1_listen``;
-    its app data must be a ``HandshakeState``. Alternatively ``state`` replaces the app
-    data of the engine's own connection before ``DTLSv1_listen`` runs on it (what
-    :class:`DTLSServer` does). ``client_hello_seq`` is the record sequence number of the
-    ClientHello that ``DTLSv1_listen`` verified.
-    """
-
-    def __init__(
-        self,
-        profile: TLSProfile,
-        *,
-        server_name: str | None = None,
-        mtu: int = DEFAULT_MTU,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-        clock: Clock = time.monotonic,
-        connection: SSL.Connection | None = None,
-        client_hello_seq: int | None = None,
-        session: ClientSession | None = None,
-        state: HandshakeState | None = None,
-    ) -> None:
-        if profile.transport is not Transport.DTLS:
-            raise ConfigurationError("DTLSEngine needs a profile built for Transport.DTLS")
-        if not MIN_MTU <= mtu <= MAX_MTU:
-            raise ConfigurationError(f"DTLS MTU must be within {MIN_MTU}..{MAX_MTU}, not {mtu}")
-        if handshake_timeout <= 0:
-            raise ConfigurationError("handshake_timeout must be positive")
-        super().__init__(profile, server_name=server_name, session=session)
-        if connection is not None:
-            adopted = connection.get_app_data()
-            if not isinstance(adopted, HandshakeState):
-                raise ConfigurationError("an adopted DTLS connection needs a HandshakeState")
-            self._conn = connection
-            self._state = adopted
-        elif state is not None:
-            # DTLSServer: the engine's own connection runs DTLSv1_listen, with the cookie
-            # state as its app data (no second SSL object per handshake).
-            self._state = state
-            self._conn.set_app_data(state)
-        self._state.profile = profile
-        # Memory BIOs cannot report a path MTU: without this flag OpenSSL would replace
-        # ours with a guess after repeated timeouts.
-        self._conn.set_options(SSL.OP_NO_QUERY_MTU)
-        self._conn.set_ciphertext_mtu(mtu)
-        self.mtu = mtu
-        self.handshake_timeout = handshake_timeout
-        self._clock = clock
-        self._deadline = clock() + handshake_timeout
-        self.last_activity = clock()
-        # OpenSSL >= 3.2 starts the server's records at sequence number 1 after
-        # DTLSv1_listen, whatever the ClientHello's number was. The HelloVerifyRequest
-        # already used the number of the ClientHello it answered (RFC 6347 4.2.1); when
-        # that number is among those of the server's first flight (as when the client's
-        # first ClientHello was lost), the client's replay window drops those records
-        # and the handshake stalls until a retransmission. Epoch-0 records carry no MAC and record
-        # headers are not part of the handshake transcript, so renumber them to continue
-        # from the verified ClientHello's number, as OpenSSL 1.1 did.
-        self._epoch0_floor = client_hello_seq
-        self._epoch0_offset: int | None = None
-
-    # -- state ---------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def max_payload(self) -> int:
-        """The largest application message that fits one record within the MTU.
-
-        Meaningful once the handshake is done (it depends on the negotiated suite).
-        """
-        size: int = self._conn.get_cleartext_mtu()
-        return size
-
-    # -- input ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Client side: produce the ClientHello and start the handshake deadline."""
-        self._deadline = self._clock() + self.handshake_timeout
-        super().start()
-
-    def receive_datagram(self, data: bytes) -> None:
-        """One UDP datagram from the peer; it may hold several records.
-
-        Records that fail to parse or authenticate are discarded by OpenSSL without
-        ending the association (RFC 6347 4.1.2.7). An empty datagram carries nothing
-        (unlike ``receive_data(b"")`` on a stream, it does not mean the peer left).
-        """
-        if not data:
-            return
-        self.last_activity = self._clock()
-        self.receive_data(data)
-
-    def send(self, data: bytes) -> None:
-        """Encrypt one application message into one record.
-
-        Raises :class:`DatagramTooLargeError` when it would not fit the MTU: DTLS keeps
-        message boundaries, so splitting it here would hand the peer several messages.
-        """
-        if not self.handshake_done or self._failed or self._closed:
-            raise HandshakeError("no established security association to send on")
-        limit = self.max_payload
-        if len(data) > limit:
-            raise DatagramTooLargeError(
-                f"{len(data)} octets exceed the {limit}-octet DTLS payload limit at MTU {self.mtu}"
-            )
-        self.last_activity = self._clock()
-        self._conn.send(data)
-
-    # -- output --------------------------------------------------------------------------
-    def datagrams_to_send(self) -> list[bytes]:
-        """The pending records packed into datagrams of at most :attr:`mtu` octets."""
-        data = self.data_to_send()
-        if not data:
-            return []
-        if self._epoch0_floor is None and len(data) <= self.mtu:
-            return [data]  # what packing would give: all records in one datagram
-        records = split_records(data)
-        if self._epoch0_floor is not None:
-            records = [self._renumber(r) for r in records]
-            if self._epoch0_offset == 0:
-                self._epoch0_floor = None  # OpenSSL's numbers already continue the peer's
-        return pack_datagrams(records, self.mtu)
-
-    def _renumber(self, record: bytes) -> bytes:
-        if len(record) < RECORD_HEADER_LEN or record[3:5] != b"\0\0":
-            return record  # protected records keep OpenSSL's numbers (they are MAC'd)
-        seq = record_seq(record)
-        if self._epoch0_offset is None:
-            assert self._epoch0_floor is not None
-            self._epoch0_offset = max(0, self._epoch0_floor - seq)
-        new = min(seq + self._epoch0_offset, 2**48 - 1)
-        return record[:5] + new.to_bytes(6, "big") + record[11:]
-
-    # -- timers --------------------------------------------------------------------------
-    def timeout(self, now: float | None = None) -> float | None:
-        """Seconds until :meth:`handle_timeout` is due, or ``None`` if no timer runs.
-
-        The retransmission timer is OpenSSL's (on the wall clock); the handshake
-        deadline uses this engine's ``clock`` (or ``now``).
-        """
-        if self._failed or self._closed:
-            return None
-        ssl_due: float | None = self._conn.DTLSv1_get_timeout()
-        if self.handshake_done:
-            return ssl_due
-        now = self._clock() if now is None else now
-        left = max(0.0, self._deadline - now)
-        return left if ssl_due is None else min(ssl_due, left)
-
-    def handle_timeout(self, now: float | None = None) -> None:
-        """Retransmit the last flight if OpenSSL's timer expired; fail past the deadline."""
-        if self._failed or self._closed:
-            return
-        now = self._clock() if now is None else now
-        if not self.handshake_done and now >= self._deadline:
-            self._fail(self._timed_out())
-            return
-        try:
-            self._conn.DTLSv1_handle_timeout()
-        except SSL.Error as exc:
-            # OpenSSL gives up by itself after 12 timeouts; say so in the same words.
-            log.debug("DTLS timeout handling failed: %s", exc)
-            self._fail(self._timed_out())
-
-    def _timed_out(self) -> str:
-        # DTLS drops a Finished that fails to authenticate without an alert (RFC 6347
-        # 4.1.2.7), so a wrong PSK shows up as a timeout after the key exchange.
-        if self._state.binding is not None and self._state.psk_identity is not None:
-            return "DTLS handshake timed out (wrong PSK?)"
-        return "DTLS handshake timed out"
-
-
-# -- cookies ---------------------------------------------------------------------------------
-class CookieJar:
-    """Stateless HelloVerifyRequest cookies (RFC 6347 4.2.1).
-
-    ``cookie = HMAC-SHA256(secret_w, address || w)[:16]`` where ``w`` is the number of
-    the current time window. A fresh random secret is drawn for every window, so a cookie
-    is valid for one to two windows and an old secret never comes back.
-    """
-
-    def __init__(
-        self,
-        *,
-        window: float = DEFAULT_COOKIE_WINDOW,
-        clock: Clock = time.monotonic,
-        length: int = COOKIE_LENGTH,
-    ) -> None:
-        if window <= 0 or not 8 <= length <= 32:
-            raise ConfigurationError("cookie window must be positive and length within 8..32")
-        self.window = window
-        self.length = length
-        self._clock = clock
-        self._index = int(clock() // window)
-        self._current = os.urandom(32)
-        self._previous: bytes | None = None
-
-    def _rotate(self) -> int:
-        index = int(self._clock() // self.window)
-        if index != self._index:
-            self._previous = self._current if index == self._index + 1 else None
-            self._current = os.urandom(32)
-            self._index = index
-        return index
-
-    def _mac(self, secret: bytes, peer: bytes, index: int) -> bytes:
-        msg = peer + index.to_bytes(8, "big", signed=True)
-        return hmac.digest(secret, msg, "sha256")[: self.length]
-
-    def cookie(self, peer: bytes) -> bytes:
-        """The cookie for ``peer`` (see :func:`address_key`) in the current window."""
-        index = self._rotate()
-        return self._mac(self._current, peer, index)
-
-    def verify(self, peer: bytes, cookie: bytes) -> bool:
-        """Whether ``cookie`` was issued to ``peer`` in this window or the previous one."""
-        index = self._rotate()
-        ok = hmac.compare_digest(cookie, self._mac(self._current, peer, index))
-        if self._previous is not None:
-            ok |= hmac.compare_digest(cookie, self._mac(self._previous, peer, index - 1))
-        return ok
-
-
-@dataclass(slots=True)
-class _PeerState(HandshakeState):
-    """Per-connection app data: the PSK/certificate callbacks' state plus the peer.
-
-    OpenSSL checks the cookie twice, in ``DTLSv1_listen`` and again when the handshake
-    resumes on the same connection, so the peer must stay reachable from it.
-    """
-
-    peer: bytes = b""
-    jar: CookieJar | None = None
-    verified: bytes | None = None
-    """The cookie :class:`DTLSServer` already checked in Python for this ClientHello:
-    OpenSSL's checks of the same octets compare against it instead of computing HMACs."""
-
-
-def _generate_cookie(conn: SSL.Connection) -> bytes:
-    state = conn.get_app_data()
-    if not isinstance(state, _PeerState) or state.jar is None:
-        raise ConfigurationError("DTLS cookie requested outside DTLSServer")
-    return state.jar.cookie(state.peer)
-
-
-def _verify_cookie(conn: SSL.Connection, cookie: bytes) -> bool:
-    state = conn.get_app_data()
-    if not isinstance(state, _PeerState) or state.jar is None:
-        return False
-    if state.verified is not None:
-        return hmac.compare_digest(cookie, state.verified)
-    return state.jar.verify(state.peer, cookie)
-
-
-def install_cookie_callbacks(ctx: SSL.Context) -> None:
-    """Install the cookie callbacks on a responder's context (once; before first use)."""
-    if getattr(ctx, "_m2msec_dtls_cookies", False):
-        return
-    try:
-        ctx.set_cookie_generate_callback(_generate_cookie)
-        ctx.set_cookie_verify_callback(_verify_cookie)
-    except ValueError as exc:  # pyOpenSSL: the context already made a connection
-        raise ConfigurationError(
-            "a DTLSServer needs a profile whose SSL context has not been used yet"
-        ) from exc
-    ctx._m2msec_dtls_cookies = True  # type: ignore[attr-defined]
-
-
-# -- the server ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class PeerEvent:
     """Base class of :class:`DTLSServer` events; ``addr`` is the peer's address."""
@@ -832,7 +422,7 @@ class DTLSServer:
         # engine's own connection runs DTLSv1_listen, which parses the ClientHello and
         # sets OpenSSL's handshake sequence numbers past the HelloVerifyRequest; the
         # engine is kept only if it accepts the datagram.
-        state = _PeerState(peer=peer_key, jar=self.cookie_jar, verified=cookie or None)
+        state = PeerState(peer=peer_key, jar=self.cookie_jar, verified=cookie or None)
         engine = DTLSEngine(
             self.profile,
             mtu=self.settings.mtu,
@@ -927,19 +517,3 @@ def _drain(conn: SSL.Connection) -> bytes:
 def _fmt(addr: Address) -> str:
     return f"{addr[0]}:{addr[1]}" if len(addr) >= 2 else str(addr)
 
-
-__all__ = [
-    "DEFAULT_MTU",
-    "Address",
-    "CookieJar",
-    "DTLSEngine",
-    "DTLSServer",
-    "DTLSServerStats",
-    "DatagramTooLargeError",
-    "PeerClosed",
-    "PeerDataReceived",
-    "PeerEvent",
-    "PeerFailed",
-    "PeerHandshakeComplete",
-    "PeerPskLookupNeeded",
-]
