@@ -9,8 +9,7 @@ addresses it talks to (RFC 6347 references in brackets):
 * Bounds: at most ``max_half_open`` handshakes in progress and ``max_peers`` peers;
   peers idle for ``idle_timeout`` are evicted. Invalid datagrams are dropped silently
   [4.1.2.7] and never cost the server state. Retransmission timers of half-open
-  handshakes sit in one heap, so :meth:`DTLSServer.next_timer` costs O(log n), not a
-  scan of every handshake per datagram.
+  handshakes sit in one heap (:mod:`m2msec.tls.dtls.timers`).
 * PSK identities resolved over the network (MAF, GBA: the profile's
   ``psk_async_resolver``) surface as :class:`PeerPskLookupNeeded`; the answer goes to
   :meth:`DTLSServer.provide_psk`.
@@ -27,8 +26,6 @@ The asyncio adapter is :mod:`m2msec.tls.aio_dtls`; it only moves datagrams and r
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import time
 from collections import OrderedDict, deque
@@ -55,6 +52,7 @@ from m2msec.tls.dtls.records import (
     is_client_hello,
     record_seq,
 )
+from m2msec.tls.dtls.timers import HandshakeTimers
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
@@ -153,8 +151,6 @@ class _Peer:
     last_seen: float
     pending: DTLSEngine | None = None
     """A new handshake from the same address (RFC 6347 4.2.8), run beside ``engine``."""
-    timer: int = -1
-    """Token of this peer's live entry in the server's timer heap (older ones are stale)."""
 
     @property
     def handshaking(self) -> DTLSEngine | None:
@@ -215,10 +211,8 @@ class DTLSServer:
         self._peers: OrderedDict[Address, _Peer] = OrderedDict()
         self._half_open: set[Address] = set()
         self._events: deque[PeerEvent] = deque()
-        # Retransmission timers of half-open handshakes: a heap of (due, token, addr),
-        # one live entry per peer (its token), stale ones dropped when they surface.
-        self._timers: list[tuple[float, int, Address]] = []
-        self._tokens = itertools.count()
+        # Retransmission timers of the half-open handshakes, one per address.
+        self._timers = HandshakeTimers()
 
     # -- introspection -------------------------------------------------------------------
     @property
@@ -316,10 +310,7 @@ class DTLSServer:
     # -- timers --------------------------------------------------------------------------
     def next_timer(self) -> float | None:
         """When (on this server's clock) :meth:`on_timer` should run next, if ever."""
-        timers = self._timers
-        while timers and not self._live(timers[0]):
-            heapq.heappop(timers)
-        due: float | None = timers[0][0] if timers else None
+        due = self._timers.next_due()
         if self._peers:
             oldest = next(iter(self._peers.values()))
             idle_due = oldest.last_seen + self.settings.idle_timeout
@@ -332,24 +323,19 @@ class DTLSServer:
         out: Outgoing = []
         # Entries due on this clock go; the engines themselves decide below, as OpenSSL's
         # retransmission timer runs on the wall clock.
-        popped: set[Address] = set()
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            entry = heapq.heappop(timers)
-            if self._live(entry):
-                popped.add(entry[2])
+        popped = self._timers.pop_due(now)
         for addr in list(self._half_open):
             peer = self._peers.get(addr)
             engine = peer.handshaking if peer is not None else None
             if peer is None or engine is None:
-                self._half_open.discard(addr)
+                self._settled(addr)
                 continue
             left = engine.timeout(now)
             if left is not None and left <= 0:
                 engine.handle_timeout(now)
                 out += self._flush(addr, peer, engine)  # re-arms the timer
             elif addr in popped:
-                self._arm(addr, peer, engine, now)
+                self._arm(addr, engine, now)
         return out + self.expire(now)
 
     def expire(self, now: float | None = None) -> Outgoing:
@@ -371,24 +357,16 @@ class DTLSServer:
         return out
 
     # -- internals -----------------------------------------------------------------------
-    def _live(self, entry: tuple[float, int, Address]) -> bool:
-        peer = self._peers.get(entry[2])
-        return peer is not None and peer.timer == entry[1] and entry[2] in self._half_open
-
-    def _arm(
-        self, addr: Address, peer: _Peer, engine: DTLSEngine, now: float | None = None
-    ) -> None:
+    def _arm(self, addr: Address, engine: DTLSEngine, now: float | None = None) -> None:
         """(Re)arm the retransmission timer of the handshake ``engine`` runs for ``addr``."""
         now = self._clock() if now is None else now
         left = engine.timeout(now)
-        if left is None:
-            peer.timer = -1
-            return
-        peer.timer = token = next(self._tokens)
-        heapq.heappush(self._timers, (now + left, token, addr))
-        if len(self._timers) > 4 * len(self._half_open) + 64:  # shed stale entries
-            self._timers = [e for e in self._timers if self._live(e)]
-            heapq.heapify(self._timers)
+        self._timers.arm(addr, None if left is None else now + left)
+
+    def _settled(self, addr: Address) -> None:
+        """``addr`` has no handshake in progress any more: no bound, no timer."""
+        self._half_open.discard(addr)
+        self._timers.cancel(addr)
 
     def _touch(self, addr: Address, peer: _Peer, now: float) -> None:
         peer.last_seen = now
@@ -396,7 +374,7 @@ class DTLSServer:
 
     def _forget(self, addr: Address) -> None:
         self._peers.pop(addr, None)
-        self._half_open.discard(addr)
+        self._settled(addr)
 
     def _drop(self, why: str, addr: Address) -> Outgoing:
         self.stats.dropped += 1
@@ -479,7 +457,7 @@ class DTLSServer:
                     # The new handshake proved the client (RFC 6347 4.2.8): drop the old one.
                     self._events.append(PeerClosed(addr, "replaced by a new handshake"))
                     peer.engine, peer.pending = engine, None
-                self._half_open.discard(addr)
+                self._settled(addr)
                 self.stats.established += 1
                 self._events.append(PeerHandshakeComplete(addr, event.context))
             elif isinstance(event, DataReceived):
@@ -494,14 +472,14 @@ class DTLSServer:
                     ended = PeerClosed(addr)
                 if pending:  # the new handshake failed; the old association lives on
                     peer.pending = None
-                    self._half_open.discard(addr)
+                    self._settled(addr)
                 elif peer.pending is not None:  # the old one ended; the new one goes on
                     peer.engine, peer.pending = peer.pending, None
                 else:
                     self._forget(addr)
                 self._events.append(ended)
         if addr in self._half_open and engine is peer.handshaking:
-            self._arm(addr, peer, engine)
+            self._arm(addr, engine)
         return out
 
 
