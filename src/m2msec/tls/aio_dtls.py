@@ -18,12 +18,12 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
 from m2msec.errors import HandshakeError
 from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.dtls.engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MTU, DTLSEngine
-from m2msec.tls.dtls.records import Address
+from m2msec.tls.dtls.records import Address, format_address
 from m2msec.tls.dtls.server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_HALF_OPEN,
@@ -48,12 +48,6 @@ DEFAULT_RECV_QUEUE = 1024
 
 Handler = Callable[["DTLSAssociation"], Awaitable[None]]
 FailureHook = Callable[[Address, str], None]
-
-
-def _fmt(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return f"{addr[0]}:{addr[1]}"
-    return str(addr)
 
 
 class DTLSAssociation:
@@ -185,7 +179,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
         try:
             out = self.server.datagram_received(data, addr)
         except Exception:  # one peer's trouble must not stop the listener
-            log.exception("DTLS datagram from %s could not be handled", _fmt(addr))
+            log.exception("DTLS datagram from %s could not be handled", format_address(addr))
             return
         self._send(out)
         self._after()
@@ -242,7 +236,11 @@ class _ServerProtocol(asyncio.DatagramProtocol):
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             elif isinstance(event, PeerFailed):
-                log.info("DTLS security association with %s refused: %s", _fmt(addr), event.reason)
+                log.info(
+                    "DTLS security association with %s refused: %s",
+                    format_address(addr),
+                    event.reason,
+                )
                 if self.on_failure is not None:
                     try:
                         self.on_failure(addr, event.reason)

@@ -18,6 +18,7 @@ __all__ = [
     "Address",
     "Clock",
     "client_hello_cookie",
+    "format_address",
     "hello_verify_request",
     "is_client_hello",
     "is_hello_verify_request",
@@ -30,6 +31,14 @@ Address: TypeAlias = tuple[Any, ...]
 """A UDP peer address as asyncio reports it: ``(host, port)`` or ``(host, port, flow, scope)``."""
 
 Clock: TypeAlias = Callable[[], float]
+
+
+def format_address(addr: Any) -> str:
+    """``host:port`` of a UDP address, for logs and errors."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
 
 RECORD_HEADER_LEN = 13
 _CT_HANDSHAKE = 22

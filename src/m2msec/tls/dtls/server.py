@@ -48,6 +48,7 @@ from m2msec.tls.dtls.records import (
     Address,
     Clock,
     client_hello_cookie,
+    format_address,
     hello_verify_request,
     is_client_hello,
     record_seq,
@@ -286,7 +287,7 @@ class DTLSServer:
         """Encrypt one application message for ``addr`` (see :meth:`DTLSEngine.send`)."""
         peer = self._peers.get(addr)
         if peer is None:
-            raise HandshakeError(f"no security association with {_fmt(addr)}")
+            raise HandshakeError(f"no security association with {format_address(addr)}")
         peer.engine.send(data)
         self._touch(addr, peer, self._clock())
         return self._flush(addr, peer, peer.engine)
@@ -378,7 +379,7 @@ class DTLSServer:
 
     def _drop(self, why: str, addr: Address) -> Outgoing:
         self.stats.dropped += 1
-        log.debug("DTLS datagram from %s dropped: %s", _fmt(addr), why)
+        log.debug("DTLS datagram from %s dropped: %s", format_address(addr), why)
         return []
 
     def _listen(self, data: bytes, addr: Address, now: float, replacing: _Peer | None) -> Outgoing:
@@ -445,7 +446,7 @@ class DTLSServer:
         ):
             return False
         self.stats.refused_full += 1
-        log.info("DTLS handshake from %s refused: server full", _fmt(addr))
+        log.info("DTLS handshake from %s refused: server full", format_address(addr))
         return True
 
     def _flush(self, addr: Address, peer: _Peer, engine: DTLSEngine) -> Outgoing:
@@ -490,8 +491,4 @@ def _drain(conn: SSL.Connection) -> bytes:
             chunks.append(conn.bio_read(65536))
         except SSL.WantReadError:
             return b"".join(chunks)
-
-
-def _fmt(addr: Address) -> str:
-    return f"{addr[0]}:{addr[1]}" if len(addr) >= 2 else str(addr)
 
