@@ -6,6 +6,7 @@ Authorization, a B-TID asked for by another NAF, GUSS, key type)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from m2msec.gba.wire import ZnError, ZnRequest
 from m2msec.gba.zn import ZnClient
 from m2msec.pki import CertificateAuthority, IssuedCredential, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer, load_bsf_config, parse_bsf_config
+from m2msec.tls.context import Framework
 from tests.slow_head import trickle_head
 
 DOMAIN = "in.provider.com"
@@ -504,6 +506,19 @@ async def test_zn_client_checks_the_bsf_name(bsf: BsfServer, pki: Pki) -> None:
     async with client:
         with pytest.raises(ZnError, match="cannot establish Zn TLS"):
             await client.fetch("x@" + BSF_FQDN, gba.naf_id(NAF_FQDN, UA))
+
+
+def test_zn_client_needs_a_mutual_tls_client_profile(pki: Pki) -> None:
+    # Zn is mutually authenticated (TS 33.220 4.4.3): the client takes a certificate
+    # framework client profile (frameworks.gba.zn_profile), nothing else.
+    profile = zn_profile(pki.credential(pki.naf), BSF_FQDN)
+    for wrong in (
+        dataclasses.replace(profile, server_side=True),
+        dataclasses.replace(profile, certificate_policy=None),
+        dataclasses.replace(profile, framework=Framework.PROVISIONED_PSK),
+    ):
+        with pytest.raises(ConfigurationError, match="certificate client profile"):
+            ZnClient(wrong, "127.0.0.1", 1, BSF_FQDN)
 
 
 def _zn_request(target: str, method: str = "GET") -> OneM2MRequest:
