@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.pki import CertificateAuthority, IssuedCredential
+from m2msec.pki.authority import CertificateAuthority, IssuedCredential
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.dtls import DTLSEngine, DTLSServer, PeerEvent
 from m2msec.tls.engine import Event, TLSEngine

@@ -47,7 +47,7 @@ from m2msec.gba.aka import Usim
 from m2msec.gba.subscribers import Guss
 from m2msec.ids import CseId
 from m2msec.maf.store import MafStore
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafConfig, MafServer

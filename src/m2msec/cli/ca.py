@@ -23,8 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
-from m2msec.frameworks.certificate import certificate_fingerprint
-from m2msec.pki import CA_CERT, CA_KEY, CertificateAuthority, write_credential
+from m2msec.pki.authority import CA_CERT, CA_KEY, CertificateAuthority, write_credential
+from m2msec.pki.names import certificate_fingerprint
 
 __all__ = ["app"]
 
