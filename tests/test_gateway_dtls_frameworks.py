@@ -197,7 +197,7 @@ async def test_maf_credential_binding_over_dtls_and_unknown_kcid_refused(
         assert issued is not None
         from dataclasses import replace
 
-        from m2msec.ids import KcId
+        from m2msec.keyids import KcId
 
         forged = replace(issued, kc_id=KcId(bytes(32), MAF_FQDN))
         failed = gw.stats.handshakes_failed

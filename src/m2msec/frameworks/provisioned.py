@@ -20,7 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from m2msec.errors import HandshakeError, IdentifierError
-from m2msec.ids import CredentialId, KpsaId, entity_kind
+from m2msec.ids import entity_kind
+from m2msec.keyids import CredentialId, KpsaId
 from m2msec.store.base import PskEntry, PskStore
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (

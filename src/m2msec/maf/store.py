@@ -75,7 +75,8 @@ from m2msec.errors import (
     StoreError,
     UnknownCredentialError,
 )
-from m2msec.ids import KmId, parse_entity_id
+from m2msec.ids import parse_entity_id
+from m2msec.keyids import KmId
 from m2msec.paths import data_dir, ensure_private_dir
 from m2msec.store.db import create_private_file as _create_private_file
 from m2msec.store.db import from_epoch, to_epoch
