@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from m2msec.pki.names import (
     check_peer_certificate,
     check_public_key,
     describe_names,
+    dns_and_uri_names,
     identities_in,
     is_ca,
     normal_id,
@@ -246,6 +247,30 @@ def _suites(transport: Transport, suites: tuple[str, ...] | None) -> tuple[str, 
     return suites
 
 
+def _profile(
+    credential: CertificateCredential,
+    local_id: str | None,
+    bind: Callable[[bytes], PeerBinding],
+    transport: Transport,
+    server_side: bool,
+    tls13: bool,
+    suites: tuple[str, ...] | None,
+) -> TLSProfile:
+    """Either role's profile: our credential, the peer's certificate required and bound."""
+    ctx = new_context(
+        transport, server_side=server_side, suites=_suites(transport, suites), tls13=tls13
+    )
+    credential._configure(ctx, server_side=server_side)
+    return TLSProfile(
+        framework=Framework.CERTIFICATE,
+        transport=transport,
+        server_side=server_side,
+        ssl_context=ctx,
+        local_id=local_id,
+        certificate_policy=CertificatePolicy(bind=bind, require_peer_certificate=True),
+    )
+
+
 # ----------------------------------------------------------------------------- Entity B
 
 
@@ -372,17 +397,11 @@ class CertificateResponder:
         suites: tuple[str, ...] | None = None,
     ) -> TLSProfile:
         """A server profile: our credential, the peer verified against our anchors."""
-        ctx = new_context(
-            transport, server_side=True, suites=_suites(transport, suites), tls13=tls13
+        profile = _profile(
+            self.credential, self.local_id, self.bind, transport, True, tls13, suites
         )
-        self.credential._configure(ctx, server_side=True)
-        return TLSProfile(
-            framework=Framework.CERTIFICATE,
-            transport=transport,
-            server_side=True,
-            ssl_context=ctx,
-            local_id=self.local_id,
-            certificate_policy=CertificatePolicy(bind=self.bind, require_peer_certificate=True),
+        return replace(
+            profile,
             require_sni=self.require_sni,
             resumption_check=None if self.revocation is None else self.resumption_check,
         )
@@ -475,12 +494,8 @@ class CertificateInitiator:
         return f"CertificateInitiator(id_b={self.id_b!r}, server_name={self.server_name!r})"
 
     def _names_id_b(self, cert: x509.Certificate) -> bool:
-        for name in subject_alt_names(cert):
-            if not isinstance(name, x509.DNSName | x509.UniformResourceIdentifier):
-                continue
+        for name in dns_and_uri_names(cert):
             value = name.value
-            if "*" in value:
-                raise CertificateError(f"certificate names a wildcard ({value}): refused (10.1.1)")
             if self._dns is not None:
                 # 8.1.2.5: an exact FQDN match (case-insensitive per docs/readings.md A-05); an
                 # FQDN certificate may also carry the FQDN as a URI.
@@ -522,16 +537,7 @@ class CertificateInitiator:
         suites: tuple[str, ...] | None = None,
     ) -> TLSProfile:
         """A client profile: our credential, the server verified against our anchors."""
-        ctx = new_context(
-            transport, server_side=False, suites=_suites(transport, suites), tls13=tls13
+        profile = _profile(
+            self.credential, self.local_id, self.bind, transport, False, tls13, suites
         )
-        self.credential._configure(ctx, server_side=False)
-        return TLSProfile(
-            framework=Framework.CERTIFICATE,
-            transport=transport,
-            server_side=False,
-            ssl_context=ctx,
-            local_id=self.local_id,
-            certificate_policy=CertificatePolicy(bind=self.bind, require_peer_certificate=True),
-            server_name=self.server_name,
-        )
+        return replace(profile, server_name=self.server_name)

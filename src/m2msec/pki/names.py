@@ -52,6 +52,7 @@ __all__ = [
     "check_public_key",
     "check_signature_hash",
     "describe_names",
+    "dns_and_uri_names",
     "identities_in",
     "is_ca",
     "normal_id",
@@ -140,6 +141,21 @@ def subject_alt_names(cert: x509.Certificate) -> list[x509.GeneralName]:
     return list(ext.value)
 
 
+def dns_and_uri_names(
+    cert: x509.Certificate,
+) -> list[x509.DNSName | x509.UniformResourceIdentifier]:
+    """The dNSName and URI entries, where oneM2M identities stand; a wildcard is refused."""
+    found: list[x509.DNSName | x509.UniformResourceIdentifier] = []
+    for name in subject_alt_names(cert):
+        if isinstance(name, x509.DNSName | x509.UniformResourceIdentifier):
+            if "*" in name.value:
+                raise CertificateError(
+                    f"certificate names a wildcard ({name.value}): refused (10.1.1)"
+                )
+            found.append(name)
+    return found
+
+
 def show_name(name: x509.GeneralName) -> str:
     """A subjectAltName entry as text: ``DNS:...``, ``URI:...``, else its type."""
     if isinstance(name, x509.DNSName):
@@ -172,12 +188,8 @@ def identities_in(
     suffix = "." + in_domain.lower()
     service_names = {s.lower() for s in services}
     found: list[CertificateIdentity] = []
-    for name in subject_alt_names(cert):
-        if not isinstance(name, x509.DNSName | x509.UniformResourceIdentifier):
-            continue
+    for name in dns_and_uri_names(cert):
         value = name.value
-        if "*" in value:
-            raise CertificateError(f"certificate names a wildcard ({value}): refused (10.1.1)")
         if isinstance(name, x509.DNSName):
             lower = value.lower()
             if lower in service_names:
