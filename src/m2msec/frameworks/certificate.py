@@ -64,7 +64,7 @@ from m2msec.tls.profiles import (
     CertificatePolicy,
     TLSProfile,
     Transport,
-    new_context,
+    new_profile,
 )
 
 __all__ = [
@@ -257,18 +257,17 @@ def _profile(
     suites: tuple[str, ...] | None,
 ) -> TLSProfile:
     """Either role's profile: our credential, the peer's certificate required and bound."""
-    ctx = new_context(
-        transport, server_side=server_side, suites=_suites(transport, suites), tls13=tls13
-    )
-    credential._configure(ctx, server_side=server_side)
-    return TLSProfile(
-        framework=Framework.CERTIFICATE,
-        transport=transport,
+    profile = new_profile(
+        Framework.CERTIFICATE,
+        transport,
         server_side=server_side,
-        ssl_context=ctx,
+        suites=_suites(transport, suites),
+        tls13=tls13,
         local_id=local_id,
-        certificate_policy=CertificatePolicy(bind=bind, require_peer_certificate=True),
     )
+    credential._configure(profile.ssl_context, server_side=server_side)
+    policy = CertificatePolicy(bind=bind, require_peer_certificate=True)
+    return replace(profile, certificate_policy=policy)
 
 
 # ----------------------------------------------------------------------------- Entity B
