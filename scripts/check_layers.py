@@ -49,8 +49,6 @@ LAYERS: list[list[str]] = [
 
 # (importer, imported) module pairs tolerated while another branch removes them.
 ALLOWED: dict[tuple[str, str], str] = {
-    # i10-stores: one sealed store base with two dialects replaces the subclass.
-    ("m2msec.maf.store", "m2msec.maf.store_pg"): "i10-stores",
     # OneM2MClient (a binding) drives the one HTTP client of service/: either it moves
     # into service/ beside HttpService, or the generic client moves below bindings.
     ("m2msec.bindings.client", "m2msec.service.client"): "issue 10 follow-up",
