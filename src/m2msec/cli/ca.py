@@ -48,6 +48,20 @@ def _errors() -> Iterator[None]:
         fail(f"cannot write{where}: {exc.strerror or exc}", 1)
 
 
+def _created(title: str, ca: CertificateAuthority, details: list[tuple[str, str]]) -> None:
+    """What a new CA's files are, its subject, ``details`` and its validity."""
+    cert = ca.certificate
+    rows = [
+        ("certificate", str(ca.directory / CA_CERT)),
+        ("private key", f"{ca.directory / CA_KEY} (0600)"),
+        ("subject", cert.subject.rfc4514_string()),
+        *details,
+        ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
+    ]
+    stdout_console().print(Text(title, style="bold green"))
+    stdout_console().print(key_value_table(rows))
+
+
 @app.command()
 def init(
     directory: DirOption,
@@ -102,20 +116,14 @@ def init(
             name_constraints=not no_name_constraints,
             path_length=path_length,
         )
-    cert = ca.certificate
-    stdout_console().print(Text("CA created", style="bold green"))
-    stdout_console().print(
-        key_value_table(
-            [
-                ("certificate", str(ca.directory / CA_CERT)),
-                ("private key", f"{ca.directory / CA_KEY} (0600)"),
-                ("subject", cert.subject.rfc4514_string()),
-                ("IN public domain", ca.in_domain),
-                ("M2M-SP FQDN", ca.sp_fqdn),
-                ("name constraints", ", ".join(ca.permitted) if ca.permitted else "none"),
-                ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
-            ]
-        )
+    _created(
+        "CA created",
+        ca,
+        [
+            ("IN public domain", ca.in_domain),
+            ("M2M-SP FQDN", ca.sp_fqdn),
+            ("name constraints", ", ".join(ca.permitted) if ca.permitted else "none"),
+        ],
     )
 
 
@@ -202,19 +210,7 @@ def intermediate(
     """
     with _errors():
         ca = CertificateAuthority.load(directory).intermediate(out_dir, name=name, days=days)
-    cert = ca.certificate
-    stdout_console().print(Text("intermediate CA created", style="bold green"))
-    stdout_console().print(
-        key_value_table(
-            [
-                ("certificate", str(ca.directory / CA_CERT)),
-                ("private key", f"{ca.directory / CA_KEY} (0600)"),
-                ("subject", cert.subject.rfc4514_string()),
-                ("issuer", cert.issuer.rfc4514_string()),
-                ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
-            ]
-        )
-    )
+    _created("intermediate CA created", ca, [("issuer", ca.certificate.issuer.rfc4514_string())])
 
 
 @app.command()
