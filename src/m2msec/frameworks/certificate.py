@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -247,27 +248,39 @@ def _suites(transport: Transport, suites: tuple[str, ...] | None) -> tuple[str, 
     return suites
 
 
-def _profile(
-    credential: CertificateCredential,
-    local_id: str | None,
-    bind: Callable[[bytes], PeerBinding],
-    transport: Transport,
-    server_side: bool,
-    tls13: bool,
-    suites: tuple[str, ...] | None,
-) -> TLSProfile:
-    """Either role's profile: our credential, the peer's certificate required and bound."""
-    profile = new_profile(
-        Framework.CERTIFICATE,
-        transport,
-        server_side=server_side,
-        suites=_suites(transport, suites),
-        tls13=tls13,
-        local_id=local_id,
-    )
-    credential._configure(profile.ssl_context, server_side=server_side)
-    policy = CertificatePolicy(bind=bind, require_peer_certificate=True)
-    return replace(profile, certificate_policy=policy)
+class _CertificateRole:
+    """What Entity A and Entity B share: our credential and identity, and the profile
+    that requires the peer's certificate, verified against our anchors, and binds it."""
+
+    credential: CertificateCredential
+    local_id: str | None
+    _SERVER_SIDE: ClassVar[bool]
+
+    def bind(self, der: bytes) -> PeerBinding:
+        raise NotImplementedError
+
+    def _role_options(self, profile: TLSProfile) -> TLSProfile:
+        return profile
+
+    def profile(
+        self,
+        transport: Transport = Transport.TLS,
+        *,
+        tls13: bool = True,
+        suites: tuple[str, ...] | None = None,
+    ) -> TLSProfile:
+        """Our role's profile; ``suites`` a subset of the 10.2.3 certificate suites."""
+        profile = new_profile(
+            Framework.CERTIFICATE,
+            transport,
+            server_side=self._SERVER_SIDE,
+            suites=_suites(transport, suites),
+            tls13=tls13,
+            local_id=self.local_id,
+        )
+        self.credential._configure(profile.ssl_context, server_side=self._SERVER_SIDE)
+        policy = CertificatePolicy(bind=self.bind, require_peer_certificate=True)
+        return self._role_options(replace(profile, certificate_policy=policy))
 
 
 # ----------------------------------------------------------------------------- Entity B
@@ -277,7 +290,7 @@ def _profile(
 _MAX_REVOCABLE = 65536
 
 
-class CertificateResponder:
+class CertificateResponder(_CertificateRole):
     """Entity B of the certificate framework (TS-0003 8.2.2.2): the (D)TLS server.
 
     ``in_domain`` is the IN public domain under which CSE public domain names are read;
@@ -287,6 +300,8 @@ class CertificateResponder:
     lists MAF/MEF FQDNs accepted as clients (10.1.1.6); they bind as
     :attr:`PeerKind.SERVICE`. ``local_id`` defaults to the identity in our certificate.
     """
+
+    _SERVER_SIDE = True
 
     def __init__(
         self,
@@ -388,17 +403,8 @@ class CertificateResponder:
             raise HandshakeError(f"session of {binding.peer_id} not resumed: {exc}") from None
         return None
 
-    def profile(
-        self,
-        transport: Transport = Transport.TLS,
-        *,
-        tls13: bool = True,
-        suites: tuple[str, ...] | None = None,
-    ) -> TLSProfile:
-        """A server profile: our credential, the peer verified against our anchors."""
-        profile = _profile(
-            self.credential, self.local_id, self.bind, transport, True, tls13, suites
-        )
+    def _role_options(self, profile: TLSProfile) -> TLSProfile:
+        # The server side: SNI strictness and the CRL check of resumed sessions.
         return replace(
             profile,
             require_sni=self.require_sni,
@@ -413,7 +419,7 @@ def _key(kind: PeerKind, entity_id: str) -> tuple[PeerKind, str]:
 # ----------------------------------------------------------------------------- Entity A
 
 
-class CertificateInitiator:
+class CertificateInitiator(_CertificateRole):
     """Entity A of the certificate framework (TS-0003 8.2.2.2): the (D)TLS client.
 
     ``id_b`` is IdB, an AE-ID or CSE-ID (use :meth:`for_service` for a MAF or MEF). The
@@ -422,6 +428,8 @@ class CertificateInitiator:
     ``server_name``, by default the CSE's public domain name (docs/readings.md A-11, A-12); an
     AE as IdB (the SA2 case of 8.2.1) has no default SNI.
     """
+
+    _SERVER_SIDE = False
 
     def __init__(
         self,
@@ -528,15 +536,5 @@ class CertificateInitiator:
             )
         return _peer_binding(cert, self.id_b, self.kind)
 
-    def profile(
-        self,
-        transport: Transport = Transport.TLS,
-        *,
-        tls13: bool = True,
-        suites: tuple[str, ...] | None = None,
-    ) -> TLSProfile:
-        """A client profile: our credential, the server verified against our anchors."""
-        profile = _profile(
-            self.credential, self.local_id, self.bind, transport, False, tls13, suites
-        )
+    def _role_options(self, profile: TLSProfile) -> TLSProfile:
         return replace(profile, server_name=self.server_name)
