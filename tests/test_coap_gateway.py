@@ -27,8 +27,8 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import OpaqueOption
 
-from m2msec.bindings.coap import decode, encode
-from m2msec.bindings.coap_client import CoapClient
+from m2msec.bindings.coap.client import CoapClient
+from m2msec.bindings.coap.options import decode, encode
 from m2msec.config import parse_config, parse_listen_url
 from m2msec.errors import ConfigurationError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator

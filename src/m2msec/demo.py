@@ -30,8 +30,8 @@ from typing import Any
 from m2msec.acme import AcmeCSE
 from m2msec.app_rules import AppRule
 from m2msec.bindings.client import OneM2MClient, OneM2MResponse
-from m2msec.bindings.coap import CoapOneM2MResponse
-from m2msec.bindings.coap_client import CoapClient
+from m2msec.bindings.coap.client import CoapClient
+from m2msec.bindings.coap.mapping import CoapOneM2MResponse
 from m2msec.config import (
     CertificateConfig,
     GatewayConfig,
