@@ -78,8 +78,31 @@ def _check_psk_length(kind: str, text: str) -> None:
         raise id_error(kind, text, f"longer than {MAX_PSK_IDENTITY_LENGTH} octets (RFC 4279)")
 
 
+class _RelativeAtFqdn:
+    """``relative@FQDN`` identifiers (KpsaID, KmID): one check and one parser for both."""
+
+    relative: str
+    verbatim: bool
+    _KIND: ClassVar[str]
+
+    def _check(self, fqdn: str) -> str:
+        """Check the relative part, ``fqdn`` and the length; the text back."""
+        text = str(self)
+        _check_key_relative(self._KIND, text, self.relative, self.verbatim)
+        check_fqdn(fqdn, self._KIND)
+        _check_psk_length(self._KIND, text)
+        return text
+
+    @classmethod
+    def parse(cls, text: str, *, verbatim: bool = False) -> Self:
+        """Parse; ``verbatim`` skips the character check for GBA B-TIDs (A-25)."""
+        relative, fqdn = _split_at(cls._KIND, text)
+        # The dataclass subclasses take (relative, FQDN, verbatim).
+        return cls(relative, fqdn, verbatim)  # type: ignore[call-arg]
+
+
 @dataclass(frozen=True)
-class KpsaId:
+class KpsaId(_RelativeAtFqdn):
     """KpsaID = ``Issuer_Relative_KpsaID@Issuer-FQDN`` (TS-0003 10.5).
 
     Compared octet-exact, FQDN included (docs/readings.md A-05): it is the psk_identity.
@@ -92,23 +115,14 @@ class KpsaId:
     _KIND: ClassVar[str] = "KpsaID"
 
     def __post_init__(self) -> None:
-        text = str(self)
-        _check_key_relative(self._KIND, text, self.relative, self.verbatim)
-        check_fqdn(self.issuer_fqdn, self._KIND)
-        _check_psk_length(self._KIND, text)
-
-    @classmethod
-    def parse(cls, text: str, *, verbatim: bool = False) -> Self:
-        """Parse; ``verbatim`` skips the character check for GBA B-TIDs (A-25)."""
-        relative, fqdn = _split_at(cls._KIND, text)
-        return cls(relative, fqdn, verbatim)
+        self._check(self.issuer_fqdn)
 
     def __str__(self) -> str:
         return f"{self.relative}@{self.issuer_fqdn}"
 
 
 @dataclass(frozen=True)
-class KmId:
+class KmId(_RelativeAtFqdn):
     """KmID = ``MAF_RELATIVE_KmID@MAF-FQDN`` (TS-0003 10.6).
 
     Both parts compare case-insensitively (the relative part per 10.6, the FQDN per
@@ -123,17 +137,7 @@ class KmId:
     _KIND: ClassVar[str] = "KmID"
 
     def __post_init__(self) -> None:
-        text = str(self)
-        _check_key_relative(self._KIND, text, self.relative, self.verbatim)
-        check_fqdn(self.maf_fqdn, self._KIND)
-        _check_psk_length(self._KIND, text)
-        object.__setattr__(self, "canonical", text.lower())
-
-    @classmethod
-    def parse(cls, text: str, *, verbatim: bool = False) -> Self:
-        """Parse; ``verbatim`` skips the character check for GBA B-TIDs (A-25)."""
-        relative, fqdn = _split_at(cls._KIND, text)
-        return cls(relative, fqdn, verbatim)
+        object.__setattr__(self, "canonical", self._check(self.maf_fqdn).lower())
 
     def __str__(self) -> str:
         return f"{self.relative}@{self.maf_fqdn}"
