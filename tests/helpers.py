@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.pki import CertificateAuthority, IssuedCredential
+from m2msec.pki.authority import CertificateAuthority, IssuedCredential
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.dtls.engine import DTLSEngine
 from m2msec.tls.dtls.server import DTLSServer, PeerEvent

@@ -52,7 +52,8 @@ from m2msec.crypto.gba import SUITE_IDS, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.gba.wire import NafKey
-from m2msec.ids import CredentialId, CredIdType, check_fqdn
+from m2msec.ids import check_fqdn
+from m2msec.keyids import CredentialId, CredIdType
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
     PSK_SUITES_DTLS,

@@ -104,14 +104,11 @@ from m2msec.errors import (
     ConfigurationError,
     StoreError,
 )
-from m2msec.frameworks.certificate import (
-    CertificateCredential,
-    certificate_fingerprint,
-    check_public_key,
-)
+from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.gba.aka import Hss
 from m2msec.gba.service import BsfPolicy, BsfService, BsfStats, text_response
 from m2msec.gba.subscribers import SubscriberStore
+from m2msec.pki.names import certificate_fingerprint, check_public_key
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream, Stream
