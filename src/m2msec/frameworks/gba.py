@@ -44,7 +44,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -60,7 +60,7 @@ from m2msec.tls.profiles import (
     PSK_SUITES_TLS,
     TLSProfile,
     Transport,
-    new_context,
+    new_profile,
 )
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "binding_for_naf_key",
     "format_identity",
     "gba_naf_id",
+    "gba_profile",
     "parse_identity",
     "zn_profile",
 ]
@@ -155,6 +156,22 @@ def parse_identity(identity: bytes) -> tuple[str, bool]:
             "and the B-TID (docs/readings.md A-01)"
         )
     raise IdentifierError(f"psk_identity {text!r} has no 3GPP-bootstrapping prefix")
+
+
+def gba_profile(
+    transport: Transport, *, server_side: bool, local_id: str | None = None
+) -> TLSProfile:
+    """The start of either role's profile: (D)TLS 1.2 only (A-03) with :data:`GBA_SUITES`
+    (:data:`GBA_SUITES_DTLS` over DTLS); each role adds its callables."""
+    suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
+    return new_profile(
+        Framework.GBA,
+        transport,
+        server_side=server_side,
+        suites=suites,
+        tls13=False,
+        local_id=local_id,
+    )
 
 
 def gba_naf_id(naf_fqdn: str, cipher_suite: int) -> bytes:
@@ -381,14 +398,8 @@ class GbaResponder:
         The seed names TLS-PSK only; DTLS-PSK with the same psk_identity and hint, NAF_Id
         built from the suite the DTLS ServerHello chose, is our extension (conformance.md).
         """
-        suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
-        ctx = new_context(transport, server_side=True, suites=suites, tls13=False)
-        return TLSProfile(
-            framework=Framework.GBA,
-            transport=transport,
-            server_side=True,
-            ssl_context=ctx,
-            local_id=self.local_id,
+        return replace(
+            gba_profile(transport, server_side=True, local_id=self.local_id),
             psk_async_resolver=self.resolve,
             psk_hint=self.hint,
             require_sni=self.require_sni,

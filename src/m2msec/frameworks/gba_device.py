@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -25,13 +26,12 @@ from m2msec import m2mtime
 from m2msec.crypto.gba import ks_ext_naf, ks_int_naf
 from m2msec.errors import ConfigurationError, HandshakeError, M2MSecError
 from m2msec.frameworks.gba import (
-    GBA_SUITES,
-    GBA_SUITES_DTLS,
     HINT,
     HINT_UICC,
     assume_utc,
     format_identity,
     gba_naf_id,
+    gba_profile,
 )
 from m2msec.gba.aka import Usim
 from m2msec.gba.ub import Bootstrap
@@ -39,8 +39,8 @@ from m2msec.gba.ub import bootstrap as ub_bootstrap
 from m2msec.ids import check_fqdn, entity_kind
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
-from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.profiles import TLSProfile, Transport, new_context
+from m2msec.tls.context import PeerBinding, PeerKind
+from m2msec.tls.profiles import TLSProfile, Transport
 
 if TYPE_CHECKING:
     from m2msec.tls.aio_dtls import DTLSAssociation
@@ -185,15 +185,8 @@ class GbaDevice:
         def offer(hint: bytes | None, suite: int | None) -> tuple[bytes, bytes, PeerBinding]:
             return self._offer(name, id_b, hint, suite)
 
-        suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
-        ctx = new_context(transport, server_side=False, suites=suites, tls13=False)
-        profile = TLSProfile(
-            framework=Framework.GBA,
-            transport=transport,
-            server_side=False,
-            ssl_context=ctx,
-            psk_suite_offer=offer,
-            server_name=name,
+        profile = replace(
+            gba_profile(transport, server_side=False), psk_suite_offer=offer, server_name=name
         )
         self._profiles[(name, id_b, transport)] = profile
         return profile

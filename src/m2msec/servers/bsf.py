@@ -86,6 +86,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -120,7 +121,7 @@ from m2msec.tls.profiles import (
     CertificatePolicy,
     TLSProfile,
     Transport,
-    new_context,
+    new_profile,
 )
 
 __all__ = [
@@ -179,15 +180,16 @@ def _bind_naf(der: bytes) -> PeerBinding:
 
 
 def _zn_profile(credential: CertificateCredential, fqdn: str) -> TLSProfile:
-    ctx = new_context(Transport.TLS, server_side=True, suites=CERT_SUITES_TLS, tls13=True)
-    credential._configure(ctx, server_side=True)
-    return TLSProfile(
-        framework=Framework.CERTIFICATE,
-        transport=Transport.TLS,
+    profile = new_profile(
+        Framework.CERTIFICATE,
+        Transport.TLS,
         server_side=True,
-        ssl_context=ctx,
+        suites=CERT_SUITES_TLS,
         local_id=fqdn,
-        certificate_policy=CertificatePolicy(bind=_bind_naf, require_peer_certificate=True),
+    )
+    credential._configure(profile.ssl_context, server_side=True)
+    return replace(
+        profile, certificate_policy=CertificatePolicy(bind=_bind_naf, require_peer_certificate=True)
     )
 
 
