@@ -50,10 +50,6 @@ LAYERS: list[list[str]] = [
 ALLOWED: dict[tuple[str, str], str] = {
     # i10-stores: one sealed store base with two dialects replaces the subclass.
     ("m2msec.maf.store", "m2msec.maf.store_pg"): "i10-stores",
-    # OneM2MClient (a binding) drives the one HTTP client of service/: either it moves
-    # into service/ beside HttpService, or the generic client moves below bindings.
-    ("m2msec.bindings.client", "m2msec.service.client"): "issue 10 follow-up",
-    ("m2msec.bindings.client", "m2msec.service.limits"): "issue 10 follow-up",
     # i10-wire: the Zn client gets its TLS initiator from below frameworks/.
     ("m2msec.gba.zn", "m2msec.frameworks.certificate"): "i10-wire",
 }

@@ -24,7 +24,6 @@ import httpx
 import pytest
 
 from m2msec.app_rules import AppRule, wildcard_match
-from m2msec.bindings.client import OneM2MClient
 from m2msec.bindings.messages import OneM2MRequest
 from m2msec.config import ConfigurationError, parse_config
 from m2msec.errors import HandshakeError
@@ -40,6 +39,7 @@ from m2msec.servers.gateway import (
     check_request,
     forwarded_headers,
 )
+from m2msec.service.onem2m_client import OneM2MClient
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import connect
