@@ -116,6 +116,7 @@ class HttpClientConnection:
         self.max_header = max_header
         self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header)
         self._head: h11.Response | None = None
+        self._raw: list[tuple[bytes, bytes]] = []
         self._body = bytearray()
         self._received = False  # any octet of the current answer
         self._eof = False
@@ -175,7 +176,7 @@ class HttpClientConnection:
                     continue  # 100 Continue
                 if isinstance(event, h11.Response):
                     self._head = event
-                    self._check_length(event)
+                    self._check_head(event)
                 elif isinstance(event, h11.Data):
                     self._body += event.data
                     if len(self._body) > self.max_body:
@@ -198,10 +199,17 @@ class HttpClientConnection:
             return ClosedBeforeAnswer(reused=self.answered > 0)
         return ConnectionError("the server closed the connection before a complete answer")
 
-    def _check_length(self, head: h11.Response) -> None:
-        for name, value in head.headers:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                raise self._too_large(f"Content-Length {int(value)}")
+    def _check_head(self, head: h11.Response) -> None:
+        raw = self._raw = head.headers.raw_items()  # a list, cheaper than iterating Headers
+        # h11 bounds only heads that arrive in pieces; a whole one is measured here.
+        size = 12 + len(head.reason) + sum(len(k) + len(v) + 4 for k, v in raw)
+        if size > self.max_header:
+            raise self._too_large(f"a head over {self.max_header} octets")
+        for name, value in raw:
+            if len(name) == 14 and name.lower() == b"content-length":
+                if value.isdigit() and int(value) > self.max_body:
+                    raise self._too_large(f"Content-Length {int(value)}")
+                return
 
     def _too_large(self, what: str) -> ResponseTooLarge:
         self._h11.send_failed()  # never reuse a connection read only in part
@@ -218,7 +226,7 @@ class HttpClientConnection:
         self.answered += 1
         return HttpAnswer(
             head.status_code,
-            list(head.headers.raw_items()),
+            self._raw,
             body,
             head.reason.decode("latin-1"),
             head.http_version.decode("ascii", "replace"),

@@ -61,7 +61,8 @@ AE-ID when the CSE-ID carries the M2M-SP's FQDN), ``X-M2MSec-Peer-Kind``,
 ``X-M2MSec-Framework``, ``X-M2MSec-Key-ID`` (KpsaId or certificate fingerprint, never a
 key), ``X-M2MSec-SA-ID`` and, for Credential-ID bound peers, ``X-M2MSec-Credential-ID``.
 Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. Requests travel over a
-pool of persistent HTTP/1.1 connections (:class:`m2msec.servers.backend.BackendPool`, h11).
+pool of persistent HTTP/1.1 connections (:class:`m2msec.servers.backend.BackendPool`, on
+the one HTTP client).
 A backend that cannot be reached is answered 5103 TARGET_NOT_REACHABLE (4008
 REQUEST_TIMEOUT when it does not answer within ``backend_timeout``); the gateway keeps
 serving.

@@ -54,12 +54,13 @@ class HttpClient:
         self.retry_idempotent = retry_idempotent
         #: Requests repeated on a fresh connection after a stale one (``retry_idempotent``).
         self.retries = 0
-        self._http = self._new_connection()
+        # Made with the first stream (a pool's clients connect on their first request).
+        self._http = self._new_connection() if stream is not None else None
 
     @property
     def reusable(self) -> bool:
         """True when the next request can go on the current connection."""
-        return self.stream is not None and self._http.reusable
+        return self.stream is not None and self._http is not None and self._http.reusable
 
     async def request(
         self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes = b""
@@ -69,7 +70,7 @@ class HttpClient:
 
     async def send(self, request: ClientRequest) -> HttpAnswer:
         """Send a prepared request and read its answer to the end."""
-        if self.stream is None or not self._http.reusable:
+        if not self.reusable:
             if self._connect is None:
                 if self.stream is None:
                     raise ConnectionError("the connection is closed")
@@ -102,13 +103,13 @@ class HttpClient:
         self._http = self._new_connection()
 
     async def _exchange(self, request: ClientRequest) -> HttpAnswer:
-        stream = self.stream
-        assert stream is not None
-        out = self._http.send(request)
+        stream, http = self.stream, self._http
+        assert stream is not None and http is not None
+        out = http.send(request)
         try:
             await stream.send(out)
             while True:
-                answer = self._http.receive_data(await stream.recv())
+                answer = http.receive_data(await stream.recv())
                 if answer is not None:
                     return answer
         except ResponseTooLarge:
