@@ -477,13 +477,12 @@ async def test_store_outage_ends_with_internal_error(
 
     server = TLSServer(profile, handler, handshake_timeout=STEP)
     await server.start(HOST, 0)
-    live_cursor = store._rcur
+    live = store._rconn
     try:
-        # Every read now fails as on an unreachable store (a cursor of a closed database).
+        # Every read now fails as on an unreachable store (a closed database connection).
         dead = sqlite3.connect(":memory:")
-        dead_cursor = dead.cursor()
         dead.close()
-        live_cursor, store._rcur = store._rcur, dead_cursor
+        store._rconn = dead
         caplog.set_level(logging.DEBUG)
         for _ in range(3):
             bad = await run(
@@ -498,11 +497,11 @@ async def test_store_outage_ends_with_internal_error(
         outage = [r for r in caplog.records if "unavailable" in r.getMessage()
                   and r.levelno >= logging.ERROR]
         assert len(outage) <= 1  # one per outage (the outage log is per process)
-        store._rcur = live_cursor
+        store._rconn = live
         good = s_client_argv(server.port, TR0038_KPSA_ID, TR0038_KPSA_HEX, version)
         async with spawn(good) as honest:
             assert await talk(honest) == TR0038_AE_ID  # the store is back: served
     finally:
-        store._rcur = live_cursor
+        store._rconn = live
         await server.close()
         store.close()
