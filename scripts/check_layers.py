@@ -48,8 +48,6 @@ LAYERS: list[list[str]] = [
 
 # (importer, imported) module pairs tolerated while another branch removes them.
 ALLOWED: dict[tuple[str, str], str] = {
-    # i10-stores: one sealed store base with two dialects replaces the subclass.
-    ("m2msec.maf.store", "m2msec.maf.store_pg"): "i10-stores",
     # i10-wire: the Zn client gets its TLS initiator from below frameworks/.
     ("m2msec.gba.zn", "m2msec.frameworks.certificate"): "i10-wire",
 }

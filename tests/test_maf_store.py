@@ -25,6 +25,7 @@ from m2msec.maf.store import (
     MafStore,
     NewKey,
     default_maf_store_path,
+    km_aad,
     open_maf_store,
     parse_km_id,
     parse_relative_key_id,
@@ -437,3 +438,61 @@ def test_schema_1_entity_b_rows_read_as_in_cse(tmp_path: Path) -> None:
             st.add_entity_b("/in-cse/Cae", kind="ae")
         assert st.add_entity_b("/in-cse/Cae", kind="ae", allow_non_in=True)
         assert st.entity_b_kinds()["/in-cse/Cae"] == "ae"
+
+
+# The tables as the MAF store wrote them before it moved onto store/db.py's Database
+# (issue 10), schema 3: config-version an integer in meta, audit.seq a plain rowid.
+_SCHEMA_3_FILE = (
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE clients (km_id TEXT PRIMARY KEY, km_id_text TEXT NOT NULL, km BLOB NOT NULL, "
+    "entity_id TEXT, created INTEGER NOT NULL, enabled INTEGER NOT NULL DEFAULT 1, config TEXT) "
+    "WITHOUT ROWID",
+    "CREATE TABLE entity_b (entity_id TEXT PRIMARY KEY, created INTEGER NOT NULL, "
+    "kind TEXT NOT NULL DEFAULT 'in-cse') WITHOUT ROWID",
+    "CREATE TABLE registrations (reg_id TEXT PRIMARY KEY, km_id TEXT NOT NULL, expires_at "
+    "INTEGER NOT NULL, labels TEXT, admin_fqdn TEXT NOT NULL, created INTEGER NOT NULL, "
+    "expires_us INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+    "CREATE TABLE keys (rel_id TEXT PRIMARY KEY, kc BLOB, expires_at INTEGER NOT NULL, km_id "
+    "TEXT NOT NULL, suid INTEGER NOT NULL, target_ids TEXT NOT NULL, labels TEXT, admin_fqdn "
+    "TEXT NOT NULL, reg_id TEXT, created INTEGER NOT NULL, deregistered INTEGER NOT NULL "
+    "DEFAULT 0, expires_us INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID",
+    "CREATE TABLE audit (seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, record TEXT NOT NULL)",
+    "INSERT INTO meta (name, value) VALUES ('config-version', 0)",
+    "PRAGMA user_version = 3",
+)
+
+
+def test_file_of_the_previous_store_opens_and_its_caches_follow(tmp_path: Path) -> None:
+    """A schema-3 file written before the Database port opens; its integer config-version
+    is taken over, so a cache still drops when another store object removes a client."""
+    db = tmp_path / "maf.db"
+    kek = bytes.fromhex("5c" * 32)
+    sealer = Sealer(kek)
+    with sqlite3.connect(db) as conn:
+        for statement in _SCHEMA_3_FILE:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('kek-check', ?)",
+            (
+                sealer.seal(
+                    b"m2msec MAF key-encryption key check, version 1",
+                    b"m2msec/maf/meta/kek-check",
+                ),
+            ),
+        )
+        conn.execute(
+            "INSERT INTO clients (km_id, km_id_text, km, created) VALUES (?, ?, ?, 0)",
+            (KM_ID.lower(), KM_ID, sealer.seal(KM, km_aad(KM_ID.lower(), None))),
+        )
+    conn.close()
+    with MafStore(db, kek=kek, cache_ttl=0) as cached, MafStore(db, kek=kek) as other:
+        cred = cached.get_client(KM_ID)
+        assert cred is not None and cred.km == KM
+        other.register_key(new_key(1))
+        with other.writer() as w:
+            w.append_audit([{"event": "key-issued"}, {"event": "key-retrieved"}])
+        assert [seq for seq, _ in cached.read_audit()] == [1, 2]
+        other.remove_client(KM_ID)
+        assert cached.get_client(KM_ID) is None
+        key = cached.get_key(new_key(1).relative_id)
+        assert key is not None and key.deregistered

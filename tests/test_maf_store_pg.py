@@ -26,9 +26,17 @@ import pytest
 import tests.test_maf_server as maf_tests
 from m2msec.cli.main import app
 from m2msec.errors import ConfigurationError, DuplicateCredentialError, StoreError
-from m2msec.maf.store import MafStore, open_maf_store
-from m2msec.maf.store_pg import PgMafStore, redact_url
+from m2msec.maf.store import (
+    ClientRegistration,
+    MafStore,
+    kc_aad,
+    km_aad,
+    open_maf_store,
+    redact_url,
+)
 from m2msec.servers.maf import MafServer
+from m2msec.store.db import PostgresDatabase
+from m2msec.store.seal import Sealer
 from tests.interop import free_port, wait_listening
 from tests.pg import PgServer, pg_server, pg_url
 from tests.test_maf_cli import _wide, runner, test_clients
@@ -52,6 +60,7 @@ from tests.test_maf_server import (
 from tests.test_maf_store import (
     KM,
     KM_ID,
+    NOW,
     TARGET,
     new_key,
     test_client_validation,
@@ -96,7 +105,7 @@ KEK_HEX = "4b" * 32
 @pytest.fixture
 def store(pg_url: str, tmp_path: Path) -> Iterator[MafStore]:
     st = open_maf_store(pg_url, cache_ttl=0)
-    assert isinstance(st, PgMafStore)
+    assert isinstance(st.database, PostgresDatabase)
     st.add_client(KM_ID, KM, "Clight-AE1")
     try:
         yield st
@@ -114,7 +123,7 @@ def db(pg_url: str) -> str:
 async def maf(pg_url: str, tmp_path: Path, pki: Pki) -> AsyncIterator[Maf]:
     """tests/test_maf_server.py's MAF, on a PostgreSQL store."""
     directory = tmp_path / "maf"
-    store = PgMafStore(pg_url, cache_ttl=0, home=directory)
+    store = MafStore(pg_url, cache_ttl=0, home=directory)
     provision(store)
     clock = Clock()
     server = MafServer(maf_config(directory, pki), store, clock=clock)
@@ -141,7 +150,7 @@ def raw(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 def test_open_forms_and_url_errors(pg_url: str, pg_server: PgServer) -> None:
     with open_maf_store(pg_url.replace("postgresql://", "postgres://", 1)) as st:
-        assert isinstance(st, PgMafStore) and st.synchronous == "full"
+        assert isinstance(st.database, PostgresDatabase) and st.synchronous == "full"
         assert st.path.parent == Path(os.environ["M2MSEC_HOME"])
         assert (st.path.parent / "kek").exists()  # a new database: a new KEK file
     with open_maf_store(pg_url, synchronous="normal") as st:
@@ -151,9 +160,9 @@ def test_open_forms_and_url_errors(pg_url: str, pg_server: PgServer) -> None:
     with pytest.raises(ConfigurationError, match="invalid PostgreSQL MAF store URL"):
         open_maf_store(pg_url + "?nosuchoption=1")
     with pytest.raises(ConfigurationError, match="schema name"):
-        PgMafStore(pg_url, schema="x; DROP TABLE keys")
+        MafStore(pg_url, schema="x; DROP TABLE keys")
     with pytest.raises(ConfigurationError, match="synchronous"):
-        PgMafStore(pg_url, synchronous="off")
+        MafStore(pg_url, synchronous="off")
     # A server that is not there: a StoreError naming the URL, never its password.
     dead = f"postgresql://maf:s3cret-pw@127.0.0.1:{free_port()}/maf"
     with pytest.raises(StoreError, match="cannot open MAF store") as info:
@@ -170,58 +179,147 @@ def test_open_forms_and_url_errors(pg_url: str, pg_server: PgServer) -> None:
 
 
 def test_schema_of_its_own_and_newer_versions_refused(pg_url: str) -> None:
-    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+    with MafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         st.register_key(new_key(1))
-    with PgMafStore(pg_url, schema="other_maf", kek=bytes.fromhex(KEK_HEX)) as other:
+    with MafStore(pg_url, schema="other_maf", kek=bytes.fromhex(KEK_HEX)) as other:
         assert other.count_keys() == 0  # a second MAF store in the same database
     tables = {
         r[0]
         for r in raw(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = %s", "m2msec_maf")
     }
     assert {"meta", "clients", "entity_b", "registrations", "keys", "audit"} <= tables
-    raw(pg_url, "UPDATE meta SET counter = 99 WHERE name = 'schema-version'")
+    raw(pg_url, "UPDATE schema_version SET version = 99")
     with pytest.raises(StoreError, match="schema version 99"):
-        PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX))
+        MafStore(pg_url, kek=bytes.fromhex(KEK_HEX))
 
 
 def test_schema_1_upgraded_entity_b_rows_read_as_in_cse(pg_url: str) -> None:
-    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+    with MafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         st.add_entity_b(TARGET)
     raw(pg_url, "ALTER TABLE entity_b DROP COLUMN kind")
     raw(pg_url, "ALTER TABLE keys DROP COLUMN expires_us")  # schema 3's columns
     raw(pg_url, "ALTER TABLE registrations DROP COLUMN expires_us")
-    raw(pg_url, "UPDATE meta SET counter = 1 WHERE name = 'schema-version'")
-    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+    raw(pg_url, "UPDATE schema_version SET version = 1")
+    with MafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         assert st.entity_b_kinds() == {TARGET: "in-cse"}
         assert st.add_entity_b("/in-cse/Cae", kind="ae", allow_non_in=True)
         assert st.entity_b_kinds()["/in-cse/Cae"] == "ae"
-    assert raw(pg_url, "SELECT counter FROM meta WHERE name = 'schema-version'") == [(3,)]
+    assert raw(pg_url, "SELECT version FROM schema_version") == [(3,)]
 
 
 def test_schema_2_upgraded_and_its_kc_rows_still_open(pg_url: str) -> None:
     """Schema 3 keeps an expiry's microseconds (issue 9 item 7); rows of schema 2 still open."""
-    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+    with MafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         st.add_client(KM_ID, KM)
         st.register_key(new_key(1))  # whole seconds: sealed exactly as schema 2 did
     raw(pg_url, "ALTER TABLE keys DROP COLUMN expires_us")
     raw(pg_url, "ALTER TABLE registrations DROP COLUMN expires_us")
-    raw(pg_url, "UPDATE meta SET counter = 2 WHERE name = 'schema-version'")
+    raw(pg_url, "UPDATE schema_version SET version = 2")
     precise = new_key(2).expires_at + timedelta(microseconds=623456)
-    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+    with MafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         key = st.get_key(new_key(1).relative_id)
         assert key is not None and key.kc == new_key(1).kc
         assert key.expires_at == new_key(1).expires_at
         st.register_key(new_key(2, expires_at=precise))
-    assert raw(pg_url, "SELECT counter FROM meta WHERE name = 'schema-version'") == [(3,)]
-    with PgMafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
+    assert raw(pg_url, "SELECT version FROM schema_version") == [(3,)]
+    with MafStore(pg_url, kek=bytes.fromhex(KEK_HEX)) as st:
         fresh = st.get_key(new_key(2).relative_id)
         assert fresh is not None and fresh.expires_at == precise
+
+
+# The layout maf/store_pg.py created before the MAF store moved onto store/db.py's
+# Database (issue 10): its version in a meta row, no schema_version table.
+_LEGACY_DDL = (
+    'CREATE TABLE meta (name TEXT COLLATE "C" PRIMARY KEY, value BYTEA, counter BIGINT)',
+    """CREATE TABLE clients (km_id TEXT COLLATE "C" PRIMARY KEY, km_id_text TEXT COLLATE "C"
+       NOT NULL, km BYTEA NOT NULL, entity_id TEXT COLLATE "C", created BIGINT NOT NULL,
+       enabled INTEGER NOT NULL DEFAULT 1, config TEXT)""",
+    """CREATE TABLE entity_b (entity_id TEXT COLLATE "C" PRIMARY KEY, created BIGINT NOT NULL,
+       kind TEXT NOT NULL DEFAULT 'in-cse')""",
+    """CREATE TABLE registrations (reg_id TEXT COLLATE "C" PRIMARY KEY, km_id TEXT COLLATE "C"
+       NOT NULL, expires_at BIGINT NOT NULL, expires_us INTEGER NOT NULL DEFAULT 0,
+       labels TEXT, admin_fqdn TEXT COLLATE "C" NOT NULL, created BIGINT NOT NULL)""",
+    "CREATE INDEX registrations_km ON registrations (km_id)",
+    """CREATE TABLE keys (rel_id TEXT COLLATE "C" PRIMARY KEY, kc BYTEA, expires_at BIGINT
+       NOT NULL, km_id TEXT COLLATE "C" NOT NULL, suid INTEGER NOT NULL, target_ids TEXT
+       NOT NULL, labels TEXT, admin_fqdn TEXT COLLATE "C" NOT NULL, reg_id TEXT COLLATE "C",
+       created BIGINT NOT NULL, deregistered INTEGER NOT NULL DEFAULT 0,
+       expires_us INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE TABLE audit (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "time BIGINT NOT NULL, record TEXT NOT NULL)",
+    "INSERT INTO meta (name, counter) VALUES ('config-version', 0)",
+)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_schema_made_by_the_old_postgresql_store_opens_and_migrates(
+    pg_url: str, version: int
+) -> None:
+    """A PostgreSQL MAF schema of maf/store_pg.py (schema 1, 2 or 3) is taken over: its
+    version moves to schema_version, the missing columns are added, its rows still unseal."""
+    kek = bytes.fromhex(KEK_HEX)
+    sealer = Sealer(kek)
+    key = new_key(1)
+    rel, expires = key.relative_hex, int(key.expires_at.timestamp())
+    targets = f'["{TARGET}"]'
+    canonical = KM_ID.lower()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA m2msec_maf")
+        conn.execute("SET search_path TO m2msec_maf")
+        for statement in _LEGACY_DDL:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO meta (name, counter) VALUES ('schema-version', %s)", (version,)
+        )
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('kek-check', %s)",
+            (sealer.seal(b"m2msec MAF key-encryption key check, version 1",
+                         b"m2msec/maf/meta/kek-check"),),
+        )
+        conn.execute(
+            "INSERT INTO clients (km_id, km_id_text, km, entity_id, created) "
+            "VALUES (%s, %s, %s, NULL, 0)",
+            (canonical, KM_ID, sealer.seal(KM, km_aad(canonical, None))),
+        )
+        conn.execute(
+            "INSERT INTO keys (rel_id, kc, expires_at, km_id, suid, target_ids, admin_fqdn, "
+            "created) VALUES (%s, %s, %s, %s, 32, %s, 'admin.in.provider.com', 0)",
+            (rel, sealer.seal(key.kc, kc_aad(rel, canonical, 32, targets, expires)), expires,
+             canonical, targets),
+        )
+        conn.execute("INSERT INTO entity_b (entity_id, created) VALUES (%s, 0)", (TARGET,))
+        if version < 3:
+            conn.execute("ALTER TABLE keys DROP COLUMN expires_us")
+            conn.execute("ALTER TABLE registrations DROP COLUMN expires_us")
+        if version < 2:
+            conn.execute("ALTER TABLE entity_b DROP COLUMN kind")
+    precise = NOW + timedelta(hours=3, microseconds=250)
+    with MafStore(pg_url, kek=kek) as st:
+        got = st.get_key(key.relative_id)
+        assert got is not None and got.kc == key.kc and got.expires_at == key.expires_at
+        cred = st.get_client(KM_ID)
+        assert cred is not None and cred.km == KM
+        assert st.entity_b_kinds() == {TARGET: "in-cse"}
+        with st.writer() as w:
+            w.insert_registration(ClientRegistration("r1", canonical, precise, "a.example"))
+        st.register_key(new_key(2, expires_at=precise))
+    assert raw(pg_url, "SELECT version FROM schema_version") == [(3,)]
+    assert raw(pg_url, "SELECT name FROM meta WHERE name = 'schema-version'") == []
+    with MafStore(pg_url, kek=kek) as st:
+        fresh = st.get_key(new_key(2).relative_id)
+        assert fresh is not None and fresh.expires_at == precise
+        reg = st.get_registration("r1")
+        assert reg is not None and reg.expires_at == precise
+    raw(pg_url, "DELETE FROM schema_version")
+    raw(pg_url, "INSERT INTO meta (name, counter) VALUES ('schema-version', 99)")
+    with pytest.raises(StoreError, match="schema version 99"):
+        MafStore(pg_url, kek=kek)
 
 
 # ----------------------------------------------------------------------------- sealing
 
 
-def test_keys_sealed_at_rest(store: PgMafStore, pg_url: str) -> None:
+def test_keys_sealed_at_rest(store: MafStore, pg_url: str) -> None:
     kc = bytes.fromhex("5a" * 16 + "c3" * 16)
     store.register_key(new_key(1, kc=kc))
     [(sealed_kc,)] = raw(pg_url, "SELECT kc FROM keys")
@@ -242,10 +340,10 @@ def test_keys_sealed_at_rest(store: PgMafStore, pg_url: str) -> None:
         ("UPDATE clients SET entity_id = '/mn-cse/Cevil'", "Km"),
     ],
 )
-def test_edited_rows_no_longer_unseal(store: PgMafStore, pg_url: str, sql: str, what: str) -> None:
+def test_edited_rows_no_longer_unseal(store: MafStore, pg_url: str, sql: str, what: str) -> None:
     store.register_key(new_key(1))
     raw(pg_url, sql)
-    raw(pg_url, "UPDATE meta SET counter = counter + 1 WHERE name = 'config-version'")
+    raw(pg_url, "UPDATE meta SET value = 'edited' WHERE name = 'config-version'")
     with pytest.raises(StoreError, match=f"cannot unseal the {what}"):
         store.get_key(new_key(1).relative_id) if what == "key value" else store.get_client(KM_ID)
 
@@ -256,18 +354,18 @@ def test_kek_shared_by_instances(
     """Instances on other hosts (other homes) need the same KEK; a wrong or missing one is
     refused at open."""
     monkeypatch.setenv("M2MSEC_KEK", KEK_HEX)
-    with PgMafStore(pg_url, home=tmp_path / "host1") as first:
+    with MafStore(pg_url, home=tmp_path / "host1") as first:
         first.add_client(KM_ID, KM)
     assert not (tmp_path / "host1" / "kek").exists()  # the KEK came from the environment
-    with PgMafStore(pg_url, home=tmp_path / "host2") as second:
+    with MafStore(pg_url, home=tmp_path / "host2") as second:
         cred = second.get_client(KM_ID)
         assert cred is not None and cred.km == KM
     monkeypatch.setenv("M2MSEC_KEK", "00" * 32)
     with pytest.raises(StoreError, match="wrong key-encryption key"):
-        PgMafStore(pg_url, home=tmp_path / "host3")
+        MafStore(pg_url, home=tmp_path / "host3")
     monkeypatch.delenv("M2MSEC_KEK")
     with pytest.raises(StoreError, match="no key-encryption key"):
-        PgMafStore(pg_url, home=tmp_path / "host4")
+        MafStore(pg_url, home=tmp_path / "host4")
 
 
 # ----------------------------------------------------------------------------- sharing
@@ -276,8 +374,8 @@ def test_kek_shared_by_instances(
 def test_two_instances_share_clients_and_keys(pg_url: str, tmp_path: Path) -> None:
     kek = bytes.fromhex(KEK_HEX)
     with (
-        PgMafStore(pg_url, kek=kek, home=tmp_path / "a", cache_ttl=0) as a,
-        PgMafStore(pg_url, kek=kek, home=tmp_path / "b", cache_ttl=3600) as b,
+        MafStore(pg_url, kek=kek, home=tmp_path / "a", cache_ttl=0) as a,
+        MafStore(pg_url, kek=kek, home=tmp_path / "b", cache_ttl=3600) as b,
     ):
         a.add_client(KM_ID, KM)
         assert b.get_client(KM_ID) is not None and b.list_entity_b() == ()
@@ -295,12 +393,54 @@ def test_two_instances_share_clients_and_keys(pg_url: str, tmp_path: Path) -> No
         assert gone is not None and gone.deregistered and gone.kc is None
 
 
+def test_revocations_through_one_instance_stop_the_other_within_cache_ttl(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ISSUE-NOTES issue 7: a removal through one MAF instance stops another instance on
+    the same PostgreSQL store serving what was removed once its cache lifetime has passed:
+    a removed or disabled MAF Client, a removed Entity B, a deleted client registration.
+    The other instance's clock is driven by hand, so nothing here waits."""
+    kek = bytes.fromhex(KEK_HEX)
+    clock = [1000.0]
+    monkeypatch.setattr("m2msec.maf.store.time.monotonic", lambda: clock[0])
+    canonical = KM_ID.lower()
+    reg = ClientRegistration("r1", canonical, NOW + timedelta(days=1), "admin.in.provider.com")
+    with (
+        MafStore(pg_url, kek=kek, home=tmp_path / "a", cache_ttl=0) as a,
+        MafStore(pg_url, kek=kek, home=tmp_path / "b", cache_ttl=2.0) as b,
+    ):
+        a.add_client(KM_ID, KM)
+        a.add_client("other@maf.in.provider.com", KM)
+        a.add_entity_b(TARGET)
+        with a.writer() as w:
+            w.insert_registration(reg)
+
+        def served() -> tuple[bool, bool, bool, bool]:
+            return (
+                b.get_client(KM_ID) is not None,
+                (cred := b.get_client("other@maf.in.provider.com")) is not None and cred.enabled,
+                TARGET in b.list_entity_b(),
+                b.live_registration(canonical, "admin.in.provider.com", NOW) is not None,
+            )
+
+        assert served() == (True, True, True, True)  # now cached in b
+        a.set_client_enabled("other@maf.in.provider.com", False)
+        a.remove_entity_b(TARGET)
+        with a.writer() as w:
+            assert w.delete_registration("r1") == (True, 0)
+        a.remove_client(KM_ID)
+        clock[0] += 1.9
+        assert served() == (True, True, True, True)  # within b's cache lifetime, by design
+        clock[0] += 0.2
+        assert served() == (False, False, False, False)
+
+
 def test_same_relative_key_id_from_two_instances(pg_url: str, tmp_path: Path) -> None:
     """The database enforces the RelativeKeyID: the second writer waits for the first
     transaction and gets "taken" (the server's 4105 path), not an error."""
     kek = bytes.fromhex(KEK_HEX)
-    a = PgMafStore(pg_url, kek=kek, home=tmp_path / "a")
-    b = PgMafStore(pg_url, kek=kek, home=tmp_path / "b")
+    a = MafStore(pg_url, kek=kek, home=tmp_path / "a")
+    b = MafStore(pg_url, kek=kek, home=tmp_path / "b")
     inserted = threading.Event()
     results: dict[str, Any] = {}
 
@@ -341,7 +481,7 @@ def test_concurrent_registrations_from_two_instances(pg_url: str, tmp_path: Path
     """Four threads on two instances register overlapping RelativeKeyIDs in batches: each
     one is stored exactly once and every stored key unseals."""
     kek = bytes.fromhex(KEK_HEX)
-    stores = [PgMafStore(pg_url, kek=kek, home=tmp_path / n) for n in "ab"]
+    stores = [MafStore(pg_url, kek=kek, home=tmp_path / n) for n in "ab"]
     won: list[int] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -371,7 +511,7 @@ def test_concurrent_registrations_from_two_instances(pg_url: str, tmp_path: Path
             st.close()
 
 
-def test_reconnects_after_the_server_drops_it(store: PgMafStore, pg_server: PgServer) -> None:
+def test_reconnects_after_the_server_drops_it(store: MafStore, pg_server: PgServer) -> None:
     store.register_key(new_key(1))
     with psycopg.connect(pg_server.url(), autocommit=True) as admin:
         admin.execute(
@@ -408,7 +548,7 @@ async def test_two_mafs_sigkilled_during_registrations_lose_no_confirmed_key(
     issued, and no stored key is half-written."""
     monkeypatch.setenv("M2MSEC_KEK", KEK_HEX)
     pki_ = make_pki(tmp_path / "pki")
-    with PgMafStore(pg_url) as st:
+    with MafStore(pg_url) as st:
         st.add_client(maf_tests.KM_ID, maf_tests.KM)  # Entity A of load()
         st.add_entity_b(IN_CSE)
     ports = [(free_port(), free_port()) for _ in range(2)]
@@ -463,7 +603,7 @@ async def test_two_mafs_sigkilled_during_registrations_lose_no_confirmed_key(
             proc.kill()
             await proc.wait()
 
-    with PgMafStore(pg_url) as st:
+    with MafStore(pg_url) as st:
         rows = {k.relative_id: k for k in st.list_keys(unseal=True)}
         records = [r for _, r in st.read_audit(limit=None)]
     assert all(k.kc is not None and len(k.kc) == 32 for k in rows.values())
@@ -480,7 +620,7 @@ async def test_server_never_commits_on_the_loop_with_postgresql(
     I/O wait); with PostgreSQL every commit is a network round trip, so it stays in a worker
     thread, and a Key Registration + Retrieval works."""
     directory = tmp_path / "maf"
-    store = PgMafStore(pg_url, cache_ttl=0, home=directory, synchronous="normal")
+    store = MafStore(pg_url, cache_ttl=0, home=directory, synchronous="normal")
     provision(store)
     server = MafServer(maf_config(directory, pki, durability="normal"), store)
     await server.start()

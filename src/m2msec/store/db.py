@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from m2msec.errors import ConfigurationError, StoreError
 from m2msec.paths import data_dir, ensure_private_dir
@@ -41,6 +41,7 @@ __all__ = [
     "Database",
     "PostgresDatabase",
     "SqliteDatabase",
+    "connect_pair",
     "create_private_file",
     "from_epoch",
     "is_text",
@@ -90,14 +91,23 @@ def from_epoch(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + timedelta(seconds=value)
 
 
+_PASSWORD_PARAM: Final = re.compile(r"((?:^|&)password=)[^&]*")
+
+
 def redact_url(url: str) -> str:
-    """``url`` without its password, for messages."""
+    """``url`` without its password, in the user part or the query (for messages)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, hosts = netloc.rpartition("@")
+        if ":" in user:
+            netloc = f"{user.split(':', 1)[0]}:***@{hosts}"
+    query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    # Not urlunsplit: it drops the empty host of "postgresql:///db?host=/run".
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    return out + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def is_text(value: str) -> bool:
@@ -137,6 +147,9 @@ class Database(ABC):
     table_suffix: str
     #: The column type of a generated row id that is never reused.
     serial_key: str
+    #: Appended to a SELECT of rows the transaction will update (PostgreSQL's writers run
+    #: concurrently; SQLite's writer is alone).
+    for_update: str
     errors: tuple[type[Exception], ...]
     integrity_errors: tuple[type[Exception], ...]
     label: str
@@ -190,6 +203,7 @@ class SqliteDatabase(Database):
     key_text = "TEXT"
     table_suffix = " WITHOUT ROWID"
     serial_key = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    for_update = ""
     errors = (sqlite3.Error,)
     integrity_errors = (sqlite3.IntegrityError,)
 
@@ -199,10 +213,12 @@ class SqliteDatabase(Database):
         *,
         busy_timeout: float = 5.0,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        secure_delete: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
+        self.secure_delete = secure_delete
         self.label = os.fspath(self.path)
         self.kek_path = self.path.parent / KEK_FILE_NAME
 
@@ -219,6 +235,9 @@ class SqliteDatabase(Database):
         )
         conn.execute("PRAGMA trusted_schema = OFF")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        if self.secure_delete:
+            # Erased values are overwritten on disk, not left in free pages.
+            conn.execute("PRAGMA secure_delete = ON")
         return cast(Connection, conn)
 
     def begin_exclusive(self, conn: Connection) -> None:
@@ -261,6 +280,11 @@ class PostgresDatabase(Database):
     comes from ``$M2MSEC_KEK`` or the ``kek`` file of the data directory: every process
     sharing the database must be given the same one. ``data_version`` reads a counter that
     a statement trigger on each table bumps (see :func:`change_counter_ddl`).
+
+    ``settings`` are session settings (``-c name=value``, after any ``options`` of the URL),
+    ``application_name`` and ``connect_timeout`` (seconds) apply unless the URL sets them;
+    given any of the three, the URL is checked at once (ConfigurationError naming
+    ``what``, "store" by default) instead of at the first connection.
     """
 
     p = "%s"
@@ -268,8 +292,19 @@ class PostgresDatabase(Database):
     key_text = 'TEXT COLLATE "C"'
     table_suffix = ""
     serial_key = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    for_update = " FOR UPDATE"
 
-    def __init__(self, url: str, *, schema: str, home: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str,
+        home: Path | None = None,
+        settings: dict[str, str] | None = None,
+        application_name: str | None = None,
+        connect_timeout: float | None = None,
+        what: str = "store",
+    ) -> None:
         try:
             import psycopg
         except ImportError:
@@ -285,12 +320,43 @@ class PostgresDatabase(Database):
         self.integrity_errors = (psycopg.IntegrityError,)
         self.label = f"{redact_url(url)} (schema {schema})"
         self.kek_path = (home if home is not None else data_dir()) / KEK_FILE_NAME
+        self._conninfo = url
+        self._extra: dict[str, Any] = {}
+        if settings or application_name is not None or connect_timeout is not None:
+            self._conninfo, self._extra = self._parameters(
+                settings or {}, application_name, connect_timeout, what
+            )
+
+    def _parameters(
+        self,
+        settings: dict[str, str],
+        application_name: str | None,
+        connect_timeout: float | None,
+        what: str,
+    ) -> tuple[str, dict[str, Any]]:
+        conninfo_mod = self._psycopg.conninfo
+        try:
+            conninfo = conninfo_mod.make_conninfo(self.url)
+            params = conninfo_mod.conninfo_to_dict(conninfo)
+        except self._psycopg.Error as exc:
+            raise ConfigurationError(
+                f"invalid PostgreSQL {what} URL {redact_url(self.url)}: {self.message(exc)}"
+            ) from None
+        extra: dict[str, Any] = {}
+        if settings:
+            ours = " ".join(f"-c {name}={value}" for name, value in settings.items())
+            extra["options"] = f"{params.get('options') or ''} {ours}".strip()
+        if connect_timeout is not None and "connect_timeout" not in params:
+            extra["connect_timeout"] = max(1, round(connect_timeout))
+        if application_name is not None and "application_name" not in params:
+            extra["application_name"] = application_name
+        return conninfo, extra
 
     def prepare(self) -> None:
         ensure_private_dir(self.kek_path.parent)
 
     def connect(self) -> Connection:
-        conn = self._psycopg.connect(self.url, autocommit=True)
+        conn = self._psycopg.connect(self._conninfo, autocommit=True, **self._extra)
         try:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
         except self._psycopg.errors.UniqueViolation:
@@ -347,6 +413,19 @@ class PostgresDatabase(Database):
 
     def __repr__(self) -> str:
         return f"PostgresDatabase({self.label!r})"
+
+
+def connect_pair(db: Database) -> tuple[Connection, Connection]:
+    """A store's write and read connections; none left open if the second fails.
+
+    The database's own errors (``db.errors``) are left to the caller.
+    """
+    first = db.connect()
+    try:
+        return first, db.connect()
+    except BaseException:
+        first.close()
+        raise
 
 
 def change_counter_ddl(db: Database, tables: tuple[str, ...]) -> tuple[str, ...]:
