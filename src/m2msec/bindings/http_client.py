@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from m2msec.bindings.http import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER
+from m2msec.bindings.http import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER, capped_h11
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -110,11 +110,9 @@ class HttpClientConnection:
     def __init__(
         self, *, max_body: int = DEFAULT_MAX_BODY, max_header: int = DEFAULT_MAX_HEADER
     ) -> None:
-        if max_body < 0 or max_header <= 0:
-            raise ValueError("size limits must be positive")
+        self._h11 = capped_h11(client=True, max_body=max_body, max_header=max_header)
         self.max_body = max_body
         self.max_header = max_header
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header)
         self._head: h11.Response | None = None
         self._raw: list[tuple[bytes, bytes]] = []
         self._body = bytearray()

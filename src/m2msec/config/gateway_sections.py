@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from m2msec.config.listeners import split_url
 from m2msec.config.values import boolean, file_path, invalid, is_ip, number
 from m2msec.errors import IdentifierError
 from m2msec.ids import CseId, check_fqdn
@@ -77,14 +78,9 @@ def parse_gba(
     certificates: CertificateConfig | None,
 ) -> GbaConfig:
     """Validate ``[gba]`` (module docstring)."""
-    zn = section.get("zn")
-    if not isinstance(zn, str) or not zn:
-        raise invalid("gba.zn", "missing: the BSF's Zn listener, e.g. 'tls://127.0.0.1:8444'")
-    try:
-        parts = urlsplit(zn)
-        port = parts.port
-    except ValueError as exc:
-        raise invalid("gba.zn", f"{zn!r} is not a valid URL: {exc}") from None
+    zn, parts, port = split_url(
+        section.get("zn"), "gba.zn", "missing: the BSF's Zn listener, e.g. 'tls://127.0.0.1:8444'"
+    )
     if parts.scheme.lower() != "tls" or not parts.hostname or port is None:
         raise invalid("gba.zn", f"{zn!r}: write tls://HOST:PORT (Zn runs over mutual TLS)")
     bsf_fqdn = section.get("bsf_fqdn", parts.hostname)
@@ -105,14 +101,9 @@ def parse_gba(
         naf_fqdn = check_fqdn(naf_fqdn, "NAF FQDN")
     except IdentifierError as exc:
         raise invalid("gba.naf_fqdn", str(exc)) from None
-    files: dict[str, Path] = {}
-    for name in ("cert", "key", "ca"):
-        if name in section:
-            files[name] = file_path(section[name], f"gba.{name}", base)
-        elif certificates is not None:
-            files[name] = getattr(certificates, name)
-        else:
-            raise invalid(f"gba.{name}", "missing: Zn needs our certificate (or a [certificates])")
+    files = _credential_files(
+        section, "gba", base, certificates, "Zn needs our certificate (or a [certificates])"
+    )
     return GbaConfig(
         bsf_host=parts.hostname,
         bsf_port=port,
@@ -158,16 +149,8 @@ def parse_maf(
         if not host or not port:
             raise invalid(key, f"{value!r}: write 'HOST:PORT' of the MAF's retrieval listener")
         addresses[fqdn.lower()] = (fqdn.lower(), host, port)
-    files: dict[str, Path] = {}
-    for name in ("cert", "key", "ca"):
-        if name in section:
-            files[name] = file_path(section[name], f"maf.{name}", base)
-        elif certificates is not None:
-            files[name] = getattr(certificates, name)
-        else:
-            raise invalid(
-                f"maf.{name}", "missing: Key Retrieval needs our certificate (or [certificates])"
-            )
+    why = "Key Retrieval needs our certificate (or [certificates])"
+    files = _credential_files(section, "maf", base, certificates, why)
     if in_domain is None:
         raise invalid(
             "gateway.in_domain",
@@ -181,3 +164,22 @@ def parse_maf(
         cache_size=int(number(section.get("cache_size", 1024), "maf.cache_size", integer=True)),
         timeout=float(number(section.get("timeout", 5.0), "maf.timeout")),
     )
+
+
+def _credential_files(
+    section: Mapping[str, Any],
+    name: str,
+    base: Path,
+    certificates: CertificateConfig | None,
+    why: str,
+) -> dict[str, Path]:
+    """``cert``, ``key`` and ``ca`` of a section, each defaulting to ``[certificates]``'."""
+    files: dict[str, Path] = {}
+    for item in ("cert", "key", "ca"):
+        if item in section:
+            files[item] = file_path(section[item], f"{name}.{item}", base)
+        elif certificates is not None:
+            files[item] = getattr(certificates, item)
+        else:
+            raise invalid(f"{name}.{item}", f"missing: {why}")
+    return files

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from m2msec.config.values import invalid
 
@@ -27,6 +27,7 @@ __all__ = [
     "ListenerSpec",
     "parse_backend_url",
     "parse_listen_url",
+    "split_url",
 ]
 
 FrameworkName = Literal["psk", "certificate", "gba", "maf"]
@@ -48,15 +49,22 @@ class ListenerSpec:
         return self.scheme in ("tls", "dtls")
 
 
+def split_url(value: object, key: str, missing: str) -> tuple[str, SplitResult, int | None]:
+    """``value`` as a URL string, its parts and port; ``missing`` says what was expected."""
+    if not isinstance(value, str) or not value:
+        raise invalid(key, missing)
+    try:
+        parts = urlsplit(value)
+        return value, parts, parts.port
+    except ValueError as exc:
+        raise invalid(key, f"{value!r} is not a valid URL: {exc}") from None
+
+
 def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
     """Parse one listener URL (module docstring)."""
-    if not isinstance(url, str) or not url:
-        raise invalid(key, "a listener is a URL string such as 'tls://127.0.0.1:8443'")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise invalid(key, f"{url!r} is not a valid URL: {exc}") from None
+    url, parts, port = split_url(
+        url, key, "a listener is a URL string such as 'tls://127.0.0.1:8443'"
+    )
     scheme = parts.scheme.lower()
     if scheme not in ("tls", "dtls", "http"):
         raise invalid(
@@ -104,18 +112,13 @@ def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
 
 
 def parse_backend_url(url: object, key: str = "gateway.backend") -> str:
-    if not isinstance(url, str) or not url:
-        raise invalid(key, "the backend is the CSE's URL, e.g. 'http://127.0.0.1:8080'")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise invalid(key, f"{url!r} is not a valid URL: {exc}") from None
+    url, parts, _ = split_url(
+        url, key, "the backend is the CSE's URL, e.g. 'http://127.0.0.1:8080'"
+    )
     if parts.scheme.lower() not in ("http", "https"):
         raise invalid(key, f"{url!r}: the backend must be an http:// or https:// URL")
     if not parts.hostname:
         raise invalid(key, f"{url!r}: no host")
     if parts.query or parts.fragment:
         raise invalid(key, f"{url!r}: no query or fragment allowed")
-    del port
     return url.rstrip("/")

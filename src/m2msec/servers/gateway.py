@@ -448,15 +448,7 @@ class Gateway:
 
         async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
             self.stats.plain_requests_refused += 1
-            self.stats.refused_by_rule[Rule.NO_ASSOCIATION.value] += 1
-            log.warning(
-                "refused %s %s from %s originator=%r rule=%s: plain HTTP",
-                request.method,
-                _short(request.target),
-                _addr(peer),
-                request.origin,
-                Rule.NO_ASSOCIATION.value,
-            )
+            self._refused(request, _addr(peer), Rule.NO_ASSOCIATION, "plain HTTP")
             return _answer(
                 request,
                 RSC.SECURITY_ASSOCIATION_REQUIRED,
@@ -520,21 +512,25 @@ class Gateway:
         )
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
-            self.stats.refused_by_rule[decision.rule.value] += 1
-            log.warning(
-                "refused %s %s from peer=%s originator=%r rule=%s: %s",
-                request.method,
-                _short(request.target),
-                assoc.peer_id,
-                request.origin,
-                decision.rule.value,
-                decision.reason,
-            )
+            self._refused(request, f"peer={assoc.peer_id}", decision.rule, decision.reason)
             return _answer(request, decision.rsc, decision.reason), decision.close
         response = await self._forward(assoc, request, decision)
         if decision.bind_on_created:
             self._bind(assoc, response)
         return response, False
+
+    def _refused(self, request: OneM2MRequest, source: str, rule: Rule, reason: str) -> None:
+        """Count and log a request the gateway answered itself (never a key in the line)."""
+        self.stats.refused_by_rule[rule.value] += 1
+        log.warning(
+            "refused %s %s from %s originator=%r rule=%s: %s",
+            request.method,
+            _short(request.target),
+            source,
+            request.origin,
+            rule.value,
+            reason,
+        )
 
     def _bind(self, assoc: Association, response: HttpResponse) -> None:
         if bind_registration(assoc, response, self.registry) is not None:
