@@ -612,6 +612,19 @@ async def test_gateway_forwards_over_kept_alive_connections_and_maps_timeout(
             assert gw.backend is not None and gw.backend.retries == 0
 
 
+async def test_gateway_answers_5000_for_a_backend_head_over_the_cap(store: SqlitePskStore) -> None:
+    huge = answer(extra=b"X-Big: " + b"b" * (70 * 1024) + b"\r\n")
+    backend = Backend(lambda s: huge if s.target.endswith("/huge") else answer())
+    async with backend:
+        config = gw_config(backend.url)
+        async with running(config, store) as gw, light(gw, AE1) as ae1:
+            r = await ae1.request("GET", "/~/mn-cse-123456/huge", origin="Clight-AE1")
+            assert (r.status, r.rsc) == (500, 5000)
+            assert "more than the gateway relays" in r.json()["m2m:dbg"]
+            r = await ae1.request("GET", "/~/mn-cse-123456/x", origin="Clight-AE1")
+            assert r.rsc == 2000
+
+
 # ----------------------------------------------------------------------------- uvloop
 
 
