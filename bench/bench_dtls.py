@@ -56,7 +56,7 @@ from bench_handshakes import cpu_seconds, log
 from m2msec.frameworks.provisioned import PskInitiator, PskResponder
 from m2msec.store import PskEntry, SqlitePskStore
 from m2msec.tls.aio_dtls import DTLSAssociation, start_dtls_server
-from m2msec.tls.dtls import DTLSEngine
+from m2msec.tls.dtls.engine import DTLSEngine
 from m2msec.tls.engine import HandshakeComplete, HandshakeFailed
 from m2msec.tls.profiles import Transport
 

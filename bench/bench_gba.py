@@ -221,7 +221,7 @@ def milenage_rate(seconds: float) -> str:
 
 
 def setup(work: Path) -> None:
-    from m2msec.pki import CertificateAuthority, write_credential
+    from m2msec.pki.authority import CertificateAuthority, write_credential
 
     ca = CertificateAuthority.init(work / "ca", domain=IN_DOMAIN)
     write_credential(ca.issue_service(BSF_FQDN), work / "bsf")

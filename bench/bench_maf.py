@@ -405,7 +405,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def prepare(tmp: Path) -> None:
-    from m2msec.pki import CertificateAuthority, write_credential
+    from m2msec.pki.authority import CertificateAuthority, write_credential
 
     ca = CertificateAuthority.init(tmp / "ca", domain=IN_DOMAIN)
     shutil.copy(ca.cert_path, tmp / "ca.pem")

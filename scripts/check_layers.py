@@ -31,6 +31,7 @@ PACKAGE = "m2msec"
 LAYERS: list[list[str]] = [
     ["errors", "paths", "m2mtime", "__init__"],
     ["ids", "app_rules"],
+    ["keyids"],
     ["crypto"],
     ["store"],
     ["tls"],

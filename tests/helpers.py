@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.pki import CertificateAuthority, IssuedCredential
+from m2msec.pki.authority import CertificateAuthority, IssuedCredential
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.dtls import DTLSEngine, DTLSServer, PeerEvent
+from m2msec.tls.dtls.engine import DTLSEngine
+from m2msec.tls.dtls.server import DTLSServer, PeerEvent
 from m2msec.tls.engine import Event, TLSEngine
 from m2msec.tls.profiles import (
     PSK_SUITES_DTLS,

@@ -29,7 +29,7 @@ from m2msec.gba.digest import (
 from m2msec.gba.subscribers import Guss
 from m2msec.gba.ub import UbError, bootstrap
 from m2msec.gba.zn import ZnClient, ZnError, ZnRequest
-from m2msec.pki import CertificateAuthority, IssuedCredential, write_credential
+from m2msec.pki.authority import CertificateAuthority, IssuedCredential, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer, load_bsf_config, parse_bsf_config
 from tests.slow_head import trickle_head
 

@@ -21,10 +21,9 @@ from m2msec.frameworks.certificate import (
     CertificateCredential,
     CertificateInitiator,
     CertificateResponder,
-    identities_in,
-    public_key_identifier,
 )
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.pki.authority import CertificateAuthority, write_credential
+from m2msec.pki.names import identities_in, public_key_identifier
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from m2msec.tls.engine import (
     DataReceived,

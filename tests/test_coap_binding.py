@@ -16,16 +16,9 @@ from aiocoap.optiontypes import BlockOption, OpaqueOption, UintOption
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from m2msec.bindings.coap import (
-    ONEM2M_OPTIONS,
-    CoapRequestError,
-    CoapServerSession,
-    Numbering,
+from m2msec.bindings.coap.mapping import (
     coap_code_for,
     coap_code_text,
-    content_format_for,
-    decode,
-    encode,
     error_message,
     onem2m_request_message,
     parse_response,
@@ -33,6 +26,15 @@ from m2msec.bindings.coap import (
     request_from_coap,
     response_to_coap,
     uri_path_for,
+)
+from m2msec.bindings.coap.messages import CoapServerSession
+from m2msec.bindings.coap.options import (
+    ONEM2M_OPTIONS,
+    CoapRequestError,
+    Numbering,
+    content_format_for,
+    decode,
+    encode,
 )
 from m2msec.bindings.messages import HttpResponse, Operation
 

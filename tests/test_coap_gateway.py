@@ -27,13 +27,13 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import OpaqueOption
 
-from m2msec.bindings.coap import decode, encode
-from m2msec.bindings.coap_client import CoapClient
+from m2msec.bindings.coap.client import CoapClient
+from m2msec.bindings.coap.options import decode, encode
 from m2msec.config import parse_config, parse_listen_url
 from m2msec.errors import ConfigurationError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.frameworks.provisioned import PskInitiator
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.coap_gateway import MAX_BAD_MESSAGES
 from m2msec.servers.gateway import Gateway
 from m2msec.store.base import PskEntry

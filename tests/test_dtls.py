@@ -24,23 +24,23 @@ from OpenSSL import SSL, crypto
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect, start_dtls_server
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.dtls import (
-    DEFAULT_MTU,
-    CookieJar,
-    DatagramTooLargeError,
-    DTLSEngine,
-    DTLSServer,
-    PeerClosed,
-    PeerDataReceived,
-    PeerFailed,
-    PeerHandshakeComplete,
-    address_key,
+from m2msec.tls.dtls.cookies import CookieJar, address_key
+from m2msec.tls.dtls.engine import DEFAULT_MTU, DatagramTooLargeError, DTLSEngine
+from m2msec.tls.dtls.records import (
     is_client_hello,
     is_hello_verify_request,
     pack_datagrams,
     record_seq,
     split_records,
 )
+from m2msec.tls.dtls.server import (
+    DTLSServer,
+    PeerClosed,
+    PeerDataReceived,
+    PeerFailed,
+    PeerHandshakeComplete,
+)
+from m2msec.tls.dtls.timers import HandshakeTimers
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
@@ -394,6 +394,24 @@ def test_lost_server_flight_is_retransmitted_by_the_server_timer() -> None:
     # The resent flight differs from the lost one only by its record sequence numbers.
     assert sum(1 for way, d in p.trace if way == "s>c" and d == lost[0]) == 1
     assert server.half_open_count == 0
+
+
+def test_handshake_timers_keep_one_live_timer_per_peer() -> None:
+    """Re-arming or cancelling a timer leaves its old heap entry stale, never due."""
+    timers = HandshakeTimers()
+    a, b = ("192.0.2.1", 1), ("192.0.2.2", 2)
+    timers.arm(a, 5.0)
+    timers.arm(b, 3.0)
+    timers.arm(b, 9.0)  # re-armed later: the 3.0 entry is stale
+    assert timers.next_due() == 5.0
+    assert timers.pop_due(6.0) == {a}
+    assert timers.pop_due(6.0) == set()  # a popped timer no longer runs
+    timers.cancel(b)
+    timers.arm(a, None)
+    assert timers.next_due() is None and timers.pop_due(100.0) == set()
+    for i in range(500):  # many re-arms of one peer keep the heap small
+        timers.arm(a, float(i))
+    assert len(timers._heap) <= 4 + 64 and timers.pop_due(1000.0) == {a}
 
 
 def test_lost_final_flight_is_recovered_by_the_client_timer() -> None:

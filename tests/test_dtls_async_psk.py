@@ -2,7 +2,7 @@
 
 MAF- and GBA-based associations (TS-0003 8.3, 8.5) learn Kpsa only after a network round
 trip. Over TLS, :mod:`m2msec.tls.aio` runs that lookup; these tests check that
-:class:`~m2msec.tls.dtls.DTLSServer` and the asyncio listener do the same over DTLS, with
+:class:`~m2msec.tls.dtls.server.DTLSServer` and the asyncio listener do the same over DTLS, with
 our own initiator as the peer (the resolver below stands in for the MAF: no real one
 answers on a datagram socket in the test).
 """
@@ -17,8 +17,8 @@ import pytest
 from m2msec.errors import HandshakeError
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect, start_dtls_server
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.dtls import (
-    DTLSEngine,
+from m2msec.tls.dtls.engine import DTLSEngine
+from m2msec.tls.dtls.server import (
     DTLSServer,
     PeerEvent,
     PeerFailed,

@@ -26,7 +26,8 @@ from m2msec.tls.aio_dtls import (
     dtls_connect,
     start_dtls_server,
 )
-from m2msec.tls.dtls import DTLSEngine, is_client_hello, is_hello_verify_request
+from m2msec.tls.dtls.engine import DTLSEngine
+from m2msec.tls.dtls.records import is_client_hello, is_hello_verify_request
 from m2msec.tls.profiles import Transport
 from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
 
@@ -415,14 +416,9 @@ def test_our_hello_verify_request_is_openssls_byte_for_byte() -> None:
     flooded datagram); the answer must be what ``DTLSv1_listen`` would have sent."""
     from OpenSSL import SSL
 
-    from m2msec.tls.dtls import (
-        DTLSServer,
-        _drain,
-        _PeerState,
-        address_key,
-        client_hello_cookie,
-        hello_verify_request,
-    )
+    from m2msec.tls.dtls.cookies import PeerState, address_key
+    from m2msec.tls.dtls.records import client_hello_cookie, hello_verify_request
+    from m2msec.tls.dtls.server import DTLSServer, _drain
 
     server = DTLSServer(server_profile())
     (hello,) = client_hellos(1)
@@ -430,7 +426,7 @@ def test_our_hello_verify_request_is_openssls_byte_for_byte() -> None:
     assert client_hello_cookie(hello) == b""
     ours = hello_verify_request(hello, server.cookie_jar.cookie(address_key(addr)))
     conn = SSL.Connection(server.profile.ssl_context, None)
-    conn.set_app_data(_PeerState(peer=address_key(addr), jar=server.cookie_jar))
+    conn.set_app_data(PeerState(peer=address_key(addr), jar=server.cookie_jar))
     conn.set_accept_state()
     conn.bio_write(hello)
     with pytest.raises(SSL.WantReadError):

@@ -778,7 +778,7 @@ async def test_close_ends_idle_associations(store: SqlitePskStore) -> None:
 
 async def test_certificate_listener_beside_psk(tmp_path: Path, store: SqlitePskStore) -> None:
     from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-    from m2msec.pki import CertificateAuthority, write_credential
+    from m2msec.pki.authority import CertificateAuthority, write_credential
 
     domain = "in.provider.com"
     authority = CertificateAuthority.init(tmp_path / "ca", domain=domain)
@@ -843,7 +843,7 @@ async def test_gateway_crl_revoked_client_refused_without_restart(
 ) -> None:
     """[certificates] crl: revoke + new CRL refuses that client (certificate_revoked), also
     on resumption, while another client is served; no restart (issue 9 item 7)."""
-    from m2msec.pki import CertificateAuthority, write_credential
+    from m2msec.pki.authority import CertificateAuthority, write_credential
 
     domain = "in.provider.com"
     authority = CertificateAuthority.init(tmp_path / "ca", domain=domain)

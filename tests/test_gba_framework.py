@@ -551,7 +551,7 @@ async def gba_network(directory: Path, *, ks_lifetime: float = 3600.0) -> AsyncI
     The BSF's clock is ``net.now[0]`` when set (else the real time), so tests can age
     bootstraps at the BSF.
     """
-    from m2msec.pki import CertificateAuthority, write_credential
+    from m2msec.pki.authority import CertificateAuthority, write_credential
     from m2msec.servers.bsf import BsfConfig, BsfServer
 
     ca = CertificateAuthority.init(directory / "ca", domain=IN_DOMAIN)
@@ -634,7 +634,7 @@ async def test_real_bsf_refusals(tmp_path: Path) -> None:
 def _gba_toml(
     directory: Path, gba: str, listen: str = '"tls://127.0.0.1:8443?framework=gba"'
 ) -> Path:
-    from m2msec.pki import CertificateAuthority, write_credential
+    from m2msec.pki.authority import CertificateAuthority, write_credential
 
     if not (directory / "ca").exists():
         ca = CertificateAuthority.init(directory / "ca", domain=IN_DOMAIN)

@@ -9,18 +9,13 @@ from hypothesis import strategies as st
 from m2msec.errors import IdentifierError
 from m2msec.ids import (
     AeId,
-    CredentialId,
-    CredIdType,
     CseId,
-    KcId,
-    KeId,
-    KmId,
-    KpsaId,
     check_fqdn,
     normalise_originator,
     originator_within,
     parse_entity_id,
 )
+from m2msec.keyids import CredentialId, CredIdType, KcId, KeId, KmId, KpsaId
 
 MN = CseId.parse("mn-cse-123456")
 

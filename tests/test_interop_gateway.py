@@ -16,7 +16,7 @@ import pytest
 
 from m2msec.config import CertificateConfig, GatewayConfig, PskConfig, parse_listen_url
 from m2msec.ids import CseId
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.gateway import Gateway
 from tests.acme import AcmeCse, acme_fixture
 from tests.interop import run, spawn, tr0038_store

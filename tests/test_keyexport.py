@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from m2msec.crypto import (
+from m2msec.crypto.keyexport import (
     EXPORT_LENGTH,
     LABEL_BOOTSTRAP,
     LABEL_CONNECTION,

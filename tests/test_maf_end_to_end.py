@@ -25,7 +25,7 @@ from m2msec.errors import HandshakeError
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.ids import CseId
 from m2msec.maf.store import MafStore
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafConfig, MafServer
 from m2msec.service.onem2m_client import OneM2MClient

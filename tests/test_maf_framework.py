@@ -46,8 +46,9 @@ from m2msec.frameworks.maf import (
     format_time,
     parse_time,
 )
-from m2msec.ids import KcId, KmId, parse_entity_id
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.ids import parse_entity_id
+from m2msec.keyids import KcId, KmId
+from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.tls.aio import TLSConnection, TLSServer, connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context

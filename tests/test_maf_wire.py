@@ -13,7 +13,7 @@ import pytest
 
 from m2msec.bindings.messages import OneM2MRequest
 from m2msec.frameworks import maf as client
-from m2msec.ids import KcId
+from m2msec.keyids import KcId
 from m2msec.maf import protocol as server
 from m2msec.maf import wire
 from m2msec.maf.store import ClientRegistration, MafKey, MasterCredential, NewKey

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from m2msec.cli.ca import app
 from m2msec.errors import ConfigurationError, IdentifierError
-from m2msec.frameworks.certificate import CertificateCredential, identities_in
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.frameworks.certificate import CertificateCredential
+from m2msec.pki.authority import CertificateAuthority, write_credential
+from m2msec.pki.names import identities_in
 from m2msec.tls.context import PeerKind
 
 

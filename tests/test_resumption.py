@@ -27,13 +27,8 @@ from m2msec.errors import HandshakeError
 from m2msec.tls.aio import TLSConnection, TLSServer, connect
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect, start_dtls_server
 from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
-from m2msec.tls.dtls import (
-    DTLSEngine,
-    DTLSServer,
-    PeerDataReceived,
-    PeerFailed,
-    PeerHandshakeComplete,
-)
+from m2msec.tls.dtls.engine import DTLSEngine
+from m2msec.tls.dtls.server import DTLSServer, PeerDataReceived, PeerFailed, PeerHandshakeComplete
 from m2msec.tls.engine import HandshakeComplete, TLSEngine
 from m2msec.tls.profiles import (
     PSK_SUITES_TLS,

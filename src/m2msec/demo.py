@@ -25,11 +25,12 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from m2msec.acme import AcmeCSE
 from m2msec.app_rules import AppRule
-from m2msec.bindings.coap import CoapOneM2MResponse
-from m2msec.bindings.coap_client import CoapClient
+from m2msec.bindings.coap.client import CoapClient
+from m2msec.bindings.coap.mapping import CoapOneM2MResponse
 from m2msec.config import (
     CertificateConfig,
     GatewayConfig,
@@ -46,7 +47,7 @@ from m2msec.gba.aka import Usim
 from m2msec.gba.subscribers import Guss
 from m2msec.ids import CseId
 from m2msec.maf.store import MafStore
-from m2msec.pki import CertificateAuthority, write_credential
+from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafConfig, MafServer
@@ -238,30 +239,16 @@ async def _lights(result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE) -> N
         result.associations.append((f"{name} -> MN-CSE", conn.context, None))
         say(f"  {name}: TLS-PSK with psk_identity {kpsa_id}, {conn.context.cipher_suite}")
         client = clients[name] = OneM2MClient(conn)
-        r = await client.request(
-            "POST",
-            acme.base_path,
-            origin=ae_id,
-            ty=2,
-            content={"m2m:ae": {"rn": name.lower(), "api": "Nlight", "rr": False, "srv": ["3"]}},
-        )
-        _check(result, say, f"{name} registers as {ae_id}", r, 2001)
-        r = await client.request(
-            "POST",
-            f"{acme.base_path}/{name.lower()}",
-            origin=ae_id,
-            ty=3,
-            content={"m2m:cnt": {"rn": "state"}},
-        )
-        _check(result, say, f"{name} creates container state", r, 2001)
-        r = await client.request(
-            "POST",
-            f"{acme.base_path}/{name.lower()}/state",
-            origin=ae_id,
-            ty=4,
-            content={"m2m:cin": {"con": "on"}},
-        )
-        _check(result, say, f"{name} publishes state 'on'", r, 2001)
+        ae = f"{acme.base_path}/{name.lower()}"
+        ae_resource = {"rn": name.lower(), "api": "Nlight", "rr": False, "srv": ["3"]}
+        creates: list[tuple[str, str, int, dict[str, Any]]] = [
+            (f"registers as {ae_id}", acme.base_path, 2, {"m2m:ae": ae_resource}),
+            ("creates container state", ae, 3, {"m2m:cnt": {"rn": "state"}}),
+            ("publishes state 'on'", f"{ae}/state", 4, {"m2m:cin": {"con": "on"}}),
+        ]
+        for what, parent, ty, content in creates:
+            r = await client.request("POST", parent, origin=ae_id, ty=ty, content=content)
+            _check(result, say, f"{name} {what}", r, 2001)
 
     say("[bold]4. Impersonation: ADN-AE2's association sends as Clight-AE1[/]")
     r = await clients["ADN-AE2"].request(

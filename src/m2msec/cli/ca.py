@@ -15,25 +15,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from m2msec.cli.common import exit_on_errors, fail, key_value_table, stdout_console, sub_app
 from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
-from m2msec.frameworks.certificate import certificate_fingerprint
-from m2msec.pki import CA_CERT, CA_KEY, CertificateAuthority, write_credential
+from m2msec.pki.authority import CA_CERT, CA_KEY, CertificateAuthority, write_credential
+from m2msec.pki.names import certificate_fingerprint
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    name="ca",
-    help="A small CA issuing certificates that name CSE-IDs and AE-IDs (TS-0003 10.1.1).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals could hold a private key
+app = sub_app(
+    "ca", "A small CA issuing certificates that name CSE-IDs and AE-IDs (TS-0003 10.1.1)."
 )
 
 DirOption = Annotated[
@@ -41,39 +36,30 @@ DirOption = Annotated[
 ]
 
 
-def _out() -> Console:
-    # Built per call so that it writes to whatever sys.stdout is now (CliRunner swaps it).
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    text = Text("error: ", style="bold red")
-    text.append(message, style="red")  # a Text, not markup: ids may contain '[' and ']'
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
-    raise typer.Exit(code)
-
-
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Expected errors become one red line and an exit code, never a traceback."""
+    """Malformed ids exit 2; a refusing CA (existing files, no CA) or a failed write 1."""
     try:
-        yield
-    except IdentifierError as exc:
-        _fail(str(exc), 2)
-    except (ConfigurationError, CertificateError) as exc:
-        _fail(str(exc), 1)
+        failure = (ConfigurationError, CertificateError)
+        with exit_on_errors(usage=(IdentifierError,), failure=failure):
+            yield
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
-        _fail(f"cannot write{where}: {exc.strerror or exc}", 1)
+        fail(f"cannot write{where}: {exc.strerror or exc}", 1)
 
 
-def _table(rows: list[tuple[str, str]]) -> Table:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(key, Text(value))
-    return table
+def _created(title: str, ca: CertificateAuthority, details: list[tuple[str, str]]) -> None:
+    """What a new CA's files are, its subject, ``details`` and its validity."""
+    cert = ca.certificate
+    rows = [
+        ("certificate", str(ca.directory / CA_CERT)),
+        ("private key", f"{ca.directory / CA_KEY} (0600)"),
+        ("subject", cert.subject.rfc4514_string()),
+        *details,
+        ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
+    ]
+    stdout_console().print(Text(title, style="bold green"))
+    stdout_console().print(key_value_table(rows))
 
 
 @app.command()
@@ -130,20 +116,14 @@ def init(
             name_constraints=not no_name_constraints,
             path_length=path_length,
         )
-    cert = ca.certificate
-    _out().print(Text("CA created", style="bold green"))
-    _out().print(
-        _table(
-            [
-                ("certificate", str(ca.directory / CA_CERT)),
-                ("private key", f"{ca.directory / CA_KEY} (0600)"),
-                ("subject", cert.subject.rfc4514_string()),
-                ("IN public domain", ca.in_domain),
-                ("M2M-SP FQDN", ca.sp_fqdn),
-                ("name constraints", ", ".join(ca.permitted) if ca.permitted else "none"),
-                ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
-            ]
-        )
+    _created(
+        "CA created",
+        ca,
+        [
+            ("IN public domain", ca.in_domain),
+            ("M2M-SP FQDN", ca.sp_fqdn),
+            ("name constraints", ", ".join(ca.permitted) if ca.permitted else "none"),
+        ],
     )
 
 
@@ -179,7 +159,7 @@ def issue(
 ) -> None:
     """Issue a key and a certificate naming a oneM2M entity (TS-0003 10.1.1)."""
     if (entity_id is None) == (service is None):
-        _fail("give exactly one of --entity-id and --service", 2)
+        fail("give exactly one of --entity-id and --service", 2)
     with _errors():
         ca = CertificateAuthority.load(directory)
         if entity_id is not None:
@@ -189,9 +169,9 @@ def issue(
             issued = ca.issue_service(service, days=days)
         key_path, cert_path = write_credential(issued, out, overwrite=overwrite)
     cert = issued.certificate
-    _out().print(Text(f"issued a certificate for {issued.identity}", style="bold green"))
-    _out().print(
-        _table(
+    stdout_console().print(Text(f"issued a certificate for {issued.identity}", style="bold green"))
+    stdout_console().print(
+        key_value_table(
             [
                 ("identity", issued.identity),
                 ("subjectAltName", ", ".join(issued.names)),
@@ -230,19 +210,7 @@ def intermediate(
     """
     with _errors():
         ca = CertificateAuthority.load(directory).intermediate(out_dir, name=name, days=days)
-    cert = ca.certificate
-    _out().print(Text("intermediate CA created", style="bold green"))
-    _out().print(
-        _table(
-            [
-                ("certificate", str(ca.directory / CA_CERT)),
-                ("private key", f"{ca.directory / CA_KEY} (0600)"),
-                ("subject", cert.subject.rfc4514_string()),
-                ("issuer", cert.issuer.rfc4514_string()),
-                ("valid until", cert.not_valid_after_utc.isoformat(timespec="seconds")),
-            ]
-        )
-    )
+    _created("intermediate CA created", ca, [("issuer", ca.certificate.issuer.rfc4514_string())])
 
 
 @app.command()
@@ -261,7 +229,7 @@ def revoke(
 ) -> None:
     """Revoke a certificate this CA issued (RFC 5280 5); run `ca crl` to publish it."""
     if (serial is None) == (cert is None):
-        _fail("give exactly one of --serial and --cert", 2)
+        fail("give exactly one of --serial and --cert", 2)
     with _errors():
         ca = CertificateAuthority.load(directory)
         if cert is not None:
@@ -272,16 +240,17 @@ def revoke(
             try:
                 target.verify_directly_issued_by(ca.certificate)
             except (ValueError, TypeError, InvalidSignature):
-                _fail(f"{cert} was not issued by this CA", 2)
+                fail(f"{cert} was not issued by this CA", 2)
             number = target.serial_number
         else:
             assert serial is not None
             try:
                 number = int(serial.removeprefix("0x").replace(":", ""), 16)
             except ValueError:
-                _fail(f"--serial {serial!r} is not a hexadecimal number", 2)
+                fail(f"--serial {serial!r} is not a hexadecimal number", 2)
         ca.revoke(number)
-    _out().print(Text(f"revoked serial {number:x}; run `m2msec ca crl` to publish", style="bold"))
+    done = f"revoked serial {number:x}; run `m2msec ca crl` to publish"
+    stdout_console().print(Text(done, style="bold"))
 
 
 @app.command()
@@ -293,4 +262,4 @@ def crl(
     with _errors():
         ca = CertificateAuthority.load(directory)
         path = ca.write_crl(days=days)
-    _out().print(Text(f"wrote {path}", style="bold green"))
+    stdout_console().print(Text(f"wrote {path}", style="bold green"))

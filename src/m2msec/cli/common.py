@@ -1,5 +1,10 @@
-"""Helpers shared by the CLI sub-commands: one-line errors, context tables, key input,
-and running a long-lived server (logging, event loop, signals)."""
+"""Helpers shared by the CLI sub-commands: the one place for what they have in common.
+
+A sub-command group (:func:`sub_app`), the shared options (``--store``, ``--config``,
+``--log-level``), output consoles and key-value tables, one-line errors and their exit
+codes (:func:`fail`, :func:`exit_on_errors`: 2 for a usage or configuration error, 1 when
+the operation failed), key input, and running a long-lived server (logging, event loop,
+signals)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
@@ -23,14 +29,83 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def sub_app(name: str, help: str) -> typer.Typer:
+    """A sub-command group: its help when called bare, no shell completion, and never
+    the locals of a crashed command in a traceback (they could hold a key)."""
+    return typer.Typer(
+        name=name,
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+    )
+
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="PATH",
+        # No square brackets in help texts: typer renders them as rich markup.
+        help="Store file, sqlite:///absolute/path or postgresql://user@host/db URL "
+        "(default: m2msec.db in $M2MSEC_HOME, "
+        "else in $XDG_DATA_HOME/m2msec, else in ~/.local/share/m2msec).",
+        show_default=False,
+    ),
+]
+"""``--store``: the gateway's psk store (psk-lookup-table, registry, app rules)."""
+
+
+def stdout_console() -> Console:
+    """Standard output for results. Built per call so that it writes to whatever
+    sys.stdout is now (CliRunner swaps it); soft_wrap keeps long ids on one line."""
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    """Standard error, as :func:`stdout_console`."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def key_value_table(rows: list[tuple[str, str]]) -> Table:
+    """Rows of (name, value), borderless; values as plain text, never markup."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, Text(value))
+    return table
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one clear line, no traceback, and exit non-zero (2: a usage or
     configuration error, 1: the operation failed)."""
     text = Text("error: ", style="bold red")
-    text.append(message)
+    text.append(message)  # a Text, not markup: ids may contain '[' and ']'
     # soft_wrap: a long path in the message stays on one line for grep and for tests.
-    Console(stderr=True, highlight=False, soft_wrap=True).print(text)
+    stderr_console().print(text)
     raise typer.Exit(code)
+
+
+def error_text(exc: BaseException) -> str:
+    """The message of ``exc``; a KeyError (UnknownCredentialError) would quote it in str()."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc)
+
+
+@contextmanager
+def exit_on_errors(
+    usage: tuple[type[Exception], ...] = (), failure: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """Expected errors become one line and an exit code, never a traceback: ``usage``
+    errors exit 2, ``failure`` errors 1 (``usage`` is tried first)."""
+    try:
+        yield
+    except usage as exc:
+        fail(error_text(exc), 2)
+    except failure as exc:
+        fail(error_text(exc), 1)
 
 
 def read_key(value: str, what: str = "key") -> bytes:
@@ -148,20 +223,16 @@ def load_config_or_exit(
     overrides: Mapping[str, Any],
 ) -> C:
     """``load(path, overrides)`` (a :mod:`m2msec.config` loader); an error exits 2."""
-    try:
+    with exit_on_errors(usage=(ConfigurationError,)):
         return load(path, overrides)
-    except ConfigurationError as exc:
-        fail(str(exc), 2)
 
 
 def require_store(path: str | Path, *, label: str, create: str) -> None:
     """Exit 1 unless the store at ``path`` exists (``--init`` skips this check)."""
     from m2msec.store.schema import require_initialised
 
-    try:
+    with exit_on_errors(failure=(StoreError,)):
         require_initialised(path, label=label, create=create)
-    except StoreError as exc:
-        fail(str(exc), 1)
 
 
 async def _serve(make: Callable[[], S], banner: Callable[[S], RenderableType], out: Console) -> S:
@@ -178,9 +249,5 @@ def run_server(
     """Build the server (``make``), start it, print ``banner(server)``, serve until
     SIGINT/SIGTERM and return it (for its stats). A configuration error exits 2, any
     other m2msec or OS error 1."""
-    try:
+    with exit_on_errors(usage=(ConfigurationError,), failure=(M2MSecError, OSError)):
         return run_on_fast_loop(_serve(make, banner, out))
-    except ConfigurationError as exc:
-        fail(str(exc), 2)
-    except (M2MSecError, OSError) as exc:
-        fail(str(exc), 1)

@@ -20,41 +20,23 @@ from contextlib import contextmanager
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from m2msec.app_rules import app_rule
-from m2msec.cli.common import fail
+from m2msec.cli.common import StoreOption, exit_on_errors, fail, stdout_console, sub_app
 from m2msec.errors import ConfigurationError, StoreError
 from m2msec.store import open_store
 from m2msec.store.app_rules import AppRuleStore, check_rule_name
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    name="rule",
-    help="Manage stored serviceSubscribedAppRules (TS-0001 9.6.1.2.2).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-)
-
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        metavar="PATH",
-        help="The gateway's psk store: a file, sqlite:///absolute/path or postgresql:// URL "
-        "(default: m2msec.db in the data directory, as m2msec psk).",
-        show_default=False,
-    ),
-]
+app = sub_app("rule", "Manage stored serviceSubscribedAppRules (TS-0001 9.6.1.2.2).")
 
 
 @contextmanager
 def _rules(store: str | None) -> Iterator[AppRuleStore]:
-    try:
+    with exit_on_errors(usage=(ConfigurationError,), failure=(StoreError,)):
         psk = open_store(store)  # runs the schema migrations
         try:
             rules = AppRuleStore(psk.database)
@@ -64,10 +46,6 @@ def _rules(store: str | None) -> Iterator[AppRuleStore]:
             yield rules
         finally:
             rules.close()
-    except ConfigurationError as exc:
-        fail(str(exc), 2)
-    except StoreError as exc:
-        fail(str(exc.args[0]) if exc.args else str(exc), 1)
 
 
 @app.command("add")
@@ -99,7 +77,7 @@ def add_command(
         fail(str(exc), 2)
     with _rules(store) as rules:
         added = rules.add(rule, name)
-    Console(highlight=False, soft_wrap=True).print(
+    stdout_console().print(
         Text(f"added rule {added.id}" + (f" ({added.name})" if added.name else ""))
     )
 
@@ -112,7 +90,7 @@ def list_command(
     """List the stored rules (the TOML's [[gateway.app_rule]] are not shown)."""
     with _rules(store) as rules:
         rows = rules.list()
-    out = Console(highlight=False, soft_wrap=True)
+    out = stdout_console()
     if as_json:
         out.out(json.dumps([r.as_json() for r in rows], indent=2))
         return
@@ -143,4 +121,4 @@ def remove_command(
         removed = rules.remove(rule)
     if not removed:
         fail(f"no stored app rule {rule!r}", 1)
-    Console(highlight=False, soft_wrap=True).print(Text(f"removed rule {rule}"))
+    stdout_console().print(Text(f"removed rule {rule}"))

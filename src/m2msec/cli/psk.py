@@ -17,14 +17,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from m2msec.cli.common import (
+    StoreOption,
+    exit_on_errors,
+    stderr_console,
+    stdout_console,
+    sub_app,
+)
 from m2msec.errors import (
     ConfigurationError,
     IdentifierError,
@@ -45,27 +51,9 @@ from m2msec.store.importer import (
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    name="psk",
-    help="Manage the psk-lookup-table (TS-0003 8.2.2.1): KpsaId -> entity id, Kpsa.",
-    no_args_is_help=True,
-    add_completion=False,
-    # Locals of a crashed command could hold a key: never print them.
-    pretty_exceptions_show_locals=False,
+app = sub_app(
+    "psk", "Manage the psk-lookup-table (TS-0003 8.2.2.1): KpsaId -> entity id, Kpsa."
 )
-
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        metavar="PATH",
-        # No square brackets in help texts: typer renders them as rich markup.
-        help="Store file, sqlite:///absolute/path or postgresql://user@host/db URL "
-        "(default: m2msec.db in $M2MSEC_HOME, "
-        "else in $XDG_DATA_HOME/m2msec, else in ~/.local/share/m2msec).",
-        show_default=False,
-    ),
-]
 KpsaIdArgument = Annotated[
     str,
     typer.Argument(
@@ -74,43 +62,23 @@ KpsaIdArgument = Annotated[
 ]
 
 
-def _out() -> Console:
-    # Built per call so that it writes to whatever sys.stdout is now (CliRunner swaps it).
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    text = Text("error: ", style="bold red")
-    text.append(message, style="red")  # a Text, not markup: ids may contain '[' and ']'
-    _err().print(text)
-    raise typer.Exit(code)
-
-
 def _warn(message: str) -> None:
-    _err().print(Text(f"warning: {message}", style="yellow"))
+    stderr_console().print(Text(f"warning: {message}", style="yellow"))
 
 
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn expected errors into one red line (several for an import) and an exit code."""
-    try:
-        yield
-    except PskImportError as exc:
-        head, *rest = str(exc).splitlines()
-        err = _err()
-        err.print(Text(f"error: {head}", style="bold red"))
-        for line in rest:
-            err.print(Text(line, style="red"))
-        raise typer.Exit(2) from None
-    except (IdentifierError, ConfigurationError) as exc:
-        _fail(str(exc), 2)
-    except StoreError as exc:
-        # KeyError subclasses (UnknownCredentialError) would quote their message in str().
-        _fail(str(exc.args[0]) if exc.args else str(exc), 1)
+    with exit_on_errors(usage=(IdentifierError, ConfigurationError), failure=(StoreError,)):
+        try:
+            yield
+        except PskImportError as exc:
+            head, *rest = str(exc).splitlines()
+            console = stderr_console()
+            console.print(Text(f"error: {head}", style="bold red"))
+            for line in rest:
+                console.print(Text(line, style="red"))
+            raise typer.Exit(2) from None
 
 
 @contextmanager
@@ -194,7 +162,7 @@ def add_command(
     message = Text("added ", style="green")
     message.append(kid, style="bold")
     message.append(f" ({len(kpsa)}-octet key" + (f", entity {entity})" if entity else ")"))
-    _out().print(message)
+    stdout_console().print(message)
 
 
 @app.command("list")
@@ -221,9 +189,9 @@ def list_command(store: StoreOption = None) -> None:
                 Text(f"{info.key_length} octets"),
             )
     if rows == 0:
-        _out().print(Text(f"no keys in {_store_name(store)}"))
+        stdout_console().print(Text(f"no keys in {_store_name(store)}"))
     else:
-        _out().print(table)
+        stdout_console().print(table)
 
 
 @app.command("remove")
@@ -235,7 +203,7 @@ def remove_command(kpsa_id: KpsaIdArgument, store: StoreOption = None) -> None:
             raise UnknownCredentialError(f"no key with KpsaId {kpsa_id!r}")
     message = Text("removed ", style="green")
     message.append(kpsa_id, style="bold")
-    _out().print(message)
+    stdout_console().print(message)
 
 
 @app.command("import")
@@ -265,7 +233,7 @@ def import_command(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=_err(),
+                console=stderr_console(),
                 transient=True,
             )
             with progress:
@@ -276,4 +244,4 @@ def import_command(
                     progress=lambda done: progress.update(task, completed=done),
                 )
     _short_key_warning(result.short_keys)
-    _out().print(Text(f"imported {written} key(s) from {file}", style="green"))
+    stdout_console().print(Text(f"imported {written} key(s) from {file}", style="green"))

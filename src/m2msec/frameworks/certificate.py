@@ -15,60 +15,49 @@ module then checks what 8.1.2.5 asks beyond the chain and binds the session:
   AE-ID. When allowed identities (IdA) are configured, the identity read must be one of
   them, or the handshake fails.
 
-How identities are written in certificates (10.1.1.5, 10.1.1.7, 10.1.1.6):
-
-* CSE-ID certificate: the CSE's public domain name ``<CSE-ID>.<IN public domain>``
-  (TS-0001 6.5.1.1) as a dNSName, e.g. ``mn-cse-123456.in.provider.com``. Compared as an
-  FQDN, case-insensitively (docs/readings.md A-05).
-* AE-ID certificate: "the full URI representation of the AE-ID" as a URI, matched
-  "exactly" against the Absolute AE-ID (8.1.2.5), so the URI is the Absolute AE-ID itself,
-  ``//{M2M-SP FQDN}/{CSE-ID}/{C-stem}`` or ``//{M2M-SP FQDN}/{S-stem}`` (TS-0001 table
-  7.2-1). The FQDN part compares case-insensitively, the rest octet-exact. URIs of any
-  other shape are not oneM2M identities and are ignored.
-* FQDN certificate (MAF, MEF): the FQDN as a dNSName (a URI equal to the FQDN is also
-  accepted, 8.1.2.5).
-
-Wildcards are never accepted (10.1.1.5-10.1.1.8): a certificate carrying one is refused.
-Identities bind in their SP-relative form (docs/readings.md A-14) when they belong to the local
-M2M-SP (``sp_fqdn``, by default the IN public domain), in absolute form otherwise.
-
-The key identifier of a certificate-based association is the SHA-256 fingerprint of the
-peer's certificate (DER), lower-case hex, as ``openssl x509 -fingerprint -sha256`` prints
-it without colons. :func:`public_key_identifier` gives the RFC 6920 identifier of 10.1.2
-for raw public keys.
-
-The certificate cipher strings end in ``@SECLEVEL=0`` (for the CCM_8 suites), which also
-lets OpenSSL accept weak keys and SHA-1 signatures; the peer's certificate key (EC P-256 or
-larger, RSA-2048 or larger) and its signature hash are therefore checked here
-(:func:`check_public_key`), as are our own key and the trust anchors when a credential is
-loaded. Chains are verified with ``X509_STRICT``.
+How identities are written in certificates (10.1.1.5-10.1.1.7), which keys and
+signature hashes a certificate may carry, and the key identifier of a certificate-based
+association (the peer certificate's SHA-256 fingerprint) are the naming checks of
+:mod:`m2msec.pki.names`, which the CA shares; CRL checking is
+:mod:`m2msec.pki.revocation`. This module turns them into the two roles' (D)TLS
+profiles: it loads the credential, binds the peer and configures the ``SSL.Context``.
+Identities bind in their SP-relative form (docs/readings.md A-14) when they belong to the
+local M2M-SP (``sp_fqdn``, by default the IN public domain), in absolute form otherwise.
+Chains are verified with ``X509_STRICT``.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from OpenSSL import SSL, crypto
 
-from m2msec.errors import (
-    CertificateError,
-    CertificateRevoked,
-    ConfigurationError,
-    HandshakeError,
-    IdentifierError,
+from m2msec.errors import CertificateError, ConfigurationError, HandshakeError
+from m2msec.ids import CseId, absolute_ae_id, check_fqdn, parse_entity_id
+from m2msec.pki.names import (
+    CertificateIdentity,
+    certificate_fingerprint,
+    check_peer_certificate,
+    check_public_key,
+    describe_names,
+    dns_and_uri_names,
+    identities_in,
+    is_ca,
+    normal_id,
+    spki_der,
+    subject_alt_names,
 )
-from m2msec.ids import AeId, CseId, absolute_ae_id, check_fqdn, parse_entity_id
+from m2msec.pki.revocation import RevocationList
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
     CERT_SUITES_DTLS,
@@ -76,171 +65,16 @@ from m2msec.tls.profiles import (
     CertificatePolicy,
     TLSProfile,
     Transport,
-    new_context,
+    new_profile,
 )
 
 __all__ = [
     "CertificateCredential",
-    "CertificateIdentity",
     "CertificateInitiator",
     "CertificateResponder",
-    "certificate_fingerprint",
-    "check_public_key",
-    "identities_in",
-    "public_key_identifier",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Curves accepted for our own and for peers' keys (10.1.1.1 mandates P-256; larger
-#: NIST curves are no weaker).
-_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-MIN_RSA_BITS = 2048
-#: Signature hashes refused on a peer's certificate (SECLEVEL=0 would let them through).
-_WEAK_HASHES = {"md5", "sha1"}
-
-EntityId = CseId | AeId
-
-
-# ----------------------------------------------------------------------------- naming rules
-
-
-def certificate_fingerprint(cert: x509.Certificate) -> str:
-    """SHA-256 over the DER certificate, lower-case hex: our certificate key_id."""
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def public_key_identifier(cert: x509.Certificate) -> str:
-    """RFC 6920 ``ni:///sha-256;...`` over the SubjectPublicKeyInfo (TS-0003 10.1.2)."""
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    digest = base64.urlsafe_b64encode(hashlib.sha256(spki).digest()).rstrip(b"=").decode()
-    return f"ni:///sha-256;{digest}"
-
-
-def check_public_key(key: object, whose: str = "certificate") -> None:
-    """Refuse keys weaker than EC P-256 or RSA-2048 (:class:`CertificateError`)."""
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in _CURVES:
-            raise CertificateError(
-                f"{whose} key too weak or unsupported: EC curve {key.curve.name} "
-                "(P-256, P-384 or P-521 needed)"
-            )
-    elif isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise CertificateError(
-                f"{whose} key too weak: RSA-{key.key_size} (at least {MIN_RSA_BITS} bits)"
-            )
-    elif not isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        raise CertificateError(f"{whose} key type {type(key).__name__} is not supported")
-
-
-def _check_signature_hash(cert: x509.Certificate) -> None:
-    try:
-        algorithm = cert.signature_hash_algorithm
-    except UnsupportedAlgorithm:
-        raise CertificateError("certificate signature algorithm is not supported") from None
-    if algorithm is not None and algorithm.name in _WEAK_HASHES:
-        raise CertificateError(f"certificate signed with {algorithm.name.upper()}: too weak")
-
-
-def _normal(entity: EntityId, sp_fqdn: str) -> str:
-    """SP-relative form for the local M2M-SP (docs/readings.md A-14), absolute for another SP."""
-    if entity.sp_fqdn is not None and entity.sp_fqdn.lower() != sp_fqdn.lower():
-        return str(entity)
-    return entity.sp_relative()
-
-
-# ----------------------------------------------------------------------------- reading names
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateIdentity:
-    """A oneM2M identity found in a certificate's subjectAltName.
-
-    ``entity_id`` is the normalised AE-ID or CSE-ID (SP-relative for the local M2M-SP) or,
-    for a service, the FQDN in lower case; ``name`` the entry as written (``DNS:...``).
-    """
-
-    kind: PeerKind
-    entity_id: str
-    name: str
-
-
-def _san(cert: x509.Certificate) -> list[x509.GeneralName]:
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    except ValueError as exc:  # malformed extension
-        raise CertificateError(f"certificate has a malformed extension: {exc}") from None
-    return list(ext.value)
-
-
-def _describe(names: Iterable[x509.GeneralName]) -> str:
-    out = []
-    for name in names:
-        if isinstance(name, x509.DNSName):
-            out.append(f"DNS:{name.value}")
-        elif isinstance(name, x509.UniformResourceIdentifier):
-            out.append(f"URI:{name.value}")
-        else:
-            out.append(type(name).__name__)
-    text = ", ".join(out[:6])
-    return text + (", ..." if len(out) > 6 else "")
-
-
-def identities_in(
-    cert: x509.Certificate,
-    *,
-    in_domain: str,
-    sp_fqdn: str | None = None,
-    services: Iterable[str] = (),
-) -> list[CertificateIdentity]:
-    """Every oneM2M identity the certificate names (8.1.2.1, 10.1.1).
-
-    A dNSName ``<label>.<in_domain>`` names the CSE ``/<label>``, unless it is one of
-    ``services`` (MAF/MEF FQDNs), which name services. A URI ``//<FQDN>/...`` that parses
-    as an AE-ID names that AE. A wildcard anywhere raises :class:`CertificateError`.
-    """
-    sp = sp_fqdn or in_domain
-    suffix = "." + in_domain.lower()
-    service_names = {s.lower() for s in services}
-    found: list[CertificateIdentity] = []
-    for name in _san(cert):
-        if not isinstance(name, x509.DNSName | x509.UniformResourceIdentifier):
-            continue
-        value = name.value
-        if "*" in value:
-            raise CertificateError(f"certificate names a wildcard ({value}): refused (10.1.1)")
-        if isinstance(name, x509.DNSName):
-            lower = value.lower()
-            if lower in service_names:
-                found.append(CertificateIdentity(PeerKind.SERVICE, lower, f"DNS:{value}"))
-            elif lower.endswith(suffix):
-                label = value[: -len(suffix)]
-                try:
-                    cse = CseId(label)
-                    cse.public_domain_name(in_domain)  # a single DNS label
-                except IdentifierError:
-                    continue
-                found.append(CertificateIdentity(PeerKind.CSE, _normal(cse, sp), f"DNS:{value}"))
-        elif value.lower() in service_names:
-            found.append(CertificateIdentity(PeerKind.SERVICE, value.lower(), f"URI:{value}"))
-        elif value.startswith("//"):
-            try:
-                entity = parse_entity_id(value)
-            except IdentifierError:
-                continue
-            if isinstance(entity, AeId):
-                found.append(CertificateIdentity(PeerKind.AE, _normal(entity, sp), f"URI:{value}"))
-    return found
-
-
-def _check_peer(cert: x509.Certificate) -> None:
-    check_public_key(cert.public_key(), "peer certificate")
-    _check_signature_hash(cert)
 
 
 def _peer_binding(cert: x509.Certificate, peer_id: str, kind: PeerKind) -> PeerBinding:
@@ -313,11 +147,11 @@ class CertificateCredential:
             )
         check_public_key(key.public_key(), "own")
         leaf = certs[0]
-        if _spki(key.public_key()) != _spki(leaf.public_key()):
+        if spki_der(key.public_key()) != spki_der(leaf.public_key()):
             raise CertificateError("private key does not match the certificate")
         anchors = _load_certs(self.ca_pem, "trust anchor (CA)")
         for ca in anchors:
-            if not _is_ca(ca):
+            if not is_ca(ca):
                 raise CertificateError(
                     f"trust anchor {ca.subject.rfc4514_string()!r} is not a CA certificate"
                 )
@@ -374,21 +208,6 @@ class CertificateCredential:
                 ctx.add_client_ca(ca)  # tells clients which roots we trust
 
 
-def _spki(key: object) -> bytes:
-    assert isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    return bc.ca
-
-
 def _own_identity(
     credential: CertificateCredential, local_id: str | None, *, in_domain: str, sp_fqdn: str
 ) -> str | None:
@@ -404,7 +223,7 @@ def _own_identity(
                 return fqdn
         raise CertificateError(f"own certificate does not name {fqdn}")
     entity = parse_entity_id(local_id)
-    want = _normal(entity, sp_fqdn)
+    want = normal_id(entity, sp_fqdn)
     if not any(_same(i.entity_id, want, i.kind) for i in own):
         named = ", ".join(i.entity_id for i in own) or "no oneM2M identity"
         raise CertificateError(f"own certificate names {named} but local_id is {want}")
@@ -429,6 +248,41 @@ def _suites(transport: Transport, suites: tuple[str, ...] | None) -> tuple[str, 
     return suites
 
 
+class _CertificateRole:
+    """What Entity A and Entity B share: our credential and identity, and the profile
+    that requires the peer's certificate, verified against our anchors, and binds it."""
+
+    credential: CertificateCredential
+    local_id: str | None
+    _SERVER_SIDE: ClassVar[bool]
+
+    def bind(self, der: bytes) -> PeerBinding:
+        raise NotImplementedError
+
+    def _role_options(self, profile: TLSProfile) -> TLSProfile:
+        return profile
+
+    def profile(
+        self,
+        transport: Transport = Transport.TLS,
+        *,
+        tls13: bool = True,
+        suites: tuple[str, ...] | None = None,
+    ) -> TLSProfile:
+        """Our role's profile; ``suites`` a subset of the 10.2.3 certificate suites."""
+        profile = new_profile(
+            Framework.CERTIFICATE,
+            transport,
+            server_side=self._SERVER_SIDE,
+            suites=_suites(transport, suites),
+            tls13=tls13,
+            local_id=self.local_id,
+        )
+        self.credential._configure(profile.ssl_context, server_side=self._SERVER_SIDE)
+        policy = CertificatePolicy(bind=self.bind, require_peer_certificate=True)
+        return self._role_options(replace(profile, certificate_policy=policy))
+
+
 # ----------------------------------------------------------------------------- Entity B
 
 
@@ -436,59 +290,7 @@ def _suites(transport: Transport, suites: tuple[str, ...] | None) -> tuple[str, 
 _MAX_REVOCABLE = 65536
 
 
-class RevocationList:
-    """A CRL file (RFC 5280 5) that a certificate listener checks each peer against.
-
-    The file (PEM or DER) is read again whenever its mtime, size or inode changes, so a
-    new CRL takes effect without a restart. It must be signed by one of ``issuers``; a
-    missing, unreadable, badly signed or expired CRL (nextUpdate passed) refuses every
-    peer with a clear reason rather than accepting unchecked ones (fail closed).
-    """
-
-    def __init__(self, path: Path | str, issuers: Iterable[x509.Certificate]) -> None:
-        self.path = Path(path)
-        self.issuers = tuple(issuers)
-        self._stamp: tuple[int, int, int] | None = None
-        self._crl: x509.CertificateRevocationList | None = None
-
-    def current(self) -> x509.CertificateRevocationList:
-        try:
-            st = self.path.stat()
-        except OSError as exc:
-            raise CertificateError(f"CRL {self.path} unreadable: {exc.strerror}") from None
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp != self._stamp or self._crl is None:
-            data = self.path.read_bytes()
-            try:
-                crl = (
-                    x509.load_pem_x509_crl(data)
-                    if data.lstrip().startswith(b"-----")
-                    else x509.load_der_x509_crl(data)
-                )
-            except ValueError:
-                raise CertificateError(f"CRL {self.path} is not a CRL") from None
-            if not any(
-                ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
-                for ca in self.issuers
-            ):
-                raise CertificateError(f"CRL {self.path} is not signed by a trusted CA")
-            self._crl, self._stamp = crl, stamp
-        assert self._crl is not None
-        next_update = self._crl.next_update_utc
-        if next_update is not None and next_update < datetime.now(UTC):
-            raise CertificateError(f"CRL {self.path} expired at {next_update.isoformat()}")
-        return self._crl
-
-    def check(self, cert: x509.Certificate) -> None:
-        """Raise :class:`CertificateRevoked` if ``cert`` is on the CRL."""
-        crl = self.current()
-        if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(
-            cert.serial_number
-        ) is not None:
-            raise CertificateRevoked(f"certificate serial {cert.serial_number:x} is revoked")
-
-
-class CertificateResponder:
+class CertificateResponder(_CertificateRole):
     """Entity B of the certificate framework (TS-0003 8.2.2.2): the (D)TLS server.
 
     ``in_domain`` is the IN public domain under which CSE public domain names are read;
@@ -498,6 +300,8 @@ class CertificateResponder:
     lists MAF/MEF FQDNs accepted as clients (10.1.1.6); they bind as
     :attr:`PeerKind.SERVICE`. ``local_id`` defaults to the identity in our certificate.
     """
+
+    _SERVER_SIDE = True
 
     def __init__(
         self,
@@ -536,7 +340,7 @@ class CertificateResponder:
             for text in allowed:
                 entity = parse_entity_id(text, registrar)
                 kind = PeerKind.CSE if isinstance(entity, CseId) else PeerKind.AE
-                normal = _normal(entity, self.sp_fqdn)
+                normal = normal_id(entity, self.sp_fqdn)
                 self.allowed[_key(kind, normal)] = normal
 
     def __repr__(self) -> str:
@@ -545,14 +349,14 @@ class CertificateResponder:
     def bind(self, der: bytes) -> PeerBinding:
         """The identity of Entity A's certificate (called after OpenSSL verified the chain)."""
         cert = _load_der(der)
-        _check_peer(cert)
+        check_peer_certificate(cert)
         if self.revocation is not None:
             self.revocation.check(cert)
         found = identities_in(
             cert, in_domain=self.in_domain, sp_fqdn=self.sp_fqdn, services=self.services
         )
         if not found:
-            names = _describe(_san(cert)) or "no subjectAltName"
+            names = describe_names(subject_alt_names(cert)) or "no subjectAltName"
             raise CertificateError(
                 f"certificate has no oneM2M identity ({names}); expected an AE-ID URI "
                 f"//{self.sp_fqdn}/... or a CSE public domain name <CSE-ID>.{self.in_domain}"
@@ -599,25 +403,10 @@ class CertificateResponder:
             raise HandshakeError(f"session of {binding.peer_id} not resumed: {exc}") from None
         return None
 
-    def profile(
-        self,
-        transport: Transport = Transport.TLS,
-        *,
-        tls13: bool = True,
-        suites: tuple[str, ...] | None = None,
-    ) -> TLSProfile:
-        """A server profile: our credential, the peer verified against our anchors."""
-        ctx = new_context(
-            transport, server_side=True, suites=_suites(transport, suites), tls13=tls13
-        )
-        self.credential._configure(ctx, server_side=True)
-        return TLSProfile(
-            framework=Framework.CERTIFICATE,
-            transport=transport,
-            server_side=True,
-            ssl_context=ctx,
-            local_id=self.local_id,
-            certificate_policy=CertificatePolicy(bind=self.bind, require_peer_certificate=True),
+    def _role_options(self, profile: TLSProfile) -> TLSProfile:
+        # The server side: SNI strictness and the CRL check of resumed sessions.
+        return replace(
+            profile,
             require_sni=self.require_sni,
             resumption_check=None if self.revocation is None else self.resumption_check,
         )
@@ -630,7 +419,7 @@ def _key(kind: PeerKind, entity_id: str) -> tuple[PeerKind, str]:
 # ----------------------------------------------------------------------------- Entity A
 
 
-class CertificateInitiator:
+class CertificateInitiator(_CertificateRole):
     """Entity A of the certificate framework (TS-0003 8.2.2.2): the (D)TLS client.
 
     ``id_b`` is IdB, an AE-ID or CSE-ID (use :meth:`for_service` for a MAF or MEF). The
@@ -639,6 +428,8 @@ class CertificateInitiator:
     ``server_name``, by default the CSE's public domain name (docs/readings.md A-11, A-12); an
     AE as IdB (the SA2 case of 8.2.1) has no default SNI.
     """
+
+    _SERVER_SIDE = False
 
     def __init__(
         self,
@@ -669,7 +460,7 @@ class CertificateInitiator:
             default_sni = id_b
         else:
             entity = parse_entity_id(id_b)
-            self.id_b = _normal(entity, self.sp_fqdn)
+            self.id_b = normal_id(entity, self.sp_fqdn)
             if isinstance(entity, CseId):
                 self.kind = PeerKind.CSE
                 self._dns = entity.public_domain_name(self.in_domain)
@@ -710,12 +501,8 @@ class CertificateInitiator:
         return f"CertificateInitiator(id_b={self.id_b!r}, server_name={self.server_name!r})"
 
     def _names_id_b(self, cert: x509.Certificate) -> bool:
-        for name in _san(cert):
-            if not isinstance(name, x509.DNSName | x509.UniformResourceIdentifier):
-                continue
+        for name in dns_and_uri_names(cert):
             value = name.value
-            if "*" in value:
-                raise CertificateError(f"certificate names a wildcard ({value}): refused (10.1.1)")
             if self._dns is not None:
                 # 8.1.2.5: an exact FQDN match (case-insensitive per docs/readings.md A-05); an
                 # FQDN certificate may also carry the FQDN as a URI.
@@ -732,13 +519,13 @@ class CertificateInitiator:
     def bind(self, der: bytes) -> PeerBinding:
         """Check that Entity B's certificate names IdB; bind the session to IdB."""
         cert = _load_der(der)
-        _check_peer(cert)
+        check_peer_certificate(cert)
         if not self._names_id_b(cert):
             found = identities_in(cert, in_domain=self.in_domain, sp_fqdn=self.sp_fqdn)
             if found:
                 named = ", ".join(i.entity_id for i in found)
-            elif _san(cert):
-                named = _describe(_san(cert))
+            elif subject_alt_names(cert):
+                named = describe_names(subject_alt_names(cert))
             else:
                 raise CertificateError(
                     f"certificate has no oneM2M identity (no subjectAltName) "
@@ -749,24 +536,5 @@ class CertificateInitiator:
             )
         return _peer_binding(cert, self.id_b, self.kind)
 
-    def profile(
-        self,
-        transport: Transport = Transport.TLS,
-        *,
-        tls13: bool = True,
-        suites: tuple[str, ...] | None = None,
-    ) -> TLSProfile:
-        """A client profile: our credential, the server verified against our anchors."""
-        ctx = new_context(
-            transport, server_side=False, suites=_suites(transport, suites), tls13=tls13
-        )
-        self.credential._configure(ctx, server_side=False)
-        return TLSProfile(
-            framework=Framework.CERTIFICATE,
-            transport=transport,
-            server_side=False,
-            ssl_context=ctx,
-            local_id=self.local_id,
-            certificate_policy=CertificatePolicy(bind=self.bind, require_peer_certificate=True),
-            server_name=self.server_name,
-        )
+    def _role_options(self, profile: TLSProfile) -> TLSProfile:
+        return replace(profile, server_name=self.server_name)

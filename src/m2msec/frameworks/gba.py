@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from m2msec.crypto.gba import SUITE_IDS, ks_ext_naf, ks_int_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import ConfigurationError, HandshakeError, IdentifierError, M2MSecError
 from m2msec.gba.aka import Usim
-from m2msec.ids import CredentialId, CredIdType, check_fqdn, entity_kind
+from m2msec.ids import check_fqdn, entity_kind
+from m2msec.keyids import CredentialId, CredIdType
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind

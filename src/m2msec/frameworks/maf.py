@@ -13,7 +13,7 @@ of the IN-CSE, acting as Target MAF Client).
   export 48 octets with ``EXPORTER-oneM2M-Connection`` from that very TLS session; the
   first 16 are KcID, the last 32 are Kc (:func:`m2msec.crypto.keyexport.split_export`).
   The Key Identifier sent later as psk_identity is ``hexBinary(KcID)@MAF-FQDN``
-  (:class:`m2msec.ids.KcId`). The whole 32-octet Kc is the psk (our reading; V3.18 8.8.1
+  (:class:`m2msec.keyids.KcId`). The whole 32-octet Kc is the psk (our reading; V3.18 8.8.1
   says "first half" where a protocol needs one key: a documented deviation).
 * **Association** (8.2.2.3): :class:`MafInitiator` (Entity A) runs TLS-PSK with Entity B,
   psk_identity = KcId, psk = Kc, and binds the session to its configured IdB. It reuses a
@@ -66,15 +66,8 @@ from m2msec.errors import (
     M2MSecError,
 )
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-from m2msec.ids import (
-    AeId,
-    CredentialId,
-    KcId,
-    KmId,
-    check_fqdn,
-    entity_kind,
-    parse_entity_id,
-)
+from m2msec.ids import AeId, check_fqdn, entity_kind, parse_entity_id
+from m2msec.keyids import CredentialId, KcId, KmId
 from m2msec.maf import wire
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection

@@ -17,21 +17,30 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from m2msec.errors import HandshakeError, IdentifierError
-from m2msec.ids import CredentialId, KpsaId, entity_kind
+from m2msec.ids import entity_kind
+from m2msec.keyids import CredentialId, KpsaId
 from m2msec.store.base import PskEntry, PskStore
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.profiles import (
-    PSK_SUITES_DTLS,
-    PSK_SUITES_TLS,
-    TLSProfile,
-    Transport,
-    new_context,
-)
+from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
 
 log = logging.getLogger(__name__)
+
+def _profile(
+    transport: Transport, *, server_side: bool, tls13: bool, local_id: str | None
+) -> TLSProfile:
+    return new_profile(
+        Framework.PROVISIONED_PSK,
+        transport,
+        server_side=server_side,
+        suites=psk_suites(transport),
+        tls13=tls13,
+        local_id=local_id,
+    )
+
 
 #: Below this length a Kpsa is accepted with a warning (TR-0038's examples are 8 octets).
 WEAK_KEY_OCTETS = 16
@@ -96,16 +105,8 @@ class PskResponder:
         return entry.kpsa, binding_for(entry)
 
     def profile(self, transport: Transport = Transport.TLS, *, tls13: bool = True) -> TLSProfile:
-        suites = PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
-        ctx = new_context(transport, server_side=True, suites=suites, tls13=tls13)
-        return TLSProfile(
-            framework=Framework.PROVISIONED_PSK,
-            transport=transport,
-            server_side=True,
-            ssl_context=ctx,
-            local_id=self.local_id,
-            psk_resolver=self.resolve,
-        )
+        profile = _profile(transport, server_side=True, tls13=tls13, local_id=self.local_id)
+        return replace(profile, psk_resolver=self.resolve)
 
 
 class PskInitiator:
@@ -140,14 +141,5 @@ class PskInitiator:
         return self.kpsa_id.encode(), self._kpsa, binding
 
     def profile(self, transport: Transport = Transport.TLS, *, tls13: bool = True) -> TLSProfile:
-        suites = PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
-        ctx = new_context(transport, server_side=False, suites=suites, tls13=tls13)
-        return TLSProfile(
-            framework=Framework.PROVISIONED_PSK,
-            transport=transport,
-            server_side=False,
-            ssl_context=ctx,
-            local_id=self.local_id,
-            psk_offer=self.offer,
-            server_name=self.server_name,
-        )
+        profile = _profile(transport, server_side=False, tls13=tls13, local_id=self.local_id)
+        return replace(profile, psk_offer=self.offer, server_name=self.server_name)

@@ -44,7 +44,8 @@ from typing import Any, Final, Protocol
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, http_status_for
 from m2msec.crypto.keyexport import EXPORT_LENGTH, RELATIVE_ID_LENGTH, split_export
 from m2msec.errors import IdentifierError
-from m2msec.ids import CseId, KcId, check_fqdn, parse_entity_id
+from m2msec.ids import CseId, check_fqdn, parse_entity_id
+from m2msec.keyids import KcId
 from m2msec.maf import wire
 from m2msec.maf.store import (
     MAX_KEY_OCTETS,

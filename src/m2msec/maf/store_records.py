@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 from m2msec.errors import ConfigurationError, IdentifierError, StoreError
-from m2msec.ids import KmId, parse_entity_id
+from m2msec.ids import parse_entity_id
+from m2msec.keyids import KmId
 from m2msec.store.db import from_epoch, to_epoch
 
 __all__ = [

@@ -7,7 +7,7 @@ ends cannot drift apart again:
 - time values only through :mod:`m2msec.m2mtime` (TS-0004 6.3.3 basic format, UTC, no
   zone designator): :func:`parse_time` / :func:`format_time` refuse the same things on both
   ends — a zoned value, padding, a naive datetime — with one :class:`WireError`;
-- KcIds only through :class:`m2msec.ids.KcId` (TS-0003 10.3.5), :func:`kc_id`;
+- KcIds only through :class:`m2msec.keyids.KcId` (TS-0003 10.3.5), :func:`kc_id`;
 - typed messages built by one end and parsed by the other: the Client Registration answer
   (table 8.8.2.3-2, :class:`MafClientRegBody`), the Key Registration answer
   (table 8.8.2.7-2, :class:`MafKeyRegBody`, MAF -> Entity A) and the Key Retrieval answer
@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from m2msec import m2mtime
-from m2msec.ids import KcId
+from m2msec.keyids import KcId
 
 __all__ = [
     "CLIENT_REG_REQUEST_FIELDS",

@@ -110,11 +110,7 @@ from m2msec.errors import (
     DuplicateCredentialError,
     StoreError,
 )
-from m2msec.frameworks.certificate import (
-    CertificateCredential,
-    certificate_fingerprint,
-    check_public_key,
-)
+from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.gba.aka import AkaError, AuthVector, Hss, MacFailure
 from m2msec.gba.digest import (
     AKAV1_MD5,
@@ -131,6 +127,7 @@ from m2msec.gba.digest import (
 from m2msec.gba.subscribers import BootstrapSession, SubscriberStore
 from m2msec.gba.ub import format_bootstrapping_info
 from m2msec.gba.zn import NafKey, ZnError, ZnRequest, error_body
+from m2msec.pki.names import certificate_fingerprint, check_public_key
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream, Stream

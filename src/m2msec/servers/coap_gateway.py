@@ -8,14 +8,14 @@ first; or certificates, 8.2.2.2) through :func:`m2msec.tls.aio_dtls.start_dtls_s
 recorded by :meth:`Gateway.open_association` like a TLS one (SA record, stats, log).
 
 Each datagram of an association is one CoAP message (TS-0008 7: all CoAP messages are
-DTLS application data). :class:`~m2msec.bindings.coap.CoapServerSession` runs the
+DTLS application data). :class:`~m2msec.bindings.coap.messages.CoapServerSession` runs the
 message layer (deduplication, piggybacked or separate answers, retransmission,
-block-wise transfer); :func:`~m2msec.bindings.coap.request_from_coap` reads the request
+block-wise transfer); :func:`~m2msec.bindings.coap.mapping.request_from_coap` reads the request
 as a oneM2M request in HTTP-binding form, and :meth:`Gateway.process` applies the same
 rules as over TLS (originator check, registration only over an association, 4103
 answered by the gateway) and forwards to the backend CSE over HTTP with the same
 ``X-M2MSec-*`` headers. The answer goes back through
-:func:`~m2msec.bindings.coap.response_to_coap` (4103 is 4.03 Forbidden with
+:func:`~m2msec.bindings.coap.mapping.response_to_coap` (4103 is 4.03 Forbidden with
 oneM2M-RSC 4103).
 
 A confirmable request whose answer is not ready after ``ack_delay`` seconds (1 s, below
@@ -37,15 +37,14 @@ from typing import Any, Protocol
 
 from aiocoap.numbers.codes import Code
 
-from m2msec.bindings.coap import (
-    CoapRequestError,
-    CoapServerSession,
-    Exchange,
+from m2msec.bindings.coap.mapping import (
     error_message,
     peek,
     request_from_coap,
     response_to_coap,
 )
+from m2msec.bindings.coap.messages import CoapServerSession, Exchange
+from m2msec.bindings.coap.options import CoapRequestError
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config import GatewayConfig
 from m2msec.errors import M2MSecError

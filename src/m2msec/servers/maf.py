@@ -67,7 +67,7 @@ from m2msec.errors import (
     M2MSecError,
     StoreError,
 )
-from m2msec.ids import CredentialId
+from m2msec.keyids import CredentialId
 from m2msec.maf import protocol as p
 from m2msec.maf.audit import AuditEvent, AuditLog, audit_record
 from m2msec.maf.store import (

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 from m2msec.errors import ConfigurationError, IdentifierError
-from m2msec.ids import KpsaId, parse_entity_id
+from m2msec.ids import parse_entity_id
+from m2msec.keyids import KpsaId
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import MAX_KPSA_OCTETS
 

@@ -1,9 +1,10 @@
 """Asyncio adapters for DTLS 1.2 (RFC 6347) over UDP.
 
 Thin on purpose, like :mod:`m2msec.tls.aio` for TCP: an :class:`asyncio.DatagramProtocol`
-moves datagrams between the socket and the sans-IO :class:`~m2msec.tls.dtls.DTLSServer` or
-:class:`~m2msec.tls.dtls.DTLSEngine`, and ``loop.call_later`` drives their retransmission
-timers. Cookies, bounds and timeouts are decided in :mod:`m2msec.tls.dtls`. TS-0003 10.2.1
+moves datagrams between the socket and the sans-IO
+:class:`~m2msec.tls.dtls.server.DTLSServer` or :class:`~m2msec.tls.dtls.engine.DTLSEngine`,
+and ``loop.call_later`` drives their retransmission timers. Cookies, bounds and timeouts
+are decided in :mod:`m2msec.tls.dtls`. TS-0003 10.2.1
 and 10.2.2 profiles come from :func:`m2msec.tls.profiles.new_context` with
 ``Transport.DTLS``.
 
@@ -17,18 +18,16 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
 from m2msec.errors import HandshakeError
 from m2msec.tls.context import PeerBinding, SecurityContext
-from m2msec.tls.dtls import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
+from m2msec.tls.dtls.engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MTU, DTLSEngine
+from m2msec.tls.dtls.records import Address, format_address
+from m2msec.tls.dtls.server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_HALF_OPEN,
     DEFAULT_MAX_PEERS,
-    DEFAULT_MTU,
-    Address,
-    DTLSEngine,
     DTLSServer,
     Outgoing,
     PeerClosed,
@@ -49,12 +48,6 @@ DEFAULT_RECV_QUEUE = 1024
 
 Handler = Callable[["DTLSAssociation"], Awaitable[None]]
 FailureHook = Callable[[Address, str], None]
-
-
-def _fmt(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return f"{addr[0]}:{addr[1]}"
-    return str(addr)
 
 
 class DTLSAssociation:
@@ -122,7 +115,7 @@ class DTLSAssociation:
         """Encrypt and send one message.
 
         Raises :class:`ConnectionResetError` once closed and
-        :class:`~m2msec.tls.dtls.DatagramTooLargeError` above :attr:`max_payload`.
+        :class:`~m2msec.tls.dtls.engine.DatagramTooLargeError` above :attr:`max_payload`.
         """
         if self.closed:
             raise ConnectionResetError("security association is closed")
@@ -186,7 +179,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
         try:
             out = self.server.datagram_received(data, addr)
         except Exception:  # one peer's trouble must not stop the listener
-            log.exception("DTLS datagram from %s could not be handled", _fmt(addr))
+            log.exception("DTLS datagram from %s could not be handled", format_address(addr))
             return
         self._send(out)
         self._after()
@@ -243,7 +236,11 @@ class _ServerProtocol(asyncio.DatagramProtocol):
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             elif isinstance(event, PeerFailed):
-                log.info("DTLS security association with %s refused: %s", _fmt(addr), event.reason)
+                log.info(
+                    "DTLS security association with %s refused: %s",
+                    format_address(addr),
+                    event.reason,
+                )
                 if self.on_failure is not None:
                     try:
                         self.on_failure(addr, event.reason)

@@ -162,3 +162,29 @@ def new_context(
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     return ctx
+
+
+def psk_suites(transport: Transport) -> tuple[str, ...]:
+    """The PSK suites of TS-0003 10.2.2 in our order for ``transport`` (CCM_8 first on DTLS)."""
+    return PSK_SUITES_DTLS if transport is Transport.DTLS else PSK_SUITES_TLS
+
+
+def new_profile(
+    framework: Framework,
+    transport: Transport,
+    *,
+    server_side: bool,
+    suites: tuple[str, ...],
+    tls13: bool = True,
+    local_id: str | None = None,
+) -> TLSProfile:
+    """A profile on a fresh :func:`new_context`, with no callables yet: a framework adds
+    its own (``psk_resolver``, ``certificate_policy``, ...) with ``dataclasses.replace``."""
+    ctx = new_context(transport, server_side=server_side, suites=suites, tls13=tls13)
+    return TLSProfile(
+        framework=framework,
+        transport=transport,
+        server_side=server_side,
+        ssl_context=ctx,
+        local_id=local_id,
+    )

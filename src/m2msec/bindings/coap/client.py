@@ -3,7 +3,8 @@
 The CoAP counterpart of :mod:`m2msec.service.onem2m_client`: every request travels inside the
 DTLS security association the framework established (TS-0003 10.2.1; TS-0008 7: the
 answer comes back in the same session and epoch). Messages are built and read by
-:mod:`m2msec.bindings.coap` (aiocoap's codec); this module only sends, retransmits and
+:mod:`m2msec.bindings.coap.mapping` (aiocoap's codec), with the transmission parameters
+and block sizing of :mod:`m2msec.bindings.coap.messages`; this module only sends, retransmits and
 waits (RFC 7252 4.2: Confirmable requests, ACK_TIMEOUT with random factor, doubling,
 MAX_RETRANSMIT), accepts piggybacked and separate answers, and runs block-wise transfers
 both ways (RFC 7959: a request body too large for one record goes in Block1 blocks, a
@@ -24,25 +25,33 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 
-from m2msec.bindings.coap import (
-    ACK_RANDOM_FACTOR,
-    ACK_TIMEOUT,
-    JSON_FORMAT,
-    MAX_RETRANSMIT,
-    CoapBindingError,
+from m2msec.bindings.coap.mapping import (
     CoapOneM2MResponse,
-    Numbering,
-    decode,
-    encode,
     onem2m_request_message,
     parse_response,
+)
+from m2msec.bindings.coap.messages import (
+    ACK_RANDOM_FACTOR,
+    ACK_TIMEOUT,
+    MAX_RETRANSMIT,
+    block_szx,
+    empty_message,
+    encoded_size,
+)
+from m2msec.bindings.coap.options import (
+    BLOCK1,
+    JSON_FORMAT,
+    CoapBindingError,
+    Numbering,
+    copy_message,
+    decode,
+    encode,
 )
 from m2msec.tls.aio_dtls import DTLSAssociation
 
 __all__ = ["CoapClient"]
 
 _request_ids = itertools.count(1)
-_MAX_SZX = 6
 #: Largest block-wise answer the client joins (a CSE answer this large is a mistake).
 DEFAULT_MAX_ANSWER = 16 * 1024 * 1024
 
@@ -103,7 +112,7 @@ class CoapClient:
         ``content`` is sent as JSON; ``payload`` sends bytes as they are. Raises
         :class:`TimeoutError` when no answer comes in ``timeout`` seconds,
         :class:`ConnectionError` when the association closes, and
-        :class:`~m2msec.bindings.coap.CoapBindingError` when the peer resets the request.
+        :class:`~m2msec.bindings.coap.options.CoapBindingError` when the peer resets the request.
         """
         body = payload if payload is not None else b""
         if content is not None:
@@ -144,7 +153,7 @@ class CoapClient:
         while True:
             part = body[num * size : (num + 1) * size]
             more = (num + 1) * size < len(body)
-            block = _copy(message, part)
+            block = copy_message(message, part, blocks=False)
             block.opt.block1 = BlockOption.BlockwiseTuple(num, more, szx)
             if num == 0:
                 block.opt.size1 = len(body)
@@ -174,7 +183,7 @@ class CoapClient:
             if len(data) > self.max_answer:
                 raise CoapBindingError(f"answer larger than {self.max_answer} octets")
             szx = int(block2.size_exponent)
-            follow = _copy(request, b"")
+            follow = copy_message(request, b"", blocks=False)
             follow.opt.block2 = BlockOption.BlockwiseTuple(len(data) >> (4 + szx), False, szx)
             reply = await self._exchange(follow, token)
             if int(reply.code) >= 128:
@@ -185,21 +194,15 @@ class CoapClient:
             data += reply.payload
         return parse_response(first, bytes(data))
 
+    # ``message`` is a whole request here, without block options yet.
     def _fits(self, message: Message) -> bool:
-        probe = _copy(message, bytes(message.payload))
-        probe.mtype, probe.mid, probe.token = Type.CON, 0, b"\0" * 8
-        return len(encode(probe)) <= self.assoc.max_payload
+        return encoded_size(message, bytes(message.payload)) <= self.assoc.max_payload
 
     def _szx(self, message: Message, total: int) -> int:
-        probe = _copy(message, b"")
-        probe.mtype, probe.mid, probe.token = Type.CON, 0, b"\0" * 8
-        probe.opt.block1 = BlockOption.BlockwiseTuple(0xFFFFF, True, _MAX_SZX)
-        probe.opt.size1 = max(total, 1)
-        room = self.assoc.max_payload - len(encode(probe)) - 1
-        for szx in range(_MAX_SZX, -1, -1):
-            if 16 << szx <= room:
-                return szx
-        raise CoapBindingError("request options leave no room for a payload block")
+        szx = block_szx(message, BLOCK1, total, self.assoc.max_payload)
+        if szx is None:
+            raise CoapBindingError("request options leave no room for a payload block")
+        return szx
 
     # -- one exchange --------------------------------------------------------------------
     def _mid(self) -> int:
@@ -208,10 +211,7 @@ class CoapClient:
         return mid
 
     def _send_empty(self, mtype: Type, mid: int) -> None:
-        empty = Message(code=Code.EMPTY)
-        empty.mtype = mtype
-        empty.mid = mid
-        self.assoc.send(encode(empty))
+        self.assoc.send(empty_message(mtype, mid))
 
     async def _exchange(self, message: Message, token: bytes) -> Message:
         """Send ``message`` and return the answer with ``token`` (piggybacked or separate)."""
@@ -268,13 +268,3 @@ class CoapClient:
                 # A retransmitted answer we already took, or something unexpected.
                 kind = Type.ACK if int(reply.mid) in self._acked else Type.RST
                 self._send_empty(kind, int(reply.mid))
-
-
-def _copy(message: Message, payload: bytes) -> Message:
-    out = Message(code=message.code, payload=payload)
-    for option in message.opt.option_list():
-        number = int(option.number)
-        if number in (23, 27, 28, 60):  # Block2, Block1, Size2, Size1: set per block
-            continue
-        out.opt.add_option(option)
-    return out

@@ -1,26 +1,20 @@
 """A small certificate authority for the Certificate-Based framework (TS-0003 8.2.2.2).
 
-It issues the certificate flavours of TS-0003 8.1.2.1 that the framework needs, to the
-profiles of clause 10.1.1:
+It issues the certificate flavours of TS-0003 8.1.2.1 that the framework needs (the
+profiles of 10.1.1 are built by :mod:`m2msec.pki.profiles`):
 
-* every certificate (10.1.1.1, 10.1.1.3): ECDSA on P-256 (uncompressed points), SHA-256,
-  keyUsage with digitalSignature, conforming to RFC 5280. The root is in the chain of
-  every certificate it signs, so it carries digitalSignature too, beside keyCertSign and
-  cRLSign;
 * CSE-ID certificates (10.1.1.7): the CSE's public domain name
   ``<CSE-ID>.<IN public domain>`` (TS-0001 6.5.1.1) as a dNSName;
 * AE-ID certificates (10.1.1.5): the Absolute AE-ID ``//{M2M-SP FQDN}/{CSE-ID}/{stem}``
   as a URI, the form 8.1.2.5 matches "exactly";
 * FQDN certificates for a MAF or MEF (10.1.1.6): the FQDN as a dNSName.
 
-No certificate carries a wildcard. Leaves carry extendedKeyUsage serverAuth and
-clientAuth, since an entity is Entity A on one association and Entity B on another.
-
-8.1.2.2 asks CA certificates to constrain the names below them: the root carries a
-critical nameConstraints extension permitting the dNSName subtrees of the IN public
-domain (and of any extra domains given at ``init``). It carries no URI constraint:
-OpenSSL cannot match a URI without a scheme, such as an Absolute AE-ID, against one and
-would then refuse every AE-ID certificate; Entity B checks the FQDN of the AE-ID itself.
+No certificate carries a wildcard. 8.1.2.2 asks CA certificates to constrain the names
+below them: the root carries a critical nameConstraints extension permitting the dNSName
+subtrees of the IN public domain (and of any extra domains given at ``init``), and the CA
+refuses to issue a dNSName outside them. There is no URI constraint; Entity B checks the
+FQDN of an AE-ID itself. Revocation is recorded here and published as a CRL (RFC 5280 5),
+which :mod:`m2msec.pki.revocation` checks.
 
 The CA directory holds ``ca.pem``, ``ca.key`` (0600, created with O_EXCL, never
 overwritten) and ``ca.toml`` (the IN public domain, the M2M-SP FQDN and the permitted
@@ -43,10 +37,20 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id, subject_alt_name
+from m2msec.pki.names import show_name, spki_der
+from m2msec.pki.profiles import (
+    BACKDATE,
+    CN_MAX,
+    ca_certificate,
+    certificate_pem,
+    leaf_certificate,
+    private_key_pem,
+    subject_name,
+    under_domains,
+)
 
 __all__ = [
     "CA_CERT",
@@ -67,10 +71,6 @@ CA_CRL = "crl.pem"
 #: The certificates between an intermediate CA and its root (the intermediate first):
 #: appended to every certificate the intermediate issues, so peers can build the chain.
 CA_CHAIN = "chain.pem"
-
-#: Backdating of notBefore, to absorb clock skew between entities.
-_BACKDATE = timedelta(minutes=5)
-_CN_MAX = 64  # RFC 5280 ub-common-name
 
 
 @dataclass(frozen=True)
@@ -119,94 +119,6 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _name(common_name: str | None) -> x509.Name:
-    if common_name is None or not 0 < len(common_name) <= _CN_MAX:
-        return x509.Name([])
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _show(name: x509.GeneralName) -> str:
-    if isinstance(name, x509.DNSName):
-        return f"DNS:{name.value}"
-    if isinstance(name, x509.UniformResourceIdentifier):
-        return f"URI:{name.value}"
-    return str(name)
-
-
-def _under(fqdn: str, domains: Iterable[str]) -> bool:
-    fqdn = fqdn.lower()
-    return any(fqdn == d.lower() or fqdn.endswith("." + d.lower()) for d in domains)
-
-
-def _ca_certificate(
-    key: ec.EllipticCurvePrivateKey,
-    subject: x509.Name,
-    *,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    not_after: datetime,
-    path_length: int,
-    permitted: tuple[str, ...] | None,
-) -> x509.Certificate:
-    """A CA certificate: self-signed when ``issuer`` is None, else signed by it."""
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    if issuer is None:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-        issuer_name, signer = subject, key
-    else:
-        parent, signer = issuer
-        parent_ski = parent.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(parent_ski.value)
-        issuer_name = parent.subject
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(datetime.now(UTC) - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,  # 10.1.1.1, for every certificate in the chain
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ski, critical=False)
-        .add_extension(aki, critical=False)
-    )
-    if permitted is not None:
-        # 8.1.2.2; RFC 5280 4.2.1.10: conforming CAs mark it critical.
-        builder = builder.add_extension(
-            x509.NameConstraints(
-                permitted_subtrees=[x509.DNSName(d) for d in permitted],
-                excluded_subtrees=None,
-            ),
-            critical=True,
-        )
-    return builder.sign(signer, hashes.SHA256())
-
-
 def _write_ca(
     directory: Path,
     key: ec.EllipticCurvePrivateKey,
@@ -230,12 +142,12 @@ def _write_ca(
     config += f"name_constraints = {json.dumps(permitted is not None)}\n"
     config += f"permitted = {json.dumps(list(permitted or ()))}\n"
     files = [
-        (CA_KEY, _key_pem(key), 0o600),
-        (CA_CERT, _cert_pem(cert), 0o644),
+        (CA_KEY, private_key_pem(key), 0o600),
+        (CA_CERT, certificate_pem(cert), 0o644),
         (CA_CONFIG, config.encode(), 0o644),
     ]
     if chain:
-        files.append((CA_CHAIN, b"".join(_cert_pem(c) for c in chain), 0o644))
+        files.append((CA_CHAIN, b"".join(certificate_pem(c) for c in chain), 0o644))
     written: list[Path] = []
     try:
         # The key first: its O_EXCL creation is what makes a concurrent init lose.
@@ -287,7 +199,7 @@ class CertificateAuthority:
 
     @property
     def cert_pem(self) -> bytes:
-        return _cert_pem(self.certificate)
+        return certificate_pem(self.certificate)
 
     @property
     def cert_path(self) -> Path:
@@ -371,9 +283,9 @@ class CertificateAuthority:
         if name_constraints:
             permitted = tuple(dict.fromkeys(d.lower() for d in [in_domain, sp, *extra]))
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = _name(name or f"m2msec oneM2M CA {in_domain}"[:_CN_MAX])
+        subject = subject_name(name or f"m2msec oneM2M CA {in_domain}"[:CN_MAX])
         now = datetime.now(UTC)
-        cert = _ca_certificate(
+        cert = ca_certificate(
             key,
             subject,
             issuer=None,
@@ -402,11 +314,11 @@ class CertificateAuthority:
         if days < 1:
             raise ConfigurationError("the CA validity must be at least one day")
         key = ec.generate_private_key(ec.SECP256R1())
-        subject = _name(name or f"m2msec oneM2M intermediate CA {self.in_domain}"[:_CN_MAX])
+        subject = subject_name(name or f"m2msec oneM2M intermediate CA {self.in_domain}"[:CN_MAX])
         not_after = min(
             datetime.now(UTC) + timedelta(days=days), self.certificate.not_valid_after_utc
         )
-        cert = _ca_certificate(
+        cert = ca_certificate(
             key,
             subject,
             issuer=(self.certificate, self._key),
@@ -461,16 +373,14 @@ class CertificateAuthority:
             raise ConfigurationError(f"cannot read the CA in {directory}: {exc}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigurationError(f"{paths[CA_KEY]} is not an EC private key")
-        spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        if key.public_key().public_bytes(serialization.Encoding.DER, spki) != (
-            cert.public_key().public_bytes(serialization.Encoding.DER, spki)
-        ):
+        if spki_der(key.public_key()) != spki_der(cert.public_key()):
             raise ConfigurationError(f"{paths[CA_KEY]} does not match {paths[CA_CERT]}")
         if os.name == "posix" and paths[CA_KEY].stat().st_mode & 0o077:
             log.warning("CA key %s is readable by group or others", paths[CA_KEY])
         return cls(
             directory, cert, key, in_domain=in_domain, sp_fqdn=sp, permitted=permitted, chain=chain
         )
+
     # -- issuing -------------------------------------------------------------------------
     def issue(
         self,
@@ -543,7 +453,7 @@ class CertificateAuthority:
             if (
                 isinstance(name, x509.DNSName)
                 and self.permitted is not None
-                and not _under(name.value, self.permitted)
+                and not under_domains(name.value, self.permitted)
             ):
                 raise ConfigurationError(
                     f"{name.value} is outside this CA's name constraints "
@@ -552,7 +462,7 @@ class CertificateAuthority:
         now = datetime.now(UTC)
         ca_end = self.certificate.not_valid_after_utc
         if not_before is None:
-            not_before = now - _BACKDATE
+            not_before = now - BACKDATE
         if not_after is None:
             if days < 1:
                 raise ConfigurationError("the validity must be at least one day")
@@ -561,53 +471,18 @@ class CertificateAuthority:
             raise ConfigurationError("notAfter must be later than notBefore")
 
         key = ec.generate_private_key(ec.SECP256R1())
-        ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        cn = str(names[0].value)  # for people reading the certificate; SAN is what counts
-        san_critical = not _name(cn).rdns  # RFC 5280 4.2.1.6: critical if the subject is empty
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.SubjectAlternativeName(names), critical=san_critical)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
-                critical=False,
-            )
-            .sign(self._key, hashes.SHA256())
+        cert = leaf_certificate(
+            key,
+            names,
+            issuer=(self.certificate, self._key),
+            not_before=not_before,
+            not_after=not_after,
         )
         return IssuedCredential(
-            key_pem=_key_pem(key),
-            cert_pem=_cert_pem(cert) + b"".join(_cert_pem(c) for c in self.chain),
+            key_pem=private_key_pem(key),
+            cert_pem=certificate_pem(cert) + b"".join(certificate_pem(c) for c in self.chain),
             identity=identity,
-            names=tuple(_show(n) for n in names),
+            names=tuple(show_name(n) for n in names),
         )
 
 
