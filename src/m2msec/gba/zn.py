@@ -38,10 +38,11 @@ from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from m2msec import m2mtime
+from m2msec.bindings.http_client import ResponseTooLarge
 from m2msec.crypto.gba import KS_NAF_LENGTH, parse_naf_id
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-from m2msec.service.client import HttpClient, ResponseTooLarge
+from m2msec.service.client import HttpClient
 from m2msec.service.limits import HttpLimits
 from m2msec.tls.aio import TLSConnection, connect
 from m2msec.tls.profiles import TLSProfile
