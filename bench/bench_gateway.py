@@ -5,7 +5,8 @@ Targets, all on 127.0.0.1, each fronting the same plain HTTP/1.1 backend (its ow
 * ``gateway``: our :class:`m2msec.servers.gateway.Gateway` (one ``tls://`` listener,
   provisioned-PSK framework over a SQLite psk-lookup-table), in its own process. It parses
   each oneM2M request, applies the originator rules and forwards it over its pool of
-  persistent HTTP/1.1 connections to the backend (:mod:`m2msec.servers.backend`, h11).
+  persistent HTTP/1.1 connections to the backend (:mod:`m2msec.servers.backend`, on the
+  one HTTP client of :mod:`m2msec.service.client`).
 * ``stunnel``: stunnel as a TLS-PSK server (``PSKsecrets``, ``ciphers =
   PSK-AES128-CBC-SHA256``, TLS 1.2 only), ``connect`` to the backend: bytes relayed, no
   HTTP parsing.

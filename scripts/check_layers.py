@@ -48,12 +48,7 @@ LAYERS: list[list[str]] = [
 ]
 
 # (importer, imported) module pairs tolerated while another branch removes them.
-ALLOWED: dict[tuple[str, str], str] = {
-    # OneM2MClient (a binding) drives the one HTTP client of service/: either it moves
-    # into service/ beside HttpService, or the generic client moves below bindings.
-    ("m2msec.bindings.client", "m2msec.service.client"): "issue 10 follow-up",
-    ("m2msec.bindings.client", "m2msec.service.limits"): "issue 10 follow-up",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

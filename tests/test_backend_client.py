@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from m2msec.bindings.http_client import ClosedBeforeAnswer
 from m2msec.errors import ConfigurationError
 from m2msec.servers.backend import (
     BackendPool,
@@ -35,6 +36,8 @@ from m2msec.servers.backend import (
     BackendTooLarge,
     BackendUnreachable,
 )
+from m2msec.service.client import HttpClient
+from m2msec.service.streams import PlainStream
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
 from tests.test_gateway import AE1, gw_config, light, running
@@ -373,6 +376,48 @@ async def test_stale_pooled_connection_retried_once_for_idempotent_methods() -> 
         assert backend.seen[-1].target == "/fourth"
 
 
+async def test_the_one_client_repeats_only_idempotent_requests_on_a_stale_connection() -> None:
+    # The pool's retry is the one client's (m2msec.service.client), usable without a pool.
+    def flaky(seen: Seen) -> Action:
+        return CLOSE if seen.index == 1 else answer()
+
+    async with Backend(flaky) as backend:
+        host, port = "127.0.0.1", int(backend.url.rsplit(":", 1)[1])
+
+        async def connect() -> PlainStream:
+            return PlainStream(*await asyncio.open_connection(host, port))
+
+        head = [("Host", f"{host}:{port}")]
+        client = HttpClient(connect=connect, retry_idempotent=True)
+        try:
+            await client.request("GET", "/first", head)
+            r = await client.request("GET", "/second", head)
+            assert r.status == 200 and client.retries == 1
+            with pytest.raises(ClosedBeforeAnswer) as closed:  # a CREATE may have been acted on
+                await client.request("POST", "/third", [*head, ("Content-Length", "0")])
+            assert closed.value.reused and client.retries == 1
+        finally:
+            await client.aclose()
+        plain = HttpClient(connect=connect)  # retry_idempotent off: the caller decides
+        try:
+            await plain.request("GET", "/fourth", head)
+            with pytest.raises(ClosedBeforeAnswer):
+                await plain.request("GET", "/fifth", head)
+        finally:
+            await plain.aclose()
+    assert [s.target for s in backend.seen] == [
+        "/first", "/second", "/second", "/third", "/fourth", "/fifth"]
+
+
+async def test_answer_head_over_the_cap_is_too_large() -> None:
+    # The one client's head cap (64 KiB here): 5000 at the gateway, like a large body.
+    huge = answer(extra=b"X-Big: " + b"b" * (70 * 1024) + b"\r\n")
+    async with Backend(lambda s: huge) as backend, pool_for(backend) as pool:
+        with pytest.raises(BackendTooLarge, match="head"):
+            await pool.request("GET", "/")
+        assert pool.open_connections == 0
+
+
 async def test_no_retry_on_a_fresh_connection() -> None:
     async with Backend(lambda s: CLOSE) as backend, pool_for(backend) as pool:
         with pytest.raises(BackendUnreachable, match="closed"):
@@ -565,6 +610,19 @@ async def test_gateway_forwards_over_kept_alive_connections_and_maps_timeout(
             assert r.rsc == 2000  # and the gateway keeps serving
             assert gw.stats.backend_errors == 1
             assert gw.backend is not None and gw.backend.retries == 0
+
+
+async def test_gateway_answers_5000_for_a_backend_head_over_the_cap(store: SqlitePskStore) -> None:
+    huge = answer(extra=b"X-Big: " + b"b" * (70 * 1024) + b"\r\n")
+    backend = Backend(lambda s: huge if s.target.endswith("/huge") else answer())
+    async with backend:
+        config = gw_config(backend.url)
+        async with running(config, store) as gw, light(gw, AE1) as ae1:
+            r = await ae1.request("GET", "/~/mn-cse-123456/huge", origin="Clight-AE1")
+            assert (r.status, r.rsc) == (500, 5000)
+            assert "more than the gateway relays" in r.json()["m2m:dbg"]
+            r = await ae1.request("GET", "/~/mn-cse-123456/x", origin="Clight-AE1")
+            assert r.rsc == 2000
 
 
 # ----------------------------------------------------------------------------- uvloop

@@ -2,7 +2,7 @@
 
 ``openssl s_server -HTTP`` answers ``GET /<file>`` with the file's bytes, taken as a complete
 HTTP response: the tests write one announcing (or streaming) 50 MiB. Before the service
-layer, :class:`~m2msec.bindings.client.OneM2MClient` read all of it.
+layer, :class:`~m2msec.service.onem2m_client.OneM2MClient` read all of it.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from m2msec.bindings.client import MAX_RESPONSE_BODY, OneM2MClient
-from m2msec.service.client import HttpClientConnection, ResponseTooLarge
+from m2msec.bindings.http_client import HttpClientConnection, ResponseTooLarge
+from m2msec.service.onem2m_client import MAX_RESPONSE_BODY, OneM2MClient
 from m2msec.tls.aio import connect
 from tests.interop import HOST, free_port, spawn
 from tests.test_interop_psk import STEP, TR0038_KPSA_HEX, TR0038_KPSA_ID, initiator

@@ -24,22 +24,17 @@ import httpx
 import pytest
 
 from m2msec.app_rules import AppRule, wildcard_match
-from m2msec.bindings.client import OneM2MClient
 from m2msec.bindings.messages import OneM2MRequest
 from m2msec.config import ConfigurationError, parse_config
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.ids import CseId
-from m2msec.servers.gateway import (
-    Association,
-    Forward,
-    Gateway,
-    Refuse,
-    Rule,
-    aei_from_response,
-    check_request,
-    forwarded_headers,
-)
+from m2msec.servers.association import Association
+from m2msec.servers.forwarding import forwarded_headers
+from m2msec.servers.gateway import Gateway
+from m2msec.servers.registration import aei_from_response
+from m2msec.servers.request_checks import Forward, Refuse, Rule, check_request
+from m2msec.service.onem2m_client import OneM2MClient
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import connect

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from m2msec.bindings.client import OneM2MClient
 from m2msec.config import parse_config
 from m2msec.crypto.gba import ks_ext_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import HandshakeError
 from m2msec.servers.gateway import Gateway
+from m2msec.service.onem2m_client import OneM2MClient
 from m2msec.tls.aio import connect
 from m2msec.tls.context import Framework, PeerKind
 from tests.acme import AcmeCse, acme_fixture, ae_content

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from m2msec.app_rules import AppRule
-from m2msec.bindings.client import OneM2MClient
 from m2msec.config import GatewayConfig, MafRetrievalConfig, parse_listen_url
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.maf import MafClient, MafInitiator
@@ -29,6 +28,7 @@ from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafConfig, MafServer
+from m2msec.service.onem2m_client import OneM2MClient
 from m2msec.tls.aio import connect
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture, ae_content

@@ -66,10 +66,23 @@ __all__ = [
     "NeedData",
     "PeerClosed",
     "RequestReceived",
+    "capped_h11",
 ]
 
 DEFAULT_MAX_HEADER = 16 * 1024
 DEFAULT_MAX_BODY = 1024 * 1024
+
+
+def capped_h11(*, client: bool, max_body: int, max_header: int) -> h11.Connection:
+    """An h11 connection, client or server role, under the two size caps.
+
+    h11 bounds a head arriving in pieces by ``max_header``; each role measures a head that
+    arrives whole and counts the body against ``max_body`` itself.
+    """
+    if max_body < 0 or max_header <= 0:
+        raise ValueError("size limits must be positive")
+    role = h11.CLIENT if client else h11.SERVER
+    return h11.Connection(role, max_incomplete_event_size=max_header)
 
 
 # ----------------------------------------------------------------------------- events
@@ -123,11 +136,9 @@ class HttpServerConnection:
     def __init__(
         self, *, max_body: int = DEFAULT_MAX_BODY, max_header: int = DEFAULT_MAX_HEADER
     ) -> None:
-        if max_body < 0 or max_header <= 0:
-            raise ValueError("size limits must be positive")
+        self._h11 = capped_h11(client=False, max_body=max_body, max_header=max_header)
         self.max_body = max_body
         self.max_header = max_header
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header)
         self._out = bytearray()
         self._head: h11.Request | None = None
         self._body = bytearray()

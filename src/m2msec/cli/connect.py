@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 import typer
 
-from m2msec.bindings.client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
 from m2msec.cli.common import console, context_details, fail, read_key
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.ids import CseId, parse_entity_id
+from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import SecurityContext

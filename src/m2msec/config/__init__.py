@@ -1,5 +1,7 @@
 """Configuration of m2msec's servers: one loader (:mod:`m2msec.config.loader`), one module
-per server (:mod:`~m2msec.config.gateway`, :mod:`~m2msec.config.maf`,
+per server (:mod:`~m2msec.config.gateway`, with its listener URLs in
+:mod:`~m2msec.config.listeners` and its ``[gba]``/``[maf]`` in
+:mod:`~m2msec.config.gateway_sections`; :mod:`~m2msec.config.maf`,
 :mod:`~m2msec.config.bsf`). The gateway's names are re-exported here, where they lived
 before the package existed."""
 
@@ -9,17 +11,13 @@ from m2msec.config.gateway import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_HANDSHAKES,
-    CertificateConfig,
-    FrameworkName,
     GatewayConfig,
-    GbaConfig,
-    ListenerSpec,
-    MafRetrievalConfig,
     PskConfig,
     load_config,
     parse_config,
-    parse_listen_url,
 )
+from m2msec.config.gateway_sections import CertificateConfig, GbaConfig, MafRetrievalConfig
+from m2msec.config.listeners import FrameworkName, ListenerSpec, parse_listen_url
 from m2msec.errors import ConfigurationError
 
 __all__ = [

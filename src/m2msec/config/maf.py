@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from m2msec.config.gateway import ListenerSpec, parse_listen_url
+from m2msec.config.listeners import ListenerSpec, parse_listen_url
 from m2msec.config.loader import load
 from m2msec.errors import (
     ConfigurationError,

@@ -52,7 +52,6 @@ from urllib.parse import quote
 
 import h11
 
-from m2msec.bindings.client import OneM2MClient, OneM2MResponse
 from m2msec.crypto.keyexport import (
     EXPORT_LENGTH,
     LABEL_CONNECTION,
@@ -70,6 +69,7 @@ from m2msec.frameworks.certificate import CertificateCredential, CertificateInit
 from m2msec.ids import AeId, check_fqdn, entity_kind, parse_entity_id
 from m2msec.keyids import CredentialId, KcId, KmId
 from m2msec.maf import wire
+from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind

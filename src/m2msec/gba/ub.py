@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
+from m2msec.bindings.http_client import ResponseTooLarge
 from m2msec.crypto.gba import ks_ext_naf, ks_from, ks_int_naf
 from m2msec.errors import M2MSecError
 from m2msec.gba.aka import AkaError, MacFailure, SyncFailure, Usim
@@ -60,7 +61,7 @@ from m2msec.gba.wire import (
     WireError,
     parse_bootstrapping_info,
 )
-from m2msec.service.client import HttpClient, ResponseTooLarge
+from m2msec.service.client import HttpClient
 from m2msec.service.limits import HttpLimits
 from m2msec.service.streams import PlainStream, Stream
 

@@ -36,9 +36,10 @@ import contextlib
 import logging
 from typing import Final
 
+from m2msec.bindings.http_client import ResponseTooLarge
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.gba.wire import ZN_MEDIA_TYPE, NafKey, ZnError, ZnRequest, error_reason
-from m2msec.service.client import HttpClient, ResponseTooLarge
+from m2msec.service.client import HttpClient
 from m2msec.service.limits import HttpLimits
 from m2msec.tls.aio import TLSConnection, connect
 from m2msec.tls.context import Framework

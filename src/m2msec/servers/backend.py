@@ -3,10 +3,11 @@
 The gateway (:mod:`m2msec.servers.gateway`) is Entity B of the TS-0003 clause 8.2
 security associations; behind it the CSE (for example ACME) speaks plain HTTP, the
 TS-0009 binding of the TS-0004 primitives. Every request the gateway accepts is
-forwarded over the link this module maintains, so its cost is paid on every request:
-this is a small client on h11 (the same HTTP framing library as
-:mod:`m2msec.bindings.http`) over asyncio protocols, with no URL parsing, header
-defaults or cookie handling of its own.
+forwarded over the link this module maintains, so its cost is paid on every request.
+HTTP itself is the service layer's one client (:class:`~m2msec.service.client.HttpClient`
+driving the sans-IO :class:`~m2msec.bindings.http_client.HttpClientConnection`, h11's
+framing); this module adds only the pool, its timeouts and its error types, over asyncio
+protocols, with no URL parsing, header defaults or cookie handling of its own.
 
 :class:`BackendPool` keeps a bounded pool of keep-alive connections to one backend:
 
@@ -44,20 +45,28 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
 
-import h11
-
+from m2msec.bindings.http_client import (
+    IDEMPOTENT_METHODS,
+    ClientRequest,
+    ClosedBeforeAnswer,
+    HttpAnswer,
+    InvalidRequest,
+    ResponseTooLarge,
+    prepare_request,
+)
 from m2msec.errors import ConfigurationError, M2MSecError
+from m2msec.service.client import HttpClient
+from m2msec.service.limits import HttpLimits
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_IDLE",
-    "IDEMPOTENT_METHODS",
     "BackendError",
     "BackendPool",
     "BackendRequestError",
@@ -79,9 +88,6 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 MAX_HEAD = 64 * 1024
 #: Unread octets buffered per connection before reading from the socket pauses.
 _READ_HIGH_WATER = 256 * 1024
-
-#: RFC 9110 9.2.2: a request with one of these methods may be repeated.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
 
 class BackendError(M2MSecError):
@@ -114,32 +120,29 @@ class BackendResponse:
     http_version: bytes = b"1.1"
 
 
-class _Stale(Exception):
-    """The connection was closed before any octet of the answer (retry candidate)."""
+class _BackendStream(asyncio.Protocol):
+    """One connection to the backend in the :class:`~m2msec.service.streams.Stream` shape.
 
-    def __init__(self, nothing_written: bool) -> None:
-        super().__init__("connection closed before the answer")
-        self.nothing_written = nothing_written
+    An asyncio protocol rather than asyncio's streams so that a close (or stray octets)
+    while the connection idles in the pool is acted on at once (``on_idle_event``), and
+    reading pauses above ``_READ_HIGH_WATER`` unread octets.
+    """
 
-
-class _Connection(asyncio.Protocol):
-    """One HTTP/1.1 connection to the backend: an asyncio protocol feeding h11."""
-
-    def __init__(self, pool: BackendPool) -> None:
-        self._pool = pool
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False  # the socket is gone, or we decided to close it
         self.eof = False  # the backend half-closed or closed its side
-        self.uses = 0  # requests answered completely on this connection
-        self.idle_since = 0.0
-        self.in_pool = False
-        self.busy = False  # a request is outstanding
+        #: Set while the connection idles in the pool: called on data, EOF or loss.
+        self.on_idle_event: Callable[[], None] | None = None
+        self._buffer = bytearray()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
-        self._unread = 0
         self._paused = False
-        self._received = False  # any octet of the current answer
+
+    @property
+    def usable(self) -> bool:
+        """Open, not half-closed, and nothing unread left over."""
+        return not (self.closed or self.eof or self._buffer)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -147,37 +150,31 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy:
+        if self.on_idle_event is not None:
             # Octets while no request is outstanding: the connection cannot be trusted.
-            self.close()
+            self.abort()
+            self.on_idle_event()
             return
-        self._received = True
-        self.h11.receive_data(data)
-        self._unread += len(data)
-        if self._unread > _READ_HIGH_WATER and not self._paused and self.transport is not None:
+        self._buffer += data
+        if len(self._buffer) > _READ_HIGH_WATER and not self._paused and self.transport:
             self._paused = True
             self.transport.pause_reading()
         self._wake()
 
     def eof_received(self) -> bool | None:
         self.eof = True
-        if self.in_pool:
-            self._pool._forget(self)
-            return None  # the transport closes itself
-        if self.h11.their_state is not h11.ERROR:
-            with contextlib.suppress(h11.RemoteProtocolError):
-                self.h11.receive_data(b"")
         self._wake()
-        return None
+        if self.on_idle_event is not None:
+            self.on_idle_event()
+        return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.eof = True
+        self.closed = self.eof = True
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
-        if self.in_pool:
-            self._pool._forget(self)
         self._wake()
+        if self.on_idle_event is not None:
+            self.on_idle_event()
 
     def pause_writing(self) -> None:
         if self._drain is None or self._drain.done():
@@ -187,23 +184,30 @@ class _Connection(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
-    # -- use -----------------------------------------------------------------------------
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    # -- Stream -----------------------------------------------------------------------------
+    async def recv(self) -> bytes:
+        """The octets received so far; ``b""`` once the backend has closed its side."""
+        while not self._buffer and not self.eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
 
-    @property
-    def reusable(self) -> bool:
-        return (
-            not self.closed
-            and not self.eof
-            and self.h11.our_state is h11.DONE
-            and self.h11.their_state is h11.DONE
-            and not self.h11.trailing_data[0]
-        )
+    async def send(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise ConnectionError("connection closed")
+        self.transport.write(data)
+        if self._drain is not None and not self._drain.done():
+            await self._drain
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -213,87 +217,41 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    async def exchange(
-        self, request: h11.Request, body: bytes, max_body: int
-    ) -> BackendResponse:
-        """Send one request, read its answer to the end (raises _Stale, BackendError)."""
-        transport = self.transport
-        assert transport is not None
-        reused = self.uses > 0
-        if self.closed or self.eof:
-            raise _Stale(nothing_written=True)
-        self._received = False
-        self.busy = True
-        try:
-            data = self.h11.send(request) or b""
-            if body:
-                data += self.h11.send(h11.Data(data=body)) or b""
-            data += self.h11.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError as exc:
-            raise BackendRequestError(f"request cannot be sent: {exc}") from None
-        transport.write(data)
-        if self._drain is not None and not self._drain.done():
-            await self._drain
-        head: h11.Response | None = None
-        chunks: list[bytes] = []
-        size = 0
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                if not self.eof:
-                    raise BackendUnreachable(f"malformed answer ({exc})") from None
-                event = h11.ConnectionClosed()  # closed in the middle of the answer
-            if event is h11.NEED_DATA:
-                self._unread = 0
-                if self._paused and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
-                if self.eof:
-                    event = h11.ConnectionClosed()
-                else:
-                    self._waiter = loop.create_future()
-                    try:
-                        await self._waiter
-                    finally:
-                        self._waiter = None
-                    continue
-            if isinstance(event, h11.Response):
-                head = event
-                length = _content_length(event.headers.raw_items())
-                if length is not None and length > max_body:
-                    raise BackendTooLarge(f"answer of {length} octets announced")
-            elif isinstance(event, h11.InformationalResponse):
-                continue
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > max_body:
-                    raise BackendTooLarge(f"answer larger than {max_body} octets")
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                if reused and head is None and not self._received:
-                    raise _Stale(nothing_written=False)
-                raise BackendUnreachable("connection closed before a complete answer")
-            else:  # PAUSED: a protocol switch we never ask for, or octets after the answer
-                raise BackendUnreachable("unexpected answer")
-        assert head is not None
-        self.uses += 1
-        self.busy = False
-        body_out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        return BackendResponse(
-            head.status_code, list(head.headers.raw_items()), body_out, head.http_version
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Slot:
+    """One place of the pool: the one HTTP client over (at most) one backend connection."""
+
+    __slots__ = ("client", "idle_since", "in_pool", "stream")
+
+    def __init__(self, pool: BackendPool) -> None:
+        self.stream: _BackendStream | None = None
+        self.in_pool = False
+        self.idle_since = 0.0
+        self.client = HttpClient(
+            limits=pool.limits, connect=lambda: pool._connect(self), retry_idempotent=True
         )
 
+    @property
+    def reusable(self) -> bool:
+        return self.stream is not None and self.stream.usable and self.client.reusable
 
-def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == b"content-length":
-            text = value.strip()
-            return int(text) if text.isdigit() else None
-    return None
+    def drop(self, *, abort: bool = False) -> None:
+        """Close the connection (``abort``: at once, unsent octets dropped)."""
+        self.in_pool = False
+        stream = self.stream
+        if stream is not None:
+            stream.on_idle_event = None
+            if abort:
+                stream.abort()
+            else:
+                stream.closed = True
+                if stream.transport is not None:
+                    stream.transport.close()
 
 
 class BackendPool:
@@ -328,7 +286,9 @@ class BackendPool:
         self.port = parts.port or default_port
         netloc_host = f"[{self.host}]" if ":" in self.host else self.host
         host_header = netloc_host if self.port == default_port else f"{netloc_host}:{self.port}"
-        self._host_header = host_header.encode("idna" if not host_header.isascii() else "ascii")
+        if not host_header.isascii():
+            host_header = host_header.encode("idna").decode("ascii")
+        self._host_header = host_header
         self._prefix = parts.path.rstrip("/")
         self._ssl: ssl.SSLContext | None = None
         if scheme == "https":
@@ -338,12 +298,11 @@ class BackendPool:
         self.idle_timeout = idle_timeout
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
-        self.max_body = max_body
-        self._idle: collections.deque[_Connection] = collections.deque()
+        #: The one client's caps (only the sizes matter here; timeouts are the pool's).
+        self.limits = HttpLimits(max_header=MAX_HEAD, max_body=max_body)
+        self._idle: collections.deque[_Slot] = collections.deque()
         self._open = 0  # connections open or being opened (the bound)
-        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = (
-            collections.deque()
-        )
+        self._waiters: collections.deque[asyncio.Future[_Slot | None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         #: Counters since start: connections opened, requests retried on a fresh one.
@@ -351,6 +310,10 @@ class BackendPool:
         self.retries = 0
 
     # -- public ---------------------------------------------------------------------------
+    @property
+    def max_body(self) -> int:
+        return self.limits.max_body
+
     @property
     def open_connections(self) -> int:
         return self._open
@@ -373,23 +336,21 @@ class BackendPool:
         """
         if self._closed:
             raise BackendUnreachable("client closed")
+        fields = [("Host", self._host_header), *headers]
+        if body or method in ("POST", "PUT"):
+            fields.append(("Content-Length", str(len(body))))
         try:
-            raw = [(b"Host", self._host_header)]
-            raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-            if body or method in ("POST", "PUT"):
-                raw.append((b"Content-Length", str(len(body)).encode("ascii")))
-            head = h11.Request(
-                method=method.encode("ascii"),
-                target=(self._prefix + target).encode("latin-1"),
-                headers=raw,
-            )
-        except (h11.LocalProtocolError, UnicodeError) as exc:
+            prepared = prepare_request(method, self._prefix + target, fields, body)
+        except InvalidRequest as exc:
             raise BackendRequestError(f"request cannot be sent: {exc}") from None
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._send(method, head, body)
+                answer = await self._send(prepared)
         except TimeoutError:
             raise BackendTimeout(f"no answer within {self.timeout:g} s") from None
+        return BackendResponse(
+            answer.status, answer.raw_headers, answer.body, answer.http_version.encode()
+        )
 
     async def aclose(self) -> None:
         self._closed = True
@@ -397,9 +358,7 @@ class BackendPool:
             self._sweeper.cancel()
             self._sweeper = None
         while self._idle:
-            conn = self._idle.pop()
-            conn.in_pool = False
-            conn.close()
+            self._idle.pop().drop()
             self._open -= 1
         while self._waiters:
             fut = self._waiters.popleft()
@@ -408,48 +367,44 @@ class BackendPool:
         await asyncio.sleep(0)  # let the transports finish closing
 
     # -- internals ------------------------------------------------------------------------
-    async def _send(self, method: str, head: h11.Request, body: bytes) -> BackendResponse:
-        conn = await self._acquire()
+    async def _send(self, request: ClientRequest) -> HttpAnswer:
+        slot = await self._acquire()
+        client = slot.client
+        retries = client.retries
         try:
-            try:
-                response = await conn.exchange(head, body, self.max_body)
-            except _Stale as stale:
-                conn.abort()
-                if not (stale.nothing_written or method in IDEMPOTENT_METHODS):
-                    raise BackendUnreachable(
-                        "connection closed before the answer (not retried: not idempotent)"
-                    ) from None
-                # Retry once, on a fresh connection, keeping the slot of the stale one.
+            if slot.stream is not None and not slot.stream.usable:
+                # Seen closed before any octet was written: a fresh connection is safe for
+                # any method, in the slot of this one.
                 self.retries += 1
-                conn = await self._connect()
-                try:
-                    response = await conn.exchange(head, body, self.max_body)
-                except _Stale:
-                    raise BackendUnreachable("connection closed before the answer") from None
-        except BaseException:
-            conn.abort()
-            self._release(conn)
+                slot.drop()
+                await client.aclose()
+            answer = await client.send(request)
+        except BaseException as exc:
+            self.retries += client.retries - retries
+            slot.drop(abort=True)
+            self._slot_freed()
+            if isinstance(exc, Exception):
+                raise _backend_error(exc, request.method) from None
             raise
-        self._release(conn)
-        return response
+        self.retries += client.retries - retries
+        self._release(slot)
+        return answer
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self) -> _Slot:
         while self._idle:
-            conn = self._idle.pop()  # most recently used
-            conn.in_pool = False
-            if conn.closed or conn.eof:
-                conn.close()
+            slot = self._idle.pop()  # most recently used
+            slot.in_pool = False
+            if slot.stream is not None:
+                slot.stream.on_idle_event = None
+            if not slot.reusable:
+                slot.drop()
                 self._slot_freed()
                 continue
-            return conn
+            return slot
         if self._open < self.max_connections:
             self._open += 1
-            try:
-                return await self._connect()
-            except BaseException:
-                self._slot_freed()
-                raise
-        fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+            return _Slot(self)  # connects on its first request
+        fut: asyncio.Future[_Slot | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
             got = await fut
@@ -464,21 +419,15 @@ class BackendPool:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
             raise
-        if got is not None:
-            return got
-        try:
-            return await self._connect()  # a slot was freed for us
-        except BaseException:
-            self._slot_freed()
-            raise
+        return got if got is not None else _Slot(self)  # or a slot freed for us
 
-    async def _connect(self) -> _Connection:
-        """A new connection (the caller holds its slot in ``_open``)."""
+    async def _connect(self, slot: _Slot) -> _BackendStream:
+        """A new connection for ``slot`` (which holds its place in ``_open``)."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self),
+                _, stream = await loop.create_connection(
+                    _BackendStream,
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -495,30 +444,32 @@ class BackendPool:
                 reason = os.strerror(exc.errno)
             raise BackendUnreachable(reason.lower()) from None
         self.connections_opened += 1
-        sock = conn.transport.get_extra_info("socket") if conn.transport else None
+        slot.stream = stream
+        sock = stream.transport.get_extra_info("socket") if stream.transport else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
+        return stream
 
-    def _release(self, conn: _Connection) -> None:
-        """Give back the slot of ``conn``: pooled, handed to a waiter, or closed."""
-        if conn.in_pool:
+    def _release(self, slot: _Slot) -> None:
+        """Give back ``slot``: pooled, handed to a waiter, or closed."""
+        if slot.in_pool:
             return
-        if conn.reusable and not self._closed:
-            conn.h11.start_next_cycle()
+        if slot.reusable and not self._closed:
             while self._waiters:
                 fut = self._waiters.popleft()
                 if not fut.done():
-                    fut.set_result(conn)
+                    fut.set_result(slot)
                     return
             if len(self._idle) < self.max_idle:
-                conn.in_pool = True
-                conn.idle_since = asyncio.get_running_loop().time()
-                self._idle.append(conn)
+                assert slot.stream is not None
+                slot.in_pool = True
+                slot.idle_since = asyncio.get_running_loop().time()
+                slot.stream.on_idle_event = lambda: self._forget(slot)
+                self._idle.append(slot)
                 self._schedule_sweep()
                 return
-        conn.close()
+        slot.drop()
         self._slot_freed()
 
     def _slot_freed(self) -> None:
@@ -529,14 +480,13 @@ class BackendPool:
                 return
         self._open -= 1
 
-    def _forget(self, conn: _Connection) -> None:
-        """An idle connection was closed by the backend: drop it from the pool."""
-        if not conn.in_pool:
+    def _forget(self, slot: _Slot) -> None:
+        """An idle connection was closed by the backend (or spoke unasked): drop it."""
+        if not slot.in_pool:
             return
-        conn.in_pool = False
         with contextlib.suppress(ValueError):
-            self._idle.remove(conn)
-        conn.close()
+            self._idle.remove(slot)
+        slot.drop()
         self._slot_freed()
 
     def _schedule_sweep(self) -> None:
@@ -548,11 +498,28 @@ class BackendPool:
         self._sweeper = None
         limit = asyncio.get_running_loop().time() - self.idle_timeout
         while self._idle and self._idle[0].idle_since <= limit:
-            conn = self._idle.popleft()  # least recently used first
-            conn.in_pool = False
-            conn.close()
+            self._idle.popleft().drop()  # least recently used first
             self._slot_freed()
         if self._idle:
             loop = asyncio.get_running_loop()
             delay = self._idle[0].idle_since + self.idle_timeout - loop.time()
             self._sweeper = loop.call_later(max(delay, 0.01), self._sweep)
+
+
+def _backend_error(exc: Exception, method: str) -> Exception:
+    """The pool's error for what the one client raised (others pass unchanged)."""
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, ResponseTooLarge):
+        return BackendTooLarge(str(exc))
+    if isinstance(exc, ClosedBeforeAnswer):
+        if exc.reused and method not in IDEMPOTENT_METHODS:
+            return BackendUnreachable(
+                "connection closed before the answer (not retried: not idempotent)"
+            )
+        return BackendUnreachable("connection closed before a complete answer")
+    if isinstance(exc, InvalidRequest):
+        return BackendRequestError(f"request cannot be sent: {exc}")
+    if isinstance(exc, ConnectionError | OSError):
+        return BackendUnreachable(str(exc) or type(exc).__name__)
+    return exc

@@ -1,7 +1,10 @@
-"""The service layer under the gateway, the MAF and the BSF (issue 10, item 1).
+"""The service layer: the asyncio drivers above the sans-IO HTTP connections (issue 10).
 
-:mod:`m2msec.service.limits` holds every limit an HTTP connection runs under, in one place;
-:mod:`m2msec.service.server` is the one asyncio driver of the sans-IO
-:class:`~m2msec.bindings.http.HttpServerConnection`; :mod:`m2msec.service.client` the one
-HTTP/1.1 client (sans-IO connection and its asyncio driver) with a body cap.
+The sans-IO connections live one layer down, side by side as h11 keeps both roles:
+:mod:`m2msec.bindings.http` (server) and :mod:`m2msec.bindings.http_client` (client).
+Here: :mod:`m2msec.service.limits` holds every limit an HTTP connection runs under, in one
+place; :mod:`m2msec.service.server` is the one server driver (``HttpService``, under the
+gateway, the MAF and the BSF); :mod:`m2msec.service.client` the one client driver
+(``HttpClient``), with :mod:`m2msec.service.onem2m_client` (``OneM2MClient``, Entity A's
+oneM2M requests) on top; :mod:`m2msec.service.streams` the byte-stream shape they drive.
 """

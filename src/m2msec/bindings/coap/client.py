@@ -1,6 +1,6 @@
 """oneM2M CoAP-binding client over an established DTLS association (Entity A).
 
-The CoAP counterpart of :mod:`m2msec.bindings.client`: every request travels inside the
+The CoAP counterpart of :mod:`m2msec.service.onem2m_client`: every request travels inside the
 DTLS security association the framework established (TS-0003 10.2.1; TS-0008 7: the
 answer comes back in the same session and epoch). Messages are built and read by
 :mod:`m2msec.bindings.coap.mapping` (aiocoap's codec), with the transmission parameters

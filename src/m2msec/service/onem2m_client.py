@@ -1,10 +1,12 @@
 """oneM2M HTTP-binding client over an established security association (Entity A).
 
-Requests travel over a :class:`~m2msec.tls.aio.TLSConnection`, so every request is sent
-within the security context established by the framework. HTTP is the service layer's one
-client (:class:`~m2msec.service.client.HttpClient`, on h11): an answer whose body exceeds
-``max_body`` (default :data:`MAX_RESPONSE_BODY`, 8 MiB) raises
-:class:`~m2msec.service.client.ResponseTooLarge` instead of being read whole.
+The request primitive's parameters go in the HTTP headers of TS-0004 6.4 (``X-M2M-Origin``,
+``X-M2M-RI``, ``X-M2M-RVI``, ``ty`` in ``Content-Type``). Requests travel over a
+:class:`~m2msec.tls.aio.TLSConnection`, so every request is sent within the security context
+established by the framework. HTTP is the service layer's one client
+(:class:`~m2msec.service.client.HttpClient`): an answer whose body exceeds ``max_body``
+(default :data:`MAX_RESPONSE_BODY`, 8 MiB) raises
+:class:`~m2msec.bindings.http_client.ResponseTooLarge` instead of being read whole.
 """
 
 from __future__ import annotations

@@ -1,0 +1,124 @@
+"""The gateway's listener and backend URLs (``[gateway] listen``, ``backend``).
+
+Listener URLs: ``tls://HOST:PORT`` terminates TLS with the configured framework and
+forwards; ``dtls://HOST:PORT`` (UDP, CoAP's 5684 by convention) terminates DTLS 1.2 with
+the same framework, psk-lookup-table and CA and forwards CoAP requests (TS-0008) the same
+way; ``http://HOST:PORT`` is plain and answers every request 4107
+SECURITY_ASSOCIATION_REQUIRED itself. When both ``[psk]`` and ``[certificates]`` are
+configured, each ``tls://`` or ``dtls://`` listener names its framework: ``?framework=psk`` or
+``?framework=certificate`` (one listener per framework; a PeerBinding does not carry its
+framework, so one OpenSSL context cannot yet report which of the two a session used).
+
+The backend is the CSE's ``http://`` or ``https://`` URL (TS-0009 binding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+
+from m2msec.config.values import invalid
+
+__all__ = [
+    "FRAMEWORKS",
+    "FrameworkName",
+    "ListenerSpec",
+    "parse_backend_url",
+    "parse_listen_url",
+    "split_url",
+]
+
+FrameworkName = Literal["psk", "certificate", "gba", "maf"]
+FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate", "gba", "maf")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    """One ``listen`` URL: ``tls://`` or ``dtls://HOST:PORT[?framework=...]``, ``http://``."""
+
+    url: str
+    scheme: Literal["tls", "dtls", "http"]
+    host: str
+    port: int
+    framework: FrameworkName | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme in ("tls", "dtls")
+
+
+def split_url(value: object, key: str, missing: str) -> tuple[str, SplitResult, int | None]:
+    """``value`` as a URL string, its parts and port; ``missing`` says what was expected."""
+    if not isinstance(value, str) or not value:
+        raise invalid(key, missing)
+    try:
+        parts = urlsplit(value)
+        return value, parts, parts.port
+    except ValueError as exc:
+        raise invalid(key, f"{value!r} is not a valid URL: {exc}") from None
+
+
+def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
+    """Parse one listener URL (module docstring)."""
+    url, parts, port = split_url(
+        url, key, "a listener is a URL string such as 'tls://127.0.0.1:8443'"
+    )
+    scheme = parts.scheme.lower()
+    if scheme not in ("tls", "dtls", "http"):
+        raise invalid(
+            key,
+            f"{url!r}: scheme must be tls:// (secured, forwarded), dtls:// (CoAP over "
+            "DTLS, forwarded) or http:// (plain, answers 4107); got "
+            + (f"{scheme}://" if scheme else "none"),
+        )
+    host = parts.hostname
+    if not host:
+        raise invalid(key, f"{url!r}: no host; write e.g. {scheme}://127.0.0.1:8443")
+    if port is None:
+        raise invalid(key, f"{url!r}: no port; write e.g. {scheme}://{host}:8443")
+    if parts.path not in ("", "/") or parts.fragment or parts.username or parts.password:
+        raise invalid(key, f"{url!r}: only scheme://host:port[?framework=...] is allowed")
+    framework: FrameworkName | None = None
+    if parts.query:
+        try:
+            query = parse_qs(parts.query, strict_parsing=True)
+        except ValueError:
+            raise invalid(key, f"{url!r}: malformed query") from None
+        unknown = set(query) - {"framework"}
+        if unknown:
+            raise invalid(key, f"{url!r}: unknown parameter {sorted(unknown)[0]!r}")
+        value = query["framework"][-1].lower()
+        if scheme not in ("tls", "dtls"):
+            raise invalid(key, f"{url!r}: framework= applies to tls:// and dtls:// listeners only")
+        if value in ("certificates", "cert"):
+            value = "certificate"
+        if value not in FRAMEWORKS:
+            raise invalid(key, f"{url!r}: framework must be one of {', '.join(FRAMEWORKS)}")
+        framework = next(f for f in FRAMEWORKS if f == value)
+    if ":" in host:  # IPv6 literal: check it, so a typo fails here and not at bind time
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise invalid(key, f"{url!r}: {host!r} is not an IPv6 address") from None
+    return ListenerSpec(
+        url=url,
+        scheme="tls" if scheme == "tls" else "dtls" if scheme == "dtls" else "http",
+        host=unquote(host),
+        port=port,
+        framework=framework,
+    )
+
+
+def parse_backend_url(url: object, key: str = "gateway.backend") -> str:
+    url, parts, _ = split_url(
+        url, key, "the backend is the CSE's URL, e.g. 'http://127.0.0.1:8080'"
+    )
+    if parts.scheme.lower() not in ("http", "https"):
+        raise invalid(key, f"{url!r}: the backend must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise invalid(key, f"{url!r}: no host")
+    if parts.query or parts.fragment:
+        raise invalid(key, f"{url!r}: no query or fragment allowed")
+    return url.rstrip("/")
