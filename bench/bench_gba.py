@@ -75,9 +75,9 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
     import logging
 
     from m2msec.frameworks.certificate import CertificateCredential
-    from m2msec.frameworks.gba import GbaResponder
+    from m2msec.frameworks.gba import GbaResponder, zn_profile
     from m2msec.frameworks.provisioned import PskResponder
-    from m2msec.gba.subscribers import Guss
+    from m2msec.gba.records import Guss
     from m2msec.gba.zn import ZnClient
     from m2msec.servers.bsf import BsfConfig, BsfServer
     from m2msec.store import PskEntry, SqlitePskStore
@@ -93,6 +93,10 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
         key=work / "bsf.key",
         ca=work / "ca" / "ca.pem",
         max_handshakes=4096,
+        # Every client runs from 127.0.0.1: the per-address Ub limit (10/s by default)
+        # would measure the limiter, and its 429 ended the run.
+        ub_rate=1e9,
+        ub_burst=1_000_000,
     )
     store = SqlitePskStore(work / "psk.db")
     store.add(PskEntry(KPSA_ID, KPSA, "Cbench"))
@@ -107,8 +111,8 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
             work / "in-cse.pem", work / "in-cse.key", work / "ca" / "ca.pem"
         )
         zn_host, zn_port = bsf.zn_addresses[0]
-        zn = ZnClient(credential, zn_host, zn_port, BSF_FQDN, in_domain=IN_DOMAIN,
-                      max_connections=8)  # fmt: skip
+        profile = zn_profile(credential, BSF_FQDN, in_domain=IN_DOMAIN)
+        zn = ZnClient(profile, zn_host, zn_port, BSF_FQDN, max_connections=8)
         cached = GbaResponder(zn, NAF_FQDN)
         uncached = GbaResponder(zn, NAF_FQDN, cache_size=0)
         servers = [
@@ -135,7 +139,7 @@ async def _servers(work: Path, clients: int, pipe: Connection) -> None:
 async def measure(
     kind: str, seconds: float, clients: int, ub: str, ports: list[int]
 ) -> tuple[float, int]:
-    from m2msec.frameworks.gba import GbaDevice
+    from m2msec.frameworks.gba_device import GbaDevice
     from m2msec.frameworks.provisioned import PskInitiator
     from m2msec.gba.aka import Usim
     from m2msec.tls.aio import connect

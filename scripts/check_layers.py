@@ -48,10 +48,7 @@ LAYERS: list[list[str]] = [
 ]
 
 # (importer, imported) module pairs tolerated while another branch removes them.
-ALLOWED: dict[tuple[str, str], str] = {
-    # i10-wire: the Zn client gets its TLS initiator from below frameworks/.
-    ("m2msec.gba.zn", "m2msec.frameworks.certificate"): "i10-wire",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:

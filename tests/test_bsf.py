@@ -6,6 +6,7 @@ Authorization, a B-TID asked for by another NAF, GUSS, key type)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,17 +21,20 @@ from m2msec.crypto import gba
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.errors import ConfigurationError
 from m2msec.frameworks.certificate import CertificateCredential
+from m2msec.frameworks.gba import zn_profile
 from m2msec.gba.aka import Usim
 from m2msec.gba.digest import (
     Authorization,
     compute_response,
     parse_challenge,
 )
-from m2msec.gba.subscribers import Guss
+from m2msec.gba.records import Guss
 from m2msec.gba.ub import UbError, bootstrap
-from m2msec.gba.zn import ZnClient, ZnError, ZnRequest
+from m2msec.gba.wire import ZnError, ZnRequest
+from m2msec.gba.zn import ZnClient
 from m2msec.pki.authority import CertificateAuthority, IssuedCredential, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer, load_bsf_config, parse_bsf_config
+from m2msec.tls.context import Framework
 from tests.slow_head import trickle_head
 
 DOMAIN = "in.provider.com"
@@ -144,7 +148,7 @@ async def open_bsf(tmp_path: Path, clock: Clock) -> AsyncIterator[BsfServer]:
 
 def zn_client(bsf: BsfServer, credential: CertificateCredential) -> ZnClient:
     host, port = bsf.zn_addresses[0]
-    return ZnClient(credential, host, port, BSF_FQDN, timeout=5.0)
+    return ZnClient(zn_profile(credential, BSF_FQDN), host, port, BSF_FQDN, timeout=5.0)
 
 
 class RawUb:
@@ -497,10 +501,24 @@ async def test_zn_needs_a_certificate_of_our_ca_naming_an_fqdn(
 
 async def test_zn_client_checks_the_bsf_name(bsf: BsfServer, pki: Pki) -> None:
     host, port = bsf.zn_addresses[0]
-    client = ZnClient(pki.credential(pki.naf), host, port, "not-the-bsf.in.provider.com")
+    wrong = "not-the-bsf.in.provider.com"
+    client = ZnClient(zn_profile(pki.credential(pki.naf), wrong), host, port, wrong)
     async with client:
         with pytest.raises(ZnError, match="cannot establish Zn TLS"):
             await client.fetch("x@" + BSF_FQDN, gba.naf_id(NAF_FQDN, UA))
+
+
+def test_zn_client_needs_a_mutual_tls_client_profile(pki: Pki) -> None:
+    # Zn is mutually authenticated (TS 33.220 4.4.3): the client takes a certificate
+    # framework client profile (frameworks.gba.zn_profile), nothing else.
+    profile = zn_profile(pki.credential(pki.naf), BSF_FQDN)
+    for wrong in (
+        dataclasses.replace(profile, server_side=True),
+        dataclasses.replace(profile, certificate_policy=None),
+        dataclasses.replace(profile, framework=Framework.PROVISIONED_PSK),
+    ):
+        with pytest.raises(ConfigurationError, match="certificate client profile"):
+            ZnClient(wrong, "127.0.0.1", 1, BSF_FQDN)
 
 
 def _zn_request(target: str, method: str = "GET") -> OneM2MRequest:
@@ -533,13 +551,13 @@ def _zn_request(target: str, method: str = "GET") -> OneM2MRequest:
     ],
 )
 async def test_zn_malformed_requests(bsf: BsfServer, target: str, status: int, reason: str) -> None:
-    response = bsf.handle_zn(_zn_request(target), frozenset({NAF_FQDN}))
+    response = bsf.service.handle_zn(_zn_request(target), frozenset({NAF_FQDN}))
     assert response.status == status
     assert reason in json.loads(response.body)["error"]
 
 
 async def test_zn_other_method(bsf: BsfServer) -> None:
-    response = bsf.handle_zn(_zn_request("/zn/bootstrap/x", "POST"), frozenset({NAF_FQDN}))
+    response = bsf.service.handle_zn(_zn_request("/zn/bootstrap/x", "POST"), frozenset({NAF_FQDN}))
     assert response.status == 405
 
 
@@ -712,9 +730,9 @@ async def test_per_source_rate_limit_answers_429(tmp_path: Path) -> None:
 
 
 def test_source_table_is_bounded() -> None:
-    from m2msec.servers.bsf import _SourceLimiter
+    from m2msec.gba.service import SourceLimiter
 
-    limiter = _SourceLimiter(rate=1.0, burst=1, max_sources=100)
+    limiter = SourceLimiter(rate=1.0, burst=1, max_sources=100)
     for n in range(10_000):
         assert limiter.take(f"10.0.{n >> 8}.{n & 255}", 0.0) == 0.0
     assert len(limiter._buckets) == 100

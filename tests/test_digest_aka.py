@@ -35,6 +35,21 @@ def md5(data: bytes) -> str:
 # ----------------------------------------------------------------------------- computing
 
 
+def test_authorization_computes_what_both_ends_compare() -> None:
+    # The device's response and the BSF's rspauth come from one Authorization's fields.
+    auth = Authorization(
+        "dev@ims", "bsf.example", make_nonce(RAND, AUTN), "/", "", qop="auth-int", nc="00000001",
+        cnonce="0a4f113b",
+    )  # fmt: skip
+    fields = {k: getattr(auth, k) for k in ("username", "realm", "uri", "nonce", "qop", "nc")}
+    assert auth.digest(RES, "GET", b"x") == compute_response(
+        password=RES, method="GET", cnonce="0a4f113b", body=b"x", **fields
+    )
+    assert auth.rspauth(RES, b"<doc/>") == compute_rspauth(
+        password=RES, cnonce="0a4f113b", body=b"<doc/>", **fields
+    )
+
+
 def test_rfc2617_section_3_5_example() -> None:
     # The published example of RFC 2617 3.5 (qop=auth, password "Circle Of Life").
     assert (

@@ -27,7 +27,8 @@ from m2msec.gba.aka import (
     open_auts,
     sqn_bytes,
 )
-from m2msec.gba.subscribers import BootstrapSession, Guss, SubscriberStore, check_impi
+from m2msec.gba.records import BootstrapSession, Guss, check_impi
+from m2msec.gba.subscribers import SubscriberStore
 
 # TS 35.208 test set 1 (NOTES.md).
 K = bytes.fromhex("465b5ce8b199b49faa5f0a2ee238a6bc")

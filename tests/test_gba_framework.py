@@ -27,13 +27,13 @@ from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.gba import (
     HINT,
     HINT_UICC,
-    GbaDevice,
     GbaResponder,
-    device_naf_key,
     format_identity,
     gba_naf_id,
     parse_identity,
+    zn_profile,
 )
+from m2msec.frameworks.gba_device import GbaDevice, device_naf_key
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.tls.aio import TLSConnection, TLSServer, connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind, SecurityContext
@@ -523,7 +523,7 @@ class GbaNet:
     now: list[datetime]
 
     def add_subscriber(self, impi: str, *, nafs: Any = (NAF_FQDN,), uicc: bool = False) -> Any:
-        from m2msec.gba.subscribers import Guss
+        from m2msec.gba.records import Guss
 
         return self.bsf.store.add_subscriber(
             impi, k=K1, opc=OPC1, guss=Guss.allowing(nafs), uicc=uicc
@@ -541,7 +541,8 @@ class GbaNet:
         credential = CertificateCredential.from_files(
             self.naf_cert, self.naf_key, self.ca.cert_path
         )
-        return ZnClient(credential, self.zn_host, self.zn_port, BSF_FQDN, in_domain=IN_DOMAIN)
+        profile = zn_profile(credential, BSF_FQDN, in_domain=IN_DOMAIN)
+        return ZnClient(profile, self.zn_host, self.zn_port, BSF_FQDN)
 
 
 @contextlib.asynccontextmanager
@@ -725,7 +726,7 @@ def test_device_state_round_trip_and_refusals(tmp_path: Path) -> None:
     import json
     import stat
 
-    from m2msec.frameworks.gba import DeviceState
+    from m2msec.frameworks.gba_device import DeviceState
     from m2msec.gba.ub import Bootstrap
 
     b = _bootstrap()
@@ -749,3 +750,28 @@ def test_device_state_round_trip_and_refusals(tmp_path: Path) -> None:
     old = Bootstrap(b.btid, b.rand, b.ks, b.impi, datetime.now(UTC) - timedelta(seconds=1))
     state.save(IMPI, "http://bsf:1/", bytes(6), old)
     assert state.load(IMPI, "http://bsf:1/") == (0, None)
+
+
+def test_device_state_keeps_its_expiry_as_xs_datetime(tmp_path: Path) -> None:
+    # One time codec (m2mtime): the saved expiry is an xs:dateTime in UTC with its
+    # microseconds; a file written before (isoformat, "+00:00") still loads.
+    import json
+
+    from m2msec.frameworks.gba_device import DeviceState
+    from m2msec.gba.ub import Bootstrap
+
+    b = _bootstrap()
+    boot = Bootstrap(b.btid, b.rand, b.ks, b.impi, b.expires.replace(microsecond=123456))
+    state = DeviceState(tmp_path / "gba-device.json")
+    state.save(IMPI, "http://bsf:1/", bytes(6), boot)
+    saved = json.loads(state.path.read_text())[IMPI]["bootstrap"]["expires"]
+    assert saved.endswith(".123456Z") and "+" not in saved
+    assert state.load(IMPI, "http://bsf:1/") == (0, boot)
+    old_text = boot.expires.isoformat()
+    doc = json.loads(state.path.read_text())
+    doc[IMPI]["bootstrap"]["expires"] = old_text
+    doc[IMPI]["bootstrap"]["ks"] = (
+        state._sealer().seal(b.ks, state._aad(IMPI, b.btid, "http://bsf:1/", old_text)).hex()
+    )
+    state.path.write_text(json.dumps(doc))
+    assert state.load(IMPI, "http://bsf:1/") == (0, boot)

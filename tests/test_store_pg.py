@@ -173,7 +173,8 @@ IMPI = "dev1@ims.example.com"
 
 
 def test_bsf_contract(url: str) -> None:
-    from m2msec.gba.subscribers import BootstrapSession, Guss, SubscriberStore
+    from m2msec.gba.records import BootstrapSession, Guss
+    from m2msec.gba.subscribers import SubscriberStore
 
     now = datetime.now(UTC).replace(microsecond=0)
     with SubscriberStore(url, kek=KEK) as st:

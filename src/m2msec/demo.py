@@ -40,11 +40,11 @@ from m2msec.config import (
     parse_listen_url,
 )
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-from m2msec.frameworks.gba import GbaDevice
+from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.gba.aka import Usim
-from m2msec.gba.subscribers import Guss
+from m2msec.gba.records import Guss
 from m2msec.ids import CseId
 from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, write_credential

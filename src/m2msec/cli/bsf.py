@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,27 +34,26 @@ from rich.text import Text
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
+    exit_on_errors,
     fail,
     load_config_or_exit,
     require_store,
     run_server,
     start_logging,
+    stderr_console,
+    stdout_console,
+    sub_app,
 )
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.errors import ConfigurationError, IdentifierError, StoreError
 from m2msec.gba.aka import DEFAULT_AMF
-from m2msec.gba.subscribers import Guss, SubscriberStore
+from m2msec.gba.records import Guss
+from m2msec.gba.subscribers import SubscriberStore
 from m2msec.servers.bsf import BsfServer, load_bsf_config
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    name="bsf",
-    help="The BSF and its HSS simulator (3GPP TS 33.220 GBA).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals could hold keys
-)
+app = sub_app("bsf", "The BSF and its HSS simulator (3GPP TS 33.220 GBA).")
 
 
 StoreOption = Annotated[
@@ -70,18 +68,8 @@ StoreOption = Annotated[
 ]
 
 
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except (IdentifierError, ConfigurationError) as exc:
-        fail(str(exc), 2)
-    except StoreError as exc:
-        fail(str(exc.args[0]) if exc.args else str(exc), 1)
+def _errors() -> AbstractContextManager[None]:
+    return exit_on_errors(usage=(IdentifierError, ConfigurationError), failure=(StoreError,))
 
 
 def _read_hex(value: str, what: str, length: int) -> bytes:
@@ -201,12 +189,12 @@ def add_subscriber(
             )
             where = st.label
     allowed = "any NAF" if any_naf else (", ".join(sorted(guss.nafs)) or "no NAF yet")
-    _out().print(
+    stdout_console().print(
         f"added {sub.impi} ({sub.gba_type}, SQN {sub.sqn:012x}, AMF {sub.amf.hex()}; "
         f"allowed: {allowed}) to {where}"
     )
     if not guss.nafs and not any_naf:
-        Console(stderr=True).print(
+        stderr_console().print(
             Text(
                 "warning: no NAF is allowed: every Zn request for this subscriber will be "
                 "refused (use --allow-naf or --any-naf)",
@@ -232,7 +220,7 @@ def list_subscribers(store: StoreOption = None) -> None:
         if sub.guss.any_naf:
             nafs.append("(any NAF)")
         table.add_row(sub.impi, sub.gba_type, f"{sub.sqn:012x}", sub.amf.hex(), "\n".join(nafs))
-    out = _out()
+    out = stdout_console()
     out.print(table)
     out.print(f"{len(subs)} subscriber(s), {sessions} bootstrapping session(s)")
 
@@ -247,7 +235,7 @@ def remove(
         removed = st.remove_subscriber(impi)
     if not removed:
         fail(f"no subscriber {impi!r}", 1)
-    _out().print(f"removed {impi}")
+    stdout_console().print(f"removed {impi}")
 
 
 # ----------------------------------------------------------------------------- serve

@@ -4,7 +4,7 @@ Establishes a security association with Entity B (TS-0003 8.2.2.1 by PSK, 8.2.2.
 certificates, seed 000 8.2.3.2 by GBA with ``--gba``), sends one oneM2M request over it
 and prints the security context and the answer. With ``--gba`` the device's SQN_MS and
 its last bootstrap (Ks sealed) are kept in the data directory, so a second run within the
-key lifetime reuses Ks (:class:`m2msec.frameworks.gba.DeviceState`). With ``--maf`` it runs
+key lifetime reuses Ks (:class:`m2msec.frameworks.gba_device.DeviceState`). With ``--maf`` it runs
 the MAF-based framework (TS-0003 8.2.2.3) as Entity A: MAF Handshake with ``--km-id``/``--km``,
 Key Registration for IdB, then TLS-PSK with Entity B under the KcId
 (:class:`m2msec.frameworks.maf.MafInitiator`); it prints the KcId and the Kc's lifetime.
@@ -116,7 +116,7 @@ def _gba_opener(
         fail("--gba needs --bsf, --impi, --k and --opc")
     if not server_name:
         fail("--gba needs Entity B's host name (its NAF FQDN): give --servername")
-    from m2msec.frameworks.gba import DeviceState, GbaDevice
+    from m2msec.frameworks.gba_device import DeviceState, GbaDevice
     from m2msec.gba.aka import Usim
 
     state = DeviceState()

@@ -28,6 +28,10 @@ is not the MAF's Kc), A-08 (one ``uicc`` flag on A; B refuses a plain prefix onl
 requires GBA_U), A-09 (NAF_Id from the negotiated suite, on both sides), A-10 (legacy),
 A-25 (the B-TID is the key identifier, verbatim; Credential-ID ``12-<B-TID>``).
 
+This module holds what both roles share (the psk_identity and its hint, NAF_Id, the
+suites) and Entity B, the NAF (:class:`GbaResponder`, with :func:`zn_profile` for its Zn
+client). Entity A, the device, and its saved state are :mod:`m2msec.frameworks.gba_device`.
+
 Binding at Entity B: an AE-ID or CSE-ID named in the subscriber's USS for this NAF
 (``aeId`` / ``cseId``) when present; otherwise the Credential-ID ``12-<B-TID>``, built
 verbatim (A-25), which the gateway lets register one AE and then binds to its AE-ID. The
@@ -37,50 +41,41 @@ association is valid until the NAF key expires (the Ks lifetime the BSF reports)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
 
-from m2msec.crypto.gba import SUITE_IDS, ks_ext_naf, ks_int_naf, naf_id, ua_protocol_id_tls_psk
-from m2msec.errors import ConfigurationError, HandshakeError, IdentifierError, M2MSecError
-from m2msec.gba.aka import Usim
-from m2msec.ids import check_fqdn, entity_kind
+from m2msec.crypto.gba import SUITE_IDS, naf_id, ua_protocol_id_tls_psk
+from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
+from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
+from m2msec.gba.wire import NafKey
+from m2msec.ids import check_fqdn
 from m2msec.keyids import CredentialId, CredIdType
-from m2msec.tls.aio import TLSConnection
-from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import (
     PSK_SUITES_DTLS,
     PSK_SUITES_TLS,
     TLSProfile,
     Transport,
-    new_context,
+    new_profile,
 )
-
-if TYPE_CHECKING:
-    from m2msec.tls.aio_dtls import DTLSAssociation
 
 __all__ = [
     "HINT",
     "HINT_UICC",
     "SEPARATOR",
-    "BootstrapInfo",
-    "DeviceState",
-    "GbaDevice",
     "GbaResponder",
-    "NafKeyInfo",
     "NafKeySource",
+    "assume_utc",
     "binding_for_naf_key",
-    "device_naf_key",
     "format_identity",
     "gba_naf_id",
+    "gba_profile",
     "parse_identity",
+    "zn_profile",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,6 +158,22 @@ def parse_identity(identity: bytes) -> tuple[str, bool]:
     raise IdentifierError(f"psk_identity {text!r} has no 3GPP-bootstrapping prefix")
 
 
+def gba_profile(
+    transport: Transport, *, server_side: bool, local_id: str | None = None
+) -> TLSProfile:
+    """The start of either role's profile: (D)TLS 1.2 only (A-03) with :data:`GBA_SUITES`
+    (:data:`GBA_SUITES_DTLS` over DTLS); each role adds its callables."""
+    suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
+    return new_profile(
+        Framework.GBA,
+        transport,
+        server_side=server_side,
+        suites=suites,
+        tls13=False,
+        local_id=local_id,
+    )
+
+
 def gba_naf_id(naf_fqdn: str, cipher_suite: int) -> bytes:
     """NAF_Id for shared-key TLS: NAF FQDN || 01 00 01 yy zz (TS 33.220 H.2, A-09)."""
     return naf_id(naf_fqdn, ua_protocol_id_tls_psk(cipher_suite))
@@ -171,64 +182,31 @@ def gba_naf_id(naf_fqdn: str, cipher_suite: int) -> bytes:
 # ----------------------------------------------------------------------------- key sources
 
 
-class BootstrapInfo(Protocol):
-    """A GBA bootstrap as Entity A keeps it (:class:`m2msec.gba.ub.Bootstrap`)."""
-
-    @property
-    def btid(self) -> str: ...
-
-    @property
-    def rand(self) -> bytes: ...
-
-    @property
-    def ks(self) -> bytes: ...
-
-    @property
-    def impi(self) -> str: ...
-
-    @property
-    def expires(self) -> datetime: ...
-
-
-class NafKeyInfo(Protocol):
-    """What the BSF answers on Zn (:class:`m2msec.gba.zn.NafKey`)."""
-
-    @property
-    def ks_naf(self) -> bytes: ...
-
-    @property
-    def expires(self) -> datetime: ...
-
-    @property
-    def impi(self) -> str: ...
-
-    @property
-    def btid(self) -> str: ...
-
-    @property
-    def uss(self) -> Mapping[str, Any] | None: ...
-
-
 class NafKeySource(Protocol):
     """The NAF's side of Zn (:class:`m2msec.gba.zn.ZnClient`), or any stand-in for it."""
 
-    async def fetch(self, btid: str, naf_id: bytes, gba_u: bool) -> NafKeyInfo: ...
+    async def fetch(self, btid: str, naf_id: bytes, gba_u: bool) -> NafKey: ...
 
 
-def device_naf_key(
-    bootstrap: BootstrapInfo, naf_fqdn: str, cipher_suite: int, *, uicc: bool = False
-) -> bytes:
-    """Kc of Entity A for NAF ``naf_fqdn`` and the negotiated suite (TS 33.220 B.3).
+def zn_profile(
+    credential: CertificateCredential, bsf_fqdn: str, *, in_domain: str | None = None
+) -> TLSProfile:
+    """The NAF's TLS client profile towards the BSF for :class:`m2msec.gba.zn.ZnClient`.
 
-    Ks_int_NAF with ``uicc`` (GBA_U, the application in the UICC), else Ks_ext_NAF
-    (which is Ks_NAF with GBA_ME): seed 000 8.2.3.2, docs/readings.md A-07, A-08.
+    Zn is mutually authenticated (TS 33.220 4.4.3): the NAF presents ``credential``, whose
+    dNSName is the NAF FQDN the BSF accepts in NAF_Id, and the BSF's certificate must name
+    ``bsf_fqdn`` (TS-0003 10.1.1.6, also the SNI), as for any FQDN-named service of the
+    certificate framework. ``in_domain`` only serves to read our own certificate
+    (default: ``bsf_fqdn``).
     """
-    nid = gba_naf_id(naf_fqdn, cipher_suite)
-    derive = ks_int_naf if uicc else ks_ext_naf
-    return derive(bootstrap.ks, bootstrap.rand, bootstrap.impi, nid)
+    initiator = CertificateInitiator.for_service(
+        credential, bsf_fqdn, in_domain=in_domain or bsf_fqdn
+    )
+    return initiator.profile()
 
 
-def _aware(when: datetime) -> datetime:
+def assume_utc(when: datetime) -> datetime:
+    """``when``, read as UTC if naive (a stand-in key source or bootstrapper may say so)."""
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
@@ -254,10 +232,10 @@ def _uss_identity(uss: Mapping[str, Any] | None) -> tuple[str, PeerKind] | None:
     return None
 
 
-def binding_for_naf_key(key: NafKeyInfo) -> PeerBinding:
+def binding_for_naf_key(key: NafKey) -> PeerBinding:
     """The identity Entity B binds a GBA session to (module docstring; A-25)."""
     named = _uss_identity(key.uss)
-    valid_until = _aware(key.expires)
+    valid_until = assume_utc(key.expires)
     if named is not None:
         return PeerBinding(named[0], named[1], key_id=key.btid, valid_until=valid_until)
     credential = CredentialId(CredIdType.SAEF_KEY, key.btid, verbatim=True)
@@ -398,7 +376,7 @@ class GbaResponder:
             raise HandshakeError(f"the BSF cannot be reached over Zn: {exc}") from None
         if key.btid != btid:
             raise HandshakeError("the BSF answered for another B-TID")
-        expires = _aware(key.expires)
+        expires = assume_utc(key.expires)
         if expires <= self._clock():
             raise HandshakeError(f"the NAF key of B-TID {btid!r} has expired")
         if not 16 <= len(key.ks_naf) <= 64:
@@ -420,316 +398,12 @@ class GbaResponder:
         The seed names TLS-PSK only; DTLS-PSK with the same psk_identity and hint, NAF_Id
         built from the suite the DTLS ServerHello chose, is our extension (conformance.md).
         """
-        suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
-        ctx = new_context(transport, server_side=True, suites=suites, tls13=False)
-        return TLSProfile(
-            framework=Framework.GBA,
-            transport=transport,
-            server_side=True,
-            ssl_context=ctx,
-            local_id=self.local_id,
+        return replace(
+            gba_profile(transport, server_side=True, local_id=self.local_id),
             psk_async_resolver=self.resolve,
             psk_hint=self.hint,
             require_sni=self.require_sni,
         )
-
-
-# ----------------------------------------------------------------------------- Entity A
-
-Bootstrapper = Callable[[], Awaitable[BootstrapInfo]]
-"""Runs one Ub bootstrapping and returns the new bootstrap."""
-
-
-class GbaDevice:
-    """Entity A of the GBA-based framework (seed 000 8.2.3.2).
-
-    ``usim`` is the USIM-like credential (:class:`m2msec.gba.aka.Usim`), ``impi`` the
-    subscriber's private identity and ``bsf_url`` the BSF's Ub address (``http://...``).
-    ``uicc`` selects GBA_U with Ks_int_NAF and the ``-uicc`` prefix (docs/readings.md A-08).
-
-    A valid bootstrap is reused (no Ub run) until ``renew_before`` ahead of its expiry;
-    ``bootstrap`` seeds it (e.g. from disk) and ``on_bootstrap`` is told of each new one
-    (to persist it). ``bootstrapper`` replaces the Ub client (tests, other transports).
-    """
-
-    def __init__(
-        self,
-        usim: Usim,
-        impi: str,
-        bsf_url: str,
-        *,
-        uicc: bool = False,
-        bootstrap: BootstrapInfo | None = None,
-        on_bootstrap: Callable[[BootstrapInfo], None] | None = None,
-        bootstrapper: Bootstrapper | None = None,
-        renew_before: timedelta = timedelta(seconds=30),
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self.usim = usim
-        self.impi = impi
-        self.bsf_url = bsf_url
-        self.uicc = uicc
-        self._bootstrap = bootstrap
-        self._on_bootstrap = on_bootstrap
-        self._bootstrapper = bootstrapper
-        self.renew_before = renew_before
-        self._clock = clock
-        self._lock = asyncio.Lock()
-        self._profiles: dict[tuple[str, str | None, Transport], TLSProfile] = {}
-        #: How many Ub bootstrappings this device ran.
-        self.bootstraps = 0
-
-    def __repr__(self) -> str:
-        btid = self._bootstrap.btid if self._bootstrap else None
-        return f"GbaDevice(impi={self.impi!r}, uicc={self.uicc}, btid={btid!r})"
-
-    @property
-    def bootstrap(self) -> BootstrapInfo | None:
-        """The current bootstrap (B-TID, RAND, Ks, lifetime), or None."""
-        return self._bootstrap
-
-    def bootstrap_valid(self, margin: timedelta | None = None) -> bool:
-        b = self._bootstrap
-        if b is None:
-            return False
-        margin = self.renew_before if margin is None else margin
-        return _aware(b.expires) - margin > self._clock()
-
-    async def ensure_bootstrap(self, *, force: bool = False) -> BootstrapInfo:
-        """Reuse a valid Ks (seed 000 8.2.3.2), or bootstrap with the BSF over Ub."""
-        async with self._lock:
-            if not force and self.bootstrap_valid():
-                assert self._bootstrap is not None
-                return self._bootstrap
-            if self._bootstrapper is not None:
-                fresh = await self._bootstrapper()
-            else:
-                from m2msec.gba.ub import bootstrap as ub_bootstrap
-
-                fresh = await ub_bootstrap(self.bsf_url, self.usim, self.impi)
-            self.bootstraps += 1
-            self._bootstrap = fresh
-            log.info("GBA: bootstrapped, B-TID %s until %s", fresh.btid, fresh.expires)
-            if self._on_bootstrap is not None:
-                self._on_bootstrap(fresh)
-            return fresh
-
-    def _offer(
-        self, server_name: str, id_b: str | None, hint: bytes | None, suite: int | None
-    ) -> tuple[bytes, bytes, PeerBinding]:
-        b = self._bootstrap
-        if b is None or _aware(b.expires) <= self._clock():
-            raise HandshakeError("no valid GBA bootstrap (run the Ub bootstrapping first)")
-        if hint not in (HINT, HINT_UICC):
-            shown = "none" if hint is None else repr(hint[:48].decode("ascii", "replace"))
-            raise HandshakeError(
-                f"Entity B sent identity hint {shown}, not 3GPP-bootstrapping: it is not a NAF"
-            )
-        if hint == HINT_UICC and not self.uicc:
-            raise HandshakeError(
-                "Entity B requires GBA_U with Ks_int_NAF (hint 3GPP-bootstrapping-uicc); "
-                "this device is not configured with a UICC"
-            )
-        if suite is None:
-            raise HandshakeError("negotiated cipher suite unknown: GBA needs TLS 1.2")
-        key = device_naf_key(b, server_name, suite, uicc=self.uicc)
-        if id_b is not None:
-
-            binding = PeerBinding(id_b, entity_kind(id_b), b.btid, _aware(b.expires))
-        else:
-            binding = PeerBinding(server_name, PeerKind.SERVICE, b.btid, _aware(b.expires))
-        return format_identity(b.btid, self.uicc), key, binding
-
-    def profile(
-        self, server_name: str, *, id_b: str | None = None, transport: Transport = Transport.TLS
-    ) -> TLSProfile:
-        """A TLS 1.2 PSK profile for Entity B ``server_name`` (its NAF FQDN, sent as SNI).
-        ``transport=Transport.DTLS``: DTLS 1.2 instead (our extension, see
-        :meth:`GbaResponder.profile`).
-
-        Entity A binds the session to ``id_b`` (B's CSE-ID) when given, else to the
-        server name; the BSF vouched for it, since only the NAF holding a certificate
-        for that FQDN gets the key. Call :meth:`ensure_bootstrap` before handshaking.
-        """
-        name = check_fqdn(server_name.rstrip("."), "Entity B host name (NAF FQDN)").lower()
-        cached = self._profiles.get((name, id_b, transport))
-        if cached is not None:
-            return cached
-
-        def offer(hint: bytes | None, suite: int | None) -> tuple[bytes, bytes, PeerBinding]:
-            return self._offer(name, id_b, hint, suite)
-
-        suites = GBA_SUITES_DTLS if transport is Transport.DTLS else GBA_SUITES
-        ctx = new_context(transport, server_side=False, suites=suites, tls13=False)
-        profile = TLSProfile(
-            framework=Framework.GBA,
-            transport=transport,
-            server_side=False,
-            ssl_context=ctx,
-            psk_suite_offer=offer,
-            server_name=name,
-        )
-        self._profiles[(name, id_b, transport)] = profile
-        return profile
-
-    async def connect(
-        self,
-        host: str,
-        port: int,
-        server_name: str | None = None,
-        *,
-        id_b: str | None = None,
-        timeout: float = 10.0,
-    ) -> TLSConnection:
-        """Bootstrap if needed, then run the TLS-PSK handshake with Entity B.
-
-        ``server_name`` (default ``host``) is Entity B's host name: the SNI and the FQDN in
-        NAF_Id. When a reused B-TID is refused as unknown (the BSF forgot it), the device
-        bootstraps once more and retries. Returns the :class:`~m2msec.tls.aio.TLSConnection`.
-        """
-        profile = self.profile(server_name or host, id_b=id_b)
-        reused = self.bootstrap_valid()
-        await self.ensure_bootstrap()
-        try:
-            return await tls_connect(host, port, profile, timeout=timeout)
-        except HandshakeError as exc:
-            if not reused or "unknown psk identity" not in exc.reason:
-                raise
-            log.info("GBA: Entity B does not know B-TID; bootstrapping again")
-        await self.ensure_bootstrap(force=True)
-        return await tls_connect(host, port, profile, timeout=timeout)
-
-    async def connect_dtls(
-        self,
-        host: str,
-        port: int,
-        server_name: str | None = None,
-        *,
-        id_b: str | None = None,
-        timeout: float = 10.0,
-    ) -> DTLSAssociation:
-        """:meth:`connect` over DTLS 1.2 (CoAP binding; our extension, see
-        :meth:`GbaResponder.profile`): NAF_Id from the suite of the DTLS ServerHello."""
-        from m2msec.tls.aio_dtls import dtls_connect
-
-        profile = self.profile(server_name or host, id_b=id_b, transport=Transport.DTLS)
-        reused = self.bootstrap_valid()
-        await self.ensure_bootstrap()
-        try:
-            return await dtls_connect(profile, host, port, timeout=timeout)
-        except HandshakeError as exc:
-            if not reused or "unknown psk identity" not in exc.reason:
-                raise
-            log.info("GBA: Entity B does not know B-TID; bootstrapping again")
-        await self.ensure_bootstrap(force=True)
-        return await dtls_connect(profile, host, port, timeout=timeout)
-
-
-# ----------------------------------------------------------------------------- persistence
-
-
-class DeviceState:
-    """Entity A's GBA state kept between runs (``m2msec connect --gba``).
-
-    One JSON file (mode 0600, in the data directory by default) holding, per IMPI, SQN_MS
-    (the highest SQN the USIM accepted, so a later run does not accept an old challenge)
-    and the last bootstrap with Ks sealed by :mod:`m2msec.store.seal` under the data
-    directory's key-encryption key (associated data: IMPI, B-TID, BSF URL and expiry), so a
-    second run within the key lifetime reuses Ks instead of bootstrapping again (seed 000
-    8.2.3.2). K and OPc are never written here.
-    """
-
-    FILE_NAME: Final = "gba-device.json"
-
-    def __init__(self, path: Path | None = None, *, kek: bytes | None = None) -> None:
-        from m2msec.paths import data_dir
-
-        self.path = path if path is not None else data_dir() / self.FILE_NAME
-        self._kek = kek
-
-    def _sealer(self) -> Any:
-        from m2msec.paths import ensure_private_dir
-        from m2msec.store.seal import KEK_FILE_NAME, Sealer, load_kek
-
-        if self._kek is None:
-            ensure_private_dir(self.path.parent)
-            self._kek = load_kek(self.path.parent / KEK_FILE_NAME, create=True)
-        return Sealer(self._kek)
-
-    @staticmethod
-    def _aad(impi: str, btid: str, bsf_url: str, expires: str) -> bytes:
-        return "\x1f".join(("m2msec/gba-device/ks", impi, btid, bsf_url, expires)).encode()
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            text = self.path.read_text("utf-8")
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read {self.path}: {exc.strerror}") from None
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            raise ConfigurationError(f"{self.path} is not a GBA device state file") from None
-        if not isinstance(doc, dict):
-            raise ConfigurationError(f"{self.path} is not a GBA device state file")
-        return doc
-
-    def load(self, impi: str, bsf_url: str) -> tuple[int | None, BootstrapInfo | None]:
-        """(SQN_MS, bootstrap) saved for ``impi``; the bootstrap only if it was made with
-        ``bsf_url`` and has not expired."""
-        from m2msec.gba.ub import Bootstrap
-
-        entry = self._read().get(impi)
-        if not isinstance(entry, dict):
-            return None, None
-        sqn = entry.get("sqnMs")
-        sqn_ms = int(sqn, 16) if isinstance(sqn, str) and sqn else None
-        boot = entry.get("bootstrap")
-        if not isinstance(boot, dict) or boot.get("bsf") != bsf_url:
-            return sqn_ms, None
-        try:
-            expires_text = str(boot["expires"])
-            expires = datetime.fromisoformat(expires_text)
-            if expires <= datetime.now(UTC):
-                return sqn_ms, None
-            btid = str(boot["btid"])
-            ks = self._sealer().unseal(
-                bytes.fromhex(str(boot["ks"])),
-                self._aad(impi, btid, bsf_url, expires_text),
-                what=f"Ks of B-TID {btid}",
-            )
-            rand = bytes.fromhex(str(boot["rand"]))
-        except (KeyError, ValueError, M2MSecError) as exc:
-            log.warning("ignoring the saved GBA bootstrap of %s: %s", impi, exc)
-            return sqn_ms, None
-        return sqn_ms, Bootstrap(btid, rand, ks, impi, expires)
-
-    def save(self, impi: str, bsf_url: str, sqn_ms: bytes, bootstrap: BootstrapInfo | None) -> None:
-        """Record SQN_MS and the bootstrap of ``impi`` (atomically, mode 0600)."""
-        from m2msec.paths import ensure_private_dir
-
-        doc = self._read()
-        entry: dict[str, Any] = {"sqnMs": sqn_ms.hex()}
-        if bootstrap is not None:
-            expires = _aware(bootstrap.expires).isoformat()
-            sealed = self._sealer().seal(
-                bootstrap.ks, self._aad(impi, bootstrap.btid, bsf_url, expires)
-            )
-            entry["bootstrap"] = {
-                "bsf": bsf_url,
-                "btid": bootstrap.btid,
-                "rand": bootstrap.rand.hex(),
-                "ks": sealed.hex(),
-                "expires": expires,
-            }
-        doc[impi] = entry
-        ensure_private_dir(self.path.parent)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
 
 
 #: IANA ids of the suites offered, for docs and tests.

@@ -9,9 +9,11 @@ device machinery behind that key:
 * :mod:`m2msec.gba.digest` - HTTP Digest AKA (RFC 3310 over RFC 2617), sans-IO.
 * :mod:`m2msec.gba.subscribers` - the HSS simulator's subscriber store and the BSF's
   bootstrapping sessions (SQLite, secrets sealed).
+* :mod:`m2msec.gba.wire` - the Ub and Zn messages, written and read by both ends (sans-IO).
 * :mod:`m2msec.gba.ub` - Entity A's Ub client (TS 24.109 bootstrapping over HTTP).
-* :mod:`m2msec.gba.zn` - the Zn reference point between NAF and BSF, over HTTP on
-  mutually authenticated TLS (our mapping; TS 29.109 uses Diameter).
+* :mod:`m2msec.gba.zn` - the NAF's Zn client, over HTTP on mutually authenticated TLS
+  (our mapping; TS 29.109 uses Diameter).
+* :mod:`m2msec.gba.service` - the BSF's answers on Ub and Zn, without asyncio.
 
-The BSF server itself is :mod:`m2msec.servers.bsf`.
+The BSF's listeners and lifecycle are :mod:`m2msec.servers.bsf`.
 """

@@ -275,6 +275,28 @@ class Authorization:
             parts.append(f"auts={_quote(self.auts, 'auts')}")
         return "Digest " + ", ".join(parts)
 
+    def digest(self, password: bytes, method: str, body: bytes = b"") -> str:
+        """The request-digest over these fields (RFC 2617 3.2.2.1) with ``password`` as raw
+        octets (RES, or empty for AUTS and MAC-failure reports, RFC 3310 3.2/3.4): what the
+        device sends as ``response`` and the BSF expects."""
+        return compute_response(
+            password=password,
+            username=self.username,
+            realm=self.realm,
+            method=method,
+            uri=self.uri,
+            nonce=self.nonce,
+            qop=self.qop,
+            nc=self.nc,
+            cnonce=self.cnonce,
+            body=body,
+        )
+
+    def rspauth(self, password: bytes, body: bytes) -> str:
+        """``rspauth`` of the answer to this Authorization, ``body`` that answer's entity-body
+        (:func:`compute_rspauth`): the BSF sends it, the device checks it."""
+        return self.digest(password, "", body)
+
     def auts_bytes(self) -> bytes | None:
         """AUTS decoded from base64, or None; :class:`DigestError` when malformed."""
         if self.auts is None:

@@ -1,4 +1,5 @@
-"""The HSS simulator's subscribers and the BSF's bootstrapping sessions, SQLite or PostgreSQL.
+"""The store of the HSS simulator's subscribers and the BSF's bootstrapping sessions (TS
+33.220 4.2.1, 4.2.3, 4.5.2), SQLite or PostgreSQL.
 
 Two tables in one SQLite file (default ``<data dir>/bsf.db``, created 0600 in a 0700
 directory) or in the ``m2msec_bsf`` schema of a PostgreSQL database
@@ -9,20 +10,11 @@ directory) or in the ``m2msec_bsf`` schema of a PostgreSQL database
     bootstrap(btid TEXT PRIMARY KEY, impi TEXT, rand BLOB, ks BLOB, created_at INTEGER,
               expires_at INTEGER, gba_type TEXT)
 
-* A subscriber is what the HSS holds for an IMPI (TS 33.220 4.2.3/4.4.2): the AKA
-  credential (K and OPc, each sealed with :mod:`m2msec.store.seal` under the
-  key-encryption key, with the IMPI and the column name as associated data), SQN_HE
-  (the last SQN issued, TS 33.102 Annex C), the AMF of its vectors, whether its
-  credential is on a UICC (GBA_U, docs/readings.md A-08) and its GBA User Security Settings.
-* GUSS (TS 33.220 4.2.3, our reduced form, stored as JSON): the NAFs the subscriber may
-  use, by FQDN, each with its application-specific user security settings (USS) as a JSON
-  object that the BSF hands to that NAF over Zn (for example ``{"aeId": "/mn-cse/Cdev"}``,
-  which the NAF binds as the peer identity), or ``any_naf`` to allow every NAF with an
-  empty USS. A NAF not allowed is refused the key (4.4.6, "the BSF ... shall check
-  whether the NAF is authorised").
-* A bootstrapping session (TS 33.220 4.5.2) is the BSF's state after a successful Ub run:
-  B-TID, IMPI, RAND, Ks (sealed; the associated data binds B-TID, IMPI, RAND, expiry and
-  type) and the key lifetime.
+The records (:class:`~m2msec.gba.records.Subscriber`, its
+:class:`~m2msec.gba.records.Guss`, :class:`~m2msec.gba.records.BootstrapSession`) are
+:mod:`m2msec.gba.records`'s. Here K and OPc are sealed with :mod:`m2msec.store.seal` under
+the key-encryption key, with the IMPI and the column name as associated data; a session's
+Ks with associated data binding B-TID, IMPI, RAND, expiry and type.
 
 SQLite writes use WAL with ``synchronous=NORMAL``: a power cut may lose the last SQN step
 or the last session (the device then resynchronises or bootstraps again), but never leaves
@@ -34,27 +26,23 @@ subscriber's row (``FOR UPDATE`` in PostgreSQL, the write lock in SQLite).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, TypeVar
 
 from m2msec.crypto.milenage import AMF_LENGTH, KEY_LENGTH
 from m2msec.errors import (
     ConfigurationError,
     DuplicateCredentialError,
-    IdentifierError,
     StoreError,
     UnknownCredentialError,
 )
 from m2msec.gba.aka import DEFAULT_AMF, SQN_MAX, SubscriberKeys, next_sqn
-from m2msec.ids import check_fqdn
+from m2msec.gba.records import BootstrapSession, Guss, Subscriber, check_impi
 from m2msec.paths import data_dir, ensure_private_dir
 from m2msec.store.db import (
     Closing,
@@ -67,25 +55,12 @@ from m2msec.store.db import (
 )
 from m2msec.store.schema import KekCheck, open_sealed_schema
 
-__all__ = [
-    "BSF_STORE_NAME",
-    "MAX_IMPI_OCTETS",
-    "BootstrapSession",
-    "GbaType",
-    "Guss",
-    "Subscriber",
-    "SubscriberStore",
-    "check_impi",
-    "default_bsf_store_path",
-]
+__all__ = ["BSF_STORE_NAME", "SubscriberStore", "default_bsf_store_path"]
 
 log = logging.getLogger(__name__)
 
 BSF_STORE_NAME: Final = "bsf.db"
 SCHEMA_VERSION: Final = 1
-MAX_IMPI_OCTETS: Final = 255
-MAX_GUSS_OCTETS: Final = 64 * 1024
-GbaType = Literal["GBA_ME", "GBA_U"]
 
 #: The PostgreSQL schema holding the BSF's tables.
 PG_SCHEMA: Final = "m2msec_bsf"
@@ -135,22 +110,6 @@ def default_bsf_store_path(*, create: bool = False) -> Path:
     return directory / BSF_STORE_NAME
 
 
-def check_impi(impi: str) -> str:
-    """An IMPI (an NAI, TS 23.003 13.3): 1-255 UTF-8 octets, no spaces, quotes or controls."""
-    if not isinstance(impi, str) or not impi:
-        raise IdentifierError("IMPI is empty")
-    try:
-        n = len(impi.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise IdentifierError("IMPI is not valid Unicode text") from None
-    if n > MAX_IMPI_OCTETS:
-        raise IdentifierError(f"IMPI is longer than {MAX_IMPI_OCTETS} octets")
-    bad = [c for c in impi if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F or c in '"\\']
-    if bad:
-        raise IdentifierError(f"IMPI {impi[:64]!r} contains {bad[0]!r}")
-    return impi
-
-
 def _epoch(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
@@ -161,102 +120,27 @@ def _from_epoch(value: int) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
+_T = TypeVar("_T")
+
+
+def _one(cursor: Any) -> Any:
+    return cursor.fetchone()
+
+
+def _all(cursor: Any) -> list[Any]:
+    return list(cursor.fetchall())
+
+
+def _count(cursor: Any) -> int:
+    return int(cursor.fetchone()[0])
+
+
+def _rowcount(cursor: Any) -> int:
+    return int(cursor.rowcount)
+
+
 def _lp(*parts: bytes) -> bytes:
     return b"".join(len(p).to_bytes(2, "big") + p for p in parts)
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class Guss:
-    """GBA User Security Settings (reduced form, module docstring).
-
-    ``nafs`` maps allowed NAF FQDNs (lower case) to their USS (a JSON object).
-    """
-
-    nafs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    any_naf: bool = False
-
-    @classmethod
-    def allowing(
-        cls, nafs: Iterable[str] | Mapping[str, Mapping[str, Any]] = (), *, any_naf: bool = False
-    ) -> Guss:
-        """Build (and check) a GUSS from FQDNs, or from FQDN -> USS."""
-        items: Iterable[tuple[str, Mapping[str, Any]]] = (
-            nafs.items() if isinstance(nafs, Mapping) else ((n, {}) for n in nafs)
-        )
-        out: dict[str, Mapping[str, Any]] = {}
-        for fqdn, uss in items:
-            key = check_fqdn(str(fqdn).rstrip("."), "NAF FQDN in GUSS").lower()
-            if not isinstance(uss, Mapping):
-                raise IdentifierError(f"the USS of NAF {key} must be a JSON object")
-            out[key] = MappingProxyType(dict(uss))
-        return cls(MappingProxyType(out), any_naf)
-
-    def uss_for(self, naf_fqdn: str) -> dict[str, Any] | None:
-        """The USS for ``naf_fqdn`` (case-insensitive), ``{}`` under ``any_naf``, or None
-        when this NAF is not allowed."""
-        uss = self.nafs.get(naf_fqdn.lower().rstrip("."))
-        if uss is not None:
-            return dict(uss)
-        return {} if self.any_naf else None
-
-    def to_json(self) -> str:
-        doc = {"anyNaf": self.any_naf, "nafs": {k: dict(v) for k, v in self.nafs.items()}}
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> Guss:
-        if len(text) > MAX_GUSS_OCTETS:
-            raise StoreError(f"GUSS larger than {MAX_GUSS_OCTETS} octets")
-        try:
-            doc = json.loads(text)
-            nafs = doc["nafs"]
-            any_naf = doc.get("anyNaf", False)
-            if not isinstance(nafs, dict) or not isinstance(any_naf, bool):
-                raise TypeError
-            return cls.allowing(nafs, any_naf=any_naf)
-        except (ValueError, KeyError, TypeError, IdentifierError) as exc:
-            raise StoreError(f"stored GUSS is not valid: {exc}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    """One subscriber of the HSS simulator; K and OPc stay out of repr."""
-
-    impi: str
-    k: bytes = field(repr=False)
-    opc: bytes = field(repr=False)
-    sqn: int
-    amf: bytes
-    guss: Guss
-    uicc: bool
-    created_at: datetime
-
-    @property
-    def gba_type(self) -> GbaType:
-        """GBA_U for a UICC-based credential, else GBA_ME (docs/readings.md A-08)."""
-        return "GBA_U" if self.uicc else "GBA_ME"
-
-    def keys(self) -> SubscriberKeys:
-        return SubscriberKeys(self.impi, self.k, self.opc, self.amf)
-
-
-@dataclass(frozen=True, slots=True)
-class BootstrapSession:
-    """A bootstrapping session of the BSF (TS 33.220 4.5.2); Ks stays out of repr."""
-
-    btid: str
-    impi: str
-    rand: bytes
-    ks: bytes = field(repr=False)
-    created_at: datetime
-    expires_at: datetime
-    gba_type: GbaType = "GBA_ME"
-
-    def expired(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(UTC)) >= self.expires_at
 
 
 # ----------------------------------------------------------------------------- the store
@@ -347,12 +231,35 @@ class SubscriberStore(Closing):
         with self._lock:
             self._c.close()
 
-
     def __repr__(self) -> str:
         return f"SubscriberStore({self._path!r})"
 
     def _error(self, action: str, exc: Exception) -> StoreError:
         return StoreError(f"cannot {action} BSF store {self._path}: {self._db.message(exc)}")
+
+    def _run(
+        self,
+        sql: str,
+        params: tuple[Any, ...] = (),
+        *,
+        fetch: Callable[[Any], _T],
+        action: str = "read",
+        duplicate: str | None = None,
+    ) -> _T:
+        """One statement under the lock, ``fetch`` reading its cursor there; a driver error
+        becomes a StoreError naming ``action``, a broken constraint DuplicateCredentialError
+        (``duplicate``) when given."""
+        with self._lock:
+            try:
+                return fetch(self._conn.execute(sql, params))
+            except self._db.errors as exc:
+                if duplicate is not None and isinstance(exc, self._db.integrity_errors):
+                    raise DuplicateCredentialError(duplicate) from None
+                raise self._error(action, exc) from None
+
+    def _write(self, sql: str, params: tuple[Any, ...], duplicate: str | None = None) -> int:
+        """Run one write; how many rows it touched."""
+        return self._run(sql, params, fetch=_rowcount, action="write", duplicate=duplicate)
 
     def _rollback(self) -> None:
         if self._db.usable(self._c) and self._db.in_transaction(self._c):
@@ -410,33 +317,22 @@ class SubscriberStore(Closing):
                 " sqn = excluded.sqn, amf = excluded.amf, guss = excluded.guss,"
                 " uicc = excluded.uicc, created_at = excluded.created_at"
             )
-        with self._lock:
-            try:
-                self._conn.execute(sql, row)
-            except self._db.integrity_errors:
-                raise DuplicateCredentialError(f"subscriber {impi!r} already exists") from None
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
+        self._write(sql, row, duplicate=f"subscriber {impi!r} already exists")
         return Subscriber(impi, bytes(k), bytes(opc), sqn, bytes(amf), guss, uicc, created)
 
     def get_subscriber(self, impi: str) -> Subscriber | None:
         if not is_text(impi):
             return None
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
-                    f" WHERE impi = {self._p}",
-                    (impi,),
-                ).fetchone()
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        row = self._run(
+            "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
+            f" WHERE impi = {self._p}",
+            (impi,),
+            fetch=_one,
+        )
         if row is None:
             return None
         k_sealed, opc_sealed, sqn, amf, guss, uicc, created = row
-        k = self._sealer.unseal(
-            bytes(k_sealed), self._secret_aad(impi, "k"), what=f"K of {impi!r}"
-        )
+        k = self._sealer.unseal(bytes(k_sealed), self._secret_aad(impi, "k"), what=f"K of {impi!r}")
         opc = self._sealer.unseal(
             bytes(opc_sealed), self._secret_aad(impi, "opc"), what=f"OPc of {impi!r}"
         )
@@ -459,16 +355,7 @@ class SubscriberStore(Closing):
 
     def list_subscribers(self) -> list[Subscriber]:
         """Every subscriber, by IMPI (secrets unsealed: for tools, not for logs)."""
-        with self._lock:
-            try:
-                impis = [
-                    r[0]
-                    for r in self._conn.execute(
-                        "SELECT impi FROM subscriber ORDER BY impi"
-                    ).fetchall()
-                ]
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        impis = [r[0] for r in self._run("SELECT impi FROM subscriber ORDER BY impi", fetch=_all)]
         out = []
         for impi in impis:
             sub = self.get_subscriber(impi)
@@ -477,11 +364,7 @@ class SubscriberStore(Closing):
         return out
 
     def count_subscribers(self) -> int:
-        with self._lock:
-            try:
-                return int(self._conn.execute("SELECT count(*) FROM subscriber").fetchone()[0])
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        return self._run("SELECT count(*) FROM subscriber", fetch=_count)
 
     def remove_subscriber(self, impi: str) -> bool:
         """Remove a subscriber and its bootstrapping sessions; False when unknown."""
@@ -500,15 +383,10 @@ class SubscriberStore(Closing):
         return removed
 
     def set_guss(self, impi: str, guss: Guss) -> None:
-        with self._lock:
-            try:
-                cur = self._conn.execute(
-                    f"UPDATE subscriber SET guss = {self._p} WHERE impi = {self._p}",
-                    (guss.to_json(), impi),
-                )
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        if cur.rowcount == 0:
+        p = self._p
+        if not self._write(
+            f"UPDATE subscriber SET guss = {p} WHERE impi = {p}", (guss.to_json(), impi)
+        ):
             raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
 
     # -- SQN (the HSS's SqnStore) ----------------------------------------------------------
@@ -541,15 +419,8 @@ class SubscriberStore(Closing):
         """SQN_HE := SQN_MS (resynchronisation, TS 33.102 6.3.5)."""
         if not 0 <= sqn_ms <= SQN_MAX:
             raise ValueError("SQN is a 48-bit value")
-        with self._lock:
-            try:
-                cur = self._conn.execute(
-                    f"UPDATE subscriber SET sqn = {self._p} WHERE impi = {self._p}",
-                    (sqn_ms, impi),
-                )
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        if cur.rowcount == 0:
+        p = self._p
+        if not self._write(f"UPDATE subscriber SET sqn = {p} WHERE impi = {p}", (sqn_ms, impi)):
             raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
 
     # -- bootstrapping sessions ------------------------------------------------------------
@@ -577,32 +448,24 @@ class SubscriberStore(Closing):
             expires,
             session.gba_type,
         )
-        with self._lock:
-            try:
-                p = self._p
-                self._conn.execute(
-                    "INSERT INTO bootstrap (btid, impi, rand, ks, created_at, expires_at,"
-                    f" gba_type) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
-                    row,
-                )
-            except self._db.integrity_errors:
-                raise DuplicateCredentialError(f"B-TID {session.btid!r} already exists") from None
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
+        p = self._p
+        self._write(
+            "INSERT INTO bootstrap (btid, impi, rand, ks, created_at, expires_at,"
+            f" gba_type) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+            row,
+            duplicate=f"B-TID {session.btid!r} already exists",
+        )
 
     def get_session(self, btid: str) -> BootstrapSession | None:
         """The session of ``btid`` (expired ones too: the caller decides), or None."""
         if not is_text(btid):
             return None
-        with self._lock:
-            try:
-                row = self._conn.execute(
-                    "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
-                    f" WHERE btid = {self._p}",
-                    (btid,),
-                ).fetchone()
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        row = self._run(
+            "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
+            f" WHERE btid = {self._p}",
+            (btid,),
+            fetch=_one,
+        )
         if row is None:
             return None
         impi, rand, sealed, created, expires, gba_type = row
@@ -618,28 +481,12 @@ class SubscriberStore(Closing):
         )
 
     def remove_session(self, btid: str) -> bool:
-        with self._lock:
-            try:
-                cur = self._conn.execute(f"DELETE FROM bootstrap WHERE btid = {self._p}", (btid,))
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        return bool(cur.rowcount > 0)
+        return self._write(f"DELETE FROM bootstrap WHERE btid = {self._p}", (btid,)) > 0
 
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete sessions past their lifetime; return how many."""
         cutoff = _epoch(now or datetime.now(UTC))
-        with self._lock:
-            try:
-                cur = self._conn.execute(
-                    f"DELETE FROM bootstrap WHERE expires_at <= {self._p}", (cutoff,)
-                )
-            except self._db.errors as exc:
-                raise self._error("write", exc) from None
-        return int(cur.rowcount)
+        return self._write(f"DELETE FROM bootstrap WHERE expires_at <= {self._p}", (cutoff,))
 
     def count_sessions(self) -> int:
-        with self._lock:
-            try:
-                return int(self._conn.execute("SELECT count(*) FROM bootstrap").fetchone()[0])
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
+        return self._run("SELECT count(*) FROM bootstrap", fetch=_count)

@@ -14,6 +14,9 @@ TCP (HTTP/1.1 on h11; the Ub request-URI is the BSF URL's path, ``/`` by default
        <BootstrappingInfo xmlns="uri:3gpp-gba"><btid>..</btid>
                           <lifetime>YYYY-MM-DDThh:mm:ssZ</lifetime></BootstrappingInfo>
 
+The document and its xs:dateTime are read by :mod:`m2msec.gba.wire`, the module the BSF
+writes them with.
+
 Ks = CK || IK (TS 33.220 4.5.2) stays with the caller in :class:`Bootstrap`, with the
 B-TID and the key lifetime from the BSF.
 
@@ -32,11 +35,10 @@ import asyncio
 import base64
 import contextlib
 import os
-import re
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from m2msec.bindings.http_client import ResponseTooLarge
@@ -48,33 +50,28 @@ from m2msec.gba.digest import (
     Authorization,
     Challenge,
     DigestError,
-    compute_response,
-    compute_rspauth,
     parse_authentication_info,
     parse_challenge,
     response_matches,
     split_nonce,
 )
+from m2msec.gba.wire import (
+    BSF_MEDIA_TYPE,
+    MAX_BOOTSTRAPPING_INFO_OCTETS,
+    WireError,
+    parse_bootstrapping_info,
+)
 from m2msec.service.client import HttpClient
 from m2msec.service.limits import HttpLimits
 from m2msec.service.streams import PlainStream, Stream
 
-__all__ = [
-    "GBA_NS",
-    "USER_AGENT",
-    "Bootstrap",
-    "UbError",
-    "bootstrap",
-    "format_bootstrapping_info",
-    "parse_bootstrapping_info",
-]
+__all__ = ["USER_AGENT", "Bootstrap", "UbError", "bootstrap"]
 
-#: XML namespace of the BootstrappingInfo document (TS 24.109 Annex C).
-GBA_NS: Final = "uri:3gpp-gba"
+_H = TypeVar("_H")
+
 #: TS 24.109 5.2.1: the product token "3gpp-gba" in User-Agent announces GBA support.
 USER_AGENT: Final = "m2msec 3gpp-gba"
-MAX_RESPONSE_OCTETS: Final = 16 * 1024
-_LIFETIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+MAX_RESPONSE_OCTETS: Final = MAX_BOOTSTRAPPING_INFO_OCTETS
 
 
 class UbError(M2MSecError):
@@ -106,42 +103,6 @@ class Bootstrap:
     def ks_int_naf(self, naf_id: bytes) -> bytes:
         """Ks_int_NAF for ``naf_id`` (GBA_U)."""
         return ks_int_naf(self.ks, self.rand, self.impi, naf_id)
-
-
-# ----------------------------------------------------------------------------- XML body
-
-
-def format_bootstrapping_info(btid: str, lifetime: datetime) -> bytes:
-    """The 200 body of Ub (TS 24.109 5.3.2 / Annex C)."""
-    root = ET.Element("BootstrappingInfo", xmlns=GBA_NS)
-    ET.SubElement(root, "btid").text = btid
-    ET.SubElement(root, "lifetime").text = lifetime.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root)
-
-
-def parse_bootstrapping_info(body: bytes) -> tuple[str, datetime]:
-    """(B-TID, lifetime) from a BootstrappingInfo document; :class:`UbError` if malformed."""
-    if len(body) > MAX_RESPONSE_OCTETS:
-        raise UbError("BootstrappingInfo document is too large")
-    if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-        raise UbError("BootstrappingInfo document may not carry a DTD")
-    try:
-        root = ET.fromstring(body)  # noqa: S314 - size-bounded, DTD refused above
-    except ET.ParseError as exc:
-        raise UbError(f"BootstrappingInfo is not well-formed XML: {exc}") from None
-    ns = "{" + GBA_NS + "}"
-    if root.tag != ns + "BootstrappingInfo":
-        raise UbError(f"expected <BootstrappingInfo xmlns={GBA_NS!r}>, got {root.tag[:80]!r}")
-    btid_el = root.find(ns + "btid")
-    life_el = root.find(ns + "lifetime")
-    if btid_el is None or not (btid_el.text or "").strip():
-        raise UbError("BootstrappingInfo has no btid")
-    if life_el is None or not _LIFETIME.fullmatch((life_el.text or "").strip()):
-        raise UbError("BootstrappingInfo has no lifetime of the form YYYY-MM-DDThh:mm:ssZ")
-    lifetime = datetime.strptime((life_el.text or "").strip(), "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=UTC
-    )
-    return (btid_el.text or "").strip(), lifetime
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -187,7 +148,7 @@ class _Http:
             ("Host", self.host_header),
             ("User-Agent", USER_AGENT),
             ("Authorization", authorization),
-            ("Accept", "application/vnd.3gpp.bsf+xml, application/xml"),
+            ("Accept", f"{BSF_MEDIA_TYPE}, application/xml"),
         ]
         try:
             answer = await asyncio.wait_for(
@@ -218,16 +179,21 @@ def _refusal(answer: _Answer, what: str) -> UbError:
     return UbError(f"{what}: the BSF answered {answer.status}{detail}", answer.status)
 
 
+def _parsed(answer: _Answer, name: str, parse: Callable[[str], _H], what: str) -> _H:
+    """The Digest header ``name`` of ``answer``, parsed; :class:`UbError` if absent or bad."""
+    value = answer.header(name)
+    if value is None:
+        raise UbError(f"the BSF's {answer.status} carries no {what}", answer.status)
+    try:
+        return parse(value)
+    except DigestError as exc:
+        raise UbError(f"malformed {what} from the BSF: {exc}", answer.status) from None
+
+
 def _challenge(answer: _Answer) -> Challenge:
     if answer.status != 401:
         raise _refusal(answer, "bootstrapping refused")
-    value = answer.header("www-authenticate")
-    if value is None:
-        raise UbError("the BSF's 401 carries no WWW-Authenticate challenge", 401)
-    try:
-        challenge = parse_challenge(value)
-    except DigestError as exc:
-        raise UbError(f"malformed challenge from the BSF: {exc}", 401) from None
+    challenge = _parsed(answer, "www-authenticate", parse_challenge, "WWW-Authenticate challenge")
     if challenge.algorithm != AKAV1_MD5:
         raise UbError(f"the BSF asks for algorithm {challenge.algorithm}, not AKAv1-MD5", 401)
     return challenge
@@ -245,36 +211,22 @@ def _qop(challenge: Challenge) -> str | None:
 
 def _answer_header(
     challenge: Challenge, impi: str, uri: str, password: bytes, *, auts: bytes | None = None
-) -> tuple[Authorization, str | None]:
+) -> Authorization:
     qop = _qop(challenge)
-    nc = "00000001" if qop else None
-    cnonce = os.urandom(12).hex() if qop else None
-    response = compute_response(
-        password=password,
-        username=impi,
-        realm=challenge.realm,
-        method="GET",
-        uri=uri,
-        nonce=challenge.nonce,
-        qop=qop,
-        nc=nc,
-        cnonce=cnonce,
-        body=b"",
-    )
     auth = Authorization(
         username=impi,
         realm=challenge.realm,
         nonce=challenge.nonce,
         uri=uri,
-        response=response,
+        response="",
         algorithm=AKAV1_MD5,
         qop=qop,
-        nc=nc,
-        cnonce=cnonce,
+        nc="00000001" if qop else None,
+        cnonce=os.urandom(12).hex() if qop else None,
         opaque=challenge.opaque,
         auts=None if auts is None else base64.b64encode(auts).decode("ascii"),
     )
-    return auth, qop
+    return replace(auth, response=auth.digest(password, "GET"))
 
 
 async def bootstrap(bsf_url: str, usim: Usim, impi: str, *, timeout: float = 10.0) -> Bootstrap:
@@ -319,7 +271,7 @@ async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> B
         try:
             result = usim.authenticate(rand, autn)
         except MacFailure:
-            notify, _ = _answer_header(challenge, impi, uri, b"")
+            notify = _answer_header(challenge, impi, uri, b"")
             with contextlib.suppress(UbError):
                 await http.request(uri, notify.header_value())
             raise UbError(
@@ -332,41 +284,29 @@ async def _run(http: _Http, usim: Usim, impi: str, uri: str, *, realm: str) -> B
                     "synchronisation failure again after resynchronising: giving up"
                 ) from None
             resynced = True
-            auth, _ = _answer_header(challenge, impi, uri, b"", auts=exc.auts)
+            auth = _answer_header(challenge, impi, uri, b"", auts=exc.auts)
             answer = await http.request(uri, auth.header_value())
             continue
         except AkaError as exc:
             raise UbError(f"the USIM refused the challenge: {exc}") from None
-        auth, qop = _answer_header(challenge, impi, uri, result.res)
+        auth = _answer_header(challenge, impi, uri, result.res)
         answer = await http.request(uri, auth.header_value())
         if answer.status != 200:
             raise _refusal(answer, "authentication failed")
-        _check_rspauth(answer, auth, qop, result.res)
-        btid, lifetime = parse_bootstrapping_info(answer.body)
+        _check_rspauth(answer, auth, result.res)
+        try:
+            btid, lifetime = parse_bootstrapping_info(answer.body)
+        except WireError as exc:
+            raise UbError(str(exc)) from None
         expected = base64.b64encode(rand).decode("ascii") + "@"
         if not btid.startswith(expected):
             raise UbError("the B-TID from the BSF does not carry our RAND (TS 33.220 4.5.2)")
         return Bootstrap(btid, rand, ks_from(result.ck, result.ik), impi, lifetime)
 
 
-def _check_rspauth(answer: _Answer, auth: Authorization, qop: str | None, res: bytes) -> None:
-    value = answer.header("authentication-info")
-    if value is None:
-        raise UbError("the BSF's 200 carries no Authentication-Info (rspauth)", 200)
-    try:
-        info = parse_authentication_info(value)
-    except DigestError as exc:
-        raise UbError(f"malformed Authentication-Info: {exc}", 200) from None
-    expected = compute_rspauth(
-        password=res,
-        username=auth.username,
-        realm=auth.realm,
-        uri=auth.uri,
-        nonce=auth.nonce,
-        qop=qop,
-        nc=auth.nc,
-        cnonce=auth.cnonce,
-        body=answer.body,
+def _check_rspauth(answer: _Answer, auth: Authorization, res: bytes) -> None:
+    info = _parsed(
+        answer, "authentication-info", parse_authentication_info, "Authentication-Info (rspauth)"
     )
-    if not response_matches(expected, info.rspauth):
+    if not response_matches(auth.rspauth(res, answer.body), info.rspauth):
         raise UbError("rspauth from the BSF does not verify: the BSF did not know XRES", 200)

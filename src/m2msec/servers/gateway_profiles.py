@@ -153,7 +153,7 @@ class ResponderProfiles:
         (docs/conformance.md); NAF_Id names the suite the DTLS ServerHello chose.
         """
         from m2msec.frameworks.certificate import CertificateCredential
-        from m2msec.frameworks.gba import GbaResponder
+        from m2msec.frameworks.gba import GbaResponder, zn_profile
         from m2msec.gba.zn import ZnClient
 
         if self.gba is not None:
@@ -164,11 +164,10 @@ class ResponderProfiles:
         except CertificateError as exc:
             raise ConfigurationError(f"gba: {exc}") from None
         self.zn = ZnClient(
-            credential,
+            zn_profile(credential, gba.bsf_fqdn, in_domain=self.config.in_domain),
             gba.bsf_host,
             gba.bsf_port,
             gba.bsf_fqdn,
-            in_domain=self.config.in_domain,
             timeout=self.config.handshake_timeout,
         )
         self.gba = GbaResponder(
