@@ -29,11 +29,11 @@ import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from m2msec.errors import StoreError
 from m2msec.paths import ensure_private_dir
+from m2msec.store.db import Closing
 
 __all__ = ["FIELDS", "AuditEvent", "AuditLog", "audit_record", "read_audit_log"]
 
@@ -103,7 +103,7 @@ def audit_record(event: AuditEvent, **fields: str | int | None) -> dict[str, str
     return record
 
 
-class AuditLog:
+class AuditLog(Closing):
     """Append-only JSON-lines audit file (module documentation). Thread-safe."""
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
@@ -148,17 +148,6 @@ class AuditLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def read_audit_log(path: str | os.PathLike[str]) -> list[dict[str, str | int]]:

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from m2msec.app_rules import AppRule, app_rule
-from m2msec.errors import ConfigurationError, StoreError
-from m2msec.store.db import Closing, Connection, Database, open_database
-from m2msec.store.psk import PG_SCHEMA
+from m2msec.errors import ConfigurationError
+from m2msec.store.db import Database
+from m2msec.store.side_table import SideTable
 
 __all__ = ["AppRuleStore", "StoredAppRule", "check_rule_name"]
 
@@ -55,7 +53,7 @@ class StoredAppRule:
         }
 
 
-class AppRuleStore(Closing):
+class AppRuleStore(SideTable):
     """The ``app_rule`` table beside a psk-lookup-table.
 
     ``target`` is the psk store's :attr:`~m2msec.store.psk.SealedPskStore.database` (or its
@@ -69,19 +67,11 @@ class AppRuleStore(Closing):
         cache_ttl: float = 2.0,
         busy_timeout: float = 5.0,
     ) -> None:
-        if isinstance(target, Database):
-            db = target
-        else:
-            if isinstance(target, Path):
-                target = target.expanduser()
-            db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
-        self._db = db
-        self._path = db.label
+        super().__init__(target, table="app_rule", what="the app rules", busy_timeout=busy_timeout)
         self._cache_ttl = cache_ttl
         self._cached: tuple[AppRule, ...] = ()
         self._read_at = -float("inf")
-        self._lock = threading.Lock()
-        p = db.p
+        p = self._db.p
         self._insert = (
             "INSERT INTO app_rule (name, credentials, allowed_aes, allowed_app_ids, "
             f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id"
@@ -90,20 +80,6 @@ class AppRuleStore(Closing):
             column: f"DELETE FROM app_rule WHERE {column} = {p}"
             for column in ("id", "name")
         }
-        try:
-            self._c = db.connect()
-            self._c.execute("SELECT 1 FROM app_rule LIMIT 0")
-        except db.errors as exc:
-            raise StoreError(
-                f"cannot open the app rules in {self._path}: {db.message(exc)}"
-            ) from None
-
-    @property
-    def _conn(self) -> Connection:
-        # Caller holds _lock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._db.usable(self._c):
-            self._c = self._db.connect()
-        return self._c
 
     def add(self, rule: AppRule, name: str | None = None) -> StoredAppRule:
         """Store ``rule`` (validated again here); a taken or all-digit name is refused."""
@@ -169,12 +145,3 @@ class AppRuleStore(Closing):
             self._cached = tuple(r.rule for r in self.list())
             self._read_at = now
         return self._cached
-
-    def close(self) -> None:
-        with self._lock:
-            self._c.close()
-
-    def _fail(self, action: str, exc: Exception) -> StoreError:
-        return StoreError(
-            f"cannot {action} the app rules in {self._path}: {self._db.message(exc)}"
-        )

@@ -55,6 +55,7 @@ from m2msec.store.db import (
     Database,
     SqliteDatabase,
     change_counter_ddl,
+    connect_pair,
     from_epoch,
     is_text,
     open_database,
@@ -226,12 +227,7 @@ class SealedPskStore(Closing):
 
         db.prepare()
         try:
-            self._wconn = db.connect()
-            try:
-                self._rconn = db.connect()
-            except BaseException:
-                self._wconn.close()
-                raise
+            self._wconn, self._rconn = connect_pair(db)
         except db.errors as exc:
             raise StoreError(f"cannot open store {db.label}: {db.message(exc)}") from None
         try:

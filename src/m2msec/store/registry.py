@@ -23,15 +23,12 @@ entity ids (:func:`m2msec.ids.normalise_originator`), the form the gateway's rul
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Final
 
-from m2msec.errors import StoreError
-from m2msec.store.db import Closing, Connection, Database, open_database
-from m2msec.store.psk import PG_SCHEMA
+from m2msec.store.db import Database
+from m2msec.store.side_table import SideTable
 
 __all__ = ["IdentityRegistry", "credential_key"]
 
@@ -47,7 +44,7 @@ def credential_key(framework: str, key_id: str) -> str:
     return f"{framework}:{key_id}"
 
 
-class IdentityRegistry(Closing):
+class IdentityRegistry(SideTable):
     """The ``identity_owner`` table beside a psk-lookup-table.
 
     ``target`` is the psk store's :attr:`~m2msec.store.psk.SealedPskStore.database` (or its
@@ -63,17 +60,11 @@ class IdentityRegistry(Closing):
         psk_forms: Callable[[str], Iterable[str]] | None = None,
         busy_timeout: float = 5.0,
     ) -> None:
-        if isinstance(target, Database):
-            db = target
-        else:
-            if isinstance(target, Path):
-                target = target.expanduser()
-            db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
-        self._db = db
-        self._path = db.label
+        super().__init__(
+            target, table="identity_owner", what="the identity registry", busy_timeout=busy_timeout
+        )
         self._psk_forms = psk_forms or (lambda entity_id: (entity_id,))
-        self._lock = threading.Lock()
-        p = db.p
+        p = self._db.p
         self._owner = f"SELECT credential FROM identity_owner WHERE entity_id = {p}"
         self._by_psk = (
             f"SELECT kpsa_id FROM psk WHERE entity_id = {p} ORDER BY kpsa_id LIMIT 1"
@@ -87,20 +78,6 @@ class IdentityRegistry(Closing):
             f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (entity_id) DO NOTHING"
         )
         self._delete = f"DELETE FROM identity_owner WHERE entity_id = {p}"
-        try:
-            self._c = db.connect()
-            self._c.execute("SELECT 1 FROM identity_owner LIMIT 0")
-        except db.errors as exc:
-            raise StoreError(
-                f"cannot open the identity registry in {self._path}: {db.message(exc)}"
-            ) from None
-
-    @property
-    def _conn(self) -> Connection:
-        # Caller holds _lock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._db.usable(self._c):
-            self._c = self._db.connect()
-        return self._c
 
     def owner_of(self, entity_id: str) -> str | None:
         """The credential key that owns ``entity_id`` (normalised), or None if nobody does.
@@ -163,13 +140,4 @@ class IdentityRegistry(Closing):
             ).fetchall()
         for entity_id, credential, source in rows:
             yield str(entity_id), str(credential), str(source)
-
-    def close(self) -> None:
-        with self._lock:
-            self._c.close()
-
-    def _fail(self, action: str, exc: Exception) -> StoreError:
-        return StoreError(
-            f"cannot {action} the identity registry in {self._path}: {self._db.message(exc)}"
-        )
 
