@@ -35,23 +35,20 @@ from m2msec.servers.gateway import Gateway
 from m2msec.servers.registration import aei_from_response
 from m2msec.servers.request_checks import Forward, Refuse, Rule, check_request
 from m2msec.service.onem2m_client import OneM2MClient
-from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import connect
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture, ae_content
+from tests.helpers import GW_AE1 as AE1
+from tests.helpers import GW_AE2 as AE2
+from tests.helpers import GW_AE3 as AE3
+from tests.helpers import GW_CRED as CRED
+from tests.helpers import GW_MN as MN
+from tests.helpers import gateway_psk_store
 from tests.slow_head import trickle_head
 
 CSE = "/mn-cse-123456"
 SNI = "mn-cse-123456.in.provider.com"
-AE1 = ("AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", "Clight-AE1")
-AE2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", "Clight-AE2")
-AE3 = ("AE123456789016-Light@in.provider.com", "00112233445566778899aabbccddeeff", "Clight-AE3")
-# A row with no entity id binds its association to Credential-ID 12-<KpsaId>
-# (docs/readings.md A-13).
-CRED = ("AE123456789099-Light@in.provider.com", "ffeeddccbbaa99887766554433221100", None)
-# A CSE peer (Mcc): the row binds a CSE-ID.
-MN = ("mn-cse-123456@in.provider.com", "0f0e0d0c0b0a09080706050403020100", "/mn-cse-123456")
 
 acme = acme_fixture()
 
@@ -348,17 +345,7 @@ def test_aei_read_from_json_answers_only() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqlitePskStore]:
-    s = SqlitePskStore(tmp_path / "psk.db")
-    soon = datetime.now(UTC) + timedelta(hours=1)
-    s.add_many(
-        [
-            PskEntry(AE1[0], bytes.fromhex(AE1[1]), AE1[2]),
-            PskEntry(AE2[0], bytes.fromhex(AE2[1]), AE2[2]),
-            PskEntry(AE3[0], bytes.fromhex(AE3[1]), AE3[2], expires_at=soon),
-            PskEntry(CRED[0], bytes.fromhex(CRED[1]), None),
-            PskEntry(MN[0], bytes.fromhex(MN[1]), MN[2]),
-        ]
-    )
+    s = gateway_psk_store(tmp_path / "psk.db")
     yield s
     s.close()
 
