@@ -8,14 +8,13 @@ through :mod:`tests.interop`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+
+import h11
 
 from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.pki.authority import CertificateAuthority, IssuedCredential
-from m2msec.store.base import PskEntry
-from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.dtls.engine import DTLSEngine
 from m2msec.tls.dtls.server import DTLSServer, PeerEvent
@@ -39,16 +38,6 @@ MN_CSE = "/mn-cse-123456"
 MN_SNI = "mn-cse-123456.in.provider.com"
 #: The address a sans-IO DTLS server sees the client at.
 DTLS_ADDR = ("127.0.0.1", 40001)
-
-# The gateway tests' psk table: (KpsaId, Kpsa hex, the entity the row binds).
-GW_AE1 = (TR0038_IDENTITY.decode(), TR0038_KEY.hex(), TR0038_AE)
-GW_AE2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", "Clight-AE2")
-#: Expires an hour after the store is made.
-GW_AE3 = ("AE123456789016-Light@in.provider.com", "00112233445566778899aabbccddeeff", "Clight-AE3")
-#: No entity id: its association binds Credential-ID 12-<KpsaId> (docs/readings.md A-13).
-GW_CRED = ("AE123456789099-Light@in.provider.com", "ffeeddccbbaa99887766554433221100", None)
-#: A CSE peer (Mcc): the row binds a CSE-ID.
-GW_MN = ("mn-cse-123456@in.provider.com", "0f0e0d0c0b0a09080706050403020100", MN_CSE)
 
 
 def psk_suites(transport: Transport) -> tuple[str, ...]:
@@ -196,15 +185,22 @@ class DatagramPump:
         self.server_events += self.server.events()
 
 
-def gateway_psk_store(path: Path) -> SqlitePskStore:
-    """A psk store holding the gateway tests' rows (``GW_*``), AE3's ending in an hour."""
-    store = SqlitePskStore(path)
-    soon = datetime.now(UTC) + timedelta(hours=1)
-    rows = (GW_AE1, GW_AE2, GW_AE3, GW_CRED, GW_MN)
-    store.add_many(
-        [
-            PskEntry(kpsa_id, bytes.fromhex(kpsa), entity, soon if entity == GW_AE3[2] else None)
-            for kpsa_id, kpsa, entity in rows
-        ]
-    )
-    return store
+async def read_h11_request(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[h11.Request, bytes] | None:
+    """The next whole request a test backend receives on ``conn``; None once the peer has
+    closed (or sent anything but a request)."""
+    head: h11.Request | None = None
+    body = b""
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+        elif isinstance(ev, h11.Request):
+            head = ev
+        elif isinstance(ev, h11.Data):
+            body += ev.data
+        elif isinstance(ev, h11.EndOfMessage) and head is not None:
+            return head, body
+        else:
+            return None

@@ -40,11 +40,7 @@ from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect
 from m2msec.tls.profiles import Transport
 from tests.acme import AcmeCse, acme_fixture, ae_content
-from tests.helpers import GW_AE1 as AE1
-from tests.helpers import GW_AE2 as AE2
-from tests.helpers import GW_AE3 as AE3
-from tests.helpers import GW_CRED as CRED
-from tests.helpers import gateway_psk_store
+from tests.test_gateway import AE1, AE2, AE3, CRED, gateway_psk_store
 
 CSE = "/mn-cse-123456"
 DOMAIN = "in.provider.com"

@@ -35,20 +35,25 @@ from m2msec.servers.gateway import Gateway
 from m2msec.servers.registration import aei_from_response
 from m2msec.servers.request_checks import Forward, Refuse, Rule, check_request
 from m2msec.service.onem2m_client import OneM2MClient
+from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import connect
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture, ae_content
-from tests.helpers import GW_AE1 as AE1
-from tests.helpers import GW_AE2 as AE2
-from tests.helpers import GW_AE3 as AE3
-from tests.helpers import GW_CRED as CRED
-from tests.helpers import GW_MN as MN
-from tests.helpers import gateway_psk_store
+from tests.helpers import read_h11_request
 from tests.slow_head import trickle_head
 
 CSE = "/mn-cse-123456"
 SNI = "mn-cse-123456.in.provider.com"
+AE1 = ("AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", "Clight-AE1")
+AE2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", "Clight-AE2")
+#: Its row ends an hour after the store is made (gateway_psk_store).
+AE3 = ("AE123456789016-Light@in.provider.com", "00112233445566778899aabbccddeeff", "Clight-AE3")
+# A row with no entity id binds its association to Credential-ID 12-<KpsaId>
+# (docs/readings.md A-13).
+CRED = ("AE123456789099-Light@in.provider.com", "ffeeddccbbaa99887766554433221100", None)
+# A CSE peer (Mcc): the row binds a CSE-ID.
+MN = ("mn-cse-123456@in.provider.com", "0f0e0d0c0b0a09080706050403020100", "/mn-cse-123456")
 
 acme = acme_fixture()
 
@@ -343,6 +348,19 @@ def test_aei_read_from_json_answers_only() -> None:
 # ----------------------------------------------------------------------------- fixtures
 
 
+def gateway_psk_store(path: Path) -> SqlitePskStore:
+    """A psk store holding the gateway tests' rows, AE3's ending in an hour."""
+    store = SqlitePskStore(path)
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    store.add_many(
+        [
+            PskEntry(kpsa_id, bytes.fromhex(kpsa), entity, soon if entity == AE3[2] else None)
+            for kpsa_id, kpsa, entity in (AE1, AE2, AE3, CRED, MN)
+        ]
+    )
+    return store
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqlitePskStore]:
     s = gateway_psk_store(tmp_path / "psk.db")
@@ -560,22 +578,10 @@ class Echo:
         self.tasks.add(task)
         try:
             while True:
-                head: h11.Request | None = None
-                body = b""
-                while True:
-                    ev = conn.next_event()
-                    if ev is h11.NEED_DATA:
-                        conn.receive_data(await reader.read(65536))
-                        continue
-                    if isinstance(ev, h11.Request):
-                        head = ev
-                    elif isinstance(ev, h11.Data):
-                        body += ev.data
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                assert head is not None
+                message = await read_h11_request(conn, reader)
+                if message is None:
+                    return
+                head, body = message
                 headers = [(k.decode(), v.decode()) for k, v in head.headers]
                 self.seen.append({"method": head.method.decode(), "target": head.target.decode(),
                                   "headers": headers, "body": body})
