@@ -400,10 +400,7 @@ OPENSSL_DTLS = ["-dtls1_2", "-cipher", "PSK-AES128-CCM8:@SECLEVEL=0"]
 
 
 def s_client(port: int, *extra: str) -> list[str]:
-    return [
-        "openssl", "s_client", "-connect", f"127.0.0.1:{port}",
-        "-psk_identity", IDENTITY, "-psk", KEY.hex(), *extra,
-    ]  # fmt: skip
+    return interop.psk_s_client(port, *extra, identity=IDENTITY, key_hex=KEY.hex())
 
 
 async def _dtls_server(t: Table, contexts: list[SecurityContext], failures: list[str]):  # type: ignore[no-untyped-def]
