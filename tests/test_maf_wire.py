@@ -1,6 +1,6 @@
 """maf/wire.py: one MAF wire format for both roles (TS-0003 8.8.2, TS-0004 6.3.3; issue 10).
 
-Entity A (frameworks/maf.py) and the MAF server (maf/protocol.py) must accept and refuse
+Entity A (frameworks/maf/) and the MAF server (maf/protocol.py) must accept and refuse
 the same time values, treat a naive datetime the same way, and read each other's messages.
 """
 
