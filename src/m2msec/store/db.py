@@ -32,7 +32,7 @@ from typing import Any, Final, Literal, Protocol, Self, cast
 from urllib.parse import unquote, urlsplit
 
 from m2msec.errors import ConfigurationError, StoreError
-from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.paths import data_dir, ensure_private_dir, write_private
 from m2msec.store.seal import KEK_FILE_NAME
 
 __all__ = [
@@ -484,7 +484,7 @@ def create_private_file(path: Path) -> None:
     """
     ensure_private_dir(path.parent)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        write_private(path, b"")
     except FileExistsError:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -498,5 +498,3 @@ def create_private_file(path: Path) -> None:
             )
     except OSError as exc:
         raise StoreError(f"cannot create store {path}: {exc.strerror}") from None
-    else:
-        os.close(fd)
