@@ -74,26 +74,24 @@ from m2msec.maf.store_schema import (
     KEK_CHECK,
     SCHEMA_VERSION,
     MafSql,
-    adopt_legacy_schema,
     client_info_from_row,
+    inspect_maf_schema,
     key_from_row,
     maf_database,
     migrations,
     registration_from_row,
 )
 from m2msec.maf.store_writer import MafWriter
-from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.paths import state_path
 from m2msec.store.db import (
     Closing,
     Connection,
     Database,
     PostgresDatabase,
     SqliteDatabase,
-    connect_pair,
     redact_url,
 )
-from m2msec.store.schema import open_sealed_schema
-from m2msec.store.seal import Sealer
+from m2msec.store.schema import open_sealed_store
 
 __all__ = [
     "DEFAULT_MAF_STORE_NAME",
@@ -179,44 +177,16 @@ class MafStore(Closing):
             self._path = db.path
         else:
             self._path = db.kek_path.parent / f"maf-postgresql-{schema}"
-        db.prepare()
-        try:
-            self._wconn, self._rconn = connect_pair(db)
-        except db.errors as exc:
-            raise StoreError(f"cannot open MAF store {self.location}: {db.message(exc)}") from None
-        try:
-            self._sealer = self._open_schema(kek)
-        except BaseException:
-            self._rconn.close()
-            self._wconn.close()
-            raise
-
-    def _open_schema(self, kek: bytes | None) -> Sealer:
-        db, conn = self._db, self._wconn
-        label = f"MAF store {self.location}"
-        try:
-            if isinstance(db, SqliteDatabase):
-                tables = {
-                    row[0]
-                    for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
-                }
-                if "psk" in tables and "keys" not in tables:
-                    raise StoreError(
-                        f"{self._path} is a psk-lookup-table (m2msec psk), not a MAF store"
-                    )
-            adopt_legacy_schema(db, conn, label)
-            return open_sealed_schema(
-                conn,
-                db=db,
-                label=label,
-                kek=kek,
-                kek_path=db.kek_path,
-                migrations=migrations(db),
-                version=SCHEMA_VERSION,
-                check=KEK_CHECK,
-            )
-        except db.errors as exc:
-            raise StoreError(f"cannot open {label}: {db.message(exc)}") from None
+        (self._wconn, self._rconn), self._sealer = open_sealed_store(
+            db,
+            label=f"MAF store {self.location}",
+            connections=2,
+            kek=kek,
+            migrations=migrations(db),
+            version=SCHEMA_VERSION,
+            check=KEK_CHECK,
+            inspect=lambda conn: inspect_maf_schema(db, conn),
+        )
 
     # -- where ----------------------------------------------------------------------------
     @property
@@ -261,16 +231,9 @@ class MafStore(Closing):
         db = self._db
         with self._wlock:
             try:
-                conn = self._writer_conn()
-                db.begin(conn)
-                w = MafWriter(conn, self._sql, self._sealer)
-                try:
+                with db.transaction(self._writer_conn()) as conn:
+                    w = MafWriter(conn, self._sql, self._sealer)
                     yield w
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if db.usable(conn) and db.in_transaction(conn):
-                        conn.execute("ROLLBACK")
-                    raise
             except db.errors as exc:
                 raise self._error("write", exc) from None
         if w.config_changed:
@@ -544,15 +507,15 @@ class MafStore(Closing):
     # -- internals ------------------------------------------------------------------------
     def _writer_conn(self) -> Connection:
         # Caller holds _wlock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._closed and not self._db.usable(self._wconn):
-            self._wconn = self._db.connect()
+        if not self._closed:
+            self._wconn = self._db.reconnected(self._wconn)
         return self._wconn
 
     def _fetch(self, sql: str, args: tuple[object, ...], *, many: bool = False) -> Any:
-        # Caller holds _rlock. A broken PostgreSQL connection is replaced at its next use.
+        # Caller holds _rlock; a broken connection is replaced as in _writer_conn.
         try:
-            if not self._closed and not self._db.usable(self._rconn):
-                self._rconn = self._db.connect()
+            if not self._closed:
+                self._rconn = self._db.reconnected(self._rconn)
             cursor = self._rconn.execute(sql, args)
             return list(cursor.fetchall()) if many else cursor.fetchone()
         except self._db.errors as exc:
@@ -596,10 +559,7 @@ class MafStore(Closing):
 
 def default_maf_store_path(*, create: bool = False) -> Path:
     """``<data dir>/maf.db`` (see :mod:`m2msec.paths`)."""
-    directory = data_dir()
-    if create:
-        ensure_private_dir(directory)
-    return directory / DEFAULT_MAF_STORE_NAME
+    return state_path(DEFAULT_MAF_STORE_NAME, create=create)
 
 
 def open_maf_store(url_or_path: str | os.PathLike[str] | None = None, **options: Any) -> MafStore:

@@ -55,14 +55,13 @@ from m2msec.store.db import (
     Database,
     SqliteDatabase,
     change_counter_ddl,
-    connect_pair,
     from_epoch,
     is_text,
     open_database,
     to_epoch,
 )
-from m2msec.store.schema import KekCheck, open_sealed_schema
-from m2msec.store.seal import Sealer, sealed_plaintext_length
+from m2msec.store.schema import KekCheck, open_sealed_store
+from m2msec.store.seal import sealed_plaintext_length
 
 __all__ = [
     "MAX_ENTITY_ID_OCTETS",
@@ -209,11 +208,7 @@ class SealedPskStore(Closing):
             raise ValueError("cache_size must be >= 0")
         if cache_ttl < 0:
             raise ValueError("cache_ttl must be >= 0")
-        db = (
-            target
-            if isinstance(target, Database)
-            else open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
-        )
+        db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
         self._db = db
         self._sql = _Sql(db)
         self._cache_size = cache_size
@@ -225,35 +220,15 @@ class SealedPskStore(Closing):
         self._wlock = threading.Lock()
         self._closed = False
 
-        db.prepare()
-        try:
-            self._wconn, self._rconn = connect_pair(db)
-        except db.errors as exc:
-            raise StoreError(f"cannot open store {db.label}: {db.message(exc)}") from None
-        try:
-            self._sealer = self._open_schema(kek)
-        except BaseException:
-            self._rconn.close()
-            self._wconn.close()
-            raise
-
-    # -- opening ---------------------------------------------------------------------------
-
-    def _open_schema(self, kek: bytes | None) -> Sealer:
-        db = self._db
-        try:
-            return open_sealed_schema(
-                self._wconn,
-                db=db,
-                label=f"store {db.label}",
-                kek=kek,
-                kek_path=db.kek_path,
-                migrations=migrations(db),
-                version=SCHEMA_VERSION,
-                check=_KEK_CHECK,
-            )
-        except db.errors as exc:
-            raise StoreError(f"cannot open store {db.label}: {db.message(exc)}") from None
+        (self._wconn, self._rconn), self._sealer = open_sealed_store(
+            db,
+            label=f"store {db.label}",
+            connections=2,
+            kek=kek,
+            migrations=migrations(db),
+            version=SCHEMA_VERSION,
+            check=_KEK_CHECK,
+        )
 
     # -- PskStore --------------------------------------------------------------------------
 
@@ -332,9 +307,7 @@ class SealedPskStore(Closing):
         db = self._db
         with self._wlock:
             try:
-                conn = self._writer()
-                db.begin(conn)
-                try:
+                with db.transaction(self._writer()) as conn:
                     while chunk := builtins.list(islice(rows, _CHUNK)):
                         try:
                             conn.cursor().executemany(sql, chunk)
@@ -348,11 +321,6 @@ class SealedPskStore(Closing):
                         written.update(row[0] for row in chunk)
                         if progress is not None:
                             progress(done)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if db.usable(conn) and db.in_transaction(conn):
-                        conn.execute("ROLLBACK")
-                    raise
                 if done >= _CHECKPOINT_AFTER:
                     db.after_bulk_write(conn)
             except db.errors as exc:
@@ -437,14 +405,14 @@ class SealedPskStore(Closing):
 
     def _reader(self) -> Connection:
         # Caller holds _rlock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._closed and not self._db.usable(self._rconn):
-            self._rconn = self._db.connect()
+        if not self._closed:
+            self._rconn = self._db.reconnected(self._rconn)
         return self._rconn
 
     def _writer(self) -> Connection:
         # Caller holds _wlock.
-        if not self._closed and not self._db.usable(self._wconn):
-            self._wconn = self._db.connect()
+        if not self._closed:
+            self._wconn = self._db.reconnected(self._wconn)
         return self._wconn
 
     def _duplicate_in(
