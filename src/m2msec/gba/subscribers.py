@@ -52,7 +52,7 @@ from m2msec.store.db import (
     is_text,
     open_database,
 )
-from m2msec.store.schema import KekCheck, open_sealed_store
+from m2msec.store.schema import KekCheck, SealedSchema, open_sealed_store
 
 __all__ = ["BSF_STORE_NAME", "SubscriberStore", "default_bsf_store_path"]
 
@@ -96,8 +96,12 @@ def migrations(db: Database) -> dict[int, tuple[str, ...]]:
     }
 
 
-_KEK_CHECK: Final = KekCheck(
-    aad=b"m2msec/bsf/meta/kek-check", value=b"m2msec BSF key-encryption key check, version 1"
+_SCHEMA: Final = SealedSchema(
+    migrations,
+    SCHEMA_VERSION,
+    KekCheck(
+        aad=b"m2msec/bsf/meta/kek-check", value=b"m2msec BSF key-encryption key check, version 1"
+    ),
 )
 
 
@@ -170,13 +174,7 @@ class SubscriberStore(Closing):
         p = db.p
         self._p = p
         (self._c,), self._sealer = open_sealed_store(
-            db,
-            label=f"BSF store {self._path}",
-            connections=1,
-            kek=kek,
-            migrations=migrations(db),
-            version=SCHEMA_VERSION,
-            check=_KEK_CHECK,
+            db, _SCHEMA, label=f"BSF store {self._path}", connections=1, kek=kek
         )
 
     @property

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -47,7 +46,6 @@ from m2msec.errors import (
     ConfigurationError,
     DuplicateCredentialError,
     IdentifierError,
-    StoreError,
     UnknownCredentialError,
 )
 from m2msec.maf.store_records import (
@@ -71,27 +69,24 @@ from m2msec.maf.store_records import (
     utc_now,
 )
 from m2msec.maf.store_schema import (
-    KEK_CHECK,
+    MAF_SCHEMA,
     SCHEMA_VERSION,
     MafSql,
     client_info_from_row,
     inspect_maf_schema,
     key_from_row,
     maf_database,
-    migrations,
     registration_from_row,
 )
 from m2msec.maf.store_writer import MafWriter
 from m2msec.paths import state_path
 from m2msec.store.db import (
-    Closing,
-    Connection,
     Database,
     PostgresDatabase,
     SqliteDatabase,
     redact_url,
 )
-from m2msec.store.schema import open_sealed_store
+from m2msec.store.sealed_store import SealedStore
 
 __all__ = [
     "DEFAULT_MAF_STORE_NAME",
@@ -125,7 +120,7 @@ _NO_LIMIT: Final = 1 << 62
 _CACHE_LIMIT: Final = 65536
 
 
-class MafStore(Closing):
+class MafStore(SealedStore):
     """The MAF store (module documentation). Thread-safe.
 
     ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, or a
@@ -161,12 +156,8 @@ class MafStore(Closing):
             home=home,
             connect_timeout=connect_timeout,
         )
-        self._db = db
         self._sql = MafSql(db)
         self._cache_ttl = cache_ttl
-        self._rlock = threading.Lock()
-        self._wlock = threading.Lock()
-        self._closed = False
         self._clients: dict[str, MasterCredential | None] = {}
         self._by_text: dict[str, MasterCredential] = {}
         self._live_regs: dict[tuple[str, str], ClientRegistration | None] = {}
@@ -177,23 +168,11 @@ class MafStore(Closing):
             self._path = db.path
         else:
             self._path = db.kek_path.parent / f"maf-postgresql-{schema}"
-        (self._wconn, self._rconn), self._sealer = open_sealed_store(
-            db,
-            label=f"MAF store {self.location}",
-            connections=2,
-            kek=kek,
-            migrations=migrations(db),
-            version=SCHEMA_VERSION,
-            check=KEK_CHECK,
-            inspect=lambda conn: inspect_maf_schema(db, conn),
+        super().__init__(
+            db, MAF_SCHEMA, kind="MAF store", kek=kek, inspect=lambda c: inspect_maf_schema(db, c)
         )
 
     # -- where ----------------------------------------------------------------------------
-    @property
-    def database(self) -> Database:
-        """Where the tables live, and their dialect."""
-        return self._db
-
     @property
     def path(self) -> Path:
         """The database file (for PostgreSQL: a name in the local directory holding the
@@ -221,9 +200,6 @@ class MafStore(Closing):
         """The durability: "full" or "normal" (module documentation)."""
         return self._synchronous
 
-    def __repr__(self) -> str:
-        return f"MafStore({self._db.label!r})"
-
     # -- transactions ---------------------------------------------------------------------
     @contextlib.contextmanager
     def writer(self) -> Iterator[MafWriter]:
@@ -231,7 +207,7 @@ class MafStore(Closing):
         db = self._db
         with self._wlock:
             try:
-                with db.transaction(self._writer_conn()) as conn:
+                with db.transaction(self._writer()) as conn:
                     w = MafWriter(conn, self._sql, self._sealer)
                     yield w
             except db.errors as exc:
@@ -493,30 +469,11 @@ class MafStore(Closing):
             keys, _ = w.purge(now or utc_now(), retention)
         return keys
 
-    # -- lifecycle ------------------------------------------------------------------------
-    def close(self) -> None:
-        with self._wlock, self._rlock:
-            if self._closed:
-                return
-            self._closed = True
-            self._clients.clear()
-            self._by_text.clear()
-            self._rconn.close()
-            self._wconn.close()
-
     # -- internals ------------------------------------------------------------------------
-    def _writer_conn(self) -> Connection:
-        # Caller holds _wlock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._closed:
-            self._wconn = self._db.reconnected(self._wconn)
-        return self._wconn
-
     def _fetch(self, sql: str, args: tuple[object, ...], *, many: bool = False) -> Any:
-        # Caller holds _rlock; a broken connection is replaced as in _writer_conn.
+        # Caller holds _rlock.
         try:
-            if not self._closed:
-                self._rconn = self._db.reconnected(self._rconn)
-            cursor = self._rconn.execute(sql, args)
+            cursor = self._reader().execute(sql, args)
             return list(cursor.fetchall()) if many else cursor.fetchone()
         except self._db.errors as exc:
             raise self._error("read", exc) from None
@@ -546,12 +503,6 @@ class MafStore(Closing):
         self._by_text.clear()
         self._live_regs.clear()
         self._entity_b = None
-
-    def _error(self, action: str, exc: Exception) -> StoreError:
-        # SQLite's messages and PostgreSQL's primary message hold no parameter values.
-        if self._closed:
-            return StoreError(f"MAF store {self.location} is closed")
-        return StoreError(f"cannot {action} MAF store {self.location}: {self._db.message(exc)}")
 
 
 # ----------------------------------------------------------------------------- opening

@@ -37,16 +37,18 @@ from m2msec.maf.store_records import (
     stored_time,
 )
 from m2msec.store.db import Connection, Database, PostgresDatabase, SqliteDatabase, open_database
-from m2msec.store.schema import KekCheck
+from m2msec.store.schema import KekCheck, SealedSchema
 from m2msec.store.seal import Sealer, sealed_plaintext_length
 
 __all__ = [
     "KEK_CHECK",
+    "MAF_SCHEMA",
     "SCHEMA_VERSION",
     "KeyRow",
     "MafSql",
     "adopt_legacy_schema",
     "client_info_from_row",
+    "inspect_maf_schema",
     "key_from_row",
     "maf_database",
     "migrations",
@@ -114,6 +116,9 @@ def migrations(db: Database) -> dict[int, tuple[str, ...]]:
             "ALTER TABLE registrations ADD COLUMN expires_us INTEGER NOT NULL DEFAULT 0",
         ),
     }
+
+
+MAF_SCHEMA: Final = SealedSchema(migrations, SCHEMA_VERSION, KEK_CHECK)
 
 
 def new_config_version() -> bytes:

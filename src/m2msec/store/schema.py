@@ -26,7 +26,13 @@ log = logging.getLogger(__name__)
 # The dialect of a bare sqlite3 connection (its path is not used).
 _SQLITE: Final = SqliteDatabase(":memory:")
 
-__all__ = ["KekCheck", "open_sealed_schema", "open_sealed_store", "require_initialised"]
+__all__ = [
+    "KekCheck",
+    "SealedSchema",
+    "open_sealed_schema",
+    "open_sealed_store",
+    "require_initialised",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,16 @@ class KekCheck:
     aad: bytes
     value: bytes
     name: str = "kek-check"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSchema:
+    """A sealed store's tables: its migrations (each version's statements in a dialect),
+    the version they lead to, and the check value its KEK must open."""
+
+    migrations: Callable[[Database], Mapping[int, tuple[str, ...]]]
+    version: int
+    check: KekCheck
 
 
 def open_sealed_schema(
@@ -103,23 +119,21 @@ def open_sealed_schema(
 
 def open_sealed_store(
     db: Database,
+    schema: SealedSchema,
     *,
     label: str,
     connections: int,
     kek: bytes | None,
-    migrations: Mapping[int, tuple[str, ...]],
-    version: int,
-    check: KekCheck,
     inspect: Callable[[Connection], None] | None = None,
 ) -> tuple[list[Connection], Sealer]:
     """Open a sealed store in ``db``: its ``connections`` connections and its Sealer.
 
     Creates what must exist first (:meth:`~m2msec.store.db.Database.prepare`: the 0600
     file, the KEK file's directory), connects, runs ``inspect`` on the first connection (a
-    store's own checks of what it found) and then :func:`open_sealed_schema` there, with
-    the KEK file beside the database (``db.kek_path``). The database's errors become
-    :class:`StoreError` "cannot open <label>: ..."; on any failure no connection is left
-    open.
+    store's own checks of what it found) and then :func:`open_sealed_schema` there for
+    ``schema``, with the KEK file beside the database (``db.kek_path``). The database's
+    errors become :class:`StoreError` "cannot open <label>: ..."; on any failure no
+    connection is left open.
     """
     db.prepare()
     opened: list[Connection] = []
@@ -135,9 +149,9 @@ def open_sealed_store(
                 label=label,
                 kek=kek,
                 kek_path=db.kek_path,
-                migrations=migrations,
-                version=version,
-                check=check,
+                migrations=schema.migrations(db),
+                version=schema.version,
+                check=schema.check,
             )
         except db.errors as exc:
             raise StoreError(f"cannot open {label}: {db.message(exc)}") from None
