@@ -26,7 +26,6 @@ subscriber's row (``FOR UPDATE`` in PostgreSQL, the write lock in SQLite).
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable
@@ -55,8 +54,6 @@ from m2msec.store.db import (
 from m2msec.store.schema import KekCheck, SealedSchema, open_sealed_store
 
 __all__ = ["BSF_STORE_NAME", "SubscriberStore", "default_bsf_store_path"]
-
-log = logging.getLogger(__name__)
 
 BSF_STORE_NAME: Final = "bsf.db"
 SCHEMA_VERSION: Final = 1
@@ -230,6 +227,13 @@ class SubscriberStore(Closing):
                     raise DuplicateCredentialError(duplicate) from None
                 raise self._error(action, exc) from None
 
+    def _by_key(self, select: str, key: str) -> Any:
+        """The row of ``select`` (ending in its key column) for ``key``, or None; a key that
+        is not UTF-8 text cannot be stored, so it is not looked up."""
+        if not is_text(key):
+            return None
+        return self._run(f"{select} = {self._p}", (key,), fetch=_one)
+
     def _write(self, sql: str, params: tuple[Any, ...], duplicate: str | None = None) -> int:
         """Run one write; how many rows it touched."""
         return self._run(sql, params, fetch=_rowcount, action="write", duplicate=duplicate)
@@ -290,13 +294,8 @@ class SubscriberStore(Closing):
         return Subscriber(impi, bytes(k), bytes(opc), sqn, bytes(amf), guss, uicc, created)
 
     def get_subscriber(self, impi: str) -> Subscriber | None:
-        if not is_text(impi):
-            return None
-        row = self._run(
-            "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
-            f" WHERE impi = {self._p}",
-            (impi,),
-            fetch=_one,
+        row = self._by_key(
+            "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber WHERE impi", impi
         )
         if row is None:
             return None
@@ -417,13 +416,9 @@ class SubscriberStore(Closing):
 
     def get_session(self, btid: str) -> BootstrapSession | None:
         """The session of ``btid`` (expired ones too: the caller decides), or None."""
-        if not is_text(btid):
-            return None
-        row = self._run(
-            "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
-            f" WHERE btid = {self._p}",
-            (btid,),
-            fetch=_one,
+        row = self._by_key(
+            "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap WHERE btid",
+            btid,
         )
         if row is None:
             return None
