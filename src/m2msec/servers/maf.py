@@ -68,6 +68,8 @@ from m2msec.errors import (
 )
 from m2msec.keyids import CredentialId
 from m2msec.maf import protocol as p
+from m2msec.maf import requests as rq
+from m2msec.maf import rules
 from m2msec.maf.audit import AuditEvent, AuditLog, audit_record
 from m2msec.maf.store import (
     MafStore,
@@ -453,26 +455,26 @@ class MafServer:
     # -- procedures: client listener --------------------------------------------------------
     async def _handle_client(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
         try:
-            p.request_id(request)
-            r = p.route(request.method, request.target)
+            rq.request_id(request)
+            r = rq.route(request.method, request.target)
             proc = r.procedure
-            if proc is p.Procedure.KEY_REGISTRATION:
+            if proc is rq.Procedure.KEY_REGISTRATION:
                 return await self._key_registration(s, request)
-            if proc is p.Procedure.KEY_UPDATE:
+            if proc is rq.Procedure.KEY_UPDATE:
                 assert r.param is not None
                 return await self._key_update(s, r.param, request)
-            if proc is p.Procedure.KEY_DEREGISTRATION:
+            if proc is rq.Procedure.KEY_DEREGISTRATION:
                 assert r.param is not None
                 return await self._key_deregistration(s, r.param, request)
-            if proc is p.Procedure.CLIENT_REGISTRATION:
+            if proc is rq.Procedure.CLIENT_REGISTRATION:
                 return await self._client_registration(s, request)
-            if proc is p.Procedure.CONFIG_RETRIEVAL:
+            if proc is rq.Procedure.CONFIG_RETRIEVAL:
                 assert r.param is not None
                 return self._config_retrieval(s, r.param, request)
-            if proc is p.Procedure.REGISTRATION_UPDATE:
+            if proc is rq.Procedure.REGISTRATION_UPDATE:
                 assert r.param is not None
                 return await self._registration_update(s, r.param, request)
-            if proc is p.Procedure.DEREGISTRATION:
+            if proc is rq.Procedure.DEREGISTRATION:
                 assert r.param is not None
                 return await self._deregistration(s, r.param, request)
             raise p.MafRefusal(
@@ -515,12 +517,12 @@ class MafServer:
         km = s.km
         sa = s.conn.context.sa_id
         try:
-            req = p.parse_key_registration(request, self.policy)
+            req = rq.parse_key_registration(request, self.policy)
             exported: bytes | None = None
             if req.key_value is None and not s.exported_used:
                 exported = s.conn.export_keying_material(LABEL_CONNECTION, EXPORT_LENGTH)
             now = self._clock()
-            plan = p.plan_key_registration(
+            plan = rules.plan_key_registration(
                 self.store,
                 self.policy,
                 km,
@@ -589,7 +591,7 @@ class MafServer:
                     audit="exported RelativeKeyID already in use",
                 )
             # A random RelativeKeyID collided (not expected in practice): draw another.
-            plan = p.plan_key_registration(
+            plan = rules.plan_key_registration(
                 self.store,
                 self.policy,
                 km,
@@ -603,16 +605,16 @@ class MafServer:
         if exported is not None:
             s.exported_used = True
         self.stats.keys_issued += 1
-        return p.maf_response(RSC.CREATED, p.key_registration_body(plan, km), request)
+        return p.maf_response(RSC.CREATED, rules.key_registration_body(plan, km), request)
 
     async def _key_update(
         self, s: _ClientSession, rel_id: str, request: OneM2MRequest
     ) -> HttpResponse:
         """8.8.2.9."""
-        req = p.parse_key_update(request, self.policy)
+        req = rq.parse_key_update(request, self.policy)
         now = self._clock()
-        key = p.owned_key(self.store, s.km, rel_id, now)
-        changes, body = p.plan_key_update(self.store, self.policy, key, req, now)
+        key = rules.owned_key(self.store, s.km, rel_id, now)
+        changes, body = rules.plan_key_update(self.store, self.policy, key, req, now)
         kc_id = str(self.policy.kc_id(rel_id))
 
         def op(w: MafWriter) -> Any:
@@ -643,7 +645,7 @@ class MafServer:
     ) -> HttpResponse:
         """8.8.2.10."""
         now = self._clock()
-        p.owned_key(self.store, s.km, rel_id, now)
+        rules.owned_key(self.store, s.km, rel_id, now)
         kc_id = str(self.policy.kc_id(rel_id))
 
         def audit(outcome: Any) -> list[dict[str, str | int]]:
@@ -658,8 +660,8 @@ class MafServer:
 
     async def _client_registration(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
         """8.8.2.3."""
-        req = p.parse_client_registration(request, self.policy)
-        reg = p.plan_client_registration(
+        req = rq.parse_client_registration(request, self.policy)
+        reg = rules.plan_client_registration(
             self.policy, s.km, req, self._clock(), secrets.token_hex(16)
         )
 
@@ -678,13 +680,13 @@ class MafServer:
 
         await self._submit(lambda w: w.insert_registration(reg), audit)
         self.stats.client_registrations += 1
-        return p.maf_response(RSC.CREATED, p.client_registration_body(reg, s.km), request)
+        return p.maf_response(RSC.CREATED, rules.client_registration_body(reg, s.km), request)
 
     def _config_retrieval(
         self, s: _ClientSession, reg_id: str, request: OneM2MRequest
     ) -> HttpResponse:
         """8.8.2.4."""
-        p.owned_registration(self.store, s.km, reg_id, self._clock())
+        rules.owned_registration(self.store, s.km, reg_id, self._clock())
         config = self.store.get_client_config(s.km.canonical)
         if config is None:
             raise p.MafRefusal(
@@ -696,10 +698,10 @@ class MafServer:
         self, s: _ClientSession, reg_id: str, request: OneM2MRequest
     ) -> HttpResponse:
         """8.8.2.5."""
-        req = p.parse_registration_update(request, self.policy)
+        req = rq.parse_registration_update(request, self.policy)
         now = self._clock()
-        reg = p.owned_registration(self.store, s.km, reg_id, now)
-        expires, body = p.plan_registration_update(self.policy, reg, req, now)
+        reg = rules.owned_registration(self.store, s.km, reg_id, now)
+        expires, body = rules.plan_registration_update(self.policy, reg, req, now)
         kwargs: dict[str, Any] = {"expires_at": expires}
         if req.has_labels:
             kwargs["labels"] = req.labels
@@ -723,7 +725,7 @@ class MafServer:
         self, s: _ClientSession, reg_id: str, request: OneM2MRequest
     ) -> HttpResponse:
         """8.8.2.6: the registration and the keys registered under it are removed."""
-        p.owned_registration(self.store, s.km, reg_id, self._clock())
+        rules.owned_registration(self.store, s.km, reg_id, self._clock())
 
         def audit(outcome: Any) -> list[dict[str, str | int]]:
             if isinstance(outcome, BaseException) or not outcome[0]:
@@ -754,9 +756,9 @@ class MafServer:
         sa = conn.context.sa_id
         rel_id: str | None = None
         try:
-            p.request_id(request)
-            r = p.route(request.method, request.target)
-            if r.procedure is not p.Procedure.KEY_RETRIEVAL:
+            rq.request_id(request)
+            r = rq.route(request.method, request.target)
+            if r.procedure is not rq.Procedure.KEY_RETRIEVAL:
                 raise p.MafRefusal(
                     RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
                     "the retrieval listener serves Key Retrieval (GET /maf/keys/{id}) only",
@@ -769,7 +771,7 @@ class MafServer:
                     "the authenticated identity is not an AE-ID or CSE-ID",
                     audit=f"retriever {who} ({conn.context.peer_kind.value}) is not an AE or CSE",
                 )
-            key = p.decide_retrieval(self.store, self.policy, retriever, rel_id, self._clock())
+            key = rules.decide_retrieval(self.store, self.policy, retriever, rel_id, self._clock())
         except p.MafRefusal as refusal:
             kc_id: str | None = None
             if rel_id is not None:
@@ -801,7 +803,7 @@ class MafServer:
             )
         )
         self.stats.keys_retrieved += 1
-        return p.maf_response(RSC.OK, p.retrieval_body(key, client), request)
+        return p.maf_response(RSC.OK, rules.retrieval_body(key, client), request)
 
     async def _audit_now(self, record: dict[str, str | int]) -> None:
         """Write one audit record (durably) before answering."""
