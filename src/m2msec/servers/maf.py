@@ -16,13 +16,15 @@ Two TLS listeners, one framework each:
   Retrieval (8.8.2.8). The identity read from its certificate is what is checked against
   the allowed Entity Bs and the key's targetIDs.
 
-Requests are HTTP/1.1 (:mod:`m2msec.bindings.http`) mapped onto the procedures by
-:mod:`m2msec.maf.protocol`. Every write (key registrations above all) and every audit record
-goes through one *journal* that commits what has queued up in one SQLite transaction
-(each request in its own savepoint, the batch's audit records in the ``audit`` table of the
-same transaction), copies the records to the ``audit.log`` file, and only then lets the
-requests be answered: a 2001 CREATED is never sent for a key that is not committed, and
-concurrent requests share the cost of the commit (group commit).
+Requests are HTTP/1.1 (:mod:`m2msec.bindings.http`); this module keeps the listeners, their
+TLS profiles and the connections' lifecycle, and hands each request to the sans-IO
+procedures of :class:`m2msec.maf.service.MafService` (mapping in :mod:`m2msec.maf.protocol`).
+Every write they plan (key registrations above all) and every audit record goes through one
+*journal* (:mod:`m2msec.servers.maf_journal`) that commits what has queued up in one
+store transaction (each request in its own savepoint, the batch's audit records in the
+``audit`` table of the same transaction), copies the records to the ``audit.log`` file, and
+only then lets the requests be answered: a 2001 CREATED is never sent for a key that is not
+committed, and concurrent requests share the cost of the commit (group commit).
 
 Durability (``durability``): "normal" commits on the loop's thread without fsync (SQLite
 ``synchronous=NORMAL``, WAL): a committed key survives the MAF process being killed, but
@@ -38,49 +40,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from m2msec.bindings.http import (
-    BadRequest,
-)
+from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
-from m2msec.config.maf import (
-    DEFAULT_LISTEN,
-    DEFAULT_RETRIEVAL_LISTEN,
-    MafConfig,
-    load_maf_config,
-    parse_maf_config,
-)
-from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_CONNECTION
+from m2msec.config.maf import MafConfig
 from m2msec.errors import (
     CertificateError,
     ConfigurationError,
     HandshakeError,
     IdentifierError,
-    M2MSecError,
     StoreError,
 )
 from m2msec.keyids import CredentialId
 from m2msec.maf import protocol as p
-from m2msec.maf import requests as rq
-from m2msec.maf import rules
 from m2msec.maf.audit import AuditEvent, AuditLog, audit_record
+from m2msec.maf.service import ClientSession, MafService, MafStats, Retriever, Step, Write
 from m2msec.maf.store import (
     MafStore,
     MafWriter,
-    MasterCredential,
-    NewKey,
     default_maf_store_path,
     open_maf_store,
     parse_km_id,
 )
-from m2msec.servers.maf_journal import AuditFor, MafJournal
+from m2msec.servers.maf_journal import MafJournal
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.outage import StoreOutage
@@ -89,15 +75,7 @@ from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
 
-__all__ = [
-    "DEFAULT_LISTEN",
-    "DEFAULT_RETRIEVAL_LISTEN",
-    "MafConfig",
-    "MafServer",
-    "MafStats",
-    "load_maf_config",
-    "parse_maf_config",
-]
+__all__ = ["MafServer"]
 
 log = logging.getLogger(__name__)
 
@@ -109,47 +87,6 @@ _NOT_AUDITED: Final = (
     "handshake timed out",
     "too many handshakes in progress",
 )
-
-
-@dataclass(slots=True)
-class MafStats:
-    """Counters since start (no identities, no keys)."""
-
-    client_associations: int = 0
-    retrieval_associations: int = 0
-    handshakes_failed: int = 0
-    requests: int = 0
-    keys_issued: int = 0
-    keys_retrieved: int = 0
-    keys_updated: int = 0
-    keys_deregistered: int = 0
-    client_registrations: int = 0
-    requests_refused: int = 0
-    bad_requests: int = 0
-    internal_errors: int = 0
-    store_errors: int = 0
-    refused_by_rsc: Counter[int] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in self.__dataclass_fields__
-            if name != "refused_by_rsc"
-        }
-        out["refused_by_rsc"] = {str(k): v for k, v in sorted(self.refused_by_rsc.items())}
-        return out
-
-
-@dataclass(slots=True, eq=False)
-class _ClientSession:
-    """One MAF Handshake session of a Source MAF Client."""
-
-    conn: TLSConnection
-    km: MasterCredential
-    exported_used: bool = False
-
-
-Handle = Callable[[OneM2MRequest], Awaitable[HttpResponse]]
 
 
 class MafServer:
@@ -180,6 +117,7 @@ class MafServer:
         self._clock = clock
         self._audit: AuditLog | None = None
         self._journal: MafJournal | None = None
+        self._service: MafService | None = None
         self._client_server: TLSServer | None = None
         self._retrieval_server: TLSServer | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -202,6 +140,12 @@ class MafServer:
     def store(self) -> MafStore:
         assert self._store is not None, "start() the server first"
         return self._store
+
+    @property
+    def service(self) -> MafService:
+        """The procedures (:class:`m2msec.maf.service.MafService`), once started."""
+        assert self._service is not None, "start() the server first"
+        return self._service
 
     @property
     def audit_path(self) -> Path:
@@ -260,6 +204,7 @@ class MafServer:
                 self._store, self._audit, inline=inline, outage=self._store_outage
             )
             self._journal.start()
+            self._service = MafService(self._store, self.policy, self._clock, stats=self.stats)
             self._client_server = TLSServer(
                 self._client_profile(),
                 self._serve_client,
@@ -415,28 +360,25 @@ class MafServer:
         if km is None or not km.enabled:
             return  # removed between the PSK lookup and now
         self.stats.client_associations += 1
-        session = _ClientSession(conn, km)
+        session = ClientSession(km, ctx.sa_id, conn.export_keying_material)
         log.debug("MAF Handshake with %s (%s, %s)", km.km_id, ctx.protocol, ctx.cipher_suite)
+        service = self.service
 
-        async def handle(request: OneM2MRequest) -> HttpResponse:
-            return await self._handle_client(session, request)
+        async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            return await self._run(service.handle_client(session, request)), False
 
-        await self._http_loop(conn, handle)
+        await self._http.serve(conn, answer)
 
     async def _serve_retrieval(self, conn: TLSConnection) -> None:
         ctx = conn.context
         self.stats.retrieval_associations += 1
-        retriever = ctx.peer_id if ctx.peer_kind in (PeerKind.AE, PeerKind.CSE) else None
+        entity = ctx.peer_id if ctx.peer_kind in (PeerKind.AE, PeerKind.CSE) else None
+        peer = Retriever(entity, ctx.peer_id, ctx.peer_kind.value, ctx.sa_id)
         log.debug("retrieval channel with %s (%s)", ctx.peer_id, ctx.peer_kind.value)
+        service = self.service
 
-        async def handle(request: OneM2MRequest) -> HttpResponse:
-            return await self._handle_retrieval(conn, retriever, request)
-
-        await self._http_loop(conn, handle)
-
-    async def _http_loop(self, conn: TLSConnection, handle: Handle) -> None:
         async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
-            return await handle(request), False
+            return await self._run(service.handle_retrieval(peer, request)), False
 
         await self._http.serve(conn, answer)
 
@@ -452,367 +394,20 @@ class MafServer:
             p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error"), request
         )
 
-    # -- procedures: client listener --------------------------------------------------------
-    async def _handle_client(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
-        try:
-            rq.request_id(request)
-            r = rq.route(request.method, request.target)
-            proc = r.procedure
-            if proc is rq.Procedure.KEY_REGISTRATION:
-                return await self._key_registration(s, request)
-            if proc is rq.Procedure.KEY_UPDATE:
-                assert r.param is not None
-                return await self._key_update(s, r.param, request)
-            if proc is rq.Procedure.KEY_DEREGISTRATION:
-                assert r.param is not None
-                return await self._key_deregistration(s, r.param, request)
-            if proc is rq.Procedure.CLIENT_REGISTRATION:
-                return await self._client_registration(s, request)
-            if proc is rq.Procedure.CONFIG_RETRIEVAL:
-                assert r.param is not None
-                return self._config_retrieval(s, r.param, request)
-            if proc is rq.Procedure.REGISTRATION_UPDATE:
-                assert r.param is not None
-                return await self._registration_update(s, r.param, request)
-            if proc is rq.Procedure.DEREGISTRATION:
-                assert r.param is not None
-                return await self._deregistration(s, r.param, request)
-            raise p.MafRefusal(
-                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
-                "Key Retrieval is served on the retrieval listener (mutual TLS with "
-                "certificates), not over a MAF Handshake",
-            )
-        except p.MafRefusal as refusal:
-            return self._refused(refusal, request, s.km.km_id)
-
-    def _refused(self, refusal: p.MafRefusal, request: OneM2MRequest, who: str) -> HttpResponse:
-        self.stats.requests_refused += 1
-        self.stats.refused_by_rsc[refusal.rsc] += 1
-        log.info(
-            "refused %s %s from %s: %d %s",
-            request.method,
-            request.target[:120],
-            who,
-            refusal.rsc,
-            refusal.audit,
-        )
-        return p.refusal_response(refusal, request)
-
-    async def _submit(
-        self, op: Callable[[MafWriter], Any] | None, audit: AuditFor, *, atomic: bool = False
-    ) -> Any:
+    # -- the procedures (maf.service) through the journal --------------------------------
+    async def _run(self, step: Step) -> HttpResponse:
+        """Commit each write the service plans, then answer as it says (maf.service)."""
         assert self._journal is not None
-        outcome = await self._journal.submit(op, audit, atomic=atomic)
-        if isinstance(outcome, p.MafRefusal):
-            raise outcome
-        if isinstance(outcome, M2MSecError | ValueError):
-            raise p.MafRefusal(RSC.BAD_REQUEST, str(outcome))
-        if isinstance(outcome, BaseException):
-            log.error("MAF write failed: %r", outcome)
-            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error")
-        return outcome
-
-    async def _key_registration(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
-        """8.8.2.7."""
-        km = s.km
-        sa = s.conn.context.sa_id
-        try:
-            req = rq.parse_key_registration(request, self.policy)
-            exported: bytes | None = None
-            if req.key_value is None and not s.exported_used:
-                exported = s.conn.export_keying_material(LABEL_CONNECTION, EXPORT_LENGTH)
-            now = self._clock()
-            plan = rules.plan_key_registration(
-                self.store,
-                self.policy,
-                km,
-                req,
-                now,
-                exported=exported,
-                random_id=secrets.token_bytes(16),
-            )
-        except p.MafRefusal as refusal:
-            await self._audit_now(
-                audit_record(
-                    AuditEvent.KEY_REFUSED,
-                    kmId=km.km_id,
-                    rsc=refusal.rsc,
-                    reason=refusal.audit,
-                    sa=sa,
-                )
-            )
-            raise
-        source = "keyValue" if req.key_value is not None else "exporter"
-        for _attempt in range(3):
-            kc_id = str(self.policy.kc_id(plan.relative_hex))
-            target = ",".join(plan.target_ids)
-
-            def audit(
-                outcome: Any, kc_id: str = kc_id, target: str = target, key: NewKey = plan
-            ) -> list[dict[str, str | int]]:
-                if outcome is True:
-                    return [
-                        audit_record(
-                            AuditEvent.KEY_ISSUED,
-                            kcId=kc_id,
-                            kmId=km.km_id,
-                            target=target,
-                            expires=p.format_m2m_time(key.expires_at),
-                            suid=key.suid,
-                            adminFQDN=key.admin_fqdn,
-                            regId=key.reg_id,
-                            source=source,
-                            sa=sa,
-                        )
-                    ]
-                why = "RelativeKeyID already in use" if outcome is False else str(outcome)
-                return [
-                    audit_record(
-                        AuditEvent.KEY_REFUSED,
-                        kcId=kc_id,
-                        kmId=km.km_id,
-                        target=target,
-                        rsc=p.CONFLICT if outcome is False else RSC.INTERNAL_SERVER_ERROR,
-                        reason=why,
-                        sa=sa,
-                    )
-                ]
-
-            def op(w: MafWriter, key: NewKey = plan) -> bool:
-                return w.insert_key(key, now=now)
-
-            stored = await self._submit(op, audit, atomic=True)
-            if stored:
-                break
-            if req.key_value is None:
-                raise p.MafRefusal(
-                    p.CONFLICT,
-                    f"RelativeKeyID {plan.relative_hex} is already in use",
-                    audit="exported RelativeKeyID already in use",
-                )
-            # A random RelativeKeyID collided (not expected in practice): draw another.
-            plan = rules.plan_key_registration(
-                self.store,
-                self.policy,
-                km,
-                req,
-                now,
-                exported=None,
-                random_id=secrets.token_bytes(16),
-            )
-        else:
-            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "no free RelativeKeyID")
-        if exported is not None:
-            s.exported_used = True
-        self.stats.keys_issued += 1
-        return p.maf_response(RSC.CREATED, rules.key_registration_body(plan, km), request)
-
-    async def _key_update(
-        self, s: _ClientSession, rel_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.9."""
-        req = rq.parse_key_update(request, self.policy)
-        now = self._clock()
-        key = rules.owned_key(self.store, s.km, rel_id, now)
-        changes, body = rules.plan_key_update(self.store, self.policy, key, req, now)
-        kc_id = str(self.policy.kc_id(rel_id))
-
-        def op(w: MafWriter) -> Any:
-            updated = w.update_key(rel_id, **changes)
-            if updated is None:
-                raise p.MafRefusal(RSC.NOT_FOUND, "no such key registration", audit="vanished")
-            return updated
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.KEY_UPDATED,
-                    kcId=kc_id,
-                    kmId=s.km.km_id,
-                    target=",".join(outcome.target_ids),
-                    expires=p.format_m2m_time(outcome.expires_at),
-                )
-            ]
-
-        await self._submit(op, audit)
-        self.stats.keys_updated += 1
-        return p.maf_response(RSC.UPDATED, body, request)
-
-    async def _key_deregistration(
-        self, s: _ClientSession, rel_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.10."""
-        now = self._clock()
-        rules.owned_key(self.store, s.km, rel_id, now)
-        kc_id = str(self.policy.kc_id(rel_id))
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if outcome is not True:
-                return []
-            return [audit_record(AuditEvent.KEY_DEREGISTERED, kcId=kc_id, kmId=s.km.km_id)]
-
-        if not await self._submit(lambda w: w.deregister_key(rel_id), audit):
-            raise p.MafRefusal(RSC.NOT_FOUND, "no such key registration", audit="vanished")
-        self.stats.keys_deregistered += 1
-        return p.maf_response(RSC.DELETED, None, request)
-
-    async def _client_registration(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
-        """8.8.2.3."""
-        req = rq.parse_client_registration(request, self.policy)
-        reg = rules.plan_client_registration(
-            self.policy, s.km, req, self._clock(), secrets.token_hex(16)
-        )
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_REGISTERED,
-                    kmId=s.km.km_id,
-                    regId=reg.reg_id,
-                    adminFQDN=reg.admin_fqdn,
-                    expires=p.format_m2m_time(reg.expires_at),
-                )
-            ]
-
-        await self._submit(lambda w: w.insert_registration(reg), audit)
-        self.stats.client_registrations += 1
-        return p.maf_response(RSC.CREATED, rules.client_registration_body(reg, s.km), request)
-
-    def _config_retrieval(
-        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.4."""
-        rules.owned_registration(self.store, s.km, reg_id, self._clock())
-        config = self.store.get_client_config(s.km.canonical)
-        if config is None:
-            raise p.MafRefusal(
-                RSC.NOT_FOUND, "no MAF Client Configuration is associated with this registration"
-            )
-        return p.maf_response(RSC.OK, {"mafClientCfg": config}, request)
-
-    async def _registration_update(
-        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.5."""
-        req = rq.parse_registration_update(request, self.policy)
-        now = self._clock()
-        reg = rules.owned_registration(self.store, s.km, reg_id, now)
-        expires, body = rules.plan_registration_update(self.policy, reg, req, now)
-        kwargs: dict[str, Any] = {"expires_at": expires}
-        if req.has_labels:
-            kwargs["labels"] = req.labels
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_UPDATED,
-                    kmId=s.km.km_id,
-                    regId=reg_id,
-                    expires=p.format_m2m_time(outcome.expires_at),
-                )
-            ]
-
-        await self._submit(lambda w: w.update_registration(reg_id, **kwargs), audit)
-        return p.maf_response(RSC.UPDATED, body, request)
-
-    async def _deregistration(
-        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.6: the registration and the keys registered under it are removed."""
-        rules.owned_registration(self.store, s.km, reg_id, self._clock())
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException) or not outcome[0]:
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_DEREGISTERED,
-                    kmId=s.km.km_id,
-                    regId=reg_id,
-                    keys=outcome[1],
-                )
-            ]
-
-        found, _keys = await self._submit(lambda w: w.delete_registration(reg_id), audit)
-        if not found:
-            raise p.MafRefusal(RSC.NOT_FOUND, "no such MAF Client Registration", audit="vanished")
-        return p.maf_response(RSC.DELETED, None, request)
-
-    # -- procedures: retrieval listener ---------------------------------------------------
-    async def _handle_retrieval(
-        self, conn: TLSConnection, retriever: str | None, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.8."""
-        who = retriever or conn.context.peer_id
-        if retriever is not None:
-            with contextlib.suppress(IdentifierError):
-                who = p.canonical_entity(retriever, self.policy.sp_fqdn)
-        sa = conn.context.sa_id
-        rel_id: str | None = None
-        try:
-            rq.request_id(request)
-            r = rq.route(request.method, request.target)
-            if r.procedure is not rq.Procedure.KEY_RETRIEVAL:
-                raise p.MafRefusal(
-                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
-                    "the retrieval listener serves Key Retrieval (GET /maf/keys/{id}) only",
-                )
-            rel_id = r.param
-            assert rel_id is not None
-            if retriever is None:
-                raise p.MafRefusal(
-                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
-                    "the authenticated identity is not an AE-ID or CSE-ID",
-                    audit=f"retriever {who} ({conn.context.peer_kind.value}) is not an AE or CSE",
-                )
-            key = rules.decide_retrieval(self.store, self.policy, retriever, rel_id, self._clock())
-        except p.MafRefusal as refusal:
-            kc_id: str | None = None
-            if rel_id is not None:
-                # A RelativeKeyID too long for a psk_identity makes no KcId (10.3.5).
-                with contextlib.suppress(IdentifierError):
-                    kc_id = str(self.policy.kc_id(rel_id))
-            await self._audit_now(
-                audit_record(
-                    AuditEvent.RETRIEVAL_REFUSED,
-                    kcId=kc_id,
-                    retriever=who,
-                    rsc=refusal.rsc,
-                    reason=refusal.audit,
-                    sa=sa,
-                )
-            )
-            return self._refused(refusal, request, who)
-        client = self.store.get_client(key.km_id)
-        await self._audit_now(
-            audit_record(
-                AuditEvent.KEY_RETRIEVED,
-                kcId=str(self.policy.kc_id(key.relative_id)),
-                kmId=client.km_id if client else key.km_id,
-                retriever=who,
-                target=",".join(key.target_ids),
-                expires=p.format_m2m_time(key.expires_at),
-                entityId=client.entity_id if client else None,
-                sa=sa,
-            )
-        )
-        self.stats.keys_retrieved += 1
-        return p.maf_response(RSC.OK, rules.retrieval_body(key, client), request)
-
-    async def _audit_now(self, record: dict[str, str | int]) -> None:
-        """Write one audit record (durably) before answering."""
-        assert self._journal is not None
-        try:
-            await self._journal.submit(None, lambda _o: [record])
-        except StoreError as exc:
-            self._store_outage.failed(exc)  # one line per outage
-            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error") from None
+        while isinstance(step, Write):
+            try:
+                outcome = await self._journal.submit(step.op, step.audit, atomic=step.atomic)
+            except StoreError as exc:
+                if step.op is not None:
+                    raise  # a failed commit: answered 5000 as an internal error
+                self._store_outage.failed(exc)  # one line per outage
+                outcome = exc  # an audit record not written: the service refuses
+            step = step.then(outcome)
+        return step
 
     # -- housekeeping ---------------------------------------------------------------------
     async def _purge_loop(self) -> None:

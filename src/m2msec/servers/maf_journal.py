@@ -21,10 +21,11 @@ from typing import Any, Final
 
 from m2msec.errors import StoreError
 from m2msec.maf.audit import AuditLog
+from m2msec.maf.service import AuditFor, Outcome
 from m2msec.maf.store import MafStore, MafWriter
 from m2msec.store.outage import StoreOutage
 
-__all__ = ["MAX_BATCH", "SHUTDOWN_GRACE", "AuditFor", "MafJournal", "Outcome"]
+__all__ = ["MAX_BATCH", "SHUTDOWN_GRACE", "MafJournal"]
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH: Final = 512
 #: How long close() lets queued writes finish.
 SHUTDOWN_GRACE: Final = 5.0
-
-Outcome = Any  # the op's result, or the exception it raised
-AuditFor = Callable[[Outcome], Sequence[dict[str, str | int]]]
 
 
 @dataclass(slots=True, eq=False)
