@@ -111,19 +111,28 @@ def owned_registration(
     return reg
 
 
+def _echoed(
+    expires: datetime | None, has_labels: bool, labels: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """An update's answer holds only the fields of the request (tables 8.8.2.5-2 and
+    8.8.2.9-2 NOTE): the expirationTime granted, the labels set."""
+    out: dict[str, Any] = {}
+    if expires is not None:
+        out["expirationTime"] = format_m2m_time(expires)
+    if has_labels:
+        out["labels"] = list(labels or ())
+    return out
+
+
 def plan_registration_update(
     policy: MafPolicy, reg: ClientRegistration, req: RegUpdateRequest, now: datetime
 ) -> tuple[datetime | None, dict[str, Any]]:
     """8.8.2.5: the new expirationTime (or None) and the response body, which holds only
     the fields of the request (table 8.8.2.5-2 NOTE)."""
-    out: dict[str, Any] = {}
     expires = None
     if req.expires is not None:
         expires = assign_expiry(req.expires, now, policy.registration_lifetime)
-        out["expirationTime"] = format_m2m_time(expires)
-    if req.has_labels:
-        out["labels"] = list(req.labels or ())
-    return expires, {"mafClientReg": out}
+    return expires, {"mafClientReg": _echoed(expires, req.has_labels, req.labels)}
 
 
 def plan_key_registration(
@@ -228,10 +237,9 @@ def plan_key_update(
         cap = None if reg is None or reg.expired(now) else reg.expires_at
         expires = assign_expiry(req.expires, now, policy.key_lifetime, cap)
         changes["expires_at"] = expires
-        out["expirationTime"] = format_m2m_time(expires)
     if req.has_labels:
         changes["labels"] = req.labels
-        out["labels"] = list(req.labels or ())
+    out.update(_echoed(changes.get("expires_at"), req.has_labels, req.labels))
     return changes, {"mafKeyReg": out}
 
 

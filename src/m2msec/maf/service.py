@@ -169,6 +169,18 @@ def _write(
     return Write(op, audit, lambda outcome: then(_result(outcome)), atomic)
 
 
+def _succeeded(outcome: Outcome) -> bool:
+    return not isinstance(outcome, BaseException)
+
+
+def _audit_if(
+    ok: Callable[[Outcome], bool], record: Callable[[Any], dict[str, str | int]]
+) -> AuditFor:
+    """The audit of a write: one record built from its outcome when ``ok(outcome)``, none
+    otherwise (a refused or failed write is answered, not audited as done)."""
+    return lambda outcome: [record(outcome)] if ok(outcome) else []
+
+
 def _audited(record: dict[str, str | int], then: Callable[[], Step]) -> Write:
     """Write one audit record (durably) before answering with ``then()``."""
 
@@ -374,18 +386,16 @@ class MafService:
                 raise MafRefusal(RSC.NOT_FOUND, "no such key registration", audit="vanished")
             return updated
 
-        def audit(outcome: Outcome) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.KEY_UPDATED,
-                    kcId=kc_id,
-                    kmId=s.km.km_id,
-                    target=",".join(outcome.target_ids),
-                    expires=format_m2m_time(outcome.expires_at),
-                )
-            ]
+        audit = _audit_if(
+            _succeeded,
+            lambda updated: audit_record(
+                AuditEvent.KEY_UPDATED,
+                kcId=kc_id,
+                kmId=s.km.km_id,
+                target=",".join(updated.target_ids),
+                expires=format_m2m_time(updated.expires_at),
+            ),
+        )
 
         def then(_updated: Any) -> Step:
             self.stats.keys_updated += 1
@@ -401,10 +411,10 @@ class MafService:
         rules.owned_key(self.store, s.km, rel_id, self._clock())
         kc_id = str(self.policy.kc_id(rel_id))
 
-        def audit(outcome: Outcome) -> list[dict[str, str | int]]:
-            if outcome is not True:
-                return []
-            return [audit_record(AuditEvent.KEY_DEREGISTERED, kcId=kc_id, kmId=s.km.km_id)]
+        audit = _audit_if(
+            lambda found: found is True,
+            lambda _: audit_record(AuditEvent.KEY_DEREGISTERED, kcId=kc_id, kmId=s.km.km_id),
+        )
 
         def then(found: bool) -> Step:
             if not found:
@@ -421,18 +431,16 @@ class MafService:
             self.policy, s.km, req, self._clock(), self._token(16).hex()
         )
 
-        def audit(outcome: Outcome) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_REGISTERED,
-                    kmId=s.km.km_id,
-                    regId=reg.reg_id,
-                    adminFQDN=reg.admin_fqdn,
-                    expires=format_m2m_time(reg.expires_at),
-                )
-            ]
+        audit = _audit_if(
+            _succeeded,
+            lambda _: audit_record(
+                AuditEvent.CLIENT_REGISTERED,
+                kmId=s.km.km_id,
+                regId=reg.reg_id,
+                adminFQDN=reg.admin_fqdn,
+                expires=format_m2m_time(reg.expires_at),
+            ),
+        )
 
         def then(_none: Any) -> Step:
             self.stats.client_registrations += 1
@@ -467,17 +475,15 @@ class MafService:
         if req.has_labels:
             kwargs["labels"] = req.labels
 
-        def audit(outcome: Outcome) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_UPDATED,
-                    kmId=s.km.km_id,
-                    regId=reg_id,
-                    expires=format_m2m_time(outcome.expires_at),
-                )
-            ]
+        audit = _audit_if(
+            _succeeded,
+            lambda updated: audit_record(
+                AuditEvent.CLIENT_UPDATED,
+                kmId=s.km.km_id,
+                regId=reg_id,
+                expires=format_m2m_time(updated.expires_at),
+            ),
+        )
 
         return _write(
             lambda w: w.update_registration(reg_id, **kwargs),
@@ -490,17 +496,12 @@ class MafService:
         assert reg_id is not None
         rules.owned_registration(self.store, s.km, reg_id, self._clock())
 
-        def audit(outcome: Outcome) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException) or not outcome[0]:
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_DEREGISTERED,
-                    kmId=s.km.km_id,
-                    regId=reg_id,
-                    keys=outcome[1],
-                )
-            ]
+        audit = _audit_if(
+            lambda outcome: _succeeded(outcome) and outcome[0],
+            lambda outcome: audit_record(
+                AuditEvent.CLIENT_DEREGISTERED, kmId=s.km.km_id, regId=reg_id, keys=outcome[1]
+            ),
+        )
 
         def then(outcome: tuple[bool, int]) -> Step:
             if not outcome[0]:
