@@ -22,13 +22,14 @@ import pytest
 
 from m2msec.bindings.coap.client import CoapClient
 from m2msec.config import parse_config
+from m2msec.config.maf import MafConfig
 from m2msec.crypto.gba import SUITE_IDS
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.gateway import Gateway
-from m2msec.servers.maf import MafConfig, MafServer
+from m2msec.servers.maf import MafServer
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture, ae_content
 from tests.test_gba_framework import (

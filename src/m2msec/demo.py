@@ -39,6 +39,7 @@ from m2msec.config import (
     PskConfig,
     parse_listen_url,
 )
+from m2msec.config.maf import MafConfig
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
@@ -50,7 +51,7 @@ from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
-from m2msec.servers.maf import MafConfig, MafServer
+from m2msec.servers.maf import MafServer
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.store import SqlitePskStore
 from m2msec.store.base import PskEntry

@@ -57,7 +57,8 @@ from m2msec.maf.store import (
 )
 
 if TYPE_CHECKING:
-    from m2msec.servers.maf import MafConfig, MafServer
+    from m2msec.config.maf import MafConfig
+    from m2msec.servers.maf import MafServer
 
 __all__ = ["app"]
 
@@ -476,7 +477,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the MAF until SIGINT or SIGTERM."""
-    from m2msec.servers.maf import load_maf_config
+    from m2msec.config.maf import load_maf_config
 
     start_logging(log_level)
     overrides: dict[str, object] = {
