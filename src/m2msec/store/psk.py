@@ -47,7 +47,7 @@ from m2msec.errors import (
     IdentifierError,
     StoreError,
 )
-from m2msec.store.base import ProgressCallback, PskEntry, PskInfo
+from m2msec.store.base import ProgressCallback, PskEntry, PskInfo, credential_key
 from m2msec.store.db import (
     Connection,
     Database,
@@ -150,6 +150,8 @@ class _Sql:
             " kpsa = excluded.kpsa, expires_at = excluded.expires_at"
         )
         self.delete = f"DELETE FROM psk WHERE kpsa_id = {p}"
+        # The identities a Credential-ID association of the row registered (store/registry.py).
+        self.release = f"DELETE FROM identity_owner WHERE credential = {p}"
         self.exists = f"SELECT 1 FROM psk WHERE kpsa_id = {p}"
         listed = "SELECT kpsa_id, entity_id, length(kpsa), expires_at FROM psk"
         self.list_first = f"{listed} ORDER BY kpsa_id LIMIT {p}"
@@ -313,14 +315,22 @@ class SealedPskStore(SealedStore):
         return done
 
     def remove(self, kpsa_id: str) -> bool:
+        """Remove the row of ``kpsa_id`` and, in the same transaction, release the AE-IDs
+        its associations registered (``identity_owner``, :mod:`m2msec.store.registry`), so
+        that a later row under the same KpsaId does not inherit them. An expired row that is
+        purged keeps them: renewing a device's key keeps its AE-ID."""
         if not is_text(kpsa_id):
             return False
+        db = self._db
         with self._wlock:
             try:
-                cursor = self._writer().execute(self._sql.delete, (kpsa_id,))
-            except self._db.errors as exc:
+                with db.transaction(self._writer()) as conn:
+                    cursor = conn.execute(self._sql.delete, (kpsa_id,))
+                    removed = bool(cursor.rowcount > 0)
+                    if removed:
+                        conn.execute(self._sql.release, (credential_key("psk", kpsa_id),))
+            except db.errors as exc:
                 raise self._error("write", exc) from None
-            removed = bool(cursor.rowcount > 0)
         self._invalidate(kpsa_id)
         return removed
 
