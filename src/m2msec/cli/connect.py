@@ -15,7 +15,6 @@ DTLS 1.2 (TS-0003 10.2.1) instead, with the PSK or certificate options.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 import typer
 
 from m2msec.cli.common import console, context_details, fail, read_key
+from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.ids import CseId, parse_entity_id
 from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
@@ -41,7 +41,7 @@ def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | No
     CSE-ID as IdB it is the CSE public domain name ``<CSE-ID>.<IN domain>`` (TS-0001
     6.5.1.1); otherwise (an IP and an AE or no IdB) nothing, since no name is known.
     """
-    if not _is_ip(host):
+    if not is_ip(host):
         return host
     if id_b:
         try:
@@ -51,14 +51,6 @@ def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | No
         except IdentifierError:
             return None  # not usable as a DNS label: send no SNI rather than a wrong one
     return None
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _profile(
@@ -350,19 +342,8 @@ def connect(
         opener = _gba_opener(bsf, impi, k, opc, sqn, uicc, host, port, server_name, id_b, timeout)
     elif maf is not None:
         opener = _maf_opener(
-            maf,
-            maf_fqdn,
-            km_id,
-            km,
-            target_id,
-            id_b,
-            server_name,
-            tls12,
-            in_domain,
-            host,
-            port,
-            timeout,
-            cse_id,
+            maf, maf_fqdn, km_id, km, target_id, id_b, server_name, tls12, in_domain, host, port,
+            timeout, cse_id,
         )
     else:
         if id_b is None:
