@@ -31,6 +31,7 @@ from rich.text import Text
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
+    exactly_one,
     fail,
     file_option,
     init_option,
@@ -129,8 +130,7 @@ def add_subscriber(
     store: StoreOption = None,
 ) -> None:
     """Provision a subscriber of the HSS simulator."""
-    if (opc is None) == (op is None):
-        fail("give exactly one of --opc and --op", 2)
+    exactly_one(opc=opc, op=op)
     key = _read_hex(k, "K", 16)
     if opc is not None:
         opc_value = _read_hex(opc, "OPc", 16)

@@ -21,6 +21,7 @@ import typer
 from rich.text import Text
 
 from m2msec.cli.common import (
+    exactly_one,
     exit_on_errors,
     fail,
     key_value_table,
@@ -152,8 +153,7 @@ def issue(
     ] = False,
 ) -> None:
     """Issue a key and a certificate naming a oneM2M entity (TS-0003 10.1.1)."""
-    if (entity_id is None) == (service is None):
-        fail("give exactly one of --entity-id and --service", 2)
+    exactly_one(entity_id=entity_id, service=service)
     with _errors():
         ca = CertificateAuthority.load(directory)
         if entity_id is not None:
@@ -211,8 +211,7 @@ def revoke(
     ] = None,
 ) -> None:
     """Revoke a certificate this CA issued (RFC 5280 5); run `ca crl` to publish it."""
-    if (serial is None) == (cert is None):
-        fail("give exactly one of --serial and --cert", 2)
+    exactly_one(serial=serial, cert=cert)
     with _errors():
         ca = CertificateAuthority.load(directory)
         if cert is not None:

@@ -132,6 +132,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def exactly_one(**options: object) -> None:
+    """Exit 2 unless exactly one of two alternative options was given (not None);
+    ``entity_id=...`` names ``--entity-id`` in the message."""
+    given = [value is not None for value in options.values()]
+    if given.count(True) != 1:
+        names = " and ".join("--" + name.replace("_", "-") for name in options)
+        fail(f"give exactly one of {names}", 2)
+
+
 def error_text(exc: BaseException) -> str:
     """The message of ``exc``; a KeyError (UnknownCredentialError) would quote it in str()."""
     if isinstance(exc, KeyError) and exc.args:
