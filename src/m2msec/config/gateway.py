@@ -117,7 +117,6 @@ DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_BACKEND_TIMEOUT = 10.0
 
 
-
 @dataclass(frozen=True, slots=True)
 class PskConfig:
     """``[psk]``: the psk-lookup-table. ``store`` None means the default store."""
@@ -448,10 +447,4 @@ def load_config(
 ) -> GatewayConfig:
     """Read ``path`` (TOML) if given, apply ``overrides`` (``{"gateway.backend": ...}``,
     None values ignored) and validate (:func:`m2msec.config.loader.load`)."""
-    return load(
-        path,
-        overrides,
-        sections=_SECTIONS,
-        paths=_PATHS,
-        parse=lambda data, base, source: parse_config(data, base_dir=base, source=source),
-    )
+    return load(path, overrides, sections=_SECTIONS, paths=_PATHS, parse=parse_config)
