@@ -3,9 +3,10 @@
 A sub-command group (:func:`sub_app`), the shared options (``--store``, ``--config``,
 ``--log-level``, ``--init`` and the option shapes every command repeats), output consoles,
 key-value tables and "done" lines, one-line errors and their exit codes (:func:`fail`,
-:func:`exit_on_errors`: 2 for a usage or configuration error, 1 when the operation
-failed), key input, and the ``serve`` commands' steps: load the config with the options
-as overrides, run a long-lived server until a signal (logging, event loop, signals)."""
+:func:`exit_on_errors`, :func:`store_errors`, :func:`exactly_one`: 2 for a usage or
+configuration error, 1 when the operation failed), key input, and the ``serve`` commands'
+steps: load the config with the options as overrides, run a long-lived server until a
+signal (logging, event loop, signals)."""
 
 from __future__ import annotations
 
