@@ -35,7 +35,7 @@ from typing import TypeAlias
 from OpenSSL import SSL
 
 from m2msec.errors import ConfigurationError, HandshakeError
-from m2msec.tls.context import PeerBinding, SecurityContext
+from m2msec.tls.context import SecurityContext
 from m2msec.tls.dtls.cookies import CookieJar, PeerState, address_key, install_cookie_callbacks
 from m2msec.tls.dtls.engine import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -59,6 +59,7 @@ from m2msec.tls.engine import (
     DataReceived,
     HandshakeComplete,
     HandshakeFailed,
+    PskAnswer,
     PskLookupNeeded,
 )
 from m2msec.tls.profiles import TLSProfile, Transport
@@ -270,7 +271,7 @@ class DTLSServer:
         self,
         addr: Address,
         identity: bytes,
-        answer: tuple[bytes, PeerBinding] | HandshakeError | None,
+        answer: PskAnswer,
     ) -> Outgoing:
         """The async resolver's answer to a :class:`PeerPskLookupNeeded` for ``addr``.
 
