@@ -20,6 +20,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
@@ -35,7 +36,8 @@ from m2msec.tls.engine import (
     resolve_psk,
 )
 from m2msec.tls.profiles import TLSProfile
-from m2msec.tls.sessions import ClientSession, offering_session
+from m2msec.tls.resumption import offering_session
+from m2msec.tls.sessions import ClientSession
 
 log = logging.getLogger(__name__)
 
@@ -365,19 +367,14 @@ async def connect(
 ) -> TLSConnection:
     """Run the initiator's handshake (Entity A) and return the association.
 
-    Raises :class:`HandshakeError` with a reason safe to show when it fails.
-
-    With ``profile.client_sessions`` set, a TLS 1.2 session of the last connection to the
-    same ``host``, ``port`` and server name is offered for resumption, and the new one
-    kept; if a resumption attempt fails, one full handshake follows.
+    Raises :class:`HandshakeError` with a reason safe to show when it fails. With
+    ``profile.client_sessions`` set, a TLS 1.2 session is offered for resumption
+    (:func:`~m2msec.tls.resumption.offering_session`).
     """
     if profile.server_side:
         raise ValueError("connect() needs an initiator (client) profile")
-    return await offering_session(
-        profile.client_sessions,
-        (host, port, server_name or profile.server_name),
-        lambda offer: _connect(host, port, profile, server_name, timeout, offer),
-    )
+    attempt = partial(_connect, host, port, profile, server_name, timeout)
+    return await offering_session(profile, host, port, server_name, attempt)
 
 
 async def _connect(

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import cast
 
 from m2msec.errors import HandshakeError
@@ -44,7 +45,8 @@ from m2msec.tls.engine import (
     resolve_psk,
 )
 from m2msec.tls.profiles import TLSProfile
-from m2msec.tls.sessions import ClientSession, ServerSessionCache, offering_session
+from m2msec.tls.resumption import offering_session
+from m2msec.tls.sessions import ClientSession, ServerSessionCache
 
 log = logging.getLogger(__name__)
 
@@ -513,21 +515,14 @@ async def dtls_connect(
     """Run the initiator's DTLS handshake (Entity A) with ``host:port`` (UDP).
 
     Retransmits lost flights (RFC 6347 4.2.4) and gives up after ``timeout`` seconds.
-    Raises :class:`HandshakeError` with a reason safe to show when it fails.
-
-    With ``profile.client_sessions`` set, the session of the last association with the
-    same ``host``, ``port`` and server name is offered for resumption, and the new one
-    kept; if a resumption attempt fails, one full handshake follows.
+    Raises :class:`HandshakeError` with a reason safe to show when it fails. With
+    ``profile.client_sessions`` set, a session is offered for resumption
+    (:func:`~m2msec.tls.resumption.offering_session`).
     """
     if profile.server_side:
         raise ValueError("dtls_connect() needs an initiator (client) profile")
-    return await offering_session(
-        profile.client_sessions,
-        (host, port, server_name or profile.server_name),
-        lambda offer: _dtls_connect(
-            profile, host, port, server_name, timeout, mtu, max_queue, offer
-        ),
-    )
+    attempt = partial(_dtls_connect, profile, host, port, server_name, timeout, mtu, max_queue)
+    return await offering_session(profile, host, port, server_name, attempt)
 
 
 async def _dtls_connect(

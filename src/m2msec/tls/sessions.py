@@ -29,16 +29,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from OpenSSL import SSL
 
-from m2msec.errors import ConfigurationError, HandshakeError
+from m2msec.errors import ConfigurationError
 from m2msec.tls import _psk
-from m2msec.tls.context import Framework, PeerBinding, SecurityContext
+from m2msec.tls.context import Framework, PeerBinding
 
 log = logging.getLogger(__name__)
 
@@ -275,49 +275,6 @@ class ClientSessionCache(_SessionCache[Hashable, ClientSession]):
         self._entries.pop(key, None)
 
 
-class _Engine(Protocol):
-    @property
-    def session(self) -> SSL.Session | None: ...
-
-
-class _Association(Protocol):
-    @property
-    def engine(self) -> _Engine: ...
-
-    @property
-    def context(self) -> SecurityContext: ...
-
-
-_A = TypeVar("_A", bound=_Association)
-
-
-async def offering_session(
-    cache: ClientSessionCache | None,
-    key: Hashable,
-    attempt: Callable[[ClientSession | None], Awaitable[_A]],
-) -> _A:
-    """Entity A: run ``attempt`` offering the session kept for ``key``; keep the new one.
-
-    The one resumption policy of the TLS and DTLS initiators: if a resumption attempt
-    fails, the session is forgotten and one full handshake follows. Sans-IO: ``attempt``
-    does the I/O.
-    """
-    offer = cache.get(key) if cache is not None else None
-    try:
-        assoc = await attempt(offer)
-    except HandshakeError:
-        if cache is None or offer is None:
-            raise
-        cache.discard(key)
-        assoc = await attempt(None)
-    session = assoc.engine.session
-    if cache is not None and session is not None:
-        ctx = assoc.context
-        binding = PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until)
-        cache.put(key, session, binding)
-    return assoc
-
-
 __all__ = [
     "ClientSession",
     "ClientSessionCache",
@@ -325,5 +282,4 @@ __all__ = [
     "ServerSessionCache",
     "SessionEntry",
     "client_hello_session_id",
-    "offering_session",
 ]
