@@ -27,7 +27,6 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import OpaqueOption
 
-from m2msec.bindings.coap.client import CoapClient
 from m2msec.bindings.coap.options import decode, encode
 from m2msec.config import GatewayConfig, parse_config, parse_listen_url
 from m2msec.errors import ConfigurationError
@@ -36,6 +35,7 @@ from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.coap_gateway import MAX_BAD_MESSAGES
 from m2msec.servers.gateway import Gateway
+from m2msec.service.coap_client import CoapClient
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect
 from m2msec.tls.profiles import Transport

@@ -29,7 +29,6 @@ from typing import Any
 
 from m2msec.acme import AcmeCSE
 from m2msec.app_rules import AppRule
-from m2msec.bindings.coap.client import CoapClient
 from m2msec.bindings.coap.mapping import CoapOneM2MResponse
 from m2msec.config import (
     CertificateConfig,
@@ -52,6 +51,7 @@ from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafServer
+from m2msec.service.coap_client import CoapClient
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.store import SqlitePskStore
 from m2msec.store.base import PskEntry

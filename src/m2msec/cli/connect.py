@@ -412,9 +412,9 @@ def _connect_coap(
     options: str,
 ) -> None:
     """One oneM2M request by the CoAP binding over DTLS; print the context and the answer."""
-    from m2msec.bindings.coap.client import CoapClient
     from m2msec.bindings.coap.mapping import CoapOneM2MResponse
     from m2msec.bindings.coap.options import CoapBindingError, Numbering
+    from m2msec.service.coap_client import CoapClient
     from m2msec.tls.aio_dtls import dtls_connect
 
     async def run() -> tuple[SecurityContext, CoapOneM2MResponse]:
