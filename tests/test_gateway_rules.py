@@ -58,10 +58,10 @@ def test_add_list_remove(tmp_path: Path) -> None:
     code, out, _ = rule(db, "list", "--json")
     assert code == 0
     assert json.loads(out) == [
-        {"id": 1, "name": "lights", "credentials": [PATTERN, "11-*"], "allowed_aes": ["C*"],
-         "allowed_app_ids": ["Nlight"]},
-        {"id": 2, "name": None, "credentials": ["12-*"], "allowed_aes": ["Cdev*"],
-         "allowed_app_ids": []},
+        {"source": "store", "id": 1, "name": "lights", "credentials": [PATTERN, "11-*"],
+         "allowed_aes": ["C*"], "allowed_app_ids": ["Nlight"]},
+        {"source": "store", "id": 2, "name": None, "credentials": ["12-*"],
+         "allowed_aes": ["Cdev*"], "allowed_app_ids": []},
     ]  # fmt: skip
     code, _, err = rule(db, "add", "--credential", "x", "--allowed-ae", "C*", "--name", "lights")
     assert code == 2 and "exists already" in err
@@ -70,6 +70,33 @@ def test_add_list_remove(tmp_path: Path) -> None:
     code, _, err = rule(db, "remove", "2")
     assert code == 1 and "no stored app rule" in err
     assert json.loads(rule(db, "list", "--json")[1]) == []
+
+
+def test_list_with_config_shows_the_toml_rules_beside_the_stored_ones(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    assert rule(db, "add", "--credential", "12-*", "--allowed-ae", "Cdev*", "--name", "dev")[0] == 0
+    toml = tmp_path / "gw.toml"
+    toml.write_text(
+        '[gateway]\nbackend = "http://127.0.0.1:9"\n'  # no cse_id: it may come from the CLI
+        '[[gateway.app_rule]]\ncredentials = ["11-*@maf.in.provider.com"]\n'
+        'allowed_aes = ["Cmeter*"]\nallowed_app_ids = ["Nmeter"]\n'
+        '[psk]\nstore = "gw.db"\n'  # relative to the file, as the gateway reads it
+    )
+    listed = CliRunner().invoke(app, ["rule", "list", "--config", str(toml), "--json"])
+    assert listed.exit_code == 0, listed.stderr
+    assert json.loads(listed.stdout) == [
+        {"source": "config", "id": None, "name": None, "credentials": ["11-*@maf.in.provider.com"],
+         "allowed_aes": ["Cmeter*"], "allowed_app_ids": ["Nmeter"]},
+        {"source": "store", "id": 1, "name": "dev", "credentials": ["12-*"],
+         "allowed_aes": ["Cdev*"], "allowed_app_ids": []},
+    ]  # fmt: skip
+    table = CliRunner().invoke(app, ["rule", "list", "-c", str(toml)])
+    assert table.exit_code == 0 and "config" in table.stdout and "Cmeter*" in table.stdout
+    assert "store" in table.stdout and "Cdev*" in table.stdout
+    # A rule the gateway would refuse is refused here too, naming the file.
+    toml.write_text('[[gateway.app_rule]]\ncredentials = ["12-*"]\nallowed_aes = []\n')
+    bad = CliRunner().invoke(app, ["rule", "list", "--config", str(toml), "--store", str(db)])
+    assert bad.exit_code == 2 and str(toml) in bad.stderr and "app_rule[0]" in bad.stderr
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,14 @@ class AppRule:
     allowed_aes: tuple[str, ...]
     allowed_app_ids: tuple[str, ...] = ()
 
+    def as_json(self) -> dict[str, list[str]]:
+        """The rule as ``[[gateway.app_rule]]`` spells it (and ``rule list --json`` prints it)."""
+        return {
+            "credentials": list(self.credentials),
+            "allowed_aes": list(self.allowed_aes),
+            "allowed_app_ids": list(self.allowed_app_ids),
+        }
+
 
 def app_rule(
     credentials: Sequence[Any],

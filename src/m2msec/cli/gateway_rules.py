@@ -6,7 +6,7 @@ Credential-ID and whose ``allowedAEs`` (``--allowed-ae``) match the AE-ID-Stem, 
 ``allowedApp-IDs`` (``--allowed-app-id``) the App-ID if given. The rules are kept in the
 psk store's database, SQLite or PostgreSQL (:mod:`m2msec.store.app_rules`); a running
 gateway on that store applies a change within its lookup cache lifetime, together with
-its TOML rules.
+its TOML rules (``rule list --config FILE`` shows both, as the gateway applies them).
 
 Exit status: 0 on success, 1 for a store that cannot be opened or an unknown rule, 2 for
 an invalid pattern or name (nothing is written).
@@ -17,14 +17,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from m2msec.app_rules import app_rule
+from m2msec.app_rules import AppRule, app_rule
 from m2msec.cli.common import StoreOption, exit_on_errors, fail, stdout_console, sub_app
+from m2msec.config.gateway import read_app_rules
 from m2msec.errors import ConfigurationError, StoreError
 from m2msec.store import open_store
 from m2msec.store.app_rules import AppRuleStore, check_rule_name
@@ -85,30 +87,51 @@ def add_command(
 @app.command("list")
 def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", metavar="FILE", show_default=False,
+            help="The gateway's TOML: list its [[gateway.app_rule]] too (source \"config\"), "
+            "and use its [psk] store unless --store is given.",
+        ),
+    ] = None,
     store: StoreOption = None,
 ) -> None:
-    """List the stored rules (the TOML's [[gateway.app_rule]] are not shown)."""
+    """List the rules a gateway applies: the stored ones and, with --config, its TOML's."""
+    configured: tuple[AppRule, ...] = ()
+    if config is not None:
+        with exit_on_errors(usage=(ConfigurationError,)):
+            configured, config_store = read_app_rules(config)
+        store = store or config_store
     with _rules(store) as rules:
         rows = rules.list()
     out = stdout_console()
     if as_json:
-        out.out(json.dumps([r.as_json() for r in rows], indent=2))
+        listed: list[dict[str, object]] = [
+            {"source": "config", "id": None, "name": None, **r.as_json()} for r in configured
+        ]
+        listed += [{"source": "store", **r.as_json()} for r in rows]
+        out.out(json.dumps(listed, indent=2))
         return
-    if not rows:
-        out.print("no stored app rules")
+    if not rows and not configured:
+        out.print("no app rules" if config is not None else "no stored app rules")
         return
     table = Table(title="serviceSubscribedAppRules", title_justify="left")
-    for column in ("id", "name", "credentials", "allowed AEs", "allowed App-IDs"):
+    for column in ("source", "id", "name", "credentials", "allowed AEs", "allowed App-IDs"):
         table.add_column(column)
-    for r in rows:
-        table.add_row(
-            str(r.id),
-            Text(r.name or ""),
-            Text(" ".join(r.rule.credentials)),
-            Text(" ".join(r.rule.allowed_aes)),
-            Text(" ".join(r.rule.allowed_app_ids) or "any"),
-        )
+    for number, r in enumerate(configured):
+        table.add_row("config", f"[{number}]", "", *_cells(r))
+    for stored in rows:
+        table.add_row("store", str(stored.id), Text(stored.name or ""), *_cells(stored.rule))
     out.print(table)
+
+
+def _cells(rule: AppRule) -> tuple[Text, Text, Text]:
+    return (
+        Text(" ".join(rule.credentials)),
+        Text(" ".join(rule.allowed_aes)),
+        Text(" ".join(rule.allowed_app_ids) or "any"),
+    )
 
 
 @app.command("remove")

@@ -90,9 +90,9 @@ from m2msec.config.listeners import (
     parse_backend_url,
     parse_listen_url,
 )
-from m2msec.config.loader import load
+from m2msec.config.loader import load, read_toml, resolve_paths
 from m2msec.config.values import boolean, file_path, invalid, number, unknown_key
-from m2msec.errors import IdentifierError
+from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
 from m2msec.service.limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT
 
@@ -440,6 +440,25 @@ _PATHS = frozenset(
     {(t, k) for t in ("certificates", "gba", "maf") for k in ("cert", "key", "ca", "crl")}
     | {("psk", "store")}
 )
+
+
+def read_app_rules(path: str | Path) -> tuple[tuple[AppRule, ...], str | None]:
+    """The ``[[gateway.app_rule]]`` rules and the ``[psk] store`` of the gateway config at
+    ``path``, validated as :func:`load_config` validates them, without the rest of the file
+    (whose ``cse_id`` may come from the command line): ``m2msec gateway rule list --config``."""
+    file = Path(path).expanduser()
+    data = resolve_paths(read_toml(file), _PATHS, file.resolve().parent)
+    try:
+        gw, psk = data.get("gateway", {}), data.get("psk", {})
+        if not isinstance(gw, dict) or not isinstance(psk, dict):
+            raise invalid("gateway", "[gateway] and [psk] must be tables")
+        store = psk.get("store")
+        return (
+            _app_rules(gw.get("app_rule", [])),
+            None if store is None else _store(store, "psk.store", Path.cwd()),
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{file}: {exc}") from None
 
 
 def load_config(

@@ -44,13 +44,7 @@ class StoredAppRule:
     rule: AppRule
 
     def as_json(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "credentials": list(self.rule.credentials),
-            "allowed_aes": list(self.rule.allowed_aes),
-            "allowed_app_ids": list(self.rule.allowed_app_ids),
-        }
+        return {"id": self.id, "name": self.name, **self.rule.as_json()}
 
 
 class AppRuleStore(SideTable):
