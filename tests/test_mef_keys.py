@@ -88,4 +88,3 @@ def test_maf_id_is_a_lower_case_fqdn() -> None:
     assert derivation_identity("\uff4daf.provider.com", enrolee_b=False) == "maf.provider.com"
     with pytest.raises(IdentifierError, match="MAF-ID"):
         derivation_identity("/mn-cse-1", enrolee_b=False)
-

@@ -59,8 +59,14 @@ def store(tmp_path: Path) -> Iterator[MefStore]:
     with MefStore(tmp_path / "mef.db", kek=KEK) as st:
         for who, target in ((DEVICE, GATEWAY), (MAF_DEVICE, MAF)):
             st.add_enrolee(
-                Enrolee(who.bootstrap, who.bootstrap_id, "/mn-cse-123456/Cdevice-1", target,
-                        timedelta(days=30), KPM)
+                Enrolee(
+                    who.bootstrap,
+                    who.bootstrap_id,
+                    "/mn-cse-123456/Cdevice-1",
+                    target,
+                    timedelta(days=30),
+                    KPM,
+                )
             )
         st.allow_target(GATEWAY)
         st.allow_target(MAF)
@@ -89,13 +95,22 @@ def answer(response: HttpResponse) -> dict[str, Any]:
     return value
 
 
-def enrol(mef: MefService, who: EnroleeIdentity = DEVICE, body: dict[str, Any] | None = None,
-          exported: bytes | None = EXPORT) -> HttpResponse:
+def enrol(
+    mef: MefService,
+    who: EnroleeIdentity = DEVICE,
+    body: dict[str, Any] | None = None,
+    exported: bytes | None = EXPORT,
+) -> HttpResponse:
     return mef.enrol(request("POST", "/mef/enrolment", body), who, exported)
 
 
-def fetch(mef: MefService, target: EnrolmentTarget, suid: int, ke_id: KeId = KE_ID,
-          origin: str | None = None) -> HttpResponse:
+def fetch(
+    mef: MefService,
+    target: EnrolmentTarget,
+    suid: int,
+    ke_id: KeId = KE_ID,
+    origin: str | None = None,
+) -> HttpResponse:
     return mef.fetch_credentials(request("GET", fetch_path(ke_id, suid), origin=origin), target)
 
 

@@ -107,7 +107,7 @@ class EnrolmentTarget:
 
     @property
     def key_name(self) -> str:
-        """"Kpsa" or "Km", for messages."""
+        """The key's name for messages: "Kpsa" or "Km"."""
         return "Kpsa" if self.is_enrolee_b else "Km"
 
     def __str__(self) -> str:

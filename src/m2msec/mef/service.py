@@ -323,16 +323,15 @@ class MefService:
                 RSC.INTERNAL_SERVER_ERROR, "the MEF cannot read its store", audit=str(exc)
             ) from None
         if not allowed:
-            raise MefRefusal(
-                RSC.ORIGINATOR_HAS_NO_PRIVILEGE, "not an Enrolment Target of this MEF"
-            )
+            raise MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, "not an Enrolment Target of this MEF")
         now = self._clock()
         if enrolment is None or enrolment.target != requester or enrolment.expired(now):
-            why = (
-                "unknown KeID" if enrolment is None
-                else "expired" if enrolment.expired(now)
-                else f"enrolled for {enrolment.target}"
-            )
+            if enrolment is None:
+                why = "unknown KeID"
+            elif enrolment.expired(now):
+                why = "expired"
+            else:
+                why = f"enrolled for {enrolment.target}"
             raise MefRefusal(RSC.NOT_FOUND, _NO_SUCH_ENROLMENT, audit=f"{asked.ke_id}: {why}")
         if asked.suid != requester.suid:
             raise MefRefusal(

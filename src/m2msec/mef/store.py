@@ -89,8 +89,7 @@ def migrations(db: Database) -> dict[int, tuple[str, ...]]:
                    bootstrap_key {t} NOT NULL, enrolee_id {t} NOT NULL, {target},
                    expires_at BIGINT NOT NULL, created BIGINT NOT NULL){w}""",
             "CREATE INDEX enrolments_expiry ON enrolments (expires_at)",
-            f"CREATE TABLE audit (seq {db.serial_key}, time BIGINT NOT NULL, "
-            "record TEXT NOT NULL)",
+            f"CREATE TABLE audit (seq {db.serial_key}, time BIGINT NOT NULL, record TEXT NOT NULL)",
         ),
     }
 
@@ -441,9 +440,7 @@ class MefStore(Closing):
     def _write(self, sql: str, args: tuple[Any, ...], duplicate: str | None = None) -> int:
         return self._transaction(lambda conn: int(conn.execute(sql, args).rowcount), duplicate)
 
-    def _transaction(
-        self, run: Callable[[Connection], _T], duplicate: str | None = None
-    ) -> _T:
+    def _transaction(self, run: Callable[[Connection], _T], duplicate: str | None = None) -> _T:
         """``run`` inside BEGIN ... COMMIT on the write connection; rolled back on error.
         A broken constraint becomes DuplicateCredentialError(``duplicate``) when given."""
         db = self._db
