@@ -202,6 +202,29 @@ class MefAudit:
     rsc: int | None = None
     reason: str | None = None
 
+    @classmethod
+    def granted(
+        cls,
+        event: MefEvent,
+        enrolment: Enrolment,
+        requester: str,
+        rsc: int,
+        time: datetime | None = None,
+    ) -> MefAudit:
+        """The record of an enrolment made or a credential handed out (at ``time``, by
+        default when the enrolment was made)."""
+        return cls(
+            event,
+            enrolment.created_at if time is None else time,
+            requester,
+            ke_id=str(enrolment.ke_id),
+            enrolee_id=enrolment.enrolee_id,
+            target=str(enrolment.target),
+            suid=enrolment.target.suid,
+            expires=enrolment.expires_at,
+            rsc=rsc,
+        )
+
     def to_json(self) -> dict[str, str | int]:
         out: dict[str, str | int] = {
             "time": self.time.astimezone(UTC).isoformat(timespec="milliseconds"),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from typing import Any, Final
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, http_status_for
 from m2msec.errors import DuplicateCredentialError, IdentifierError, StoreError
 from m2msec.ids import derivation_identity
+from m2msec.maf.protocol import MafRefusal
 from m2msec.mef.keys import EnrolmentKey, derive_for_target
 from m2msec.mef.records import (
     Bootstrap,
@@ -62,7 +64,6 @@ __all__ = [
     "MefPolicy",
     "MefRefusal",
     "MefService",
-    "MefStats",
     "PlannedEnrolment",
 ]
 
@@ -77,20 +78,6 @@ class MefPolicy:
     """What the answers depend on: the MEF-FQDN, the domain of every KeID (10.3.4)."""
 
     fqdn: str
-
-
-@dataclass(slots=True)
-class MefStats:
-    """Counters since start (no identities, no keys)."""
-
-    enrolments: int = 0
-    enrolments_refused: int = 0
-    fetched: int = 0
-    fetch_refused: int = 0
-    store_errors: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +102,9 @@ class PlannedEnrolment:
     answer: EnrolmentBody
 
 
-class MefRefusal(Exception):
-    """A request refused: ``rsc`` and a ``message`` safe to answer; ``audit`` for the log."""
-
-    def __init__(self, rsc: int, message: str, *, audit: str | None = None) -> None:
-        super().__init__(message)
-        self.rsc = int(rsc)
-        self.message = message
-        self.audit = audit or message
+class MefRefusal(MafRefusal):
+    """A MEF request refused: ``rsc``, a ``message`` safe to answer, ``audit`` for the log
+    (the MAF's refusal, so one server loop can answer both)."""
 
 
 _NO_SUCH_ENROLMENT = "no such enrolment for this Enrolment Target"
@@ -163,19 +145,19 @@ def _check_common(request: OneM2MRequest, method: str) -> None:
 
 class MefService:
     """The MEF's decisions (module docstring). ``clock`` gives the current time (tests);
-    ``stats`` is shared with the listeners."""
+    ``stats`` counts decisions by name (no identities, no keys), shared with the listeners."""
 
     def __init__(
         self,
         policy: MefPolicy,
         store: MefStore,
         *,
-        stats: MefStats | None = None,
+        stats: Counter[str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.policy = policy
         self.store = store
-        self.stats = stats if stats is not None else MefStats()
+        self.stats: Counter[str] = stats if stats is not None else Counter()
         self._clock = clock
 
     # -- the bootstrap handshake ------------------------------------------------------------
@@ -185,7 +167,7 @@ class MefService:
         try:
             enrolee = self.store.get_enrolee(Bootstrap.PSK, kpm_id)
         except (StoreError, IdentifierError) as exc:
-            self.stats.store_errors += 1
+            self.stats["store_errors"] += 1
             log.error("MEF store: cannot read an Enrolee: %s", exc)
             return None
         return None if enrolee is None else enrolee.kpm
@@ -203,10 +185,7 @@ class MefService:
         try:
             enrolee = self.store.get_enrolee(who.bootstrap, who.bootstrap_id)
         except (StoreError, IdentifierError) as exc:
-            self.stats.store_errors += 1
-            raise MefRefusal(
-                RSC.INTERNAL_SERVER_ERROR, "the MEF cannot read its store", audit=str(exc)
-            ) from None
+            raise self._store_failed("read its store", exc) from None
         if enrolee is None:
             raise MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, "this Enrolee is not configured")
         if asked is not None and asked != enrolee.target:
@@ -220,17 +199,7 @@ class MefService:
         # Whole seconds: the expiry answered is the one stored.
         expires = (now + enrolee.lifetime).replace(microsecond=0)
         enrolment = Enrolment(key.ke_id, key.ke, enrolee.enrolee_id, enrolee.target, expires, now)
-        audit = MefAudit(
-            MefEvent.ENROLLED,
-            now,
-            str(who),
-            ke_id=str(key.ke_id),
-            enrolee_id=enrolee.enrolee_id,
-            target=str(enrolee.target),
-            suid=enrolee.target.suid,
-            expires=expires,
-            rsc=int(RSC.CREATED),
-        )
+        audit = MefAudit.granted(MefEvent.ENROLLED, enrolment, str(who), int(RSC.CREATED))
         answer = EnrolmentBody(key.ke_id, enrolee.target, enrolee.enrolee_id, expires)
         return PlannedEnrolment(enrolment, enrolee, audit, answer)
 
@@ -255,10 +224,10 @@ class MefService:
             planned = self.plan_enrolment(who, exported, asked.target)
             self._commit(planned)
         except MefRefusal as refusal:
-            self.stats.enrolments_refused += 1
+            self.stats["enrolments_refused"] += 1
             self._refused(MefEvent.ENROLMENT_REFUSED, str(who), refusal)
             return _answer(refusal.rsc, {"m2m:dbg": refusal.message}, request)
-        self.stats.enrolments += 1
+        self.stats["enrolments"] += 1
         log.info("enrolled %s as %s for %s", who, planned.answer.ke_id, planned.enrolee.target)
         return _answer(RSC.CREATED, planned.answer.to_json(), request)
 
@@ -270,10 +239,7 @@ class MefService:
                 CONFLICT, "this KeID is in use: run a new bootstrap handshake"
             ) from None
         except StoreError as exc:
-            self.stats.store_errors += 1
-            raise MefRefusal(
-                RSC.INTERNAL_SERVER_ERROR, "the MEF cannot store the enrolment", audit=str(exc)
-            ) from None
+            raise self._store_failed("store the enrolment", exc) from None
 
     # -- fetchCredentials -------------------------------------------------------------------
     def fetch_credentials(self, request: OneM2MRequest, requester: EnrolmentTarget) -> HttpResponse:
@@ -282,19 +248,19 @@ class MefService:
         try:
             body, audit = self._fetch(request, requester)
         except MefRefusal as refusal:
-            self.stats.fetch_refused += 1
+            self.stats["fetch_refused"] += 1
             self._refused(MefEvent.FETCH_REFUSED, str(requester), refusal, request.target)
             return _answer(refusal.rsc, FetchFailure(refusal.message).to_json(), request)
         try:
             self.store.commit(audits=[audit])
         except StoreError as exc:
             # No key leaves the MEF without its audit record.
-            self.stats.store_errors += 1
-            self.stats.fetch_refused += 1
+            self.stats["store_errors"] += 1
+            self.stats["fetch_refused"] += 1
             log.error("MEF store: cannot record a fetch: %s", exc)
             failure = FetchFailure("the MEF cannot record the request")
             return _answer(RSC.INTERNAL_SERVER_ERROR, failure.to_json(), request)
-        self.stats.fetched += 1
+        self.stats["fetched"] += 1
         log.info("%s fetched its %s for %s", requester, requester.key_name, body.ke_id)
         return _answer(RSC.OK, body.to_json(), request)
 
@@ -318,10 +284,7 @@ class MefService:
             if allowed and asked.ke_id.fqdn.lower() == self.policy.fqdn.lower():
                 enrolment = self.store.get_enrolment(asked.ke_id)
         except StoreError as exc:
-            self.stats.store_errors += 1
-            raise MefRefusal(
-                RSC.INTERNAL_SERVER_ERROR, "the MEF cannot read its store", audit=str(exc)
-            ) from None
+            raise self._store_failed("read its store", exc) from None
         if not allowed:
             raise MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, "not an Enrolment Target of this MEF")
         now = self._clock()
@@ -344,17 +307,7 @@ class MefService:
         body = CredentialBody(
             asked.ke_id, asked.suid, credential, enrolment.enrolee_id, enrolment.expires_at
         )
-        audit = MefAudit(
-            MefEvent.FETCHED,
-            now,
-            str(requester),
-            ke_id=str(asked.ke_id),
-            enrolee_id=enrolment.enrolee_id,
-            target=str(requester),
-            suid=asked.suid,
-            expires=enrolment.expires_at,
-            rsc=int(RSC.OK),
-        )
+        audit = MefAudit.granted(MefEvent.FETCHED, enrolment, str(requester), int(RSC.OK), now)
         return body, audit
 
     @staticmethod
@@ -367,6 +320,11 @@ class MefService:
         except IdentifierError:
             return False
 
+    def _store_failed(self, what: str, exc: Exception) -> MefRefusal:
+        """5000: the store failed; the answer says what could not be done, the log why."""
+        self.stats["store_errors"] += 1
+        return MefRefusal(RSC.INTERNAL_SERVER_ERROR, f"the MEF cannot {what}", audit=str(exc))
+
     # -- audit of refusals ------------------------------------------------------------------
     def _refused(
         self, event: MefEvent, requester: str, refusal: MefRefusal, target: str | None = None
@@ -378,5 +336,5 @@ class MefService:
         try:
             self.store.commit(audits=[record])
         except StoreError as exc:
-            self.stats.store_errors += 1
+            self.stats["store_errors"] += 1
             log.error("MEF store: cannot record a refusal: %s", exc)
