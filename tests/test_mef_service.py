@@ -1,4 +1,5 @@
-"""MefService on a real SQLite store (TS-0003 8.3.2.1, seed 004; docs/mef.md section 4)."""
+"""MefService on a real SQLite store (TS-0003 8.3.2.1, seed 004; docs/mef.md section 4;
+docs/readings.md A-28)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The MEF store (TS-0003 8.3.2.1, seed 004) on SQLite and on PostgreSQL (tests/pg.py)."""
+"""The MEF store (TS-0003 8.3.2.1, seed 004) on SQLite and on PostgreSQL (tests/pg.py);
+targets per docs/readings.md A-27."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from m2msec.mef.records import (
     MefEvent,
 )
 from m2msec.mef.store import MefStore
+from m2msec.store.db import SqliteDatabase
 from tests.pg import pg_server, pg_url
 
 __all__ = ["pg_server", "pg_url"]
@@ -176,7 +178,9 @@ def test_kpm_and_ke_are_sealed_and_bound(tmp_path: Path) -> None:
 
 def test_store_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "d" / "mef.db"
-    MefStore(path, kek=KEK).close()
+    with MefStore(path, kek=KEK) as st:
+        # Ke is acknowledged only after it is on disk (issue 11: the SIGKILL test).
+        assert isinstance(st.database, SqliteDatabase) and st.database.synchronous == "FULL"
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
 

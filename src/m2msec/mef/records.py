@@ -188,7 +188,8 @@ class MefAudit:
     """One audit record: text and integers only (keys cannot be put in one).
 
     ``requester`` is the authenticated identity of whoever asked (an Enrolee's bootstrap
-    credential, or a target), ``reason`` a refusal's text as answered.
+    credential, or a target), ``reason`` why a request was refused (the detail behind the
+    answer; never key material).
     """
 
     event: MefEvent

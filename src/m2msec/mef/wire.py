@@ -14,7 +14,8 @@ TS-0004 6.3.3 timestamps through the one codec (:func:`m2msec.maf.wire.format_ti
   (:func:`fetch_path`, :func:`parse_fetch_path`); success (table 8.3.2.1-5) is
   :class:`CredentialBody`, failure (table 8.3.2.1-6) :class:`FetchFailure`.
 
-A target is written ``{"mafID": FQDN}`` or ``{"enroleeBID": ID, "nafFQDN"?: FQDN}``.
+A target is written ``{"mafID": FQDN}`` or ``{"enroleeBID": ID, "nafFQDN"?: FQDN}``
+(docs/readings.md A-27); the lifetime answered ends with Ke's (A-28).
 """
 
 from __future__ import annotations
