@@ -153,6 +153,22 @@ def test_enrolee_and_target_derive_the_same_kpsa(mef: MefService) -> None:
     assert got.ke_id == KE_ID and got.suid == 22
 
 
+def test_an_ae_enrolee_b_gets_kpsa(mef: MefService, store: MefStore) -> None:
+    light = EnrolmentTarget.enrolee_b("/mn-cse-123456/Clight-AE1", "light.provider.com")
+    who = EnroleeIdentity(Bootstrap.PSK, "kpm-3@mef.example.com")
+    store.add_enrolee(
+        Enrolee(who.bootstrap, who.bootstrap_id, "/Sdevice", light, timedelta(days=1), KPM)
+    )
+    store.allow_target(light)
+    assert enrol(mef, who).rsc == 2001
+    # The AE authenticated by its certificate: no NAF FQDN in its identity.
+    response = fetch(mef, EnrolmentTarget.enrolee_b("/mn-cse-123456/Clight-AE1"), 22)
+    got = parse_fetch_answer(answer(response))
+    assert isinstance(got, CredentialBody) and got.enrolee_id == "/Sdevice"
+    message = KPSA_LABEL + b"/mn-cse-123456/Clight-AE1"
+    assert got.credential == hmac.new(KE, message, hashlib.sha256).digest()
+
+
 def test_a_maf_target_gets_km(mef: MefService) -> None:
     enrol(mef, MAF_DEVICE)
     response = fetch(mef, EnrolmentTarget.maf("MAF.provider.com"), 21)

@@ -203,8 +203,11 @@ def test_records_validate_their_fields() -> None:
         Enrolee(Bootstrap.PSK, "k", "/mn-cse-1", GATEWAY, timedelta(days=1), b"short")
     with pytest.raises(ConfigurationError, match="positive"):
         Enrolee(Bootstrap.PSK, "k", "/mn-cse-1", GATEWAY, timedelta(0), KPM)
+    light = EnrolmentTarget.enrolee_b("/mn-cse-1/Clight-AE1")  # as it authenticates
     with pytest.raises(ConfigurationError, match="A-27"):
-        EnrolmentTarget.enrolee_b("/mn-cse-1/Clight-AE1")
+        Enrolee(Bootstrap.PSK, "k", "/mn-cse-1", light, timedelta(days=1), KPM)
+    with pytest.raises(ConfigurationError, match="no Kpm"):
+        Enrolee(Bootstrap.CERTIFICATE, "/mn-cse-1", "/mn-cse-1", MAF, timedelta(days=1), KPM)
     assert EnrolmentTarget.enrolee_b("/mn-cse-1/Clight-AE1", "light.example.com").suid == 22
     assert MAF.suid == 21
     with pytest.raises(ConfigurationError, match="NAF FQDN"):

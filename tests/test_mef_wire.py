@@ -75,7 +75,8 @@ def test_enrolment_request_without_target() -> None:
         {"mefEnrolReq": {"mafID": "maf.example.com", "enroleeBID": "/mn-cse-1"}},
         {"mefEnrolReq": {"mafID": 7}},
         {"mefEnrolReq": {"mafID": "/not-an-fqdn"}},
-        {"mefEnrolReq": {"enroleeBID": "/mn-cse-1/Clight"}},  # an AE needs its NAF FQDN
+        {"mefEnrolReq": {"enroleeBID": "Clight"}},  # a C-stem without its CSE
+        {"mefEnrolReq": {"enroleeBID": "/mn-cse-1", "nafFQDN": "-bad-"}},
         {"mefEnrolReq": {"enroleeBID": "/mn-cse-1", "extra": 1}},
     ],
 )

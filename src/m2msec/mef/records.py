@@ -81,12 +81,21 @@ class EnrolmentTarget:
                 raise ConfigurationError(
                     "a MAF target has no separate NAF FQDN: its MAF-ID is its FQDN"
                 )
-        elif enrolee_b and isinstance(parse_entity_id(canonical), AeId):
+        object.__setattr__(self, "canonical", canonical)
+
+    def check_configurable(self) -> None:
+        """Refuse a target an Enrolee cannot be configured for: an AE as Enrolee B without
+        its NAF FQDN (docs/readings.md A-27). A target that authenticated to fetch needs
+        none, so this is not part of every value's check."""
+        if (
+            self.is_enrolee_b
+            and self.naf_fqdn is None
+            and isinstance(parse_entity_id(self.canonical), AeId)
+        ):
             raise ConfigurationError(
                 f"Enrolee B {self.target_id!r} is an AE: configure its NAF FQDN "
                 "(docs/readings.md A-27)"
             )
-        object.__setattr__(self, "canonical", canonical)
 
     @classmethod
     def maf(cls, maf_id: str) -> EnrolmentTarget:
@@ -152,6 +161,9 @@ class Enrolee:
                     f"a certificate Enrolee is named by its canonical id {canonical!r}"
                 )
         check_entity(self.enrolee_id, "the Enrolee-ID")
+        self.target.check_configurable()
+        if self.kpm is not None and self.bootstrap is Bootstrap.CERTIFICATE:
+            raise ConfigurationError("a certificate Enrolee has no Kpm")
         if self.kpm is not None:
             check_key(self.kpm, f"the Kpm of {self.bootstrap_id!r}")
         if self.lifetime <= timedelta(0):

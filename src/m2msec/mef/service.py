@@ -301,8 +301,9 @@ class MefService:
                 RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
                 f"SUID {asked.suid} is not the usage of this enrolment ({requester.suid})",
             )
+        target = enrolment.target  # the requester, by the check above
         credential = derive_for_target(
-            enrolment.ke, requester.target_id, enrolee_b=requester.is_enrolee_b
+            enrolment.ke, target.target_id, enrolee_b=target.is_enrolee_b
         )
         body = CredentialBody(
             asked.ke_id, asked.suid, credential, enrolment.enrolee_id, enrolment.expires_at
