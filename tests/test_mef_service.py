@@ -250,6 +250,10 @@ def test_enrolment_refusals(mef: MefService, store: MefStore) -> None:
     assert mef.stats["enrolments_refused"] == 6
 
 
+def test_an_export_of_another_length_is_a_server_fault(mef: MefService) -> None:
+    assert enrol(mef, exported=EXPORT[:32]).rsc == 5000
+
+
 def test_a_repeated_export_is_refused(mef: MefService, store: MefStore) -> None:
     assert enrol(mef).rsc == 2001
     assert enrol(mef).rsc == 4105

@@ -3,7 +3,9 @@ targets per docs/readings.md A-27."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from m2msec.bindings.messages import OneM2MRequest
 from m2msec.errors import ConfigurationError, DuplicateCredentialError, IdentifierError, StoreError
 from m2msec.keyids import KeId
 from m2msec.mef.records import (
@@ -21,7 +24,9 @@ from m2msec.mef.records import (
     MefAudit,
     MefEvent,
 )
+from m2msec.mef.service import EnroleeIdentity, MefPolicy, MefService
 from m2msec.mef.store import MefStore
+from m2msec.mef.wire import CredentialBody, fetch_path, parse_fetch_answer
 from m2msec.store.db import SqliteDatabase
 from tests.pg import pg_server, pg_url
 
@@ -214,3 +219,43 @@ def test_records_validate_their_fields() -> None:
         EnrolmentTarget(MAF.kind, "maf.provider.com", "naf.example.com")
     with pytest.raises(IdentifierError):
         Enrolee(Bootstrap.CERTIFICATE, "//sp/mn-cse-1", "/mn-cse-1", MAF, timedelta(days=1))
+
+
+def test_concurrent_commits_all_survive(store: MefStore) -> None:
+    who = enrolee()
+    store.add_enrolee(who)
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            store.commit(
+                [(enrolment(bytes([i]) * 16), who)], [MefAudit(MefEvent.ENROLLED, NOW, "t")]
+            )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(1, 13)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.count_enrolments() == 12
+    for i in range(1, 13):
+        got = store.get_enrolment(KeId(bytes([i]) * 16, "mef.example.com"))
+        assert got is not None and got.ke == KE
+    assert len(store.read_audit()) == 12
+
+
+def test_service_enrol_and_fetch_on_either_backend(store: MefStore) -> None:
+    store.add_enrolee(enrolee())
+    store.allow_target(GATEWAY)
+    mef = MefService(MefPolicy("mef.example.com"), store, clock=lambda: NOW)
+    who = EnroleeIdentity(Bootstrap.PSK, "kpm-1@mef.example.com")
+    post = OneM2MRequest("POST", "/mef/enrolment", (), b"", None, "r1", None, None, None)
+    assert mef.enrol(post, who, bytes(range(48))).rsc == 2001
+    ke_id = KeId(bytes(range(16)), "mef.example.com")
+    get = OneM2MRequest("GET", fetch_path(ke_id, 22), (), b"", None, "r2", None, None, None)
+    response = mef.fetch_credentials(get, GATEWAY)
+    got = parse_fetch_answer(json.loads(response.body))
+    assert isinstance(got, CredentialBody) and len(got.credential) == 32

@@ -194,7 +194,12 @@ class MefService:
                 "this Enrolee is not configured for that Enrolment Target",
                 audit=f"asked for {asked}, configured for {enrolee.target}",
             )
-        key = EnrolmentKey.from_export(exported, self.policy.fqdn)
+        try:
+            key = EnrolmentKey.from_export(exported, self.policy.fqdn)
+        except ValueError as exc:  # not 48 octets: a fault of the listener, not the Enrolee
+            raise MefRefusal(
+                RSC.INTERNAL_SERVER_ERROR, "no Enrolment Key from this session", audit=str(exc)
+            ) from None
         now = self._clock()
         # Whole seconds: the expiry answered is the one stored.
         expires = (now + enrolee.lifetime).replace(microsecond=0)
