@@ -43,8 +43,8 @@ from bench_gateway import ENTITY as HTTP_BENCH_ENTITY
 from bench_gateway import request_bytes, run_backend
 from bench_handshakes import cpu_seconds, free_port, log, wait_port
 
-from m2msec.bindings.coap.client import CoapClient
 from m2msec.frameworks.provisioned import PskInitiator
+from m2msec.service.coap_client import CoapClient
 from m2msec.store import PskEntry, SqlitePskStore
 from m2msec.tls.aio import connect
 from m2msec.tls.aio_dtls import dtls_connect

@@ -101,7 +101,8 @@ def run_server(
     profile_to: str | None = None,
     durability: str = "normal",
 ) -> None:
-    from m2msec.servers.maf import MafConfig, MafServer
+    from m2msec.config.maf import MafConfig
+    from m2msec.servers.maf import MafServer
     from m2msec.tls.aio import TLSConnection, TLSServer
 
     async def main() -> None:

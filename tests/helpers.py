@@ -8,7 +8,10 @@ through :mod:`tests.interop`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
+
+import h11
 
 from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.pki.authority import CertificateAuthority, IssuedCredential
@@ -35,6 +38,7 @@ MN_CSE = "/mn-cse-123456"
 MN_SNI = "mn-cse-123456.in.provider.com"
 #: The address a sans-IO DTLS server sees the client at.
 DTLS_ADDR = ("127.0.0.1", 40001)
+
 
 def psk_suites(transport: Transport) -> tuple[str, ...]:
     """The PSK suites of TS-0003 10.2.2 for ``transport``."""
@@ -179,3 +183,24 @@ class DatagramPump:
     def collect(self) -> None:
         self.client_events += self.client.events()
         self.server_events += self.server.events()
+
+
+async def read_h11_request(
+    conn: h11.Connection, reader: asyncio.StreamReader
+) -> tuple[h11.Request, bytes] | None:
+    """The next whole request a test backend receives on ``conn``; None once the peer has
+    closed (or sent anything but a request)."""
+    head: h11.Request | None = None
+    body = b""
+    while True:
+        ev = conn.next_event()
+        if ev is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+        elif isinstance(ev, h11.Request):
+            head = ev
+        elif isinstance(ev, h11.Data):
+            body += ev.data
+        elif isinstance(ev, h11.EndOfMessage) and head is not None:
+            return head, body
+        else:
+            return None

@@ -89,6 +89,21 @@ def require(program: str) -> str:
     return path
 
 
+def psk_s_client(
+    port: int,
+    *extra: str,
+    identity: str = TR0038_KPSA_ID,
+    key_hex: str = TR0038_KPSA_HEX,
+    host: str = HOST,
+) -> list[str]:
+    """``openssl s_client`` offering one PSK (TR-0038's row by default) to ``host:port``;
+    ``extra`` adds protocol, cipher and session options."""
+    return [
+        require("openssl"), "s_client", "-connect", f"{host}:{port}",
+        "-psk_identity", identity, "-psk", key_hex, *extra,
+    ]  # fmt: skip
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

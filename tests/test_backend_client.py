@@ -40,6 +40,7 @@ from m2msec.service.client import HttpClient
 from m2msec.service.streams import PlainStream
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
+from tests.helpers import read_h11_request
 from tests.test_gateway import AE1, gw_config, light, running
 
 
@@ -104,26 +105,11 @@ class Backend:
         index = 0
         try:
             while True:
-                head: h11.Request | None = None
-                body = b""
-                while True:
-                    ev = conn.next_event()
-                    if ev is h11.NEED_DATA:
-                        data = await reader.read(65536)
-                        if not data:
-                            self.eofs += 1
-                            return
-                        conn.receive_data(data)
-                        continue
-                    if isinstance(ev, h11.Request):
-                        head = ev
-                    elif isinstance(ev, h11.Data):
-                        body += ev.data
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                assert head is not None
+                message = await read_h11_request(conn, reader)
+                if message is None:
+                    self.eofs += 1
+                    return
+                head, body = message
                 seen = Seen(number, index, head.method.decode(), head.target.decode(),
                             list(head.headers.raw_items()), body)
                 self.seen.append(seen)

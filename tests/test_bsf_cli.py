@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from m2msec.cli.bsf import app
 from m2msec.gba.aka import Usim
 from m2msec.gba.subscribers import SubscriberStore
-from m2msec.gba.ub import bootstrap
+from m2msec.gba.ub import Bootstrap, bootstrap
 from tests.interop import free_port
 
 # TS 35.208 test set 1 (NOTES.md): OPc from OP is checked through the CLI.
@@ -40,6 +40,30 @@ def db(tmp_path: Path) -> Path:
 def run(db: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, [*args, "--store", str(db)], input=stdin)
     return result.exit_code, result.stdout, result.stderr
+
+
+def serve(db: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """``m2msec bsf serve`` on ``db`` as a separate process, listening on ``port``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "m2msec.cli", "bsf", "serve", "--listen",
+         f"http://127.0.0.1:{port}", "--fqdn", "bsf.in.provider.com", "--store", str(db), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+def first_bootstrap(port: int, within: float = 20.0) -> Bootstrap:
+    """Bootstrap IMPI's USIM as soon as the BSF on ``port`` answers."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            usim = Usim(bytes.fromhex(K), bytes.fromhex(OPC), 0)
+            return asyncio.run(bootstrap(f"http://127.0.0.1:{port}/", usim, IMPI))
+        except Exception as exc:
+            if "cannot reach" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_add_list_remove(db: Path) -> None:
@@ -124,27 +148,9 @@ def test_serve_refuses_bad_configuration(tmp_path: Path) -> None:
 def test_serve_runs_until_sigint(db: Path, tmp_path: Path) -> None:
     assert run(db, "add-subscriber", IMPI, "--k", K, "--opc", OPC, "--any-naf")[0] == 0
     port = free_port()
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "m2msec.cli", "bsf", "serve", "--listen",
-         f"http://127.0.0.1:{port}", "--fqdn", "bsf.in.provider.com", "--store", str(db),
-         "--ks-lifetime", "90"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )  # fmt: skip
+    proc = serve(db, port, "--ks-lifetime", "90")
     try:
-        deadline = time.monotonic() + 20
-        boot = None
-        while time.monotonic() < deadline and boot is None:
-            try:
-                usim = Usim(bytes.fromhex(K), bytes.fromhex(OPC), 0)
-                boot = asyncio.run(bootstrap(f"http://127.0.0.1:{port}/", usim, IMPI))
-            except Exception as exc:
-                if "cannot reach" not in str(exc):
-                    raise
-                time.sleep(0.2)
-        assert boot is not None, "the BSF did not come up"
+        boot = first_bootstrap(port)
         assert boot.btid.endswith("@bsf.in.provider.com")
         assert 80 <= (boot.expires.timestamp() - time.time()) <= 91
         proc.send_signal(signal.SIGINT)
@@ -167,26 +173,9 @@ def test_serve_limits_ub_per_source(db: Path) -> None:
 
     assert run(db, "add-subscriber", IMPI, "--k", K, "--opc", OPC, "--any-naf")[0] == 0
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "m2msec.cli", "bsf", "serve", "--listen",
-         f"http://127.0.0.1:{port}", "--fqdn", "bsf.in.provider.com", "--store", str(db),
-         "--ub-rate", "0.05", "--ub-burst", "6"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+    proc = serve(db, port, "--ub-rate", "0.05", "--ub-burst", "6")
     try:
-        deadline = time.monotonic() + 20
-        boot = None
-        while time.monotonic() < deadline and boot is None:
-            try:
-                usim = Usim(bytes.fromhex(K), bytes.fromhex(OPC), 0)
-                boot = asyncio.run(bootstrap(f"http://127.0.0.1:{port}/", usim, IMPI))
-            except Exception as exc:
-                if "cannot reach" not in str(exc):
-                    raise
-                time.sleep(0.2)
-        assert boot is not None, "the BSF did not come up"
+        first_bootstrap(port)  # the BSF is up
         header = (
             f'Digest username="{IMPI}", realm="bsf.in.provider.com", nonce="", uri="/", response=""'
         )

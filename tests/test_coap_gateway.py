@@ -27,44 +27,31 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import OpaqueOption
 
-from m2msec.bindings.coap.client import CoapClient
 from m2msec.bindings.coap.options import decode, encode
-from m2msec.config import parse_config, parse_listen_url
+from m2msec.config import GatewayConfig, parse_config, parse_listen_url
 from m2msec.errors import ConfigurationError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.coap_gateway import MAX_BAD_MESSAGES
 from m2msec.servers.gateway import Gateway
-from m2msec.store.base import PskEntry
+from m2msec.service.coap_client import CoapClient
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect
 from m2msec.tls.profiles import Transport
 from tests.acme import AcmeCse, acme_fixture, ae_content
+from tests.test_gateway import AE1, AE2, AE3, CRED, gateway_psk_store
 
 CSE = "/mn-cse-123456"
 DOMAIN = "in.provider.com"
 SNI = "mn-cse-123456.in.provider.com"
-AE1 = ("AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", "Clight-AE1")
-AE2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", "Clight-AE2")
-AE3 = ("AE123456789016-Light@in.provider.com", "00112233445566778899aabbccddeeff", "Clight-AE3")
-CRED = ("AE123456789099-Light@in.provider.com", "ffeeddccbbaa99887766554433221100", None)
 
 acme = acme_fixture()
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqlitePskStore]:
-    s = SqlitePskStore(tmp_path / "psk.db")
-    soon = datetime.now(UTC) + timedelta(hours=1)
-    s.add_many(
-        [
-            PskEntry(AE1[0], bytes.fromhex(AE1[1]), AE1[2]),
-            PskEntry(AE2[0], bytes.fromhex(AE2[1]), AE2[2]),
-            PskEntry(AE3[0], bytes.fromhex(AE3[1]), AE3[2], expires_at=soon),
-            PskEntry(CRED[0], bytes.fromhex(CRED[1]), None),
-        ]
-    )
+    s = gateway_psk_store(tmp_path / "psk.db")
     yield s
     s.close()
 
@@ -314,20 +301,30 @@ async def test_expired_key_is_4107_and_closes_the_association(
         assert gw.stats.refused_by_rule["association-expired"] == 1
 
 
-async def test_certificate_light_over_dtls(acme: AcmeCse, tmp_path: Path) -> None:
+def _certificate_gateway(
+    acme: AcmeCse, tmp_path: Path, ae: str, listen: str
+) -> tuple[GatewayConfig, CertificateAuthority, Path, Path]:
+    """A gateway config on certificates from a fresh CA, and a certificate naming ``ae``."""
     ca = CertificateAuthority.init(tmp_path / "ca", domain=DOMAIN)
     gw_key, gw_cert = write_credential(ca.issue(CSE), tmp_path / "gw")
-    ae_key, ae_cert = write_credential(ca.issue(f"{CSE}/Clight-AE7"), tmp_path / "ae")
+    ae_key, ae_cert = write_credential(ca.issue(f"{CSE}/{ae}"), tmp_path / "ae")
     cfg = parse_config(
         {
             "gateway": {
-                "listen": ["dtls://127.0.0.1:0?framework=certificate"],
+                "listen": [listen],
                 "backend": acme.url,
                 "cse_id": CSE,
                 "in_domain": DOMAIN,
             },
             "certificates": {"cert": str(gw_cert), "key": str(gw_key), "ca": str(ca.cert_path)},
         }
+    )
+    return cfg, ca, ae_cert, ae_key
+
+
+async def test_certificate_light_over_dtls(acme: AcmeCse, tmp_path: Path) -> None:
+    cfg, ca, ae_cert, ae_key = _certificate_gateway(
+        acme, tmp_path, "Clight-AE7", "dtls://127.0.0.1:0?framework=certificate"
     )
     async with running(cfg) as gw:
         initiator = CertificateInitiator(
@@ -355,19 +352,8 @@ async def test_certificate_light_over_dtls(acme: AcmeCse, tmp_path: Path) -> Non
 
 
 async def test_connect_cli_speaks_coaps_with_certificates(acme: AcmeCse, tmp_path: Path) -> None:
-    ca = CertificateAuthority.init(tmp_path / "ca", domain=DOMAIN)
-    gw_key, gw_cert = write_credential(ca.issue(CSE), tmp_path / "gw")
-    ae_key, ae_cert = write_credential(ca.issue(f"{CSE}/Clight-AE8"), tmp_path / "ae")
-    cfg = parse_config(
-        {
-            "gateway": {
-                "listen": ["dtls://127.0.0.1:0"],
-                "backend": acme.url,
-                "cse_id": CSE,
-                "in_domain": DOMAIN,
-            },
-            "certificates": {"cert": str(gw_cert), "key": str(gw_key), "ca": str(ca.cert_path)},
-        }
+    cfg, ca, ae_cert, ae_key = _certificate_gateway(
+        acme, tmp_path, "Clight-AE8", "dtls://127.0.0.1:0"
     )
     async with running(cfg) as gw:
         argv = [

@@ -75,8 +75,7 @@ def test_akav1_auth_int_uses_raw_res_and_the_body_hash() -> None:
     ha1 = md5(b"user@example.com:bsf.example.com:" + RES)
     ha2 = md5(b"POST:/:" + md5(body).encode())
     expected = md5(f"{ha1}:{nonce}:00000002:abc:auth-int:{ha2}".encode())
-    got = compute_response(
-        password=RES,
+    fields = dict(
         username="user@example.com",
         realm="bsf.example.com",
         method="POST",
@@ -85,46 +84,24 @@ def test_akav1_auth_int_uses_raw_res_and_the_body_hash() -> None:
         qop="auth-int",
         nc="00000002",
         cnonce="abc",
-        body=body,
     )
+    got = compute_response(password=RES, body=body, **fields)
     assert got == expected
     # Not the hex text of RES: the raw octets are the password.
-    hex_password = compute_response(
-        password=RES.hex().encode(),
-        username="user@example.com",
-        realm="bsf.example.com",
-        method="POST",
-        uri="/",
-        nonce=nonce,
-        qop="auth-int",
-        nc="00000002",
-        cnonce="abc",
-        body=body,
-    )
-    assert hex_password != got
+    assert compute_response(password=RES.hex().encode(), body=body, **fields) != got
 
 
 def test_auth_int_depends_on_the_body_and_auth_does_not() -> None:
     common = dict(
-        password=RES,
-        username="u",
-        realm="r",
-        method="GET",
-        uri="/",
-        nonce="n",
-        nc="00000001",
+        password=RES, username="u", realm="r", method="GET", uri="/", nonce="n", nc="00000001",
         cnonce="c",
-    )
-    assert compute_response(qop="auth-int", body=b"a", **common) != compute_response(  # type: ignore[arg-type]
-        qop="auth-int",
-        body=b"b",
-        **common,  # type: ignore[arg-type]
-    )
-    assert compute_response(qop="auth", body=b"a", **common) == compute_response(  # type: ignore[arg-type]
-        qop="auth",
-        body=b"b",
-        **common,  # type: ignore[arg-type]
-    )
+    )  # fmt: skip
+
+    def response(qop: str, body: bytes) -> str:
+        return compute_response(qop=qop, body=body, **common)  # type: ignore[arg-type]
+
+    assert response("auth-int", b"a") != response("auth-int", b"b")
+    assert response("auth", b"a") == response("auth", b"b")
 
 
 def test_no_qop_is_rfc2069_style() -> None:

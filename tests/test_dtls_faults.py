@@ -30,6 +30,7 @@ from m2msec.tls.dtls.engine import DTLSEngine
 from m2msec.tls.dtls.records import is_client_hello, is_hello_verify_request
 from m2msec.tls.profiles import Transport
 from tests.helpers import TR0038_IDENTITY, TR0038_KEY, psk_client_profile, psk_server_profile
+from tests.interop import wait_until
 
 IDENTITY = TR0038_IDENTITY
 KEY = TR0038_KEY
@@ -345,12 +346,12 @@ async def test_half_open_handshakes_are_bounded_and_expire() -> None:
     try:
         for _ in range(20):
             socks.append(await stalled_handshake(srv.port))
-        await asyncio.sleep(0.2)
-        assert srv.server.half_open_count == 8
-        assert srv.server.stats.refused_full == 12
-        # The deadline frees the slots; an honest device gets in afterwards.
-        await asyncio.sleep(1.8)
-        assert srv.server.half_open_count == 0 and srv.server.peer_count == 0
+        server = srv.server
+        await wait_until(lambda: server.stats.refused_full == 12, "12 hellos refused, table full")
+        assert server.half_open_count == 8
+        # The deadline (1.5 s) frees the slots; an honest device gets in afterwards.
+        await wait_until(lambda: server.half_open_count == 0, "half-open slots freed", 5.0)
+        assert server.peer_count == 0
         assoc = await dtls_connect(client_profile(), HOST, srv.port, timeout=10)
         assert await send_echo(assoc, b"slots free again") == b"slots free again"
         assoc.close()
@@ -367,8 +368,8 @@ async def test_idle_associations_expire() -> None:
         assoc = await dtls_connect(client_profile(), HOST, srv.port, timeout=10)
         assert await send_echo(assoc, b"then silence") == b"then silence"
         assert srv.server.peer_count == 1
-        await asyncio.sleep(1.0)
-        assert srv.server.peer_count == 0 and srv.server.stats.expired == 1
+        await wait_until(lambda: srv.server.peer_count == 0, "idle association evicted", 5.0)
+        assert srv.server.stats.expired == 1
         # The server said close_notify on eviction; the client's association ended.
         await asyncio.wait_for(assoc.wait_closed(), 2)
         assert seen.associations[0].closed

@@ -40,12 +40,14 @@ from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import connect
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture, ae_content
+from tests.helpers import read_h11_request
 from tests.slow_head import trickle_head
 
 CSE = "/mn-cse-123456"
 SNI = "mn-cse-123456.in.provider.com"
 AE1 = ("AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", "Clight-AE1")
 AE2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", "Clight-AE2")
+#: Its row ends an hour after the store is made (gateway_psk_store).
 AE3 = ("AE123456789016-Light@in.provider.com", "00112233445566778899aabbccddeeff", "Clight-AE3")
 # A row with no entity id binds its association to Credential-ID 12-<KpsaId>
 # (docs/readings.md A-13).
@@ -346,19 +348,22 @@ def test_aei_read_from_json_answers_only() -> None:
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlitePskStore]:
-    s = SqlitePskStore(tmp_path / "psk.db")
+def gateway_psk_store(path: Path) -> SqlitePskStore:
+    """A psk store holding the gateway tests' rows, AE3's ending in an hour."""
+    store = SqlitePskStore(path)
     soon = datetime.now(UTC) + timedelta(hours=1)
-    s.add_many(
+    store.add_many(
         [
-            PskEntry(AE1[0], bytes.fromhex(AE1[1]), AE1[2]),
-            PskEntry(AE2[0], bytes.fromhex(AE2[1]), AE2[2]),
-            PskEntry(AE3[0], bytes.fromhex(AE3[1]), AE3[2], expires_at=soon),
-            PskEntry(CRED[0], bytes.fromhex(CRED[1]), None),
-            PskEntry(MN[0], bytes.fromhex(MN[1]), MN[2]),
+            PskEntry(kpsa_id, bytes.fromhex(kpsa), entity, soon if entity == AE3[2] else None)
+            for kpsa_id, kpsa, entity in (AE1, AE2, AE3, CRED, MN)
         ]
     )
+    return store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlitePskStore]:
+    s = gateway_psk_store(tmp_path / "psk.db")
     yield s
     s.close()
 
@@ -573,22 +578,10 @@ class Echo:
         self.tasks.add(task)
         try:
             while True:
-                head: h11.Request | None = None
-                body = b""
-                while True:
-                    ev = conn.next_event()
-                    if ev is h11.NEED_DATA:
-                        conn.receive_data(await reader.read(65536))
-                        continue
-                    if isinstance(ev, h11.Request):
-                        head = ev
-                    elif isinstance(ev, h11.Data):
-                        body += ev.data
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                assert head is not None
+                message = await read_h11_request(conn, reader)
+                if message is None:
+                    return
+                head, body = message
                 headers = [(k.decode(), v.decode()) for k, v in head.headers]
                 self.seen.append({"method": head.method.decode(), "target": head.target.decode(),
                                   "headers": headers, "body": body})

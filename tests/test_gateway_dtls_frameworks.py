@@ -7,7 +7,7 @@ Retrieval from our MAF server while the DTLS handshake waits) and
 ``dtls://...?framework=gba`` (psk_identity = ``3GPP-bootstrapping;<B-TID>``, NAF_Id from
 the suite of the DTLS ServerHello, the gateway fetching Ks_NAF over Zn from our BSF; GBA
 over DTLS-PSK is our extension, docs/conformance.md), then sends oneM2M requests as CoAP
-(:class:`~m2msec.bindings.coap.client.CoapClient`) that the gateway forwards to a real
+(:class:`~m2msec.service.coap_client.CoapClient`) that the gateway forwards to a real
 IN-CSE (ACME).
 """
 
@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from m2msec.bindings.coap.client import CoapClient
 from m2msec.config import parse_config
+from m2msec.config.maf import MafConfig
 from m2msec.crypto.gba import SUITE_IDS
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.gateway import Gateway
-from m2msec.servers.maf import MafConfig, MafServer
+from m2msec.servers.maf import MafServer
+from m2msec.service.coap_client import CoapClient
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture, ae_content
 from tests.test_gba_framework import (

@@ -15,7 +15,7 @@ import pytest
 
 from m2msec.config import parse_config
 from m2msec.servers.gateway import Gateway
-from tests.interop import TR0038_KPSA_HEX, TR0038_KPSA_ID, require, run, tr0038_store
+from tests.interop import psk_s_client, run, tr0038_store
 from tests.test_interop_gateway import rsc
 
 pytestmark = pytest.mark.interop
@@ -28,22 +28,10 @@ HEAD = (
 
 
 def s_client(port: int) -> list[str]:
-    return [
-        require("openssl"),
-        "s_client",
-        "-connect",
-        f"127.0.0.1:{port}",
-        "-tls1_2",
-        "-cipher",
-        "PSK-AES128-GCM-SHA256",
-        "-psk",
-        TR0038_KPSA_HEX,
-        "-psk_identity",
-        TR0038_KPSA_ID,
-        "-nocommands",
-        "-ign_eof",  # s_client ends only when the gateway closes
-        "-quiet",
-    ]
+    # -ign_eof: s_client ends only when the gateway closes.
+    return psk_s_client(
+        port, "-tls1_2", "-cipher", "PSK-AES128-GCM-SHA256", "-nocommands", "-ign_eof", "-quiet"
+    )
 
 
 @pytest.fixture

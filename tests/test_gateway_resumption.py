@@ -11,6 +11,7 @@ follows fails (the KpsaId is unknown).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import sys
@@ -26,7 +27,15 @@ from m2msec.servers.gateway import Gateway
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.context import PeerKind, SecurityContext
 from tests.acme import AcmeCse, acme_fixture
-from tests.interop import TR0038_AE_ID, TR0038_KPSA_HEX, TR0038_KPSA_ID, require, run, tr0038_store
+from tests.interop import (
+    TR0038_AE_ID,
+    TR0038_KPSA_HEX,
+    TR0038_KPSA_ID,
+    psk_s_client,
+    run,
+    spawn,
+    tr0038_store,
+)
 from tests.test_interop_gateway import registration, rsc
 
 pytestmark = pytest.mark.interop
@@ -42,24 +51,12 @@ def get(base: str, origin: str) -> bytes:
     ).encode()
 
 
+TLS12_PSK = ("-tls1_2", "-cipher", "PSK-AES128-GCM-SHA256")
+
+
 def s_client(port: int, sess: Path, *, out: bool) -> list[str]:
-    return [
-        require("openssl"),
-        "s_client",
-        "-connect",
-        f"127.0.0.1:{port}",
-        "-tls1_2",
-        "-cipher",
-        "PSK-AES128-GCM-SHA256",
-        "-psk",
-        TR0038_KPSA_HEX,
-        "-psk_identity",
-        TR0038_KPSA_ID,
-        "-sess_out" if out else "-sess_in",
-        str(sess),
-        "-nocommands",
-        "-ign_eof",
-    ]
+    session = ("-sess_out" if out else "-sess_in", str(sess))
+    return psk_s_client(port, *TLS12_PSK, *session, "-nocommands", "-ign_eof")
 
 
 def reuse(output: str) -> str | None:
@@ -237,23 +234,15 @@ async def test_live_association_ends_when_its_psk_row_is_removed(
     """ISSUE-NOTES issue 6: a live association whose psk row is removed (``m2msec psk
     remove`` in another process) is not served past the lookup cache's lifetime: the next
     request is answered 4107 and the association closed."""
-    import asyncio
-
-    from tests.interop import spawn
-
     tr0038_store(tmp_path / "psk.db").close()
     ttl = 0.3  # the lookup cache lifetime, small for the test
     store = SqlitePskStore(tmp_path / "psk.db", cache_ttl=ttl)
     base = acme.base
     keep = (b"Connection: close\r\n", b"")
-    argv = [
-        require("openssl"), "s_client", "-connect", "", "-tls1_2", "-cipher",
-        "PSK-AES128-GCM-SHA256", "-psk", TR0038_KPSA_HEX, "-psk_identity", TR0038_KPSA_ID,
-        "-nocommands", "-ign_eof", "-quiet",
-    ]  # fmt: skip
     try:
         async with Gateway(config(acme.url), store=store) as gw:
-            argv[3] = f"127.0.0.1:{gw.listeners[0].port}"
+            port = gw.listeners[0].port
+            argv = psk_s_client(port, *TLS12_PSK, "-nocommands", "-ign_eof", "-quiet")
             async with spawn(argv) as client:
                 # Served while the row exists (Clight-AE1 may be registered already by an
                 # earlier test against this module's ACME: 2001 or 4117, both forwarded).

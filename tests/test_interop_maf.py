@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from m2msec.config.maf import MafConfig
 from m2msec.maf.audit import read_audit_log
 from m2msec.maf.store import MafStore
-from m2msec.servers.maf import MafConfig, MafServer
+from m2msec.servers.maf import MafServer
 from tests.interop import EXPORT_LABEL, EXPORT_LEN, HOST, keying_material, run, spawn
 from tests.test_maf_server import IN_CSE, KM, KM_ID, MAF_FQDN, key_reg
 

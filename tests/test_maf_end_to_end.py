@@ -21,13 +21,14 @@ import pytest
 
 from m2msec.app_rules import AppRule
 from m2msec.config import GatewayConfig, MafRetrievalConfig, parse_listen_url
+from m2msec.config.maf import MafConfig
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.ids import CseId
 from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.gateway import Gateway
-from m2msec.servers.maf import MafConfig, MafServer
+from m2msec.servers.maf import MafServer
 from m2msec.service.onem2m_client import OneM2MClient
 from m2msec.tls.aio import connect
 from m2msec.tls.context import Framework, PeerKind, SecurityContext

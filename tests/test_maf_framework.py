@@ -851,7 +851,7 @@ async def test_initiator_sends_the_absolute_target(world: World, entity_b: Entit
 
 
 def test_target_echo_may_be_absolute_or_relative() -> None:
-    from m2msec.frameworks.maf import _same_entity
+    from m2msec.frameworks.maf.client import _same_entity
 
     assert _same_entity("//in.provider.com/id-in", "/id-in")
     assert _same_entity("//IN.provider.com/id-in", "//in.provider.com/id-in")

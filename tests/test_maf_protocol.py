@@ -17,6 +17,8 @@ from m2msec.bindings.messages import OneM2MRequest
 from m2msec.crypto.keyexport import split_export
 from m2msec.errors import IdentifierError
 from m2msec.maf import protocol as p
+from m2msec.maf import requests as rq
+from m2msec.maf import rules
 from m2msec.maf.store import ClientRegistration, MafStore, NewKey
 
 FQDN = "maf.in.provider.com"
@@ -102,7 +104,7 @@ def test_bad_timestamps(bad: Any) -> None:
 def test_zoned_expiration_time_is_refused_4000(zoned: str) -> None:
     """TS-0004 6.3.3 times are UTC with no zone designator: the server refuses, not converts."""
     with pytest.raises(p.MafRefusal, match="time zone designator") as info:
-        p.parse_key_registration(request(body=reg_body(expirationTime=zoned)), POLICY)
+        rq.parse_key_registration(request(body=reg_body(expirationTime=zoned)), POLICY)
     assert info.value.rsc == 4000
 
 
@@ -140,18 +142,18 @@ def test_policy_checks_the_fqdn_fits_a_key_identifier() -> None:
 @pytest.mark.parametrize(
     ("method", "target", "procedure", "param"),
     [
-        ("POST", "/maf/clients", p.Procedure.CLIENT_REGISTRATION, None),
-        ("GET", "/maf/clients/r1/config", p.Procedure.CONFIG_RETRIEVAL, "r1"),
-        ("PUT", "/maf/clients/r1", p.Procedure.REGISTRATION_UPDATE, "r1"),
-        ("DELETE", "/maf/clients/r1", p.Procedure.DEREGISTRATION, "r1"),
-        ("POST", "/maf/keys", p.Procedure.KEY_REGISTRATION, None),
-        ("GET", "/maf/keys/ABCD", p.Procedure.KEY_RETRIEVAL, "abcd"),
-        ("PUT", "/maf/keys/abcd?x=1", p.Procedure.KEY_UPDATE, "abcd"),
-        ("DELETE", "/maf/keys/abcd", p.Procedure.KEY_DEREGISTRATION, "abcd"),
+        ("POST", "/maf/clients", rq.Procedure.CLIENT_REGISTRATION, None),
+        ("GET", "/maf/clients/r1/config", rq.Procedure.CONFIG_RETRIEVAL, "r1"),
+        ("PUT", "/maf/clients/r1", rq.Procedure.REGISTRATION_UPDATE, "r1"),
+        ("DELETE", "/maf/clients/r1", rq.Procedure.DEREGISTRATION, "r1"),
+        ("POST", "/maf/keys", rq.Procedure.KEY_REGISTRATION, None),
+        ("GET", "/maf/keys/ABCD", rq.Procedure.KEY_RETRIEVAL, "abcd"),
+        ("PUT", "/maf/keys/abcd?x=1", rq.Procedure.KEY_UPDATE, "abcd"),
+        ("DELETE", "/maf/keys/abcd", rq.Procedure.KEY_DEREGISTRATION, "abcd"),
     ],
 )
-def test_routes(method: str, target: str, procedure: p.Procedure, param: str | None) -> None:
-    assert p.route(method, target) == p.Route(procedure, param)
+def test_routes(method: str, target: str, procedure: rq.Procedure, param: str | None) -> None:
+    assert rq.route(method, target) == rq.Route(procedure, param)
 
 
 @pytest.mark.parametrize(
@@ -171,24 +173,24 @@ def test_routes(method: str, target: str, procedure: p.Procedure, param: str | N
 )
 def test_route_refusals(method: str, target: str, rsc: int) -> None:
     with pytest.raises(p.MafRefusal) as info:
-        p.route(method, target)
+        rq.route(method, target)
     assert info.value.rsc == rsc
 
 
 def test_request_id_and_body() -> None:
     with pytest.raises(p.MafRefusal, match="X-M2M-RI"):
-        p.request_id(request(rid=None))
+        rq.request_id(request(rid=None))
     with pytest.raises(p.MafRefusal, match="X-M2M-RI"):
-        p.request_id(request(rid="  "))
-    assert p.request_id(request(rid="abc")) == "abc"
+        rq.request_id(request(rid="  "))
+    assert rq.request_id(request(rid="abc")) == "abc"
     with pytest.raises(p.MafRefusal, match="Content-Type"):
-        p.json_body(request(body=reg_body(), content_type="text/plain"), "mafKeyReg")
+        rq.json_body(request(body=reg_body(), content_type="text/plain"), "mafKeyReg")
     with pytest.raises(p.MafRefusal, match="not valid JSON"):
-        p.json_body(request(body=b"{nope"), "mafKeyReg")
+        rq.json_body(request(body=b"{nope"), "mafKeyReg")
     with pytest.raises(p.MafRefusal, match="needs a JSON body"):
-        p.json_body(request(body=None), "mafKeyReg")
+        rq.json_body(request(body=None), "mafKeyReg")
     assert (
-        p.json_body(request(body=reg_body(), content_type="application/vnd.x+json"), "mafKeyReg")[
+        rq.json_body(request(body=reg_body(), content_type="application/vnd.x+json"), "mafKeyReg")[
             "SUID"
         ]
         == 32
@@ -199,14 +201,14 @@ def test_request_id_and_body() -> None:
 
 
 def test_parse_key_registration() -> None:
-    req = p.parse_key_registration(request(body=reg_body(labels=["a"])), POLICY)
+    req = rq.parse_key_registration(request(body=reg_body(labels=["a"])), POLICY)
     assert req.suid == 32 and req.target_ids == (IN_CSE,)
     assert req.canonical_targets == (IN_CSE,) and req.labels == ("a",)
     assert req.key_value is None and req.expires == NOW + timedelta(hours=1)
-    own = p.parse_key_registration(request(body=reg_body(keyValue="AB" * 32)), POLICY)
+    own = rq.parse_key_registration(request(body=reg_body(keyValue="AB" * 32)), POLICY)
     assert own.key_value == bytes.fromhex("ab" * 32)
     assert "ab" * 32 not in repr(own).lower()  # never in a repr
-    esdata = p.parse_key_registration(
+    esdata = rq.parse_key_registration(
         request(body=reg_body(SUID=34, targetIDs=[IN_CSE, "/in-cse2"])), POLICY
     )
     assert esdata.canonical_targets == (IN_CSE, "//in.provider.com/in-cse2")
@@ -237,7 +239,7 @@ def test_parse_key_registration() -> None:
 )
 def test_parse_key_registration_refusals(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(p.MafRefusal, match=message) as info:
-        p.parse_key_registration(request(body=reg_body(**fields)), POLICY)
+        rq.parse_key_registration(request(body=reg_body(**fields)), POLICY)
     assert info.value.rsc == 4000
 
 
@@ -249,18 +251,18 @@ def test_parse_client_registration_and_updates() -> None:
             "adminFQDN": "admin.in.provider.com",
         }
     }
-    req = p.parse_client_registration(request(body=body), POLICY)
+    req = rq.parse_client_registration(request(body=body), POLICY)
     assert req.labels is None and req.admin_fqdn == "admin.in.provider.com"
-    upd = p.parse_registration_update(request(body={"mafClientReg": {"labels": []}}), POLICY)
+    upd = rq.parse_registration_update(request(body={"mafClientReg": {"labels": []}}), POLICY)
     assert upd.expires is None and upd.has_labels and upd.labels == ()
     with pytest.raises(p.MafRefusal, match="give expirationTime, labels or both"):
-        p.parse_registration_update(request(body={"mafClientReg": {"mafFQDN": FQDN}}), POLICY)
-    key_upd = p.parse_key_update(
+        rq.parse_registration_update(request(body={"mafClientReg": {"mafFQDN": FQDN}}), POLICY)
+    key_upd = rq.parse_key_update(
         request(body={"mafKeyReg": {"targetIDs": ["/in-cse2", IN_CSE]}}), POLICY
     )
     assert key_upd.canonical_targets == ("//in.provider.com/in-cse2", IN_CSE)
     with pytest.raises(p.MafRefusal, match="give expirationTime, labels or targetIDs"):
-        p.parse_key_update(request(body={"mafKeyReg": {}}), POLICY)
+        rq.parse_key_update(request(body={"mafKeyReg": {}}), POLICY)
 
 
 # ----------------------------------------------------------------------------- rules
@@ -268,51 +270,51 @@ def test_parse_client_registration_and_updates() -> None:
 
 def test_assign_expiry() -> None:
     life = timedelta(hours=24)
-    assert p.assign_expiry(NOW + timedelta(hours=1), NOW, life) == NOW + timedelta(hours=1)
-    assert p.assign_expiry(NOW + timedelta(days=9), NOW, life) == NOW + life
+    assert rules.assign_expiry(NOW + timedelta(hours=1), NOW, life) == NOW + timedelta(hours=1)
+    assert rules.assign_expiry(NOW + timedelta(days=9), NOW, life) == NOW + life
     cap = NOW + timedelta(minutes=5)
-    assert p.assign_expiry(NOW + timedelta(hours=1), NOW, life, cap) == cap
+    assert rules.assign_expiry(NOW + timedelta(hours=1), NOW, life, cap) == cap
     odd = NOW + timedelta(hours=1, microseconds=7)
-    assert p.assign_expiry(odd, NOW, life) == odd  # the fraction is kept (issue 9 item 7)
+    assert rules.assign_expiry(odd, NOW, life) == odd  # the fraction is kept (issue 9 item 7)
     for bad in (NOW, NOW - timedelta(seconds=1)):
         with pytest.raises(p.MafRefusal, match="not in the future"):
-            p.assign_expiry(bad, NOW, life)
+            rules.assign_expiry(bad, NOW, life)
     with pytest.raises(p.MafRefusal, match="already passed"):
-        p.assign_expiry(NOW + timedelta(hours=1), NOW, life, NOW - timedelta(seconds=1))
+        rules.assign_expiry(NOW + timedelta(hours=1), NOW, life, NOW - timedelta(seconds=1))
 
 
 def test_plan_key_registration_from_the_exporter(store: MafStore) -> None:
     km = store.get_client(KM_ID)
     assert km is not None
-    req = p.parse_key_registration(request(body=reg_body()), POLICY)
+    req = rq.parse_key_registration(request(body=reg_body()), POLICY)
     exported = bytes(range(48))
-    plan = p.plan_key_registration(
+    plan = rules.plan_key_registration(
         store, POLICY, km, req, NOW, exported=exported, random_id=b"\x00" * 16
     )
     rel, kc = split_export(exported)
     assert (plan.relative_id, plan.kc) == (rel, kc)
     assert plan.km_id == KM_ID and plan.reg_id is None
-    body = p.key_registration_body(plan, km)["mafKeyReg"]
+    body = rules.key_registration_body(plan, km)["mafKeyReg"]
     assert body["relativeKeyID"] == rel.hex() and body["sourceMAFClientID"] == KM_ID
     assert "keyValue" not in body
     # The session's exported key was already used: 4105 (run a new MAF Handshake).
     with pytest.raises(p.MafRefusal) as info:
-        p.plan_key_registration(store, POLICY, km, req, NOW, exported=None, random_id=b"")
+        rules.plan_key_registration(store, POLICY, km, req, NOW, exported=None, random_id=b"")
     assert info.value.rsc == p.CONFLICT
 
 
 def test_plan_key_registration_rules(store: MafStore) -> None:
     km = store.get_client(KM_ID)
     assert km is not None
-    own = p.parse_key_registration(request(body=reg_body(keyValue="11" * 32)), POLICY)
+    own = rq.parse_key_registration(request(body=reg_body(keyValue="11" * 32)), POLICY)
     rid = bytes(range(16))
-    plan = p.plan_key_registration(store, POLICY, km, own, NOW, exported=None, random_id=rid)
+    plan = rules.plan_key_registration(store, POLICY, km, own, NOW, exported=None, random_id=rid)
     assert (plan.relative_id, plan.kc) == (rid, b"\x11" * 32)
-    stranger = p.parse_key_registration(
+    stranger = rq.parse_key_registration(
         request(body=reg_body(targetIDs=["//in.provider.com/nope"])), POLICY
     )
     with pytest.raises(p.MafRefusal) as info:
-        p.plan_key_registration(store, POLICY, km, stranger, NOW, exported=None, random_id=rid)
+        rules.plan_key_registration(store, POLICY, km, stranger, NOW, exported=None, random_id=rid)
     assert info.value.rsc == 4103 and "not authorised" in info.value.message
     assert "//in.provider.com/nope is not an allowed Entity B" in info.value.audit
     # A live registration for the same admin caps the key's lifetime.
@@ -321,11 +323,11 @@ def test_plan_key_registration_rules(store: MafStore) -> None:
         w.insert_registration(
             ClientRegistration("reg1", km.canonical, cap, "ADMIN.in.provider.com", None, NOW)
         )
-    capped = p.plan_key_registration(store, POLICY, km, own, NOW, exported=None, random_id=rid)
+    capped = rules.plan_key_registration(store, POLICY, km, own, NOW, exported=None, random_id=rid)
     assert capped.expires_at == cap and capped.reg_id == "reg1"
     # An expired registration does not.
     later = NOW + timedelta(minutes=20)
-    free = p.plan_key_registration(store, POLICY, km, own, later, exported=None, random_id=rid)
+    free = rules.plan_key_registration(store, POLICY, km, own, later, exported=None, random_id=rid)
     assert free.reg_id is None and free.expires_at == NOW + timedelta(hours=1)
 
 
@@ -346,11 +348,11 @@ def _store_key(store: MafStore, rel: bytes, *, target: str = IN_CSE, hours: int 
 def test_decide_retrieval(store: MafStore) -> None:
     rel = b"\x01" * 16
     _store_key(store, rel)
-    key = p.decide_retrieval(store, POLICY, "/in-cse", rel.hex(), NOW)
+    key = rules.decide_retrieval(store, POLICY, "/in-cse", rel.hex(), NOW)
     assert key.kc == b"\x42" * 32
     # The retriever may be named in any form that normalises to the same identity.
-    assert p.decide_retrieval(store, POLICY, "//IN.provider.com/in-cse", rel.hex(), NOW)
-    body = p.retrieval_body(key, store.get_client(KM_ID))["mafKey"]
+    assert rules.decide_retrieval(store, POLICY, "//IN.provider.com/in-cse", rel.hex(), NOW)
+    body = rules.retrieval_body(key, store.get_client(KM_ID))["mafKey"]
     assert body["keyValue"] == "42" * 32 and body["entityID"] == "/mn-cse-123456/Clight-AE1"
     cases: list[tuple[str, str, datetime, int, str]] = [
         ("/in-cse", "02" * 16, NOW, 4004, "unknown key"),
@@ -360,15 +362,15 @@ def test_decide_retrieval(store: MafStore) -> None:
     ]
     for who, rid, now, rsc, audit in cases:
         with pytest.raises(p.MafRefusal) as info:
-            p.decide_retrieval(store, POLICY, who, rid, now)
+            rules.decide_retrieval(store, POLICY, who, rid, now)
         assert (info.value.rsc, audit in info.value.audit) == (rsc, True), info.value.audit
     store.add_entity_b("/other")
     with pytest.raises(p.MafRefusal, match="not a target") as info:
-        p.decide_retrieval(store, POLICY, "/other", rel.hex(), NOW)
+        rules.decide_retrieval(store, POLICY, "/other", rel.hex(), NOW)
     assert info.value.audit == "retriever //in.provider.com/other is not in targetIDs"
     store.deregister_key(rel)
     with pytest.raises(p.MafRefusal) as info:
-        p.decide_retrieval(store, POLICY, "/in-cse", rel.hex(), NOW)
+        rules.decide_retrieval(store, POLICY, "/in-cse", rel.hex(), NOW)
     assert (info.value.rsc, info.value.message, info.value.audit) == (
         4004,
         "no such key",
@@ -382,21 +384,21 @@ def test_owned_key_and_registration(store: MafStore) -> None:
     store.add_client("other@maf.in.provider.com", b"\x09" * 16)
     me, other = store.get_client(KM_ID), store.get_client("other@maf.in.provider.com")
     assert me is not None and other is not None
-    assert p.owned_key(store, me, rel.hex(), NOW).relative_id == rel.hex()
+    assert rules.owned_key(store, me, rel.hex(), NOW).relative_id == rel.hex()
     with pytest.raises(p.MafRefusal) as info:
-        p.owned_key(store, other, rel.hex(), NOW)
+        rules.owned_key(store, other, rel.hex(), NOW)
     assert (info.value.rsc, info.value.audit) == (4004, "key of another KmId")
     with store.writer() as w:
         w.insert_registration(
             ClientRegistration("r9", me.canonical, NOW + timedelta(hours=1), "a.example", None)
         )
-    assert p.owned_registration(store, me, "r9", NOW).reg_id == "r9"
+    assert rules.owned_registration(store, me, "r9", NOW).reg_id == "r9"
     for who, now, audit in [
         (other, NOW, "registration of another KmId"),
         (me, NOW + timedelta(hours=2), "expired"),
     ]:
         with pytest.raises(p.MafRefusal) as info:
-            p.owned_registration(store, who, "r9", now)
+            rules.owned_registration(store, who, "r9", now)
         assert (info.value.rsc, info.value.audit) == (4004, audit)
 
 
@@ -405,18 +407,18 @@ def test_plan_updates(store: MafStore) -> None:
     _store_key(store, rel)
     key = store.get_key(rel)
     assert key is not None
-    req = p.parse_key_update(
+    req = rq.parse_key_update(
         request(body={"mafKeyReg": {"expirationTime": "20300105T000000", "labels": ["z"]}}), POLICY
     )
-    changes, body = p.plan_key_update(store, POLICY, key, req, NOW)
+    changes, body = rules.plan_key_update(store, POLICY, key, req, NOW)
     assert changes == {"expires_at": NOW + timedelta(hours=24), "labels": ("z",)}
     assert body == {"mafKeyReg": {"expirationTime": "20300102T120000", "labels": ["z"]}}
-    two = p.parse_key_update(request(body={"mafKeyReg": {"targetIDs": [IN_CSE, IN_CSE]}}), POLICY)
+    two = rq.parse_key_update(request(body={"mafKeyReg": {"targetIDs": [IN_CSE, IN_CSE]}}), POLICY)
     with pytest.raises(p.MafRefusal, match="exactly one identity for SUID 32"):
-        p.plan_key_update(store, POLICY, key, two, NOW)
+        rules.plan_key_update(store, POLICY, key, two, NOW)
     reg = ClientRegistration("r", KM_ID, NOW + timedelta(days=40), "a.example")
-    upd = p.RegUpdateRequest(NOW + timedelta(days=90), None, False)
-    expires, body = p.plan_registration_update(POLICY, reg, upd, NOW)
+    upd = rq.RegUpdateRequest(NOW + timedelta(days=90), None, False)
+    expires, body = rules.plan_registration_update(POLICY, reg, upd, NOW)
     assert expires == NOW + timedelta(days=30)
     assert body == {"mafClientReg": {"expirationTime": "20300131T120000"}}
 

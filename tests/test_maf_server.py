@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from m2msec.config.maf import MafConfig, parse_maf_config
 from m2msec.crypto.keyexport import LABEL_CONNECTION, split_export
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
@@ -27,7 +28,7 @@ from m2msec.m2mtime import parse_time
 from m2msec.maf.audit import read_audit_log
 from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, IssuedCredential, write_credential
-from m2msec.servers.maf import MafConfig, MafServer, parse_maf_config
+from m2msec.servers.maf import MafServer
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection, connect
 from m2msec.tls.context import Framework, PeerBinding, PeerKind

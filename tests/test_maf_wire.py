@@ -1,6 +1,6 @@
 """maf/wire.py: one MAF wire format for both roles (TS-0003 8.8.2, TS-0004 6.3.3; issue 10).
 
-Entity A (frameworks/maf.py) and the MAF server (maf/protocol.py) must accept and refuse
+Entity A (frameworks/maf/) and the MAF server (maf/protocol.py) must accept and refuse
 the same time values, treat a naive datetime the same way, and read each other's messages.
 """
 
@@ -15,7 +15,8 @@ from m2msec.bindings.messages import OneM2MRequest
 from m2msec.frameworks import maf as client
 from m2msec.keyids import KcId
 from m2msec.maf import protocol as server
-from m2msec.maf import wire
+from m2msec.maf import requests as rq
+from m2msec.maf import rules, wire
 from m2msec.maf.store import ClientRegistration, MafKey, MasterCredential, NewKey
 
 FQDN = "maf.in.provider.com"
@@ -68,12 +69,12 @@ def key_registration(expiration: object) -> OneM2MRequest:
 def test_both_roles_accept_and_refuse_the_same_times(text: object, value: object) -> None:
     if value is None:
         with pytest.raises(server.MafRefusal) as refused:
-            server.parse_key_registration(key_registration(text), POLICY)
+            rq.parse_key_registration(key_registration(text), POLICY)
         assert refused.value.rsc == 4000
         with pytest.raises(client.MafError):
             client.parse_time(text)
     else:
-        assert server.parse_key_registration(key_registration(text), POLICY).expires == value
+        assert rq.parse_key_registration(key_registration(text), POLICY).expires == value
         assert client.parse_time(text) == value
 
 
@@ -98,7 +99,7 @@ def test_key_retrieval_answer_built_by_the_maf_read_by_entity_b() -> None:
         "ab" * 16, kc, expires, "ae1@" + FQDN, 32, ("//in.provider.com/in-cse",),
         "admin.in.provider.com", ("light",), None, WHEN, False,
     )  # fmt: skip
-    body = server.retrieval_body(key, None)
+    body = rules.retrieval_body(key, None)
     assert body["mafKey"]["expirationTime"] == "20300101T130006,500000"
     got = wire.MafKeyBody.parse(json.loads(json.dumps(body))["mafKey"])
     assert got.relative_id == bytes.fromhex("ab" * 16) and got.key_value == kc
@@ -123,7 +124,7 @@ def test_key_registration_answer_built_by_the_maf_read_by_entity_a() -> None:
         admin_fqdn="admin.in.provider.com", labels=None,
     )  # fmt: skip
     km = MasterCredential("AE1@" + FQDN, "ae1@" + FQDN, bytes(32), None, True)
-    body = json.loads(json.dumps(server.key_registration_body(key, km)))
+    body = json.loads(json.dumps(rules.key_registration_body(key, km)))
     assert "keyValue" not in json.dumps(body)  # Kc never travels back
     got = wire.MafKeyRegBody.parse(body["mafKeyReg"])
     assert (got.relative_id, got.expires, got.suid) == (bytes.fromhex("cd" * 16), expires, 32)
@@ -146,7 +147,7 @@ def test_key_registration_request_built_by_entity_a_read_by_the_maf() -> None:
         ["light"], bytes(range(32)),
     )  # fmt: skip
     assert body["mafKeyReg"].keys() <= wire.KEY_REG_REQUEST_FIELDS
-    got = server.parse_key_registration(as_request(body), POLICY)
+    got = rq.parse_key_registration(as_request(body), POLICY)
     assert (got.expires, got.suid, got.labels) == (expires, 32, ("light",))
     assert got.key_value == bytes(range(32)) and got.admin_fqdn == "admin.in.provider.com"
 
@@ -155,7 +156,7 @@ def test_client_registration_answer_built_by_the_maf_read_by_entity_a() -> None:
     expires = WHEN + timedelta(days=1, microseconds=5)
     reg = ClientRegistration("reg1", "ae1@" + FQDN, expires, "admin.in.provider.com", None)
     km = MasterCredential("AE1@" + FQDN, "ae1@" + FQDN, bytes(32), None, True)
-    body = json.loads(json.dumps(server.client_registration_body(reg, km)))
+    body = json.loads(json.dumps(rules.client_registration_body(reg, km)))
     got = wire.MafClientRegBody.parse(body["mafClientReg"])
     assert (got.reg_id, got.expires, got.client_id) == ("reg1", expires, "AE1@" + FQDN)
     assert got.admin_fqdn == "admin.in.provider.com" and got.labels is None
@@ -167,6 +168,6 @@ def test_client_registration_request_built_by_entity_a_read_by_the_maf() -> None
     expires = WHEN + timedelta(hours=2, microseconds=250000)
     body = wire.client_registration_request(FQDN, expires, "admin.in.provider.com", ["home"])
     assert body["mafClientReg"].keys() <= wire.CLIENT_REG_REQUEST_FIELDS
-    got = server.parse_client_registration(as_request(body), POLICY)
+    got = rq.parse_client_registration(as_request(body), POLICY)
     assert (got.expires, got.admin_fqdn) == (expires, "admin.in.provider.com")
     assert got.labels == ("home",)

@@ -87,6 +87,28 @@ def test_contract_registry(url: str) -> None:
             assert reg.forget("Cae9") and reg.owner_of("Cae9") is None
 
 
+def test_contract_psk_remove_releases_the_identities_its_row_registered(url: str) -> None:
+    # A Credential-ID association of row k@x registered Cdev; removing the row releases Cdev
+    # (a new row under the same KpsaId must not inherit it), and nobody else's record.
+    with open_store(url, kek=KEK) as st, IdentityRegistry(st.database) as reg:
+        st.add(PskEntry("k@x", b"\x01" * 16))
+        st.add(PskEntry("other@x", b"\x02" * 16))
+        assert reg.record("Cdev", credential_key("psk", "k@x"))
+        assert reg.record("Cother", credential_key("psk", "other@x"))
+        assert reg.record("Cmaf", "maf:k@x")  # same key id, another framework: kept
+        assert st.remove("k@x")
+        assert reg.owner_of("Cdev") is None
+        assert reg.owner_of("Cother") == credential_key("psk", "other@x")
+        assert reg.owner_of("Cmaf") == "maf:k@x"
+        st.add(PskEntry("k@x", b"\x03" * 16))
+        assert reg.recorded_for(credential_key("psk", "k@x")) is None
+        # An expired row that is purged keeps its identity: renewing the key keeps the AE-ID.
+        st.add(PskEntry("old@x", b"\x04" * 16, None, datetime.now(UTC) - timedelta(days=1)))
+        assert reg.record("Cold", credential_key("psk", "old@x"))
+        assert st.purge_expired() == 1
+        assert reg.owner_of("Cold") == credential_key("psk", "old@x")
+
+
 def test_contract_app_rules(url: str) -> None:
     # The stored serviceSubscribedAppRules (m2msec gateway rule) on both dialects.
     with open_store(url, kek=KEK) as st, AppRuleStore(st.database, cache_ttl=0) as rules:

@@ -29,7 +29,6 @@ from typing import Any
 
 from m2msec.acme import AcmeCSE
 from m2msec.app_rules import AppRule
-from m2msec.bindings.coap.client import CoapClient
 from m2msec.bindings.coap.mapping import CoapOneM2MResponse
 from m2msec.config import (
     CertificateConfig,
@@ -39,6 +38,7 @@ from m2msec.config import (
     PskConfig,
     parse_listen_url,
 )
+from m2msec.config.maf import MafConfig
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
@@ -50,7 +50,8 @@ from m2msec.maf.store import MafStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
-from m2msec.servers.maf import MafConfig, MafServer
+from m2msec.servers.maf import MafServer
+from m2msec.service.coap_client import CoapClient
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.store import SqlitePskStore
 from m2msec.store.base import PskEntry

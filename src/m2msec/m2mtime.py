@@ -8,7 +8,7 @@ writes exactly that (the fraction only when the value has one) and refuses naive
 two ends disagree on an expiry. ``.`` is accepted as the decimal sign beside ``,`` (ISO 8601
 allows both); more than six fraction digits are refused (microseconds is what we keep).
 
-Used by the MAF client (frameworks/maf.py), the MAF server (maf/protocol.py) and Zn
+Used by the MAF client (frameworks/maf/), the MAF server (maf/protocol.py) and Zn
 (gba/wire.py).
 
 3GPP's XML documents carry times as ``xs:dateTime`` instead: the ``lifetime`` of Ub's

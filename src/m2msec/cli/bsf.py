@@ -21,34 +21,37 @@ or configuration.
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
-    exit_on_errors,
+    exactly_one,
     fail,
-    load_config_or_exit,
+    file_option,
+    init_option,
+    load_serve_config,
+    option,
+    path_overrides,
+    read_secret,
     require_store,
-    run_server,
-    start_logging,
+    serve_and_report,
     stderr_console,
     stdout_console,
+    store_errors,
+    store_option,
     sub_app,
+    url_option,
 )
 from m2msec.crypto.milenage import opc as derive_opc
-from m2msec.errors import ConfigurationError, IdentifierError, StoreError
 from m2msec.gba.aka import DEFAULT_AMF
 from m2msec.gba.records import Guss
-from m2msec.gba.subscribers import SubscriberStore
+from m2msec.gba.subscribers import SubscriberStore, default_bsf_store_path
 from m2msec.servers.bsf import BsfServer, load_bsf_config
 
 __all__ = ["app"]
@@ -58,27 +61,15 @@ app = sub_app("bsf", "The BSF and its HSS simulator (3GPP TS 33.220 GBA).")
 
 StoreOption = Annotated[
     str | None,
-    typer.Option(
-        "--store",
-        metavar="PATH",
-        help="Subscriber store: a file, sqlite:///absolute/path or postgresql://... URL "
-        "(default: bsf.db in the m2msec data directory).",
-        show_default=False,
+    store_option(
+        "Subscriber store: a file, sqlite:///absolute/path or postgresql://... URL "
+        "(default: bsf.db in the m2msec data directory)."
     ),
 ]
 
 
-def _errors() -> AbstractContextManager[None]:
-    return exit_on_errors(usage=(IdentifierError, ConfigurationError), failure=(StoreError,))
-
-
 def _read_hex(value: str, what: str, length: int) -> bytes:
-    if value == "-":
-        if sys.stdin.isatty():
-            value = typer.prompt(f"{what} (hexadecimal)", hide_input=True, err=True)
-        else:
-            value = sys.stdin.readline()
-    text = value.strip().replace(":", "").replace(" ", "")
+    text = read_secret(value, f"{what} (hexadecimal)").strip().replace(":", "").replace(" ", "")
     if text.lower().startswith("0x"):
         text = text[2:]
     try:
@@ -88,10 +79,6 @@ def _read_hex(value: str, what: str, length: int) -> bytes:
     if len(raw) != length:
         fail(f"{what} must be {length} octets ({2 * length} hex digits), got {len(raw)}", 2)
     return raw
-
-
-def _open(store: str | None) -> SubscriberStore:
-    return SubscriberStore(store)
 
 
 @app.callback()
@@ -109,14 +96,11 @@ def add_subscriber(
         str, typer.Option("--k", metavar="HEX", help="Subscriber key K (16 octets), or -.")
     ],
     opc: Annotated[
-        str | None,
-        typer.Option("--opc", metavar="HEX", help="OPc (16 octets), or -.", show_default=False),
+        str | None, option("--opc", metavar="HEX", help="OPc (16 octets), or -.")
     ] = None,
     op: Annotated[
         str | None,
-        typer.Option(
-            "--op", metavar="HEX", help="OP (16 octets); OPc is derived.", show_default=False
-        ),
+        option("--op", metavar="HEX", help="OP (16 octets); OPc is derived."),
     ] = None,
     sqn: Annotated[
         str, typer.Option("--sqn", metavar="HEX", help="SQN_HE, 6 octets.")
@@ -126,20 +110,14 @@ def add_subscriber(
     ] = DEFAULT_AMF.hex(),
     allow_naf: Annotated[
         list[str] | None,
-        typer.Option(
-            "--allow-naf",
-            metavar="FQDN",
-            help="A NAF the subscriber may use (repeat).",
-            show_default=False,
+        option(
+            "--allow-naf", metavar="FQDN", help="A NAF the subscriber may use (repeat)."
         ),
     ] = None,
     uss: Annotated[
         list[str] | None,
-        typer.Option(
-            "--uss",
-            metavar="FQDN=JSON",
-            help="A NAF with its user security settings.",
-            show_default=False,
+        option(
+            "--uss", metavar="FQDN=JSON", help="A NAF with its user security settings."
         ),
     ] = None,
     any_naf: Annotated[
@@ -152,8 +130,7 @@ def add_subscriber(
     store: StoreOption = None,
 ) -> None:
     """Provision a subscriber of the HSS simulator."""
-    if (opc is None) == (op is None):
-        fail("give exactly one of --opc and --op", 2)
+    exactly_one(opc=opc, op=op)
     key = _read_hex(k, "K", 16)
     if opc is not None:
         opc_value = _read_hex(opc, "OPc", 16)
@@ -174,9 +151,9 @@ def add_subscriber(
         if not isinstance(value, dict):
             fail(f"--uss {fqdn}: the USS must be a JSON object", 2)
         nafs[fqdn] = value
-    with _errors():
+    with store_errors():
         guss = Guss.allowing(nafs, any_naf=any_naf)
-        with _open(store) as st:
+        with SubscriberStore(store) as st:
             sub = st.add_subscriber(
                 impi,
                 k=key,
@@ -206,7 +183,7 @@ def add_subscriber(
 @app.command("list")
 def list_subscribers(store: StoreOption = None) -> None:
     """Show the subscribers (never their keys)."""
-    with _errors(), _open(store) as st:
+    with store_errors(), SubscriberStore(store) as st:
         subs = st.list_subscribers()
         sessions = st.count_sessions()
         where = st.label
@@ -231,7 +208,7 @@ def remove(
     store: StoreOption = None,
 ) -> None:
     """Remove a subscriber and its bootstrapping sessions."""
-    with _errors(), _open(store) as st:
+    with store_errors(), SubscriberStore(store) as st:
         removed = st.remove_subscriber(impi)
     if not removed:
         fail(f"no subscriber {impi!r}", 1)
@@ -265,92 +242,61 @@ def _banner(bsf: BsfServer) -> Table:
 def serve(
     listen: Annotated[
         list[str] | None,
-        typer.Option(
-            "--listen",
-            "-l",
-            metavar="URL",
-            help="Ub listener http://HOST:PORT (repeat).",
-            show_default=False,
-        ),
+        url_option("Ub listener http://HOST:PORT (repeat).", "--listen", "-l"),
     ] = None,
     zn_listen: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--zn-listen",
-            metavar="URL",
-            help="Zn listener tls://HOST:PORT (repeat).",
-            show_default=False,
-        ),
+        list[str] | None, url_option("Zn listener tls://HOST:PORT (repeat).", "--zn-listen")
     ] = None,
     fqdn: Annotated[
-        str | None,
-        typer.Option("--fqdn", metavar="FQDN", help="The BSF's FQDN.", show_default=False),
+        str | None, option("--fqdn", metavar="FQDN", help="The BSF's FQDN.")
     ] = None,
     store: StoreOption = None,
-    cert: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="Our FQDN certificate (PEM).", show_default=False),
-    ] = None,
-    key: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="Our private key (PEM).", show_default=False)
-    ] = None,
-    ca: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="CA of the NAF certificates (PEM).", show_default=False),
-    ] = None,
+    cert: Annotated[Path | None, file_option("Our FQDN certificate (PEM).")] = None,
+    key: Annotated[Path | None, file_option("Our private key (PEM).")] = None,
+    ca: Annotated[Path | None, file_option("CA of the NAF certificates (PEM).")] = None,
     ks_lifetime: Annotated[
         float | None,
-        typer.Option("--ks-lifetime", metavar="SECONDS", help="Key lifetime.", show_default=False),
+        option("--ks-lifetime", metavar="SECONDS", help="Key lifetime."),
     ] = None,
     ub_rate: Annotated[
         float | None,
-        typer.Option(
+        option(
             "--ub-rate",
             metavar="PER_SECOND",
             help="Ub requests per second per source address (then 429).",
-            show_default=False,
         ),
     ] = None,
     ub_burst: Annotated[
         int | None,
-        typer.Option(
-            "--ub-burst", metavar="N", help="Burst of the Ub rate limit.", show_default=False
-        ),
+        option("--ub-burst", metavar="N", help="Burst of the Ub rate limit."),
     ] = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = "info",
-    init: Annotated[
-        bool,
-        typer.Option("--init", help="Create the BSF store if it does not exist yet."),
-    ] = False,
+    init: Annotated[bool, init_option("BSF store")] = False,
 ) -> None:
     """Run the BSF until SIGINT or SIGTERM."""
-    start_logging(log_level)
     overrides: dict[str, Any] = {
         "bsf.listen": list(listen) if listen else None,
         "bsf.zn_listen": list(zn_listen) if zn_listen else None,
         "bsf.fqdn": fqdn,
-        "bsf.store": None if store is None else str(store),
-        "bsf.cert": None if cert is None else str(cert),
-        "bsf.key": None if key is None else str(key),
-        "bsf.ca": None if ca is None else str(ca),
+        **path_overrides("bsf", store=store, cert=cert, key=key, ca=ca),
         "bsf.ks_lifetime": ks_lifetime,
         "bsf.ub_rate": ub_rate,
         "bsf.ub_burst": ub_burst,
     }
-    cfg = load_config_or_exit(load_bsf_config, config, overrides)
+    cfg = load_serve_config(log_level, load_bsf_config, config, overrides)
     if not init:
-        from m2msec.gba.subscribers import default_bsf_store_path
-
         require_store(
             cfg.store or default_bsf_store_path(),
             label="BSF store",
             create="m2msec bsf add-subscriber",
         )
-    console = Console(highlight=False)
-    bsf = run_server(lambda: BsfServer(cfg), _banner, console)
+    serve_and_report(lambda: BsfServer(cfg), _banner, _stopped)
+
+
+def _stopped(bsf: BsfServer) -> str:
     stats = bsf.stats
-    console.print(
+    return (
         f"stopped: {stats.bootstraps} bootstrap(s), {stats.resyncs} resynchronisation(s), "
         f"{stats.zn_answered} Zn key(s) given, {stats.ub_refused + stats.zn_refused} refused, "
         f"{stats.ub_rate_limited} rate-limited, {stats.challenges_reused} challenge(s) reused"

@@ -20,7 +20,15 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from m2msec.cli.common import exit_on_errors, fail, key_value_table, stdout_console, sub_app
+from m2msec.cli.common import (
+    exactly_one,
+    exit_on_errors,
+    fail,
+    key_value_table,
+    option,
+    stdout_console,
+    sub_app,
+)
 from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
 from m2msec.pki.authority import CA_CERT, CA_KEY, CertificateAuthority, write_credential
 from m2msec.pki.names import certificate_fingerprint
@@ -31,9 +39,7 @@ app = sub_app(
     "ca", "A small CA issuing certificates that name CSE-IDs and AE-IDs (TS-0003 10.1.1)."
 )
 
-DirOption = Annotated[
-    Path, typer.Option("--dir", metavar="DIR", help="The CA directory.", show_default=False)
-]
+DirOption = Annotated[Path, option("--dir", metavar="DIR", help="The CA directory.")]
 
 
 @contextmanager
@@ -73,22 +79,18 @@ def init(
     ] = "in.provider.com",
     sp_fqdn: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--sp-fqdn",
             help="M2M-SP FQDN of Absolute AE-IDs //<sp-fqdn>/... (default: the domain).",
-            show_default=False,
         ),
     ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="Common name of the root.", show_default=False)
-    ] = None,
+    name: Annotated[str | None, option("--name", help="Common name of the root.")] = None,
     days: Annotated[int, typer.Option("--days", min=1, help="Validity of the root.")] = 3650,
     extra_domain: Annotated[
         list[str] | None,
-        typer.Option(
+        option(
             "--extra-domain",
             help="Another DNS subtree the CA may name (MAF/MEF FQDNs); repeatable.",
-            show_default=False,
         ),
     ] = None,
     no_name_constraints: Annotated[
@@ -131,26 +133,19 @@ def init(
 def issue(
     directory: DirOption,
     out: Annotated[
-        Path,
-        typer.Option(
-            "--out", metavar="PREFIX", help="Write PREFIX.key and PREFIX.pem.", show_default=False
-        ),
+        Path, option("--out", metavar="PREFIX", help="Write PREFIX.key and PREFIX.pem.")
     ],
     entity_id: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--entity-id",
             metavar="ID",
             help="CSE-ID (/mn-cse-123456) or AE-ID (/mn-cse-123456/Clight-AE1, /S...).",
-            show_default=False,
         ),
     ] = None,
     service: Annotated[
         str | None,
-        typer.Option(
-            "--service", metavar="FQDN", help="Issue an FQDN certificate for a MAF or MEF.",
-            show_default=False,
-        ),
+        option("--service", metavar="FQDN", help="Issue an FQDN certificate for a MAF or MEF."),
     ] = None,
     days: Annotated[int, typer.Option("--days", min=1, help="Validity in days.")] = 365,
     overwrite: Annotated[
@@ -158,8 +153,7 @@ def issue(
     ] = False,
 ) -> None:
     """Issue a key and a certificate naming a oneM2M entity (TS-0003 10.1.1)."""
-    if (entity_id is None) == (service is None):
-        fail("give exactly one of --entity-id and --service", 2)
+    exactly_one(entity_id=entity_id, service=service)
     with _errors():
         ca = CertificateAuthority.load(directory)
         if entity_id is not None:
@@ -185,20 +179,13 @@ def issue(
     )
 
 
-
 @app.command()
 def intermediate(
     directory: DirOption,
     out_dir: Annotated[
-        Path,
-        typer.Option(
-            "--out-dir", metavar="DIR", help="Directory of the new intermediate CA.",
-            show_default=False,
-        ),
+        Path, option("--out-dir", metavar="DIR", help="Directory of the new intermediate CA.")
     ],
-    name: Annotated[
-        str | None, typer.Option("--name", help="Common name.", show_default=False)
-    ] = None,
+    name: Annotated[str | None, option("--name", help="Common name.")] = None,
     days: Annotated[
         int, typer.Option("--days", min=1, help="Validity (within the root's).")
     ] = 1825,
@@ -217,19 +204,14 @@ def intermediate(
 def revoke(
     directory: DirOption,
     serial: Annotated[
-        str | None,
-        typer.Option("--serial", metavar="HEX", help="Serial number (hex) to revoke.",
-                     show_default=False),
+        str | None, option("--serial", metavar="HEX", help="Serial number (hex) to revoke.")
     ] = None,
     cert: Annotated[
-        Path | None,
-        typer.Option("--cert", metavar="PEM", help="Certificate file to revoke.",
-                     show_default=False),
+        Path | None, option("--cert", metavar="PEM", help="Certificate file to revoke.")
     ] = None,
 ) -> None:
     """Revoke a certificate this CA issued (RFC 5280 5); run `ca crl` to publish it."""
-    if (serial is None) == (cert is None):
-        fail("give exactly one of --serial and --cert", 2)
+    exactly_one(serial=serial, cert=cert)
     with _errors():
         ca = CertificateAuthority.load(directory)
         if cert is not None:

@@ -1,10 +1,12 @@
 """Helpers shared by the CLI sub-commands: the one place for what they have in common.
 
 A sub-command group (:func:`sub_app`), the shared options (``--store``, ``--config``,
-``--log-level``), output consoles and key-value tables, one-line errors and their exit
-codes (:func:`fail`, :func:`exit_on_errors`: 2 for a usage or configuration error, 1 when
-the operation failed), key input, and running a long-lived server (logging, event loop,
-signals)."""
+``--log-level``, ``--init`` and the option shapes every command repeats), output consoles,
+key-value tables and "done" lines, one-line errors and their exit codes (:func:`fail`,
+:func:`exit_on_errors`, :func:`store_errors`, :func:`exactly_one`: 2 for a usage or
+configuration error, 1 when the operation failed), key input, and the ``serve`` commands'
+steps: load the config with the options as overrides, run a long-lived server until a
+signal (logging, event loop, signals)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Protocol, TypeVar
 
@@ -22,7 +25,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from m2msec.errors import ConfigurationError, M2MSecError, StoreError
+from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.tls.context import SecurityContext
 
 console = Console()
@@ -41,16 +44,43 @@ def sub_app(name: str, help: str) -> typer.Typer:
     )
 
 
+# ----------------------------------------------------------------- option shapes
+# Each returns the typer.Option to put in ``Annotated[type, ...]``; the help texts stay
+# with the commands. No square brackets in help texts: typer renders them as rich markup.
+
+
+def option(*names: str, metavar: str | None = None, help: str) -> Any:
+    """An option whose default is not shown in the help: a required one, or one whose
+    None stands for the config file's or the built-in value."""
+    return typer.Option(*names, metavar=metavar, help=help, show_default=False)
+
+
+def file_option(help: str, *names: str) -> Any:
+    """An optional ``FILE`` option (a certificate, a key, trust anchors)."""
+    return option(*names, metavar="FILE", help=help)
+
+
+def url_option(help: str, *names: str) -> Any:
+    """An optional ``URL`` option (a listener, a backend)."""
+    return option(*names, metavar="URL", help=help)
+
+
+def store_option(help: str) -> Any:
+    """``--store PATH``: a store file or URL; each store says its default in ``help``."""
+    return option("--store", metavar="PATH", help=help)
+
+
+def init_option(store: str) -> Any:
+    """``--init`` of a ``serve`` command: create ``store`` when missing."""
+    return typer.Option("--init", help=f"Create the {store} if it does not exist yet.")
+
+
 StoreOption = Annotated[
     str | None,
-    typer.Option(
-        "--store",
-        metavar="PATH",
-        # No square brackets in help texts: typer renders them as rich markup.
-        help="Store file, sqlite:///absolute/path or postgresql://user@host/db URL "
+    store_option(
+        "Store file, sqlite:///absolute/path or postgresql://user@host/db URL "
         "(default: m2msec.db in $M2MSEC_HOME, "
-        "else in $XDG_DATA_HOME/m2msec, else in ~/.local/share/m2msec).",
-        show_default=False,
+        "else in $XDG_DATA_HOME/m2msec, else in ~/.local/share/m2msec)."
     ),
 ]
 """``--store``: the gateway's psk store (psk-lookup-table, registry, app rules)."""
@@ -65,6 +95,22 @@ def stdout_console() -> Console:
 def stderr_console() -> Console:
     """Standard error, as :func:`stdout_console`."""
     return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def done(message: str, subject: str, rest: str = "") -> None:
+    """One green line on stdout: ``message`` then ``subject`` in bold, then ``rest``."""
+    text = Text(message + " ", style="green")
+    text.append(subject, style="bold")
+    if rest:
+        text.append(rest)
+    stdout_console().print(text)
+
+
+def utc_time(moment: datetime | None) -> str:
+    """``moment`` as ``2026-01-31T12:00:00Z``, or ``-`` for none (expiries, creation)."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def key_value_table(rows: list[tuple[str, str]]) -> Table:
@@ -87,6 +133,15 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def exactly_one(**options: object) -> None:
+    """Exit 2 unless exactly one of two alternative options was given (not None);
+    ``entity_id=...`` names ``--entity-id`` in the message."""
+    given = [value is not None for value in options.values()]
+    if given.count(True) != 1:
+        names = " and ".join("--" + name.replace("_", "-") for name in options)
+        fail(f"give exactly one of {names}", 2)
+
+
 def error_text(exc: BaseException) -> str:
     """The message of ``exc``; a KeyError (UnknownCredentialError) would quote it in str()."""
     if isinstance(exc, KeyError) and exc.args:
@@ -106,6 +161,22 @@ def exit_on_errors(
         fail(error_text(exc), 2)
     except failure as exc:
         fail(error_text(exc), 1)
+
+
+def store_errors() -> AbstractContextManager[None]:
+    """The store commands' errors: a malformed id or value exits 2, a refusing store 1."""
+    return exit_on_errors(usage=(IdentifierError, ConfigurationError), failure=(StoreError,))
+
+
+def read_secret(value: str, prompt: str) -> str:
+    """``value``, or for ``-`` a line of stdin (a hidden ``prompt`` on a terminal): a key
+    read so keeps out of ``ps`` and shell history."""
+    if value != "-":
+        return value
+    if sys.stdin.isatty():
+        text: str = typer.prompt(prompt, hide_input=True, err=True)
+        return text
+    return sys.stdin.readline()
 
 
 def read_key(value: str, what: str = "key") -> bytes:
@@ -186,8 +257,9 @@ async def serve_until_signalled(serve_forever: Callable[[asyncio.Event], Awaitab
 
 # ----------------------------------------------------------------- serve commands
 # ``m2msec gateway serve``, ``maf serve`` and ``bsf serve`` share these steps: check the
-# log level, load the config (exit 2 on an error), refuse a missing store unless --init
-# (exit 1), start the server, print its banner, run until a signal, then report.
+# log level, load the config with the options as overrides (exit 2 on an error), refuse a
+# missing store unless --init (exit 1), start the server, print its banner, run until a
+# signal, then report.
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ConfigOption = Annotated[
@@ -210,19 +282,26 @@ class Server(Protocol):
 S = TypeVar("S", bound=Server)
 
 
-def start_logging(level: str) -> None:
-    """``--log-level``: refuse an unknown level (exit 2), else log at it."""
-    if level.lower() not in LOG_LEVELS:
-        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}", 2)
-    setup_logging(level)
+def path_overrides(section: str, **paths: str | Path | None) -> dict[str, str | None]:
+    """The file options as config overrides, ``{"section.name": "path"}`` (None: not
+    given, so the file's value stays)."""
+    return {
+        f"{section}.{name}": None if value is None else str(value)
+        for name, value in paths.items()
+    }
 
 
-def load_config_or_exit(
+def load_serve_config(
+    log_level: str,
     load: Callable[[Path | None, Mapping[str, Any]], C],
     path: Path | None,
     overrides: Mapping[str, Any],
 ) -> C:
-    """``load(path, overrides)`` (a :mod:`m2msec.config` loader); an error exits 2."""
+    """``--log-level`` checked (exit 2 if unknown) and logged at, then ``load(path,
+    overrides)`` (a :mod:`m2msec.config` loader); a configuration error exits 2."""
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}", 2)
+    setup_logging(log_level)
     with exit_on_errors(usage=(ConfigurationError,)):
         return load(path, overrides)
 
@@ -243,11 +322,15 @@ async def _serve(make: Callable[[], S], banner: Callable[[S], RenderableType], o
     return server
 
 
-def run_server(
-    make: Callable[[], S], banner: Callable[[S], RenderableType], out: Console
-) -> S:
+def serve_and_report(
+    make: Callable[[], S],
+    banner: Callable[[S], RenderableType],
+    stopped: Callable[[S], str],
+) -> None:
     """Build the server (``make``), start it, print ``banner(server)``, serve until
-    SIGINT/SIGTERM and return it (for its stats). A configuration error exits 2, any
-    other m2msec or OS error 1."""
+    SIGINT/SIGTERM, then print ``stopped(server)`` (its stats). A configuration error
+    exits 2, any other m2msec or OS error 1."""
+    out = Console(highlight=False)
     with exit_on_errors(usage=(ConfigurationError,), failure=(M2MSecError, OSError)):
-        return run_on_fast_loop(_serve(make, banner, out))
+        server = run_on_fast_loop(_serve(make, banner, out))
+    out.print(stopped(server))

@@ -15,16 +15,16 @@ DTLS 1.2 (TS-0003 10.2.1) instead, with the PSK or certificate options.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import typer
 
 from m2msec.cli.common import console, context_details, fail, read_key
+from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.ids import CseId, parse_entity_id
 from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
@@ -32,6 +32,8 @@ from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
+
+R = TypeVar("R")
 
 
 def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | None:
@@ -41,7 +43,7 @@ def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | No
     CSE-ID as IdB it is the CSE public domain name ``<CSE-ID>.<IN domain>`` (TS-0001
     6.5.1.1); otherwise (an IP and an AE or no IdB) nothing, since no name is known.
     """
-    if not _is_ip(host):
+    if not is_ip(host):
         return host
     if id_b:
         try:
@@ -51,14 +53,6 @@ def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | No
         except IdentifierError:
             return None  # not usable as a DNS label: send no SNI rather than a wrong one
     return None
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _profile(
@@ -350,52 +344,58 @@ def connect(
         opener = _gba_opener(bsf, impi, k, opc, sqn, uicc, host, port, server_name, id_b, timeout)
     elif maf is not None:
         opener = _maf_opener(
-            maf,
-            maf_fqdn,
-            km_id,
-            km,
-            target_id,
-            id_b,
-            server_name,
-            tls12,
-            in_domain,
-            host,
-            port,
-            timeout,
-            cse_id,
+            maf, maf_fqdn, km_id, km, target_id, id_b, server_name, tls12, in_domain, host, port,
+            timeout, cse_id,
         )
     else:
         if id_b is None:
             fail("--id-b (Entity B's CSE-ID) is needed with --psk-identity or --cert")
         opener = _profile(psk_identity, psk, cert, key, ca, id_b, server_name, in_domain, tls12)
+    path = parts.path or "/"
+    ctx, response = _request_or_fail(
+        _run(opener, host, port, method.upper(), path, origin, body, type_code, timeout),
+        refused=(M2MSecError,),  # e.g. GBA bootstrapping refused by the BSF
+    )
+    _print_answer(
+        ctx,
+        f"HTTP {response.status}  X-M2M-RSC: {response.rsc}",
+        response.body,
+        failed=response.status >= 400,
+    )
+
+
+def _request_or_fail(
+    main: Coroutine[Any, Any, R],
+    *,
+    refused: tuple[type[Exception], ...] = (),
+    failed: tuple[type[Exception], ...] = (TimeoutError, ConnectionError, OSError),
+) -> R:
+    """Run ``main`` (the association, then the request); an expected error exits 1 with
+    one line: a refused handshake, a ``refused`` error in its own words, or a ``failed``
+    request."""
     try:
-        ctx, response = asyncio.run(
-            _run(
-                opener,
-                host,
-                port,
-                method.upper(),
-                parts.path or "/",
-                origin,
-                body,
-                type_code,
-                timeout,
-            )
-        )
+        return asyncio.run(main)
     except HandshakeError as exc:
         fail(f"security association failed: {exc.reason}")
-    except M2MSecError as exc:  # e.g. GBA bootstrapping refused by the BSF
+    except refused as exc:
         fail(str(exc))
-    except (TimeoutError, ConnectionError, OSError) as exc:
+    except failed as exc:
         fail(f"request failed: {exc or type(exc).__name__}")
+
+
+def _print_answer(
+    ctx: SecurityContext, status: str, body: bytes, *, failed: bool, highlight: bool | None = None
+) -> None:
+    """The association, the answer's status line and its body (JSON pretty-printed when
+    it is JSON); exit 3 when the answer is an error."""
     console.print(context_details(ctx))
-    console.print(f"HTTP {response.status}  X-M2M-RSC: {response.rsc}")
-    if response.body:
+    console.print(status, highlight=highlight)
+    if body:
         try:
-            console.print_json(response.body.decode())
+            console.print_json(body.decode())
         except (ValueError, UnicodeDecodeError):
-            console.print(response.body.decode("utf-8", "replace"), highlight=False)
-    if response.status >= 400:
+            console.print(body.decode("utf-8", "replace"), highlight=False)
+    if failed:
         raise typer.Exit(3)
 
 
@@ -412,9 +412,9 @@ def _connect_coap(
     options: str,
 ) -> None:
     """One oneM2M request by the CoAP binding over DTLS; print the context and the answer."""
-    from m2msec.bindings.coap.client import CoapClient
     from m2msec.bindings.coap.mapping import CoapOneM2MResponse
     from m2msec.bindings.coap.options import CoapBindingError, Numbering
+    from m2msec.service.coap_client import CoapClient
     from m2msec.tls.aio_dtls import dtls_connect
 
     async def run() -> tuple[SecurityContext, CoapOneM2MResponse]:
@@ -433,18 +433,13 @@ def _connect_coap(
         finally:
             await client.close()
 
-    try:
-        ctx, response = asyncio.run(run())
-    except HandshakeError as exc:
-        fail(f"security association failed: {exc.reason}")
-    except (CoapBindingError, TimeoutError, ConnectionError, OSError) as exc:
-        fail(f"request failed: {exc or type(exc).__name__}")
-    console.print(context_details(ctx))
-    console.print(f"CoAP {response.code_text}  oneM2M-RSC: {response.rsc}", highlight=False)
-    if response.payload:
-        try:
-            console.print_json(response.payload.decode())
-        except (ValueError, UnicodeDecodeError):
-            console.print(response.payload.decode("utf-8", "replace"), highlight=False)
-    if response.code >= 128:  # 4.xx and 5.xx
-        raise typer.Exit(3)
+    ctx, response = _request_or_fail(
+        run(), failed=(CoapBindingError, TimeoutError, ConnectionError, OSError)
+    )
+    _print_answer(
+        ctx,
+        f"CoAP {response.code_text}  oneM2M-RSC: {response.rsc}",
+        response.payload,
+        failed=response.code >= 128,  # 4.xx and 5.xx
+        highlight=False,
+    )

@@ -17,18 +17,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import typer
-from rich.console import Console
 from rich.table import Table
 
 from m2msec.cli import gateway_rules
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
-    load_config_or_exit,
+    file_option,
+    init_option,
+    load_serve_config,
+    option,
+    path_overrides,
     require_store,
-    run_server,
-    start_logging,
+    serve_and_report,
+    store_option,
+    sub_app,
+    url_option,
 )
 from m2msec.config import load_config
 from m2msec.errors import StoreError
@@ -37,13 +41,7 @@ from m2msec.servers.gateway import Gateway
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    name="gateway",
-    help="The CSE security gateway: TLS and DTLS in front of a oneM2M CSE.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals could hold keys
-)
+app = sub_app("gateway", "The CSE security gateway: TLS and DTLS in front of a oneM2M CSE.")
 
 app.add_typer(gateway_rules.app, name="rule")
 
@@ -106,95 +104,77 @@ def _banner(gw: Gateway) -> Table:
 def serve(
     listen: Annotated[
         list[str] | None,
-        typer.Option(
+        url_option(
+            "tls://HOST:PORT or http://HOST:PORT; repeat for several. Replaces the file's list.",
             "--listen",
             "-l",
-            metavar="URL",
-            help="tls://HOST:PORT or http://HOST:PORT; repeat for several. Replaces the "
-            "file's list.",
-            show_default=False,
         ),
     ] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(metavar="URL", help="The oneM2M CSE behind the gateway.", show_default=False),
-    ] = None,
+    backend: Annotated[str | None, url_option("The oneM2M CSE behind the gateway.")] = None,
     cse_id: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--cse-id",
             metavar="ID",
             help="CSE-ID of the CSE behind the gateway, e.g. /mn-cse-123456.",
-            show_default=False,
         ),
     ] = None,
     in_domain: Annotated[
-        str | None,
-        typer.Option(
-            "--in-domain", metavar="FQDN", help="IN public domain.", show_default=False
-        ),
+        str | None, option("--in-domain", metavar="FQDN", help="IN public domain.")
     ] = None,
     cse_originators: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--cse-originators",
             metavar="RULES",
             help="CSE peers' From: ts-0004 (TS-0004 7.3.2.1, default) or strict (under the "
             "peer's CSE-ID).",
-            show_default=False,
         ),
     ] = None,
     store: Annotated[
         str | None,
-        typer.Option(
-            metavar="PATH",
-            help="psk-lookup-table: a file, sqlite:///absolute/path or postgresql://... URL.",
-            show_default=False,
-        ),
+        store_option("psk-lookup-table: a file, sqlite:///absolute/path or postgresql://... URL."),
     ] = None,
-    cert: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="Our certificate (PEM).", show_default=False)
-    ] = None,
-    key: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="Our private key (PEM).", show_default=False)
-    ] = None,
-    ca: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="Trust anchors (PEM).", show_default=False),
-    ] = None,
+    cert: Annotated[Path | None, file_option("Our certificate (PEM).")] = None,
+    key: Annotated[Path | None, file_option("Our private key (PEM).")] = None,
+    ca: Annotated[Path | None, file_option("Trust anchors (PEM).")] = None,
     config: ConfigOption = None,
     first_flight_timeout: Annotated[
         float | None,
-        typer.Option("--first-flight-timeout", metavar="SECONDS",
-                     help="Seconds from accept to a whole ClientHello (default 2).",
-                     show_default=False),
+        option(
+            "--first-flight-timeout",
+            metavar="SECONDS",
+            help="Seconds from accept to a whole ClientHello (default 2).",
+        ),
     ] = None,
     source_share: Annotated[
         float | None,
-        typer.Option("--source-share", metavar="FRACTION",
-                     help="Share of max_handshakes one source address may hold (default 0.25).",
-                     show_default=False),
+        option(
+            "--source-share",
+            metavar="FRACTION",
+            help="Share of max_handshakes one source address may hold (default 0.25).",
+        ),
     ] = None,
     max_associations_per_credential: Annotated[
         int | None,
-        typer.Option("--max-associations-per-credential", metavar="N",
-                     help="Live associations one credential may hold; more are refused "
-                     "(default 64).", show_default=False),
+        option(
+            "--max-associations-per-credential",
+            metavar="N",
+            help="Live associations one credential may hold; more are refused (default 64).",
+        ),
     ] = None,
     request_head_timeout: Annotated[
         float | None,
-        typer.Option("--request-head-timeout", metavar="SECONDS",
-                     help="Seconds from a request head's first byte to its end; then 408 "
-                     "(default 10).", show_default=False),
+        option(
+            "--request-head-timeout",
+            metavar="SECONDS",
+            help="Seconds from a request head's first byte to its end; then 408 (default 10).",
+        ),
     ] = None,
     log_level: LogLevelOption = "info",
-    init: Annotated[
-        bool,
-        typer.Option("--init", help="Create the psk-lookup-table if it does not exist yet."),
-    ] = False,
+    init: Annotated[bool, init_option("psk-lookup-table")] = False,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
-    start_logging(log_level)
     overrides: dict[str, object] = {
         "gateway.listen": list(listen) if listen else None,
         "gateway.backend": backend,
@@ -202,25 +182,25 @@ def serve(
         "gateway.in_domain": in_domain,
         "gateway.cse_originators": cse_originators,
         "psk.store": store,
-        "certificates.cert": None if cert is None else str(cert),
-        "certificates.key": None if key is None else str(key),
-        "certificates.ca": None if ca is None else str(ca),
+        **path_overrides("certificates", cert=cert, key=key, ca=ca),
         "gateway.first_flight_timeout": first_flight_timeout,
         "gateway.source_share": source_share,
         "gateway.max_associations_per_credential": max_associations_per_credential,
         "gateway.request_head_timeout": request_head_timeout,
     }
-    cfg = load_config_or_exit(load_config, config, overrides)
+    cfg = load_serve_config(log_level, load_config, config, overrides)
     if cfg.psk is not None and not init:
         require_store(
             cfg.psk.store or default_store_path(),
             label="psk-lookup-table",
             create="m2msec psk add / psk import",
         )
-    console = Console(highlight=False)
-    gw = run_server(lambda: Gateway(cfg), _banner, console)
+    serve_and_report(lambda: Gateway(cfg), _banner, _stopped)
+
+
+def _stopped(gw: Gateway) -> str:
     stats = gw.stats
-    console.print(
+    return (
         f"stopped: {stats.associations_established} associations, "
         f"{stats.requests_forwarded} requests forwarded, {stats.requests_refused} refused, "
         f"{stats.plain_requests_refused} plain requests answered 4107"

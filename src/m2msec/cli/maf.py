@@ -22,31 +22,35 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
-    fail,
-    load_config_or_exit,
-    run_server,
-    start_logging,
+    done,
+    file_option,
+    init_option,
+    load_serve_config,
+    option,
+    path_overrides,
+    read_secret,
+    serve_and_report,
+    stderr_console,
+    stdout_console,
+    store_errors,
+    store_option,
+    sub_app,
+    url_option,
+    utc_time,
 )
-from m2msec.errors import (
-    ConfigurationError,
-    IdentifierError,
-    StoreError,
-    UnknownCredentialError,
-)
+from m2msec.errors import ConfigurationError, UnknownCredentialError
 from m2msec.ids import AeId, CseId, parse_entity_id
 from m2msec.maf.store import (
     MafStore,
@@ -57,28 +61,20 @@ from m2msec.maf.store import (
 )
 
 if TYPE_CHECKING:
-    from m2msec.servers.maf import MafConfig, MafServer
+    from m2msec.config.maf import MafConfig
+    from m2msec.servers.maf import MafServer
 
 __all__ = ["app"]
 
 log = logging.getLogger(__name__)
 
-app = typer.Typer(
-    name="maf",
-    help="The M2M Authentication Function (TS-0003 8.8): serve, and manage its store.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,  # locals could hold keys
-)
+app = sub_app("maf", "The M2M Authentication Function (TS-0003 8.8): serve, and manage its store.")
 
 StoreOption = Annotated[
     str | None,
-    typer.Option(
-        "--store",
-        metavar="PATH",
-        help="MAF store file or sqlite:///absolute/path URL (default: maf.db in the m2msec "
-        "data directory).",
-        show_default=False,
+    store_option(
+        "MAF store file or sqlite:///absolute/path URL (default: maf.db in the m2msec "
+        "data directory)."
     ),
 ]
 KmIdArgument = Annotated[
@@ -90,39 +86,8 @@ EntityArgument = Annotated[
 ]
 
 
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _done(message: str, subject: str, rest: str = "") -> None:
-    text = Text(message + " ", style="green")
-    text.append(subject, style="bold")
-    if rest:
-        text.append(rest)
-    _out().print(text)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except (IdentifierError, ConfigurationError) as exc:
-        fail(str(exc), 2)
-    except StoreError as exc:
-        fail(str(exc.args[0]) if exc.args else str(exc), 1)
-
-
-@contextmanager
-def _open(store: str | None) -> Iterator[MafStore]:
-    st = open_maf_store(store)
-    try:
-        yield st
-    finally:
-        st.close()
+def _open(store: str | None) -> closing[MafStore]:
+    return closing(open_maf_store(store))
 
 
 def _store_name(store: str | None) -> str:
@@ -131,24 +96,11 @@ def _store_name(store: str | None) -> str:
 
 
 def _read_key(value: str) -> bytes:
-    if value == "-":
-        if sys.stdin.isatty():
-            text = typer.prompt("Km (hexadecimal)", hide_input=True, err=True)
-        else:
-            text = sys.stdin.readline()
-    else:
-        text = value
-    text = text.strip()
+    text = read_secret(value, "Km (hexadecimal)").strip()
     try:
         return bytes.fromhex(text)
     except ValueError:
         raise ConfigurationError("the key must be hexadecimal (e.g. 32 or 64 hex digits)") from None
-
-
-def _time(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----------------------------------------------------------------------------- clients
@@ -188,14 +140,14 @@ def add_client(
     store: StoreOption = None,
 ) -> None:
     """Provision a MAF Client's Master Credential (KmId, Km)."""
-    with _errors():
+    with store_errors():
         parse_km_id(km_id)
         _check_entity_a_kind(kind, entity_id)
         km = _read_key(key)
         with _open(store) as st:
             info = st.add_client(km_id, km, entity_id, replace=replace)
     rest = f" ({len(km)}-octet Km" + (f", entity {info.entity_id})" if info.entity_id else ")")
-    _done("added MAF client", info.km_id, rest)
+    done("added MAF client", info.km_id, rest)
 
 
 def _check_entity_a_kind(kind: str | None, entity_id: str | None) -> None:
@@ -219,10 +171,10 @@ def _check_entity_a_kind(kind: str | None, entity_id: str | None) -> None:
 @app.command("list-clients")
 def list_clients(store: StoreOption = None) -> None:
     """List the MAF Clients: KmId, Entity A's id, key length (never the key)."""
-    with _errors(), _open(store) as st:
+    with store_errors(), _open(store) as st:
         clients = st.list_clients()
     if not clients:
-        _out().print(Text(f"no MAF clients in {_store_name(store)}"))
+        stdout_console().print(Text(f"no MAF clients in {_store_name(store)}"))
         return
     table = Table(title=f"MAF clients {_store_name(store)}", title_justify="left")
     for column in ("KmId", "entity id", "key length", "enabled", "config", "added (UTC)"):
@@ -234,19 +186,19 @@ def list_clients(store: StoreOption = None) -> None:
             Text(f"{c.key_octets} octets"),
             Text("yes" if c.enabled else "no"),
             Text("yes" if c.has_config else "-"),
-            Text(_time(c.created)),
+            Text(utc_time(c.created)),
         )
-    _out().print(table)
+    stdout_console().print(table)
 
 
 @app.command("remove-client")
 def remove_client(km_id: KmIdArgument, store: StoreOption = None) -> None:
     """Remove a MAF Client, its registrations, and de-register its keys."""
-    with _errors(), _open(store) as st:
+    with store_errors(), _open(store) as st:
         found, keys = st.remove_client(km_id)
         if not found:
             raise UnknownCredentialError(f"no MAF client with KmId {km_id!r}")
-    _done("removed MAF client", km_id, f" ({keys} key(s) de-registered)")
+    done("removed MAF client", km_id, f" ({keys} key(s) de-registered)")
 
 
 @app.command("set-client-config")
@@ -264,7 +216,7 @@ def set_client_config(
     store: StoreOption = None,
 ) -> None:
     """Set the MAF Client Configuration a client fetches with Configuration Retrieval."""
-    with _errors():
+    with store_errors():
         config: dict[str, Any] | None = None
         if clear == (file is not None):
             raise ConfigurationError("give either FILE or --clear")
@@ -282,7 +234,7 @@ def set_client_config(
             config = value
         with _open(store) as st:
             st.set_client_config(km_id, config)
-    _done("cleared configuration of" if clear else "set configuration of", km_id)
+    done("cleared configuration of" if clear else "set configuration of", km_id)
 
 
 # ----------------------------------------------------------------------------- Entity B
@@ -309,34 +261,34 @@ def allow_entity_b(
     store: StoreOption = None,
 ) -> None:
     """Allow the MAF to hand keys to this Entity B (an IN-CSE, TS-0003 8.2.2.3)."""
-    with _errors(), _open(store) as st:
+    with store_errors(), _open(store) as st:
         added = st.add_entity_b(entity_id, kind=kind, allow_non_in=allow_non_in)
     if kind != "in-cse":
         warning = f"warning: Entity B {entity_id} is a {kind}, not an IN-CSE (--allow-non-in)"
         log.warning("%s", warning)
-        _err().print(Text(warning, style="yellow"))
-    _done("allowed Entity B" if added else "already allowed:", entity_id, f" ({kind})")
+        stderr_console().print(Text(warning, style="yellow"))
+    done("allowed Entity B" if added else "already allowed:", entity_id, f" ({kind})")
 
 
 @app.command("disallow-entity-b")
 def disallow_entity_b(entity_id: EntityArgument, store: StoreOption = None) -> None:
     """Stop handing keys to this Entity B."""
-    with _errors(), _open(store) as st:
+    with store_errors(), _open(store) as st:
         if not st.remove_entity_b(entity_id):
             raise UnknownCredentialError(f"{entity_id!r} is not an allowed Entity B")
-    _done("disallowed Entity B", entity_id)
+    done("disallowed Entity B", entity_id)
 
 
 @app.command("list-entity-b")
 def list_entity_b(store: StoreOption = None) -> None:
     """List the Entity B identities the MAF may hand keys to."""
-    with _errors(), _open(store) as st:
+    with store_errors(), _open(store) as st:
         listed = st.list_entity_b()
     if not listed:
-        _out().print(Text(f"no Entity B allowed in {_store_name(store)}"))
+        stdout_console().print(Text(f"no Entity B allowed in {_store_name(store)}"))
         return
     for entity in listed:
-        _out().print(Text(entity))
+        stdout_console().print(Text(entity))
 
 
 # ----------------------------------------------------------------------------- keys
@@ -353,7 +305,7 @@ def keys(
 ) -> None:
     """List key registrations: RelativeKeyID, source, targets, SUID, expiry, state."""
     now = datetime.now(UTC)
-    with _errors(), _open(store) as st:
+    with store_errors(), _open(store) as st:
         table = Table(title=f"key registrations {_store_name(store)}", title_justify="left")
         for column in ("relativeKeyID", "source KmId", "targetIDs", "SUID", "expires (UTC)"):
             table.add_column(column, no_wrap=True)
@@ -371,16 +323,16 @@ def keys(
                 Text(key.km_id),
                 Text(", ".join(key.target_ids)),
                 Text(str(key.suid)),
-                Text(_time(key.expires_at)),
+                Text(utc_time(key.expires_at)),
                 Text(state, style="" if state == "live" else "red"),
             )
         total = st.count_keys()
         live = st.count_keys(live_at=now)
     if shown == 0:
-        _out().print(Text(f"no key registrations in {_store_name(store)}"))
+        stdout_console().print(Text(f"no key registrations in {_store_name(store)}"))
         return
-    _out().print(table)
-    _out().print(Text(f"{total} key registration(s), {live} live; showing {shown}"))
+    stdout_console().print(table)
+    stdout_console().print(Text(f"{total} key registration(s), {live} live; showing {shown}"))
 
 
 @app.command("audit")
@@ -392,7 +344,7 @@ def audit(
     store: StoreOption = None,
 ) -> None:
     """Print the audit log (issued, retrieved, refused, de-registered keys) as JSON lines."""
-    with _errors(), _open(store) as st:
+    with store_errors(), _open(store) as st:
         records = st.read_audit(after=after, limit=limit)
     for seq, record in records:
         typer.echo(json.dumps({"seq": seq, **record}, separators=(",", ":")))
@@ -405,80 +357,58 @@ def audit(
 def serve(
     config: ConfigOption = None,
     fqdn: Annotated[
-        str | None,
-        typer.Option("--fqdn", metavar="FQDN", help="The MAF's FQDN (MAF-ID).", show_default=False),
+        str | None, option("--fqdn", metavar="FQDN", help="The MAF's FQDN (MAF-ID).")
     ] = None,
     listen: Annotated[
         str | None,
-        typer.Option(
-            "--listen",
-            metavar="URL",
-            help="MAF Handshake listener, tls://HOST:PORT (default tls://127.0.0.1:8444).",
-            show_default=False,
+        url_option(
+            "MAF Handshake listener, tls://HOST:PORT (default tls://127.0.0.1:8444).", "--listen"
         ),
     ] = None,
     retrieval_listen: Annotated[
         str | None,
-        typer.Option(
-            "--retrieval-listen",
-            metavar="URL",
-            help="Key Retrieval listener, tls://HOST:PORT (default "
+        url_option(
+            "Key Retrieval listener, tls://HOST:PORT (default "
             "tls://127.0.0.1:8445); 'off' disables it.",
-            show_default=False,
+            "--retrieval-listen",
         ),
     ] = None,
-    cert: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="The MAF's FQDN certificate (PEM).", show_default=False),
-    ] = None,
-    key: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="Its private key (PEM).", show_default=False),
-    ] = None,
-    ca: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="Trust anchors for Entity B (PEM).", show_default=False),
-    ] = None,
+    cert: Annotated[Path | None, file_option("The MAF's FQDN certificate (PEM).")] = None,
+    key: Annotated[Path | None, file_option("Its private key (PEM).")] = None,
+    ca: Annotated[Path | None, file_option("Trust anchors for Entity B (PEM).")] = None,
     in_domain: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--in-domain",
             metavar="FQDN",
             help="IN public domain of Entity B certificates (default: the FQDN "
             "without its first label).",
-            show_default=False,
         ),
     ] = None,
     key_lifetime: Annotated[
         float | None,
-        typer.Option(
+        option(
             "--key-lifetime",
             metavar="SECONDS",
             help="Longest Kc lifetime granted (default 86400).",
-            show_default=False,
         ),
     ] = None,
     store: StoreOption = None,
     durability: Annotated[
         str | None,
-        typer.Option(
+        option(
             "--durability",
             metavar="MODE",
             help="normal (commits survive the process being killed; the default for SQLite) "
             "or full (also a power cut or a database crash: the default for PostgreSQL).",
-            show_default=False,
         ),
     ] = None,
     log_level: LogLevelOption = "info",
-    init: Annotated[
-        bool,
-        typer.Option("--init", help="Create the MAF store if it does not exist yet."),
-    ] = False,
+    init: Annotated[bool, init_option("MAF store")] = False,
 ) -> None:
     """Run the MAF until SIGINT or SIGTERM."""
-    from m2msec.servers.maf import load_maf_config
+    from m2msec.config.maf import load_maf_config
 
-    start_logging(log_level)
     overrides: dict[str, object] = {
         "maf.fqdn": fqdn,
         "maf.listen": listen,
@@ -487,14 +417,15 @@ def serve(
         "maf.in_domain": in_domain,
         "maf.key_lifetime": key_lifetime,
         "maf.durability": durability,
-        "certificates.cert": None if cert is None else str(cert),
-        "certificates.key": None if key is None else str(key),
-        "certificates.ca": None if ca is None else str(ca),
+        **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
-    cfg = load_config_or_exit(load_maf_config, config, overrides)
-    console = Console(highlight=False)
-    stats = run_server(lambda: _server(cfg, init=init), _banner, console).stats.as_dict()
-    console.print(
+    cfg = load_serve_config(log_level, load_maf_config, config, overrides)
+    serve_and_report(lambda: _server(cfg, init=init), _banner, _stopped)
+
+
+def _stopped(maf: MafServer) -> str:
+    stats = maf.stats.as_dict()
+    return (
         f"stopped: {stats['keys_issued']} keys issued, {stats['keys_retrieved']} retrieved, "
         f"{stats['requests_refused']} requests refused, "
         f"{stats['handshakes_failed']} handshakes refused"

@@ -12,9 +12,8 @@ key-encryption key), 2 for malformed input.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -26,17 +25,15 @@ from rich.text import Text
 
 from m2msec.cli.common import (
     StoreOption,
-    exit_on_errors,
+    done,
+    read_secret,
     stderr_console,
     stdout_console,
+    store_errors,
     sub_app,
+    utc_time,
 )
-from m2msec.errors import (
-    ConfigurationError,
-    IdentifierError,
-    StoreError,
-    UnknownCredentialError,
-)
+from m2msec.errors import UnknownCredentialError
 from m2msec.paths import default_store_path
 from m2msec.store import PskEntry, PskStore, open_store
 from m2msec.store.importer import (
@@ -69,7 +66,7 @@ def _warn(message: str) -> None:
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn expected errors into one red line (several for an import) and an exit code."""
-    with exit_on_errors(usage=(IdentifierError, ConfigurationError), failure=(StoreError,)):
+    with store_errors():
         try:
             yield
         except PskImportError as exc:
@@ -81,13 +78,8 @@ def _errors() -> Iterator[None]:
             raise typer.Exit(2) from None
 
 
-@contextmanager
-def _open(store: str | None) -> Iterator[PskStore]:
-    st = open_store(store)
-    try:
-        yield st
-    finally:
-        st.close()
+def _open(store: str | None) -> closing[PskStore]:
+    return closing(open_store(store))
 
 
 def _store_name(store: str | None) -> str:
@@ -95,14 +87,7 @@ def _store_name(store: str | None) -> str:
 
 
 def _read_key(value: str) -> bytes:
-    if value == "-":
-        if sys.stdin.isatty():
-            text = typer.prompt("Kpsa (hexadecimal)", hide_input=True, err=True)
-        else:
-            text = sys.stdin.readline()
-    else:
-        text = value
-    return parse_kpsa_hex(text)
+    return parse_kpsa_hex(read_secret(value, "Kpsa (hexadecimal)"))
 
 
 def _short_key_warning(count: int) -> None:
@@ -112,12 +97,6 @@ def _short_key_warning(count: int) -> None:
             f"{what} shorter than {RECOMMENDED_MIN_KPSA_OCTETS} octets (accepted, as TR-0038 "
             "uses 8-octet keys; stunnel and some TLS stacks refuse them)"
         )
-
-
-def _format_time(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @app.command("add")
@@ -159,10 +138,7 @@ def add_command(
         with _open(store) as st:
             st.add(PskEntry(kid, kpsa, entity, expires_at), replace=replace)
     _short_key_warning(int(len(kpsa) < RECOMMENDED_MIN_KPSA_OCTETS))
-    message = Text("added ", style="green")
-    message.append(kid, style="bold")
-    message.append(f" ({len(kpsa)}-octet key" + (f", entity {entity})" if entity else ")"))
-    stdout_console().print(message)
+    done("added", kid, f" ({len(kpsa)}-octet key" + (f", entity {entity})" if entity else ")"))
 
 
 @app.command("list")
@@ -179,7 +155,7 @@ def list_command(store: StoreOption = None) -> None:
         for info in st.list():
             rows += 1
             expired = info.expires_at is not None and info.expires_at <= now
-            expiry = Text(_format_time(info.expires_at), style="red" if expired else "")
+            expiry = Text(utc_time(info.expires_at), style="red" if expired else "")
             if expired:
                 expiry.append(" expired")
             table.add_row(
@@ -201,9 +177,7 @@ def remove_command(kpsa_id: KpsaIdArgument, store: StoreOption = None) -> None:
         # Not re-validated: any stored KpsaId (GBA B-TIDs too) can be removed.
         if not st.remove(kpsa_id):
             raise UnknownCredentialError(f"no key with KpsaId {kpsa_id!r}")
-    message = Text("removed ", style="green")
-    message.append(kpsa_id, style="bold")
-    stdout_console().print(message)
+    done("removed", kpsa_id)
 
 
 @app.command("import")

@@ -12,6 +12,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from m2msec.config.loader import load
+from m2msec.config.values import file_path
 from m2msec.errors import (
     ConfigurationError,
     IdentifierError,
@@ -23,6 +24,15 @@ from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 DEFAULT_KS_LIFETIME: Final = 3600.0
 DEFAULT_CHALLENGE_TIMEOUT: Final = 60.0
 DEFAULT_MAX_PENDING: Final = 10_000
+
+_SECONDS: Final = (
+    "ks_lifetime",
+    "challenge_timeout",
+    "handshake_timeout",
+    "idle_timeout",
+    "request_head_timeout",
+)
+"""The durations (seconds, all > 0), checked in :class:`BsfConfig` and read as floats."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +69,7 @@ class BsfConfig:
             raise ConfigurationError(
                 "bsf.zn_listen needs cert, key and ca (Zn is mutually authenticated TLS)"
             )
-        for name in (
-            "ks_lifetime",
-            "challenge_timeout",
-            "handshake_timeout",
-            "idle_timeout",
-            "request_head_timeout",
-        ):
+        for name in _SECONDS:
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"bsf.{name} must be greater than 0")
         if self.max_pending < 1 or self.max_handshakes < 1:
@@ -134,17 +138,6 @@ def _listen(value: object, key: str, scheme: str) -> tuple[tuple[str, int], ...]
     return tuple(out)
 
 
-def _file(value: object, key: str, base: Path) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{key}: must be a file path")
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    if not path.is_file():
-        raise ConfigurationError(f"{key}: no such file: {path}")
-    return path
-
-
 def _positive(value: object, key: str, *, integer: bool = False) -> Any:
     ok = isinstance(value, int) if integer else isinstance(value, int | float)
     if isinstance(value, bool) or not ok:
@@ -194,15 +187,8 @@ def parse_bsf_config(
             kwargs["store"] = path if path.is_absolute() else base / path
     for name in ("cert", "key", "ca"):
         if name in section:
-            kwargs[name] = _file(section[name], f"bsf.{name}", base)
-    for name in (
-        "ks_lifetime",
-        "challenge_timeout",
-        "handshake_timeout",
-        "idle_timeout",
-        "request_head_timeout",
-        "ub_rate",
-    ):
+            kwargs[name] = file_path(section[name], f"bsf.{name}", base)
+    for name in (*_SECONDS, "ub_rate"):
         if name in section:
             kwargs[name] = float(_positive(section[name], f"bsf.{name}"))
     for name in ("max_pending", "max_pending_per_impi", "ub_burst", "ind_bits", "max_handshakes"):
@@ -216,10 +202,5 @@ def load_bsf_config(
 ) -> BsfConfig:
     """Read ``path`` (TOML) if given, apply ``overrides`` (``{"bsf.fqdn": ...}``, None
     values ignored) and validate, through :func:`m2msec.config.loader.load`."""
-    return load(
-        path,
-        overrides,
-        sections={"bsf": _KEYS},
-        paths=[("bsf", name) for name in ("store", "cert", "key", "ca")],
-        parse=lambda data, base, source: parse_bsf_config(data, base_dir=base, source=source),
-    )
+    paths = [("bsf", name) for name in ("store", "cert", "key", "ca")]
+    return load(path, overrides, sections={"bsf": _KEYS}, paths=paths, parse=parse_bsf_config)

@@ -76,6 +76,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from m2msec.app_rules import AppRule, app_rule
+from m2msec.bindings.http import DEFAULT_MAX_BODY  # the binding's request body cap
 from m2msec.config.gateway_sections import (
     CertificateConfig,
     GbaConfig,
@@ -113,9 +114,7 @@ DEFAULT_MAX_HANDSHAKES = 1024
 DEFAULT_FIRST_FLIGHT_TIMEOUT = 2.0
 DEFAULT_SOURCE_SHARE = 0.25
 DEFAULT_MAX_ASSOCIATIONS_PER_CREDENTIAL = 64
-DEFAULT_MAX_BODY = 1024 * 1024
 DEFAULT_BACKEND_TIMEOUT = 10.0
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,10 +447,4 @@ def load_config(
 ) -> GatewayConfig:
     """Read ``path`` (TOML) if given, apply ``overrides`` (``{"gateway.backend": ...}``,
     None values ignored) and validate (:func:`m2msec.config.loader.load`)."""
-    return load(
-        path,
-        overrides,
-        sections=_SECTIONS,
-        paths=_PATHS,
-        parse=lambda data, base, source: parse_config(data, base_dir=base, source=source),
-    )
+    return load(path, overrides, sections=_SECTIONS, paths=_PATHS, parse=parse_config)

@@ -12,18 +12,28 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from m2msec.errors import ConfigurationError
 
-__all__ = ["load", "merge_overrides", "read_toml", "resolve_paths"]
+__all__ = ["Parse", "load", "merge_overrides", "read_toml", "resolve_paths"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 Sections = Mapping[str, Collection[str]]
 """The tables a server knows and the keys of each."""
+
+
+class Parse(Protocol[T_co]):
+    """A server's validator (``parse_config``, ``parse_maf_config``, ``parse_bsf_config``):
+    the merged document, the folder relative paths are read from, and where it came from."""
+
+    def __call__(
+        self, data: Mapping[str, Any], *, base_dir: Path | None = ..., source: str = ...
+    ) -> T_co: ...
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -92,10 +102,10 @@ def load(
     *,
     sections: Sections,
     paths: Collection[tuple[str, str]],
-    parse: Callable[[dict[str, Any], Path, str], T],
+    parse: Parse[T],
 ) -> T:
     """Read ``path`` (if given), resolve its relative ``paths`` against its folder, merge
-    ``overrides`` and ``parse(data, base_dir, source)``. Paths given as overrides stay
+    ``overrides`` and ``parse(data, base_dir=..., source=...)``. Paths given as overrides stay
     relative to the current directory (``base_dir``), as a shell user expects. Errors
     from a file are prefixed with its name."""
     data: dict[str, Any] = {}
@@ -107,7 +117,7 @@ def load(
     if overrides:
         data = merge_overrides(data, overrides, sections)
     try:
-        return parse(data, Path.cwd(), source)
+        return parse(data, base_dir=Path.cwd(), source=source)
     except ConfigurationError as exc:
         if path is not None:
             raise ConfigurationError(f"{source}: {exc}") from None

@@ -227,10 +227,4 @@ def load_maf_config(
 ) -> MafConfig:
     """Read ``path`` (TOML) if given and apply ``overrides`` (``{"maf.fqdn": ...}``; None
     values ignored) through :func:`m2msec.config.loader.load`."""
-    return load(
-        path,
-        overrides,
-        sections=_KEYS,
-        paths=_PATHS,
-        parse=lambda data, base, source: parse_maf_config(data, base_dir=base, source=source),
-    )
+    return load(path, overrides, sections=_KEYS, paths=_PATHS, parse=parse_maf_config)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -320,7 +319,7 @@ class DeviceState:
 
     def save(self, impi: str, bsf_url: str, sqn_ms: bytes, bootstrap: Bootstrap | None) -> None:
         """Record SQN_MS and the bootstrap of ``impi`` (atomically, mode 0600)."""
-        from m2msec.paths import ensure_private_dir
+        from m2msec.paths import ensure_private_dir, write_private
 
         doc = self._read()
         entry: dict[str, Any] = {"sqnMs": sqn_ms.hex()}
@@ -338,8 +337,5 @@ class DeviceState:
             }
         doc[impi] = entry
         ensure_private_dir(self.path.parent)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        text = json.dumps(doc, indent=1, sort_keys=True)
+        write_private(self.path, text.encode("utf-8"), exist_ok=True)

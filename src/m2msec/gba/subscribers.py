@@ -26,7 +26,6 @@ subscriber's row (``FOR UPDATE`` in PostgreSQL, the write lock in SQLite).
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable
@@ -43,21 +42,18 @@ from m2msec.errors import (
 )
 from m2msec.gba.aka import DEFAULT_AMF, SQN_MAX, SubscriberKeys, next_sqn
 from m2msec.gba.records import BootstrapSession, Guss, Subscriber, check_impi
-from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.paths import state_path
 from m2msec.store.db import (
     Closing,
     Connection,
     Database,
-    PostgresDatabase,
     SqliteDatabase,
     is_text,
     open_database,
 )
-from m2msec.store.schema import KekCheck, open_sealed_schema
+from m2msec.store.schema import KekCheck, SealedSchema, open_sealed_store
 
 __all__ = ["BSF_STORE_NAME", "SubscriberStore", "default_bsf_store_path"]
-
-log = logging.getLogger(__name__)
 
 BSF_STORE_NAME: Final = "bsf.db"
 SCHEMA_VERSION: Final = 1
@@ -97,17 +93,18 @@ def migrations(db: Database) -> dict[int, tuple[str, ...]]:
     }
 
 
-_KEK_CHECK: Final = KekCheck(
-    aad=b"m2msec/bsf/meta/kek-check", value=b"m2msec BSF key-encryption key check, version 1"
+_SCHEMA: Final = SealedSchema(
+    migrations,
+    SCHEMA_VERSION,
+    KekCheck(
+        aad=b"m2msec/bsf/meta/kek-check", value=b"m2msec BSF key-encryption key check, version 1"
+    ),
 )
 
 
 def default_bsf_store_path(*, create: bool = False) -> Path:
     """``<data dir>/bsf.db``; with ``create``, make the data directory (0700) first."""
-    directory = data_dir()
-    if create:
-        ensure_private_dir(directory)
-    return directory / BSF_STORE_NAME
+    return state_path(BSF_STORE_NAME, create=create)
 
 
 def _epoch(value: datetime) -> int:
@@ -162,52 +159,25 @@ class SubscriberStore(Closing):
         kek: bytes | None = None,
         busy_timeout: float = 5.0,
     ) -> None:
-        if isinstance(target, Database):
-            db = target
-        elif target is None:
-            db = SqliteDatabase(
-                default_bsf_store_path(create=True), busy_timeout=busy_timeout, synchronous="NORMAL"
-            )
-        else:
-            if isinstance(target, Path):
-                target = target.expanduser()
-            db = open_database(
-                target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout, synchronous="NORMAL"
-            )
+        db = open_database(
+            default_bsf_store_path(create=True) if target is None else target,
+            pg_schema=PG_SCHEMA,
+            busy_timeout=busy_timeout,
+            synchronous="NORMAL",
+        )
         self._db = db
         self._path = db.label
         self._lock = threading.Lock()
         p = db.p
         self._p = p
-        self._for_update = " FOR UPDATE" if isinstance(db, PostgresDatabase) else ""
-        db.prepare()
-        try:
-            self._c = db.connect()
-        except db.errors as exc:
-            raise StoreError(f"cannot open BSF store {self._path}: {db.message(exc)}") from None
-        try:
-            self._sealer = open_sealed_schema(
-                self._c,
-                db=db,
-                label=f"BSF store {self._path}",
-                kek=kek,
-                kek_path=db.kek_path,
-                migrations=migrations(db),
-                version=SCHEMA_VERSION,
-                check=_KEK_CHECK,
-            )
-        except db.errors as exc:
-            self._c.close()
-            raise StoreError(f"cannot open BSF store {self._path}: {db.message(exc)}") from None
-        except BaseException:
-            self._c.close()
-            raise
+        (self._c,), self._sealer = open_sealed_store(
+            db, _SCHEMA, label=f"BSF store {self._path}", connections=1, kek=kek
+        )
 
     @property
     def _conn(self) -> Connection:
         # Caller holds _lock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._db.usable(self._c):
-            self._c = self._db.connect()
+        self._c = self._db.reconnected(self._c)
         return self._c
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -257,13 +227,16 @@ class SubscriberStore(Closing):
                     raise DuplicateCredentialError(duplicate) from None
                 raise self._error(action, exc) from None
 
+    def _by_key(self, select: str, key: str) -> Any:
+        """The row of ``select`` (ending in its key column) for ``key``, or None; a key that
+        is not UTF-8 text cannot be stored, so it is not looked up."""
+        if not is_text(key):
+            return None
+        return self._run(f"{select} = {self._p}", (key,), fetch=_one)
+
     def _write(self, sql: str, params: tuple[Any, ...], duplicate: str | None = None) -> int:
         """Run one write; how many rows it touched."""
         return self._run(sql, params, fetch=_rowcount, action="write", duplicate=duplicate)
-
-    def _rollback(self) -> None:
-        if self._db.usable(self._c) and self._db.in_transaction(self._c):
-            self._c.execute("ROLLBACK")
 
     # -- subscribers -----------------------------------------------------------------------
     @staticmethod
@@ -321,13 +294,8 @@ class SubscriberStore(Closing):
         return Subscriber(impi, bytes(k), bytes(opc), sqn, bytes(amf), guss, uicc, created)
 
     def get_subscriber(self, impi: str) -> Subscriber | None:
-        if not is_text(impi):
-            return None
-        row = self._run(
-            "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber"
-            f" WHERE impi = {self._p}",
-            (impi,),
-            fetch=_one,
+        row = self._by_key(
+            "SELECT k, opc, sqn, amf, guss, uicc, created_at FROM subscriber WHERE impi", impi
         )
         if row is None:
             return None
@@ -371,14 +339,11 @@ class SubscriberStore(Closing):
         p = self._p
         with self._lock:
             try:
-                conn = self._conn
-                self._db.begin(conn)
-                cur = conn.execute(f"DELETE FROM subscriber WHERE impi = {p}", (impi,))
-                removed = bool(cur.rowcount > 0)
-                conn.execute(f"DELETE FROM bootstrap WHERE impi = {p}", (impi,))
-                conn.execute("COMMIT")
+                with self._db.transaction(self._conn) as conn:
+                    cur = conn.execute(f"DELETE FROM subscriber WHERE impi = {p}", (impi,))
+                    removed = bool(cur.rowcount > 0)
+                    conn.execute(f"DELETE FROM bootstrap WHERE impi = {p}", (impi,))
             except self._db.errors as exc:
-                self._rollback()
                 raise self._error("write", exc) from None
         return removed
 
@@ -395,23 +360,16 @@ class SubscriberStore(Closing):
         p = self._p
         with self._lock:
             try:
-                conn = self._conn
-                self._db.begin(conn)
-                row = conn.execute(
-                    f"SELECT sqn FROM subscriber WHERE impi = {p}{self._for_update}", (impi,)
-                ).fetchone()
-                if row is None:
-                    conn.execute("ROLLBACK")
-                    raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
-                try:
+                with self._db.transaction(self._conn) as conn:
+                    row = conn.execute(
+                        f"SELECT sqn FROM subscriber WHERE impi = {p}{self._db.for_update}",
+                        (impi,),
+                    ).fetchone()
+                    if row is None:
+                        raise UnknownCredentialError(f"no subscriber {impi[:80]!r}")
                     new = next_sqn(int(row[0]), ind_bits)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute(f"UPDATE subscriber SET sqn = {p} WHERE impi = {p}", (new, impi))
-                conn.execute("COMMIT")
+                    conn.execute(f"UPDATE subscriber SET sqn = {p} WHERE impi = {p}", (new, impi))
             except self._db.errors as exc:
-                self._rollback()
                 raise self._error("write", exc) from None
         return new
 
@@ -458,13 +416,9 @@ class SubscriberStore(Closing):
 
     def get_session(self, btid: str) -> BootstrapSession | None:
         """The session of ``btid`` (expired ones too: the caller decides), or None."""
-        if not is_text(btid):
-            return None
-        row = self._run(
-            "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap"
-            f" WHERE btid = {self._p}",
-            (btid,),
-            fetch=_one,
+        row = self._by_key(
+            "SELECT impi, rand, ks, created_at, expires_at, gba_type FROM bootstrap WHERE btid",
+            btid,
         )
         if row is None:
             return None

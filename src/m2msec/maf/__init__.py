@@ -10,6 +10,8 @@ Entity B, an Infrastructure Node, later fetches Kc with the Key Retrieval proced
 * :mod:`m2msec.maf.store`: the MAF's own store (Master Credentials, allowed Entity Bs,
   client registrations, key registrations), SQLite, secrets sealed at rest;
 * :mod:`m2msec.maf.protocol`: our HTTP mapping of the 8.8.2 procedures, sans-IO;
+* :mod:`m2msec.maf.requests` (routing, parsing) and :mod:`m2msec.maf.rules` (each
+  procedure's rules over the store's reads, the success bodies), sans-IO;
 * :mod:`m2msec.maf.audit`: the append-only audit log (never key material);
 * :mod:`m2msec.servers.maf`: the asyncio server (``m2msec maf serve``).
 

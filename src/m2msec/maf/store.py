@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -47,7 +46,6 @@ from m2msec.errors import (
     ConfigurationError,
     DuplicateCredentialError,
     IdentifierError,
-    StoreError,
     UnknownCredentialError,
 )
 from m2msec.maf.store_records import (
@@ -71,29 +69,24 @@ from m2msec.maf.store_records import (
     utc_now,
 )
 from m2msec.maf.store_schema import (
-    KEK_CHECK,
+    MAF_SCHEMA,
     SCHEMA_VERSION,
     MafSql,
-    adopt_legacy_schema,
     client_info_from_row,
+    inspect_maf_schema,
     key_from_row,
     maf_database,
-    migrations,
     registration_from_row,
 )
 from m2msec.maf.store_writer import MafWriter
-from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.paths import state_path
 from m2msec.store.db import (
-    Closing,
-    Connection,
     Database,
     PostgresDatabase,
     SqliteDatabase,
-    connect_pair,
     redact_url,
 )
-from m2msec.store.schema import open_sealed_schema
-from m2msec.store.seal import Sealer
+from m2msec.store.sealed_store import SealedStore
 
 __all__ = [
     "DEFAULT_MAF_STORE_NAME",
@@ -127,7 +120,7 @@ _NO_LIMIT: Final = 1 << 62
 _CACHE_LIMIT: Final = 65536
 
 
-class MafStore(Closing):
+class MafStore(SealedStore):
     """The MAF store (module documentation). Thread-safe.
 
     ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, or a
@@ -163,12 +156,8 @@ class MafStore(Closing):
             home=home,
             connect_timeout=connect_timeout,
         )
-        self._db = db
         self._sql = MafSql(db)
         self._cache_ttl = cache_ttl
-        self._rlock = threading.Lock()
-        self._wlock = threading.Lock()
-        self._closed = False
         self._clients: dict[str, MasterCredential | None] = {}
         self._by_text: dict[str, MasterCredential] = {}
         self._live_regs: dict[tuple[str, str], ClientRegistration | None] = {}
@@ -179,51 +168,11 @@ class MafStore(Closing):
             self._path = db.path
         else:
             self._path = db.kek_path.parent / f"maf-postgresql-{schema}"
-        db.prepare()
-        try:
-            self._wconn, self._rconn = connect_pair(db)
-        except db.errors as exc:
-            raise StoreError(f"cannot open MAF store {self.location}: {db.message(exc)}") from None
-        try:
-            self._sealer = self._open_schema(kek)
-        except BaseException:
-            self._rconn.close()
-            self._wconn.close()
-            raise
-
-    def _open_schema(self, kek: bytes | None) -> Sealer:
-        db, conn = self._db, self._wconn
-        label = f"MAF store {self.location}"
-        try:
-            if isinstance(db, SqliteDatabase):
-                tables = {
-                    row[0]
-                    for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
-                }
-                if "psk" in tables and "keys" not in tables:
-                    raise StoreError(
-                        f"{self._path} is a psk-lookup-table (m2msec psk), not a MAF store"
-                    )
-            adopt_legacy_schema(db, conn, label)
-            return open_sealed_schema(
-                conn,
-                db=db,
-                label=label,
-                kek=kek,
-                kek_path=db.kek_path,
-                migrations=migrations(db),
-                version=SCHEMA_VERSION,
-                check=KEK_CHECK,
-            )
-        except db.errors as exc:
-            raise StoreError(f"cannot open {label}: {db.message(exc)}") from None
+        super().__init__(
+            db, MAF_SCHEMA, kind="MAF store", kek=kek, inspect=lambda c: inspect_maf_schema(db, c)
+        )
 
     # -- where ----------------------------------------------------------------------------
-    @property
-    def database(self) -> Database:
-        """Where the tables live, and their dialect."""
-        return self._db
-
     @property
     def path(self) -> Path:
         """The database file (for PostgreSQL: a name in the local directory holding the
@@ -251,9 +200,6 @@ class MafStore(Closing):
         """The durability: "full" or "normal" (module documentation)."""
         return self._synchronous
 
-    def __repr__(self) -> str:
-        return f"MafStore({self._db.label!r})"
-
     # -- transactions ---------------------------------------------------------------------
     @contextlib.contextmanager
     def writer(self) -> Iterator[MafWriter]:
@@ -261,16 +207,9 @@ class MafStore(Closing):
         db = self._db
         with self._wlock:
             try:
-                conn = self._writer_conn()
-                db.begin(conn)
-                w = MafWriter(conn, self._sql, self._sealer)
-                try:
+                with db.transaction(self._writer()) as conn:
+                    w = MafWriter(conn, self._sql, self._sealer)
                     yield w
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if db.usable(conn) and db.in_transaction(conn):
-                        conn.execute("ROLLBACK")
-                    raise
             except db.errors as exc:
                 raise self._error("write", exc) from None
         if w.config_changed:
@@ -530,30 +469,11 @@ class MafStore(Closing):
             keys, _ = w.purge(now or utc_now(), retention)
         return keys
 
-    # -- lifecycle ------------------------------------------------------------------------
-    def close(self) -> None:
-        with self._wlock, self._rlock:
-            if self._closed:
-                return
-            self._closed = True
-            self._clients.clear()
-            self._by_text.clear()
-            self._rconn.close()
-            self._wconn.close()
-
     # -- internals ------------------------------------------------------------------------
-    def _writer_conn(self) -> Connection:
-        # Caller holds _wlock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._closed and not self._db.usable(self._wconn):
-            self._wconn = self._db.connect()
-        return self._wconn
-
     def _fetch(self, sql: str, args: tuple[object, ...], *, many: bool = False) -> Any:
-        # Caller holds _rlock. A broken PostgreSQL connection is replaced at its next use.
+        # Caller holds _rlock.
         try:
-            if not self._closed and not self._db.usable(self._rconn):
-                self._rconn = self._db.connect()
-            cursor = self._rconn.execute(sql, args)
+            cursor = self._reader().execute(sql, args)
             return list(cursor.fetchall()) if many else cursor.fetchone()
         except self._db.errors as exc:
             raise self._error("read", exc) from None
@@ -584,22 +504,13 @@ class MafStore(Closing):
         self._live_regs.clear()
         self._entity_b = None
 
-    def _error(self, action: str, exc: Exception) -> StoreError:
-        # SQLite's messages and PostgreSQL's primary message hold no parameter values.
-        if self._closed:
-            return StoreError(f"MAF store {self.location} is closed")
-        return StoreError(f"cannot {action} MAF store {self.location}: {self._db.message(exc)}")
-
 
 # ----------------------------------------------------------------------------- opening
 
 
 def default_maf_store_path(*, create: bool = False) -> Path:
     """``<data dir>/maf.db`` (see :mod:`m2msec.paths`)."""
-    directory = data_dir()
-    if create:
-        ensure_private_dir(directory)
-    return directory / DEFAULT_MAF_STORE_NAME
+    return state_path(DEFAULT_MAF_STORE_NAME, create=create)
 
 
 def open_maf_store(url_or_path: str | os.PathLike[str] | None = None, **options: Any) -> MafStore:

@@ -10,7 +10,8 @@ Every statement is written once, against :class:`~m2msec.store.db.Database`'s ``
 (placeholder), ``key_text``, ``blob``, ``table_suffix``, ``serial_key`` and ``for_update``;
 :func:`m2msec.store.schema.open_sealed_schema` applies :func:`migrations`, SQLite and
 PostgreSQL alike. PostgreSQL schemas made before that (``maf/store_pg.py``, their version
-in a ``meta`` row) are taken over by :func:`adopt_legacy_schema`.
+in a ``meta`` row) are taken over by :func:`adopt_legacy_schema` (from
+:func:`inspect_maf_schema`, which a MAF store runs before its migrations).
 
 ``config-version`` is a random value rewritten in the transaction of every change to
 clients, entity_b or registrations, by any process: the read caches compare it. It is not
@@ -36,16 +37,18 @@ from m2msec.maf.store_records import (
     stored_time,
 )
 from m2msec.store.db import Connection, Database, PostgresDatabase, SqliteDatabase, open_database
-from m2msec.store.schema import KekCheck
+from m2msec.store.schema import KekCheck, SealedSchema
 from m2msec.store.seal import Sealer, sealed_plaintext_length
 
 __all__ = [
     "KEK_CHECK",
+    "MAF_SCHEMA",
     "SCHEMA_VERSION",
     "KeyRow",
     "MafSql",
     "adopt_legacy_schema",
     "client_info_from_row",
+    "inspect_maf_schema",
     "key_from_row",
     "maf_database",
     "migrations",
@@ -115,9 +118,24 @@ def migrations(db: Database) -> dict[int, tuple[str, ...]]:
     }
 
 
+MAF_SCHEMA: Final = SealedSchema(migrations, SCHEMA_VERSION, KEK_CHECK)
+
+
 def new_config_version() -> bytes:
     """A fresh ``config-version`` value (only compared for equality)."""
     return os.urandom(8)
+
+
+def inspect_maf_schema(db: Database, conn: Connection) -> None:
+    """What a MAF store checks of the database it opens, before its migrations: a SQLite
+    file holding a psk-lookup-table is refused, a legacy PostgreSQL schema adopted."""
+    if isinstance(db, SqliteDatabase):
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        }
+        if "psk" in tables and "keys" not in tables:
+            raise StoreError(f"{db.path} is a psk-lookup-table (m2msec psk), not a MAF store")
+    adopt_legacy_schema(db, conn, f"MAF store {db.label}")
 
 
 def adopt_legacy_schema(db: Database, conn: Connection, label: str) -> None:
@@ -132,29 +150,24 @@ def adopt_legacy_schema(db: Database, conn: Connection, label: str) -> None:
         return
     if not conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
         return  # a new schema
-    db.begin_exclusive(conn)
-    try:
-        if db.schema_version(conn) == 0:  # not adopted by another process meanwhile
-            row = conn.execute("SELECT counter FROM meta WHERE name = 'schema-version'").fetchone()
-            if row is None:
-                raise StoreError(f"{label}: schema {db.schema} is not a MAF store")
-            version = int(row[0])
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{label} has schema version {version}; this version of m2msec reads up "
-                    f"to {SCHEMA_VERSION}"
-                )
-            db.set_schema_version(conn, version)
-            conn.execute("DELETE FROM meta WHERE name = 'schema-version'")
-            conn.execute(
-                f"UPDATE meta SET value = {db.p} WHERE name = 'config-version'",
-                (new_config_version(),),
+    with db.transaction(conn, exclusive=True):
+        if db.schema_version(conn) != 0:
+            return  # adopted by another process meanwhile
+        row = conn.execute("SELECT counter FROM meta WHERE name = 'schema-version'").fetchone()
+        if row is None:
+            raise StoreError(f"{label}: schema {db.schema} is not a MAF store")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{label} has schema version {version}; this version of m2msec reads up "
+                f"to {SCHEMA_VERSION}"
             )
-        conn.execute("COMMIT")
-    except BaseException:
-        if db.usable(conn) and db.in_transaction(conn):
-            conn.execute("ROLLBACK")
-        raise
+        db.set_schema_version(conn, version)
+        conn.execute("DELETE FROM meta WHERE name = 'schema-version'")
+        conn.execute(
+            f"UPDATE meta SET value = {db.p} WHERE name = 'config-version'",
+            (new_config_version(),),
+        )
 
 
 KeyRow = tuple[str, bytes | None, int, str, int, str, str | None, str, str | None, int, int, int]

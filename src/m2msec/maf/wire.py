@@ -1,6 +1,6 @@
 """MAF messages on the wire, shared by both roles (TS-0003 8.8.2; tracker issue 10 item 2).
 
-One module writes and reads what the MAF Client (``frameworks/maf.py``: MafSession,
+One module writes and reads what the MAF Client (``frameworks/maf/``: MafSession,
 MafClient, MafKeyRetriever) and the MAF server (``maf/protocol.py``) exchange, so the two
 ends cannot drift apart again:
 

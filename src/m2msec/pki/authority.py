@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id, subject_alt_name
+from m2msec.paths import write_private
 from m2msec.pki.names import show_name, spki_der
 from m2msec.pki.profiles import (
     BACKDATE,
@@ -89,36 +89,6 @@ class IssuedCredential:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``mode``; O_EXCL makes it fail if anything is already there."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(path, flags, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fd = -1
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        if fd != -1:
-            os.close(fd)
-
-
-def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` atomically (temporary file with ``mode``, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_ca(
     directory: Path,
     key: ec.EllipticCurvePrivateKey,
@@ -152,7 +122,7 @@ def _write_ca(
     try:
         # The key first: its O_EXCL creation is what makes a concurrent init lose.
         for fname, data, mode in files:
-            _write_new(directory / fname, data, mode)
+            write_private(directory / fname, data, mode=mode)
             written.append(directory / fname)
     except FileExistsError as exc:
         for path in written:
@@ -221,7 +191,8 @@ class CertificateAuthority:
         """Record ``serial`` as revoked (now); :meth:`write_crl` publishes it."""
         revoked = self._revoked()
         revoked.setdefault(format(serial, "x"), datetime.now(UTC).isoformat(timespec="seconds"))
-        _replace(self.directory / CA_REVOKED, json.dumps(revoked, indent=1).encode(), 0o600)
+        data = json.dumps(revoked, indent=1).encode()
+        write_private(self.directory / CA_REVOKED, data, exist_ok=True)
 
     def crl(self, *, days: int = 7) -> x509.CertificateRevocationList:
         """A CRL of every revoked serial, signed by the CA, valid ``days``."""
@@ -244,7 +215,8 @@ class CertificateAuthority:
     def write_crl(self, *, days: int = 7) -> Path:
         """Write ``crl.pem`` atomically (listeners reload it when it changes)."""
         crl = self.crl(days=days)
-        _replace(self.crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        pem = crl.public_bytes(serialization.Encoding.PEM)
+        write_private(self.crl_path, pem, exist_ok=True, mode=0o644)
         return self.crl_path
 
     # -- creation ------------------------------------------------------------------------
@@ -499,17 +471,17 @@ def write_credential(
     cert_path = prefix.with_name(prefix.name + ".pem")
     prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if overwrite:
-        _replace(key_path, credential.key_pem, 0o600)
-        _replace(cert_path, credential.cert_pem, 0o644)
+        write_private(key_path, credential.key_pem, exist_ok=True)
+        write_private(cert_path, credential.cert_pem, exist_ok=True, mode=0o644)
         return key_path, cert_path
     existing = [p for p in (key_path, cert_path) if p.exists() or p.is_symlink()]
     if existing:
         raise ConfigurationError(
             f"{', '.join(str(p) for p in existing)} already exists; refusing to overwrite"
         )
-    _write_new(key_path, credential.key_pem, 0o600)
+    write_private(key_path, credential.key_pem)
     try:
-        _write_new(cert_path, credential.cert_pem, 0o644)
+        write_private(cert_path, credential.cert_pem, mode=0o644)
     except OSError:
         key_path.unlink(missing_ok=True)
         raise

@@ -16,13 +16,15 @@ Two TLS listeners, one framework each:
   Retrieval (8.8.2.8). The identity read from its certificate is what is checked against
   the allowed Entity Bs and the key's targetIDs.
 
-Requests are HTTP/1.1 (:mod:`m2msec.bindings.http`) mapped onto the procedures by
-:mod:`m2msec.maf.protocol`. Every write (key registrations above all) and every audit record
-goes through one *journal* that commits what has queued up in one SQLite transaction
-(each request in its own savepoint, the batch's audit records in the ``audit`` table of the
-same transaction), copies the records to the ``audit.log`` file, and only then lets the
-requests be answered: a 2001 CREATED is never sent for a key that is not committed, and
-concurrent requests share the cost of the commit (group commit).
+Requests are HTTP/1.1 (:mod:`m2msec.bindings.http`); this module keeps the listeners, their
+TLS profiles and the connections' lifecycle, and hands each request to the sans-IO
+procedures of :class:`m2msec.maf.service.MafService` (mapping in :mod:`m2msec.maf.protocol`).
+Every write they plan (key registrations above all) and every audit record goes through one
+*journal* (:mod:`m2msec.servers.maf_journal`) that commits what has queued up in one
+store transaction (each request in its own savepoint, the batch's audit records in the
+``audit`` table of the same transaction), copies the records to the ``audit.log`` file, and
+only then lets the requests be answered: a 2001 CREATED is never sent for a key that is not
+committed, and concurrent requests share the cost of the commit (group commit).
 
 Durability (``durability``): "normal" commits on the loop's thread without fsync (SQLite
 ``synchronous=NORMAL``, WAL): a committed key survives the MAF process being killed, but
@@ -38,47 +40,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from m2msec.bindings.http import (
-    BadRequest,
-)
+from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
-from m2msec.config.maf import (
-    DEFAULT_LISTEN,
-    DEFAULT_RETRIEVAL_LISTEN,
-    MafConfig,
-    load_maf_config,
-    parse_maf_config,
-)
-from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_CONNECTION
+from m2msec.config.maf import MafConfig
 from m2msec.errors import (
     CertificateError,
     ConfigurationError,
     HandshakeError,
     IdentifierError,
-    M2MSecError,
     StoreError,
 )
 from m2msec.keyids import CredentialId
 from m2msec.maf import protocol as p
 from m2msec.maf.audit import AuditEvent, AuditLog, audit_record
+from m2msec.maf.service import ClientSession, MafService, MafStats, Retriever, Step, Write
 from m2msec.maf.store import (
     MafStore,
     MafWriter,
-    MasterCredential,
-    NewKey,
     default_maf_store_path,
     open_maf_store,
     parse_km_id,
 )
+from m2msec.servers.maf_journal import MafJournal
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.outage import StoreOutage
@@ -87,23 +75,11 @@ from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
 from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
 
-__all__ = [
-    "DEFAULT_LISTEN",
-    "DEFAULT_RETRIEVAL_LISTEN",
-    "MafConfig",
-    "MafServer",
-    "MafStats",
-    "load_maf_config",
-    "parse_maf_config",
-]
+__all__ = ["MafServer"]
 
 log = logging.getLogger(__name__)
 
 AUDIT_LOG_NAME: Final = "audit.log"
-#: Most jobs the journal commits in one transaction.
-MAX_BATCH: Final = 512
-#: How long close() lets queued writes finish.
-SHUTDOWN_GRACE: Final = 5.0
 #: TLSServer's reasons for connections that never reached a decision.
 _NOT_AUDITED: Final = (
     "connection lost during the handshake",
@@ -111,253 +87,6 @@ _NOT_AUDITED: Final = (
     "handshake timed out",
     "too many handshakes in progress",
 )
-
-
-# ----------------------------------------------------------------------------- journal
-
-
-Outcome = Any  # the op's result, or the exception it raised
-AuditFor = Callable[[Outcome], Sequence[dict[str, str | int]]]
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    op: Callable[[MafWriter], Any] | None
-    audit: AuditFor
-    future: asyncio.Future[Outcome] | None
-    #: The op is one SQL statement (atomic by itself): no savepoint needed around it.
-    atomic: bool = False
-
-
-class _Journal:
-    """Group commit of store writes and audit records (module documentation).
-
-    Jobs queue in a list; whenever no commit is running, everything queued (up to
-    :data:`MAX_BATCH`) becomes the next transaction, and the jobs that arrive meanwhile
-    make up the one after it. No task sits in between: a request's future is resolved by
-    the callback that ends its batch.
-
-    ``inline`` commits on the event loop's thread, in a callback run once the loop has
-    served what is ready (so that the requests of one loop iteration share the commit):
-    only sensible when commits do not fsync (durability "normal"). Otherwise each batch
-    runs in the journal's one worker thread while the loop goes on serving (and queueing
-    the next batch).
-    """
-
-    def __init__(
-        self,
-        store: MafStore,
-        audit: AuditLog,
-        *,
-        inline: bool = False,
-        outage: StoreOutage | None = None,
-    ) -> None:
-        self.outage = outage if outage is not None else StoreOutage("MAF store", logger=log)
-        self.store = store
-        self.audit = audit
-        self.inline = inline
-        self.batches = 0
-        self.jobs = 0
-        self._pending: list[_Job] = []
-        self._busy = False  # a batch is scheduled or being committed
-        self._waited = False  # inline: the next batch has waited one loop iteration
-        self._running = False
-        self._idle: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        if not self.inline:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="maf-journal")
-        self._running = True
-
-    async def submit(
-        self, op: Callable[[MafWriter], Any] | None, audit: AuditFor, *, atomic: bool = False
-    ) -> Outcome:
-        """Run ``op`` in the next group transaction; return its result or the exception it
-        raised (a failed commit raises StoreError here) once commit and audit are written.
-
-        A cancelled caller does not take its job back: it is committed all the same."""
-        if not self._running or self._loop is None:
-            raise StoreError("the MAF journal is not running")
-        future: asyncio.Future[Outcome] = self._loop.create_future()
-        self._enqueue(_Job(op, audit, future, atomic))
-        return await future
-
-    def note(self, records: Sequence[dict[str, str | int]]) -> None:
-        """Queue audit records nobody waits for (handshake refusals)."""
-        if self._running:
-            self._enqueue(_Job(None, lambda _r: records, None))
-
-    async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Commit what is queued (for at most ``grace`` seconds), then stop."""
-        if not self._running:
-            return
-        self._running = False
-        assert self._idle is not None
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace)
-        except TimeoutError:
-            log.error("MAF journal: %d writes not committed at shutdown", len(self._pending))
-        pending, self._pending = self._pending, []
-        for job in pending:
-            _finish(job, StoreError("the MAF is shutting down"), error=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-
-    def _enqueue(self, job: _Job) -> None:
-        self._pending.append(job)
-        if not self._busy:
-            self._busy = True
-            assert self._loop is not None and self._idle is not None
-            self._idle.clear()
-            self._loop.call_soon(self._next_batch)
-
-    def _next_batch(self) -> None:
-        if self.inline and not self._waited and len(self._pending) < MAX_BATCH:
-            # One more loop iteration first: requests whose bytes arrive in its poll join
-            # this commit (an inline commit holds the loop, so grouping is what saves).
-            self._waited = True
-            assert self._loop is not None
-            self._loop.call_soon(self._next_batch)
-            return
-        self._waited = False
-        batch = self._pending[:MAX_BATCH]
-        del self._pending[:MAX_BATCH]
-        if not batch:
-            self._busy = False
-            assert self._idle is not None
-            self._idle.set()
-            return
-        if self.inline:
-            try:
-                outcomes = self._commit(batch)
-            except Exception as exc:
-                self._failed(batch, exc)
-            else:
-                self._done(batch, outcomes)
-            self._after_batch()
-            return
-        assert self._loop is not None and self._executor is not None
-        work = self._loop.run_in_executor(self._executor, self._commit, batch)
-        work.add_done_callback(lambda f: self._thread_done(batch, f))
-
-    def _thread_done(self, batch: list[_Job], work: asyncio.Future[list[Outcome]]) -> None:
-        exc = work.exception() if not work.cancelled() else StoreError("commit cancelled")
-        if exc is None:
-            self._done(batch, work.result())
-        else:
-            self._failed(batch, exc)
-        self._after_batch()
-
-    def _after_batch(self) -> None:
-        # Jobs that queued meanwhile form the next batch (group commit); without any, the
-        # journal goes idle. The next batch starts at once on the loop: the jobs queued
-        # while this one was committed already shared the wait.
-        if self._pending:
-            if self.inline:
-                assert self._loop is not None
-                self._loop.call_soon(self._next_batch)
-            else:
-                self._next_batch()
-        else:
-            self._busy = False
-            assert self._idle is not None
-            self._idle.set()
-
-    def _done(self, batch: list[_Job], outcomes: list[Outcome]) -> None:
-        self.batches += 1
-        self.jobs += len(batch)
-        self.outage.succeeded()
-        for job, outcome in zip(batch, outcomes, strict=True):
-            _finish(job, outcome)
-
-    def _failed(self, batch: list[_Job], exc: BaseException) -> None:
-        self.outage.failed(exc)  # one line per outage, not one per batch
-        failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
-        for job in batch:
-            _finish(job, failure, error=True)
-
-    def _commit(self, batch: list[_Job]) -> list[Outcome]:
-        outcomes: list[Outcome] = [None] * len(batch)
-        records: list[dict[str, str | int]] = []
-        with self.store.writer() as w:
-            for i, job in enumerate(batch):
-                if job.op is not None:
-                    try:
-                        if job.atomic:
-                            outcomes[i] = job.op(w)
-                        else:
-                            with w.savepoint():
-                                outcomes[i] = job.op(w)
-                    except StoreError:
-                        raise  # the database itself failed: fail the batch
-                    except Exception as exc:
-                        outcomes[i] = exc
-                records.extend(job.audit(outcomes[i]))
-            w.append_audit(records)
-        # The file is a copy for operators (tail -f); the audit table is the record.
-        try:
-            self.audit.write(records)
-        except StoreError as exc:
-            log.error("%s", exc)
-        return outcomes
-
-
-def _finish(job: _Job, outcome: Outcome, *, error: bool = False) -> None:
-    if job.future is None or job.future.done():
-        return
-    if error:
-        job.future.set_exception(outcome)
-    else:
-        job.future.set_result(outcome)
-
-
-# ----------------------------------------------------------------------------- server
-
-
-@dataclass(slots=True)
-class MafStats:
-    """Counters since start (no identities, no keys)."""
-
-    client_associations: int = 0
-    retrieval_associations: int = 0
-    handshakes_failed: int = 0
-    requests: int = 0
-    keys_issued: int = 0
-    keys_retrieved: int = 0
-    keys_updated: int = 0
-    keys_deregistered: int = 0
-    client_registrations: int = 0
-    requests_refused: int = 0
-    bad_requests: int = 0
-    internal_errors: int = 0
-    store_errors: int = 0
-    refused_by_rsc: Counter[int] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in self.__dataclass_fields__
-            if name != "refused_by_rsc"
-        }
-        out["refused_by_rsc"] = {str(k): v for k, v in sorted(self.refused_by_rsc.items())}
-        return out
-
-
-@dataclass(slots=True, eq=False)
-class _ClientSession:
-    """One MAF Handshake session of a Source MAF Client."""
-
-    conn: TLSConnection
-    km: MasterCredential
-    exported_used: bool = False
-
-
-Handle = Callable[[OneM2MRequest], Awaitable[HttpResponse]]
 
 
 class MafServer:
@@ -387,7 +116,8 @@ class MafServer:
         self._own_store = store is None
         self._clock = clock
         self._audit: AuditLog | None = None
-        self._journal: _Journal | None = None
+        self._journal: MafJournal | None = None
+        self._service: MafService | None = None
         self._client_server: TLSServer | None = None
         self._retrieval_server: TLSServer | None = None
         self._purge_task: asyncio.Task[None] | None = None
@@ -410,6 +140,12 @@ class MafServer:
     def store(self) -> MafStore:
         assert self._store is not None, "start() the server first"
         return self._store
+
+    @property
+    def service(self) -> MafService:
+        """The procedures (:class:`m2msec.maf.service.MafService`), once started."""
+        assert self._service is not None, "start() the server first"
+        return self._service
 
     @property
     def audit_path(self) -> Path:
@@ -464,10 +200,11 @@ class MafServer:
             # Commit on the loop's thread only when commits do not fsync (never for
             # PostgreSQL: a commit there is a network round trip).
             inline = self._store.synchronous != "full" and self._store.in_process
-            self._journal = _Journal(
+            self._journal = MafJournal(
                 self._store, self._audit, inline=inline, outage=self._store_outage
             )
             self._journal.start()
+            self._service = MafService(self._store, self.policy, self._clock, stats=self.stats)
             self._client_server = TLSServer(
                 self._client_profile(),
                 self._serve_client,
@@ -623,28 +360,25 @@ class MafServer:
         if km is None or not km.enabled:
             return  # removed between the PSK lookup and now
         self.stats.client_associations += 1
-        session = _ClientSession(conn, km)
+        session = ClientSession(km, ctx.sa_id, conn.export_keying_material)
         log.debug("MAF Handshake with %s (%s, %s)", km.km_id, ctx.protocol, ctx.cipher_suite)
+        service = self.service
 
-        async def handle(request: OneM2MRequest) -> HttpResponse:
-            return await self._handle_client(session, request)
+        async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            return await self._run(service.handle_client(session, request)), False
 
-        await self._http_loop(conn, handle)
+        await self._http.serve(conn, answer)
 
     async def _serve_retrieval(self, conn: TLSConnection) -> None:
         ctx = conn.context
         self.stats.retrieval_associations += 1
-        retriever = ctx.peer_id if ctx.peer_kind in (PeerKind.AE, PeerKind.CSE) else None
+        entity = ctx.peer_id if ctx.peer_kind in (PeerKind.AE, PeerKind.CSE) else None
+        peer = Retriever(entity, ctx.peer_id, ctx.peer_kind.value, ctx.sa_id)
         log.debug("retrieval channel with %s (%s)", ctx.peer_id, ctx.peer_kind.value)
+        service = self.service
 
-        async def handle(request: OneM2MRequest) -> HttpResponse:
-            return await self._handle_retrieval(conn, retriever, request)
-
-        await self._http_loop(conn, handle)
-
-    async def _http_loop(self, conn: TLSConnection, handle: Handle) -> None:
         async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
-            return await handle(request), False
+            return await self._run(service.handle_retrieval(peer, request)), False
 
         await self._http.serve(conn, answer)
 
@@ -660,367 +394,20 @@ class MafServer:
             p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error"), request
         )
 
-    # -- procedures: client listener --------------------------------------------------------
-    async def _handle_client(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
-        try:
-            p.request_id(request)
-            r = p.route(request.method, request.target)
-            proc = r.procedure
-            if proc is p.Procedure.KEY_REGISTRATION:
-                return await self._key_registration(s, request)
-            if proc is p.Procedure.KEY_UPDATE:
-                assert r.param is not None
-                return await self._key_update(s, r.param, request)
-            if proc is p.Procedure.KEY_DEREGISTRATION:
-                assert r.param is not None
-                return await self._key_deregistration(s, r.param, request)
-            if proc is p.Procedure.CLIENT_REGISTRATION:
-                return await self._client_registration(s, request)
-            if proc is p.Procedure.CONFIG_RETRIEVAL:
-                assert r.param is not None
-                return self._config_retrieval(s, r.param, request)
-            if proc is p.Procedure.REGISTRATION_UPDATE:
-                assert r.param is not None
-                return await self._registration_update(s, r.param, request)
-            if proc is p.Procedure.DEREGISTRATION:
-                assert r.param is not None
-                return await self._deregistration(s, r.param, request)
-            raise p.MafRefusal(
-                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
-                "Key Retrieval is served on the retrieval listener (mutual TLS with "
-                "certificates), not over a MAF Handshake",
-            )
-        except p.MafRefusal as refusal:
-            return self._refused(refusal, request, s.km.km_id)
-
-    def _refused(self, refusal: p.MafRefusal, request: OneM2MRequest, who: str) -> HttpResponse:
-        self.stats.requests_refused += 1
-        self.stats.refused_by_rsc[refusal.rsc] += 1
-        log.info(
-            "refused %s %s from %s: %d %s",
-            request.method,
-            request.target[:120],
-            who,
-            refusal.rsc,
-            refusal.audit,
-        )
-        return p.refusal_response(refusal, request)
-
-    async def _submit(
-        self, op: Callable[[MafWriter], Any] | None, audit: AuditFor, *, atomic: bool = False
-    ) -> Any:
+    # -- the procedures (maf.service) through the journal --------------------------------
+    async def _run(self, step: Step) -> HttpResponse:
+        """Commit each write the service plans, then answer as it says (maf.service)."""
         assert self._journal is not None
-        outcome = await self._journal.submit(op, audit, atomic=atomic)
-        if isinstance(outcome, p.MafRefusal):
-            raise outcome
-        if isinstance(outcome, M2MSecError | ValueError):
-            raise p.MafRefusal(RSC.BAD_REQUEST, str(outcome))
-        if isinstance(outcome, BaseException):
-            log.error("MAF write failed: %r", outcome)
-            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error")
-        return outcome
-
-    async def _key_registration(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
-        """8.8.2.7."""
-        km = s.km
-        sa = s.conn.context.sa_id
-        try:
-            req = p.parse_key_registration(request, self.policy)
-            exported: bytes | None = None
-            if req.key_value is None and not s.exported_used:
-                exported = s.conn.export_keying_material(LABEL_CONNECTION, EXPORT_LENGTH)
-            now = self._clock()
-            plan = p.plan_key_registration(
-                self.store,
-                self.policy,
-                km,
-                req,
-                now,
-                exported=exported,
-                random_id=secrets.token_bytes(16),
-            )
-        except p.MafRefusal as refusal:
-            await self._audit_now(
-                audit_record(
-                    AuditEvent.KEY_REFUSED,
-                    kmId=km.km_id,
-                    rsc=refusal.rsc,
-                    reason=refusal.audit,
-                    sa=sa,
-                )
-            )
-            raise
-        source = "keyValue" if req.key_value is not None else "exporter"
-        for _attempt in range(3):
-            kc_id = str(self.policy.kc_id(plan.relative_hex))
-            target = ",".join(plan.target_ids)
-
-            def audit(
-                outcome: Any, kc_id: str = kc_id, target: str = target, key: NewKey = plan
-            ) -> list[dict[str, str | int]]:
-                if outcome is True:
-                    return [
-                        audit_record(
-                            AuditEvent.KEY_ISSUED,
-                            kcId=kc_id,
-                            kmId=km.km_id,
-                            target=target,
-                            expires=p.format_m2m_time(key.expires_at),
-                            suid=key.suid,
-                            adminFQDN=key.admin_fqdn,
-                            regId=key.reg_id,
-                            source=source,
-                            sa=sa,
-                        )
-                    ]
-                why = "RelativeKeyID already in use" if outcome is False else str(outcome)
-                return [
-                    audit_record(
-                        AuditEvent.KEY_REFUSED,
-                        kcId=kc_id,
-                        kmId=km.km_id,
-                        target=target,
-                        rsc=p.CONFLICT if outcome is False else RSC.INTERNAL_SERVER_ERROR,
-                        reason=why,
-                        sa=sa,
-                    )
-                ]
-
-            def op(w: MafWriter, key: NewKey = plan) -> bool:
-                return w.insert_key(key, now=now)
-
-            stored = await self._submit(op, audit, atomic=True)
-            if stored:
-                break
-            if req.key_value is None:
-                raise p.MafRefusal(
-                    p.CONFLICT,
-                    f"RelativeKeyID {plan.relative_hex} is already in use",
-                    audit="exported RelativeKeyID already in use",
-                )
-            # A random RelativeKeyID collided (not expected in practice): draw another.
-            plan = p.plan_key_registration(
-                self.store,
-                self.policy,
-                km,
-                req,
-                now,
-                exported=None,
-                random_id=secrets.token_bytes(16),
-            )
-        else:
-            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "no free RelativeKeyID")
-        if exported is not None:
-            s.exported_used = True
-        self.stats.keys_issued += 1
-        return p.maf_response(RSC.CREATED, p.key_registration_body(plan, km), request)
-
-    async def _key_update(
-        self, s: _ClientSession, rel_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.9."""
-        req = p.parse_key_update(request, self.policy)
-        now = self._clock()
-        key = p.owned_key(self.store, s.km, rel_id, now)
-        changes, body = p.plan_key_update(self.store, self.policy, key, req, now)
-        kc_id = str(self.policy.kc_id(rel_id))
-
-        def op(w: MafWriter) -> Any:
-            updated = w.update_key(rel_id, **changes)
-            if updated is None:
-                raise p.MafRefusal(RSC.NOT_FOUND, "no such key registration", audit="vanished")
-            return updated
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.KEY_UPDATED,
-                    kcId=kc_id,
-                    kmId=s.km.km_id,
-                    target=",".join(outcome.target_ids),
-                    expires=p.format_m2m_time(outcome.expires_at),
-                )
-            ]
-
-        await self._submit(op, audit)
-        self.stats.keys_updated += 1
-        return p.maf_response(RSC.UPDATED, body, request)
-
-    async def _key_deregistration(
-        self, s: _ClientSession, rel_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.10."""
-        now = self._clock()
-        p.owned_key(self.store, s.km, rel_id, now)
-        kc_id = str(self.policy.kc_id(rel_id))
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if outcome is not True:
-                return []
-            return [audit_record(AuditEvent.KEY_DEREGISTERED, kcId=kc_id, kmId=s.km.km_id)]
-
-        if not await self._submit(lambda w: w.deregister_key(rel_id), audit):
-            raise p.MafRefusal(RSC.NOT_FOUND, "no such key registration", audit="vanished")
-        self.stats.keys_deregistered += 1
-        return p.maf_response(RSC.DELETED, None, request)
-
-    async def _client_registration(self, s: _ClientSession, request: OneM2MRequest) -> HttpResponse:
-        """8.8.2.3."""
-        req = p.parse_client_registration(request, self.policy)
-        reg = p.plan_client_registration(
-            self.policy, s.km, req, self._clock(), secrets.token_hex(16)
-        )
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_REGISTERED,
-                    kmId=s.km.km_id,
-                    regId=reg.reg_id,
-                    adminFQDN=reg.admin_fqdn,
-                    expires=p.format_m2m_time(reg.expires_at),
-                )
-            ]
-
-        await self._submit(lambda w: w.insert_registration(reg), audit)
-        self.stats.client_registrations += 1
-        return p.maf_response(RSC.CREATED, p.client_registration_body(reg, s.km), request)
-
-    def _config_retrieval(
-        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.4."""
-        p.owned_registration(self.store, s.km, reg_id, self._clock())
-        config = self.store.get_client_config(s.km.canonical)
-        if config is None:
-            raise p.MafRefusal(
-                RSC.NOT_FOUND, "no MAF Client Configuration is associated with this registration"
-            )
-        return p.maf_response(RSC.OK, {"mafClientCfg": config}, request)
-
-    async def _registration_update(
-        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.5."""
-        req = p.parse_registration_update(request, self.policy)
-        now = self._clock()
-        reg = p.owned_registration(self.store, s.km, reg_id, now)
-        expires, body = p.plan_registration_update(self.policy, reg, req, now)
-        kwargs: dict[str, Any] = {"expires_at": expires}
-        if req.has_labels:
-            kwargs["labels"] = req.labels
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException):
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_UPDATED,
-                    kmId=s.km.km_id,
-                    regId=reg_id,
-                    expires=p.format_m2m_time(outcome.expires_at),
-                )
-            ]
-
-        await self._submit(lambda w: w.update_registration(reg_id, **kwargs), audit)
-        return p.maf_response(RSC.UPDATED, body, request)
-
-    async def _deregistration(
-        self, s: _ClientSession, reg_id: str, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.6: the registration and the keys registered under it are removed."""
-        p.owned_registration(self.store, s.km, reg_id, self._clock())
-
-        def audit(outcome: Any) -> list[dict[str, str | int]]:
-            if isinstance(outcome, BaseException) or not outcome[0]:
-                return []
-            return [
-                audit_record(
-                    AuditEvent.CLIENT_DEREGISTERED,
-                    kmId=s.km.km_id,
-                    regId=reg_id,
-                    keys=outcome[1],
-                )
-            ]
-
-        found, _keys = await self._submit(lambda w: w.delete_registration(reg_id), audit)
-        if not found:
-            raise p.MafRefusal(RSC.NOT_FOUND, "no such MAF Client Registration", audit="vanished")
-        return p.maf_response(RSC.DELETED, None, request)
-
-    # -- procedures: retrieval listener ---------------------------------------------------
-    async def _handle_retrieval(
-        self, conn: TLSConnection, retriever: str | None, request: OneM2MRequest
-    ) -> HttpResponse:
-        """8.8.2.8."""
-        who = retriever or conn.context.peer_id
-        if retriever is not None:
-            with contextlib.suppress(IdentifierError):
-                who = p.canonical_entity(retriever, self.policy.sp_fqdn)
-        sa = conn.context.sa_id
-        rel_id: str | None = None
-        try:
-            p.request_id(request)
-            r = p.route(request.method, request.target)
-            if r.procedure is not p.Procedure.KEY_RETRIEVAL:
-                raise p.MafRefusal(
-                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
-                    "the retrieval listener serves Key Retrieval (GET /maf/keys/{id}) only",
-                )
-            rel_id = r.param
-            assert rel_id is not None
-            if retriever is None:
-                raise p.MafRefusal(
-                    RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
-                    "the authenticated identity is not an AE-ID or CSE-ID",
-                    audit=f"retriever {who} ({conn.context.peer_kind.value}) is not an AE or CSE",
-                )
-            key = p.decide_retrieval(self.store, self.policy, retriever, rel_id, self._clock())
-        except p.MafRefusal as refusal:
-            kc_id: str | None = None
-            if rel_id is not None:
-                # A RelativeKeyID too long for a psk_identity makes no KcId (10.3.5).
-                with contextlib.suppress(IdentifierError):
-                    kc_id = str(self.policy.kc_id(rel_id))
-            await self._audit_now(
-                audit_record(
-                    AuditEvent.RETRIEVAL_REFUSED,
-                    kcId=kc_id,
-                    retriever=who,
-                    rsc=refusal.rsc,
-                    reason=refusal.audit,
-                    sa=sa,
-                )
-            )
-            return self._refused(refusal, request, who)
-        client = self.store.get_client(key.km_id)
-        await self._audit_now(
-            audit_record(
-                AuditEvent.KEY_RETRIEVED,
-                kcId=str(self.policy.kc_id(key.relative_id)),
-                kmId=client.km_id if client else key.km_id,
-                retriever=who,
-                target=",".join(key.target_ids),
-                expires=p.format_m2m_time(key.expires_at),
-                entityId=client.entity_id if client else None,
-                sa=sa,
-            )
-        )
-        self.stats.keys_retrieved += 1
-        return p.maf_response(RSC.OK, p.retrieval_body(key, client), request)
-
-    async def _audit_now(self, record: dict[str, str | int]) -> None:
-        """Write one audit record (durably) before answering."""
-        assert self._journal is not None
-        try:
-            await self._journal.submit(None, lambda _o: [record])
-        except StoreError as exc:
-            self._store_outage.failed(exc)  # one line per outage
-            raise p.MafRefusal(RSC.INTERNAL_SERVER_ERROR, "MAF internal error") from None
+        while isinstance(step, Write):
+            try:
+                outcome = await self._journal.submit(step.op, step.audit, atomic=step.atomic)
+            except StoreError as exc:
+                if step.op is not None:
+                    raise  # a failed commit: answered 5000 as an internal error
+                self._store_outage.failed(exc)  # one line per outage
+                outcome = exc  # an audit record not written: the service refuses
+            step = step.then(outcome)
+        return step
 
     # -- housekeeping ---------------------------------------------------------------------
     async def _purge_loop(self) -> None:

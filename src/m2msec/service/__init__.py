@@ -7,4 +7,6 @@ place; :mod:`m2msec.service.server` is the one server driver (``HttpService``, u
 gateway, the MAF and the BSF); :mod:`m2msec.service.client` the one client driver
 (``HttpClient``), with :mod:`m2msec.service.onem2m_client` (``OneM2MClient``, Entity A's
 oneM2M requests) on top; :mod:`m2msec.service.streams` the byte-stream shape they drive.
+:mod:`m2msec.service.coap_client` (``CoapClient``) drives the sans-IO CoAP client side,
+:mod:`m2msec.bindings.coap.exchange`, over one DTLS association.
 """

@@ -5,6 +5,9 @@ The servers (gateway, MAF, BSF) build one :class:`HttpLimits` from their configu
 BSF's own ``idle_timeout`` / ``max_body``); the clients take one with a body cap. A request
 head must be complete within ``request_head_timeout`` of its first byte (a slow-loris head is
 answered 408 and closed), a keep-alive connection may idle ``idle_timeout`` between requests.
+
+The CoAP client's limits sit beside them: :class:`CoapLimits` (RFC 7252 4.8 transmission
+parameters and the largest block-wise answer it joins, RFC 7959).
 """
 
 from __future__ import annotations
@@ -12,14 +15,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from m2msec.bindings.coap.messages import ACK_TIMEOUT, MAX_RETRANSMIT
 from m2msec.bindings.http import DEFAULT_MAX_BODY, DEFAULT_MAX_HEADER
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_REQUEST_HEAD_TIMEOUT", "HttpLimits"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_ANSWER",
+    "DEFAULT_REQUEST_HEAD_TIMEOUT",
+    "CoapLimits",
+    "HttpLimits",
+]
 
 #: Seconds from a request head's first byte to its end (else 408 and close).
 DEFAULT_REQUEST_HEAD_TIMEOUT = 10.0
 #: Seconds a keep-alive connection may idle between requests.
 DEFAULT_IDLE_TIMEOUT = 120.0
+#: Largest block-wise answer the CoAP client joins (a CSE answer this large is a mistake).
+DEFAULT_MAX_ANSWER = 16 * 1024 * 1024
 
 
 class _ServerConfig(Protocol):
@@ -59,3 +71,16 @@ class HttpLimits:
             request_head_timeout=config.request_head_timeout,
             idle_timeout=config.idle_timeout,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CoapLimits:
+    """The CoAP client's retransmission parameters (RFC 7252 4.8) and answer cap."""
+
+    ack_timeout: float = ACK_TIMEOUT
+    max_retransmit: int = MAX_RETRANSMIT
+    max_answer: int = DEFAULT_MAX_ANSWER
+
+    def __post_init__(self) -> None:
+        if self.ack_timeout <= 0 or self.max_retransmit < 0 or self.max_answer < 0:
+            raise ValueError("CoAP limits must be positive")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,18 @@ class PskInfo:
 
 
 ProgressCallback = Callable[[int], None]
+
+_FRAMEWORKS: Final = frozenset({"psk", "maf", "gba", "cert"})
+
+
+def credential_key(framework: str, key_id: str) -> str:
+    """The identity registry's name of a credential, ``<framework>:<key id>``
+    (:mod:`m2msec.store.registry`); here so that the psk store can name its own rows."""
+    if framework not in _FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}")
+    if not key_id:
+        raise ValueError("empty key id")
+    return f"{framework}:{key_id}"
 
 
 class PskStore(Protocol):

@@ -19,12 +19,14 @@ the store's SQL is written against; nothing rewrites SQL:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sqlite3
 import stat
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +34,7 @@ from typing import Any, Final, Literal, Protocol, Self, cast
 from urllib.parse import unquote, urlsplit
 
 from m2msec.errors import ConfigurationError, StoreError
-from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.paths import data_dir, ensure_private_dir, write_private
 from m2msec.store.seal import KEK_FILE_NAME
 
 __all__ = [
@@ -41,7 +43,6 @@ __all__ = [
     "Database",
     "PostgresDatabase",
     "SqliteDatabase",
-    "connect_pair",
     "create_private_file",
     "from_epoch",
     "is_text",
@@ -186,6 +187,26 @@ class Database(ABC):
 
     def begin(self, conn: Connection) -> None:
         conn.execute("BEGIN")
+
+    @contextlib.contextmanager
+    def transaction(self, conn: Connection, *, exclusive: bool = False) -> Iterator[Connection]:
+        """BEGIN (:meth:`begin_exclusive`, the migration lock, with ``exclusive``), then
+        COMMIT when the block ends; on any error ROLLBACK, if the connection still works."""
+        if exclusive:
+            self.begin_exclusive(conn)
+        else:
+            self.begin(conn)
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if self.usable(conn) and self.in_transaction(conn):
+                conn.execute("ROLLBACK")
+            raise
+
+    def reconnected(self, conn: Connection) -> Connection:
+        """``conn``, or a new connection in its place if it is broken (the server went away)."""
+        return conn if self.usable(conn) else self.connect()
 
     def after_bulk_write(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Called after a large import (SQLite folds its WAL back)."""
@@ -415,19 +436,6 @@ class PostgresDatabase(Database):
         return f"PostgresDatabase({self.label!r})"
 
 
-def connect_pair(db: Database) -> tuple[Connection, Connection]:
-    """A store's write and read connections; none left open if the second fails.
-
-    The database's own errors (``db.errors``) are left to the caller.
-    """
-    first = db.connect()
-    try:
-        return first, db.connect()
-    except BaseException:
-        first.close()
-        raise
-
-
 def change_counter_ddl(db: Database, tables: tuple[str, ...]) -> tuple[str, ...]:
     """PostgreSQL: a ``change_counter`` row bumped by every statement changing ``tables``.
 
@@ -450,13 +458,16 @@ def change_counter_ddl(db: Database, tables: tuple[str, ...]) -> tuple[str, ...]
 
 
 def open_database(
-    url_or_path: str | os.PathLike[str],
+    url_or_path: str | os.PathLike[str] | Database,
     *,
     pg_schema: str,
     busy_timeout: float = 5.0,
     synchronous: Literal["FULL", "NORMAL"] = "FULL",
 ) -> Database:
-    """The :class:`Database` named by a plain path, ``sqlite:///path`` or ``postgresql://``."""
+    """The :class:`Database` named by a plain path, ``sqlite:///path`` or ``postgresql://``;
+    a :class:`Database` is taken as it is."""
+    if isinstance(url_or_path, Database):
+        return url_or_path
     text = os.fspath(url_or_path)
     if not _URL.match(text):
         return SqliteDatabase(text, busy_timeout=busy_timeout, synchronous=synchronous)
@@ -484,7 +495,7 @@ def create_private_file(path: Path) -> None:
     """
     ensure_private_dir(path.parent)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        write_private(path, b"")
     except FileExistsError:
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -498,5 +509,3 @@ def create_private_file(path: Path) -> None:
             )
     except OSError as exc:
         raise StoreError(f"cannot create store {path}: {exc.strerror}") from None
-    else:
-        os.close(fd)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import builtins
 import logging
 import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -48,21 +47,20 @@ from m2msec.errors import (
     IdentifierError,
     StoreError,
 )
-from m2msec.store.base import ProgressCallback, PskEntry, PskInfo
+from m2msec.store.base import ProgressCallback, PskEntry, PskInfo, credential_key
 from m2msec.store.db import (
-    Closing,
     Connection,
     Database,
     SqliteDatabase,
     change_counter_ddl,
-    connect_pair,
     from_epoch,
     is_text,
     open_database,
     to_epoch,
 )
-from m2msec.store.schema import KekCheck, open_sealed_schema
-from m2msec.store.seal import Sealer, sealed_plaintext_length
+from m2msec.store.schema import KekCheck, SealedSchema
+from m2msec.store.seal import sealed_plaintext_length
+from m2msec.store.sealed_store import SealedStore
 
 __all__ = [
     "MAX_ENTITY_ID_OCTETS",
@@ -124,8 +122,10 @@ def migrations(db: Database) -> dict[int, tuple[str, ...]]:
     }
 
 
-_KEK_CHECK: Final = KekCheck(
-    aad=b"m2msec/meta/kek-check", value=b"m2msec key-encryption key check, version 1"
+_SCHEMA: Final = SealedSchema(
+    migrations,
+    SCHEMA_VERSION,
+    KekCheck(aad=b"m2msec/meta/kek-check", value=b"m2msec key-encryption key check, version 1"),
 )
 
 _CHUNK: Final = 10_000
@@ -150,6 +150,8 @@ class _Sql:
             " kpsa = excluded.kpsa, expires_at = excluded.expires_at"
         )
         self.delete = f"DELETE FROM psk WHERE kpsa_id = {p}"
+        # The identities a Credential-ID association of the row registered (store/registry.py).
+        self.release = f"DELETE FROM identity_owner WHERE credential = {p}"
         self.exists = f"SELECT 1 FROM psk WHERE kpsa_id = {p}"
         listed = "SELECT kpsa_id, entity_id, length(kpsa), expires_at FROM psk"
         self.list_first = f"{listed} ORDER BY kpsa_id LIMIT {p}"
@@ -185,7 +187,7 @@ def _check_text(value: str, what: str, limit: int) -> None:
         raise IdentifierError(f"{what} must be 1 to {limit} octets (UTF-8), not {n}")
 
 
-class SealedPskStore(Closing):
+class SealedPskStore(SealedStore):
     """A :class:`~m2msec.store.base.PskStore` in SQLite or PostgreSQL, Kpsa sealed at rest.
 
     ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, or a
@@ -209,58 +211,17 @@ class SealedPskStore(Closing):
             raise ValueError("cache_size must be >= 0")
         if cache_ttl < 0:
             raise ValueError("cache_ttl must be >= 0")
-        db = (
-            target
-            if isinstance(target, Database)
-            else open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
-        )
-        self._db = db
+        db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
         self._sql = _Sql(db)
         self._cache_size = cache_size
         self._cache_ttl = cache_ttl
         self._cache: OrderedDict[str, PskEntry] = OrderedDict()
         self._cache_checked_at = -float("inf")
         self._data_version = -1
-        self._rlock = threading.Lock()
-        self._wlock = threading.Lock()
-        self._closed = False
-
-        db.prepare()
-        try:
-            self._wconn, self._rconn = connect_pair(db)
-        except db.errors as exc:
-            raise StoreError(f"cannot open store {db.label}: {db.message(exc)}") from None
-        try:
-            self._sealer = self._open_schema(kek)
-        except BaseException:
-            self._rconn.close()
-            self._wconn.close()
-            raise
-
-    # -- opening ---------------------------------------------------------------------------
-
-    def _open_schema(self, kek: bytes | None) -> Sealer:
-        db = self._db
-        try:
-            return open_sealed_schema(
-                self._wconn,
-                db=db,
-                label=f"store {db.label}",
-                kek=kek,
-                kek_path=db.kek_path,
-                migrations=migrations(db),
-                version=SCHEMA_VERSION,
-                check=_KEK_CHECK,
-            )
-        except db.errors as exc:
-            raise StoreError(f"cannot open store {db.label}: {db.message(exc)}") from None
+        # The identity registry and the stored rules open their tables through .database.
+        super().__init__(db, _SCHEMA, kind="store", kek=kek)
 
     # -- PskStore --------------------------------------------------------------------------
-
-    @property
-    def database(self) -> Database:
-        """Where the table lives (the identity registry opens its tables through it)."""
-        return self._db
 
     @property
     def path(self) -> Path:
@@ -332,9 +293,7 @@ class SealedPskStore(Closing):
         db = self._db
         with self._wlock:
             try:
-                conn = self._writer()
-                db.begin(conn)
-                try:
+                with db.transaction(self._writer()) as conn:
                     while chunk := builtins.list(islice(rows, _CHUNK)):
                         try:
                             conn.cursor().executemany(sql, chunk)
@@ -348,11 +307,6 @@ class SealedPskStore(Closing):
                         written.update(row[0] for row in chunk)
                         if progress is not None:
                             progress(done)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if db.usable(conn) and db.in_transaction(conn):
-                        conn.execute("ROLLBACK")
-                    raise
                 if done >= _CHECKPOINT_AFTER:
                     db.after_bulk_write(conn)
             except db.errors as exc:
@@ -361,14 +315,22 @@ class SealedPskStore(Closing):
         return done
 
     def remove(self, kpsa_id: str) -> bool:
+        """Remove the row of ``kpsa_id`` and, in the same transaction, release the AE-IDs
+        its associations registered (``identity_owner``, :mod:`m2msec.store.registry`), so
+        that a later row under the same KpsaId does not inherit them. An expired row that is
+        purged keeps them: renewing a device's key keeps its AE-ID."""
         if not is_text(kpsa_id):
             return False
+        db = self._db
         with self._wlock:
             try:
-                cursor = self._writer().execute(self._sql.delete, (kpsa_id,))
-            except self._db.errors as exc:
+                with db.transaction(self._writer()) as conn:
+                    cursor = conn.execute(self._sql.delete, (kpsa_id,))
+                    removed = bool(cursor.rowcount > 0)
+                    if removed:
+                        conn.execute(self._sql.release, (credential_key("psk", kpsa_id),))
+            except db.errors as exc:
                 raise self._error("write", exc) from None
-            removed = bool(cursor.rowcount > 0)
         self._invalidate(kpsa_id)
         return removed
 
@@ -420,32 +382,10 @@ class SealedPskStore(Closing):
             self._invalidate_all()
         return purged
 
-    def close(self) -> None:
-        with self._wlock, self._rlock:
-            if self._closed:
-                return
-            self._closed = True
-            self._cache.clear()
-            self._rconn.close()
-            self._wconn.close()
-
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._db.label!r})"
-
     # -- internals -------------------------------------------------------------------------
 
-    def _reader(self) -> Connection:
-        # Caller holds _rlock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._closed and not self._db.usable(self._rconn):
-            self._rconn = self._db.connect()
-        return self._rconn
-
-    def _writer(self) -> Connection:
-        # Caller holds _wlock.
-        if not self._closed and not self._db.usable(self._wconn):
-            self._wconn = self._db.connect()
-        return self._wconn
+    def _clear_caches(self) -> None:
+        self._cache.clear()
 
     def _duplicate_in(
         self, conn: Connection, chunk: builtins.list[_Row], written: set[str]
@@ -490,13 +430,7 @@ class SealedPskStore(Closing):
 
     def _invalidate_all(self) -> None:
         with self._rlock:
-            self._cache.clear()
-
-    def _error(self, action: str, exc: Exception) -> StoreError:
-        # Neither SQLite's messages nor PostgreSQL's primary message hold parameter values.
-        if self._closed:
-            return StoreError(f"store {self._db.label} is closed")
-        return StoreError(f"cannot {action} store {self._db.label}: {self._db.message(exc)}")
+            self._clear_caches()
 
 
 #: The name this store had when it knew only SQLite.

@@ -25,24 +25,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
 
+from m2msec.store.base import credential_key
 from m2msec.store.db import Database
 from m2msec.store.side_table import SideTable
 
 __all__ = ["IdentityRegistry", "credential_key"]
-
-_FRAMEWORKS: Final = frozenset({"psk", "maf", "gba", "cert"})
-
-
-def credential_key(framework: str, key_id: str) -> str:
-    """The registry's name of a credential: ``<framework>:<key id>``."""
-    if framework not in _FRAMEWORKS:
-        raise ValueError(f"unknown framework {framework!r}")
-    if not key_id:
-        raise ValueError("empty key id")
-    return f"{framework}:{key_id}"
-
 
 class IdentityRegistry(SideTable):
     """The ``identity_owner`` table beside a psk-lookup-table.

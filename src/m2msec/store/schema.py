@@ -1,9 +1,10 @@
 """Opening a sealed store (SQLite or PostgreSQL): schema migrations and the KEK check.
 
-The psk-lookup-table, the MAF store and the BSF store share one way of starting: WAL, then
-(under the write lock, so that two processes opening a new store agree on one schema and
-one KEK) the migrations up to the current version, and a sealed check value in the
-``meta`` table that proves the KEK is the one the store was sealed under.
+The psk-lookup-table, the MAF store and the BSF store share one way of starting
+(:func:`open_sealed_store`): the file or schema, the connections, WAL, then (under the
+write lock, so that two processes opening a new store agree on one schema and one KEK) the
+migrations up to the current version, and a sealed check value in the ``meta`` table that
+proves the KEK is the one the store was sealed under.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
@@ -25,7 +26,13 @@ log = logging.getLogger(__name__)
 # The dialect of a bare sqlite3 connection (its path is not used).
 _SQLITE: Final = SqliteDatabase(":memory:")
 
-__all__ = ["KekCheck", "open_sealed_schema", "require_initialised"]
+__all__ = [
+    "KekCheck",
+    "SealedSchema",
+    "open_sealed_schema",
+    "open_sealed_store",
+    "require_initialised",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +42,16 @@ class KekCheck:
     aad: bytes
     value: bytes
     name: str = "kek-check"
+
+
+@dataclass(frozen=True, slots=True)
+class SealedSchema:
+    """A sealed store's tables: its migrations (each version's statements in a dialect),
+    the version they lead to, and the check value its KEK must open."""
+
+    migrations: Callable[[Database], Mapping[int, tuple[str, ...]]]
+    version: int
+    check: KekCheck
 
 
 def open_sealed_schema(
@@ -66,8 +83,7 @@ def open_sealed_schema(
             sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
             sealer.check(sealed, check.aad, check.value, what=what)
             return sealer
-    d.begin_exclusive(c)
-    try:
+    with d.transaction(c, exclusive=True):
         current = d.schema_version(c)
         if current > version:
             raise StoreError(
@@ -98,12 +114,52 @@ def open_sealed_schema(
         else:
             sealer = Sealer(kek if kek is not None else load_kek(kek_path, create=False))
             sealer.check(sealed, check.aad, check.value, what=what)
-        c.execute("COMMIT")
-    except BaseException:
-        if d.usable(c) and d.in_transaction(c):
-            c.execute("ROLLBACK")
-        raise
     return sealer
+
+
+def open_sealed_store(
+    db: Database,
+    schema: SealedSchema,
+    *,
+    label: str,
+    connections: int,
+    kek: bytes | None,
+    inspect: Callable[[Connection], None] | None = None,
+) -> tuple[list[Connection], Sealer]:
+    """Open a sealed store in ``db``: its ``connections`` connections and its Sealer.
+
+    Creates what must exist first (:meth:`~m2msec.store.db.Database.prepare`: the 0600
+    file, the KEK file's directory), connects, runs ``inspect`` on the first connection (a
+    store's own checks of what it found) and then :func:`open_sealed_schema` there for
+    ``schema``, with the KEK file beside the database (``db.kek_path``). The database's
+    errors become :class:`StoreError` "cannot open <label>: ..."; on any failure no
+    connection is left open.
+    """
+    db.prepare()
+    opened: list[Connection] = []
+    try:
+        try:
+            for _ in range(connections):
+                opened.append(db.connect())
+            if inspect is not None:
+                inspect(opened[0])
+            sealer = open_sealed_schema(
+                opened[0],
+                db=db,
+                label=label,
+                kek=kek,
+                kek_path=db.kek_path,
+                migrations=schema.migrations(db),
+                version=schema.version,
+                check=schema.check,
+            )
+        except db.errors as exc:
+            raise StoreError(f"cannot open {label}: {db.message(exc)}") from None
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
+    return opened, sealer
 
 
 def require_initialised(path: str | os.PathLike[str] | None, *, label: str, create: str) -> None:

@@ -23,7 +23,6 @@ Error messages name what could not be unsealed and why, never key material.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import logging
 import os
@@ -36,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from m2msec.errors import ConfigurationError, StoreError
+from m2msec.paths import write_private
 
 __all__ = [
     "KEK_ENV",
@@ -135,9 +135,8 @@ def load_kek(path: Path, *, create: bool) -> bytes:
     """The KEK from ``$M2MSEC_KEK`` if set, else from the file ``path``.
 
     With ``create``, a missing file is created (0600) with a fresh random KEK. The file
-    appears atomically with its full content: it is written and fsynced under a temporary
-    name (O_CREAT|O_EXCL, 0600), then hard-linked into place, which fails if another process
-    won the race, in which case that process's KEK is used.
+    appears atomically with its full content (:func:`m2msec.paths.write_private`); if
+    another process won the race to create it, that process's KEK is used.
     """
     from_env = kek_from_env()
     if from_env is not None:
@@ -173,46 +172,10 @@ def _read_kek_file(path: Path) -> bytes:
 
 def _create_kek_file(path: Path) -> bytes:
     kek = generate_kek()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        _write_new_file(tmp, kek)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            # Another process created it first: everyone must use the same KEK.
-            return _read_kek_file(path)
-        except OSError:
-            # No hard links on this file system: create in place, still exclusively.
-            try:
-                _write_new_file(path, kek)
-            except FileExistsError:
-                return _read_kek_file(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
+        write_private(path, kek.hex().encode("ascii") + b"\n")
+    except FileExistsError:
+        # Another process created it first: everyone must use the same KEK.
+        return _read_kek_file(path)
     log.info("created key-encryption key file %s", path)
     return kek
-
-
-def _write_new_file(path: Path, kek: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.write(fd, kek.hex().encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the new directory entry durable; not possible on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 
 from m2msec.errors import StoreError
 from m2msec.store.db import Closing, Connection, Database, open_database
@@ -36,12 +35,7 @@ class SideTable(Closing):
         what: str,
         busy_timeout: float = 5.0,
     ) -> None:
-        if isinstance(target, Database):
-            db = target
-        else:
-            if isinstance(target, Path):
-                target = target.expanduser()
-            db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
+        db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
         self._db = db
         self._path = db.label
         self._what = what
@@ -55,8 +49,7 @@ class SideTable(Closing):
     @property
     def _conn(self) -> Connection:
         # Caller holds _lock. A broken PostgreSQL connection is replaced at its next use.
-        if not self._db.usable(self._c):
-            self._c = self._db.connect()
+        self._c = self._db.reconnected(self._c)
         return self._c
 
     def close(self) -> None:

@@ -20,10 +20,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import PeerBinding, SecurityContext
+from m2msec.tls.context import SecurityContext
+from m2msec.tls.dtls.records import format_address
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
@@ -31,8 +33,10 @@ from m2msec.tls.engine import (
     HandshakeFailed,
     PskLookupNeeded,
     TLSEngine,
+    resolve_psk,
 )
 from m2msec.tls.profiles import TLSProfile
+from m2msec.tls.resumption import offering_session
 from m2msec.tls.sessions import ClientSession
 
 log = logging.getLogger(__name__)
@@ -118,12 +122,6 @@ class HandshakeAdmission:
             if not slot.spoke and (source is None or slot.source == source):
                 return key
         return None
-
-
-def _fmt(addr: Any) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        return f"{addr[0]}:{addr[1]}"
-    return str(addr)
 
 
 class TLSConnection:
@@ -282,16 +280,7 @@ class _TLSProtocol(asyncio.Protocol):
 
     async def _lookup(self, event: PskLookupNeeded) -> None:
         # The handshake timer keeps running: a slow MAF or BSF ends in "timed out".
-        resolver = self.engine.profile.psk_async_resolver
-        assert resolver is not None
-        answer: tuple[bytes, PeerBinding] | HandshakeError | None
-        try:
-            answer = await resolver(event.identity, event.cipher_suite)
-        except HandshakeError as exc:
-            answer = exc
-        except Exception:
-            log.exception("asynchronous PSK lookup failed")
-            answer = HandshakeError("psk_identity could not be resolved")
+        answer = await resolve_psk(self.engine.profile, event.identity, event.cipher_suite)
         if self._transport is None or self._transport.is_closing():
             return
         self.engine.provide_psk(event.identity, answer)
@@ -330,12 +319,10 @@ class _TLSProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def _cancel_timer(self) -> None:
-        if self._first_timer is not None:
-            self._first_timer.cancel()
-            self._first_timer = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._first_timer, self._timer):
+            if timer is not None:
+                timer.cancel()
+        self._first_timer = self._timer = None
 
     # application side
     async def read(self) -> bytes:
@@ -380,30 +367,14 @@ async def connect(
 ) -> TLSConnection:
     """Run the initiator's handshake (Entity A) and return the association.
 
-    Raises :class:`HandshakeError` with a reason safe to show when it fails.
-
-    With ``profile.client_sessions`` set, a TLS 1.2 session of the last connection to the
-    same ``host``, ``port`` and server name is offered for resumption, and the new one
-    kept; if a resumption attempt fails, one full handshake follows.
+    Raises :class:`HandshakeError` with a reason safe to show when it fails. With
+    ``profile.client_sessions`` set, a TLS 1.2 session is offered for resumption
+    (:func:`~m2msec.tls.resumption.offering_session`).
     """
     if profile.server_side:
         raise ValueError("connect() needs an initiator (client) profile")
-    cache = profile.client_sessions
-    key = (host, port, server_name or profile.server_name)
-    offer = cache.get(key) if cache is not None else None
-    try:
-        conn = await _connect(host, port, profile, server_name, timeout, offer)
-    except HandshakeError:
-        if cache is None or offer is None:
-            raise
-        cache.discard(key)
-        conn = await _connect(host, port, profile, server_name, timeout, None)
-    session = conn.engine.session
-    if cache is not None and session is not None:
-        ctx = conn.context
-        binding = PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until)
-        cache.put(key, session, binding)
-    return conn
+    attempt = partial(_connect, host, port, profile, server_name, timeout)
+    return await offering_session(profile, host, port, server_name, attempt)
 
 
 async def _connect(
@@ -542,6 +513,6 @@ class TLSServer:
 
     def _report(self, peer: tuple[Any, ...] | None, reason: str) -> None:
         self.failed += 1
-        log.info("security association with %s refused: %s", _fmt(peer), reason)
+        log.info("security association with %s refused: %s", format_address(peer), reason)
         if self.on_failure is not None:
             self.on_failure(peer, reason)

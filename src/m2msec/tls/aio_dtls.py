@@ -18,10 +18,11 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import cast
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import PeerBinding, SecurityContext
+from m2msec.tls.context import SecurityContext
 from m2msec.tls.dtls.engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MTU, DTLSEngine
 from m2msec.tls.dtls.records import Address, format_address
 from m2msec.tls.dtls.server import (
@@ -36,8 +37,15 @@ from m2msec.tls.dtls.server import (
     PeerHandshakeComplete,
     PeerPskLookupNeeded,
 )
-from m2msec.tls.engine import ConnectionClosed, DataReceived, HandshakeComplete, HandshakeFailed
+from m2msec.tls.engine import (
+    ConnectionClosed,
+    DataReceived,
+    HandshakeComplete,
+    HandshakeFailed,
+    resolve_psk,
+)
 from m2msec.tls.profiles import TLSProfile
+from m2msec.tls.resumption import offering_session
 from m2msec.tls.sessions import ClientSession, ServerSessionCache
 
 log = logging.getLogger(__name__)
@@ -250,16 +258,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
     async def _lookup(self, event: PeerPskLookupNeeded) -> None:
         # As over TLS (m2msec.tls.aio): the handshake deadline keeps running, so a slow
         # MAF or BSF ends in "DTLS handshake timed out".
-        resolver = self.server.profile.psk_async_resolver
-        assert resolver is not None
-        answer: tuple[bytes, PeerBinding] | HandshakeError | None
-        try:
-            answer = await resolver(event.identity, event.cipher_suite)
-        except HandshakeError as exc:
-            answer = exc
-        except Exception:
-            log.exception("asynchronous PSK lookup failed")
-            answer = HandshakeError("psk_identity could not be resolved")
+        answer = await resolve_psk(self.server.profile, event.identity, event.cipher_suite)
         if self.transport is None or self.transport.is_closing():
             return
         self._send(self.server.provide_psk(event.addr, event.identity, answer))
@@ -516,32 +515,14 @@ async def dtls_connect(
     """Run the initiator's DTLS handshake (Entity A) with ``host:port`` (UDP).
 
     Retransmits lost flights (RFC 6347 4.2.4) and gives up after ``timeout`` seconds.
-    Raises :class:`HandshakeError` with a reason safe to show when it fails.
-
-    With ``profile.client_sessions`` set, the session of the last association with the
-    same ``host``, ``port`` and server name is offered for resumption, and the new one
-    kept; if a resumption attempt fails, one full handshake follows.
+    Raises :class:`HandshakeError` with a reason safe to show when it fails. With
+    ``profile.client_sessions`` set, a session is offered for resumption
+    (:func:`~m2msec.tls.resumption.offering_session`).
     """
     if profile.server_side:
         raise ValueError("dtls_connect() needs an initiator (client) profile")
-    cache = profile.client_sessions
-    key = (host, port, server_name or profile.server_name)
-    offer = cache.get(key) if cache is not None else None
-    try:
-        assoc = await _dtls_connect(
-            profile, host, port, server_name, timeout, mtu, max_queue, offer
-        )
-    except HandshakeError:
-        if cache is None or offer is None:
-            raise
-        cache.discard(key)
-        assoc = await _dtls_connect(profile, host, port, server_name, timeout, mtu, max_queue, None)
-    session = assoc.engine.session
-    if cache is not None and session is not None:
-        ctx = assoc.context
-        binding = PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until)
-        cache.put(key, session, binding)
-    return assoc
+    attempt = partial(_dtls_connect, profile, host, port, server_name, timeout, mtu, max_queue)
+    return await offering_session(profile, host, port, server_name, attempt)
 
 
 async def _dtls_connect(

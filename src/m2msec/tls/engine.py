@@ -14,9 +14,11 @@ session with the peer's identity, as decided by the framework's callbacks.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 from OpenSSL import SSL
 
@@ -32,6 +34,12 @@ from m2msec.tls.state import HandshakeState
 SA_ID_LABEL = b"EXPORTER-m2msec-SA-identifier"
 
 _READ_CHUNK = 16384 + 2048
+
+log = logging.getLogger(__name__)
+
+PskAnswer: TypeAlias = tuple[bytes, PeerBinding] | HandshakeError | None
+"""An async resolver's answer for :meth:`TLSEngine.provide_psk`: the PSK and the binding of
+its owner, a refusal, or None for an unknown identity."""
 
 
 class Event:
@@ -63,6 +71,26 @@ class PskLookupNeeded(Event):
 
     identity: bytes
     cipher_suite: int | None
+
+
+async def resolve_psk(
+    profile: TLSProfile, identity: bytes, cipher_suite: int | None
+) -> PskAnswer:
+    """Ask ``profile.psk_async_resolver`` about ``identity`` (a :class:`PskLookupNeeded`).
+
+    The one lookup the TLS and DTLS adapters run: a MAF or BSF that fails unexpectedly
+    becomes a refusal with a reason safe to show (no key, no stack trace to the peer).
+    The caller's handshake deadline keeps running meanwhile.
+    """
+    resolver = profile.psk_async_resolver
+    assert resolver is not None
+    try:
+        return await resolver(identity, cipher_suite)
+    except HandshakeError as exc:
+        return exc
+    except Exception:
+        log.exception("asynchronous PSK lookup failed")
+        return HandshakeError("psk_identity could not be resolved")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +226,7 @@ class TLSEngine:
         """True while the engine waits for :meth:`provide_psk`."""
         return bool(self._awaiting)
 
-    def provide_psk(
-        self, identity: bytes, answer: tuple[bytes, PeerBinding] | HandshakeError | None
-    ) -> None:
+    def provide_psk(self, identity: bytes, answer: PskAnswer) -> None:
         """The async resolver's answer for ``identity`` (None: unknown; an error: refused).
 
         Once every pending identity has an answer, the held bytes go to OpenSSL.

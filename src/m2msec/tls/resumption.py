@@ -1,11 +1,12 @@
-"""Resumption decisions for a responder profile (TS-0003 8.2, RFC 5246 7.3).
+"""Resumption decisions for a profile (TS-0003 8.2, RFC 5246 7.3).
 
 What :mod:`m2msec.tls.sessions` describes, bound to a :class:`~m2msec.tls.profiles.TLSProfile`:
 re-validating a recorded binding (:func:`revalidate`), screening the session a ClientHello
 offers (:func:`screen`), recording a finished handshake's session (:func:`record`), and
 turning resumption on for a profile (:func:`enable_resumption`, which returns a new,
-frozen profile). The caches themselves are in :mod:`m2msec.tls.sessions`, below the
-profiles; this module sits above them and below the callbacks that call :func:`screen`.
+frozen profile); on Entity A's side, offering a kept session (:func:`offering_session`).
+The caches themselves are in :mod:`m2msec.tls.sessions`, below the profiles; this module
+sits above them and below the callbacks that call :func:`screen`.
 """
 
 from __future__ import annotations
@@ -13,19 +14,34 @@ from __future__ import annotations
 import hashlib
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime
+from typing import Protocol, TypeVar
 
 from OpenSSL import SSL
 
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.tls import _psk
-from m2msec.tls.context import PeerBinding
+from m2msec.tls.context import PeerBinding, SecurityContext
 from m2msec.tls.profiles import TLSProfile
-from m2msec.tls.sessions import ResumptionCheck, ServerSessionCache, SessionEntry, _utcnow
+from m2msec.tls.sessions import (
+    ClientSession,
+    ResumptionCheck,
+    ServerSessionCache,
+    SessionEntry,
+    _utcnow,
+)
 from m2msec.tls.state import HandshakeState
 
-__all__ = ["enable_resumption", "record", "revalidate", "screen", "session_id_context"]
+__all__ = [
+    "enable_resumption",
+    "offering_session",
+    "record",
+    "revalidate",
+    "screen",
+    "session_id_context",
+]
 
 log = logging.getLogger("m2msec.tls.sessions")
 
@@ -162,3 +178,52 @@ def record(profile: TLSProfile, conn: SSL.Connection, state: object) -> None:
         return
     _, sid = _psk.session_fields(session)
     cache.store(sid, session, binding, profile.framework, psk_identity, expires)
+
+
+# -- Entity A ------------------------------------------------------------------------------
+class _Engine(Protocol):
+    @property
+    def session(self) -> SSL.Session | None: ...
+
+
+class _Association(Protocol):
+    @property
+    def engine(self) -> _Engine: ...
+
+    @property
+    def context(self) -> SecurityContext: ...
+
+
+_A = TypeVar("_A", bound=_Association)
+
+
+async def offering_session(
+    profile: TLSProfile,
+    host: str,
+    port: int,
+    server_name: str | None,
+    attempt: Callable[[ClientSession | None], Awaitable[_A]],
+) -> _A:
+    """Entity A: run ``attempt``, offering the session of the last association with
+    ``host``, ``port`` and server name from ``profile.client_sessions``; keep the new one.
+
+    The one resumption policy of the TLS and DTLS initiators: if a resumption attempt
+    fails, the session is forgotten and one full handshake follows. ``attempt`` does the
+    I/O (None: offer nothing).
+    """
+    cache = profile.client_sessions
+    key = (host, port, server_name or profile.server_name)
+    offer = cache.get(key) if cache is not None else None
+    try:
+        assoc = await attempt(offer)
+    except HandshakeError:
+        if cache is None or offer is None:
+            raise
+        cache.discard(key)
+        assoc = await attempt(None)
+    session = assoc.engine.session
+    if cache is not None and session is not None:
+        ctx = assoc.context
+        binding = PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until)
+        cache.put(key, session, binding)
+    return assoc

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from OpenSSL import SSL
 
@@ -60,6 +61,26 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _SessionCache(Generic[_K, _V]):
+    """What both caches share: at most ``max_sessions`` entries, least recently used first,
+    each resumable for ``lifetime`` seconds of ``clock``."""
+
+    def __init__(self, max_sessions: int, lifetime: float, clock: Callable[[], float]) -> None:
+        if max_sessions < 1 or lifetime <= 0:
+            raise ConfigurationError("session cache size and lifetime must be positive")
+        self.max_sessions = max_sessions
+        self.lifetime = lifetime
+        self._clock = clock
+        self._entries: OrderedDict[_K, _V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 # -- server side -----------------------------------------------------------------------------
 @dataclass(slots=True)
 class SessionEntry:
@@ -77,7 +98,7 @@ class SessionEntry:
     """OpenSSL's session object, kept to make it unresumable when the entry goes."""
 
 
-class ServerSessionCache:
+class ServerSessionCache(_SessionCache[bytes, SessionEntry]):
     """Bounded, expiring map of session ID (or TLS 1.3 ticket) -> :class:`SessionEntry`.
 
     Dropping an entry (expiry, eviction, refusal) also makes OpenSSL's copy of the
@@ -91,19 +112,11 @@ class ServerSessionCache:
         lifetime: float = DEFAULT_SESSION_LIFETIME,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_sessions < 1 or lifetime <= 0:
-            raise ConfigurationError("session cache size and lifetime must be positive")
-        self.max_sessions = max_sessions
-        self.lifetime = lifetime
-        self._clock = clock
-        self._entries: OrderedDict[bytes, SessionEntry] = OrderedDict()
+        super().__init__(max_sessions, lifetime, clock)
         self._helper: SSL.Connection | None = None
         self._context: SSL.Context | None = None
         self.resumed = 0
         self.refused = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._entries
@@ -218,7 +231,7 @@ class ClientSession:
     expires: float
 
 
-class ClientSessionCache:
+class ClientSessionCache(_SessionCache[Hashable, ClientSession]):
     """Entity A's sessions by destination (e.g. host, port, server name); LRU, expiring.
 
     Only TLS 1.2 / DTLS 1.2 sessions are kept (TLS 1.3 tickets arrive after the
@@ -232,15 +245,7 @@ class ClientSessionCache:
         lifetime: float = DEFAULT_SESSION_LIFETIME,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_sessions < 1 or lifetime <= 0:
-            raise ConfigurationError("session cache size and lifetime must be positive")
-        self.max_sessions = max_sessions
-        self.lifetime = lifetime
-        self._clock = clock
-        self._entries: OrderedDict[Hashable, ClientSession] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        super().__init__(max_sessions, lifetime, clock)
 
     def get(self, key: Hashable, now: datetime | None = None) -> ClientSession | None:
         entry = self._entries.get(key)

@@ -18,7 +18,7 @@ after ``BLOCK_LIFETIME`` seconds). Requests may arrive in Block1 blocks, in orde
 supported: the option is ignored, as an elective option may be.
 
 The transmission parameters and the block sizing here are shared with the client side,
-:mod:`m2msec.bindings.coap.client`.
+:mod:`m2msec.bindings.coap.exchange`.
 """
 
 from __future__ import annotations

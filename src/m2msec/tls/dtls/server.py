@@ -35,7 +35,7 @@ from typing import TypeAlias
 from OpenSSL import SSL
 
 from m2msec.errors import ConfigurationError, HandshakeError
-from m2msec.tls.context import PeerBinding, SecurityContext
+from m2msec.tls.context import SecurityContext
 from m2msec.tls.dtls.cookies import CookieJar, PeerState, address_key, install_cookie_callbacks
 from m2msec.tls.dtls.engine import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -59,6 +59,7 @@ from m2msec.tls.engine import (
     DataReceived,
     HandshakeComplete,
     HandshakeFailed,
+    PskAnswer,
     PskLookupNeeded,
 )
 from m2msec.tls.profiles import TLSProfile, Transport
@@ -270,7 +271,7 @@ class DTLSServer:
         self,
         addr: Address,
         identity: bytes,
-        answer: tuple[bytes, PeerBinding] | HandshakeError | None,
+        answer: PskAnswer,
     ) -> Outgoing:
         """The async resolver's answer to a :class:`PeerPskLookupNeeded` for ``addr``.
 
@@ -391,10 +392,7 @@ class DTLSServer:
             # No cookie (or not one of ours): answer at once, without OpenSSL, as the
             # first ClientHello of every handshake and every flooded one lands here.
             answer = hello_verify_request(data, self.cookie_jar.cookie(peer_key))
-            if len(answer) > len(data):  # never amplify towards an unverified address
-                return self._drop("HelloVerifyRequest would exceed the request", addr)
-            self.stats.cookies_sent += 1
-            return [(answer, addr)]
+            return self._verify_request(answer, data, addr)
         if cookie and self._full(addr, replacing):
             return []  # refused before any per-peer object is built
         # The cookie verified in Python (or the ClientHello did not parse here): the
@@ -418,10 +416,7 @@ class DTLSServer:
             answer = _drain(conn)
             if not answer:
                 return self._drop("malformed ClientHello", addr)
-            if len(answer) > len(data):  # never amplify towards an unverified address
-                return self._drop("HelloVerifyRequest would exceed the request", addr)
-            self.stats.cookies_sent += 1
-            return [(answer, addr)]
+            return self._verify_request(answer, data, addr)
         except Exception as exc:  # garbage must never take the server down
             return self._drop(f"DTLSv1_listen: {exc}", addr)
         self.stats.cookies_verified += 1
@@ -438,6 +433,13 @@ class DTLSServer:
         engine.screen_client_hello(data)  # before OpenSSL looks the offered session up
         engine.start()  # processes the ClientHello that DTLSv1_listen buffered
         return self._flush(addr, peer, engine)
+
+    def _verify_request(self, answer: bytes, client_hello: bytes, addr: Address) -> Outgoing:
+        """Send the HelloVerifyRequest ``answer`` (RFC 6347 4.2.1), if it does not amplify."""
+        if len(answer) > len(client_hello):  # never amplify towards an unverified address
+            return self._drop("HelloVerifyRequest would exceed the request", addr)
+        self.stats.cookies_sent += 1
+        return [(answer, addr)]
 
     def _full(self, addr: Address, replacing: _Peer | None) -> bool:
         """Whether a new handshake from ``addr`` must be refused (counted and logged)."""
