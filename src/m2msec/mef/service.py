@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, http_status_for
 from m2msec.errors import DuplicateCredentialError, IdentifierError, StoreError
@@ -69,8 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: 4105 CONFLICT (TS-0004 table 6.6.3.5-1), as the MAF answers it (m2msec.maf.protocol).
-CONFLICT: Final = 4105
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +221,7 @@ class MefService:
                 raise MefRefusal(RSC.BAD_REQUEST, str(exc)) from None
             if exported is None:
                 raise MefRefusal(
-                    CONFLICT,
+                    RSC.CONFLICT,
                     "one enrolment per bootstrap handshake: run a new one",
                 )
             planned = self.plan_enrolment(who, exported, asked.target)
@@ -241,7 +239,7 @@ class MefService:
             self.store.commit([(planned.enrolment, planned.enrolee)], [planned.audit])
         except DuplicateCredentialError:
             raise MefRefusal(
-                CONFLICT, "this KeID is in use: run a new bootstrap handshake"
+                RSC.CONFLICT, "this KeID is in use: run a new bootstrap handshake"
             ) from None
         except StoreError as exc:
             raise self._store_failed("store the enrolment", exc) from None

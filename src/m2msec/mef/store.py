@@ -3,8 +3,9 @@
 One SQLite file (default ``<data dir>/mef.db``; WAL, ``synchronous=FULL``, ``secure_delete``,
 created 0600 in a 0700 directory) or the ``m2msec_mef`` schema of a PostgreSQL database
 (``postgresql://...``, needs ``m2msec[postgres]``), on :class:`~m2msec.store.db.Database`
-as the MAF and BSF stores are; :func:`~m2msec.store.schema.open_sealed_schema` migrates it
-and checks the key-encryption key (``$M2MSEC_KEK`` or the ``kek`` file). Tables::
+as the MAF and BSF stores are; :class:`~m2msec.store.sealed_store.SealedStore` opens it
+(:func:`~m2msec.store.schema.open_sealed_store`), migrates it and checks the
+key-encryption key (``$M2MSEC_KEK`` or the ``kek`` file). Tables::
 
     enrolees(bootstrap_key PK, kpm sealed, enrolee_id, target_kind, target_id, naf_fqdn,
              lifetime, created)        -- Bootstrap Instruction Configuration, 8.3.2.1
@@ -30,13 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from m2msec.errors import DuplicateCredentialError, StoreError
+from m2msec.errors import DuplicateCredentialError
 from m2msec.keyids import KeId
 from m2msec.mef.records import (
     Bootstrap,
@@ -50,17 +50,16 @@ from m2msec.mef.records import (
 )
 from m2msec.paths import data_dir, ensure_private_dir
 from m2msec.store.db import (
-    Closing,
     Connection,
     Database,
     PostgresDatabase,
     SqliteDatabase,
-    connect_pair,
     from_epoch,
     open_database,
     to_epoch,
 )
-from m2msec.store.schema import KekCheck, open_sealed_schema
+from m2msec.store.schema import KekCheck, SealedSchema
+from m2msec.store.sealed_store import SealedStore
 
 __all__ = ["MEF_STORE_NAME", "PG_SCHEMA", "MefStore", "default_mef_store_path"]
 
@@ -156,7 +155,10 @@ def _epoch(value: datetime) -> int:
     return out
 
 
-class MefStore(Closing):
+_SCHEMA: Final = SealedSchema(migrations, SCHEMA_VERSION, _KEK_CHECK)
+
+
+class MefStore(SealedStore):
     """The MEF store (module docstring). Thread-safe.
 
     ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, a
@@ -173,31 +175,7 @@ class MefStore(Closing):
         home: str | os.PathLike[str] | None = None,
     ) -> None:
         db = _database(target, busy_timeout, home)
-        self._db = db
-        self._wlock = threading.Lock()
-        self._rlock = threading.Lock()
-        db.prepare()
-        try:
-            self._wconn, self._rconn = connect_pair(db)
-        except db.errors as exc:
-            raise StoreError(f"cannot open MEF store {db.label}: {db.message(exc)}") from None
-        try:
-            self._sealer = open_sealed_schema(
-                self._wconn,
-                db=db,
-                label=f"MEF store {db.label}",
-                kek=kek,
-                kek_path=db.kek_path,
-                migrations=migrations(db),
-                version=SCHEMA_VERSION,
-                check=_KEK_CHECK,
-            )
-        except BaseException as exc:
-            self._rconn.close()
-            self._wconn.close()
-            if isinstance(exc, db.errors):
-                raise self._error("open", exc) from None
-            raise
+        super().__init__(db, _SCHEMA, kind="MEF store", kek=kek)
         p = db.p
         self._p = p
         target_cols = "target_kind, target_id, naf_fqdn"
@@ -213,21 +191,9 @@ class MefStore(Closing):
 
     # -- where ------------------------------------------------------------------------------
     @property
-    def database(self) -> Database:
-        return self._db
-
-    @property
     def location(self) -> str:
         """The file, or the PostgreSQL URL (without password) and schema, for messages."""
         return self._db.label
-
-    def __repr__(self) -> str:
-        return f"MefStore({self._db.label!r})"
-
-    def close(self) -> None:
-        with self._wlock, self._rlock:
-            self._rconn.close()
-            self._wconn.close()
 
     # -- Enrolees (Bootstrap Instruction Configuration) -------------------------------------
     def add_enrolee(self, enrolee: Enrolee, *, replace: bool = False) -> None:
@@ -424,16 +390,10 @@ class MefStore(Closing):
         return [(int(seq), json.loads(text)) for seq, text in rows]
 
     # -- internals --------------------------------------------------------------------------
-    def _error(self, action: str, exc: Exception) -> StoreError:
-        # SQLite's messages and PostgreSQL's primary message hold no parameter values.
-        return StoreError(f"cannot {action} MEF store {self._db.label}: {self._db.message(exc)}")
-
     def _read(self, sql: str, args: tuple[Any, ...], fetch: Callable[[Any], _T]) -> _T:
         with self._rlock:
             try:
-                if not self._db.usable(self._rconn):
-                    self._rconn = self._db.connect()
-                return fetch(self._rconn.execute(sql, args))
+                return fetch(self._reader().execute(sql, args))
             except self._db.errors as exc:
                 raise self._error("read", exc) from None
 
@@ -446,17 +406,8 @@ class MefStore(Closing):
         db = self._db
         with self._wlock:
             try:
-                if not db.usable(self._wconn):
-                    self._wconn = db.connect()
-                conn = self._wconn
-                db.begin(conn)
-                try:
+                with db.transaction(self._writer()) as conn:
                     out = run(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if db.usable(conn) and db.in_transaction(conn):
-                        conn.execute("ROLLBACK")
-                    raise
             except db.integrity_errors as exc:
                 if duplicate is None:
                     raise self._error("write", exc) from None
