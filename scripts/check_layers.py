@@ -39,6 +39,7 @@ LAYERS: list[list[str]] = [
     ["bindings"],
     ["service"],
     ["gba", "maf"],
+    ["mef"],
     ["frameworks"],
     ["config"],
     ["servers"],

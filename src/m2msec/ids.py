@@ -24,6 +24,10 @@ which kind of peer an identifier names, and how a certificate names it in its
 subjectAltName (TS-0003 10.1.1.5, 10.1.1.7) — a CSE-ID as its public domain name
 (dNSName), an AE-ID as its Absolute AE-ID (URI).
 
+The HMAC input of the Enrolment Key derivations (TS-0003 10.3.2, 10.3.3) has one canonical
+text, made by :func:`derivation_identity` on both ends (Enrolee and MEF): NFKC, then the
+lower-case FQDN of a MAF-ID, or the SP-relative CSE-ID / AE-ID of an Enrolee B.
+
 Every malformed identifier raises :class:`~m2msec.errors.IdentifierError`; messages name
 the identifier kind, the text (shortened) and the reason, never key material.
 """
@@ -31,6 +35,7 @@ the identifier kind, the text (shortened) and the reason, never key material.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import ClassVar, Literal, Self, TypeAlias
@@ -46,6 +51,7 @@ __all__ = [
     "PeerKind",
     "absolute_ae_id",
     "check_fqdn",
+    "derivation_identity",
     "entity_kind",
     "id_error",
     "normalise_originator",
@@ -348,3 +354,19 @@ def originator_within(origin_norm: str, cse: CseId) -> bool:
         origin_norm = "/" + rest
     base = cse.sp_relative()
     return origin_norm == base or origin_norm.startswith(base + "/")
+
+
+def derivation_identity(identity: str, *, enrolee_b: bool) -> str:
+    """The one canonical text of an identity as Enrolment Key HMAC input (TS-0003 10.3.2, 10.3.3).
+
+    Both clauses encode the identity in UTF-8 after NFKC; they leave its spelling open, so
+    both ends derive from this one form (docs/mef.md): NFKC first (full-width U+FF0F is
+    ``/``), then for a MAF-ID (``enrolee_b`` False) the FQDN in lower case (FQDNs compare
+    case-insensitively, docs/readings.md A-05), for an Enrolee B-ID its SP-relative CSE-ID
+    ``/mn-cse-123456`` or SP-relative AE-ID (``/mn-cse-123456/Clight-AE1``, ``/Sapp``); an
+    absolute id loses its SP part, a bare C-stem (registrar unknown) is refused.
+    """
+    text = unicodedata.normalize("NFKC", identity)
+    if not enrolee_b:
+        return check_fqdn(text, "MAF-ID").lower()
+    return parse_entity_id(text).sp_relative()

@@ -69,8 +69,8 @@ __all__ = [
     "refusal_response",
 ]
 
-#: 4105 CONFLICT (TS-0004 table 6.6.3.5-1); not in m2msec.bindings.messages.RSC.
-CONFLICT: Final = 4105
+#: 4105 CONFLICT (TS-0004 table 6.6.3.5-1).
+CONFLICT: Final = RSC.CONFLICT
 #: m2m:suid values of MAF-distributed symmetric keys (TS-0004 table 6.3.4.2.39-1).
 SAEF_SUID: Final = 32
 MAF_SUIDS: Final = frozenset({32, 33, 34, 35})

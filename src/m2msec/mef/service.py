@@ -1,0 +1,344 @@
+"""The MEF's decisions, without sockets (TS-0003 8.3.2.1, seed 004; docs/mef.md).
+
+:class:`MefService` answers the two requests the MEF's listeners (a later
+``servers/mef.py``) hand it, as :class:`~m2msec.gba.service.BsfService` does for the BSF:
+
+- :meth:`MefService.enrol`, on the session of a bootstrap handshake (TLS-PSK with
+  KpmID/Kpm, 8.3.2.1, or mutual TLS, 8.3.2.2), given who authenticated and the 48 octets
+  that session exported with ``EXPORTER-oneM2M-Bootstrap``: Enrolment Key Generation
+  (:mod:`m2msec.mef.keys`), the enrolment committed with its audit record, and only then
+  the Enrolment Exchange answer (KeID, Enrolment Target, Enrolee-ID, Enrolment Expiry).
+  :meth:`MefService.plan_enrolment` is the pure first half (the record and the answer), for
+  a server that groups commits.
+- :meth:`MefService.fetch_credentials`, a RETRIEVE ``/fetchCredentials/<KeID>/<SUID>``
+  from an Enrolment Target authenticated by mutual TLS: Km (10.3.2) or Kpsa (10.3.3)
+  derived for that target, the Enrolee-ID, and the lifetime, which ends with Ke's
+  (10.7, docs/readings.md A-28).
+
+Refusals (docs/mef.md section 4): 4000 a malformed request, target or SUID; 4005 another
+method; 4106 an ``X-M2M-Origin`` that is not the authenticated target; 4103 a requester
+that is not an allowed Enrolment Target, a SUID that is not the usage of the enrolment,
+an Enrolee not configured or not for the target it asks for; 4004 an unknown path, or a
+KeID that is unknown, expired, of another MEF or for another target — one answer, so a
+target learns nothing of other enrolments; 4105 a second enrolment on one bootstrap
+session or a KeID already stored; 5000 the store failed. Every decision leaves an audit
+record (:class:`~m2msec.mef.records.MefAudit`); no answer, log line or record holds a key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, http_status_for
+from m2msec.errors import DuplicateCredentialError, IdentifierError, StoreError
+from m2msec.ids import derivation_identity
+from m2msec.maf.protocol import MafRefusal
+from m2msec.mef.keys import EnrolmentKey, derive_for_target
+from m2msec.mef.records import (
+    Bootstrap,
+    Enrolee,
+    Enrolment,
+    EnrolmentTarget,
+    MefAudit,
+    MefEvent,
+)
+from m2msec.mef.store import MefStore
+from m2msec.mef.wire import (
+    ENROLMENT_PATH,
+    CredentialBody,
+    EnrolmentBody,
+    EnrolmentRequestBody,
+    FetchFailure,
+    WireError,
+    parse_fetch_path,
+)
+
+__all__ = [
+    "EnroleeIdentity",
+    "MefPolicy",
+    "MefRefusal",
+    "MefService",
+    "PlannedEnrolment",
+]
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True, slots=True)
+class MefPolicy:
+    """What the answers depend on: the MEF-FQDN, the domain of every KeID (10.3.4)."""
+
+    fqdn: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnroleeIdentity:
+    """Who ran the bootstrap handshake: its KpmID (PSK) or the canonical CSE-ID/AE-ID its
+    certificate names (certificates, :func:`m2msec.ids.derivation_identity`)."""
+
+    bootstrap: Bootstrap
+    bootstrap_id: str
+
+    def __str__(self) -> str:
+        return f"{self.bootstrap.value}:{self.bootstrap_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEnrolment:
+    """An enrolment to commit, its audit record, and the answer to send after the commit."""
+
+    enrolment: Enrolment
+    enrolee: Enrolee
+    audit: MefAudit
+    answer: EnrolmentBody
+
+
+class MefRefusal(MafRefusal):
+    """A MEF request refused: ``rsc``, a ``message`` safe to answer, ``audit`` for the log
+    (the MAF's refusal, so one server loop can answer both)."""
+
+
+_NO_SUCH_ENROLMENT = "no such enrolment for this Enrolment Target"
+
+
+def _answer(rsc: int, body: Mapping[str, Any] | None, request: OneM2MRequest) -> HttpResponse:
+    """HTTP status for ``rsc``, ``X-M2M-RSC``, echoed ``X-M2M-RI``/``RVI``, a JSON body."""
+    headers = [("X-M2M-RSC", str(int(rsc)))]
+    if request.request_id is not None:
+        headers.append(("X-M2M-RI", request.request_id))
+    if request.release_version is not None:
+        headers.append(("X-M2M-RVI", request.release_version))
+    data = b""
+    if body is not None:
+        headers.append(("Content-Type", "application/json"))
+        data = json.dumps(body, separators=(",", ":")).encode()
+    return HttpResponse(http_status_for(rsc), tuple(headers), data)
+
+
+def _json_body(request: OneM2MRequest) -> Mapping[str, Any]:
+    if not request.body:
+        return {}
+    try:
+        value = json.loads(request.body)
+    except ValueError:
+        raise MefRefusal(RSC.BAD_REQUEST, "the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise MefRefusal(RSC.BAD_REQUEST, "the body is not a JSON object")
+    return value
+
+
+def _check_common(request: OneM2MRequest, method: str) -> None:
+    if request.method != method:
+        raise MefRefusal(RSC.OPERATION_NOT_ALLOWED, f"{request.target} takes {method} only")
+    if not request.request_id:
+        raise MefRefusal(RSC.BAD_REQUEST, "X-M2M-RI (Request Identifier) is missing")
+
+
+class MefService:
+    """The MEF's decisions (module docstring). ``clock`` gives the current time (tests);
+    ``stats`` counts decisions by name (no identities, no keys), shared with the listeners."""
+
+    def __init__(
+        self,
+        policy: MefPolicy,
+        store: MefStore,
+        *,
+        stats: Counter[str] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self._clock = clock
+
+    # -- the bootstrap handshake ------------------------------------------------------------
+    def kpm_for(self, kpm_id: str) -> bytes | None:
+        """The Kpm of a KpmID (the psk of 8.3.2.1's handshake), or None: the handshake
+        then fails. A store failure is an unknown KpmID here, and is logged."""
+        try:
+            enrolee = self.store.get_enrolee(Bootstrap.PSK, kpm_id)
+        except (StoreError, IdentifierError) as exc:
+            self.stats["store_errors"] += 1
+            log.error("MEF store: cannot read an Enrolee: %s", exc)
+            return None
+        return None if enrolee is None else enrolee.kpm
+
+    # -- Enrolment Exchange -----------------------------------------------------------------
+    def plan_enrolment(
+        self,
+        who: EnroleeIdentity,
+        exported: bytes,
+        asked: EnrolmentTarget | None = None,
+    ) -> PlannedEnrolment:
+        """Enrolment Key Generation for ``who`` from the session's 48 exported octets;
+        ``asked`` is the target the Enrolee names (None: the configured one). Writes
+        nothing. Raises :class:`MefRefusal`."""
+        try:
+            enrolee = self.store.get_enrolee(who.bootstrap, who.bootstrap_id)
+        except (StoreError, IdentifierError) as exc:
+            raise self._store_failed("read its store", exc) from None
+        if enrolee is None:
+            raise MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, "this Enrolee is not configured")
+        if asked is not None and asked != enrolee.target:
+            raise MefRefusal(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                "this Enrolee is not configured for that Enrolment Target",
+                audit=f"asked for {asked}, configured for {enrolee.target}",
+            )
+        try:
+            key = EnrolmentKey.from_export(exported, self.policy.fqdn)
+        except ValueError as exc:  # not 48 octets: a fault of the listener, not the Enrolee
+            raise MefRefusal(
+                RSC.INTERNAL_SERVER_ERROR, "no Enrolment Key from this session", audit=str(exc)
+            ) from None
+        now = self._clock()
+        # Whole seconds: the expiry answered is the one stored.
+        expires = (now + enrolee.lifetime).replace(microsecond=0)
+        enrolment = Enrolment(key.ke_id, key.ke, enrolee.enrolee_id, enrolee.target, expires, now)
+        audit = MefAudit.granted(MefEvent.ENROLLED, enrolment, str(who), int(RSC.CREATED))
+        answer = EnrolmentBody(key.ke_id, enrolee.target, enrolee.enrolee_id, expires)
+        return PlannedEnrolment(enrolment, enrolee, audit, answer)
+
+    def enrol(
+        self, request: OneM2MRequest, who: EnroleeIdentity, exported: bytes | None
+    ) -> HttpResponse:
+        """Answer ``POST /mef/enrolment`` on a bootstrap session. ``exported`` is None when
+        this session has enrolled already (one Ke per handshake: 4105)."""
+        try:
+            if request.target != ENROLMENT_PATH:
+                raise MefRefusal(RSC.NOT_FOUND, f"no resource {request.target[:80]!r}")
+            _check_common(request, "POST")
+            try:
+                asked = EnrolmentRequestBody.parse(_json_body(request) or {"mefEnrolReq": {}})
+            except WireError as exc:
+                raise MefRefusal(RSC.BAD_REQUEST, str(exc)) from None
+            if exported is None:
+                raise MefRefusal(
+                    RSC.CONFLICT,
+                    "one enrolment per bootstrap handshake: run a new one",
+                )
+            planned = self.plan_enrolment(who, exported, asked.target)
+            self._commit(planned)
+        except MefRefusal as refusal:
+            self.stats["enrolments_refused"] += 1
+            self._refused(MefEvent.ENROLMENT_REFUSED, str(who), refusal)
+            return _answer(refusal.rsc, {"m2m:dbg": refusal.message}, request)
+        self.stats["enrolments"] += 1
+        log.info("enrolled %s as %s for %s", who, planned.answer.ke_id, planned.enrolee.target)
+        return _answer(RSC.CREATED, planned.answer.to_json(), request)
+
+    def _commit(self, planned: PlannedEnrolment) -> None:
+        try:
+            self.store.commit([(planned.enrolment, planned.enrolee)], [planned.audit])
+        except DuplicateCredentialError:
+            raise MefRefusal(
+                RSC.CONFLICT, "this KeID is in use: run a new bootstrap handshake"
+            ) from None
+        except StoreError as exc:
+            raise self._store_failed("store the enrolment", exc) from None
+
+    # -- fetchCredentials -------------------------------------------------------------------
+    def fetch_credentials(self, request: OneM2MRequest, requester: EnrolmentTarget) -> HttpResponse:
+        """Answer RETRIEVE ``/fetchCredentials/<KeID>/<SUID>`` from ``requester``, the
+        identity its mutual TLS authenticated (module docstring)."""
+        try:
+            body, audit = self._fetch(request, requester)
+        except MefRefusal as refusal:
+            self.stats["fetch_refused"] += 1
+            self._refused(MefEvent.FETCH_REFUSED, str(requester), refusal, request.target)
+            return _answer(refusal.rsc, FetchFailure(refusal.message).to_json(), request)
+        try:
+            self.store.commit(audits=[audit])
+        except StoreError as exc:
+            # No key leaves the MEF without its audit record.
+            self.stats["store_errors"] += 1
+            self.stats["fetch_refused"] += 1
+            log.error("MEF store: cannot record a fetch: %s", exc)
+            failure = FetchFailure("the MEF cannot record the request")
+            return _answer(RSC.INTERNAL_SERVER_ERROR, failure.to_json(), request)
+        self.stats["fetched"] += 1
+        log.info("%s fetched its %s for %s", requester, requester.key_name, body.ke_id)
+        return _answer(RSC.OK, body.to_json(), request)
+
+    def _fetch(
+        self, request: OneM2MRequest, requester: EnrolmentTarget
+    ) -> tuple[CredentialBody, MefAudit]:
+        _check_common(request, "GET")
+        try:
+            asked = parse_fetch_path(request.target)
+        except WireError as exc:
+            raise MefRefusal(RSC.BAD_REQUEST, str(exc)) from None
+        if request.origin is not None and not self._names(request.origin, requester):
+            raise MefRefusal(
+                RSC.ORIGINATOR_NOT_AUTHENTICATED,
+                "X-M2M-Origin is not the identity this connection authenticated",
+                audit=f"X-M2M-Origin {request.origin[:80]!r}",
+            )
+        try:
+            allowed = self.store.is_allowed_target(requester)
+            enrolment = None
+            if allowed and asked.ke_id.fqdn.lower() == self.policy.fqdn.lower():
+                enrolment = self.store.get_enrolment(asked.ke_id)
+        except StoreError as exc:
+            raise self._store_failed("read its store", exc) from None
+        if not allowed:
+            raise MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, "not an Enrolment Target of this MEF")
+        now = self._clock()
+        if enrolment is None or enrolment.target != requester or enrolment.expired(now):
+            if enrolment is None:
+                why = "unknown KeID"
+            elif enrolment.expired(now):
+                why = "expired"
+            else:
+                why = f"enrolled for {enrolment.target}"
+            raise MefRefusal(RSC.NOT_FOUND, _NO_SUCH_ENROLMENT, audit=f"{asked.ke_id}: {why}")
+        if asked.suid != requester.suid:
+            raise MefRefusal(
+                RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+                f"SUID {asked.suid} is not the usage of this enrolment ({requester.suid})",
+            )
+        target = enrolment.target  # the requester, by the check above
+        credential = derive_for_target(
+            enrolment.ke, target.target_id, enrolee_b=target.is_enrolee_b
+        )
+        body = CredentialBody(
+            asked.ke_id, asked.suid, credential, enrolment.enrolee_id, enrolment.expires_at
+        )
+        audit = MefAudit.granted(MefEvent.FETCHED, enrolment, str(requester), int(RSC.OK), now)
+        return body, audit
+
+    @staticmethod
+    def _names(origin: str, requester: EnrolmentTarget) -> bool:
+        """Whether ``X-M2M-Origin`` names the authenticated target (canonical forms)."""
+        try:
+            return derivation_identity(origin, enrolee_b=requester.is_enrolee_b) == (
+                requester.canonical
+            )
+        except IdentifierError:
+            return False
+
+    def _store_failed(self, what: str, exc: Exception) -> MefRefusal:
+        """5000: the store failed; the answer says what could not be done, the log why."""
+        self.stats["store_errors"] += 1
+        return MefRefusal(RSC.INTERNAL_SERVER_ERROR, f"the MEF cannot {what}", audit=str(exc))
+
+    # -- audit of refusals ------------------------------------------------------------------
+    def _refused(
+        self, event: MefEvent, requester: str, refusal: MefRefusal, target: str | None = None
+    ) -> None:
+        log.warning("MEF refused %s (%d): %s", requester, refusal.rsc, refusal.audit)
+        record = MefAudit(
+            event, self._clock(), requester, target=target, rsc=refusal.rsc, reason=refusal.audit
+        )
+        try:
+            self.store.commit(audits=[record])
+        except StoreError as exc:
+            self.stats["store_errors"] += 1
+            log.error("MEF store: cannot record a refusal: %s", exc)

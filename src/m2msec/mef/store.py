@@ -1,0 +1,421 @@
+"""The MEF's store (TS-0003 8.3.2.1, seed 004): Enrolees, allowed targets, enrolments, audit.
+
+One SQLite file (default ``<data dir>/mef.db``; WAL, ``synchronous=FULL``, ``secure_delete``,
+created 0600 in a 0700 directory) or the ``m2msec_mef`` schema of a PostgreSQL database
+(``postgresql://...``, needs ``m2msec[postgres]``), on :class:`~m2msec.store.db.Database`
+as the MAF and BSF stores are; :class:`~m2msec.store.sealed_store.SealedStore` opens it
+(:func:`~m2msec.store.schema.open_sealed_store`), migrates it and checks the
+key-encryption key (``$M2MSEC_KEK`` or the ``kek`` file). Tables::
+
+    enrolees(bootstrap_key PK, kpm sealed, enrolee_id, target_kind, target_id, naf_fqdn,
+             lifetime, created)        -- Bootstrap Instruction Configuration, 8.3.2.1
+    targets(target_key PK, kind, target_id, naf_fqdn, created)  -- who may fetch
+    enrolments(ke_id PK, ke sealed, bootstrap_key, enrolee_id, target_kind, target_id,
+               naf_fqdn, expires_at, created)                   -- Ke, KeID, 10.7
+    audit(seq, time, record)                                    -- JSON, no keys
+    meta(name PK, value)                                        -- the KEK check value
+
+Kpm and Ke are sealed (:mod:`m2msec.store.seal`) with the associated data of
+:func:`~m2msec.mef.records.enrolee_aad` / :func:`~m2msec.mef.records.ke_aad`; a
+certificate Enrolee's row seals an empty value, so its target cannot be edited either.
+:meth:`MefStore.commit` writes enrolments with their audit records in one transaction,
+fsynced before it returns: the MEF answers an Enrolment Exchange only after it (the
+acknowledgement of issue 11 item 6). Nothing is cached: every read sees other processes'
+commits (``m2msec mef remove-enrolee`` acts at once).
+"""
+
+# The SQL is formatted with the dialect's placeholder and column types only, never values.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from m2msec.errors import DuplicateCredentialError
+from m2msec.keyids import KeId
+from m2msec.mef.records import (
+    Bootstrap,
+    Enrolee,
+    Enrolment,
+    EnrolmentTarget,
+    MefAudit,
+    TargetKind,
+    enrolee_aad,
+    ke_aad,
+)
+from m2msec.paths import data_dir, ensure_private_dir
+from m2msec.store.db import (
+    Connection,
+    Database,
+    PostgresDatabase,
+    SqliteDatabase,
+    from_epoch,
+    open_database,
+    to_epoch,
+)
+from m2msec.store.schema import KekCheck, SealedSchema
+from m2msec.store.sealed_store import SealedStore
+
+__all__ = ["MEF_STORE_NAME", "PG_SCHEMA", "MefStore", "default_mef_store_path"]
+
+MEF_STORE_NAME: Final = "mef.db"
+PG_SCHEMA: Final = "m2msec_mef"
+SCHEMA_VERSION: Final = 1
+_KEK_CHECK: Final = KekCheck(
+    b"m2msec/mef/meta/kek-check", b"m2msec MEF key-encryption key check, version 1"
+)
+_T = TypeVar("_T")
+
+
+def migrations(db: Database) -> dict[int, tuple[str, ...]]:
+    """Each schema version's statements in ``db``'s dialect."""
+    t, b, w = db.key_text, db.blob, db.table_suffix
+    target = f"target_kind TEXT NOT NULL, target_id {t} NOT NULL, naf_fqdn TEXT"
+    return {
+        1: (
+            f"CREATE TABLE meta (name {t} PRIMARY KEY, value {b} NOT NULL){w}",
+            f"""CREATE TABLE enrolees (bootstrap_key {t} PRIMARY KEY, kpm {b} NOT NULL,
+                   enrolee_id {t} NOT NULL, {target}, lifetime BIGINT NOT NULL,
+                   created BIGINT NOT NULL){w}""",
+            f"""CREATE TABLE targets (target_key {t} PRIMARY KEY, kind TEXT NOT NULL,
+                   target_id {t} NOT NULL, naf_fqdn TEXT, created BIGINT NOT NULL){w}""",
+            f"""CREATE TABLE enrolments (ke_id {t} PRIMARY KEY, ke {b} NOT NULL,
+                   bootstrap_key {t} NOT NULL, enrolee_id {t} NOT NULL, {target},
+                   expires_at BIGINT NOT NULL, created BIGINT NOT NULL){w}""",
+            "CREATE INDEX enrolments_expiry ON enrolments (expires_at)",
+            f"CREATE TABLE audit (seq {db.serial_key}, time BIGINT NOT NULL, record TEXT NOT NULL)",
+        ),
+    }
+
+
+def default_mef_store_path(*, create: bool = False) -> Path:
+    """``<data dir>/mef.db``; with ``create``, make the data directory (0700) first."""
+    directory = data_dir()
+    if create:
+        ensure_private_dir(directory)
+    return directory / MEF_STORE_NAME
+
+
+def _database(
+    target: str | os.PathLike[str] | Database | None,
+    busy_timeout: float,
+    home: str | os.PathLike[str] | None,
+) -> Database:
+    if isinstance(target, Database):
+        return target
+    if target is None:
+        target = default_mef_store_path(create=True)
+    if isinstance(target, Path):
+        target = target.expanduser()
+    db = open_database(target, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout)
+    if isinstance(db, SqliteDatabase):
+        # An erased Ke (purge, remove-enrolee) is overwritten on disk, not left in free pages.
+        return SqliteDatabase(db.path, busy_timeout=busy_timeout, secure_delete=True)
+    assert isinstance(db, PostgresDatabase)
+    return PostgresDatabase(
+        db.url,
+        schema=PG_SCHEMA,
+        home=None if home is None else Path(home).expanduser(),
+        application_name="m2msec-mef",
+        what="MEF store",
+    )
+
+
+def _bootstrap_key(bootstrap: Bootstrap, bootstrap_id: str) -> str:
+    return f"{bootstrap.value}:{bootstrap_id}"
+
+
+def _target_key(target: EnrolmentTarget) -> str:
+    return str(target)
+
+
+def _ke_key(ke_id: KeId) -> str:
+    # hexBinary in lower case, the FQDN case-insensitive (docs/readings.md A-05).
+    return f"{ke_id.relative_hex}@{ke_id.fqdn.lower()}"
+
+
+def _target(kind: str, target_id: str, naf_fqdn: str | None) -> EnrolmentTarget:
+    return EnrolmentTarget(TargetKind(kind), target_id, naf_fqdn)
+
+
+def _time(value: int) -> datetime:
+    out = from_epoch(value)
+    assert out is not None
+    return out
+
+
+def _epoch(value: datetime) -> int:
+    out = to_epoch(value)
+    assert out is not None
+    return out
+
+
+_SCHEMA: Final = SealedSchema(migrations, SCHEMA_VERSION, _KEK_CHECK)
+
+
+class MefStore(SealedStore):
+    """The MEF store (module docstring). Thread-safe.
+
+    ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, a
+    :class:`~m2msec.store.db.Database`, or None for ``<data dir>/mef.db``. ``home`` holds
+    the ``kek`` file of a PostgreSQL store; ``kek`` overrides the key-encryption key.
+    """
+
+    def __init__(
+        self,
+        target: str | os.PathLike[str] | Database | None = None,
+        *,
+        kek: bytes | None = None,
+        busy_timeout: float = 10.0,
+        home: str | os.PathLike[str] | None = None,
+    ) -> None:
+        db = _database(target, busy_timeout, home)
+        super().__init__(db, _SCHEMA, kind="MEF store", kek=kek)
+        p = db.p
+        self._p = p
+        target_cols = "target_kind, target_id, naf_fqdn"
+        self._enrolee_cols = f"bootstrap_key, kpm, enrolee_id, {target_cols}, lifetime, created"
+        self._enrolment_cols = (
+            f"ke_id, ke, bootstrap_key, enrolee_id, {target_cols}, expires_at, created"
+        )
+        self._insert_enrolment = (
+            f"INSERT INTO enrolments ({self._enrolment_cols}) VALUES "
+            f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+        )
+        self._insert_audit = f"INSERT INTO audit (time, record) VALUES ({p}, {p})"
+
+    # -- where ------------------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        """The file, or the PostgreSQL URL (without password) and schema, for messages."""
+        return self._db.label
+
+    # -- Enrolees (Bootstrap Instruction Configuration) -------------------------------------
+    def add_enrolee(self, enrolee: Enrolee, *, replace: bool = False) -> None:
+        """Configure an Enrolee; DuplicateCredentialError if its bootstrap credential is
+        configured already and not ``replace``."""
+        p = self._p
+        kpm = enrolee.kpm if enrolee.bootstrap is Bootstrap.PSK else b""
+        if kpm is None:
+            raise ValueError("a PSK Enrolee needs its Kpm")
+        target = enrolee.target
+        created = enrolee.created_at or datetime.now(UTC)
+        sql = (
+            f"INSERT INTO enrolees ({self._enrolee_cols}) VALUES "
+            f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+        )
+        if replace:
+            sql += " ON CONFLICT (bootstrap_key) DO UPDATE SET " + ", ".join(
+                f"{c} = excluded.{c}" for c in self._enrolee_cols.split(", ")[1:]
+            )
+        key = _bootstrap_key(enrolee.bootstrap, enrolee.bootstrap_id)
+        row = (
+            key,
+            self._sealer.seal(bytes(kpm), enrolee_aad(enrolee)),
+            enrolee.enrolee_id,
+            target.kind.value,
+            target.target_id,
+            target.naf_fqdn,
+            int(enrolee.lifetime.total_seconds()),
+            _epoch(created),
+        )
+        self._write(sql, row, duplicate=f"Enrolee {key!r} is configured already")
+
+    def get_enrolee(self, bootstrap: Bootstrap, bootstrap_id: str) -> Enrolee | None:
+        """The Enrolee of a KpmID or certificate identity, Kpm unsealed; None if unknown."""
+        key = _bootstrap_key(bootstrap, bootstrap_id)
+        row = self._read(
+            f"SELECT {self._enrolee_cols} FROM enrolees WHERE bootstrap_key = {self._p}",
+            (key,),
+            lambda c: c.fetchone(),
+        )
+        return None if row is None else self._enrolee(row, unseal=True)
+
+    def list_enrolees(self) -> list[Enrolee]:
+        """Every Enrolee by bootstrap credential, without Kpm (its seal is still checked)."""
+        rows = self._read(
+            f"SELECT {self._enrolee_cols} FROM enrolees ORDER BY bootstrap_key",
+            (),
+            lambda c: list(c.fetchall()),
+        )
+        return [self._enrolee(r, unseal=False) for r in rows]
+
+    def remove_enrolee(self, bootstrap: Bootstrap, bootstrap_id: str) -> tuple[bool, int]:
+        """Remove an Enrolee and erase its enrolments: (found, enrolments erased)."""
+        key = _bootstrap_key(bootstrap, bootstrap_id)
+        p = self._p
+
+        def run(conn: Connection) -> tuple[bool, int]:
+            found = conn.execute(f"DELETE FROM enrolees WHERE bootstrap_key = {p}", (key,))
+            gone = conn.execute(f"DELETE FROM enrolments WHERE bootstrap_key = {p}", (key,))
+            return bool(found.rowcount > 0), int(gone.rowcount)
+
+        return self._transaction(run)
+
+    def _enrolee(self, row: Sequence[Any], *, unseal: bool) -> Enrolee:
+        key, sealed, enrolee_id, kind, target_id, naf, lifetime, created = row
+        framework, _, bootstrap_id = str(key).partition(":")
+        enrolee = Enrolee(
+            Bootstrap(framework),
+            bootstrap_id,
+            enrolee_id,
+            _target(kind, target_id, naf),
+            timedelta(seconds=int(lifetime)),
+            created_at=_time(created),
+        )
+        kpm = self._sealer.unseal(
+            bytes(sealed), enrolee_aad(enrolee), what=f"the configuration of Enrolee {key!r}"
+        )
+        if unseal and enrolee.bootstrap is Bootstrap.PSK:
+            return Enrolee(
+                enrolee.bootstrap,
+                bootstrap_id,
+                enrolee_id,
+                enrolee.target,
+                enrolee.lifetime,
+                kpm,
+                enrolee.created_at,
+            )
+        return enrolee
+
+    # -- Enrolment Targets that may fetch ---------------------------------------------------
+    def allow_target(self, target: EnrolmentTarget, now: datetime | None = None) -> bool:
+        """Let ``target`` fetch credentials; False if it was allowed already."""
+        p = self._p
+        sql = (
+            "INSERT INTO targets (target_key, kind, target_id, naf_fqdn, created) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (target_key) DO NOTHING"
+        )
+        created = _epoch(now or datetime.now(UTC))
+        row = (_target_key(target), target.kind.value, target.target_id, target.naf_fqdn, created)
+        return self._write(sql, row) > 0
+
+    def remove_target(self, target: EnrolmentTarget) -> bool:
+        sql = f"DELETE FROM targets WHERE target_key = {self._p}"
+        return self._write(sql, (_target_key(target),)) > 0
+
+    def is_allowed_target(self, target: EnrolmentTarget) -> bool:
+        sql = f"SELECT 1 FROM targets WHERE target_key = {self._p}"
+        return self._read(sql, (_target_key(target),), lambda c: c.fetchone()) is not None
+
+    def list_targets(self) -> list[EnrolmentTarget]:
+        rows = self._read(
+            "SELECT kind, target_id, naf_fqdn FROM targets ORDER BY target_key",
+            (),
+            lambda c: list(c.fetchall()),
+        )
+        return [_target(*r) for r in rows]
+
+    # -- enrolments -------------------------------------------------------------------------
+    def commit(
+        self,
+        enrolments: Iterable[tuple[Enrolment, Enrolee]] = (),
+        audits: Iterable[MefAudit] = (),
+    ) -> None:
+        """Write enrolments (each with the Enrolee it was made for) and audit records in one
+        durable transaction. A KeID already stored raises DuplicateCredentialError and
+        writes nothing (a repeated export: the Enrolee must bootstrap again)."""
+        rows = [self._enrolment_row(e, who) for e, who in enrolments]
+        records = [
+            (_epoch(a.time), json.dumps(a.to_json(), separators=(",", ":"), ensure_ascii=False))
+            for a in audits
+        ]
+
+        def run(conn: Connection) -> None:
+            for row in rows:
+                conn.execute(self._insert_enrolment, row)
+            for record in records:
+                conn.execute(self._insert_audit, record)
+
+        self._transaction(run, duplicate="a KeID of this batch is stored already")
+
+    def _enrolment_row(self, e: Enrolment, enrolee: Enrolee) -> tuple[Any, ...]:
+        expires = _epoch(e.expires_at)
+        target = e.target
+        return (
+            _ke_key(e.ke_id),
+            self._sealer.seal(e.ke, ke_aad(e.ke_id, e.enrolee_id, target, expires)),
+            _bootstrap_key(enrolee.bootstrap, enrolee.bootstrap_id),
+            e.enrolee_id,
+            target.kind.value,
+            target.target_id,
+            target.naf_fqdn,
+            expires,
+            _epoch(e.created_at),
+        )
+
+    def get_enrolment(self, ke_id: KeId) -> Enrolment | None:
+        """The enrolment of a KeID, Ke unsealed (expired ones too: the caller decides)."""
+        row = self._read(
+            f"SELECT {self._enrolment_cols} FROM enrolments WHERE ke_id = {self._p}",
+            (_ke_key(ke_id),),
+            lambda c: c.fetchone(),
+        )
+        if row is None:
+            return None
+        _key, sealed, _bootstrap, enrolee_id, kind, target_id, naf, expires, created = row
+        target = _target(kind, target_id, naf)
+        ke = self._sealer.unseal(
+            bytes(sealed),
+            ke_aad(ke_id, enrolee_id, target, int(expires)),
+            what=f"the Ke of KeID {ke_id}",
+        )
+        return Enrolment(ke_id, ke, enrolee_id, target, _time(expires), _time(created))
+
+    def count_enrolments(self, *, live_at: datetime | None = None) -> int:
+        if live_at is None:
+            return self._read("SELECT count(*) FROM enrolments", (), _count)
+        sql = f"SELECT count(*) FROM enrolments WHERE expires_at > {self._p}"
+        return self._read(sql, (_epoch(live_at),), _count)
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Erase enrolments past their Enrolment Expiry; how many."""
+        cutoff = _epoch(now or datetime.now(UTC))
+        return self._write(f"DELETE FROM enrolments WHERE expires_at <= {self._p}", (cutoff,))
+
+    # -- audit ------------------------------------------------------------------------------
+    def read_audit(self, *, after: int = 0, limit: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+        """Audit records with a sequence number above ``after``, oldest first."""
+        p = self._p
+        rows = self._read(
+            f"SELECT seq, record FROM audit WHERE seq > {p} ORDER BY seq LIMIT {p}",
+            (after, limit),
+            lambda c: list(c.fetchall()),
+        )
+        return [(int(seq), json.loads(text)) for seq, text in rows]
+
+    # -- internals --------------------------------------------------------------------------
+    def _read(self, sql: str, args: tuple[Any, ...], fetch: Callable[[Any], _T]) -> _T:
+        with self._rlock:
+            try:
+                return fetch(self._reader().execute(sql, args))
+            except self._db.errors as exc:
+                raise self._error("read", exc) from None
+
+    def _write(self, sql: str, args: tuple[Any, ...], duplicate: str | None = None) -> int:
+        return self._transaction(lambda conn: int(conn.execute(sql, args).rowcount), duplicate)
+
+    def _transaction(self, run: Callable[[Connection], _T], duplicate: str | None = None) -> _T:
+        """``run`` inside BEGIN ... COMMIT on the write connection; rolled back on error.
+        A broken constraint becomes DuplicateCredentialError(``duplicate``) when given."""
+        db = self._db
+        with self._wlock:
+            try:
+                with db.transaction(self._writer()) as conn:
+                    out = run(conn)
+            except db.integrity_errors as exc:
+                if duplicate is None:
+                    raise self._error("write", exc) from None
+                raise DuplicateCredentialError(duplicate) from None
+            except db.errors as exc:
+                raise self._error("write", exc) from None
+        return out
+
+
+def _count(cursor: Any) -> int:
+    return int(cursor.fetchone()[0])
