@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -61,7 +62,13 @@ from m2msec.store.db import (
 from m2msec.store.schema import KekCheck, SealedSchema
 from m2msec.store.sealed_store import SealedStore
 
-__all__ = ["MEF_STORE_NAME", "PG_SCHEMA", "MefStore", "default_mef_store_path"]
+__all__ = [
+    "MEF_STORE_NAME",
+    "PG_SCHEMA",
+    "EnrolmentInfo",
+    "MefStore",
+    "default_mef_store_path",
+]
 
 MEF_STORE_NAME: Final = "mef.db"
 PG_SCHEMA: Final = "m2msec_mef"
@@ -70,6 +77,8 @@ _KEK_CHECK: Final = KekCheck(
     b"m2msec/mef/meta/kek-check", b"m2msec MEF key-encryption key check, version 1"
 )
 _T = TypeVar("_T")
+#: Rows per progress report of a bulk import.
+_CHUNK: Final = 500
 
 
 def migrations(db: Database) -> dict[int, tuple[str, ...]]:
@@ -99,6 +108,22 @@ def default_mef_store_path(*, create: bool = False) -> Path:
     if create:
         ensure_private_dir(directory)
     return directory / MEF_STORE_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolmentInfo:
+    """An enrolment as ``m2msec mef keys`` lists it: KeID, the Enrolee's bootstrap
+    credential (``psk:KPMID`` / ``cert:ID``), Enrolee-ID, target, Enrolment Expiry; no Ke."""
+
+    ke_id: str
+    bootstrap: str
+    enrolee_id: str
+    target: EnrolmentTarget
+    expires_at: datetime
+    created_at: datetime
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(UTC)) >= self.expires_at
 
 
 def _database(
@@ -188,6 +213,10 @@ class MefStore(SealedStore):
             f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
         )
         self._insert_audit = f"INSERT INTO audit (time, record) VALUES ({p}, {p})"
+        self._insert_enrolee = (
+            f"INSERT INTO enrolees ({self._enrolee_cols}) VALUES "
+            f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+        )
 
     # -- where ------------------------------------------------------------------------------
     @property
@@ -199,23 +228,50 @@ class MefStore(SealedStore):
     def add_enrolee(self, enrolee: Enrolee, *, replace: bool = False) -> None:
         """Configure an Enrolee; DuplicateCredentialError if its bootstrap credential is
         configured already and not ``replace``."""
-        p = self._p
+        self.add_enrolees([enrolee], replace=replace)
+
+    def add_enrolees(
+        self,
+        enrolees: Iterable[Enrolee],
+        *,
+        replace: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Configure many Enrolees in one durable transaction, all or none (``m2msec mef
+        import``); ``progress(n_done)`` after each chunk. A bootstrap credential configured
+        already (and not ``replace``) raises DuplicateCredentialError naming it."""
+        sql = self._insert_enrolee
+        if replace:
+            sql += " ON CONFLICT (bootstrap_key) DO UPDATE SET " + ", ".join(
+                f"{c} = excluded.{c}" for c in self._enrolee_cols.split(", ")[1:]
+            )
+        rows = [self._enrolee_row(e) for e in enrolees]
+        integrity = self._db.integrity_errors
+
+        def run(conn: Connection) -> int:
+            for start in range(0, len(rows), _CHUNK):
+                for row in rows[start : start + _CHUNK]:
+                    try:
+                        conn.execute(sql, row)
+                    except integrity:
+                        # Rolled back by the transaction; the key names which one.
+                        raise DuplicateCredentialError(
+                            f"Enrolee {row[0]!r} is configured already"
+                        ) from None
+                if progress is not None:
+                    progress(min(start + _CHUNK, len(rows)))
+            return len(rows)
+
+        return self._transaction(run)
+
+    def _enrolee_row(self, enrolee: Enrolee) -> tuple[Any, ...]:
         kpm = enrolee.kpm if enrolee.bootstrap is Bootstrap.PSK else b""
         if kpm is None:
             raise ValueError("a PSK Enrolee needs its Kpm")
         target = enrolee.target
         created = enrolee.created_at or datetime.now(UTC)
-        sql = (
-            f"INSERT INTO enrolees ({self._enrolee_cols}) VALUES "
-            f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
-        )
-        if replace:
-            sql += " ON CONFLICT (bootstrap_key) DO UPDATE SET " + ", ".join(
-                f"{c} = excluded.{c}" for c in self._enrolee_cols.split(", ")[1:]
-            )
-        key = _bootstrap_key(enrolee.bootstrap, enrolee.bootstrap_id)
-        row = (
-            key,
+        return (
+            _bootstrap_key(enrolee.bootstrap, enrolee.bootstrap_id),
             self._sealer.seal(bytes(kpm), enrolee_aad(enrolee)),
             enrolee.enrolee_id,
             target.kind.value,
@@ -224,7 +280,6 @@ class MefStore(SealedStore):
             int(enrolee.lifetime.total_seconds()),
             _epoch(created),
         )
-        self._write(sql, row, duplicate=f"Enrolee {key!r} is configured already")
 
     def get_enrolee(self, bootstrap: Bootstrap, bootstrap_id: str) -> Enrolee | None:
         """The Enrolee of a KpmID or certificate identity, Kpm unsealed; None if unknown."""
@@ -366,6 +421,28 @@ class MefStore(SealedStore):
             what=f"the Ke of KeID {ke_id}",
         )
         return Enrolment(ke_id, ke, enrolee_id, target, _time(expires), _time(created))
+
+    def list_enrolments(self, *, limit: int = 1000) -> list[EnrolmentInfo]:
+        """Enrolments, oldest first, without Ke (each seal is still checked: an edited row
+        fails here as it would at fetchCredentials)."""
+        rows = self._read(
+            f"SELECT {self._enrolment_cols} FROM enrolments ORDER BY created, ke_id "
+            f"LIMIT {self._p}",
+            (limit,),
+            lambda c: list(c.fetchall()),
+        )
+        out = []
+        for key, sealed, bootstrap, enrolee_id, kind, target_id, naf, expires, created in rows:
+            target = _target(kind, target_id, naf)
+            self._sealer.unseal(
+                bytes(sealed),
+                ke_aad(KeId.parse(key), enrolee_id, target, int(expires)),
+                what=f"the Ke of KeID {key}",
+            )
+            out.append(
+                EnrolmentInfo(key, bootstrap, enrolee_id, target, _time(expires), _time(created))
+            )
+        return out
 
     def count_enrolments(self, *, live_at: datetime | None = None) -> int:
         if live_at is None:
