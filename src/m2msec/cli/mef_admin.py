@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,6 +33,8 @@ from rich.text import Text
 
 from m2msec.cli.common import (
     done,
+    import_file_argument,
+    listing_table,
     option,
     read_secret,
     stderr_console,
@@ -50,10 +52,12 @@ from m2msec.mef.importer import (
     parse_kpm_hex,
     parse_lifetime,
 )
-from m2msec.mef.records import Bootstrap, Enrolee, EnrolmentTarget, TargetKind
+from m2msec.mef.records import Bootstrap, Enrolee, Enrolment, EnrolmentTarget, TargetKind
 from m2msec.mef.store import MefStore
 
 __all__ = ["register"]
+
+_R = TypeVar("_R")
 
 #: From this many rows an import reports its progress on stderr.
 PROGRESS_FROM: Final = 1000
@@ -168,6 +172,26 @@ def _print_json(value: object) -> None:
     stdout_console().out(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _listed(
+    store: str | None,
+    read: Callable[[MefStore], list[_R]],
+    to_json: Callable[[_R], object] | None,
+    what: str,
+) -> tuple[list[_R], str] | None:
+    """``read`` the store; print it as one JSON array (``to_json``) or, when empty, a line
+    saying so (None: nothing left to print); else the rows and the store's location."""
+    with store_errors(), _open(store) as st:
+        rows = read(st)
+        where = st.location
+    if to_json is not None:
+        _print_json([to_json(r) for r in rows])
+        return None
+    if not rows:
+        stdout_console().print(Text(f"no {what} in {where}"))
+        return None
+    return rows, where
+
+
 # ----------------------------------------------------------------------------- Enrolees
 
 
@@ -249,18 +273,14 @@ def _enrolee_json(e: Enrolee) -> dict[str, Any]:
 
 def list_enrolees(as_json: JsonOption = False, store: StoreOption = None) -> None:
     """List the Enrolees: bootstrap credential, Enrolee-ID, target, lifetime (never Kpm)."""
-    with store_errors(), _open(store) as st:
-        enrolees = st.list_enrolees()
-        where = st.location
-    if as_json:
-        _print_json([_enrolee_json(e) for e in enrolees])
+    listed = _listed(store, MefStore.list_enrolees, _enrolee_json if as_json else None, "Enrolees")
+    if listed is None:
         return
-    if not enrolees:
-        stdout_console().print(Text(f"no Enrolees in {where}"))
-        return
-    table = Table(title=f"MEF Enrolees {where}", title_justify="left")
-    for column in ("bootstrap", "KpmID / identity", "Enrolee-ID", "target", "lifetime", "added"):
-        table.add_column(column, no_wrap=True)
+    enrolees, where = listed
+    table = listing_table(
+        f"MEF Enrolees {where}",
+        *("bootstrap", "KpmID / identity", "Enrolee-ID", "target", "lifetime", "added"),
+    )
     for e in enrolees:
         table.add_row(
             Text(e.bootstrap.value),
@@ -314,12 +334,9 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
 def import_enrolees(
     file: Annotated[
         Path,
-        typer.Argument(
-            metavar="FILE.csv",
-            help="CSV with columns kpm_id,kpm,enrolee_id,maf_id,enrolee_b,naf_fqdn,lifetime.",
-            exists=True,
-            dir_okay=False,
-            readable=True,
+        import_file_argument(
+            "CSV with columns kpm_id,kpm,enrolee_id,maf_id,enrolee_b,naf_fqdn,lifetime.",
+            "FILE.csv",
         ),
     ],
     replace: Annotated[
@@ -366,19 +383,27 @@ def remove_target(
 
 def list_targets(as_json: JsonOption = False, store: StoreOption = None) -> None:
     """List the Enrolment Targets that may fetch credentials."""
-    with store_errors(), _open(store) as st:
-        targets = st.list_targets()
-        where = st.location
-    if as_json:
-        _print_json([_target_json(t) for t in targets])
-        return
-    if not targets:
-        stdout_console().print(Text(f"no targets allowed in {where}"))
-    for target in targets:
+    listed = _listed(
+        store, MefStore.list_targets, _target_json if as_json else None, "targets allowed"
+    )
+    for target in listed[0] if listed else ():
         stdout_console().print(Text(_target_text(target)))
 
 
 # ----------------------------------------------------------------------------- keys, audit
+
+
+def _enrolment_json(listed: tuple[str, Enrolment]) -> dict[str, Any]:
+    bootstrap, e = listed
+    return {
+        "keID": str(e.ke_id),
+        "bootstrap": bootstrap,
+        "enroleeId": e.enrolee_id,
+        "target": _target_json(e.target),
+        "expires": utc_time(e.expires_at),
+        "created": utc_time(e.created_at),
+        "expired": e.expired(),
+    }
 
 
 def keys(
@@ -388,44 +413,33 @@ def keys(
 ) -> None:
     """List the enrolments: KeID, Enrolee-ID, target, Enrolment Expiry (never Ke)."""
     now = datetime.now(UTC)
-    with store_errors(), _open(store) as st:
-        listed = st.list_enrolments(limit=limit)
-        total, live = st.count_enrolments(), st.count_enrolments(live_at=now)
-        where = st.location
-    if as_json:
-        _print_json(
-            [
-                {
-                    "keID": e.ke_id,
-                    "bootstrap": e.bootstrap,
-                    "enroleeId": e.enrolee_id,
-                    "target": _target_json(e.target),
-                    "expires": utc_time(e.expires_at),
-                    "created": utc_time(e.created_at),
-                    "expired": e.expired(now),
-                }
-                for e in listed
-            ]
-        )
+    counts: list[int] = []
+
+    def read(st: MefStore) -> list[tuple[str, Enrolment]]:
+        counts.extend((st.count_enrolments(), st.count_enrolments(live_at=now)))
+        return st.list_enrolments(limit=limit)
+
+    listed = _listed(store, read, _enrolment_json if as_json else None, "enrolments")
+    if listed is None:
         return
-    if not listed:
-        stdout_console().print(Text(f"no enrolments in {where}"))
-        return
-    table = Table(title=f"MEF enrolments {where}", title_justify="left")
-    for column in ("KeID", "Enrolee-ID", "bootstrap", "target", "expires (UTC)", "state"):
-        table.add_column(column, no_wrap=True)
-    for e in listed:
+    enrolments, where = listed
+    table = listing_table(
+        f"MEF enrolments {where}",
+        *("KeID", "Enrolee-ID", "bootstrap", "target", "expires (UTC)", "state"),
+    )
+    for bootstrap, e in enrolments:
         state = "expired" if e.expired(now) else "live"
         table.add_row(
-            Text(e.ke_id),
+            Text(str(e.ke_id)),
             Text(e.enrolee_id),
-            Text(e.bootstrap),
+            Text(bootstrap),
             Text(_target_text(e.target)),
             Text(utc_time(e.expires_at)),
             Text(state, style="" if state == "live" else "red"),
         )
     stdout_console().print(table)
-    stdout_console().print(Text(f"{total} enrolment(s), {live} live; showing {len(listed)}"))
+    total, live = counts
+    stdout_console().print(Text(f"{total} enrolment(s), {live} live; showing {len(enrolments)}"))
 
 
 _AUDIT_COLUMNS: Final = (

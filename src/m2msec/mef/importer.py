@@ -26,7 +26,7 @@ from typing import Final
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import derivation_identity
 from m2msec.mef.records import Bootstrap, Enrolee, EnrolmentTarget, check_kpm_id
-from m2msec.store.importer import ImportProblems, csv_rows
+from m2msec.store.importer import ImportProblems, csv_rows, parse_hex_key
 
 __all__ = [
     "COLUMNS",
@@ -68,10 +68,7 @@ def parse_lifetime(text: str) -> timedelta:
 
 def parse_kpm_hex(text: str) -> bytes:
     """A Kpm in hexadecimal (whitespace ignored); errors never echo the value."""
-    try:
-        return bytes.fromhex("".join(text.split()))
-    except ValueError:
-        raise ConfigurationError("the Kpm is not hexadecimal (two digits per octet)") from None
+    return parse_hex_key(text, "the Kpm")
 
 
 def make_enrolee(

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -65,7 +64,6 @@ from m2msec.store.sealed_store import SealedStore
 __all__ = [
     "MEF_STORE_NAME",
     "PG_SCHEMA",
-    "EnrolmentInfo",
     "MefStore",
     "default_mef_store_path",
 ]
@@ -108,22 +106,6 @@ def default_mef_store_path(*, create: bool = False) -> Path:
     if create:
         ensure_private_dir(directory)
     return directory / MEF_STORE_NAME
-
-
-@dataclass(frozen=True, slots=True)
-class EnrolmentInfo:
-    """An enrolment as ``m2msec mef keys`` lists it: KeID, the Enrolee's bootstrap
-    credential (``psk:KPMID`` / ``cert:ID``), Enrolee-ID, target, Enrolment Expiry; no Ke."""
-
-    ke_id: str
-    bootstrap: str
-    enrolee_id: str
-    target: EnrolmentTarget
-    expires_at: datetime
-    created_at: datetime
-
-    def expired(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(UTC)) >= self.expires_at
 
 
 def _database(
@@ -411,8 +393,9 @@ class MefStore(SealedStore):
             (_ke_key(ke_id),),
             lambda c: c.fetchone(),
         )
-        if row is None:
-            return None
+        return None if row is None else self._enrolment(ke_id, row)
+
+    def _enrolment(self, ke_id: KeId, row: Sequence[Any]) -> Enrolment:
         _key, sealed, _bootstrap, enrolee_id, kind, target_id, naf, expires, created = row
         target = _target(kind, target_id, naf)
         ke = self._sealer.unseal(
@@ -422,27 +405,17 @@ class MefStore(SealedStore):
         )
         return Enrolment(ke_id, ke, enrolee_id, target, _time(expires), _time(created))
 
-    def list_enrolments(self, *, limit: int = 1000) -> list[EnrolmentInfo]:
-        """Enrolments, oldest first, without Ke (each seal is still checked: an edited row
-        fails here as it would at fetchCredentials)."""
+    def list_enrolments(self, *, limit: int = 1000) -> list[tuple[str, Enrolment]]:
+        """(the Enrolee's bootstrap credential, ``psk:KPMID`` or ``cert:ID``, enrolment),
+        oldest first. Ke is unsealed, so an edited row fails here as it would at
+        fetchCredentials; listings show the rest only."""
         rows = self._read(
             f"SELECT {self._enrolment_cols} FROM enrolments ORDER BY created, ke_id "
             f"LIMIT {self._p}",
             (limit,),
             lambda c: list(c.fetchall()),
         )
-        out = []
-        for key, sealed, bootstrap, enrolee_id, kind, target_id, naf, expires, created in rows:
-            target = _target(kind, target_id, naf)
-            self._sealer.unseal(
-                bytes(sealed),
-                ke_aad(KeId.parse(key), enrolee_id, target, int(expires)),
-                what=f"the Ke of KeID {key}",
-            )
-            out.append(
-                EnrolmentInfo(key, bootstrap, enrolee_id, target, _time(expires), _time(created))
-            )
-        return out
+        return [(str(row[2]), self._enrolment(KeId.parse(row[0]), row)) for row in rows]
 
     def count_enrolments(self, *, live_at: datetime | None = None) -> int:
         if live_at is None:

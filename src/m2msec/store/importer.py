@@ -49,6 +49,7 @@ __all__ = [
     "load_psk_file",
     "parse_entity",
     "parse_expiry",
+    "parse_hex_key",
     "parse_kpsa_hex",
     "parse_kpsa_id",
     "parse_psk_csv",
@@ -104,13 +105,17 @@ def parse_kpsa_id(text: str) -> str:
     return text
 
 
+def parse_hex_key(text: str, what: str) -> bytes:
+    """Decode a hexadecimal key, whitespace ignored; errors name ``what``, never the value."""
+    try:
+        return bytes.fromhex("".join(text.split()))
+    except ValueError:
+        raise ConfigurationError(f"{what} is not hexadecimal (two digits per octet)") from None
+
+
 def parse_kpsa_hex(text: str) -> bytes:
     """Decode a hexadecimal Kpsa of 1 to 64 octets; errors never echo the value."""
-    compact = "".join(text.split())
-    try:
-        key = bytes.fromhex(compact)
-    except ValueError:
-        raise ConfigurationError("kpsa is not hexadecimal (two digits per octet)") from None
+    key = parse_hex_key(text, "kpsa")
     if not 1 <= len(key) <= MAX_KPSA_OCTETS:
         raise ConfigurationError(f"kpsa must be 1 to {MAX_KPSA_OCTETS} octets, not {len(key)}")
     return key
