@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -433,3 +434,19 @@ def test_postgresql(pg_mef: Mef, tmp_path: Path) -> None:
     assert len(json.loads(pg_mef("list-enrolees", "--json")[1])) == 1002
     audit = [json.loads(line) for line in pg_mef("audit", "--json")[1].splitlines()]
     assert [r["event"] for r in audit][:1] == ["enrolled"]
+
+
+def test_wrong_kek_and_an_edited_row_exit_1(
+    mef: Mef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_gateway_device(mef, tmp_path)
+    assert mef("allow-target", "/mn-cse-123456")[0] == 0
+    enrol_and_fetch(mef.store)
+    # An enrolment edited without the KEK (a longer expiry) no longer opens: keys refuses it.
+    with sqlite3.connect(mef.store) as db:
+        db.execute("UPDATE enrolments SET expires_at = expires_at + 86400")
+    code, _, err = mef("keys")
+    assert code == 1 and "error:" in err
+    monkeypatch.setenv("M2MSEC_KEK", "11" * 32)
+    code, _, err = mef("list-enrolees")
+    assert code == 1 and "wrong key-encryption key" in err
