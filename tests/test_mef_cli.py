@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from m2msec.bindings.messages import OneM2MRequest
 from m2msec.keyids import KeId
-from m2msec.mef.records import Bootstrap, EnrolmentTarget
+from m2msec.mef.records import Bootstrap, Enrolee, EnrolmentTarget
 from m2msec.mef.service import EnroleeIdentity, MefPolicy, MefService
 from m2msec.mef.store import MefStore
 from m2msec.mef.wire import fetch_path
@@ -450,3 +450,27 @@ def test_wrong_kek_and_an_edited_row_exit_1(
     monkeypatch.setenv("M2MSEC_KEK", "11" * 32)
     code, _, err = mef("list-enrolees")
     assert code == 1 and "wrong key-encryption key" in err
+
+
+def test_add_enrolees_is_one_transaction(store: str) -> None:
+    """MefStore.add_enrolees, under import: a refused row leaves nothing of the batch."""
+    from datetime import timedelta
+
+    from m2msec.errors import DuplicateCredentialError
+    from m2msec.mef.importer import make_enrolee
+
+    def one(n: int) -> Enrolee:
+        return make_enrolee(
+            kpm_id=f"d-{n}", kpm=bytes(16), enrolee_id=f"Cd{n}", maf_id="m.example.com",
+            lifetime=timedelta(days=1),
+        )  # fmt: skip
+
+    with MefStore(store) as st:
+        seen: list[int] = []
+        assert st.add_enrolees([one(n) for n in range(1200)], progress=seen.append) == 1200
+        assert seen == [500, 1000, 1200]
+        with pytest.raises(DuplicateCredentialError, match="'psk:d-1100' is configured"):
+            st.add_enrolees([one(n) for n in range(2000, 2600)] + [one(1100)])
+        with pytest.raises(DuplicateCredentialError, match="two Enrolees of this batch"):
+            st.add_enrolees([one(3000), one(3000)])
+        assert len(st.list_enrolees()) == 1200

@@ -229,22 +229,35 @@ class MefStore(SealedStore):
             )
         rows = [self._enrolee_row(e) for e in enrolees]
         integrity = self._db.integrity_errors
+        refused: list[tuple[Any, ...]] = []
 
         def run(conn: Connection) -> int:
+            cursor = conn.cursor()
             for start in range(0, len(rows), _CHUNK):
-                for row in rows[start : start + _CHUNK]:
-                    try:
-                        conn.execute(sql, row)
-                    except integrity:
-                        # Rolled back by the transaction; the key names which one.
-                        raise DuplicateCredentialError(
-                            f"Enrolee {row[0]!r} is configured already"
-                        ) from None
+                chunk = rows[start : start + _CHUNK]
+                try:
+                    cursor.executemany(sql, chunk)
+                except integrity:
+                    refused.extend(chunk)
+                    raise
                 if progress is not None:
-                    progress(min(start + _CHUNK, len(rows)))
+                    progress(start + len(chunk))
             return len(rows)
 
-        return self._transaction(run)
+        try:
+            return self._transaction(run, duplicate="an Enrolee is configured already")
+        except DuplicateCredentialError:
+            # Rolled back; name the first row whose credential is configured (not a value).
+            taken = next((r[0] for r in refused if self._configured(r[0])), None)
+            raise DuplicateCredentialError(
+                f"Enrolee {taken!r} is configured already"
+                if taken is not None
+                else "two Enrolees of this batch have one bootstrap credential"
+            ) from None
+
+    def _configured(self, bootstrap_key: str) -> bool:
+        sql = f"SELECT 1 FROM enrolees WHERE bootstrap_key = {self._p}"
+        return self._read(sql, (bootstrap_key,), lambda c: c.fetchone()) is not None
 
     def _enrolee_row(self, enrolee: Enrolee) -> tuple[Any, ...]:
         kpm = enrolee.kpm if enrolee.bootstrap is Bootstrap.PSK else b""
