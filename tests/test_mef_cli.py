@@ -226,7 +226,7 @@ def test_targets(mef: Mef) -> None:
     assert code == 0 and "already allowed: enrolee-b:/mn-cse-123456" in out
     code, out, _ = mef("allow-target", "MAF.provider.com")
     assert code == 0 and "allowed target maf:maf.provider.com" in out
-    # A target needs no NAF FQDN to fetch (A-27 is about configuring an Enrolee).
+    # A target needs no NAF FQDN to fetch (docs/readings.md A-27 is about configuring an Enrolee).
     code, _, err = mef("allow-target", "/mn-cse-1/Clight-AE1", "--naf-fqdn", "l.example.com")
     assert code == 0, err
     code, out, _ = mef("list-targets")
