@@ -3,8 +3,8 @@
 ``serve`` runs the MEF (:mod:`m2msec.servers.mef`): its Enrolee listeners (the bootstrap
 handshake, TLS-PSK with KpmID/Kpm or certificates, then the Enrolment Exchange) and its
 target listener (fetchCredentials over mutual TLS). The commands that manage its store
-(Enrolees, allowed targets, enrolments, audit) are registered from
-:mod:`m2msec.cli.mef_admin` once it exists.
+(Enrolees, allowed targets, enrolments, audit, import) come from
+:mod:`m2msec.cli.mef_admin`.
 
 Keys are never printed. Exit status: 0 on success, 1 when the store refuses or the server
 cannot run, 2 for malformed input or configuration.
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from rich.table import Table
 
+from m2msec.cli import mef_admin
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
@@ -28,9 +29,9 @@ from m2msec.cli.common import (
     option,
     path_overrides,
     serve_and_report,
-    store_option,
     sub_app,
 )
+from m2msec.cli.mef_admin import StoreOption
 
 if TYPE_CHECKING:
     from m2msec.config.mef import MefConfig
@@ -40,16 +41,7 @@ __all__ = ["app"]
 
 app = sub_app("mef", "The M2M Enrolment Function (TS-0003 8.3.2.1): serve, and manage its store.")
 
-# -- the admin commands (issue 11): cli/mef_admin.py adds them here with
-# -- ``mef_admin.register(app)`` when it lands on main.
-
-StoreOption = Annotated[
-    str | None,
-    store_option(
-        "MEF store file, sqlite:///absolute/path or postgresql:// URL (default: mef.db in "
-        "the m2msec data directory)."
-    ),
-]
+mef_admin.register(app)  # the store commands (add-enrolee, allow-target, keys, audit, ...)
 
 
 @app.command("serve")
