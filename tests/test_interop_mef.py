@@ -146,6 +146,25 @@ ca = "{pki.ca.cert_path}"
     assert KPM.hex() not in server.output and exported[16:].hex() not in server.output
 
 
+async def test_mef_serve_options(tmp_path: Path) -> None:
+    """The options override the file; without --init a missing store is refused (exit 1),
+    a configuration error exits 2."""
+    port = free_port()
+    db = tmp_path / "new.db"
+    argv = [
+        sys.executable, "-m", "m2msec.cli", "mef", "serve", "--fqdn", MEF_FQDN,
+        "--listen", f"tls://{HOST}:{port}", "--target-listen", "off", "--store", str(db),
+    ]  # fmt: skip
+    refused = await run(argv, timeout=STEP * 3)
+    assert refused.returncode == 1 and "does not exist" in refused.output, refused.describe()
+    bad = await run([*argv, "--listen", "http://127.0.0.1:1"], timeout=STEP * 3)
+    assert bad.returncode == 2 and "tls:// or dtls://" in bad.output, bad.describe()
+    async with spawn([*argv, "--init"]) as server:
+        await wait_listening(port, server)
+        await server.expect(f"enrolee listener +tls://{HOST}:{port}", STEP)
+    assert db.exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
