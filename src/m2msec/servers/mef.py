@@ -60,6 +60,7 @@ from m2msec.servers.mef_session import (
     enrolee_identity,
     target_identity,
 )
+from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.schema import require_initialised
@@ -87,12 +88,14 @@ class MefListener:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
-class MefServer:
+class MefServer(ServerLifecycle):
     """The MEF (module documentation): ``async with MefServer(config) as mef: ...``.
 
     ``store`` overrides the configured store (and is not closed by the server); ``clock``
     gives "now" to the service (tests). ``stats`` counts decisions and connections by name.
     """
+
+    what = "MEF server"
 
     def __init__(
         self,
@@ -101,6 +104,7 @@ class MefServer:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__()
         self.config = config
         self.stats: Counter[str] = Counter()
         #: Refuse a missing or schema-less SQLite store instead of creating one.
@@ -112,8 +116,6 @@ class MefServer:
         self._service: MefService | None = None
         self._servers: list[Any] = []  # TLSServer or the DTLS endpoint: start/close/port
         self._purge_task: asyncio.Task[None] | None = None
-        self._started = False
-        self._closed = False
         self._http = HttpService(
             HttpLimits.of(config),
             ServiceHooks(
@@ -146,42 +148,26 @@ class MefServer:
                 return found
         raise LookupError(f"no {role} listener {scheme}/{framework}")
 
-    async def __aenter__(self) -> MefServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        """Open the store and the listeners. Raises ConfigurationError, StoreError, or
-        OSError (a port in use)."""
-        if self._started:
-            raise RuntimeError("MEF server already started")
-        self._started = True
+    async def _open(self) -> None:
         cfg = self.config
-        try:
-            if self._store is None:
-                if self.require_existing_store:  # serve without --init (issue 9 item 3)
-                    require_initialised(
-                        cfg.store or default_mef_store_path(),
-                        label="MEF store",
-                        create="m2msec mef add-enrolee",
-                    )
-                self._store = await asyncio.to_thread(MefStore, cfg.store)
-            self._service = MefService(
-                MefPolicy(cfg.fqdn.lower()), self._store, stats=self.stats, clock=self._clock
-            )
-            for spec in cfg.enrolee_listeners():
-                await self._start_enrolee(spec)
-            if cfg.target_listen is not None:
-                spec = cfg.target_listener()
-                profile = await self._target_profile()
-                await self._start_tls(spec, "target", "certificate", profile, self._serve_target)
-            self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
-        except BaseException:
-            await self.close()
-            raise
+        if self._store is None:
+            if self.require_existing_store:  # serve without --init (issue 9 item 3)
+                require_initialised(
+                    cfg.store or default_mef_store_path(),
+                    label="MEF store",
+                    create="m2msec mef add-enrolee",
+                )
+            self._store = await asyncio.to_thread(MefStore, cfg.store)
+        self._service = MefService(
+            MefPolicy(cfg.fqdn.lower()), self._store, stats=self.stats, clock=self._clock
+        )
+        for spec in cfg.enrolee_listeners():
+            await self._start_enrolee(spec)
+        if cfg.target_listen is not None:
+            spec = cfg.target_listener()
+            profile = await self._target_profile()
+            await self._start_tls(spec, "target", "certificate", profile, self._serve_target)
+        self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
     async def _start_enrolee(self, spec: ListenerSpec) -> None:
         if spec.scheme == "dtls":
@@ -236,28 +222,20 @@ class MefServer:
         self.listeners.append(bound)
         log.info("MEF %s listener (%s) on %s", role, framework, bound.url)
 
-    async def close(self) -> None:
-        """Stop listening, end the sessions, close the store."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _shutdown(self) -> None:
+        """Let requests in progress finish, stop listening, end the sessions, close the
+        store."""
         if self._purge_task is not None:
             self._purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purge_task
+        await self._http.close(SHUTDOWN_GRACE)
         for server in self._servers:
             await server.close()
         if self._own_store and self._store is not None:
             self._store.close()
         if self.listeners:
             log.info("MEF stopped: %s", dict(sorted(self.stats.items())))
-
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then close."""
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
 
     # -- profiles -------------------------------------------------------------------------
     def psk_profile(self, transport: Transport) -> TLSProfile:
