@@ -40,13 +40,11 @@ from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config.listeners import ListenerSpec
 from m2msec.config.mef import MefConfig
 from m2msec.errors import (
-    CertificateError,
-    ConfigurationError,
     HandshakeError,
     IdentifierError,
     StoreError,
 )
-from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
+from m2msec.frameworks.service_certificate import service_responder_profile
 from m2msec.ids import PeerKind
 from m2msec.maf.protocol import refusal_response
 from m2msec.mef.records import Bootstrap, TargetKind, check_kpm_id
@@ -263,21 +261,7 @@ class MefServer(ServerLifecycle):
         return kpm, PeerBinding(peer_id=kpm_id, kind=PeerKind.CREDENTIAL, key_id=kpm_id)
 
     def _certificate_profile(self, services: tuple[str, ...]) -> TLSProfile:
-        cfg = self.config
-        assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
-        try:
-            credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
-            responder = CertificateResponder(
-                credential,
-                in_domain=cfg.effective_in_domain,
-                local_id=cfg.fqdn.lower(),
-                services=services,
-                sp_fqdn=cfg.effective_sp_fqdn,
-                crl=cfg.crl,
-            )
-        except (CertificateError, IdentifierError) as exc:
-            raise ConfigurationError(f"MEF certificate: {exc}") from None
-        return responder.profile(tls13=cfg.tls13)
+        return service_responder_profile(self.config, services=services, what="MEF certificate")
 
     async def _target_profile(self) -> TLSProfile:
         # A MAF's certificate names its FQDN (10.1.1.6), which only the allowed MAF
