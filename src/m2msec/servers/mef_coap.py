@@ -48,35 +48,28 @@ class CoapSettings:
     coap_response_options: bool = True
 
 
+class _Counted:
+    """An ``int`` attribute kept in its owner's ``_stats`` Counter under its own name."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, counts: _Counts, owner: type | None = None) -> int:
+        return counts._stats[self.name]
+
+    def __set__(self, counts: _Counts, value: int) -> None:
+        counts._stats[self.name] = value
+
+
 class _Counts:
-    """The listener's counters, kept in the MEF's one stats ``Counter``."""
+    """The counters the listener updates, kept in the MEF's one stats ``Counter``."""
+
+    coap_bad_messages = _Counted()
+    coap_requests = _Counted()
+    bad_requests = _Counted()
 
     def __init__(self, stats: Counter[str]) -> None:
         self._stats = stats
-
-    @property
-    def coap_bad_messages(self) -> int:
-        return self._stats["coap_bad_messages"]
-
-    @coap_bad_messages.setter
-    def coap_bad_messages(self, value: int) -> None:
-        self._stats["coap_bad_messages"] = value
-
-    @property
-    def coap_requests(self) -> int:
-        return self._stats["coap_requests"]
-
-    @coap_requests.setter
-    def coap_requests(self, value: int) -> None:
-        self._stats["coap_requests"] = value
-
-    @property
-    def bad_requests(self) -> int:
-        return self._stats["bad_requests"]
-
-    @bad_requests.setter
-    def bad_requests(self, value: int) -> None:
-        self._stats["bad_requests"] = value
 
 
 class MefCoapEnrolees:
