@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config.listeners import ListenerSpec
 from m2msec.config.mef import MefConfig
@@ -114,17 +113,15 @@ class MefServer(ServerLifecycle):
         self._service: MefService | None = None
         self._servers: list[Any] = []  # TLSServer or the DTLS endpoint: start/close/port
         self._purge_task: asyncio.Task[None] | None = None
-        self._http = HttpService(
-            HttpLimits.of(config),
-            ServiceHooks(
-                internal_error=self._internal_error,
-                close_after_error=False,
-                on_bad_request=self._count_bad_request,
-                on_request=self._count_request,
-                close_stream=False,  # TLSServer ends the association with close_notify
-            ),
-            name="MEF",
+        counts = self.stats
+        hooks = ServiceHooks(
+            internal_error=self._internal_error,
+            close_after_error=False,  # a bug of ours fails the request, not the session
+            on_bad_request=lambda _event: counts.update(["bad_requests"]),
+            on_request=lambda: counts.update(["requests"]),
+            close_stream=False,  # TLSServer ends the association with close_notify
         )
+        self._http = HttpService(HttpLimits.of(config), hooks, name="MEF")
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -300,12 +297,6 @@ class MefServer(ServerLifecycle):
 
     def _handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
         self.stats["handshakes_failed"] += 1
-
-    def _count_bad_request(self, event: BadRequest) -> None:
-        self.stats["bad_requests"] += 1
-
-    def _count_request(self) -> None:
-        self.stats["requests"] += 1
 
     def _internal_error(self, request: OneM2MRequest) -> HttpResponse:
         self.stats["internal_errors"] += 1
