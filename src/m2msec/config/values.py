@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from m2msec.errors import ConfigurationError
+from m2msec.errors import ConfigurationError, IdentifierError
+from m2msec.ids import check_fqdn
 
-__all__ = ["boolean", "file_path", "invalid", "is_ip", "number", "unknown_key"]
+__all__ = [
+    "ServiceDomains",
+    "boolean",
+    "check_service_config",
+    "file_path",
+    "invalid",
+    "is_ip",
+    "number",
+    "typed_tables",
+    "unknown_key",
+]
 
 
 def unknown_key(key: str, known: frozenset[str] | set[str], where: str) -> ConfigurationError:
@@ -60,3 +73,89 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def typed_tables(
+    data: Mapping[str, Any],
+    kinds: Mapping[str, Mapping[str, type]],
+    paths: Collection[tuple[str, str]],
+    base: Path,
+) -> dict[str, Any]:
+    """The keys of a document of flat tables (``[maf]``/``[mef]`` and ``[certificates]``)
+    as one ``{key: value}``: unknown tables and keys refused, each value of its ``kinds``
+    type (``float`` takes integers, ``int`` refuses booleans; ``list`` is a list of
+    strings), None values skipped, relative file ``paths`` read under ``base``."""
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section not in kinds:
+            known = ", ".join(kinds)
+            raise ConfigurationError(f"unknown section [{section}] (known: {known})")
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(f"[{section}] must be a table")
+        for key, value in table.items():
+            table_kinds = kinds[section]
+            if key not in table_kinds:
+                raise ConfigurationError(
+                    f"unknown key '{section}.{key}' (known: {', '.join(sorted(table_kinds))})"
+                )
+            if value is None:
+                continue
+            kind = table_kinds[key]
+            if kind is float:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            elif kind is list:
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            else:
+                ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+            if not ok:
+                raise ConfigurationError(f"{section}.{key} must be {kind.__name__}, not {value!r}")
+            if (
+                (section, key) in paths
+                and isinstance(value, str)
+                and value
+                and "://" not in value
+                and not Path(value).expanduser().is_absolute()
+            ):
+                value = str(base / Path(value).expanduser())
+            values[key] = value
+    return values
+
+
+class ServiceDomains:
+    """The domains of a service named by its FQDN (the MAF's, the MEF's configuration): the
+    IN public domain of CSE certificates, by default the FQDN without its first label, and
+    the M2M-SP FQDN of SP-relative ids, by default that domain."""
+
+    __slots__ = ()
+    fqdn: str
+    in_domain: str | None
+    sp_fqdn: str | None
+
+    @property
+    def effective_in_domain(self) -> str:
+        return self.in_domain or self.fqdn.split(".", 1)[1]
+
+    @property
+    def effective_sp_fqdn(self) -> str:
+        return self.sp_fqdn or self.effective_in_domain
+
+
+def check_service_config(config: Any, what: str, durations: Iterable[str]) -> None:
+    """The checks the MAF's and the MEF's configurations share: ``fqdn`` (``what``, two
+    labels at least), ``in_domain`` and ``sp_fqdn`` FQDNs when given, each of ``durations``
+    above 0, ``max_handshakes`` >= 1 and ``max_body`` >= 1024."""
+    try:
+        check_fqdn(config.fqdn, what)
+        for name in ("in_domain", "sp_fqdn"):
+            value = getattr(config, name)
+            if value is not None:
+                check_fqdn(value, name)
+    except IdentifierError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if "." not in config.fqdn:
+        raise ConfigurationError(f"{what} {config.fqdn!r} needs at least two labels")
+    for name in durations:
+        if not getattr(config, name) > 0:
+            raise ConfigurationError(f"{name} must be greater than 0")
+    if config.max_handshakes < 1 or config.max_body < 1024:
+        raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")

@@ -49,7 +49,6 @@ from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config.maf import MafConfig
 from m2msec.errors import (
-    CertificateError,
     ConfigurationError,
     HandshakeError,
     IdentifierError,
@@ -214,9 +213,7 @@ class MafServer(ServerLifecycle):
                 self._serve_retrieval,
                 handshake_timeout=cfg.handshake_timeout,
                 max_handshakes=cfg.max_handshakes,
-                on_failure=lambda peer, reason: self._handshake_failed(
-                    "retrieval", peer, reason
-                ),
+                on_failure=lambda peer, reason: self._handshake_failed("retrieval", peer, reason),
             )
             await self._retrieval_server.start(retrieval_spec.host, retrieval_spec.port)
             log.info(
@@ -261,7 +258,7 @@ class MafServer(ServerLifecycle):
         )
 
     def _retrieval_profile(self) -> TLSProfile:
-        from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
+        from m2msec.frameworks.service_certificate import service_responder_profile
 
         cfg = self.config
         missing = [n for n in ("cert", "key", "ca") if getattr(cfg, n) is None]
@@ -272,20 +269,7 @@ class MafServer(ServerLifecycle):
                 + " ([certificates] in the config file), or turn Key Retrieval off "
                 '(--retrieval-listen off, retrieval_listen = "")'
             )
-        assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
-        try:
-            credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
-            responder = CertificateResponder(
-                credential,
-                in_domain=cfg.effective_in_domain,
-                local_id=cfg.fqdn.lower(),
-                services=[cfg.fqdn],
-                sp_fqdn=cfg.effective_sp_fqdn,
-                crl=cfg.crl,
-            )
-        except (CertificateError, IdentifierError) as exc:
-            raise ConfigurationError(f"MAF certificate: {exc}") from None
-        return responder.profile(tls13=cfg.tls13)
+        return service_responder_profile(cfg, services=[cfg.fqdn], what="MAF certificate")
 
     def resolve_km(self, identity: bytes) -> tuple[bytes, PeerBinding]:
         """The MAF Handshake's PSK lookup (8.8.2.2): KmId -> Km; refusals raise."""
