@@ -1,0 +1,192 @@
+"""An Enrolment Target fetching its credential from the MEF (TS-0003 8.3.2.1 step f, seed 004).
+
+An Enrolee presents its KeID (``hexBinary(RelativeKeID)@MEF-FQDN``, 10.3.4) as the
+psk_identity to its Enrolment Target, which does not know it and asks the MEF named in
+it: ``GET /fetchCredentials/<KeID>/<SUID>`` over mutual TLS with certificates, the
+target's certificate naming its MAF-ID (an FQDN certificate, 10.1.1.6) or its CSE-ID /
+AE-ID (10.1.1.5), the MEF's its FQDN, and ``X-M2M-Origin`` the same identity
+(docs/mef.md sections 2 and 3). The SUID is the target's usage: 21 for a MAF (the answer
+is Km, 10.3.2), 22 for an Enrolee B (Kpsa, 10.3.3).
+
+:class:`MefCredentialFetcher` is a :class:`~m2msec.frameworks.remote_keys.KeyFetcher` as
+the MAF's Key Retrieval client is: answers cached until their lifetime ends (Ke's
+Enrolment Expiry, docs/readings.md A-28), concurrent fetches of one KeID coalesced, each
+bounded by ``timeout`` so that a MEF down or slow fails the waiting handshake in bounded
+time. Messages and audit lines come from :mod:`m2msec.mef.wire`.
+
+Keys never appear in ``repr``, logs or error messages; KeIDs do.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from m2msec.errors import IdentifierError, M2MSecError
+from m2msec.frameworks.certificate import CertificateCredential
+from m2msec.frameworks.maf.common import Clock, MafError, expect, utc_now
+from m2msec.frameworks.remote_keys import KeyFetcher
+from m2msec.keyids import KeId
+from m2msec.mef import wire
+from m2msec.mef.records import SUID_ENROLEE_B, SUID_MAF
+from m2msec.service.onem2m_client import OneM2MResponse
+
+__all__ = ["CredentialFetchError", "FetchedCredential", "MefCredentialFetcher"]
+
+
+class CredentialFetchError(M2MSecError):
+    """fetchCredentials failed: ``rsc`` is the MEF's Response Status Code when it answered.
+
+    Messages name KeIDs and identities, never keys.
+    """
+
+    def __init__(self, reason: str, rsc: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rsc = rsc
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedCredential:
+    """Table 8.3.2.1-5 as the target keeps it: Km or Kpsa under the KeID, the Enrolee-ID
+    to bind, and when the credential ends; ``credential`` is never in ``repr``."""
+
+    ke_id: KeId
+    credential: bytes = field(repr=False)
+    enrolee_id: str
+    expires: datetime
+    suid: int
+
+    def expired(self, now: datetime | None = None, margin: float = 0.0) -> bool:
+        """True once fewer than ``margin`` seconds of the lifetime remain."""
+        return (now or utc_now()) + timedelta(seconds=margin) >= self.expires
+
+
+class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
+    """An Enrolment Target's fetchCredentials client (module docstring).
+
+    ``credential`` is the target's certificate; ``mef_addresses`` maps each MEF-FQDN a KeID
+    may name to that MEF's target listener (``(host, port)`` or ``"host:port"``).
+    ``enrolee_b`` says which target we are: an Enrolee B (SUID 22, our ``local_id`` a
+    CSE-ID or AE-ID) or a MAF (SUID 21, our ``local_id`` the MAF-ID, an FQDN).
+    """
+
+    PEER = "MEF"
+    PROCEDURE = "fetchCredentials"
+    ERROR = CredentialFetchError
+    RELATIVE = "RelativeKeID"
+
+    def __init__(
+        self,
+        credential: CertificateCredential,
+        mef_addresses: Mapping[str, tuple[str, int] | str],
+        *,
+        enrolee_b: bool,
+        in_domain: str,
+        local_id: str | None = None,
+        sp_fqdn: str | None = None,
+        cache_size: int = 1024,
+        timeout: float = 5.0,
+        max_concurrent: int = 64,
+        pool_size: int = 4,
+        tls13: bool = True,
+        clock: Clock = utc_now,
+    ) -> None:
+        super().__init__(
+            credential,
+            mef_addresses,
+            in_domain=in_domain,
+            local_id=local_id,
+            sp_fqdn=sp_fqdn,
+            cache_size=cache_size,
+            timeout=timeout,
+            max_concurrent=max_concurrent,
+            pool_size=pool_size,
+            tls13=tls13,
+            clock=clock,
+            key_name="Kpsa" if enrolee_b else "Km",
+        )
+        self.suid = SUID_ENROLEE_B if enrolee_b else SUID_MAF
+
+    def __repr__(self) -> str:
+        return (
+            f"MefCredentialFetcher(mefs={sorted(self._addresses)!r}, "
+            f"local_id={self.local_id!r}, suid={self.suid})"
+        )
+
+    @property
+    def mefs(self) -> dict[str, tuple[str, int]]:
+        return dict(self._addresses)
+
+    def invalidate(self, ke_id: KeId | str) -> None:
+        """Drop a cached credential (the next handshake asks the MEF again)."""
+        self._drop(ke_id if isinstance(ke_id, KeId) else KeId.parse(ke_id))
+
+    async def fetch(self, ke_id: KeId | str) -> FetchedCredential:
+        """Our credential for ``ke_id``; :class:`CredentialFetchError` with a reason."""
+        if self._closed:
+            raise CredentialFetchError("the credential fetcher is closed")
+        try:
+            ke = ke_id if isinstance(ke_id, KeId) else KeId.parse(ke_id)
+        except IdentifierError as exc:
+            raise CredentialFetchError(str(exc)) from None
+        return await self._lookup(ke)
+
+    def _path(self, ident: KeId) -> str:
+        return wire.fetch_path(ident, self.suid)
+
+    def _read(self, ke: KeId, response: OneM2MResponse) -> FetchedCredential:
+        fqdn = ke.mef_fqdn.lower()
+        if response.rsc == 4004:
+            self.stats.refused += 1
+            raise CredentialFetchError(
+                f"the MEF {fqdn} has no enrolment {ke} for {self.local_id} "
+                "(unknown, expired, or enrolled for another target)",
+                4004,
+            )
+        if response.rsc in (4103, 4106):
+            self.stats.refused += 1
+            raise CredentialFetchError(
+                f"the MEF {fqdn} refuses {self.local_id} the credential of {ke}: "
+                f"not an Enrolment Target there, or not for SUID {self.suid} (RSC "
+                f"{response.rsc})",
+                response.rsc,
+            )
+        what = f"fetchCredentials of {ke}"
+        try:
+            doc = expect(response, 2000, what, fqdn, peer="MEF")
+            answer = wire.parse_fetch_answer(doc)
+        except MafError as exc:
+            self.stats.failed += 1
+            raise CredentialFetchError(exc.reason, exc.rsc) from None
+        except wire.WireError as exc:
+            self.stats.failed += 1
+            raise CredentialFetchError(f"{what}: the MEF {fqdn} answered: {exc}") from None
+        if isinstance(answer, wire.FetchFailure):
+            self.stats.failed += 1
+            raise CredentialFetchError(f"{what}: the MEF {fqdn} answered status false")
+        if not hmac.compare_digest(answer.ke_id.relative_bytes, ke.relative_bytes) or (
+            answer.ke_id.mef_fqdn.lower() != fqdn
+        ):
+            self.stats.failed += 1
+            raise CredentialFetchError(f"{what}: the MEF {fqdn} answered for another KeID")
+        if answer.suid != self.suid:
+            self.stats.failed += 1
+            raise CredentialFetchError(
+                f"{what}: the MEF {fqdn} answered SUID {answer.suid}, not ours ({self.suid})"
+            )
+        return FetchedCredential(
+            ke_id=ke,
+            credential=answer.credential,
+            enrolee_id=answer.enrolee_id,
+            expires=answer.expires,
+            suid=answer.suid,
+        )
+
+    async def __aenter__(self) -> MefCredentialFetcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
