@@ -28,7 +28,7 @@ from m2msec.config import GatewayConfig, MefTargetConfig, parse_config, parse_li
 from m2msec.config.maf import MafConfig, parse_maf_config
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.frameworks.maf import MafClient, MafError
+from m2msec.frameworks.maf import MafClient, MafError, MafKeyRetriever
 from m2msec.frameworks.mef_fetch import CredentialFetchError, MefCredentialFetcher
 from m2msec.frameworks.mef_responder import MefResponder
 from m2msec.ids import CseId
@@ -290,8 +290,9 @@ async def test_maf_accepts_a_keid_as_kmid(world: World, tmp_path: Path) -> None:
     maf_store = MafStore(tmp_path / "maf.db")
     maf_store.add_entity_b("/in-cse")
     cfg = MafConfig(
-        MAF_FQDN, str(tmp_path / "maf.db"), f"tls://{HOST}:0", None, cert=cert, key=key,
-        ca=world.pki.ca.cert_path, mef=f"tls://{HOST}:{world.target_port}", mef_fqdn=MEF_FQDN,
+        MAF_FQDN, str(tmp_path / "maf.db"), f"tls://{HOST}:0", f"tls://{HOST}:0", cert=cert,
+        key=key, ca=world.pki.ca.cert_path, mef=f"tls://{HOST}:{world.target_port}",
+        mef_fqdn=MEF_FQDN,
     )  # fmt: skip
     try:
         async with MafServer(cfg, maf_store) as maf:
@@ -303,6 +304,14 @@ async def test_maf_accepts_a_keid_as_kmid(world: World, tmp_path: Path) -> None:
             await client.register_key("/in-cse")
             assert world.mef.stats["fetched"] == 1
             assert maf_store.get_client(str(ke_id)) is None  # nothing written for it
+            # Entity B's Key Retrieval names the Enrolee-ID the MEF gave as entityID.
+            retriever = MafKeyRetriever(
+                world.pki.creds["/in-cse"], {MAF_FQDN: (HOST, maf.retrieval_port or 0)},
+                in_domain=IN_DOMAIN, local_id="/in-cse",
+            )  # fmt: skip
+            async with retriever:
+                got = await retriever.retrieve(issued.kc_id)
+            assert got.kc == issued.kc and got.entity_id == f"{GW_CSE}/Cdev2"
             # A KeID the MEF refuses (never enrolled), or the right KeID with a wrong Km.
             nobody = MafClient(HOST, maf.client_port, MAF_FQDN, f"{'ab' * 16}@{MEF_FQDN}", km)
             with pytest.raises(MafError, match=r"MAF Handshake .* failed"):
