@@ -31,6 +31,7 @@ from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.frameworks.maf import MafClient, MafError, MafKeyRetriever
 from m2msec.frameworks.mef_fetch import CredentialFetchError, MefCredentialFetcher
 from m2msec.frameworks.mef_responder import MefResponder
+from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.ids import CseId
 from m2msec.keyids import KeId
 from m2msec.maf.store import MafStore
@@ -41,7 +42,10 @@ from m2msec.pki.authority import write_credential
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafServer
 from m2msec.servers.mef import MefServer
+from m2msec.service.coap_client import CoapClient
+from m2msec.tls.aio_dtls import dtls_connect
 from m2msec.tls.context import Framework, PeerKind
+from m2msec.tls.profiles import Transport
 from tests.acme import AcmeCse, acme_fixture
 from tests.interop import HOST, keying_material, run, spawn
 from tests.test_mef_server import (
@@ -391,7 +395,10 @@ async def test_gateway_as_enrolee_b_with_openssl(
     caplog.set_level(logging.DEBUG)
     cert, key = world.gw_files
     cfg = GatewayConfig(
-        listen=(parse_listen_url(f"tls://{HOST}:0?framework=mef"),),
+        listen=(
+            parse_listen_url(f"tls://{HOST}:0?framework=mef"),
+            parse_listen_url(f"dtls://{HOST}:0?framework=mef"),
+        ),
         backend=acme.url,
         cse_id=CseId.parse(GW_CSE),
         in_domain=IN_DOMAIN,
@@ -411,6 +418,20 @@ async def test_gateway_as_enrolee_b_with_openssl(
         assert rsc(done.output) == "4106", done.output
         assert world.mef.stats["fetched"] == 1  # the second handshake used the cached Kpsa
         assert gw.stats.requests_forwarded == 1
+        # The same KeID over DTLS (CoAP): the one responder, its Kpsa cached.
+        dtls_port = next(i.port for i in gw.listeners if i.spec.scheme == "dtls")
+        initiator = PskInitiator(ke_id, kpsa, GW_CSE)
+        assoc = await dtls_connect(initiator.profile(Transport.DTLS), HOST, dtls_port)
+        coap = CoapClient(assoc)
+        try:
+            assert assoc.context.framework is Framework.PROVISIONED_PSK
+            r = await coap.request("GET", base + "/d1", origin="Cdevice-1")
+            assert r.rsc == 2000, r.body
+            r = await coap.request("GET", base + "/d1", origin="Cdevice-2")
+            assert r.rsc == 4106
+        finally:
+            await coap.close()
+        assert world.mef.stats["fetched"] == 1
 
         # A KeID enrolled for another Enrolee B: the MEF refuses, the handshake fails.
         client, exported = await psk_enrolee(world.mef, OTHER_KPM_ID)
