@@ -85,7 +85,6 @@ class World:
         return self.mef.listener("target").port
 
     def fetcher(self, cred: CertificateCredential | None = None, **kw: Any) -> MefCredentialFetcher:
-        kw.setdefault("enrolee_b", True)
         kw.setdefault("local_id", GW_CSE if cred is None else None)
         return MefCredentialFetcher(
             cred or self.gw_cred, {MEF_FQDN: (HOST, self.target_port)}, in_domain=IN_DOMAIN, **kw
@@ -245,7 +244,7 @@ async def test_mef_down_or_slow_fails_in_bounded_time(world: World) -> None:
     try:
         for port, message in ((silent_port, "did not answer in time"), (1, "no channel")):
             fetcher = MefCredentialFetcher(
-                world.gw_cred, {MEF_FQDN: (HOST, port)}, enrolee_b=True, in_domain=IN_DOMAIN,
+                world.gw_cred, {MEF_FQDN: (HOST, port)}, in_domain=IN_DOMAIN,
                 local_id=GW_CSE, timeout=0.5,
             )  # fmt: skip
             async with fetcher:

@@ -20,13 +20,11 @@ Keys never appear in ``repr``, logs or error messages; KeIDs do.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from m2msec.errors import IdentifierError, M2MSecError
-from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.frameworks.maf.common import Clock, MafError, expect, utc_now
+from m2msec.frameworks.maf.common import MafError, expect, utc_now
 from m2msec.frameworks.remote_keys import KeyFetcher
 from m2msec.keyids import KeId
 from m2msec.mef import wire
@@ -67,10 +65,11 @@ class FetchedCredential:
 class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
     """An Enrolment Target's fetchCredentials client (module docstring).
 
-    ``credential`` is the target's certificate; ``mef_addresses`` maps each MEF-FQDN a KeID
-    may name to that MEF's target listener (``(host, port)`` or ``"host:port"``).
-    ``enrolee_b`` says which target we are: an Enrolee B (SUID 22, our ``local_id`` a
-    CSE-ID or AE-ID) or a MAF (SUID 21, our ``local_id`` the MAF-ID, an FQDN).
+    ``credential`` is the target's certificate; ``addresses`` maps each MEF-FQDN a KeID
+    may name to that MEF's target listener (``(host, port)`` or ``"host:port"``); the other
+    options are :class:`~m2msec.frameworks.remote_keys.KeyFetcher`'s. Our ``local_id``
+    says which target we are: a CSE-ID or AE-ID is an Enrolee B (SUID 22, Kpsa), an FQDN a
+    MAF (SUID 21, Km).
     """
 
     PEER = "MEF"
@@ -78,37 +77,21 @@ class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
     ERROR = CredentialFetchError
     RELATIVE = "RelativeKeID"
 
-    def __init__(
-        self,
-        credential: CertificateCredential,
-        mef_addresses: Mapping[str, tuple[str, int] | str],
-        *,
-        enrolee_b: bool,
-        in_domain: str,
-        local_id: str | None = None,
-        sp_fqdn: str | None = None,
-        cache_size: int = 1024,
-        timeout: float = 5.0,
-        max_concurrent: int = 64,
-        pool_size: int = 4,
-        tls13: bool = True,
-        clock: Clock = utc_now,
-    ) -> None:
-        super().__init__(
-            credential,
-            mef_addresses,
-            in_domain=in_domain,
-            local_id=local_id,
-            sp_fqdn=sp_fqdn,
-            cache_size=cache_size,
-            timeout=timeout,
-            max_concurrent=max_concurrent,
-            pool_size=pool_size,
-            tls13=tls13,
-            clock=clock,
-            key_name="Kpsa" if enrolee_b else "Km",
-        )
-        self.suid = SUID_ENROLEE_B if enrolee_b else SUID_MAF
+    @property
+    def enrolee_b(self) -> bool:
+        """Whether we fetch as an Enrolee B: our identity is a CSE-ID or AE-ID, not the
+        FQDN a MAF's certificate names (10.1.1.6), as the MEF types its requesters."""
+        local = self.local_id or ""
+        return "/" in local or "." not in local
+
+    @property
+    def suid(self) -> int:
+        """Our usage: 22 (Kpsa) for an Enrolee B, 21 (Km) for a MAF."""
+        return SUID_ENROLEE_B if self.enrolee_b else SUID_MAF
+
+    @property
+    def key_name(self) -> str:
+        return "Kpsa" if self.enrolee_b else "Km"
 
     def __repr__(self) -> str:
         return (

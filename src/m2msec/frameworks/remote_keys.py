@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Generic, Protocol, TypeVar
@@ -32,6 +32,7 @@ import h11
 from m2msec.crypto.keyexport import RELATIVE_ID_LENGTH
 from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
+from m2msec.frameworks.maf.common import Clock, utc_now
 from m2msec.ids import check_fqdn, entity_kind, parse_entity_id
 from m2msec.m2mtime import format_time
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
@@ -41,9 +42,6 @@ from m2msec.tls.context import PeerBinding, PeerKind
 from m2msec.tls.profiles import TLSProfile
 
 __all__ = ["Expiring", "FetcherStats", "KeyFetcher", "KeyIdentifier", "entity_binding"]
-
-Clock = Callable[[], datetime]
-
 
 class KeyIdentifier(Protocol):
     """``hexBinary(relative)@FQDN``: a KcId (10.3.5) or a KeID (10.3.4)."""
@@ -125,9 +123,14 @@ def entity_binding(
 class KeyFetcher(Generic[IdT, V]):
     """Fetch keys by identifier from the functions named in ``addresses`` (module docstring).
 
-    ``credential`` is our certificate; ``addresses`` maps each function's FQDN to its
-    listener (``(host, port)`` or ``"host:port"``). Subclasses set the names used in
-    messages and implement :meth:`_path` and :meth:`_read`.
+    ``credential`` is our certificate (naming ``local_id``, inferred when not given);
+    ``addresses`` maps each function's FQDN to its listener (``(host, port)`` or
+    ``"host:port"``), whose certificate must name that FQDN (10.1.1.6). ``in_domain``,
+    ``local_id`` and ``sp_fqdn`` are as for :class:`CertificateInitiator`. Answers are
+    cached until they expire (at most ``cache_size``, least recently used first out); at
+    most ``max_concurrent`` requests are in flight, each within ``timeout`` seconds, over at
+    most ``pool_size`` kept-alive connections per function. Subclasses set the names used
+    in messages and implement :meth:`_path` and :meth:`_read`.
     """
 
     #: "MAF" / "MEF", and the procedure, for messages.
@@ -136,6 +139,8 @@ class KeyFetcher(Generic[IdT, V]):
     #: The error raised, built with (reason, rsc=None); the name of the relative ID.
     ERROR: ClassVar[type[Exception]]
     RELATIVE: ClassVar[str]
+    #: The key's name in messages ("Kc", "Km"...).
+    KEY_NAME: ClassVar[str] = "key"
 
     def __init__(
         self,
@@ -150,8 +155,7 @@ class KeyFetcher(Generic[IdT, V]):
         max_concurrent: int = 64,
         pool_size: int = 4,
         tls13: bool = True,
-        clock: Clock,
-        key_name: str = "key",
+        clock: Clock = utc_now,
     ) -> None:
         if cache_size < 1 or max_concurrent < 1 or pool_size < 0:
             raise ValueError("cache_size and max_concurrent must be positive")
@@ -173,7 +177,6 @@ class KeyFetcher(Generic[IdT, V]):
                 ) from None
             self.local_id = initiator.local_id
             self._profiles[fqdn] = initiator.profile(tls13=tls13)
-        self.key_name = key_name
         self.cache_size = cache_size
         self.timeout = timeout
         self.pool_size = pool_size
@@ -184,6 +187,10 @@ class KeyFetcher(Generic[IdT, V]):
         self._idle: dict[str, list[_Link]] = {fqdn: [] for fqdn in self._addresses}
         self._limit = asyncio.Semaphore(max_concurrent)
         self._closed = False
+
+    @property
+    def key_name(self) -> str:
+        return self.KEY_NAME
 
     def knows(self, fqdn: str) -> bool:
         """Whether ``fqdn`` is a configured function (no network call)."""

@@ -189,7 +189,6 @@ class ResponderProfiles:
             fetcher = MefCredentialFetcher(
                 CertificateCredential.from_files(mef.cert, mef.key, mef.ca),
                 {mef.fqdn: (mef.host, mef.port)},
-                enrolee_b=True,
                 in_domain=cfg.in_domain,
                 local_id=str(cfg.cse_id),
                 sp_fqdn=cfg.cse_id.sp_fqdn,

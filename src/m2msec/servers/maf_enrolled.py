@@ -54,7 +54,6 @@ class EnrolledClients:
             fetcher = MefCredentialFetcher(
                 CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca),
                 {fqdn: (host, port)},
-                enrolee_b=False,
                 in_domain=cfg.effective_in_domain,
                 local_id=cfg.fqdn.lower(),
                 sp_fqdn=cfg.effective_sp_fqdn,

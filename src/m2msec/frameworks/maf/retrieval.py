@@ -13,20 +13,16 @@ Keys never appear in ``repr``, logs or error messages; key identifiers do.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
 from typing import Any
 
 from m2msec.errors import IdentifierError
-from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.frameworks.maf.common import (
     SUID_MAF_SAEF,
-    Clock,
     KeyRetrievalError,
     MafError,
     RetrievedKc,
     expect,
     member,
-    utc_now,
 )
 from m2msec.frameworks.remote_keys import FetcherStats, KeyFetcher
 from m2msec.keyids import KcId
@@ -43,7 +39,7 @@ class MafKeyRetriever(KeyFetcher[KcId, RetrievedKc]):
     """Entity B as Target MAF Client: Key Retrieval (8.8.2.8) over mutual TLS.
 
     ``credential`` is Entity B's certificate (naming its CSE-ID, 10.1.1.5), which the MAF
-    checks against the key's targetIDs. ``maf_addresses`` maps each MAF-FQDN Entity B may
+    checks against the key's targetIDs. ``addresses`` maps each MAF-FQDN Entity B may
     use to the address of that MAF's retrieval listener (``(host, port)`` or
     ``"host:port"``); the MAF's certificate must name the FQDN (10.1.1.6). ``in_domain``,
     ``local_id`` and ``sp_fqdn`` are as for :class:`CertificateInitiator`.
@@ -58,36 +54,7 @@ class MafKeyRetriever(KeyFetcher[KcId, RetrievedKc]):
     PROCEDURE = "Key Retrieval"
     ERROR = KeyRetrievalError
     RELATIVE = "RelativeKeyID"
-
-    def __init__(
-        self,
-        credential: CertificateCredential,
-        maf_addresses: Mapping[str, tuple[str, int] | str],
-        *,
-        in_domain: str,
-        local_id: str | None = None,
-        sp_fqdn: str | None = None,
-        cache_size: int = 1024,
-        timeout: float = 5.0,
-        max_concurrent: int = 64,
-        pool_size: int = 4,
-        tls13: bool = True,
-        clock: Clock = utc_now,
-    ) -> None:
-        super().__init__(
-            credential,
-            maf_addresses,
-            in_domain=in_domain,
-            local_id=local_id,
-            sp_fqdn=sp_fqdn,
-            cache_size=cache_size,
-            timeout=timeout,
-            max_concurrent=max_concurrent,
-            pool_size=pool_size,
-            tls13=tls13,
-            clock=clock,
-            key_name="Kc",
-        )
+    KEY_NAME = "Kc"
 
     def __repr__(self) -> str:
         return f"MafKeyRetriever(mafs={sorted(self._addresses)!r}, local_id={self.local_id!r})"
