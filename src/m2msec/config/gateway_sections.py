@@ -171,21 +171,8 @@ def parse_maf(
         if not host or not port:
             raise invalid(key, f"{value!r}: write 'HOST:PORT' of the MAF's retrieval listener")
         addresses[fqdn.lower()] = (fqdn.lower(), host, port)
-    why = "Key Retrieval needs our certificate (or [certificates])"
-    files = _credential_files(section, "maf", base, certificates, why)
-    if in_domain is None:
-        raise invalid(
-            "gateway.in_domain",
-            "needed with [maf]: our certificate names <CSE-ID>.<in_domain> to the MAF",
-        )
-    return MafRetrievalConfig(
-        addresses=tuple(addresses.values()),
-        cert=files["cert"],
-        key=files["key"],
-        ca=files["ca"],
-        cache_size=int(number(section.get("cache_size", 1024), "maf.cache_size", integer=True)),
-        timeout=float(number(section.get("timeout", 5.0), "maf.timeout")),
-    )
+    client = _fetch_client(section, "maf", base, in_domain, certificates, "Key Retrieval", "MAF")
+    return MafRetrievalConfig(addresses=tuple(addresses.values()), **client)
 
 
 def parse_mef(
@@ -198,23 +185,35 @@ def parse_mef(
     host, port, fqdn = parse_service_url(
         section.get("url"), "mef.url", section.get("fqdn"), "mef.fqdn", "MEF's target listener"
     )
-    why = "fetchCredentials needs our certificate (or [certificates])"
-    files = _credential_files(section, "mef", base, certificates, why)
+    client = _fetch_client(section, "mef", base, in_domain, certificates, "fetchCredentials", "MEF")
+    return MefTargetConfig(fqdn=fqdn, host=host, port=port, **client)
+
+
+def _fetch_client(
+    section: Mapping[str, Any],
+    name: str,
+    base: Path,
+    in_domain: str | None,
+    certificates: CertificateConfig | None,
+    procedure: str,
+    peer: str,
+) -> dict[str, Any]:
+    """What ``[maf]`` and ``[mef]`` share: our certificate for the mutual TLS (its CSE-ID
+    under ``in_domain``), the cache size and the timeout of each request."""
+    why = f"{procedure} needs our certificate (or [certificates])"
+    files = _credential_files(section, name, base, certificates, why)
     if in_domain is None:
         raise invalid(
             "gateway.in_domain",
-            "needed with [mef]: our certificate names <CSE-ID>.<in_domain> to the MEF",
+            f"needed with [{name}]: our certificate names <CSE-ID>.<in_domain> to the {peer}",
         )
-    return MefTargetConfig(
-        fqdn=fqdn,
-        host=host,
-        port=port,
-        cert=files["cert"],
-        key=files["key"],
-        ca=files["ca"],
-        cache_size=int(number(section.get("cache_size", 1024), "mef.cache_size", integer=True)),
-        timeout=float(number(section.get("timeout", 5.0), "mef.timeout")),
-    )
+    return {
+        **files,
+        "cache_size": int(
+            number(section.get("cache_size", 1024), f"{name}.cache_size", integer=True)
+        ),
+        "timeout": float(number(section.get("timeout", 5.0), f"{name}.timeout")),
+    }
 
 
 def _credential_files(

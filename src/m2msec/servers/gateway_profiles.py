@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from m2msec.config import (
     GatewayConfig,
@@ -36,7 +36,10 @@ if TYPE_CHECKING:
     from m2msec.frameworks.gba import GbaResponder
     from m2msec.frameworks.maf import MafResponder
     from m2msec.frameworks.mef_responder import MefResponder
+    from m2msec.frameworks.remote_keys import KeyFetcher
     from m2msec.gba.zn import ZnClient
+
+_F = TypeVar("_F", bound="KeyFetcher[Any, Any]")
 
 #: The responder profiles of one transport, by framework key: (framework name, profile).
 Profiles = dict[str, tuple[str, TLSProfile]]
@@ -149,59 +152,61 @@ class ResponderProfiles:
 
         One responder (one Kc cache, one retrieval client) serves both transports.
         """
-        from m2msec.frameworks.certificate import CertificateCredential
         from m2msec.frameworks.maf import MafKeyRetriever, MafResponder
 
         cfg = self.config
-        if self.maf is not None:
-            return self.maf.profile(transport, tls13=cfg.tls13)
-        assert cfg.in_domain is not None  # enforced by the configuration
-        try:
-            retriever = MafKeyRetriever(
-                CertificateCredential.from_files(maf.cert, maf.key, maf.ca),
-                {fqdn: (host, port) for fqdn, host, port in maf.addresses},
-                in_domain=cfg.in_domain,
-                local_id=str(cfg.cse_id),
-                sp_fqdn=cfg.cse_id.sp_fqdn,
-                cache_size=maf.cache_size,
-                timeout=maf.timeout,
-                tls13=cfg.tls13,
+        if self.maf is None:
+            addresses = {fqdn: (host, port) for fqdn, host, port in maf.addresses}
+            self.maf = MafResponder(
+                self._fetcher(MafKeyRetriever, maf, addresses, "maf"),
+                str(cfg.cse_id),
+                sp_fqdn=sp_fqdn_of(cfg),
+                require_sni=cfg.require_sni,
             )
-        except (CertificateError, IdentifierError) as exc:
-            raise ConfigurationError(f"maf: {exc}") from None
-        self.maf = MafResponder(
-            retriever, str(cfg.cse_id), sp_fqdn=sp_fqdn_of(cfg), require_sni=cfg.require_sni
-        )
         return self.maf.profile(transport, tls13=cfg.tls13)
 
     def _mef_profile(self, mef: MefTargetConfig, transport: Transport) -> TLSProfile:
         """Enrolee B (seed 004, TS-0003 8.3.2.1): KeIDs resolved by fetchCredentials (SUID
         22), the association bound to the Enrolee-ID. One responder for both transports."""
-        from m2msec.frameworks.certificate import CertificateCredential
         from m2msec.frameworks.mef_fetch import MefCredentialFetcher
         from m2msec.frameworks.mef_responder import MefResponder
 
         cfg = self.config
-        if self.mef is not None:
-            return self.mef.profile(transport, tls13=cfg.tls13)
+        if self.mef is None:
+            addresses = {mef.fqdn: (mef.host, mef.port)}
+            self.mef = MefResponder(
+                self._fetcher(MefCredentialFetcher, mef, addresses, "mef"),
+                str(cfg.cse_id),
+                sp_fqdn=sp_fqdn_of(cfg),
+                require_sni=cfg.require_sni,
+            )
+        return self.mef.profile(transport, tls13=cfg.tls13)
+
+    def _fetcher(
+        self,
+        kind: type[_F],
+        section: MafRetrievalConfig | MefTargetConfig,
+        addresses: dict[str, tuple[str, int]],
+        name: str,
+    ) -> _F:
+        """The client of ``[maf]`` or ``[mef]``: our CSE-ID certificate over mutual TLS."""
+        from m2msec.frameworks.certificate import CertificateCredential
+
+        cfg = self.config
         assert cfg.in_domain is not None  # enforced by the configuration
         try:
-            fetcher = MefCredentialFetcher(
-                CertificateCredential.from_files(mef.cert, mef.key, mef.ca),
-                {mef.fqdn: (mef.host, mef.port)},
+            return kind(
+                CertificateCredential.from_files(section.cert, section.key, section.ca),
+                addresses,
                 in_domain=cfg.in_domain,
                 local_id=str(cfg.cse_id),
                 sp_fqdn=cfg.cse_id.sp_fqdn,
-                cache_size=mef.cache_size,
-                timeout=mef.timeout,
+                cache_size=section.cache_size,
+                timeout=section.timeout,
                 tls13=cfg.tls13,
             )
         except (CertificateError, IdentifierError) as exc:
-            raise ConfigurationError(f"mef: {exc}") from None
-        self.mef = MefResponder(
-            fetcher, str(cfg.cse_id), sp_fqdn=sp_fqdn_of(cfg), require_sni=cfg.require_sni
-        )
-        return self.mef.profile(transport, tls13=cfg.tls13)
+            raise ConfigurationError(f"{name}: {exc}") from None
 
     def _gba_profile(self, gba: GbaConfig, transport: Transport) -> TLSProfile:
         """The gateway as NAF (seed 000 8.2.3.2): Zn client to the BSF, GBA responder.
