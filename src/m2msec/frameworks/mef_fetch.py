@@ -23,8 +23,8 @@ import hmac
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from m2msec.errors import IdentifierError, M2MSecError
-from m2msec.frameworks.maf.common import MafError, expect, utc_now
+from m2msec.errors import M2MSecError
+from m2msec.frameworks.maf.common import expect, utc_now
 from m2msec.frameworks.remote_keys import KeyFetcher
 from m2msec.keyids import KeId
 from m2msec.mef import wire
@@ -103,63 +103,45 @@ class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
     def mefs(self) -> dict[str, tuple[str, int]]:
         return dict(self._addresses)
 
-    def invalidate(self, ke_id: KeId | str) -> None:
-        """Drop a cached credential (the next handshake asks the MEF again)."""
-        self._drop(ke_id if isinstance(ke_id, KeId) else KeId.parse(ke_id))
-
     async def fetch(self, ke_id: KeId | str) -> FetchedCredential:
         """Our credential for ``ke_id``; :class:`CredentialFetchError` with a reason."""
-        if self._closed:
-            raise CredentialFetchError("the credential fetcher is closed")
-        try:
-            ke = ke_id if isinstance(ke_id, KeId) else KeId.parse(ke_id)
-        except IdentifierError as exc:
-            raise CredentialFetchError(str(exc)) from None
-        return await self._lookup(ke)
+        return await self._get(ke_id)
+
+    def _parse_id(self, text: str) -> KeId:
+        return KeId.parse(text)
 
     def _path(self, ident: KeId) -> str:
         return wire.fetch_path(ident, self.suid)
 
-    def _read(self, ke: KeId, response: OneM2MResponse) -> FetchedCredential:
+    def _refusal(self, ke: KeId, rsc: int | None) -> str | None:
         fqdn = ke.mef_fqdn.lower()
-        if response.rsc == 4004:
-            self.stats.refused += 1
-            raise CredentialFetchError(
+        if rsc == 4004:
+            return (
                 f"the MEF {fqdn} has no enrolment {ke} for {self.local_id} "
-                "(unknown, expired, or enrolled for another target)",
-                4004,
+                "(unknown, expired, or enrolled for another target)"
             )
-        if response.rsc in (4103, 4106):
-            self.stats.refused += 1
-            raise CredentialFetchError(
-                f"the MEF {fqdn} refuses {self.local_id} the credential of {ke}: "
-                f"not an Enrolment Target there, or not for SUID {self.suid} (RSC "
-                f"{response.rsc})",
-                response.rsc,
+        if rsc in (4103, 4106):
+            return (
+                f"the MEF {fqdn} refuses {self.local_id} the credential of {ke}: not an "
+                f"Enrolment Target there, or not for SUID {self.suid} (RSC {rsc})"
             )
-        what = f"fetchCredentials of {ke}"
+        return None
+
+    def _answer(self, ke: KeId, response: OneM2MResponse) -> FetchedCredential:
+        fqdn = ke.mef_fqdn.lower()
+        asked = f"fetchCredentials of {ke}"
+        what = f"{asked}: the MEF {fqdn} answered"
         try:
-            doc = expect(response, 2000, what, fqdn, peer="MEF")
-            answer = wire.parse_fetch_answer(doc)
-        except MafError as exc:
-            self.stats.failed += 1
-            raise CredentialFetchError(exc.reason, exc.rsc) from None
+            answer = wire.parse_fetch_answer(expect(response, 2000, asked, fqdn, peer="MEF"))
         except wire.WireError as exc:
-            self.stats.failed += 1
-            raise CredentialFetchError(f"{what}: the MEF {fqdn} answered: {exc}") from None
+            raise CredentialFetchError(f"{what}: {exc}") from None
         if isinstance(answer, wire.FetchFailure):
-            self.stats.failed += 1
-            raise CredentialFetchError(f"{what}: the MEF {fqdn} answered status false")
-        if not hmac.compare_digest(answer.ke_id.relative_bytes, ke.relative_bytes) or (
-            answer.ke_id.mef_fqdn.lower() != fqdn
-        ):
-            self.stats.failed += 1
-            raise CredentialFetchError(f"{what}: the MEF {fqdn} answered for another KeID")
+            raise CredentialFetchError(f"{what} status false")
+        same = hmac.compare_digest(answer.ke_id.relative_bytes, ke.relative_bytes)
+        if not same or answer.ke_id.mef_fqdn.lower() != fqdn:
+            raise CredentialFetchError(f"{what} for another KeID")
         if answer.suid != self.suid:
-            self.stats.failed += 1
-            raise CredentialFetchError(
-                f"{what}: the MEF {fqdn} answered SUID {answer.suid}, not ours ({self.suid})"
-            )
+            raise CredentialFetchError(f"{what} SUID {answer.suid}, not ours ({self.suid})")
         return FetchedCredential(
             ke_id=ke,
             credential=answer.credential,
@@ -167,9 +149,3 @@ class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
             expires=answer.expires,
             suid=answer.suid,
         )
-
-    async def __aenter__(self) -> MefCredentialFetcher:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

@@ -25,14 +25,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
 import h11
 
 from m2msec.crypto.keyexport import RELATIVE_ID_LENGTH
 from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-from m2msec.frameworks.maf.common import Clock, utc_now
+from m2msec.frameworks.maf.common import Clock, MafError, utc_now
 from m2msec.ids import check_fqdn, entity_kind, parse_entity_id
 from m2msec.m2mtime import format_time
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
@@ -208,15 +208,22 @@ class KeyFetcher(Generic[IdT, V]):
         self._cache.move_to_end(key)
         return hit
 
-    def _drop(self, ident: IdT) -> None:
-        self._cache.pop(_key(ident), None)
+    def invalidate(self, ident: IdT | str) -> None:
+        """Drop a cached key (the next handshake asks again)."""
+        self._cache.pop(_key(self._parse_id(ident) if isinstance(ident, str) else ident), None)
 
     def _refuse(self, reason: str) -> Exception:
         self.stats.refused += 1
         return self.ERROR(reason)
 
-    async def _lookup(self, ident: IdT) -> V:
-        """The answer for a parsed ``ident``: cached, coalesced or fetched."""
+    async def _get(self, value: IdT | str) -> V:
+        """The key for ``value``: cached, coalesced or fetched; :attr:`ERROR` with a reason."""
+        if self._closed:
+            raise self.ERROR(f"the {self.PROCEDURE} client is closed")
+        try:
+            ident = self._parse_id(value) if isinstance(value, str) else value
+        except IdentifierError as exc:
+            raise self.ERROR(str(exc)) from None
         if not self.knows(ident.fqdn):
             raise self._refuse(
                 f"{ident} names the {self.PEER} {ident.fqdn}, which is not configured"
@@ -279,12 +286,33 @@ class KeyFetcher(Generic[IdT, V]):
             self._cache.popitem(last=False)
         return got
 
+    def _parse_id(self, text: str) -> IdT:
+        raise NotImplementedError
+
     def _path(self, ident: IdT) -> str:
         raise NotImplementedError
 
-    def _read(self, ident: IdT, response: OneM2MResponse) -> V:
-        """The key in ``response``; refusals raise :attr:`ERROR` (counted)."""
+    def _refusal(self, ident: IdT, rsc: int | None) -> str | None:
+        """Why the function refused, for the RSCs that are refusals; None otherwise."""
         raise NotImplementedError
+
+    def _answer(self, ident: IdT, response: OneM2MResponse) -> V:
+        """The key in a successful ``response``; :attr:`ERROR` (or MafError) when malformed."""
+        raise NotImplementedError
+
+    def _read(self, ident: IdT, response: OneM2MResponse) -> V:
+        refusal = self._refusal(ident, response.rsc)
+        if refusal is not None:
+            self.stats.refused += 1
+            raise self.ERROR(refusal, response.rsc)
+        try:
+            return self._answer(ident, response)
+        except self.ERROR:
+            self.stats.failed += 1
+            raise
+        except MafError as exc:  # read by frameworks.maf.common.expect
+            self.stats.failed += 1
+            raise self.ERROR(exc.reason, exc.rsc) from None
 
     async def _request(self, fqdn: str, ident: IdT) -> OneM2MResponse:
         host, port = self._addresses[fqdn]
@@ -336,3 +364,9 @@ class KeyFetcher(Generic[IdT, V]):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.conn.close(), 1.0)
         self._cache.clear()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

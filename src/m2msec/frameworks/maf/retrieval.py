@@ -15,11 +15,9 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from m2msec.errors import IdentifierError
 from m2msec.frameworks.maf.common import (
     SUID_MAF_SAEF,
     KeyRetrievalError,
-    MafError,
     RetrievedKc,
     expect,
     member,
@@ -63,47 +61,31 @@ class MafKeyRetriever(KeyFetcher[KcId, RetrievedKc]):
     def mafs(self) -> dict[str, tuple[str, int]]:
         return dict(self._addresses)
 
-    def invalidate(self, kc_id: KcId | str) -> None:
-        """Drop a cached key (the next handshake asks the MAF again)."""
-        self._drop(kc_id if isinstance(kc_id, KcId) else KcId.parse(kc_id))
-
     async def retrieve(self, kc_id: KcId | str) -> RetrievedKc:
         """Kc and its metadata for ``kc_id``; :class:`KeyRetrievalError` with a reason."""
-        if self._closed:
-            raise KeyRetrievalError("the key retriever is closed")
-        try:
-            kc = kc_id if isinstance(kc_id, KcId) else KcId.parse(kc_id)
-        except IdentifierError as exc:
-            raise KeyRetrievalError(str(exc)) from None
-        return await self._lookup(kc)
+        return await self._get(kc_id)
+
+    def _parse_id(self, text: str) -> KcId:
+        return KcId.parse(text)
 
     def _path(self, ident: KcId) -> str:
         return f"/maf/keys/{ident.relative_hex}"
 
-    def _read(self, kc: KcId, response: OneM2MResponse) -> RetrievedKc:
+    def _refusal(self, kc: KcId, rsc: int | None) -> str | None:
         fqdn = kc.maf_fqdn.lower()
-        if response.rsc == 4004:
-            self.stats.refused += 1
-            raise KeyRetrievalError(
-                f"the MAF {fqdn} does not know {kc} (unknown, expired or de-registered)", 4004
-            )
-        if response.rsc == 4103:
-            self.stats.refused += 1
-            raise KeyRetrievalError(
+        if rsc == 4004:
+            return f"the MAF {fqdn} does not know {kc} (unknown, expired or de-registered)"
+        if rsc == 4103:
+            return (
                 f"the MAF {fqdn} refuses to give us the Kc of {kc}: "
-                f"{self.local_id} is not among its targetIDs",
-                4103,
+                f"{self.local_id} is not among its targetIDs"
             )
-        try:
-            doc = expect(response, 2000, f"Key Retrieval of {kc}", fqdn)
-            key = member(doc, "mafKey", f"Key Retrieval of {kc}", fqdn)
-            return self._parse(kc, key)
-        except KeyRetrievalError:
-            self.stats.failed += 1
-            raise
-        except MafError as exc:
-            self.stats.failed += 1
-            raise KeyRetrievalError(exc.reason, exc.rsc) from None
+        return None
+
+    def _answer(self, kc: KcId, response: OneM2MResponse) -> RetrievedKc:
+        fqdn = kc.maf_fqdn.lower()
+        doc = expect(response, 2000, f"Key Retrieval of {kc}", fqdn)
+        return self._parse(kc, member(doc, "mafKey", f"Key Retrieval of {kc}", fqdn))
 
     def _parse(self, kc: KcId, key: dict[str, Any]) -> RetrievedKc:
         fqdn = kc.maf_fqdn.lower()
@@ -128,9 +110,3 @@ class MafKeyRetriever(KeyFetcher[KcId, RetrievedKc]):
             admin_fqdn=body.admin_fqdn,
             labels=body.labels or (),
         )
-
-    async def __aenter__(self) -> MafKeyRetriever:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
