@@ -171,18 +171,14 @@ class GatewayConfig:
 
     @property
     def frameworks(self) -> tuple[FrameworkName, ...]:
-        names: list[FrameworkName] = []
-        if self.psk is not None:
-            names.append("psk")
-        if self.certificates is not None:
-            names.append("certificate")
-        if self.gba is not None:
-            names.append("gba")
-        if self.maf is not None:
-            names.append("maf")
-        if self.mef is not None:
-            names.append("mef")
-        return tuple(names)
+        sections: tuple[tuple[FrameworkName, object], ...] = (
+            ("psk", self.psk),
+            ("certificate", self.certificates),
+            ("gba", self.gba),
+            ("maf", self.maf),
+            ("mef", self.mef),
+        )
+        return tuple(name for name, section in sections if section is not None)
 
 
 # ----------------------------------------------------------------------------- schema
