@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from m2msec.gba.zn import ZnClient
 
 _F = TypeVar("_F", bound="KeyFetcher[Any, Any]")
+_R = TypeVar("_R")
 
 #: The responder profiles of one transport, by framework key: (framework name, profile).
 Profiles = dict[str, tuple[str, TLSProfile]]
@@ -154,16 +155,11 @@ class ResponderProfiles:
         """
         from m2msec.frameworks.maf import MafKeyRetriever, MafResponder
 
-        cfg = self.config
         if self.maf is None:
             addresses = {fqdn: (host, port) for fqdn, host, port in maf.addresses}
-            self.maf = MafResponder(
-                self._fetcher(MafKeyRetriever, maf, addresses, "maf"),
-                str(cfg.cse_id),
-                sp_fqdn=sp_fqdn_of(cfg),
-                require_sni=cfg.require_sni,
-            )
-        return self.maf.profile(transport, tls13=cfg.tls13)
+            retriever = self._fetcher(MafKeyRetriever, maf, addresses, "maf")
+            self.maf = self._responder(MafResponder, retriever)
+        return self.maf.profile(transport, tls13=self.config.tls13)
 
     def _mef_profile(self, mef: MefTargetConfig, transport: Transport) -> TLSProfile:
         """Enrolee B (seed 004, TS-0003 8.3.2.1): KeIDs resolved by fetchCredentials (SUID
@@ -171,16 +167,16 @@ class ResponderProfiles:
         from m2msec.frameworks.mef_fetch import MefCredentialFetcher
         from m2msec.frameworks.mef_responder import MefResponder
 
-        cfg = self.config
         if self.mef is None:
             addresses = {mef.fqdn: (mef.host, mef.port)}
-            self.mef = MefResponder(
-                self._fetcher(MefCredentialFetcher, mef, addresses, "mef"),
-                str(cfg.cse_id),
-                sp_fqdn=sp_fqdn_of(cfg),
-                require_sni=cfg.require_sni,
-            )
-        return self.mef.profile(transport, tls13=cfg.tls13)
+            fetcher = self._fetcher(MefCredentialFetcher, mef, addresses, "mef")
+            self.mef = self._responder(MefResponder, fetcher)
+        return self.mef.profile(transport, tls13=self.config.tls13)
+
+    def _responder(self, kind: Callable[..., _R], fetcher: KeyFetcher[Any, Any]) -> _R:
+        """Entity B over a key fetcher, bound as our CSE-ID under our M2M-SP (A-14)."""
+        cfg = self.config
+        return kind(fetcher, str(cfg.cse_id), sp_fqdn=sp_fqdn_of(cfg), require_sni=cfg.require_sni)
 
     def _fetcher(
         self,
