@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from m2msec.config import GatewayConfig, MefTargetConfig, parse_config, parse_listen_url
-from m2msec.config.maf import MafConfig, parse_maf_config
+from m2msec.config.maf import MafConfig, load_maf_config, parse_maf_config
 from m2msec.errors import ConfigurationError, HandshakeError
 from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.frameworks.maf import MafClient, MafError, MafKeyRetriever
@@ -176,6 +176,9 @@ def test_maf_mef_keys(tmp_path: Path) -> None:
     )
     assert cfg.mef_target() == ("127.0.0.1", 8447, MEF_FQDN)
     assert parse_maf_config({"maf": {"fqdn": MAF_FQDN, "mef": ""}}).mef_target() is None
+    # What `m2msec maf serve --mef URL --mef-fqdn FQDN` passes on.
+    overrides = {"maf.fqdn": MAF_FQDN, "maf.mef": "tls://127.0.0.1:9", "maf.mef_fqdn": MEF_FQDN}
+    assert load_maf_config(None, overrides).mef_target() == ("127.0.0.1", 9, MEF_FQDN)
     with pytest.raises(ConfigurationError, match=r"maf\.mef_fqdn"):
         MafConfig(MAF_FQDN, mef="tls://127.0.0.1:8447")  # an IP: name the MEF
     with pytest.raises(ConfigurationError, match=r"maf\.mef_fqdn: give maf\.mef"):
