@@ -85,6 +85,13 @@ def _banner(gw: Gateway) -> Table:
     if cfg.maf is not None:
         mafs = ", ".join(f"{fqdn} at {host}:{port}" for fqdn, host, port in cfg.maf.addresses)
         table.add_row("framework", f"MAF-based (TS-0003 8.2.2.3): Key Retrieval from {mafs}")
+    if cfg.mef is not None:
+        m = cfg.mef
+        table.add_row(
+            "framework",
+            f"Enrolee B (seed 004, TS-0003 8.3.2.1): fetchCredentials from {m.fqdn} at "
+            f"{m.host}:{m.port}",
+        )
     if cfg.gba is not None:
         g = cfg.gba
         table.add_row(

@@ -405,6 +405,18 @@ def serve(
             "or full (also a power cut or a database crash: the default for PostgreSQL).",
         ),
     ] = None,
+    mef: Annotated[
+        str | None,
+        url_option(
+            "A MEF's target listener, tls://HOST:PORT: its KeIDs are accepted as KmIDs, Km "
+            "fetched there with the MAF's certificate (seed 004).",
+            "--mef",
+        ),
+    ] = None,
+    mef_fqdn: Annotated[
+        str | None,
+        option("--mef-fqdn", metavar="FQDN", help="That MEF's FQDN (default: --mef's host)."),
+    ] = None,
     log_level: LogLevelOption = "info",
     init: Annotated[bool, init_option("MAF store")] = False,
 ) -> None:
@@ -419,6 +431,8 @@ def serve(
         "maf.in_domain": in_domain,
         "maf.key_lifetime": key_lifetime,
         "maf.durability": durability,
+        "maf.mef": mef,
+        "maf.mef_fqdn": mef_fqdn,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
     cfg = load_serve_config(log_level, load_maf_config, config, overrides)
@@ -461,6 +475,10 @@ def _banner(maf: MafServer) -> Table:
         )
     else:
         table.add_row("Key Retrieval", "off")
+    mef = cfg.mef_target()
+    if mef is not None:
+        host, port, fqdn = mef
+        table.add_row("MEF", f"KeIDs of {fqdn}: Km fetched at {host}:{port} (seed 004)")
     table.add_row(
         "store",
         f"{st.location}: {len(st.list_clients())} clients, "

@@ -1,6 +1,6 @@
 """Configuration of m2msec's servers: one loader (:mod:`m2msec.config.loader`), one module
 per server (:mod:`~m2msec.config.gateway`, with its listener URLs in
-:mod:`~m2msec.config.listeners` and its ``[gba]``/``[maf]`` in
+:mod:`~m2msec.config.listeners` and its ``[gba]``/``[maf]``/``[mef]`` in
 :mod:`~m2msec.config.gateway_sections`; :mod:`~m2msec.config.maf`,
 :mod:`~m2msec.config.bsf`). The gateway's names are re-exported here, where they lived
 before the package existed."""
@@ -16,7 +16,12 @@ from m2msec.config.gateway import (
     load_config,
     parse_config,
 )
-from m2msec.config.gateway_sections import CertificateConfig, GbaConfig, MafRetrievalConfig
+from m2msec.config.gateway_sections import (
+    CertificateConfig,
+    GbaConfig,
+    MafRetrievalConfig,
+    MefTargetConfig,
+)
 from m2msec.config.listeners import FrameworkName, ListenerSpec, parse_listen_url
 from m2msec.errors import ConfigurationError
 
@@ -33,6 +38,7 @@ __all__ = [
     "GbaConfig",
     "ListenerSpec",
     "MafRetrievalConfig",
+    "MefTargetConfig",
     "PskConfig",
     "load_config",
     "parse_config",

@@ -49,18 +49,31 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     cache_size = 1024                     # Kc kept until their expirationTime (LRU)
     timeout = 5.0                         # seconds per Key Retrieval (8.8.2.8)
 
+    [mef]                                 # the gateway as Enrolee B of seed 004 (8.3.2.1)
+    url = "tls://127.0.0.1:8447"          # the MEF's target listener (mutual TLS)
+    fqdn = "mef.provider.com"             # the MEF-FQDN of its KeIDs; default: url's host
+    cert = "gateway.pem"                  # our fetchCredentials certificate (naming cse_id),
+    key = "gateway.key"                   #   key and CA; default: those of [certificates]
+    ca = "ca.pem"
+    cache_size = 1024                     # Kpsa kept until their lifetime ends (LRU)
+    timeout = 5.0                         # seconds per fetchCredentials; then the handshake fails
+
 Listener URLs (``tls://``, ``dtls://``, ``http://``, ``?framework=``) are read by
-:mod:`m2msec.config.listeners`, ``[gba]`` and ``[maf]`` by :mod:`m2msec.config.gateway_sections`.
+:mod:`m2msec.config.listeners`, ``[gba]``, ``[maf]`` and ``[mef]`` by
+:mod:`m2msec.config.gateway_sections`.
 With neither section, the provisioned-PSK framework uses the default store.
 ``coap_response_options = false`` leaves the oneM2M response parameters out of CoAP
 answers: TS-0008 V3.7.0 made those options critical, and generic CoAP clients (libcoap's
 ``coap-client``) reject answers with critical options they do not know (RFC 7252 5.4.1).
 ``?framework=maf`` (with ``[maf]``) and ``?framework=gba`` (with ``[gba]``) are offered on
 ``tls://`` and ``dtls://`` listeners: Entity B's Key Retrieval (or Zn request) runs while
-the handshake waits, over DTLS too. GBA over DTLS-PSK is our extension (the seed names
-TLS-PSK; docs/conformance.md). ``resumption = true`` (the default) lets devices resume
-their (D)TLS 1.2 sessions (TLS 1.3: tickets) after the framework re-validates the identity
-binding (:mod:`m2msec.tls.sessions`); ``false`` turns it off on both transports.
+the handshake waits, over DTLS too; so does ``?framework=mef`` (with ``[mef]``), where a
+KeID is resolved by fetchCredentials at the MEF and the association bound to the
+Enrolee-ID it returns, as a psk-lookup-table row binds it. GBA over DTLS-PSK is our
+extension (the seed names TLS-PSK; docs/conformance.md). ``resumption = true`` (the
+default) lets devices resume their (D)TLS 1.2 sessions (TLS 1.3: tickets) after the
+framework re-validates the identity binding (:mod:`m2msec.tls.sessions`); ``false`` turns
+it off on both transports.
 
 Errors are :class:`~m2msec.errors.ConfigurationError` naming the key, e.g.
 ``gateway.listen[1]: ...`` or ``unknown key 'gateway.lisen' (did you mean 'listen'?)``.
@@ -81,8 +94,10 @@ from m2msec.config.gateway_sections import (
     CertificateConfig,
     GbaConfig,
     MafRetrievalConfig,
+    MefTargetConfig,
     parse_gba,
     parse_maf,
+    parse_mef,
 )
 from m2msec.config.listeners import (
     FrameworkName,
@@ -136,6 +151,7 @@ class GatewayConfig:
     certificates: CertificateConfig | None = None
     gba: GbaConfig | None = None
     maf: MafRetrievalConfig | None = None
+    mef: MefTargetConfig | None = None
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     first_flight_timeout: float = DEFAULT_FIRST_FLIGHT_TIMEOUT
@@ -155,16 +171,14 @@ class GatewayConfig:
 
     @property
     def frameworks(self) -> tuple[FrameworkName, ...]:
-        names: list[FrameworkName] = []
-        if self.psk is not None:
-            names.append("psk")
-        if self.certificates is not None:
-            names.append("certificate")
-        if self.gba is not None:
-            names.append("gba")
-        if self.maf is not None:
-            names.append("maf")
-        return tuple(names)
+        sections: tuple[tuple[FrameworkName, object], ...] = (
+            ("psk", self.psk),
+            ("certificate", self.certificates),
+            ("gba", self.gba),
+            ("maf", self.maf),
+            ("mef", self.mef),
+        )
+        return tuple(name for name, section in sections if section is not None)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -197,6 +211,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "certificates": frozenset({"cert", "key", "ca", "allowed", "crl"}),
     "gba": frozenset({"zn", "bsf_fqdn", "naf_fqdn", "cert", "key", "ca", "require_uicc"}),
     "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
+    "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout"}),
 }
 
 
@@ -244,6 +259,7 @@ def parse_config(
     cert_section = _table(data, "certificates") if "certificates" in data else None
     gba_section = _table(data, "gba") if "gba" in data else None
     maf_section = _table(data, "maf") if "maf" in data else None
+    mef_section = _table(data, "mef") if "mef" in data else None
 
     listen_raw = gw.get("listen")
     if isinstance(listen_raw, str):
@@ -314,12 +330,15 @@ def parse_config(
     if psk_section is not None:
         store = psk_section.get("store")
         psk = PskConfig(None if store is None else _store(store, "psk.store", base))
-    elif certificates is None and gba_section is None and maf_section is None:
+    elif certificates is None and gba_section is None and maf_section is None and (
+        mef_section is None
+    ):
         psk = PskConfig(None)  # the default store of the data directory
     gba = None
     if gba_section is not None:
         gba = parse_gba(gba_section, base, cse_id, in_domain, certificates)
     maf = None if maf_section is None else parse_maf(maf_section, base, in_domain, certificates)
+    mef = None if mef_section is None else parse_mef(mef_section, base, in_domain, certificates)
 
     for i, spec in enumerate(listen):
         if not spec.secure:
@@ -343,8 +362,16 @@ def parse_config(
                 f"{spec.url!r}: [maf] and another framework are configured; add "
                 "?framework=maf or another framework (one listener per framework)",
             )
+        if spec.framework is None and mef is not None and (psk or certificates or gba or maf):
+            raise invalid(
+                where,
+                f"{spec.url!r}: [mef] and another framework are configured; add "
+                "?framework=mef or another framework (one listener per framework)",
+            )
         if spec.framework == "maf" and maf is None:
             raise invalid(where, f"{spec.url!r}: framework=maf needs [maf]")
+        if spec.framework == "mef" and mef is None:
+            raise invalid(where, f"{spec.url!r}: framework=mef needs [mef]")
         if spec.framework == "gba" and gba is None:
             raise invalid(where, f"{spec.url!r}: framework=gba needs [gba]")
         if spec.framework == "psk" and psk is None:
@@ -377,6 +404,7 @@ def parse_config(
         certificates=certificates,
         gba=gba,
         maf=maf,
+        mef=mef,
         handshake_timeout=num("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
         max_handshakes=integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         first_flight_timeout=num("first_flight_timeout", DEFAULT_FIRST_FLIGHT_TIMEOUT),
@@ -437,7 +465,7 @@ def _app_rules(raw: Any) -> tuple[AppRule, ...]:
 
 
 _PATHS = frozenset(
-    {(t, k) for t in ("certificates", "gba", "maf") for k in ("cert", "key", "ca", "crl")}
+    {(t, k) for t in ("certificates", "gba", "maf", "mef") for k in ("cert", "key", "ca", "crl")}
     | {("psk", "store")}
 )
 

@@ -1,11 +1,13 @@
-"""The gateway's ``[certificates]``, ``[gba]`` and ``[maf]`` sections (their values).
+"""The gateway's ``[certificates]``, ``[gba]``, ``[maf]`` and ``[mef]`` sections (their values).
 
 ``[certificates]`` is our certificate, key and trust anchors (TS-0003 8.2.2.2), with an
 optional IdA list and CRL; parsing it stays in :mod:`m2msec.config.gateway`.
 ``[gba]`` makes the gateway a NAF (seed 000 8.2.3.2): the BSF's Zn listener and names, our
 Zn certificate; ``[maf]`` makes it Entity B of the MAF-based framework (TS-0003 8.2.2.3):
-the Key Retrieval listener (8.8.2.8) of each MAF by FQDN. Both take our certificate, key and
-CA from ``[certificates]`` unless given. The keys are shown in :mod:`m2msec.config.gateway`.
+the Key Retrieval listener (8.8.2.8) of each MAF by FQDN; ``[mef]`` makes it an Enrolee B
+of seed 004 (TS-0003 8.3.2.1): the MEF's target listener for fetchCredentials. Each takes
+our certificate, key and CA from ``[certificates]`` unless given. The keys are shown in
+:mod:`m2msec.config.gateway`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from m2msec.config.listeners import split_url
-from m2msec.config.values import boolean, file_path, invalid, is_ip, number
+from m2msec.config.listeners import parse_service_url
+from m2msec.config.values import boolean, file_path, invalid, number
 from m2msec.errors import IdentifierError
 from m2msec.ids import CseId, check_fqdn
 
-__all__ = ["CertificateConfig", "GbaConfig", "MafRetrievalConfig", "parse_gba", "parse_maf"]
+__all__ = [
+    "CertificateConfig",
+    "GbaConfig",
+    "MafRetrievalConfig",
+    "MefTargetConfig",
+    "parse_gba",
+    "parse_maf",
+    "parse_mef",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,27 @@ class MafRetrievalConfig:
     timeout: float = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class MefTargetConfig:
+    """``[mef]``: the gateway as Enrolee B (seed 004, TS-0003 8.3.2.1).
+
+    ``fqdn`` is the MEF-FQDN its KeIDs name (10.3.4) and its certificate names (10.1.1.6);
+    ``host``/``port`` its target listener, where fetchCredentials runs over mutual TLS
+    with ``cert``/``key``/``ca`` (our CSE-ID certificate). KeIDs of other MEFs are refused
+    without a network call; fetched Kpsa are cached (``cache_size``) until they expire;
+    each fetch takes at most ``timeout`` seconds (the handshake waiting on it fails then).
+    """
+
+    fqdn: str
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    ca: Path
+    cache_size: int = 1024
+    timeout: float = 5.0
+
+
 def parse_gba(
     section: Mapping[str, Any],
     base: Path,
@@ -78,19 +109,10 @@ def parse_gba(
     certificates: CertificateConfig | None,
 ) -> GbaConfig:
     """Validate ``[gba]`` (module docstring)."""
-    zn, parts, port = split_url(
-        section.get("zn"), "gba.zn", "missing: the BSF's Zn listener, e.g. 'tls://127.0.0.1:8444'"
+    bsf_host, bsf_port, bsf_fqdn = parse_service_url(
+        section.get("zn"), "gba.zn", section.get("bsf_fqdn"), "gba.bsf_fqdn", "BSF's Zn listener"
     )
-    if parts.scheme.lower() != "tls" or not parts.hostname or port is None:
-        raise invalid("gba.zn", f"{zn!r}: write tls://HOST:PORT (Zn runs over mutual TLS)")
-    bsf_fqdn = section.get("bsf_fqdn", parts.hostname)
     naf_fqdn = section.get("naf_fqdn")
-    try:
-        if not isinstance(bsf_fqdn, str) or is_ip(bsf_fqdn):
-            raise IdentifierError("must be a host name, the one in the BSF's certificate")
-        bsf_fqdn = check_fqdn(bsf_fqdn, "BSF FQDN")
-    except IdentifierError as exc:
-        raise invalid("gba.bsf_fqdn", f"{exc} (an IP address in zn needs bsf_fqdn)") from None
     try:
         if naf_fqdn is None:
             if in_domain is None:
@@ -105,9 +127,9 @@ def parse_gba(
         section, "gba", base, certificates, "Zn needs our certificate (or a [certificates])"
     )
     return GbaConfig(
-        bsf_host=parts.hostname,
-        bsf_port=port,
-        bsf_fqdn=bsf_fqdn.lower(),
+        bsf_host=bsf_host,
+        bsf_port=bsf_port,
+        bsf_fqdn=bsf_fqdn,
         naf_fqdn=naf_fqdn.lower(),
         cert=files["cert"],
         key=files["key"],
@@ -149,21 +171,49 @@ def parse_maf(
         if not host or not port:
             raise invalid(key, f"{value!r}: write 'HOST:PORT' of the MAF's retrieval listener")
         addresses[fqdn.lower()] = (fqdn.lower(), host, port)
-    why = "Key Retrieval needs our certificate (or [certificates])"
-    files = _credential_files(section, "maf", base, certificates, why)
+    client = _fetch_client(section, "maf", base, in_domain, certificates, "Key Retrieval", "MAF")
+    return MafRetrievalConfig(addresses=tuple(addresses.values()), **client)
+
+
+def parse_mef(
+    section: Mapping[str, Any],
+    base: Path,
+    in_domain: str | None,
+    certificates: CertificateConfig | None,
+) -> MefTargetConfig:
+    """Validate ``[mef]`` (module docstring)."""
+    host, port, fqdn = parse_service_url(
+        section.get("url"), "mef.url", section.get("fqdn"), "mef.fqdn", "MEF's target listener"
+    )
+    client = _fetch_client(section, "mef", base, in_domain, certificates, "fetchCredentials", "MEF")
+    return MefTargetConfig(fqdn=fqdn, host=host, port=port, **client)
+
+
+def _fetch_client(
+    section: Mapping[str, Any],
+    name: str,
+    base: Path,
+    in_domain: str | None,
+    certificates: CertificateConfig | None,
+    procedure: str,
+    peer: str,
+) -> dict[str, Any]:
+    """What ``[maf]`` and ``[mef]`` share: our certificate for the mutual TLS (its CSE-ID
+    under ``in_domain``), the cache size and the timeout of each request."""
+    why = f"{procedure} needs our certificate (or [certificates])"
+    files = _credential_files(section, name, base, certificates, why)
     if in_domain is None:
         raise invalid(
             "gateway.in_domain",
-            "needed with [maf]: our certificate names <CSE-ID>.<in_domain> to the MAF",
+            f"needed with [{name}]: our certificate names <CSE-ID>.<in_domain> to the {peer}",
         )
-    return MafRetrievalConfig(
-        addresses=tuple(addresses.values()),
-        cert=files["cert"],
-        key=files["key"],
-        ca=files["ca"],
-        cache_size=int(number(section.get("cache_size", 1024), "maf.cache_size", integer=True)),
-        timeout=float(number(section.get("timeout", 5.0), "maf.timeout")),
-    )
+    return {
+        **files,
+        "cache_size": int(
+            number(section.get("cache_size", 1024), f"{name}.cache_size", integer=True)
+        ),
+        "timeout": float(number(section.get("timeout", 5.0), f"{name}.timeout")),
+    }
 
 
 def _credential_files(

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
-from m2msec.config.values import invalid
+from m2msec.config.values import invalid, is_ip
+from m2msec.errors import IdentifierError
+from m2msec.ids import check_fqdn
 
 __all__ = [
     "FRAMEWORKS",
@@ -27,11 +29,12 @@ __all__ = [
     "ListenerSpec",
     "parse_backend_url",
     "parse_listen_url",
+    "parse_service_url",
     "split_url",
 ]
 
-FrameworkName = Literal["psk", "certificate", "gba", "maf"]
-FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate", "gba", "maf")
+FrameworkName = Literal["psk", "certificate", "gba", "maf", "mef"]
+FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate", "gba", "maf", "mef")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,25 @@ def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
         port=port,
         framework=framework,
     )
+
+
+def parse_service_url(
+    url: object, key: str, fqdn: object, fqdn_key: str, what: str
+) -> tuple[str, int, str]:
+    """A function reached over mutual TLS (the BSF's Zn, the MEF's target listener):
+    ``tls://HOST:PORT`` at ``key`` and the FQDN its certificate names (10.1.1.6) at
+    ``fqdn_key``, by default the URL's host. (host, port, FQDN in lower case)."""
+    text, parts, port = split_url(url, key, f"missing: the {what}, e.g. 'tls://127.0.0.1:8444'")
+    if parts.scheme.lower() != "tls" or not parts.hostname or port is None:
+        raise invalid(key, f"{text!r}: write tls://HOST:PORT (it runs over mutual TLS)")
+    name = parts.hostname if fqdn is None else fqdn
+    try:
+        if not isinstance(name, str) or is_ip(name):
+            raise IdentifierError("must be a host name, the one in its certificate")
+        name = check_fqdn(name, "FQDN")
+    except IdentifierError as exc:
+        raise invalid(fqdn_key, f"{exc} (an IP address in {key} needs {fqdn_key})") from None
+    return parts.hostname, port, name.lower()
 
 
 def parse_backend_url(url: object, key: str = "gateway.backend") -> str:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from m2msec.config.listeners import ListenerSpec, parse_listen_url
+from m2msec.config.listeners import ListenerSpec, parse_listen_url, parse_service_url
 from m2msec.config.loader import load
 from m2msec.config.values import ServiceDomains, check_service_config, typed_tables
 from m2msec.errors import (
@@ -31,7 +31,11 @@ class MafConfig(ServiceDomains):
     ``ca``). ``in_domain`` is the IN public domain under which Entity B certificates name
     CSE-IDs (default: the MAF FQDN without its first label); ``sp_fqdn`` the M2M-SP FQDN
     under which SP-relative ids are read (default ``in_domain``). Lifetimes are seconds.
-    ``audit_log`` defaults to ``audit.log`` beside the store.
+    ``audit_log`` defaults to ``audit.log`` beside the store. ``mef`` is the target
+    listener (``tls://HOST:PORT``) of a MEF whose KeIDs the MAF Handshake accepts as KmIDs
+    (seed 004, TS-0003 8.3.2.1: the MAF as Enrolment Target fetches Km, SUID 21, with its
+    FQDN certificate); ``mef_fqdn`` is that MEF's FQDN (default: the URL's host) and
+    ``mef_timeout`` bounds each fetch (the waiting handshake then fails).
     """
 
     fqdn: str
@@ -59,6 +63,9 @@ class MafConfig(ServiceDomains):
     purge_interval: float = 3600.0
     retention: float = 7 * 86400.0
     audit_retention: float = 400 * 86400.0
+    mef: str | None = None
+    mef_fqdn: str | None = None
+    mef_timeout: float = 5.0
     source: str = "<arguments>"
 
     def __post_init__(self) -> None:
@@ -72,12 +79,25 @@ class MafConfig(ServiceDomains):
                 "idle_timeout",
                 "request_head_timeout",
                 "purge_interval",
+                "mef_timeout",
             ),
         )
         if self.retention < 0 or self.audit_retention < 0:
             raise ConfigurationError("retention and audit_retention must be >= 0")
         if self.durability not in (None, "full", "normal"):
             raise ConfigurationError("durability must be 'full' or 'normal'")
+        if self.mef is not None or self.mef_fqdn is not None:
+            self.mef_target()  # ConfigurationError now rather than at start
+
+    def mef_target(self) -> tuple[str, int, str] | None:
+        """(host, port, MEF-FQDN) of ``mef``, or None without one."""
+        if self.mef is None:
+            if self.mef_fqdn is not None:
+                raise ConfigurationError("maf.mef_fqdn: give maf.mef, the MEF's target listener")
+            return None
+        return parse_service_url(
+            self.mef, "maf.mef", self.mef_fqdn, "maf.mef_fqdn", "MEF's target listener"
+        )
 
     @property
     def effective_durability(self) -> str:
@@ -129,6 +149,9 @@ _KEYS: Final[dict[str, dict[str, type]]] = {
         "durability": str,
         "purge_interval": float,
         "retention": float,
+        "mef": str,
+        "mef_fqdn": str,
+        "mef_timeout": float,
     },
     "certificates": {"cert": str, "key": str, "ca": str, "crl": str},
 }
@@ -156,6 +179,8 @@ def parse_maf_config(
         key_lifetime = 86400                         # longest Kc lifetime granted (s)
         registration_lifetime = 2592000              # longest client registration (s)
         audit_log = "audit.log"                      # default: beside the store
+        mef = "tls://127.0.0.1:8447"                 # a MEF's target listener: its KeIDs
+        mef_fqdn = "mef.in.provider.com"             #   are KmIDs here (Km fetched, SUID 21)
 
         [certificates]                               # the MAF's FQDN certificate (10.1.1.6)
         cert = "maf.pem"
@@ -170,6 +195,8 @@ def parse_maf_config(
         raise ConfigurationError("maf.fqdn is missing: the MAF's FQDN, e.g. maf.in.provider.com")
     if values.get("retrieval_listen") == "":
         values["retrieval_listen"] = None
+    if values.get("mef") == "":
+        values["mef"] = None
     return MafConfig(source=source, **values)
 
 

@@ -201,7 +201,8 @@ class MafService:
 
     ``clock`` gives "now"; ``token`` draws RelativeKeyIDs of self-generated keys and
     mafClientRegIDs (16 octets). ``stats`` is shared with the server, which counts the
-    associations and handshakes.
+    associations and handshakes. ``clients`` finds a MAF Client by canonical KmId for Key
+    Retrieval's answer (default: the store; the server adds clients enrolled at a MEF).
     """
 
     def __init__(
@@ -212,8 +213,10 @@ class MafService:
         *,
         stats: MafStats | None = None,
         token: Callable[[int], bytes] = secrets.token_bytes,
+        clients: Callable[[str], MasterCredential | None] | None = None,
     ) -> None:
         self.store = store
+        self._clients = clients or store.get_client
         self.policy = policy
         self.stats = stats if stats is not None else MafStats()
         self._clock = clock
@@ -553,7 +556,7 @@ class MafService:
                 sa=peer.sa,
             )
             return _audited(record, functools.partial(self.refused, refusal, request, who))
-        client = self.store.get_client(key.km_id)
+        client = self._clients(key.km_id)
         record = audit_record(
             AuditEvent.KEY_RETRIEVED,
             kcId=str(self.policy.kc_id(key.relative_id)),

@@ -3,9 +3,11 @@
 One :class:`ResponderProfiles` per gateway turns the configuration into a
 :class:`~m2msec.tls.profiles.TLSProfile` per framework and transport: provisioned PSK
 (TS-0003 8.2.2.1) over the psk-lookup-table, certificates (8.2.2.2), the MAF framework
-(8.2.2.3: KcIds resolved by Key Retrieval at the MAF) and GBA (seed 000 8.2.3.2: the
-gateway as NAF, Ks_NAF over Zn). It owns what those need for the gateway's life (the psk
-store it opened, the MAF retrieval client, the Zn client) and closes them in :meth:`aclose`.
+(8.2.2.3: KcIds resolved by Key Retrieval at the MAF), GBA (seed 000 8.2.3.2: the
+gateway as NAF, Ks_NAF over Zn) and the gateway as Enrolee B (seed 004, 8.3.2.1: KeIDs
+resolved by fetchCredentials at the MEF). It owns what those need for the gateway's life
+(the psk store it opened, the MAF retrieval and MEF fetch clients, the Zn client) and
+closes them in :meth:`aclose`.
 Resumed sessions are re-validated first (:func:`psk_row_check` for provisioned PSK).
 """
 
@@ -13,9 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from m2msec.config import GatewayConfig, GbaConfig, ListenerSpec, MafRetrievalConfig
+from m2msec.config import (
+    GatewayConfig,
+    GbaConfig,
+    ListenerSpec,
+    MafRetrievalConfig,
+    MefTargetConfig,
+)
 from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.servers.association import sp_fqdn_of
 from m2msec.store.base import PskStore
@@ -27,7 +35,12 @@ __all__ = ["Profiles", "ResponderProfiles", "pick", "psk_row_check"]
 if TYPE_CHECKING:
     from m2msec.frameworks.gba import GbaResponder
     from m2msec.frameworks.maf import MafResponder
+    from m2msec.frameworks.mef_responder import MefResponder
+    from m2msec.frameworks.remote_keys import KeyFetcher
     from m2msec.gba.zn import ZnClient
+
+_F = TypeVar("_F", bound="KeyFetcher[Any, Any]")
+_R = TypeVar("_R")
 
 #: The responder profiles of one transport, by framework key: (framework name, profile).
 Profiles = dict[str, tuple[str, TLSProfile]]
@@ -47,12 +60,16 @@ class ResponderProfiles:
         self.gba: GbaResponder | None = None
         self.zn: ZnClient | None = None
         self.maf: MafResponder | None = None
+        #: Enrolee B of seed 004 (KeIDs fetched at the MEF).
+        self.mef: MefResponder | None = None
 
     async def aclose(self) -> None:
         if self.zn is not None:
             await self.zn.close()
         if self.maf is not None:
             await self.maf.retriever.close()
+        if self.mef is not None:
+            await self.mef.fetcher.close()
         if self.own_store and self.store is not None:
             self.store.close()
 
@@ -76,7 +93,7 @@ class ResponderProfiles:
                 self.store = open_store(cfg.psk.store)
                 self.own_store = True
             psk_responder = PskResponder(self.store, local_id=str(cfg.cse_id))
-            self.psk_revalidate = psk_row_check(psk_responder.resolve)
+            self.psk_revalidate = self._not_enrolled(psk_row_check(psk_responder.resolve))
             profile = dataclasses.replace(
                 psk_responder.profile(transport, tls13=cfg.tls13),
                 require_sni=cfg.require_sni,
@@ -108,6 +125,8 @@ class ResponderProfiles:
             out["gba"] = ("gba", self._gba_profile(cfg.gba, transport))
         if cfg.maf is not None and (wanted & {"maf", "*"}):
             out["maf"] = ("maf", self._maf_profile(cfg.maf, transport))
+        if cfg.mef is not None and (wanted & {"mef", "*"}):
+            out["mef"] = ("mef", self._mef_profile(cfg.mef, transport))
         if cfg.resumption and transport is Transport.TLS:
             # Devices that come back resume their session once the framework re-validates
             # the binding (m2msec.tls.sessions); DTLS listeners do so in DTLSServer.
@@ -116,35 +135,74 @@ class ResponderProfiles:
             out = {key: (name, enable_resumption(p)) for key, (name, p) in out.items()}
         return out
 
+    def _not_enrolled(
+        self, check: Callable[[PeerBinding], PeerBinding]
+    ) -> Callable[[PeerBinding], PeerBinding]:
+        """``check`` for psk-lookup-table bindings; a KeID of our MEF (the same framework,
+        its Kpsa fetched, not in the table) keeps its binding: its lifetime is its bound."""
+
+        def revalidate(binding: PeerBinding) -> PeerBinding:
+            if self.mef is not None and self.mef.owns(binding.key_id):
+                return binding
+            return check(binding)
+
+        return revalidate
+
     def _maf_profile(self, maf: MafRetrievalConfig, transport: Transport) -> TLSProfile:
         """Entity B of the MAF framework (TS-0003 8.2.2.3): KcIds resolved by Key Retrieval.
 
         One responder (one Kc cache, one retrieval client) serves both transports.
         """
-        from m2msec.frameworks.certificate import CertificateCredential
         from m2msec.frameworks.maf import MafKeyRetriever, MafResponder
 
+        if self.maf is None:
+            addresses = {fqdn: (host, port) for fqdn, host, port in maf.addresses}
+            retriever = self._fetcher(MafKeyRetriever, maf, addresses, "maf")
+            self.maf = self._responder(MafResponder, retriever)
+        return self.maf.profile(transport, tls13=self.config.tls13)
+
+    def _mef_profile(self, mef: MefTargetConfig, transport: Transport) -> TLSProfile:
+        """Enrolee B (seed 004, TS-0003 8.3.2.1): KeIDs resolved by fetchCredentials (SUID
+        22), the association bound to the Enrolee-ID. One responder for both transports."""
+        from m2msec.frameworks.mef_fetch import MefCredentialFetcher
+        from m2msec.frameworks.mef_responder import MefResponder
+
+        if self.mef is None:
+            addresses = {mef.fqdn: (mef.host, mef.port)}
+            fetcher = self._fetcher(MefCredentialFetcher, mef, addresses, "mef")
+            self.mef = self._responder(MefResponder, fetcher)
+        return self.mef.profile(transport, tls13=self.config.tls13)
+
+    def _responder(self, kind: Callable[..., _R], fetcher: KeyFetcher[Any, Any]) -> _R:
+        """Entity B over a key fetcher, bound as our CSE-ID under our M2M-SP (A-14)."""
         cfg = self.config
-        if self.maf is not None:
-            return self.maf.profile(transport, tls13=cfg.tls13)
+        return kind(fetcher, str(cfg.cse_id), sp_fqdn=sp_fqdn_of(cfg), require_sni=cfg.require_sni)
+
+    def _fetcher(
+        self,
+        kind: type[_F],
+        section: MafRetrievalConfig | MefTargetConfig,
+        addresses: dict[str, tuple[str, int]],
+        name: str,
+    ) -> _F:
+        """The client of ``[maf]`` or ``[mef]``: our CSE-ID certificate over mutual TLS."""
+        from m2msec.frameworks.certificate import CertificateCredential
+
+        cfg = self.config
         assert cfg.in_domain is not None  # enforced by the configuration
         try:
-            retriever = MafKeyRetriever(
-                CertificateCredential.from_files(maf.cert, maf.key, maf.ca),
-                {fqdn: (host, port) for fqdn, host, port in maf.addresses},
+            return kind(
+                CertificateCredential.from_files(section.cert, section.key, section.ca),
+                addresses,
                 in_domain=cfg.in_domain,
                 local_id=str(cfg.cse_id),
                 sp_fqdn=cfg.cse_id.sp_fqdn,
-                cache_size=maf.cache_size,
-                timeout=maf.timeout,
+                cache_size=section.cache_size,
+                timeout=section.timeout,
                 tls13=cfg.tls13,
             )
         except (CertificateError, IdentifierError) as exc:
-            raise ConfigurationError(f"maf: {exc}") from None
-        self.maf = MafResponder(
-            retriever, str(cfg.cse_id), sp_fqdn=sp_fqdn_of(cfg), require_sni=cfg.require_sni
-        )
-        return self.maf.profile(transport, tls13=cfg.tls13)
+            raise ConfigurationError(f"{name}: {exc}") from None
 
     def _gba_profile(self, gba: GbaConfig, transport: Transport) -> TLSProfile:
         """The gateway as NAF (seed 000 8.2.3.2): Zn client to the BSF, GBA responder.

@@ -16,6 +16,10 @@ Two TLS listeners, one framework each:
   Retrieval (8.8.2.8). The identity read from its certificate is what is checked against
   the allowed Entity Bs and the key's targetIDs.
 
+With ``mef`` (``--mef URL``) the MAF is also an Enrolment Target of that MEF (seed 004,
+8.3.2.1): a KmID the store does not know that is a KeID of the MEF is resolved by fetching
+Km there (:mod:`m2msec.servers.maf_enrolled`), while the handshake waits.
+
 Requests are HTTP/1.1 (:mod:`m2msec.bindings.http`); this module keeps the listeners, their
 TLS profiles and the connections' lifecycle, and hands each request to the sans-IO
 procedures of :class:`m2msec.maf.service.MafService` (mapping in :mod:`m2msec.maf.protocol`).
@@ -61,10 +65,12 @@ from m2msec.maf.service import ClientSession, MafService, MafStats, Retriever, S
 from m2msec.maf.store import (
     MafStore,
     MafWriter,
+    MasterCredential,
     default_maf_store_path,
     open_maf_store,
     parse_km_id,
 )
+from m2msec.servers.maf_enrolled import EnrolledClients
 from m2msec.servers.maf_journal import MafJournal
 from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
 from m2msec.service.limits import HttpLimits
@@ -124,6 +130,8 @@ class MafServer(ServerLifecycle):
         self._client_server: TLSServer | None = None
         self._retrieval_server: TLSServer | None = None
         self._purge_task: asyncio.Task[None] | None = None
+        #: KeIDs of the MEF as KmIDs (``mef``), once started.
+        self.enrolled: EnrolledClients | None = None
         self._http = HttpService(
             HttpLimits.of(config),
             ServiceHooks(
@@ -177,6 +185,7 @@ class MafServer(ServerLifecycle):
         client_spec = cfg.listener("listen")
         retrieval_spec = cfg.listener("retrieval_listen") if cfg.retrieval_listen else None
         retrieval_profile = self._retrieval_profile() if retrieval_spec else None
+        self.enrolled = EnrolledClients.from_config(cfg)
         if self._store is None:
             if self.require_existing_store:  # serve without --init (issue 9 item 3)
                 require_initialised(
@@ -193,7 +202,9 @@ class MafServer(ServerLifecycle):
             self._store, self._audit, inline=inline, outage=self._store_outage
         )
         self._journal.start()
-        self._service = MafService(self._store, self.policy, self._clock, stats=self.stats)
+        self._service = MafService(
+            self._store, self.policy, self._clock, stats=self.stats, clients=self._client
+        )
         self._client_server = TLSServer(
             self._client_profile(),
             self._serve_client,
@@ -236,6 +247,8 @@ class MafServer(ServerLifecycle):
                 await server.close()
         if self._journal is not None:
             await self._journal.close()
+        if self.enrolled is not None:
+            await self.enrolled.close()
         if self._audit is not None:
             self._audit.close()
         if self._own_store and self._store is not None:
@@ -255,6 +268,7 @@ class MafServer(ServerLifecycle):
             ssl_context=ctx,
             local_id=self.config.fqdn.lower(),
             psk_resolver=self.resolve_km,
+            psk_async_resolver=None if self.enrolled is None else self._resolve_km_or_ke,
         )
 
     def _retrieval_profile(self) -> TLSProfile:
@@ -295,6 +309,25 @@ class MafServer(ServerLifecycle):
         )
         return cred.km, binding
 
+    async def _resolve_km_or_ke(
+        self, identity: bytes, cipher_suite: int | None = None
+    ) -> tuple[bytes, PeerBinding]:
+        """With ``mef``: a KmId of the store, else a KeID of the MEF (Km fetched there)."""
+        assert self.enrolled is not None
+        try:
+            return self.resolve_km(identity)
+        except HandshakeError:
+            if not self.enrolled.owns(identity):
+                raise
+        return await self.enrolled.resolve(identity)
+
+    def _client(self, key_id: str) -> MasterCredential | None:
+        """A MAF Client by canonical KmId: the store's, else one enrolled at the MEF."""
+        km = self.store.get_client(key_id)
+        if km is None and self.enrolled is not None:
+            km = self.enrolled.client(key_id)
+        return km
+
     def _count_store_error(self) -> None:
         self.stats.store_errors += 1
 
@@ -319,7 +352,7 @@ class MafServer(ServerLifecycle):
     # -- connections ----------------------------------------------------------------------
     async def _serve_client(self, conn: TLSConnection) -> None:
         ctx = conn.context
-        km = self.store.get_client(ctx.key_id or "")
+        km = self._client(ctx.key_id or "")
         if km is None or not km.enabled:
             return  # removed between the PSK lookup and now
         self.stats.client_associations += 1

@@ -119,14 +119,17 @@ def _debug_info(response: OneM2MResponse) -> str:
     return printable(dbg, _DBG_LIMIT) if isinstance(dbg, str) else ""
 
 
-def expect(response: OneM2MResponse, want: int, what: str, maf: str) -> dict[str, Any]:
+def expect(
+    response: OneM2MResponse, want: int, what: str, maf: str, *, peer: str = "MAF"
+) -> dict[str, Any]:
     """The JSON object of an answer with RSC ``want`` (no body: empty); else :class:`MafError`
-    naming the RSC and the MAF's ``m2m:dbg``."""
+    naming the RSC and the ``m2m:dbg`` of the MAF (or, as ``peer``, the MEF)."""
     if response.rsc != want:
         dbg = _debug_info(response)
         detail = f": {dbg}" if dbg else ""
         raise MafError(
-            f"{what} refused by the MAF {maf}: RSC {response.rsc} (HTTP {response.status}){detail}",
+            f"{what} refused by the {peer} {maf}: RSC {response.rsc} "
+            f"(HTTP {response.status}){detail}",
             response.rsc,
         )
     if not response.body:
@@ -134,9 +137,9 @@ def expect(response: OneM2MResponse, want: int, what: str, maf: str) -> dict[str
     try:
         doc = response.json()
     except (ValueError, UnicodeDecodeError):
-        raise MafError(f"{what}: the MAF {maf} answered with malformed JSON") from None
+        raise MafError(f"{what}: the {peer} {maf} answered with malformed JSON") from None
     if not isinstance(doc, dict):
-        raise MafError(f"{what}: the MAF {maf} answered with malformed JSON")
+        raise MafError(f"{what}: the {peer} {maf} answered with malformed JSON")
     return doc
 
 

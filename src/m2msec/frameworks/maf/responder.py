@@ -24,7 +24,8 @@ from m2msec.frameworks.maf.common import (
     printable,
 )
 from m2msec.frameworks.maf.retrieval import MafKeyRetriever
-from m2msec.ids import check_fqdn, entity_kind, parse_entity_id
+from m2msec.frameworks.remote_keys import entity_binding
+from m2msec.ids import check_fqdn
 from m2msec.keyids import CredentialId, KcId, KmId
 from m2msec.maf import wire
 from m2msec.tls.context import PeerBinding, PeerKind
@@ -71,17 +72,11 @@ class MafResponder:
         """IdA from the MAF (AE-ID or CSE-ID), else the Credential-ID ``11-<KmID>`` (10.4)."""
         if got.entity_id:
             try:
-                entity = parse_entity_id(got.entity_id)
+                return entity_binding(got.entity_id, self.sp_fqdn, str(got.kc_id), got.expires)
             except IdentifierError as exc:
                 raise HandshakeError(
                     f"the MAF gave an unusable entity ID for {got.kc_id}: {exc}"
                 ) from None
-            if entity.sp_fqdn is not None and entity.sp_fqdn.lower() == self.sp_fqdn:
-                peer = entity.sp_relative()
-            else:
-                peer = str(entity)
-            kind = PeerKind.CSE if entity_kind(str(entity)) is PeerKind.CSE else PeerKind.AE
-            return PeerBinding(peer, kind, key_id=str(got.kc_id), valid_until=got.expires)
         try:
             credential = _km_credential(got.km_id)
         except IdentifierError as exc:
