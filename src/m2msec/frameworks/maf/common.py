@@ -119,14 +119,23 @@ def _debug_info(response: OneM2MResponse) -> str:
     return printable(dbg, _DBG_LIMIT) if isinstance(dbg, str) else ""
 
 
-def expect(response: OneM2MResponse, want: int, what: str, maf: str) -> dict[str, Any]:
-    """The JSON object of an answer with RSC ``want`` (no body: empty); else :class:`MafError`
-    naming the RSC and the MAF's ``m2m:dbg``."""
+def expect(
+    response: OneM2MResponse,
+    want: int,
+    what: str,
+    maf: str,
+    *,
+    peer: str = "MAF",
+    error: type[MafError] = MafError,
+) -> dict[str, Any]:
+    """The JSON object of an answer with RSC ``want`` (no body: empty); else ``error``
+    naming the RSC and the ``m2m:dbg`` of the ``peer`` (the MAF, or the MEF) ``maf``."""
     if response.rsc != want:
         dbg = _debug_info(response)
         detail = f": {dbg}" if dbg else ""
-        raise MafError(
-            f"{what} refused by the MAF {maf}: RSC {response.rsc} (HTTP {response.status}){detail}",
+        raise error(
+            f"{what} refused by the {peer} {maf}: RSC {response.rsc} "
+            f"(HTTP {response.status}){detail}",
             response.rsc,
         )
     if not response.body:
@@ -134,17 +143,25 @@ def expect(response: OneM2MResponse, want: int, what: str, maf: str) -> dict[str
     try:
         doc = response.json()
     except (ValueError, UnicodeDecodeError):
-        raise MafError(f"{what}: the MAF {maf} answered with malformed JSON") from None
+        raise error(f"{what}: the {peer} {maf} answered with malformed JSON") from None
     if not isinstance(doc, dict):
-        raise MafError(f"{what}: the MAF {maf} answered with malformed JSON")
+        raise error(f"{what}: the {peer} {maf} answered with malformed JSON")
     return doc
 
 
-def member(doc: dict[str, Any], name: str, what: str, maf: str) -> dict[str, Any]:
-    """The object ``name`` of an answer (``mafKeyReg``, ``mafKey``...), which must be there."""
+def member(
+    doc: dict[str, Any],
+    name: str,
+    what: str,
+    maf: str,
+    *,
+    peer: str = "MAF",
+    error: type[MafError] = MafError,
+) -> dict[str, Any]:
+    """The object ``name`` of an answer (``mafKeyReg``, ``mefEnrol``...), which must be there."""
     inner = doc.get(name)
     if not isinstance(inner, dict):
-        raise MafError(f"{what}: the MAF {maf} answered without {name}")
+        raise error(f"{what}: the {peer} {maf} answered without {name}")
     return inner
 
 

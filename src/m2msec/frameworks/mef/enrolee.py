@@ -1,0 +1,253 @@
+"""The Enrolee: bootstrap with the MEF and enrol for one target (TS-0003 8.3.2.1, 8.3.2.2,
+10.3.1-10.3.4, seed 004; docs/mef.md).
+
+1. **Bootstrap Security Handshake** with the MEF's Enrolee listener (``tls://H:P``): TLS-PSK
+   (10.2.2) with psk_identity = KpmID and psk = Kpm (8.3.2.1), or mutual TLS with the
+   Enrolee's certificate (10.2.3, 8.3.2.2), the MEF named by an FQDN certificate (10.1.1.6).
+2. **Enrolment Key Generation** (10.3.1): 48 octets exported with
+   ``EXPORTER-oneM2M-Bootstrap`` and no context; RelativeKeID and Ke split as every oneM2M
+   export (docs/readings.md A-04); KeID = hexBinary(RelativeKeID)@MEF-FQDN (10.3.4).
+3. **Enrolment Exchange** (docs/mef.md section 2): ``POST /mef/enrolment`` naming the
+   Enrolment Target; the MEF answers after Ke is committed. The KeID it answers must be
+   the one this session exported, and the target the one asked for, or the two ends would
+   hold different keys.
+4. From Ke the Enrolee derives the target's credential itself (:mod:`m2msec.mef.keys`):
+   Km for a MAF-ID (10.3.2) or Kpsa for an Enrolee-B-ID (10.3.3), and presents KeID as its
+   psk_identity to that target, which fetches the same credential from the MEF.
+
+:func:`enrol_or_reuse` keeps the result in the :class:`~m2msec.frameworks.mef.store.EnroleeStore`
+and reuses a live one; an expired Ke makes it bootstrap again (10.7). Keys never appear in
+``repr``, logs or errors; KeIDs do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from dataclasses import replace
+from datetime import datetime
+
+import h11
+
+from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_BOOTSTRAP
+from m2msec.errors import HandshakeError
+from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
+from m2msec.frameworks.maf.common import (
+    Clock,
+    MafError,
+    expect,
+    format_time,
+    member,
+    utc_now,
+)
+from m2msec.frameworks.mef.result import EnrolmentResult
+from m2msec.frameworks.mef.store import EnroleeStore
+from m2msec.ids import check_fqdn
+from m2msec.mef import wire
+from m2msec.mef.keys import EnrolmentKey, derive_for_target
+from m2msec.mef.records import EnrolmentTarget, check_kpm_id
+from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
+from m2msec.tls.aio import connect as tls_connect
+from m2msec.tls.context import Framework, PeerBinding, PeerKind
+from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
+
+__all__ = ["Enrolee", "EnrolmentError", "enrol_or_reuse"]
+
+log = logging.getLogger(__name__)
+
+_WHAT = "Enrolment Exchange"
+
+
+class EnrolmentError(MafError):
+    """The bootstrap or the Enrolment Exchange failed; ``rsc`` is the MEF's answer when it
+    gave one (a MAF-style procedure error, as the MEF's refusal is the MAF's)."""
+
+
+class Enrolee:
+    """The Enrolee of 8.3.2.1 (PSK: :meth:`psk`) or 8.3.2.2 (certificate:
+    :meth:`certificate`) towards the MEF at ``host:port``, named ``mef_fqdn`` (the domain
+    of every KeID it issues, 10.3.4; the SNI). ``origin`` fills X-M2M-Origin (informative:
+    the MEF authorises by the bootstrap credential)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        mef_fqdn: str,
+        bootstrap_id: str,
+        profile: TLSProfile,
+        *,
+        origin: str | None = None,
+        timeout: float = 10.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.mef_fqdn = check_fqdn(mef_fqdn, "MEF FQDN")
+        self.bootstrap_id = bootstrap_id
+        self._profile = profile
+        self.origin = origin or bootstrap_id
+        self.timeout = timeout
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return (
+            f"Enrolee(mef={self.mef_fqdn!r} at {self.host}:{self.port}, "
+            f"bootstrap={self.bootstrap_id!r})"
+        )
+
+    @classmethod
+    def psk(
+        cls,
+        host: str,
+        port: int,
+        mef_fqdn: str,
+        kpm_id: str,
+        kpm: bytes,
+        *,
+        tls13: bool = True,
+        timeout: float = 10.0,
+        clock: Clock = utc_now,
+    ) -> Enrolee:
+        """8.3.2.1: TLS-PSK with psk_identity = KpmID, psk = Kpm (the 10.2.2 suites)."""
+        check_kpm_id(kpm_id)
+        if not 0 < len(kpm) <= 64:
+            raise ValueError("Kpm must be 1 to 64 octets")
+        fqdn = check_fqdn(mef_fqdn, "MEF FQDN").lower()
+        secret = bytes(kpm)
+
+        def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
+            # As every PSK initiator here: no hint is defined, any received is ignored (A-29).
+            binding = PeerBinding(peer_id=fqdn, kind=PeerKind.SERVICE, key_id=kpm_id)
+            return kpm_id.encode(), secret, binding
+
+        start = new_profile(
+            Framework.PROVISIONED_PSK,
+            Transport.TLS,
+            server_side=False,
+            suites=psk_suites(Transport.TLS),
+            tls13=tls13,
+            local_id=kpm_id,
+        )
+        profile = replace(start, psk_offer=offer, server_name=fqdn)
+        return cls(host, port, fqdn, kpm_id, profile, timeout=timeout, clock=clock)
+
+    @classmethod
+    def certificate(
+        cls,
+        host: str,
+        port: int,
+        mef_fqdn: str,
+        credential: CertificateCredential,
+        *,
+        in_domain: str,
+        tls13: bool = True,
+        timeout: float = 10.0,
+        clock: Clock = utc_now,
+    ) -> Enrolee:
+        """8.3.2.2: mutual TLS, our certificate naming the Enrolee (its CSE-ID or AE-ID),
+        the MEF's an FQDN certificate for ``mef_fqdn``."""
+        initiator = CertificateInitiator.for_service(credential, mef_fqdn, in_domain=in_domain)
+        if initiator.local_id is None:
+            raise ValueError("the Enrolee's certificate names no CSE-ID or AE-ID")
+        profile = initiator.profile(transport=Transport.TLS, tls13=tls13)
+        return cls(host, port, mef_fqdn, initiator.local_id, profile, timeout=timeout, clock=clock)
+
+    async def enrol(self, target: EnrolmentTarget | None = None) -> EnrolmentResult:
+        """One bootstrap handshake and one Enrolment Exchange for ``target`` (None: the
+        target the MEF has configured for us); the credential derived for the target."""
+        try:
+            conn = await tls_connect(self.host, self.port, self._profile, timeout=self.timeout)
+        except HandshakeError as exc:
+            raise EnrolmentError(
+                f"bootstrap handshake with the MEF {self.mef_fqdn} ({self.host}:{self.port}) "
+                f"as {self.bootstrap_id} failed: {exc.reason}"
+            ) from None
+        try:
+            key = EnrolmentKey.from_export(
+                conn.export_keying_material(LABEL_BOOTSTRAP, EXPORT_LENGTH, None), self.mef_fqdn
+            )
+            response = await self._exchange(OneM2MClient(conn, host=self.mef_fqdn), target)
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        return self._result(key, target, response)
+
+    async def _exchange(
+        self, client: OneM2MClient, target: EnrolmentTarget | None
+    ) -> OneM2MResponse:
+        content = wire.EnrolmentRequestBody(target).to_json()
+        request = client.request("POST", wire.ENROLMENT_PATH, origin=self.origin, content=content)
+        try:
+            return await asyncio.wait_for(request, self.timeout)
+        except TimeoutError:
+            late = f"{_WHAT}: the MEF {self.mef_fqdn} did not answer in time"
+            raise EnrolmentError(late) from None
+        except (ConnectionError, OSError, h11.ProtocolError) as exc:
+            reason = f"{_WHAT}: the connection to the MEF {self.mef_fqdn} failed ({exc})"
+            raise EnrolmentError(reason) from None
+
+    def _result(
+        self, key: EnrolmentKey, asked: EnrolmentTarget | None, response: OneM2MResponse
+    ) -> EnrolmentResult:
+        mef = self.mef_fqdn
+        doc = expect(response, 2001, _WHAT, mef, peer="MEF", error=EnrolmentError)
+        try:
+            answer = wire.EnrolmentBody.parse(
+                {"mefEnrol": member(doc, "mefEnrol", _WHAT, mef, peer="MEF", error=EnrolmentError)}
+            )
+        except wire.WireError as exc:
+            raise EnrolmentError(f"{_WHAT}: the MEF {mef} {exc}") from None
+        # The KeID is not secret; compared in constant time all the same, as the MAF's KcID.
+        same = hmac.compare_digest(answer.ke_id.relative_bytes, key.ke_id.relative_bytes)
+        if not same or answer.ke_id != key.ke_id:
+            raise EnrolmentError(
+                f"{_WHAT}: the MEF {mef} answered KeID {answer.ke_id} but this session "
+                f"exported {key.ke_id}; the two ends did not share the bootstrap session"
+            )
+        if asked is not None and answer.target != asked:
+            raise EnrolmentError(
+                f"{_WHAT}: the MEF {mef} enrolled for {answer.target}, not {asked}"
+            )
+        target = answer.target
+        credential = derive_for_target(key.ke, target.target_id, enrolee_b=target.is_enrolee_b)
+        result = EnrolmentResult(
+            key.ke_id,
+            target,
+            answer.enrolee_id,
+            answer.expires,
+            self.bootstrap_id,
+            key.ke,
+            credential,
+            self.clock(),
+        )
+        log.info(
+            "enrolled at MEF %s: KeID=%s target=%s expires=%s",
+            mef,
+            result.ke_id,
+            target,
+            format_time(result.expires),
+        )
+        return result
+
+
+async def enrol_or_reuse(
+    enrolee: Enrolee,
+    target: EnrolmentTarget,
+    store: EnroleeStore,
+    *,
+    now: datetime | None = None,
+    fresh: bool = False,
+) -> tuple[EnrolmentResult, bool]:
+    """The live enrolment of ``store`` for this MEF, target and bootstrap credential, or a
+    new one (bootstrap, Enrolment Exchange, kept in ``store``): (result, reused). A Ke past
+    its Enrolment Expiry is not reused (10.7); ``fresh`` bootstraps in any case."""
+    if not fresh:
+        found = store.current(enrolee.mef_fqdn, target, enrolee.bootstrap_id, now)
+        if found is not None:
+            return found, True
+    result = await enrolee.enrol(target)
+    store.save(result)
+    return result, False
