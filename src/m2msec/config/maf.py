@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from m2msec.config.listeners import ListenerSpec, parse_listen_url
 from m2msec.config.loader import load
+from m2msec.config.values import typed_tables
 from m2msec.errors import (
     ConfigurationError,
     IdentifierError,
@@ -183,38 +184,7 @@ def parse_maf_config(
 
     Relative paths are read from ``base_dir``.
     """
-    base = base_dir or Path.cwd()
-    values: dict[str, Any] = {}
-    for section, table in data.items():
-        if section not in _KEYS:
-            raise ConfigurationError(f"unknown section [{section}] (known: maf, certificates)")
-        if not isinstance(table, Mapping):
-            raise ConfigurationError(f"[{section}] must be a table")
-        for key, value in table.items():
-            kinds = _KEYS[section]
-            if key not in kinds:
-                raise ConfigurationError(
-                    f"unknown key '{section}.{key}' (known: {', '.join(sorted(kinds))})"
-                )
-            if value is None:
-                continue
-            kind = kinds[key]
-            ok = (
-                isinstance(value, int | float) and not isinstance(value, bool)
-                if kind is float
-                else isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-            )
-            if not ok:
-                raise ConfigurationError(f"{section}.{key} must be {kind.__name__}, not {value!r}")
-            if (
-                (section, key) in _PATHS
-                and isinstance(value, str)
-                and value
-                and "://" not in value
-                and not Path(value).expanduser().is_absolute()
-            ):
-                value = str(base / Path(value).expanduser())
-            values[key] = value
+    values = typed_tables(data, _KEYS, _PATHS, base_dir or Path.cwd())
     if not values.get("fqdn"):
         raise ConfigurationError("maf.fqdn is missing: the MAF's FQDN, e.g. maf.in.provider.com")
     if values.get("retrieval_listen") == "":

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 from m2msec.errors import ConfigurationError
 
-__all__ = ["boolean", "file_path", "invalid", "is_ip", "number", "unknown_key"]
+__all__ = ["boolean", "file_path", "invalid", "is_ip", "number", "typed_tables", "unknown_key"]
 
 
 def unknown_key(key: str, known: frozenset[str] | set[str], where: str) -> ConfigurationError:
@@ -60,3 +62,49 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def typed_tables(
+    data: Mapping[str, Any],
+    kinds: Mapping[str, Mapping[str, type]],
+    paths: Collection[tuple[str, str]],
+    base: Path,
+) -> dict[str, Any]:
+    """The keys of a document of flat tables (``[maf]``/``[mef]`` and ``[certificates]``)
+    as one ``{key: value}``: unknown tables and keys refused, each value of its ``kinds``
+    type (``float`` takes integers, ``int`` refuses booleans; ``list`` is a list of
+    strings), None values skipped, relative file ``paths`` read under ``base``."""
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section not in kinds:
+            known = ", ".join(kinds)
+            raise ConfigurationError(f"unknown section [{section}] (known: {known})")
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(f"[{section}] must be a table")
+        for key, value in table.items():
+            table_kinds = kinds[section]
+            if key not in table_kinds:
+                raise ConfigurationError(
+                    f"unknown key '{section}.{key}' (known: {', '.join(sorted(table_kinds))})"
+                )
+            if value is None:
+                continue
+            kind = table_kinds[key]
+            if kind is float:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            elif kind is list:
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            else:
+                ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+            if not ok:
+                raise ConfigurationError(f"{section}.{key} must be {kind.__name__}, not {value!r}")
+            if (
+                (section, key) in paths
+                and isinstance(value, str)
+                and value
+                and "://" not in value
+                and not Path(value).expanduser().is_absolute()
+            ):
+                value = str(base / Path(value).expanduser())
+            values[key] = value
+    return values

@@ -1,0 +1,391 @@
+"""The M2M Enrolment Function server (TS-0003 8.3.2.1, seed 004): ``m2msec mef serve``.
+
+Listeners, each on the one HTTP service loop (:class:`~m2msec.service.server.HttpService`),
+handing requests to the sans-IO :class:`~m2msec.mef.service.MefService` (docs/mef.md):
+
+* **Enrolee listeners** run the Bootstrap Security Handshake: TLS-PSK with psk_identity =
+  KpmID and psk = Kpm (``framework=psk``, the cipher suites of 10.2.2, TLS 1.2 and 1.3),
+  looked up through :meth:`MefService.kpm_for` off the event loop (an unknown KpmID or a
+  wrong Kpm fails that handshake only), or mutual TLS with certificates
+  (``framework=certificate``, the suites of 10.2.3; seed 004 NOTE 2: the same Enrolment
+  Key Generation). After the handshake the session exports 48 octets with
+  ``EXPORTER-oneM2M-Bootstrap`` and no context (10.3.1, docs/readings.md A-04); the
+  Enrolment Exchange (``POST /mef/enrolment``) commits Ke, in a worker thread, before it is
+  answered. One Ke per handshake: the export is spent by the enrolment that stored it.
+* the **target listener** runs mutual TLS with the MEF's FQDN certificate (10.1.1.6): the
+  identity the target's certificate names (a MAF FQDN, a CSE-ID or an AE-ID) is the
+  requester of ``GET /fetchCredentials/<KeID>/<SUID>``. A MAF is recognised by its FQDN
+  among the MAF targets allowed when the server starts (a MAF allowed later needs a
+  restart; Enrolee B targets need none).
+* ``dtls://`` Enrolee listeners (:mod:`m2msec.servers.mef_coap`) run the TLS-PSK bootstrap
+  over DTLS 1.2 and carry the Enrolment Exchange over CoAP.
+
+No key (Kpm, Ke, Km, Kpsa) is ever logged; refusals are audited by the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from m2msec.bindings.http import BadRequest
+from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
+from m2msec.config.listeners import ListenerSpec
+from m2msec.config.mef import MefConfig
+from m2msec.errors import (
+    CertificateError,
+    ConfigurationError,
+    HandshakeError,
+    IdentifierError,
+    StoreError,
+)
+from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
+from m2msec.ids import PeerKind, derivation_identity
+from m2msec.maf.protocol import refusal_response
+from m2msec.mef.records import Bootstrap, EnrolmentTarget, TargetKind, check_kpm_id
+from m2msec.mef.service import EnroleeIdentity, MefPolicy, MefRefusal, MefService
+from m2msec.mef.store import MefStore, default_mef_store_path
+from m2msec.service.limits import HttpLimits
+from m2msec.service.server import HttpService, ServiceHooks
+from m2msec.store.schema import require_initialised
+from m2msec.tls.aio import TLSConnection, TLSServer
+from m2msec.tls.context import Framework, PeerBinding, SecurityContext
+from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
+
+__all__ = ["BOOTSTRAP_EXPORTER_LABEL", "BOOTSTRAP_EXPORT_OCTETS", "MefListener", "MefServer"]
+
+log = logging.getLogger(__name__)
+
+#: 10.3.1 with seed 004's label: RelativeKeID (16 octets) || Ke (32 octets), no context.
+BOOTSTRAP_EXPORTER_LABEL: Final = b"EXPORTER-oneM2M-Bootstrap"
+BOOTSTRAP_EXPORT_OCTETS: Final = 48
+
+
+@dataclass(frozen=True, slots=True)
+class MefListener:
+    """A bound listener: ``role`` "enrolee" or "target", its URL scheme, framework, port."""
+
+    role: str
+    scheme: str
+    framework: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+class MefServer:
+    """The MEF (module documentation): ``async with MefServer(config) as mef: ...``.
+
+    ``store`` overrides the configured store (and is not closed by the server); ``clock``
+    gives "now" to the service (tests). ``stats`` counts decisions and connections by name.
+    """
+
+    def __init__(
+        self,
+        config: MefConfig,
+        store: MefStore | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.stats: Counter[str] = Counter()
+        #: Refuse a missing or schema-less SQLite store instead of creating one.
+        self.require_existing_store = False
+        self.listeners: list[MefListener] = []
+        self._store = store
+        self._own_store = store is None
+        self._clock = clock
+        self._service: MefService | None = None
+        self._servers: list[Any] = []  # TLSServer or the DTLS endpoint: start/close/port
+        self._purge_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        self._http = HttpService(
+            HttpLimits.of(config),
+            ServiceHooks(
+                internal_error=self._internal_error,
+                close_after_error=False,
+                on_bad_request=self._count_bad_request,
+                on_request=self._count_request,
+                close_stream=False,  # TLSServer ends the association with close_notify
+            ),
+            name="MEF",
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def store(self) -> MefStore:
+        assert self._store is not None, "start() the server first"
+        return self._store
+
+    @property
+    def service(self) -> MefService:
+        assert self._service is not None, "start() the server first"
+        return self._service
+
+    def listener(self, role: str, framework: str = "psk", scheme: str = "tls") -> MefListener:
+        """The first bound listener of ``role`` (and, for Enrolees, framework and scheme)."""
+        for found in self.listeners:
+            if found.role == role and (
+                role == "target" or (found.framework, found.scheme) == (framework, scheme)
+            ):
+                return found
+        raise LookupError(f"no {role} listener {scheme}/{framework}")
+
+    async def __aenter__(self) -> MefServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store and the listeners. Raises ConfigurationError, StoreError, or
+        OSError (a port in use)."""
+        if self._started:
+            raise RuntimeError("MEF server already started")
+        self._started = True
+        cfg = self.config
+        try:
+            if self._store is None:
+                if self.require_existing_store:  # serve without --init (issue 9 item 3)
+                    require_initialised(
+                        cfg.store or default_mef_store_path(),
+                        label="MEF store",
+                        create="m2msec mef add-enrolee",
+                    )
+                self._store = await asyncio.to_thread(MefStore, cfg.store)
+            self._service = MefService(
+                MefPolicy(cfg.fqdn.lower()), self._store, stats=self.stats, clock=self._clock
+            )
+            for spec in cfg.enrolee_listeners():
+                await self._start_enrolee(spec)
+            if cfg.target_listen is not None:
+                spec = cfg.target_listener()
+                profile = await self._target_profile()
+                await self._start_tls(spec, "target", "certificate", profile, self._serve_target)
+            self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start_enrolee(self, spec: ListenerSpec) -> None:
+        if spec.scheme == "dtls":
+            raise ConfigurationError(f"{spec.url}: the DTLS bootstrap is not served yet")
+        if spec.framework == "certificate":
+            profile = self._certificate_profile(services=())
+            bootstrap = Bootstrap.CERTIFICATE
+        else:
+            profile = self.psk_profile(Transport.TLS)
+            bootstrap = Bootstrap.PSK
+
+        async def serve(conn: TLSConnection) -> None:
+            await self._serve_enrolee(conn, bootstrap)
+
+        await self._start_tls(spec, "enrolee", spec.framework or "psk", profile, serve)
+
+    async def _start_tls(
+        self,
+        spec: ListenerSpec,
+        role: str,
+        framework: str,
+        profile: TLSProfile,
+        serve: Callable[[TLSConnection], Any],
+    ) -> None:
+        cfg = self.config
+        server = TLSServer(
+            profile,
+            serve,
+            handshake_timeout=cfg.handshake_timeout,
+            max_handshakes=cfg.max_handshakes,
+            on_failure=self._handshake_failed,
+        )
+        await server.start(spec.host, spec.port)
+        self._bound(spec, role, framework, server)
+
+    def _bound(self, spec: ListenerSpec, role: str, framework: str, server: Any) -> None:
+        self._servers.append(server)
+        bound = MefListener(role, spec.scheme, framework, spec.host, server.port)
+        self.listeners.append(bound)
+        log.info("MEF %s listener (%s) on %s", role, framework, bound.url)
+
+    async def close(self) -> None:
+        """Stop listening, end the sessions, close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge_task
+        for server in self._servers:
+            await server.close()
+        if self._own_store and self._store is not None:
+            self._store.close()
+        if self.listeners:
+            log.info("MEF stopped: %s", dict(sorted(self.stats.items())))
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then close."""
+        try:
+            await stop.wait()
+        finally:
+            await self.close()
+
+    # -- profiles -------------------------------------------------------------------------
+    def psk_profile(self, transport: Transport) -> TLSProfile:
+        """The TLS-PSK bootstrap (8.3.2.1): the suites of 10.2.2, KpmID -> Kpm."""
+        profile = new_profile(
+            Framework.PROVISIONED_PSK,
+            transport,
+            server_side=True,
+            suites=psk_suites(transport),
+            tls13=self.config.tls13,
+            local_id=self.config.fqdn.lower(),
+        )
+        return replace(profile, psk_async_resolver=self.resolve_kpm)
+
+    async def resolve_kpm(self, identity: bytes, suite: int | None) -> tuple[bytes, PeerBinding]:
+        """The bootstrap handshake's PSK lookup: KpmID -> Kpm (the store read in a thread);
+        an unknown KpmID raises, so the handshake fails with an alert."""
+        try:
+            kpm_id = check_kpm_id(identity.decode("ascii"))
+        except (UnicodeDecodeError, IdentifierError):
+            raise HandshakeError("malformed KpmID") from None
+        kpm = await asyncio.to_thread(self.service.kpm_for, kpm_id)
+        if kpm is None:
+            raise HandshakeError(f"unknown KpmID {kpm_id!r}")
+        return kpm, PeerBinding(peer_id=kpm_id, kind=PeerKind.CREDENTIAL, key_id=kpm_id)
+
+    def _certificate_profile(self, services: tuple[str, ...]) -> TLSProfile:
+        cfg = self.config
+        assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
+        try:
+            credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
+            responder = CertificateResponder(
+                credential,
+                in_domain=cfg.effective_in_domain,
+                local_id=cfg.fqdn.lower(),
+                services=services,
+                sp_fqdn=cfg.effective_sp_fqdn,
+                crl=cfg.crl,
+            )
+        except (CertificateError, IdentifierError) as exc:
+            raise ConfigurationError(f"MEF certificate: {exc}") from None
+        return responder.profile(tls13=cfg.tls13)
+
+    async def _target_profile(self) -> TLSProfile:
+        # A MAF's certificate names its FQDN (10.1.1.6), which only the allowed MAF
+        # targets tell apart from a CSE's public domain name.
+        targets = await asyncio.to_thread(self.store.list_targets)
+        mafs = tuple(t.canonical for t in targets if t.kind is TargetKind.MAF)
+        return self._certificate_profile(services=mafs)
+
+    # -- connections ----------------------------------------------------------------------
+    async def _serve_enrolee(self, conn: TLSConnection, bootstrap: Bootstrap) -> None:
+        who = _enrolee_identity(conn.context, bootstrap)
+        if who is None:
+            self.stats["enrolee_identity_refused"] += 1
+            return
+        self.stats["bootstrap_sessions"] += 1
+        exported = conn.export_keying_material(BOOTSTRAP_EXPORTER_LABEL, BOOTSTRAP_EXPORT_OCTETS)
+        session = BootstrapSession(self.service, who, exported)
+
+        async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            return await session.enrol(request), False
+
+        await self._http.serve(conn, answer)
+
+    async def _serve_target(self, conn: TLSConnection) -> None:
+        requester = _target_identity(conn.context)
+        if requester is None:
+            self.stats["target_identity_refused"] += 1
+            return
+        self.stats["target_sessions"] += 1
+        service = self.service
+
+        async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
+            return await asyncio.to_thread(service.fetch_credentials, request, requester), False
+
+        await self._http.serve(conn, answer)
+
+    def _handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
+        self.stats["handshakes_failed"] += 1
+
+    def _count_bad_request(self, event: BadRequest) -> None:
+        self.stats["bad_requests"] += 1
+
+    def _count_request(self) -> None:
+        self.stats["requests"] += 1
+
+    def _internal_error(self, request: OneM2MRequest) -> HttpResponse:
+        self.stats["internal_errors"] += 1
+        return refusal_response(
+            MefRefusal(RSC.INTERNAL_SERVER_ERROR, "MEF internal error"), request
+        )
+
+    # -- housekeeping ---------------------------------------------------------------------
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.purge_interval)
+            try:
+                await asyncio.to_thread(self.store.purge_expired, self._clock())
+            except StoreError as exc:
+                log.warning("purging expired enrolments failed: %s", exc)
+
+
+class BootstrapSession:
+    """One bootstrap handshake's Enrolment Exchange, over HTTP or CoAP: the session's
+    export is spent once an enrolment stored it (a second one is refused 4105)."""
+
+    def __init__(self, service: MefService, who: EnroleeIdentity, exported: bytes) -> None:
+        self.service = service
+        self.who = who
+        self._exported: bytes | None = exported
+
+    async def enrol(self, request: OneM2MRequest) -> HttpResponse:
+        # The commit (an fsync) runs in a worker thread; the loop serves the others.
+        response = await asyncio.to_thread(self.service.enrol, request, self.who, self._exported)
+        if response.status == 201:
+            self._exported = None
+        return response
+
+
+def _enrolee_identity(ctx: SecurityContext, bootstrap: Bootstrap) -> EnroleeIdentity | None:
+    """Who ran the bootstrap handshake: its KpmID, or the canonical CSE-ID/AE-ID its
+    certificate names (:func:`m2msec.ids.derivation_identity`)."""
+    if bootstrap is Bootstrap.PSK:
+        return EnroleeIdentity(Bootstrap.PSK, ctx.key_id or ctx.peer_id)
+    if ctx.peer_kind not in (PeerKind.AE, PeerKind.CSE):
+        log.info("certificate Enrolee %s is not a CSE or an AE", ctx.peer_id)
+        return None
+    try:
+        return EnroleeIdentity(
+            Bootstrap.CERTIFICATE, derivation_identity(ctx.peer_id, enrolee_b=True)
+        )
+    except IdentifierError as exc:
+        log.info("certificate Enrolee %s refused: %s", ctx.peer_id, exc)
+        return None
+
+
+def _target_identity(ctx: SecurityContext) -> EnrolmentTarget | None:
+    """The Enrolment Target a certificate authenticated: a MAF (its FQDN) or an Enrolee B."""
+    try:
+        if ctx.peer_kind is PeerKind.SERVICE:
+            return EnrolmentTarget.maf(ctx.peer_id)
+        if ctx.peer_kind in (PeerKind.AE, PeerKind.CSE):
+            return EnrolmentTarget.enrolee_b(ctx.peer_id)
+    except (IdentifierError, ConfigurationError) as exc:
+        log.info("target %s refused: %s", ctx.peer_id, exc)
+        return None
+    log.info("target %s is not a MAF, a CSE or an AE", ctx.peer_id)
+    return None
