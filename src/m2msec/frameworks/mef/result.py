@@ -30,7 +30,7 @@ class EnrolmentResult:
     bootstrap_id: str
     ke: bytes = field(repr=False)
     credential: bytes = field(repr=False)
-    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    created: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
     @property
     def mef_fqdn(self) -> str:
@@ -39,7 +39,7 @@ class EnrolmentResult:
 
     @property
     def key_name(self) -> str:
-        """"Km" for a MAF target, "Kpsa" for an Enrolee B."""
+        """Km for a MAF target, Kpsa for an Enrolee B."""
         return self.target.key_name
 
     def expired(self, now: datetime | None = None) -> bool:
