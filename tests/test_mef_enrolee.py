@@ -26,6 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from m2msec.cli.main import app
+from m2msec.config.maf import MafConfig
 from m2msec.errors import DuplicateCredentialError, StoreError
 from m2msec.frameworks.mef import (
     Enrolee,
@@ -36,10 +37,12 @@ from m2msec.frameworks.mef import (
     enrol_or_reuse,
 )
 from m2msec.keyids import KeId
+from m2msec.maf.store import MafStore
 from m2msec.mef.keys import EnrolmentKey, derive_for_target
 from m2msec.mef.records import Bootstrap
 from m2msec.mef.records import Enrolee as EnroleeConfig
 from m2msec.servers.gateway import Gateway
+from m2msec.servers.maf import MafServer
 from m2msec.servers.mef import MefServer
 from m2msec.service.onem2m_client import OneM2MResponse
 from m2msec.store.base import PskEntry
@@ -405,3 +408,36 @@ def test_enrol_is_a_command_and_names_its_options() -> None:
     for name in ("--mef", "--kpm-id", "--kpm-file", "--cert", "--maf-id", "--enrolee-b",
                  "--mef-fqdn", "--renew", "--store"):  # fmt: skip
         assert name in got.output
+
+
+async def test_connect_takes_km_of_an_enrolled_ke_id_to_the_maf(
+    mef: MefServer, tmp_path: Path
+) -> None:
+    """The MAF Handshake (8.8.2.2) with KmID = KeID and the Km the Enrolee derived; the MAF
+    knows it here because its store is seeded with what fetchCredentials would give it."""
+    home = tmp_path / "home"
+    port = mef.listener("enrolee").port
+    code, out = await run_cli(
+        home, "enrol", "--mef", f"tls://{HOST}:{port}", "--mef-fqdn", MEF_FQDN,
+        "--kpm-id", MAF_KPM_ID, "--kpm", KPM.hex(), "--maf-id", MAF_FQDN,
+    )  # fmt: skip
+    assert code == 0 and f"maf:{MAF_FQDN} (Km)" in out, out
+    ke_id = next(w for w in out.split() if w.endswith("@" + MEF_FQDN))
+    with EnroleeStore(home / "enrolee.db") as enrolments:
+        held = enrolments.get(ke_id)
+    assert held is not None
+    maf_store = MafStore(tmp_path / "maf.db", kek=KEK)
+    maf_store.add_client(ke_id, held.credential, "/mn-cse-2/Cdev2")
+    maf_store.add_entity_b("/in-cse")
+    config = MafConfig(fqdn=MAF_FQDN, listen=f"tls://{HOST}:0", retrieval_listen=None,
+                       audit_log=str(tmp_path / "audit.log"))  # fmt: skip
+    async with MafServer(config, maf_store) as maf:
+        code, out = await run_cli(
+            home, "connect", "https://127.0.0.1:1/x", "--from", "Cdev2", "--id-b", "/in-cse",
+            "--maf", f"tls://{HOST}:{maf.client_port}", "--km-id", ke_id,
+        )  # fmt: skip
+        issued = maf.stats.keys_issued
+    maf_store.close()
+    assert issued == 1, out  # the MAF Handshake and Key Registration went through
+    assert code == 1 and "cannot reach 127.0.0.1:1" in out  # no gateway listens there
+    assert held.credential.hex() not in out
