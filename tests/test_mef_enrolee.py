@@ -441,3 +441,22 @@ async def test_connect_takes_km_of_an_enrolled_ke_id_to_the_maf(
     assert issued == 1, out  # the MAF Handshake and Key Registration went through
     assert code == 1 and "cannot reach 127.0.0.1:1" in out  # no gateway listens there
     assert held.credential.hex() not in out
+
+
+async def test_enrol_with_a_certificate_from_the_shell(
+    mef: MefServer, pki: Pki, tmp_path: Path
+) -> None:
+    key, cert = pki.files[CERT_ENROLEE]
+    port = mef.listener("enrolee", "certificate").port
+    code, out = await run_cli(
+        tmp_path / "home", "enrol", "--mef", f"tls://{HOST}:{port}", "--mef-fqdn", MEF_FQDN,
+        "--cert", str(cert), "--key", str(key), "--ca", str(pki.ca.cert_path),
+        "--enrolee-b", "/in-cse",
+    )  # fmt: skip
+    assert code == 0 and "enrolled" in out and CERT_ENROLEE in out, out
+    code, out = await run_cli(
+        tmp_path / "home", "enrol", "--mef", f"tls://{HOST}:{port}", "--mef-fqdn", MEF_FQDN,
+        "--cert", str(cert), "--key", str(key), "--ca", str(tmp_path / "missing.pem"),
+        "--enrolee-b", "/in-cse",
+    )  # fmt: skip
+    assert code == 2 and "missing.pem" in out, out
