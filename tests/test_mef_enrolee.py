@@ -33,6 +33,7 @@ from m2msec.frameworks.mef import (
     EnroleeStore,
     EnrolmentError,
     EnrolmentResult,
+    KpmCredential,
     default_enrolee_store_path,
     enrol_or_reuse,
 )
@@ -90,7 +91,7 @@ async def mef(pki: Pki, tmp_path: Path) -> AsyncIterator[MefServer]:
 
 
 def psk_enrolee(server: MefServer, kpm_id: str = KPM_ID, kpm: bytes = KPM) -> Enrolee:
-    return Enrolee.psk(HOST, server.listener("enrolee").port, MEF_FQDN, kpm_id, kpm)
+    return Enrolee(HOST, server.listener("enrolee").port, MEF_FQDN, KpmCredential(kpm_id, kpm))
 
 
 def result(expires: datetime = LATER, *, boot: str = KPM_ID, rel: int = 0) -> EnrolmentResult:
@@ -185,7 +186,7 @@ def answer(ke_id: str, target: dict[str, str]) -> OneM2MResponse:
 
 
 def test_the_enrolee_derives_kpsa_of_the_vectors() -> None:
-    enrolee = Enrolee.psk(HOST, 1, MEF_FQDN, KPM_ID, KPM)
+    enrolee = Enrolee(HOST, 1, MEF_FQDN, KpmCredential(KPM_ID, KPM))
     key = EnrolmentKey.from_export(EXPORT, MEF_FQDN)
     got = enrolee._result(key, GATEWAY, answer(str(key.ke_id), {"enroleeBID": "/in-cse"}))
     assert got.ke == KE and got.ke_id == key.ke_id and got.expires == LATER
@@ -195,7 +196,7 @@ def test_the_enrolee_derives_kpsa_of_the_vectors() -> None:
 
 
 def test_another_ke_id_or_target_in_the_answer_is_refused() -> None:
-    enrolee = Enrolee.psk(HOST, 1, MEF_FQDN, KPM_ID, KPM)
+    enrolee = Enrolee(HOST, 1, MEF_FQDN, KpmCredential(KPM_ID, KPM))
     key = EnrolmentKey.from_export(EXPORT, MEF_FQDN)
     other = KeId(bytes(16), MEF_FQDN)
     with pytest.raises(EnrolmentError, match="did not share the bootstrap session"):
@@ -219,9 +220,8 @@ async def test_psk_enrolee_and_enrolee_b_hold_the_same_kpsa(
     mef: MefServer, pki: Pki, tls13: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    enrolee = Enrolee.psk(
-        HOST, mef.listener("enrolee").port, MEF_FQDN, KPM_ID, KPM, tls13=tls13
-    )
+    port = mef.listener("enrolee").port
+    enrolee = Enrolee(HOST, port, MEF_FQDN, KpmCredential(KPM_ID, KPM), tls13=tls13)
     got = await enrolee.enrol(GATEWAY)
     assert got.ke_id.mef_fqdn == MEF_FQDN and got.target == GATEWAY
     assert got.enrolee_id == ENROLEE_ID and got.expires > datetime.now(UTC)
@@ -240,9 +240,7 @@ async def test_psk_enrolee_and_maf_hold_the_same_km(mef: MefServer, pki: Pki) ->
 
 async def test_certificate_enrolee(mef: MefServer, pki: Pki) -> None:
     port = mef.listener("enrolee", "certificate").port
-    enrolee = Enrolee.certificate(
-        HOST, port, MEF_FQDN, pki.creds[CERT_ENROLEE], in_domain=IN_DOMAIN
-    )
+    enrolee = Enrolee(HOST, port, MEF_FQDN, pki.creds[CERT_ENROLEE], in_domain=IN_DOMAIN)
     assert enrolee.bootstrap_id == CERT_ENROLEE
     got = await enrolee.enrol()  # the target the MEF has configured
     assert got.target == GATEWAY and got.bootstrap_id == CERT_ENROLEE

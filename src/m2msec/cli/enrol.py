@@ -41,7 +41,13 @@ from m2msec.cli.common import (
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.frameworks.mef import Enrolee, EnroleeStore, EnrolmentResult, enrol_or_reuse
+from m2msec.frameworks.mef import (
+    Enrolee,
+    EnroleeStore,
+    EnrolmentResult,
+    KpmCredential,
+    enrol_or_reuse,
+)
 from m2msec.keyids import KeId
 from m2msec.mef.records import EnrolmentTarget
 
@@ -172,8 +178,14 @@ def enrol(
         ),
     ] = None,
     in_domain: Annotated[
-        str, typer.Option("--in-domain", help="IN public domain for CSE names in certificates.")
-    ] = "in.provider.com",
+        str | None,
+        option(
+            "--in-domain",
+            metavar="FQDN",
+            help="IN public domain of CSE names in certificates (default: the MEF FQDN "
+            "without its first label).",
+        ),
+    ] = None,
     renew: Annotated[
         bool, typer.Option("--renew", help="Bootstrap again even if a live Ke is stored.")
     ] = False,
@@ -189,22 +201,16 @@ def enrol(
         fail("give --kpm-id (PSK) or --cert/--key/--ca (certificate), not both", 2)
     usage = (IdentifierError, ConfigurationError, ValueError)
     with exit_on_errors(usage=usage, failure=(M2MSecError,)):
+        credential: KpmCredential | CertificateCredential
         if kpm_id is not None:
-            enrolee = Enrolee.psk(
-                host, port, fqdn, kpm_id, _kpm(kpm, kpm_file), tls13=not tls12, timeout=timeout
-            )
+            credential = KpmCredential(kpm_id, _kpm(kpm, kpm_file))
         elif cert and key and ca:
-            enrolee = Enrolee.certificate(
-                host,
-                port,
-                fqdn,
-                CertificateCredential.from_files(cert, key, ca),
-                in_domain=in_domain,
-                tls13=not tls12,
-                timeout=timeout,
-            )
+            credential = CertificateCredential.from_files(cert, key, ca)
         else:
             fail("give --kpm-id with --kpm or --kpm-file, or --cert, --key and --ca", 2)
+        enrolee = Enrolee(
+            host, port, fqdn, credential, in_domain=in_domain, tls13=not tls12, timeout=timeout
+        )
     failures = (M2MSecError, StoreError, OSError)
     with closing(_open_store(store)) as enrolments, exit_on_errors(failure=failures):
         result, reused = asyncio.run(enrol_or_reuse(enrolee, target, enrolments, fresh=renew))

@@ -21,11 +21,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from m2msec.errors import M2MSecError
+from m2msec.frameworks.provisioned import psk_profile
 from m2msec.keyids import KcId
 from m2msec.maf import wire
 from m2msec.service.onem2m_client import OneM2MResponse
 from m2msec.tls.context import Framework
-from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
+from m2msec.tls.profiles import TLSProfile, Transport
 
 __all__ = [
     "SUID_MAF_SAEF",
@@ -149,19 +150,11 @@ def expect(
     return doc
 
 
-def member(
-    doc: dict[str, Any],
-    name: str,
-    what: str,
-    maf: str,
-    *,
-    peer: str = "MAF",
-    error: type[MafError] = MafError,
-) -> dict[str, Any]:
-    """The object ``name`` of an answer (``mafKeyReg``, ``mefEnrol``...), which must be there."""
+def member(doc: dict[str, Any], name: str, what: str, maf: str) -> dict[str, Any]:
+    """The object ``name`` of an answer (``mafKeyReg``, ``mafKey``...), which must be there."""
     inner = doc.get(name)
     if not isinstance(inner, dict):
-        raise error(f"{what}: the {peer} {maf} answered without {name}")
+        raise MafError(f"{what}: the MAF {maf} answered without {name}")
     return inner
 
 
@@ -173,13 +166,8 @@ def maf_profile(
 ) -> TLSProfile:
     """The start of a MAF Client's profile (towards the MAF or the other Entity): the 10.2.2
     PSK suites (CCM_8 first over DTLS, 10.2.1); each role adds its callables."""
-    return new_profile(
-        Framework.MAF,
-        transport,
-        server_side=server_side,
-        suites=psk_suites(transport),
-        tls13=tls13,
-        local_id=local_id,
+    return psk_profile(
+        transport, server_side=server_side, tls13=tls13, local_id=local_id, framework=Framework.MAF
     )
 
 

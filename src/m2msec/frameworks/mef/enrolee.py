@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import h11
@@ -34,26 +34,20 @@ import h11
 from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_BOOTSTRAP
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-from m2msec.frameworks.maf.common import (
-    Clock,
-    MafError,
-    expect,
-    format_time,
-    member,
-    utc_now,
-)
+from m2msec.frameworks.maf.common import Clock, MafError, expect, format_time, utc_now
 from m2msec.frameworks.mef.result import EnrolmentResult
 from m2msec.frameworks.mef.store import EnroleeStore
+from m2msec.frameworks.provisioned import psk_profile
 from m2msec.ids import check_fqdn
 from m2msec.mef import wire
 from m2msec.mef.keys import EnrolmentKey, derive_for_target
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import connect as tls_connect
-from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
+from m2msec.tls.context import PeerBinding, PeerKind
+from m2msec.tls.profiles import TLSProfile, Transport
 
-__all__ = ["Enrolee", "EnrolmentError", "enrol_or_reuse"]
+__all__ = ["Enrolee", "EnrolmentError", "KpmCredential", "enrol_or_reuse"]
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +59,68 @@ class EnrolmentError(MafError):
     gave one (a MAF-style procedure error, as the MEF's refusal is the MAF's)."""
 
 
+@dataclass(frozen=True, slots=True)
+class KpmCredential:
+    """The PSK bootstrap credential of 8.3.2.1: KpmID and Kpm (never in ``repr``)."""
+
+    kpm_id: str
+    kpm: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_kpm_id(self.kpm_id)
+        if not 0 < len(self.kpm) <= 64:
+            raise ValueError("Kpm must be 1 to 64 octets")
+
+
+def _psk_profile(credential: KpmCredential, mef_fqdn: str, tls13: bool) -> TLSProfile:
+    """TLS-PSK with psk_identity = KpmID, psk = Kpm, the MEF bound by its FQDN (the SNI)."""
+    kpm_id, kpm = credential.kpm_id, bytes(credential.kpm)
+    binding = PeerBinding(peer_id=mef_fqdn, kind=PeerKind.SERVICE, key_id=kpm_id)
+
+    def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
+        # As every PSK initiator here: no hint is defined, any received is ignored (A-29).
+        return kpm_id.encode(), kpm, binding
+
+    start = psk_profile(Transport.TLS, server_side=False, tls13=tls13, local_id=kpm_id)
+    return replace(start, psk_offer=offer, server_name=mef_fqdn)
+
+
 class Enrolee:
-    """The Enrolee of 8.3.2.1 (PSK: :meth:`psk`) or 8.3.2.2 (certificate:
-    :meth:`certificate`) towards the MEF at ``host:port``, named ``mef_fqdn`` (the domain
-    of every KeID it issues, 10.3.4; the SNI). ``origin`` fills X-M2M-Origin (informative:
-    the MEF authorises by the bootstrap credential)."""
+    """The Enrolee towards the MEF at ``host:port``, named ``mef_fqdn`` (the domain of
+    every KeID it issues, 10.3.4; the SNI), bootstrapping with a :class:`KpmCredential`
+    (TLS-PSK, 8.3.2.1) or a certificate (mutual TLS, 8.3.2.2; CSE-IDs in certificates
+    under ``in_domain``, by default the MEF FQDN without its first label).
+    :attr:`bootstrap_id` is the KpmID or the identity our certificate names. ``origin``
+    fills X-M2M-Origin (informative: the MEF authorises by the bootstrap credential)."""
 
     def __init__(
         self,
         host: str,
         port: int,
         mef_fqdn: str,
-        bootstrap_id: str,
-        profile: TLSProfile,
+        credential: KpmCredential | CertificateCredential,
         *,
+        in_domain: str | None = None,
         origin: str | None = None,
+        tls13: bool = True,
         timeout: float = 10.0,
         clock: Clock = utc_now,
     ) -> None:
         self.host = host
         self.port = port
-        self.mef_fqdn = check_fqdn(mef_fqdn, "MEF FQDN")
-        self.bootstrap_id = bootstrap_id
-        self._profile = profile
-        self.origin = origin or bootstrap_id
+        self.mef_fqdn = check_fqdn(mef_fqdn, "MEF FQDN").lower()
+        if isinstance(credential, KpmCredential):
+            self.bootstrap_id = credential.kpm_id
+            self._profile = _psk_profile(credential, self.mef_fqdn, tls13)
+        else:
+            initiator = CertificateInitiator.for_service(
+                credential, self.mef_fqdn, in_domain=in_domain or self.mef_fqdn.partition(".")[2]
+            )
+            if initiator.local_id is None:
+                raise ValueError("the Enrolee's certificate names no CSE-ID or AE-ID")
+            self.bootstrap_id = initiator.local_id
+            self._profile = initiator.profile(transport=Transport.TLS, tls13=tls13)
+        self.origin = origin or self.bootstrap_id
         self.timeout = timeout
         self.clock = clock
 
@@ -97,63 +129,6 @@ class Enrolee:
             f"Enrolee(mef={self.mef_fqdn!r} at {self.host}:{self.port}, "
             f"bootstrap={self.bootstrap_id!r})"
         )
-
-    @classmethod
-    def psk(
-        cls,
-        host: str,
-        port: int,
-        mef_fqdn: str,
-        kpm_id: str,
-        kpm: bytes,
-        *,
-        tls13: bool = True,
-        timeout: float = 10.0,
-        clock: Clock = utc_now,
-    ) -> Enrolee:
-        """8.3.2.1: TLS-PSK with psk_identity = KpmID, psk = Kpm (the 10.2.2 suites)."""
-        check_kpm_id(kpm_id)
-        if not 0 < len(kpm) <= 64:
-            raise ValueError("Kpm must be 1 to 64 octets")
-        fqdn = check_fqdn(mef_fqdn, "MEF FQDN").lower()
-        secret = bytes(kpm)
-
-        def offer(hint: bytes | None) -> tuple[bytes, bytes, PeerBinding]:
-            # As every PSK initiator here: no hint is defined, any received is ignored (A-29).
-            binding = PeerBinding(peer_id=fqdn, kind=PeerKind.SERVICE, key_id=kpm_id)
-            return kpm_id.encode(), secret, binding
-
-        start = new_profile(
-            Framework.PROVISIONED_PSK,
-            Transport.TLS,
-            server_side=False,
-            suites=psk_suites(Transport.TLS),
-            tls13=tls13,
-            local_id=kpm_id,
-        )
-        profile = replace(start, psk_offer=offer, server_name=fqdn)
-        return cls(host, port, fqdn, kpm_id, profile, timeout=timeout, clock=clock)
-
-    @classmethod
-    def certificate(
-        cls,
-        host: str,
-        port: int,
-        mef_fqdn: str,
-        credential: CertificateCredential,
-        *,
-        in_domain: str,
-        tls13: bool = True,
-        timeout: float = 10.0,
-        clock: Clock = utc_now,
-    ) -> Enrolee:
-        """8.3.2.2: mutual TLS, our certificate naming the Enrolee (its CSE-ID or AE-ID),
-        the MEF's an FQDN certificate for ``mef_fqdn``."""
-        initiator = CertificateInitiator.for_service(credential, mef_fqdn, in_domain=in_domain)
-        if initiator.local_id is None:
-            raise ValueError("the Enrolee's certificate names no CSE-ID or AE-ID")
-        profile = initiator.profile(transport=Transport.TLS, tls13=tls13)
-        return cls(host, port, mef_fqdn, initiator.local_id, profile, timeout=timeout, clock=clock)
 
     async def enrol(self, target: EnrolmentTarget | None = None) -> EnrolmentResult:
         """One bootstrap handshake and one Enrolment Exchange for ``target`` (None: the
@@ -195,9 +170,7 @@ class Enrolee:
         mef = self.mef_fqdn
         doc = expect(response, 2001, _WHAT, mef, peer="MEF", error=EnrolmentError)
         try:
-            answer = wire.EnrolmentBody.parse(
-                {"mefEnrol": member(doc, "mefEnrol", _WHAT, mef, peer="MEF", error=EnrolmentError)}
-            )
+            answer = wire.EnrolmentBody.parse(doc)
         except wire.WireError as exc:
             raise EnrolmentError(f"{_WHAT}: the MEF {mef} {exc}") from None
         # The KeID is not secret; compared in constant time all the same, as the MAF's KcID.

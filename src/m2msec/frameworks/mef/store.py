@@ -83,18 +83,6 @@ def _aad(ke_id: KeId, enrolee_id: str, target: EnrolmentTarget, expires: int, bo
     return ke_aad(ke_id, enrolee_id, target, expires) + b"m2msec/enrolee\x00" + boot.encode()
 
 
-def _epoch(value: datetime) -> int:
-    out = to_epoch(value)
-    assert out is not None
-    return out
-
-
-def _time(value: int) -> datetime:
-    out = from_epoch(value)
-    assert out is not None
-    return out
-
-
 class EnroleeStore(SealedTables):
     """The Enrolee's enrolments (module docstring). Thread-safe.
 
@@ -128,7 +116,7 @@ class EnroleeStore(SealedTables):
         """Keep an enrolment, and erase the expired ones of the same MEF, target and bootstrap
         credential in the same transaction. A KeID stored already: DuplicateCredentialError."""
         p = self._p
-        expires = _epoch(result.expires)
+        expires = to_epoch(result.expires)
         target = result.target
         sealed = self._sealer.seal(
             result.ke + result.credential,
@@ -145,13 +133,13 @@ class EnroleeStore(SealedTables):
             target.target_id,
             target.naf_fqdn,
             expires,
-            _epoch(result.created),
+            to_epoch(result.created),
         )
         erase = (
             f"DELETE FROM enrolments WHERE mef_fqdn = {p} AND target_key = {p} "
             f"AND bootstrap_id = {p} AND expires_at <= {p}"
         )
-        now = _epoch(datetime.now(UTC))
+        now = to_epoch(datetime.now(UTC))
 
         def run(conn: Any) -> None:
             conn.execute(erase, (row[2], row[5], row[3], now))
@@ -181,7 +169,7 @@ class EnroleeStore(SealedTables):
             f"SELECT {_COLUMNS} FROM enrolments WHERE mef_fqdn = {p} AND target_key = {p} "
             f"AND bootstrap_id = {p} AND expires_at > {p} ORDER BY expires_at DESC LIMIT 1"
         )
-        args = (mef_fqdn.lower(), str(target), bootstrap_id, _epoch(now or datetime.now(UTC)))
+        args = (mef_fqdn.lower(), str(target), bootstrap_id, to_epoch(now or datetime.now(UTC)))
         row = self._read(sql, args, lambda c: c.fetchone())
         return None if row is None else self._result(row)
 
@@ -190,7 +178,7 @@ class EnroleeStore(SealedTables):
         sql = "SELECT ke_id, target_kind, target_id, naf_fqdn, expires_at FROM enrolments "
         rows = self._read(sql + "ORDER BY created, ke_id", (), lambda c: list(c.fetchall()))
         return [
-            (KeId.parse(k), EnrolmentTarget(TargetKind(kind), tid, naf), _time(exp))
+            (KeId.parse(k), EnrolmentTarget(TargetKind(kind), tid, naf), from_epoch(exp))
             for k, kind, tid, naf, exp in rows
         ]
 
@@ -203,6 +191,5 @@ class EnroleeStore(SealedTables):
             _aad(ke_id, enrolee_id, target, int(expires), boot),
             what=f"the keys of KeID {ke_id}",
         )
-        return EnrolmentResult(
-            ke_id, target, enrolee_id, _time(expires), boot, keys[:32], keys[32:], _time(created)
-        )
+        expiry, made = from_epoch(expires), from_epoch(created)
+        return EnrolmentResult(ke_id, target, enrolee_id, expiry, boot, keys[:32], keys[32:], made)
