@@ -458,3 +458,14 @@ async def test_enrol_with_a_certificate_from_the_shell(
         "--enrolee-b", "/in-cse",
     )  # fmt: skip
     assert code == 2 and "missing.pem" in out, out
+
+
+def test_enrol_with_no_mef_listening_exits_1(tmp_path: Path) -> None:
+    argv = ["enrol", "--mef", "tls://127.0.0.1:1", "--mef-fqdn", MEF_FQDN, "--kpm-id", KPM_ID,
+            "--kpm", KPM.hex(), "--enrolee-b", "/in-cse",
+            "--store", str(tmp_path / "e.db")]  # fmt: skip
+    got = CliRunner().invoke(app, argv)
+    assert got.exit_code == 1, got.output
+    text = " ".join(got.output.split())
+    assert f"bootstrap handshake with the MEF {MEF_FQDN} (127.0.0.1:1) as {KPM_ID} failed" in text
+    assert KPM.hex() not in got.output
