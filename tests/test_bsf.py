@@ -739,6 +739,26 @@ def test_source_table_is_bounded() -> None:
     assert limiter.take("10.0.39.15", 0.0) > 0  # the most recent are kept
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "shared"),
+    [
+        (("2001:db8:1:2::1", 5000, 0, 0), ("2001:db8:1:2:ffff::9", 5001, 0, 0), True),
+        (("2001:db8:1:2::1", 5000, 0, 0), ("2001:db8:1:3::1", 5000, 0, 0), False),
+        (("::ffff:192.0.2.7", 5000, 0, 0), ("192.0.2.7", 5001), True),
+        (("192.0.2.7", 5000), ("192.0.2.8", 5000), False),
+    ],
+)
+def test_ub_rate_limit_counts_an_ipv6_slash_64_as_one_source(
+    first: tuple[object, ...], second: tuple[object, ...], shared: bool
+) -> None:
+    # One host holds a whole /64: per-address buckets would let it rotate addresses forever.
+    from m2msec.gba.service import SourceLimiter, rate_limit_source
+
+    limiter = SourceLimiter(rate=0.01, burst=1)
+    assert limiter.take(rate_limit_source(first), 0.0) == 0.0
+    assert (limiter.take(rate_limit_source(second), 0.0) > 0) is shared
+
+
 async def test_ub_request_head_trickled_byte_by_byte_gets_408(
     tmp_path: Path, clock: Clock
 ) -> None:

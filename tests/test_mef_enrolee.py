@@ -288,24 +288,28 @@ async def test_a_live_ke_is_reused_and_an_expired_one_bootstraps_again(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--kpm-id", KPM_ID, "--kpm", "00"], "exactly one of --maf-id and --enrolee-b"),
-        (["--kpm-id", KPM_ID, "--kpm", "00", "--maf-id", MAF_FQDN, "--enrolee-b", "/in-cse"],
+        (["--kpm-id", KPM_ID, "--kpm", "-"], "exactly one of --maf-id and --enrolee-b"),
+        (["--kpm-id", KPM_ID, "--kpm", "-", "--maf-id", MAF_FQDN, "--enrolee-b", "/in-cse"],
          "exactly one of"),
         (["--enrolee-b", "/in-cse"], "give --kpm-id with --kpm or --kpm-file, or --cert"),
         (["--kpm-id", KPM_ID, "--enrolee-b", "/in-cse"], "--kpm-id needs --kpm"),
-        (["--kpm-id", KPM_ID, "--kpm", "00", "--kpm-file", "f", "--enrolee-b", "/in-cse"],
+        (["--kpm-id", KPM_ID, "--kpm", "-", "--kpm-file", "f", "--enrolee-b", "/in-cse"],
          "not both"),
         (["--kpm-id", KPM_ID, "--cert", "c", "--enrolee-b", "/in-cse"], "not both"),
-        (["--kpm-id", KPM_ID, "--kpm", "00", "--maf-id", MAF_FQDN, "--naf-fqdn", "n.example"],
+        (["--kpm-id", KPM_ID, "--kpm", "-", "--maf-id", MAF_FQDN, "--naf-fqdn", "n.example"],
          "--naf-fqdn goes with --enrolee-b"),
-        (["--kpm-id", KPM_ID, "--kpm", "00", "--enrolee-b", "Cbare"], "Cbare"),
-        (["--kpm-id", "bad id", "--kpm", "00", "--enrolee-b", "/in-cse"], "invalid KpmID"),
+        (["--kpm-id", KPM_ID, "--kpm", "-", "--enrolee-b", "Cbare"], "Cbare"),
+        (["--kpm-id", "bad id", "--kpm", "-", "--enrolee-b", "/in-cse"], "invalid KpmID"),
+        (["--kpm-id", KPM_ID, "--kpm", KPM.hex(), "--enrolee-b", "/in-cse"],
+         "give the Kpm as --kpm - (standard input) or --kpm-file"),
+        (["--kpm-id", KPM_ID, "--kpm", "-", "--enrolee-b", "/in-cse"], "the Kpm must be 16 to"),
     ],
 )
 def test_enrol_option_errors(argv: list[str], message: str, tmp_path: Path) -> None:
     mef = ["--mef", f"tls://{MEF_FQDN}:1", "--store", str(tmp_path / "e.db")]
-    got = CliRunner().invoke(app, ["enrol", *mef, *argv])
+    got = CliRunner().invoke(app, ["enrol", *mef, *argv], input="00\n")
     assert got.exit_code == 2, got.output
+    assert KPM.hex() not in got.output
     assert message in " ".join(got.output.split())
     assert not (tmp_path / "e.db").exists()
 
@@ -320,7 +324,7 @@ def test_enrol_option_errors(argv: list[str], message: str, tmp_path: Path) -> N
     ],
 )
 def test_enrol_mef_url_errors(url: str, message: str) -> None:
-    argv = ["enrol", "--mef", url, "--kpm-id", KPM_ID, "--kpm", "00", "--enrolee-b", "/in-cse"]
+    argv = ["enrol", "--mef", url, "--kpm-id", KPM_ID, "--kpm", "-", "--enrolee-b", "/in-cse"]
     got = CliRunner().invoke(app, argv)
     assert got.exit_code == 2 and message in " ".join(got.output.split()), got.output
 
@@ -417,7 +421,7 @@ async def test_connect_takes_km_of_an_enrolled_ke_id_to_the_maf(
     port = mef.listener("enrolee").port
     code, out = await run_cli(
         home, "enrol", "--mef", f"tls://{HOST}:{port}", "--mef-fqdn", MEF_FQDN,
-        "--kpm-id", MAF_KPM_ID, "--kpm", KPM.hex(), "--maf-id", MAF_FQDN,
+        "--kpm-id", MAF_KPM_ID, "--kpm", "-", "--maf-id", MAF_FQDN, stdin=KPM.hex().encode(),
     )  # fmt: skip
     assert code == 0 and f"maf:{MAF_FQDN} (Km)" in out, out
     ke_id = next(w for w in out.split() if w.endswith("@" + MEF_FQDN))
@@ -462,9 +466,9 @@ async def test_enrol_with_a_certificate_from_the_shell(
 
 def test_enrol_with_no_mef_listening_exits_1(tmp_path: Path) -> None:
     argv = ["enrol", "--mef", "tls://127.0.0.1:1", "--mef-fqdn", MEF_FQDN, "--kpm-id", KPM_ID,
-            "--kpm", KPM.hex(), "--enrolee-b", "/in-cse",
+            "--kpm", "-", "--enrolee-b", "/in-cse",
             "--store", str(tmp_path / "e.db")]  # fmt: skip
-    got = CliRunner().invoke(app, argv)
+    got = CliRunner().invoke(app, argv, input=KPM.hex() + "\n")
     assert got.exit_code == 1, got.output
     text = " ".join(got.output.split())
     assert f"bootstrap handshake with the MEF {MEF_FQDN} (127.0.0.1:1) as {KPM_ID} failed" in text

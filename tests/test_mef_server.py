@@ -9,6 +9,7 @@ its FQDN). The helpers here are shared by tests/test_interop_mef.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,9 +77,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("mef-pki"))
 
 
-def seed_store(path: Path) -> MefStore:
-    """The Enrolees and targets of these tests (``m2msec mef`` admin commands' job)."""
-    store = MefStore(path, kek=KEK)
+def seed_store(path: Path, kek: bytes | None = KEK) -> MefStore:
+    """The Enrolees and targets of these tests (``m2msec mef`` admin commands' job);
+    ``kek`` None: the store's own KEK file, beside it, as a server process reads it."""
+    store = MefStore(path, kek=kek)
     store.add_enrolee(Enrolee(Bootstrap.PSK, KPM_ID, ENROLEE_ID, GATEWAY, LIFETIME, KPM))
     store.add_enrolee(Enrolee(Bootstrap.PSK, MAF_KPM_ID, "/mn-cse-2/Cdev2", MAF, LIFETIME, KPM))
     store.add_enrolee(Enrolee(Bootstrap.CERTIFICATE, CERT_ENROLEE, CERT_ENROLEE, GATEWAY, LIFETIME))
@@ -100,16 +102,21 @@ def mef_config(pki: Pki, tmp_path: Path, **kw: Any) -> MefConfig:
     )
 
 
+@contextlib.asynccontextmanager
+async def running_mef(pki: Pki, tmp_path: Path) -> AsyncIterator[MefServer]:
+    """A seeded MEF in-process: PSK and certificate Enrolee listeners, a target listener."""
+    store = seed_store(tmp_path / "mef.db")
+    try:
+        async with MefServer(mef_config(pki, tmp_path), store) as server:
+            yield server
+    finally:
+        store.close()
+
+
 @pytest.fixture
 async def mef(pki: Pki, tmp_path: Path) -> AsyncIterator[MefServer]:
-    store = seed_store(tmp_path / "mef.db")
-    server = MefServer(mef_config(pki, tmp_path), store)
-    await server.start()
-    try:
+    async with running_mef(pki, tmp_path) as server:
         yield server
-    finally:
-        await server.close()
-        store.close()
 
 
 # ----------------------------------------------------------------------------- clients
@@ -146,9 +153,11 @@ async def cert_enrolee(
     return OneM2MClient(conn, host=MEF_FQDN), export(conn)
 
 
-async def target(server: MefServer, cred: CertificateCredential) -> OneM2MClient:
+async def target(server: MefServer | int, cred: CertificateCredential) -> OneM2MClient:
+    """A target's mutual TLS to the MEF (``server`` in-process, or a process's port)."""
     profile = CertificateInitiator.for_service(cred, MEF_FQDN, in_domain=IN_DOMAIN).profile()
-    conn = await connect(HOST, server.listener("target").port, profile, timeout=10)
+    port = server if isinstance(server, int) else server.listener("target").port
+    conn = await connect(HOST, port, profile, timeout=10)
     return OneM2MClient(conn, host=MEF_FQDN)
 
 

@@ -70,6 +70,11 @@ def store_option(help: str) -> Any:
     return option("--store", metavar="PATH", help=help)
 
 
+def import_file_argument(help: str, metavar: str = "FILE") -> Any:
+    """The ``FILE`` of an ``import`` command: it must exist and be a readable file."""
+    return typer.Argument(metavar=metavar, help=help, exists=True, dir_okay=False, readable=True)
+
+
 def init_option(store: str) -> Any:
     """``--init`` of a ``serve`` command: create ``store`` when missing."""
     return typer.Option("--init", help=f"Create the {store} if it does not exist yet.")
@@ -111,6 +116,15 @@ def utc_time(moment: datetime | None) -> str:
     if moment is None:
         return "-"
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def listing_table(title: str, *columns: str) -> Table:
+    """A store listing: titled on the left, one column per name, each cell on one line
+    (ids stay whole for grep and copy)."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    return table
 
 
 def key_value_table(rows: list[tuple[str, str]]) -> Table:
@@ -286,8 +300,7 @@ def path_overrides(section: str, **paths: str | Path | None) -> dict[str, str | 
     """The file options as config overrides, ``{"section.name": "path"}`` (None: not
     given, so the file's value stays)."""
     return {
-        f"{section}.{name}": None if value is None else str(value)
-        for name, value in paths.items()
+        f"{section}.{name}": None if value is None else str(value) for name, value in paths.items()
     }
 
 

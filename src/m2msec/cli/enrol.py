@@ -31,13 +31,13 @@ from m2msec.cli.common import (
     file_option,
     key_value_table,
     option,
-    read_key,
     stdout_console,
     store_errors,
     store_option,
     url_option,
     utc_time,
 )
+from m2msec.cli.mef_admin import read_kpm
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential
@@ -49,7 +49,7 @@ from m2msec.frameworks.mef import (
     enrol_or_reuse,
 )
 from m2msec.keyids import KeId
-from m2msec.mef.records import EnrolmentTarget
+from m2msec.mef.records import EnrolmentTarget, check_kpm_id
 
 __all__ = ["enrol", "enrolled_credential", "is_ke_id"]
 
@@ -127,15 +127,10 @@ def _target(maf_id: str | None, enrolee_b: str | None, naf_fqdn: str | None) -> 
 
 def _kpm(kpm: str | None, kpm_file: Path | None) -> bytes:
     if kpm is not None and kpm_file is not None:
-        fail("give --kpm or --kpm-file, not both", 2)
-    if kpm_file is not None:
-        try:
-            return read_key(kpm_file.read_text(), "--kpm-file")
-        except OSError as exc:
-            fail(f"cannot read --kpm-file {kpm_file}: {exc.strerror}", 2)
-    if kpm is None:
-        fail("--kpm-id needs --kpm HEX, --kpm - (stdin) or --kpm-file FILE", 2)
-    return read_key(kpm, "--kpm")
+        fail("give --kpm - or --kpm-file, not both", 2)
+    if kpm is None and kpm_file is None:
+        fail("--kpm-id needs --kpm - (stdin) or --kpm-file FILE", 2)
+    return read_kpm(kpm, kpm_file, ("--kpm", "--kpm-file"))
 
 
 def enrol(
@@ -145,7 +140,7 @@ def enrol(
     ] = None,
     kpm: Annotated[
         str | None,
-        option("--kpm", metavar="HEX", help="Kpm in hex, or - to read it from stdin."),
+        option("--kpm", metavar="HEX", help="- : read Kpm in hex from stdin."),
     ] = None,
     kpm_file: Annotated[
         Path | None, file_option("A file holding Kpm in hex.", "--kpm-file")
@@ -203,7 +198,7 @@ def enrol(
     with exit_on_errors(usage=usage, failure=(M2MSecError,)):
         credential: KpmCredential | CertificateCredential
         if kpm_id is not None:
-            credential = KpmCredential(kpm_id, _kpm(kpm, kpm_file))
+            credential = KpmCredential(check_kpm_id(kpm_id), _kpm(kpm, kpm_file))
         elif cert and key and ca:
             credential = CertificateCredential.from_files(cert, key, ca)
         else:

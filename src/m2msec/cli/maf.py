@@ -37,6 +37,7 @@ from m2msec.cli.common import (
     done,
     file_option,
     init_option,
+    listing_table,
     load_serve_config,
     option,
     path_overrides,
@@ -176,9 +177,10 @@ def list_clients(store: StoreOption = None) -> None:
     if not clients:
         stdout_console().print(Text(f"no MAF clients in {_store_name(store)}"))
         return
-    table = Table(title=f"MAF clients {_store_name(store)}", title_justify="left")
-    for column in ("KmId", "entity id", "key length", "enabled", "config", "added (UTC)"):
-        table.add_column(column, no_wrap=True)
+    table = listing_table(
+        f"MAF clients {_store_name(store)}",
+        *("KmId", "entity id", "key length", "enabled", "config", "added (UTC)"),
+    )
     for c in clients:
         table.add_row(
             Text(c.km_id),
@@ -306,10 +308,10 @@ def keys(
     """List key registrations: RelativeKeyID, source, targets, SUID, expiry, state."""
     now = datetime.now(UTC)
     with store_errors(), _open(store) as st:
-        table = Table(title=f"key registrations {_store_name(store)}", title_justify="left")
-        for column in ("relativeKeyID", "source KmId", "targetIDs", "SUID", "expires (UTC)"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("state", no_wrap=True)
+        table = listing_table(
+            f"key registrations {_store_name(store)}",
+            *("relativeKeyID", "source KmId", "targetIDs", "SUID", "expires (UTC)", "state"),
+        )
         shown = 0
         for key in st.list_keys(km_id=km_id):
             if shown >= limit:

@@ -23,6 +23,7 @@ _SUBAPPS = {
     "gateway": ("m2msec.cli.gateway", "The CSE security gateway."),
     "bsf": ("m2msec.cli.bsf", "The GBA BSF and its HSS simulator (3GPP TS 33.220)."),
     "maf": ("m2msec.cli.maf", "The M2M Authentication Function (MAF, TS-0003 8.8)."),
+    "mef": ("m2msec.cli.mef", "The M2M Enrolment Function (MEF, TS-0003 8.3)."),
 }
 
 

@@ -26,6 +26,7 @@ from rich.text import Text
 from m2msec.cli.common import (
     StoreOption,
     done,
+    import_file_argument,
     read_secret,
     stderr_console,
     stdout_console,
@@ -48,9 +49,7 @@ from m2msec.store.importer import (
 
 __all__ = ["app"]
 
-app = sub_app(
-    "psk", "Manage the psk-lookup-table (TS-0003 8.2.2.1): KpsaId -> entity id, Kpsa."
-)
+app = sub_app("psk", "Manage the psk-lookup-table (TS-0003 8.2.2.1): KpsaId -> entity id, Kpsa.")
 KpsaIdArgument = Annotated[
     str,
     typer.Argument(
@@ -184,12 +183,8 @@ def remove_command(kpsa_id: KpsaIdArgument, store: StoreOption = None) -> None:
 def import_command(
     file: Annotated[
         Path,
-        typer.Argument(
-            metavar="FILE",
-            help="CSV (columns kpsa_id,kpsa,entity_id,expires_at) or TOML (psk array of tables).",
-            exists=True,
-            dir_okay=False,
-            readable=True,
+        import_file_argument(
+            "CSV (columns kpsa_id,kpsa,entity_id,expires_at) or TOML (psk array of tables)."
         ),
     ],
     replace: Annotated[

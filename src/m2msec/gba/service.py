@@ -13,6 +13,7 @@ The behaviour (challenges, reuse under floods, refusals, rate limit) is describe
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import math
 import os
@@ -51,7 +52,14 @@ from m2msec.gba.wire import (
     format_bootstrapping_info,
 )
 
-__all__ = ["BsfPolicy", "BsfService", "BsfStats", "SourceLimiter", "text_response"]
+__all__ = [
+    "BsfPolicy",
+    "BsfService",
+    "BsfStats",
+    "SourceLimiter",
+    "rate_limit_source",
+    "text_response",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ _SERVER_DATA: Final = 8
 class BsfPolicy:
     """The settings the answers depend on (from :class:`m2msec.config.bsf.BsfConfig`):
     the BSF's FQDN (realm and B-TID domain), the Ks lifetime, how long and how many
-    challenges are kept, and the per-address Ub rate limit (seconds, counts, per second)."""
+    challenges are kept, and the per-source Ub rate limit (seconds, counts, per second)."""
 
     fqdn: str
     ks_lifetime: float
@@ -101,9 +109,10 @@ class _Pending:
 
 
 class SourceLimiter:
-    """A token bucket per source address (``rate`` per second, ``burst`` deep) over at most
-    ``max_sources`` addresses; the least recently seen are forgotten first (a forgotten
-    address starts with a full bucket, which only ever errs towards serving)."""
+    """A token bucket per source (an IPv4 address or an IPv6 /64, :func:`rate_limit_source`;
+    ``rate`` per second, ``burst`` deep) over at most ``max_sources`` sources; the least
+    recently seen are forgotten first (a forgotten source starts with a full bucket, which
+    only ever errs towards serving)."""
 
     def __init__(self, rate: float, burst: int, max_sources: int = 4096) -> None:
         self.rate, self.burst, self.max_sources = rate, float(burst), max_sources
@@ -179,7 +188,7 @@ class BsfService:
     # -- Ub ----------------------------------------------------------------------------------
     def handle_ub(self, request: OneM2MRequest, peer: object = None) -> HttpResponse:
         """Answer one Ub request from ``peer`` (its socket address)."""
-        wait = self._limiter.take(_host(peer), time.monotonic())
+        wait = self._limiter.take(rate_limit_source(peer), time.monotonic())
         if wait > 0:
             self.stats.ub_rate_limited += 1
             log.debug("Ub: rate limit for %s", _addr(peer))
@@ -431,10 +440,19 @@ class BsfService:
         )
 
 
-def _host(peer: object) -> str:
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return str(peer)
+def rate_limit_source(peer: object) -> str:
+    """The Ub rate limit's key for ``peer``: its IPv4 address, or its IPv6 /64 (one host
+    commonly holds a whole /64, so a per-address bucket would give it 2^64 of them)."""
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
 
 
 def _addr(peer: object) -> str:

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from m2msec.errors import DuplicateCredentialError
 from m2msec.keyids import KeId
 from m2msec.mef.records import (
     Bootstrap,
@@ -60,7 +61,12 @@ from m2msec.store.db import (
 from m2msec.store.schema import KekCheck, SealedSchema
 from m2msec.store.sealed_store import SealedTables
 
-__all__ = ["MEF_STORE_NAME", "PG_SCHEMA", "MefStore", "default_mef_store_path"]
+__all__ = [
+    "MEF_STORE_NAME",
+    "PG_SCHEMA",
+    "MefStore",
+    "default_mef_store_path",
+]
 
 MEF_STORE_NAME: Final = "mef.db"
 PG_SCHEMA: Final = "m2msec_mef"
@@ -68,6 +74,8 @@ SCHEMA_VERSION: Final = 1
 _KEK_CHECK: Final = KekCheck(
     b"m2msec/mef/meta/kek-check", b"m2msec MEF key-encryption key check, version 1"
 )
+#: Rows per progress report of a bulk import.
+_CHUNK: Final = 500
 
 
 def migrations(db: Database) -> dict[int, tuple[str, ...]]:
@@ -186,6 +194,10 @@ class MefStore(SealedTables):
             f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
         )
         self._insert_audit = f"INSERT INTO audit (time, record) VALUES ({p}, {p})"
+        self._insert_enrolee = (
+            f"INSERT INTO enrolees ({self._enrolee_cols}) VALUES "
+            f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+        )
 
     # -- where ------------------------------------------------------------------------------
     @property
@@ -197,23 +209,63 @@ class MefStore(SealedTables):
     def add_enrolee(self, enrolee: Enrolee, *, replace: bool = False) -> None:
         """Configure an Enrolee; DuplicateCredentialError if its bootstrap credential is
         configured already and not ``replace``."""
-        p = self._p
+        self.add_enrolees([enrolee], replace=replace)
+
+    def add_enrolees(
+        self,
+        enrolees: Iterable[Enrolee],
+        *,
+        replace: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Configure many Enrolees in one durable transaction, all or none (``m2msec mef
+        import``); ``progress(n_done)`` after each chunk. A bootstrap credential configured
+        already (and not ``replace``) raises DuplicateCredentialError naming it."""
+        sql = self._insert_enrolee
+        if replace:
+            sql += " ON CONFLICT (bootstrap_key) DO UPDATE SET " + ", ".join(
+                f"{c} = excluded.{c}" for c in self._enrolee_cols.split(", ")[1:]
+            )
+        rows = [self._enrolee_row(e) for e in enrolees]
+        integrity = self._db.integrity_errors
+        refused: list[tuple[Any, ...]] = []
+
+        def run(conn: Connection) -> int:
+            cursor = conn.cursor()
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                try:
+                    cursor.executemany(sql, chunk)
+                except integrity:
+                    refused.extend(chunk)
+                    raise
+                if progress is not None:
+                    progress(start + len(chunk))
+            return len(rows)
+
+        try:
+            return self._transaction(run, duplicate="an Enrolee is configured already")
+        except DuplicateCredentialError:
+            # Rolled back; name the first row whose credential is configured (not a value).
+            taken = next((r[0] for r in refused if self._configured(r[0])), None)
+            raise DuplicateCredentialError(
+                f"Enrolee {taken!r} is configured already"
+                if taken is not None
+                else "two Enrolees of this batch have one bootstrap credential"
+            ) from None
+
+    def _configured(self, bootstrap_key: str) -> bool:
+        sql = f"SELECT 1 FROM enrolees WHERE bootstrap_key = {self._p}"
+        return self._read(sql, (bootstrap_key,), lambda c: c.fetchone()) is not None
+
+    def _enrolee_row(self, enrolee: Enrolee) -> tuple[Any, ...]:
         kpm = enrolee.kpm if enrolee.bootstrap is Bootstrap.PSK else b""
         if kpm is None:
             raise ValueError("a PSK Enrolee needs its Kpm")
         target = enrolee.target
         created = enrolee.created_at or datetime.now(UTC)
-        sql = (
-            f"INSERT INTO enrolees ({self._enrolee_cols}) VALUES "
-            f"({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
-        )
-        if replace:
-            sql += " ON CONFLICT (bootstrap_key) DO UPDATE SET " + ", ".join(
-                f"{c} = excluded.{c}" for c in self._enrolee_cols.split(", ")[1:]
-            )
-        key = _bootstrap_key(enrolee.bootstrap, enrolee.bootstrap_id)
-        row = (
-            key,
+        return (
+            _bootstrap_key(enrolee.bootstrap, enrolee.bootstrap_id),
             self._sealer.seal(bytes(kpm), enrolee_aad(enrolee)),
             enrolee.enrolee_id,
             target.kind.value,
@@ -222,7 +274,6 @@ class MefStore(SealedTables):
             int(enrolee.lifetime.total_seconds()),
             _epoch(created),
         )
-        self._write(sql, row, duplicate=f"Enrolee {key!r} is configured already")
 
     def get_enrolee(self, bootstrap: Bootstrap, bootstrap_id: str) -> Enrolee | None:
         """The Enrolee of a KpmID or certificate identity, Kpm unsealed; None if unknown."""
@@ -354,8 +405,9 @@ class MefStore(SealedTables):
             (_ke_key(ke_id),),
             lambda c: c.fetchone(),
         )
-        if row is None:
-            return None
+        return None if row is None else self._enrolment(ke_id, row)
+
+    def _enrolment(self, ke_id: KeId, row: Sequence[Any]) -> Enrolment:
         _key, sealed, _bootstrap, enrolee_id, kind, target_id, naf, expires, created = row
         target = _target(kind, target_id, naf)
         ke = self._sealer.unseal(
@@ -364,6 +416,18 @@ class MefStore(SealedTables):
             what=f"the Ke of KeID {ke_id}",
         )
         return Enrolment(ke_id, ke, enrolee_id, target, _time(expires), _time(created))
+
+    def list_enrolments(self, *, limit: int = 1000) -> list[tuple[str, Enrolment]]:
+        """(the Enrolee's bootstrap credential, ``psk:KPMID`` or ``cert:ID``, enrolment),
+        oldest first. Ke is unsealed, so an edited row fails here as it would at
+        fetchCredentials; listings show the rest only."""
+        rows = self._read(
+            f"SELECT {self._enrolment_cols} FROM enrolments ORDER BY created, ke_id "
+            f"LIMIT {self._p}",
+            (limit,),
+            lambda c: list(c.fetchall()),
+        )
+        return [(str(row[2]), self._enrolment(KeId.parse(row[0]), row)) for row in rows]
 
     def count_enrolments(self, *, live_at: datetime | None = None) -> int:
         if live_at is None:

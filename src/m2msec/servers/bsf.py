@@ -83,7 +83,6 @@ Configuration (:class:`BsfConfig`, TOML via :func:`load_bsf_config`)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -110,6 +109,7 @@ from m2msec.gba.aka import Hss
 from m2msec.gba.service import BsfPolicy, BsfService, BsfStats, text_response
 from m2msec.gba.subscribers import SubscriberStore
 from m2msec.pki.names import certificate_fingerprint, check_public_key
+from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle, stop_accepting, wait_closed
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream, Stream
@@ -196,12 +196,14 @@ def _zn_profile(credential: CertificateCredential, fqdn: str) -> TLSProfile:
 # ----------------------------------------------------------------------------- server
 
 
-class BsfServer:
+class BsfServer(ServerLifecycle):
     """The BSF (module docstring): ``async with BsfServer(config) as bsf: ...``.
 
     ``store`` overrides the configured subscriber store (not closed by the server);
     ``clock`` gives the current time (tests).
     """
+
+    what = "BSF"
 
     def __init__(
         self,
@@ -210,6 +212,7 @@ class BsfServer:
         store: SubscriberStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__()
         self.config = config
         self.stats = BsfStats()
         self._store_outage = StoreOutage(
@@ -224,8 +227,6 @@ class BsfServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ub: list[tuple[str, int]] = []
         self._zn: list[tuple[str, int]] = []
-        self._started = False
-        self._closing = False
         self._http_service = HttpService(
             HttpLimits(
                 max_body=_MAX_BODY,
@@ -270,102 +271,76 @@ class BsfServer:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
-    async def __aenter__(self) -> BsfServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     def _count_store_error(self) -> None:
         self.stats.store_errors += 1
 
-    async def start(self) -> None:
-        """Open the store and the listeners (ConfigurationError, StoreError, OSError)."""
-        if self._started:
-            raise RuntimeError("BSF already started")
-        self._started = True
+    async def _open(self) -> None:
+        """Open the store, the HSS and the Ub and Zn listeners."""
         cfg = self.config
-        try:
-            if self._store is None:
-                self._store = SubscriberStore(cfg.store)
-            hss = Hss(self._store, ind_bits=cfg.ind_bits)
-            policy = BsfPolicy(
-                cfg.fqdn,
-                cfg.ks_lifetime,
-                cfg.challenge_timeout,
-                cfg.max_pending,
-                cfg.max_pending_per_impi,
-                cfg.ub_rate,
-                cfg.ub_burst,
-            )
-            self._answers = BsfService(
-                policy, self._store, hss, stats=self.stats, clock=self._clock
-            )
-            profile = None
-            if cfg.zn_listen:
-                assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
-                try:
-                    credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
-                except CertificateError as exc:
-                    raise ConfigurationError(f"Zn certificate: {exc}") from None
-                if cfg.fqdn not in _own_names(credential.certificate):
-                    log.warning(
-                        "the BSF certificate %s does not name %s: NAFs will refuse it",
-                        cfg.cert,
-                        cfg.fqdn,
-                    )
-                profile = _zn_profile(credential, cfg.fqdn)
-            for host, port in cfg.listen:
-                server = await asyncio.start_server(self._serve_ub, host, port)
-                self._servers.append(server)
-                sock = server.sockets[0].getsockname()
-                self._ub.append((sock[0], sock[1]))
-                log.info("Ub listening on http://%s:%s/", sock[0], sock[1])
-            for host, port in cfg.zn_listen:
-                assert profile is not None
-                tls = TLSServer(
-                    profile,
-                    self._serve_zn,
-                    handshake_timeout=cfg.handshake_timeout,
-                    max_handshakes=cfg.max_handshakes,
+        if self._store is None:
+            self._store = SubscriberStore(cfg.store)
+        hss = Hss(self._store, ind_bits=cfg.ind_bits)
+        policy = BsfPolicy(
+            cfg.fqdn,
+            cfg.ks_lifetime,
+            cfg.challenge_timeout,
+            cfg.max_pending,
+            cfg.max_pending_per_impi,
+            cfg.ub_rate,
+            cfg.ub_burst,
+        )
+        self._answers = BsfService(
+            policy, self._store, hss, stats=self.stats, clock=self._clock
+        )
+        profile = None
+        if cfg.zn_listen:
+            assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
+            try:
+                credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
+            except CertificateError as exc:
+                raise ConfigurationError(f"Zn certificate: {exc}") from None
+            if cfg.fqdn not in _own_names(credential.certificate):
+                log.warning(
+                    "the BSF certificate %s does not name %s: NAFs will refuse it",
+                    cfg.cert,
+                    cfg.fqdn,
                 )
-                await tls.start(host, port)
-                self._tls.append(tls)
-                sock = tls.sockets[0].getsockname()
-                self._zn.append((sock[0], sock[1]))
-                log.info("Zn listening on tls://%s:%s", sock[0], sock[1])
-        except BaseException:
-            await self.close()
-            raise
+            profile = _zn_profile(credential, cfg.fqdn)
+        for host, port in cfg.listen:
+            server = await asyncio.start_server(self._serve_ub, host, port)
+            self._servers.append(server)
+            sock = server.sockets[0].getsockname()
+            self._ub.append((sock[0], sock[1]))
+            log.info("Ub listening on http://%s:%s/", sock[0], sock[1])
+        for host, port in cfg.zn_listen:
+            assert profile is not None
+            tls = TLSServer(
+                profile,
+                self._serve_zn,
+                handshake_timeout=cfg.handshake_timeout,
+                max_handshakes=cfg.max_handshakes,
+            )
+            await tls.start(host, port)
+            self._tls.append(tls)
+            sock = tls.sockets[0].getsockname()
+            self._zn.append((sock[0], sock[1]))
+            log.info("Zn listening on tls://%s:%s", sock[0], sock[1])
 
-    async def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._http_service.closing = True
-        for server in self._servers:
-            server.close()
+    async def _shutdown(self) -> None:
+        stop_accepting(self._servers)
+        await self._http_service.close(SHUTDOWN_GRACE)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for tls in self._tls:
             await tls.close()
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        await wait_closed(self._servers)
         if self._own_store and self._store is not None:
             self._store.close()
         if self._answers is not None:
             self._answers.clear()
         log.info("BSF stopped: %s", self.stats.as_dict())
-
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
 
     # -- HTTP plumbing ---------------------------------------------------------------------
     async def _serve_ub(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -38,7 +38,6 @@ answer within ``backend_timeout``); the gateway keeps serving.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -66,6 +65,7 @@ from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
 from m2msec.servers.registration import bind_recorded, bind_registration
 from m2msec.servers.request_checks import Forward, OwnerOf, Refuse, Rule, check_request
+from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle, stop_accepting, wait_closed
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream
@@ -94,8 +94,6 @@ MAX_RESPONSE_BODY = 64 * 1024 * 1024
 #: Connections to the backend: at most this many open, this many kept idle between requests.
 BACKEND_CONNECTIONS = 100
 BACKEND_IDLE_CONNECTIONS = 20
-#: How long close() lets requests in progress finish before cutting them.
-SHUTDOWN_GRACE = 5.0
 
 @dataclass(slots=True)
 class GatewayStats:
@@ -145,13 +143,15 @@ class ListenerInfo:
         return f"{self.spec.scheme}://{host}:{self.port}{suffix}"
 
 
-class Gateway:
+class Gateway(ServerLifecycle):
     """The CSE security gateway (module docstring): ``await start()``, ``await close()``.
 
     ``store`` overrides the configured psk-lookup-table (the gateway does not close a
     store it was given). Requests are forwarded over a :class:`~m2msec.servers.backend.
     BackendPool` of persistent HTTP/1.1 connections (``backend`` once started).
     """
+
+    what = "gateway"
 
     def __init__(
         self,
@@ -160,6 +160,7 @@ class Gateway:
         store: PskStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__()
         self.config = config
         # A stand-in owner_of (tests); otherwise the identity registry of the psk store.
         self.owner_of: OwnerOf | None = None
@@ -190,8 +191,6 @@ class Gateway:
         #: closed (bounded, so a long-running gateway does not grow without limit).
         self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
         self._plain_tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
-        self._started = False
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -244,45 +243,31 @@ class Gateway:
     def url(self, index: int = 0) -> str:
         return self._listeners[index].url
 
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        """Open the listeners; raises ConfigurationError (or OSError when a port is taken)."""
-        if self._started:
-            raise RuntimeError("gateway already started")
-        self._started = True
+    async def _open(self) -> None:
+        """Open the backend pool and the listeners, by URL scheme."""
         cfg = self.config
-        try:
-            profiles = {
-                Transport.TLS: self._responders.for_transport(Transport.TLS),
-                Transport.DTLS: self._responders.for_transport(Transport.DTLS),
-            }
-            self.backend = BackendPool(
-                cfg.backend,
-                max_connections=BACKEND_CONNECTIONS,
-                max_idle=BACKEND_IDLE_CONNECTIONS,
-                timeout=cfg.backend_timeout,
-                connect_timeout=min(cfg.backend_timeout, 5.0),
-                max_body=MAX_RESPONSE_BODY,
+        profiles = {
+            Transport.TLS: self._responders.for_transport(Transport.TLS),
+            Transport.DTLS: self._responders.for_transport(Transport.DTLS),
+        }
+        self.backend = BackendPool(
+            cfg.backend,
+            max_connections=BACKEND_CONNECTIONS,
+            max_idle=BACKEND_IDLE_CONNECTIONS,
+            timeout=cfg.backend_timeout,
+            connect_timeout=min(cfg.backend_timeout, 5.0),
+            max_body=MAX_RESPONSE_BODY,
+        )
+        openers = {"tls": self._open_tls, "dtls": self._open_dtls, "http": self._open_http}
+        for spec in cfg.listen:
+            info = await openers[spec.scheme](spec, profiles)
+            self._listeners.append(info)
+            log.info(
+                "listening on %s (%s%s)",
+                info.url,
+                info.framework or "plain",
+                ", CoAP" if spec.scheme == "dtls" else "",
             )
-            openers = {"tls": self._open_tls, "dtls": self._open_dtls, "http": self._open_http}
-            for spec in cfg.listen:
-                info = await openers[spec.scheme](spec, profiles)
-                self._listeners.append(info)
-                log.info(
-                    "listening on %s (%s%s)",
-                    info.url,
-                    info.framework or "plain",
-                    ", CoAP" if spec.scheme == "dtls" else "",
-                )
-        except BaseException:
-            await self.close()
-            raise
 
     # -- listeners, by URL scheme ---------------------------------------------------------
     async def _open_tls(self, spec: ListenerSpec, profiles: _ByTransport) -> ListenerInfo:
@@ -319,13 +304,8 @@ class Gateway:
         sock = server.sockets[0].getsockname()
         return ListenerInfo(spec, sock[0], sock[1], framework)
 
-    async def close(self) -> None:
-        """Stop listening, let requests in progress finish (a few seconds), close the rest."""
-        if self._closing:
-            return
-        self._closing = True
-        for server in self._servers:
-            server.close()  # stop accepting; connections stay up
+    async def _shutdown(self) -> None:
+        stop_accepting(self._servers)
         await self._http.close(SHUTDOWN_GRACE)
         for tls in self._tls:
             await tls.close()
@@ -335,9 +315,7 @@ class Gateway:
             task.cancel()
         if self._plain_tasks:
             await asyncio.gather(*self._plain_tasks, return_exceptions=True)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        await wait_closed(self._servers)
         if self.backend is not None:
             await self.backend.aclose()
         if self._registry is not None:
@@ -348,13 +326,6 @@ class Gateway:
             self._rule_store = None
         await self._responders.aclose()
         log.info("gateway stopped: %s", self.stats.as_dict())
-
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then close."""
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
 
     # -- associations ---------------------------------------------------------------------
     def handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:

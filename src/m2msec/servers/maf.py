@@ -67,6 +67,7 @@ from m2msec.maf.store import (
     parse_km_id,
 )
 from m2msec.servers.maf_journal import MafJournal
+from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.outage import StoreOutage
@@ -89,13 +90,15 @@ _NOT_AUDITED: Final = (
 )
 
 
-class MafServer:
+class MafServer(ServerLifecycle):
     """The MAF (module documentation): ``async with MafServer(config) as maf: ...``.
 
     ``store`` overrides the configured store (and is not closed by the server; its own
     ``synchronous`` setting then decides the durability); ``clock`` gives "now" to the
     procedures (tests).
     """
+
+    what = "MAF server"
 
     def __init__(
         self,
@@ -104,6 +107,7 @@ class MafServer:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__()
         self.config = config
         self.policy = config.policy()
         self.stats = MafStats()
@@ -121,8 +125,6 @@ class MafServer:
         self._client_server: TLSServer | None = None
         self._retrieval_server: TLSServer | None = None
         self._purge_task: asyncio.Task[None] | None = None
-        self._started = False
-        self._closed = False
         self._http = HttpService(
             HttpLimits.of(config),
             ServiceHooks(
@@ -170,84 +172,68 @@ class MafServer:
         j = self._journal
         return (0, 0) if j is None else (j.batches, j.jobs)
 
-    async def __aenter__(self) -> MafServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        """Open the store, the audit log and the listeners. Raises ConfigurationError (bad
-        configuration or credentials), StoreError, or OSError (a port in use)."""
-        if self._started:
-            raise RuntimeError("MAF server already started")
-        self._started = True
+    async def _open(self) -> None:
+        """Open the store, the audit log, the journal and the listeners."""
         cfg = self.config
-        try:
-            client_spec = cfg.listener("listen")
-            retrieval_spec = cfg.listener("retrieval_listen") if cfg.retrieval_listen else None
-            retrieval_profile = self._retrieval_profile() if retrieval_spec else None
-            if self._store is None:
-                if self.require_existing_store:  # serve without --init (issue 9 item 3)
-                    require_initialised(
-                        cfg.store or default_maf_store_path(),
-                        label="MAF store",
-                        create="m2msec maf add-client",
-                    )
-                self._store = open_maf_store(cfg.store, synchronous=cfg.effective_durability)
-            self._audit = AuditLog(self.audit_path, fsync=False)
-            # Commit on the loop's thread only when commits do not fsync (never for
-            # PostgreSQL: a commit there is a network round trip).
-            inline = self._store.synchronous != "full" and self._store.in_process
-            self._journal = MafJournal(
-                self._store, self._audit, inline=inline, outage=self._store_outage
-            )
-            self._journal.start()
-            self._service = MafService(self._store, self.policy, self._clock, stats=self.stats)
-            self._client_server = TLSServer(
-                self._client_profile(),
-                self._serve_client,
+        client_spec = cfg.listener("listen")
+        retrieval_spec = cfg.listener("retrieval_listen") if cfg.retrieval_listen else None
+        retrieval_profile = self._retrieval_profile() if retrieval_spec else None
+        if self._store is None:
+            if self.require_existing_store:  # serve without --init (issue 9 item 3)
+                require_initialised(
+                    cfg.store or default_maf_store_path(),
+                    label="MAF store",
+                    create="m2msec maf add-client",
+                )
+            self._store = open_maf_store(cfg.store, synchronous=cfg.effective_durability)
+        self._audit = AuditLog(self.audit_path, fsync=False)
+        # Commit on the loop's thread only when commits do not fsync (never for
+        # PostgreSQL: a commit there is a network round trip).
+        inline = self._store.synchronous != "full" and self._store.in_process
+        self._journal = MafJournal(
+            self._store, self._audit, inline=inline, outage=self._store_outage
+        )
+        self._journal.start()
+        self._service = MafService(self._store, self.policy, self._clock, stats=self.stats)
+        self._client_server = TLSServer(
+            self._client_profile(),
+            self._serve_client,
+            handshake_timeout=cfg.handshake_timeout,
+            max_handshakes=cfg.max_handshakes,
+            on_failure=lambda peer, reason: self._handshake_failed("client", peer, reason),
+        )
+        await self._client_server.start(client_spec.host, client_spec.port)
+        log.info(
+            "MAF client listener (MAF Handshake, TLS-PSK) on %s:%d",
+            client_spec.host,
+            self.client_port,
+        )
+        if retrieval_spec is not None and retrieval_profile is not None:
+            self._retrieval_server = TLSServer(
+                retrieval_profile,
+                self._serve_retrieval,
                 handshake_timeout=cfg.handshake_timeout,
                 max_handshakes=cfg.max_handshakes,
-                on_failure=lambda peer, reason: self._handshake_failed("client", peer, reason),
+                on_failure=lambda peer, reason: self._handshake_failed(
+                    "retrieval", peer, reason
+                ),
             )
-            await self._client_server.start(client_spec.host, client_spec.port)
+            await self._retrieval_server.start(retrieval_spec.host, retrieval_spec.port)
             log.info(
-                "MAF client listener (MAF Handshake, TLS-PSK) on %s:%d",
-                client_spec.host,
-                self.client_port,
+                "MAF retrieval listener (Key Retrieval, mutual TLS) on %s:%d",
+                retrieval_spec.host,
+                self.retrieval_port,
             )
-            if retrieval_spec is not None and retrieval_profile is not None:
-                self._retrieval_server = TLSServer(
-                    retrieval_profile,
-                    self._serve_retrieval,
-                    handshake_timeout=cfg.handshake_timeout,
-                    max_handshakes=cfg.max_handshakes,
-                    on_failure=lambda peer, reason: self._handshake_failed(
-                        "retrieval", peer, reason
-                    ),
-                )
-                await self._retrieval_server.start(retrieval_spec.host, retrieval_spec.port)
-                log.info(
-                    "MAF retrieval listener (Key Retrieval, mutual TLS) on %s:%d",
-                    retrieval_spec.host,
-                    self.retrieval_port,
-                )
-            self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
-        except BaseException:
-            await self.close()
-            raise
+        self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
-    async def close(self) -> None:
-        """Stop listening, end the sessions, commit what is queued, close files."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _shutdown(self) -> None:
+        """Let requests in progress finish, stop listening, end the sessions, commit what
+        is queued, close files."""
         if self._purge_task is not None:
             self._purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purge_task
+        await self._http.close(SHUTDOWN_GRACE)
         for server in (self._client_server, self._retrieval_server):
             if server is not None:
                 await server.close()
@@ -259,13 +245,6 @@ class MafServer:
             self._store.close()
         if self._client_server is not None:
             log.info("MAF stopped: %s", self.stats.as_dict())
-
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then close."""
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
 
     # -- profiles -------------------------------------------------------------------------
     def _client_profile(self) -> TLSProfile:

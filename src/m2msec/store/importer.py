@@ -42,11 +42,14 @@ from m2msec.store.sqlite import MAX_KPSA_OCTETS
 __all__ = [
     "COLUMNS",
     "RECOMMENDED_MIN_KPSA_OCTETS",
+    "ImportProblems",
     "ImportResult",
     "PskImportError",
+    "csv_rows",
     "load_psk_file",
     "parse_entity",
     "parse_expiry",
+    "parse_hex_key",
     "parse_kpsa_hex",
     "parse_kpsa_id",
     "parse_psk_csv",
@@ -62,8 +65,9 @@ Format = Literal["csv", "toml"]
 _T = TypeVar("_T")
 
 
-class PskImportError(ConfigurationError):
-    """A psk table file has invalid rows; ``problems`` lists every one."""
+class ImportProblems(ConfigurationError):
+    """A table file (a psk table, the MEF's Enrolees) has invalid rows; ``problems`` lists
+    every one, and nothing was imported."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         shown = problems[:_MAX_PROBLEMS_SHOWN]
@@ -75,6 +79,10 @@ class PskImportError(ConfigurationError):
         super().__init__("\n".join(lines))
         self.source = source
         self.problems = problems
+
+
+class PskImportError(ImportProblems):
+    """A psk table file has invalid rows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +105,17 @@ def parse_kpsa_id(text: str) -> str:
     return text
 
 
+def parse_hex_key(text: str, what: str) -> bytes:
+    """Decode a hexadecimal key, whitespace ignored; errors name ``what``, never the value."""
+    try:
+        return bytes.fromhex("".join(text.split()))
+    except ValueError:
+        raise ConfigurationError(f"{what} is not hexadecimal (two digits per octet)") from None
+
+
 def parse_kpsa_hex(text: str) -> bytes:
     """Decode a hexadecimal Kpsa of 1 to 64 octets; errors never echo the value."""
-    compact = "".join(text.split())
-    try:
-        key = bytes.fromhex(compact)
-    except ValueError:
-        raise ConfigurationError("kpsa is not hexadecimal (two digits per octet)") from None
+    key = parse_hex_key(text, "kpsa")
     if not 1 <= len(key) <= MAX_KPSA_OCTETS:
         raise ConfigurationError(f"kpsa must be 1 to {MAX_KPSA_OCTETS} octets, not {len(key)}")
     return key
@@ -160,27 +172,47 @@ def load_psk_file(path: str | Path, *, fmt: Format | None = None) -> ImportResul
 
 
 def parse_psk_csv(text: str, *, source: str = "<csv>") -> ImportResult:
+    problems: list[str] = []
+    rows = csv_rows(text, source, COLUMNS, _REQUIRED, problems, error=PskImportError)
+    return _validate(source, rows, problems)
+
+
+def csv_rows(
+    text: str,
+    source: str,
+    columns: Iterable[str],
+    required: Iterable[str],
+    problems: list[str],
+    *,
+    error: type[ImportProblems] = ImportProblems,
+) -> Iterable[tuple[str, dict[str, str]]]:
+    """The rows of a CSV table whose header names some of ``columns`` (all of
+    ``required``), each as (``"line N"``, {column: cell}). A bad header raises ``error`` at
+    once; a bad row is appended to ``problems`` (the caller raises after checking the rest).
+    A row with the wrong number of cells is reported, never split: a key might otherwise
+    land in a reported field."""
+    known = tuple(columns)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
-        raise PskImportError(source, ["the file is empty (a header line is needed)"]) from None
+        raise error(source, ["the file is empty (a header line is needed)"]) from None
     except csv.Error as exc:
-        raise PskImportError(source, [f"line 1: {exc}"]) from None
+        raise error(source, [f"line 1: {exc}"]) from None
     names = [h.strip().lower() for h in header]
-    problems: list[str] = []
-    unknown = [n for n in names if n not in COLUMNS]
+    bad: list[str] = []
+    unknown = [n for n in names if n not in known]
     if unknown:
-        problems.append(f"line 1: unknown column(s) {', '.join(map(repr, unknown))}")
-    missing = _REQUIRED - set(names)
+        bad.append(f"line 1: unknown column(s) {', '.join(map(repr, unknown))}")
+    missing = set(required) - set(names)
     if missing:
-        problems.append(f"line 1: missing column(s) {', '.join(sorted(missing))}")
+        bad.append(f"line 1: missing column(s) {', '.join(sorted(missing))}")
     if len(set(names)) != len(names):
-        problems.append("line 1: a column is named twice")
-    if problems:
-        raise PskImportError(source, problems)
+        bad.append("line 1: a column is named twice")
+    if bad:
+        raise error(source, bad)
 
-    def rows() -> Iterable[tuple[str, Mapping[str, object]]]:
+    def rows() -> Iterable[tuple[str, dict[str, str]]]:
         while True:
             try:
                 cells = next(reader)
@@ -193,12 +225,11 @@ def parse_psk_csv(text: str, *, source: str = "<csv>") -> ImportResult:
                 continue  # blank line
             where = f"line {reader.line_num}"
             if len(cells) != len(names):
-                # Do not guess which cell is which: a key might land in a reported field.
                 problems.append(f"{where}: {len(cells)} fields, the header has {len(names)}")
                 continue
             yield where, dict(zip(names, cells, strict=True))
 
-    return _validate(source, rows(), problems)
+    return rows()
 
 
 def parse_psk_toml(text: str, *, source: str = "<toml>") -> ImportResult:

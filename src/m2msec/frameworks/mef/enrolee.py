@@ -39,6 +39,7 @@ from m2msec.frameworks.mef.result import EnrolmentResult
 from m2msec.frameworks.mef.store import EnroleeStore
 from m2msec.frameworks.provisioned import psk_profile
 from m2msec.ids import check_fqdn
+from m2msec.maf.store_records import check_key
 from m2msec.mef import wire
 from m2msec.mef.keys import EnrolmentKey, derive_for_target
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
@@ -68,8 +69,7 @@ class KpmCredential:
 
     def __post_init__(self) -> None:
         check_kpm_id(self.kpm_id)
-        if not 0 < len(self.kpm) <= 64:
-            raise ValueError("Kpm must be 1 to 64 octets")
+        check_key(self.kpm, "the Kpm")  # the MEF's own rule for a configured Kpm
 
 
 def _psk_profile(credential: KpmCredential, mef_fqdn: str, tls13: bool) -> TLSProfile:
