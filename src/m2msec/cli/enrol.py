@@ -140,7 +140,7 @@ def enrol(
     ] = None,
     kpm: Annotated[
         str | None,
-        option("--kpm", metavar="HEX", help="- : read Kpm in hex from stdin."),
+        option("--kpm", metavar="-", help="Read Kpm in hex from stdin."),
     ] = None,
     kpm_file: Annotated[
         Path | None, file_option("A file holding Kpm in hex.", "--kpm-file")
