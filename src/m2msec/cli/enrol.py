@@ -37,7 +37,7 @@ from m2msec.cli.common import (
     url_option,
     utc_time,
 )
-from m2msec.cli.mef_admin import read_kpm
+from m2msec.cli.mef_admin import EnroleeBOption, MafIdOption, NafOption, read_kpm
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential
@@ -150,20 +150,9 @@ def enrol(
     ] = None,
     key: Annotated[Path | None, file_option("Our private key (PEM).", "--key")] = None,
     ca: Annotated[Path | None, file_option("Trust anchors for the MEF (PEM).", "--ca")] = None,
-    maf_id: Annotated[
-        str | None, option("--maf-id", metavar="FQDN", help="Enrol for this MAF: Km (10.3.2).")
-    ] = None,
-    enrolee_b: Annotated[
-        str | None,
-        option(
-            "--enrolee-b",
-            metavar="ID",
-            help="Enrol for this Enrolee B (a CSE-ID or AE-ID): Kpsa (10.3.3).",
-        ),
-    ] = None,
-    naf_fqdn: Annotated[
-        str | None, option("--naf-fqdn", metavar="FQDN", help="An AE as Enrolee B: its NAF FQDN.")
-    ] = None,
+    maf_id: MafIdOption = None,
+    enrolee_b: EnroleeBOption = None,
+    naf_fqdn: NafOption = None,
     mef_fqdn: Annotated[
         str | None,
         option(

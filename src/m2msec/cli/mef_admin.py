@@ -101,6 +101,16 @@ NafOption = Annotated[
     str | None,
     option("--naf-fqdn", metavar="FQDN", help="The NAF FQDN of an AE as Enrolee B (A-27)."),
 ]
+# The Enrolment Target options, shared with ``m2msec enrol``.
+MafIdOption = Annotated[
+    str | None,
+    option("--maf-id", metavar="FQDN", help="Enrolment Target: this MAF (Km, 10.3.2)."),
+]
+EnroleeBOption = Annotated[
+    str | None,
+    option("--enrolee-b", metavar="ID", help="Enrolment Target: this CSE or AE as Enrolee B "
+           "(Kpsa, 10.3.3)."),
+]  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 
 
@@ -215,18 +225,8 @@ def add_enrolee(
         option("--key", metavar="-", help="'-': read the Kpm in hexadecimal from standard input."),
     ] = None,
     cert_identity: CertIdentityOption = None,
-    maf_id: Annotated[
-        str | None,
-        option("--maf-id", metavar="FQDN", help="Enrolment Target: this MAF (Km, 10.3.2)."),
-    ] = None,
-    enrolee_b: Annotated[
-        str | None,
-        option(
-            "--enrolee-b",
-            metavar="ID",
-            help="Enrolment Target: this CSE or AE as Enrolee B (Kpsa, 10.3.3).",
-        ),
-    ] = None,
+    maf_id: MafIdOption = None,
+    enrolee_b: EnroleeBOption = None,
     naf_fqdn: NafOption = None,
     lifetime: Annotated[
         str,
