@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiocoap.numbers.types import CON
 
+from m2msec.bindings.coap.mapping import onem2m_request_message
 from m2msec.mef.keys import derive_for_target
 from m2msec.servers.mef import MefServer
 from tests.interop import HOST, free_port, keying_material, run, spawn, wait_listening
@@ -144,6 +146,25 @@ ca = "{pki.ca.cert_path}"
     assert KPM.hex() not in server.output and exported[16:].hex() not in server.output
 
 
+async def test_mef_serve_options(tmp_path: Path) -> None:
+    """The options override the file; without --init a missing store is refused (exit 1),
+    a configuration error exits 2."""
+    port = free_port()
+    db = tmp_path / "new.db"
+    argv = [
+        sys.executable, "-m", "m2msec.cli", "mef", "serve", "--fqdn", MEF_FQDN,
+        "--listen", f"tls://{HOST}:{port}", "--target-listen", "off", "--store", str(db),
+    ]  # fmt: skip
+    refused = await run(argv, timeout=STEP * 3)
+    assert refused.returncode == 1 and "does not exist" in refused.output, refused.describe()
+    bad = await run([*argv, "--listen", "http://127.0.0.1:1"], timeout=STEP * 3)
+    assert bad.returncode == 2 and "tls:// or dtls://" in bad.output, bad.describe()
+    async with spawn([*argv, "--init"]) as server:
+        await wait_listening(port, server)
+        await server.expect(f"enrolee listener +tls://{HOST}:{port}", STEP)
+    assert db.exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -191,6 +212,41 @@ async def test_gnutls_cli_enrolee(mef: MefServer, pki: Pki, priority: str) -> No
         await client.wait(STEP)
     exported = bytes.fromhex(keying_material(client.output))
     assert m.group(1) == exported[:16].hex()
+    await check_fetch(mef, pki, f"{m.group(1)}@{MEF_FQDN}", exported)
+
+
+def coap_enrolment() -> bytes:
+    """The Enrolment Exchange as one confirmable CoAP datagram (TS-0008), for s_client's
+    standard input: DTLS carries what one read of it returns as one record."""
+    message = onem2m_request_message(
+        "POST",
+        "/mef/enrolment",
+        origin="Cdevice-1",
+        request_id="enrol-dtls",
+        payload=json.dumps({"mefEnrolReq": {}}).encode(),
+    )
+    message.mtype = CON
+    message.mid = 0x1234
+    message.token = b"\x01\x02"
+    return bytes(message.encode())
+
+
+async def test_openssl_dtls_enrolee(mef: MefServer, pki: Pki) -> None:
+    """``s_client -dtls1_2``: its export is ours, and its CoAP enrolment is answered."""
+    port = mef.listener("enrolee", "psk", "dtls").port
+    argv = [
+        "openssl", "s_client", "-dtls1_2", "-connect", f"{HOST}:{port}",
+        "-psk_identity", KPM_ID, "-psk", KPM.hex(),
+        "-cipher", "PSK-AES128-CCM8:@SECLEVEL=0",
+        "-keymatexport", LABEL, "-keymatexportlen", "48",
+    ]  # fmt: skip
+    async with spawn(argv) as client:
+        await client.expect(r"Keying material: [0-9A-F]+\r?\n", STEP)
+        client.write(coap_enrolment())
+        m = await client.expect(ANSWER, STEP)
+    exported = bytes.fromhex(keying_material(client.output))
+    assert m.group(1) == exported[:16].hex() and m.group(2) == MEF_FQDN
+    assert "PSK-AES128-CCM8" in client.output
     await check_fetch(mef, pki, f"{m.group(1)}@{MEF_FQDN}", exported)
 
 

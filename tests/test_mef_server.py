@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from m2msec.mef.keys import derive_for_target
 from m2msec.mef.records import Bootstrap, Enrolee, EnrolmentTarget
 from m2msec.mef.store import MefStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
-from m2msec.servers.mef import BOOTSTRAP_EXPORT_OCTETS, BOOTSTRAP_EXPORTER_LABEL, MefServer
+from m2msec.servers.mef import MefServer
+from m2msec.servers.mef_session import BOOTSTRAP_EXPORT_OCTETS, BOOTSTRAP_EXPORTER_LABEL
+from m2msec.service.coap_client import CoapClient
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection, connect
-from m2msec.tls.context import Framework, PeerBinding, PeerKind
-from m2msec.tls.profiles import PSK_SUITES_TLS, TLSProfile, Transport, new_context
+from m2msec.tls.aio_dtls import dtls_connect
+from m2msec.tls.profiles import TLSProfile, Transport
+from tests.helpers import psk_client_profile
 
 HOST = "127.0.0.1"
 MEF_FQDN = "mef.in.provider.com"
@@ -93,7 +97,11 @@ def mef_config(pki: Pki, tmp_path: Path, **kw: Any) -> MefConfig:
     return MefConfig(
         MEF_FQDN,
         str(tmp_path / "mef.db"),
-        enrolee_listen=(f"tls://{HOST}:0", f"tls://{HOST}:0?framework=certificate"),
+        enrolee_listen=(
+            f"tls://{HOST}:0",
+            f"tls://{HOST}:0?framework=certificate",
+            f"dtls://{HOST}:0",
+        ),
         target_listen=f"tls://{HOST}:0",
         cert=pki.mef_cert,
         key=pki.mef_key,
@@ -122,17 +130,13 @@ async def mef(pki: Pki, tmp_path: Path) -> AsyncIterator[MefServer]:
 # ----------------------------------------------------------------------------- clients
 
 
-def enrolee_profile(kpm_id: str = KPM_ID, kpm: bytes = KPM, *, tls13: bool = True) -> TLSProfile:
+def enrolee_profile(
+    kpm_id: str = KPM_ID, kpm: bytes = KPM, *, tls13: bool = True, dtls: bool = False
+) -> TLSProfile:
     """The Enrolee's side of the bootstrap handshake (8.3.2.1): KpmID / Kpm."""
-    ctx = new_context(Transport.TLS, server_side=False, suites=PSK_SUITES_TLS, tls13=tls13)
-    binding = PeerBinding(MEF_FQDN, PeerKind.SERVICE, key_id=kpm_id)
-    return TLSProfile(
-        framework=Framework.PROVISIONED_PSK,
-        transport=Transport.TLS,
-        server_side=False,
-        ssl_context=ctx,
-        psk_offer=lambda _hint: (kpm_id.encode(), kpm, binding),
-        server_name=MEF_FQDN,
+    transport = Transport.DTLS if dtls else Transport.TLS
+    return psk_client_profile(
+        kpm_id.encode(), kpm, tls13, transport=transport, peer_id=MEF_FQDN, server_name=MEF_FQDN
     )
 
 
@@ -231,6 +235,30 @@ async def test_certificate_enrolee(mef: MefServer, pki: Pki) -> None:
     assert got.rsc == 2001, got.body
     assert got.json()["mefEnrol"]["keID"] == ke_id_of(exported)
     await client.close()
+    gateway = await target(mef, pki.creds["/in-cse"])
+    answer = await fetch(gateway, ke_id_of(exported))
+    kpsa = derive_for_target(exported[16:], "/in-cse", enrolee_b=True)
+    assert answer.json()["fetchCredentials"]["credential"] == kpsa.hex()
+    await gateway.close()
+
+
+async def test_dtls_enrolment_over_coap(mef: MefServer, pki: Pki) -> None:
+    """The TLS-PSK bootstrap over DTLS 1.2, the Enrolment Exchange over CoAP."""
+    port = mef.listener("enrolee", "psk", "dtls").port
+    assoc = await dtls_connect(enrolee_profile(dtls=True), HOST, port, timeout=10)
+    exported = assoc.export_keying_material(BOOTSTRAP_EXPORTER_LABEL, BOOTSTRAP_EXPORT_OCTETS)
+    assert assoc.context.cipher_suite == "PSK-AES128-CCM8"  # 10.2.2's DTLS suite first
+    client = CoapClient(assoc)
+    try:
+        got = await client.request(
+            "POST", "/mef/enrolment", origin="Cdevice-1", content={"mefEnrolReq": {}}
+        )
+        assert got.rsc == 2001, got.payload
+        assert json.loads(got.payload)["mefEnrol"]["keID"] == ke_id_of(exported)
+        again = await client.request("POST", "/mef/enrolment", origin="Cdevice-1")
+        assert again.rsc == 4105
+    finally:
+        await client.close()
     gateway = await target(mef, pki.creds["/in-cse"])
     answer = await fetch(gateway, ke_id_of(exported))
     kpsa = derive_for_target(exported[16:], "/in-cse", enrolee_b=True)

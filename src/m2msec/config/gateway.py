@@ -250,11 +250,11 @@ def parse_config(
         listen_raw = [listen_raw]
     if not isinstance(listen_raw, list) or not listen_raw:
         raise invalid("gateway.listen", "give at least one listener, e.g. ['tls://127.0.0.1:8443']")
-    listen = tuple(
-        parse_listen_url(u, f"gateway.listen[{i}]") for i, u in enumerate(listen_raw)
-    )
+    listen = tuple(parse_listen_url(u, f"gateway.listen[{i}]") for i, u in enumerate(listen_raw))
     if "backend" not in gw:
-        raise invalid("gateway.backend", "missing: the oneM2M CSE's URL, e.g. 'http://127.0.0.1:8080'")
+        raise invalid(
+            "gateway.backend", "missing: the oneM2M CSE's URL, e.g. 'http://127.0.0.1:8080'"
+        )
     backend = parse_backend_url(gw["backend"])
 
     cse_text = gw.get("cse_id")
@@ -406,7 +406,7 @@ CSE_ORIGINATORS = ("ts-0004", "strict")
 
 def _cse_originators(value: Any) -> str:
     if value not in CSE_ORIGINATORS:
-        raise invalid("gateway.cse_originators", f"{value!r}: write \"ts-0004\" or \"strict\"")
+        raise invalid("gateway.cse_originators", f'{value!r}: write "ts-0004" or "strict"')
     return str(value)
 
 

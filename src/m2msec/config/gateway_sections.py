@@ -127,7 +127,7 @@ def parse_maf(
     if not isinstance(raw, dict) or not raw:
         raise invalid(
             "maf.addresses",
-            "missing: the MAFs by FQDN, e.g. { \"maf.provider.com\" = \"127.0.0.1:8445\" }",
+            'missing: the MAFs by FQDN, e.g. { "maf.provider.com" = "127.0.0.1:8445" }',
         )
     addresses: dict[str, tuple[str, str, int]] = {}
     for fqdn, value in raw.items():

@@ -11,12 +11,11 @@ from typing import Any, Final
 
 from m2msec.config.listeners import ListenerSpec, parse_listen_url
 from m2msec.config.loader import load
-from m2msec.config.values import typed_tables
+from m2msec.config.values import ServiceDomains, check_service_config, typed_tables
 from m2msec.errors import (
     ConfigurationError,
     IdentifierError,
 )
-from m2msec.ids import check_fqdn
 from m2msec.maf import protocol as p
 from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
@@ -25,7 +24,7 @@ DEFAULT_RETRIEVAL_LISTEN: Final = "tls://127.0.0.1:8445"
 
 
 @dataclass(frozen=True, slots=True)
-class MafConfig:
+class MafConfig(ServiceDomains):
     """Everything ``m2msec maf serve`` needs (TOML: see :func:`parse_maf_config`).
 
     ``retrieval_listen`` None disables Key Retrieval (and the need for ``cert``/``key``/
@@ -63,28 +62,18 @@ class MafConfig:
     source: str = "<arguments>"
 
     def __post_init__(self) -> None:
-        try:
-            check_fqdn(self.fqdn, "MAF FQDN")
-            for name in ("in_domain", "sp_fqdn"):
-                value = getattr(self, name)
-                if value is not None:
-                    check_fqdn(value, name)
-        except IdentifierError as exc:
-            raise ConfigurationError(str(exc)) from None
-        if "." not in self.fqdn:
-            raise ConfigurationError(f"MAF FQDN {self.fqdn!r} needs at least two labels")
-        for name in (
-            "key_lifetime",
-            "registration_lifetime",
-            "handshake_timeout",
-            "idle_timeout",
-            "request_head_timeout",
-            "purge_interval",
-        ):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be greater than 0")
-        if self.max_handshakes < 1 or self.max_body < 1024:
-            raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")
+        check_service_config(
+            self,
+            "MAF FQDN",
+            (
+                "key_lifetime",
+                "registration_lifetime",
+                "handshake_timeout",
+                "idle_timeout",
+                "request_head_timeout",
+                "purge_interval",
+            ),
+        )
         if self.retention < 0 or self.audit_retention < 0:
             raise ConfigurationError("retention and audit_retention must be >= 0")
         if self.durability not in (None, "full", "normal"):
@@ -96,14 +85,6 @@ class MafConfig:
             return self.durability
         store = (self.store or "").lower()
         return "full" if store.startswith(("postgresql:", "postgres:")) else "normal"
-
-    @property
-    def effective_in_domain(self) -> str:
-        return self.in_domain or self.fqdn.split(".", 1)[1]
-
-    @property
-    def effective_sp_fqdn(self) -> str:
-        return self.sp_fqdn or self.effective_in_domain
 
     def policy(self) -> p.MafPolicy:
         try:

@@ -11,9 +11,8 @@ from typing import Any, Final
 
 from m2msec.config.listeners import FrameworkName, ListenerSpec, parse_listen_url
 from m2msec.config.loader import load
-from m2msec.config.values import typed_tables
-from m2msec.errors import ConfigurationError, IdentifierError
-from m2msec.ids import check_fqdn
+from m2msec.config.values import ServiceDomains, check_service_config, typed_tables
+from m2msec.errors import ConfigurationError
 from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
 __all__ = [
@@ -33,7 +32,7 @@ _ENROLEE_FRAMEWORKS: Final = ("psk", "certificate")
 
 
 @dataclass(frozen=True, slots=True)
-class MefConfig:
+class MefConfig(ServiceDomains):
     """Everything ``m2msec mef serve`` needs (TOML: see :func:`parse_mef_config`).
 
     ``enrolee_listen`` lists the Enrolee listeners, ``tls://`` or ``dtls://HOST:PORT``, each
@@ -66,21 +65,8 @@ class MefConfig:
     source: str = "<arguments>"
 
     def __post_init__(self) -> None:
-        try:
-            check_fqdn(self.fqdn, "MEF FQDN")
-            for name in ("in_domain", "sp_fqdn"):
-                value = getattr(self, name)
-                if value is not None:
-                    check_fqdn(value, name)
-        except IdentifierError as exc:
-            raise ConfigurationError(str(exc)) from None
-        if "." not in self.fqdn:
-            raise ConfigurationError(f"MEF FQDN {self.fqdn!r} needs at least two labels")
-        for name in ("handshake_timeout", "idle_timeout", "request_head_timeout", "purge_interval"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be greater than 0")
-        if self.max_handshakes < 1 or self.max_body < 1024:
-            raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")
+        durations = ("handshake_timeout", "idle_timeout", "request_head_timeout", "purge_interval")
+        check_service_config(self, "MEF FQDN", durations)
         if not self.enrolee_listen:
             raise ConfigurationError("mef.enrolee_listen: give at least one Enrolee listener")
         specs = self.enrolee_listeners() + ([self.target_listener()] if self.target_listen else [])
@@ -92,14 +78,6 @@ class MefConfig:
                     "give " + ", ".join(f"--{n}" for n in missing) + " ([certificates] in the "
                     'config file), or turn fetchCredentials off (target_listen = "")'
                 )
-
-    @property
-    def effective_in_domain(self) -> str:
-        return self.in_domain or self.fqdn.split(".", 1)[1]
-
-    @property
-    def effective_sp_fqdn(self) -> str:
-        return self.sp_fqdn or self.effective_in_domain
 
     def enrolee_listeners(self) -> list[ListenerSpec]:
         """The Enrolee listeners, each with its framework ("psk" or "certificate")."""

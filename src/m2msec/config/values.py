@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from m2msec.errors import ConfigurationError
+from m2msec.errors import ConfigurationError, IdentifierError
+from m2msec.ids import check_fqdn
 
-__all__ = ["boolean", "file_path", "invalid", "is_ip", "number", "typed_tables", "unknown_key"]
+__all__ = [
+    "ServiceDomains",
+    "boolean",
+    "check_service_config",
+    "file_path",
+    "invalid",
+    "is_ip",
+    "number",
+    "typed_tables",
+    "unknown_key",
+]
 
 
 def unknown_key(key: str, known: frozenset[str] | set[str], where: str) -> ConfigurationError:
@@ -108,3 +119,43 @@ def typed_tables(
                 value = str(base / Path(value).expanduser())
             values[key] = value
     return values
+
+
+class ServiceDomains:
+    """The domains of a service named by its FQDN (the MAF's, the MEF's configuration): the
+    IN public domain of CSE certificates, by default the FQDN without its first label, and
+    the M2M-SP FQDN of SP-relative ids, by default that domain."""
+
+    __slots__ = ()
+    fqdn: str
+    in_domain: str | None
+    sp_fqdn: str | None
+
+    @property
+    def effective_in_domain(self) -> str:
+        return self.in_domain or self.fqdn.split(".", 1)[1]
+
+    @property
+    def effective_sp_fqdn(self) -> str:
+        return self.sp_fqdn or self.effective_in_domain
+
+
+def check_service_config(config: Any, what: str, durations: Iterable[str]) -> None:
+    """The checks the MAF's and the MEF's configurations share: ``fqdn`` (``what``, two
+    labels at least), ``in_domain`` and ``sp_fqdn`` FQDNs when given, each of ``durations``
+    above 0, ``max_handshakes`` >= 1 and ``max_body`` >= 1024."""
+    try:
+        check_fqdn(config.fqdn, what)
+        for name in ("in_domain", "sp_fqdn"):
+            value = getattr(config, name)
+            if value is not None:
+                check_fqdn(value, name)
+    except IdentifierError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if "." not in config.fqdn:
+        raise ConfigurationError(f"{what} {config.fqdn!r} needs at least two labels")
+    for name in durations:
+        if not getattr(config, name) > 0:
+            raise ConfigurationError(f"{name} must be greater than 0")
+    if config.max_handshakes < 1 or config.max_body < 1024:
+        raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")

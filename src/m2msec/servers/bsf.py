@@ -289,9 +289,7 @@ class BsfServer(ServerLifecycle):
             cfg.ub_rate,
             cfg.ub_burst,
         )
-        self._answers = BsfService(
-            policy, self._store, hss, stats=self.stats, clock=self._clock
-        )
+        self._answers = BsfService(policy, self._store, hss, stats=self.stats, clock=self._clock)
         profile = None
         if cfg.zn_listen:
             assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
@@ -400,4 +398,3 @@ def _own_names(cert: x509.Certificate) -> frozenset[str]:
         return naf_names(cert)
     except CertificateError:
         return frozenset()
-

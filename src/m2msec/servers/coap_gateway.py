@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,13 +47,19 @@ from m2msec.bindings.coap.mapping import (
 from m2msec.bindings.coap.messages import CoapServerSession, Exchange
 from m2msec.bindings.coap.options import CoapRequestError
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
-from m2msec.config import GatewayConfig
 from m2msec.errors import M2MSecError
 from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, start_dtls_server
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile
 
-__all__ = ["ACK_DELAY", "MAX_BAD_MESSAGES", "MAX_IN_FLIGHT", "AssociationHost", "CoapListener"]
+__all__ = [
+    "ACK_DELAY",
+    "MAX_BAD_MESSAGES",
+    "MAX_IN_FLIGHT",
+    "AssociationHost",
+    "CoapListener",
+    "CoapSettings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +77,30 @@ class _CoapStats(Protocol):
     bad_requests: int
 
 
-class AssociationHost(Protocol):
-    """What a listener needs of the gateway: admit, record and close associations, and the
-    one request pipeline. Typed here so this module does not import the gateway (which
-    imports it)."""
+class CoapSettings(Protocol):
+    """The settings a listener reads (the gateway's ``GatewayConfig``, or the MEF's)."""
 
     @property
-    def config(self) -> GatewayConfig: ...
+    def max_handshakes(self) -> int: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def handshake_timeout(self) -> float: ...
+    @property
+    def resumption(self) -> bool: ...
+    @property
+    def max_body(self) -> int: ...
+    @property
+    def coap_response_options(self) -> bool: ...
+
+
+class AssociationHost(Protocol):
+    """What a listener needs of its server (the gateway, or the MEF's ``dtls://`` Enrolee
+    listener): admit, record and close associations, and the one request pipeline. Typed
+    here so this module does not import the gateway (which imports it)."""
+
+    @property
+    def config(self) -> CoapSettings: ...
 
     @property
     def stats(self) -> _CoapStats: ...
@@ -89,9 +113,7 @@ class AssociationHost(Protocol):
 
     def close_association(self, assoc: Any) -> None: ...
 
-    async def process(
-        self, assoc: Any, request: OneM2MRequest
-    ) -> tuple[HttpResponse, bool]: ...
+    async def process(self, assoc: Any, request: OneM2MRequest) -> tuple[HttpResponse, bool]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -108,11 +130,18 @@ class CoapListener:
     """One ``dtls://`` listener of a :class:`~m2msec.servers.gateway.Gateway`."""
 
     def __init__(
-        self, gateway: AssociationHost, profile: TLSProfile, *, ack_delay: float = ACK_DELAY
+        self,
+        gateway: AssociationHost,
+        profile: TLSProfile,
+        *,
+        ack_delay: float = ACK_DELAY,
+        on_established: Callable[[DTLSAssociation], None] | None = None,
     ):
         self.gateway = gateway
         self.profile = profile
         self.ack_delay = ack_delay
+        #: Sees each association first (the MEF exports its bootstrap keying material).
+        self.on_established = on_established
         self._handle: DTLSServerHandle | None = None
         self._peers: set[_Peer] = set()
         self._closing = False
@@ -156,6 +185,8 @@ class CoapListener:
     # -- one association -----------------------------------------------------------------
     async def _serve(self, dtls: DTLSAssociation) -> None:
         gw = self.gateway
+        if self.on_established is not None:
+            self.on_established(dtls)
         if not gw.admit_association(dtls.context, dtls.peer_address):
             return  # the DTLS server closes it with close_notify
         assoc = gw.open_association(dtls.context, dtls.peer_address)

@@ -95,6 +95,7 @@ MAX_RESPONSE_BODY = 64 * 1024 * 1024
 BACKEND_CONNECTIONS = 100
 BACKEND_IDLE_CONNECTIONS = 20
 
+
 @dataclass(slots=True)
 class GatewayStats:
     """Counters since start (no identities, no keys)."""
@@ -350,7 +351,10 @@ class Gateway(ServerLifecycle):
             log.warning(
                 "association refused: peer=%s key_id=%s holds %d live associations (the cap) "
                 "from=%s",
-                ctx.peer_id, ctx.key_id, self._live_by_credential[key], _addr(peer),
+                ctx.peer_id,
+                ctx.key_id,
+                self._live_by_credential[key],
+                _addr(peer),
             )
             return False
         self._live_by_credential[key] += 1
@@ -516,9 +520,7 @@ class Gateway(ServerLifecycle):
             # The aei must be readable in the answer: ask for it uncompressed.
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
         try:
-            resp = await self.backend.request(
-                request.method, request.target, headers, request.body
-            )
+            resp = await self.backend.request(request.method, request.target, headers, request.body)
         except BackendTimeout:
             return self._backend_error(request, RSC.REQUEST_TIMEOUT, "did not answer in time")
         except BackendTooLarge:

@@ -203,9 +203,7 @@ def psk_row_check(
     return check
 
 
-def pick(
-    profiles: Profiles, spec: ListenerSpec
-) -> tuple[str, TLSProfile]:
+def pick(profiles: Profiles, spec: ListenerSpec) -> tuple[str, TLSProfile]:
     return profiles[spec.framework or _only(profiles)]
 
 

@@ -214,9 +214,7 @@ class MafServer(ServerLifecycle):
                 self._serve_retrieval,
                 handshake_timeout=cfg.handshake_timeout,
                 max_handshakes=cfg.max_handshakes,
-                on_failure=lambda peer, reason: self._handshake_failed(
-                    "retrieval", peer, reason
-                ),
+                on_failure=lambda peer, reason: self._handshake_failed("retrieval", peer, reason),
             )
             await self._retrieval_server.start(retrieval_spec.host, retrieval_spec.port)
             log.info(

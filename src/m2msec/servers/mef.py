@@ -18,7 +18,8 @@ handing requests to the sans-IO :class:`~m2msec.mef.service.MefService` (docs/me
   among the MAF targets allowed when the server starts (a MAF allowed later needs a
   restart; Enrolee B targets need none).
 * ``dtls://`` Enrolee listeners (:mod:`m2msec.servers.mef_coap`) run the TLS-PSK bootstrap
-  over DTLS 1.2 and carry the Enrolment Exchange over CoAP.
+  over DTLS 1.2 and carry the Enrolment Exchange over CoAP. The session and its export are
+  :mod:`m2msec.servers.mef_session`'s, for both transports.
 
 No key (Kpm, Ke, Km, Kpsa) is ever logged; refusals are audited by the service.
 """
@@ -32,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
@@ -46,25 +47,30 @@ from m2msec.errors import (
     StoreError,
 )
 from m2msec.frameworks.certificate import CertificateCredential, CertificateResponder
-from m2msec.ids import PeerKind, derivation_identity
+from m2msec.ids import PeerKind
 from m2msec.maf.protocol import refusal_response
-from m2msec.mef.records import Bootstrap, EnrolmentTarget, TargetKind, check_kpm_id
-from m2msec.mef.service import EnroleeIdentity, MefPolicy, MefRefusal, MefService
+from m2msec.mef.records import Bootstrap, TargetKind, check_kpm_id
+from m2msec.mef.service import MefPolicy, MefRefusal, MefService
 from m2msec.mef.store import MefStore, default_mef_store_path
+from m2msec.servers.mef_coap import CoapSettings, MefCoapEnrolees
+from m2msec.servers.mef_session import (
+    BOOTSTRAP_EXPORT_OCTETS,
+    BOOTSTRAP_EXPORTER_LABEL,
+    BootstrapSession,
+    enrolee_identity,
+    target_identity,
+)
+from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.schema import require_initialised
 from m2msec.tls.aio import TLSConnection, TLSServer
-from m2msec.tls.context import Framework, PeerBinding, SecurityContext
+from m2msec.tls.context import Framework, PeerBinding
 from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
 
-__all__ = ["BOOTSTRAP_EXPORTER_LABEL", "BOOTSTRAP_EXPORT_OCTETS", "MefListener", "MefServer"]
+__all__ = ["MefListener", "MefServer"]
 
 log = logging.getLogger(__name__)
-
-#: 10.3.1 with seed 004's label: RelativeKeID (16 octets) || Ke (32 octets), no context.
-BOOTSTRAP_EXPORTER_LABEL: Final = b"EXPORTER-oneM2M-Bootstrap"
-BOOTSTRAP_EXPORT_OCTETS: Final = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +88,14 @@ class MefListener:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
-class MefServer:
+class MefServer(ServerLifecycle):
     """The MEF (module documentation): ``async with MefServer(config) as mef: ...``.
 
     ``store`` overrides the configured store (and is not closed by the server); ``clock``
     gives "now" to the service (tests). ``stats`` counts decisions and connections by name.
     """
+
+    what = "MEF server"
 
     def __init__(
         self,
@@ -96,6 +104,7 @@ class MefServer:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__()
         self.config = config
         self.stats: Counter[str] = Counter()
         #: Refuse a missing or schema-less SQLite store instead of creating one.
@@ -107,8 +116,6 @@ class MefServer:
         self._service: MefService | None = None
         self._servers: list[Any] = []  # TLSServer or the DTLS endpoint: start/close/port
         self._purge_task: asyncio.Task[None] | None = None
-        self._started = False
-        self._closed = False
         self._http = HttpService(
             HttpLimits.of(config),
             ServiceHooks(
@@ -141,46 +148,43 @@ class MefServer:
                 return found
         raise LookupError(f"no {role} listener {scheme}/{framework}")
 
-    async def __aenter__(self) -> MefServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        """Open the store and the listeners. Raises ConfigurationError, StoreError, or
-        OSError (a port in use)."""
-        if self._started:
-            raise RuntimeError("MEF server already started")
-        self._started = True
+    async def _open(self) -> None:
         cfg = self.config
-        try:
-            if self._store is None:
-                if self.require_existing_store:  # serve without --init (issue 9 item 3)
-                    require_initialised(
-                        cfg.store or default_mef_store_path(),
-                        label="MEF store",
-                        create="m2msec mef add-enrolee",
-                    )
-                self._store = await asyncio.to_thread(MefStore, cfg.store)
-            self._service = MefService(
-                MefPolicy(cfg.fqdn.lower()), self._store, stats=self.stats, clock=self._clock
-            )
-            for spec in cfg.enrolee_listeners():
-                await self._start_enrolee(spec)
-            if cfg.target_listen is not None:
-                spec = cfg.target_listener()
-                profile = await self._target_profile()
-                await self._start_tls(spec, "target", "certificate", profile, self._serve_target)
-            self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
-        except BaseException:
-            await self.close()
-            raise
+        if self._store is None:
+            if self.require_existing_store:  # serve without --init (issue 9 item 3)
+                require_initialised(
+                    cfg.store or default_mef_store_path(),
+                    label="MEF store",
+                    create="m2msec mef add-enrolee",
+                )
+            self._store = await asyncio.to_thread(MefStore, cfg.store)
+        self._service = MefService(
+            MefPolicy(cfg.fqdn.lower()), self._store, stats=self.stats, clock=self._clock
+        )
+        for spec in cfg.enrolee_listeners():
+            await self._start_enrolee(spec)
+        if cfg.target_listen is not None:
+            spec = cfg.target_listener()
+            profile = await self._target_profile()
+            await self._start_tls(spec, "target", "certificate", profile, self._serve_target)
+        self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
     async def _start_enrolee(self, spec: ListenerSpec) -> None:
         if spec.scheme == "dtls":
-            raise ConfigurationError(f"{spec.url}: the DTLS bootstrap is not served yet")
+            cfg = self.config
+            settings = CoapSettings(
+                cfg.max_handshakes, cfg.idle_timeout, cfg.handshake_timeout, cfg.max_body
+            )
+            dtls = MefCoapEnrolees(
+                self.service,
+                self.psk_profile(Transport.DTLS),
+                settings,
+                self.stats,
+                self._handshake_failed,
+            )
+            await dtls.start(spec.host, spec.port)
+            self._bound(spec, "enrolee", "psk", dtls)
+            return
         if spec.framework == "certificate":
             profile = self._certificate_profile(services=())
             bootstrap = Bootstrap.CERTIFICATE
@@ -218,28 +222,20 @@ class MefServer:
         self.listeners.append(bound)
         log.info("MEF %s listener (%s) on %s", role, framework, bound.url)
 
-    async def close(self) -> None:
-        """Stop listening, end the sessions, close the store."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _shutdown(self) -> None:
+        """Let requests in progress finish, stop listening, end the sessions, close the
+        store."""
         if self._purge_task is not None:
             self._purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purge_task
+        await self._http.close(SHUTDOWN_GRACE)
         for server in self._servers:
             await server.close()
         if self._own_store and self._store is not None:
             self._store.close()
         if self.listeners:
             log.info("MEF stopped: %s", dict(sorted(self.stats.items())))
-
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then close."""
-        try:
-            await stop.wait()
-        finally:
-            await self.close()
 
     # -- profiles -------------------------------------------------------------------------
     def psk_profile(self, transport: Transport) -> TLSProfile:
@@ -292,7 +288,7 @@ class MefServer:
 
     # -- connections ----------------------------------------------------------------------
     async def _serve_enrolee(self, conn: TLSConnection, bootstrap: Bootstrap) -> None:
-        who = _enrolee_identity(conn.context, bootstrap)
+        who = enrolee_identity(conn.context, bootstrap)
         if who is None:
             self.stats["enrolee_identity_refused"] += 1
             return
@@ -306,7 +302,7 @@ class MefServer:
         await self._http.serve(conn, answer)
 
     async def _serve_target(self, conn: TLSConnection) -> None:
-        requester = _target_identity(conn.context)
+        requester = target_identity(conn.context)
         if requester is None:
             self.stats["target_identity_refused"] += 1
             return
@@ -341,51 +337,3 @@ class MefServer:
                 await asyncio.to_thread(self.store.purge_expired, self._clock())
             except StoreError as exc:
                 log.warning("purging expired enrolments failed: %s", exc)
-
-
-class BootstrapSession:
-    """One bootstrap handshake's Enrolment Exchange, over HTTP or CoAP: the session's
-    export is spent once an enrolment stored it (a second one is refused 4105)."""
-
-    def __init__(self, service: MefService, who: EnroleeIdentity, exported: bytes) -> None:
-        self.service = service
-        self.who = who
-        self._exported: bytes | None = exported
-
-    async def enrol(self, request: OneM2MRequest) -> HttpResponse:
-        # The commit (an fsync) runs in a worker thread; the loop serves the others.
-        response = await asyncio.to_thread(self.service.enrol, request, self.who, self._exported)
-        if response.status == 201:
-            self._exported = None
-        return response
-
-
-def _enrolee_identity(ctx: SecurityContext, bootstrap: Bootstrap) -> EnroleeIdentity | None:
-    """Who ran the bootstrap handshake: its KpmID, or the canonical CSE-ID/AE-ID its
-    certificate names (:func:`m2msec.ids.derivation_identity`)."""
-    if bootstrap is Bootstrap.PSK:
-        return EnroleeIdentity(Bootstrap.PSK, ctx.key_id or ctx.peer_id)
-    if ctx.peer_kind not in (PeerKind.AE, PeerKind.CSE):
-        log.info("certificate Enrolee %s is not a CSE or an AE", ctx.peer_id)
-        return None
-    try:
-        return EnroleeIdentity(
-            Bootstrap.CERTIFICATE, derivation_identity(ctx.peer_id, enrolee_b=True)
-        )
-    except IdentifierError as exc:
-        log.info("certificate Enrolee %s refused: %s", ctx.peer_id, exc)
-        return None
-
-
-def _target_identity(ctx: SecurityContext) -> EnrolmentTarget | None:
-    """The Enrolment Target a certificate authenticated: a MAF (its FQDN) or an Enrolee B."""
-    try:
-        if ctx.peer_kind is PeerKind.SERVICE:
-            return EnrolmentTarget.maf(ctx.peer_id)
-        if ctx.peer_kind in (PeerKind.AE, PeerKind.CSE):
-            return EnrolmentTarget.enrolee_b(ctx.peer_id)
-    except (IdentifierError, ConfigurationError) as exc:
-        log.info("target %s refused: %s", ctx.peer_id, exc)
-        return None
-    log.info("target %s is not a MAF, a CSE or an AE", ctx.peer_id)
-    return None

@@ -126,7 +126,6 @@ OwnerOf = Callable[[str], "str | None"]
 """Which credential owns a normalised entity id (the identity registry; None: nobody)."""
 
 
-
 def _cse_originator_refusal(
     assoc: Association, origin: str, normal: str, owner_of: OwnerOf | None
 ) -> str | None:
