@@ -48,6 +48,7 @@ from m2msec.servers.mef import MefServer
 from m2msec.service.onem2m_client import OneM2MResponse
 from m2msec.store.base import PskEntry
 from m2msec.store.sqlite import SqlitePskStore
+from m2msec.tls.profiles import Transport
 from tests.test_gateway import CSE, SNI, Echo, gw_config
 from tests.test_mef_server import (
     CERT_ENROLEE,
@@ -319,7 +320,7 @@ def test_enrol_option_errors(argv: list[str], message: str, tmp_path: Path) -> N
     [
         ("https://mef.in.provider.com:1", "tls://HOST:PORT"),
         ("tls://mef.in.provider.com", "tls://HOST:PORT"),
-        ("dtls://mef.in.provider.com:1", "dtls:// bootstrap is not served"),
+        ("coaps://mef.in.provider.com:1", "tls://HOST:PORT or dtls://HOST:PORT"),
         ("tls://127.0.0.1:1", "give the MEF's FQDN with --mef-fqdn"),
     ],
 )
@@ -473,3 +474,22 @@ def test_enrol_with_no_mef_listening_exits_1(tmp_path: Path) -> None:
     text = " ".join(got.output.split())
     assert f"bootstrap handshake with the MEF {MEF_FQDN} (127.0.0.1:1) as {KPM_ID} failed" in text
     assert KPM.hex() not in got.output
+
+
+async def test_dtls_enrolee_over_coap_and_enrolee_b_hold_the_same_kpsa(
+    mef: MefServer, pki: Pki, tmp_path: Path
+) -> None:
+    """The bootstrap over DTLS 1.2 (10.2.1), the Enrolment Exchange over CoAP (TS-0008)."""
+    port = mef.listener("enrolee", "psk", "dtls").port
+    enrolee = Enrolee(HOST, port, MEF_FQDN, KpmCredential(KPM_ID, KPM), transport=Transport.DTLS)
+    got = await enrolee.enrol(GATEWAY)
+    assert got.target == GATEWAY and got.enrolee_id == ENROLEE_ID
+    assert await fetched_credential(mef, pki, got) == got.credential
+    with pytest.raises(EnrolmentError, match=r"RSC 4103 \(CoAP 4\.03"):
+        await enrolee.enrol(MAF)  # not its configured target: the CoAP answer's status
+    code, out = await run_cli(
+        tmp_path / "home", "enrol", "--mef", f"dtls://{HOST}:{port}", "--mef-fqdn", MEF_FQDN,
+        "--kpm-id", KPM_ID, "--kpm", "-", "--enrolee-b", "/in-cse", stdin=KPM.hex().encode(),
+    )  # fmt: skip
+    assert code == 0 and "enrolled" in out and ENROLEE_ID in out, out
+    assert mef.stats["enrolments"] == 2

@@ -1,6 +1,7 @@
 """``m2msec enrol``: the Enrolee of the MEF-based bootstrap (TS-0003 8.3.2.1, 8.3.2.2, seed 004).
 
-Bootstraps with the MEF's Enrolee listener (``--mef tls://HOST:PORT``) by TLS-PSK with
+Bootstraps with the MEF's Enrolee listener (``--mef tls://HOST:PORT``, or ``dtls://`` for
+DTLS 1.2 with the Enrolment Exchange over CoAP) by TLS-PSK with
 ``--kpm-id``/``--kpm`` (8.3.2.1) or by mutual TLS with ``--cert``/``--key``/``--ca``
 (8.3.2.2), runs the Enrolment Exchange for ``--maf-id`` (Km, 10.3.2) or ``--enrolee-b``
 (Kpsa, 10.3.3), and keeps KeID, Ke and the credential sealed in the Enrolee store
@@ -50,6 +51,7 @@ from m2msec.frameworks.mef import (
 )
 from m2msec.keyids import KeId
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
+from m2msec.tls.profiles import Transport
 
 __all__ = ["enrol", "enrolled_credential", "is_ke_id"]
 
@@ -96,22 +98,21 @@ def enrolled_credential(
     return found
 
 
-def _mef_address(url: str, mef_fqdn: str | None) -> tuple[str, int, str]:
+def _mef_address(url: str, mef_fqdn: str | None) -> tuple[str, int, str, Transport]:
     parts = urlsplit(url)
     try:
         port = parts.port
     except ValueError:
         port = None
-    if parts.scheme == "dtls":
-        fail("dtls:// bootstrap is not served by the MEF yet: use tls://HOST:PORT", 2)
-    if parts.scheme != "tls" or not parts.hostname or not port or parts.path not in ("", "/"):
-        fail("--mef must look like tls://HOST:PORT (the MEF's Enrolee listener)", 2)
+    schemes = {"tls": Transport.TLS, "dtls": Transport.DTLS}
+    if parts.scheme not in schemes or not parts.hostname or not port or parts.path not in ("", "/"):
+        fail("--mef must look like tls://HOST:PORT or dtls://HOST:PORT (an Enrolee listener)", 2)
     host = parts.hostname
     if mef_fqdn is None:
         if is_ip(host):
             fail("--mef names an IP address: give the MEF's FQDN with --mef-fqdn", 2)
         mef_fqdn = host
-    return host, port, mef_fqdn
+    return host, port, mef_fqdn, schemes[parts.scheme]
 
 
 def _target(maf_id: str | None, enrolee_b: str | None, naf_fqdn: str | None) -> EnrolmentTarget:
@@ -134,7 +135,9 @@ def _kpm(kpm: str | None, kpm_file: Path | None) -> bytes:
 
 
 def enrol(
-    mef: Annotated[str, url_option("The MEF's Enrolee listener, tls://HOST:PORT.", "--mef")],
+    mef: Annotated[
+        str, url_option("The MEF's Enrolee listener, tls:// or dtls://HOST:PORT.", "--mef")
+    ],
     kpm_id: Annotated[
         str | None, option("--kpm-id", metavar="ID", help="PSK bootstrap (8.3.2.1): our KpmID.")
     ] = None,
@@ -178,7 +181,7 @@ def enrol(
     store: StoreOption = None,
 ) -> None:
     """Enrol at a MEF (seed 004): get a KeID whose Km or Kpsa the target fetches from it."""
-    host, port, fqdn = _mef_address(mef, mef_fqdn)
+    host, port, fqdn, transport = _mef_address(mef, mef_fqdn)
     target = _target(maf_id, enrolee_b, naf_fqdn)
     certificate = (cert, key, ca)
     if kpm_id is not None and any(certificate):
@@ -192,9 +195,8 @@ def enrol(
             credential = CertificateCredential.from_files(cert, key, ca)
         else:
             fail("give --kpm-id with --kpm or --kpm-file, or --cert, --key and --ca", 2)
-        enrolee = Enrolee(
-            host, port, fqdn, credential, in_domain=in_domain, tls13=not tls12, timeout=timeout
-        )
+        enrolee = Enrolee(host, port, fqdn, credential, in_domain=in_domain,
+                          transport=transport, tls13=not tls12, timeout=timeout)  # fmt: skip
     failures = (M2MSecError, StoreError, OSError)
     with closing(_open_store(store)) as enrolments, exit_on_errors(failure=failures):
         result, reused = asyncio.run(enrol_or_reuse(enrolee, target, enrolments, fresh=renew))

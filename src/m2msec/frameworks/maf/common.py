@@ -128,15 +128,17 @@ def expect(
     *,
     peer: str = "MAF",
     error: type[MafError] = MafError,
+    status: str | None = None,
 ) -> dict[str, Any]:
     """The JSON object of an answer with RSC ``want`` (no body: empty); else ``error``
-    naming the RSC and the ``m2m:dbg`` of the ``peer`` (the MAF, or the MEF) ``maf``."""
+    naming the RSC, the binding's ``status`` (default ``HTTP <status>``) and the
+    ``m2m:dbg`` of the ``peer`` (the MAF, or the MEF) ``maf``."""
     if response.rsc != want:
         dbg = _debug_info(response)
         detail = f": {dbg}" if dbg else ""
         raise error(
             f"{what} refused by the {peer} {maf}: RSC {response.rsc} "
-            f"(HTTP {response.status}){detail}",
+            f"({status or f'HTTP {response.status}'}){detail}",
             response.rsc,
         )
     if not response.body:

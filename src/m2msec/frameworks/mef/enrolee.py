@@ -1,13 +1,15 @@
 """The Enrolee: bootstrap with the MEF and enrol for one target (TS-0003 8.3.2.1, 8.3.2.2,
 10.3.1-10.3.4, seed 004; docs/mef.md).
 
-1. **Bootstrap Security Handshake** with the MEF's Enrolee listener (``tls://H:P``): TLS-PSK
-   (10.2.2) with psk_identity = KpmID and psk = Kpm (8.3.2.1), or mutual TLS with the
-   Enrolee's certificate (10.2.3, 8.3.2.2), the MEF named by an FQDN certificate (10.1.1.6).
+1. **Bootstrap Security Handshake** with the MEF's Enrolee listener (``tls://H:P``, or
+   ``dtls://H:P``: DTLS 1.2, 10.2.1): TLS-PSK (10.2.2) with psk_identity = KpmID and psk =
+   Kpm (8.3.2.1), or mutual TLS with the Enrolee's certificate (10.2.3, 8.3.2.2), the MEF
+   named by an FQDN certificate (10.1.1.6).
 2. **Enrolment Key Generation** (10.3.1): 48 octets exported with
    ``EXPORTER-oneM2M-Bootstrap`` and no context; RelativeKeID and Ke split as every oneM2M
    export (docs/readings.md A-04); KeID = hexBinary(RelativeKeID)@MEF-FQDN (10.3.4).
-3. **Enrolment Exchange** (docs/mef.md section 2): ``POST /mef/enrolment`` naming the
+3. **Enrolment Exchange** (docs/mef.md section 2): ``POST /mef/enrolment`` (over HTTP on
+   TLS, over CoAP, TS-0008, on DTLS, as the MEF's listeners carry it) naming the
    Enrolment Target; the MEF answers after Ke is committed. The KeID it answers must be
    the one this session exported, and the target the one asked for, or the two ends would
    hold different keys.
@@ -31,6 +33,7 @@ from datetime import datetime
 
 import h11
 
+from m2msec.bindings.coap.options import CoapBindingError
 from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_BOOTSTRAP
 from m2msec.errors import HandshakeError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
@@ -43,8 +46,11 @@ from m2msec.maf.store_records import check_key
 from m2msec.mef import wire
 from m2msec.mef.keys import EnrolmentKey, derive_for_target
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
+from m2msec.service.coap_client import CoapClient
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
+from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
+from m2msec.tls.aio_dtls import DTLSAssociation, dtls_connect
 from m2msec.tls.context import PeerBinding, PeerKind
 from m2msec.tls.profiles import TLSProfile, Transport
 
@@ -72,7 +78,9 @@ class KpmCredential:
         check_key(self.kpm, "the Kpm")  # the MEF's own rule for a configured Kpm
 
 
-def _psk_profile(credential: KpmCredential, mef_fqdn: str, tls13: bool) -> TLSProfile:
+def _psk_profile(
+    credential: KpmCredential, mef_fqdn: str, transport: Transport, tls13: bool
+) -> TLSProfile:
     """TLS-PSK with psk_identity = KpmID, psk = Kpm, the MEF bound by its FQDN (the SNI)."""
     kpm_id, kpm = credential.kpm_id, bytes(credential.kpm)
     binding = PeerBinding(peer_id=mef_fqdn, kind=PeerKind.SERVICE, key_id=kpm_id)
@@ -81,7 +89,7 @@ def _psk_profile(credential: KpmCredential, mef_fqdn: str, tls13: bool) -> TLSPr
         # As every PSK initiator here: no hint is defined, any received is ignored (A-29).
         return kpm_id.encode(), kpm, binding
 
-    start = psk_profile(Transport.TLS, server_side=False, tls13=tls13, local_id=kpm_id)
+    start = psk_profile(transport, server_side=False, tls13=tls13, local_id=kpm_id)
     return replace(start, psk_offer=offer, server_name=mef_fqdn)
 
 
@@ -102,6 +110,7 @@ class Enrolee:
         *,
         in_domain: str | None = None,
         origin: str | None = None,
+        transport: Transport = Transport.TLS,
         tls13: bool = True,
         timeout: float = 10.0,
         clock: Clock = utc_now,
@@ -109,9 +118,10 @@ class Enrolee:
         self.host = host
         self.port = port
         self.mef_fqdn = check_fqdn(mef_fqdn, "MEF FQDN").lower()
+        self.transport = transport
         if isinstance(credential, KpmCredential):
             self.bootstrap_id = credential.kpm_id
-            self._profile = _psk_profile(credential, self.mef_fqdn, tls13)
+            self._profile = _psk_profile(credential, self.mef_fqdn, transport, tls13)
         else:
             initiator = CertificateInitiator.for_service(
                 credential, self.mef_fqdn, in_domain=in_domain or self.mef_fqdn.partition(".")[2]
@@ -119,7 +129,7 @@ class Enrolee:
             if initiator.local_id is None:
                 raise ValueError("the Enrolee's certificate names no CSE-ID or AE-ID")
             self.bootstrap_id = initiator.local_id
-            self._profile = initiator.profile(transport=Transport.TLS, tls13=tls13)
+            self._profile = initiator.profile(transport=transport, tls13=tls13)
         self.origin = origin or self.bootstrap_id
         self.timeout = timeout
         self.clock = clock
@@ -134,7 +144,7 @@ class Enrolee:
         """One bootstrap handshake and one Enrolment Exchange for ``target`` (None: the
         target the MEF has configured for us); the credential derived for the target."""
         try:
-            conn = await tls_connect(self.host, self.port, self._profile, timeout=self.timeout)
+            conn = await self._connect()
         except HandshakeError as exc:
             raise EnrolmentError(
                 f"bootstrap handshake with the MEF {self.mef_fqdn} ({self.host}:{self.port}) "
@@ -144,31 +154,56 @@ class Enrolee:
             key = EnrolmentKey.from_export(
                 conn.export_keying_material(LABEL_BOOTSTRAP, EXPORT_LENGTH, None), self.mef_fqdn
             )
-            response = await self._exchange(OneM2MClient(conn, host=self.mef_fqdn), target)
+            response, status = await self._exchange(conn, wire.EnrolmentRequestBody(target))
         finally:
             with contextlib.suppress(Exception):
-                await conn.close()
-        return self._result(key, target, response)
+                if isinstance(conn, DTLSAssociation):
+                    conn.close()
+                else:
+                    await conn.close()
+        return self._result(key, target, response, status)
+
+    async def _connect(self) -> TLSConnection | DTLSAssociation:
+        if self.transport is Transport.DTLS:
+            name = self._profile.server_name
+            return await dtls_connect(
+                self._profile, self.host, self.port, server_name=name, timeout=self.timeout
+            )
+        return await tls_connect(self.host, self.port, self._profile, timeout=self.timeout)
 
     async def _exchange(
-        self, client: OneM2MClient, target: EnrolmentTarget | None
-    ) -> OneM2MResponse:
-        content = wire.EnrolmentRequestBody(target).to_json()
-        request = client.request("POST", wire.ENROLMENT_PATH, origin=self.origin, content=content)
+        self, conn: TLSConnection | DTLSAssociation, body: wire.EnrolmentRequestBody
+    ) -> tuple[OneM2MResponse, str]:
+        """``POST /mef/enrolment``: over HTTP on TLS, over CoAP (TS-0008) on DTLS, as the
+        MEF's listeners carry it; the answer and its status as the binding writes it."""
+        path, content = wire.ENROLMENT_PATH, body.to_json()
         try:
-            return await asyncio.wait_for(request, self.timeout)
+            if isinstance(conn, DTLSAssociation):
+                coap = await CoapClient(conn).request(
+                    "POST", path, origin=self.origin, content=content, timeout=self.timeout
+                )
+                return OneM2MResponse(0, coap.rsc, {}, coap.payload), f"CoAP {coap.code_text}"
+            request = OneM2MClient(conn, host=self.mef_fqdn).request(
+                "POST", path, origin=self.origin, content=content
+            )
+            http = await asyncio.wait_for(request, self.timeout)
+            return http, f"HTTP {http.status}"
         except TimeoutError:
             late = f"{_WHAT}: the MEF {self.mef_fqdn} did not answer in time"
             raise EnrolmentError(late) from None
-        except (ConnectionError, OSError, h11.ProtocolError) as exc:
+        except (ConnectionError, OSError, h11.ProtocolError, CoapBindingError) as exc:
             reason = f"{_WHAT}: the connection to the MEF {self.mef_fqdn} failed ({exc})"
             raise EnrolmentError(reason) from None
 
     def _result(
-        self, key: EnrolmentKey, asked: EnrolmentTarget | None, response: OneM2MResponse
+        self,
+        key: EnrolmentKey,
+        asked: EnrolmentTarget | None,
+        response: OneM2MResponse,
+        status: str | None = None,
     ) -> EnrolmentResult:
         mef = self.mef_fqdn
-        doc = expect(response, 2001, _WHAT, mef, peer="MEF", error=EnrolmentError)
+        doc = expect(response, 2001, _WHAT, mef, peer="MEF", error=EnrolmentError, status=status)
         try:
             answer = wire.EnrolmentBody.parse(doc)
         except wire.WireError as exc:
