@@ -8,6 +8,8 @@ key lifetime reuses Ks (:class:`m2msec.frameworks.gba_device.DeviceState`). With
 the MAF-based framework (TS-0003 8.2.2.3) as Entity A: MAF Handshake with ``--km-id``/``--km``,
 Key Registration for IdB, then TLS-PSK with Entity B under the KcId
 (:class:`m2msec.frameworks.maf.MafInitiator`); it prints the KcId and the Kc's lifetime.
+A KeID of ``m2msec enrol`` given as ``--psk-identity`` without ``--psk``, or as ``--km-id``
+without ``--km``, takes its Kpsa or Km from the Enrolee store (:mod:`m2msec.cli.enrol`).
 A ``coaps://HOST:PORT/PATH`` URL sends the request by the CoAP binding (TS-0008) over
 DTLS 1.2 (TS-0003 10.2.1) instead, with the PSK or certificate options.
 """
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit
 import typer
 
 from m2msec.cli.common import console, context_details, fail, read_key
+from m2msec.cli.enrol import enrolled_credential, is_ke_id
 from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.ids import CseId, parse_entity_id
@@ -68,14 +71,18 @@ def _profile(
     transport: Transport = Transport.TLS,
 ) -> TLSProfile:
     if psk_identity or psk:
-        if not (psk_identity and psk):
-            fail("--psk-identity and --psk go together")
+        if not (psk_identity and (psk or is_ke_id(psk_identity))):
+            fail("--psk-identity and --psk go together (no --psk: a KeID of m2msec enrol)")
         from m2msec.frameworks.provisioned import PskInitiator
 
+        # No --psk: the KeID's Kpsa from the Enrolee store (m2msec enrol --enrolee-b).
+        kpsa = (
+            read_key(psk, "--psk")
+            if psk is not None
+            else enrolled_credential(psk_identity, enrolee_b=True).credential
+        )
         try:
-            initiator = PskInitiator(
-                psk_identity, read_key(psk, "--psk"), id_b, server_name=server_name
-            )
+            initiator = PskInitiator(psk_identity, kpsa, id_b, server_name=server_name)
         except (IdentifierError, ValueError) as exc:
             fail(str(exc))
         return initiator.profile(transport, tls13=not tls12)
@@ -159,8 +166,8 @@ def _maf_opener(
 
     targetIDs gets the Absolute CSE-ID/AE-ID (8.8.2.7) under ``--in-domain``; ``--cse-id``
     declares Entity A a CSE configured with its CSE-ID (seed 001)."""
-    if not (km_id and km):
-        fail("--maf needs --km-id and --km")
+    if not (km_id and (km or is_ke_id(km_id))):
+        fail("--maf needs --km-id and --km (no --km: a KeID of m2msec enrol)")
     if not (id_b or target_id):
         fail("--maf needs Entity B's identity: --id-b (or --target-id)")
     parts = urlsplit(maf)
@@ -174,7 +181,11 @@ def _maf_opener(
 
     target = target_id or id_b
     assert target is not None
-    key_km = read_key(km, "--km")
+    if km is not None:
+        key_km = read_key(km, "--km")
+    else:  # a KeID's Km from the Enrolee store (m2msec enrol --maf-id), for its MAF
+        enrolled = enrolled_credential(km_id, enrolee_b=False)
+        key_km, maf_fqdn = enrolled.credential, maf_fqdn or enrolled.target.target_id
     try:
         client = MafClient(
             parts.hostname, maf_port, maf_fqdn, km_id, key_km, tls13=not tls12, timeout=timeout

@@ -33,9 +33,11 @@ def _mount() -> None:
         app.add_typer(sub.app, name=name, help=help_text)
     from m2msec.cli.connect import connect
     from m2msec.cli.demo import demo
+    from m2msec.cli.enrol import enrol
 
     app.command("connect")(connect)
     app.command("demo")(demo)
+    app.command("enrol")(enrol)
 
 
 @app.callback()

@@ -101,6 +101,16 @@ NafOption = Annotated[
     str | None,
     option("--naf-fqdn", metavar="FQDN", help="The NAF FQDN of an AE as Enrolee B (A-27)."),
 ]
+# The Enrolment Target options, shared with ``m2msec enrol``.
+MafIdOption = Annotated[
+    str | None,
+    option("--maf-id", metavar="FQDN", help="Enrolment Target: this MAF (Km, 10.3.2)."),
+]
+EnroleeBOption = Annotated[
+    str | None,
+    option("--enrolee-b", metavar="ID", help="Enrolment Target: this CSE or AE as Enrolee B "
+           "(Kpsa, 10.3.3)."),
+]  # fmt: skip
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 
 
@@ -112,11 +122,17 @@ def _warn(message: str) -> None:
     stderr_console().print(Text(f"warning: {message}", style="yellow"))
 
 
-def _read_kpm(key: str | None, key_file: Path | None) -> bytes:
+def read_kpm(
+    key: str | None, key_file: Path | None, names: tuple[str, str] = ("--key", "--key-file")
+) -> bytes:
+    """A Kpm from ``-`` (stdin, a hidden prompt on a terminal) or a file (a warning when
+    others may read it); ``names`` are the two options in messages (``m2msec enrol`` too)."""
     if key is not None:
         if key != "-":
             # A key on the command line shows in ps and in the shell history.
-            raise ConfigurationError("give the Kpm as --key - (standard input) or --key-file")
+            raise ConfigurationError(
+                f"give the Kpm as {names[0]} - (standard input) or {names[1]}"
+            )
         return parse_kpm_hex(read_secret("-", "Kpm (hexadecimal)"))
     assert key_file is not None
     try:
@@ -209,18 +225,8 @@ def add_enrolee(
         option("--key", metavar="-", help="'-': read the Kpm in hexadecimal from standard input."),
     ] = None,
     cert_identity: CertIdentityOption = None,
-    maf_id: Annotated[
-        str | None,
-        option("--maf-id", metavar="FQDN", help="Enrolment Target: this MAF (Km, 10.3.2)."),
-    ] = None,
-    enrolee_b: Annotated[
-        str | None,
-        option(
-            "--enrolee-b",
-            metavar="ID",
-            help="Enrolment Target: this CSE or AE as Enrolee B (Kpsa, 10.3.3).",
-        ),
-    ] = None,
+    maf_id: MafIdOption = None,
+    enrolee_b: EnroleeBOption = None,
     naf_fqdn: NafOption = None,
     lifetime: Annotated[
         str,
@@ -238,7 +244,7 @@ def add_enrolee(
         if cert_identity is not None and (key is not None or key_file is not None):
             raise ConfigurationError("a certificate Enrolee (--cert-identity) has no Kpm")
         _bootstrap(kpm_id, cert_identity)
-        kpm = None if cert_identity is not None else _read_kpm(key, key_file)
+        kpm = None if cert_identity is not None else read_kpm(key, key_file)
         enrolee = make_enrolee(
             kpm_id=kpm_id,
             kpm=kpm,

@@ -29,11 +29,18 @@ from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
 
 log = logging.getLogger(__name__)
 
-def _profile(
-    transport: Transport, *, server_side: bool, tls13: bool, local_id: str | None
+def psk_profile(
+    transport: Transport,
+    *,
+    server_side: bool,
+    tls13: bool,
+    local_id: str | None,
+    framework: Framework = Framework.PROVISIONED_PSK,
 ) -> TLSProfile:
+    """The start of every PSK role's profile (this framework's, the MAF's, the MEF
+    bootstrap's): the 10.2.2 suites (CCM_8 first over DTLS, 10.2.1), no callables yet."""
     return new_profile(
-        Framework.PROVISIONED_PSK,
+        framework,
         transport,
         server_side=server_side,
         suites=psk_suites(transport),
@@ -105,7 +112,7 @@ class PskResponder:
         return entry.kpsa, binding_for(entry)
 
     def profile(self, transport: Transport = Transport.TLS, *, tls13: bool = True) -> TLSProfile:
-        profile = _profile(transport, server_side=True, tls13=tls13, local_id=self.local_id)
+        profile = psk_profile(transport, server_side=True, tls13=tls13, local_id=self.local_id)
         return replace(profile, psk_resolver=self.resolve)
 
 
@@ -141,5 +148,5 @@ class PskInitiator:
         return self.kpsa_id.encode(), self._kpsa, binding
 
     def profile(self, transport: Transport = Transport.TLS, *, tls13: bool = True) -> TLSProfile:
-        profile = _profile(transport, server_side=False, tls13=tls13, local_id=self.local_id)
+        profile = psk_profile(transport, server_side=False, tls13=tls13, local_id=self.local_id)
         return replace(profile, psk_offer=self.offer, server_name=self.server_name)

@@ -3,7 +3,7 @@
 One SQLite file (default ``<data dir>/mef.db``; WAL, ``synchronous=FULL``, ``secure_delete``,
 created 0600 in a 0700 directory) or the ``m2msec_mef`` schema of a PostgreSQL database
 (``postgresql://...``, needs ``m2msec[postgres]``), on :class:`~m2msec.store.db.Database`
-as the MAF and BSF stores are; :class:`~m2msec.store.sealed_store.SealedStore` opens it
+as the MAF and BSF stores are; :class:`~m2msec.store.sealed_store.SealedTables` opens it
 (:func:`~m2msec.store.schema.open_sealed_store`), migrates it and checks the
 key-encryption key (``$M2MSEC_KEK`` or the ``kek`` file). Tables::
 
@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from m2msec.errors import DuplicateCredentialError
 from m2msec.keyids import KeId
@@ -59,7 +59,7 @@ from m2msec.store.db import (
     to_epoch,
 )
 from m2msec.store.schema import KekCheck, SealedSchema
-from m2msec.store.sealed_store import SealedStore
+from m2msec.store.sealed_store import SealedTables
 
 __all__ = [
     "MEF_STORE_NAME",
@@ -74,7 +74,6 @@ SCHEMA_VERSION: Final = 1
 _KEK_CHECK: Final = KekCheck(
     b"m2msec/mef/meta/kek-check", b"m2msec MEF key-encryption key check, version 1"
 )
-_T = TypeVar("_T")
 #: Rows per progress report of a bulk import.
 _CHUNK: Final = 500
 
@@ -165,7 +164,7 @@ def _epoch(value: datetime) -> int:
 _SCHEMA: Final = SealedSchema(migrations, SCHEMA_VERSION, _KEK_CHECK)
 
 
-class MefStore(SealedStore):
+class MefStore(SealedTables):
     """The MEF store (module docstring). Thread-safe.
 
     ``target`` is a file path, a ``sqlite:///`` or ``postgresql://`` URL, a
@@ -451,33 +450,6 @@ class MefStore(SealedStore):
             lambda c: list(c.fetchall()),
         )
         return [(int(seq), json.loads(text)) for seq, text in rows]
-
-    # -- internals --------------------------------------------------------------------------
-    def _read(self, sql: str, args: tuple[Any, ...], fetch: Callable[[Any], _T]) -> _T:
-        with self._rlock:
-            try:
-                return fetch(self._reader().execute(sql, args))
-            except self._db.errors as exc:
-                raise self._error("read", exc) from None
-
-    def _write(self, sql: str, args: tuple[Any, ...], duplicate: str | None = None) -> int:
-        return self._transaction(lambda conn: int(conn.execute(sql, args).rowcount), duplicate)
-
-    def _transaction(self, run: Callable[[Connection], _T], duplicate: str | None = None) -> _T:
-        """``run`` inside BEGIN ... COMMIT on the write connection; rolled back on error.
-        A broken constraint becomes DuplicateCredentialError(``duplicate``) when given."""
-        db = self._db
-        with self._wlock:
-            try:
-                with db.transaction(self._writer()) as conn:
-                    out = run(conn)
-            except db.integrity_errors as exc:
-                if duplicate is None:
-                    raise self._error("write", exc) from None
-                raise DuplicateCredentialError(duplicate) from None
-            except db.errors as exc:
-                raise self._error("write", exc) from None
-        return out
 
 
 def _count(cursor: Any) -> int:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, Self, cast
+from typing import Any, Final, Literal, Protocol, Self, cast, overload
 from urllib.parse import unquote, urlsplit
 
 from m2msec.errors import ConfigurationError, StoreError
@@ -79,6 +79,12 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
+@overload
+def to_epoch(value: datetime) -> int: ...
+@overload
+def to_epoch(value: None) -> None: ...
+@overload
+def to_epoch(value: datetime | None) -> int | None: ...
 def to_epoch(value: datetime | None) -> int | None:
     """Whole seconds since the epoch (floor); a naive datetime is taken as UTC (oneM2M time)."""
     if value is None:
@@ -88,6 +94,12 @@ def to_epoch(value: datetime | None) -> int | None:
     return (value - _EPOCH) // _SECOND
 
 
+@overload
+def from_epoch(value: int) -> datetime: ...
+@overload
+def from_epoch(value: None) -> None: ...
+@overload
+def from_epoch(value: int | None) -> datetime | None: ...
 def from_epoch(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + timedelta(seconds=value)
 

@@ -6,19 +6,24 @@ write transaction in one thread does not hold up lookups (the PSK callback, Key 
 in another. Both are opened by :func:`m2msec.store.schema.open_sealed_store`, replaced at
 their next use when broken (a PostgreSQL server that went away; the operation that met the
 failure gets a StoreError), and closed together. The BSF store has a single connection and
-opens directly with :func:`~m2msec.store.schema.open_sealed_store`.
+opens directly with :func:`~m2msec.store.schema.open_sealed_store`. :class:`SealedTables`
+adds the plain read / write / transaction steps of a store without caches (the MEF's, the
+Enrolee's).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any, TypeVar
 
-from m2msec.errors import StoreError
+from m2msec.errors import DuplicateCredentialError, StoreError
 from m2msec.store.db import Closing, Connection, Database
 from m2msec.store.schema import SealedSchema, open_sealed_store
 
-__all__ = ["SealedStore"]
+__all__ = ["SealedStore", "SealedTables"]
+
+_T = TypeVar("_T")
 
 
 class SealedStore(Closing):
@@ -86,3 +91,35 @@ class SealedStore(Closing):
         return StoreError(
             f"cannot {action} {self._kind} {self._db.label}: {self._db.message(exc)}"
         )
+
+
+class SealedTables(SealedStore):
+    """A :class:`SealedStore` whose every read goes to the database (no cache): one
+    statement read (:meth:`_read`), written (:meth:`_write`) or a transaction of several
+    (:meth:`_transaction`), each turning the database's errors into StoreError."""
+
+    def _read(self, sql: str, args: tuple[Any, ...], fetch: Callable[[Any], _T]) -> _T:
+        with self._rlock:
+            try:
+                return fetch(self._reader().execute(sql, args))
+            except self._db.errors as exc:
+                raise self._error("read", exc) from None
+
+    def _write(self, sql: str, args: tuple[Any, ...], duplicate: str | None = None) -> int:
+        return self._transaction(lambda conn: int(conn.execute(sql, args).rowcount), duplicate)
+
+    def _transaction(self, run: Callable[[Connection], _T], duplicate: str | None = None) -> _T:
+        """``run`` inside BEGIN ... COMMIT on the write connection; rolled back on error.
+        A broken constraint becomes DuplicateCredentialError(``duplicate``) when given."""
+        db = self._db
+        with self._wlock:
+            try:
+                with db.transaction(self._writer()) as conn:
+                    out = run(conn)
+            except db.integrity_errors as exc:
+                if duplicate is None:
+                    raise self._error("write", exc) from None
+                raise DuplicateCredentialError(duplicate) from None
+            except db.errors as exc:
+                raise self._error("write", exc) from None
+        return out

@@ -21,11 +21,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from m2msec.errors import M2MSecError
+from m2msec.frameworks.provisioned import psk_profile
 from m2msec.keyids import KcId
 from m2msec.maf import wire
 from m2msec.service.onem2m_client import OneM2MResponse
 from m2msec.tls.context import Framework
-from m2msec.tls.profiles import TLSProfile, Transport, new_profile, psk_suites
+from m2msec.tls.profiles import TLSProfile, Transport
 
 __all__ = [
     "SUID_MAF_SAEF",
@@ -120,16 +121,24 @@ def _debug_info(response: OneM2MResponse) -> str:
 
 
 def expect(
-    response: OneM2MResponse, want: int, what: str, maf: str, *, peer: str = "MAF"
+    response: OneM2MResponse,
+    want: int,
+    what: str,
+    maf: str,
+    *,
+    peer: str = "MAF",
+    error: type[MafError] = MafError,
+    status: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON object of an answer with RSC ``want`` (no body: empty); else :class:`MafError`
-    naming the RSC and the ``m2m:dbg`` of the MAF (or, as ``peer``, the MEF)."""
+    """The JSON object of an answer with RSC ``want`` (no body: empty); else ``error``
+    naming the RSC, the binding's ``status`` (default ``HTTP <status>``) and the
+    ``m2m:dbg`` of the ``peer`` (the MAF, or the MEF) ``maf``."""
     if response.rsc != want:
         dbg = _debug_info(response)
         detail = f": {dbg}" if dbg else ""
-        raise MafError(
+        raise error(
             f"{what} refused by the {peer} {maf}: RSC {response.rsc} "
-            f"(HTTP {response.status}){detail}",
+            f"({status or f'HTTP {response.status}'}){detail}",
             response.rsc,
         )
     if not response.body:
@@ -137,9 +146,9 @@ def expect(
     try:
         doc = response.json()
     except (ValueError, UnicodeDecodeError):
-        raise MafError(f"{what}: the {peer} {maf} answered with malformed JSON") from None
+        raise error(f"{what}: the {peer} {maf} answered with malformed JSON") from None
     if not isinstance(doc, dict):
-        raise MafError(f"{what}: the {peer} {maf} answered with malformed JSON")
+        raise error(f"{what}: the {peer} {maf} answered with malformed JSON")
     return doc
 
 
@@ -159,13 +168,8 @@ def maf_profile(
 ) -> TLSProfile:
     """The start of a MAF Client's profile (towards the MAF or the other Entity): the 10.2.2
     PSK suites (CCM_8 first over DTLS, 10.2.1); each role adds its callables."""
-    return new_profile(
-        Framework.MAF,
-        transport,
-        server_side=server_side,
-        suites=psk_suites(transport),
-        tls13=tls13,
-        local_id=local_id,
+    return psk_profile(
+        transport, server_side=server_side, tls13=tls13, local_id=local_id, framework=Framework.MAF
     )
 
 
