@@ -109,12 +109,12 @@ def run_server(
         d = Path(tmp)
         cfg = MafConfig(
             FQDN,
-            str(d / "maf.db"),
-            f"tls://{HOST}:{ports[0]}",
-            f"tls://{HOST}:{ports[1]}",
-            d / "maf.pem",
-            d / "maf.key",
-            d / "ca.pem",
+            store=str(d / "maf.db"),
+            listen=f"tls://{HOST}:{ports[0]}",
+            retrieval_listen=f"tls://{HOST}:{ports[1]}",
+            cert=d / "maf.pem",
+            key=d / "maf.key",
+            ca=d / "ca.pem",
             in_domain=IN_DOMAIN,
             tls13=tls13,
             max_handshakes=4096,

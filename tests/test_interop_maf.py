@@ -42,7 +42,9 @@ async def maf(tmp_path: Path) -> AsyncIterator[MafServer]:
     store = MafStore(tmp_path / "maf.db", cache_ttl=0)
     store.add_client(KM_ID, KM, "/mn-cse-123456/Clight-AE1")
     store.add_entity_b(IN_CSE)
-    cfg = MafConfig(MAF_FQDN, str(tmp_path / "maf.db"), f"tls://{HOST}:0", None)
+    cfg = MafConfig(
+        MAF_FQDN, str(tmp_path / "maf.db"), listen=f"tls://{HOST}:0", retrieval_listen=None
+    )
     server = MafServer(cfg, store)
     await server.start()
     try:

@@ -186,12 +186,12 @@ class Maf:
 def maf_config(directory: Path, pki: Pki, **kw: Any) -> MafConfig:
     return MafConfig(
         MAF_FQDN,
-        str(directory / "maf.db"),
-        f"tls://{HOST}:0",
-        f"tls://{HOST}:0",
-        pki.maf_cert,
-        pki.maf_key,
-        pki.ca_pem,
+        store=str(directory / "maf.db"),
+        listen=f"tls://{HOST}:0",
+        retrieval_listen=f"tls://{HOST}:0",
+        cert=pki.maf_cert,
+        key=pki.maf_key,
+        ca=pki.ca_pem,
         in_domain=IN_DOMAIN,
         **kw,
     )
@@ -697,13 +697,23 @@ def test_config_file_parsing(tmp_path: Path) -> None:
 
 
 async def test_server_start_errors(tmp_path: Path, pki: Pki) -> None:
-    cfg = MafConfig(MAF_FQDN, str(tmp_path / "maf.db"), f"tls://{HOST}:0", f"tls://{HOST}:0")
+    cfg = MafConfig(
+        MAF_FQDN,
+        store=str(tmp_path / "maf.db"),
+        listen=f"tls://{HOST}:0",
+        retrieval_listen=f"tls://{HOST}:0",
+    )
     with pytest.raises(ConfigurationError, match="--cert, --key, --ca"):
         await MafServer(cfg).start()
-    cfg = MafConfig(MAF_FQDN, "postgresql://db.example/maf?bogus=1", f"tls://{HOST}:0", None)
+    cfg = MafConfig(
+        MAF_FQDN, store="postgresql://db.example/maf?bogus=1", listen=f"tls://{HOST}:0",
+        retrieval_listen=None,
+    )  # fmt: skip
     with pytest.raises(ConfigurationError, match="PostgreSQL"):
         await MafServer(cfg).start()
-    cfg = MafConfig(MAF_FQDN, str(tmp_path / "maf.db"), f"http://{HOST}:0", None)
+    cfg = MafConfig(
+        MAF_FQDN, store=str(tmp_path / "maf.db"), listen=f"http://{HOST}:0", retrieval_listen=None
+    )
     with pytest.raises(ConfigurationError, match="tls://HOST:PORT only"):
         await MafServer(cfg).start()
     # A certificate that does not name the MAF's FQDN.
@@ -711,12 +721,12 @@ async def test_server_start_errors(tmp_path: Path, pki: Pki) -> None:
     key, cert = write_credential(pki.ca.issue("/in-cse"), wrong)
     cfg = MafConfig(
         MAF_FQDN,
-        str(tmp_path / "maf.db"),
-        f"tls://{HOST}:0",
-        f"tls://{HOST}:0",
-        cert,
-        key,
-        pki.ca_pem,
+        store=str(tmp_path / "maf.db"),
+        listen=f"tls://{HOST}:0",
+        retrieval_listen=f"tls://{HOST}:0",
+        cert=cert,
+        key=key,
+        ca=pki.ca_pem,
         in_domain=IN_DOMAIN,
     )
     with pytest.raises(ConfigurationError, match=r"does not name maf\.in\.provider\.com"):
@@ -807,13 +817,17 @@ def test_durability_default_depends_on_the_store(
     store: str, durability: str | None, expected: str
 ) -> None:
     # SQLite "normal" survives a killed MAF; a shared PostgreSQL defaults to synchronous commits.
-    cfg = MafConfig(MAF_FQDN, store, f"tls://{HOST}:0", None, durability=durability)
+    cfg = MafConfig(
+        MAF_FQDN, store, listen=f"tls://{HOST}:0", retrieval_listen=None, durability=durability
+    )
     assert cfg.effective_durability == expected
 
 
 def test_durability_must_be_known() -> None:
     with pytest.raises(ConfigurationError, match="durability must be 'full' or 'normal'"):
-        MafConfig(MAF_FQDN, "maf.db", f"tls://{HOST}:0", None, durability="fast")
+        MafConfig(
+            MAF_FQDN, "maf.db", listen=f"tls://{HOST}:0", retrieval_listen=None, durability="fast"
+        )
 
 
 async def test_key_retrieval_listener_checks_crl(tmp_path: Path) -> None:

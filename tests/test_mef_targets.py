@@ -296,7 +296,8 @@ async def test_maf_accepts_a_keid_as_kmid(world: World, tmp_path: Path) -> None:
     maf_store = MafStore(tmp_path / "maf.db")
     maf_store.add_entity_b("/in-cse")
     cfg = MafConfig(
-        MAF_FQDN, str(tmp_path / "maf.db"), f"tls://{HOST}:0", f"tls://{HOST}:0", cert=cert,
+        MAF_FQDN, str(tmp_path / "maf.db"), listen=f"tls://{HOST}:0",
+        retrieval_listen=f"tls://{HOST}:0", cert=cert,
         key=key, ca=world.pki.ca.cert_path, mef=f"tls://{HOST}:{world.target_port}",
         mef_fqdn=MEF_FQDN,
     )  # fmt: skip

@@ -11,20 +11,26 @@ from typing import Any, Final
 
 from m2msec.config.listeners import ListenerSpec, parse_listen_url, parse_service_url
 from m2msec.config.loader import load
-from m2msec.config.values import ServiceDomains, check_service_config, typed_tables
+from m2msec.config.values import (
+    CERTIFICATE_KEYS,
+    SERVICE_KEYS,
+    ServiceConfig,
+    check_service_config,
+    service_paths,
+    typed_tables,
+)
 from m2msec.errors import (
     ConfigurationError,
     IdentifierError,
 )
 from m2msec.maf import protocol as p
-from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
 DEFAULT_LISTEN: Final = "tls://127.0.0.1:8444"
 DEFAULT_RETRIEVAL_LISTEN: Final = "tls://127.0.0.1:8445"
 
 
-@dataclass(frozen=True, slots=True)
-class MafConfig(ServiceDomains):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MafConfig(ServiceConfig):
     """Everything ``m2msec maf serve`` needs (TOML: see :func:`parse_maf_config`).
 
     ``retrieval_listen`` None disables Key Retrieval (and the need for ``cert``/``key``/
@@ -38,35 +44,18 @@ class MafConfig(ServiceDomains):
     ``mef_timeout`` bounds each fetch (the waiting handshake then fails).
     """
 
-    fqdn: str
-    store: str | None = None
     listen: str = DEFAULT_LISTEN
     retrieval_listen: str | None = DEFAULT_RETRIEVAL_LISTEN
-    cert: str | Path | None = None
-    key: str | Path | None = None
-    ca: str | Path | None = None
-    #: CRL file checked for every Key Retrieval client certificate (reloaded on change).
-    crl: str | Path | None = None
     key_lifetime: float = p.DEFAULT_KEY_LIFETIME.total_seconds()
     registration_lifetime: float = p.DEFAULT_REGISTRATION_LIFETIME.total_seconds()
-    in_domain: str | None = None
-    sp_fqdn: str | None = None
-    tls13: bool = True
-    handshake_timeout: float = 10.0
-    max_handshakes: int = 1024
-    idle_timeout: float = 120.0
-    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
-    max_body: int = 64 * 1024
     audit_log: str | None = None
     durability: str | None = None
     """"normal", "full", or None: "normal" for SQLite, "full" for PostgreSQL."""
-    purge_interval: float = 3600.0
     retention: float = 7 * 86400.0
     audit_retention: float = 400 * 86400.0
     mef: str | None = None
     mef_fqdn: str | None = None
     mef_timeout: float = 5.0
-    source: str = "<arguments>"
 
     def __post_init__(self) -> None:
         check_service_config(
@@ -130,39 +119,22 @@ class MafConfig(ServiceDomains):
 
 _KEYS: Final[dict[str, dict[str, type]]] = {
     "maf": {
-        "fqdn": str,
-        "store": str,
+        **SERVICE_KEYS,
         "listen": str,
         "retrieval_listen": str,
-        "in_domain": str,
-        "sp_fqdn": str,
         "key_lifetime": float,
         "registration_lifetime": float,
-        "tls13": bool,
-        "handshake_timeout": float,
-        "max_handshakes": int,
-        "idle_timeout": float,
-        "request_head_timeout": float,
-        "max_body": int,
         "audit_log": str,
         "audit_retention": float,
         "durability": str,
-        "purge_interval": float,
         "retention": float,
         "mef": str,
         "mef_fqdn": str,
         "mef_timeout": float,
     },
-    "certificates": {"cert": str, "key": str, "ca": str, "crl": str},
+    "certificates": dict(CERTIFICATE_KEYS),
 }
-_PATHS: Final = {
-    ("maf", "store"),
-    ("maf", "audit_log"),
-    ("certificates", "cert"),
-    ("certificates", "key"),
-    ("certificates", "ca"),
-    ("certificates", "crl"),
-}
+_PATHS: Final = service_paths("maf", "audit_log")
 
 
 def parse_maf_config(

@@ -11,9 +11,15 @@ from typing import Any, Final
 
 from m2msec.config.listeners import FrameworkName, ListenerSpec, parse_listen_url
 from m2msec.config.loader import load
-from m2msec.config.values import ServiceDomains, check_service_config, typed_tables
+from m2msec.config.values import (
+    CERTIFICATE_KEYS,
+    SERVICE_KEYS,
+    ServiceConfig,
+    check_service_config,
+    service_paths,
+    typed_tables,
+)
 from m2msec.errors import ConfigurationError
-from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
 __all__ = [
     "DEFAULT_ENROLEE_LISTEN",
@@ -31,8 +37,8 @@ DEFAULT_TARGET_LISTEN: Final = "tls://127.0.0.1:8447"
 _ENROLEE_FRAMEWORKS: Final = ("psk", "certificate")
 
 
-@dataclass(frozen=True, slots=True)
-class MefConfig(ServiceDomains):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MefConfig(ServiceConfig):
     """Everything ``m2msec mef serve`` needs (TOML: see :func:`parse_mef_config`).
 
     ``enrolee_listen`` lists the Enrolee listeners, ``tls://`` or ``dtls://HOST:PORT``, each
@@ -44,25 +50,8 @@ class MefConfig(ServiceDomains):
     ``in_domain``). Durations are seconds.
     """
 
-    fqdn: str
-    store: str | None = None
     enrolee_listen: tuple[str, ...] = DEFAULT_ENROLEE_LISTEN
     target_listen: str | None = DEFAULT_TARGET_LISTEN
-    cert: str | Path | None = None
-    key: str | Path | None = None
-    ca: str | Path | None = None
-    #: CRL checked for every target and certificate Enrolee (reloaded on change).
-    crl: str | Path | None = None
-    in_domain: str | None = None
-    sp_fqdn: str | None = None
-    tls13: bool = True
-    handshake_timeout: float = 10.0
-    max_handshakes: int = 1024
-    idle_timeout: float = 120.0
-    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
-    max_body: int = 64 * 1024
-    purge_interval: float = 3600.0
-    source: str = "<arguments>"
 
     def __post_init__(self) -> None:
         durations = ("handshake_timeout", "idle_timeout", "request_head_timeout", "purge_interval")
@@ -109,29 +98,13 @@ class MefConfig(ServiceDomains):
 
 _KEYS: Final[dict[str, dict[str, type]]] = {
     "mef": {
-        "fqdn": str,
-        "store": str,
+        **SERVICE_KEYS,
         "enrolee_listen": list,
         "target_listen": str,
-        "in_domain": str,
-        "sp_fqdn": str,
-        "tls13": bool,
-        "handshake_timeout": float,
-        "max_handshakes": int,
-        "idle_timeout": float,
-        "request_head_timeout": float,
-        "max_body": int,
-        "purge_interval": float,
     },
-    "certificates": {"cert": str, "key": str, "ca": str, "crl": str},
+    "certificates": dict(CERTIFICATE_KEYS),
 }
-_PATHS: Final = {
-    ("mef", "store"),
-    ("certificates", "cert"),
-    ("certificates", "key"),
-    ("certificates", "ca"),
-    ("certificates", "crl"),
-}
+_PATHS: Final = service_paths("mef")
 
 
 def parse_mef_config(

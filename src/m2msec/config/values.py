@@ -9,20 +9,25 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import check_fqdn
+from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
 __all__ = [
-    "ServiceDomains",
+    "CERTIFICATE_KEYS",
+    "SERVICE_KEYS",
+    "ServiceConfig",
     "boolean",
     "check_service_config",
     "file_path",
     "invalid",
     "is_ip",
     "number",
+    "service_paths",
     "typed_tables",
     "unknown_key",
 ]
@@ -121,15 +126,33 @@ def typed_tables(
     return values
 
 
-class ServiceDomains:
-    """The domains of a service named by its FQDN (the MAF's, the MEF's configuration): the
-    IN public domain of CSE certificates, by default the FQDN without its first label, and
-    the M2M-SP FQDN of SP-relative ids, by default that domain."""
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The settings every TLS service named by its FQDN shares (the MAF's, the MEF's
+    configuration): its FQDN and store, its FQDN certificate (10.1.1.6) with key, trust
+    anchors and an optional CRL (reloaded on change), the domains of its peers' names, and
+    the limits of its listeners. Durations are seconds.
 
-    __slots__ = ()
+    ``in_domain`` is the IN public domain of CSE certificates, by default the FQDN without
+    its first label; ``sp_fqdn`` the M2M-SP FQDN of SP-relative ids, by default that domain.
+    """
+
     fqdn: str
-    in_domain: str | None
-    sp_fqdn: str | None
+    store: str | None = None
+    cert: str | Path | None = None
+    key: str | Path | None = None
+    ca: str | Path | None = None
+    crl: str | Path | None = None
+    in_domain: str | None = None
+    sp_fqdn: str | None = None
+    tls13: bool = True
+    handshake_timeout: float = 10.0
+    max_handshakes: int = 1024
+    idle_timeout: float = 120.0
+    request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
+    max_body: int = 64 * 1024
+    purge_interval: float = 3600.0
+    source: str = "<arguments>"
 
     @property
     def effective_in_domain(self) -> str:
@@ -159,3 +182,32 @@ def check_service_config(config: Any, what: str, durations: Iterable[str]) -> No
             raise ConfigurationError(f"{name} must be greater than 0")
     if config.max_handshakes < 1 or config.max_body < 1024:
         raise ConfigurationError("max_handshakes must be >= 1 and max_body >= 1024")
+
+
+#: The keys a TLS service's own table takes (the MAF's ``[maf]``, the MEF's ``[mef]``), with
+#: their types for :func:`typed_tables`; each service adds its listeners and its own keys.
+SERVICE_KEYS: Final[Mapping[str, type]] = {
+    "fqdn": str,
+    "store": str,
+    "in_domain": str,
+    "sp_fqdn": str,
+    "tls13": bool,
+    "handshake_timeout": float,
+    "max_handshakes": int,
+    "idle_timeout": float,
+    "request_head_timeout": float,
+    "max_body": int,
+    "purge_interval": float,
+}
+#: Their ``[certificates]`` table: the service's FQDN certificate, its key, the CA, a CRL.
+CERTIFICATE_KEYS: Final[Mapping[str, type]] = {"cert": str, "key": str, "ca": str, "crl": str}
+
+
+def service_paths(section: str, *files: str) -> frozenset[tuple[str, str]]:
+    """The file keys of a service's configuration, read relative to its file: its
+    ``store`` and ``files`` in ``[section]``, and every key of ``[certificates]``."""
+    return frozenset(
+        {(section, "store"), *((section, f) for f in files)}
+        | {("certificates", key) for key in CERTIFICATE_KEYS}
+    )
+

@@ -174,7 +174,8 @@ class ResponderProfiles:
         return self.mef.profile(transport, tls13=self.config.tls13)
 
     def _responder(self, kind: Callable[..., _R], fetcher: KeyFetcher[Any, Any]) -> _R:
-        """Entity B over a key fetcher, bound as our CSE-ID under our M2M-SP (A-14)."""
+        """Entity B over a key fetcher, bound as our CSE-ID under our M2M-SP
+        (docs/readings.md A-14)."""
         cfg = self.config
         return kind(fetcher, str(cfg.cse_id), sp_fqdn=sp_fqdn_of(cfg), require_sni=cfg.require_sni)
 
