@@ -255,11 +255,10 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
             await _gateway_to_in(result, say, in_gw, in_acme, mn_cert, mn_key, ca.cert_path)
             await _gba_device(result, say, in_gw, in_acme, bsf)
             await _smartphone(result, say, in_gw, in_acme, maf, km)
-            enrolee_port = mef.listener("enrolee").port
-            enrolees = {n: Enrolee("127.0.0.1", enrolee_port, MEF_FQDN, KpmCredential(n, k))
-                        for n, k in kpms.items()}  # fmt: skip
-            await _meter(result, say, mn_gw, mn_acme, store, enrolees[METER[0]])
-            await _sensor(result, say, in_gw, in_acme, maf, enrolees[SENSOR[0]])
+            meter = _factory_fresh(mef, METER[0], kpms)
+            await _meter(result, say, mn_gw, mn_acme, store, meter)
+            sensor = _factory_fresh(mef, SENSOR[0], kpms)
+            await _sensor(result, say, in_gw, in_acme, maf, sensor)
             fetched = mef.stats["fetched"]
             what = "MEF: 2 enrolments, each credential fetched once by its target"
             _step(result, say, what, f"{fetched} fetched", mef.stats["enrolments"] == fetched == 2)
@@ -469,6 +468,12 @@ async def _smartphone(
     )
     _check(result, say, "smartphone creates container commands", r, 2001)
     await http.close()
+
+
+def _factory_fresh(mef: MefServer, kpm_id: str, kpms: dict[str, bytes]) -> Enrolee:
+    """A device holding only its KpmID and Kpm, and the MEF's address."""
+    port = mef.listener("enrolee").port
+    return Enrolee("127.0.0.1", port, MEF_FQDN, KpmCredential(kpm_id, kpms[kpm_id]))
 
 
 def _enrolled(say: Say, device: str, got: EnrolmentResult, what: str) -> None:
