@@ -248,8 +248,10 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
         async with mn_gw, in_gw:
             say(f"  home gateway MN-CSE: {mn_gw.url()} -> ACME {mn_acme.url}")
             say(f"                       {mn_gw.url(1)} (CoAP over DTLS)")
-            say(f"                       {mn_gw.url(2)} (framework=mef, Kpsa from the MEF)")
+            say(f"                       {mn_gw.url(2)} (Enrolee B: Kpsa fetched from the MEF)")
             say(f"  IN-CSE:              {in_gw.url()} -> ACME {in_acme.url}")
+            enrolee_url, target_url = (mef.listener(role).url for role in ("enrolee", "target"))
+            say(f"  MEF {MEF_FQDN}: Enrolees {enrolee_url}, fetchCredentials {target_url}")
             await _lights(result, say, mn_gw, mn_acme)
             await _light_over_coap(result, say, mn_gw, mn_acme)
             await _gateway_to_in(result, say, in_gw, in_acme, mn_cert, mn_key, ca.cert_path)
