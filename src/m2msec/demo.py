@@ -442,20 +442,10 @@ async def _smartphone(
     result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, maf: MafServer, km: bytes
 ) -> None:
     say("[bold]7. Smartphone to IN-CSE: MAF-based framework (TS-0003 8.2.2.3, TR-0038 7.1.4)[/]")
-    port = next(i.port for i in gw.listeners if i.framework == "maf")
-    client = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, SMARTPHONE[0], km)
-    # targetIDs holds the Absolute CSE-ID (8.8.2.7); the session binds IdB as configured.
-    initiator = MafInitiator(
-        client, f"//{IN_DOMAIN}/{IN_CSE}", f"{IN_CSE}.{IN_DOMAIN}", id_b=f"/{IN_CSE}"
-    )
-    conn = await initiator.connect("127.0.0.1", port)
-    issued = initiator.current
-    assert issued is not None
-    result.associations.append(("Smartphone -> IN-CSE", conn.context, None))
-    say(f"  MAF Handshake as {SMARTPHONE[0]}; Kc registered for /{IN_CSE}")
-    say(f"  TLS-PSK, psk_identity KcId {issued.kc_id}, {conn.context.cipher_suite}")
+    handshake = f"MAF Handshake as {SMARTPHONE[0]}; Kc registered for /{IN_CSE}"
+    label = "Smartphone -> IN-CSE"
+    http = await _maf_association(result, say, gw, maf, SMARTPHONE[0], km, label, handshake)
     say("  (the IN-CSE's gateway fetched Kc from the MAF by Key Retrieval, mutual TLS)")
-    http = OneM2MClient(conn)
     ae = {"m2m:ae": {"rn": "smartphone", "api": "Nsmartphone", "rr": False, "srv": ["3"]}}
     r = await http.request("POST", acme.base_path, origin="Clight-AE1", ty=2, content=ae)
     _check(result, say, "smartphone registering as Clight-AE1 is refused", r, 4106)
@@ -470,6 +460,32 @@ async def _smartphone(
     )
     _check(result, say, "smartphone creates container commands", r, 2001)
     await http.close()
+
+
+async def _maf_association(
+    result: DemoResult,
+    say: Say,
+    gw: Gateway,
+    maf: MafServer,
+    km_id: str,
+    km: bytes,
+    label: str,
+    handshake: str,
+) -> OneM2MClient:
+    """MAF Handshake as ``km_id``, Kc for the IN-CSE, TLS-PSK with its gateway under KcId."""
+    port = next(i.port for i in gw.listeners if i.framework == "maf")
+    client = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, km_id, km)
+    # targetIDs holds the Absolute CSE-ID (8.8.2.7); the session binds IdB as configured.
+    initiator = MafInitiator(
+        client, f"//{IN_DOMAIN}/{IN_CSE}", f"{IN_CSE}.{IN_DOMAIN}", id_b=f"/{IN_CSE}"
+    )
+    conn = await initiator.connect("127.0.0.1", port)
+    issued = initiator.current
+    assert issued is not None
+    result.associations.append((label, conn.context, None))
+    say(f"  {handshake}")
+    say(f"  TLS-PSK, psk_identity KcId {issued.kc_id}, {conn.context.cipher_suite}")
+    return OneM2MClient(conn)
 
 
 def _factory_fresh(mef: MefServer, kpm_id: str, kpms: dict[str, bytes]) -> Enrolee:
@@ -520,18 +536,13 @@ async def _sensor(
     kpm_id, enrolee_id, target = SENSOR
     got = await enrolee.enrol(target)
     _enrolled(say, kpm_id, got, "Km (10.3.2)")
-    port = next(i.port for i in gw.listeners if i.framework == "maf")
-    client = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, str(got.ke_id), got.credential)
-    initiator = MafInitiator(
-        client, f"//{IN_DOMAIN}/{IN_CSE}", f"{IN_CSE}.{IN_DOMAIN}", id_b=f"/{IN_CSE}"
+    handshake = (
+        f"MAF Handshake with KmID = KeID (the MAF fetched Km from the MEF); Kc for /{IN_CSE}"
     )
-    conn = await initiator.connect("127.0.0.1", port)
-    issued = initiator.current
-    assert issued is not None
-    result.associations.append(("sensor -> IN-CSE (MEF, MAF)", conn.context, None))
-    say(f"  MAF Handshake with KmID = KeID (the MAF fetched Km from the MEF); Kc for /{IN_CSE}")
-    say(f"  TLS-PSK, psk_identity KcId {issued.kc_id}, {conn.context.cipher_suite}")
-    http = OneM2MClient(conn)
+    label = "sensor -> IN-CSE (MEF, MAF)"
+    http = await _maf_association(
+        result, say, gw, maf, str(got.ke_id), got.credential, label, handshake
+    )
     ae = {"m2m:ae": {"rn": "sensor-2", "api": "Nsensor", "rr": False, "srv": ["3"]}}
     r = await http.request("POST", acme.base_path, origin=enrolee_id, ty=2, content=ae)
     _check(result, say, f"sensor registers as {enrolee_id}, its Enrolee-ID", r, 2001)
