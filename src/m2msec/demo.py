@@ -145,27 +145,7 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
             ca=ca.cert_path,
         )
     )
-    mef_key, mef_cert = write_credential(ca.issue_service(MEF_FQDN), workdir / "mef")
-    mef_store = MefStore(workdir / "mef.db", kek=secrets.token_bytes(32))
-    kpms = {kpm_id: secrets.token_bytes(16) for kpm_id, _, _ in (METER, SENSOR)}  # factory
-    for kpm_id, enrolee_id, target in (METER, SENSOR):
-        config = EnroleeConfig(
-            Bootstrap.PSK, kpm_id, enrolee_id, target, timedelta(days=30), kpms[kpm_id]
-        )
-        mef_store.add_enrolee(config)
-        mef_store.allow_target(target)
-        say(f"  MEF {MEF_FQDN}: Enrolee {kpm_id} (Kpm), Enrolee-ID {enrolee_id}, target {target}")
-    mef = MefServer(
-        MefConfig(
-            MEF_FQDN,
-            enrolee_listen=("tls://127.0.0.1:0",),
-            target_listen="tls://127.0.0.1:0",
-            cert=mef_cert,
-            key=mef_key,
-            ca=ca.cert_path,
-        ),
-        mef_store,
-    )
+    mef, mef_store, kpms = _mef(workdir, ca, say)
     await mef.start()  # the MAF's configuration names its target listener
     mef_port = mef.listener("target").port
     maf_key, maf_cert = write_credential(ca.issue_service(MAF_FQDN), workdir / "maf")
@@ -193,8 +173,8 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
     say("[bold]2. Starting the CSEs (ACME) and the m2msec gateways in front of them[/]")
     mn_acme = AcmeCSE(workdir / "acme-mn", MN_CSE, "mn-cse")
     in_acme = AcmeCSE(workdir / "acme-in", IN_CSE, "cse-in", allowed_csr=(f"/{MN_CSE}",))
-    await asyncio.gather(mn_acme.start(), in_acme.start())
     try:
+        await asyncio.gather(mn_acme.start(), in_acme.start())
         mn_gw = Gateway(
             GatewayConfig(
                 listen=(
@@ -279,6 +259,33 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
         maf_store.close()
         mef_store.close()
     return result
+
+
+def _mef(
+    workdir: Path, ca: CertificateAuthority, say: Say
+) -> tuple[MefServer, MefStore, dict[str, bytes]]:
+    """The MEF with its FQDN certificate and the two PSK Enrolees, configured as
+    ``m2msec mef add-enrolee`` and ``allow-target`` would; each Kpm is drawn here, as at
+    the factory, and handed only to its device."""
+    mef_key, mef_cert = write_credential(ca.issue_service(MEF_FQDN), workdir / "mef")
+    mef_store = MefStore(workdir / "mef.db", kek=secrets.token_bytes(32))
+    kpms = {kpm_id: secrets.token_bytes(16) for kpm_id, _, _ in (METER, SENSOR)}
+    for kpm_id, enrolee_id, target in (METER, SENSOR):
+        enrolee = EnroleeConfig(
+            Bootstrap.PSK, kpm_id, enrolee_id, target, timedelta(days=30), kpms[kpm_id]
+        )
+        mef_store.add_enrolee(enrolee)
+        mef_store.allow_target(target)  # before the MEF starts: it names MAFs then
+        say(f"  MEF {MEF_FQDN}: Enrolee {kpm_id} (Kpm), Enrolee-ID {enrolee_id}, target {target}")
+    config = MefConfig(
+        MEF_FQDN,
+        enrolee_listen=("tls://127.0.0.1:0",),
+        target_listen="tls://127.0.0.1:0",
+        cert=mef_cert,
+        key=mef_key,
+        ca=ca.cert_path,
+    )
+    return MefServer(config, mef_store), mef_store, kpms
 
 
 def _host_port(url: str) -> tuple[str, int]:
