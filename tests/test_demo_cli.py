@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 @pytest.mark.interop
@@ -15,7 +19,8 @@ def test_demo_runs_tr0038_scenario() -> None:
         capture_output=True,
         text=True,
         timeout=240,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+        # PYTHONPATH: this checkout's m2msec, whichever tree the editable install names.
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": SRC},
     )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
@@ -33,12 +38,36 @@ def test_demo_runs_tr0038_scenario() -> None:
     # The smartphone reaches the IN-CSE through the MAF and may only be the MAF's IdA.
     assert "smartphone registering as Clight-AE1 is refused: X-M2M-RSC 4106 ok" in out
     assert "smartphone registers as Csmartphone, the MAF's IdA: X-M2M-RSC 2001 ok" in out
+    # A factory-fresh meter enrols at the MEF (PSK bootstrap) for the home gateway, which
+    # had no psk row for it and fetches the Kpsa from the MEF; its AE registers.
+    assert "MN-CSE psk table (2 rows) holds no row for /mn-cse-123456/Cmeter-1: ok" in out
+    assert "meter-0001: TLS-PSK bootstrap as KpmID meter-0001 (PSK bootstrap, 8.3.2.1)" in out
+    assert re.search(r"Enrolment Exchange: KeID [0-9a-f]{32}@mef\.in\.provider\.com", out)
+    assert "meter registers as Cmeter-1, the AE its Enrolee-ID names: X-M2M-RSC 2001 ok" in out
+    assert "meter speaking as Clight-AE1 is refused: X-M2M-RSC 4106 ok" in out
+    assert "MN-CSE psk table still holds no row for it: ok" in out
+    # A second device enrols for the MAF (PSK bootstrap, said so); the MAF fetches Km.
+    assert "MEF bootstrap (PSK, not GBA) for the MAF" in out
+    assert "sensor-0002: TLS-PSK bootstrap as KpmID sensor-0002 (PSK bootstrap" in out
+    assert "sensor registers as Csensor-2, its Enrolee-ID: X-M2M-RSC 2001 ok" in out
+    assert "MAF store holds no Master Credential for the KeID: ok" in out
+    assert "MEF: 2 enrolments, each credential fetched once by its target: ok" in out
     # Entity B's SA records bind the AE-IDs from the psk table and the CSE-ID from the cert.
     table = out[out.index("Security associations established") :]
     for expected in (
-        "Clight-AE1", "Clight-AE2", "/mn-cse-123456", "certificate", "DTLSv1.2", "gba", "maf",
+        "Clight-AE1",
+        "Clight-AE2",
+        "/mn-cse-123456",
+        "certificate",
+        "DTLSv1.2",
+        "gba",
+        "maf",
         "Csmartphone",
+        "/mn-cse-123456/Cmeter-1",
+        "Csensor-2",
     ):
         assert expected in table
     assert "All steps behaved as TS-0003 and TR-0038 describe." in out
     assert "1a2b3c4d5e6f7a8b" not in out + done.stderr  # no key material printed
+    # Nor the drawn Kpm, Ke, Kpsa, Km or Kc: no run of hex digits longer than a KeID's.
+    assert not re.search(r"[0-9a-fA-F]{33,}", out + done.stderr)

@@ -14,6 +14,13 @@
   MAF Handshake with its KmID/Km at an in-process MAF, Key Registration of a Kc for the
   IN-CSE, TLS-PSK with the IN-CSE's gateway under the KcId; the gateway fetches the Kc by
   Key Retrieval over mutual TLS and binds the AE-ID the MAF vouches for.
+* A factory-fresh meter, holding only its KpmID/Kpm, enrols at an in-process MEF (TS-0003
+  8.3.2.1, seed 004; PSK bootstrap) for the home gateway as Enrolee B, then reaches it by
+  TLS-PSK under its KeID: the gateway (``framework=mef``) fetches the Kpsa from the MEF,
+  its psk table never holding a row for the meter.
+* A second device enrols, by PSK bootstrap too (the GBA bootstrap of 8.3.2.3 is not used
+  here), for the MAF; the MAF (``mef``) fetches Km from the MEF, and the device reaches
+  the IN-CSE by the MAF-based framework with KmID = its KeID.
 
 The CSEs are ACME instances; m2msec gateways stand in front of them as Entity B.
 """
@@ -24,6 +31,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +43,29 @@ from m2msec.config import (
     GatewayConfig,
     GbaConfig,
     MafRetrievalConfig,
+    MefTargetConfig,
     PskConfig,
     parse_listen_url,
 )
 from m2msec.config.maf import MafConfig
+from m2msec.config.mef import MefConfig
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
+from m2msec.frameworks.mef import Enrolee, EnrolmentResult, KpmCredential
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.gba.aka import Usim
 from m2msec.gba.records import Guss
 from m2msec.ids import CseId
 from m2msec.maf.store import MafStore
+from m2msec.mef.records import Bootstrap, EnrolmentTarget
+from m2msec.mef.records import Enrolee as EnroleeConfig
+from m2msec.mef.store import MefStore
 from m2msec.pki.authority import CertificateAuthority, write_credential
 from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafServer
+from m2msec.servers.mef import MefServer
 from m2msec.service.coap_client import CoapClient
 from m2msec.service.onem2m_client import OneM2MClient, OneM2MResponse
 from m2msec.store import SqlitePskStore
@@ -69,6 +84,11 @@ GBA_OPC = "cd63cb71954a9f4e48a5994e37a02baf"
 MAF_FQDN = "maf.provider.com"
 #: TR-0038 7.1.4's smartphone: its KmID at the MAF and the AE-ID the MAF vouches for.
 SMARTPHONE = ("smartphone@maf.provider.com", "Csmartphone")
+
+MEF_FQDN = f"mef.{IN_DOMAIN}"
+#: The MEF's Enrolees (KpmID, Enrolee-ID, Enrolment Target); their Kpm is drawn at "factory".
+METER = ("meter-0001", f"/{MN_CSE}/Cmeter-1", EnrolmentTarget.enrolee_b(f"/{MN_CSE}"))
+SENSOR = ("sensor-0002", "Csensor-2", EnrolmentTarget.maf(MAF_FQDN))
 
 #: TR-0038 Table 7.1.2-1 (the lights) and 7.1.2-2 (the MN-CSE): the same rows.
 LIGHTS = (
@@ -125,6 +145,9 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
             ca=ca.cert_path,
         )
     )
+    mef, mef_store, kpms = _mef(workdir, ca, say)
+    await mef.start()  # the MAF's configuration names its target listener
+    mef_port = mef.listener("target").port
     maf_key, maf_cert = write_credential(ca.issue_service(MAF_FQDN), workdir / "maf")
     km = secrets.token_bytes(32)
     maf_store = MafStore(workdir / "maf.db")
@@ -141,6 +164,8 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
             key=maf_key,
             ca=ca.cert_path,
             in_domain=IN_DOMAIN,
+            mef=f"tls://127.0.0.1:{mef_port}",  # m2msec maf serve --mef: Km of KeIDs
+            mef_fqdn=MEF_FQDN,
         ),
         maf_store,
     )
@@ -148,18 +173,20 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
     say("[bold]2. Starting the CSEs (ACME) and the m2msec gateways in front of them[/]")
     mn_acme = AcmeCSE(workdir / "acme-mn", MN_CSE, "mn-cse")
     in_acme = AcmeCSE(workdir / "acme-in", IN_CSE, "cse-in", allowed_csr=(f"/{MN_CSE}",))
-    await asyncio.gather(mn_acme.start(), in_acme.start())
     try:
+        await asyncio.gather(mn_acme.start(), in_acme.start())
         mn_gw = Gateway(
             GatewayConfig(
                 listen=(
-                    parse_listen_url("tls://127.0.0.1:0"),
-                    parse_listen_url("dtls://127.0.0.1:0"),  # CoAP over DTLS
+                    parse_listen_url("tls://127.0.0.1:0?framework=psk"),
+                    parse_listen_url("dtls://127.0.0.1:0?framework=psk"),  # CoAP over DTLS
+                    parse_listen_url("tls://127.0.0.1:0?framework=mef"),  # Enrolee B
                 ),
                 backend=mn_acme.url,
                 cse_id=CseId.parse(MN_CSE),
                 in_domain=IN_DOMAIN,
                 psk=PskConfig(),
+                mef=MefTargetConfig(MEF_FQDN, "127.0.0.1", mef_port, mn_cert, mn_key, ca.cert_path),
             ),
             store=store,
         )
@@ -201,12 +228,22 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
         async with mn_gw, in_gw:
             say(f"  home gateway MN-CSE: {mn_gw.url()} -> ACME {mn_acme.url}")
             say(f"                       {mn_gw.url(1)} (CoAP over DTLS)")
+            say(f"                       {mn_gw.url(2)} (Enrolee B: Kpsa fetched from the MEF)")
             say(f"  IN-CSE:              {in_gw.url()} -> ACME {in_acme.url}")
+            enrolee_url, target_url = (mef.listener(role).url for role in ("enrolee", "target"))
+            say(f"  MEF {MEF_FQDN}: Enrolees {enrolee_url}, fetchCredentials {target_url}")
             await _lights(result, say, mn_gw, mn_acme)
             await _light_over_coap(result, say, mn_gw, mn_acme)
             await _gateway_to_in(result, say, in_gw, in_acme, mn_cert, mn_key, ca.cert_path)
             await _gba_device(result, say, in_gw, in_acme, bsf)
             await _smartphone(result, say, in_gw, in_acme, maf, km)
+            meter = _factory_fresh(mef, METER[0], kpms)
+            await _meter(result, say, mn_gw, mn_acme, store, meter)
+            sensor = _factory_fresh(mef, SENSOR[0], kpms)
+            await _sensor(result, say, in_gw, in_acme, maf, sensor)
+            fetched = mef.stats["fetched"]
+            what = "MEF: 2 enrolments, each credential fetched once by its target"
+            _step(result, say, what, f"{fetched} fetched", mef.stats["enrolments"] == fetched == 2)
             # Entity B's SA record for each association, found by the shared SA identifier.
             records = {**mn_gw.recent_associations, **in_gw.recent_associations}
             result.associations = [
@@ -217,10 +254,38 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
                 "IN-CSE": in_gw.stats.as_dict(),
             }
     finally:
-        await asyncio.gather(mn_acme.stop(), in_acme.stop(), bsf.close(), maf.close())
+        await asyncio.gather(mn_acme.stop(), in_acme.stop(), bsf.close(), maf.close(), mef.close())
         store.close()
         maf_store.close()
+        mef_store.close()
     return result
+
+
+def _mef(
+    workdir: Path, ca: CertificateAuthority, say: Say
+) -> tuple[MefServer, MefStore, dict[str, bytes]]:
+    """The MEF with its FQDN certificate and the two PSK Enrolees, configured as
+    ``m2msec mef add-enrolee`` and ``allow-target`` would; each Kpm is drawn here, as at
+    the factory, and handed only to its device."""
+    mef_key, mef_cert = write_credential(ca.issue_service(MEF_FQDN), workdir / "mef")
+    mef_store = MefStore(workdir / "mef.db", kek=secrets.token_bytes(32))
+    kpms = {kpm_id: secrets.token_bytes(16) for kpm_id, _, _ in (METER, SENSOR)}
+    for kpm_id, enrolee_id, target in (METER, SENSOR):
+        enrolee = EnroleeConfig(
+            Bootstrap.PSK, kpm_id, enrolee_id, target, timedelta(days=30), kpms[kpm_id]
+        )
+        mef_store.add_enrolee(enrolee)
+        mef_store.allow_target(target)  # before the MEF starts: it names MAFs then
+        say(f"  MEF {MEF_FQDN}: Enrolee {kpm_id} (Kpm), Enrolee-ID {enrolee_id}, target {target}")
+    config = MefConfig(
+        MEF_FQDN,
+        enrolee_listen=("tls://127.0.0.1:0",),
+        target_listen="tls://127.0.0.1:0",
+        cert=mef_cert,
+        key=mef_key,
+        ca=ca.cert_path,
+    )
+    return MefServer(config, mef_store), mef_store, kpms
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -384,20 +449,10 @@ async def _smartphone(
     result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, maf: MafServer, km: bytes
 ) -> None:
     say("[bold]7. Smartphone to IN-CSE: MAF-based framework (TS-0003 8.2.2.3, TR-0038 7.1.4)[/]")
-    port = next(i.port for i in gw.listeners if i.framework == "maf")
-    client = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, SMARTPHONE[0], km)
-    # targetIDs holds the Absolute CSE-ID (8.8.2.7); the session binds IdB as configured.
-    initiator = MafInitiator(
-        client, f"//{IN_DOMAIN}/{IN_CSE}", f"{IN_CSE}.{IN_DOMAIN}", id_b=f"/{IN_CSE}"
-    )
-    conn = await initiator.connect("127.0.0.1", port)
-    issued = initiator.current
-    assert issued is not None
-    result.associations.append(("Smartphone -> IN-CSE", conn.context, None))
-    say(f"  MAF Handshake as {SMARTPHONE[0]}; Kc registered for /{IN_CSE}")
-    say(f"  TLS-PSK, psk_identity KcId {issued.kc_id}, {conn.context.cipher_suite}")
+    handshake = f"MAF Handshake as {SMARTPHONE[0]}; Kc registered for /{IN_CSE}"
+    label = "Smartphone -> IN-CSE"
+    http = await _maf_association(result, say, gw, maf, SMARTPHONE[0], km, label, handshake)
     say("  (the IN-CSE's gateway fetched Kc from the MAF by Key Retrieval, mutual TLS)")
-    http = OneM2MClient(conn)
     ae = {"m2m:ae": {"rn": "smartphone", "api": "Nsmartphone", "rr": False, "srv": ["3"]}}
     r = await http.request("POST", acme.base_path, origin="Clight-AE1", ty=2, content=ae)
     _check(result, say, "smartphone registering as Clight-AE1 is refused", r, 4106)
@@ -412,3 +467,97 @@ async def _smartphone(
     )
     _check(result, say, "smartphone creates container commands", r, 2001)
     await http.close()
+
+
+async def _maf_association(
+    result: DemoResult,
+    say: Say,
+    gw: Gateway,
+    maf: MafServer,
+    km_id: str,
+    km: bytes,
+    label: str,
+    handshake: str,
+) -> OneM2MClient:
+    """MAF Handshake as ``km_id``, Kc for the IN-CSE, TLS-PSK with its gateway under KcId."""
+    port = next(i.port for i in gw.listeners if i.framework == "maf")
+    client = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, km_id, km)
+    # targetIDs holds the Absolute CSE-ID (8.8.2.7); the session binds IdB as configured.
+    initiator = MafInitiator(
+        client, f"//{IN_DOMAIN}/{IN_CSE}", f"{IN_CSE}.{IN_DOMAIN}", id_b=f"/{IN_CSE}"
+    )
+    conn = await initiator.connect("127.0.0.1", port)
+    issued = initiator.current
+    assert issued is not None
+    result.associations.append((label, conn.context, None))
+    say(f"  {handshake}")
+    say(f"  TLS-PSK, psk_identity KcId {issued.kc_id}, {conn.context.cipher_suite}")
+    return OneM2MClient(conn)
+
+
+def _factory_fresh(mef: MefServer, kpm_id: str, kpms: dict[str, bytes]) -> Enrolee:
+    """A device holding only its KpmID and Kpm, and the MEF's address."""
+    port = mef.listener("enrolee").port
+    return Enrolee("127.0.0.1", port, MEF_FQDN, KpmCredential(kpm_id, kpms[kpm_id]))
+
+
+def _enrolled(say: Say, device: str, got: EnrolmentResult, what: str) -> None:
+    say(f"  {device}: TLS-PSK bootstrap as KpmID {got.bootstrap_id} (PSK bootstrap, 8.3.2.1)")
+    say(f"  Enrolment Exchange: KeID {got.ke_id}, expires {got.expires:%Y-%m-%d}")
+    say(f"  {what} derived from Ke for {got.target}; the target fetches the same from the MEF")
+
+
+async def _meter(
+    result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, psk: SqlitePskStore, enrolee: Enrolee
+) -> None:
+    say("[bold]8. Factory-fresh meter to home gateway: MEF bootstrap (TS-0003 8.3.2.1)[/]")
+    kpm_id, enrolee_id, target = METER
+    rows = [row.kpsa_id for row in psk.list() if row.entity_id == enrolee_id]
+    what = f"MN-CSE psk table ({psk.count()} rows) holds no row for {enrolee_id}"
+    _step(result, say, what, f"{len(rows)} rows", not rows)
+    got = await enrolee.enrol(target)
+    _enrolled(say, kpm_id, got, "Kpsa (10.3.3)")
+    port = next(i.port for i in gw.listeners if i.framework == "mef")
+    initiator = PskInitiator(
+        str(got.ke_id), got.credential, f"/{MN_CSE}", server_name=f"{MN_CSE}.{IN_DOMAIN}"
+    )
+    conn = await connect("127.0.0.1", port, initiator.profile())
+    result.associations.append(("meter -> MN-CSE (MEF)", conn.context, None))
+    say(f"  TLS-PSK, psk_identity KeID, {conn.context.cipher_suite}")
+    say("  (the gateway fetched the Kpsa from the MEF by fetchCredentials, mutual TLS)")
+    client = OneM2MClient(conn)
+    ae = {"m2m:ae": {"rn": "meter-1", "api": "Nmeter", "rr": False, "srv": ["3"]}}
+    r = await client.request("POST", acme.base_path, origin="Cmeter-1", ty=2, content=ae)
+    _check(result, say, "meter registers as Cmeter-1, the AE its Enrolee-ID names", r, 2001)
+    r = await client.request("GET", f"{acme.base_path}/adn-ae1/state/la", origin="Clight-AE1")
+    _check(result, say, "meter speaking as Clight-AE1 is refused", r, 4106)
+    await client.close()
+    rows = [row.kpsa_id for row in psk.list() if row.entity_id == enrolee_id]
+    _step(result, say, "MN-CSE psk table still holds no row for it", f"{len(rows)} rows", not rows)
+
+
+async def _sensor(
+    result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, maf: MafServer, enrolee: Enrolee
+) -> None:
+    say("[bold]9. Sensor to IN-CSE: MEF bootstrap (PSK, not GBA) for the MAF, then the MAF[/]")
+    kpm_id, enrolee_id, target = SENSOR
+    got = await enrolee.enrol(target)
+    _enrolled(say, kpm_id, got, "Km (10.3.2)")
+    handshake = (
+        f"MAF Handshake with KmID = KeID (the MAF fetched Km from the MEF); Kc for /{IN_CSE}"
+    )
+    label = "sensor -> IN-CSE (MEF, MAF)"
+    http = await _maf_association(
+        result, say, gw, maf, str(got.ke_id), got.credential, label, handshake
+    )
+    ae = {"m2m:ae": {"rn": "sensor-2", "api": "Nsensor", "rr": False, "srv": ["3"]}}
+    r = await http.request("POST", acme.base_path, origin=enrolee_id, ty=2, content=ae)
+    _check(result, say, f"sensor registers as {enrolee_id}, its Enrolee-ID", r, 2001)
+    await http.close()
+    unknown = maf.store.get_client(str(got.ke_id)) is None
+    _step(result, say, "MAF store holds no Master Credential for the KeID", str(unknown), unknown)
+
+
+def _step(result: DemoResult, say: Say, what: str, value: str, passed: bool) -> None:
+    result.steps.append((what, value, passed))
+    say(f"  {what}: {'[green]ok[/]' if passed else f'[red]{value}[/]'}")
