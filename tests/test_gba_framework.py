@@ -707,7 +707,8 @@ def test_gba_beside_another_framework_needs_framework_names(tmp_path: Path) -> N
         'zn = "tls://bsf.in.provider.com:1"\n'
         '[certificates]\ncert = "in-cse.pem"\nkey = "in-cse.key"\nca = "ca/ca.pem"'
     )
-    with pytest.raises(ConfigurationError, match=r"add \?framework=gba"):
+    both = r"\[certificates\] and \[gba\] are configured; add .*\?framework=gba"
+    with pytest.raises(ConfigurationError, match=both):
         load_config(_gba_toml(tmp_path, gba, '"tls://127.0.0.1:8443"'))
     ok = load_config(
         _gba_toml(

@@ -821,7 +821,7 @@ def test_gateway_maf_section(tmp_path: Path) -> None:
         with pytest.raises(ConfigurationError, match=re.escape(message)):
             load_config(path)
     for listen, message in (
-        ("tls://127.0.0.1:0", "add ?framework=maf or another"),
+        ("tls://127.0.0.1:0", "or ?framework=maf (one listener per framework)"),
     ):
         path = _toml_config(tmp_path, files, section, listen)
         with pytest.raises(ConfigurationError, match=re.escape(message)):

@@ -162,6 +162,11 @@ def test_gateway_mef_section(pki: Pki, tmp_path: Path) -> None:
         parse_config(
             {**base, "gateway": {**base["gateway"], "listen": ["tls://127.0.0.1:8443"]}}
         )
+    # [psk] and [mef] (no certificates on the listener either): refused at load, not at start.
+    with pytest.raises(ConfigurationError, match=r"\[psk\] and \[certificates\] and \[mef\]"):
+        parse_config(
+            {**base, "psk": {}, "gateway": {**base["gateway"], "listen": ["tls://127.0.0.1:8443"]}}
+        )
     without = {k: v for k, v in base.items() if k != "mef"}
     with pytest.raises(ConfigurationError, match="framework=mef needs"):
         parse_config(without)

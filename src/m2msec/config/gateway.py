@@ -340,46 +340,34 @@ def parse_config(
     maf = None if maf_section is None else parse_maf(maf_section, base, in_domain, certificates)
     mef = None if mef_section is None else parse_mef(mef_section, base, in_domain, certificates)
 
+    # The frameworks configured, by the name a listener's ?framework= gives, and the table
+    # that configures each.
+    configured = {
+        name: table
+        for name, table, value in (
+            ("psk", "psk", psk),
+            ("certificate", "certificates", certificates),
+            ("gba", "gba", gba),
+            ("maf", "maf", maf),
+            ("mef", "mef", mef),
+        )
+        if value is not None
+    }
     for i, spec in enumerate(listen):
         if not spec.secure:
             continue
         where = f"gateway.listen[{i}]"
-        if spec.framework is None and psk is not None and certificates is not None:
+        if spec.framework is None and len(configured) > 1:
+            tables = " and ".join(f"[{t}]" for t in configured.values())
+            choices = " or ".join(f"?framework={n}" for n in configured)
             raise invalid(
                 where,
-                f"{spec.url!r}: both [psk] and [certificates] are configured; add "
-                "?framework=psk or ?framework=certificate (one listener per framework)",
+                f"{spec.url!r}: {tables} are configured; add {choices} "
+                "(one listener per framework)",
             )
-        if spec.framework is None and gba is not None and (psk or certificates):
-            raise invalid(
-                where,
-                f"{spec.url!r}: [gba] and another framework are configured; add "
-                "?framework=gba or another framework (one listener per framework)",
-            )
-        if spec.framework is None and maf is not None and (psk or certificates or gba):
-            raise invalid(
-                where,
-                f"{spec.url!r}: [maf] and another framework are configured; add "
-                "?framework=maf or another framework (one listener per framework)",
-            )
-        if spec.framework is None and mef is not None and (psk or certificates or gba or maf):
-            raise invalid(
-                where,
-                f"{spec.url!r}: [mef] and another framework are configured; add "
-                "?framework=mef or another framework (one listener per framework)",
-            )
-        if spec.framework == "maf" and maf is None:
-            raise invalid(where, f"{spec.url!r}: framework=maf needs [maf]")
-        if spec.framework == "mef" and mef is None:
-            raise invalid(where, f"{spec.url!r}: framework=mef needs [mef]")
-        if spec.framework == "gba" and gba is None:
-            raise invalid(where, f"{spec.url!r}: framework=gba needs [gba]")
-        if spec.framework == "psk" and psk is None:
-            raise invalid(where, f"{spec.url!r} asks for framework=psk but there is no [psk]")
-        if spec.framework == "certificate" and certificates is None:
-            raise invalid(
-                where, f"{spec.url!r} asks for framework=certificate but there is no [certificates]"
-            )
+        if spec.framework is not None and spec.framework not in configured:
+            table = {"certificate": "certificates"}.get(spec.framework, spec.framework)
+            raise invalid(where, f"{spec.url!r}: framework={spec.framework} needs [{table}]")
     seen: dict[tuple[bool, str, int], str] = {}
     for i, spec in enumerate(listen):
         address = (spec.scheme == "dtls", spec.host, spec.port)  # UDP and TCP ports differ
