@@ -81,7 +81,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("mef-pki"))
 
 
-def seed_store(path: Path, kek: bytes | None = KEK) -> MefStore:
+def seed_store(path: str | Path, kek: bytes | None = KEK) -> MefStore:
     """The Enrolees and targets of these tests (``m2msec mef`` admin commands' job);
     ``kek`` None: the store's own KEK file, beside it, as a server process reads it."""
     store = MefStore(path, kek=kek)
