@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -106,6 +106,7 @@ class MefRefusal(MafRefusal):
 
 
 _NO_SUCH_ENROLMENT = "no such enrolment for this Enrolment Target"
+_KE_ID_IN_USE = "this KeID is in use: run a new bootstrap handshake"
 
 
 def _answer(rsc: int, body: Mapping[str, Any] | None, request: OneM2MRequest) -> HttpResponse:
@@ -210,7 +211,20 @@ class MefService:
         self, request: OneM2MRequest, who: EnroleeIdentity, exported: bytes | None
     ) -> HttpResponse:
         """Answer ``POST /mef/enrolment`` on a bootstrap session. ``exported`` is None when
-        this session has enrolled already (one Ke per handshake: 4105)."""
+        this session has enrolled already (one Ke per handshake: 4105). The three steps
+        below, for a caller that commits alone; the MEF server groups the commits of
+        concurrent sessions (:mod:`m2msec.service.group_commit`)."""
+        planned = self.prepare_enrolment(request, who, exported)
+        if isinstance(planned, HttpResponse):
+            return planned
+        (refusal,) = self.commit_enrolments([planned])
+        return self.answer_enrolment(request, who, planned, refusal)
+
+    def prepare_enrolment(
+        self, request: OneM2MRequest, who: EnroleeIdentity, exported: bytes | None
+    ) -> PlannedEnrolment | HttpResponse:
+        """Check the request and plan its enrolment (:meth:`plan_enrolment`), or the
+        refusal's answer. Reads the store; writes only a refusal's audit record."""
         try:
             if request.target != ENROLMENT_PATH:
                 raise MefRefusal(RSC.NOT_FOUND, f"no resource {request.target[:80]!r}")
@@ -224,25 +238,48 @@ class MefService:
                     RSC.CONFLICT,
                     "one enrolment per bootstrap handshake: run a new one",
                 )
-            planned = self.plan_enrolment(who, exported, asked.target)
-            self._commit(planned)
+            return self.plan_enrolment(who, exported, asked.target)
         except MefRefusal as refusal:
-            self.stats["enrolments_refused"] += 1
-            self._refused(MefEvent.ENROLMENT_REFUSED, str(who), refusal)
-            return _answer(refusal.rsc, {"m2m:dbg": refusal.message}, request)
+            return self._enrolment_refused(request, who, refusal)
+
+    def commit_enrolments(self, planned: Sequence[PlannedEnrolment]) -> list[MefRefusal | None]:
+        """Store planned enrolments with their audit records in one durable transaction;
+        per enrolment, None or why it was not stored. A KeID already stored (a repeated
+        export, 4105) fails only its own enrolment: the batch is then stored one by one."""
+        try:
+            self.store.commit(
+                [(p.enrolment, p.enrolee) for p in planned], [p.audit for p in planned]
+            )
+            return [None] * len(planned)
+        except DuplicateCredentialError:
+            if len(planned) == 1:
+                return [MefRefusal(RSC.CONFLICT, _KE_ID_IN_USE)]
+            return [self.commit_enrolments([p])[0] for p in planned]
+        except StoreError as exc:
+            refusal = self._store_failed("store the enrolment", exc)
+            return [refusal] * len(planned)
+
+    def answer_enrolment(
+        self,
+        request: OneM2MRequest,
+        who: EnroleeIdentity,
+        planned: PlannedEnrolment,
+        refusal: MefRefusal | None,
+    ) -> HttpResponse:
+        """The answer to an enrolment once its commit is done: 2001 with KeID, target and
+        expiry, or the refusal (recorded in the audit table, which writes the store)."""
+        if refusal is not None:
+            return self._enrolment_refused(request, who, refusal)
         self.stats["enrolments"] += 1
         log.info("enrolled %s as %s for %s", who, planned.answer.ke_id, planned.enrolee.target)
         return _answer(RSC.CREATED, planned.answer.to_json(), request)
 
-    def _commit(self, planned: PlannedEnrolment) -> None:
-        try:
-            self.store.commit([(planned.enrolment, planned.enrolee)], [planned.audit])
-        except DuplicateCredentialError:
-            raise MefRefusal(
-                RSC.CONFLICT, "this KeID is in use: run a new bootstrap handshake"
-            ) from None
-        except StoreError as exc:
-            raise self._store_failed("store the enrolment", exc) from None
+    def _enrolment_refused(
+        self, request: OneM2MRequest, who: EnroleeIdentity, refusal: MefRefusal
+    ) -> HttpResponse:
+        self.stats["enrolments_refused"] += 1
+        self._refused(MefEvent.ENROLMENT_REFUSED, str(who), refusal)
+        return _answer(refusal.rsc, {"m2m:dbg": refusal.message}, request)
 
     # -- fetchCredentials -------------------------------------------------------------------
     def fetch_credentials(self, request: OneM2MRequest, requester: EnrolmentTarget) -> HttpResponse:

@@ -10,7 +10,8 @@ handing requests to the sans-IO :class:`~m2msec.mef.service.MefService` (docs/me
   (``framework=certificate``, the suites of 10.2.3; seed 004 NOTE 2: the same Enrolment
   Key Generation). After the handshake the session exports 48 octets with
   ``EXPORTER-oneM2M-Bootstrap`` and no context (10.3.1, docs/readings.md A-04); the
-  Enrolment Exchange (``POST /mef/enrolment``) commits Ke, in a worker thread, before it is
+  Enrolment Exchange (``POST /mef/enrolment``) commits Ke, in a worker thread and in one
+  transaction with the other sessions' (group commit), before it is
   answered. One Ke per handshake: the export is spent by the enrolment that stored it.
 * the **target listener** runs mutual TLS with the MEF's FQDN certificate (10.1.1.6): the
   identity the target's certificate names (a MAF FQDN, a CSE-ID or an AE-ID) is the
@@ -54,9 +55,11 @@ from m2msec.servers.mef_session import (
     BOOTSTRAP_EXPORT_OCTETS,
     BOOTSTRAP_EXPORTER_LABEL,
     BootstrapSession,
+    EnrolmentCommits,
     enrolee_identity,
     target_identity,
 )
+from m2msec.service.group_commit import GroupCommit
 from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
@@ -111,6 +114,7 @@ class MefServer(ServerLifecycle):
         self._own_store = store is None
         self._clock = clock
         self._service: MefService | None = None
+        self._commits: EnrolmentCommits | None = None
         self._servers: list[Any] = []  # TLSServer or the DTLS endpoint: start/close/port
         self._purge_task: asyncio.Task[None] | None = None
         counts = self.stats
@@ -134,6 +138,12 @@ class MefServer(ServerLifecycle):
         assert self._service is not None, "start() the server first"
         return self._service
 
+    @property
+    def commits(self) -> EnrolmentCommits:
+        """The one committer of enrolments: concurrent sessions share its transactions."""
+        assert self._commits is not None, "start() the server first"
+        return self._commits
+
     def listener(self, role: str, framework: str = "psk", scheme: str = "tls") -> MefListener:
         """The first bound listener of ``role`` (and, for Enrolees, framework and scheme)."""
         for found in self.listeners:
@@ -156,6 +166,7 @@ class MefServer(ServerLifecycle):
         self._service = MefService(
             MefPolicy(cfg.fqdn.lower()), self._store, stats=self.stats, clock=self._clock
         )
+        self._commits = GroupCommit(self._service.commit_enrolments, name="mef-commit")
         for spec in cfg.enrolee_listeners():
             await self._start_enrolee(spec)
         if cfg.target_listen is not None:
@@ -172,6 +183,7 @@ class MefServer(ServerLifecycle):
             )
             dtls = MefCoapEnrolees(
                 self.service,
+                self.commits,
                 self.psk_profile(Transport.DTLS),
                 settings,
                 self.stats,
@@ -227,6 +239,8 @@ class MefServer(ServerLifecycle):
         await self._http.close(SHUTDOWN_GRACE)
         for server in self._servers:
             await server.close()
+        if self._commits is not None:
+            await self._commits.close(SHUTDOWN_GRACE)
         if self._own_store and self._store is not None:
             self._store.close()
         if self.listeners:
@@ -275,7 +289,7 @@ class MefServer(ServerLifecycle):
             return
         self.stats["bootstrap_sessions"] += 1
         exported = conn.export_keying_material(BOOTSTRAP_EXPORTER_LABEL, BOOTSTRAP_EXPORT_OCTETS)
-        session = BootstrapSession(self.service, who, exported)
+        session = BootstrapSession(self.service, self.commits, who, exported)
 
         async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
             return await session.enrol(request), False

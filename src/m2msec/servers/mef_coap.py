@@ -25,6 +25,7 @@ from m2msec.servers.mef_session import (
     BOOTSTRAP_EXPORT_OCTETS,
     BOOTSTRAP_EXPORTER_LABEL,
     BootstrapSession,
+    EnrolmentCommits,
     enrolee_identity,
 )
 from m2msec.tls.aio_dtls import DTLSAssociation
@@ -78,12 +79,14 @@ class MefCoapEnrolees:
     def __init__(
         self,
         service: MefService,
+        commits: EnrolmentCommits,
         profile: TLSProfile,
         settings: CoapSettings,
         stats: Counter[str],
         on_failure: FailureHook,
     ) -> None:
         self.service = service
+        self.commits = commits
         self.config = settings
         self.stats = _Counts(stats)
         self._counter = stats
@@ -119,7 +122,7 @@ class MefCoapEnrolees:
         who = enrolee_identity(ctx, Bootstrap.PSK)
         assert who is not None  # a PSK session always names its KpmID
         self._counter["bootstrap_sessions"] += 1
-        return BootstrapSession(self.service, who, self._exports.pop(ctx.sa_id))
+        return BootstrapSession(self.service, self.commits, who, self._exports.pop(ctx.sa_id))
 
     def close_association(self, assoc: BootstrapSession) -> None:
         pass  # nothing held beyond the session object

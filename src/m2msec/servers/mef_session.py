@@ -3,7 +3,8 @@
 After the Bootstrap Security Handshake the session exports 48 octets with
 ``EXPORTER-oneM2M-Bootstrap`` and no context (10.3.1, docs/readings.md A-04), and
 :class:`BootstrapSession` answers its Enrolment Exchange through
-:meth:`~m2msec.mef.service.MefService.enrol`, committed in a worker thread. Shared by the
+:class:`~m2msec.mef.service.MefService`, its commit grouped with the other sessions'
+(:mod:`m2msec.service.group_commit`). Shared by the
 TLS listeners (:mod:`m2msec.servers.mef`) and the CoAP-over-DTLS one
 (:mod:`m2msec.servers.mef_coap`), with the identities a handshake authenticated.
 """
@@ -18,18 +19,23 @@ from m2msec.bindings.messages import HttpResponse, OneM2MRequest
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import PeerKind, derivation_identity
 from m2msec.mef.records import Bootstrap, EnrolmentTarget
-from m2msec.mef.service import EnroleeIdentity, MefService
+from m2msec.mef.service import EnroleeIdentity, MefRefusal, MefService, PlannedEnrolment
+from m2msec.service.group_commit import GroupCommit
 from m2msec.tls.context import SecurityContext
 
 __all__ = [
     "BOOTSTRAP_EXPORTER_LABEL",
     "BOOTSTRAP_EXPORT_OCTETS",
     "BootstrapSession",
+    "EnrolmentCommits",
     "enrolee_identity",
     "target_identity",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The MEF's one committer of enrolments (:meth:`MefService.commit_enrolments`).
+EnrolmentCommits = GroupCommit[PlannedEnrolment, MefRefusal | None]
 
 #: 10.3.1 with seed 004's label: RelativeKeID (16 octets) || Ke (32 octets), no context.
 BOOTSTRAP_EXPORTER_LABEL: Final = b"EXPORTER-oneM2M-Bootstrap"
@@ -40,8 +46,11 @@ class BootstrapSession:
     """One bootstrap handshake's Enrolment Exchange, over HTTP or CoAP: the session's
     export is spent once an enrolment stored it (a second one is refused 4105)."""
 
-    def __init__(self, service: MefService, who: EnroleeIdentity, exported: bytes) -> None:
+    def __init__(
+        self, service: MefService, commits: EnrolmentCommits, who: EnroleeIdentity, exported: bytes
+    ) -> None:
         self.service = service
+        self.commits = commits
         self.who = who
         self._exported: bytes | None = exported
 
@@ -51,11 +60,21 @@ class BootstrapSession:
         return str(self.who)
 
     async def enrol(self, request: OneM2MRequest) -> HttpResponse:
-        # The commit (an fsync) runs in a worker thread; the loop serves the others.
-        response = await asyncio.to_thread(self.service.enrol, request, self.who, self._exported)
-        if response.status == 201:
-            self._exported = None
-        return response
+        service = self.service
+        # The store's reads, and its writes (fsynced), run off the loop; the commit is shared
+        # with the sessions enrolling at the same time (group commit).
+        planned = await asyncio.to_thread(
+            service.prepare_enrolment, request, self.who, self._exported
+        )
+        if isinstance(planned, HttpResponse):
+            return planned
+        refusal = await self.commits.submit(planned)
+        if refusal is not None:  # its audit record is a store write too
+            return await asyncio.to_thread(
+                service.answer_enrolment, request, self.who, planned, refusal
+            )
+        self._exported = None
+        return service.answer_enrolment(request, self.who, planned, None)
 
 
 def enrolee_identity(ctx: SecurityContext, bootstrap: Bootstrap) -> EnroleeIdentity | None:
