@@ -29,6 +29,7 @@ from m2msec.cli.common import console, context_details, fail, read_key
 from m2msec.cli.enrol import enrolled_credential, is_ke_id
 from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
+from m2msec.frameworks.gba import is_btid
 from m2msec.ids import CseId, parse_entity_id
 from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection
@@ -83,7 +84,13 @@ def _profile(
         )
         try:
             initiator = PskInitiator(psk_identity, kpsa, id_b, server_name=server_name)
-        except (IdentifierError, ValueError) as exc:
+        except IdentifierError as exc:
+            if not is_btid(psk_identity):
+                fail(str(exc))
+            # The KpsaID of a GBA bootstrap (m2msec enrol --gba) is its B-TID, verbatim.
+            initiator = PskInitiator(psk_identity, kpsa, id_b, server_name=server_name,
+                                     verbatim=True)  # fmt: skip
+        except ValueError as exc:
             fail(str(exc))
         return initiator.profile(transport, tls13=not tls12)
     if cert and key and ca:
