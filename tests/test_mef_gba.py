@@ -5,7 +5,7 @@ The MEF's GBA role is a real BSF (``servers.bsf``, Ub and Zn); Enrolee A bootstr
 public domain name) with NAF_Id's Ua id 01 00 01 00 AE (docs/readings.md A-31). The gateway,
 Enrolee B, resolves the B-TID psk_identity on its ``framework=mef`` listener over Zn through
 its ``[gba]`` NAF, GUSS-gated at the BSF, and forwards to a real IN-CSE (ACME). Our TLS-PSK
-client, ``m2msec connect`` and ``openssl s_client`` are the devices.
+client, ``m2msec enrol --gba`` + ``m2msec connect`` and ``openssl s_client`` are the devices.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pytest
 from m2msec.config import parse_config
 from m2msec.crypto.gba import ks_ext_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import HandshakeError
-from m2msec.frameworks.mef.gba import GbaEnrolment, enrol_gba, target_naf_fqdn
+from m2msec.frameworks.mef import EnroleeStore, EnrolmentResult
+from m2msec.frameworks.mef.gba import enrol_gba, enrol_gba_or_reuse, target_naf_fqdn
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.mef.records import EnrolmentTarget
 from m2msec.servers.gateway import Gateway
@@ -35,7 +36,9 @@ from tests.test_gba_framework import (
     DEVICE_IMPI,
     IN_CSE,
     IN_DOMAIN,
+    K1,
     NAF_FQDN,
+    OPC1,
     GbaNet,
     gba_network,
 )
@@ -79,7 +82,7 @@ def _port(gw: Gateway) -> int:
     return next(i.port for i in gw.listeners if i.framework == "mef")
 
 
-async def _enrolled(net: GbaNet) -> GbaEnrolment:
+async def _enrolled(net: GbaNet) -> EnrolmentResult:
     return await enrol_gba(net.device(), TARGET, in_domain=IN_DOMAIN)
 
 
@@ -94,11 +97,12 @@ async def test_enrol_gba_associates_and_registers(acme: AcmeCse, tmp_path: Path)
     async with gba_network(tmp_path) as net, enrolee_b(net, acme.url) as gw:
         net.add_subscriber(DEVICE_IMPI)
         enrolment = await _enrolled(net)
-        assert enrolment.ke_id.endswith(f"@{BSF_FQDN}") and enrolment.naf_fqdn == NAF_FQDN
-        assert "credential" not in repr(enrolment)
+        assert isinstance(enrolment.ke_id, str) and enrolment.ke_id.endswith(f"@{BSF_FQDN}")
+        assert enrolment.credential.hex() not in repr(enrolment)
+        assert enrolment.ke.hex() not in repr(enrolment)
         for tls13 in (True, False):  # Kpsa does not depend on the suite (A-31)
             initiator = PskInitiator(
-                enrolment.ke_id, enrolment.credential, f"/{IN_CSE}", server_name=NAF_FQDN,
+                str(enrolment.ke_id), enrolment.credential, f"/{IN_CSE}", server_name=NAF_FQDN,
                 verbatim=True,
             )  # fmt: skip
             conn = await connect("127.0.0.1", _port(gw), initiator.profile(tls13=tls13))
@@ -121,7 +125,7 @@ async def test_guss_gates_the_naf_key(acme: AcmeCse, tmp_path: Path) -> None:
         net.add_subscriber(DEVICE_IMPI, nafs=("mn-cse-123456.in.provider.com",))
         enrolment = await _enrolled(net)
         initiator = PskInitiator(
-            enrolment.ke_id, enrolment.credential, f"/{IN_CSE}", verbatim=True
+            str(enrolment.ke_id), enrolment.credential, f"/{IN_CSE}", verbatim=True
         )
         with pytest.raises(HandshakeError):
             await connect("127.0.0.1", _port(gw), initiator.profile())
@@ -150,7 +154,7 @@ async def test_openssl_s_client_with_the_btid(acme: AcmeCse, tmp_path: Path) -> 
         argv = [
             "openssl", "s_client", "-connect", f"127.0.0.1:{_port(gw)}",
             "-servername", NAF_FQDN, "-tls1_2", "-cipher", "PSK-AES128-CCM8",
-            "-psk_identity", enrolment.ke_id, "-psk", enrolment.credential.hex(),
+            "-psk_identity", str(enrolment.ke_id), "-psk", enrolment.credential.hex(),
             "-quiet", "-ign_eof",
         ]  # fmt: skip
         done = await run(argv, stdin=registration(acme.base, "C", "s-client-mef-gba"))
@@ -166,10 +170,56 @@ async def test_connect_cli_with_the_btid(acme: AcmeCse, tmp_path: Path) -> None:
         content = json.dumps(ae_content("cli-gba-meter"))
         argv = [
             sys.executable, "-m", "m2msec.cli", "connect",
-            f"https://127.0.0.1:{_port(gw)}{acme.base}", "--psk-identity", enrolment.ke_id,
+            f"https://127.0.0.1:{_port(gw)}{acme.base}", "--psk-identity", str(enrolment.ke_id),
             "--psk", "-", "--id-b", f"/{IN_CSE}", "--servername", NAF_FQDN,
             "--from", "C", "-X", "POST", "--ty", "ae", "--content", content,
         ]  # fmt: skip
         done = await run(argv, stdin=enrolment.credential.hex().encode() + b"\n", timeout=30)
+        assert done.returncode == 0 and "2001" in done.output, done.describe()
+        assert gw.stats.registrations_bound == 1
+
+
+async def test_enrolee_store_keeps_the_gba_enrolment(tmp_path: Path) -> None:
+    async with gba_network(tmp_path) as net:
+        net.add_subscriber(DEVICE_IMPI)
+        device = net.device()
+        with EnroleeStore(tmp_path / "enrolee.db", kek=bytes(32)) as store:
+            first, reused = await enrol_gba_or_reuse(device, TARGET, store, in_domain=IN_DOMAIN)
+            assert not reused and first.bootstrap_id == f"gba:{DEVICE_IMPI}"
+            again, reused = await enrol_gba_or_reuse(device, TARGET, store, in_domain=IN_DOMAIN)
+            assert reused and again.credential == first.credential  # Ks reused, no Ub run
+            kept = store.get(str(first.ke_id))
+            assert kept is not None and kept.ke_id == first.ke_id and kept.ke == first.ke
+            assert [k for k, _, _ in store.list()] == [first.ke_id]
+            fresh, reused = await enrol_gba_or_reuse(
+                device, TARGET, store, in_domain=IN_DOMAIN, fresh=True
+            )
+            assert not reused and fresh.ke_id != first.ke_id
+        assert net.bsf.stats.bootstraps == 2
+
+
+async def test_enrol_gba_then_connect_cli(acme: AcmeCse, tmp_path: Path) -> None:
+    async with gba_network(tmp_path) as net, enrolee_b(net, acme.url) as gw:
+        net.add_subscriber(DEVICE_IMPI)
+        enrol = [
+            sys.executable, "-m", "m2msec.cli", "enrol", "--gba", "--bsf", net.bsf.ub_url(),
+            "--impi", DEVICE_IMPI, "--k", K1.hex(), "--opc", OPC1.hex(),
+            "--enrolee-b", f"/{IN_CSE}", "--in-domain", IN_DOMAIN,
+        ]  # fmt: skip
+        done = await run(enrol, timeout=30)
+        assert done.returncode == 0, done.describe()
+        btid = next(w for w in done.output.split() if w.endswith(f"@{BSF_FQDN}"))
+        # A second run reuses the live Ks (no Ub run): the same B-TID, nothing new stored.
+        again = await run(enrol, timeout=30)
+        assert again.returncode == 0 and "reused" in again.output, again.describe()
+        assert btid in again.output and net.bsf.stats.bootstraps == 1
+        content = json.dumps(ae_content("cli-enrolled-gba"))
+        argv = [
+            sys.executable, "-m", "m2msec.cli", "connect",
+            f"https://127.0.0.1:{_port(gw)}{acme.base}", "--psk-identity", btid,
+            "--id-b", f"/{IN_CSE}", "--servername", NAF_FQDN,
+            "--from", "C", "-X", "POST", "--ty", "ae", "--content", content,
+        ]  # fmt: skip
+        done = await run(argv, timeout=30)  # no --psk: the B-TID's Kpsa from the store
         assert done.returncode == 0 and "2001" in done.output, done.describe()
         assert gw.stats.registrations_bound == 1

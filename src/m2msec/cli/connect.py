@@ -27,6 +27,15 @@ import typer
 
 from m2msec.cli.common import console, context_details, fail, read_key
 from m2msec.cli.enrol import enrolled_credential, is_ke_id
+from m2msec.cli.gba_options import (
+    BsfOption,
+    ImpiOption,
+    KOption,
+    OpcOption,
+    SqnOption,
+    UiccOption,
+    gba_device,
+)
 from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.gba import is_btid
@@ -120,36 +129,15 @@ def _gba_opener(
     timeout: float,
 ) -> Callable[[], Awaitable[TLSConnection]]:
     """Entity A of the GBA framework: USIM from the options, state from the data dir."""
-    if not (bsf and impi and k and opc):
-        fail("--gba needs --bsf, --impi, --k and --opc")
+    device, save = gba_device(bsf, impi, k, opc, sqn, uicc)
     if not server_name:
         fail("--gba needs Entity B's host name (its NAF FQDN): give --servername")
-    from m2msec.frameworks.gba_device import DeviceState, GbaDevice
-    from m2msec.gba.aka import Usim
-
-    state = DeviceState()
-    try:
-        saved_sqn, saved = state.load(impi, bsf)
-        given = int(sqn, 16) if sqn else 0
-        usim = Usim(read_key(k, "--k"), read_key(opc, "--opc"), max(given, saved_sqn or 0))
-    except ValueError as exc:
-        fail(f"GBA credential: {exc}")
-    except M2MSecError as exc:
-        fail(str(exc))
-
-    def remember(bootstrap: Any) -> None:
-        state.save(impi, bsf, usim.sqn_ms, bootstrap)
-        console.print(f"GBA: bootstrapped with {bsf}, B-TID {bootstrap.btid}")
-
-    device = GbaDevice(usim, impi, bsf, uicc=uicc, bootstrap=saved, on_bootstrap=remember)
-    if saved is not None and device.bootstrap_valid():
-        console.print(f"GBA: reusing Ks of B-TID {saved.btid} (until {saved.expires})")
 
     async def open_association() -> TLSConnection:
         try:
             return await device.connect(host, port, server_name, id_b=id_b, timeout=timeout)
         finally:
-            state.save(impi, bsf, usim.sqn_ms, device.bootstrap)
+            save()
 
     return open_association
 
@@ -282,18 +270,12 @@ def connect(
     gba: Annotated[
         bool, typer.Option("--gba", help="GBA-based framework (seed 000 8.2.3.2): Kc = Ks_NAF")
     ] = False,
-    bsf: Annotated[
-        str | None, typer.Option("--bsf", help="GBA: the BSF's Ub URL, http://HOST:PORT")
-    ] = None,
-    impi: Annotated[str | None, typer.Option("--impi", help="GBA: our IMPI")] = None,
-    k: Annotated[str | None, typer.Option("--k", help="GBA: USIM key K (hex, or -)")] = None,
-    opc: Annotated[str | None, typer.Option("--opc", help="GBA: OPc (hex, or -)")] = None,
-    sqn: Annotated[
-        str | None, typer.Option("--sqn", help="GBA: initial SQN_MS (hex, 6 octets)")
-    ] = None,
-    uicc: Annotated[
-        bool, typer.Option("--uicc", help="GBA_U: Ks_int_NAF and the -uicc prefix")
-    ] = False,
+    bsf: BsfOption = None,
+    impi: ImpiOption = None,
+    k: KOption = None,
+    opc: OpcOption = None,
+    sqn: SqnOption = None,
+    uicc: UiccOption = False,
     maf: Annotated[
         str | None,
         typer.Option("--maf", help="MAF-based framework (8.2.2.3): the MAF, tls://HOST:PORT"),

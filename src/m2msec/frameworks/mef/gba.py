@@ -14,26 +14,31 @@ of its Enrolment Target as the credential, and so does the target, playing the N
   ``01 00 01 00 AE``, whichever 10.2.2 suite the handshake then picks: the key exists
   before the handshake (docs/readings.md A-31);
 * KmID = KpsaID = KeID = the B-TID, verbatim (docs/readings.md A-25).
+
+The result is an :class:`~m2msec.frameworks.mef.result.EnrolmentResult` (Ke = Ks), kept in
+the Enrolee store as a PSK enrolment is (:func:`enrol_gba_or_reuse`), so that
+``m2msec connect --psk-identity <B-TID>`` finds its Kpsa.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Final
 
 from m2msec.crypto.gba import ks_ext_naf, ks_int_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import ConfigurationError
 from m2msec.frameworks.gba import assume_utc
 from m2msec.frameworks.gba_device import GbaDevice
+from m2msec.frameworks.mef.result import EnrolmentResult
+from m2msec.frameworks.mef.store import EnroleeStore
 from m2msec.gba.ub import Bootstrap
 from m2msec.ids import CseId, parse_entity_id
 from m2msec.mef.records import EnrolmentTarget
 
 __all__ = [
     "ENROLMENT_UA_SUITE",
-    "GbaEnrolment",
+    "bootstrap_id",
     "enrol_gba",
+    "enrol_gba_or_reuse",
     "enrolment_naf_id",
     "gba_credential",
     "target_naf_fqdn",
@@ -72,21 +77,9 @@ def gba_credential(bootstrap: Bootstrap, naf_fqdn: str, *, uicc: bool = False) -
     return derive(bootstrap.ks, bootstrap.rand, bootstrap.impi, enrolment_naf_id(naf_fqdn))
 
 
-@dataclass(frozen=True, slots=True)
-class GbaEnrolment:
-    """A GBA enrolment: KeID = B-TID, the target and its NAF FQDN, the Ks lifetime, Km or
-    Kpsa (never in ``repr``)."""
-
-    ke_id: str
-    target: EnrolmentTarget
-    naf_fqdn: str
-    expires: datetime
-    uicc: bool
-    credential: bytes = field(repr=False)
-
-    @property
-    def key_name(self) -> str:
-        return self.target.key_name
+def bootstrap_id(device: GbaDevice) -> str:
+    """The bootstrap credential of a GBA Enrolee in the Enrolee store: ``gba:<IMPI>``."""
+    return f"gba:{device.impi}"
 
 
 async def enrol_gba(
@@ -94,11 +87,45 @@ async def enrol_gba(
     target: EnrolmentTarget,
     *,
     in_domain: str | None = None,
+    enrolee_id: str = "",
     fresh: bool = False,
-) -> GbaEnrolment:
-    """Bootstrap with the MEF's BSF (or reuse a valid Ks, seed 004 8.3.3.1) and derive the
-    target's Km or Kpsa. ``fresh`` bootstraps again even if Ks is still valid."""
-    naf_fqdn = target_naf_fqdn(target, in_domain)
+) -> EnrolmentResult:
+    """Bootstrap with the MEF's BSF, or reuse a valid Ks (seed 004 8.3.3.1), and derive the
+    target's Km or Kpsa: KeID = B-TID, Ke = Ks, the Enrolment Expiry = Ks's; ``in_domain``
+    (for a CSE's public domain name) defaults to the B-TID's domain without its first
+    label. ``fresh`` bootstraps again even if Ks is still valid; ``enrolee_id`` is our
+    configured one."""
+    target_naf_fqdn(target, in_domain or "in.invalid")  # refuse an unusable target first
     boot = await device.ensure_bootstrap(force=fresh)
+    # As for a PSK bootstrap, the IN domain defaults to the MEF's FQDN without its first label.
+    naf_fqdn = target_naf_fqdn(target, in_domain or boot.btid.rpartition("@")[2].partition(".")[2])
     key = gba_credential(boot, naf_fqdn, uicc=device.uicc)
-    return GbaEnrolment(boot.btid, target, naf_fqdn, assume_utc(boot.expires), device.uicc, key)
+    expires = assume_utc(boot.expires)
+    return EnrolmentResult(
+        boot.btid, target, enrolee_id, expires, bootstrap_id(device), boot.ks, key
+    )
+
+
+async def enrol_gba_or_reuse(
+    device: GbaDevice,
+    target: EnrolmentTarget,
+    store: EnroleeStore,
+    *,
+    in_domain: str | None = None,
+    enrolee_id: str = "",
+    fresh: bool = False,
+) -> tuple[EnrolmentResult, bool]:
+    """:func:`enrol_gba`, kept in the Enrolee store; (result, reused) where ``reused`` says
+    the B-TID was stored already (the same valid Ks), so nothing new was written."""
+    result = await enrol_gba(
+        device, target, in_domain=in_domain, enrolee_id=enrolee_id, fresh=fresh
+    )
+    known = store.get(result.ke_id)
+    if known is not None and known.target == target:
+        return known, True
+    if known is None:
+        store.save(result)
+        return result, False
+    raise ConfigurationError(
+        f"B-TID {result.ke_id} is stored for {known.target}: run m2msec enrol --gba --renew"
+    )
