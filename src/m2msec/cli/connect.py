@@ -25,17 +25,9 @@ from urllib.parse import urlsplit
 
 import typer
 
+from m2msec.cli import gba_options as g
 from m2msec.cli.common import console, context_details, fail, read_key
 from m2msec.cli.enrol import enrolled_credential, is_ke_id
-from m2msec.cli.gba_options import (
-    BsfOption,
-    ImpiOption,
-    KOption,
-    OpcOption,
-    SqnOption,
-    UiccOption,
-    gba_device,
-)
 from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.gba import is_btid
@@ -116,12 +108,7 @@ def _profile(
 
 
 def _gba_opener(
-    bsf: str | None,
-    impi: str | None,
-    k: str | None,
-    opc: str | None,
-    sqn: str | None,
-    uicc: bool,
+    options: g.GbaDeviceOptions,
     host: str,
     port: int,
     server_name: str | None,
@@ -129,7 +116,7 @@ def _gba_opener(
     timeout: float,
 ) -> Callable[[], Awaitable[TLSConnection]]:
     """Entity A of the GBA framework: USIM from the options, state from the data dir."""
-    device, save = gba_device(bsf, impi, k, opc, sqn, uicc)
+    device, save = g.gba_device(options)
     if not server_name:
         fail("--gba needs Entity B's host name (its NAF FQDN): give --servername")
 
@@ -270,12 +257,12 @@ def connect(
     gba: Annotated[
         bool, typer.Option("--gba", help="GBA-based framework (seed 000 8.2.3.2): Kc = Ks_NAF")
     ] = False,
-    bsf: BsfOption = None,
-    impi: ImpiOption = None,
-    k: KOption = None,
-    opc: OpcOption = None,
-    sqn: SqnOption = None,
-    uicc: UiccOption = False,
+    bsf: g.BsfOption = None,
+    impi: g.ImpiOption = None,
+    k: g.KOption = None,
+    opc: g.OpcOption = None,
+    sqn: g.SqnOption = None,
+    uicc: g.UiccOption = False,
     maf: Annotated[
         str | None,
         typer.Option("--maf", help="MAF-based framework (8.2.2.3): the MAF, tls://HOST:PORT"),
@@ -341,7 +328,7 @@ def connect(
         return
     opener: TLSProfile | Callable[[], Awaitable[TLSConnection]]
     if gba:
-        opener = _gba_opener(bsf, impi, k, opc, sqn, uicc, host, port, server_name, id_b, timeout)
+        opener = _gba_opener((bsf, impi, k, opc, sqn, uicc), host, port, server_name, id_b, timeout)
     elif maf is not None:
         opener = _maf_opener(
             maf, maf_fqdn, km_id, km, target_id, id_b, server_name, tls12, in_domain, host, port,

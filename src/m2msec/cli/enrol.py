@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from m2msec.cli import gba_options as g
 from m2msec.cli.common import (
     exactly_one,
     exit_on_errors,
@@ -39,15 +40,6 @@ from m2msec.cli.common import (
     store_option,
     url_option,
     utc_time,
-)
-from m2msec.cli.gba_options import (
-    BsfOption,
-    ImpiOption,
-    KOption,
-    OpcOption,
-    SqnOption,
-    UiccOption,
-    gba_device,
 )
 from m2msec.cli.mef_admin import EnroleeBOption, MafIdOption, NafOption, read_kpm
 from m2msec.config.values import is_ip
@@ -217,12 +209,12 @@ def enrol(
         bool,
         typer.Option("--gba", help="GBA bootstrap (seed 004 8.3.3.1) at the MEF's BSF, --bsf."),
     ] = False,
-    bsf: BsfOption = None,
-    impi: ImpiOption = None,
-    k: KOption = None,
-    opc: OpcOption = None,
-    sqn: SqnOption = None,
-    uicc: UiccOption = False,
+    bsf: g.BsfOption = None,
+    impi: g.ImpiOption = None,
+    k: g.KOption = None,
+    opc: g.OpcOption = None,
+    sqn: g.SqnOption = None,
+    uicc: g.UiccOption = False,
 ) -> None:
     """Enrol at a MEF (seed 004): get a KeID whose Km or Kpsa the target fetches from it."""
     target = _target(maf_id, enrolee_b, naf_fqdn)
@@ -256,13 +248,13 @@ def enrol(
 
 def _enrol_gba(
     target: EnrolmentTarget,
-    options: tuple[str | None, str | None, str | None, str | None, str | None, bool],
+    options: g.GbaDeviceOptions,
     in_domain: str | None,
     renew: bool,
     store: Path | None,
 ) -> tuple[EnrolmentResult, bool]:
     """Ub bootstrapping at the MEF's BSF, then the target's Km or Kpsa (seed 004 8.3.3.1)."""
-    device, save = gba_device(*options)
+    device, save = g.gba_device(options)
     failures = (M2MSecError, StoreError, OSError)
     with closing(_open_store(store)) as enrolments, exit_on_errors(failure=failures):
         try:

@@ -21,6 +21,7 @@ from m2msec.gba.ub import Bootstrap
 
 __all__ = [
     "BsfOption",
+    "GbaDeviceOptions",
     "ImpiOption",
     "KOption",
     "OpcOption",
@@ -41,15 +42,13 @@ UiccOption = Annotated[
 ]
 
 
-def gba_device(
-    bsf: str | None,
-    impi: str | None,
-    k: str | None,
-    opc: str | None,
-    sqn: str | None,
-    uicc: bool,
-) -> tuple[GbaDevice, Callable[[], None]]:
+#: The values of those options: --bsf, --impi, --k, --opc, --sqn, --uicc.
+GbaDeviceOptions = tuple[str | None, str | None, str | None, str | None, str | None, bool]
+
+
+def gba_device(options: GbaDeviceOptions) -> tuple[GbaDevice, Callable[[], None]]:
     """The device of the options, its saved state loaded, and the call that saves it."""
+    bsf, impi, k, opc, sqn, uicc = options
     if not (bsf and impi and k and opc):
         fail("--gba needs --bsf, --impi, --k and --opc")
     state = DeviceState()
