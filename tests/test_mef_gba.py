@@ -223,3 +223,81 @@ async def test_enrol_gba_then_connect_cli(acme: AcmeCse, tmp_path: Path) -> None
         done = await run(argv, timeout=30)  # no --psk: the B-TID's Kpsa from the store
         assert done.returncode == 0 and "2001" in done.output, done.describe()
         assert gw.stats.registrations_bound == 1
+
+
+MAF_FQDN = "maf.in.provider.com"
+
+
+async def test_maf_accepts_a_btid_as_kmid(tmp_path: Path) -> None:
+    from m2msec.config.maf import MafConfig
+    from m2msec.frameworks.maf import MafClient, MafError
+    from m2msec.keyids import KmId
+    from m2msec.maf.store import MafStore
+    from m2msec.pki.authority import write_credential
+    from m2msec.servers.maf import MafServer
+
+    async with gba_network(tmp_path) as net:
+        net.add_subscriber(DEVICE_IMPI, nafs={MAF_FQDN: {"aeId": "Cgba-maf-client"}})
+        device = net.device()
+        enrolment = await enrol_gba(device, EnrolmentTarget.maf(MAF_FQDN))
+        key, cert = write_credential(net.ca.issue_service(MAF_FQDN), tmp_path / "maf")
+        maf_store = MafStore(tmp_path / "maf.db")
+        maf_store.add_entity_b(f"/{IN_CSE}")
+        cfg = MafConfig(
+            MAF_FQDN, str(tmp_path / "maf.db"), "tls://127.0.0.1:0", "tls://127.0.0.1:0",
+            cert=cert, key=key, ca=net.ca.cert_path, in_domain=IN_DOMAIN,
+            mef_zn=f"tls://{net.zn_host}:{net.zn_port}", mef_bsf_fqdn=BSF_FQDN,
+        )  # fmt: skip
+        try:
+            async with MafServer(cfg, maf_store) as maf:
+                km_id = KmId.parse(str(enrolment.ke_id), verbatim=True)  # KmID = B-TID
+                client = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, km_id,
+                                   enrolment.credential)  # fmt: skip
+                issued = await client.register_key(f"/{IN_CSE}")
+                stored = maf_store.get_key(issued.kc_id.relative_hex)
+                assert stored is not None and stored.km_id == km_id.canonical
+                assert maf.enrolled is not None
+                held = maf.enrolled.client(km_id.canonical)
+                assert held is not None and held.entity_id == "Cgba-maf-client"  # the USS's AE
+                assert maf_store.get_client(km_id.canonical) is None  # nothing written for it
+                await client.register_key(f"/{IN_CSE}")
+                assert net.bsf.stats.zn_answered == 1  # Km held by the MAF meanwhile
+                # Ks_NAF for another NAF (a wrong Km) fails the MAF Handshake.
+                wrong = await enrol_gba(device, TARGET, in_domain=IN_DOMAIN)
+                bad = MafClient("127.0.0.1", maf.client_port, MAF_FQDN, km_id, wrong.credential)
+                with pytest.raises(MafError, match=r"MAF Handshake .* failed"):
+                    await bad.register_key(f"/{IN_CSE}")
+        finally:
+            maf_store.close()
+
+
+async def test_maf_serve_mef_zn_shell(tmp_path: Path) -> None:
+    from m2msec.frameworks.maf import MafClient
+    from m2msec.keyids import KmId
+    from m2msec.maf.store import MafStore
+    from m2msec.pki.authority import write_credential
+    from tests.interop import free_port, spawn, wait_listening
+
+    async with gba_network(tmp_path) as net:
+        net.add_subscriber(DEVICE_IMPI, nafs=(MAF_FQDN,))
+        enrolment = await enrol_gba(net.device(), EnrolmentTarget.maf(MAF_FQDN))
+        key, cert = write_credential(net.ca.issue_service(MAF_FQDN), tmp_path / "maf")
+        with MafStore(tmp_path / "maf.db") as st:
+            st.add_entity_b(f"/{IN_CSE}")
+        port = free_port()
+        argv = [
+            sys.executable, "-m", "m2msec.cli", "maf", "serve", "--fqdn", MAF_FQDN,
+            "--listen", f"tls://127.0.0.1:{port}", "--retrieval-listen", "off",
+            "--store", str(tmp_path / "maf.db"), "--in-domain", IN_DOMAIN,
+            "--cert", str(cert), "--key", str(key), "--ca", str(net.ca.cert_path),
+            "--mef-zn", f"tls://{net.zn_host}:{net.zn_port}", "--mef-bsf-fqdn", BSF_FQDN,
+        ]  # fmt: skip
+        async with spawn(argv) as maf:
+            await wait_listening(port, timeout=20)
+            km_id = KmId.parse(str(enrolment.ke_id), verbatim=True)
+            client = MafClient("127.0.0.1", port, MAF_FQDN, km_id, enrolment.credential)
+            issued = await client.register_key(f"/{IN_CSE}")
+            assert issued.kc_id.fqdn == MAF_FQDN
+            assert f"B-TIDs of {BSF_FQDN}" in maf.output, maf.describe()
+            assert enrolment.credential.hex() not in maf.output
+        assert net.bsf.stats.zn_answered == 1

@@ -338,6 +338,13 @@ class GbaResponder:
             )
         return await self.naf_key(btid, gba_naf_id(self.naf_fqdn, cipher_suite), uicc)
 
+    def cached(self, btid: str, nid: bytes, uicc: bool) -> tuple[bytes, PeerBinding] | None:
+        """The NAF key of ``btid`` held and unexpired, without a Zn call, or None."""
+        entry = self._cache.get((btid, nid, uicc))
+        if entry is None or entry.expires <= self._clock():
+            return None
+        return entry.key, entry.binding
+
     async def naf_key(self, btid: str, nid: bytes, uicc: bool) -> tuple[bytes, PeerBinding]:
         """Ks_(ext/int)_NAF of ``btid`` for NAF_Id ``nid`` and the binding the USS gives,
         from the cache or over Zn (one fetch for concurrent callers). Also the seed 004 GBA
