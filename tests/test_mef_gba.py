@@ -301,3 +301,41 @@ async def test_maf_serve_mef_zn_shell(tmp_path: Path) -> None:
             assert f"B-TIDs of {BSF_FQDN}" in maf.output, maf.describe()
             assert enrolment.credential.hex() not in maf.output
         assert net.bsf.stats.zn_answered == 1
+
+
+async def test_enrol_gba_for_the_maf_then_connect_maf_cli(tmp_path: Path) -> None:
+    from m2msec.config.maf import MafConfig
+    from m2msec.maf.store import MafStore
+    from m2msec.pki.authority import write_credential
+    from m2msec.servers.maf import MafServer
+
+    async with gba_network(tmp_path) as net:
+        net.add_subscriber(DEVICE_IMPI, nafs=(MAF_FQDN,))
+        enrol = [
+            sys.executable, "-m", "m2msec.cli", "enrol", "--gba", "--bsf", net.bsf.ub_url(),
+            "--impi", DEVICE_IMPI, "--k", K1.hex(), "--opc", OPC1.hex(), "--maf-id", MAF_FQDN,
+        ]  # fmt: skip
+        done = await run(enrol, timeout=30)
+        assert done.returncode == 0 and f"maf:{MAF_FQDN} (Km)" in done.output, done.describe()
+        btid = next(w for w in done.output.split() if w.endswith(f"@{BSF_FQDN}"))
+        key, cert = write_credential(net.ca.issue_service(MAF_FQDN), tmp_path / "maf")
+        maf_store = MafStore(tmp_path / "maf.db")
+        maf_store.add_entity_b(f"/{IN_CSE}")
+        cfg = MafConfig(
+            MAF_FQDN, str(tmp_path / "maf.db"), "tls://127.0.0.1:0", None, cert=cert, key=key,
+            ca=net.ca.cert_path, in_domain=IN_DOMAIN,
+            mef_zn=f"tls://{net.zn_host}:{net.zn_port}", mef_bsf_fqdn=BSF_FQDN,
+        )  # fmt: skip
+        try:
+            async with MafServer(cfg, maf_store) as maf:
+                connect_argv = [
+                    sys.executable, "-m", "m2msec.cli", "connect", "https://127.0.0.1:1/x",
+                    "--from", "Cdev", "--id-b", f"/{IN_CSE}",
+                    "--maf", f"tls://127.0.0.1:{maf.client_port}", "--km-id", btid,
+                ]  # fmt: skip
+                done = await run(connect_argv, timeout=30)  # no --km: the store's Km
+                issued = maf.stats.keys_issued
+        finally:
+            maf_store.close()
+        assert issued == 1, done.describe()  # the MAF Handshake and Key Registration
+        assert done.returncode == 1 and "cannot reach 127.0.0.1:1" in done.output

@@ -27,11 +27,12 @@ import typer
 
 from m2msec.cli import gba_options as g
 from m2msec.cli.common import console, context_details, fail, read_key
-from m2msec.cli.enrol import enrolled_credential, is_ke_id
+from m2msec.cli.enrol import enrolled_credential, is_gba_ke_id, is_ke_id
 from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
 from m2msec.frameworks.gba import is_btid
 from m2msec.ids import CseId, parse_entity_id
+from m2msec.keyids import KmId
 from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
@@ -168,9 +169,11 @@ def _maf_opener(
     else:  # a KeID's Km from the Enrolee store (m2msec enrol --maf-id), for its MAF
         enrolled = enrolled_credential(km_id, enrolee_b=False)
         key_km, maf_fqdn = enrolled.credential, maf_fqdn or enrolled.target.target_id
+    # The KmID of a GBA bootstrap (m2msec enrol --gba --maf-id) is its B-TID, verbatim.
+    kmid = KmId.parse(km_id, verbatim=True) if is_gba_ke_id(km_id) else km_id
     try:
         client = MafClient(
-            parts.hostname, maf_port, maf_fqdn, km_id, key_km, tls13=not tls12, timeout=timeout
+            parts.hostname, maf_port, maf_fqdn, kmid, key_km, tls13=not tls12, timeout=timeout
         )
         initiator = MafInitiator(
             client,

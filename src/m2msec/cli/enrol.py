@@ -58,7 +58,7 @@ from m2msec.keyids import KeId, KpsaId
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
 from m2msec.tls.profiles import Transport
 
-__all__ = ["enrol", "enrolled_credential", "is_ke_id"]
+__all__ = ["enrol", "enrolled_credential", "is_gba_ke_id", "is_ke_id"]
 
 StoreOption = Annotated[
     Path | None,
@@ -77,11 +77,12 @@ def is_ke_id(text: str) -> bool:
     try:
         KeId.parse(text)
     except IdentifierError:
-        return _is_gba_ke_id(text)
+        return is_gba_ke_id(text)
     return True
 
 
-def _is_gba_ke_id(text: str) -> bool:
+def is_gba_ke_id(text: str) -> bool:
+    """Whether ``text`` is the KeID of a GBA bootstrap (seed 004 8.3.3.1), used verbatim."""
     # A B-TID, base64(RAND)@BSF (its "=" padding breaks 10.6), not an ordinary KpsaID: those
     # still need --psk, as before.
     try:
@@ -95,7 +96,7 @@ def _parse_ke_id(text: str) -> KeId | str:
     try:
         return KeId.parse(text)
     except IdentifierError:
-        if _is_gba_ke_id(text):
+        if is_gba_ke_id(text):
             return text  # a GBA KeID, the B-TID, verbatim (docs/readings.md A-25)
         raise
 
