@@ -98,23 +98,11 @@ class MafConfig(ServiceDomains):
 
     def mef_target(self) -> tuple[str, int, str] | None:
         """(host, port, MEF-FQDN) of ``mef``, or None without one."""
-        if self.mef is None:
-            if self.mef_fqdn is not None:
-                raise ConfigurationError("maf.mef_fqdn: give maf.mef, the MEF's target listener")
-            return None
-        return parse_service_url(
-            self.mef, "maf.mef", self.mef_fqdn, "maf.mef_fqdn", "MEF's target listener"
-        )
+        return _peer(self.mef, "mef", self.mef_fqdn, "mef_fqdn", "MEF's target listener")
 
     def mef_zn_target(self) -> tuple[str, int, str] | None:
         """(host, port, BSF FQDN) of ``mef_zn``, or None without one."""
-        if self.mef_zn is None:
-            if self.mef_bsf_fqdn is not None:
-                raise ConfigurationError("maf.mef_bsf_fqdn: give maf.mef_zn, the BSF's Zn listener")
-            return None
-        return parse_service_url(
-            self.mef_zn, "maf.mef_zn", self.mef_bsf_fqdn, "maf.mef_bsf_fqdn", "BSF's Zn listener"
-        )
+        return _peer(self.mef_zn, "mef_zn", self.mef_bsf_fqdn, "mef_bsf_fqdn", "BSF's Zn listener")
 
     @property
     def effective_durability(self) -> str:
@@ -143,6 +131,17 @@ class MafConfig(ServiceDomains):
                 f"maf.{which}: {url!r}: the MAF listens on tls://HOST:PORT only"
             )
         return spec
+
+
+def _peer(
+    url: str | None, url_key: str, fqdn: str | None, fqdn_key: str, what: str
+) -> tuple[str, int, str] | None:
+    """(host, port, FQDN) of the peer at ``url`` (named ``fqdn``, default its host), or None."""
+    if url is None:
+        if fqdn is not None:
+            raise ConfigurationError(f"maf.{fqdn_key}: give maf.{url_key}, the {what}")
+        return None
+    return parse_service_url(url, f"maf.{url_key}", fqdn, f"maf.{fqdn_key}", what)
 
 
 _KEYS: Final[dict[str, dict[str, type]]] = {
