@@ -25,11 +25,14 @@ from urllib.parse import urlsplit
 
 import typer
 
+from m2msec.cli import gba_options as g
 from m2msec.cli.common import console, context_details, fail, read_key
-from m2msec.cli.enrol import enrolled_credential, is_ke_id
+from m2msec.cli.enrol import enrolled_credential, is_gba_ke_id, is_ke_id
 from m2msec.config.values import is_ip
 from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
+from m2msec.frameworks.gba import is_btid
 from m2msec.ids import CseId, parse_entity_id
+from m2msec.keyids import KmId
 from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
 from m2msec.tls.aio import TLSConnection
 from m2msec.tls.aio import connect as tls_connect
@@ -83,7 +86,13 @@ def _profile(
         )
         try:
             initiator = PskInitiator(psk_identity, kpsa, id_b, server_name=server_name)
-        except (IdentifierError, ValueError) as exc:
+        except IdentifierError as exc:
+            if not is_btid(psk_identity):
+                fail(str(exc))
+            # The KpsaID of a GBA bootstrap (m2msec enrol --gba) is its B-TID, verbatim (A-25).
+            initiator = PskInitiator(psk_identity, kpsa, id_b, server_name=server_name,
+                                     verbatim=True)  # fmt: skip
+        except ValueError as exc:
             fail(str(exc))
         return initiator.profile(transport, tls13=not tls12)
     if cert and key and ca:
@@ -100,12 +109,7 @@ def _profile(
 
 
 def _gba_opener(
-    bsf: str | None,
-    impi: str | None,
-    k: str | None,
-    opc: str | None,
-    sqn: str | None,
-    uicc: bool,
+    options: g.GbaDeviceOptions,
     host: str,
     port: int,
     server_name: str | None,
@@ -113,36 +117,15 @@ def _gba_opener(
     timeout: float,
 ) -> Callable[[], Awaitable[TLSConnection]]:
     """Entity A of the GBA framework: USIM from the options, state from the data dir."""
-    if not (bsf and impi and k and opc):
-        fail("--gba needs --bsf, --impi, --k and --opc")
+    device, save = g.gba_device(options)
     if not server_name:
         fail("--gba needs Entity B's host name (its NAF FQDN): give --servername")
-    from m2msec.frameworks.gba_device import DeviceState, GbaDevice
-    from m2msec.gba.aka import Usim
-
-    state = DeviceState()
-    try:
-        saved_sqn, saved = state.load(impi, bsf)
-        given = int(sqn, 16) if sqn else 0
-        usim = Usim(read_key(k, "--k"), read_key(opc, "--opc"), max(given, saved_sqn or 0))
-    except ValueError as exc:
-        fail(f"GBA credential: {exc}")
-    except M2MSecError as exc:
-        fail(str(exc))
-
-    def remember(bootstrap: Any) -> None:
-        state.save(impi, bsf, usim.sqn_ms, bootstrap)
-        console.print(f"GBA: bootstrapped with {bsf}, B-TID {bootstrap.btid}")
-
-    device = GbaDevice(usim, impi, bsf, uicc=uicc, bootstrap=saved, on_bootstrap=remember)
-    if saved is not None and device.bootstrap_valid():
-        console.print(f"GBA: reusing Ks of B-TID {saved.btid} (until {saved.expires})")
 
     async def open_association() -> TLSConnection:
         try:
             return await device.connect(host, port, server_name, id_b=id_b, timeout=timeout)
         finally:
-            state.save(impi, bsf, usim.sqn_ms, device.bootstrap)
+            save()
 
     return open_association
 
@@ -186,9 +169,11 @@ def _maf_opener(
     else:  # a KeID's Km from the Enrolee store (m2msec enrol --maf-id), for its MAF
         enrolled = enrolled_credential(km_id, enrolee_b=False)
         key_km, maf_fqdn = enrolled.credential, maf_fqdn or enrolled.target.target_id
+    # The KmID of a GBA bootstrap (m2msec enrol --gba --maf-id) is its B-TID, verbatim (A-25).
+    kmid = KmId.parse(km_id, verbatim=True) if is_gba_ke_id(km_id) else km_id
     try:
         client = MafClient(
-            parts.hostname, maf_port, maf_fqdn, km_id, key_km, tls13=not tls12, timeout=timeout
+            parts.hostname, maf_port, maf_fqdn, kmid, key_km, tls13=not tls12, timeout=timeout
         )
         initiator = MafInitiator(
             client,
@@ -275,18 +260,12 @@ def connect(
     gba: Annotated[
         bool, typer.Option("--gba", help="GBA-based framework (seed 000 8.2.3.2): Kc = Ks_NAF")
     ] = False,
-    bsf: Annotated[
-        str | None, typer.Option("--bsf", help="GBA: the BSF's Ub URL, http://HOST:PORT")
-    ] = None,
-    impi: Annotated[str | None, typer.Option("--impi", help="GBA: our IMPI")] = None,
-    k: Annotated[str | None, typer.Option("--k", help="GBA: USIM key K (hex, or -)")] = None,
-    opc: Annotated[str | None, typer.Option("--opc", help="GBA: OPc (hex, or -)")] = None,
-    sqn: Annotated[
-        str | None, typer.Option("--sqn", help="GBA: initial SQN_MS (hex, 6 octets)")
-    ] = None,
-    uicc: Annotated[
-        bool, typer.Option("--uicc", help="GBA_U: Ks_int_NAF and the -uicc prefix")
-    ] = False,
+    bsf: g.BsfOption = None,
+    impi: g.ImpiOption = None,
+    k: g.KOption = None,
+    opc: g.OpcOption = None,
+    sqn: g.SqnOption = None,
+    uicc: g.UiccOption = False,
     maf: Annotated[
         str | None,
         typer.Option("--maf", help="MAF-based framework (8.2.2.3): the MAF, tls://HOST:PORT"),
@@ -352,7 +331,7 @@ def connect(
         return
     opener: TLSProfile | Callable[[], Awaitable[TLSConnection]]
     if gba:
-        opener = _gba_opener(bsf, impi, k, opc, sqn, uicc, host, port, server_name, id_b, timeout)
+        opener = _gba_opener((bsf, impi, k, opc, sqn, uicc), host, port, server_name, id_b, timeout)
     elif maf is not None:
         opener = _maf_opener(
             maf, maf_fqdn, km_id, km, target_id, id_b, server_name, tls12, in_domain, host, port,

@@ -4,7 +4,9 @@ Bootstraps with the MEF's Enrolee listener (``--mef tls://HOST:PORT``, or ``dtls
 DTLS 1.2 with the Enrolment Exchange over CoAP) by TLS-PSK with
 ``--kpm-id``/``--kpm`` (8.3.2.1) or by mutual TLS with ``--cert``/``--key``/``--ca``
 (8.3.2.2), runs the Enrolment Exchange for ``--maf-id`` (Km, 10.3.2) or ``--enrolee-b``
-(Kpsa, 10.3.3), and keeps KeID, Ke and the credential sealed in the Enrolee store
+(Kpsa, 10.3.3), or, with ``--gba``, bootstraps over Ub at the MEF's BSF (``--bsf``,
+seed 004 8.3.3.1: KeID = B-TID, Km or Kpsa = Ks_NAF, :mod:`m2msec.frameworks.mef.gba`),
+and keeps KeID, Ke and the credential sealed in the Enrolee store
 (``<data dir>/enrolee.db``, :class:`m2msec.frameworks.mef.EnroleeStore`). A live Ke there
 is reused; an expired one (10.7), or ``--renew``, bootstraps again. It prints KeID, the
 target, the Enrolee-ID and the expiry, never a key.
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit
 
 import typer
 
+from m2msec.cli import gba_options as g
 from m2msec.cli.common import (
     exactly_one,
     exit_on_errors,
@@ -42,6 +45,7 @@ from m2msec.cli.mef_admin import EnroleeBOption, MafIdOption, NafOption, read_kp
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential
+from m2msec.frameworks.gba import is_btid
 from m2msec.frameworks.mef import (
     Enrolee,
     EnroleeStore,
@@ -49,11 +53,12 @@ from m2msec.frameworks.mef import (
     KpmCredential,
     enrol_or_reuse,
 )
-from m2msec.keyids import KeId
+from m2msec.frameworks.mef.gba import enrol_gba_or_reuse
+from m2msec.keyids import KeId, KpsaId
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
 from m2msec.tls.profiles import Transport
 
-__all__ = ["enrol", "enrolled_credential", "is_ke_id"]
+__all__ = ["enrol", "enrolled_credential", "is_gba_ke_id", "is_ke_id"]
 
 StoreOption = Annotated[
     Path | None,
@@ -67,12 +72,33 @@ def _open_store(path: Path | None) -> EnroleeStore:
 
 
 def is_ke_id(text: str) -> bool:
-    """Whether ``text`` is a KeID (10.3.4), which ``connect`` may find in the Enrolee store."""
+    """Whether ``text`` is a KeID (10.3.4) or a B-TID (a GBA KeID, seed 004 8.3.3.1), which
+    ``connect`` may find in the Enrolee store."""
     try:
         KeId.parse(text)
     except IdentifierError:
-        return False
+        return is_gba_ke_id(text)
     return True
+
+
+def is_gba_ke_id(text: str) -> bool:
+    """Whether ``text`` is the KeID of a GBA bootstrap (seed 004 8.3.3.1), used verbatim."""
+    # A B-TID, base64(RAND)@BSF (its "=" padding breaks 10.6), not an ordinary KpsaID: those
+    # still need --psk, as before.
+    try:
+        KpsaId.parse(text)
+    except IdentifierError:
+        return is_btid(text)
+    return False
+
+
+def _parse_ke_id(text: str) -> KeId | str:
+    try:
+        return KeId.parse(text)
+    except IdentifierError:
+        if is_gba_ke_id(text):
+            return text  # a GBA KeID, the B-TID, verbatim (docs/readings.md A-25)
+        raise
 
 
 def enrolled_credential(
@@ -82,7 +108,7 @@ def enrolled_credential(
     (``enrolee_b``) or Km. Exits 1 when it is unknown, expired or for the other kind of
     target, 2 when ``ke_id`` is not a KeID."""
     with exit_on_errors(usage=(IdentifierError,)):
-        parsed = KeId.parse(ke_id)
+        parsed = _parse_ke_id(ke_id)
     with closing(_open_store(store)) as enrolments, store_errors():
         found = enrolments.get(parsed)
     wanted = "Kpsa" if enrolee_b else "Km"
@@ -136,8 +162,9 @@ def _kpm(kpm: str | None, kpm_file: Path | None) -> bytes:
 
 def enrol(
     mef: Annotated[
-        str, url_option("The MEF's Enrolee listener, tls:// or dtls://HOST:PORT.", "--mef")
-    ],
+        str | None,
+        url_option("The MEF's Enrolee listener, tls:// or dtls://HOST:PORT.", "--mef"),
+    ] = None,
     kpm_id: Annotated[
         str | None, option("--kpm-id", metavar="ID", help="PSK bootstrap (8.3.2.1): our KpmID.")
     ] = None,
@@ -179,10 +206,27 @@ def enrol(
     tls12: Annotated[bool, typer.Option("--tls1_2", help="Offer TLS 1.2 only.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds.")] = 10.0,
     store: StoreOption = None,
+    gba: Annotated[
+        bool,
+        typer.Option("--gba", help="GBA bootstrap (seed 004 8.3.3.1) at the MEF's BSF, --bsf."),
+    ] = False,
+    bsf: g.BsfOption = None,
+    impi: g.ImpiOption = None,
+    k: g.KOption = None,
+    opc: g.OpcOption = None,
+    sqn: g.SqnOption = None,
+    uicc: g.UiccOption = False,
 ) -> None:
     """Enrol at a MEF (seed 004): get a KeID whose Km or Kpsa the target fetches from it."""
-    host, port, fqdn, transport = _mef_address(mef, mef_fqdn)
     target = _target(maf_id, enrolee_b, naf_fqdn)
+    if gba:
+        if mef is not None or kpm_id is not None or cert is not None:
+            fail("--gba bootstraps over Ub at --bsf: no --mef, --kpm-id or --cert", 2)
+        _print(_enrol_gba(target, (bsf, impi, k, opc, sqn, uicc), in_domain, renew, store))
+        return
+    if mef is None:
+        fail("give --mef tls://HOST:PORT (or dtls://), or --gba with --bsf", 2)
+    host, port, fqdn, transport = _mef_address(mef, mef_fqdn)
     certificate = (cert, key, ca)
     if kpm_id is not None and any(certificate):
         fail("give --kpm-id (PSK) or --cert/--key/--ca (certificate), not both", 2)
@@ -200,10 +244,34 @@ def enrol(
     failures = (M2MSecError, StoreError, OSError)
     with closing(_open_store(store)) as enrolments, exit_on_errors(failure=failures):
         result, reused = asyncio.run(enrol_or_reuse(enrolee, target, enrolments, fresh=renew))
+    _print((result, reused))
+
+
+def _enrol_gba(
+    target: EnrolmentTarget,
+    options: g.GbaDeviceOptions,
+    in_domain: str | None,
+    renew: bool,
+    store: Path | None,
+) -> tuple[EnrolmentResult, bool]:
+    """Ub bootstrapping at the MEF's BSF, then the target's Km or Kpsa (seed 004 8.3.3.1)."""
+    device, save = g.gba_device(options)
+    failures = (M2MSecError, StoreError, OSError)
+    with closing(_open_store(store)) as enrolments, exit_on_errors(failure=failures):
+        try:
+            return asyncio.run(
+                enrol_gba_or_reuse(device, target, enrolments, in_domain=in_domain, fresh=renew)
+            )
+        finally:
+            save()
+
+
+def _print(done: tuple[EnrolmentResult, bool]) -> None:
+    result, reused = done
     rows = [
         ("KeID", str(result.ke_id)),
         ("target", f"{result.target} ({result.key_name})"),
-        ("Enrolee-ID", result.enrolee_id),
+        ("Enrolee-ID", result.enrolee_id or "-"),
         ("expires", utc_time(result.expires)),
         ("state", "reused (live Ke in the store)" if reused else "enrolled"),
     ]

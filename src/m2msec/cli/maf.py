@@ -417,6 +417,18 @@ def serve(
         str | None,
         option("--mef-fqdn", metavar="FQDN", help="That MEF's FQDN (default: --mef's host)."),
     ] = None,
+    mef_zn: Annotated[
+        str | None,
+        url_option(
+            "The Zn listener of a MEF's BSF, tls://HOST:PORT: its B-TIDs are accepted as "
+            "KmIDs, Km = Ks_NAF fetched over Zn (GBA bootstrap, seed 004 8.3.3.1).",
+            "--mef-zn",
+        ),
+    ] = None,
+    mef_bsf_fqdn: Annotated[
+        str | None,
+        option("--mef-bsf-fqdn", metavar="FQDN", help="That BSF's FQDN (default: its host)."),
+    ] = None,
     log_level: LogLevelOption = "info",
     init: Annotated[bool, init_option("MAF store")] = False,
 ) -> None:
@@ -433,6 +445,8 @@ def serve(
         "maf.durability": durability,
         "maf.mef": mef,
         "maf.mef_fqdn": mef_fqdn,
+        "maf.mef_zn": mef_zn,
+        "maf.mef_bsf_fqdn": mef_bsf_fqdn,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
     cfg = load_serve_config(log_level, load_maf_config, config, overrides)
@@ -479,6 +493,10 @@ def _banner(maf: MafServer) -> Table:
     if mef is not None:
         host, port, fqdn = mef
         table.add_row("MEF", f"KeIDs of {fqdn}: Km fetched at {host}:{port} (seed 004)")
+    zn = cfg.mef_zn_target()
+    if zn is not None:
+        host, port, fqdn = zn
+        table.add_row("MEF (BSF)", f"B-TIDs of {fqdn}: Km = Ks_NAF over Zn at {host}:{port}")
     table.add_row(
         "store",
         f"{st.location}: {len(st.list_clients())} clients, "

@@ -41,7 +41,10 @@ class MafConfig(ServiceConfig):
     listener (``tls://HOST:PORT``) of a MEF whose KeIDs the MAF Handshake accepts as KmIDs
     (seed 004, TS-0003 8.3.2.1: the MAF as Enrolment Target fetches Km, SUID 21, with its
     FQDN certificate); ``mef_fqdn`` is that MEF's FQDN (default: the URL's host) and
-    ``mef_timeout`` bounds each fetch (the waiting handshake then fails).
+    ``mef_timeout`` bounds each fetch (the waiting handshake then fails). ``mef_zn`` is the
+    Zn listener (``tls://HOST:PORT``) of the MEF's BSF (the GBA bootstrap, seed 004 8.3.3.1):
+    its B-TIDs are accepted as KmIDs, Km = Ks_NAF for the MAF's FQDN fetched over Zn;
+    ``mef_bsf_fqdn`` is that BSF's FQDN (default: the URL's host).
     """
 
     listen: str = DEFAULT_LISTEN
@@ -56,6 +59,8 @@ class MafConfig(ServiceConfig):
     mef: str | None = None
     mef_fqdn: str | None = None
     mef_timeout: float = 5.0
+    mef_zn: str | None = None
+    mef_bsf_fqdn: str | None = None
 
     def __post_init__(self) -> None:
         check_service_config(
@@ -77,16 +82,16 @@ class MafConfig(ServiceConfig):
             raise ConfigurationError("durability must be 'full' or 'normal'")
         if self.mef is not None or self.mef_fqdn is not None:
             self.mef_target()  # ConfigurationError now rather than at start
+        if self.mef_zn is not None or self.mef_bsf_fqdn is not None:
+            self.mef_zn_target()
 
     def mef_target(self) -> tuple[str, int, str] | None:
         """(host, port, MEF-FQDN) of ``mef``, or None without one."""
-        if self.mef is None:
-            if self.mef_fqdn is not None:
-                raise ConfigurationError("maf.mef_fqdn: give maf.mef, the MEF's target listener")
-            return None
-        return parse_service_url(
-            self.mef, "maf.mef", self.mef_fqdn, "maf.mef_fqdn", "MEF's target listener"
-        )
+        return _peer(self.mef, "mef", self.mef_fqdn, "mef_fqdn", "MEF's target listener")
+
+    def mef_zn_target(self) -> tuple[str, int, str] | None:
+        """(host, port, BSF FQDN) of ``mef_zn``, or None without one."""
+        return _peer(self.mef_zn, "mef_zn", self.mef_bsf_fqdn, "mef_bsf_fqdn", "BSF's Zn listener")
 
     @property
     def effective_durability(self) -> str:
@@ -117,6 +122,17 @@ class MafConfig(ServiceConfig):
         return spec
 
 
+def _peer(
+    url: str | None, url_key: str, fqdn: str | None, fqdn_key: str, what: str
+) -> tuple[str, int, str] | None:
+    """(host, port, FQDN) of the peer at ``url`` (named ``fqdn``, default its host), or None."""
+    if url is None:
+        if fqdn is not None:
+            raise ConfigurationError(f"maf.{fqdn_key}: give maf.{url_key}, the {what}")
+        return None
+    return parse_service_url(url, f"maf.{url_key}", fqdn, f"maf.{fqdn_key}", what)
+
+
 _KEYS: Final[dict[str, dict[str, type]]] = {
     "maf": {
         **SERVICE_KEYS,
@@ -131,6 +147,8 @@ _KEYS: Final[dict[str, dict[str, type]]] = {
         "mef": str,
         "mef_fqdn": str,
         "mef_timeout": float,
+        "mef_zn": str,
+        "mef_bsf_fqdn": str,
     },
     "certificates": dict(CERTIFICATE_KEYS),
 }
@@ -153,6 +171,8 @@ def parse_maf_config(
         audit_log = "audit.log"                      # default: beside the store
         mef = "tls://127.0.0.1:8447"                 # a MEF's target listener: its KeIDs
         mef_fqdn = "mef.in.provider.com"             #   are KmIDs here (Km fetched, SUID 21)
+        mef_zn = "tls://127.0.0.1:8081"              # the MEF's BSF (Zn): its B-TIDs are
+        mef_bsf_fqdn = "mef.in.provider.com"         #   KmIDs here (Km = Ks_NAF over Zn)
 
         [certificates]                               # the MAF's FQDN certificate (10.1.1.6)
         cert = "maf.pem"
@@ -167,8 +187,9 @@ def parse_maf_config(
         raise ConfigurationError("maf.fqdn is missing: the MAF's FQDN, e.g. maf.in.provider.com")
     if values.get("retrieval_listen") == "":
         values["retrieval_listen"] = None
-    if values.get("mef") == "":
-        values["mef"] = None
+    for name in ("mef", "mef_zn"):
+        if values.get(name) == "":
+            values[name] = None
     return MafConfig(source=source, **values)
 
 

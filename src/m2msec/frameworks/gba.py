@@ -74,6 +74,7 @@ __all__ = [
     "format_identity",
     "gba_naf_id",
     "gba_profile",
+    "is_btid",
     "parse_identity",
     "zn_profile",
 ]
@@ -120,6 +121,15 @@ def _check_btid(btid: str) -> str:
         raise IdentifierError(f"B-TID {btid[:80]!r} is not of the form <local>@<BSF domain>")
     check_fqdn(domain, "BSF domain of the B-TID")
     return btid
+
+
+def is_btid(text: str) -> bool:
+    """Whether ``text`` has the form of a B-TID (``<local>@<BSF domain>``, visible ASCII)."""
+    try:
+        _check_btid(text)
+    except IdentifierError:
+        return False
+    return True
 
 
 def format_identity(btid: str, uicc: bool = False) -> bytes:
@@ -326,7 +336,19 @@ class GbaResponder:
             raise HandshakeError(
                 "GBA needs TLS 1.2 (no identity hint in TLS 1.3, docs/readings.md A-03)"
             )
-        nid = gba_naf_id(self.naf_fqdn, cipher_suite)
+        return await self.naf_key(btid, gba_naf_id(self.naf_fqdn, cipher_suite), uicc)
+
+    def cached(self, btid: str, nid: bytes, uicc: bool) -> tuple[bytes, PeerBinding] | None:
+        """The NAF key of ``btid`` held and unexpired, without a Zn call, or None."""
+        entry = self._cache.get((btid, nid, uicc))
+        if entry is None or entry.expires <= self._clock():
+            return None
+        return entry.key, entry.binding
+
+    async def naf_key(self, btid: str, nid: bytes, uicc: bool) -> tuple[bytes, PeerBinding]:
+        """Ks_(ext/int)_NAF of ``btid`` for NAF_Id ``nid`` and the binding the USS gives,
+        from the cache or over Zn (one fetch for concurrent callers). Also the seed 004 GBA
+        bootstrap's Kpsa (:mod:`m2msec.frameworks.mef.gba`); refusals raise HandshakeError."""
         slot = (btid, nid, uicc)
         now = self._clock()
         cached = self._cache.get(slot)

@@ -12,6 +12,12 @@ that are not KeIDs of a configured MEF are refused without any network call; a M
 refuses, is down or is slow fails the handshake (unknown_psk_identity in TLS 1.2) within
 the fetcher's timeout. A resumed session needs its Kpsa still held and unexpired.
 
+With ``gba`` (the gateway's NAF, ``[gba]``), a psk_identity that is a B-TID is the KeID of
+the GBA-based bootstrap (seed 004 8.3.3.1, V3.18 8.3.2.3; KpsaID = B-TID verbatim,
+docs/readings.md A-25): Kpsa = Ks_NAF for NAF_Id = our NAF FQDN || 01 00 01 00 AE (A-31),
+fetched over Zn from the MEF's BSF (GUSS-gated there), bound as the USS says
+(:func:`m2msec.frameworks.gba.binding_for_naf_key`). Such sessions are not resumed.
+
 Keys never appear in ``repr``, logs or error messages; KeIDs do.
 """
 
@@ -20,7 +26,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from m2msec.errors import HandshakeError, IdentifierError
+from m2msec.frameworks.gba import GbaResponder, is_btid
 from m2msec.frameworks.maf.common import Clock, printable
+from m2msec.frameworks.mef.gba import enrolment_naf_id
 from m2msec.frameworks.mef_fetch import CredentialFetchError, MefCredentialFetcher
 from m2msec.frameworks.remote_keys import entity_binding
 from m2msec.ids import check_fqdn
@@ -44,8 +52,10 @@ class MefResponder:
         sp_fqdn: str | None = None,
         require_sni: bool = False,
         clock: Clock | None = None,
+        gba: GbaResponder | None = None,
     ) -> None:
         self.fetcher = fetcher
+        self.gba = gba
         self.local_id = local_id
         self.sp_fqdn = check_fqdn(sp_fqdn, "M2M-SP FQDN").lower() if sp_fqdn else None
         self.require_sni = require_sni
@@ -61,6 +71,11 @@ class MefResponder:
         try:
             ke_id = KeId.parse(identity.decode("ascii"))
         except (UnicodeDecodeError, IdentifierError):
+            btid = identity.decode("ascii", "replace")
+            if self.gba is not None and is_btid(btid):
+                # The GBA bootstrap's KeID (module docstring): Kpsa = Ks_NAF over Zn.
+                nid = enrolment_naf_id(self.gba.naf_fqdn)
+                return await self.gba.naf_key(btid, nid, self.gba.require_uicc)
             raise HandshakeError(
                 f"psk_identity {printable(identity)!r} is not a KeID "
                 "(hexBinary(RelativeKeID)@MEF-FQDN, TS-0003 10.3.4)"

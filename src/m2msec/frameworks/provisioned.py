@@ -127,8 +127,10 @@ class PskInitiator:
         *,
         local_id: str | None = None,
         server_name: str | None = None,
+        verbatim: bool = False,
     ) -> None:
-        KpsaId.parse(kpsa_id)
+        # verbatim: a GBA bootstrap's KpsaID, the B-TID, skips 10.6's characters (A-25).
+        KpsaId.parse(kpsa_id, verbatim=verbatim)
         if not 0 < len(kpsa) <= 64:
             raise ValueError("Kpsa must be 1 to 64 octets")
         if len(kpsa) < WEAK_KEY_OCTETS:

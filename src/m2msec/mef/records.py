@@ -41,6 +41,7 @@ __all__ = [
     "check_kpm_id",
     "enrolee_aad",
     "ke_aad",
+    "ke_id_text",
 ]
 
 #: m2m:suid (TS-0004 6.3.4.2.39) of a remotely provisioned key for a MAF / for an SAEF peer.
@@ -280,12 +281,20 @@ def enrolee_aad(enrolee: Enrolee) -> bytes:
     )
 
 
-def ke_aad(ke_id: KeId, enrolee_id: str, target: EnrolmentTarget, expires: int) -> bytes:
+def ke_id_text(ke_id: KeId | str) -> str:
+    """The one stored text of a KeID: hexBinary in lower case, the FQDN case-insensitive
+    (docs/readings.md A-05); a GBA KeID, the B-TID (seed 004 8.3.3.1), verbatim (A-25)."""
+    if isinstance(ke_id, str):
+        return ke_id
+    return f"{ke_id.relative_hex}@{ke_id.fqdn.lower()}"
+
+
+def ke_aad(ke_id: KeId | str, enrolee_id: str, target: EnrolmentTarget, expires: int) -> bytes:
     """Associated data sealing a Ke: its KeID, who it serves, until when (epoch seconds)."""
     return b"".join(
         (
             b"m2msec/mef/ke\x00",
-            _lp(f"{ke_id.relative_hex}@{ke_id.fqdn.lower()}"),
+            _lp(ke_id_text(ke_id)),
             _lp(enrolee_id),
             _target_aad(target),
             expires.to_bytes(8, "big", signed=True),

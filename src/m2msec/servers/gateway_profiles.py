@@ -171,6 +171,9 @@ class ResponderProfiles:
             addresses = {mef.fqdn: (mef.host, mef.port)}
             fetcher = self._fetcher(MefCredentialFetcher, mef, addresses, "mef")
             self.mef = self._responder(MefResponder, fetcher)
+            if self.config.gba is not None:
+                # A B-TID KeID (GBA bootstrap, seed 004 8.3.3.1): Ks_NAF from the same NAF.
+                self.mef.gba = self._gba_responder(self.config.gba)
         return self.mef.profile(transport, tls13=self.config.tls13)
 
     def _responder(self, kind: Callable[..., _R], fetcher: KeyFetcher[Any, Any]) -> _R:
@@ -211,13 +214,16 @@ class ResponderProfiles:
         Over DTLS (``dtls://...?framework=gba``) the same NAF answers DTLS-PSK: our extension
         (docs/conformance.md); NAF_Id names the suite the DTLS ServerHello chose.
         """
+        return self._gba_responder(gba).profile(transport)
+
+    def _gba_responder(self, gba: GbaConfig) -> GbaResponder:
+        """The one NAF of ``[gba]`` (its Zn client and key cache), made on first use."""
         from m2msec.frameworks.certificate import CertificateCredential
         from m2msec.frameworks.gba import GbaResponder, zn_profile
         from m2msec.gba.zn import ZnClient
 
         if self.gba is not None:
-            return self.gba.profile(transport)
-
+            return self.gba
         try:
             credential = CertificateCredential.from_files(gba.cert, gba.key, gba.ca)
         except CertificateError as exc:
@@ -236,7 +242,7 @@ class ResponderProfiles:
             require_uicc=gba.require_uicc,
             require_sni=self.config.require_sni,
         )
-        return self.gba.profile(transport)
+        return self.gba
 
 
 def psk_row_check(

@@ -4,8 +4,9 @@
 the Enrolment Target (a MAF-ID or an Enrolee-B-ID), the Enrolee-ID the MEF answered, the
 Enrolment Expiry (10.7), the bootstrap credential it was obtained with (a KpmID or the
 Enrolee's certificate identity), Ke, and the credential derived from Ke for the target:
-Km (10.3.2) for a MAF, Kpsa (10.3.3) for an Enrolee B. Ke and the credential are never in
-``repr``.
+Km (10.3.2) for a MAF, Kpsa (10.3.3) for an Enrolee B. After a GBA bootstrap (seed 004
+8.3.3.1) KeID is the B-TID, Ke is Ks and the credential Ks_(ext/int)_NAF
+(:mod:`m2msec.frameworks.mef.gba`). Ke and the credential are never in ``repr``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ __all__ = ["EnrolmentResult"]
 class EnrolmentResult:
     """One enrolment of this Enrolee (module docstring)."""
 
-    ke_id: KeId
+    #: A KeId, or the B-TID of a GBA bootstrap (seed 004 8.3.3.1; docs/readings.md A-25).
+    ke_id: KeId | str
     target: EnrolmentTarget
     enrolee_id: str
     expires: datetime
@@ -34,7 +36,10 @@ class EnrolmentResult:
 
     @property
     def mef_fqdn(self) -> str:
-        """The MEF that enrolled us: the domain of KeID (10.3.4)."""
+        """The MEF that enrolled us: the domain of KeID (10.3.4), or of the B-TID (the MEF
+        as BSF)."""
+        if isinstance(self.ke_id, str):
+            return self.ke_id.rpartition("@")[2].lower()
         return self.ke_id.mef_fqdn
 
     @property

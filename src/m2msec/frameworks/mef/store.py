@@ -10,6 +10,8 @@ it. Tables::
                target_kind, target_id, naf_fqdn, expires_at, created)
     meta(name PK, value)                    -- the KEK check value
 
+A GBA enrolment (seed 004 8.3.3.1) is kept the same way: KeID = its B-TID verbatim, Ke = Ks,
+bootstrap credential ``gba:<IMPI>`` (:mod:`m2msec.frameworks.mef.gba`).
 ``keys`` is Ke followed by the credential derived for the target (Km or Kpsa), sealed with
 the associated data of :func:`m2msec.mef.records.ke_aad` (KeID, Enrolee-ID, target,
 expiry) and the bootstrap credential: a row edited without the KEK no longer opens.
@@ -28,9 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from m2msec.errors import IdentifierError
+from m2msec.frameworks.gba import is_btid
 from m2msec.frameworks.mef.result import EnrolmentResult
 from m2msec.keyids import KeId
-from m2msec.mef.records import EnrolmentTarget, TargetKind, ke_aad
+from m2msec.mef.records import EnrolmentTarget, TargetKind, ke_aad, ke_id_text
 from m2msec.paths import state_path
 from m2msec.store.db import Database, SqliteDatabase, from_epoch, to_epoch
 from m2msec.store.schema import KekCheck, SealedSchema
@@ -73,12 +77,19 @@ def default_enrolee_store_path(*, create: bool = False) -> Path:
     return state_path(ENROLEE_STORE_NAME, create=create)
 
 
-def _ke_key(ke_id: KeId) -> str:
-    # hexBinary in lower case, the FQDN case-insensitive (docs/readings.md A-05).
-    return f"{ke_id.relative_hex}@{ke_id.fqdn.lower()}"
+def _parse_key(text: str) -> KeId | str:
+    """A stored KeID: a KeId, else a GBA enrolment's B-TID (seed 004 8.3.3.1), verbatim."""
+    try:
+        return KeId.parse(text)
+    except IdentifierError:
+        if is_btid(text):
+            return text
+        raise
 
 
-def _aad(ke_id: KeId, enrolee_id: str, target: EnrolmentTarget, expires: int, boot: str) -> bytes:
+def _aad(
+    ke_id: KeId | str, enrolee_id: str, target: EnrolmentTarget, expires: int, boot: str
+) -> bytes:
     # The MEF's own binding of a Ke, then what only the Enrolee knows: its bootstrap credential.
     return ke_aad(ke_id, enrolee_id, target, expires) + b"m2msec/enrolee\x00" + boot.encode()
 
@@ -123,7 +134,7 @@ class EnroleeStore(SealedTables):
             _aad(result.ke_id, result.enrolee_id, target, expires, result.bootstrap_id),
         )
         row = (
-            _ke_key(result.ke_id),
+            ke_id_text(result.ke_id),
             sealed,
             result.mef_fqdn.lower(),
             result.bootstrap_id,
@@ -150,7 +161,7 @@ class EnroleeStore(SealedTables):
     def get(self, ke_id: KeId | str) -> EnrolmentResult | None:
         """The enrolment of a KeID, Ke and credential unsealed (expired ones too: the caller
         decides); None if unknown."""
-        key = _ke_key(ke_id if isinstance(ke_id, KeId) else KeId.parse(ke_id))
+        key = ke_id_text(ke_id if isinstance(ke_id, KeId) else _parse_key(ke_id))
         sql = f"SELECT {_COLUMNS} FROM enrolments WHERE ke_id = {self._p}"
         row = self._read(sql, (key,), lambda c: c.fetchone())
         return None if row is None else self._result(row)
@@ -173,18 +184,18 @@ class EnroleeStore(SealedTables):
         row = self._read(sql, args, lambda c: c.fetchone())
         return None if row is None else self._result(row)
 
-    def list(self) -> list[tuple[KeId, EnrolmentTarget, datetime]]:
+    def list(self) -> list[tuple[KeId | str, EnrolmentTarget, datetime]]:
         """Every enrolment's KeID, target and expiry, oldest first; no key is unsealed."""
         sql = "SELECT ke_id, target_kind, target_id, naf_fqdn, expires_at FROM enrolments "
         rows = self._read(sql + "ORDER BY created, ke_id", (), lambda c: list(c.fetchall()))
         return [
-            (KeId.parse(k), EnrolmentTarget(TargetKind(kind), tid, naf), from_epoch(exp))
+            (_parse_key(k), EnrolmentTarget(TargetKind(kind), tid, naf), from_epoch(exp))
             for k, kind, tid, naf, exp in rows
         ]
 
     def _result(self, row: Sequence[Any]) -> EnrolmentResult:
         key, sealed, _mef, boot, enrolee_id, _tkey, kind, target_id, naf, expires, created = row
-        ke_id = KeId.parse(key)
+        ke_id = _parse_key(key)
         target = EnrolmentTarget(TargetKind(kind), target_id, naf)
         keys = self._sealer.unseal(
             bytes(sealed),
