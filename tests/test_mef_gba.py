@@ -244,8 +244,9 @@ async def test_maf_accepts_a_btid_as_kmid(tmp_path: Path) -> None:
         maf_store = MafStore(tmp_path / "maf.db")
         maf_store.add_entity_b(f"/{IN_CSE}")
         cfg = MafConfig(
-            MAF_FQDN, str(tmp_path / "maf.db"), "tls://127.0.0.1:0", "tls://127.0.0.1:0",
-            cert=cert, key=key, ca=net.ca.cert_path, in_domain=IN_DOMAIN,
+            MAF_FQDN, str(tmp_path / "maf.db"), listen="tls://127.0.0.1:0",
+            retrieval_listen="tls://127.0.0.1:0", cert=cert, key=key, ca=net.ca.cert_path,
+            in_domain=IN_DOMAIN,
             mef_zn=f"tls://{net.zn_host}:{net.zn_port}", mef_bsf_fqdn=BSF_FQDN,
         )  # fmt: skip
         try:
@@ -322,7 +323,8 @@ async def test_enrol_gba_for_the_maf_then_connect_maf_cli(tmp_path: Path) -> Non
         maf_store = MafStore(tmp_path / "maf.db")
         maf_store.add_entity_b(f"/{IN_CSE}")
         cfg = MafConfig(
-            MAF_FQDN, str(tmp_path / "maf.db"), "tls://127.0.0.1:0", None, cert=cert, key=key,
+            MAF_FQDN, str(tmp_path / "maf.db"), listen="tls://127.0.0.1:0",
+            retrieval_listen=None, cert=cert, key=key,
             ca=net.ca.cert_path, in_domain=IN_DOMAIN,
             mef_zn=f"tls://{net.zn_host}:{net.zn_port}", mef_bsf_fqdn=BSF_FQDN,
         )  # fmt: skip
