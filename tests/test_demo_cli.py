@@ -46,12 +46,20 @@ def test_demo_runs_tr0038_scenario() -> None:
     assert "meter registers as Cmeter-1, the AE its Enrolee-ID names: X-M2M-RSC 2001 ok" in out
     assert "meter speaking as Clight-AE1 is refused: X-M2M-RSC 4106 ok" in out
     assert "MN-CSE psk table still holds no row for it: ok" in out
-    # A second device enrols for the MAF (PSK bootstrap, said so); the MAF fetches Km.
-    assert "MEF bootstrap (PSK, not GBA) for the MAF" in out
-    assert "sensor-0002: TLS-PSK bootstrap as KpmID sensor-0002 (PSK bootstrap" in out
-    assert "sensor registers as Csensor-2, its Enrolee-ID: X-M2M-RSC 2001 ok" in out
-    assert "MAF store holds no Master Credential for the KeID: ok" in out
-    assert "MEF: 2 enrolments, each credential fetched once by its target: ok" in out
+    # A second device enrols for the MAF by GBA bootstrap at the MEF's BSF (KmID = B-TID);
+    # the MAF fetches Km = Ks_NAF over Zn, and the AE the sensor's USS names registers.
+    assert "9. Sensor to IN-CSE: MEF GBA bootstrap (seed 004 8.3.3.1) for the MAF" in out
+    assert "GUSS allows NAF maf.provider.com as Csensor-2" in out
+    assert re.search(
+        r"sensor-0002@ims\.\S+: Ub bootstrap at the MEF's BSF \(Digest AKA\), "
+        r"KeID = B-TID \S+==@mef\.in\.provider\.com",
+        out,
+    )
+    assert "MAF Handshake with KmID = B-TID (Km = Ks_NAF from Zn)" in out
+    assert "sensor registers as Csensor-2, the AE-ID its USS names: X-M2M-RSC 2001 ok" in out
+    assert "MAF store holds no Master Credential for the B-TID: ok" in out
+    assert "MEF's BSF: 1 Ub bootstrap, Km given once over Zn to the MAF: ok" in out
+    assert "MEF: 1 PSK enrolment, its Kpsa fetched once by the gateway: ok" in out
     # Entity B's SA records bind the AE-IDs from the psk table and the CSE-ID from the cert.
     table = out[out.index("Security associations established") :]
     for expected in (

@@ -18,9 +18,11 @@
   8.3.2.1, seed 004; PSK bootstrap) for the home gateway as Enrolee B, then reaches it by
   TLS-PSK under its KeID: the gateway (``framework=mef``) fetches the Kpsa from the MEF,
   its psk table never holding a row for the meter.
-* A second device enrols, by PSK bootstrap too (the GBA bootstrap of 8.3.2.3 is not used
-  here), for the MAF; the MAF (``mef``) fetches Km from the MEF, and the device reaches
-  the IN-CSE by the MAF-based framework with KmID = its KeID.
+* A second device, a sensor holding only its USIM, enrols for the MAF by the GBA-based
+  bootstrap (seed 004 8.3.3.1): it bootstraps over Ub at the MEF's GBA role, a BSF under
+  the MEF's FQDN whose GUSS allows the MAF as NAF, and takes Km = Ks_NAF, KmID = B-TID;
+  the MAF (``mef_zn``) fetches Km over Zn, and the device reaches the IN-CSE by the
+  MAF-based framework with KmID = the B-TID.
 
 The CSEs are ACME instances; m2msec gateways stand in front of them as Entity B.
 """
@@ -53,10 +55,12 @@ from m2msec.frameworks.certificate import CertificateCredential, CertificateInit
 from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.frameworks.mef import Enrolee, EnrolmentResult, KpmCredential
+from m2msec.frameworks.mef.gba import enrol_gba
 from m2msec.frameworks.provisioned import PskInitiator
 from m2msec.gba.aka import Usim
 from m2msec.gba.records import Guss
 from m2msec.ids import CseId
+from m2msec.keyids import KmId
 from m2msec.maf.store import MafStore
 from m2msec.mef.records import Bootstrap, EnrolmentTarget
 from m2msec.mef.records import Enrolee as EnroleeConfig
@@ -78,7 +82,8 @@ MN_CSE = "mn-cse-123456"
 IN_CSE = "id-in"
 BSF_FQDN = f"bsf.{IN_DOMAIN}"
 #: The GBA device's subscription (K and OPc of TS 35.208 test set 1, a demo value).
-GBA_IMPI = "gba-meter@ims.mnc001.mcc001.3gppnetwork.org"
+IMS = "ims.mnc001.mcc001.3gppnetwork.org"
+GBA_IMPI = f"gba-meter@{IMS}"
 GBA_K = "465b5ce8b199b49faa5f0a2ee238a6bc"
 GBA_OPC = "cd63cb71954a9f4e48a5994e37a02baf"
 MAF_FQDN = "maf.provider.com"
@@ -86,9 +91,10 @@ MAF_FQDN = "maf.provider.com"
 SMARTPHONE = ("smartphone@maf.provider.com", "Csmartphone")
 
 MEF_FQDN = f"mef.{IN_DOMAIN}"
-#: The MEF's Enrolees (KpmID, Enrolee-ID, Enrolment Target); their Kpm is drawn at "factory".
+#: The MEF's PSK Enrolee (KpmID, Enrolee-ID, Enrolment Target); its Kpm is drawn at "factory".
 METER = ("meter-0001", f"/{MN_CSE}/Cmeter-1", EnrolmentTarget.enrolee_b(f"/{MN_CSE}"))
-SENSOR = ("sensor-0002", "Csensor-2", EnrolmentTarget.maf(MAF_FQDN))
+#: The GBA Enrolee (IMPI, the AE-ID its USS names, Enrolment Target); K and OPc drawn likewise.
+SENSOR = (f"sensor-0002@{IMS}", "Csensor-2", EnrolmentTarget.maf(MAF_FQDN))
 
 #: TR-0038 Table 7.1.2-1 (the lights) and 7.1.2-2 (the MN-CSE): the same rows.
 LIGHTS = (
@@ -134,20 +140,12 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
     in_key, in_cert = write_credential(ca.issue(f"/{IN_CSE}"), workdir / "in-cse")
     bsf_key, bsf_cert = write_credential(ca.issue_service(BSF_FQDN), workdir / "bsf")
     say(f"  CA for {IN_DOMAIN}; certificates for /{MN_CSE}, /{IN_CSE} and the BSF {BSF_FQDN}")
-    bsf = BsfServer(
-        BsfConfig(
-            fqdn=BSF_FQDN,
-            listen=(("127.0.0.1", 0),),
-            zn_listen=(("127.0.0.1", 0),),
-            store=workdir / "bsf.db",
-            cert=bsf_cert,
-            key=bsf_key,
-            ca=ca.cert_path,
-        )
-    )
+    bsf = _bsf(BSF_FQDN, workdir / "bsf", bsf_cert, bsf_key, ca.cert_path)
     mef, mef_store, kpms = _mef(workdir, ca, say)
-    await mef.start()  # the MAF's configuration names its target listener
+    await mef.start()  # the gateway's [mef] names its target listener
     mef_port = mef.listener("target").port
+    mef_bsf, sensor_usim = await _mef_bsf(workdir, ca, say)  # the MAF names its Zn listener
+    mef_zn_host, mef_zn_port = mef_bsf.zn_addresses[0]
     maf_key, maf_cert = write_credential(ca.issue_service(MAF_FQDN), workdir / "maf")
     km = secrets.token_bytes(32)
     maf_store = MafStore(workdir / "maf.db")
@@ -164,8 +162,8 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
             key=maf_key,
             ca=ca.cert_path,
             in_domain=IN_DOMAIN,
-            mef=f"tls://127.0.0.1:{mef_port}",  # m2msec maf serve --mef: Km of KeIDs
-            mef_fqdn=MEF_FQDN,
+            mef_zn=f"tls://{mef_zn_host}:{mef_zn_port}",  # maf serve --mef-zn: Km of B-TIDs
+            mef_bsf_fqdn=MEF_FQDN,
         ),
         maf_store,
     )
@@ -239,11 +237,11 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
             await _smartphone(result, say, in_gw, in_acme, maf, km)
             meter = _factory_fresh(mef, METER[0], kpms)
             await _meter(result, say, mn_gw, mn_acme, store, meter)
-            sensor = _factory_fresh(mef, SENSOR[0], kpms)
-            await _sensor(result, say, in_gw, in_acme, maf, sensor)
+            sensor = GbaDevice(sensor_usim, SENSOR[0], mef_bsf.ub_url())
+            await _sensor(result, say, in_gw, in_acme, maf, sensor, mef_bsf)
             fetched = mef.stats["fetched"]
-            what = "MEF: 2 enrolments, each credential fetched once by its target"
-            _step(result, say, what, f"{fetched} fetched", mef.stats["enrolments"] == fetched == 2)
+            what = "MEF: 1 PSK enrolment, its Kpsa fetched once by the gateway"
+            _step(result, say, what, f"{fetched} fetched", mef.stats["enrolments"] == fetched == 1)
             # Entity B's SA record for each association, found by the shared SA identifier.
             records = {**mn_gw.recent_associations, **in_gw.recent_associations}
             result.associations = [
@@ -254,29 +252,52 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
                 "IN-CSE": in_gw.stats.as_dict(),
             }
     finally:
-        await asyncio.gather(mn_acme.stop(), in_acme.stop(), bsf.close(), maf.close(), mef.close())
+        await asyncio.gather(
+            mn_acme.stop(), in_acme.stop(), bsf.close(), maf.close(), mef.close(), mef_bsf.close()
+        )
         store.close()
         maf_store.close()
         mef_store.close()
     return result
 
 
+def _bsf(fqdn: str, where: Path, cert: Path, key: Path, ca: Path) -> BsfServer:
+    """A BSF (Ub and Zn on loopback) with its FQDN certificate, as ``m2msec bsf serve``."""
+    loopback = (("127.0.0.1", 0),)
+    return BsfServer(BsfConfig(fqdn, loopback, loopback, where.with_suffix(".db"), cert, key, ca))
+
+
+async def _mef_bsf(workdir: Path, ca: CertificateAuthority, say: Say) -> tuple[BsfServer, Usim]:
+    """The MEF's GBA role (seed 004 8.3.3.1, docs/mef.md 8b): a BSF under the MEF's FQDN,
+    its subscriber the sensor, whose GUSS lets the MAF be NAF and names its AE-ID. K and
+    OPc are drawn here, as at the factory, and handed only to the sensor's USIM."""
+    key, cert = write_credential(ca.issue_service(MEF_FQDN), workdir / "mef-bsf")
+    bsf = _bsf(MEF_FQDN, workdir / "mef-bsf", cert, key, ca.cert_path)
+    impi, ae_id, _ = SENSOR
+    await bsf.start()
+    k, opc = secrets.token_bytes(16), secrets.token_bytes(16)
+    guss = Guss.allowing({MAF_FQDN: {"aeId": ae_id}})
+    bsf.store.add_subscriber(impi, k=k, opc=opc, guss=guss)
+    say(f"  MEF {MEF_FQDN} as BSF: subscriber {impi}, GUSS allows NAF {MAF_FQDN} as {ae_id}")
+    return bsf, Usim(k, opc)
+
+
 def _mef(
     workdir: Path, ca: CertificateAuthority, say: Say
 ) -> tuple[MefServer, MefStore, dict[str, bytes]]:
-    """The MEF with its FQDN certificate and the two PSK Enrolees, configured as
-    ``m2msec mef add-enrolee`` and ``allow-target`` would; each Kpm is drawn here, as at
+    """The MEF with its FQDN certificate and the PSK Enrolee, configured as
+    ``m2msec mef add-enrolee`` and ``allow-target`` would; its Kpm is drawn here, as at
     the factory, and handed only to its device."""
     mef_key, mef_cert = write_credential(ca.issue_service(MEF_FQDN), workdir / "mef")
     mef_store = MefStore(workdir / "mef.db", kek=secrets.token_bytes(32))
-    kpms = {kpm_id: secrets.token_bytes(16) for kpm_id, _, _ in (METER, SENSOR)}
-    for kpm_id, enrolee_id, target in (METER, SENSOR):
-        enrolee = EnroleeConfig(
-            Bootstrap.PSK, kpm_id, enrolee_id, target, timedelta(days=30), kpms[kpm_id]
-        )
-        mef_store.add_enrolee(enrolee)
-        mef_store.allow_target(target)  # before the MEF starts: it names MAFs then
-        say(f"  MEF {MEF_FQDN}: Enrolee {kpm_id} (Kpm), Enrolee-ID {enrolee_id}, target {target}")
+    kpm_id, enrolee_id, target = METER
+    kpms = {kpm_id: secrets.token_bytes(16)}
+    enrolee = EnroleeConfig(
+        Bootstrap.PSK, kpm_id, enrolee_id, target, timedelta(days=30), kpms[kpm_id]
+    )
+    mef_store.add_enrolee(enrolee)
+    mef_store.allow_target(target)  # before the MEF starts
+    say(f"  MEF {MEF_FQDN}: Enrolee {kpm_id} (Kpm), Enrolee-ID {enrolee_id}, target {target}")
     config = MefConfig(
         MEF_FQDN,
         enrolee_listen=("tls://127.0.0.1:0",),
@@ -474,7 +495,7 @@ async def _maf_association(
     say: Say,
     gw: Gateway,
     maf: MafServer,
-    km_id: str,
+    km_id: KmId | str,
     km: bytes,
     label: str,
     handshake: str,
@@ -537,25 +558,33 @@ async def _meter(
 
 
 async def _sensor(
-    result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, maf: MafServer, enrolee: Enrolee
+    result: DemoResult,
+    say: Say,
+    gw: Gateway,
+    acme: AcmeCSE,
+    maf: MafServer,
+    device: GbaDevice,
+    mef_bsf: BsfServer,
 ) -> None:
-    say("[bold]9. Sensor to IN-CSE: MEF bootstrap (PSK, not GBA) for the MAF, then the MAF[/]")
-    kpm_id, enrolee_id, target = SENSOR
-    got = await enrolee.enrol(target)
-    _enrolled(say, kpm_id, got, "Km (10.3.2)")
-    handshake = (
-        f"MAF Handshake with KmID = KeID (the MAF fetched Km from the MEF); Kc for /{IN_CSE}"
-    )
-    label = "sensor -> IN-CSE (MEF, MAF)"
-    http = await _maf_association(
-        result, say, gw, maf, str(got.ke_id), got.credential, label, handshake
-    )
+    say("[bold]9. Sensor to IN-CSE: MEF GBA bootstrap (seed 004 8.3.3.1) for the MAF[/]")
+    impi, ae_id, target = SENSOR
+    got = await enrol_gba(device, target)
+    say(f"  {impi}: Ub bootstrap at the MEF's BSF (Digest AKA), KeID = B-TID {got.ke_id}")
+    say(f"  Km = Ks_NAF for {MAF_FQDN}, KmID = the B-TID; the MAF fetches Km over Zn")
+    km_id = KmId.parse(str(got.ke_id), verbatim=True)  # the B-TID verbatim (A-25)
+    handshake = f"MAF Handshake with KmID = B-TID (Km = Ks_NAF from Zn); Kc for /{IN_CSE}"
+    label = "sensor -> IN-CSE (MEF GBA, MAF)"
+    http = await _maf_association(result, say, gw, maf, km_id, got.credential, label, handshake)
     ae = {"m2m:ae": {"rn": "sensor-2", "api": "Nsensor", "rr": False, "srv": ["3"]}}
-    r = await http.request("POST", acme.base_path, origin=enrolee_id, ty=2, content=ae)
-    _check(result, say, f"sensor registers as {enrolee_id}, its Enrolee-ID", r, 2001)
+    r = await http.request("POST", acme.base_path, origin=ae_id, ty=2, content=ae)
+    _check(result, say, f"sensor registers as {ae_id}, the AE-ID its USS names", r, 2001)
     await http.close()
-    unknown = maf.store.get_client(str(got.ke_id)) is None
-    _step(result, say, "MAF store holds no Master Credential for the KeID", str(unknown), unknown)
+    unknown = maf.store.get_client(km_id.canonical) is None
+    _step(result, say, "MAF store holds no Master Credential for the B-TID", str(unknown), unknown)
+    stats = mef_bsf.stats
+    once = stats.bootstraps == 1 and stats.zn_answered == 1
+    what = "MEF's BSF: 1 Ub bootstrap, Km given once over Zn to the MAF"
+    _step(result, say, what, f"{stats.bootstraps} Ub, {stats.zn_answered} Zn", once)
 
 
 def _step(result: DemoResult, say: Say, what: str, value: str, passed: bool) -> None:
