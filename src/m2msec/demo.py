@@ -571,7 +571,7 @@ async def _sensor(
     got = await enrol_gba(device, target)
     say(f"  {impi}: Ub bootstrap at the MEF's BSF (Digest AKA), KeID = B-TID {got.ke_id}")
     say(f"  Km = Ks_NAF for {MAF_FQDN}, KmID = the B-TID; the MAF fetches Km over Zn")
-    km_id = KmId.parse(str(got.ke_id), verbatim=True)  # the B-TID verbatim
+    km_id = KmId.parse(str(got.ke_id), verbatim=True)  # B-TID verbatim (docs/readings.md A-25)
     handshake = f"MAF Handshake with KmID = B-TID (Km = Ks_NAF from Zn); Kc for /{IN_CSE}"
     label = "sensor -> IN-CSE (MEF GBA, MAF)"
     http = await _maf_association(result, say, gw, maf, km_id, got.credential, label, handshake)
