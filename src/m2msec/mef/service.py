@@ -70,7 +70,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True, slots=True)
 class MefPolicy:
     """What the answers depend on: the MEF-FQDN, the domain of every KeID (10.3.4)."""
