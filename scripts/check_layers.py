@@ -41,6 +41,7 @@ LAYERS: list[list[str]] = [
     ["gba", "maf"],
     ["mef"],
     ["frameworks"],
+    ["sa"],
     ["config"],
     ["servers"],
     ["acme"],

@@ -1,0 +1,11 @@
+"""The Security Association services of seed 003 (TS-0003 7.3 of that text).
+
+Establish, Update, Send/Receive Secured Message and Remove, in the vocabulary of the
+seed's functional model (7.3.1.1): the Initiator Agent and the Initiator's SA Management
+on one side, the Responder's SA Management and the Responder Agent on the other, the
+relationships ra / rb / rc between them. docs/sa.md maps the model onto (D)TLS
+(docs/readings.md A-24); this package is sans-IO, above the frameworks and below the
+servers.
+
+- :mod:`m2msec.sa.records`: the SA record both sides keep (:class:`~.records.SaRecord`).
+"""
