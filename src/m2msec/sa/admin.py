@@ -88,6 +88,7 @@ __all__ = [
     "read_outcome",
     "record_from_json",
     "record_to_json",
+    "sa_query",
 ]
 
 #: The longest peer identifier accepted in a query (an AE-ID or CSE-ID is far shorter).
@@ -194,14 +195,14 @@ def _query(text: str) -> dict[str, str]:
     return out
 
 
-def _list_query(params: dict[str, str]) -> SaQuery:
-    unknown = sorted(set(params) - {"peer", "state"})
-    if unknown:
-        raise AdminError(400, f"unknown query parameter {unknown[0][:40]!r} (peer, state)")
-    peer = params.get("peer")
+def sa_query(peer: str | None = None, state: str = "live") -> SaQuery:
+    """The query of ``GET /sa?peer=...&state=...`` (and of ``m2msec sa list``).
+
+    ``state``: a :class:`SaState` value, ``live`` (the SAs messages may pass over) or
+    ``all``. ValueError with a message naming the choices for anything else.
+    """
     if peer is not None and not 0 < len(peer) <= _MAX_PEER:
-        raise AdminError(400, "peer must be a non-empty identifier")
-    state = params.get("state", "live")
+        raise ValueError("peer must be a non-empty identifier")
     if state == "live":
         return SaQuery(peer=peer)
     if state == "all":
@@ -210,7 +211,17 @@ def _list_query(params: dict[str, str]) -> SaQuery:
         return SaQuery(peer=peer, state=SaState(state), live_only=False)
     except ValueError:
         known = ", ".join(["live", "all", *(s.value for s in SaState)])
-        raise AdminError(400, f"unknown state {state[:40]!r} (one of: {known})") from None
+        raise ValueError(f"unknown state {state[:40]!r} (one of: {known})") from None
+
+
+def _list_query(params: dict[str, str]) -> SaQuery:
+    unknown = sorted(set(params) - {"peer", "state"})
+    if unknown:
+        raise AdminError(400, f"unknown query parameter {unknown[0][:40]!r} (peer, state)")
+    try:
+        return sa_query(params.get("peer"), params.get("state", "live"))
+    except ValueError as exc:
+        raise AdminError(400, str(exc)) from None
 
 
 def parse_request(method: str, target: str, body: bytes = b"") -> AdminCall:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
+from m2msec.errors import M2MSecError
 from m2msec.m2mtime import M2MTimeError, format_time, parse_time
 from m2msec.sa.records import Direction, SaId, SaRecord, SaRole, SaState
 
@@ -286,7 +287,7 @@ def parse_sa_id(text: str) -> SaId:
 # ----------------------------------------------------------------------------- client side
 
 
-class AdminProtocolError(Exception):
+class AdminProtocolError(M2MSecError):
     """The Responder answered something other than this API's answer (or refused the request
     as malformed): ``status`` and its message."""
 
