@@ -666,3 +666,19 @@ def test_cli_without_a_gateway_says_what_to_check(sock_dir: Path) -> None:
     assert f"no admin socket at {sock_dir / 'admin.sock'}" in proc.stderr
     assert "is the gateway running with an admin socket?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+class BrokenSaAdmin(FakeSaAdmin):
+    async def list(self, query: SaQuery) -> Sequence[SaRecord]:
+        raise RuntimeError("secret-looking internals")
+
+
+async def test_a_failing_admin_is_answered_500_and_the_server_keeps_serving(sock_dir: Path) -> None:
+    path = sock_dir / "admin.sock"
+    async with _serving(BrokenSaAdmin([_record(ID1, AE1)]), path):
+        async with AdminClient(path) as client:
+            with pytest.raises(AdminProtocolError, match="answered 500") as caught:
+                await client.list(SaQuery())
+            assert "secret-looking" not in str(caught.value)
+        async with AdminClient(path) as client:  # a new connection is served as before
+            assert await client.show(ID1) is not None
