@@ -24,9 +24,11 @@ import secrets
 from pathlib import Path
 
 __all__ = [
+    "ADMIN_SOCKET_NAME",
     "DEFAULT_STORE_NAME",
     "PRIVATE_FILE_MODE",
     "data_dir",
+    "default_admin_socket",
     "default_store_path",
     "ensure_private_dir",
     "state_path",
@@ -34,6 +36,8 @@ __all__ = [
 ]
 
 DEFAULT_STORE_NAME = "m2msec.db"
+#: The gateway's SA admin socket in the data directory (docs/sa-admin.md).
+ADMIN_SOCKET_NAME = "admin.sock"
 PRIVATE_FILE_MODE = 0o600
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
@@ -60,6 +64,12 @@ def state_path(name: str, *, create: bool = False) -> Path:
 def default_store_path(*, create: bool = False) -> Path:
     """``<data dir>/m2msec.db``; with ``create``, make the data directory (0700) first."""
     return state_path(DEFAULT_STORE_NAME, create=create)
+
+
+def default_admin_socket() -> Path:
+    """``<data dir>/admin.sock``: where the gateway's SA admin socket is, unless configured
+    otherwise, and where ``m2msec sa`` looks for it (the one place for this default)."""
+    return state_path(ADMIN_SOCKET_NAME)
 
 
 def ensure_private_dir(path: Path) -> Path:

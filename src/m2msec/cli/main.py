@@ -24,6 +24,10 @@ _SUBAPPS = {
     "bsf": ("m2msec.cli.bsf", "The GBA BSF and its HSS simulator (3GPP TS 33.220)."),
     "maf": ("m2msec.cli.maf", "The M2M Authentication Function (MAF, TS-0003 8.8)."),
     "mef": ("m2msec.cli.mef", "The M2M Enrolment Function (MEF, TS-0003 8.3)."),
+    "sa": (
+        "m2msec.cli.sa",
+        "Live security associations of a running gateway (list, show, update, remove).",
+    ),
 }
 
 
