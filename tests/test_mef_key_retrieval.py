@@ -283,7 +283,7 @@ def test_no_key_without_its_audit_record(
     response = by_key(mef)
     assert response.rsc == 5000 and KPSA.hex() not in response.body.decode()
     assert set(body(response)) == {"m2m:dbg"}
-    assert mef.stats["key_retrievals"] == 0
+    assert mef.stats["key_retrievals"] == 0 and mef.stats["key_retrievals_refused"] == 1
 
 
 def test_fetch_credentials_is_the_same_handler(mef: MefService) -> None:

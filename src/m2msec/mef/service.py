@@ -348,6 +348,8 @@ class MefService:
             # No key leaves the MEF without its audit record.
             self.stats["store_errors"] += 1
             self.stats["fetch_refused"] += 1
+            if retrieval is TargetRetrieval.KEY_RETRIEVAL:
+                self.stats["key_retrievals_refused"] += 1
             log.error("MEF store: cannot record a fetch: %s", exc)
             failure = _failure(retrieval, "the MEF cannot record the request")
             return _answer(RSC.INTERNAL_SERVER_ERROR, failure, request)
