@@ -12,6 +12,7 @@ MEF": a TCP listener that accepts and never answers, as no real MEF behaves that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -98,6 +99,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 async def world(pki: Pki, tmp_path: Path) -> AsyncIterator[World]:
+    async with running_world(pki, tmp_path) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_world(pki: Pki, tmp_path: Path) -> AsyncIterator[World]:
+    """The MEF with three Enrolees (for the gateway, the MAF, another Enrolee B), the
+    three targets allowed, and the gateway's CSE-ID certificate."""
     store = MefStore(tmp_path / "mef.db", kek=KEK)
     store.add_enrolee(Enrolee(Bootstrap.PSK, KPM_ID, ENROLEE_ID, GW, LIFETIME, KPM))
     store.add_enrolee(Enrolee(Bootstrap.PSK, MAF_KPM_ID, f"{GW_CSE}/Cdev2", MAF, LIFETIME, KPM))

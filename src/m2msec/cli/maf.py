@@ -417,6 +417,15 @@ def serve(
         str | None,
         option("--mef-fqdn", metavar="FQDN", help="That MEF's FQDN (default: --mef's host)."),
     ] = None,
+    mef_retrieval: Annotated[
+        str | None,
+        option(
+            "--mef-retrieval",
+            metavar="PROCEDURE",
+            help="How Km is asked of --mef: fetch-credentials (seed 004, the default) or "
+            "key-retrieval (MEF Key Retrieval, TS-0003 8.3.5.2.8).",
+        ),
+    ] = None,
     mef_zn: Annotated[
         str | None,
         url_option(
@@ -445,6 +454,7 @@ def serve(
         "maf.durability": durability,
         "maf.mef": mef,
         "maf.mef_fqdn": mef_fqdn,
+        "maf.mef_retrieval": mef_retrieval,
         "maf.mef_zn": mef_zn,
         "maf.mef_bsf_fqdn": mef_bsf_fqdn,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
@@ -492,7 +502,8 @@ def _banner(maf: MafServer) -> Table:
     mef = cfg.mef_target()
     if mef is not None:
         host, port, fqdn = mef
-        table.add_row("MEF", f"KeIDs of {fqdn}: Km fetched at {host}:{port} (seed 004)")
+        how = cfg.mef_retrieval.value
+        table.add_row("MEF", f"KeIDs of {fqdn}: Km by {how} at {host}:{port} (seed 004)")
     zn = cfg.mef_zn_target()
     if zn is not None:
         host, port, fqdn = zn

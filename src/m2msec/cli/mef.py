@@ -2,8 +2,8 @@
 
 ``serve`` runs the MEF (:mod:`m2msec.servers.mef`): its Enrolee listeners (the bootstrap
 handshake, TLS-PSK with KpmID/Kpm or certificates, then the Enrolment Exchange) and its
-target listener (fetchCredentials over mutual TLS). The commands that manage its store
-(Enrolees, allowed targets, enrolments, audit, import) come from
+target listener (fetchCredentials and MEF Key Retrieval over mutual TLS). The commands
+that manage its store (Enrolees, allowed targets, enrolments, audit, import) come from
 :mod:`m2msec.cli.mef_admin`.
 
 Keys are never printed. Exit status: 0 on success, 1 when the store refuses or the server
@@ -66,8 +66,8 @@ def serve(
         option(
             "--target-listen",
             metavar="URL",
-            help="fetchCredentials listener, tls://HOST:PORT, mutual TLS (default "
-            "tls://127.0.0.1:8447); 'off' disables it.",
+            help="fetchCredentials and MEF Key Retrieval listener, tls://HOST:PORT, mutual "
+            "TLS (default tls://127.0.0.1:8447); 'off' disables it.",
         ),
     ] = None,
     cert: Annotated[Path | None, file_option("The MEF's FQDN certificate (PEM).")] = None,
@@ -116,7 +116,7 @@ def _banner(mef: MefServer) -> Table:
     rows = [("MEF-FQDN", mef.config.fqdn)]
     for listener in mef.listeners:
         what = (
-            "fetchCredentials, mutual TLS"
+            "fetchCredentials, MEF Key Retrieval, mutual TLS"
             if listener.role == "target"
             else f"bootstrap, {'certificates' if listener.framework == 'certificate' else 'PSK'}"
         )

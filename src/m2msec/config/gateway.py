@@ -57,6 +57,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     ca = "ca.pem"
     cache_size = 1024                     # Kpsa kept until their lifetime ends (LRU)
     timeout = 5.0                         # seconds per fetchCredentials; then the handshake fails
+    retrieval = "fetch-credentials"       # or "key-retrieval": MEF Key Retrieval (8.3.5.2.8)
 
 Listener URLs (``tls://``, ``dtls://``, ``http://``, ``?framework=``) are read by
 :mod:`m2msec.config.listeners`, ``[gba]``, ``[maf]`` and ``[mef]`` by
@@ -211,7 +212,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "certificates": frozenset({"cert", "key", "ca", "allowed", "crl"}),
     "gba": frozenset({"zn", "bsf_fqdn", "naf_fqdn", "cert", "key", "ca", "require_uicc"}),
     "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
-    "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout"}),
+    "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
 }
 
 

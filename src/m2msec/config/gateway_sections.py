@@ -5,7 +5,8 @@ optional IdA list and CRL; parsing it stays in :mod:`m2msec.config.gateway`.
 ``[gba]`` makes the gateway a NAF (seed 000 8.2.3.2): the BSF's Zn listener and names, our
 Zn certificate; ``[maf]`` makes it Entity B of the MAF-based framework (TS-0003 8.2.2.3):
 the Key Retrieval listener (8.8.2.8) of each MAF by FQDN; ``[mef]`` makes it an Enrolee B
-of seed 004 (TS-0003 8.3.2.1): the MEF's target listener for fetchCredentials. Each takes
+of seed 004 (TS-0003 8.3.2.1): the MEF's target listener for fetchCredentials, or for
+MEF Key Retrieval (V3.18 8.3.5.2.8) with ``retrieval = "key-retrieval"``. Each takes
 our certificate, key and CA from ``[certificates]`` unless given. The keys are shown in
 :mod:`m2msec.config.gateway`.
 """
@@ -19,9 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from m2msec.config.listeners import parse_service_url
-from m2msec.config.values import boolean, file_path, invalid, number
+from m2msec.config.values import boolean, file_path, invalid, number, target_retrieval
 from m2msec.errors import IdentifierError
 from m2msec.ids import CseId, check_fqdn
+from m2msec.mef.wire import TargetRetrieval
 
 __all__ = [
     "CertificateConfig",
@@ -89,6 +91,8 @@ class MefTargetConfig:
     with ``cert``/``key``/``ca`` (our CSE-ID certificate). KeIDs of other MEFs are refused
     without a network call; fetched Kpsa are cached (``cache_size``) until they expire;
     each fetch takes at most ``timeout`` seconds (the handshake waiting on it fails then).
+    ``retrieval`` is the procedure asked: the seed's fetchCredentials (the default) or
+    V3.18's MEF Key Retrieval (8.3.5.2.8); the MEF answers both alike (docs/mef.md 3b).
     """
 
     fqdn: str
@@ -99,6 +103,7 @@ class MefTargetConfig:
     ca: Path
     cache_size: int = 1024
     timeout: float = 5.0
+    retrieval: TargetRetrieval = TargetRetrieval.FETCH_CREDENTIALS
 
 
 def parse_gba(
@@ -186,7 +191,8 @@ def parse_mef(
         section.get("url"), "mef.url", section.get("fqdn"), "mef.fqdn", "MEF's target listener"
     )
     client = _fetch_client(section, "mef", base, in_domain, certificates, "fetchCredentials", "MEF")
-    return MefTargetConfig(fqdn=fqdn, host=host, port=port, **client)
+    retrieval = target_retrieval(section.get("retrieval"), "mef.retrieval")
+    return MefTargetConfig(fqdn=fqdn, host=host, port=port, retrieval=retrieval, **client)
 
 
 def _fetch_client(

@@ -17,6 +17,7 @@ from m2msec.config.values import (
     ServiceConfig,
     check_service_config,
     service_paths,
+    target_retrieval,
     typed_tables,
 )
 from m2msec.errors import (
@@ -24,6 +25,7 @@ from m2msec.errors import (
     IdentifierError,
 )
 from m2msec.maf import protocol as p
+from m2msec.mef.wire import TargetRetrieval
 
 DEFAULT_LISTEN: Final = "tls://127.0.0.1:8444"
 DEFAULT_RETRIEVAL_LISTEN: Final = "tls://127.0.0.1:8445"
@@ -41,7 +43,9 @@ class MafConfig(ServiceConfig):
     listener (``tls://HOST:PORT``) of a MEF whose KeIDs the MAF Handshake accepts as KmIDs
     (seed 004, TS-0003 8.3.2.1: the MAF as Enrolment Target fetches Km, SUID 21, with its
     FQDN certificate); ``mef_fqdn`` is that MEF's FQDN (default: the URL's host) and
-    ``mef_timeout`` bounds each fetch (the waiting handshake then fails). ``mef_zn`` is the
+    ``mef_timeout`` bounds each fetch (the waiting handshake then fails); ``mef_retrieval``
+    is the procedure asked, the seed's fetchCredentials (default, "fetch-credentials") or
+    V3.18's MEF Key Retrieval ("key-retrieval", 8.3.5.2.8). ``mef_zn`` is the
     Zn listener (``tls://HOST:PORT``) of the MEF's BSF (the GBA bootstrap, seed 004 8.3.3.1):
     its B-TIDs are accepted as KmIDs, Km = Ks_NAF for the MAF's FQDN fetched over Zn;
     ``mef_bsf_fqdn`` is that BSF's FQDN (default: the URL's host).
@@ -59,6 +63,7 @@ class MafConfig(ServiceConfig):
     mef: str | None = None
     mef_fqdn: str | None = None
     mef_timeout: float = 5.0
+    mef_retrieval: TargetRetrieval = TargetRetrieval.FETCH_CREDENTIALS
     mef_zn: str | None = None
     mef_bsf_fqdn: str | None = None
 
@@ -80,6 +85,8 @@ class MafConfig(ServiceConfig):
             raise ConfigurationError("retention and audit_retention must be >= 0")
         if self.durability not in (None, "full", "normal"):
             raise ConfigurationError("durability must be 'full' or 'normal'")
+        retrieval = target_retrieval(self.mef_retrieval, "maf.mef_retrieval")
+        object.__setattr__(self, "mef_retrieval", retrieval)
         if self.mef is not None or self.mef_fqdn is not None:
             self.mef_target()  # ConfigurationError now rather than at start
         if self.mef_zn is not None or self.mef_bsf_fqdn is not None:
@@ -147,6 +154,7 @@ _KEYS: Final[dict[str, dict[str, type]]] = {
         "mef": str,
         "mef_fqdn": str,
         "mef_timeout": float,
+        "mef_retrieval": str,
         "mef_zn": str,
         "mef_bsf_fqdn": str,
     },
@@ -171,6 +179,7 @@ def parse_maf_config(
         audit_log = "audit.log"                      # default: beside the store
         mef = "tls://127.0.0.1:8447"                 # a MEF's target listener: its KeIDs
         mef_fqdn = "mef.in.provider.com"             #   are KmIDs here (Km fetched, SUID 21)
+        mef_retrieval = "fetch-credentials"          #   or "key-retrieval" (8.3.5.2.8)
         mef_zn = "tls://127.0.0.1:8081"              # the MEF's BSF (Zn): its B-TIDs are
         mef_bsf_fqdn = "mef.in.provider.com"         #   KmIDs here (Km = Ks_NAF over Zn)
 

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import check_fqdn
+from m2msec.mef.wire import TargetRetrieval
 from m2msec.service.limits import DEFAULT_REQUEST_HEAD_TIMEOUT
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "is_ip",
     "number",
     "service_paths",
+    "target_retrieval",
     "typed_tables",
     "unknown_key",
 ]
@@ -42,6 +44,18 @@ def unknown_key(key: str, known: frozenset[str] | set[str], where: str) -> Confi
 
 def invalid(key: str, message: str) -> ConfigurationError:
     return ConfigurationError(f"{key}: {message}")
+
+
+def target_retrieval(value: object, key: str) -> TargetRetrieval:
+    """How an Enrolment Target asks the MEF (the gateway's ``mef.retrieval``, the MAF's
+    ``maf.mef_retrieval``): "fetch-credentials" (also when absent) or "key-retrieval"."""
+    if value is None:
+        return TargetRetrieval.FETCH_CREDENTIALS
+    try:
+        return TargetRetrieval(value if isinstance(value, str) else "")
+    except ValueError:
+        names = " or ".join(repr(r.value) for r in TargetRetrieval)
+        raise invalid(key, f"must be {names}, got {value!r}") from None
 
 
 def number(value: object, key: str, *, integer: bool = False) -> float | int:

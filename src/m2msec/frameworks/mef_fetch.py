@@ -1,4 +1,5 @@
-"""An Enrolment Target fetching its credential from the MEF (TS-0003 8.3.2.1 step f, seed 004).
+"""An Enrolment Target fetching its credential from the MEF (TS-0003 8.3.2.1 step f, seed 004;
+V3.18 8.3.5.2.8).
 
 An Enrolee presents its KeID (``hexBinary(RelativeKeID)@MEF-FQDN``, 10.3.4) as the
 psk_identity to its Enrolment Target, which does not know it and asks the MEF named in
@@ -13,6 +14,13 @@ the MAF's Key Retrieval client is: answers cached until their lifetime ends (Ke'
 Enrolment Expiry, docs/readings.md A-28), concurrent fetches of one KeID coalesced, each
 bounded by ``timeout`` so that a MEF down or slow fails the waiting handshake in bounded
 time. Messages and audit lines come from :mod:`m2msec.mef.wire`.
+
+:class:`MefKeyRetriever` is the same client running V3.18's MEF Key Retrieval
+(8.3.5.2.8) instead: ``GET /mef/keys/<RelativeKeyID>`` answered by ``mefKey``, mapped as
+the MAF's Key Retrieval (docs/mef.md section 3b, docs/readings.md A-32). The MEF answers
+both with one handler, so both give the same credential, Enrolee-ID and lifetime; a
+target picks one with :func:`fetcher_class` (the gateway's ``[mef] retrieval``, the MAF's
+``mef_retrieval``).
 
 Keys never appear in ``repr``, logs or error messages; KeIDs do.
 """
@@ -29,9 +37,17 @@ from m2msec.frameworks.remote_keys import KeyFetcher
 from m2msec.keyids import KeId
 from m2msec.mef import wire
 from m2msec.mef.records import SUID_ENROLEE_B, SUID_MAF
+from m2msec.mef.wire import TargetRetrieval
 from m2msec.service.onem2m_client import OneM2MResponse
 
-__all__ = ["CredentialFetchError", "FetchedCredential", "MefCredentialFetcher"]
+__all__ = [
+    "CredentialFetchError",
+    "FetchedCredential",
+    "MefCredentialFetcher",
+    "MefKeyRetriever",
+    "TargetRetrieval",
+    "fetcher_class",
+]
 
 
 class CredentialFetchError(M2MSecError):
@@ -95,7 +111,7 @@ class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
 
     def __repr__(self) -> str:
         return (
-            f"MefCredentialFetcher(mefs={sorted(self._addresses)!r}, "
+            f"{type(self).__name__}(mefs={sorted(self._addresses)!r}, "
             f"local_id={self.local_id!r}, suid={self.suid})"
         )
 
@@ -149,3 +165,43 @@ class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
             expires=answer.expires,
             suid=answer.suid,
         )
+
+
+class MefKeyRetriever(MefCredentialFetcher):
+    """An Enrolment Target's MEF Key Retrieval client (8.3.5.2.8; module docstring): the
+    interface, cache, bounds and refusals of :class:`MefCredentialFetcher`, the request
+    ``GET /mef/keys/<RelativeKeyID>`` (table 8.3.5.2.8-1) and the ``mefKey`` answer (table
+    8.3.5.2.8-2), checked for the RelativeKeyID asked for and our SUID."""
+
+    PROCEDURE = "MEF Key Retrieval"
+    RELATIVE = "RelativeKeyID"
+
+    def _path(self, ident: KeId) -> str:
+        return wire.key_path(ident)
+
+    def _answer(self, ke: KeId, response: OneM2MResponse) -> FetchedCredential:
+        fqdn = ke.mef_fqdn.lower()
+        asked = f"MEF Key Retrieval of {ke}"
+        what = f"{asked}: the MEF {fqdn} answered"
+        try:
+            body = wire.MefKeyBody.parse(expect(response, 2000, asked, fqdn, peer="MEF"))
+        except wire.WireError as exc:
+            raise CredentialFetchError(f"{what}: {exc}") from None
+        if not hmac.compare_digest(body.relative_id, ke.relative_bytes):
+            raise CredentialFetchError(f"{what} for another relativeKeyID")
+        if body.suid != self.suid:
+            raise CredentialFetchError(f"{what} SUID {body.suid}, not ours ({self.suid})")
+        return FetchedCredential(
+            ke_id=ke,
+            credential=body.key_value,
+            enrolee_id=body.enrolee_id,
+            expires=body.expires,
+            suid=body.suid,
+        )
+
+
+def fetcher_class(retrieval: TargetRetrieval | str) -> type[MefCredentialFetcher]:
+    """The client of ``retrieval`` ("fetch-credentials" or "key-retrieval")."""
+    if TargetRetrieval(retrieval) is TargetRetrieval.KEY_RETRIEVAL:
+        return MefKeyRetriever
+    return MefCredentialFetcher

@@ -194,6 +194,8 @@ class MefEvent(enum.StrEnum):
     ENROLMENT_REFUSED = "enrolment-refused"
     FETCHED = "credentials-fetched"  # fetchCredentials answered with a key
     FETCH_REFUSED = "fetch-refused"
+    KEY_RETRIEVED = "key-retrieved"  # MEF Key Retrieval (8.3.5.2.8) answered with a key
+    KEY_RETRIEVAL_REFUSED = "key-retrieval-refused"
 
 
 @dataclass(frozen=True, slots=True)

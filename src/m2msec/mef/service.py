@@ -10,10 +10,12 @@
   the Enrolment Exchange answer (KeID, Enrolment Target, Enrolee-ID, Enrolment Expiry).
   :meth:`MefService.plan_enrolment` is the pure first half (the record and the answer), for
   a server that groups commits.
-- :meth:`MefService.fetch_credentials`, a RETRIEVE ``/fetchCredentials/<KeID>/<SUID>``
-  from an Enrolment Target authenticated by mutual TLS: Km (10.3.2) or Kpsa (10.3.3)
-  derived for that target, the Enrolee-ID, and the lifetime, which ends with Ke's
-  (10.7, docs/readings.md A-28).
+- :meth:`MefService.answer_target`, a request of an Enrolment Target authenticated by
+  mutual TLS: the seed's RETRIEVE ``/fetchCredentials/<KeID>/<SUID>`` (8.3.2.1 step f)
+  or V3.18's MEF Key Retrieval ``GET /mef/keys/<RelativeKeyID>`` (8.3.5.2.8, mapped as
+  the MAF's 8.8.2.8; docs/readings.md A-32), one handler for both: Km (10.3.2) or Kpsa
+  (10.3.3) derived for that target, the Enrolee-ID, and the lifetime, which ends with
+  Ke's (10.7, docs/readings.md A-28). :meth:`MefService.fetch_credentials` is its alias.
 
 Refusals (docs/mef.md section 4): 4000 a malformed request, target or SUID; 4005 another
 method; 4106 an ``X-M2M-Origin`` that is not the authenticated target; 4103 a requester
@@ -31,13 +33,14 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, http_status_for
 from m2msec.errors import DuplicateCredentialError, IdentifierError, StoreError
 from m2msec.ids import derivation_identity
+from m2msec.keyids import KeId
 from m2msec.maf.protocol import MafRefusal
 from m2msec.mef.keys import EnrolmentKey, derive_for_target
 from m2msec.mef.records import (
@@ -51,12 +54,17 @@ from m2msec.mef.records import (
 from m2msec.mef.store import MefStore
 from m2msec.mef.wire import (
     ENROLMENT_PATH,
+    FETCH_PREFIX,
+    KEY_PREFIX,
     CredentialBody,
     EnrolmentBody,
     EnrolmentRequestBody,
     FetchFailure,
+    MefKeyBody,
+    TargetRetrieval,
     WireError,
     parse_fetch_path,
+    parse_key_path,
 )
 
 __all__ = [
@@ -139,6 +147,40 @@ def _check_common(request: OneM2MRequest, method: str) -> None:
         raise MefRefusal(RSC.OPERATION_NOT_ALLOWED, f"{request.target} takes {method} only")
     if not request.request_id:
         raise MefRefusal(RSC.BAD_REQUEST, "X-M2M-RI (Request Identifier) is missing")
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """What a target's request names: the KeID, and the SUID (fetchCredentials only)."""
+
+    ke_id: KeId
+    suid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    """A credential to hand out: its enrolment, Km or Kpsa, and the audit record."""
+
+    enrolment: Enrolment
+    credential: bytes = field(repr=False)
+    audit: MefAudit
+
+
+def _retrieval_of(target: str) -> TargetRetrieval | None:
+    """The target-interface procedure a request path belongs to, or None (4004)."""
+    if target.startswith(FETCH_PREFIX):
+        return TargetRetrieval.FETCH_CREDENTIALS
+    if target.startswith(KEY_PREFIX):
+        return TargetRetrieval.KEY_RETRIEVAL
+    return None
+
+
+def _failure(retrieval: TargetRetrieval | None, message: str) -> dict[str, Any]:
+    """A refusal's body: table 8.3.2.1-6 for fetchCredentials, ``{"m2m:dbg": TEXT}`` for
+    MEF Key Retrieval as for the MAF's (and for a path that is neither)."""
+    if retrieval is TargetRetrieval.FETCH_CREDENTIALS:
+        return FetchFailure(message).to_json()
+    return {"m2m:dbg": message}
 
 
 class MefService:
@@ -280,37 +322,83 @@ class MefService:
         self._refused(MefEvent.ENROLMENT_REFUSED, str(who), refusal)
         return _answer(refusal.rsc, {"m2m:dbg": refusal.message}, request)
 
-    # -- fetchCredentials -------------------------------------------------------------------
-    def fetch_credentials(self, request: OneM2MRequest, requester: EnrolmentTarget) -> HttpResponse:
-        """Answer RETRIEVE ``/fetchCredentials/<KeID>/<SUID>`` from ``requester``, the
-        identity its mutual TLS authenticated (module docstring)."""
+    # -- the target interface: fetchCredentials and MEF Key Retrieval ----------------------
+    def answer_target(self, request: OneM2MRequest, requester: EnrolmentTarget) -> HttpResponse:
+        """Answer an Enrolment Target's request on the target listener, ``requester`` being
+        the identity its mutual TLS authenticated: RETRIEVE
+        ``/fetchCredentials/<KeID>/<SUID>`` (8.3.2.1 step f, tables 8.3.2.1-5/-6) or
+        ``GET /mef/keys/<RelativeKeyID>`` (MEF Key Retrieval, 8.3.5.2.8, tables
+        8.3.5.2.8-1/-2). One handler: the same checks, derivation, lifetime and audit
+        (:meth:`_issue`); only the path read and the answer written differ."""
+        retrieval = _retrieval_of(request.target)
         try:
-            body, audit = self._fetch(request, requester)
+            asked = self._asked(request, retrieval)
+            issued = self._issue(request, requester, asked)
         except MefRefusal as refusal:
             self.stats["fetch_refused"] += 1
-            self._refused(MefEvent.FETCH_REFUSED, str(requester), refusal, request.target)
-            return _answer(refusal.rsc, FetchFailure(refusal.message).to_json(), request)
+            event = MefEvent.FETCH_REFUSED
+            if retrieval is TargetRetrieval.KEY_RETRIEVAL:
+                self.stats["key_retrievals_refused"] += 1
+                event = MefEvent.KEY_RETRIEVAL_REFUSED
+            self._refused(event, str(requester), refusal, request.target)
+            return _answer(refusal.rsc, _failure(retrieval, refusal.message), request)
         try:
-            self.store.commit(audits=[audit])
+            self.store.commit(audits=[issued.audit])
         except StoreError as exc:
             # No key leaves the MEF without its audit record.
             self.stats["store_errors"] += 1
             self.stats["fetch_refused"] += 1
+            if retrieval is TargetRetrieval.KEY_RETRIEVAL:
+                self.stats["key_retrievals_refused"] += 1
             log.error("MEF store: cannot record a fetch: %s", exc)
-            failure = FetchFailure("the MEF cannot record the request")
-            return _answer(RSC.INTERNAL_SERVER_ERROR, failure.to_json(), request)
+            failure = _failure(retrieval, "the MEF cannot record the request")
+            return _answer(RSC.INTERNAL_SERVER_ERROR, failure, request)
         self.stats["fetched"] += 1
-        log.info("%s fetched its %s for %s", requester, requester.key_name, body.ke_id)
-        return _answer(RSC.OK, body.to_json(), request)
+        enrolment = issued.enrolment
+        if retrieval is TargetRetrieval.KEY_RETRIEVAL:
+            self.stats["key_retrievals"] += 1
+            body: Mapping[str, Any] = MefKeyBody(
+                asked.ke_id.relative_bytes,
+                issued.credential,
+                enrolment.expires_at,
+                enrolment.enrolee_id,
+                self.policy.fqdn,
+                enrolment.target.suid,
+                entity_id=enrolment.enrolee_id,
+            ).to_json()
+        else:
+            body = CredentialBody(
+                asked.ke_id,
+                enrolment.target.suid,
+                issued.credential,
+                enrolment.enrolee_id,
+                enrolment.expires_at,
+            ).to_json()
+        log.info("%s got its %s for %s (%s)", requester, requester.key_name, asked.ke_id, retrieval)
+        return _answer(RSC.OK, body, request)
 
-    def _fetch(
-        self, request: OneM2MRequest, requester: EnrolmentTarget
-    ) -> tuple[CredentialBody, MefAudit]:
+    def fetch_credentials(self, request: OneM2MRequest, requester: EnrolmentTarget) -> HttpResponse:
+        """RETRIEVE ``/fetchCredentials/<KeID>/<SUID>``: :meth:`answer_target`, which also
+        answers MEF Key Retrieval (kept for the callers of the seed's procedure)."""
+        return self.answer_target(request, requester)
+
+    def _asked(self, request: OneM2MRequest, retrieval: TargetRetrieval | None) -> _Asked:
+        """The KeID (and, for fetchCredentials, the SUID) a request names; refusals raise."""
+        if retrieval is None:
+            raise MefRefusal(RSC.NOT_FOUND, f"no resource {request.target[:80]!r}")
         _check_common(request, "GET")
         try:
-            asked = parse_fetch_path(request.target)
+            if retrieval is TargetRetrieval.KEY_RETRIEVAL:
+                return _Asked(parse_key_path(request.target, self.policy.fqdn), None)
+            fetch = parse_fetch_path(request.target)
         except WireError as exc:
             raise MefRefusal(RSC.BAD_REQUEST, str(exc)) from None
+        return _Asked(fetch.ke_id, fetch.suid)
+
+    def _issue(self, request: OneM2MRequest, requester: EnrolmentTarget, asked: _Asked) -> _Issued:
+        """The checks of docs/mef.md section 3, then the credential derived for the
+        requester (Km by 10.3.2 for a MAF, Kpsa by 10.3.3 for an Enrolee B) and the audit
+        record of handing it out. Raises :class:`MefRefusal`."""
         if request.origin is not None and not self._names(request.origin, requester):
             raise MefRefusal(
                 RSC.ORIGINATOR_NOT_AUTHENTICATED,
@@ -335,7 +423,9 @@ class MefService:
             else:
                 why = f"enrolled for {enrolment.target}"
             raise MefRefusal(RSC.NOT_FOUND, _NO_SUCH_ENROLMENT, audit=f"{asked.ke_id}: {why}")
-        if asked.suid != requester.suid:
+        # MEF Key Retrieval names no SUID (table 8.3.5.2.8-1): the enrolment's target is the
+        # requester, whose usage it is.
+        if asked.suid is not None and asked.suid != requester.suid:
             raise MefRefusal(
                 RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
                 f"SUID {asked.suid} is not the usage of this enrolment ({requester.suid})",
@@ -344,11 +434,9 @@ class MefService:
         credential = derive_for_target(
             enrolment.ke, target.target_id, enrolee_b=target.is_enrolee_b
         )
-        body = CredentialBody(
-            asked.ke_id, asked.suid, credential, enrolment.enrolee_id, enrolment.expires_at
-        )
-        audit = MefAudit.granted(MefEvent.FETCHED, enrolment, str(requester), int(RSC.OK), now)
-        return body, audit
+        event = MefEvent.KEY_RETRIEVED if asked.suid is None else MefEvent.FETCHED
+        audit = MefAudit.granted(event, enrolment, str(requester), int(RSC.OK), now)
+        return _Issued(enrolment, credential, audit)
 
     @staticmethod
     def _names(origin: str, requester: EnrolmentTarget) -> bool:

@@ -13,6 +13,12 @@ TS-0004 6.3.3 timestamps through the one codec (:func:`m2msec.maf.wire.format_ti
 - fetchCredentials (8.3.2.1 step f): RETRIEVE ``/fetchCredentials/<KeID>/<SUID>``
   (:func:`fetch_path`, :func:`parse_fetch_path`); success (table 8.3.2.1-5) is
   :class:`CredentialBody`, failure (table 8.3.2.1-6) :class:`FetchFailure`.
+- MEF Key Retrieval (V3.18 8.3.5.2.8), mapped exactly as the MAF's Key Retrieval (8.8.2.8,
+  ``GET /maf/keys/{relativeKeyID}`` answering ``mafKey``): ``GET /mef/keys/<RelativeKeyID>``
+  (table 8.3.5.2.8-1; :func:`key_path`, :func:`parse_key_path`) answering
+  :class:`MefKeyBody`, ``mefKey`` (table 8.3.5.2.8-2), a refusal ``{"m2m:dbg": TEXT}``.
+  Both procedures are one handler at the MEF (docs/mef.md section 3b, docs/readings.md
+  A-32); :class:`TargetRetrieval` names the one a target uses.
 
 A target is written ``{"mafID": FQDN}`` or ``{"enroleeBID": ID, "nafFQDN"?: FQDN}``
 (docs/readings.md A-27); the lifetime answered ends with Ke's (A-28).
@@ -20,12 +26,14 @@ A target is written ``{"mafID": FQDN}`` or ``{"enroleeBID": ID, "nafFQDN"?: FQDN
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import unquote
 
+from m2msec.crypto.keyexport import RELATIVE_ID_LENGTH
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.keyids import KeId
 from m2msec.maf.wire import WireError, format_time, parse_time
@@ -35,19 +43,26 @@ __all__ = [
     "CREDENTIAL_OCTETS",
     "ENROLMENT_PATH",
     "FETCH_PREFIX",
+    "KEY_PREFIX",
     "CredentialBody",
     "EnrolmentBody",
     "EnrolmentRequestBody",
     "FetchFailure",
     "FetchRequest",
+    "MefKeyBody",
+    "TargetRetrieval",
     "WireError",
     "fetch_path",
+    "key_path",
     "parse_fetch_answer",
     "parse_fetch_path",
+    "parse_key_path",
 ]
 
 ENROLMENT_PATH: Final = "/mef/enrolment"
 FETCH_PREFIX: Final = "/fetchCredentials/"
+#: MEF Key Retrieval (8.3.5.2.8), as the MAF's ``/maf/keys/`` (docs/maf.md section 2).
+KEY_PREFIX: Final = "/mef/keys/"
 #: Km and Kpsa are HMAC-SHA-256 outputs (10.3.2, 10.3.3).
 CREDENTIAL_OCTETS: Final = 32
 _SUIDS: Final = frozenset({SUID_MAF, SUID_ENROLEE_B})
@@ -255,3 +270,112 @@ def parse_fetch_answer(body: Mapping[str, Any]) -> CredentialBody | FetchFailure
         error = obj.get("errorString")
         return FetchFailure(error if isinstance(error, str) else "")
     raise WireError("fetchCredentials status is not a boolean")
+
+
+# --------------------------------------------------------------------- MEF Key Retrieval
+
+
+class TargetRetrieval(enum.StrEnum):
+    """Which procedure an Enrolment Target runs to get its credential from the MEF: the
+    seed's fetchCredentials (8.3.2.1 step f) or V3.18's MEF Key Retrieval (8.3.5.2.8).
+    The MEF answers both, with one handler (docs/mef.md section 3b)."""
+
+    FETCH_CREDENTIALS = "fetch-credentials"
+    KEY_RETRIEVAL = "key-retrieval"
+
+
+def key_path(ke_id: KeId) -> str:
+    """The request target of a MEF Key Retrieval: ``/mef/keys/<RelativeKeyID>`` (table
+    8.3.5.2.8-1: the RelativeKeyID only; the KeID's FQDN is the MEF's own)."""
+    return f"{KEY_PREFIX}{ke_id.relative_hex}"
+
+
+def parse_key_path(target: str, mef_fqdn: str) -> KeId:
+    """The KeID a ``/mef/keys/<RelativeKeyID>`` names at the MEF ``mef_fqdn``: the
+    RelativeKeyID is 16 octets of hexBinary in either letter case (10.3.1, 10.3.4;
+    docs/readings.md A-05). WireError otherwise."""
+    if not target.startswith(KEY_PREFIX):
+        raise WireError("not a MEF Key Retrieval target")
+    rest = target[len(KEY_PREFIX) :]
+    if "?" in rest or "#" in rest:
+        raise WireError("MEF Key Retrieval takes no query")
+    try:
+        relative = bytes.fromhex(rest) if rest.isascii() and rest.isalnum() else b""
+    except ValueError:
+        relative = b""
+    if len(relative) != RELATIVE_ID_LENGTH:
+        raise WireError(
+            f"expected /mef/keys/<RelativeKeyID>, {RELATIVE_ID_LENGTH} octets of hexBinary"
+        )
+    return _key_id_of(relative, mef_fqdn)
+
+
+def _key_id_of(relative: bytes, mef_fqdn: str) -> KeId:
+    try:
+        return KeId.from_relative(relative, mef_fqdn)
+    except IdentifierError as exc:
+        raise WireError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class MefKeyBody:
+    """``mefKey``: the MEF Key Retrieval response (table 8.3.5.2.8-2), in the shape of the
+    MAF's ``mafKey`` (:class:`m2msec.maf.wire.MafKeyBody`): the RelativeKeyID asked for,
+    the Key Value (Km or Kpsa derived for the asking target, seed 004), expirationTime
+    (Ke's Enrolment Expiry, A-28), sourceMEFClientID and entityID (both the Enrolee-ID:
+    the Source MEF Client is the Enrolee, A-32), adminFQDN (the MEF-FQDN), the SUID (21 or
+    22) and no labels. ``key_value`` is never in ``repr``."""
+
+    relative_id: bytes
+    key_value: bytes = field(repr=False)
+    expires: datetime
+    source_client_id: str
+    admin_fqdn: str
+    suid: int
+    entity_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "relativeKeyID": self.relative_id.hex(),
+            "keyValue": self.key_value.hex(),
+            "expirationTime": format_time(self.expires),
+            "sourceMEFClientID": self.source_client_id,
+            "adminFQDN": self.admin_fqdn,
+            "SUID": self.suid,
+        }
+        if self.entity_id:
+            out["entityID"] = self.entity_id
+        return {"mefKey": out}
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> MefKeyBody:
+        """Read a whole answer ``{"mefKey": {...}}``; which RelativeKeyID and SUID it must
+        carry is the caller's check."""
+        obj = _member(body, "mefKey")
+        try:
+            relative = bytes.fromhex(_text(obj, "relativeKeyID"))
+            key_value = bytes.fromhex(_text(obj, "keyValue"))
+        except ValueError:
+            raise WireError("relativeKeyID or keyValue is not hexBinary") from None
+        if len(key_value) != CREDENTIAL_OCTETS:
+            raise WireError(f"keyValue is not {CREDENTIAL_OCTETS} octets of hex")
+        suid = obj.get("SUID")
+        if not isinstance(suid, int) or isinstance(suid, bool) or suid not in _SUIDS:
+            raise WireError(f"SUID {suid!r} is not 21 or 22")
+        entity = obj.get("entityID")
+        if entity is not None and (not isinstance(entity, str) or not entity):
+            raise WireError("with a malformed entityID")
+        return cls(
+            relative,
+            key_value,
+            parse_time(obj.get("expirationTime")),
+            _text(obj, "sourceMEFClientID"),
+            _text(obj, "adminFQDN"),
+            suid,
+            entity,
+        )
+
+    @property
+    def enrolee_id(self) -> str:
+        """The identity a target binds: ``entityID``, else ``sourceMEFClientID``."""
+        return self.entity_id or self.source_client_id

@@ -162,14 +162,15 @@ class ResponderProfiles:
         return self.maf.profile(transport, tls13=self.config.tls13)
 
     def _mef_profile(self, mef: MefTargetConfig, transport: Transport) -> TLSProfile:
-        """Enrolee B (seed 004, TS-0003 8.3.2.1): KeIDs resolved by fetchCredentials (SUID
+        """Enrolee B (seed 004, TS-0003 8.3.2.1): KeIDs resolved by fetchCredentials, or
+        MEF Key Retrieval (8.3.5.2.8) with ``[mef] retrieval = "key-retrieval"`` (SUID
         22), the association bound to the Enrolee-ID. One responder for both transports."""
-        from m2msec.frameworks.mef_fetch import MefCredentialFetcher
+        from m2msec.frameworks.mef_fetch import fetcher_class
         from m2msec.frameworks.mef_responder import MefResponder
 
         if self.mef is None:
             addresses = {mef.fqdn: (mef.host, mef.port)}
-            fetcher = self._fetcher(MefCredentialFetcher, mef, addresses, "mef")
+            fetcher = self._fetcher(fetcher_class(mef.retrieval), mef, addresses, "mef")
             self.mef = self._responder(MefResponder, fetcher)
             if self.config.gba is not None:
                 # A B-TID KeID (GBA bootstrap, seed 004 8.3.3.1): Ks_NAF from the same NAF.

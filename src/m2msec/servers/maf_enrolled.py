@@ -4,7 +4,9 @@ A MAF Client enrolled at the MEF for this MAF holds Km = HMAC-SHA-256(Ke, "oneM2
 Key to Master Credential derivation" || MAF-ID) (10.3.2) and runs the MAF Handshake
 (8.8.2.2) with its KeID as KmID. The MAF store does not know it: :class:`EnrolledClients`
 fetches Km at the MEF the KeID names (fetchCredentials, SUID 21, over mutual TLS with the
-MAF's FQDN certificate, :class:`~m2msec.frameworks.mef_fetch.MefCredentialFetcher`) and
+MAF's FQDN certificate, :class:`~m2msec.frameworks.mef_fetch.MefCredentialFetcher`; or MEF
+Key Retrieval, 8.3.5.2.8, :class:`~m2msec.frameworks.mef_fetch.MefKeyRetriever`, with
+``mef_retrieval = "key-retrieval"``) and
 makes it that client's Master Credential while it lives: the Enrolee-ID the MEF returned
 is its entity ID, its lifetime Ke's (docs/readings.md A-28). Nothing is written to the MAF
 store; the fetcher's cache is where such clients live (bounded, until they expire).
@@ -28,7 +30,7 @@ from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, 
 from m2msec.frameworks.certificate import CertificateCredential
 from m2msec.frameworks.gba import GbaResponder, is_btid, zn_profile
 from m2msec.frameworks.mef.gba import enrolment_naf_id
-from m2msec.frameworks.mef_fetch import CredentialFetchError, MefCredentialFetcher
+from m2msec.frameworks.mef_fetch import CredentialFetchError, MefCredentialFetcher, fetcher_class
 from m2msec.gba.zn import ZnClient
 from m2msec.keyids import CredentialId, KeId, KmId
 from m2msec.maf.store_records import MasterCredential
@@ -62,8 +64,8 @@ class EnrolledClients:
 
     @classmethod
     def from_config(cls, cfg: MafConfig) -> EnrolledClients | None:
-        """From ``mef``/``mef_fqdn``, ``mef_zn``/``mef_bsf_fqdn`` and the MAF's certificate,
-        or None without either."""
+        """From ``mef``/``mef_fqdn``/``mef_retrieval``, ``mef_zn``/``mef_bsf_fqdn`` and the
+        MAF's certificate, or None without either."""
         target, zn = cfg.mef_target(), cfg.mef_zn_target()
         if target is None and zn is None:
             return None
@@ -77,7 +79,7 @@ class EnrolledClients:
             fetcher = None
             if target is not None:
                 host, port, fqdn = target
-                fetcher = MefCredentialFetcher(
+                fetcher = fetcher_class(cfg.mef_retrieval)(
                     credential,
                     {fqdn: (host, port)},
                     in_domain=cfg.effective_in_domain,

@@ -15,7 +15,9 @@ handing requests to the sans-IO :class:`~m2msec.mef.service.MefService` (docs/me
   answered. One Ke per handshake: the export is spent by the enrolment that stored it.
 * the **target listener** runs mutual TLS with the MEF's FQDN certificate (10.1.1.6): the
   identity the target's certificate names (a MAF FQDN, a CSE-ID or an AE-ID) is the
-  requester of ``GET /fetchCredentials/<KeID>/<SUID>``. A MAF is recognised by its FQDN
+  requester of ``GET /fetchCredentials/<KeID>/<SUID>`` and of MEF Key Retrieval
+  ``GET /mef/keys/<RelativeKeyID>`` (8.3.5.2.8), both answered by
+  :meth:`MefService.answer_target`. A MAF is recognised by its FQDN
   among the MAF targets allowed when the server starts (a MAF allowed later needs a
   restart; Enrolee B targets need none).
 * ``dtls://`` Enrolee listeners (:mod:`m2msec.servers.mef_coap`) run the TLS-PSK bootstrap
@@ -305,7 +307,7 @@ class MefServer(ServerLifecycle):
         service = self.service
 
         async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
-            return await asyncio.to_thread(service.fetch_credentials, request, requester), False
+            return await asyncio.to_thread(service.answer_target, request, requester), False
 
         await self._http.serve(conn, answer)
 
