@@ -42,10 +42,11 @@ from m2msec.cli.common import (
     utc_time,
 )
 from m2msec.cli.mef_admin import EnroleeBOption, MafIdOption, NafOption, read_kpm
+from m2msec.config.credentials import is_gba_ke_id, is_ke_id
+from m2msec.config.initiators import CredentialUnavailable, live_enrolment
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.frameworks.gba import is_btid
 from m2msec.frameworks.mef import (
     Enrolee,
     EnroleeStore,
@@ -54,7 +55,6 @@ from m2msec.frameworks.mef import (
     enrol_or_reuse,
 )
 from m2msec.frameworks.mef.gba import enrol_gba_or_reuse
-from m2msec.keyids import KeId, KpsaId
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
 from m2msec.tls.profiles import Transport
 
@@ -71,57 +71,14 @@ def _open_store(path: Path | None) -> EnroleeStore:
         return EnroleeStore(path)
 
 
-def is_ke_id(text: str) -> bool:
-    """Whether ``text`` is a KeID (10.3.4) or a B-TID (a GBA KeID, seed 004 8.3.3.1), which
-    ``connect`` may find in the Enrolee store."""
-    try:
-        KeId.parse(text)
-    except IdentifierError:
-        return is_gba_ke_id(text)
-    return True
-
-
-def is_gba_ke_id(text: str) -> bool:
-    """Whether ``text`` is the KeID of a GBA bootstrap (seed 004 8.3.3.1), used verbatim."""
-    # A B-TID, base64(RAND)@BSF (its "=" padding breaks 10.6), not an ordinary KpsaID: those
-    # still need --psk, as before.
-    try:
-        KpsaId.parse(text)
-    except IdentifierError:
-        return is_btid(text)
-    return False
-
-
-def _parse_ke_id(text: str) -> KeId | str:
-    try:
-        return KeId.parse(text)
-    except IdentifierError:
-        if is_gba_ke_id(text):
-            return text  # a GBA KeID, the B-TID, verbatim (docs/readings.md A-25)
-        raise
-
-
 def enrolled_credential(
     ke_id: str, *, enrolee_b: bool, store: Path | None = None
 ) -> EnrolmentResult:
     """The live enrolment of KeID ``ke_id`` from the Enrolee store, for ``connect``: its Kpsa
-    (``enrolee_b``) or Km. Exits 1 when it is unknown, expired or for the other kind of
-    target, 2 when ``ke_id`` is not a KeID."""
-    with exit_on_errors(usage=(IdentifierError,)):
-        parsed = _parse_ke_id(ke_id)
-    with closing(_open_store(store)) as enrolments, store_errors():
-        found = enrolments.get(parsed)
-    wanted = "Kpsa" if enrolee_b else "Km"
-    if found is None:
-        fail(f"KeID {parsed} is not in the Enrolee store: run m2msec enrol, or give the {wanted}")
-    if found.expired():
-        fail(
-            f"the enrolment {parsed} expired at {utc_time(found.expires)}: "
-            "run m2msec enrol again for a fresh Ke"
-        )
-    if found.target.is_enrolee_b != enrolee_b:
-        fail(f"KeID {parsed} was enrolled for {found.target}, which gets a {found.key_name}")
-    return found
+    (``enrolee_b``) or Km (:func:`m2msec.config.initiators.live_enrolment`). Exits 1 when it
+    is unknown, expired or for the other kind of target, 2 when ``ke_id`` is not a KeID."""
+    with exit_on_errors(usage=(IdentifierError,), failure=(CredentialUnavailable, StoreError)):
+        return live_enrolment(ke_id, enrolee_b=enrolee_b, store=store)
 
 
 def _mef_address(url: str, mef_fqdn: str | None) -> tuple[str, int, str, Transport]:
