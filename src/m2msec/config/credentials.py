@@ -58,7 +58,7 @@ from m2msec.config.loader import read_toml
 from m2msec.config.values import boolean, file_path, invalid, unknown_key
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.frameworks.gba import is_btid
-from m2msec.ids import AeId, CseId, check_fqdn, parse_entity_id
+from m2msec.ids import CseId, check_fqdn, parse_entity_id
 from m2msec.keyids import KeId, KmId, KpsaId
 from m2msec.paths import state_path
 
@@ -76,6 +76,8 @@ __all__ = [
     "is_gba_ke_id",
     "is_ke_id",
     "load_credentials",
+    "parse_credentials",
+    "peer_key",
 ]
 
 CREDENTIALS_FILE_NAME: Final = "credentials.toml"
@@ -258,7 +260,8 @@ class PeerPattern:
     suffix: str | None = None
     #: None: any port.
     port: int | None = None
-    entity: CseId | AeId | None = None
+    #: The IdB of an entry keyed by it, as :func:`peer_key` compares it.
+    entity: tuple[str, ...] | None = None
 
     @property
     def identity(self) -> tuple[object, ...]:
@@ -277,7 +280,7 @@ class PeerPattern:
                     "tls://*.domain:*), '*', or the peer's CSE-ID or AE-ID (/mn-cse-123456)"
                 )
             try:
-                return cls(text, entity=parse_entity_id(text))
+                return cls(text, entity=peer_key(text))
             except IdentifierError as exc:
                 raise ConfigurationError(str(exc)) from None
         scheme, _, rest = text.partition("://")
@@ -307,7 +310,7 @@ class PeerPattern:
         return cls(text, schemes, rank, host=host, port=port)
 
     def rank(
-        self, scheme: str, host: str, port: int, entity: CseId | AeId | None
+        self, scheme: str, host: str, port: int, entity: tuple[str, ...] | None
     ) -> tuple[int, int, int, int] | None:
         """How specifically this pattern matches the peer (lower is more specific), or
         None when it does not match."""
@@ -326,6 +329,17 @@ class PeerPattern:
         if not host.endswith(self.suffix):
             return None
         return (3, -len(self.suffix), any_port, self.scheme_rank)
+
+
+def peer_key(id_b: str) -> tuple[str, ...]:
+    """What IdBs compare by: the CSE-ID, or the AE-ID-Stem with its registrar, case
+    as given; an M2M-SP FQDN of the absolute form is left out (a table serves one SP), so
+    ``/mn-cse-1`` and ``//in.provider.com/mn-cse-1`` are the same peer. IdentifierError
+    for what is not a CSE-ID or AE-ID."""
+    entity = parse_entity_id(id_b)
+    if isinstance(entity, CseId):
+        return ("cse", entity.relative)
+    return ("ae", entity.stem, entity.cse or "")
 
 
 def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
@@ -396,7 +410,7 @@ class Credentials:
         entity = None
         if id_b is not None:
             try:
-                entity = parse_entity_id(id_b)
+                entity = peer_key(id_b)
             except IdentifierError as exc:
                 raise ValueError(str(exc)) from None
         best: tuple[tuple[int, int, int, int], _Entry] | None = None
@@ -405,7 +419,7 @@ class Credentials:
             if rank is None:
                 continue
             own = entry.credential.id_b
-            if own is not None and entity is not None and parse_entity_id(own) != entity:
+            if own is not None and entity is not None and peer_key(own) != entity:
                 continue  # an entry for another peer at this address
             if best is None or rank < best[0]:
                 best = (rank, entry)
@@ -622,11 +636,13 @@ class _EntryParser:
         return PskSettings(identity, key)
 
     def _certificate(self, t: Mapping[str, Any]) -> CertificateSettings:
-        files = {}
         for name in ("cert", "key", "ca"):
             if name not in t:
                 raise invalid(self._key(f"certificate.{name}"), "missing")
-            files[name] = file_path(t[name], self._key(f"certificate.{name}"), self.base)
+        files = {
+            name: file_path(t[name], self._key(f"certificate.{name}"), self.base)
+            for name in ("cert", "key", "ca")
+        }
         return CertificateSettings(files["cert"], files["key"], files["ca"])
 
     def _maf(self, t: Mapping[str, Any]) -> MafSettings:
