@@ -516,3 +516,21 @@ def test_options_become_the_same_credential(tmp_path: Path) -> None:
     assert made.describe() == f"the command line: psk, {ID_A}"
     profile = build_initiator(made, host="127.0.0.1").profile
     assert profile is not None and profile.server_name == "mn-cse-1.in.provider.com"
+
+
+def test_the_example_of_docs_credentials_md_parses(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "credentials.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    for name in ("light.hex", "lamp.hex", "mn-cse.pem", "mn-cse.key", "ca.pem", "km.hex",
+                 "usim-k.hex", "usim-opc.hex"):  # fmt: skip
+        key_file(tmp_path / name, "00112233445566778899aabbccddeeff")
+    creds = table(example, tmp_path, 0o644)
+    assert len(creds) == 5
+    lamp = creds.for_peer("coaps://lamp.home.arpa:5684")
+    assert lamp is not None and lamp.entry == "coaps://*.home.arpa:*"
+    in_cse = creds.for_peer("https://10.0.0.1:443", "/in-cse")
+    assert in_cse is not None and isinstance(in_cse.framework, CertificateSettings)
+    maf = creds.for_peer("https://in.provider.com:8443", "/in-cse")
+    assert maf is not None and isinstance(maf.framework, MafSettings)
+    gba = creds.for_peer("https://naf.in.provider.com:8443")
+    assert gba is not None and isinstance(gba.framework, GbaSettings)
