@@ -12,9 +12,10 @@ is reused; an expired one (10.7), or ``--renew``, bootstraps again. It prints Ke
 target, the Enrolee-ID and the expiry, never a key.
 
 ``m2msec connect --psk-identity <KeID>`` without ``--psk`` then takes Kpsa from that store,
-and ``m2msec connect --maf ... --km-id <KeID>`` without ``--km`` takes Km
-(:func:`enrolled_credential`). Exit status: 0 enrolled or reused, 1 the bootstrap or the
-exchange failed (or the store refused), 2 malformed options.
+and ``m2msec connect --maf ... --km-id <KeID>`` without ``--km`` takes Km, as does a
+credentials-table entry naming a KeID without a key
+(:func:`m2msec.config.initiators.live_enrolment`). Exit status: 0 enrolled or reused, 1
+the bootstrap or the exchange failed (or the store refused), 2 malformed options.
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ from m2msec.cli.common import (
     utc_time,
 )
 from m2msec.cli.mef_admin import EnroleeBOption, MafIdOption, NafOption, read_kpm
-from m2msec.config.credentials import is_gba_ke_id, is_ke_id
-from m2msec.config.initiators import CredentialUnavailable, live_enrolment
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential
@@ -58,7 +57,7 @@ from m2msec.frameworks.mef.gba import enrol_gba_or_reuse
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
 from m2msec.tls.profiles import Transport
 
-__all__ = ["enrol", "enrolled_credential", "is_gba_ke_id", "is_ke_id"]
+__all__ = ["enrol"]
 
 StoreOption = Annotated[
     Path | None,
@@ -69,16 +68,6 @@ StoreOption = Annotated[
 def _open_store(path: Path | None) -> EnroleeStore:
     with store_errors():
         return EnroleeStore(path)
-
-
-def enrolled_credential(
-    ke_id: str, *, enrolee_b: bool, store: Path | None = None
-) -> EnrolmentResult:
-    """The live enrolment of KeID ``ke_id`` from the Enrolee store, for ``connect``: its Kpsa
-    (``enrolee_b``) or Km (:func:`m2msec.config.initiators.live_enrolment`). Exits 1 when it
-    is unknown, expired or for the other kind of target, 2 when ``ke_id`` is not a KeID."""
-    with exit_on_errors(usage=(IdentifierError,), failure=(CredentialUnavailable, StoreError)):
-        return live_enrolment(ke_id, enrolee_b=enrolee_b, store=store)
 
 
 def _mef_address(url: str, mef_fqdn: str | None) -> tuple[str, int, str, Transport]:
