@@ -12,13 +12,20 @@ A KeID of ``m2msec enrol`` given as ``--psk-identity`` without ``--psk``, or as 
 without ``--km``, takes its Kpsa or Km from the Enrolee store (:mod:`m2msec.cli.enrol`).
 A ``coaps://HOST:PORT/PATH`` URL sends the request by the CoAP binding (TS-0008) over
 DTLS 1.2 (TS-0003 10.2.1) instead, with the PSK or certificate options.
+
+Without any credential option it takes the entry of the initiator's credentials table
+(``--credentials FILE``, default ``<data dir>/credentials.toml``) that belongs to the peer
+(TR-0038 7.1.2, :mod:`m2msec.config.credentials`) and says which entry it used, never the
+key; ``--id-b``, ``--servername``, ``--in-domain`` and ``--tls1_2`` still win over the
+entry's. Options and entries alike become a :class:`~m2msec.config.credentials.Credential`,
+which :func:`m2msec.config.initiators.build_initiator` turns into Entity A.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,184 +33,136 @@ from urllib.parse import urlsplit
 import typer
 
 from m2msec.cli import gba_options as g
-from m2msec.cli.common import console, context_details, fail, read_key
-from m2msec.cli.enrol import enrolled_credential, is_gba_ke_id, is_ke_id
-from m2msec.config.values import is_ip
-from m2msec.errors import HandshakeError, IdentifierError, M2MSecError
-from m2msec.frameworks.gba import is_btid
-from m2msec.ids import CseId, parse_entity_id
-from m2msec.keyids import KmId
+from m2msec.cli.common import console, context_details, exit_on_errors, fail, file_option, read_key
+from m2msec.config.credentials import (
+    CertificateSettings,
+    Credential,
+    GbaSettings,
+    KeySource,
+    MafSettings,
+    PskSettings,
+    default_credentials_path,
+    is_ke_id,
+    load_credentials,
+)
+from m2msec.config.initiators import (
+    DEFAULT_IN_DOMAIN,
+    Initiator,
+    build_initiator,
+    default_server_name,
+)
+from m2msec.errors import ConfigurationError, HandshakeError, M2MSecError
 from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
-from m2msec.tls.aio import TLSConnection
-from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
 R = TypeVar("R")
 
-
-def default_server_name(host: str, id_b: str | None, in_domain: str) -> str | None:
-    """The SNI to send when ``--servername`` is not given (docs/readings.md A-11, A-12).
-
-    A host name in the URL is sent as is, as s_client does; for an IP-address URL with a
-    CSE-ID as IdB it is the CSE public domain name ``<CSE-ID>.<IN domain>`` (TS-0001
-    6.5.1.1); otherwise (an IP and an AE or no IdB) nothing, since no name is known.
-    """
-    if not is_ip(host):
-        return host
-    if id_b:
-        try:
-            entity = parse_entity_id(id_b)
-            if isinstance(entity, CseId):
-                return entity.public_domain_name(in_domain)
-        except IdentifierError:
-            return None  # not usable as a DNS label: send no SNI rather than a wrong one
-    return None
+__all__ = ["connect", "default_server_name", "options_credential"]
 
 
-def _profile(
+def _key_source(value: str | None, option: str) -> KeySource:
+    """A key given as hex or ``-`` (stdin); none: the Enrolee store by KeID."""
+    return KeySource() if value is None else KeySource(value=read_key(value, option))
+
+
+def options_credential(
+    *,
     psk_identity: str | None,
     psk: str | None,
     cert: Path | None,
     key: Path | None,
     ca: Path | None,
-    id_b: str,
-    server_name: str | None,
-    in_domain: str,
-    tls12: bool,
-    transport: Transport = Transport.TLS,
-) -> TLSProfile:
-    if psk_identity or psk:
-        if not (psk_identity and (psk or is_ke_id(psk_identity))):
-            fail("--psk-identity and --psk go together (no --psk: a KeID of m2msec enrol)")
-        from m2msec.frameworks.provisioned import PskInitiator
-
-        # No --psk: the KeID's Kpsa from the Enrolee store (m2msec enrol --enrolee-b).
-        kpsa = (
-            read_key(psk, "--psk")
-            if psk is not None
-            else enrolled_credential(psk_identity, enrolee_b=True).credential
-        )
-        try:
-            initiator = PskInitiator(psk_identity, kpsa, id_b, server_name=server_name)
-        except IdentifierError as exc:
-            if not is_btid(psk_identity):
-                fail(str(exc))
-            # The KpsaID of a GBA bootstrap (m2msec enrol --gba) is its B-TID, verbatim (A-25).
-            initiator = PskInitiator(psk_identity, kpsa, id_b, server_name=server_name,
-                                     verbatim=True)  # fmt: skip
-        except ValueError as exc:
-            fail(str(exc))
-        return initiator.profile(transport, tls13=not tls12)
-    if cert and key and ca:
-        from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
-
-        try:
-            credential = CertificateCredential.from_files(cert, key, ca)
-            return CertificateInitiator(
-                credential, id_b, in_domain=in_domain, server_name=server_name
-            ).profile(transport=transport, tls13=not tls12)
-        except M2MSecError as exc:
-            fail(str(exc))
-    fail("give --psk-identity/--psk, or --cert/--key/--ca")
-
-
-def _gba_opener(
-    options: g.GbaDeviceOptions,
-    host: str,
-    port: int,
-    server_name: str | None,
-    id_b: str | None,
-    timeout: float,
-) -> Callable[[], Awaitable[TLSConnection]]:
-    """Entity A of the GBA framework: USIM from the options, state from the data dir."""
-    device, save = g.gba_device(options)
-    if not server_name:
-        fail("--gba needs Entity B's host name (its NAF FQDN): give --servername")
-
-    async def open_association() -> TLSConnection:
-        try:
-            return await device.connect(host, port, server_name, id_b=id_b, timeout=timeout)
-        finally:
-            save()
-
-    return open_association
-
-
-def _maf_opener(
-    maf: str,
+    gba: g.GbaDeviceOptions | None,
+    maf: str | None,
     maf_fqdn: str | None,
     km_id: str | None,
     km: str | None,
     target_id: str | None,
+    cse_id: str | None,
     id_b: str | None,
     server_name: str | None,
+    in_domain: str | None,
     tls12: bool,
-    in_domain: str,
-    host: str,
-    port: int,
-    timeout: float,
-    cse_id: str | None = None,
-) -> Callable[[], Awaitable[TLSConnection]]:
-    """Entity A of the MAF framework: Kc from the MAF, then the association with B.
-
-    targetIDs gets the Absolute CSE-ID/AE-ID (8.8.2.7) under ``--in-domain``; ``--cse-id``
-    declares Entity A a CSE configured with its CSE-ID (seed 001)."""
-    if not (km_id and (km or is_ke_id(km_id))):
-        fail("--maf needs --km-id and --km (no --km: a KeID of m2msec enrol)")
-    if not (id_b or target_id):
-        fail("--maf needs Entity B's identity: --id-b (or --target-id)")
-    parts = urlsplit(maf)
-    try:
-        maf_port = parts.port
-    except ValueError:
-        maf_port = None
-    if parts.scheme != "tls" or not parts.hostname or not maf_port:
-        fail("--maf must look like tls://HOST:PORT (the MAF's client listener)")
-    from m2msec.frameworks.maf import MafClient, MafInitiator
-
-    target = target_id or id_b
-    assert target is not None
-    if km is not None:
-        key_km = read_key(km, "--km")
-    else:  # a KeID's Km from the Enrolee store (m2msec enrol --maf-id), for its MAF
-        enrolled = enrolled_credential(km_id, enrolee_b=False)
-        key_km, maf_fqdn = enrolled.credential, maf_fqdn or enrolled.target.target_id
-    # The KmID of a GBA bootstrap (m2msec enrol --gba --maf-id) is its B-TID, verbatim (A-25).
-    kmid = KmId.parse(km_id, verbatim=True) if is_gba_ke_id(km_id) else km_id
-    try:
-        client = MafClient(
-            parts.hostname, maf_port, maf_fqdn, kmid, key_km, tls13=not tls12, timeout=timeout
+) -> Credential:
+    """The credential the command-line options give (the same value a table entry is), or
+    exit 1 with the option to add."""
+    framework: PskSettings | CertificateSettings | MafSettings | GbaSettings
+    if gba is not None:
+        bsf, impi, k, opc, sqn, uicc = gba
+        if not (bsf and impi and k and opc):
+            fail("--gba needs --bsf, --impi, --k and --opc")
+        framework = GbaSettings(
+            bsf, impi, _key_source(k, "--k"), _key_source(opc, "--opc"), sqn, uicc
         )
-        initiator = MafInitiator(
-            client,
-            target,
-            server_name,
-            id_b=id_b or target,
-            tls13=not tls12,
-            sp_fqdn=in_domain,
-            local_id=cse_id,
-            entity_a_kind="cse" if cse_id is not None else None,
+    elif maf is not None:
+        if not (km_id and (km or is_ke_id(km_id))):
+            fail("--maf needs --km-id and --km (no --km: a KeID of m2msec enrol)")
+        if not (id_b or target_id):
+            fail("--maf needs Entity B's identity: --id-b (or --target-id)")
+        parts = urlsplit(maf)
+        try:
+            maf_port = parts.port
+        except ValueError:
+            maf_port = None
+        if parts.scheme != "tls" or not parts.hostname or not maf_port:
+            fail("--maf must look like tls://HOST:PORT (the MAF's client listener)")
+        framework = MafSettings(
+            parts.hostname, maf_port, km_id, _key_source(km, "--km"), maf_fqdn, target_id, cse_id
         )
-    except (IdentifierError, ValueError) as exc:
-        fail(str(exc))
+    elif psk_identity or psk:
+        if not (psk_identity and (psk or is_ke_id(psk_identity))):
+            fail("--psk-identity and --psk go together (no --psk: a KeID of m2msec enrol)")
+        # No --psk: the KeID's Kpsa from the Enrolee store (m2msec enrol --enrolee-b).
+        framework = PskSettings(psk_identity, _key_source(psk, "--psk"))
+    elif cert and key and ca:
+        framework = CertificateSettings(cert, key, ca)
+    else:
+        fail("give --psk-identity/--psk, or --cert/--key/--ca")
+    if isinstance(framework, PskSettings | CertificateSettings) and id_b is None:
+        fail("--id-b (Entity B's CSE-ID) is needed with --psk-identity or --cert")
+    return Credential(
+        framework, id_b=id_b, server_name=server_name, in_domain=in_domain, tls12=tls12
+    )
 
-    async def open_association() -> TLSConnection:
-        conn = await initiator.connect(host, port, timeout=timeout)
-        issued = initiator.current
-        if issued is not None:
-            console.print(
-                f"MAF {client.maf_fqdn}: KcId {issued.kc_id}, Kc lifetime until "
-                f"{issued.expires.isoformat(timespec='seconds')}",
-                highlight=False,
-            )
-        return conn
 
-    return open_association
+def _table_credential(
+    path: Path | None,
+    url: str,
+    id_b: str | None,
+    server_name: str | None,
+    in_domain: str | None,
+    tls12: bool,
+) -> Credential:
+    """The entry of the credentials table (``--credentials FILE``, else the data
+    directory's ``credentials.toml``) that belongs to the peer at ``url``; the options
+    given on the command line win over the entry's. Exit 2 for a malformed table or no
+    matching entry."""
+    with exit_on_errors(usage=(ConfigurationError,)):
+        table = load_credentials(path, required=path is not None)
+    if table is None:
+        fail(
+            "give --psk-identity/--psk, or --cert/--key/--ca (or --maf, --gba), or a "
+            f"credentials table: {default_credentials_path()} or --credentials FILE"
+        )
+    with exit_on_errors(usage=(ValueError,)):
+        found = table.for_peer(url, id_b)
+    if found is None:
+        peer = f" or IdB {id_b}" if id_b else ""
+        fail(
+            f"no entry of {table.source} matches {url}{peer}: add one "
+            "(docs/credentials.md) or give the credential options",
+            2,
+        )
+    credential = found.overridden(
+        id_b=id_b, server_name=server_name, in_domain=in_domain, tls12=tls12
+    )
+    console.print(f"credentials: {credential.describe()}", highlight=False)
+    return credential
 
 
 async def _run(
-    profile: TLSProfile | Callable[[], Awaitable[TLSConnection]],
+    initiator: Initiator,
     host: str,
     port: int,
     method: str,
@@ -213,10 +172,7 @@ async def _run(
     ty: int | None,
     timeout: float,
 ) -> tuple[SecurityContext, OneM2MResponse]:
-    if isinstance(profile, TLSProfile):
-        conn = await tls_connect(host, port, profile, timeout=timeout)
-    else:
-        conn = await profile()
+    conn = await initiator.connect(host, port, timeout=timeout)
     client = OneM2MClient(conn, host=f"{host}:{port}")
     try:
         response = await asyncio.wait_for(
@@ -253,8 +209,9 @@ def connect(
     ca: Annotated[Path | None, typer.Option(help="root of trust (PEM)")] = None,
     server_name: Annotated[str | None, typer.Option("--servername", help="SNI to send")] = None,
     in_domain: Annotated[
-        str, typer.Option(help="IN public domain for CSE names")
-    ] = "in.provider.com",
+        str | None,
+        typer.Option(help=f"IN public domain for CSE names (default: {DEFAULT_IN_DOMAIN})"),
+    ] = None,
     tls12: Annotated[bool, typer.Option("--tls1_2", help="offer TLS 1.2 only")] = False,
     timeout: Annotated[float, typer.Option(help="seconds")] = 10.0,
     gba: Annotated[
@@ -292,17 +249,29 @@ def connect(
             "(earlier), or 'none' (a plain CoAP request, for generic CoAP servers)",
         ),
     ] = "current",
+    credentials: Annotated[
+        Path | None,
+        file_option(
+            "Credentials table (default: credentials.toml in the data directory), used "
+            "when no credential option is given (docs/credentials.md).",
+            "--credentials",
+        ),
+    ] = None,
 ) -> None:
-    """Establish a security association and send one oneM2M request over it."""
+    """Establish a security association and send one oneM2M request over it.
+
+    The credential comes from the options, or, when none is given, from the entry of the
+    credentials table that belongs to the peer (TR-0038 7.1.2; docs/credentials.md)."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "coaps") or not parts.hostname:
         fail("URL must look like https://HOST:PORT/PATH or coaps://HOST:PORT/PATH")
     coap = parts.scheme == "coaps"
     if coap and (gba or maf is not None):
         fail("coaps:// takes --psk-identity/--psk or --cert/--key/--ca")
-    host, port = parts.hostname, parts.port or (5684 if coap else 443)
-    if server_name is None:
-        server_name = default_server_name(host, id_b, in_domain)
+    try:
+        host, port = parts.hostname, parts.port or (5684 if coap else 443)
+    except ValueError as exc:
+        fail(f"URL: {exc}")
     type_code: int | None = None
     if ty is not None:
         type_code = RESOURCE_TYPES.get(ty) if not ty.isdigit() else int(ty)
@@ -314,36 +283,36 @@ def connect(
             body = json.loads(content)
         except json.JSONDecodeError as exc:
             fail(f"--content is not JSON: {exc}")
+    gba_values: g.GbaDeviceOptions = (bsf, impi, k, opc, sqn, uicc)
+    options = (psk_identity, psk, cert, key, ca, maf, maf_fqdn, km_id, km, target_id, cse_id)
+    if gba or uicc or any(value is not None for value in (*options, *gba_values[:5])):
+        credential = options_credential(
+            psk_identity=psk_identity, psk=psk, cert=cert, key=key, ca=ca,
+            gba=gba_values if gba else None, maf=maf, maf_fqdn=maf_fqdn, km_id=km_id, km=km,
+            target_id=target_id, cse_id=cse_id, id_b=id_b, server_name=server_name,
+            in_domain=in_domain, tls12=tls12,
+        )  # fmt: skip
+    else:
+        peer = f"{parts.scheme}://{parts.netloc}"
+        credential = _table_credential(credentials, peer, id_b, server_name, in_domain, tls12)
+    transport = Transport.DTLS if coap else Transport.TLS
+    with exit_on_errors(failure=(M2MSecError, ValueError)):
+        initiator = build_initiator(credential, host=host, transport=transport, notice=_notice)
     if coap:
-        if id_b is None:
-            fail("--id-b (Entity B's CSE-ID) is needed with --psk-identity or --cert")
-        dtls = _profile(
-            psk_identity, psk, cert, key, ca, id_b, server_name, in_domain, tls12, Transport.DTLS
-        )
+        assert initiator.profile is not None  # psk and certificate only (build_initiator)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
         if coap_options not in ("current", "legacy", "none"):
             fail("--coap-options must be current, legacy or none")
         _connect_coap(
-            dtls, host, port, method.upper(), target, origin, body, type_code, timeout, coap_options
-        )
+            initiator.profile, host, port, method.upper(), target, origin, body, type_code,
+            timeout, coap_options,
+        )  # fmt: skip
         return
-    opener: TLSProfile | Callable[[], Awaitable[TLSConnection]]
-    if gba:
-        opener = _gba_opener((bsf, impi, k, opc, sqn, uicc), host, port, server_name, id_b, timeout)
-    elif maf is not None:
-        opener = _maf_opener(
-            maf, maf_fqdn, km_id, km, target_id, id_b, server_name, tls12, in_domain, host, port,
-            timeout, cse_id,
-        )
-    else:
-        if id_b is None:
-            fail("--id-b (Entity B's CSE-ID) is needed with --psk-identity or --cert")
-        opener = _profile(psk_identity, psk, cert, key, ca, id_b, server_name, in_domain, tls12)
     path = parts.path or "/"
     ctx, response = _request_or_fail(
-        _run(opener, host, port, method.upper(), path, origin, body, type_code, timeout),
+        _run(initiator, host, port, method.upper(), path, origin, body, type_code, timeout),
         refused=(M2MSecError,),  # e.g. GBA bootstrapping refused by the BSF
     )
     _print_answer(
@@ -352,6 +321,10 @@ def connect(
         response.body,
         failed=response.status >= 400,
     )
+
+
+def _notice(message: str) -> None:
+    console.print(message, highlight=False)
 
 
 def _request_or_fail(

@@ -12,9 +12,10 @@ is reused; an expired one (10.7), or ``--renew``, bootstraps again. It prints Ke
 target, the Enrolee-ID and the expiry, never a key.
 
 ``m2msec connect --psk-identity <KeID>`` without ``--psk`` then takes Kpsa from that store,
-and ``m2msec connect --maf ... --km-id <KeID>`` without ``--km`` takes Km
-(:func:`enrolled_credential`). Exit status: 0 enrolled or reused, 1 the bootstrap or the
-exchange failed (or the store refused), 2 malformed options.
+and ``m2msec connect --maf ... --km-id <KeID>`` without ``--km`` takes Km, as does a
+credentials-table entry naming a KeID without a key
+(:func:`m2msec.config.initiators.live_enrolment`). Exit status: 0 enrolled or reused, 1
+the bootstrap or the exchange failed (or the store refused), 2 malformed options.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from m2msec.cli.mef_admin import EnroleeBOption, MafIdOption, NafOption, read_kp
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential
-from m2msec.frameworks.gba import is_btid
 from m2msec.frameworks.mef import (
     Enrolee,
     EnroleeStore,
@@ -54,11 +54,10 @@ from m2msec.frameworks.mef import (
     enrol_or_reuse,
 )
 from m2msec.frameworks.mef.gba import enrol_gba_or_reuse
-from m2msec.keyids import KeId, KpsaId
 from m2msec.mef.records import EnrolmentTarget, check_kpm_id
 from m2msec.tls.profiles import Transport
 
-__all__ = ["enrol", "enrolled_credential", "is_gba_ke_id", "is_ke_id"]
+__all__ = ["enrol"]
 
 StoreOption = Annotated[
     Path | None,
@@ -69,59 +68,6 @@ StoreOption = Annotated[
 def _open_store(path: Path | None) -> EnroleeStore:
     with store_errors():
         return EnroleeStore(path)
-
-
-def is_ke_id(text: str) -> bool:
-    """Whether ``text`` is a KeID (10.3.4) or a B-TID (a GBA KeID, seed 004 8.3.3.1), which
-    ``connect`` may find in the Enrolee store."""
-    try:
-        KeId.parse(text)
-    except IdentifierError:
-        return is_gba_ke_id(text)
-    return True
-
-
-def is_gba_ke_id(text: str) -> bool:
-    """Whether ``text`` is the KeID of a GBA bootstrap (seed 004 8.3.3.1), used verbatim."""
-    # A B-TID, base64(RAND)@BSF (its "=" padding breaks 10.6), not an ordinary KpsaID: those
-    # still need --psk, as before.
-    try:
-        KpsaId.parse(text)
-    except IdentifierError:
-        return is_btid(text)
-    return False
-
-
-def _parse_ke_id(text: str) -> KeId | str:
-    try:
-        return KeId.parse(text)
-    except IdentifierError:
-        if is_gba_ke_id(text):
-            return text  # a GBA KeID, the B-TID, verbatim (docs/readings.md A-25)
-        raise
-
-
-def enrolled_credential(
-    ke_id: str, *, enrolee_b: bool, store: Path | None = None
-) -> EnrolmentResult:
-    """The live enrolment of KeID ``ke_id`` from the Enrolee store, for ``connect``: its Kpsa
-    (``enrolee_b``) or Km. Exits 1 when it is unknown, expired or for the other kind of
-    target, 2 when ``ke_id`` is not a KeID."""
-    with exit_on_errors(usage=(IdentifierError,)):
-        parsed = _parse_ke_id(ke_id)
-    with closing(_open_store(store)) as enrolments, store_errors():
-        found = enrolments.get(parsed)
-    wanted = "Kpsa" if enrolee_b else "Km"
-    if found is None:
-        fail(f"KeID {parsed} is not in the Enrolee store: run m2msec enrol, or give the {wanted}")
-    if found.expired():
-        fail(
-            f"the enrolment {parsed} expired at {utc_time(found.expires)}: "
-            "run m2msec enrol again for a fresh Ke"
-        )
-    if found.target.is_enrolee_b != enrolee_b:
-        fail(f"KeID {parsed} was enrolled for {found.target}, which gets a {found.key_name}")
-    return found
 
 
 def _mef_address(url: str, mef_fqdn: str | None) -> tuple[str, int, str, Transport]:

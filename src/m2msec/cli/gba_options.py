@@ -13,11 +13,11 @@ from typing import Annotated
 
 import typer
 
-from m2msec.cli.common import console, fail, read_key
+from m2msec.cli.common import console, exit_on_errors, fail, read_key
+from m2msec.config.credentials import GbaSettings, KeySource
+from m2msec.config.initiators import gba_device as device_of
 from m2msec.errors import M2MSecError
-from m2msec.frameworks.gba_device import DeviceState, GbaDevice
-from m2msec.gba.aka import Usim
-from m2msec.gba.ub import Bootstrap
+from m2msec.frameworks.gba_device import GbaDevice
 
 __all__ = [
     "BsfOption",
@@ -47,29 +47,14 @@ GbaDeviceOptions = tuple[str | None, str | None, str | None, str | None, str | N
 
 
 def gba_device(options: GbaDeviceOptions) -> tuple[GbaDevice, Callable[[], None]]:
-    """The device of the options, its saved state loaded, and the call that saves it."""
+    """The device of the options, its saved state loaded, and the call that saves it
+    (:func:`m2msec.config.initiators.gba_device`, telling what it reuses or runs)."""
     bsf, impi, k, opc, sqn, uicc = options
     if not (bsf and impi and k and opc):
         fail("--gba needs --bsf, --impi, --k and --opc")
-    state = DeviceState()
-    try:
-        saved_sqn, saved = state.load(impi, bsf)
-        given = int(sqn, 16) if sqn else 0
-        usim = Usim(read_key(k, "--k"), read_key(opc, "--opc"), max(given, saved_sqn or 0))
-    except ValueError as exc:
-        fail(f"GBA credential: {exc}")
-    except M2MSecError as exc:
-        fail(str(exc))
-
-    def remember(bootstrap: Bootstrap) -> None:
-        state.save(impi, bsf, usim.sqn_ms, bootstrap)
-        console.print(f"GBA: bootstrapped with {bsf}, B-TID {bootstrap.btid}")
-
-    device = GbaDevice(usim, impi, bsf, uicc=uicc, bootstrap=saved, on_bootstrap=remember)
-    if saved is not None and device.bootstrap_valid():
-        console.print(f"GBA: reusing Ks of B-TID {saved.btid} (until {saved.expires})")
-
-    def save() -> None:
-        state.save(impi, bsf, usim.sqn_ms, device.bootstrap)
-
-    return device, save
+    settings = GbaSettings(
+        bsf, impi, KeySource(value=read_key(k, "--k")), KeySource(value=read_key(opc, "--opc")),
+        sqn, uicc,
+    )  # fmt: skip
+    with exit_on_errors(failure=(M2MSecError,)):
+        return device_of(settings, lambda message: console.print(message, highlight=False))
