@@ -229,19 +229,28 @@ class SaRecordStore(Closing):
         )
 
     def _commit(self, rows: Sequence[_Row]) -> None:
-        # On the writer thread: one transaction for the batch.
+        # On the writer thread: one transaction for the batch. A connection the server
+        # closed (PostgreSQL restarted) is replaced and the batch tried once more at once;
+        # any other failure goes to the writer, which keeps the batch and retries later.
         db, sql = self._db, self._sql
+        history = [history_row(r) for r in rows]
         with self._wlock:
-            if self._closed:
-                raise StoreError(f"{self._label} is closed")
-            self._wconn = db.reconnected(self._wconn)
-            with db.transaction(self._wconn) as conn:
-                cur = conn.cursor()
+            for attempt in (1, 2):
+                if self._closed:
+                    raise StoreError(f"{self._label} is closed")
+                self._wconn = db.reconnected(self._wconn)
                 try:
-                    cur.executemany(sql.upsert, rows)
-                    cur.executemany(sql.append, [history_row(r) for r in rows])
-                finally:
-                    cur.close()
+                    with db.transaction(self._wconn) as conn:
+                        cur = conn.cursor()
+                        try:
+                            cur.executemany(sql.upsert, rows)
+                            cur.executemany(sql.append, history)
+                        finally:
+                            cur.close()
+                    return
+                except db.errors:
+                    if attempt == 2 or db.usable(self._wconn):
+                        raise
 
     # -- retention ----------------------------------------------------------------------
 
@@ -444,13 +453,18 @@ class SaRecordStore(Closing):
     def _page(self, sql: str, args: tuple[Any, ...]) -> builtins.list[Any]:
         db = self._db
         with self._rlock:
-            if self._closed:
-                raise StoreError(f"{self._label} is closed")
-            try:
-                self._rconn = db.reconnected(self._rconn)
-                return builtins.list(self._rconn.execute(sql, args).fetchall())
-            except db.errors as exc:
-                raise self._error("read", exc) from None
+            for attempt in (1, 2):
+                if self._closed:
+                    raise StoreError(f"{self._label} is closed")
+                try:
+                    self._rconn = db.reconnected(self._rconn)
+                    return builtins.list(self._rconn.execute(sql, args).fetchall())
+                except db.errors as exc:
+                    # A read is repeated once on a new connection if the server closed
+                    # this one (a restart between two queries is no error to report).
+                    if attempt == 2 or db.usable(self._rconn):
+                        raise self._error("read", exc) from None
+        raise AssertionError("unreachable")
 
     def _error(self, action: str, exc: Exception) -> StoreError:
         return StoreError(f"cannot {action} {self._label}: {self._db.message(exc)}")
