@@ -142,6 +142,7 @@ class SaRecordStore(Closing):
             raise ValueError("page_size must be at least 1")
         if location is None:
             location = state_path(DEFAULT_SA_STORE_NAME, create=True)
+        # Nothing is connected before every setting is checked (the writer checks its own).
         db = open_database(
             location, pg_schema=PG_SCHEMA, busy_timeout=busy_timeout, synchronous=synchronous
         )
@@ -150,20 +151,13 @@ class SaRecordStore(Closing):
         self.retention = retention
         self.page_size = page_size
         self._clock = clock if clock is not None else _utc_now
-        self._label = f"SA record store {db.label}"
-        self._wconn, self._rconn = open_tables(
-            db,
-            migrations=migrations(db),
-            version=SCHEMA_VERSION,
-            label=self._label,
-            connections=2,
-        )
+        self._label = label = f"SA record store {db.label}"
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._closed = False
         self._writer: BatchWriter[_Row] = BatchWriter(
             self._commit,
-            label=self._label,
+            label=label,
             max_queue=max_queue,
             max_batch=max_batch,
             linger=linger,
@@ -171,9 +165,14 @@ class SaRecordStore(Closing):
             period=prune_interval,
             retry_min=retry_min,
             retry_max=retry_max,
-            outage=outage if outage is not None else StoreOutage(self._label, logger=log),
+            outage=outage if outage is not None else StoreOutage(label, logger=log),
             logger=log,
+            start=False,
         )
+        self._wconn, self._rconn = open_tables(
+            db, migrations=migrations(db), version=SCHEMA_VERSION, label=label, connections=2
+        )
+        self._writer.start()
 
     @property
     def database(self) -> Database:

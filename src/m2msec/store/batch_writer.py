@@ -105,6 +105,7 @@ class BatchWriter(Generic[T]):
         self._finished = 0
         self._flushing = 0
         self._stopping = False
+        self._abandon = False  # close() gave up on the queue: start no more commits
         self._closed = False
         self._next_periodic = clock() + period
         self._drops_unlogged = 0
@@ -179,9 +180,12 @@ class BatchWriter(Generic[T]):
         drained = self.flush(timeout) if self._thread.is_alive() else False
         with self._cond:
             self._stopping = True
+            self._abandon = not drained
             self._cond.notify_all()
         if self._thread.is_alive():
-            self._thread.join(None if drained else max(0.0, deadline - time.monotonic()))
+            # Drained: the thread ends at once. Not: only a commit already running may
+            # hold it; it gets what is left of the timeout.
+            self._thread.join(None if drained else max(0.05, deadline - time.monotonic()))
         with self._cond:
             left = len(self._queue)
             self._queue.clear()
@@ -247,7 +251,7 @@ class BatchWriter(Generic[T]):
         """The next batch; [] when the periodic work is due; None to stop."""
         with self._cond:
             while True:
-                if self._stopping and not self._queue:
+                if self._stopping and (self._abandon or not self._queue):
                     return None
                 wait = self._next_periodic - self._clock()
                 if self._periodic is not None and wait <= 0 and not self._stopping:
