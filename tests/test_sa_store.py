@@ -311,7 +311,8 @@ def test_the_writer_prunes_periodically(open_sa: OpenStore) -> None:
     assert len(list(st.history())) == 1
     clock.now = T0  # 200 days later: the next periodic prune removes it
     deadline = time.monotonic() + 10
-    while list(st.history()) and time.monotonic() < deadline:
+    # History goes first, then the records (two transactions): wait for both.
+    while (list(st.history()) or list(st.list())) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert list(st.history()) == [] and list(st.list()) == []
 
