@@ -318,8 +318,9 @@ def test_the_writer_prunes_periodically(open_sa: OpenStore) -> None:
 
 
 def test_close_drains_the_queue(tmp_path: Path) -> None:
-    # A long linger: without close's drain nothing would be committed yet.
-    st = SaRecordStore(tmp_path / "sa.db", linger=30.0)
+    # A long linger and a batch bigger than the queue: without close's drain nothing
+    # would be committed yet.
+    st = SaRecordStore(tmp_path / "sa.db", linger=30.0, max_batch=5000)
     for n in range(1000):
         st.record(make_record(n), "established")
     assert st.stats().written == 0
