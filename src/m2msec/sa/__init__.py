@@ -8,4 +8,6 @@ relationships ra / rb / rc between them. docs/sa.md maps the model onto (D)TLS
 servers.
 
 - :mod:`m2msec.sa.records`: the SA record both sides keep (:class:`~.records.SaRecord`).
+- :mod:`m2msec.sa.store`: those records and their history in SQLite or PostgreSQL, written
+  in batches off the handshake path (:class:`~.store.SaRecordStore`, docs/sa-records.md).
 """

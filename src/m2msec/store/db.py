@@ -45,10 +45,12 @@ __all__ = [
     "SqliteDatabase",
     "create_private_file",
     "from_epoch",
+    "from_micros",
     "is_text",
     "open_database",
     "redact_url",
     "to_epoch",
+    "to_micros",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ _URL: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND: Final = timedelta(seconds=1)
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 class Cursor(Protocol):
@@ -102,6 +105,35 @@ def from_epoch(value: None) -> None: ...
 def from_epoch(value: int | None) -> datetime | None: ...
 def from_epoch(value: int | None) -> datetime | None:
     return None if value is None else _EPOCH + timedelta(seconds=value)
+
+
+@overload
+def to_micros(value: datetime) -> int: ...
+@overload
+def to_micros(value: None) -> None: ...
+@overload
+def to_micros(value: datetime | None) -> int | None: ...
+def to_micros(value: datetime | None) -> int | None:
+    """Microseconds since the epoch, exact; a naive datetime is taken as UTC (oneM2M time).
+
+    For stored times that must read back equal (the SA records' established / updated /
+    expires); :func:`to_epoch` keeps whole seconds."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+@overload
+def from_micros(value: int) -> datetime: ...
+@overload
+def from_micros(value: None) -> None: ...
+@overload
+def from_micros(value: int | None) -> datetime | None: ...
+def from_micros(value: int | None) -> datetime | None:
+    """The UTC datetime of :func:`to_micros`."""
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
 
 
 _PASSWORD_PARAM: Final = re.compile(r"((?:^|&)password=)[^&]*")

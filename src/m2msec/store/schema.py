@@ -31,6 +31,7 @@ __all__ = [
     "SealedSchema",
     "open_sealed_schema",
     "open_sealed_store",
+    "open_tables",
     "require_initialised",
 ]
 
@@ -84,16 +85,7 @@ def open_sealed_schema(
             sealer.check(sealed, check.aad, check.value, what=what)
             return sealer
     with d.transaction(c, exclusive=True):
-        current = d.schema_version(c)
-        if current > version:
-            raise StoreError(
-                f"{label} has schema version {current}; this version of m2msec reads up to "
-                f"{version}"
-            )
-        for v in range(current + 1, version + 1):
-            for statement in migrations[v]:
-                c.execute(statement)
-            d.set_schema_version(c, v)
+        current = _migrate(d, c, label=label, migrations=migrations, version=version)
         sealed = _check_value(d, c, check)
         if sealed is None:
             # A brand-new store: the KEK file may be created now. A store file that had
@@ -160,6 +152,66 @@ def open_sealed_store(
             conn.close()
         raise
     return opened, sealer
+
+
+def open_tables(
+    db: Database,
+    *,
+    migrations: Mapping[int, tuple[str, ...]],
+    version: int,
+    label: str,
+    connections: int,
+) -> list[Connection]:
+    """Open a store without secrets in ``db``: ``connections`` connections, its schema at
+    ``version``.
+
+    The unsealed sibling of :func:`open_sealed_store` for tables that hold no key (the SA
+    records of :mod:`m2msec.sa.store`): the same 0600 file or PostgreSQL schema
+    (:meth:`~m2msec.store.db.Database.prepare`), the same migrations under the database's
+    write lock, no KEK and no ``meta`` check value. The database's errors become
+    :class:`StoreError` "cannot open <label>: ..."; on any failure no connection is left
+    open.
+    """
+    db.prepare()
+    opened: list[Connection] = []
+    try:
+        try:
+            for _ in range(connections):
+                opened.append(db.connect())
+            c = opened[0]
+            if db.schema_version(c) != version:
+                with db.transaction(c, exclusive=True):
+                    _migrate(db, c, label=label, migrations=migrations, version=version)
+        except db.errors as exc:
+            raise StoreError(f"cannot open {label}: {db.message(exc)}") from None
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
+    return opened
+
+
+def _migrate(
+    d: Database,
+    c: Connection,
+    *,
+    label: str,
+    migrations: Mapping[int, tuple[str, ...]],
+    version: int,
+) -> int:
+    """Inside the migration transaction: apply the versions after the current one; the
+    version found. A newer schema than ``version`` is a StoreError."""
+    current = d.schema_version(c)
+    if current > version:
+        raise StoreError(
+            f"{label} has schema version {current}; this version of m2msec reads up to "
+            f"{version}"
+        )
+    for v in range(current + 1, version + 1):
+        for statement in migrations[v]:
+            c.execute(statement)
+        d.set_schema_version(c, v)
+    return current
 
 
 def require_initialised(path: str | os.PathLike[str] | None, *, label: str, create: str) -> None:
