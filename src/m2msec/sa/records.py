@@ -33,6 +33,7 @@ __all__ = [
     "key_fingerprint",
 ]
 
+
 class SaId(bytes):
     """A Security Association identifier: an octet string (seed 003, tables 24-44).
 

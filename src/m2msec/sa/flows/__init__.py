@@ -144,6 +144,8 @@ __all__ = [
     "SessionCredentials",
     "SignatureKind",
     "UpdateOperation",
+    "UpdateSa",
+    "UpdateSaConfirm",
     "UpdatedOperation",
     "check_reply_to",
 ]
