@@ -266,7 +266,7 @@ def test_no_message_over_an_expired_sa() -> None:
 
 
 def test_expire_due_ends_and_evicts_expired_sessions() -> None:
-    mgmt, _, sink, _ = responder()
+    mgmt, _, _sink, _ = responder()
     short = mgmt.on_handshake_complete(context(valid_until=T0 + timedelta(minutes=1))).record
     long = mgmt.on_handshake_complete(context(valid_until=T0 + timedelta(days=1))).record
     forever = mgmt.on_handshake_complete(context()).record
@@ -319,7 +319,7 @@ def test_remove_marks_invalid_tells_the_agent_and_evicts(both_sides: bool) -> No
 
 
 def test_the_peers_close_notify_is_its_sa_removal() -> None:
-    mgmt, agent, sink, _ = responder()
+    mgmt, agent, _sink, _ = responder()
     rec = mgmt.on_handshake_complete(context()).record
     outcome = mgmt.on_sa_removal(rec.sa_id)
     assert outcome.accepted and outcome.confirm is not None
@@ -434,7 +434,7 @@ def initiator() -> tuple[InitiatorSaManagement, Confirms, MemorySink]:
 
 
 def test_initiator_establish_confirms_with_the_sa_parameters() -> None:
-    mgmt, agent, sink = initiator()
+    mgmt, agent, _sink = initiator()
     ctx = context("/mn-cse-123456", local_id=None)
     est = mgmt.on_handshake_complete(ctx, REQUEST)
     assert est.refusal is None and est.record.role is SaRole.INITIATOR
@@ -447,7 +447,7 @@ def test_initiator_establish_confirms_with_the_sa_parameters() -> None:
 
 
 def test_initiator_refuses_a_responder_it_did_not_ask_for() -> None:
-    mgmt, agent, sink = initiator()
+    mgmt, _agent, sink = initiator()
     est = mgmt.on_handshake_complete(context("/mn-cse-999999"), REQUEST)
     assert est.refusal is CauseOfRejection.ADMINISTRATIVE_REASONS
     assert est.record.state is SaState.FAILED and sink.events() == ["refused"]
@@ -466,7 +466,7 @@ def test_initiator_failed_handshake_confirms_the_cause() -> None:
 
 
 def test_initiator_update_keeps_the_old_sa_until_the_new_one_stands() -> None:
-    mgmt, agent, sink = initiator()
+    mgmt, agent, _sink = initiator()
     old = mgmt.on_handshake_complete(context("/mn-cse-123456"), REQUEST).record
     request = UpdateSa(
         existing_sa_id=old.sa_id, update_operation=UpdateOperation.UPDATE_SA_IDENTIFIER_AND_KEYS
@@ -489,7 +489,7 @@ def test_initiator_update_keeps_the_old_sa_until_the_new_one_stands() -> None:
 
 
 def test_initiator_update_rejected_leaves_the_old_sa_working() -> None:
-    mgmt, agent, sink = initiator()
+    mgmt, _agent, sink = initiator()
     old = mgmt.on_handshake_complete(context("/mn-cse-123456"), REQUEST).record
     request = UpdateSa(
         existing_sa_id=old.sa_id, update_operation=UpdateOperation.UPDATE_SA_IDENTIFIER_AND_KEYS
@@ -505,7 +505,7 @@ def test_initiator_update_rejected_leaves_the_old_sa_working() -> None:
     "operation", [UpdateOperation.UPDATE_SA_KEYS, UpdateOperation.UPDATE_SA_IDENTIFIER]
 )
 def test_initiator_rejects_updates_tls_cannot_do(operation: UpdateOperation) -> None:
-    mgmt, agent, _ = initiator()
+    mgmt, _agent, _ = initiator()
     old = mgmt.on_handshake_complete(context("/mn-cse-123456"), REQUEST).record
     plan = mgmt.update(UpdateSa(existing_sa_id=old.sa_id, update_operation=operation))
     assert not plan.proceed and plan.confirm is not None
@@ -515,7 +515,7 @@ def test_initiator_rejects_updates_tls_cannot_do(operation: UpdateOperation) -> 
 
 @pytest.mark.parametrize("both_sides", [True, False])
 def test_initiator_remove(both_sides: bool) -> None:
-    mgmt, agent, sink = initiator()
+    mgmt, agent, _sink = initiator()
     rec = mgmt.on_handshake_complete(context("/mn-cse-123456"), REQUEST).record
     outcome = mgmt.remove(RemoveSa(sa_id=rec.sa_id), both_sides=both_sides)
     assert outcome.accepted and outcome.close_session is both_sides and outcome.evict_session
