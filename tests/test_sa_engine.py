@@ -11,6 +11,7 @@ and ``forget_session`` makes a removed SA's session unresumable. The management
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,76 @@ def test_fingerprint_module_is_the_one_copy() -> None:
         if "FINGERPRINT_LABEL: Final" in p.read_text() or "def key_fingerprint" in p.read_text()
     ]
     assert holders == ["crypto/fingerprint.py"]
+
+
+# -- a real peer: openssl s_client as the Initiator ----------------------------------------
+@pytest.mark.interop
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+async def test_openssl_s_client_admitted_and_refused(version: str) -> None:
+    import asyncio
+
+    from m2msec.sa.management import ResponderSaManagement
+    from m2msec.tls.aio import TLSConnection, TLSServer
+    from m2msec.tls.engine import SA_ID_LABEL
+    from tests import interop
+
+    table = {TR0038_IDENTITY: TR0038_KEY, OTHER_IDENTITY: OTHER_KEY}
+    entities = {TR0038_IDENTITY: "Clight-AE1", OTHER_IDENTITY: "Clight-AE2"}
+
+    def resolve(identity: bytes) -> tuple[bytes, PeerBinding] | None:
+        key = table.get(identity)
+        return None if key is None else (key, PeerBinding(entities[identity], PeerKind.AE))
+
+    agent = Refusing("Clight-AE2")
+    sink = MemorySink()
+    mgmt = ResponderSaManagement(agent, sink)
+    admissions = []
+
+    async def handler(conn: TLSConnection) -> None:
+        admission = mgmt.on_handshake_complete(conn.context)
+        admissions.append(admission)
+        if admission.refusal is not None:
+            conn.engine.refuse("refused by the Responder Agent")
+            await conn.close()
+            return
+        data = await conn.recv()
+        mgmt.check_receive(admission.sa_id)
+        mgmt.check_send(admission.sa_id)
+        await conn.send(b"served:" + data)
+        await asyncio.sleep(0.2)
+        await conn.close()
+
+    server = TLSServer(psk_server_profile(version == "-tls1_3", resolver=resolve), handler)
+    await server.start("127.0.0.1", 0)
+    export = ["-keymatexport", SA_ID_LABEL.decode(), "-keymatexportlen", "16"]
+    try:
+        ok = await interop.run(
+            interop.psk_s_client(server.port, version, *export, "-ign_eof"),
+            stdin=b"hello\n",
+            timeout=20,
+        )
+        refused = await interop.run(
+            interop.psk_s_client(
+                server.port,
+                version,
+                *export,
+                "-ign_eof",
+                identity=OTHER_IDENTITY.decode(),
+                key_hex=OTHER_KEY.hex(),
+            ),
+            stdin=b"hello\n",
+            timeout=20,
+        )
+    finally:
+        await server.close()
+    first, second = admissions
+    # The same SA identifier on both ends: the peer's own exporter value.
+    assert interop.keying_material(ok.output) == first.sa_id.hex()
+    assert first.record.key_fingerprint == key_fingerprint(TR0038_KEY)
+    assert "served:hello" in ok.output, ok.describe()
+    # The refused SA: identified alike, never served, ended with close_notify.
+    assert interop.keying_material(refused.output) == second.sa_id.hex()
+    assert second.refusal is CauseOfRejection.ADMINISTRATIVE_REASONS
+    assert "served:" not in refused.output, refused.describe()
+    assert re.search(r"^closed$", refused.output, re.M), refused.describe()  # close_notify
+    assert [e for _, e in sink.entries] == ["established", "refused"]
