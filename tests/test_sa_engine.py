@@ -5,7 +5,8 @@ ends for a PSK (Kpsa, or a MAF Kc fetched asynchronously), the peer's certificat
 certificate session, kept across resumption. ``HandshakeFailed.no_common_parameters``
 gives the Cause of rejection. ``TLSEngine.refuse`` ends an SA the Responder Agent refused,
 and ``forget_session`` makes a removed SA's session unresumable. The management
-(m2msec.sa.management) is driven from these real engines at the end.
+(m2msec.sa.management) is driven from these real engines, and from ``openssl s_client``
+as a real Initiator (its exporter gives the same SA identifier), at the end.
 """
 
 from __future__ import annotations

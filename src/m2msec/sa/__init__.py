@@ -8,4 +8,9 @@ relationships ra / rb / rc between them. docs/sa.md maps the model onto (D)TLS
 servers.
 
 - :mod:`m2msec.sa.records`: the SA record both sides keep (:class:`~.records.SaRecord`).
+- :mod:`m2msec.sa.flows`: the information flows of tables 23-44, typed and checked.
+- :mod:`m2msec.sa.agent`: the Responder and Initiator Agents (protocols, defaults).
+- :mod:`m2msec.sa.machine`: the state table of one SA, the record sink.
+- :mod:`m2msec.sa.management`: the Responder's and the Initiator's SA Management.
+- :mod:`m2msec.sa.outcomes`: what the managements answer and raise.
 """
