@@ -38,9 +38,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from m2msec.crypto import fingerprint
 from m2msec.errors import CertificateError, IdentifierError
 from m2msec.ids import AeId, CseId, EntityId, PeerKind, parse_entity_id
 
@@ -71,8 +72,11 @@ _WEAK_HASHES = {"md5", "sha1"}
 
 
 def certificate_fingerprint(cert: x509.Certificate) -> str:
-    """SHA-256 over the DER certificate, lower-case hex: our certificate key_id."""
-    return cert.fingerprint(hashes.SHA256()).hex()
+    """SHA-256 over the DER certificate, lower-case hex: our certificate key_id.
+
+    The one fingerprint of :mod:`m2msec.crypto.fingerprint`, applied to a parsed certificate.
+    """
+    return fingerprint.certificate_fingerprint(cert.public_bytes(serialization.Encoding.DER))
 
 
 def public_key_identifier(cert: x509.Certificate) -> str:

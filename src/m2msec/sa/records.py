@@ -13,11 +13,14 @@ Records are plain values; :mod:`m2msec.sa.store` keeps them with their history.
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+
+# The one fingerprint implementation lives in the crypto layer (the TLS engine uses it
+# too); the SA records name it here because a record holds its value.
+from m2msec.crypto.fingerprint import FINGERPRINT_LABEL as FINGERPRINT_LABEL
+from m2msec.crypto.fingerprint import certificate_fingerprint as certificate_fingerprint
+from m2msec.crypto.fingerprint import key_fingerprint as key_fingerprint
 
 __all__ = [
     "FINGERPRINT_LABEL",
@@ -29,9 +32,6 @@ __all__ = [
     "certificate_fingerprint",
     "key_fingerprint",
 ]
-
-#: The context of the one-way function a key fingerprint is made with.
-FINGERPRINT_LABEL: Final = b"m2msec SA key fingerprint"
 
 
 class SaId(bytes):
@@ -118,19 +118,3 @@ class SaRecord:
     """The cause of the last refusal or the reason of a removal, safe to show."""
     replaced_by: SaId | None = None
     peer_address: str | None = None
-
-
-def key_fingerprint(secret: bytes) -> str:
-    """A short one-way tag of a symmetric key (Kpsa, Kc, Ks_NAF) that reveals nothing.
-
-    An HMAC keyed by the secret over a fixed label, cut to 8 octets: equal keys give equal
-    tags, so an operator can tell whether two SAs used one key. For the keys of TS-0003
-    10.3 (128 bits and more) it gives nothing towards the key; a low-entropy key typed by
-    hand stays as guessable as it was.
-    """
-    return hmac.new(secret, FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
-
-
-def certificate_fingerprint(der: bytes) -> str:
-    """The SHA-256 fingerprint of a peer's certificate (public, so shown in full)."""
-    return hashlib.sha256(der).hexdigest()

@@ -16,6 +16,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from m2msec.crypto.fingerprint import key_fingerprint
 from m2msec.errors import CertificateError, CertificateRevoked, HandshakeError, StoreError
 from m2msec.tls import _psk
 from m2msec.tls.context import PeerBinding
@@ -112,6 +113,7 @@ def _server_lookup(conn: SSL.Connection, identity: bytes) -> bytes | None:
         return None
     key, state.binding = answer
     state.raw_psk_identity = identity
+    state.key_fingerprint = key_fingerprint(key)
     # A TLS 1.3 client may offer a resumption ticket before its external PSK; the
     # ticket's refusal is moot once the PSK resolves.
     state.refusal = None
@@ -135,6 +137,7 @@ def _client_provide(conn: SSL.Connection, hint: bytes | None) -> tuple[bytes, by
         return None
     identity, key, state.binding = answer
     state.psk_identity = _printable(identity)
+    state.key_fingerprint = key_fingerprint(key)
     return identity, key
 
 

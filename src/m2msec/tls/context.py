@@ -40,7 +40,8 @@ class SecurityContext:
     """An established security association, as seen by one side.
 
     ``sa_id`` identifies the session (derived from a key exporter, never a key),
-    so both sides name the same association alike (docs/readings.md A-24).
+    so both sides name the same association alike (docs/readings.md A-24);
+    ``key_fingerprint`` tells which key made it without revealing the key.
     """
 
     framework: Framework
@@ -56,6 +57,12 @@ class SecurityContext:
     server_name: str | None = None
     resumed: bool = False
     """True when the handshake resumed an earlier session (its binding re-validated)."""
+    key_fingerprint: str | None = None
+    """A one-way tag of the key the session was made with, never the key itself
+    (:func:`m2msec.crypto.fingerprint.key_fingerprint` of the PSK: Kpsa, Kc or Ks_NAF, the
+    same on both ends), or for a certificate session the SHA-256 fingerprint of the peer's
+    certificate (None when the peer sent none). A resumed session keeps its full
+    handshake's value. The SA record of seed 003 keeps it (docs/sa.md)."""
 
     def expired(self, now: datetime | None = None) -> bool:
         """True once the key behind this association has passed its lifetime."""

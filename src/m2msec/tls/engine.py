@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeAlias
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
+from m2msec.crypto.fingerprint import certificate_fingerprint
 from m2msec.errors import HandshakeError
 from m2msec.tls import _psk, callbacks, resumption, sessions
 from m2msec.tls.context import PeerBinding, SecurityContext
@@ -53,7 +55,16 @@ class HandshakeComplete(Event):
 
 @dataclass(frozen=True, slots=True)
 class HandshakeFailed(Event):
+    """The handshake failed; ``reason`` is safe to log.
+
+    ``no_common_parameters`` is True when OpenSSL found nothing in common with the peer
+    (no shared suite, protocol version, group or signature algorithm) and no framework
+    callback refused first: seed 003's "No parameters in common with Responder"
+    (tables 23 and 25). Every other failure is a refusal for "Administrative reasons"
+    (m2msec.sa.outcomes)."""
+
     reason: str
+    no_common_parameters: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +106,9 @@ async def resolve_psk(
 
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed(Event):
-    """The peer sent close_notify, or its transport ended."""
+    """The peer sent close_notify (``close_notify`` True), or its transport ended."""
+
+    close_notify: bool = False
 
 
 class TLSEngine:
@@ -154,6 +167,7 @@ class TLSEngine:
         self._context: SecurityContext | None = None
         self._failed = False
         self._closed = False
+        self._refused: str | None = None
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -168,6 +182,11 @@ class TLSEngine:
     @property
     def failed(self) -> bool:
         return self._failed
+
+    @property
+    def refused(self) -> str | None:
+        """The reason given to :meth:`refuse`, once the session has been refused."""
+        return self._refused
 
     @property
     def psk_identity(self) -> str | None:
@@ -267,6 +286,53 @@ class TLSEngine:
             with contextlib.suppress(SSL.Error):
                 self._conn.shutdown()
 
+    def refuse(self, reason: str) -> None:
+        """End a just-established session that the Responder Agent or a policy refused.
+
+        Seed 003 table 24: the Responder Agent may answer Initiate SA Received with
+        Failure (Administrative reasons) once the handshake has named the peer and the SA
+        identifier. The session is made unresumable first (:meth:`forget_session`), so the
+        refused SA cannot come back by resumption, then close_notify is sent; nothing more
+        can be sent or received on it. ``reason`` is kept (:attr:`refused`), safe to log.
+        """
+        if not self.handshake_done:
+            raise HandshakeError("refuse() needs an established session")
+        self.forget_session()
+        self._refused = reason
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(SSL.Error):
+                self._conn.shutdown()
+        self._failed = True
+
+    def forget_session(self) -> None:
+        """Make this connection's session unresumable, now and for later tickets.
+
+        For an SA that is removed or refused (seed 003 7.3.6, docs/sa.md): Entity B drops
+        every session ID and TLS 1.3 ticket recorded for the connection, and the one it
+        resumed, from its session cache (which makes OpenSSL's copies unresumable too) and
+        records none from now on; Entity A forgets the session in its client cache. A
+        device coming back then runs a full handshake, with every check of its framework.
+        """
+        state = self._state
+        state.unresumable = True
+        session = self._conn.get_session() if self.handshake_done else None
+        if self.profile.server_side:
+            cache = self.profile.session_cache
+            if cache is None:
+                return
+            ids = list(state.recorded_sessions)
+            if state.resumption is not None:
+                ids.append(state.resumption.session_id)
+            if session is not None:
+                ids.append(_psk.session_fields(session)[1])
+            for sid in ids:
+                if sid:
+                    cache.discard(sid)
+            state.recorded_sessions.clear()
+        elif self.profile.client_sessions is not None and session is not None:
+            self.profile.client_sessions.discard_session(session)
+
     def screen_client_hello(self, data: bytes) -> None:
         """Entity B: check the session a ClientHello offers before OpenSSL sees it.
 
@@ -341,7 +407,7 @@ class TLSEngine:
             except SSL.WantReadError:
                 return
             except SSL.Error as exc:
-                self._fail(self._reason(exc))
+                self._fail(self._reason(exc), no_common_parameters=self._mismatch(exc))
                 return
             try:
                 self._context = self._build_context()
@@ -362,7 +428,7 @@ class TLSEngine:
                     self._closed = True
                     with contextlib.suppress(SSL.Error):
                         self._conn.shutdown()  # answer close_notify
-                self._events.append(ConnectionClosed())
+                self._events.append(ConnectionClosed(close_notify=True))
                 return
             except SSL.Error as exc:
                 self._fail(self._reason(exc))
@@ -379,6 +445,8 @@ class TLSEngine:
             binding = self._resumed_binding()
         if binding is None:
             raise HandshakeError("handshake finished without an identity binding")
+        fingerprint = self._key_fingerprint(resumed)
+        self._state.key_fingerprint = fingerprint
         if self.profile.server_side and self.profile.session_cache is not None:
             self._state.binding = binding
             resumption.record(self.profile, self._conn, self._state)
@@ -404,7 +472,27 @@ class TLSEngine:
             sa_id=sa_id,
             server_name=server_name,
             resumed=resumed,
+            key_fingerprint=fingerprint,
         )
+
+    def _key_fingerprint(self, resumed: bool) -> str | None:
+        """The fingerprint of the PSK the callbacks used, a resumed session's recorded one,
+        or else the peer certificate's; never the key (docs/sa.md)."""
+        if self._state.key_fingerprint is not None:
+            return self._state.key_fingerprint
+        if resumed:
+            if self.profile.server_side and self._state.resumption is not None:
+                recorded = self._state.resumption.key_fingerprint
+            elif self._offered is not None:
+                recorded = self._offered.key_fingerprint
+            else:
+                recorded = None
+            if recorded is not None:
+                return recorded
+        cert = self._conn.get_peer_certificate(as_cryptography=True)
+        if cert is None:
+            return None
+        return certificate_fingerprint(cert.public_bytes(Encoding.DER))
 
     def _resumed_binding(self) -> PeerBinding:
         if not self.profile.server_side:
@@ -431,12 +519,21 @@ class TLSEngine:
         self._state.resumption = entry
         return binding
 
-    def _fail(self, reason: str, *, send_alert: bool = False) -> None:
+    def _fail(
+        self, reason: str, *, send_alert: bool = False, no_common_parameters: bool = False
+    ) -> None:
         self._failed = True
         if send_alert:
             with contextlib.suppress(SSL.Error):
                 self._conn.shutdown()
-        self._events.append(HandshakeFailed(reason))
+        self._events.append(HandshakeFailed(reason, no_common_parameters))
+
+    def _mismatch(self, exc: SSL.Error) -> bool:
+        """True when OpenSSL failed for want of common parameters, not on a refusal."""
+        if self._state.refusal or isinstance(exc, SSL.SysCallError):
+            return False
+        detail = _openssl_reason(exc).lower()
+        return any(marker in detail for marker in _NO_COMMON_PARAMETERS)
 
     def _reason(self, exc: SSL.Error) -> str:
         # A refusal recorded by our callbacks is more precise than OpenSSL's text.
@@ -450,6 +547,26 @@ class TLSEngine:
 
 def _printable(identity: bytes) -> str:
     return identity[:128].decode("utf-8", "backslashreplace")
+
+
+#: OpenSSL reason strings meaning the two ends have nothing in common to agree on (seed 003
+#: "No parameters in common with Responder"), as the side that found out reports them, and
+#: the alerts the other side then receives that say only that.
+_NO_COMMON_PARAMETERS = (
+    "no shared cipher",
+    "no ciphers available",
+    "no cipher match",
+    "no protocols available",
+    "unsupported protocol",
+    "wrong version number",
+    "version too low",
+    "no suitable signature algorithm",
+    "no shared signature algorithms",
+    "no suitable key share",
+    "no shared groups",
+    "alert protocol version",
+    "alert insufficient security",
+)
 
 
 def _openssl_reason(exc: SSL.Error) -> str:

@@ -160,10 +160,11 @@ def enable_resumption(
 def record(profile: TLSProfile, conn: SSL.Connection, state: object) -> None:
     """Store the current session of ``conn`` with the binding its handshake decided."""
     cache = profile.session_cache
-    if cache is None or not isinstance(state, HandshakeState):
+    if cache is None or not isinstance(state, HandshakeState) or state.unresumable:
         return
     binding = state.binding
     psk_identity = state.raw_psk_identity
+    fingerprint = state.key_fingerprint
     expires: float | None = None
     if state.resumption is not None:
         # Tickets issued on a resumed session live no longer than that session, and keep
@@ -173,11 +174,15 @@ def record(profile: TLSProfile, conn: SSL.Connection, state: object) -> None:
             binding = state.resumption.binding
         if psk_identity is None:
             psk_identity = state.resumption.psk_identity
+        if fingerprint is None:
+            fingerprint = state.resumption.key_fingerprint
     session = conn.get_session()
     if binding is None or session is None:
         return
     _, sid = _psk.session_fields(session)
-    cache.store(sid, session, binding, profile.framework, psk_identity, expires)
+    cache.store(sid, session, binding, profile.framework, psk_identity, expires, fingerprint)
+    if sid and sid not in state.recorded_sessions:
+        state.recorded_sessions.append(sid)
 
 
 # -- Entity A ------------------------------------------------------------------------------
@@ -225,5 +230,5 @@ async def offering_session(
     if cache is not None and session is not None:
         ctx = assoc.context
         binding = PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until)
-        cache.put(key, session, binding)
+        cache.put(key, session, binding, ctx.key_fingerprint)
     return assoc

@@ -96,6 +96,8 @@ class SessionEntry:
     """Monotonic time after which the session is not resumed."""
     session: SSL.Session
     """OpenSSL's session object, kept to make it unresumable when the entry goes."""
+    key_fingerprint: str | None = None
+    """The full handshake's key fingerprint, which a resumption keeps (never the key)."""
 
 
 class ServerSessionCache(_SessionCache[bytes, SessionEntry]):
@@ -134,6 +136,7 @@ class ServerSessionCache(_SessionCache[bytes, SessionEntry]):
         framework: Framework,
         psk_identity: bytes | None,
         expires: float | None = None,
+        key_fingerprint: str | None = None,
     ) -> None:
         """Remember ``binding`` for ``session_id`` (refreshing an existing entry's place).
 
@@ -148,7 +151,7 @@ class ServerSessionCache(_SessionCache[bytes, SessionEntry]):
         elif expires is None:
             expires = self._clock() + self.lifetime
         self._entries[session_id] = SessionEntry(
-            session_id, binding, framework, psk_identity, expires, session
+            session_id, binding, framework, psk_identity, expires, session, key_fingerprint
         )
         while len(self._entries) > self.max_sessions:
             _, entry = self._entries.popitem(last=False)
@@ -229,6 +232,8 @@ class ClientSession:
     session: SSL.Session
     binding: PeerBinding
     expires: float
+    key_fingerprint: str | None = None
+    """The full handshake's key fingerprint, which a resumption keeps (never the key)."""
 
 
 class ClientSessionCache(_SessionCache[Hashable, ClientSession]):
@@ -258,7 +263,13 @@ class ClientSessionCache(_SessionCache[Hashable, ClientSession]):
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: Hashable, session: SSL.Session, binding: PeerBinding) -> None:
+    def put(
+        self,
+        key: Hashable,
+        session: SSL.Session,
+        binding: PeerBinding,
+        key_fingerprint: str | None = None,
+    ) -> None:
         version, sid = _psk.session_fields(session)
         if not sid or version == _psk.TLS1_3_VERSION:
             return
@@ -267,12 +278,25 @@ class ClientSessionCache(_SessionCache[Hashable, ClientSession]):
             expires = old.expires  # a resumption does not extend the session's life
         else:
             expires = self._clock() + self.lifetime
-        self._entries[key] = ClientSession(session, binding, expires)
+        self._entries[key] = ClientSession(session, binding, expires, key_fingerprint)
         while len(self._entries) > self.max_sessions:
             self._entries.popitem(last=False)
 
     def discard(self, key: Hashable) -> None:
         self._entries.pop(key, None)
+
+    def discard_session(self, session: SSL.Session) -> int:
+        """Forget every entry holding ``session`` (by its session ID); how many went.
+
+        For an SA removed at Entity A: its session must not be offered again.
+        """
+        _, sid = _psk.session_fields(session)
+        if not sid:
+            return 0
+        gone = [k for k, e in self._entries.items() if _psk.session_fields(e.session)[1] == sid]
+        for k in gone:
+            del self._entries[k]
+        return len(gone)
 
 
 __all__ = [

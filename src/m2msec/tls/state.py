@@ -38,3 +38,10 @@ class HandshakeState:
     resumption: SessionEntry | None = None
     #: Entity B: the psk identities the client offered, whole, as the engine read them.
     offered_identities: list[bytes] = field(default_factory=list)
+    #: The fingerprint of the PSK the callbacks used (never the key; docs/sa.md).
+    key_fingerprint: str | None = None
+    #: Entity B: the session IDs / TLS 1.3 tickets recorded for this connection, so that a
+    #: removed or refused SA's sessions can be made unresumable (:meth:`TLSEngine.forget_session`).
+    recorded_sessions: list[bytes] = field(default_factory=list)
+    #: Set once the connection's SA was refused or removed: record no more sessions for it.
+    unresumable: bool = False
