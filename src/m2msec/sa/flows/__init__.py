@@ -24,7 +24,7 @@ Construction checks what the table and its notes say, and raises :class:`ValueEr
   first alone in 25). Remove (tables 42-44) has no cause element; its Rejection reason is
   ``Unknown SA Identifier`` / ``SA Identifier already marked invalid``.
 
-The seed's slips and gaps, and how we read them, are docs/readings.md A-34 (notes of
+The seed's slips and gaps, and how we read them, are docs/readings.md A-33 (notes of
 tables 23, 24 and 40 naming the wrong result, table 35's unmarked result, table 39's
 misplaced request column, table 41's third operation, table 25's relationship "re").
 Secret-bearing elements (keying material, challenge responses) are left out of ``repr``.

@@ -229,7 +229,7 @@ class SendResponderAuthorizationContext(Flow):
     Initiator's SA Management to the Responder's.
 
     Note 1 (a context description unless the ticket holds one) depends on the ticket's
-    content, which is opaque here: both descriptions stay optional (docs/readings.md A-34).
+    content, which is opaque here: both descriptions stay optional (docs/readings.md A-33).
     """
 
     TABLE, NAME, PART = 30, "Send Responder Authorization Context", "unconfirmed"
@@ -263,7 +263,7 @@ class _AuthorizationKeySending(Flow):
 class SendResponderAuthorizationKey(_AuthorizationKeySending):
     """Send Responder Authorization Key (seed 003, table 31), unconfirmed, rb: Responder's
     SA Management to the Initiator's. A ticket or its reference (note 2); notes 1 and 3
-    depend on the ticket's content, opaque here (docs/readings.md A-34)."""
+    depend on the ticket's content, opaque here (docs/readings.md A-33)."""
 
     TABLE, NAME, PART = 31, "Send Responder Authorization Key", "unconfirmed"
     RELATIONSHIP, SOURCE, DESTINATION = Relationship.RB, _RM, _IM
@@ -348,7 +348,7 @@ class InitiatorAuthorizationChallengeConfirm(_ChallengeConfirm):
 class SaEstablishmentComplete(Flow):
     """SA Establishment Complete (seed 003, table 35), unconfirmed, rc: Responder's SA
     Management to the Responder Agent. The Establishment result is unmarked in the table
-    and read as mandatory (docs/readings.md A-34); the Failure cause only on Failure."""
+    and read as mandatory (docs/readings.md A-33); the Failure cause only on Failure."""
 
     TABLE, NAME, PART = 35, "SA Establishment Complete", "unconfirmed"
     RELATIONSHIP, SOURCE, DESTINATION = Relationship.RC, _RM, _RA

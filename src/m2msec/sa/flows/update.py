@@ -119,7 +119,7 @@ class SaIdentifierUpdateResponse(Flow):
 class SaKeyUpdate(Flow):
     """SA Key Update, request (seed 003, table 39), rb: new keying material under the
     existing keys; whether the Responder's is wanted (an element read into the request,
-    docs/readings.md A-34)."""
+    docs/readings.md A-33)."""
 
     TABLE, NAME = 39, "SA Key Update"
     RELATIONSHIP, SOURCE, DESTINATION = Relationship.RB, _IM, _RM
@@ -156,7 +156,7 @@ class SaKeyUpdateConfirm(Flow):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SaKeyUpdateResponse(Flow):
     """SA Key Update Response (seed 003, table 40), unconfirmed, rb: a Rejection reason
-    (of its two) when Rejected (its note says "Accepted", docs/readings.md A-34)."""
+    (of its two) when Rejected (its note says "Accepted", docs/readings.md A-33)."""
 
     TABLE, NAME, PART = 40, "SA Key Update Response", "unconfirmed"
     RELATIONSHIP, SOURCE, DESTINATION = Relationship.RB, _IM, _RM
