@@ -47,6 +47,7 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -117,6 +118,13 @@ def run_server(
                 await asyncio.sleep(0.1)
             await server.close()
             print(f"MEF stats: {dict(sorted(mef.stats.items()))}", file=sys.stderr, flush=True)
+            commits = mef.commits
+            print(
+                f"group commit: {commits.items} enrolments in {commits.batches} transactions "
+                f"({commits.items / max(commits.batches, 1):.2f} a transaction)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if uv:
@@ -187,6 +195,18 @@ class Result:
     first_error: str
 
 
+def profiler(pid: int, mode: str, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """With ``--profile DIR``: py-spy samples the server (all threads, GIL holders and
+    waiters alike, idle excluded) while ``mode`` is measured; collapsed stacks in DIR."""
+    if args.profile is None:
+        return None
+    out = Path(args.profile) / f"{mode}-{'tls13' if args.tls13 else 'tls12'}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+    cmd += ["--duration", str(max(1, int(args.seconds))), "--nonblocking", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def measure(name: str, port: int, pid: int, mode: str, args: argparse.Namespace) -> Result:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -198,9 +218,12 @@ def measure(name: str, port: int, pid: int, mode: str, args: argparse.Namespace)
     for p in procs:
         p.start()
     time.sleep(max(0.0, start - time.time()))
+    spy = profiler(pid, mode, args)
     cpu0 = cpu_seconds([pid])
     out = [results.get(timeout=args.seconds + 60) for _ in procs]
     cpu = cpu_seconds([pid]) - cpu0
+    if spy is not None:
+        spy.wait(30)
     for p in procs:
         p.join(10)
     ops = sum(o[0] for o in out)
@@ -332,6 +355,12 @@ def main() -> None:
     ap.add_argument("--enrolees", type=int, default=100_000, help="live enrolments to fetch")
     ap.add_argument("--fetches", type=int, default=5000)
     ap.add_argument("--quick", action="store_true", help="1 s x 1 round, 2,000 enrolees")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the server with py-spy during each measurement (the last round's "
+        "stacks, collapsed, in DIR/enrol-tls12.txt etc.; CPU figures then include py-spy)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.enrolees, args.fetches = 1.0, 1, 2000, 500
