@@ -86,8 +86,17 @@ ENROLEE = Enrolee(Bootstrap.PSK, KPM_ID, ENROLEE_ID, TARGET, timedelta(days=1), 
 
 
 def run_server(
-    tmp: str, ports: tuple[int, int, int], ready: MpEvent, stop: MpEvent, uv: bool, tls13: bool
+    tmp: str,
+    ports: tuple[int, int, int],
+    ready: MpEvent,
+    stop: MpEvent,
+    uv: bool,
+    tls13: bool,
+    log_level: str,
 ) -> None:
+    import logging
+
+    from m2msec.cli.common import setup_logging
     from m2msec.config.mef import MefConfig
     from m2msec.servers.mef import MefServer
     from m2msec.tls.aio import TLSConnection, TLSServer
@@ -126,6 +135,12 @@ def run_server(
                 flush=True,
             )
 
+    # As `m2msec mef serve --log-level LEVEL` logs (to stderr there, to a file here).
+    logging.basicConfig(
+        filename=str(Path(tmp) / "mef.log"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    setup_logging(log_level)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if uv:
         import uvloop
@@ -189,6 +204,7 @@ class Result:
     ops_per_s: float
     errors: int
     srv_ms_per_op: float
+    srv_sys_ms_per_op: float
     cli_ms_per_op: float
     p50_ms: float
     p99_ms: float
@@ -204,6 +220,7 @@ def profiler(pid: int, mode: str, args: argparse.Namespace) -> subprocess.Popen[
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
     cmd += ["--duration", str(max(1, int(args.seconds))), "--nonblocking", "-o", str(out)]
+    cmd += os.environ.get("BENCH_PYSPY_ARGS", "").split()  # e.g. "--gil" or "--native"
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -219,9 +236,10 @@ def measure(name: str, port: int, pid: int, mode: str, args: argparse.Namespace)
         p.start()
     time.sleep(max(0.0, start - time.time()))
     spy = profiler(pid, mode, args)
-    cpu0 = cpu_seconds([pid])
+    cpu0, sys0 = cpu_seconds([pid]), cpu_seconds([pid], kernel_only=True)
     out = [results.get(timeout=args.seconds + 60) for _ in procs]
     cpu = cpu_seconds([pid]) - cpu0
+    kernel = cpu_seconds([pid], kernel_only=True) - sys0
     if spy is not None:
         spy.wait(30)
     for p in procs:
@@ -233,6 +251,7 @@ def measure(name: str, port: int, pid: int, mode: str, args: argparse.Namespace)
         ops / args.seconds,
         sum(o[1] for o in out),
         cpu / max(ops, 1) * 1e3,
+        kernel / max(ops, 1) * 1e3,
         sum(o[4] for o in out) / max(ops, 1) * 1e3,
         percentile(lat, 0.5) if lat else float("nan"),
         percentile(lat, 0.99) if lat else float("nan"),
@@ -354,6 +373,13 @@ def main() -> None:
     ap.add_argument("--asyncio", action="store_true", help="asyncio's loop, not uvloop")
     ap.add_argument("--enrolees", type=int, default=100_000, help="live enrolments to fetch")
     ap.add_argument("--fetches", type=int, default=5000)
+    ap.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="the server's log level, as `m2msec mef serve --log-level` (default info, its "
+        "default; the lines go to a file in the bench's directory)",
+    )
     ap.add_argument("--quick", action="store_true", help="1 s x 1 round, 2,000 enrolees")
     ap.add_argument(
         "--profile",
@@ -375,7 +401,10 @@ def main() -> None:
         ports = (free_port(), free_port(), free_port())
         ready, stop = ctx.Event(), ctx.Event()
         uv = not args.asyncio
-        server = ctx.Process(target=run_server, args=(str(tmp), ports, ready, stop, uv, args.tls13))
+        server = ctx.Process(
+            target=run_server,
+            args=(str(tmp), ports, ready, stop, uv, args.tls13, args.log_level),
+        )
         server.start()
         try:
             if not ready.wait(60):
@@ -385,7 +414,7 @@ def main() -> None:
             proto = "TLS 1.3" if args.tls13 else "TLS 1.2"
             setup = (
                 f"{proto}, {args.clients} clients, {args.seconds:g} s x {args.rounds} rounds, "
-                f"MEF on {'uvloop' if uv else 'asyncio'}"
+                f"MEF on {'uvloop' if uv else 'asyncio'}, log level {args.log_level}"
             )
             log(f"MEF server process {server.pid}; {setup}")
             rows: dict[str, list[Result]] = {t[0]: [] for t in targets}
@@ -395,7 +424,8 @@ def main() -> None:
                     rows[name_].append(r)
                     log(
                         f"  round {rnd + 1} {name_:10} {r.ops_per_s:8.0f}/s errors={r.errors} "
-                        f"srv {r.srv_ms_per_op:.2f} cli {r.cli_ms_per_op:.2f} ms/op "
+                        f"srv {r.srv_ms_per_op:.2f} (kernel {r.srv_sys_ms_per_op:.2f}) "
+                        f"cli {r.cli_ms_per_op:.2f} ms/op "
                         f"p50 {r.p50_ms:.2f} ms {r.first_error[:80]}"
                     )
             report(rows, f"{setup} (medians)")

@@ -31,6 +31,7 @@ commits (``m2msec mef remove-enrolee`` acts at once).
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +41,6 @@ from typing import Any, Final
 
 from m2msec.errors import DuplicateCredentialError
 from m2msec.keyids import KeId
-from m2msec.mef.reads import same_configuration
 from m2msec.mef.records import (
     Bootstrap,
     Enrolee,
@@ -406,13 +406,12 @@ class MefStore(SealedTables):
         )
 
         def run(conn: Connection) -> list[bool]:
-            current: dict[str, Enrolee | None] = {}
+            current: dict[str, Sequence[Any] | None] = {}
             stored: list[bool] = []
             for key, who, row, record in items:
                 if key not in current:
-                    found = conn.execute(select, (key,)).fetchone()
-                    current[key] = None if found is None else self._enrolee(found, unseal=True)
-                ok = same_configuration(current[key], who)
+                    current[key] = conn.execute(select, (key,)).fetchone()
+                ok = self._still_configured(current[key], who)
                 if ok:
                     conn.execute(self._insert_enrolment, row)
                     conn.execute(self._insert_audit, record)
@@ -420,6 +419,27 @@ class MefStore(SealedTables):
             return stored
 
         return self._transaction(run, duplicate="a KeID of this batch is stored already")
+
+    def _still_configured(self, row: Sequence[Any] | None, read: Enrolee) -> bool:
+        """Whether the stored row of an Enrolee holds the configuration ``read``: each
+        column equal, and the sealed Kpm, unsealed under that configuration's associated
+        data, the same Kpm (constant time); an edited row fails to unseal (StoreError)."""
+        if row is None:
+            return False
+        _key, sealed, enrolee_id, kind, target_id, naf, lifetime, created = row
+        target, created_at = read.target, read.created_at
+        if (
+            enrolee_id != read.enrolee_id
+            or (kind, target_id, naf) != (target.kind.value, target.target_id, target.naf_fqdn)
+            or int(lifetime) != int(read.lifetime.total_seconds())
+            or created_at is None
+            or int(created) != _epoch(created_at)
+        ):
+            return False
+        kpm = self._sealer.unseal(
+            bytes(sealed), enrolee_aad(read), what=f"the configuration of Enrolee {_key!r}"
+        )
+        return hmac.compare_digest(kpm, read.kpm or b"")
 
     def _enrolment_row(self, e: Enrolment, enrolee: Enrolee) -> tuple[Any, ...]:
         expires = _epoch(e.expires_at)

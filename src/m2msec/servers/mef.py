@@ -167,7 +167,7 @@ class MefServer(ServerLifecycle):
         # A handshake's read of its Enrolee is kept until its session asks (the deadline
         # and a margin), for at most as many handshakes as all listeners may hold.
         reads = BootstrapReads(
-            cfg.handshake_timeout + 5.0,
+            cfg.handshake_timeout + 1.0,
             capacity=max(1024, 2 * cfg.max_handshakes * max(1, len(cfg.enrolee_listeners()))),
         )
         self._service = MefService(
