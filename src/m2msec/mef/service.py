@@ -311,7 +311,9 @@ class MefService:
         if refusal is not None:
             return self.refuse_enrolment(request, who, refusal)
         self.stats["enrolments"] += 1
-        log.info("enrolled %s as %s for %s", who, planned.answer.ke_id, planned.enrolee.target)
+        # DEBUG: every enrolment has its audit record (``m2msec mef audit``); a log line
+        # each is a cost per enrolment (docs/performance.md) and a flood at provisioning.
+        log.debug("enrolled %s as %s for %s", who, planned.answer.ke_id, planned.enrolee.target)
         return _answer(RSC.CREATED, planned.answer.to_json(), request)
 
     def refuse_enrolment(
