@@ -29,10 +29,16 @@ the whole round trip, each answer checked against the Kpsa derived from the Ke w
     python bench/bench_mef.py --tls13 --seconds 3
     python bench/bench_mef.py --quick              # a small run: 1 s x 1 round, 2,000 enrolees
 
-Output: a line per round and target on stderr, then the medians (ops/s, errors, server
-and client CPU per operation, p50/p99), the ratio enrolments / bare handshakes of the
-rates (goal >= 0.70x, said plainly when not met) and of the server's CPU per operation,
-and the fetchCredentials latency.
+Output: a line per round and target on stderr (with the server's kernel CPU per
+operation), then the medians (ops/s, errors, server and client CPU per operation,
+p50/p99), the ratio enrolments / bare handshakes of the rates (goal >= 0.70x, said plainly
+when not met) and of the server's CPU per operation, the fetchCredentials latency, and on
+stderr the group commit's enrolments per transaction.
+
+The server logs as ``m2msec mef serve --log-level info`` (``--log-level``), to
+``mef.log`` in the bench's temporary directory. ``--profile DIR`` runs ``py-spy record``
+on the server during each measurement (collapsed stacks, ``DIR/enrol-tls12.txt`` etc.;
+``BENCH_PYSPY_ARGS=--gil`` samples only the thread holding the GIL).
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@
   (:mod:`m2msec.mef.keys`), the enrolment committed with its audit record, and only then
   the Enrolment Exchange answer (KeID, Enrolment Target, Enrolee-ID, Enrolment Expiry).
   :meth:`MefService.plan_enrolment` is the pure first half (the record and the answer), for
-  a server that groups commits.
+  a server that groups commits; given the Enrolee its handshake's PSK lookup read
+  (:meth:`MefService.kpm_for` keeps it, :mod:`m2msec.mef.reads`), it reads nothing, and
+  the commit (:meth:`MefService.commit_enrolments`) re-checks that Enrolee in its
+  transaction (4103 if it was removed or changed).
 - :meth:`MefService.fetch_credentials`, a RETRIEVE ``/fetchCredentials/<KeID>/<SUID>``
   from an Enrolment Target authenticated by mutual TLS: Km (10.3.2) or Kpsa (10.3.3)
   derived for that target, the Enrolee-ID, and the lifetime, which ends with Ke's
