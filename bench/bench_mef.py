@@ -29,10 +29,16 @@ the whole round trip, each answer checked against the Kpsa derived from the Ke w
     python bench/bench_mef.py --tls13 --seconds 3
     python bench/bench_mef.py --quick              # a small run: 1 s x 1 round, 2,000 enrolees
 
-Output: a line per round and target on stderr, then the medians (ops/s, errors, server
-and client CPU per operation, p50/p99), the ratio enrolments / bare handshakes of the
-rates (goal >= 0.70x, said plainly when not met) and of the server's CPU per operation,
-and the fetchCredentials latency.
+Output: a line per round and target on stderr (with the server's kernel CPU per
+operation), then the medians (ops/s, errors, server and client CPU per operation,
+p50/p99), the ratio enrolments / bare handshakes of the rates (goal >= 0.70x, said plainly
+when not met) and of the server's CPU per operation, the fetchCredentials latency, and on
+stderr the group commit's enrolments per transaction.
+
+The server logs as ``m2msec mef serve --log-level info`` (``--log-level``), to
+``mef.log`` in the bench's temporary directory. ``--profile DIR`` runs ``py-spy record``
+on the server during each measurement (collapsed stacks, ``DIR/enrol-tls12.txt`` etc.;
+``BENCH_PYSPY_ARGS=--gil`` samples only the thread holding the GIL).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,8 +92,17 @@ ENROLEE = Enrolee(Bootstrap.PSK, KPM_ID, ENROLEE_ID, TARGET, timedelta(days=1), 
 
 
 def run_server(
-    tmp: str, ports: tuple[int, int, int], ready: MpEvent, stop: MpEvent, uv: bool, tls13: bool
+    tmp: str,
+    ports: tuple[int, int, int],
+    ready: MpEvent,
+    stop: MpEvent,
+    uv: bool,
+    tls13: bool,
+    log_level: str,
 ) -> None:
+    import logging
+
+    from m2msec.cli.common import setup_logging
     from m2msec.config.mef import MefConfig
     from m2msec.servers.mef import MefServer
     from m2msec.tls.aio import TLSConnection, TLSServer
@@ -117,7 +133,20 @@ def run_server(
                 await asyncio.sleep(0.1)
             await server.close()
             print(f"MEF stats: {dict(sorted(mef.stats.items()))}", file=sys.stderr, flush=True)
+            commits = mef.commits
+            print(
+                f"group commit: {commits.items} enrolments in {commits.batches} transactions "
+                f"({commits.items / max(commits.batches, 1):.2f} a transaction)",
+                file=sys.stderr,
+                flush=True,
+            )
 
+    # As `m2msec mef serve --log-level LEVEL` logs (to stderr there, to a file here).
+    logging.basicConfig(
+        filename=str(Path(tmp) / "mef.log"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    setup_logging(log_level)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if uv:
         import uvloop
@@ -181,10 +210,24 @@ class Result:
     ops_per_s: float
     errors: int
     srv_ms_per_op: float
+    srv_sys_ms_per_op: float
     cli_ms_per_op: float
     p50_ms: float
     p99_ms: float
     first_error: str
+
+
+def profiler(pid: int, mode: str, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """With ``--profile DIR``: py-spy samples the server (all threads, GIL holders and
+    waiters alike, idle excluded) while ``mode`` is measured; collapsed stacks in DIR."""
+    if args.profile is None:
+        return None
+    out = Path(args.profile) / f"{mode}-{'tls13' if args.tls13 else 'tls12'}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250"]
+    cmd += ["--duration", str(max(1, int(args.seconds))), "--nonblocking", "-o", str(out)]
+    cmd += os.environ.get("BENCH_PYSPY_ARGS", "").split()  # e.g. "--gil" or "--native"
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def measure(name: str, port: int, pid: int, mode: str, args: argparse.Namespace) -> Result:
@@ -198,9 +241,13 @@ def measure(name: str, port: int, pid: int, mode: str, args: argparse.Namespace)
     for p in procs:
         p.start()
     time.sleep(max(0.0, start - time.time()))
-    cpu0 = cpu_seconds([pid])
+    spy = profiler(pid, mode, args)
+    cpu0, sys0 = cpu_seconds([pid]), cpu_seconds([pid], kernel_only=True)
     out = [results.get(timeout=args.seconds + 60) for _ in procs]
     cpu = cpu_seconds([pid]) - cpu0
+    kernel = cpu_seconds([pid], kernel_only=True) - sys0
+    if spy is not None:
+        spy.wait(30)
     for p in procs:
         p.join(10)
     ops = sum(o[0] for o in out)
@@ -210,6 +257,7 @@ def measure(name: str, port: int, pid: int, mode: str, args: argparse.Namespace)
         ops / args.seconds,
         sum(o[1] for o in out),
         cpu / max(ops, 1) * 1e3,
+        kernel / max(ops, 1) * 1e3,
         sum(o[4] for o in out) / max(ops, 1) * 1e3,
         percentile(lat, 0.5) if lat else float("nan"),
         percentile(lat, 0.99) if lat else float("nan"),
@@ -331,7 +379,20 @@ def main() -> None:
     ap.add_argument("--asyncio", action="store_true", help="asyncio's loop, not uvloop")
     ap.add_argument("--enrolees", type=int, default=100_000, help="live enrolments to fetch")
     ap.add_argument("--fetches", type=int, default=5000)
+    ap.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="the server's log level, as `m2msec mef serve --log-level` (default info, its "
+        "default; the lines go to a file in the bench's directory)",
+    )
     ap.add_argument("--quick", action="store_true", help="1 s x 1 round, 2,000 enrolees")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the server with py-spy during each measurement (the last round's "
+        "stacks, collapsed, in DIR/enrol-tls12.txt etc.; CPU figures then include py-spy)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.enrolees, args.fetches = 1.0, 1, 2000, 500
@@ -346,7 +407,10 @@ def main() -> None:
         ports = (free_port(), free_port(), free_port())
         ready, stop = ctx.Event(), ctx.Event()
         uv = not args.asyncio
-        server = ctx.Process(target=run_server, args=(str(tmp), ports, ready, stop, uv, args.tls13))
+        server = ctx.Process(
+            target=run_server,
+            args=(str(tmp), ports, ready, stop, uv, args.tls13, args.log_level),
+        )
         server.start()
         try:
             if not ready.wait(60):
@@ -356,7 +420,7 @@ def main() -> None:
             proto = "TLS 1.3" if args.tls13 else "TLS 1.2"
             setup = (
                 f"{proto}, {args.clients} clients, {args.seconds:g} s x {args.rounds} rounds, "
-                f"MEF on {'uvloop' if uv else 'asyncio'}"
+                f"MEF on {'uvloop' if uv else 'asyncio'}, log level {args.log_level}"
             )
             log(f"MEF server process {server.pid}; {setup}")
             rows: dict[str, list[Result]] = {t[0]: [] for t in targets}
@@ -366,7 +430,8 @@ def main() -> None:
                     rows[name_].append(r)
                     log(
                         f"  round {rnd + 1} {name_:10} {r.ops_per_s:8.0f}/s errors={r.errors} "
-                        f"srv {r.srv_ms_per_op:.2f} cli {r.cli_ms_per_op:.2f} ms/op "
+                        f"srv {r.srv_ms_per_op:.2f} (kernel {r.srv_sys_ms_per_op:.2f}) "
+                        f"cli {r.cli_ms_per_op:.2f} ms/op "
                         f"p50 {r.p50_ms:.2f} ms {r.first_error[:80]}"
                     )
             report(rows, f"{setup} (medians)")

@@ -267,6 +267,7 @@ def test_store_failure_answers_5000_and_no_success(
         raise StoreError("disk full")
 
     monkeypatch.setattr(store, "commit", broken)
+    monkeypatch.setattr(store, "enrol", broken)
     assert enrol(mef).rsc == 5000
     assert store.count_enrolments() == 0
     assert mef.stats["store_errors"] >= 1

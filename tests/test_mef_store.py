@@ -259,3 +259,81 @@ def test_service_enrol_and_fetch_on_either_backend(store: MefStore) -> None:
     response = mef.fetch_credentials(get, GATEWAY)
     got = parse_fetch_answer(json.loads(response.body))
     assert isinstance(got, CredentialBody) and len(got.credential) == 32
+
+
+# -- MefStore.enrol: the Enrolee re-checked in the commit's transaction ----------------------
+
+
+def test_enrol_stores_only_while_the_enrolee_is_as_read(store: MefStore) -> None:
+    """An enrolment whose Enrolee was removed, or replaced (another Kpm, another target)
+    after its handshake read it, stores neither its Ke nor its audit record; the others of
+    the same transaction are stored."""
+    read = enrolee()
+    store.add_enrolee(read)
+    store.add_enrolee(enrolee("kpm-2@mef.example.com"))
+    other = store.get_enrolee(Bootstrap.PSK, "kpm-2@mef.example.com")
+    assert other is not None
+    audit = MefAudit(MefEvent.ENROLLED, NOW, "psk:kpm-1")
+    assert store.enrol([(enrolment(), read, audit)]) == [True]
+    assert store.count_enrolments() == 1 and len(store.read_audit()) == 1
+
+    changed = Enrolee(
+        Bootstrap.PSK, read.bootstrap_id, read.enrolee_id, GATEWAY, read.lifetime, KPM[::-1], NOW
+    )
+    store.add_enrolee(changed, replace=True)  # another Kpm
+    batch = [(enrolment(b"\x02" * 16), read, audit), (enrolment(b"\x03" * 16), other, audit)]
+    assert store.enrol(batch) == [False, True]
+    assert store.get_enrolment(enrolment(b"\x02" * 16).ke_id) is None
+    assert store.get_enrolment(enrolment(b"\x03" * 16).ke_id) is not None
+    assert len(store.read_audit()) == 2
+
+    retargeted = enrolee(read.bootstrap_id, MAF)
+    store.add_enrolee(retargeted, replace=True)
+    assert store.enrol([(enrolment(b"\x04" * 16), changed, audit)]) == [False]
+    assert store.enrol([(enrolment(b"\x05" * 16), retargeted, audit)]) == [True]
+
+    store.remove_enrolee(Bootstrap.PSK, read.bootstrap_id)
+    assert store.enrol([(enrolment(b"\x06" * 16), retargeted, audit)]) == [False]
+    assert store.count_enrolments() == 1  # the other Enrolee's; the removed one's erased
+    assert len(store.read_audit()) == 3
+
+
+def test_enrol_refuses_a_row_edited_without_the_kek(tmp_path: Path) -> None:
+    path = tmp_path / "mef.db"
+    with MefStore(path, kek=KEK) as st:
+        st.add_enrolee(enrolee())
+        read = st.get_enrolee(Bootstrap.PSK, "kpm-1@mef.example.com")
+        assert read is not None
+        with sqlite3.connect(path) as raw:  # the same values, another sealed Kpm
+            raw.execute("UPDATE enrolees SET kpm = kpm || x'00'")
+        with pytest.raises(StoreError):
+            st.enrol([(enrolment(), read, MefAudit(MefEvent.ENROLLED, NOW, "psk:kpm-1"))])
+        assert st.count_enrolments() == 0
+
+
+def test_enrol_waits_for_a_concurrent_removal_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    """FOR SHARE: an Enrolee being removed by another process (its DELETE not committed
+    yet) holds the enrolment back until the removal commits, and then the enrolment is
+    refused; without the lock it would see the old row and store a Ke for an Enrolee
+    that no longer exists."""
+    with MefStore(pg_url, kek=KEK, home=tmp_path) as st:
+        st.add_enrolee(enrolee())
+        read = st.get_enrolee(Bootstrap.PSK, "kpm-1@mef.example.com")
+        assert read is not None
+        audit = MefAudit(MefEvent.ENROLLED, NOW, "psk:kpm-1")
+        result: list[list[bool]] = []
+        with psycopg.connect(pg_url) as other:
+            other.execute(
+                "DELETE FROM m2msec_mef.enrolees WHERE bootstrap_key = %s",
+                ("psk:kpm-1@mef.example.com",),
+            )  # in psycopg's implicit transaction: not committed
+            worker = threading.Thread(
+                target=lambda: result.append(st.enrol([(enrolment(), read, audit)]))
+            )
+            worker.start()
+            worker.join(0.5)
+            assert worker.is_alive(), "the enrolment did not wait for the removal"
+            other.commit()
+        worker.join(10)
+        assert result == [[False]]
+        assert st.count_enrolments() == 0 and st.read_audit() == []

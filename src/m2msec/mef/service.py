@@ -9,7 +9,10 @@
   (:mod:`m2msec.mef.keys`), the enrolment committed with its audit record, and only then
   the Enrolment Exchange answer (KeID, Enrolment Target, Enrolee-ID, Enrolment Expiry).
   :meth:`MefService.plan_enrolment` is the pure first half (the record and the answer), for
-  a server that groups commits.
+  a server that groups commits; given the Enrolee its handshake's PSK lookup read
+  (:meth:`MefService.kpm_for` keeps it, :mod:`m2msec.mef.reads`), it reads nothing, and
+  the commit (:meth:`MefService.commit_enrolments`) re-checks that Enrolee in its
+  transaction (4103 if it was removed or changed).
 - :meth:`MefService.answer_target`, a request of an Enrolment Target authenticated by
   mutual TLS: the seed's RETRIEVE ``/fetchCredentials/<KeID>/<SUID>`` (8.3.2.1 step f)
   or V3.18's MEF Key Retrieval ``GET /mef/keys/<RelativeKeyID>`` (8.3.5.2.8, mapped as
@@ -43,6 +46,7 @@ from m2msec.ids import derivation_identity
 from m2msec.keyids import KeId
 from m2msec.maf.protocol import MafRefusal
 from m2msec.mef.keys import EnrolmentKey, derive_for_target
+from m2msec.mef.reads import BootstrapReads, ChangedDuringBootstrap
 from m2msec.mef.records import (
     Bootstrap,
     Enrolee,
@@ -112,8 +116,12 @@ class MefRefusal(MafRefusal):
     (the MAF's refusal, so one server loop can answer both)."""
 
 
+#: How long a handshake's read of its Enrolee is kept without a server's own window (its
+#: handshake deadline and a margin).
+_READ_WINDOW = 60.0
 _NO_SUCH_ENROLMENT = "no such enrolment for this Enrolment Target"
 _KE_ID_IN_USE = "this KeID is in use: run a new bootstrap handshake"
+_CHANGED = "this Enrolee's configuration changed during the bootstrap: run a new one"
 
 
 def _answer(rsc: int, body: Mapping[str, Any] | None, request: OneM2MRequest) -> HttpResponse:
@@ -194,23 +202,41 @@ class MefService:
         *,
         stats: Counter[str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        reads: BootstrapReads | None = None,
     ) -> None:
         self.policy = policy
         self.store = store
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self._clock = clock
+        #: The Enrolee each PSK bootstrap handshake read (:meth:`kpm_for`).
+        self.reads = reads if reads is not None else BootstrapReads(_READ_WINDOW)
 
     # -- the bootstrap handshake ------------------------------------------------------------
     def kpm_for(self, kpm_id: str) -> bytes | None:
         """The Kpm of a KpmID (the psk of 8.3.2.1's handshake), or None: the handshake
-        then fails. A store failure is an unknown KpmID here, and is logged."""
+        then fails. A store failure is an unknown KpmID here, and is logged. The Enrolee
+        read is kept for the session's Enrolment Exchange (:attr:`reads`)."""
         try:
             enrolee = self.store.get_enrolee(Bootstrap.PSK, kpm_id)
         except (StoreError, IdentifierError) as exc:
             self.stats["store_errors"] += 1
             log.error("MEF store: cannot read an Enrolee: %s", exc)
             return None
-        return None if enrolee is None else enrolee.kpm
+        if enrolee is None:
+            return None
+        self.reads.keep(kpm_id, enrolee)
+        return enrolee.kpm
+
+    def bootstrap_enrolee(self, who: EnroleeIdentity) -> Enrolee | MefRefusal | None:
+        """The Enrolee as the handshake of ``who`` read it (:attr:`reads`), for a session
+        to plan with; None when not kept (a certificate bootstrap: the plan reads the
+        store); a refusal when it changed during that handshake. No I/O."""
+        if who.bootstrap is not Bootstrap.PSK:
+            return None
+        try:
+            return self.reads.claim(who.bootstrap_id)
+        except ChangedDuringBootstrap:
+            return MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, _CHANGED)
 
     # -- Enrolment Exchange -----------------------------------------------------------------
     def plan_enrolment(
@@ -218,14 +244,17 @@ class MefService:
         who: EnroleeIdentity,
         exported: bytes,
         asked: EnrolmentTarget | None = None,
+        enrolee: Enrolee | None = None,
     ) -> PlannedEnrolment:
         """Enrolment Key Generation for ``who`` from the session's 48 exported octets;
-        ``asked`` is the target the Enrolee names (None: the configured one). Writes
-        nothing. Raises :class:`MefRefusal`."""
-        try:
-            enrolee = self.store.get_enrolee(who.bootstrap, who.bootstrap_id)
-        except (StoreError, IdentifierError) as exc:
-            raise self._store_failed("read its store", exc) from None
+        ``asked`` is the target the Enrolee names (None: the configured one); ``enrolee``
+        the configuration the handshake read (None: read it from the store, the only I/O
+        here). Writes nothing. Raises :class:`MefRefusal`."""
+        if enrolee is None:
+            try:
+                enrolee = self.store.get_enrolee(who.bootstrap, who.bootstrap_id)
+            except (StoreError, IdentifierError) as exc:
+                raise self._store_failed("read its store", exc) from None
         if enrolee is None:
             raise MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, "this Enrolee is not configured")
         if asked is not None and asked != enrolee.target:
@@ -267,31 +296,46 @@ class MefService:
         """Check the request and plan its enrolment (:meth:`plan_enrolment`), or the
         refusal's answer. Reads the store; writes only a refusal's audit record."""
         try:
-            if request.target != ENROLMENT_PATH:
-                raise MefRefusal(RSC.NOT_FOUND, f"no resource {request.target[:80]!r}")
-            _check_common(request, "POST")
-            try:
-                asked = EnrolmentRequestBody.parse(_json_body(request) or {"mefEnrolReq": {}})
-            except WireError as exc:
-                raise MefRefusal(RSC.BAD_REQUEST, str(exc)) from None
-            if exported is None:
-                raise MefRefusal(
-                    RSC.CONFLICT,
-                    "one enrolment per bootstrap handshake: run a new one",
-                )
-            return self.plan_enrolment(who, exported, asked.target)
+            return self.plan_request(request, who, exported)
         except MefRefusal as refusal:
-            return self._enrolment_refused(request, who, refusal)
+            return self.refuse_enrolment(request, who, refusal)
+
+    def plan_request(
+        self,
+        request: OneM2MRequest,
+        who: EnroleeIdentity,
+        exported: bytes | None,
+        enrolee: Enrolee | MefRefusal | None = None,
+    ) -> PlannedEnrolment:
+        """:meth:`prepare_enrolment` without its refusal's answer: raises
+        :class:`MefRefusal`. Given the ``enrolee`` its handshake read
+        (:meth:`bootstrap_enrolee`), no I/O at all: a server may run it on its loop."""
+        if request.target != ENROLMENT_PATH:
+            raise MefRefusal(RSC.NOT_FOUND, f"no resource {request.target[:80]!r}")
+        _check_common(request, "POST")
+        try:
+            asked = EnrolmentRequestBody.parse(_json_body(request) or {"mefEnrolReq": {}})
+        except WireError as exc:
+            raise MefRefusal(RSC.BAD_REQUEST, str(exc)) from None
+        if exported is None:
+            raise MefRefusal(
+                RSC.CONFLICT,
+                "one enrolment per bootstrap handshake: run a new one",
+            )
+        if isinstance(enrolee, MefRefusal):
+            raise enrolee
+        return self.plan_enrolment(who, exported, asked.target, enrolee)
 
     def commit_enrolments(self, planned: Sequence[PlannedEnrolment]) -> list[MefRefusal | None]:
         """Store planned enrolments with their audit records in one durable transaction;
-        per enrolment, None or why it was not stored. A KeID already stored (a repeated
-        export, 4105) fails only its own enrolment: the batch is then stored one by one."""
+        per enrolment, None or why it was not stored. An Enrolee removed or changed since
+        its plan read it stores nothing (4103, :meth:`MefStore.enrol`). A KeID already
+        stored (a repeated export, 4105) fails only its own enrolment: the batch is then
+        stored one by one."""
         try:
-            self.store.commit(
-                [(p.enrolment, p.enrolee) for p in planned], [p.audit for p in planned]
-            )
-            return [None] * len(planned)
+            stored = self.store.enrol([(p.enrolment, p.enrolee, p.audit) for p in planned])
+            changed = MefRefusal(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, _CHANGED)
+            return [None if ok else changed for ok in stored]
         except DuplicateCredentialError:
             if len(planned) == 1:
                 return [MefRefusal(RSC.CONFLICT, _KE_ID_IN_USE)]
@@ -310,14 +354,18 @@ class MefService:
         """The answer to an enrolment once its commit is done: 2001 with KeID, target and
         expiry, or the refusal (recorded in the audit table, which writes the store)."""
         if refusal is not None:
-            return self._enrolment_refused(request, who, refusal)
+            return self.refuse_enrolment(request, who, refusal)
         self.stats["enrolments"] += 1
-        log.info("enrolled %s as %s for %s", who, planned.answer.ke_id, planned.enrolee.target)
+        # DEBUG: every enrolment has its audit record (``m2msec mef audit``); a log line
+        # each is a cost per enrolment (docs/performance.md) and a flood at provisioning.
+        log.debug("enrolled %s as %s for %s", who, planned.answer.ke_id, planned.enrolee.target)
         return _answer(RSC.CREATED, planned.answer.to_json(), request)
 
-    def _enrolment_refused(
+    def refuse_enrolment(
         self, request: OneM2MRequest, who: EnroleeIdentity, refusal: MefRefusal
     ) -> HttpResponse:
+        """The answer to a refused Enrolment Exchange, after its audit record (a store
+        write)."""
         self.stats["enrolments_refused"] += 1
         self._refused(MefEvent.ENROLMENT_REFUSED, str(who), refusal)
         return _answer(refusal.rsc, {"m2m:dbg": refusal.message}, request)

@@ -19,7 +19,9 @@ Kpm and Ke are sealed (:mod:`m2msec.store.seal`) with the associated data of
 :func:`~m2msec.mef.records.enrolee_aad` / :func:`~m2msec.mef.records.ke_aad`; a
 certificate Enrolee's row seals an empty value, so its target cannot be edited either.
 :meth:`MefStore.commit` writes enrolments with their audit records in one transaction,
-fsynced before it returns: the MEF answers an Enrolment Exchange only after it (the
+fsynced before it returns; :meth:`MefStore.enrol` does the same for the Enrolment Exchange,
+re-checking in that transaction that each Enrolee is still configured as its bootstrap
+handshake read it. The MEF answers an Enrolment Exchange only after it (the
 acknowledgement of issue 11 item 6). Nothing is cached: every read sees other processes'
 commits (``m2msec mef remove-enrolee`` acts at once).
 """
@@ -29,6 +31,7 @@ commits (``m2msec mef remove-enrolee`` acts at once).
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -370,10 +373,7 @@ class MefStore(SealedTables):
         durable transaction. A KeID already stored raises DuplicateCredentialError and
         writes nothing (a repeated export: the Enrolee must bootstrap again)."""
         rows = [self._enrolment_row(e, who) for e, who in enrolments]
-        records = [
-            (_epoch(a.time), json.dumps(a.to_json(), separators=(",", ":"), ensure_ascii=False))
-            for a in audits
-        ]
+        records = [_audit_row(a) for a in audits]
 
         def run(conn: Connection) -> None:
             for row in rows:
@@ -382,6 +382,64 @@ class MefStore(SealedTables):
                 conn.execute(self._insert_audit, record)
 
         self._transaction(run, duplicate="a KeID of this batch is stored already")
+
+    def enrol(self, batch: Sequence[tuple[Enrolment, Enrolee, MefAudit]]) -> list[bool]:
+        """Store enrolments, each with its audit record, in one durable transaction, each
+        only if its Enrolee is still configured as given (the configuration the bootstrap
+        handshake read): per item, whether it was stored. The Enrolee's row is read in the
+        transaction (``FOR SHARE`` on PostgreSQL, so that ``remove-enrolee`` or a replace
+        waits for this commit or wins before it); an Enrolee removed or changed meanwhile
+        stores neither its enrolment nor its audit record. A KeID already stored raises
+        DuplicateCredentialError and writes nothing, as :meth:`commit` does."""
+        items = [
+            (
+                _bootstrap_key(who.bootstrap, who.bootstrap_id),
+                who,
+                self._enrolment_row(e, who),
+                _audit_row(a),
+            )
+            for e, who, a in batch
+        ]
+        select = (
+            f"SELECT {self._enrolee_cols} FROM enrolees WHERE bootstrap_key = {self._p}"
+            f"{self._db.for_share}"
+        )
+
+        def run(conn: Connection) -> list[bool]:
+            current: dict[str, Sequence[Any] | None] = {}
+            stored: list[bool] = []
+            for key, who, row, record in items:
+                if key not in current:
+                    current[key] = conn.execute(select, (key,)).fetchone()
+                ok = self._still_configured(current[key], who)
+                if ok:
+                    conn.execute(self._insert_enrolment, row)
+                    conn.execute(self._insert_audit, record)
+                stored.append(ok)
+            return stored
+
+        return self._transaction(run, duplicate="a KeID of this batch is stored already")
+
+    def _still_configured(self, row: Sequence[Any] | None, read: Enrolee) -> bool:
+        """Whether the stored row of an Enrolee holds the configuration ``read``: each
+        column equal, and the sealed Kpm, unsealed under that configuration's associated
+        data, the same Kpm (constant time); an edited row fails to unseal (StoreError)."""
+        if row is None:
+            return False
+        _key, sealed, enrolee_id, kind, target_id, naf, lifetime, created = row
+        target, created_at = read.target, read.created_at
+        if (
+            enrolee_id != read.enrolee_id
+            or (kind, target_id, naf) != (target.kind.value, target.target_id, target.naf_fqdn)
+            or int(lifetime) != int(read.lifetime.total_seconds())
+            or created_at is None
+            or int(created) != _epoch(created_at)
+        ):
+            return False
+        kpm = self._sealer.unseal(
+            bytes(sealed), enrolee_aad(read), what=f"the configuration of Enrolee {_key!r}"
+        )
+        return hmac.compare_digest(kpm, read.kpm or b"")
 
     def _enrolment_row(self, e: Enrolment, enrolee: Enrolee) -> tuple[Any, ...]:
         expires = _epoch(e.expires_at)
@@ -454,3 +512,8 @@ class MefStore(SealedTables):
 
 def _count(cursor: Any) -> int:
     return int(cursor.fetchone()[0])
+
+
+def _audit_row(audit: MefAudit) -> tuple[int, str]:
+    record = json.dumps(audit.to_json(), separators=(",", ":"), ensure_ascii=False)
+    return _epoch(audit.time), record

@@ -49,6 +49,7 @@ from m2msec.errors import (
 from m2msec.frameworks.service_certificate import service_responder_profile
 from m2msec.ids import PeerKind
 from m2msec.maf.protocol import refusal_response
+from m2msec.mef.reads import BootstrapReads
 from m2msec.mef.records import Bootstrap, TargetKind, check_kpm_id
 from m2msec.mef.service import MefPolicy, MefRefusal, MefService
 from m2msec.mef.store import MefStore, default_mef_store_path
@@ -165,8 +166,18 @@ class MefServer(ServerLifecycle):
                     create="m2msec mef add-enrolee",
                 )
             self._store = await asyncio.to_thread(MefStore, cfg.store)
+        # A handshake's read of its Enrolee is kept until its session asks (the deadline
+        # and a margin), for at most as many handshakes as all listeners may hold.
+        reads = BootstrapReads(
+            cfg.handshake_timeout + 1.0,
+            capacity=max(1024, 2 * cfg.max_handshakes * max(1, len(cfg.enrolee_listeners()))),
+        )
         self._service = MefService(
-            MefPolicy(cfg.fqdn.lower()), self._store, stats=self.stats, clock=self._clock
+            MefPolicy(cfg.fqdn.lower()),
+            self._store,
+            stats=self.stats,
+            clock=self._clock,
+            reads=reads,
         )
         self._commits = GroupCommit(self._service.commit_enrolments, name="mef-commit")
         for spec in cfg.enrolee_listeners():

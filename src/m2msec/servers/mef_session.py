@@ -44,7 +44,13 @@ BOOTSTRAP_EXPORT_OCTETS: Final = 48
 
 class BootstrapSession:
     """One bootstrap handshake's Enrolment Exchange, over HTTP or CoAP: the session's
-    export is spent once an enrolment stored it (a second one is refused 4105)."""
+    export is spent once an enrolment stored it (a second one is refused 4105).
+
+    A PSK session plans its enrolment from the Enrolee its handshake's PSK lookup read
+    (:meth:`MefService.bootstrap_enrolee`), on the event loop: no store read, no thread.
+    Only the commit (shared, fsynced) and a refusal's audit record run in a worker thread,
+    and the answer is sent only after the commit. A certificate session reads its Enrolee
+    in a worker thread when it asks."""
 
     def __init__(
         self, service: MefService, commits: EnrolmentCommits, who: EnroleeIdentity, exported: bytes
@@ -53,6 +59,8 @@ class BootstrapSession:
         self.commits = commits
         self.who = who
         self._exported: bytes | None = exported
+        # Claimed now, right after the handshake, within the window its read is kept for.
+        self._enrolee = service.bootstrap_enrolee(who)
 
     @property
     def peer_id(self) -> str:
@@ -61,18 +69,23 @@ class BootstrapSession:
 
     async def enrol(self, request: OneM2MRequest) -> HttpResponse:
         service = self.service
-        # The store's reads, and its writes (fsynced), run off the loop; the commit is shared
-        # with the sessions enrolling at the same time (group commit).
-        planned = await asyncio.to_thread(
-            service.prepare_enrolment, request, self.who, self._exported
-        )
-        if isinstance(planned, HttpResponse):
-            return planned
-        refusal = await self.commits.submit(planned)
-        if refusal is not None:  # its audit record is a store write too
-            return await asyncio.to_thread(
-                service.answer_enrolment, request, self.who, planned, refusal
+        planned: PlannedEnrolment | HttpResponse
+        if self._enrolee is None:
+            # Nothing read yet: the store's read runs off the loop.
+            planned = await asyncio.to_thread(
+                service.prepare_enrolment, request, self.who, self._exported
             )
+            if isinstance(planned, HttpResponse):
+                return planned
+        else:
+            try:
+                planned = service.plan_request(request, self.who, self._exported, self._enrolee)
+            except MefRefusal as refused:  # its audit record is a store write
+                return await asyncio.to_thread(service.refuse_enrolment, request, self.who, refused)
+        # The commit is shared with the sessions enrolling at the same time (group commit).
+        refusal = await self.commits.submit(planned)
+        if refusal is not None:
+            return await asyncio.to_thread(service.refuse_enrolment, request, self.who, refusal)
         self._exported = None
         return service.answer_enrolment(request, self.who, planned, None)
 

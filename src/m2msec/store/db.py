@@ -195,6 +195,10 @@ class Database(ABC):
     #: Appended to a SELECT of rows the transaction will update (PostgreSQL's writers run
     #: concurrently; SQLite's writer is alone).
     for_update: str
+    #: Appended to a SELECT of rows the transaction relies on but does not change, so that
+    #: no other writer removes or edits them before it commits (PostgreSQL; SQLite's
+    #: writer is alone).
+    for_share: str
     errors: tuple[type[Exception], ...]
     integrity_errors: tuple[type[Exception], ...]
     label: str
@@ -269,6 +273,7 @@ class SqliteDatabase(Database):
     table_suffix = " WITHOUT ROWID"
     serial_key = "INTEGER PRIMARY KEY AUTOINCREMENT"
     for_update = ""
+    for_share = ""
     errors = (sqlite3.Error,)
     integrity_errors = (sqlite3.IntegrityError,)
 
@@ -358,6 +363,7 @@ class PostgresDatabase(Database):
     table_suffix = ""
     serial_key = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     for_update = " FOR UPDATE"
+    for_share = " FOR SHARE"
 
     def __init__(
         self,
