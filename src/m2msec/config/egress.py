@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from m2msec.config.credentials import Credential, Credentials, load_credentials
+from m2msec.config.credentials import (
+    Credential,
+    Credentials,
+    default_credentials_path,
+    load_credentials,
+)
 from m2msec.config.listeners import ListenerSpec, parse_listen_url
 from m2msec.config.peer_patterns import DEFAULT_PORTS
 from m2msec.config.values import boolean, invalid, number, unknown_key
@@ -245,6 +250,12 @@ class _Egress:
             file = Path(path).expanduser()
             if not file.is_absolute():
                 file = self.base / file
+        if file is None and not default_credentials_path().exists():
+            raise invalid(
+                self.key("credentials"),
+                f"missing: no credentials table at {default_credentials_path()} (the default); "
+                "write one (docs/credentials.md) or give credentials = FILE in [[egress]]",
+            )
         try:
             creds = load_credentials(file)
         except ConfigurationError as exc:

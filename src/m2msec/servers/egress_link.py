@@ -196,6 +196,8 @@ class _Generation:
     first_at: float = 0.0
     in_flight: int = 0
     retired: bool = False
+    #: Dial even within the back-off (an Update's own handshake: it is asked for).
+    forced: bool = False
 
 
 class UpstreamLink:
@@ -284,6 +286,7 @@ class UpstreamLink:
             if initiator is not None and initiator.maf is not None:
                 initiator.maf.invalidate()  # the new SA runs under a fresh Kc
             new = self._generation()
+            new.forced = True
             try:
                 await new.pool.prime()
             except BackendError as exc:
@@ -295,6 +298,7 @@ class UpstreamLink:
                 )
                 await new.pool.aclose()
                 return False
+            new.forced = False
             self._current = new
             replaced_by = new.sa_ids[0] if new.sa_ids else None
             self.stats.rekeys += 1
@@ -347,7 +351,7 @@ class UpstreamLink:
         """Establish one SA (Entity A's handshake), within the back-off."""
         loop = asyncio.get_running_loop()
         wait = self._retry_at - loop.time()
-        if wait > 0:
+        if wait > 0 and not gen.forced:
             raise BackendUnreachable(f"no security association (next attempt in {wait:.1f} s)")
         cfg, initiator = self.config, self.initiator
         assert initiator is not None
