@@ -284,7 +284,7 @@ def test_url_form_in_gateway_listen(table: Path) -> None:
     """The URL form takes the default table, <data dir>/credentials.toml."""
     url = "egress://127.0.0.1:8090?upstream=https://127.0.0.1:8444"
     data = {"gateway": {"listen": [url], "backend": "http://127.0.0.1:9", "cse_id": MN}}
-    with pytest.raises(ConfigurationError, match="no credentials table at .*credentials.toml"):
+    with pytest.raises(ConfigurationError, match=r"no credentials table at .*credentials\.toml"):
         parse_config(data)
     home = Path(os.environ["M2MSEC_HOME"])
     home.mkdir(exist_ok=True)
