@@ -12,12 +12,12 @@ the upstream peer with the credential of the initiator's credentials table
   replaced by a fresh handshake at the next request (the pool's rules of reuse and retry).
 * An upstream that cannot be reached is tried again after a back-off (0.25 s doubling to
   5 s) rather than at every request; meanwhile requests fail at once (5103 at the egress).
-* Update (seed 003 7.3.3, A-24: a new handshake retires the old session): every
-  ``rekey_after`` seconds, or on :meth:`UpstreamLink.rekey`, a new pool (a *generation*)
-  runs a fresh full handshake first; only when it succeeded do new requests go to it, while
-  requests in flight finish on the old one, which is then closed (close_notify). A failed
-  update leaves the old SA serving. For MAF the Kc is forgotten first, so the new SA runs
-  under a fresh Kc.
+* Update (seed 003 7.3.3; docs/readings.md A-24: a new handshake retires the old session):
+  every ``rekey_after`` seconds, or on :meth:`UpstreamLink.rekey`, a new pool (a
+  *generation*) runs a fresh full handshake first; only when it succeeded do new requests
+  go to it, while requests in flight finish on the old one, which is then closed
+  (close_notify). A failed update leaves the old SA serving. For MAF the Kc is forgotten
+  first, so the new SA runs under a fresh Kc.
 * Each SA gets an initiator-side :class:`~m2msec.sa.records.SaRecord` (role INITIATOR,
   keyed by ``SecurityContext.sa_id``), logged and counted. :class:`SaRecords` is the one
   place records are written (:meth:`SaRecords.put`), so that sending them to the SA record
