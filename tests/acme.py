@@ -90,8 +90,18 @@ class AcmeCse:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _write_ini(directory: Path, *, cse_type: str, cse_id: str, cse_name: str, port: int) -> None:
-    text = acme_ini(cse_type=cse_type, cse_id=cse_id, cse_name=cse_name, port=port)
+def _write_ini(
+    directory: Path,
+    *,
+    cse_type: str,
+    cse_id: str,
+    cse_name: str,
+    port: int,
+    allowed_csr: tuple[str, ...] = (),
+) -> None:
+    text = acme_ini(
+        cse_type=cse_type, cse_id=cse_id, cse_name=cse_name, port=port, allowed_csr=allowed_csr
+    )
     (directory / "acme.ini").write_text(text)
 
 
@@ -133,8 +143,10 @@ def running_acme(
     cse_name: str = "home-gw",
     timeout: float = 30.0,
     attempts: int = 3,
+    allowed_csr: tuple[str, ...] = (),
 ) -> Iterator[AcmeCse]:
-    """Start ACME in ``directory`` on a free loopback port; stop it on exit."""
+    """Start ACME in ``directory`` on a free loopback port; stop it on exit.
+    ``allowed_csr``: the CSE-IDs that may register here (an IN-CSE's MN-CSEs)."""
     if importlib.util.find_spec("acmecse") is None:
         # Like the other interop helpers: a missing program is a broken setup, not a skip.
         pytest.fail("ACME is not installed: pip install -e '.[test]' (package acmecse)")
@@ -142,7 +154,14 @@ def running_acme(
     last = ""
     for _ in range(attempts):
         port = free_port()
-        _write_ini(directory, cse_type=cse_type, cse_id=cse_id, cse_name=cse_name, port=port)
+        _write_ini(
+            directory,
+            cse_type=cse_type,
+            cse_id=cse_id,
+            cse_name=cse_name,
+            port=port,
+            allowed_csr=allowed_csr,
+        )
         out = (directory / "acme.out").open("wb")
         started = time.monotonic()
         process = subprocess.Popen(

@@ -62,6 +62,8 @@ def _banner(gw: Gateway) -> Table:
             what = f"CoAP over DTLS, {info.framework}, forwards"
         elif info.spec.secure:
             what = f"HTTP over TLS, {info.framework}, forwards"
+        elif info.spec.scheme == "egress":
+            what = f"egress: the CSE's requests to the upstream over {info.framework}"
         else:
             what = "plain HTTP, answers 4107 SECURITY_ASSOCIATION_REQUIRED"
         table.add_row("listen", f"{info.url}  ({what})")

@@ -61,7 +61,9 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
 
 Listener URLs (``tls://``, ``dtls://``, ``http://``, ``?framework=``) are read by
 :mod:`m2msec.config.listeners`, ``[gba]``, ``[maf]`` and ``[mef]`` by
-:mod:`m2msec.config.gateway_sections`.
+:mod:`m2msec.config.gateway_sections`, the egress listeners (``egress://`` in ``listen``,
+``[[egress]]`` tables: the CSE's way out over an SA the gateway establishes) by
+:mod:`m2msec.config.egress`; with ``[[egress]]`` tables, ``listen`` may be empty.
 With neither section, the provisioned-PSK framework uses the default store.
 ``coap_response_options = false`` leaves the oneM2M response parameters out of CoAP
 answers: TS-0008 V3.7.0 made those options critical, and generic CoAP clients (libcoap's
@@ -91,6 +93,7 @@ from urllib.parse import unquote, urlsplit
 
 from m2msec.app_rules import AppRule, app_rule
 from m2msec.bindings.http import DEFAULT_MAX_BODY  # the binding's request body cap
+from m2msec.config.egress import EGRESS_KEYS, EgressConfig, parse_egress
 from m2msec.config.gateway_sections import (
     CertificateConfig,
     GbaConfig,
@@ -168,7 +171,12 @@ class GatewayConfig:
     resumption: bool = True
     cse_originators: str = "ts-0004"
     app_rules: tuple[AppRule, ...] = ()
+    egress: tuple[EgressConfig, ...] = ()
     source: str = "<defaults>"
+
+    def egress_for(self, spec: ListenerSpec) -> EgressConfig:
+        """The settings of the egress listener ``spec`` (one of ``listen``)."""
+        return next(e for e in self.egress if e.listener is spec)
 
     @property
     def frameworks(self) -> tuple[FrameworkName, ...]:
@@ -213,6 +221,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "gba": frozenset({"zn", "bsf_fqdn", "naf_fqdn", "cert", "key", "ca", "require_uicc"}),
     "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
     "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
+    "egress": EGRESS_KEYS,  # [[egress]]: an array of tables, read by config.egress
 }
 
 
@@ -255,6 +264,7 @@ def parse_config(
     for key in data:
         if key not in _SECTIONS:
             raise unknown_key(key, set(_SECTIONS), "")
+    egress_tables = data.get("egress", [])
     gw = _table(data, "gateway")
     psk_section = _table(data, "psk") if "psk" in data else None
     cert_section = _table(data, "certificates") if "certificates" in data else None
@@ -262,12 +272,14 @@ def parse_config(
     maf_section = _table(data, "maf") if "maf" in data else None
     mef_section = _table(data, "mef") if "mef" in data else None
 
-    listen_raw = gw.get("listen")
+    listen_raw = gw.get("listen", [] if egress_tables else None)
     if isinstance(listen_raw, str):
         listen_raw = [listen_raw]
-    if not isinstance(listen_raw, list) or not listen_raw:
+    if not isinstance(listen_raw, list) or not (listen_raw or egress_tables):
         raise invalid("gateway.listen", "give at least one listener, e.g. ['tls://127.0.0.1:8443']")
-    listen = tuple(parse_listen_url(u, f"gateway.listen[{i}]") for i, u in enumerate(listen_raw))
+    listen = tuple(
+        parse_listen_url(u, f"gateway.listen[{i}]", egress=True) for i, u in enumerate(listen_raw)
+    )
     if "backend" not in gw:
         raise invalid(
             "gateway.backend", "missing: the oneM2M CSE's URL, e.g. 'http://127.0.0.1:8080'"
@@ -296,6 +308,9 @@ def parse_config(
             check_fqdn(in_domain, "IN public domain")
         except IdentifierError as exc:
             raise invalid("gateway.in_domain", str(exc)) from None
+
+    egress = parse_egress(egress_tables, listen, base=base, cse_id=cse_id, in_domain=in_domain)
+    listen += tuple(e.listener for e in egress if not any(e.listener is s for s in listen))
 
     certificates: CertificateConfig | None = None
     if cert_section is not None:
@@ -373,7 +388,8 @@ def parse_config(
     for i, spec in enumerate(listen):
         address = (spec.scheme == "dtls", spec.host, spec.port)  # UDP and TCP ports differ
         if spec.port and address in seen:
-            raise invalid(f"gateway.listen[{i}]", f"{spec.url!r} repeats {seen[address]!r}")
+            where = f"gateway.listen[{i}]" if i < len(listen_raw) else "egress"
+            raise invalid(where, f"{spec.url!r} repeats {seen[address]!r}")
         seen[address] = spec.url
 
     def num(key: str, default: float) -> float:
@@ -413,6 +429,7 @@ def parse_config(
         resumption=boolean(gw.get("resumption", True), "gateway.resumption"),
         cse_originators=_cse_originators(gw.get("cse_originators", "ts-0004")),
         app_rules=_app_rules(gw.get("app_rule", [])),
+        egress=egress,
         source=source,
     )
 
@@ -455,7 +472,7 @@ def _app_rules(raw: Any) -> tuple[AppRule, ...]:
 
 _PATHS = frozenset(
     {(t, k) for t in ("certificates", "gba", "maf", "mef") for k in ("cert", "key", "ca", "crl")}
-    | {("psk", "store")}
+    | {("psk", "store"), ("egress", "credentials")}
 )
 
 

@@ -9,6 +9,11 @@ configured, each ``tls://`` or ``dtls://`` listener names its framework: ``?fram
 ``?framework=certificate`` (one listener per framework; a PeerBinding does not carry its
 framework, so one OpenSSL context cannot yet report which of the two a session used).
 
+``egress://HOST:PORT?upstream=https://PEER:PORT`` (the gateway only, ``egress=True``) is
+the other direction: plain HTTP from the CSE behind the gateway, relayed to the upstream
+peer over a security association the gateway establishes as Entity A
+(:mod:`m2msec.config.egress`, docs/gateway.md "Egress").
+
 The backend is the CSE's ``http://`` or ``https://`` URL (TS-0009 binding).
 """
 
@@ -39,13 +44,15 @@ FRAMEWORKS: tuple[FrameworkName, ...] = ("psk", "certificate", "gba", "maf", "me
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
-    """One ``listen`` URL: ``tls://`` or ``dtls://HOST:PORT[?framework=...]``, ``http://``."""
+    """One ``listen`` URL: ``tls://`` or ``dtls://HOST:PORT[?framework=...]``, ``http://``,
+    or ``egress://HOST:PORT?upstream=URL`` (``upstream`` set for those only)."""
 
     url: str
-    scheme: Literal["tls", "dtls", "http"]
+    scheme: Literal["tls", "dtls", "http", "egress"]
     host: str
     port: int
     framework: FrameworkName | None = None
+    upstream: str | None = None
 
     @property
     def secure(self) -> bool:
@@ -63,12 +70,16 @@ def split_url(value: object, key: str, missing: str) -> tuple[str, SplitResult, 
         raise invalid(key, f"{value!r} is not a valid URL: {exc}") from None
 
 
-def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
-    """Parse one listener URL (module docstring)."""
+def parse_listen_url(
+    url: str, key: str = "gateway.listen", *, egress: bool = False
+) -> ListenerSpec:
+    """Parse one listener URL (module docstring); ``egress://`` only with ``egress``."""
     url, parts, port = split_url(
         url, key, "a listener is a URL string such as 'tls://127.0.0.1:8443'"
     )
     scheme = parts.scheme.lower()
+    if egress and scheme == "egress":
+        return _egress_listener(url, parts, port, key)
     if scheme not in ("tls", "dtls", "http"):
         raise invalid(
             key,
@@ -112,6 +123,25 @@ def parse_listen_url(url: str, key: str = "gateway.listen") -> ListenerSpec:
         port=port,
         framework=framework,
     )
+
+
+def _egress_listener(url: str, parts: SplitResult, port: int | None, key: str) -> ListenerSpec:
+    host = parts.hostname
+    if not host or port is None:
+        raise invalid(key, f"{url!r}: write egress://127.0.0.1:PORT?upstream=https://PEER:PORT")
+    if parts.path not in ("", "/") or parts.fragment or parts.username or parts.password:
+        raise invalid(key, f"{url!r}: only egress://host:port?upstream=URL is allowed")
+    upstream = None
+    if parts.query:
+        try:
+            query = parse_qs(parts.query, strict_parsing=True)
+        except ValueError:
+            raise invalid(key, f"{url!r}: malformed query") from None
+        unknown = set(query) - {"upstream"}
+        if unknown:
+            raise invalid(key, f"{url!r}: unknown parameter {sorted(unknown)[0]!r}")
+        upstream = query["upstream"][-1]
+    return ListenerSpec(url, "egress", unquote(host), port, upstream=upstream)
 
 
 def parse_service_url(

@@ -57,20 +57,25 @@ def resolve_paths(
     data: dict[str, Any], paths: Collection[tuple[str, str]], base: Path
 ) -> dict[str, Any]:
     """``data`` with each relative file path at ``(section, key)`` made absolute under
-    ``base``; URLs (``postgresql://…``, ``sqlite:///…``) and absolute paths are kept."""
+    ``base`` (in every table of an array of tables too); URLs (``postgresql://…``,
+    ``sqlite:///…``) and absolute paths are kept."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, value in out.items():
+        if isinstance(value, list):  # an array of tables, [[section]]
+            out[section] = [dict(t) if isinstance(t, dict) else t for t in value]
     for section, key in paths:
-        table = out.get(section)
-        if not isinstance(table, dict):
-            continue
-        value = table.get(key)
-        if (
-            isinstance(value, str)
-            and value
-            and "://" not in value
-            and not Path(value).expanduser().is_absolute()
-        ):
-            table[key] = str(base / value)
+        found = out.get(section)
+        for table in found if isinstance(found, list) else [found]:
+            if not isinstance(table, dict):
+                continue
+            value = table.get(key)
+            if (
+                isinstance(value, str)
+                and value
+                and "://" not in value
+                and not Path(value).expanduser().is_absolute()
+            ):
+                table[key] = str(base / value)
     return out
 
 

@@ -35,6 +35,13 @@ protocols, with no URL parsing, header defaults or cookie handling of its own.
 
 ``https://`` backends are reached over TLS with :func:`ssl.create_default_context` (the
 system's trust store, host name checked) unless an ``ssl_context`` is given.
+
+Given a ``connect`` factory, the pool opens its connections with it instead of a TCP (or
+``ssl``) connection of its own: any :class:`PooledStream` will do. The gateway's egress
+(:mod:`m2msec.servers.egress`) pools its security associations to an upstream peer this
+way, each one an Entity A handshake of :mod:`m2msec.config.initiators`; the URL then only
+gives the ``Host`` header and the path prefix. :meth:`BackendPool.prime` opens one
+connection ahead of the first request.
 """
 
 from __future__ import annotations
@@ -45,9 +52,9 @@ import contextlib
 import os
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from m2msec.bindings.http_client import (
@@ -74,6 +81,7 @@ __all__ = [
     "BackendTimeout",
     "BackendTooLarge",
     "BackendUnreachable",
+    "PooledStream",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 100
@@ -118,6 +126,33 @@ class BackendResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes = field(repr=False)
     http_version: bytes = b"1.1"
+
+
+class PooledStream(Protocol):
+    """What the pool needs of a connection: the :class:`~m2msec.service.streams.Stream`
+    shape, whether it can carry another request (``usable``), a hook it calls when it
+    closes (or speaks unasked) while idle in the pool, and closing without waiting."""
+
+    on_idle_event: Callable[[], None] | None
+
+    @property
+    def usable(self) -> bool: ...
+
+    async def recv(self) -> bytes: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def release(self) -> None:
+        """Close gracefully without waiting."""
+
+    def abort(self) -> None:
+        """Close at once, unsent octets dropped."""
+
+
+Connect = Callable[[], Awaitable[PooledStream]]
+"""A factory of pooled connections (``BackendPool(connect=...)``)."""
 
 
 class _BackendStream(asyncio.Protocol):
@@ -208,6 +243,9 @@ class _BackendStream(asyncio.Protocol):
             await self._drain
 
     async def close(self) -> None:
+        self.release()
+
+    def release(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
@@ -229,7 +267,7 @@ class _Slot:
     __slots__ = ("client", "idle_since", "in_pool", "stream")
 
     def __init__(self, pool: BackendPool) -> None:
-        self.stream: _BackendStream | None = None
+        self.stream: PooledStream | None = None
         self.in_pool = False
         self.idle_since = 0.0
         self.client = HttpClient(
@@ -249,9 +287,7 @@ class _Slot:
             if abort:
                 stream.abort()
             else:
-                stream.closed = True
-                if stream.transport is not None:
-                    stream.transport.close()
+                stream.release()
 
 
 class BackendPool:
@@ -273,6 +309,7 @@ class BackendPool:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         max_body: int = DEFAULT_MAX_BODY,
         ssl_context: ssl.SSLContext | None = None,
+        connect: Connect | None = None,
     ) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -291,7 +328,8 @@ class BackendPool:
         self._host_header = host_header
         self._prefix = parts.path.rstrip("/")
         self._ssl: ssl.SSLContext | None = None
-        if scheme == "https":
+        self._factory = connect
+        if scheme == "https" and connect is None:
             self._ssl = ssl_context or ssl.create_default_context()
         self.max_connections = max_connections
         self.max_idle = max_idle
@@ -351,6 +389,31 @@ class BackendPool:
         return BackendResponse(
             answer.status, answer.raw_headers, answer.body, answer.http_version.encode()
         )
+
+    async def prime(self) -> None:
+        """Open one connection now and keep it idle, within ``timeout`` (BackendError as
+        :meth:`request`): the next request finds it ready. Nothing happens when an idle
+        connection is already there."""
+        if self._closed:
+            raise BackendUnreachable("client closed")
+        try:
+            async with asyncio.timeout(self.timeout):
+                slot = await self._acquire()
+        except TimeoutError:
+            raise BackendTimeout(f"no connection within {self.timeout:g} s") from None
+        try:
+            if not slot.reusable:
+                async with asyncio.timeout(self.timeout):
+                    await slot.client.open()
+        except BaseException as exc:
+            slot.drop(abort=True)
+            self._slot_freed()
+            if isinstance(exc, TimeoutError):
+                raise BackendTimeout(f"no connection within {self.timeout:g} s") from None
+            if isinstance(exc, Exception):
+                raise _backend_error(exc, "GET") from None
+            raise
+        self._release(slot)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -421,8 +484,19 @@ class BackendPool:
             raise
         return got if got is not None else _Slot(self)  # or a slot freed for us
 
-    async def _connect(self, slot: _Slot) -> _BackendStream:
+    async def _connect(self, slot: _Slot) -> PooledStream:
         """A new connection for ``slot`` (which holds its place in ``_open``)."""
+        if self._factory is not None:
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    made = await self._factory()
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"no connection within {self.connect_timeout:g} s"
+                ) from None
+            self.connections_opened += 1
+            slot.stream = made
+            return made
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):

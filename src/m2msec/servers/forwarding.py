@@ -5,7 +5,10 @@ identity: ``X-M2MSec-Peer-ID`` (the bound identity, normalised; for an AE its Ab
 AE-ID when the CSE-ID carries the M2M-SP's FQDN), ``X-M2MSec-Peer-Kind``,
 ``X-M2MSec-Framework``, ``X-M2MSec-Key-ID`` (KpsaId or certificate fingerprint, never a
 key), ``X-M2MSec-SA-ID`` and, for Credential-ID bound peers, ``X-M2MSec-Credential-ID``.
-Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way.
+Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded either way. The egress
+(:mod:`m2msec.servers.egress`) relays the CSE's own requests upstream with
+:func:`relayed_headers`: hop-by-hop and ``X-M2MSec-*`` removed, nothing added (the upstream
+peer learns who we are from the security association).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from m2msec.bindings.messages import OneM2MRequest
 from m2msec.servers.association import Association
 
-__all__ = ["forwarded_headers", "response_headers"]
+__all__ = ["forwarded_headers", "relayed_headers", "response_headers"]
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus framing and Host, which the next hop sets.
 _HOP_BY_HOP = frozenset(
@@ -58,6 +61,16 @@ def forwarded_headers(
     if assoc.credential_id:
         headers.append(("X-M2MSec-Credential-ID", assoc.credential_id))
     return headers
+
+
+def relayed_headers(request: OneM2MRequest) -> list[tuple[str, str]]:
+    """The request headers as they go on: hop-by-hop fields and ``X-M2MSec-*`` removed."""
+    dropped = set(_HOP_BY_HOP) | _connection_tokens(request.headers)
+    return [
+        (name, value)
+        for name, value in request.headers
+        if name not in dropped and not name.startswith(_OURS)
+    ]
 
 
 def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:

@@ -29,6 +29,10 @@ the SA records and the pipeline that ties those together.
 ``http://`` listeners are plain: every request there is answered 4107
 SECURITY_ASSOCIATION_REQUIRED (TS-0004 table 6.6.3.5-1) and nothing is forwarded.
 
+``egress://`` listeners go the other way: the CSE behind the gateway sends its own
+requests there, and the gateway relays them to an upstream peer over an SA it establishes
+as Entity A (:mod:`m2msec.servers.egress`; ``Gateway.egress``).
+
 Requests travel over a pool of persistent HTTP/1.1 connections
 (:class:`m2msec.servers.backend.BackendPool`, on the one HTTP client). A backend that cannot
 be reached is answered 5103 TARGET_NOT_REACHABLE (4008 REQUEST_TIMEOUT when it does not
@@ -61,6 +65,7 @@ from m2msec.servers.backend import (
     BackendTooLarge,
 )
 from m2msec.servers.coap_gateway import CoapListener
+from m2msec.servers.egress import Egress
 from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
 from m2msec.servers.registration import bind_recorded, bind_registration
@@ -141,6 +146,8 @@ class ListenerInfo:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         suffix = f"?framework={self.spec.framework}" if self.spec.framework else ""
+        if self.spec.upstream:
+            suffix = f"?upstream={self.spec.upstream}"
         return f"{self.spec.scheme}://{host}:{self.port}{suffix}"
 
 
@@ -192,6 +199,8 @@ class Gateway(ServerLifecycle):
         #: closed (bounded, so a long-running gateway does not grow without limit).
         self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
         self._plain_tasks: set[asyncio.Task[None]] = set()
+        #: The egress listeners (the CSE's way out over SAs we establish), their records.
+        self.egress = Egress(config, self._http)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -259,7 +268,12 @@ class Gateway(ServerLifecycle):
             connect_timeout=min(cfg.backend_timeout, 5.0),
             max_body=MAX_RESPONSE_BODY,
         )
-        openers = {"tls": self._open_tls, "dtls": self._open_dtls, "http": self._open_http}
+        openers = {
+            "tls": self._open_tls,
+            "dtls": self._open_dtls,
+            "http": self._open_http,
+            "egress": self._open_egress,
+        }
         for spec in cfg.listen:
             info = await openers[spec.scheme](spec, profiles)
             self._listeners.append(info)
@@ -298,6 +312,10 @@ class Gateway(ServerLifecycle):
         server = await asyncio.start_server(self._serve_plain, spec.host, spec.port)
         return self._bound(spec, server, None)
 
+    async def _open_egress(self, spec: ListenerSpec, profiles: _ByTransport) -> ListenerInfo:
+        server, framework = await self.egress.open(spec)
+        return self._bound(spec, server, framework)
+
     def _bound(
         self, spec: ListenerSpec, server: asyncio.Server, framework: str | None
     ) -> ListenerInfo:
@@ -316,6 +334,7 @@ class Gateway(ServerLifecycle):
             task.cancel()
         if self._plain_tasks:
             await asyncio.gather(*self._plain_tasks, return_exceptions=True)
+        await self.egress.aclose()
         await wait_closed(self._servers)
         if self.backend is not None:
             await self.backend.aclose()

@@ -86,6 +86,13 @@ class HttpClient:
         await self._reconnect()
         return await self._exchange(request)
 
+    async def open(self) -> None:
+        """Connect now with the ``connect`` factory (closing any current connection), so
+        that the first request pays no connection set-up (a pool warming a slot)."""
+        if self._connect is None:
+            raise ValueError("open() needs a connect factory")
+        await self._reconnect()
+
     async def aclose(self) -> None:
         stream, self.stream = self.stream, None
         if stream is not None:

@@ -162,6 +162,18 @@ class TLSConnection:
         self._p.close()
         await self._p.closed.wait()
 
+    def close_nowait(self) -> None:
+        """Send close_notify and close, without waiting for the socket to be gone."""
+        self._p.close()
+
+    def is_closing(self) -> bool:
+        """True once either side has closed (or begun closing) the association."""
+        return self._p.is_closing()
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is gone (closed by either side, or lost)."""
+        await self._p.closed.wait()
+
     def abort(self) -> None:
         self._p.abort()
 
@@ -355,6 +367,9 @@ class _TLSProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._eof or self._transport is None or self._transport.is_closing()
 
 
 async def connect(
