@@ -113,7 +113,7 @@ class SaRecords:
             protocol=ctx.protocol,
             cipher_suite=ctx.cipher_suite,
             key_id=ctx.key_id,
-            key_fingerprint=None,  # the key stays in the TLS session (docs/sa.md)
+            key_fingerprint=ctx.key_fingerprint,  # a one-way tag, never the key (docs/sa.md)
             direction=Direction.BOTH,  # one record per (D)TLS session
             established_at=ctx.established_at,
             state=SaState.ESTABLISHED,
