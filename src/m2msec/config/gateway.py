@@ -22,6 +22,9 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     resumption = true                     # session resumption on tls:// and dtls:// (below)
     cse_originators = "ts-0004"           # or "strict": CSE From must lie under its CSE-ID
 
+    [metrics]                             # off by default (m2msec.config.metrics)
+    listen = "http://127.0.0.1:9464"      # /metrics, /healthz, /readyz
+
     [psk]                                 # provisioned PSK, TS-0003 8.2.2.1
     store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path, or postgresql://user@host/db
 
@@ -107,6 +110,7 @@ from m2msec.config.listeners import (
     parse_listen_url,
 )
 from m2msec.config.loader import load, read_toml, resolve_paths
+from m2msec.config.metrics import METRICS_KEYS, MetricsListen, parse_metrics
 from m2msec.config.values import boolean, file_path, invalid, number, unknown_key
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
@@ -168,6 +172,7 @@ class GatewayConfig:
     resumption: bool = True
     cse_originators: str = "ts-0004"
     app_rules: tuple[AppRule, ...] = ()
+    metrics: MetricsListen | None = None
     source: str = "<defaults>"
 
     @property
@@ -213,6 +218,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "gba": frozenset({"zn", "bsf_fqdn", "naf_fqdn", "cert", "key", "ca", "require_uicc"}),
     "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
     "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
+    "metrics": frozenset(METRICS_KEYS),
 }
 
 
@@ -413,6 +419,7 @@ def parse_config(
         resumption=boolean(gw.get("resumption", True), "gateway.resumption"),
         cse_originators=_cse_originators(gw.get("cse_originators", "ts-0004")),
         app_rules=_app_rules(gw.get("app_rule", [])),
+        metrics=parse_metrics(data.get("metrics")),
         source=source,
     )
 
