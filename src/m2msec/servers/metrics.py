@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter as Counts
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -32,13 +32,32 @@ from m2msec.tls.sessions import ServerSessionCache
 if TYPE_CHECKING:
     from m2msec.gba.service import BsfStats
     from m2msec.maf.service import MafStats
-    from m2msec.servers.gateway import Gateway
+    from m2msec.servers.backend import BackendPool
+
+
+class GatewayView(Protocol):
+    """What the gateway's families read (:class:`m2msec.servers.gateway.Gateway`, which
+    imports this module)."""
+
+    @property
+    def stats(self) -> Any: ...  # GatewayStats
+
+    @property
+    def store(self) -> object: ...
+
+    @property
+    def backend(self) -> BackendPool | None: ...
+
+    def live_by_framework(self) -> dict[str, int]: ...
+
+    def session_caches(self) -> list[tuple[str, ServerSessionCache]]: ...
 
 __all__ = [
     "BSF_COUNTERS",
     "GATEWAY_COUNTERS",
     "MAF_COUNTERS",
     "MEF_COUNTERS",
+    "GatewayView",
     "backend_error_kind",
     "bsf_families",
     "gateway_families",
@@ -168,7 +187,7 @@ def _lookups(store: object) -> LookupStats | None:
     return found if isinstance(found, LookupStats) else None
 
 
-def gateway_families(gw: Gateway) -> Iterator[Metric]:
+def gateway_families(gw: GatewayView) -> Iterator[Metric]:
     """The gateway's families read from :class:`GatewayStats` and its listeners."""
     stats = gw.stats
     yield from _counters(lambda name: getattr(stats, name), GATEWAY_COUNTERS)
@@ -267,13 +286,14 @@ def observe_store(metrics: ServerMetrics, kind: str, store: object) -> None:
 _PROBE_ID = " m2msec readyz probe "
 
 
-def gateway_readiness(gw: Gateway) -> Readiness:
+def gateway_readiness(gw: GatewayView) -> Readiness:
     """``/readyz`` of the gateway: the psk store answers a read (when the gateway has one)
     and the backend CSE accepts a TCP connection."""
     checks: list[Readiness] = []
     store = gw.store
-    if store is not None:
-        checks.append(store_ready("psk store", lambda: store.get(_PROBE_ID)))
+    get = getattr(store, "get", None)
+    if get is not None:
+        checks.append(store_ready("psk store", lambda: get(_PROBE_ID)))
     pool = gw.backend
     if pool is not None:
         checks.append(tcp_ready("backend", pool.host, pool.port))
