@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,11 @@ from m2msec.service.metrics import Cause, ServerMetrics, handshake_cause, rsc_la
 from m2msec.store.sqlite import SqlitePskStore
 from m2msec.tls.aio import connect
 from tests import test_bsf as bsf_t
+from tests import test_bsf_cli as bsf_cli
 from tests import test_maf_server as maf_t
 from tests import test_mef_server as mef_t
 from tests.acme import AcmeCse, acme_fixture, ae_content
-from tests.interop import psk_s_client, run
+from tests.interop import free_port, psk_s_client, run
 from tests.test_coap_gateway import associate as dtls_associate
 from tests.test_gateway import AE1, AE2, AE3, CRED, CSE, MN, gateway_psk_store, light
 
@@ -460,3 +462,33 @@ async def test_mef_metrics_after_an_enrolment(tmp_path: Path) -> None:
     )
     assert value(samples, "m2msec_server_info", server="mef") == 1
     assert_no_identities(samples, [mef_t.KPM_ID, mef_t.ENROLEE_ID, "nobody", "Cdevice-1"])
+
+
+def test_bsf_serve_cli_serves_metrics(tmp_path: Path) -> None:
+    """``m2msec bsf serve --metrics URL``, the shipped command in its own process."""
+    db = tmp_path / "bsf.db"
+    added = bsf_cli.run(
+        db, "add-subscriber", bsf_cli.IMPI, "--k", bsf_cli.K, "--opc", bsf_cli.OPC, "--any-naf"
+    )
+    assert added[0] == 0, added
+    port, metrics_port = free_port(), free_port()
+    proc = bsf_cli.serve(db, port, "--metrics", f"http://127.0.0.1:{metrics_port}")
+    try:
+        boot = bsf_cli.first_bootstrap(port)
+        url = f"http://127.0.0.1:{metrics_port}"
+        text = httpx.get(url + "/metrics", timeout=5).text
+        assert httpx.get(url + "/readyz", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert value(samples, "m2msec_bsf_bootstraps_total") == 1
+    assert boot.btid not in text and bsf_cli.IMPI not in text
