@@ -31,6 +31,7 @@ from rich.text import Text
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
+    MetricsOption,
     exactly_one,
     fail,
     file_option,
@@ -271,6 +272,7 @@ def serve(
         option("--ub-burst", metavar="N", help="Burst of the Ub rate limit."),
     ] = None,
     config: ConfigOption = None,
+    metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
     init: Annotated[bool, init_option("BSF store")] = False,
 ) -> None:
@@ -283,6 +285,7 @@ def serve(
         "bsf.ks_lifetime": ks_lifetime,
         "bsf.ub_rate": ub_rate,
         "bsf.ub_burst": ub_burst,
+        "metrics.listen": metrics,
     }
     cfg = load_serve_config(log_level, load_bsf_config, config, overrides)
     if not init:

@@ -282,6 +282,16 @@ ConfigOption = Annotated[
         "--config", "-c", metavar="FILE", help="TOML configuration file.", show_default=False
     ),
 ]
+MetricsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics",
+        metavar="URL",
+        help="Serve /metrics, /healthz and /readyz on http://HOST:PORT, e.g. "
+        "http://127.0.0.1:9464 (off by default; 'off' turns the file's [metrics] off).",
+        show_default=False,
+    ),
+]
 LogLevelOption = Annotated[
     str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
 ]

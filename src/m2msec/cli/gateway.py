@@ -23,6 +23,7 @@ from m2msec.cli import gateway_rules
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
+    MetricsOption,
     file_option,
     init_option,
     load_serve_config,
@@ -180,6 +181,7 @@ def serve(
             help="Seconds from a request head's first byte to its end; then 408 (default 10).",
         ),
     ] = None,
+    metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
     init: Annotated[bool, init_option("psk-lookup-table")] = False,
 ) -> None:
@@ -196,6 +198,7 @@ def serve(
         "gateway.source_share": source_share,
         "gateway.max_associations_per_credential": max_associations_per_credential,
         "gateway.request_head_timeout": request_head_timeout,
+        "metrics.listen": metrics,
     }
     cfg = load_serve_config(log_level, load_config, config, overrides)
     if cfg.psk is not None and not init:

@@ -34,6 +34,7 @@ from rich.text import Text
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
+    MetricsOption,
     done,
     file_option,
     init_option,
@@ -438,6 +439,7 @@ def serve(
         str | None,
         option("--mef-bsf-fqdn", metavar="FQDN", help="That BSF's FQDN (default: its host)."),
     ] = None,
+    metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
     init: Annotated[bool, init_option("MAF store")] = False,
 ) -> None:
@@ -457,6 +459,7 @@ def serve(
         "maf.mef_retrieval": mef_retrieval,
         "maf.mef_zn": mef_zn,
         "maf.mef_bsf_fqdn": mef_bsf_fqdn,
+        "metrics.listen": metrics,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
     cfg = load_serve_config(log_level, load_maf_config, config, overrides)

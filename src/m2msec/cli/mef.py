@@ -22,6 +22,7 @@ from m2msec.cli import mef_admin
 from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
+    MetricsOption,
     file_option,
     init_option,
     key_value_table,
@@ -85,6 +86,7 @@ def serve(
         ),
     ] = None,
     store: StoreOption = None,
+    metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
     init: Annotated[bool, init_option("MEF store")] = False,
 ) -> None:
@@ -97,6 +99,7 @@ def serve(
         "mef.target_listen": "" if target_listen == "off" else target_listen,
         "mef.store": store,
         "mef.in_domain": in_domain,
+        "metrics.listen": metrics,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
     cfg = load_serve_config(log_level, load_mef_config, config, overrides)

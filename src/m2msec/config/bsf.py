@@ -12,6 +12,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from m2msec.config.loader import load
+from m2msec.config.metrics import METRICS_KEYS, MetricsListen, parse_metrics
 from m2msec.config.values import file_path
 from m2msec.errors import (
     ConfigurationError,
@@ -58,6 +59,7 @@ class BsfConfig:
     idle_timeout: float = 60.0
     request_head_timeout: float = DEFAULT_REQUEST_HEAD_TIMEOUT
     max_handshakes: int = 1024
+    metrics: MetricsListen | None = None
     source: str = "<defaults>"
 
     def __post_init__(self) -> None:
@@ -155,9 +157,11 @@ def parse_bsf_config(
     import difflib
 
     base = base_dir or Path.cwd()
-    unknown_sections = set(data) - {"bsf"}
+    unknown_sections = set(data) - {"bsf", "metrics"}
     if unknown_sections:
-        raise ConfigurationError(f"unknown section [{sorted(unknown_sections)[0]}] (only [bsf])")
+        raise ConfigurationError(
+            f"unknown section [{sorted(unknown_sections)[0]}] (only [bsf] and [metrics])"
+        )
     section = data.get("bsf", {})
     if not isinstance(section, dict):
         raise ConfigurationError("bsf: must be a table ([bsf])")
@@ -172,6 +176,7 @@ def parse_bsf_config(
             "bsf.fqdn: missing: the BSF's FQDN (realm and B-TID domain), e.g. 'bsf.in.provider.com'"
         )
     kwargs: dict[str, Any] = {"fqdn": fqdn, "source": source}
+    kwargs["metrics"] = parse_metrics(data.get("metrics"))
     if "listen" in section:
         kwargs["listen"] = _listen(section["listen"], "bsf.listen", "http")
     if "zn_listen" in section:
@@ -203,4 +208,5 @@ def load_bsf_config(
     """Read ``path`` (TOML) if given, apply ``overrides`` (``{"bsf.fqdn": ...}``, None
     values ignored) and validate, through :func:`m2msec.config.loader.load`."""
     paths = [("bsf", name) for name in ("store", "cert", "key", "ca")]
-    return load(path, overrides, sections={"bsf": _KEYS}, paths=paths, parse=parse_bsf_config)
+    sections = {"bsf": _KEYS, "metrics": METRICS_KEYS}
+    return load(path, overrides, sections=sections, paths=paths, parse=parse_bsf_config)

@@ -22,6 +22,9 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     resumption = true                     # session resumption on tls:// and dtls:// (below)
     cse_originators = "ts-0004"           # or "strict": CSE From must lie under its CSE-ID
 
+    [metrics]                             # off by default (m2msec.config.metrics)
+    listen = "http://127.0.0.1:9464"      # /metrics, /healthz, /readyz
+
     [psk]                                 # provisioned PSK, TS-0003 8.2.2.1
     store = "sqlite:///var/lib/m2msec/m2msec.db"   # or a path, or postgresql://user@host/db
 
@@ -110,6 +113,7 @@ from m2msec.config.listeners import (
     parse_listen_url,
 )
 from m2msec.config.loader import load, read_toml, resolve_paths
+from m2msec.config.metrics import METRICS_KEYS, MetricsListen, parse_metrics
 from m2msec.config.values import boolean, file_path, invalid, number, unknown_key
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
@@ -172,6 +176,7 @@ class GatewayConfig:
     cse_originators: str = "ts-0004"
     app_rules: tuple[AppRule, ...] = ()
     egress: tuple[EgressConfig, ...] = ()
+    metrics: MetricsListen | None = None
     source: str = "<defaults>"
 
     def egress_for(self, spec: ListenerSpec) -> EgressConfig:
@@ -222,6 +227,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
     "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
     "egress": EGRESS_KEYS,  # [[egress]]: an array of tables, read by config.egress
+    "metrics": frozenset(METRICS_KEYS),
 }
 
 
@@ -430,6 +436,7 @@ def parse_config(
         cse_originators=_cse_originators(gw.get("cse_originators", "ts-0004")),
         app_rules=_app_rules(gw.get("app_rule", [])),
         egress=egress,
+        metrics=parse_metrics(data.get("metrics")),
         source=source,
     )
 

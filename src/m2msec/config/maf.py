@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from m2msec.config.listeners import ListenerSpec, parse_listen_url, parse_service_url
 from m2msec.config.loader import load
+from m2msec.config.metrics import METRICS_KEYS, MetricsListen, parse_metrics
 from m2msec.config.values import (
     CERTIFICATE_KEYS,
     SERVICE_KEYS,
@@ -66,6 +67,8 @@ class MafConfig(ServiceConfig):
     mef_retrieval: TargetRetrieval = TargetRetrieval.FETCH_CREDENTIALS
     mef_zn: str | None = None
     mef_bsf_fqdn: str | None = None
+    metrics: MetricsListen | None = None
+    """``[metrics] listen``: the metrics listener (:mod:`m2msec.config.metrics`), off if None."""
 
     def __post_init__(self) -> None:
         check_service_config(
@@ -191,6 +194,8 @@ def parse_maf_config(
 
     Relative paths are read from ``base_dir``.
     """
+    data = dict(data)
+    metrics = parse_metrics(data.pop("metrics", None))
     values = typed_tables(data, _KEYS, _PATHS, base_dir or Path.cwd())
     if not values.get("fqdn"):
         raise ConfigurationError("maf.fqdn is missing: the MAF's FQDN, e.g. maf.in.provider.com")
@@ -199,7 +204,7 @@ def parse_maf_config(
     for name in ("mef", "mef_zn"):
         if values.get(name) == "":
             values[name] = None
-    return MafConfig(source=source, **values)
+    return MafConfig(source=source, metrics=metrics, **values)
 
 
 def load_maf_config(
@@ -207,4 +212,5 @@ def load_maf_config(
 ) -> MafConfig:
     """Read ``path`` (TOML) if given and apply ``overrides`` (``{"maf.fqdn": ...}``; None
     values ignored) through :func:`m2msec.config.loader.load`."""
-    return load(path, overrides, sections=_KEYS, paths=_PATHS, parse=parse_maf_config)
+    sections = {**_KEYS, "metrics": METRICS_KEYS}
+    return load(path, overrides, sections=sections, paths=_PATHS, parse=parse_maf_config)

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from m2msec.config.listeners import FrameworkName, ListenerSpec, parse_listen_url
 from m2msec.config.loader import load
+from m2msec.config.metrics import METRICS_KEYS, MetricsListen, parse_metrics
 from m2msec.config.values import (
     CERTIFICATE_KEYS,
     SERVICE_KEYS,
@@ -52,6 +53,8 @@ class MefConfig(ServiceConfig):
 
     enrolee_listen: tuple[str, ...] = DEFAULT_ENROLEE_LISTEN
     target_listen: str | None = DEFAULT_TARGET_LISTEN
+    metrics: MetricsListen | None = None
+    """``[metrics] listen``: the metrics listener (:mod:`m2msec.config.metrics`), off if None."""
 
     def __post_init__(self) -> None:
         durations = ("handshake_timeout", "idle_timeout", "request_head_timeout", "purge_interval")
@@ -133,6 +136,8 @@ def parse_mef_config(
     table = data.get("mef")
     if isinstance(table, Mapping) and isinstance(table.get("enrolee_listen"), str):
         data = {**data, "mef": {**table, "enrolee_listen": [table["enrolee_listen"]]}}
+    data = dict(data)
+    metrics = parse_metrics(data.pop("metrics", None))
     values = typed_tables(data, _KEYS, _PATHS, base_dir or Path.cwd())
     if not values.get("fqdn"):
         raise ConfigurationError("mef.fqdn is missing: the MEF's FQDN, e.g. mef.in.provider.com")
@@ -140,7 +145,7 @@ def parse_mef_config(
         values["enrolee_listen"] = tuple(values["enrolee_listen"])
     if values.get("target_listen") == "":
         values["target_listen"] = None
-    return MefConfig(source=source, **values)
+    return MefConfig(source=source, metrics=metrics, **values)
 
 
 def load_mef_config(
@@ -148,4 +153,5 @@ def load_mef_config(
 ) -> MefConfig:
     """Read ``path`` (TOML) if given and apply ``overrides`` (``{"mef.fqdn": ...}``; None
     values ignored) through :func:`m2msec.config.loader.load`."""
-    return load(path, overrides, sections=_KEYS, paths=_PATHS, parse=parse_mef_config)
+    sections = {**_KEYS, "metrics": METRICS_KEYS}
+    return load(path, overrides, sections=sections, paths=_PATHS, parse=parse_mef_config)

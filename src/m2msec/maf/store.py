@@ -86,6 +86,7 @@ from m2msec.store.db import (
     SqliteDatabase,
     redact_url,
 )
+from m2msec.store.lookups import LookupStats
 from m2msec.store.sealed_store import SealedStore
 
 __all__ = [
@@ -164,6 +165,8 @@ class MafStore(SealedStore):
         self._entity_b: tuple[str, ...] | None = None
         self._checked_at = -float("inf")
         self._config_version: object = None
+        #: Cache hits/misses and latency of :meth:`get_client` (the metrics read them).
+        self.lookups = LookupStats()
         if isinstance(db, SqliteDatabase):
             self._path = db.path
         else:
@@ -281,10 +284,12 @@ class MafStore(SealedStore):
 
     def get_client(self, km_id: str) -> MasterCredential | None:
         """The Master Credential of a KmId (any letter case), from the cache when fresh."""
+        started = self.lookups.start()
         with self._rlock:
             self._revalidate()
             hit = self._by_text.get(km_id)
             if hit is not None:
+                self.lookups.done(started, hit=True)
                 return hit
         try:
             canonical = parse_km_id(km_id).canonical
@@ -292,8 +297,10 @@ class MafStore(SealedStore):
             return None
         with self._rlock:
             if canonical in self._clients:
+                self.lookups.done(started, hit=True)
                 return self._clients[canonical]
             row = self._fetch(self._sql.select_client, (canonical,))
+            self.lookups.done(started, hit=False)
             cred: MasterCredential | None = None
             if row is not None:
                 text, sealed, entity_id, enabled = row

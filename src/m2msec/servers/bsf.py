@@ -109,8 +109,10 @@ from m2msec.gba.aka import Hss
 from m2msec.gba.service import BsfPolicy, BsfService, BsfStats, text_response
 from m2msec.gba.subscribers import SubscriberStore
 from m2msec.pki.names import certificate_fingerprint, check_public_key
+from m2msec.servers.metrics import bsf_families
 from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle, stop_accepting, wait_closed
 from m2msec.service.limits import HttpLimits
+from m2msec.service.metrics import Readiness, store_ready
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream, Stream
 from m2msec.store.outage import StoreOutage
@@ -136,6 +138,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_BODY: Final = 16 * 1024
+#: An IMPI no subscriber is given (the ``.invalid`` TLD): its read reaches the store.
+_PROBE_IMPI: Final = "readyz-probe@bsf.invalid"
 
 
 # ----------------------------------------------------------------------------- Zn identity
@@ -204,6 +208,7 @@ class BsfServer(ServerLifecycle):
     """
 
     what = "BSF"
+    kind = "bsf"
 
     def __init__(
         self,
@@ -212,9 +217,10 @@ class BsfServer(ServerLifecycle):
         store: SubscriberStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        super().__init__()
+        super().__init__(config.metrics)
         self.config = config
         self.stats = BsfStats()
+        self.metrics.register(lambda: bsf_families(self.stats))
         self._store_outage = StoreOutage(
             "BSF store", logger=log, on_failure=self._count_store_error
         )
@@ -271,6 +277,10 @@ class BsfServer(ServerLifecycle):
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
+    def readiness(self) -> Readiness:
+        """``/readyz``: the subscriber store answers a read."""
+        return store_ready("BSF store", lambda: self.store.get_subscriber(_PROBE_IMPI))
+
     def _count_store_error(self) -> None:
         self.stats.store_errors += 1
 
@@ -314,9 +324,10 @@ class BsfServer(ServerLifecycle):
             assert profile is not None
             tls = TLSServer(
                 profile,
-                self._serve_zn,
+                self.metrics.counted(profile, self._serve_zn),
                 handshake_timeout=cfg.handshake_timeout,
                 max_handshakes=cfg.max_handshakes,
+                on_failure=self.metrics.failure_hook(profile),
             )
             await tls.start(host, port)
             self._tls.append(tls)

@@ -48,6 +48,7 @@ from m2msec.bindings.coap.messages import CoapServerSession, Exchange
 from m2msec.bindings.coap.options import CoapRequestError
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.errors import M2MSecError
+from m2msec.service.metrics import ServerMetrics
 from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, start_dtls_server
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile
@@ -136,9 +137,12 @@ class CoapListener:
         *,
         ack_delay: float = ACK_DELAY,
         on_established: Callable[[DTLSAssociation], None] | None = None,
+        metrics: ServerMetrics | None = None,
     ):
         self.gateway = gateway
         self.profile = profile
+        #: Counts this listener's handshakes (issue 14: every path, DTLS too).
+        self.metrics = metrics
         self.ack_delay = ack_delay
         #: Sees each association first (the MEF exports its bootstrap keying material).
         self.on_established = on_established
@@ -162,7 +166,11 @@ class CoapListener:
             max_half_open=cfg.max_handshakes,
             idle_timeout=cfg.idle_timeout,
             handshake_timeout=cfg.handshake_timeout,
-            on_failure=self.gateway.handshake_failed,
+            on_failure=(
+                self.gateway.handshake_failed
+                if self.metrics is None
+                else self.metrics.failure_hook(self.profile, self.gateway.handshake_failed)
+            ),
             resumption=cfg.resumption,
         )
         address = self._handle.address
@@ -185,6 +193,8 @@ class CoapListener:
     # -- one association -----------------------------------------------------------------
     async def _serve(self, dtls: DTLSAssociation) -> None:
         gw = self.gateway
+        if self.metrics is not None:
+            self.metrics.established(self.profile.framework.value, self.profile.transport.value)
         if self.on_established is not None:
             self.on_established(dtls)
         if not gw.admit_association(dtls.context, dtls.peer_address):

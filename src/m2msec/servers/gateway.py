@@ -68,10 +68,17 @@ from m2msec.servers.coap_gateway import CoapListener
 from m2msec.servers.egress import Egress
 from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
+from m2msec.servers.metrics import (
+    backend_error_kind,
+    gateway_families,
+    gateway_readiness,
+    observe_store,
+)
 from m2msec.servers.registration import bind_recorded, bind_registration
 from m2msec.servers.request_checks import Forward, OwnerOf, Refuse, Rule, check_request
 from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle, stop_accepting, wait_closed
 from m2msec.service.limits import HttpLimits
+from m2msec.service.metrics import Readiness
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream
 from m2msec.store.app_rules import AppRuleStore
@@ -81,6 +88,7 @@ from m2msec.store.registry import IdentityRegistry
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, SecurityContext
 from m2msec.tls.profiles import Transport
+from m2msec.tls.sessions import ServerSessionCache
 
 __all__ = ["Gateway", "GatewayStats", "ListenerInfo"]
 
@@ -160,6 +168,7 @@ class Gateway(ServerLifecycle):
     """
 
     what = "gateway"
+    kind = "gateway"
 
     def __init__(
         self,
@@ -168,7 +177,7 @@ class Gateway(ServerLifecycle):
         store: PskStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        super().__init__()
+        super().__init__(config.metrics)
         self.config = config
         # A stand-in owner_of (tests); otherwise the identity registry of the psk store.
         self.owner_of: OwnerOf | None = None
@@ -201,6 +210,7 @@ class Gateway(ServerLifecycle):
         self._plain_tasks: set[asyncio.Task[None]] = set()
         #: The egress listeners (the CSE's way out over SAs we establish), their records.
         self.egress = Egress(config, self._http)
+        self.metrics.register(lambda: gateway_families(self))
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -268,6 +278,7 @@ class Gateway(ServerLifecycle):
             connect_timeout=min(cfg.backend_timeout, 5.0),
             max_body=MAX_RESPONSE_BODY,
         )
+        observe_store(self.metrics, "psk", self.store)
         openers = {
             "tls": self._open_tls,
             "dtls": self._open_dtls,
@@ -290,10 +301,10 @@ class Gateway(ServerLifecycle):
         framework, profile = pick(profiles[Transport.TLS], spec)
         tls = TLSServer(
             profile,
-            self._serve_tls,
+            self.metrics.counted(profile, self._serve_tls),
             handshake_timeout=cfg.handshake_timeout,
             max_handshakes=cfg.max_handshakes,
-            on_failure=self.handshake_failed,
+            on_failure=self.metrics.failure_hook(profile, self.handshake_failed),
             first_flight_timeout=cfg.first_flight_timeout,
             source_share=cfg.source_share,
         )
@@ -303,7 +314,7 @@ class Gateway(ServerLifecycle):
 
     async def _open_dtls(self, spec: ListenerSpec, profiles: _ByTransport) -> ListenerInfo:
         name, dtls = pick(profiles[Transport.DTLS], spec)
-        coap = CoapListener(self, dtls)
+        coap = CoapListener(self, dtls, metrics=self.metrics)
         self._coap.append(coap)
         host, port = await coap.start(spec.host, spec.port)
         return ListenerInfo(spec, host, port, name)
@@ -413,6 +424,23 @@ class Gateway(ServerLifecycle):
         self.stats.associations_closed += 1
         log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
 
+    def live_by_framework(self) -> dict[str, int]:
+        """Live associations by framework (the metrics read it; no key ids leave here)."""
+        out: Counter[str] = Counter()
+        for key, count in self._live_by_credential.items():
+            out[key.partition(":")[0]] += count
+        return dict(out)
+
+    def session_caches(self) -> list[tuple[str, ServerSessionCache]]:
+        """The (D)TLS session caches of the listeners, by protocol (for the metrics)."""
+        profiles = [t.profile for t in self._tls]
+        profiles += [c.handle.server.profile for c in self._coap if c.handle is not None]
+        return [(p.transport.value, p.session_cache) for p in profiles if p.session_cache]
+
+    def readiness(self) -> Readiness:
+        """``/readyz``: the psk store answers a read and the backend accepts a connection."""
+        return gateway_readiness(self)
+
     def _count_bad_request(self, event: BadRequest) -> None:
         self.stats.bad_requests += 1
 
@@ -443,11 +471,13 @@ class Gateway(ServerLifecycle):
         async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
             self.stats.plain_requests_refused += 1
             self._refused(request, _addr(peer), Rule.NO_ASSOCIATION, "plain HTTP")
-            return _answer(
+            answer = _answer(
                 request,
                 RSC.SECURITY_ASSOCIATION_REQUIRED,
                 "a security association (TLS) is required; this listener is plain HTTP",
-            ), False
+            )
+            self.metrics.request(request, answer)
+            return answer, False
 
         try:
             await self._http.serve(PlainStream(reader, writer), handle)
@@ -507,10 +537,13 @@ class Gateway(ServerLifecycle):
         if isinstance(decision, Refuse):
             self.stats.requests_refused += 1
             self._refused(request, f"peer={assoc.peer_id}", decision.rule, decision.reason)
-            return _answer(request, decision.rsc, decision.reason), decision.close
+            answer = _answer(request, decision.rsc, decision.reason)
+            self.metrics.request(request, answer)
+            return answer, decision.close
         response = await self._forward(assoc, request, decision)
         if decision.bind_on_created:
             self._bind(assoc, response)
+        self.metrics.request(request, response)
         return response, False
 
     def _refused(self, request: OneM2MRequest, source: str, rule: Rule, reason: str) -> None:
@@ -538,22 +571,25 @@ class Gateway(ServerLifecycle):
         if decision.bind_on_created:
             # The aei must be readable in the answer: ask for it uncompressed.
             headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"]
+        started = time.perf_counter()
         try:
             resp = await self.backend.request(request.method, request.target, headers, request.body)
-        except BackendTimeout:
-            return self._backend_error(request, RSC.REQUEST_TIMEOUT, "did not answer in time")
-        except BackendTooLarge:
-            return self._backend_error(
-                request, RSC.INTERNAL_SERVER_ERROR, "answered more than the gateway relays"
-            )
-        except BackendRequestError:
-            # Header text HTTP/1.1 cannot carry (e.g. from CoAP options): nothing was sent.
-            self.stats.bad_requests += 1
-            return _answer(request, RSC.BAD_REQUEST, "the request cannot be forwarded as HTTP")
         except BackendError as exc:
+            self.metrics.backend(None, backend_error_kind(exc))
+            if isinstance(exc, BackendTimeout):
+                return self._backend_error(request, RSC.REQUEST_TIMEOUT, "did not answer in time")
+            if isinstance(exc, BackendTooLarge):
+                return self._backend_error(
+                    request, RSC.INTERNAL_SERVER_ERROR, "answered more than the gateway relays"
+                )
+            if isinstance(exc, BackendRequestError):
+                # Header text HTTP/1.1 cannot carry (e.g. from CoAP options): nothing sent.
+                self.stats.bad_requests += 1
+                return _answer(request, RSC.BAD_REQUEST, "the request cannot be forwarded as HTTP")
             return self._backend_error(
                 request, RSC.TARGET_NOT_REACHABLE, f"cannot be reached ({exc})"
             )
+        self.metrics.backend(time.perf_counter() - started)
         self.stats.requests_forwarded += 1
         return HttpResponse(resp.status, response_headers(resp.headers), resp.body)
 

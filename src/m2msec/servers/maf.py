@@ -44,10 +44,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
+
+from prometheus_client.metrics_core import Metric
 
 from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
@@ -72,8 +74,10 @@ from m2msec.maf.store import (
 )
 from m2msec.servers.maf_enrolled import EnrolledClients
 from m2msec.servers.maf_journal import MafJournal
+from m2msec.servers.metrics import maf_families, observe_store
 from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
 from m2msec.service.limits import HttpLimits
+from m2msec.service.metrics import Readiness, store_ready
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.outage import StoreOutage
 from m2msec.store.schema import require_initialised
@@ -87,6 +91,10 @@ log = logging.getLogger(__name__)
 
 AUDIT_LOG_NAME: Final = "audit.log"
 #: TLSServer's reasons for connections that never reached a decision.
+#: A KmId no MAF Client is given (the ``.invalid`` TLD): its configuration read always
+#: reaches the store, so ``/readyz`` sees an outage.
+_PROBE_KM_ID: Final = "readyz-probe@maf.invalid"
+
 _NOT_AUDITED: Final = (
     "connection lost during the handshake",
     "connection closed during the handshake",
@@ -104,6 +112,7 @@ class MafServer(ServerLifecycle):
     """
 
     what = "MAF server"
+    kind = "maf"
 
     def __init__(
         self,
@@ -112,10 +121,11 @@ class MafServer(ServerLifecycle):
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        super().__init__()
+        super().__init__(config.metrics)
         self.config = config
         self.policy = config.policy()
         self.stats = MafStats()
+        self.metrics.register(self._metric_families)
         #: Refuse a missing or schema-less SQLite store instead of creating one.
         self.require_existing_store = False
         self._store_outage = StoreOutage(
@@ -194,6 +204,7 @@ class MafServer(ServerLifecycle):
                     create="m2msec maf add-client",
                 )
             self._store = open_maf_store(cfg.store, synchronous=cfg.effective_durability)
+        observe_store(self.metrics, "maf", self._store)
         self._audit = AuditLog(self.audit_path, fsync=False)
         # Commit on the loop's thread only when commits do not fsync (never for
         # PostgreSQL: a commit there is a network round trip).
@@ -205,12 +216,15 @@ class MafServer(ServerLifecycle):
         self._service = MafService(
             self._store, self.policy, self._clock, stats=self.stats, clients=self._client
         )
+        client_profile = self._client_profile()
         self._client_server = TLSServer(
-            self._client_profile(),
-            self._serve_client,
+            client_profile,
+            self.metrics.counted(client_profile, self._serve_client),
             handshake_timeout=cfg.handshake_timeout,
             max_handshakes=cfg.max_handshakes,
-            on_failure=lambda peer, reason: self._handshake_failed("client", peer, reason),
+            on_failure=self.metrics.failure_hook(
+                client_profile, lambda peer, reason: self._handshake_failed("client", peer, reason)
+            ),
         )
         await self._client_server.start(client_spec.host, client_spec.port)
         log.info(
@@ -221,10 +235,13 @@ class MafServer(ServerLifecycle):
         if retrieval_spec is not None and retrieval_profile is not None:
             self._retrieval_server = TLSServer(
                 retrieval_profile,
-                self._serve_retrieval,
+                self.metrics.counted(retrieval_profile, self._serve_retrieval),
                 handshake_timeout=cfg.handshake_timeout,
                 max_handshakes=cfg.max_handshakes,
-                on_failure=lambda peer, reason: self._handshake_failed("retrieval", peer, reason),
+                on_failure=self.metrics.failure_hook(
+                    retrieval_profile,
+                    lambda peer, reason: self._handshake_failed("retrieval", peer, reason),
+                ),
             )
             await self._retrieval_server.start(retrieval_spec.host, retrieval_spec.port)
             log.info(
@@ -327,6 +344,14 @@ class MafServer(ServerLifecycle):
         if km is None and self.enrolled is not None:
             km = self.enrolled.client(key_id)
         return km
+
+    def _metric_families(self) -> Iterator[Metric]:
+        lookups = None if self._store is None else self._store.lookups
+        return maf_families(self.stats, lookups)
+
+    def readiness(self) -> Readiness:
+        """``/readyz``: the MAF store answers a read."""
+        return store_ready("MAF store", lambda: self.store.get_client_config(_PROBE_KM_ID))
 
     def _count_store_error(self) -> None:
         self.stats.store_errors += 1

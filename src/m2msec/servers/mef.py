@@ -62,9 +62,11 @@ from m2msec.servers.mef_session import (
     enrolee_identity,
     target_identity,
 )
+from m2msec.servers.metrics import mef_families
 from m2msec.service.group_commit import GroupCommit
 from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
 from m2msec.service.limits import HttpLimits
+from m2msec.service.metrics import Readiness, store_ready
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.store.schema import require_initialised
 from m2msec.tls.aio import TLSConnection, TLSServer
@@ -99,6 +101,7 @@ class MefServer(ServerLifecycle):
     """
 
     what = "MEF server"
+    kind = "mef"
 
     def __init__(
         self,
@@ -107,9 +110,10 @@ class MefServer(ServerLifecycle):
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        super().__init__()
+        super().__init__(config.metrics)
         self.config = config
         self.stats: Counter[str] = Counter()
+        self.metrics.register(lambda: mef_families(self.stats))
         #: Refuse a missing or schema-less SQLite store instead of creating one.
         self.require_existing_store = False
         self.listeners: list[MefListener] = []
@@ -201,6 +205,7 @@ class MefServer(ServerLifecycle):
                 settings,
                 self.stats,
                 self._handshake_failed,
+                metrics=self.metrics,
             )
             await dtls.start(spec.host, spec.port)
             self._bound(spec, "enrolee", "psk", dtls)
@@ -228,10 +233,10 @@ class MefServer(ServerLifecycle):
         cfg = self.config
         server = TLSServer(
             profile,
-            serve,
+            self.metrics.counted(profile, serve),
             handshake_timeout=cfg.handshake_timeout,
             max_handshakes=cfg.max_handshakes,
-            on_failure=self._handshake_failed,
+            on_failure=self.metrics.failure_hook(profile, self._handshake_failed),
         )
         await server.start(spec.host, spec.port)
         self._bound(spec, role, framework, server)
@@ -321,6 +326,12 @@ class MefServer(ServerLifecycle):
             return await asyncio.to_thread(service.answer_target, request, requester), False
 
         await self._http.serve(conn, answer)
+
+    def readiness(self) -> Readiness:
+        """``/readyz``: the MEF store answers a read (of a KpmID no Enrolee is given)."""
+        return store_ready(
+            "MEF store", lambda: self.store.get_enrolee(Bootstrap.PSK, " m2msec readyz probe ")
+        )
 
     def _handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
         self.stats["handshakes_failed"] += 1

@@ -28,6 +28,7 @@ from m2msec.servers.mef_session import (
     EnrolmentCommits,
     enrolee_identity,
 )
+from m2msec.service.metrics import ServerMetrics
 from m2msec.tls.aio_dtls import DTLSAssociation
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile
@@ -84,6 +85,8 @@ class MefCoapEnrolees:
         settings: CoapSettings,
         stats: Counter[str],
         on_failure: FailureHook,
+        *,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.service = service
         self.commits = commits
@@ -92,7 +95,9 @@ class MefCoapEnrolees:
         self._counter = stats
         self._on_failure = on_failure
         self._exports: dict[str, bytes] = {}
-        self.listener = CoapListener(self, profile, on_established=self._established)
+        self.listener = CoapListener(
+            self, profile, on_established=self._established, metrics=metrics
+        )
 
     @property
     def port(self) -> int:

@@ -6,6 +6,12 @@ then shuts down once: it stops accepting, gives requests in progress their grace
 one HTTP service (:meth:`m2msec.service.server.HttpService.close`), ends the associations and
 closes what it opened. A failed start undoes what it had opened. A server supplies only the
 two steps in between, :meth:`ServerLifecycle._open` and :meth:`ServerLifecycle._shutdown`.
+
+Metrics are part of the lifecycle (issue 14 item 1): every server has a
+:class:`~m2msec.service.metrics.ServerMetrics` (``metrics``) from its construction, and,
+when its configuration names a ``[metrics] listen`` address, the lifecycle opens the
+:class:`~m2msec.service.metrics.MetricsListener` after the server's own listeners (so
+``/readyz`` answers for a server that is serving) and closes it last, after the drain.
 """
 
 from __future__ import annotations
@@ -13,26 +19,55 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from typing import ClassVar, Self
+from typing import ClassVar, Protocol, Self
 
-__all__ = ["SHUTDOWN_GRACE", "ServerLifecycle", "stop_accepting", "wait_closed"]
+from m2msec.service.metrics import MetricsListener, Readiness, ServerMetrics
+
+__all__ = ["SHUTDOWN_GRACE", "MetricsAddress", "ServerLifecycle", "stop_accepting", "wait_closed"]
 
 #: How long a shutdown lets requests in progress finish before cutting them (seconds).
 SHUTDOWN_GRACE = 5.0
 
 
+class MetricsAddress(Protocol):
+    """Where the metrics listener binds (``m2msec.config.metrics.MetricsListen``)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
 class ServerLifecycle:
     """Start once, serve until stopped, shut down once (module docstring).
 
-    ``what`` names the server in errors ("gateway", "MAF server", "BSF"). ``closing`` is
-    true from the first :meth:`close` on, so that a server refuses new work while it drains.
+    ``what`` names the server in errors ("gateway", "MAF server", "BSF"); ``kind`` is its
+    ``server`` label in the metrics. ``closing`` is true from the first :meth:`close` on,
+    so that a server refuses new work while it drains. ``metrics_listen`` (None: off) is
+    where ``/metrics``, ``/healthz`` and ``/readyz`` are served; :meth:`readiness` says
+    what ``/readyz`` checks.
     """
 
     what: ClassVar[str] = "server"
+    kind: ClassVar[str] = "server"
 
-    def __init__(self) -> None:
+    def __init__(self, metrics_listen: MetricsAddress | None = None) -> None:
         self._started = False
         self._closing = False
+        self.metrics = ServerMetrics(self.kind)
+        self.metrics_listen = metrics_listen
+        self._metrics_listener: MetricsListener | None = None
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port`` of the running metrics listener, or None."""
+        listener = self._metrics_listener
+        return None if listener is None or listener.address is None else listener.url
+
+    def readiness(self) -> Readiness | None:
+        """The ``/readyz`` check (the server's store and backend); None: ready once started."""
+        return None
 
     @property
     def closing(self) -> bool:
@@ -53,6 +88,11 @@ class ServerLifecycle:
         self._started = True
         try:
             await self._open()
+            if self.metrics_listen is not None:
+                self._metrics_listener = MetricsListener(self.metrics, self.readiness())
+                await self._metrics_listener.start(
+                    self.metrics_listen.host, self.metrics_listen.port
+                )
         except BaseException:
             await self.close()
             raise
@@ -63,7 +103,11 @@ class ServerLifecycle:
         if self._closing:
             return
         self._closing = True
-        await self._shutdown()
+        try:
+            await self._shutdown()
+        finally:
+            if self._metrics_listener is not None:
+                await self._metrics_listener.close()
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then close."""

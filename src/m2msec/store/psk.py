@@ -58,6 +58,7 @@ from m2msec.store.db import (
     open_database,
     to_epoch,
 )
+from m2msec.store.lookups import LookupStats
 from m2msec.store.schema import KekCheck, SealedSchema
 from m2msec.store.seal import sealed_plaintext_length
 from m2msec.store.sealed_store import SealedStore
@@ -218,6 +219,8 @@ class SealedPskStore(SealedStore):
         self._cache: OrderedDict[str, PskEntry] = OrderedDict()
         self._cache_checked_at = -float("inf")
         self._data_version = -1
+        #: Cache hits/misses and latency of :meth:`get` (the metrics read them).
+        self.lookups = LookupStats()
         # The identity registry and the stored rules open their tables through .database.
         super().__init__(db, _SCHEMA, kind="store", kek=kek)
 
@@ -239,6 +242,7 @@ class SealedPskStore(SealedStore):
         """The row for ``kpsa_id`` (octet-exact), possibly from the cache; expired rows too."""
         if not is_text(kpsa_id):
             return None  # not valid UTF-8 text: cannot be a stored KpsaId
+        started = self.lookups.start()
         with self._rlock:
             try:
                 conn = self._reader()
@@ -247,10 +251,12 @@ class SealedPskStore(SealedStore):
                     entry = self._cache.get(kpsa_id)
                     if entry is not None:
                         self._cache.move_to_end(kpsa_id)
+                        self.lookups.done(started, hit=True)
                         return entry
                 row = conn.execute(self._sql.select, (kpsa_id,)).fetchone()
             except self._db.errors as exc:
                 raise self._error("read", exc) from None
+            self.lookups.done(started, hit=False)
             if row is None:
                 return None
             entity_id, sealed, expires_at = row

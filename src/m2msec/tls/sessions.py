@@ -119,6 +119,11 @@ class ServerSessionCache(_SessionCache[bytes, SessionEntry]):
         self._context: SSL.Context | None = None
         self.resumed = 0
         self.refused = 0
+        #: Offered sessions found (``hits``) or not (``misses``, expired ones too), and
+        #: sessions dropped to make room (``evictions``): read by the metrics.
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
 
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._entries
@@ -155,16 +160,20 @@ class ServerSessionCache(_SessionCache[bytes, SessionEntry]):
         )
         while len(self._entries) > self.max_sessions:
             _, entry = self._entries.popitem(last=False)
+            self.evictions += 1
             self._unresumable(entry)
 
     def lookup(self, session_id: bytes) -> SessionEntry | None:
         """The live entry for ``session_id``; an expired one is dropped on the way."""
         entry = self._entries.get(session_id)
         if entry is None:
+            self.misses += 1
             return None
         if self._clock() >= entry.expires:
+            self.misses += 1
             self.discard(session_id)
             return None
+        self.hits += 1
         self._entries.move_to_end(session_id)
         return entry
 
