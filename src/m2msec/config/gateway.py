@@ -59,6 +59,14 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     timeout = 5.0                         # seconds per fetchCredentials; then the handshake fails
     retrieval = "fetch-credentials"       # or "key-retrieval": MEF Key Retrieval (8.3.5.2.8)
 
+    [sa]                                  # SA records and the admin API (seed 003, docs/sa.md)
+    store = "sa.db"                       # default: sa.db in the data directory; or a path,
+                                          #   sqlite:///... or postgresql://user@host/db
+    retention = 7776000.0                 # seconds ended SAs and history are kept (90 days)
+    admin_socket = "/run/m2msec/admin.sock"  # default: admin.sock in the data directory;
+                                          #   "" turns the admin API off
+    instance = "gw-1"                     # this gateway in a shared store (default host:dir)
+
 Listener URLs (``tls://``, ``dtls://``, ``http://``, ``?framework=``) are read by
 :mod:`m2msec.config.listeners`, ``[gba]``, ``[maf]`` and ``[mef]`` by
 :mod:`m2msec.config.gateway_sections`.
@@ -96,9 +104,11 @@ from m2msec.config.gateway_sections import (
     GbaConfig,
     MafRetrievalConfig,
     MefTargetConfig,
+    SaConfig,
     parse_gba,
     parse_maf,
     parse_mef,
+    parse_sa,
 )
 from m2msec.config.listeners import (
     FrameworkName,
@@ -153,6 +163,7 @@ class GatewayConfig:
     gba: GbaConfig | None = None
     maf: MafRetrievalConfig | None = None
     mef: MefTargetConfig | None = None
+    sa: SaConfig = SaConfig()
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     first_flight_timeout: float = DEFAULT_FIRST_FLIGHT_TIMEOUT
@@ -213,6 +224,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "gba": frozenset({"zn", "bsf_fqdn", "naf_fqdn", "cert", "key", "ca", "require_uicc"}),
     "maf": frozenset({"addresses", "cert", "key", "ca", "cache_size", "timeout"}),
     "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
+    "sa": frozenset({"store", "retention", "admin_socket", "instance"}),
 }
 
 
@@ -261,6 +273,7 @@ def parse_config(
     gba_section = _table(data, "gba") if "gba" in data else None
     maf_section = _table(data, "maf") if "maf" in data else None
     mef_section = _table(data, "mef") if "mef" in data else None
+    sa = parse_sa(_table(data, "sa"))
 
     listen_raw = gw.get("listen")
     if isinstance(listen_raw, str):
@@ -394,6 +407,7 @@ def parse_config(
         gba=gba,
         maf=maf,
         mef=mef,
+        sa=sa,
         handshake_timeout=num("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
         max_handshakes=integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         first_flight_timeout=num("first_flight_timeout", DEFAULT_FIRST_FLIGHT_TIMEOUT),
@@ -455,7 +469,7 @@ def _app_rules(raw: Any) -> tuple[AppRule, ...]:
 
 _PATHS = frozenset(
     {(t, k) for t in ("certificates", "gba", "maf", "mef") for k in ("cert", "key", "ca", "crl")}
-    | {("psk", "store")}
+    | {("psk", "store"), ("sa", "store"), ("sa", "admin_socket")}
 )
 
 

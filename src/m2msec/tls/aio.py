@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import SecurityContext
+from m2msec.tls.context import HandshakeFailure, SecurityContext
 from m2msec.tls.dtls.records import format_address
 from m2msec.tls.engine import (
     ConnectionClosed,
@@ -46,6 +46,8 @@ _HIGH_WATER = 256 * 1024
 
 Handler = Callable[["TLSConnection"], Awaitable[None]]
 FailureHook = Callable[[tuple[Any, ...] | None, str], None]
+#: Hears of each failed handshake with what seed 003 needs of it (``HandshakeFailure``).
+FailureDetailHook = Callable[[HandshakeFailure], None]
 
 
 #: Failure reasons of the admission limits (listeners' on_failure; gateway stats count them).
@@ -158,9 +160,20 @@ class TLSConnection:
     ) -> bytes:
         return self._p.engine.export_keying_material(label, length, context)
 
+    @property
+    def close_notify_received(self) -> bool:
+        """True when the peer ended the session with close_notify (its SA Removal, seed
+        003 table 43) rather than by dropping the connection."""
+        return self._p.close_notify
+
     async def close(self) -> None:
         self._p.close()
         await self._p.closed.wait()
+
+    def close_now(self) -> None:
+        """Send close_notify and close the transport at once, without waiting (the
+        reader then sees ``b""``): how an SA removed by an operator ends."""
+        self._p.close()
 
     def abort(self) -> None:
         self._p.abort()
@@ -196,6 +209,8 @@ class _TLSProtocol(asyncio.Protocol):
         self._first_timer: asyncio.TimerHandle | None = None
         self.on_first_flight: Callable[[], None] | None = None
         self.made = asyncio.Event()  # connection_made ran: peer is known
+        self.close_notify = False  # the peer sent close_notify
+        self.failure: HandshakeFailed | None = None  # the engine's, when it failed
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -261,6 +276,7 @@ class _TLSProtocol(asyncio.Protocol):
                     self._paused = True
                     self._transport.pause_reading()
             elif isinstance(event, ConnectionClosed):
+                self.close_notify = self.close_notify or event.close_notify
                 self._eof = True
                 self._readable.set()
                 self._flush()
@@ -271,6 +287,7 @@ class _TLSProtocol(asyncio.Protocol):
                 self._lookups.add(task)
                 task.add_done_callback(self._lookups.discard)
             elif isinstance(event, HandshakeFailed):
+                self.failure = event
                 self._cancel_timer()
                 if not self.handshake.done():
                     self.handshake.set_exception(HandshakeError(event.reason))
@@ -416,6 +433,7 @@ class TLSServer:
         on_failure: FailureHook | None = None,
         first_flight_timeout: float = 2.0,
         source_share: float = 0.25,
+        on_handshake_failure: FailureDetailHook | None = None,
     ) -> None:
         if not profile.server_side:
             raise ValueError("TLSServer needs a responder (server) profile")
@@ -426,6 +444,8 @@ class TLSServer:
         self.first_flight_timeout = first_flight_timeout
         self.admission = HandshakeAdmission(max_handshakes, source_share)
         self.on_failure = on_failure
+        #: Hears of each failed handshake with its cause (seed 003 table 35).
+        self.on_handshake_failure = on_handshake_failure
         self.evicted = 0  # silent connections dropped to admit a newcomer
         self.pending = 0
         self.established = 0
@@ -479,7 +499,7 @@ class TLSServer:
             # Every slot (or this source's share) is held by peers that have spoken: refuse.
             await asyncio.sleep(0)
             protocol.abort()
-            self._report(protocol.peer, "too many handshakes in progress")
+            self._report(protocol, "too many handshakes in progress")
             return
         for victim in victims:
             # The oldest connection that has sent nothing gives way to the newcomer.
@@ -493,7 +513,7 @@ class TLSServer:
         try:
             await protocol.handshake
         except HandshakeError as exc:
-            self._report(protocol.peer, exc.reason)
+            self._report(protocol, exc.reason)
             return
         except asyncio.CancelledError:
             protocol.abort()  # server closing: drop the half-open connection
@@ -511,8 +531,22 @@ class TLSServer:
         finally:
             protocol.close()
 
-    def _report(self, peer: tuple[Any, ...] | None, reason: str) -> None:
+    def _report(self, protocol: _TLSProtocol, reason: str) -> None:
+        peer = protocol.peer
         self.failed += 1
         log.info("security association with %s refused: %s", format_address(peer), reason)
         if self.on_failure is not None:
             self.on_failure(peer, reason)
+        if self.on_handshake_failure is not None:
+            failed = protocol.failure
+            failure = HandshakeFailure(
+                peer,
+                reason,
+                "TLS",
+                no_common_parameters=failed is not None and failed.no_common_parameters,
+                psk_identity=protocol.engine.psk_identity,
+            )
+            try:
+                self.on_handshake_failure(failure)
+            except Exception:
+                log.exception("on_handshake_failure hook failed")
