@@ -92,7 +92,7 @@ Command-line values override file values (:func:`load_config`'s ``overrides``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -163,7 +163,7 @@ class GatewayConfig:
     gba: GbaConfig | None = None
     maf: MafRetrievalConfig | None = None
     mef: MefTargetConfig | None = None
-    sa: SaConfig = SaConfig()
+    sa: SaConfig = field(default_factory=SaConfig)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     first_flight_timeout: float = DEFAULT_FIRST_FLIGHT_TIMEOUT
