@@ -314,11 +314,12 @@ class GatewaySa(SaAdmin):
             live = self._live.pop(sa_id, None)
             if live is not None:
                 live.engine.forget_session()
+            if exc.state is SaState.EXPIRED:  # rule (a), as the request rules word it
+                rule, why = Rule.EXPIRED, "the security association has expired"
+            else:
+                rule, why = Rule.SA_UNAVAILABLE, f"no service over this SA ({exc.reason})"
             return Refuse(
-                RSC.SECURITY_ASSOCIATION_REQUIRED,
-                Rule.SA_UNAVAILABLE,
-                f"no service over this security association ({exc.reason}); establish a new one",
-                close=True,
+                RSC.SECURITY_ASSOCIATION_REQUIRED, rule, f"{why}; establish a new one", close=True
             )
         return None
 

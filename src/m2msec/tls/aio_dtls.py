@@ -487,7 +487,7 @@ class _ClientProtocol(asyncio.DatagramProtocol):
                     self.assoc._deliver(event.data)
             elif isinstance(event, ConnectionClosed):
                 if self.assoc is not None:
-                    self.assoc._on_closed()
+                    self.assoc._on_closed(close_notify=event.close_notify)
                 self._close_transport()
             elif isinstance(event, HandshakeFailed):
                 if not self.handshake.done():
