@@ -209,7 +209,8 @@ class _TLSProtocol(asyncio.Protocol):
         self._first_timer: asyncio.TimerHandle | None = None
         self.on_first_flight: Callable[[], None] | None = None
         self.made = asyncio.Event()  # connection_made ran: peer is known
-        self.close_notify = False  # the peer sent close_notify
+        self.close_notify = False  # the peer sent close_notify first
+        self._closing = False  # we sent close_notify
         self.failure: HandshakeFailed | None = None  # the engine's, when it failed
 
     # asyncio callbacks
@@ -276,7 +277,8 @@ class _TLSProtocol(asyncio.Protocol):
                     self._paused = True
                     self._transport.pause_reading()
             elif isinstance(event, ConnectionClosed):
-                self.close_notify = self.close_notify or event.close_notify
+                # The peer's own close_notify, not its answer to ours.
+                self.close_notify = self.close_notify or (event.close_notify and not self._closing)
                 self._eof = True
                 self._readable.set()
                 self._flush()
@@ -365,6 +367,7 @@ class _TLSProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is None or self._transport.is_closing():
             return
+        self._closing = True
         self.engine.close()
         self._flush()
         self._transport.close()
