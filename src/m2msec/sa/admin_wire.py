@@ -8,7 +8,7 @@ its history, the outcome of an Update (seed 003 7.3.3) or Remove (seed 003 7.3.6
 :class:`RejectionReason`. The server side (:mod:`m2msec.sa.admin`) writes them, the client
 (``m2msec.servers.admin.AdminClient``) reads the answers with :func:`read_list`,
 :func:`read_detail` and :func:`read_outcome`, as the MAF's wire module serves Entity A and
-the MAF alike. docs/sa-admin.md describes the format.
+the MAF alike. docs/sa.md section 7 describes the format.
 """
 
 from __future__ import annotations

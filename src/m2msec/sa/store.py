@@ -4,7 +4,7 @@ Seed 003 7.3.1.1.2.2 (Initiator's SA Management) and 7.3.1.1.2.4 (Responder's SA
 Management) each "stores the SA keys and parameters"; :class:`SaRecordStore` keeps the
 parameters (:class:`~m2msec.sa.records.SaRecord`, never a key) beyond the process, with an
 append-only history, so that an operator can answer "who was associated when, with
-what" (issue 12 item 2; docs/sa-records.md).
+what" (issue 12 item 2; docs/sa.md section 6).
 
 - **Where**: SQLite by default (``<data dir>/sa.db``, created 0600), a path or
   ``sqlite:///...``, or ``postgresql://...`` (the ``m2msec_sa`` schema), through the one
@@ -380,7 +380,7 @@ class SaRecordStore(Closing):
         ``until``: established by then, not ended before, key not expired before; SAs
         that failed to establish never count. Answers only as far back as
         ``retention`` keeps records; an SA left live by a crash counts until pruned or
-        ended (docs/sa-records.md)."""
+        ended (docs/sa.md section 6)."""
         p = self._sql.p
         start = to_micros(at)
         end = to_micros(until) if until is not None else start + 1

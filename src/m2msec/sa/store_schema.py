@@ -3,7 +3,7 @@
 Seed 003 gives the Initiator's and the Responder's SA Management the job of storing "the SA
 keys and parameters"; :class:`~m2msec.sa.records.SaRecord` is those parameters (never a
 key). Two tables hold them, in SQLite or in the ``m2msec_sa`` schema of a PostgreSQL
-database (:mod:`m2msec.store.db`; docs/sa-records.md):
+database (:mod:`m2msec.store.db`; docs/sa.md section 6):
 
 - ``sa_records``: the current parameters of each SA as one side keeps it, one row per
   ``(sa_id, role)``, replaced by every later event of that SA; ``changed_at`` is the time of
