@@ -124,6 +124,7 @@ async def gateway(
     store: SqlitePskStore,
     agent: Watching | None = None,
     sa: SaConfig | None = None,
+    sweep_interval: float | None = None,
 ) -> AsyncIterator[Gateway]:
     cfg = GatewayConfig(
         listen=(parse_listen_url("tls://127.0.0.1:0"), parse_listen_url("dtls://127.0.0.1:0")),
@@ -132,7 +133,9 @@ async def gateway(
         psk=PskConfig(),
         sa=sa or SaConfig(),
     )
-    async with Gateway(cfg, store=store, agent=agent) as gw:
+    gw = Gateway(cfg, store=store, agent=agent)
+    gw.sa.sweep_interval = sweep_interval
+    async with gw:
         yield gw
     # Bounded: nothing of an ended SA stays in memory.
     assert gw.sa.live_count() == 0 and list(gw.sa.management.live()) == []
@@ -333,6 +336,28 @@ async def test_psk_remove_ends_an_idle_session_within_the_cache_lifetime(
         shown = await sa_show(said)
         assert shown["sa"]["state"] == "removed"
         assert shown["sa"]["cause"] == CREDENTIAL_REMOVED
+        await conn.close()
+
+
+async def test_a_request_racing_the_sweep_is_answered_4107_and_not_forwarded(
+    acme: AcmeCse, psk: SqlitePskStore, tmp_path: Path
+) -> None:
+    # No sweep: the request meets the removed row first.
+    async with gateway(acme, psk, sweep_interval=3600.0) as gw:
+        conn = await tls_light(gw)
+        client = OneM2MClient(conn, host=SNI)
+        assert (await client.request("GET", acme.base, origin=TR0038_AE_ID)).rsc is not None
+        said = conn.context.sa_id
+        done = await m2msec("psk", "remove", TR0038_KPSA_ID, "--store", str(tmp_path / "psk.db"))
+        assert done.returncode == 0, done.describe()
+        await asyncio.sleep(0.7)  # past the lookup cache's lifetime (0.3 s)
+        forwarded = gw.stats.requests_forwarded
+        r = await client.request("GET", acme.base, origin=TR0038_AE_ID)
+        assert r.rsc == 4107 and r.headers.get("connection") == "close"
+        assert gw.stats.requests_forwarded == forwarded
+        assert await asyncio.wait_for(conn.recv(), 5) == b""
+        shown = await sa_show(said)
+        assert (shown["sa"]["state"], shown["sa"]["cause"]) == ("removed", CREDENTIAL_REMOVED)
         await conn.close()
 
 

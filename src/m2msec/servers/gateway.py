@@ -271,6 +271,7 @@ class Gateway(ServerLifecycle):
             connect_timeout=min(cfg.backend_timeout, 5.0),
             max_body=MAX_RESPONSE_BODY,
         )
+        self.sa.start_sweeping()
         openers = {"tls": self._open_tls, "dtls": self._open_dtls, "http": self._open_http}
         for spec in cfg.listen:
             info = await openers[spec.scheme](spec, profiles)

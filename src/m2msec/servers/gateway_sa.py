@@ -191,6 +191,8 @@ class GatewaySa(SaAdmin):
         #: The provisioned-PSK revalidation (the psk row) and how often it may run.
         self.psk_check: PskCheck | None = None
         self.cache_ttl = 2.0
+        #: Seconds between sweeps; None: every ``cache_ttl`` (the lookup cache's lifetime).
+        self.sweep_interval: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.removed_by_sweep = 0
 
@@ -219,7 +221,12 @@ class GatewaySa(SaAdmin):
                 )
             else:
                 self.admin_server = server
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def start_sweeping(self) -> None:
+        """Start the periodic :meth:`sweep` (once the listeners' profiles set
+        :attr:`psk_check` and :attr:`cache_ttl`)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def close(self) -> None:
         """Stop the sweep and the admin API, then commit the records and close the store
@@ -389,7 +396,7 @@ class GatewaySa(SaAdmin):
 
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.cache_ttl)
+            await asyncio.sleep(self.sweep_interval or self.cache_ttl)
             try:
                 self.sweep()
             except Exception:
