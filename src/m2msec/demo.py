@@ -47,6 +47,7 @@ from m2msec.config import (
     MafRetrievalConfig,
     MefTargetConfig,
     PskConfig,
+    SaConfig,
     parse_listen_url,
 )
 from m2msec.config.maf import MafConfig
@@ -173,6 +174,8 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
     in_acme = AcmeCSE(workdir / "acme-in", IN_CSE, "cse-in", allowed_csr=(f"/{MN_CSE}",))
     try:
         await asyncio.gather(mn_acme.start(), in_acme.start())
+        # The demo's SA records stay in its folder, and it serves no admin socket.
+        demo_sa = SaConfig(store=str(workdir / "sa.db"), admin_socket="")
         mn_gw = Gateway(
             GatewayConfig(
                 listen=(
@@ -185,6 +188,7 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
                 in_domain=IN_DOMAIN,
                 psk=PskConfig(),
                 mef=MefTargetConfig(MEF_FQDN, "127.0.0.1", mef_port, mn_cert, mn_key, ca.cert_path),
+                sa=demo_sa,
             ),
             store=store,
         )
@@ -202,6 +206,7 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
                 backend=in_acme.url,
                 cse_id=CseId.parse(IN_CSE),
                 in_domain=IN_DOMAIN,
+                sa=demo_sa,
                 # serviceSubscribedAppRule (TS-0001 9.6.1.2.2): Credential-ID devices
                 # (GBA B-TIDs) may register C-stem AEs; without a rule they get 4128.
                 app_rules=(AppRule(credentials=("12-*",), allowed_aes=("C*",)),),

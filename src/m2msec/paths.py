@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 DEFAULT_STORE_NAME = "m2msec.db"
-#: The gateway's SA admin socket in the data directory (docs/sa-admin.md).
+#: The gateway's SA admin socket in the data directory (docs/sa.md section 7).
 ADMIN_SOCKET_NAME = "admin.sock"
 PRIVATE_FILE_MODE = 0o600
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)

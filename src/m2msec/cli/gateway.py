@@ -102,6 +102,13 @@ def _banner(gw: Gateway) -> Table:
             f"GBA-based (seed 000 8.2.3.2): NAF {g.naf_fqdn}, BSF {g.bsf_fqdn} (Zn at "
             f"{g.bsf_host}:{g.bsf_port})" + (", GBA_U only" if g.require_uicc else ""),
         )
+    sa_store = gw.sa.store
+    table.add_row(
+        "SA records",
+        f"{sa_store.database.label if sa_store is not None else '-'} (seed 003; m2msec sa list)",
+    )
+    admin = gw.sa.admin_server
+    table.add_row("SA admin", str(admin.path) + " (mode 0600)" if admin is not None else "off")
     table.add_row("TLS", "1.2 and 1.3" if cfg.tls13 else "1.2 only")
     table.add_row(
         "resumption",
@@ -144,6 +151,24 @@ def serve(
     store: Annotated[
         str | None,
         store_option("psk-lookup-table: a file, sqlite:///absolute/path or postgresql://... URL."),
+    ] = None,
+    sa_store: Annotated[
+        str | None,
+        option(
+            "--sa-store",
+            metavar="PATH",
+            help="SA records: a file, sqlite:///absolute/path or postgresql://... URL "
+            "(default: sa.db in the data directory).",
+        ),
+    ] = None,
+    admin_socket: Annotated[
+        str | None,
+        option(
+            "--admin-socket",
+            metavar="PATH",
+            help="The SA admin socket of m2msec sa (default: admin.sock in the data "
+            "directory; '' turns it off).",
+        ),
     ] = None,
     cert: Annotated[Path | None, file_option("Our certificate (PEM).")] = None,
     key: Annotated[Path | None, file_option("Our private key (PEM).")] = None,
@@ -193,6 +218,8 @@ def serve(
         "gateway.in_domain": in_domain,
         "gateway.cse_originators": cse_originators,
         "psk.store": store,
+        "sa.store": sa_store,
+        "sa.admin_socket": admin_socket,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
         "gateway.first_flight_timeout": first_flight_timeout,
         "gateway.source_share": source_share,

@@ -6,7 +6,7 @@ invalid and its session ended at once; the peer's next request gets no service).
 talk to the gateway over its admin socket (:mod:`m2msec.servers.admin`, a Unix socket
 only its owner can use), never over a public listener; ``--admin-socket`` names it,
 by default ``admin.sock`` in the data directory (:func:`m2msec.paths.default_admin_socket`,
-the gateway's default too). docs/sa-admin.md describes the commands and the JSON.
+the gateway's default too). docs/sa.md section 7 describes the commands and the JSON.
 
 Tables keep every cell whole when standard output is not a terminal (a pipe, a file),
 so that ids survive ``grep`` and ``cut``; ``list --json`` writes one JSON object per SA

@@ -21,6 +21,7 @@ from m2msec.config.gateway_sections import (
     GbaConfig,
     MafRetrievalConfig,
     MefTargetConfig,
+    SaConfig,
 )
 from m2msec.config.listeners import FrameworkName, ListenerSpec, parse_listen_url
 from m2msec.errors import ConfigurationError
@@ -40,6 +41,7 @@ __all__ = [
     "MafRetrievalConfig",
     "MefTargetConfig",
     "PskConfig",
+    "SaConfig",
     "load_config",
     "parse_config",
     "parse_listen_url",

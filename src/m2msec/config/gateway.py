@@ -62,6 +62,14 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     timeout = 5.0                         # seconds per fetchCredentials; then the handshake fails
     retrieval = "fetch-credentials"       # or "key-retrieval": MEF Key Retrieval (8.3.5.2.8)
 
+    [sa]                                  # SA records and the admin API (seed 003, docs/sa.md)
+    store = "sa.db"                       # default: sa.db in the data directory; or a path,
+                                          #   sqlite:///... or postgresql://user@host/db
+    retention = 7776000.0                 # seconds ended SAs and history are kept (90 days)
+    admin_socket = "/run/m2msec/admin.sock"  # default: admin.sock in the data directory;
+                                          #   "" turns the admin API off
+    instance = "gw-1"                     # this gateway in a shared store (default host:dir)
+
 Listener URLs (``tls://``, ``dtls://``, ``http://``, ``?framework=``) are read by
 :mod:`m2msec.config.listeners`, ``[gba]``, ``[maf]`` and ``[mef]`` by
 :mod:`m2msec.config.gateway_sections`, the egress listeners (``egress://`` in ``listen``,
@@ -89,7 +97,7 @@ Command-line values override file values (:func:`load_config`'s ``overrides``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -102,9 +110,11 @@ from m2msec.config.gateway_sections import (
     GbaConfig,
     MafRetrievalConfig,
     MefTargetConfig,
+    SaConfig,
     parse_gba,
     parse_maf,
     parse_mef,
+    parse_sa,
 )
 from m2msec.config.listeners import (
     FrameworkName,
@@ -160,6 +170,7 @@ class GatewayConfig:
     gba: GbaConfig | None = None
     maf: MafRetrievalConfig | None = None
     mef: MefTargetConfig | None = None
+    sa: SaConfig = field(default_factory=SaConfig)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     first_flight_timeout: float = DEFAULT_FIRST_FLIGHT_TIMEOUT
@@ -228,6 +239,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
     "egress": EGRESS_KEYS,  # [[egress]]: an array of tables, read by config.egress
     "metrics": frozenset(METRICS_KEYS),
+    "sa": frozenset({"store", "retention", "admin_socket", "instance"}),
 }
 
 
@@ -277,6 +289,7 @@ def parse_config(
     gba_section = _table(data, "gba") if "gba" in data else None
     maf_section = _table(data, "maf") if "maf" in data else None
     mef_section = _table(data, "mef") if "mef" in data else None
+    sa = parse_sa(_table(data, "sa"))
 
     listen_raw = gw.get("listen", [] if egress_tables else None)
     if isinstance(listen_raw, str):
@@ -416,6 +429,7 @@ def parse_config(
         gba=gba,
         maf=maf,
         mef=mef,
+        sa=sa,
         handshake_timeout=num("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
         max_handshakes=integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         first_flight_timeout=num("first_flight_timeout", DEFAULT_FIRST_FLIGHT_TIMEOUT),
@@ -479,7 +493,7 @@ def _app_rules(raw: Any) -> tuple[AppRule, ...]:
 
 _PATHS = frozenset(
     {(t, k) for t in ("certificates", "gba", "maf", "mef") for k in ("cert", "key", "ca", "crl")}
-    | {("psk", "store"), ("egress", "credentials")}
+    | {("psk", "store"), ("egress", "credentials"), ("sa", "store"), ("sa", "admin_socket")}
 )
 
 

@@ -1,4 +1,4 @@
-"""The gateway's ``[certificates]``, ``[gba]``, ``[maf]`` and ``[mef]`` sections (their values).
+"""The gateway's ``[certificates]``, ``[gba]``, ``[maf]``, ``[mef]`` and ``[sa]`` sections.
 
 ``[certificates]`` is our certificate, key and trust anchors (TS-0003 8.2.2.2), with an
 optional IdA list and CRL; parsing it stays in :mod:`m2msec.config.gateway`.
@@ -7,8 +7,9 @@ Zn certificate; ``[maf]`` makes it Entity B of the MAF-based framework (TS-0003 
 the Key Retrieval listener (8.8.2.8) of each MAF by FQDN; ``[mef]`` makes it an Enrolee B
 of seed 004 (TS-0003 8.3.2.1): the MEF's target listener for fetchCredentials, or for
 MEF Key Retrieval (V3.18 8.3.5.2.8) with ``retrieval = "key-retrieval"``. Each takes
-our certificate, key and CA from ``[certificates]`` unless given. The keys are shown in
-:mod:`m2msec.config.gateway`.
+our certificate, key and CA from ``[certificates]`` unless given. ``[sa]`` is where the
+gateway, the Responder of seed 003, keeps its SA records and serves the operator's admin
+API (docs/sa.md). The keys are shown in :mod:`m2msec.config.gateway`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,33 @@ __all__ = [
     "GbaConfig",
     "MafRetrievalConfig",
     "MefTargetConfig",
+    "SaConfig",
     "parse_gba",
     "parse_maf",
     "parse_mef",
+    "parse_sa",
 ]
+
+#: ``[sa] retention`` by default: 90 days, in seconds (the SA record store's default).
+DEFAULT_SA_RETENTION = 90 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class SaConfig:
+    """``[sa]``: the SA records of the gateway as Responder and its admin socket.
+
+    ``store`` None is ``sa.db`` in the data directory; a path, ``sqlite:///...`` or
+    ``postgresql://...`` otherwise. ``retention`` (seconds) is how long ended SAs and the
+    history are kept; 0 keeps everything. ``admin_socket`` None is
+    :func:`m2msec.paths.default_admin_socket`, ``""`` turns the admin API off.
+    ``instance`` names this gateway in a store it shares (default ``<host>:<data dir>``):
+    a gateway starting closes the records its own previous run left live.
+    """
+
+    store: str | None = None
+    retention: float = DEFAULT_SA_RETENTION
+    admin_socket: str | None = None
+    instance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,3 +263,26 @@ def _credential_files(
         else:
             raise invalid(f"{name}.{item}", f"missing: {why}")
     return files
+
+
+def parse_sa(section: Mapping[str, Any]) -> SaConfig:
+    """Validate ``[sa]`` (:class:`SaConfig`); relative paths were made absolute already."""
+
+    def text(key: str, *, empty: bool = False) -> str | None:
+        value = section.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or (not value and not empty):
+            what = "a path or '' (no admin socket)" if empty else "a non-empty string"
+            raise invalid(f"sa.{key}", f"must be {what}")
+        return value
+
+    retention = float(number(section.get("retention", DEFAULT_SA_RETENTION), "sa.retention"))
+    if retention < 0:
+        raise invalid("sa.retention", "seconds to keep ended SAs and history (0: keep all)")
+    return SaConfig(
+        store=text("store"),
+        retention=retention,
+        admin_socket=text("admin_socket", empty=True),
+        instance=text("instance"),
+    )

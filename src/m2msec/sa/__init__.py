@@ -9,7 +9,7 @@ servers.
 
 - :mod:`m2msec.sa.records`: the SA record both sides keep (:class:`~.records.SaRecord`).
 - :mod:`m2msec.sa.store`: those records and their history in SQLite or PostgreSQL, written
-  in batches off the handshake path (:class:`~.store.SaRecordStore`, docs/sa-records.md).
+  in batches off the handshake path (:class:`~.store.SaRecordStore`, docs/sa.md section 6).
 - :mod:`m2msec.sa.flows`: the information flows of tables 23-44, typed and checked.
 - :mod:`m2msec.sa.agent`: the Responder and Initiator Agents (protocols, defaults).
 - :mod:`m2msec.sa.machine`: the state table of one SA, the record sink.

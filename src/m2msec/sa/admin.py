@@ -16,7 +16,7 @@ client builds its requests with :func:`call_target` and reads the answers with
 :func:`read_list`, :func:`read_detail` and :func:`read_outcome` of
 :mod:`m2msec.sa.admin_wire` (the values and their JSON, re-exported here).
 
-The routes (JSON bodies, ``application/json``; docs/sa-admin.md)::
+The routes (JSON bodies, ``application/json``; docs/sa.md section 7)::
 
     GET    /sa[?peer=ID&state=S]   list (S: a SaState value, "live" (default) or "all")
     GET    /sa/<hex>               show one SA and its history

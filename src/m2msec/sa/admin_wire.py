@@ -8,7 +8,7 @@ its history, the outcome of an Update (seed 003 7.3.3) or Remove (seed 003 7.3.6
 :class:`RejectionReason`. The server side (:mod:`m2msec.sa.admin`) writes them, the client
 (``m2msec.servers.admin.AdminClient``) reads the answers with :func:`read_list`,
 :func:`read_detail` and :func:`read_outcome`, as the MAF's wire module serves Entity A and
-the MAF alike. docs/sa-admin.md describes the format.
+the MAF alike. docs/sa.md section 7 describes the format.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 from m2msec.errors import M2MSecError
 from m2msec.m2mtime import M2MTimeError, format_time, parse_time
 from m2msec.sa.records import Direction, SaId, SaRecord, SaRole, SaState
+from m2msec.sa.store_schema import SaEvent
 
 __all__ = [
     "MAX_SA_ID_OCTETS",
@@ -34,6 +35,7 @@ __all__ = [
     "SaJsonError",
     "detail_from_json",
     "detail_to_json",
+    "history_entry",
     "parse_sa_id",
     "read_detail",
     "read_list",
@@ -62,6 +64,12 @@ class SaHistoryEntry:
     event: str
     state: SaState
     cause: str | None = None
+
+
+def history_entry(event: SaEvent) -> SaHistoryEntry:
+    """The one adapter from a row of the record store's history
+    (:class:`~m2msec.sa.store_schema.SaEvent`) to what an operator is shown of it."""
+    return SaHistoryEntry(at=event.at, event=event.event, state=event.state, cause=event.cause)
 
 
 @dataclass(frozen=True, slots=True)

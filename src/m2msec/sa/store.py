@@ -4,7 +4,7 @@ Seed 003 7.3.1.1.2.2 (Initiator's SA Management) and 7.3.1.1.2.4 (Responder's SA
 Management) each "stores the SA keys and parameters"; :class:`SaRecordStore` keeps the
 parameters (:class:`~m2msec.sa.records.SaRecord`, never a key) beyond the process, with an
 append-only history, so that an operator can answer "who was associated when, with
-what" (issue 12 item 2; docs/sa-records.md).
+what" (issue 12 item 2; docs/sa.md section 6).
 
 - **Where**: SQLite by default (``<data dir>/sa.db``, created 0600), a path or
   ``sqlite:///...``, or ``postgresql://...`` (the ``m2msec_sa`` schema), through the one
@@ -25,6 +25,9 @@ what" (issue 12 item 2; docs/sa-records.md).
   :data:`DEFAULT_RETENTION`, 90 days) and the records of SAs that ended (or whose key
   expired) that long ago; the writer runs it every ``prune_interval`` (one hour). Live
   records are kept however old.
+- **A restart after a crash**: records carry their ``owner`` (the ``owner`` given here);
+  :meth:`SaRecordStore.close_stale` closes those of one owner left live (their sessions
+  died with the process), so that "live" means live.
 - **Queries** stream in pages of ``page_size`` rows (constant memory, no transaction held
   between pages): :meth:`get`, :meth:`list`, :meth:`history`, :meth:`who_was_associated`.
 
@@ -135,6 +138,7 @@ class SaRecordStore(Closing):
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         clock: Callable[[], datetime] | None = None,
         outage: StoreOutage | None = None,
+        owner: str | None = None,
     ) -> None:
         if retention is not None and retention <= timedelta(0):
             raise ValueError("retention must be positive (or None to keep everything)")
@@ -150,6 +154,8 @@ class SaRecordStore(Closing):
         self._sql = SaSql(db)
         self.retention = retention
         self.page_size = page_size
+        #: Written into every record this store keeps (see :meth:`close_stale`).
+        self.owner = owner
         self._clock = clock if clock is not None else _utc_now
         self._label = label = f"SA record store {db.label}"
         self._wlock = threading.Lock()
@@ -192,7 +198,7 @@ class SaRecordStore(Closing):
         rec.role)`` becomes ``rec``, and ``event`` is appended to the history. A record
         whose fields the database could not hold raises TypeError here (a caller's bug);
         after :meth:`close` the event is refused and counted, not raised."""
-        self._writer.put(record_row(rec, event, self._clock()))
+        self._writer.put(record_row(rec, event, self._clock(), self.owner))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event recorded before this call is committed (or dropped);
@@ -250,6 +256,35 @@ class SaRecordStore(Closing):
                 except db.errors:
                     if attempt == 2 or db.usable(self._wconn):
                         raise
+
+    def close_stale(self, role: SaRole, cause: str, now: datetime | None = None) -> int:
+        """Close every record of :attr:`owner` in ``role`` that is still live: a process
+        starting after a crash, whose predecessor's sessions died with it. Each gets a
+        ``closed`` history event with ``cause``; returns how many. Runs in one transaction
+        (not through the batch queue); raises StoreError. Nothing without an owner."""
+        if self.owner is None:
+            return 0
+        at = to_micros(now if now is not None else self._clock())
+        mine = (self.owner, SaRole(role).value)
+        sql = self._sql
+        with self._wlock:
+            if self._closed:
+                raise StoreError(f"{self._label} is closed")
+            try:
+                self._wconn = self._db.reconnected(self._wconn)
+                with self._db.transaction(self._wconn) as conn:
+                    conn.execute(sql.close_stale_history, (at, cause, *mine))
+                    n = int(conn.execute(sql.close_stale, (cause, at, at, at, *mine)).rowcount)
+            except self._db.errors as exc:
+                raise self._error("close the stale records of", exc) from None
+        if n:
+            log.warning(
+                "%s: %d SA records of %s were still live from an earlier run: closed",
+                self._label,
+                n,
+                self.owner,
+            )
+        return n
 
     # -- retention ----------------------------------------------------------------------
 
@@ -345,7 +380,7 @@ class SaRecordStore(Closing):
         ``until``: established by then, not ended before, key not expired before; SAs
         that failed to establish never count. Answers only as far back as
         ``retention`` keeps records; an SA left live by a crash counts until pruned or
-        ended (docs/sa-records.md)."""
+        ended (docs/sa.md section 6)."""
         p = self._sql.p
         start = to_micros(at)
         end = to_micros(until) if until is not None else start + 1

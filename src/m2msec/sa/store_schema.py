@@ -3,12 +3,15 @@
 Seed 003 gives the Initiator's and the Responder's SA Management the job of storing "the SA
 keys and parameters"; :class:`~m2msec.sa.records.SaRecord` is those parameters (never a
 key). Two tables hold them, in SQLite or in the ``m2msec_sa`` schema of a PostgreSQL
-database (:mod:`m2msec.store.db`; docs/sa-records.md):
+database (:mod:`m2msec.store.db`; docs/sa.md section 6):
 
 - ``sa_records``: the current parameters of each SA as one side keeps it, one row per
   ``(sa_id, role)``, replaced by every later event of that SA; ``changed_at`` is the time of
   its last event and ``ended_at`` the time it stopped being live (NULL while it is, the
   first such time kept when several events end it);
+- ``owner`` (schema version 2) names the process that keeps a record (``[sa] instance``),
+  so that a Responder restarting after a crash closes its own stale live records and no
+  other's in a shared PostgreSQL store (:meth:`~m2msec.sa.store.SaRecordStore.close_stale`);
 - ``sa_history``: append-only, one row per event (``sa_id, role, event, state, at,
   cause``, with the peer, framework and key identifier copied so that history alone says
   who and with what).
@@ -42,7 +45,7 @@ __all__ = [
     "record_row",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: The PostgreSQL schema of the SA records.
 PG_SCHEMA: Final = "m2msec_sa"
 
@@ -70,6 +73,7 @@ _RECORD_COLUMNS: Final = (
     "last_event",
     "changed_at",
     "ended_at",
+    "owner",
 )
 _HISTORY_COLUMNS: Final = (
     "sa_id",
@@ -132,6 +136,10 @@ def migrations(db: Database) -> dict[int, tuple[str, ...]]:
             "CREATE INDEX sa_history_by_peer ON sa_history (peer_id, id)",
             "CREATE INDEX sa_history_by_time ON sa_history (at)",
         ),
+        2: (
+            "ALTER TABLE sa_records ADD COLUMN owner TEXT",
+            "CREATE INDEX sa_records_by_owner ON sa_records (owner, state)",
+        ),
     }
 
 
@@ -160,9 +168,12 @@ def _text(value: object, what: str, *, optional: bool = False) -> str | None:
     return value
 
 
-def record_row(rec: SaRecord, event: str, at: datetime) -> tuple[Any, ...]:
-    """The ``sa_records`` row of ``rec`` after ``event`` at ``at`` (checked: a value the
-    database would refuse is a TypeError here, at the caller, not a failed batch later)."""
+def record_row(
+    rec: SaRecord, event: str, at: datetime, owner: str | None = None
+) -> tuple[Any, ...]:
+    """The ``sa_records`` row of ``rec`` after ``event`` at ``at``, kept by ``owner``
+    (checked: a value the database would refuse is a TypeError here, at the caller, not a
+    failed batch later)."""
     if not isinstance(rec.sa_id, bytes) or not rec.sa_id:
         raise TypeError("SA record: sa_id must be a non-empty SaId")
     state = SaState(rec.state)
@@ -187,6 +198,7 @@ def record_row(rec: SaRecord, event: str, at: datetime) -> tuple[Any, ...]:
         _text(event, "event"),
         to_micros(at),
         None if state.live else to_micros(at),
+        _text(owner, "owner", optional=True),
     )
 
 
@@ -263,6 +275,18 @@ class SaSql:
         )
         live = ", ".join(f"'{s}'" for s in LIVE_STATES)
         self.live_states = live
+        # A crashed process's live records, closed by its successor (the same owner).
+        closed = SaState.CLOSED.value
+        mine = f"owner = {p} AND role = {p} AND state IN ({live})"
+        self.close_stale_history = (
+            "INSERT INTO sa_history (sa_id, role, event, state, at, cause, peer_id, "
+            f"framework, key_id) SELECT sa_id, role, '{closed}', '{closed}', {p}, {p}, "
+            f"peer_id, framework, key_id FROM sa_records WHERE {mine}"
+        )
+        self.close_stale = (
+            f"UPDATE sa_records SET state = '{closed}', last_event = '{closed}', "
+            f"cause = {p}, updated_at = {p}, changed_at = {p}, ended_at = {p} WHERE {mine}"
+        )
         self.prune_history = (
             "DELETE FROM sa_history WHERE id IN "
             f"(SELECT id FROM sa_history WHERE at < {p} ORDER BY id LIMIT {p})"

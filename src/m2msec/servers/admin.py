@@ -19,7 +19,7 @@ listener, so :class:`AdminServer` serves it on a Unix socket only:
   servers starting at once from removing each other's socket.
 
 Requests go through the one HTTP loop (:class:`~m2msec.service.server.HttpService` over
-:class:`~m2msec.bindings.http.HttpServerConnection`), answers are JSON (docs/sa-admin.md).
+:class:`~m2msec.bindings.http.HttpServerConnection`), answers are JSON (docs/sa.md section 7).
 
 :class:`AdminClient` is the client side, used by ``m2msec sa``: an
 :class:`~m2msec.sa.admin.SaAdmin` over the socket through the one HTTP client

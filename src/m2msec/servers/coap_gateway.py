@@ -5,7 +5,11 @@ constrained devices that use it. A :class:`CoapListener` terminates DTLS with th
 gateway's framework profile (provisioned PSK, TS-0003 8.2.2.1, TLS_PSK_WITH_AES_128_CCM_8
 first; or certificates, 8.2.2.2) through :func:`m2msec.tls.aio_dtls.start_dtls_server`
 (cookies, bounds, timers: :mod:`m2msec.tls.dtls`). Each established association is
-recorded by :meth:`Gateway.open_association` like a TLS one (SA record, stats, log).
+admitted and recorded by :meth:`Gateway.admit_association` /
+:meth:`Gateway.open_association` like a TLS one (seed 003 Establish: the Responder Agent,
+the SA record, stats, log); the gateway sees the DTLS association first
+(``on_established``) so that it can end it on an operator's Remove, and hears of failed
+handshakes with their cause (``on_handshake_failure``).
 
 Each datagram of an association is one CoAP message (TS-0008 7: all CoAP messages are
 DTLS application data). :class:`~m2msec.bindings.coap.messages.CoapServerSession` runs the
@@ -49,7 +53,12 @@ from m2msec.bindings.coap.options import CoapRequestError
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.errors import M2MSecError
 from m2msec.service.metrics import ServerMetrics
-from m2msec.tls.aio_dtls import DTLSAssociation, DTLSServerHandle, start_dtls_server
+from m2msec.tls.aio_dtls import (
+    DTLSAssociation,
+    DTLSServerHandle,
+    FailureDetailHook,
+    start_dtls_server,
+)
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile
 
@@ -138,14 +147,17 @@ class CoapListener:
         ack_delay: float = ACK_DELAY,
         on_established: Callable[[DTLSAssociation], None] | None = None,
         metrics: ServerMetrics | None = None,
+        on_handshake_failure: FailureDetailHook | None = None,
     ):
         self.gateway = gateway
         self.profile = profile
         #: Counts this listener's handshakes (issue 14: every path, DTLS too).
         self.metrics = metrics
         self.ack_delay = ack_delay
-        #: Sees each association first (the MEF exports its bootstrap keying material).
+        #: Sees each association first (the MEF exports its bootstrap keying material, the
+        #: gateway keeps the association to end it on a Remove).
         self.on_established = on_established
+        self.on_handshake_failure = on_handshake_failure
         self._handle: DTLSServerHandle | None = None
         self._peers: set[_Peer] = set()
         self._closing = False
@@ -172,6 +184,7 @@ class CoapListener:
                 else self.metrics.failure_hook(self.profile, self.gateway.handshake_failed)
             ),
             resumption=cfg.resumption,
+            on_handshake_failure=self.on_handshake_failure,
         )
         address = self._handle.address
         return str(address[0]), int(address[1])
@@ -198,7 +211,7 @@ class CoapListener:
         if self.on_established is not None:
             self.on_established(dtls)
         if not gw.admit_association(dtls.context, dtls.peer_address):
-            return  # the DTLS server closes it with close_notify
+            return  # refused: ended with close_notify, never served
         assoc = gw.open_association(dtls.context, dtls.peer_address)
         session = CoapServerSession(
             max_message=dtls.max_payload,

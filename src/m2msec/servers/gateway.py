@@ -23,8 +23,11 @@ against the association's record (:mod:`m2msec.servers.association`); what it ac
 forwarded with the headers of :mod:`m2msec.servers.forwarding` (``X-M2MSec-*`` identity,
 no hop-by-hop fields), and a registration's answer binds the association
 (:mod:`m2msec.servers.registration`). The responder profile of each framework comes from
-:mod:`m2msec.servers.gateway_profiles`; this module holds the listeners, their lifecycle,
-the SA records and the pipeline that ties those together.
+:mod:`m2msec.servers.gateway_profiles`; this module holds the listeners, their lifecycle
+and the pipeline that ties those together. The gateway is the Responder of seed 003's SA
+services: every handshake, request and session end of its listeners goes through
+:class:`m2msec.servers.gateway_sa.GatewaySa` (the SA records, the Responder Agent, the
+operator's ``m2msec sa`` commands on the admin socket; docs/sa.md).
 
 ``http://`` listeners are plain: every request there is answered 4107
 SECURITY_ASSOCIATION_REQUIRED (TS-0004 table 6.6.3.5-1) and nothing is forwarded.
@@ -42,7 +45,6 @@ answer within ``backend_timeout``); the gateway keeps serving.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -55,7 +57,7 @@ from m2msec.app_rules import AppRule
 from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, error_response
 from m2msec.config import GatewayConfig, ListenerSpec
-from m2msec.errors import HandshakeError, StoreError
+from m2msec.sa.agent import ResponderAgent
 from m2msec.servers.association import Association, sp_fqdn_of
 from m2msec.servers.backend import (
     BackendError,
@@ -68,6 +70,7 @@ from m2msec.servers.coap_gateway import CoapListener
 from m2msec.servers.egress import Egress
 from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
+from m2msec.servers.gateway_sa import GatewaySa, LiveSa, default_instance
 from m2msec.servers.metrics import (
     backend_error_kind,
     gateway_families,
@@ -86,7 +89,7 @@ from m2msec.store.base import PskStore
 from m2msec.store.psk import SealedPskStore
 from m2msec.store.registry import IdentityRegistry
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection, TLSServer
-from m2msec.tls.context import Framework, PeerBinding, SecurityContext
+from m2msec.tls.context import HandshakeFailure, SecurityContext
 from m2msec.tls.profiles import Transport
 from m2msec.tls.sessions import ServerSessionCache
 
@@ -163,8 +166,10 @@ class Gateway(ServerLifecycle):
     """The CSE security gateway (module docstring): ``await start()``, ``await close()``.
 
     ``store`` overrides the configured psk-lookup-table (the gateway does not close a
-    store it was given). Requests are forwarded over a :class:`~m2msec.servers.backend.
-    BackendPool` of persistent HTTP/1.1 connections (``backend`` once started).
+    store it was given). ``agent`` is the application's Responder Agent (seed 003
+    7.3.1.1.2.3), asked about every SA after the gateway's own policy. Requests are
+    forwarded over a :class:`~m2msec.servers.backend.BackendPool` of persistent HTTP/1.1
+    connections (``backend`` once started).
     """
 
     what = "gateway"
@@ -176,8 +181,13 @@ class Gateway(ServerLifecycle):
         *,
         store: PskStore | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        agent: ResponderAgent | None = None,
     ) -> None:
         super().__init__(config.metrics)
+        #: The SA services of the gateway as Responder (records, admin API, sweep).
+        self.sa = GatewaySa(
+            config.sa, default_instance(str(config.cse_id)), agent=agent, clock=clock
+        )
         self.config = config
         # A stand-in owner_of (tests); otherwise the identity registry of the psk store.
         self.owner_of: OwnerOf | None = None
@@ -204,8 +214,8 @@ class Gateway(ServerLifecycle):
             ),
             name="gateway",
         )
-        #: SA records of Entity B: the most recent associations, by SA identifier, open or
-        #: closed (bounded, so a long-running gateway does not grow without limit).
+        #: The security contexts of the most recent associations, by SA identifier, open
+        #: or closed (bounded); the SA records themselves are in ``sa.store``.
         self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
         self._plain_tasks: set[asyncio.Task[None]] = set()
         #: The egress listeners (the CSE's way out over SAs we establish), their records.
@@ -264,12 +274,15 @@ class Gateway(ServerLifecycle):
         return self._listeners[index].url
 
     async def _open(self) -> None:
-        """Open the backend pool and the listeners, by URL scheme."""
+        """Open the SA services, the backend pool and the listeners, by URL scheme."""
         cfg = self.config
+        await self.sa.open()
         profiles = {
             Transport.TLS: self._responders.for_transport(Transport.TLS),
             Transport.DTLS: self._responders.for_transport(Transport.DTLS),
         }
+        self.sa.psk_check = self._responders.psk_revalidate
+        self.sa.cache_ttl = float(getattr(self.store, "cache_ttl", 2.0))
         self.backend = BackendPool(
             cfg.backend,
             max_connections=BACKEND_CONNECTIONS,
@@ -279,6 +292,7 @@ class Gateway(ServerLifecycle):
             max_body=MAX_RESPONSE_BODY,
         )
         observe_store(self.metrics, "psk", self.store)
+        self.sa.start_sweeping()
         openers = {
             "tls": self._open_tls,
             "dtls": self._open_dtls,
@@ -307,6 +321,7 @@ class Gateway(ServerLifecycle):
             on_failure=self.metrics.failure_hook(profile, self.handshake_failed),
             first_flight_timeout=cfg.first_flight_timeout,
             source_share=cfg.source_share,
+            on_handshake_failure=self._sa_failure(framework),
         )
         server = await tls.start(spec.host, spec.port)
         self._tls.append(tls)
@@ -314,7 +329,13 @@ class Gateway(ServerLifecycle):
 
     async def _open_dtls(self, spec: ListenerSpec, profiles: _ByTransport) -> ListenerInfo:
         name, dtls = pick(profiles[Transport.DTLS], spec)
-        coap = CoapListener(self, dtls, metrics=self.metrics)
+        coap = CoapListener(
+            self,
+            dtls,
+            metrics=self.metrics,
+            on_established=self.sa.attach_dtls,
+            on_handshake_failure=self._sa_failure(name),
+        )
         self._coap.append(coap)
         host, port = await coap.start(spec.host, spec.port)
         return ListenerInfo(spec, host, port, name)
@@ -356,9 +377,13 @@ class Gateway(ServerLifecycle):
             self._rule_store.close()
             self._rule_store = None
         await self._responders.aclose()
+        await self.sa.close()
         log.info("gateway stopped: %s", self.stats.as_dict())
 
     # -- associations ---------------------------------------------------------------------
+    def _sa_failure(self, framework: str) -> Callable[[HandshakeFailure], None]:
+        return lambda failure: self.sa.handshake_failed(failure, framework)
+
     def handshake_failed(self, peer: tuple[Any, ...] | None, reason: str) -> None:
         """Listeners report refused handshakes here (TLS and DTLS alike)."""
         self.stats.handshakes_failed += 1
@@ -368,7 +393,9 @@ class Gateway(ServerLifecycle):
             self.stats.first_flight_timeouts += 1
 
     def admit_association(self, ctx: SecurityContext, peer: Any) -> bool:
-        """Count a new association against its credential's cap; False: refuse it (issue 9).
+        """Initiate SA Received (seed 003 table 24): the gateway's policy, the cap of live
+        associations per credential (issue 9), then the application's Responder Agent;
+        False: refused, the session ended with ``TLSEngine.refuse`` (close_notify).
 
         Refuse-new rather than evict-oldest: evicting would let whoever holds a copy of the
         key knock the device's own associations off at will; refusing keeps what works and
@@ -376,7 +403,9 @@ class Gateway(ServerLifecycle):
         :meth:`close_association`.
         """
         key = _credential(ctx)
+        refusal = None
         if self._live_by_credential[key] >= self.config.max_associations_per_credential:
+            refusal = "the credential holds the maximum of live associations"
             self.stats.associations_over_credential_cap += 1
             log.warning(
                 "association refused: peer=%s key_id=%s holds %d live associations (the cap) "
@@ -386,6 +415,7 @@ class Gateway(ServerLifecycle):
                 self._live_by_credential[key],
                 _addr(peer),
             )
+        if not self.sa.admit(ctx, _addr(peer), refusal):
             return False
         self._live_by_credential[key] += 1
         return True
@@ -396,6 +426,7 @@ class Gateway(ServerLifecycle):
         registry = self.registry
         if registry is not None:
             bind_recorded(assoc, registry)
+        self.sa.opened(assoc)
         self.stats.associations_established += 1
         if ctx.protocol.upper().startswith("DTLS"):
             self.stats.dtls_associations += 1
@@ -417,6 +448,7 @@ class Gateway(ServerLifecycle):
         return assoc
 
     def close_association(self, assoc: Association) -> None:
+        self.sa.closed(assoc)
         key = _credential(assoc.context)
         self._live_by_credential[key] -= 1
         if self._live_by_credential[key] <= 0:
@@ -448,6 +480,7 @@ class Gateway(ServerLifecycle):
         self.stats.request_head_timeouts += 1
 
     async def _serve_tls(self, conn: TLSConnection) -> None:
+        self.sa.attach(LiveSa.of_tls(conn), conn.context)
         if not self.admit_association(conn.context, conn.peer_address):
             return  # TLSServer closes it with close_notify
         assoc = self.open_association(conn.context, conn.peer_address)
@@ -488,35 +521,6 @@ class Gateway(ServerLifecycle):
             if task is not None:
                 self._plain_tasks.discard(task)
 
-    def _revalidate(self, assoc: Association) -> Refuse | None:
-        """Re-check a live provisioned-PSK association's psk row, at most once per lookup
-        cache lifetime: a removed row ends it (4107, closed); an expiry moved earlier
-        becomes the association's lifetime, which rule (a) then enforces."""
-        ctx = assoc.context
-        check = self._responders.psk_revalidate
-        if check is None or ctx.framework is not Framework.PROVISIONED_PSK:
-            return None
-        now = time.monotonic()
-        if now - assoc.revalidated_at < getattr(self.store, "cache_ttl", 2.0):
-            return None
-        assoc.revalidated_at = now
-        try:
-            fresh = check(PeerBinding(ctx.peer_id, ctx.peer_kind, ctx.key_id, ctx.valid_until))
-        except HandshakeError as exc:
-            log.info("association of peer=%s sa=%s ended: %s", ctx.peer_id, ctx.sa_id, exc)
-            return Refuse(
-                RSC.SECURITY_ASSOCIATION_REQUIRED,
-                Rule.EXPIRED,
-                "the credential of this security association was removed or has expired",
-                close=True,
-            )
-        except StoreError:
-            return None  # an outage does not end live associations; logged by the store
-        until = fresh.valid_until
-        if until is not None and (ctx.valid_until is None or until < ctx.valid_until):
-            assoc.context = dataclasses.replace(ctx, valid_until=until)
-        return None
-
     async def process(
         self, assoc: Association, request: OneM2MRequest
     ) -> tuple[HttpResponse, bool]:
@@ -526,7 +530,7 @@ class Gateway(ServerLifecycle):
         """
         registry = self.registry
         owner_of = self.owner_of or (None if registry is None else registry.owner_of)
-        decision = self._revalidate(assoc) or check_request(
+        decision = self.sa.receiving(assoc) or self.sa.revalidate(assoc) or check_request(
             assoc,
             request,
             self._clock(),
@@ -540,11 +544,15 @@ class Gateway(ServerLifecycle):
             answer = _answer(request, decision.rsc, decision.reason)
             self.metrics.request(request, answer)
             return answer, decision.close
-        response = await self._forward(assoc, request, decision)
+        self.sa.begin(assoc)
+        try:
+            response = await self._forward(assoc, request, decision)
+        finally:
+            close = self.sa.done(assoc)  # an update waits for the answer in flight
         if decision.bind_on_created:
             self._bind(assoc, response)
         self.metrics.request(request, response)
-        return response, False
+        return response, close
 
     def _refused(self, request: OneM2MRequest, source: str, rule: Rule, reason: str) -> None:
         """Count and log a request the gateway answered itself (never a key in the line)."""

@@ -86,6 +86,7 @@ class Rule(enum.StrEnum):
     SERVICE_PEER = "service-peer"  # MAF/MEF/BSF certificates carry no oneM2M originator
     NO_IDENTITY = "identity-unusable"
     METHOD = "method-not-mapped"
+    SA_UNAVAILABLE = "sa-unavailable"  # seed 003 7.3.5: the SA was removed, expired or closed
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import SecurityContext
+from m2msec.tls.context import HandshakeFailure, SecurityContext
 from m2msec.tls.dtls.records import format_address
 from m2msec.tls.engine import (
     ConnectionClosed,
@@ -46,6 +46,8 @@ _HIGH_WATER = 256 * 1024
 
 Handler = Callable[["TLSConnection"], Awaitable[None]]
 FailureHook = Callable[[tuple[Any, ...] | None, str], None]
+#: Hears of each failed handshake with what seed 003 needs of it (``HandshakeFailure``).
+FailureDetailHook = Callable[[HandshakeFailure], None]
 
 
 #: Failure reasons of the admission limits (listeners' on_failure; gateway stats count them).
@@ -158,6 +160,12 @@ class TLSConnection:
     ) -> bytes:
         return self._p.engine.export_keying_material(label, length, context)
 
+    @property
+    def close_notify_received(self) -> bool:
+        """True when the peer ended the session with close_notify (its SA Removal, seed
+        003 table 43) rather than by dropping the connection."""
+        return self._p.close_notify
+
     async def close(self) -> None:
         self._p.close()
         await self._p.closed.wait()
@@ -208,6 +216,9 @@ class _TLSProtocol(asyncio.Protocol):
         self._first_timer: asyncio.TimerHandle | None = None
         self.on_first_flight: Callable[[], None] | None = None
         self.made = asyncio.Event()  # connection_made ran: peer is known
+        self.close_notify = False  # the peer sent close_notify first
+        self._closing = False  # we sent close_notify
+        self.failure: HandshakeFailed | None = None  # the engine's, when it failed
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -273,6 +284,8 @@ class _TLSProtocol(asyncio.Protocol):
                     self._paused = True
                     self._transport.pause_reading()
             elif isinstance(event, ConnectionClosed):
+                # The peer's own close_notify, not its answer to ours.
+                self.close_notify = self.close_notify or (event.close_notify and not self._closing)
                 self._eof = True
                 self._readable.set()
                 self._flush()
@@ -283,6 +296,7 @@ class _TLSProtocol(asyncio.Protocol):
                 self._lookups.add(task)
                 task.add_done_callback(self._lookups.discard)
             elif isinstance(event, HandshakeFailed):
+                self.failure = event
                 self._cancel_timer()
                 if not self.handshake.done():
                     self.handshake.set_exception(HandshakeError(event.reason))
@@ -360,6 +374,7 @@ class _TLSProtocol(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is None or self._transport.is_closing():
             return
+        self._closing = True
         self.engine.close()
         self._flush()
         self._transport.close()
@@ -431,6 +446,7 @@ class TLSServer:
         on_failure: FailureHook | None = None,
         first_flight_timeout: float = 2.0,
         source_share: float = 0.25,
+        on_handshake_failure: FailureDetailHook | None = None,
     ) -> None:
         if not profile.server_side:
             raise ValueError("TLSServer needs a responder (server) profile")
@@ -441,6 +457,8 @@ class TLSServer:
         self.first_flight_timeout = first_flight_timeout
         self.admission = HandshakeAdmission(max_handshakes, source_share)
         self.on_failure = on_failure
+        #: Hears of each failed handshake with its cause (seed 003 table 35).
+        self.on_handshake_failure = on_handshake_failure
         self.evicted = 0  # silent connections dropped to admit a newcomer
         self.pending = 0
         self.established = 0
@@ -494,7 +512,7 @@ class TLSServer:
             # Every slot (or this source's share) is held by peers that have spoken: refuse.
             await asyncio.sleep(0)
             protocol.abort()
-            self._report(protocol.peer, "too many handshakes in progress")
+            self._report(protocol, "too many handshakes in progress")
             return
         for victim in victims:
             # The oldest connection that has sent nothing gives way to the newcomer.
@@ -508,7 +526,7 @@ class TLSServer:
         try:
             await protocol.handshake
         except HandshakeError as exc:
-            self._report(protocol.peer, exc.reason)
+            self._report(protocol, exc.reason)
             return
         except asyncio.CancelledError:
             protocol.abort()  # server closing: drop the half-open connection
@@ -526,8 +544,22 @@ class TLSServer:
         finally:
             protocol.close()
 
-    def _report(self, peer: tuple[Any, ...] | None, reason: str) -> None:
+    def _report(self, protocol: _TLSProtocol, reason: str) -> None:
+        peer = protocol.peer
         self.failed += 1
         log.info("security association with %s refused: %s", format_address(peer), reason)
         if self.on_failure is not None:
             self.on_failure(peer, reason)
+        if self.on_handshake_failure is not None:
+            failed = protocol.failure
+            failure = HandshakeFailure(
+                peer,
+                reason,
+                "TLS",
+                no_common_parameters=failed is not None and failed.no_common_parameters,
+                psk_identity=protocol.engine.psk_identity,
+            )
+            try:
+                self.on_handshake_failure(failure)
+            except Exception:
+                log.exception("on_handshake_failure hook failed")

@@ -22,7 +22,7 @@ from functools import partial
 from typing import cast
 
 from m2msec.errors import HandshakeError
-from m2msec.tls.context import SecurityContext
+from m2msec.tls.context import HandshakeFailure, SecurityContext
 from m2msec.tls.dtls.engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MTU, DTLSEngine
 from m2msec.tls.dtls.records import Address, format_address
 from m2msec.tls.dtls.server import (
@@ -56,6 +56,8 @@ DEFAULT_RECV_QUEUE = 1024
 
 Handler = Callable[["DTLSAssociation"], Awaitable[None]]
 FailureHook = Callable[[Address, str], None]
+#: Hears of each failed handshake with what seed 003 needs of it (``HandshakeFailure``).
+FailureDetailHook = Callable[[HandshakeFailure], None]
 
 
 class DTLSAssociation:
@@ -86,6 +88,7 @@ class DTLSAssociation:
         self._max_queue = max_queue
         self._readable = asyncio.Event()
         self._closed_event = asyncio.Event()
+        self._close_notify = False
         self.dropped = 0
         """Messages dropped because the application did not read them in time."""
 
@@ -104,6 +107,12 @@ class DTLSAssociation:
     @property
     def closed(self) -> bool:
         return self._closed_event.is_set()
+
+    @property
+    def close_notify_received(self) -> bool:
+        """True when the association ended by the peer's close_notify (its SA Removal,
+        seed 003 table 43), not by us, an idle timeout or a replacing handshake."""
+        return self._close_notify
 
     @property
     def max_payload(self) -> int:
@@ -152,7 +161,9 @@ class DTLSAssociation:
         self._inbox.append(data)
         self._readable.set()
 
-    def _on_closed(self) -> None:
+    def _on_closed(self, close_notify: bool = False) -> None:
+        if not self.closed:
+            self._close_notify = close_notify
         self._closed_event.set()
         self._readable.set()
 
@@ -165,10 +176,12 @@ class _ServerProtocol(asyncio.DatagramProtocol):
         handler: Handler,
         on_failure: FailureHook | None,
         max_queue: int,
+        on_handshake_failure: FailureDetailHook | None = None,
     ) -> None:
         self.server = server
         self.handler = handler
         self.on_failure = on_failure
+        self.on_handshake_failure = on_handshake_failure
         self.max_queue = max_queue
         self.transport: asyncio.DatagramTransport | None = None
         self.associations: dict[Address, DTLSAssociation] = {}
@@ -238,7 +251,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
             elif isinstance(event, PeerClosed):
                 closed = self.associations.pop(addr, None)
                 if closed is not None:
-                    closed._on_closed()
+                    closed._on_closed(close_notify=event.close_notify)
             elif isinstance(event, PeerPskLookupNeeded):
                 task = self._loop.create_task(self._lookup(event))
                 self.tasks.add(task)
@@ -254,6 +267,18 @@ class _ServerProtocol(asyncio.DatagramProtocol):
                         self.on_failure(addr, event.reason)
                     except Exception:
                         log.exception("on_failure hook failed")
+                if self.on_handshake_failure is not None:
+                    failure = HandshakeFailure(
+                        addr,
+                        event.reason,
+                        "DTLS",
+                        no_common_parameters=event.no_common_parameters,
+                        psk_identity=event.psk_identity,
+                    )
+                    try:
+                        self.on_handshake_failure(failure)
+                    except Exception:
+                        log.exception("on_handshake_failure hook failed")
 
     async def _lookup(self, event: PeerPskLookupNeeded) -> None:
         # As over TLS (m2msec.tls.aio): the handshake deadline keeps running, so a slow
@@ -378,11 +403,13 @@ async def start_dtls_server(
     on_failure: FailureHook | None = None,
     max_queue: int = DEFAULT_RECV_QUEUE,
     resumption: bool | ServerSessionCache = True,
+    on_handshake_failure: FailureDetailHook | None = None,
 ) -> DTLSServerHandle:
     """Listen for DTLS associations (Entity B) on ``host:port`` (UDP).
 
     ``handler`` runs once per established association; the association is closed when
-    it returns. ``on_failure(addr, reason)`` hears about refused handshakes.
+    it returns. ``on_failure(addr, reason)`` hears about refused handshakes, and
+    ``on_handshake_failure`` of the same with their cause (a ``HandshakeFailure``).
     ``resumption`` lets devices resume sessions (see :mod:`m2msec.tls.sessions`).
     """
     server = DTLSServer(
@@ -396,7 +423,7 @@ async def start_dtls_server(
     )
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _ServerProtocol(server, handler, on_failure, max_queue),
+        lambda: _ServerProtocol(server, handler, on_failure, max_queue, on_handshake_failure),
         local_addr=(host, port),
     )
     return DTLSServerHandle(protocol, transport)
@@ -460,7 +487,7 @@ class _ClientProtocol(asyncio.DatagramProtocol):
                     self.assoc._deliver(event.data)
             elif isinstance(event, ConnectionClosed):
                 if self.assoc is not None:
-                    self.assoc._on_closed()
+                    self.assoc._on_closed(close_notify=event.close_notify)
                 self._close_transport()
             elif isinstance(event, HandshakeFailed):
                 if not self.handshake.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 # PeerKind belongs to the identifiers; a PeerBinding carries one, so it is part of
 # this module's interface too.
@@ -69,3 +70,23 @@ class SecurityContext:
         if self.valid_until is None:
             return False
         return (now or datetime.now(UTC)) >= self.valid_until
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailure:
+    """A handshake that failed or was refused, as a listener reports it to its
+    ``on_handshake_failure`` hook: what seed 003 table 35 (SA Establishment Complete with
+    Failure) and the Responder's failed SA record need.
+
+    ``reason`` is safe to log. ``no_common_parameters`` is the engine's
+    ``HandshakeFailed.no_common_parameters`` (seed 003's "No parameters in common with
+    Responder"; every other failure is "Administrative reasons"). ``psk_identity`` is the
+    identity the peer offered, printable, if any: a claim the failed handshake did not
+    prove. ``transport`` is ``"TLS"`` or ``"DTLS"``.
+    """
+
+    peer: tuple[Any, ...] | None
+    reason: str
+    transport: str
+    no_common_parameters: bool = False
+    psk_identity: str | None = None

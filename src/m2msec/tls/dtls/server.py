@@ -110,14 +110,21 @@ class PeerDataReceived(PeerEvent):
 
 @dataclass(frozen=True, slots=True)
 class PeerClosed(PeerEvent):
-    """The peer sent close_notify, was replaced, or was evicted as idle."""
+    """The peer sent close_notify (``close_notify`` True), was replaced, or was evicted as
+    idle."""
 
     reason: str = "closed by peer"
+    close_notify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PeerFailed(PeerEvent):
+    """A handshake failed; ``no_common_parameters`` and the offered ``psk_identity`` (not
+    authenticated) as the engine reported them (seed 003 table 35's cause)."""
+
     reason: str
+    no_common_parameters: bool = False
+    psk_identity: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,9 +477,11 @@ class DTLSServer:
             elif isinstance(event, ConnectionClosed | HandshakeFailed):
                 if isinstance(event, HandshakeFailed):
                     self.stats.failed += 1
-                    ended: PeerEvent = PeerFailed(addr, event.reason)
+                    ended: PeerEvent = PeerFailed(
+                        addr, event.reason, event.no_common_parameters, engine.psk_identity
+                    )
                 else:
-                    ended = PeerClosed(addr)
+                    ended = PeerClosed(addr, close_notify=event.close_notify)
                 if pending:  # the new handshake failed; the old association lives on
                     peer.pending = None
                     self._settled(addr)
