@@ -49,7 +49,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,7 @@ from m2msec.servers.egress import Egress
 from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
 from m2msec.servers.gateway_sa import GatewaySa, LiveSa, default_instance
+from m2msec.servers.gateway_stats import GatewayStats
 from m2msec.servers.metrics import (
     backend_error_kind,
     gateway_families,
@@ -110,38 +111,6 @@ MAX_RESPONSE_BODY = 64 * 1024 * 1024
 #: Connections to the backend: at most this many open, this many kept idle between requests.
 BACKEND_CONNECTIONS = 100
 BACKEND_IDLE_CONNECTIONS = 20
-
-
-@dataclass(slots=True)
-class GatewayStats:
-    """Counters since start (no identities, no keys)."""
-
-    associations_established: int = 0
-    associations_closed: int = 0
-    handshakes_failed: int = 0
-    requests_forwarded: int = 0
-    requests_refused: int = 0
-    plain_requests_refused: int = 0
-    bad_requests: int = 0
-    backend_errors: int = 0
-    registrations_bound: int = 0
-    dtls_associations: int = 0  # of associations_established: CoAP over DTLS
-    coap_requests: int = 0
-    coap_bad_messages: int = 0  # datagrams inside DTLS that were not (valid) CoAP
-    handshakes_evicted: int = 0  # of handshakes_failed: silent connections making room
-    first_flight_timeouts: int = 0  # of handshakes_failed: no ClientHello within the deadline
-    associations_over_credential_cap: int = 0  # refused: the credential holds the maximum
-    request_head_timeouts: int = 0  # heads not complete within request_head_timeout: 408
-    refused_by_rule: Counter[str] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            name: getattr(self, name)
-            for name in self.__dataclass_fields__
-            if name != "refused_by_rule"
-        }
-        out["refused_by_rule"] = dict(self.refused_by_rule)
-        return out
 
 
 @dataclass(frozen=True, slots=True)
