@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -110,6 +112,36 @@ def acme_command(directory: Path, port: int, *, remote_cse: bool = False) -> lis
         "--remote-cse" if remote_cse else "--no-remote-cse",
         "--no-statistics",
     ]  # fmt: skip
+
+
+async def plain_request(
+    url: str,
+    method: str,
+    *,
+    origin: str,
+    ty: int | None = None,
+    content: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """One oneM2M request over plain loopback HTTP (TS-0004 6.4 headers), as a CSE's
+    operator or the CSE behind a gateway's egress sends it: (X-M2M-RSC, JSON body)."""
+    headers = {
+        "X-M2M-Origin": origin,
+        "X-M2M-RI": f"plain-{time.monotonic_ns()}",
+        "X-M2M-RVI": "3",
+        "Accept": "application/json",
+    }
+    body = None
+    if content is not None:
+        body = json.dumps(content).encode()
+        headers["Content-Type"] = "application/json" + (f";ty={ty}" if ty else "")
+    async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
+        r = await client.request(method, url, headers=headers, content=body)
+    try:
+        data = r.json() if r.content else {}
+    except ValueError:
+        data = {}
+    rsc = r.headers.get("x-m2m-rsc", "0")
+    return int(rsc) if rsc.isdigit() else 0, data if isinstance(data, dict) else {}
 
 
 def free_port() -> int:
@@ -235,6 +267,19 @@ class AcmeCSE:
                 return True
             await asyncio.sleep(0.2)
         return False
+
+    async def console(
+        self,
+        method: str,
+        path: str,
+        *,
+        origin: str = ADMIN,
+        ty: int | None = None,
+        content: dict[str, Any] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """One request on ACME's own loopback HTTP port, as its operator does (by default
+        as its admin originator): (X-M2M-RSC, JSON body). Never through a gateway."""
+        return await plain_request(self.url + path, method, origin=origin, ty=ty, content=content)
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
