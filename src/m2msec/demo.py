@@ -6,7 +6,12 @@
 * ADN-AE2 tries to act as Clight-AE1 and is refused (4106) by the gateway.
 * ADN-AE1 reaches the MN-CSE again by the CoAP binding (TS-0008) over DTLS-PSK
   (TS-0003 10.2.1, TLS_PSK_WITH_AES_128_CCM_8), the way a constrained light would.
-* The home gateway reaches the IN-CSE by the Certificate-Based framework (8.2.2.2).
+* The TR-0038 chain ADN-AE1 -> MN-CSE -> IN-CSE over two SAs, ACME on both CSEs: ACME as
+  the MN-CSE registers at the IN-CSE (a <remoteCSE> CREATE, TS-0001 10.1.1.2.1) through
+  the home gateway's egress (docs/gateway.md section 11), which keeps SA 2 to the IN-CSE's
+  gateway by the Certificate-Based framework (8.2.2.2) with the certificate its
+  credentials table names; ADN-AE1's request for the IN-CSE crosses SA 1 (PSK), ACME MN,
+  the egress and SA 2 to ACME IN.
 * A GBA device reaches the IN-CSE by the GBA-based framework (seed 000 8.2.3.2, legacy):
   it bootstraps with an in-process BSF (Ub), the IN-CSE's gateway, as NAF, fetches
   Ks_NAF over Zn, and the device registers an AE; a second association reuses Ks.
@@ -25,6 +30,10 @@
   MAF-based framework with KmID = the B-TID.
 
 The CSEs are ACME instances; m2msec gateways stand in front of them as Entity B.
+
+One of the two files allowed past ~600 lines: it is one story told step by step, each step
+a short function, and splitting it would scatter the scenario a reader follows top to
+bottom (the steps share the running servers of :func:`run_demo`).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from m2msec.acme import AcmeCSE
+from m2msec.acme import AcmeCSE, Registrar, plain_request
 from m2msec.app_rules import AppRule
 from m2msec.bindings.coap.mapping import CoapOneM2MResponse
 from m2msec.config import (
@@ -50,9 +59,9 @@ from m2msec.config import (
     SaConfig,
     parse_listen_url,
 )
+from m2msec.config.egress import EgressConfig, parse_egress
 from m2msec.config.maf import MafConfig
 from m2msec.config.mef import MefConfig
-from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
 from m2msec.frameworks.gba_device import GbaDevice
 from m2msec.frameworks.maf import MafClient, MafInitiator
 from m2msec.frameworks.mef import Enrolee, EnrolmentResult, KpmCredential
@@ -66,7 +75,9 @@ from m2msec.maf.store import MafStore
 from m2msec.mef.records import Bootstrap, EnrolmentTarget
 from m2msec.mef.records import Enrolee as EnroleeConfig
 from m2msec.mef.store import MefStore
+from m2msec.paths import write_private
 from m2msec.pki.authority import CertificateAuthority, write_credential
+from m2msec.sa.records import SaRecord
 from m2msec.servers.bsf import BsfConfig, BsfServer
 from m2msec.servers.gateway import Gateway
 from m2msec.servers.maf import MafServer
@@ -110,12 +121,15 @@ Say = Callable[[str], None]
 class DemoResult:
     """What the demo established and what it refused, for the summary table."""
 
-    #: (label, Entity A's context, Entity B's context for the same SA identifier)
-    associations: list[tuple[str, SecurityContext, SecurityContext | None]] = field(
+    #: (label, Entity A's context - or, for the egress, its initiator-side SA record -,
+    #: Entity B's context for the same SA identifier)
+    associations: list[tuple[str, SecurityContext | SaRecord, SecurityContext | None]] = field(
         default_factory=list
     )
     steps: list[tuple[str, str, bool]] = field(default_factory=list)
     gateway_stats: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: The home gateway's egress counters (``gateway.egress.stats``).
+    egress_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -170,28 +184,14 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
     )
 
     say("[bold]2. Starting the CSEs (ACME) and the m2msec gateways in front of them[/]")
+    # ACME as the MN-CSE registers itself at the IN-CSE, through the home gateway's egress:
+    # its registrar is set, and it is started, once the egress listens (step 5).
     mn_acme = AcmeCSE(workdir / "acme-mn", MN_CSE, "mn-cse")
     in_acme = AcmeCSE(workdir / "acme-in", IN_CSE, "cse-in", allowed_csr=(f"/{MN_CSE}",))
     try:
-        await asyncio.gather(mn_acme.start(), in_acme.start())
+        await in_acme.start()
         # The demo's SA records stay in its folder, and it serves no admin socket.
         demo_sa = SaConfig(store=str(workdir / "sa.db"), admin_socket="")
-        mn_gw = Gateway(
-            GatewayConfig(
-                listen=(
-                    parse_listen_url("tls://127.0.0.1:0?framework=psk"),
-                    parse_listen_url("dtls://127.0.0.1:0?framework=psk"),  # CoAP over DTLS
-                    parse_listen_url("tls://127.0.0.1:0?framework=mef"),  # Enrolee B
-                ),
-                backend=mn_acme.url,
-                cse_id=CseId.parse(MN_CSE),
-                in_domain=IN_DOMAIN,
-                psk=PskConfig(),
-                mef=MefTargetConfig(MEF_FQDN, "127.0.0.1", mef_port, mn_cert, mn_key, ca.cert_path),
-                sa=demo_sa,
-            ),
-            store=store,
-        )
         await bsf.start()
         zn_host, zn_port = bsf.zn_addresses[0]
         await maf.start()
@@ -228,34 +228,65 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
                 ),
             )
         )
-        async with mn_gw, in_gw:
-            say(f"  home gateway MN-CSE: {mn_gw.url()} -> ACME {mn_acme.url}")
-            say(f"                       {mn_gw.url(1)} (CoAP over DTLS)")
-            say(f"                       {mn_gw.url(2)} (Enrolee B: Kpsa fetched from the MEF)")
-            say(f"  IN-CSE:              {in_gw.url()} -> ACME {in_acme.url}")
-            enrolee_url, target_url = (mef.listener(role).url for role in ("enrolee", "target"))
-            say(f"  MEF {MEF_FQDN}: Enrolees {enrolee_url}, fetchCredentials {target_url}")
-            await _lights(result, say, mn_gw, mn_acme)
-            await _light_over_coap(result, say, mn_gw, mn_acme)
-            await _gateway_to_in(result, say, in_gw, in_acme, mn_cert, mn_key, ca.cert_path)
-            await _gba_device(result, say, in_gw, in_acme, bsf)
-            await _smartphone(result, say, in_gw, in_acme, maf, km)
-            meter = _factory_fresh(mef, METER[0], kpms)
-            await _meter(result, say, mn_gw, mn_acme, store, meter)
-            sensor = GbaDevice(sensor_usim, SENSOR[0], mef_bsf.ub_url())
-            await _sensor(result, say, in_gw, in_acme, maf, sensor, mef_bsf)
-            fetched = mef.stats["fetched"]
-            what = "MEF: 1 PSK enrolment, its Kpsa fetched once by the gateway"
-            _step(result, say, what, f"{fetched} fetched", mef.stats["enrolments"] == fetched == 1)
-            # Entity B's SA record for each association, found by the shared SA identifier.
-            records = {**mn_gw.recent_associations, **in_gw.recent_associations}
-            result.associations = [
-                (label, a_ctx, records.get(a_ctx.sa_id)) for label, a_ctx, _ in result.associations
-            ]
-            result.gateway_stats = {
-                "MN-CSE": mn_gw.stats.as_dict(),
-                "IN-CSE": in_gw.stats.as_dict(),
-            }
+        async with in_gw:  # the egress's upstream: its port goes into the credentials table
+            egress = _egress(workdir, in_gw.url(), mn_cert, mn_key, ca.cert_path)
+            mn_gw = Gateway(
+                GatewayConfig(
+                    listen=(
+                        parse_listen_url("tls://127.0.0.1:0?framework=psk"),
+                        parse_listen_url("dtls://127.0.0.1:0?framework=psk"),  # CoAP/DTLS
+                        parse_listen_url("tls://127.0.0.1:0?framework=mef"),  # Enrolee B
+                        egress.listener,  # the MN-CSE's way up (docs/gateway.md section 11)
+                    ),
+                    backend=mn_acme.url,
+                    cse_id=CseId.parse(MN_CSE),
+                    in_domain=IN_DOMAIN,
+                    psk=PskConfig(),
+                    mef=MefTargetConfig(
+                        MEF_FQDN, "127.0.0.1", mef_port, mn_cert, mn_key, ca.cert_path
+                    ),
+                    egress=(egress,),
+                    sa=demo_sa,
+                ),
+                store=store,
+            )
+            async with mn_gw:
+                egress_url = f"http://127.0.0.1:{mn_gw.listeners[3].port}"
+                # Registration checks every 10 min: none of ACME's own upkeep crosses SA 2
+                # while the demo counts the requests that do.
+                mn_acme.registrar = Registrar(egress_url, f"/{IN_CSE}", "cse-in", 600.0)
+                # One attempt: the gateway's backend is this port, ACME may not move.
+                await mn_acme.start(attempts=1)
+                say(f"  home gateway MN-CSE: {mn_gw.url()} -> ACME {mn_acme.url}")
+                say(f"                       {mn_gw.url(1)} (CoAP over DTLS)")
+                say(f"                       {mn_gw.url(2)} (Enrolee B: Kpsa fetched from the MEF)")
+                say(f"                       {mn_gw.url(3)} (egress: ACME MN-CSE's registrar)")
+                say(f"  IN-CSE:              {in_gw.url()} -> ACME {in_acme.url}")
+                enrolee_url, target_url = (mef.listener(r).url for r in ("enrolee", "target"))
+                say(f"  MEF {MEF_FQDN}: Enrolees {enrolee_url}, fetchCredentials {target_url}")
+                await _lights(result, say, mn_gw, mn_acme)
+                await _light_over_coap(result, say, mn_gw, mn_acme)
+                await _chain(result, say, mn_gw, in_gw, mn_acme, in_acme)
+                await _gba_device(result, say, in_gw, in_acme, bsf)
+                await _smartphone(result, say, in_gw, in_acme, maf, km)
+                meter = _factory_fresh(mef, METER[0], kpms)
+                await _meter(result, say, mn_gw, mn_acme, store, meter)
+                sensor = GbaDevice(sensor_usim, SENSOR[0], mef_bsf.ub_url())
+                await _sensor(result, say, in_gw, in_acme, maf, sensor, mef_bsf)
+                fetched = mef.stats["fetched"]
+                what = "MEF: 1 PSK enrolment, its Kpsa fetched once by the gateway"
+                ok = mef.stats["enrolments"] == fetched == 1
+                _step(result, say, what, f"{fetched} fetched", ok)
+                # Entity B's SA record for each association, found by the shared SA identifier.
+                records = {**mn_gw.recent_associations, **in_gw.recent_associations}
+                result.associations = [
+                    (label, a, records.get(str(a.sa_id))) for label, a, _ in result.associations
+                ]
+                result.gateway_stats = {
+                    "MN-CSE": mn_gw.stats.as_dict(),
+                    "IN-CSE": in_gw.stats.as_dict(),
+                }
+                result.egress_stats = mn_gw.egress.stats.as_dict()
     finally:
         await asyncio.gather(
             mn_acme.stop(), in_acme.stop(), bsf.close(), maf.close(), mef.close(), mef_bsf.close()
@@ -264,6 +295,31 @@ async def run_demo(workdir: Path, say: Say) -> DemoResult:
         maf_store.close()
         mef_store.close()
     return result
+
+
+def _egress(workdir: Path, upstream: str, cert: Path, key: Path, ca: Path) -> EgressConfig:
+    """The home gateway's egress listener for its MN-CSE, read as an ``[[egress]]`` table
+    is: the upstream's certificate entry in the initiator's credentials table (TR-0038
+    7.1.2; docs/credentials.md) written into ``workdir``, 0600."""
+    host, in_port = _host_port(upstream)
+    url = f"https://{host}:{in_port}"
+    table = workdir / "mn-gateway-credentials.toml"
+    write_private(
+        table,
+        (
+            f'[peers."{url}"]                 # the IN-CSE\'s gateway (certificate listener)\n'
+            f'id_b = "/{IN_CSE}"\n'
+            f'certificate = {{ cert = "{cert}", key = "{key}", ca = "{ca}" }}\n'
+        ).encode(),
+    )
+    (egress,) = parse_egress(
+        [{"listen": "127.0.0.1:0", "upstream": url, "credentials": str(table)}],
+        (),
+        base=workdir,
+        cse_id=CseId.parse(MN_CSE),
+        in_domain=IN_DOMAIN,
+    )
+    return egress
 
 
 def _bsf(fqdn: str, where: Path, cert: Path, key: Path, ca: Path) -> BsfServer:
@@ -402,36 +458,99 @@ async def _light_over_coap(result: DemoResult, say: Say, gw: Gateway, acme: Acme
         await client.close()
 
 
-async def _gateway_to_in(
-    result: DemoResult, say: Say, gw: Gateway, acme: AcmeCSE, cert: Path, key: Path, ca: Path
+async def _chain(
+    result: DemoResult,
+    say: Say,
+    mn_gw: Gateway,
+    in_gw: Gateway,
+    mn_acme: AcmeCSE,
+    in_acme: AcmeCSE,
 ) -> None:
-    say("[bold]5. Home gateway to IN-CSE: certificates (TS-0003 8.2.2.2)[/]")
-    host, port = _host_port(gw.url())
-    credential = CertificateCredential.from_files(cert, key, ca)
-    initiator = CertificateInitiator(credential, f"/{IN_CSE}", in_domain=IN_DOMAIN)
-    conn = await connect(host, port, initiator.profile())
-    result.associations.append(("MN-CSE -> IN-CSE", conn.context, None))
-    say(f"  /{MN_CSE}: mutual TLS, {conn.context.protocol} {conn.context.cipher_suite}")
-    client = OneM2MClient(conn)
-    csr = {
-        "m2m:csr": {
-            "rn": MN_CSE,
-            "csi": f"/{MN_CSE}",
-            "cb": f"/{MN_CSE}/mn-cse",
-            "rr": True,
-            "srv": ["3"],
-            "poa": [f"https://{MN_CSE}.{IN_DOMAIN}"],
-            "dcse": [],
-        }
+    """TR-0038 7.1.3 over two SAs: ADN-AE1 -(SA 1, PSK)-> home gateway -> ACME MN-CSE ->
+    egress -(SA 2, certificates, TS-0003 8.2.2.2)-> IN-CSE's gateway -> ACME IN-CSE."""
+    say("[bold]5. ADN-AE1 -> MN-CSE -> IN-CSE: two SAs, ACME on both CSEs (TR-0038 7.1.3)[/]")
+    link = mn_gw.egress.links[0]
+    egress_url = f"http://127.0.0.1:{mn_gw.listeners[3].port}"
+    say(f"  home gateway egress {egress_url} -> {link.config.upstream} (IdB /{IN_CSE}),")
+    say(f"    {link.config.credential.describe()}")
+    say(f"  ACME MN-CSE \\[cse.registrar] address = {egress_url}: it holds no key, speaks HTTP")
+    registered = await mn_acme.registered(timeout=40.0)
+    what = "ACME MN-CSE registered at the IN-CSE through the egress (its log)"
+    _step(result, say, what, str(registered), registered)
+    # The <remoteCSE> ACME MN created at ACME IN (TS-0001 10.1.1.2.1), read at the IN.
+    rsc, body = await in_acme.console("GET", f"{in_acme.base_path}/{MN_CSE}")
+    csr = body.get("m2m:csr", {})
+    what = f"<remoteCSE> {MN_CSE} exists at ACME IN-CSE, csi {csr.get('csi')}"
+    _step(result, say, what, str(rsc), rsc == 2000 and csr.get("csi") == f"/{MN_CSE}")
+    # ACME sends transit requests to the poa the registrar's CSEBase publishes (ACME IN's
+    # own http address, which bypasses both gateways); only its registration requests
+    # use [cse.registrar] address. The MN-CSE's operator points the local <remoteCSE> of
+    # the registrar at the egress, which is the MN-CSE's way to the IN-CSE.
+    rsc, _ = await mn_acme.console(
+        "PUT", f"{mn_acme.base_path}/{IN_CSE}", content={"m2m:csr": {"poa": [egress_url]}}
+    )
+    say("  ACME forwards to the poa its registrar's CSEBase publishes (ACME IN's own port,")
+    say("  past both gateways); only its registration uses \\[cse.registrar] address. So:")
+    what = f"ACME MN-CSE's <remoteCSE> {IN_CSE}: poa set to the egress (operator)"
+    _step(result, say, what, str(rsc), rsc == 2004)
+    # The IN-CSE's operator lets AEs of the home gateway write and read one container.
+    acp = {
+        "rn": "acpHome",
+        "pv": {"acr": [{"acor": [f"/{MN_CSE}/*"], "acop": 63}]},
+        "pvs": {"acr": [{"acor": ["CAdmin"], "acop": 63}]},
     }
-    r = await client.request("POST", acme.base_path, origin=f"/{MN_CSE}", ty=16, content=csr)
-    _check(result, say, "MN-CSE registers at the IN-CSE (<remoteCSE>)", r, 2001)
-    r = await client.request("GET", acme.base_path, origin=f"/{MN_CSE}")
-    _check(result, say, "MN-CSE retrieves the IN-CSE's CSEBase", r, 2000)
-    # TS-0004 7.3.2.1: a CSE may carry transit originators, never a CSE-relative C-stem.
-    r = await client.request("GET", acme.base_path, origin="Cother")
-    _check(result, say, "MN-CSE sending a CSE-relative C-stem is refused", r, 4106)
-    await client.close()
+    rsc_acp, _ = await in_acme.console("POST", in_acme.base_path, ty=1, content={"m2m:acp": acp})
+    cnt = {"rn": "home", "acpi": [f"/{IN_CSE}/cse-in/acpHome"]}
+    rsc_cnt, _ = await in_acme.console("POST", in_acme.base_path, ty=3, content={"m2m:cnt": cnt})
+    what = f"IN-CSE operator: container home, <accessControlPolicy> for /{MN_CSE}/*"
+    _step(result, say, what, f"{rsc_acp}/{rsc_cnt}", rsc_acp == rsc_cnt == 2001)
+
+    host, port = _host_port(mn_gw.url())
+    name, ae_id, key, kpsa_id = LIGHTS[0]
+    initiator = PskInitiator(
+        kpsa_id, bytes.fromhex(key), f"/{MN_CSE}", server_name=f"{MN_CSE}.{IN_DOMAIN}"
+    )
+    conn = await connect(host, port, initiator.profile(tls13=False))
+    result.associations.append((f"{name} -> MN-CSE (SA 1)", conn.context, None))
+    sa1 = mn_gw.recent_associations.get(conn.context.sa_id)
+    same = sa1 is not None and sa1.peer_id == ae_id
+    say(f"  SA 1: {name} -> home gateway, PSK, sa={conn.context.sa_id}")
+    _step(result, say, "SA 1: the home gateway holds the same sa_id, bound to " + ae_id, "", same)
+    client = OneM2MClient(conn)
+    before = mn_gw.egress.stats.requests_forwarded, in_gw.stats.requests_forwarded
+    target = f"/~/{IN_CSE}/cse-in/home"
+    try:
+        r = await client.request(
+            "POST", target, origin=ae_id, ty=4, content={"m2m:cin": {"con": "on"}}
+        )
+        _check(result, say, f"{name} publishes 'on' at the IN-CSE ({target})", r, 2001)
+        r = await client.request("GET", f"{target}/la", origin=ae_id)
+        _check(result, say, f"{name} reads it back from the IN-CSE ({target}/la)", r, 2000)
+        content = (r.json() or {}).get("m2m:cin", {}).get("con")
+        result.steps.append(("latest state at the IN-CSE is 'on'", str(content), content == "on"))
+    finally:
+        await client.close()
+    relayed = mn_gw.egress.stats.requests_forwarded - before[0]
+    at_in = in_gw.stats.requests_forwarded - before[1]
+    what = f"both crossed the egress ({relayed} relayed) and SA 2 (IN gateway: {at_in})"
+    _step(result, say, what, f"{relayed}/{at_in}", relayed == at_in == 2)
+
+    # SA 2: the egress's initiator-side record and the IN gateway's record, one sa_id.
+    live = [r for r in mn_gw.egress.records() if r.state.live]
+    both = bool(live)
+    for record in live:
+        b_ctx = in_gw.recent_associations.get(str(record.sa_id))
+        say(f"  SA 2: egress record sa={record.sa_id} peer={record.peer_id} {record.framework}")
+        if b_ctx is not None:
+            say(f"        IN gateway      sa={b_ctx.sa_id} peer={b_ctx.peer_id}")
+        both = both and b_ctx is not None and b_ctx.peer_id == f"/{MN_CSE}"
+        result.associations.append(("MN-CSE egress -> IN-CSE (SA 2)", record, None))
+    what = "SA 2: the egress and the IN gateway hold the same sa_id"
+    _step(result, say, what, f"{len(live)} live", both)
+    # The egress serves the local CSE only (docs/gateway.md section 11, allow-list).
+    rsc, _ = await plain_request(egress_url + in_acme.base_path, "GET", origin=f"/{MN_CSE}-999")
+    what = "egress refuses another CSE's From, ORIGINATOR_HAS_NO_PRIVILEGE"
+    _step(result, say, what, str(rsc), rsc == 4103)
 
 
 async def _gba_device(

@@ -42,9 +42,10 @@ def demo(
     ):
         table.add_column(col, overflow="fold")
     for label, a_ctx, b_ctx in result.associations:
+        framework = a_ctx.framework  # an SA record (the egress's) names it as text
         table.add_row(
             label,
-            a_ctx.framework.value,
+            framework if isinstance(framework, str) else framework.value,
             a_ctx.peer_id,
             b_ctx.peer_id if b_ctx else "(no record)",
             f"{a_ctx.protocol} {a_ctx.cipher_suite}",
@@ -62,6 +63,13 @@ def demo(
             str(s["requests_refused"]),
         )
     console.print(stats)
+    e = result.egress_stats
+    if e:
+        console.print(
+            f"Home gateway egress: {e['sas_established']} SA(s) established to the IN-CSE, "
+            f"{e['requests_forwarded']} requests relayed, {e['requests_refused']} refused, "
+            f"{e['upstream_errors']} upstream errors"
+        )
     if not result.ok:
         failed = [what for what, _, passed in result.steps if not passed]
         fail("demo steps did not go as expected: " + "; ".join(failed))
