@@ -170,11 +170,19 @@ def listing_table(title: str | None, *columns: str, right: Collection[str] = ())
     return table
 
 
+def _printable(cell: str) -> str:
+    """``cell`` with control characters (a terminal escape in a stored id) shown as
+    ``\\xNN``, as rich strips them on a terminal."""
+    if cell.isprintable():
+        return cell
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cell)
+
+
 def _plain_page(
     out: TextIO, title: str | None, columns: Sequence[str], rows: list[Sequence[Cell]],
     widths: list[int], right: Collection[str],
 ) -> None:  # fmt: skip
-    texts = [[c.plain if isinstance(c, Text) else c for c in row] for row in rows]
+    texts = [[_printable(c.plain if isinstance(c, Text) else c) for c in row] for row in rows]
     for row in texts:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))

@@ -176,14 +176,12 @@ def list_command(
     now = datetime.now(UTC)
     last: list[str] = []
 
-    def cells(info: PskInfo) -> tuple[Text, ...]:
+    def cells(info: PskInfo) -> tuple[str | Text, ...]:
         last[:] = [info.kpsa_id]
-        expired = info.expires_at is not None and info.expires_at <= now
-        expiry = Text(utc_time(info.expires_at), style="red" if expired else "")
-        if expired:
-            expiry.append(" expired")
-        entity = Text(info.entity_id or "-")
-        return Text(info.kpsa_id), entity, expiry, Text(f"{info.key_length} octets")
+        expiry: str | Text = utc_time(info.expires_at)
+        if info.expires_at is not None and info.expires_at <= now:
+            expiry = Text(f"{expiry} expired", style="red")
+        return info.kpsa_id, info.entity_id or "-", expiry, f"{info.key_length} octets"
 
     def to_json(info: PskInfo) -> dict[str, object]:
         last[:] = [info.kpsa_id]
