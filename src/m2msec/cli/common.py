@@ -412,7 +412,7 @@ def secret_text(
     return value.strip()
 
 
-def read_key(value: str, what: str = "key", *, file: Path | None = None) -> bytes:
+def read_key(value: str | None, what: str = "key", *, file: Path | None = None) -> bytes:
     """A hex key of 1 to 64 octets from the secret option ``what`` (e.g. ``--psk``) in any
     of :func:`secret_text`'s forms; errors never echo it."""
     text = secret_text(value, what, file=file) or ""

@@ -75,7 +75,7 @@ def _key_source(value: str | None, option: str, file: Path | None = None) -> Key
     ``--*-file``, a warned literal); none: the Enrolee store by KeID."""
     if value is None and file is None:
         return KeySource()
-    return KeySource(value=read_key(value or "", option, file=file))
+    return KeySource(value=read_key(value, option, file=file))
 
 
 def options_credential(

@@ -68,8 +68,8 @@ def gba_keys(options: GbaDeviceOptions) -> tuple[KeySource, KeySource]:
     if (k is None and k_file is None) or (opc is None and opc_file is None):
         fail("--gba needs --bsf, --impi, --k (or --k-file) and --opc (or --opc-file)")
     return (
-        KeySource(value=read_key(k or "", "--k", file=k_file)),
-        KeySource(value=read_key(opc or "", "--opc", file=opc_file)),
+        KeySource(value=read_key(k, "--k", file=k_file)),
+        KeySource(value=read_key(opc, "--opc", file=opc_file)),
     )
 
 
