@@ -305,3 +305,29 @@ def test_every_list_and_show_command_has_json() -> None:
 
     walk(root, ())
     assert missing == []
+
+
+def test_gateway_serve_help_lists_every_listener_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gateway serve --help`` names each scheme the listener parser accepts, probed by
+    parsing a URL of every scheme we might have (a new scheme without help fails here)."""
+    import inspect
+
+    from m2msec.config.listeners import FRAMEWORKS, parse_listen_url
+    from m2msec.errors import ConfigurationError
+
+    options = {"egress": True} if "egress" in inspect.signature(parse_listen_url).parameters else {}
+    accepted = []
+    for scheme in ("tls", "dtls", "http", "https", "coap", "coaps", "udp", "tcp", "egress"):
+        try:
+            parse_listen_url(f"{scheme}://127.0.0.1:8443", **options)
+        except ConfigurationError:
+            continue
+        accepted.append(scheme)
+    assert {"tls", "dtls", "http"} <= set(accepted)
+    monkeypatch.setenv("COLUMNS", "400")  # each option's help on one line
+    code, out, _ = _cli("gateway", "serve", "--help")
+    [text] = [line for line in out.splitlines() if "--listen" in line]
+    assert code == 0
+    for scheme in accepted:
+        assert f"{scheme}://" in text, scheme
+    assert f"?framework={'|'.join(FRAMEWORKS)}" in text
