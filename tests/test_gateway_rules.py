@@ -10,6 +10,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -31,6 +32,11 @@ acme = acme_fixture()
 CRED = ("AE123456789099-Light@in.provider.com", "ffeeddccbbaa99887766554433221100", None)
 CRED2 = ("AE123456789098-Light@in.provider.com", "00ffeeddccbbaa998877665544332211", None)
 PATTERN = "12-AE12345678909*-Light@in.provider.com"
+
+def _jsonl(text: str) -> list[Any]:
+    """The rows of a ``--json`` listing: one JSON object per line (JSON lines)."""
+    return [json.loads(line) for line in text.splitlines()]
+
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +63,7 @@ def test_add_list_remove(tmp_path: Path) -> None:
     assert code == 0 and "lights" in out and PATTERN in out and "Cdev*" in out and "any" in out
     code, out, _ = rule(db, "list", "--json")
     assert code == 0
-    assert json.loads(out) == [
+    assert _jsonl(out) == [
         {"source": "store", "id": 1, "name": "lights", "credentials": [PATTERN, "11-*"],
          "allowed_aes": ["C*"], "allowed_app_ids": ["Nlight"]},
         {"source": "store", "id": 2, "name": None, "credentials": ["12-*"],
@@ -69,7 +75,7 @@ def test_add_list_remove(tmp_path: Path) -> None:
     assert rule(db, "remove", "2")[0] == 0
     code, _, err = rule(db, "remove", "2")
     assert code == 1 and "no stored app rule" in err
-    assert json.loads(rule(db, "list", "--json")[1]) == []
+    assert _jsonl(rule(db, "list", "--json")[1]) == []
 
 
 def test_list_with_config_shows_the_toml_rules_beside_the_stored_ones(tmp_path: Path) -> None:
@@ -84,7 +90,7 @@ def test_list_with_config_shows_the_toml_rules_beside_the_stored_ones(tmp_path: 
     )
     listed = CliRunner().invoke(app, ["rule", "list", "--config", str(toml), "--json"])
     assert listed.exit_code == 0, listed.stderr
-    assert json.loads(listed.stdout) == [
+    assert _jsonl(listed.stdout) == [
         {"source": "config", "id": None, "name": None, "credentials": ["11-*@maf.in.provider.com"],
          "allowed_aes": ["Cmeter*"], "allowed_app_ids": ["Nmeter"]},
         {"source": "store", "id": 1, "name": "dev", "credentials": ["12-*"],

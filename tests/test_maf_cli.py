@@ -231,14 +231,16 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     with MafStore(db) as st:
         assert st.count_keys() == 1
     assert (tmp_path / "audit.log").exists()
-    result = CliRunner().invoke(app, ["maf", "audit", "--store", str(db)])
+    result = CliRunner().invoke(app, ["maf", "audit", "--json", "--store", str(db)])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["event"] for r in records] == ["key-issued"]
     assert records[0]["kcId"] == f"{reg['relativeKeyID']}@{MAF_FQDN}" and records[0]["seq"] >= 1
     assert (
         CliRunner()
-        .invoke(app, ["maf", "audit", "--after", str(records[0]["seq"]), "--store", str(db)])
+        .invoke(
+            app, ["maf", "audit", "--json", "--after", str(records[0]["seq"]), "--store", str(db)]
+        )
         .stdout
         == ""
     )

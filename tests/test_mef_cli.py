@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -36,6 +37,11 @@ EXPORT = bytes(range(48))  # RelativeKeID = octets 0-15, Ke = octets 16-47
 KE_HEX = EXPORT[16:].hex()
 KE_ID = f"{EXPORT[:16].hex()}@mef.example.com"
 SECRETS = (KPM, KPM2, KE_HEX)
+
+def _jsonl(text: str) -> list[Any]:
+    """The rows of a ``--json`` listing: one JSON object per line (JSON lines)."""
+    return [json.loads(line) for line in text.splitlines()]
+
 
 
 @pytest.fixture(autouse=True)
@@ -153,7 +159,7 @@ def test_enrolees(mef: Mef, tmp_path: Path) -> None:
     ):
         assert text in out
     code, out, _ = mef("list-enrolees", "--json")
-    listed = json.loads(out)
+    listed = _jsonl(out)
     assert [e["bootstrapId"] for e in listed] == [
         "/mn-cse-9/Cdevice-3",
         "device-1",
@@ -205,7 +211,7 @@ def test_malformed_input_exits_2_and_writes_nothing(
     assert code == 2, err
     assert message in err
     code, out, _ = mef("list-enrolees", "--json")
-    assert code == 0 and json.loads(out) == []
+    assert code == 0 and _jsonl(out) == []
 
 
 @pytest.mark.parametrize(
@@ -233,7 +239,7 @@ def test_targets(mef: Mef) -> None:
     assert "enrolee-b:/mn-cse-123456" in out and "maf:maf.provider.com" in out
     assert "enrolee-b:/mn-cse-1/Clight-AE1 (NAF l.example.com)" in out
     code, out, _ = mef("list-targets", "--json")
-    assert {"kind": "maf", "id": "maf.provider.com"} in json.loads(out)
+    assert {"kind": "maf", "id": "maf.provider.com"} in _jsonl(out)
     code, _, err = mef("allow-target", "maf.provider.com", "--kind", "hss")
     assert code == 2 and "maf or enrolee-b" in err
     code, _, err = mef("allow-target", "maf.provider.com", "--naf-fqdn", "n.example.com")
@@ -273,7 +279,7 @@ def test_keys_and_audit(mef: Mef, tmp_path: Path) -> None:
         assert text in out
     assert "live" in out and "1 enrolment(s), 1 live; showing 1" in out
     code, out, _ = mef("keys", "--json")
-    [key] = json.loads(out)
+    [key] = _jsonl(out)
     assert key["keID"] == KE_ID and key["expired"] is False
     assert key["target"] == {"kind": "enrolee-b", "id": "/mn-cse-123456"}
     assert set(key) == {"keID", "bootstrap", "enroleeId", "target", "expires", "created", "expired"}
@@ -293,7 +299,7 @@ def test_keys_and_audit(mef: Mef, tmp_path: Path) -> None:
     # Removing the Enrolee erases its enrolment at once.
     code, out, _ = mef("remove-enrolee", "device-1")
     assert code == 0 and "(1 enrolment(s) erased)" in out
-    assert json.loads(mef("keys", "--json")[1]) == []
+    assert _jsonl(mef("keys", "--json")[1]) == []
 
 
 def write_csv(path: Path, rows: list[str]) -> Path:
@@ -320,7 +326,7 @@ def test_import_1000_rows_with_progress(mef: Mef, tmp_path: Path) -> None:
     assert "importing: 1000/1000 Enrolees" in err and "importing: 500/1000" in err
     for n in (0, 1, 999):
         assert f"{n:032x}" not in out + err
-    listed = json.loads(mef("list-enrolees", "--json")[1])
+    listed = _jsonl(mef("list-enrolees", "--json")[1])
     assert len(listed) == 1000
     by_id = {e["bootstrapId"]: e for e in listed}
     assert by_id["device-0"]["target"] == {"kind": "maf", "id": "maf.provider.com"}
@@ -361,12 +367,12 @@ def test_import_bad_rows_write_nothing(mef: Mef, tmp_path: Path) -> None:
     ):
         assert f"line {line}: " in err and text in err, (line, text)
     assert KPM[:8] not in err
-    assert json.loads(mef("list-enrolees", "--json")[1]) == []
+    assert _jsonl(mef("list-enrolees", "--json")[1]) == []
     # The store refuses a row (an Enrolee configured already): nothing of the file is written.
     add_gateway_device(mef, tmp_path, "device-999")
     code, _, err = mef("import", str(write_csv(tmp_path / "good.csv", thousand_rows())))
     assert code == 1 and "'psk:device-999' is configured already" in err
-    assert len(json.loads(mef("list-enrolees", "--json")[1])) == 1
+    assert len(_jsonl(mef("list-enrolees", "--json")[1])) == 1
     code, out, _ = mef("import", str(write_csv(tmp_path / "empty.csv", [])))
     assert code == 0 and "imported 0 Enrolee(s)" in out
 
@@ -399,7 +405,7 @@ def test_real_process(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout)[0]["bootstrapId"] == "device-1"
+    assert _jsonl(listed.stdout)[0]["bootstrapId"] == "device-1"
     for out in (added, listed):
         assert KPM not in out.stdout + out.stderr
     bad = subprocess.run(
@@ -428,10 +434,10 @@ def test_postgresql(pg_mef: Mef, tmp_path: Path) -> None:
     both = write_csv(tmp_path / "pg2.csv", [f"new-1,{KPM},Cnew,m.example.com,,,", rows[5]])
     code, _, err = pg_mef("import", str(both))
     assert code == 1 and "'psk:pg-5' is configured already" in err
-    assert len(json.loads(pg_mef("list-enrolees", "--json")[1])) == 1001
+    assert len(_jsonl(pg_mef("list-enrolees", "--json")[1])) == 1001
     code, out, err = pg_mef("import", str(both), "--replace")
     assert code == 0 and "imported 2 Enrolee(s)" in out, err
-    assert len(json.loads(pg_mef("list-enrolees", "--json")[1])) == 1002
+    assert len(_jsonl(pg_mef("list-enrolees", "--json")[1])) == 1002
     audit = [json.loads(line) for line in pg_mef("audit", "--json")[1].splitlines()]
     assert [r["event"] for r in audit][:1] == ["enrolled"]
 

@@ -302,7 +302,7 @@ async def test_a_live_ke_is_reused_and_an_expired_one_bootstraps_again(
         (["--kpm-id", KPM_ID, "--kpm", "-", "--enrolee-b", "Cbare"], "Cbare"),
         (["--kpm-id", "bad id", "--kpm", "-", "--enrolee-b", "/in-cse"], "invalid KpmID"),
         (["--kpm-id", KPM_ID, "--kpm", KPM.hex(), "--enrolee-b", "/in-cse"],
-         "give the Kpm as --kpm - (standard input) or --kpm-file"),
+         "give --kpm - (standard input), --kpm @FILE or --kpm-file FILE"),
         (["--kpm-id", KPM_ID, "--kpm", "-", "--enrolee-b", "/in-cse"], "the Kpm must be 16 to"),
     ],
 )

@@ -36,6 +36,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,11 @@ __all__ = ["pg_server", "pg_url"]
 ROUNDS = 3
 WORKERS = 12
 CLI = [sys.executable, "-m", "m2msec.cli"]
+
+def _jsonl(text: str) -> list[Any]:
+    """The rows of a ``--json`` listing: one JSON object per line (JSON lines)."""
+    return [json.loads(line) for line in text.splitlines()]
+
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +226,7 @@ async def test_sigkill_under_concurrent_enrolments_loses_no_acknowledged_ke(mef:
         assert stored[str(got.ke_id)].ke == got.ke
     listing = mef.admin("keys", "--json", "--limit", "100000")
     assert listing.returncode == 0, listing.stderr
-    listed = {row["keID"] for row in json.loads(listing.stdout)}
+    listed = {row["keID"] for row in _jsonl(listing.stdout)}
     assert {str(got.ke_id) for got in acked} <= listed
     audit = mef.admin("audit", "--json", "--limit", "100000")
     assert audit.returncode == 0, audit.stderr

@@ -87,11 +87,11 @@ def test_default_store_is_under_m2msec_home(runner: CliRunner, tmp_path: Path) -
 
 def test_duplicate_add_is_a_one_line_error(runner: CliRunner, db: Path) -> None:
     _add_tr0038(runner, db)
-    code, out, err = _run(runner, db, "add", AE1_ID, "--key", "00" * 16)
+    code, out, err = _run(runner, db, "add", AE1_ID, "--key", "-", stdin="00" * 16)
     assert code == 1
     assert err.strip() == f"error: KpsaId '{AE1_ID}' already exists"
     assert "Traceback" not in out + err
-    code, out, err = _run(runner, db, "add", AE1_ID, "--key", "00" * 16, "--replace")
+    code, out, err = _run(runner, db, "add", AE1_ID, "--key", "-", "--replace", stdin="00" * 16)
     assert code == 0, err
     assert "shorter" not in err
     with SqlitePskStore(db) as store:
@@ -113,7 +113,10 @@ def test_duplicate_add_is_a_one_line_error(runner: CliRunner, db: Path) -> None:
 def test_malformed_input_exits_2(
     runner: CliRunner, db: Path, args: list[str], message: str
 ) -> None:
-    code, out, err = _run(runner, db, "add", *args)
+    # The key from standard input (a literal one would add the command-line warning).
+    at = args.index("--key") + 1
+    key, args = args[at], [*args[:at], "-", *args[at + 1 :]]
+    code, out, err = _run(runner, db, "add", *args, stdin=key + "\n")
     assert code == 2
     assert err.startswith("error: ") and message in err
     assert len(err.strip().splitlines()) == 1

@@ -9,10 +9,11 @@
   of its vectors (``--amf``, default 0000), the NAFs it may use (``--allow-naf FQDN``,
   repeatable; ``--uss FQDN=JSON`` gives a NAF its user security settings, e.g.
   ``'mn.example.com={"aeId": "/mn-cse/Cdev"}'``; ``--any-naf`` allows every NAF) and
-  ``--uicc`` for a UICC-based (GBA_U) credential. ``--k -`` / ``--opc -`` / ``--op -``
-  read the value from standard input.
-* ``m2msec bsf list`` shows the subscribers (never their keys), ``m2msec bsf remove IMPI``
-  removes one with its bootstrapping sessions.
+  ``--uicc`` for a UICC-based (GBA_U) credential. ``--k``, ``--opc`` and ``--op`` take
+  ``-`` (standard input, a hidden prompt on a terminal), ``@FILE`` or their ``--*-file``
+  twin (docs/cli.md "Secret options"); a literal value works with a warning.
+* ``m2msec bsf list`` shows the subscribers (never their keys; ``--json``: JSON lines),
+  ``m2msec bsf remove IMPI`` removes one with its bootstrapping sessions.
 
 Exit status: 0 on success, 1 when the store or the server fails, 2 for malformed input
 or configuration.
@@ -30,6 +31,7 @@ from rich.text import Text
 
 from m2msec.cli.common import (
     ConfigOption,
+    JsonOption,
     LogLevelOption,
     MetricsOption,
     exactly_one,
@@ -39,8 +41,11 @@ from m2msec.cli.common import (
     load_serve_config,
     option,
     path_overrides,
-    read_secret,
+    print_listing,
     require_store,
+    secret_file_option,
+    secret_option,
+    secret_text,
     serve_and_report,
     stderr_console,
     stdout_console,
@@ -51,7 +56,7 @@ from m2msec.cli.common import (
 )
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.gba.aka import DEFAULT_AMF
-from m2msec.gba.records import Guss
+from m2msec.gba.records import Guss, Subscriber
 from m2msec.gba.subscribers import SubscriberStore, default_bsf_store_path
 from m2msec.servers.bsf import BsfServer, load_bsf_config
 
@@ -70,7 +75,7 @@ StoreOption = Annotated[
 
 
 def _read_hex(value: str, what: str, length: int) -> bytes:
-    text = read_secret(value, f"{what} (hexadecimal)").strip().replace(":", "").replace(" ", "")
+    text = value.strip().replace(":", "").replace(" ", "")
     if text.lower().startswith("0x"):
         text = text[2:]
     try:
@@ -93,16 +98,14 @@ def _group() -> None:
 @app.command("add-subscriber")
 def add_subscriber(
     impi: Annotated[str, typer.Argument(metavar="IMPI", help="Private user identity (NAI).")],
-    k: Annotated[
-        str, typer.Option("--k", metavar="HEX", help="Subscriber key K (16 octets), or -.")
-    ],
-    opc: Annotated[
-        str | None, option("--opc", metavar="HEX", help="OPc (16 octets), or -.")
-    ] = None,
+    k: Annotated[str | None, secret_option("--k", "Subscriber key K (16 octets, hex)")] = None,
+    k_file: Annotated[Path | None, secret_file_option("--k-file", "K in hex")] = None,
+    opc: Annotated[str | None, secret_option("--opc", "OPc (16 octets, hex)")] = None,
+    opc_file: Annotated[Path | None, secret_file_option("--opc-file", "OPc in hex")] = None,
     op: Annotated[
-        str | None,
-        option("--op", metavar="HEX", help="OP (16 octets); OPc is derived."),
+        str | None, secret_option("--op", "OP (16 octets, hex); OPc is derived, OP not kept")
     ] = None,
+    op_file: Annotated[Path | None, secret_file_option("--op-file", "OP in hex")] = None,
     sqn: Annotated[
         str, typer.Option("--sqn", metavar="HEX", help="SQN_HE, 6 octets.")
     ] = "000000000000",
@@ -131,13 +134,16 @@ def add_subscriber(
     store: StoreOption = None,
 ) -> None:
     """Provision a subscriber of the HSS simulator."""
-    exactly_one(opc=opc, op=op)
-    key = _read_hex(k, "K", 16)
-    if opc is not None:
-        opc_value = _read_hex(opc, "OPc", 16)
+    if k is None and k_file is None:
+        fail("give K: --k - (standard input), --k @FILE or --k-file FILE", 2)
+    exactly_one(opc=opc if opc_file is None else opc_file, op=op if op_file is None else op_file)
+    key = _read_hex(secret_text(k, "--k", file=k_file, prompt="K (hexadecimal)") or "", "K", 16)
+    opc_text = secret_text(opc, "--opc", file=opc_file, prompt="OPc (hexadecimal)")
+    if opc_text is not None:
+        opc_value = _read_hex(opc_text, "OPc", 16)
     else:
-        assert op is not None
-        opc_value = derive_opc(key, _read_hex(op, "OP", 16))
+        op_text = secret_text(op, "--op", file=op_file, prompt="OP (hexadecimal)") or ""
+        opc_value = derive_opc(key, _read_hex(op_text, "OP", 16))
     sqn_value = int.from_bytes(_read_hex(sqn, "SQN", 6), "big")
     amf_value = _read_hex(amf, "AMF", 2)
     nafs: dict[str, dict[str, Any]] = {f: {} for f in allow_naf or ()}
@@ -181,26 +187,43 @@ def add_subscriber(
         )
 
 
+def _subscriber_json(sub: Subscriber) -> dict[str, Any]:
+    return {
+        "impi": sub.impi,
+        "type": sub.gba_type,
+        "sqn": f"{sub.sqn:012x}",
+        "amf": sub.amf.hex(),
+        "anyNaf": sub.guss.any_naf,
+        "nafs": {fqdn: dict(uss) for fqdn, uss in sorted(sub.guss.nafs.items())},
+    }
+
+
+def _subscriber_cells(sub: Subscriber) -> tuple[str, ...]:
+    nafs = [fqdn + (f" {json.dumps(dict(uss))}" if uss else "")
+            for fqdn, uss in sorted(sub.guss.nafs.items())]  # fmt: skip
+    if sub.guss.any_naf:
+        nafs.append("(any NAF)")
+    return sub.impi, sub.gba_type, f"{sub.sqn:012x}", sub.amf.hex(), ", ".join(nafs) or "-"
+
+
 @app.command("list")
-def list_subscribers(store: StoreOption = None) -> None:
+def list_subscribers(as_json: JsonOption = False, store: StoreOption = None) -> None:
     """Show the subscribers (never their keys)."""
     with store_errors(), SubscriberStore(store) as st:
         subs = st.list_subscribers()
         sessions = st.count_sessions()
         where = st.label
-    table = Table(title=f"subscribers in {where}", title_justify="left")
-    for column in ("IMPI", "type", "SQN", "AMF", "allowed NAFs"):
-        table.add_column(column, overflow="fold")
-    for sub in subs:
-        nafs = []
-        for fqdn, uss in sorted(sub.guss.nafs.items()):
-            nafs.append(fqdn + (f" {json.dumps(dict(uss))}" if uss else ""))
-        if sub.guss.any_naf:
-            nafs.append("(any NAF)")
-        table.add_row(sub.impi, sub.gba_type, f"{sub.sqn:012x}", sub.amf.hex(), "\n".join(nafs))
-    out = stdout_console()
-    out.print(table)
-    out.print(f"{len(subs)} subscriber(s), {sessions} bootstrapping session(s)")
+    print_listing(
+        subs,
+        title=f"subscribers in {where}",
+        columns=("IMPI", "type", "SQN", "AMF", "allowed NAFs"),
+        cells=_subscriber_cells,
+        to_json=_subscriber_json,
+        as_json=as_json,
+        empty=f"no subscribers in {where}",
+    )
+    if not as_json:
+        stdout_console().print(f"{len(subs)} subscriber(s), {sessions} bootstrapping session(s)")
 
 
 @app.command("remove")

@@ -4,21 +4,37 @@ A sub-command group (:func:`sub_app`), the shared options (``--store``, ``--conf
 ``--log-level``, ``--init`` and the option shapes every command repeats), output consoles,
 key-value tables and "done" lines, one-line errors and their exit codes (:func:`fail`,
 :func:`exit_on_errors`, :func:`store_errors`, :func:`exactly_one`: 2 for a usage or
-configuration error, 1 when the operation failed), key input, and the ``serve`` commands'
-steps: load the config with the options as overrides, run a long-lived server until a
-signal (logging, event loop, signals)."""
+configuration error, 1 when the operation failed), the one reader of secret options
+(:func:`secret_text`: ``-``, ``@FILE``, ``--*-file``, a warned literal), the one printer
+of listings (:func:`print_listing`: ``--json`` lines, tables never cut when stdout is not
+a terminal, streamed a page at a time), and the ``serve`` commands' steps: load the config
+with the options as overrides, run a long-lived server until a signal (logging, event
+loop, signals). docs/cli.md describes what an operator sees of these."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
+import json
 import logging
+import os
 import signal
+import stat
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Protocol, TypeVar
+from typing import Annotated, Any, Final, NoReturn, Protocol, TextIO, TypeVar
 
 import typer
 from rich.console import Console, RenderableType
@@ -118,13 +134,150 @@ def utc_time(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def listing_table(title: str, *columns: str) -> Table:
-    """A store listing: titled on the left, one column per name, each cell on one line
-    (ids stay whole for grep and copy)."""
+# ----------------------------------------------------------------- listings
+# Every list and show command prints through these (docs/cli.md "Output"): --json writes
+# one JSON object per row and line (JSON lines, streamed); a table on a terminal is a rich
+# table; elsewhere (a pipe, a file) plain aligned columns, every cell whole on one line, so
+# that ids survive grep, cut and awk. Rows are printed a page at a time: a listing of a
+# million rows holds one page in memory.
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="JSON lines: one JSON object per row and line.")
+]
+LISTING_PAGE: Final = 1000
+R = TypeVar("R")
+Cell = str | Text
+
+
+def result_console() -> Console:
+    """stdout for results; when it is not a terminal, wide enough that no cell is cut."""
+    if sys.stdout.isatty():
+        return stdout_console()
+    return Console(highlight=False, soft_wrap=True, width=100_000)
+
+
+def json_line(doc: Mapping[str, Any]) -> None:
+    """One JSON object on one line of stdout (no key is ever in ``doc``)."""
+    sys.stdout.write(json.dumps(doc, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+
+def listing_table(title: str | None, *columns: str, right: Collection[str] = ()) -> Table:
+    """A rich listing: titled on the left, one column per name, each cell on one line
+    (``right``: right-justified columns)."""
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column, no_wrap=True)
+        table.add_column(column, no_wrap=True, justify="right" if column in right else "left")
     return table
+
+
+def _printable(cell: str) -> str:
+    """``cell`` with control characters (a terminal escape in a stored id) shown as
+    ``\\xNN``, as rich strips them on a terminal."""
+    if cell.isprintable():
+        return cell
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in cell)
+
+
+def _plain_page(
+    out: TextIO, title: str | None, columns: Sequence[str], rows: list[Sequence[Cell]],
+    widths: list[int], right: Collection[str],
+) -> None:  # fmt: skip
+    texts = [[_printable(c.plain if isinstance(c, Text) else c) for c in row] for row in rows]
+    for row in texts:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = [title] if title is not None else []
+    if title is not None:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in texts:
+        cells = (
+            cell.rjust(w) if name in right else cell.ljust(w)
+            for cell, w, name in zip(row, widths, columns, strict=True)
+        )
+        lines.append("  ".join(cells).rstrip())
+    out.write("\n".join(lines) + "\n")
+
+
+def print_listing(
+    rows: Iterable[R],
+    *,
+    title: str,
+    columns: Sequence[str],
+    cells: Callable[[R], Sequence[Cell]],
+    to_json: Callable[[R], Mapping[str, Any]],
+    as_json: bool,
+    empty: str,
+    right: Collection[str] = (),
+) -> int:
+    """Print ``rows`` (module comment above): as JSON lines (``to_json``), or as a table
+    of ``columns`` whose cells are ``cells(row)``; ``empty`` is the line printed for no
+    rows (nothing for JSON). Returns how many rows were printed."""
+    count = 0
+    if as_json:
+        for row in rows:
+            json_line(to_json(row))
+            count += 1
+        return count
+    terminal = sys.stdout.isatty()
+    widths = [len(c) for c in columns]
+    page: list[Sequence[Cell]] = []
+
+    def flush(first: bool) -> None:
+        if terminal:
+            table = listing_table(title if first else None, *columns, right=right)
+            table.show_header = first
+            for row in page:
+                table.add_row(*(Text(c) if isinstance(c, str) else c for c in row))
+            stdout_console().print(table)
+        else:
+            _plain_page(sys.stdout, title if first else None, columns, page, widths, right)
+        page.clear()
+
+    for row in rows:
+        page.append(cells(row))
+        count += 1
+        if len(page) == LISTING_PAGE:
+            flush(count == LISTING_PAGE)
+    if page or count == 0:
+        if count == 0:
+            stdout_console().print(Text(empty))
+        else:
+            flush(count <= LISTING_PAGE)
+    sys.stdout.flush()
+    return count
+
+
+def print_audit(
+    records: Sequence[tuple[int, Mapping[str, Any]]],
+    *,
+    title: str,
+    as_json: bool,
+    empty: str,
+    columns: Sequence[str] | None = None,
+) -> None:
+    """Audit records (sequence number, record) by :func:`print_listing`: JSON lines with
+    ``seq`` first, or a table of ``columns`` (default: every field, in order of first
+    appearance); a missing field shows as ``-``."""
+    if columns is None:
+        seen: dict[str, None] = {}
+        for _seq, record in records:
+            seen.update(dict.fromkeys(record))
+        columns = tuple(seen)
+
+    def cells(item: tuple[int, Mapping[str, Any]]) -> list[str]:
+        seq, record = item
+        return [str(seq), *(str(record.get(c, "-")).replace("+00:00", "Z") for c in columns)]
+
+    print_listing(
+        records,
+        title=title,
+        columns=("seq", *columns),
+        right=("seq",),
+        cells=cells,
+        to_json=lambda item: {"seq": item[0], **item[1]},
+        as_json=as_json,
+        empty=empty,
+    )
 
 
 def key_value_table(rows: list[tuple[str, str]]) -> Table:
@@ -182,25 +335,89 @@ def store_errors() -> AbstractContextManager[None]:
     return exit_on_errors(usage=(IdentifierError, ConfigurationError), failure=(StoreError,))
 
 
-def read_secret(value: str, prompt: str) -> str:
-    """``value``, or for ``-`` a line of stdin (a hidden ``prompt`` on a terminal): a key
-    read so keeps out of ``ps`` and shell history."""
-    if value != "-":
-        return value
-    if sys.stdin.isatty():
-        text: str = typer.prompt(prompt, hide_input=True, err=True)
-        return text
-    return sys.stdin.readline()
+# ----------------------------------------------------------------- secret options
+# Every option that takes a secret value (a Kpsa, Km, Kpm, K, OPc, OP) is read through
+# secret_text, in one of these forms (docs/cli.md "Secret options"):
+#   -          one line of standard input; on a terminal a prompt without echo (getpass)
+#   @FILE      the file's text, and --NAME-file FILE the same: a warning unless it is 0600
+#   a literal  still works, with a warning: it is visible to other users (ps, shell history)
+# Option names that hold a key file in PEM (--key of serve/connect/enrol) are not secret
+# values: their FILE is opened by the TLS layer.
+
+KEY_METAVAR = "HEX|-|@FILE"
 
 
-def read_key(value: str, what: str = "key") -> bytes:
-    """A hex key from the command line, or from stdin when given as ``-``.
+def secret_option(name: str, what: str, *, literal: bool = True) -> Any:
+    """The ``typer.Option`` of a secret value ``name`` (e.g. ``--psk``) holding ``what``;
+    its help lists the forms :func:`secret_text` reads."""
+    forms = "'-' reads standard input (a hidden prompt on a terminal), @FILE a file"
+    tail = "" if literal else "; a literal value is refused"
+    return option(name, metavar=KEY_METAVAR if literal else "-|@FILE",
+                  help=f"{what}: {forms} (or {name}-file FILE){tail}.")  # fmt: skip
 
-    Reading from stdin keeps the key out of ``ps`` and shell history.
-    """
-    text = sys.stdin.readline().strip() if value == "-" else value.strip()
+
+def secret_file_option(name: str, what: str) -> Any:
+    """The ``--NAME-file FILE`` twin of :func:`secret_option`."""
+    return option(name, metavar="FILE", help=f"A file holding {what} (mode 0600 expected).")
+
+
+def warn(message: str) -> None:
+    """One yellow ``warning:`` line on stderr."""
+    stderr_console().print(Text(f"warning: {message}", style="yellow"))
+
+
+def _secret_file(path: Path, option_name: str) -> str:
     try:
-        key = bytes.fromhex(text)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        fail(f"{option_name}: cannot read {path}: {reason}", 2)
+    if os.name == "posix" and mode & 0o077:
+        warn(f"{path} ({option_name}) is readable by others (mode {mode:04o}); chmod 600 it")
+    return text.strip()
+
+
+def secret_text(
+    value: str | None,
+    option_name: str,
+    *,
+    file: Path | None = None,
+    prompt: str | None = None,
+    literal: bool = True,
+) -> str | None:
+    """The text of the secret option ``option_name`` given as ``value`` (the forms above)
+    or as its ``--*-file`` twin ``file``; None when neither was given. Exit 2 when both
+    are given, the file cannot be read, or (``literal=False``) a literal value is given.
+    Never echoes the value: messages name the option and the file only."""
+    if value is not None and file is not None:
+        fail(f"give {option_name} or {option_name}-file, not both", 2)
+    if file is not None:
+        return _secret_file(file, f"{option_name}-file")
+    if value is None:
+        return None
+    if value == "-":
+        if sys.stdin.isatty():
+            return getpass.getpass(f"{prompt or option_name}: ").strip()
+        return sys.stdin.readline().strip()
+    if value.startswith("@"):
+        return _secret_file(Path(value[1:]), option_name)
+    if not literal:
+        fail(f"give {option_name} - (standard input), {option_name} @FILE or "
+             f"{option_name}-file FILE: a key on the command line shows in ps", 2)  # fmt: skip
+    warn(
+        f"{option_name} on the command line is visible to other users (ps, shell history); "
+        f"use {option_name} -, {option_name} @FILE or {option_name}-file FILE"
+    )
+    return value.strip()
+
+
+def read_key(value: str | None, what: str = "key", *, file: Path | None = None) -> bytes:
+    """A hex key of 1 to 64 octets from the secret option ``what`` (e.g. ``--psk``) in any
+    of :func:`secret_text`'s forms; errors never echo it."""
+    text = secret_text(value, what, file=file) or ""
+    try:
+        key = bytes.fromhex("".join(text.split()))
     except ValueError:
         fail(f"{what} must be hexadecimal")
     if not 0 < len(key) <= 64:

@@ -33,7 +33,16 @@ from urllib.parse import urlsplit
 import typer
 
 from m2msec.cli import gba_options as g
-from m2msec.cli.common import console, context_details, exit_on_errors, fail, file_option, read_key
+from m2msec.cli.common import (
+    console,
+    context_details,
+    exit_on_errors,
+    fail,
+    file_option,
+    read_key,
+    secret_file_option,
+    secret_option,
+)
 from m2msec.config.credentials import (
     CertificateSettings,
     Credential,
@@ -61,15 +70,19 @@ R = TypeVar("R")
 __all__ = ["connect", "default_server_name", "options_credential"]
 
 
-def _key_source(value: str | None, option: str) -> KeySource:
-    """A key given as hex or ``-`` (stdin); none: the Enrolee store by KeID."""
-    return KeySource() if value is None else KeySource(value=read_key(value, option))
+def _key_source(value: str | None, option: str, file: Path | None = None) -> KeySource:
+    """A key given in a form of :func:`~m2msec.cli.common.secret_text` (``-``, ``@FILE``,
+    ``--*-file``, a warned literal); none: the Enrolee store by KeID."""
+    if value is None and file is None:
+        return KeySource()
+    return KeySource(value=read_key(value, option, file=file))
 
 
 def options_credential(
     *,
     psk_identity: str | None,
     psk: str | None,
+    psk_file: Path | None = None,
     cert: Path | None,
     key: Path | None,
     ca: Path | None,
@@ -78,6 +91,7 @@ def options_credential(
     maf_fqdn: str | None,
     km_id: str | None,
     km: str | None,
+    km_file: Path | None = None,
     target_id: str | None,
     cse_id: str | None,
     id_b: str | None,
@@ -89,14 +103,13 @@ def options_credential(
     exit 1 with the option to add."""
     framework: PskSettings | CertificateSettings | MafSettings | GbaSettings
     if gba is not None:
-        bsf, impi, k, opc, sqn, uicc = gba
-        if not (bsf and impi and k and opc):
-            fail("--gba needs --bsf, --impi, --k and --opc")
-        framework = GbaSettings(
-            bsf, impi, _key_source(k, "--k"), _key_source(opc, "--opc"), sqn, uicc
-        )
+        bsf, impi, _k, _opc, sqn, uicc, _k_file, _opc_file = gba
+        if not (bsf and impi):
+            fail("--gba needs --bsf, --impi, --k (or --k-file) and --opc (or --opc-file)")
+        k_source, opc_source = g.gba_keys(gba)
+        framework = GbaSettings(bsf, impi, k_source, opc_source, sqn, uicc)
     elif maf is not None:
-        if not (km_id and (km or is_ke_id(km_id))):
+        if not (km_id and (km or km_file or is_ke_id(km_id))):
             fail("--maf needs --km-id and --km (no --km: a KeID of m2msec enrol)")
         if not (id_b or target_id):
             fail("--maf needs Entity B's identity: --id-b (or --target-id)")
@@ -108,13 +121,14 @@ def options_credential(
         if parts.scheme != "tls" or not parts.hostname or not maf_port:
             fail("--maf must look like tls://HOST:PORT (the MAF's client listener)")
         framework = MafSettings(
-            parts.hostname, maf_port, km_id, _key_source(km, "--km"), maf_fqdn, target_id, cse_id
+            parts.hostname, maf_port, km_id, _key_source(km, "--km", km_file), maf_fqdn,
+            target_id, cse_id,
         )
-    elif psk_identity or psk:
-        if not (psk_identity and (psk or is_ke_id(psk_identity))):
+    elif psk_identity or psk or psk_file:
+        if not (psk_identity and (psk or psk_file or is_ke_id(psk_identity))):
             fail("--psk-identity and --psk go together (no --psk: a KeID of m2msec enrol)")
         # No --psk: the KeID's Kpsa from the Enrolee store (m2msec enrol --enrolee-b).
-        framework = PskSettings(psk_identity, _key_source(psk, "--psk"))
+        framework = PskSettings(psk_identity, _key_source(psk, "--psk", psk_file))
     elif cert and key and ca:
         framework = CertificateSettings(cert, key, ca)
     else:
@@ -201,9 +215,8 @@ def connect(
     ] = None,
     content: Annotated[str | None, typer.Option(help="JSON content of the request")] = None,
     psk_identity: Annotated[str | None, typer.Option("--psk-identity", help="KpsaId")] = None,
-    psk: Annotated[
-        str | None, typer.Option("--psk", help="Kpsa in hex, or - to read it from stdin")
-    ] = None,
+    psk: Annotated[str | None, secret_option("--psk", "Kpsa in hex")] = None,
+    psk_file: Annotated[Path | None, secret_file_option("--psk-file", "Kpsa in hex")] = None,
     cert: Annotated[Path | None, typer.Option(help="our certificate (PEM)")] = None,
     key: Annotated[Path | None, typer.Option(help="our private key (PEM)")] = None,
     ca: Annotated[Path | None, typer.Option(help="root of trust (PEM)")] = None,
@@ -220,7 +233,9 @@ def connect(
     bsf: g.BsfOption = None,
     impi: g.ImpiOption = None,
     k: g.KOption = None,
+    k_file: g.KFileOption = None,
     opc: g.OpcOption = None,
+    opc_file: g.OpcFileOption = None,
     sqn: g.SqnOption = None,
     uicc: g.UiccOption = False,
     maf: Annotated[
@@ -231,9 +246,8 @@ def connect(
         str | None, typer.Option("--maf-fqdn", help="MAF: its FQDN (default: from --km-id)")
     ] = None,
     km_id: Annotated[str | None, typer.Option("--km-id", help="MAF: our KmID")] = None,
-    km: Annotated[
-        str | None, typer.Option("--km", help="MAF: Km in hex, or - to read it from stdin")
-    ] = None,
+    km: Annotated[str | None, secret_option("--km", "MAF: Km in hex")] = None,
+    km_file: Annotated[Path | None, secret_file_option("--km-file", "MAF: Km in hex")] = None,
     target_id: Annotated[
         str | None, typer.Option("--target-id", help="MAF: the targetIDs entry (default --id-b)")
     ] = None,
@@ -283,14 +297,15 @@ def connect(
             body = json.loads(content)
         except json.JSONDecodeError as exc:
             fail(f"--content is not JSON: {exc}")
-    gba_values: g.GbaDeviceOptions = (bsf, impi, k, opc, sqn, uicc)
-    options = (psk_identity, psk, cert, key, ca, maf, maf_fqdn, km_id, km, target_id, cse_id)
-    if gba or uicc or any(value is not None for value in (*options, *gba_values[:5])):
+    gba_values: g.GbaDeviceOptions = (bsf, impi, k, opc, sqn, uicc, k_file, opc_file)
+    options = (psk_identity, psk, psk_file, cert, key, ca, maf, maf_fqdn, km_id, km, km_file,
+               target_id, cse_id, bsf, impi, k, opc, sqn, k_file, opc_file)  # fmt: skip
+    if gba or uicc or any(value is not None for value in options):
         credential = options_credential(
-            psk_identity=psk_identity, psk=psk, cert=cert, key=key, ca=ca,
+            psk_identity=psk_identity, psk=psk, psk_file=psk_file, cert=cert, key=key, ca=ca,
             gba=gba_values if gba else None, maf=maf, maf_fqdn=maf_fqdn, km_id=km_id, km=km,
-            target_id=target_id, cse_id=cse_id, id_b=id_b, server_name=server_name,
-            in_domain=in_domain, tls12=tls12,
+            km_file=km_file, target_id=target_id, cse_id=cse_id, id_b=id_b,
+            server_name=server_name, in_domain=in_domain, tls12=tls12,
         )  # fmt: skip
     else:
         peer = f"{parts.scheme}://{parts.netloc}"

@@ -36,6 +36,8 @@ from m2msec.cli.common import (
     file_option,
     key_value_table,
     option,
+    secret_file_option,
+    secret_option,
     stdout_console,
     store_errors,
     store_option,
@@ -116,10 +118,10 @@ def enrol(
     ] = None,
     kpm: Annotated[
         str | None,
-        option("--kpm", metavar="-", help="Read Kpm in hex from stdin."),
+        secret_option("--kpm", "Kpm in hex", literal=False),
     ] = None,
     kpm_file: Annotated[
-        Path | None, file_option("A file holding Kpm in hex.", "--kpm-file")
+        Path | None, secret_file_option("--kpm-file", "Kpm in hex")
     ] = None,
     cert: Annotated[
         Path | None, file_option("Certificate bootstrap (8.3.2.2): our certificate.", "--cert")
@@ -159,7 +161,9 @@ def enrol(
     bsf: g.BsfOption = None,
     impi: g.ImpiOption = None,
     k: g.KOption = None,
+    k_file: g.KFileOption = None,
     opc: g.OpcOption = None,
+    opc_file: g.OpcFileOption = None,
     sqn: g.SqnOption = None,
     uicc: g.UiccOption = False,
 ) -> None:
@@ -168,7 +172,9 @@ def enrol(
     if gba:
         if mef is not None or kpm_id is not None or cert is not None:
             fail("--gba bootstraps over Ub at --bsf: no --mef, --kpm-id or --cert", 2)
-        _print(_enrol_gba(target, (bsf, impi, k, opc, sqn, uicc), in_domain, renew, store))
+        _print(_enrol_gba(
+            target, (bsf, impi, k, opc, sqn, uicc, k_file, opc_file), in_domain, renew, store
+        ))
         return
     if mef is None:
         fail("give --mef tls://HOST:PORT (or dtls://), or --gba with --bsf", 2)

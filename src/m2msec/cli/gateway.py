@@ -36,6 +36,7 @@ from m2msec.cli.common import (
     url_option,
 )
 from m2msec.config import load_config
+from m2msec.config.listeners import FRAMEWORKS
 from m2msec.errors import StoreError
 from m2msec.paths import default_store_path
 from m2msec.servers.gateway import Gateway
@@ -45,6 +46,17 @@ __all__ = ["app"]
 app = sub_app("gateway", "The CSE security gateway: TLS and DTLS in front of a oneM2M CSE.")
 
 app.add_typer(gateway_rules.app, name="rule")
+
+
+#: Every listener scheme :func:`m2msec.config.listeners.parse_listen_url` accepts.
+LISTEN_HELP = (
+    "A listener: tls://HOST:PORT (HTTP over TLS, forwarded), dtls://HOST:PORT (CoAP over "
+    "DTLS, forwarded), http://HOST:PORT (plain, answers 4107) or "
+    "egress://HOST:PORT?upstream=https://PEER:PORT (the CSE's way out over an SA the gateway "
+    "keeps, loopback; docs/gateway.md section 11); tls:// and dtls:// take "
+    f"?framework={'|'.join(FRAMEWORKS)} when several frameworks are configured. Repeat for "
+    "several; replaces the file's list."
+)
 
 
 @app.callback()
@@ -121,11 +133,7 @@ def _banner(gw: Gateway) -> Table:
 def serve(
     listen: Annotated[
         list[str] | None,
-        url_option(
-            "tls://HOST:PORT or http://HOST:PORT; repeat for several. Replaces the file's list.",
-            "--listen",
-            "-l",
-        ),
+        url_option(LISTEN_HELP, "--listen", "-l"),
     ] = None,
     backend: Annotated[str | None, url_option("The oneM2M CSE behind the gateway.")] = None,
     cse_id: Annotated[

@@ -14,18 +14,24 @@ an invalid pattern or name (nothing is written).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from m2msec.app_rules import AppRule, app_rule
-from m2msec.cli.common import StoreOption, exit_on_errors, fail, stdout_console, sub_app
+from m2msec.cli.common import (
+    JsonOption,
+    StoreOption,
+    exit_on_errors,
+    fail,
+    print_listing,
+    stdout_console,
+    sub_app,
+)
 from m2msec.config.gateway import read_app_rules
 from m2msec.errors import ConfigurationError, StoreError
 from m2msec.store import open_store
@@ -86,7 +92,7 @@ def add_command(
 
 @app.command("list")
 def list_command(
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+    as_json: JsonOption = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -105,25 +111,26 @@ def list_command(
         store = store or config_store
     with _rules(store) as rules:
         rows = rules.list()
-    out = stdout_console()
-    if as_json:
-        listed: list[dict[str, object]] = [
-            {"source": "config", "id": None, "name": None, **r.as_json()} for r in configured
-        ]
-        listed += [{"source": "store", **r.as_json()} for r in rows]
-        out.out(json.dumps(listed, indent=2))
-        return
-    if not rows and not configured:
-        out.print("no app rules" if config is not None else "no stored app rules")
-        return
-    table = Table(title="serviceSubscribedAppRules", title_justify="left")
-    for column in ("source", "id", "name", "credentials", "allowed AEs", "allowed App-IDs"):
-        table.add_column(column)
-    for number, r in enumerate(configured):
-        table.add_row("config", f"[{number}]", "", *_cells(r))
-    for stored in rows:
-        table.add_row("store", str(stored.id), Text(stored.name or ""), *_cells(stored.rule))
-    out.print(table)
+    listed: list[tuple[str, str, str, AppRule]] = [
+        ("config", f"[{number}]", "", r) for number, r in enumerate(configured)
+    ]
+    listed += [("store", str(r.id), r.name or "", r.rule) for r in rows]
+    print_listing(
+        listed,
+        title="serviceSubscribedAppRules",
+        columns=("source", "id", "name", "credentials", "allowed AEs", "allowed App-IDs"),
+        cells=lambda row: (*row[:3], *_cells(row[3])),
+        to_json=_rule_json,
+        as_json=as_json,
+        empty="no app rules" if config is not None else "no stored app rules",
+    )
+
+
+def _rule_json(row: tuple[str, str, str, AppRule]) -> dict[str, object]:
+    source, rule_id, name, rule = row
+    if source == "config":
+        return {"source": "config", "id": None, "name": None, **rule.as_json()}
+    return {"source": "store", "id": int(rule_id), "name": name or None, **rule.as_json()}
 
 
 def _cells(rule: AppRule) -> tuple[Text, Text, Text]:

@@ -10,9 +10,11 @@
 * ``allow-entity-b ID``: an Entity B identity (IN-CSE, 8.2.2.3) the MAF may hand keys to;
   ``list-entity-b``, ``disallow-entity-b``;
 * ``keys``: the key registrations (RelativeKeyID, source KmId, targets, expiry, state),
-  never their values; ``audit``: the audit log as JSON lines.
+  never their values; ``audit``: the audit log (a table, or ``--json`` lines).
 
-Keys are never printed. Give ``--key -`` to read the key from standard input, out of ``ps``.
+Keys are never printed. Give ``--key -`` to read the key from standard input (a hidden
+prompt on a terminal), ``--key @FILE`` or ``--key-file FILE``, out of ``ps`` (docs/cli.md
+"Secret options"). Every list takes ``--json`` (JSON lines).
 Exit status: 0 on success, 1 when the store refuses or the server cannot run, 2 for
 malformed input or configuration.
 """
@@ -24,6 +26,7 @@ import logging
 import sys
 from contextlib import closing
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,16 +36,20 @@ from rich.text import Text
 
 from m2msec.cli.common import (
     ConfigOption,
+    JsonOption,
     LogLevelOption,
     MetricsOption,
     done,
     file_option,
     init_option,
-    listing_table,
     load_serve_config,
     option,
     path_overrides,
-    read_secret,
+    print_audit,
+    print_listing,
+    secret_file_option,
+    secret_option,
+    secret_text,
     serve_and_report,
     stderr_console,
     stdout_console,
@@ -55,6 +62,8 @@ from m2msec.cli.common import (
 from m2msec.errors import ConfigurationError, UnknownCredentialError
 from m2msec.ids import AeId, CseId, parse_entity_id
 from m2msec.maf.store import (
+    MafClientInfo,
+    MafKey,
     MafStore,
     default_maf_store_path,
     open_maf_store,
@@ -97,8 +106,10 @@ def _store_name(store: str | None) -> str:
     return redact_url(store) if store is not None else str(default_maf_store_path())
 
 
-def _read_key(value: str) -> bytes:
-    text = read_secret(value, "Km (hexadecimal)").strip()
+def _read_key(value: str | None, file: Path | None) -> bytes:
+    text = secret_text(value, "--key", file=file, prompt="Km (hexadecimal)")
+    if text is None:
+        raise ConfigurationError("give the Km: --key - (standard input), @FILE or --key-file")
     try:
         return bytes.fromhex(text)
     except ValueError:
@@ -112,13 +123,9 @@ def _read_key(value: str) -> bytes:
 def add_client(
     km_id: KmIdArgument,
     key: Annotated[
-        str,
-        typer.Option(
-            "--key",
-            metavar="HEX",
-            help="The Km in hexadecimal (16 to 64 octets), or '-' to read it from standard input.",
-        ),
-    ],
+        str | None, secret_option("--key", "The Km in hexadecimal (16 to 64 octets)")
+    ] = None,
+    key_file: Annotated[Path | None, secret_file_option("--key-file", "the Km in hex")] = None,
     entity_id: Annotated[
         str | None,
         typer.Option(
@@ -145,7 +152,7 @@ def add_client(
     with store_errors():
         parse_km_id(km_id)
         _check_entity_a_kind(kind, entity_id)
-        km = _read_key(key)
+        km = _read_key(key, key_file)
         with _open(store) as st:
             info = st.add_client(km_id, km, entity_id, replace=replace)
     rest = f" ({len(km)}-octet Km" + (f", entity {info.entity_id})" if info.entity_id else ")")
@@ -170,28 +177,42 @@ def _check_entity_a_kind(kind: str | None, entity_id: str | None) -> None:
         raise ConfigurationError(f"--kind ae: {entity_id!r} is not an AE-ID")
 
 
+def _client_json(c: MafClientInfo) -> dict[str, Any]:
+    return {
+        "kmId": c.km_id,
+        "entityId": c.entity_id,
+        "keyLength": c.key_octets,
+        "enabled": c.enabled,
+        "config": c.has_config,
+        "added": utc_time(c.created),
+    }
+
+
+def _client_cells(c: MafClientInfo) -> tuple[str, ...]:
+    return (
+        c.km_id,
+        c.entity_id or "-",
+        f"{c.key_octets} octets",
+        "yes" if c.enabled else "no",
+        "yes" if c.has_config else "-",
+        utc_time(c.created),
+    )
+
+
 @app.command("list-clients")
-def list_clients(store: StoreOption = None) -> None:
+def list_clients(as_json: JsonOption = False, store: StoreOption = None) -> None:
     """List the MAF Clients: KmId, Entity A's id, key length (never the key)."""
     with store_errors(), _open(store) as st:
         clients = st.list_clients()
-    if not clients:
-        stdout_console().print(Text(f"no MAF clients in {_store_name(store)}"))
-        return
-    table = listing_table(
-        f"MAF clients {_store_name(store)}",
-        *("KmId", "entity id", "key length", "enabled", "config", "added (UTC)"),
+    print_listing(
+        clients,
+        title=f"MAF clients {_store_name(store)}",
+        columns=("KmId", "entity id", "key length", "enabled", "config", "added (UTC)"),
+        cells=_client_cells,
+        to_json=_client_json,
+        as_json=as_json,
+        empty=f"no MAF clients in {_store_name(store)}",
     )
-    for c in clients:
-        table.add_row(
-            Text(c.km_id),
-            Text(c.entity_id or "-"),
-            Text(f"{c.key_octets} octets"),
-            Text("yes" if c.enabled else "no"),
-            Text("yes" if c.has_config else "-"),
-            Text(utc_time(c.created)),
-        )
-    stdout_console().print(table)
 
 
 @app.command("remove-client")
@@ -283,18 +304,30 @@ def disallow_entity_b(entity_id: EntityArgument, store: StoreOption = None) -> N
 
 
 @app.command("list-entity-b")
-def list_entity_b(store: StoreOption = None) -> None:
+def list_entity_b(as_json: JsonOption = False, store: StoreOption = None) -> None:
     """List the Entity B identities the MAF may hand keys to."""
     with store_errors(), _open(store) as st:
         listed = st.list_entity_b()
-    if not listed:
-        stdout_console().print(Text(f"no Entity B allowed in {_store_name(store)}"))
+    if not as_json and listed:  # one id a line: the plain list scripts already read
+        for entity in listed:
+            stdout_console().print(Text(entity))
         return
-    for entity in listed:
-        stdout_console().print(Text(entity))
+    print_listing(
+        listed,
+        title="Entity B",
+        columns=("entity id",),
+        cells=lambda entity: (entity,),
+        to_json=lambda entity: {"entityId": entity},
+        as_json=as_json,
+        empty=f"no Entity B allowed in {_store_name(store)}",
+    )
 
 
 # ----------------------------------------------------------------------------- keys
+
+
+def _key_state(key: MafKey, now: datetime) -> str:
+    return "de-registered" if key.deregistered else "expired" if key.expired(now) else "live"
 
 
 @app.command("keys")
@@ -304,38 +337,43 @@ def keys(
         typer.Option("--km-id", metavar="KMID", help="Only the keys of this MAF Client."),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 1000,
+    as_json: JsonOption = False,
     store: StoreOption = None,
 ) -> None:
     """List key registrations: RelativeKeyID, source, targets, SUID, expiry, state."""
     now = datetime.now(UTC)
+
+    def to_json(key: MafKey) -> dict[str, Any]:
+        return {
+            "relativeKeyId": key.relative_id,
+            "kmId": key.km_id,
+            "targetIds": list(key.target_ids),
+            "suid": key.suid,
+            "expires": utc_time(key.expires_at),
+            "state": _key_state(key, now),
+        }
+
     with store_errors(), _open(store) as st:
-        table = listing_table(
-            f"key registrations {_store_name(store)}",
-            *("relativeKeyID", "source KmId", "targetIDs", "SUID", "expires (UTC)", "state"),
-        )
-        shown = 0
-        for key in st.list_keys(km_id=km_id):
-            if shown >= limit:
-                break
-            shown += 1
-            state = (
-                "de-registered" if key.deregistered else "expired" if key.expired(now) else "live"
+        shown = print_listing(
+            islice(st.list_keys(km_id=km_id), max(limit, 0)),
+            title=f"key registrations {_store_name(store)}",
+            columns=("relativeKeyID", "source KmId", "targetIDs", "SUID", "expires (UTC)",
+                     "state"),
+            cells=lambda key: (
+                key.relative_id, key.km_id, ", ".join(key.target_ids), str(key.suid),
+                utc_time(key.expires_at),
+                Text(_key_state(key, now), style="" if _key_state(key, now) == "live" else "red"),
+            ),
+            to_json=to_json,
+            as_json=as_json,
+            empty=f"no key registrations in {_store_name(store)}",
+        )  # fmt: skip
+        if shown and not as_json:
+            total = st.count_keys()
+            live = st.count_keys(live_at=now)
+            stdout_console().print(
+                Text(f"{total} key registration(s), {live} live; showing {shown}")
             )
-            table.add_row(
-                Text(key.relative_id),
-                Text(key.km_id),
-                Text(", ".join(key.target_ids)),
-                Text(str(key.suid)),
-                Text(utc_time(key.expires_at)),
-                Text(state, style="" if state == "live" else "red"),
-            )
-        total = st.count_keys()
-        live = st.count_keys(live_at=now)
-    if shown == 0:
-        stdout_console().print(Text(f"no key registrations in {_store_name(store)}"))
-        return
-    stdout_console().print(table)
-    stdout_console().print(Text(f"{total} key registration(s), {live} live; showing {shown}"))
 
 
 @app.command("audit")
@@ -344,13 +382,19 @@ def audit(
         int, typer.Option("--after", metavar="SEQ", help="Only records after this number.")
     ] = 0,
     limit: Annotated[int, typer.Option("--limit", help="Print at most this many.")] = 1000,
+    as_json: JsonOption = False,
     store: StoreOption = None,
 ) -> None:
-    """Print the audit log (issued, retrieved, refused, de-registered keys) as JSON lines."""
+    """The audit log (issued, retrieved, refused, de-registered keys), oldest first: a
+    table, or --json lines with their sequence numbers; never a key."""
     with store_errors(), _open(store) as st:
         records = st.read_audit(after=after, limit=limit)
-    for seq, record in records:
-        typer.echo(json.dumps({"seq": seq, **record}, separators=(",", ":")))
+    print_audit(
+        records,
+        title=f"MAF audit {_store_name(store)}",
+        as_json=as_json,
+        empty=f"no audit records in {_store_name(store)}",
+    )
 
 
 # ----------------------------------------------------------------------------- serve

@@ -11,15 +11,15 @@
   ``audit``: the audit records.
 
 Keys are never printed and never taken as an argument: ``--key -`` reads standard input (a
-hidden prompt on a terminal), ``--key-file`` a file (a warning if others may read it).
+hidden prompt on a terminal), ``--key @FILE`` or ``--key-file`` a file (a warning if others
+may read it); a literal ``--key HEX`` is refused (docs/cli.md "Secret options"). Every list
+takes ``--json`` (JSON lines, one object per row).
 Exit status, as ``m2msec maf``: 0 on success, 1 when the store refuses (unknown, duplicate,
 wrong key-encryption key), 2 for malformed input (ids rules, docs/readings.md A-27).
 """
 
 from __future__ import annotations
 
-import json
-import stat
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,15 +28,18 @@ from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from m2msec.cli.common import (
+    JsonOption,
     done,
     import_file_argument,
-    listing_table,
     option,
-    read_secret,
+    print_audit,
+    print_listing,
+    secret_file_option,
+    secret_option,
+    secret_text,
     stderr_console,
     stdout_console,
     store_errors,
@@ -111,38 +114,21 @@ EnroleeBOption = Annotated[
     option("--enrolee-b", metavar="ID", help="Enrolment Target: this CSE or AE as Enrolee B "
            "(Kpsa, 10.3.3)."),
 ]  # fmt: skip
-JsonOption = Annotated[bool, typer.Option("--json", help="JSON instead of a table.")]
 
 
 def _open(store: str | None) -> closing[MefStore]:
     return closing(MefStore(store))
 
 
-def _warn(message: str) -> None:
-    stderr_console().print(Text(f"warning: {message}", style="yellow"))
-
-
 def read_kpm(
     key: str | None, key_file: Path | None, names: tuple[str, str] = ("--key", "--key-file")
 ) -> bytes:
-    """A Kpm from ``-`` (stdin, a hidden prompt on a terminal) or a file (a warning when
-    others may read it); ``names`` are the two options in messages (``m2msec enrol`` too)."""
-    if key is not None:
-        if key != "-":
-            # A key on the command line shows in ps and in the shell history.
-            raise ConfigurationError(
-                f"give the Kpm as {names[0]} - (standard input) or {names[1]}"
-            )
-        return parse_kpm_hex(read_secret("-", "Kpm (hexadecimal)"))
-    assert key_file is not None
-    try:
-        mode = stat.S_IMODE(key_file.stat().st_mode)
-        text = key_file.read_text("ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not hexadecimal text"
-        raise ConfigurationError(f"cannot read {key_file}: {reason}") from None
-    if mode & 0o077:
-        _warn(f"{key_file} is readable by others (mode {mode:04o}); chmod 600 it")
+    """A Kpm from ``-`` (stdin, a hidden prompt on a terminal), ``@FILE`` or the file
+    option (a warning when others may read it), never a literal (:func:`secret_text` with
+    ``literal=False``); ``names`` are the two options in messages (``m2msec enrol`` too)."""
+    text = secret_text(key, names[0], file=key_file, prompt="Kpm (hexadecimal)", literal=False)
+    if text is None:
+        raise ConfigurationError(f"give the Kpm as {names[0]} - (standard input) or {names[1]}")
     return parse_kpm_hex(text)
 
 
@@ -184,28 +170,10 @@ def _target(target_id: str, kind: str | None, naf_fqdn: str | None) -> Enrolment
     return EnrolmentTarget(target_kind, target_id, naf_fqdn)
 
 
-def _print_json(value: object) -> None:
-    stdout_console().out(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _listed(
-    store: str | None,
-    read: Callable[[MefStore], list[_R]],
-    to_json: Callable[[_R], object] | None,
-    what: str,
-) -> tuple[list[_R], str] | None:
-    """``read`` the store; print it as one JSON array (``to_json``) or, when empty, a line
-    saying so (None: nothing left to print); else the rows and the store's location."""
+def _read(store: str | None, read: Callable[[MefStore], _R]) -> tuple[_R, str]:
+    """``read`` the store; its rows and the store's location."""
     with store_errors(), _open(store) as st:
-        rows = read(st)
-        where = st.location
-    if to_json is not None:
-        _print_json([to_json(r) for r in rows])
-        return None
-    if not rows:
-        stdout_console().print(Text(f"no {what} in {where}"))
-        return None
-    return rows, where
+        return read(st), st.location
 
 
 # ----------------------------------------------------------------------------- Enrolees
@@ -217,12 +185,10 @@ def add_enrolee(
     ],
     kpm_id: KpmIdArgument = None,
     key_file: Annotated[
-        Path | None,
-        option("--key-file", metavar="FILE", help="A file holding the Kpm in hexadecimal (0600)."),
+        Path | None, secret_file_option("--key-file", "the Kpm in hexadecimal")
     ] = None,
     key: Annotated[
-        str | None,
-        option("--key", metavar="-", help="'-': read the Kpm in hexadecimal from standard input."),
+        str | None, secret_option("--key", "The Kpm in hexadecimal", literal=False)
     ] = None,
     cert_identity: CertIdentityOption = None,
     maf_id: MafIdOption = None,
@@ -277,27 +243,31 @@ def _enrolee_json(e: Enrolee) -> dict[str, Any]:
     }
 
 
+def _enrolee_cells(e: Enrolee) -> tuple[str, ...]:
+    return (
+        e.bootstrap.value,
+        e.bootstrap_id,
+        e.enrolee_id,
+        _target_text(e.target),
+        _lifetime_text(e.lifetime),
+        utc_time(e.created_at),
+    )
+
+
 def list_enrolees(as_json: JsonOption = False, store: StoreOption = None) -> None:
     """List the Enrolees: bootstrap credential, Enrolee-ID, target, lifetime (never Kpm)."""
-    listed = _listed(store, MefStore.list_enrolees, _enrolee_json if as_json else None, "Enrolees")
-    if listed is None:
-        return
-    enrolees, where = listed
-    table = listing_table(
-        f"MEF Enrolees {where}",
-        *("bootstrap", "KpmID / identity", "Enrolee-ID", "target", "lifetime", "added"),
+    enrolees, where = _read(store, MefStore.list_enrolees)
+    shown = print_listing(
+        enrolees,
+        title=f"MEF Enrolees {where}",
+        columns=("bootstrap", "KpmID / identity", "Enrolee-ID", "target", "lifetime", "added"),
+        cells=_enrolee_cells,
+        to_json=_enrolee_json,
+        as_json=as_json,
+        empty=f"no Enrolees in {where}",
     )
-    for e in enrolees:
-        table.add_row(
-            Text(e.bootstrap.value),
-            Text(e.bootstrap_id),
-            Text(e.enrolee_id),
-            Text(_target_text(e.target)),
-            Text(_lifetime_text(e.lifetime)),
-            Text(utc_time(e.created_at)),
-        )
-    stdout_console().print(table)
-    stdout_console().print(Text(f"{len(enrolees)} Enrolee(s)"))
+    if shown and not as_json:
+        stdout_console().print(Text(f"{shown} Enrolee(s)"))
 
 
 def remove_enrolee(
@@ -389,11 +359,20 @@ def remove_target(
 
 def list_targets(as_json: JsonOption = False, store: StoreOption = None) -> None:
     """List the Enrolment Targets that may fetch credentials."""
-    listed = _listed(
-        store, MefStore.list_targets, _target_json if as_json else None, "targets allowed"
+    targets, where = _read(store, MefStore.list_targets)
+    if not as_json and targets:  # one target a line, as before
+        for target in targets:
+            stdout_console().print(Text(_target_text(target)))
+        return
+    print_listing(
+        targets,
+        title="Enrolment Targets",
+        columns=("target",),
+        cells=lambda t: (_target_text(t),),
+        to_json=_target_json,
+        as_json=as_json,
+        empty=f"no targets allowed in {where}",
     )
-    for target in listed[0] if listed else ():
-        stdout_console().print(Text(_target_text(target)))
 
 
 # ----------------------------------------------------------------------------- keys, audit
@@ -419,39 +398,37 @@ def keys(
 ) -> None:
     """List the enrolments: KeID, Enrolee-ID, target, Enrolment Expiry (never Ke)."""
     now = datetime.now(UTC)
-    counts: list[int] = []
 
-    def read(st: MefStore) -> list[tuple[str, Enrolment]]:
-        counts.extend((st.count_enrolments(), st.count_enrolments(live_at=now)))
-        return st.list_enrolments(limit=limit)
+    def read(st: MefStore) -> tuple[list[tuple[str, Enrolment]], int, int]:
+        listed = st.list_enrolments(limit=limit)
+        return listed, st.count_enrolments(), st.count_enrolments(live_at=now)
 
-    listed = _listed(store, read, _enrolment_json if as_json else None, "enrolments")
-    if listed is None:
-        return
-    enrolments, where = listed
-    table = listing_table(
-        f"MEF enrolments {where}",
-        *("KeID", "Enrolee-ID", "bootstrap", "target", "expires (UTC)", "state"),
-    )
-    for bootstrap, e in enrolments:
+    (enrolments, total, live), where = _read(store, read)
+
+    def cells(listed: tuple[str, Enrolment]) -> tuple[str | Text, ...]:
+        bootstrap, e = listed
         state = "expired" if e.expired(now) else "live"
-        table.add_row(
-            Text(str(e.ke_id)),
-            Text(e.enrolee_id),
-            Text(bootstrap),
-            Text(_target_text(e.target)),
-            Text(utc_time(e.expires_at)),
-            Text(state, style="" if state == "live" else "red"),
-        )
-    stdout_console().print(table)
-    total, live = counts
-    stdout_console().print(Text(f"{total} enrolment(s), {live} live; showing {len(enrolments)}"))
+        return (
+            str(e.ke_id), e.enrolee_id, bootstrap, _target_text(e.target),
+            utc_time(e.expires_at), Text(state, style="" if state == "live" else "red"),
+        )  # fmt: skip
+
+    shown = print_listing(
+        enrolments,
+        title=f"MEF enrolments {where}",
+        columns=("KeID", "Enrolee-ID", "bootstrap", "target", "expires (UTC)", "state"),
+        cells=cells,
+        to_json=_enrolment_json,
+        as_json=as_json,
+        empty=f"no enrolments in {where}",
+    )
+    if shown and not as_json:
+        stdout_console().print(Text(f"{total} enrolment(s), {live} live; showing {shown}"))
 
 
 _AUDIT_COLUMNS: Final = (
     "time", "event", "requester", "keId", "enroleeId", "target", "suid", "rsc", "reason",
 )  # fmt: skip
-_AUDIT_WHOLE: Final = frozenset({"time", "event", "suid", "rsc"})
 
 
 def audit(
@@ -459,29 +436,18 @@ def audit(
         int, typer.Option("--after", metavar="SEQ", help="Only records after this number.")
     ] = 0,
     limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 1000,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+    as_json: JsonOption = False,
     store: StoreOption = None,
 ) -> None:
     """The audit records (enrolments, fetches, refusals), oldest first; never a key."""
-    with store_errors(), _open(store) as st:
-        records = st.read_audit(after=after, limit=limit)
-        where = st.location
-    if as_json:
-        for seq, record in records:
-            typer.echo(json.dumps({"seq": seq, **record}, separators=(",", ":")))
-        return
-    if not records:
-        stdout_console().print(Text(f"no audit records in {where}"))
-        return
-    table = Table(title=f"MEF audit {where}", title_justify="left")
-    table.add_column("seq", justify="right", no_wrap=True)
-    for column in _AUDIT_COLUMNS:
-        # Ids and reasons fold, so the numbers stay whole in a narrow terminal.
-        table.add_column(column, no_wrap=column in _AUDIT_WHOLE, overflow="fold")
-    for seq, record in records:
-        cells = (str(record.get(c, "-")).replace("+00:00", "Z") for c in _AUDIT_COLUMNS)
-        table.add_row(Text(str(seq)), *map(Text, cells))
-    stdout_console().print(table)
+    records, where = _read(store, lambda st: st.read_audit(after=after, limit=limit))
+    print_audit(
+        records,
+        title=f"MEF audit {where}",
+        columns=_AUDIT_COLUMNS,
+        as_json=as_json,
+        empty=f"no audit records in {where}",
+    )
 
 
 # ----------------------------------------------------------------------------- mounting

@@ -3,8 +3,10 @@
 Each row binds a KpsaId (the TLS psk_identity, TS-0003 10.5) to a Kpsa and, optionally,
 to the AE-ID or CSE-ID of the entity holding it. Keys are written sealed and are never
 printed: ``psk list`` shows their length only. Give a key as ``--key -`` to read it from
-standard input (a hidden prompt on a terminal), so that it does not show in ``ps`` or in
-the shell history.
+standard input (a hidden prompt on a terminal), ``--key @FILE`` or ``--key-file FILE``, so
+that it does not show in ``ps`` or in the shell history (docs/cli.md "Secret options").
+``psk list`` streams the table in KpsaId order (``--json``: JSON lines), a page at a time;
+``--limit N --after KPSAID`` pages through it.
 
 Exit status: 0 on success, 1 when the store refuses (duplicate, unknown KpsaId, wrong
 key-encryption key), 2 for malformed input.
@@ -20,23 +22,29 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
 from m2msec.cli.common import (
+    JsonOption,
     StoreOption,
     done,
+    fail,
     import_file_argument,
-    read_secret,
+    option,
+    print_listing,
+    secret_file_option,
+    secret_option,
+    secret_text,
     stderr_console,
     stdout_console,
     store_errors,
     sub_app,
     utc_time,
+    warn,
 )
-from m2msec.errors import UnknownCredentialError
+from m2msec.errors import ConfigurationError, UnknownCredentialError
 from m2msec.paths import default_store_path
-from m2msec.store import PskEntry, PskStore, open_store
+from m2msec.store import PskEntry, PskInfo, PskStore, open_store
 from m2msec.store.importer import (
     RECOMMENDED_MIN_KPSA_OCTETS,
     PskImportError,
@@ -56,10 +64,6 @@ KpsaIdArgument = Annotated[
         metavar="KPSAID", help="Key identifier, e.g. AE123456789012-Light@in.provider.com."
     ),
 ]
-
-
-def _warn(message: str) -> None:
-    stderr_console().print(Text(f"warning: {message}", style="yellow"))
 
 
 @contextmanager
@@ -85,14 +89,17 @@ def _store_name(store: str | None) -> str:
     return store if store is not None else str(default_store_path())
 
 
-def _read_key(value: str) -> bytes:
-    return parse_kpsa_hex(read_secret(value, "Kpsa (hexadecimal)"))
+def _read_key(value: str | None, file: Path | None) -> bytes:
+    text = secret_text(value, "--key", file=file, prompt="Kpsa (hexadecimal)")
+    if text is None:
+        raise ConfigurationError("give the Kpsa: --key - (standard input), @FILE or --key-file")
+    return parse_kpsa_hex(text)
 
 
 def _short_key_warning(count: int) -> None:
     if count:
         what = "a key" if count == 1 else f"{count} keys"
-        _warn(
+        warn(
             f"{what} shorter than {RECOMMENDED_MIN_KPSA_OCTETS} octets (accepted, as TR-0038 "
             "uses 8-octet keys; stunnel and some TLS stacks refuse them)"
         )
@@ -102,14 +109,11 @@ def _short_key_warning(count: int) -> None:
 def add_command(
     kpsa_id: KpsaIdArgument,
     key: Annotated[
-        str,
-        typer.Option(
-            "--key",
-            metavar="HEX",
-            help="The Kpsa in hexadecimal (1 to 64 octets), or '-' to read it from standard "
-            "input so that it does not show in ps.",
-        ),
-    ],
+        str | None, secret_option("--key", "The Kpsa in hexadecimal (1 to 64 octets)")
+    ] = None,
+    key_file: Annotated[
+        Path | None, secret_file_option("--key-file", "the Kpsa in hexadecimal")
+    ] = None,
     entity_id: Annotated[
         str | None,
         typer.Option(
@@ -133,40 +137,70 @@ def add_command(
         kid = parse_kpsa_id(kpsa_id)
         entity = parse_entity(entity_id) if entity_id is not None else None
         expires_at = parse_expiry(expires) if expires is not None else None
-        kpsa = _read_key(key)
+        kpsa = _read_key(key, key_file)
         with _open(store) as st:
             st.add(PskEntry(kid, kpsa, entity, expires_at), replace=replace)
     _short_key_warning(int(len(kpsa) < RECOMMENDED_MIN_KPSA_OCTETS))
     done("added", kid, f" ({len(kpsa)}-octet key" + (f", entity {entity})" if entity else ")"))
 
 
+def _info_json(info: PskInfo) -> dict[str, object]:
+    return {
+        "kpsaId": info.kpsa_id,
+        "entityId": info.entity_id,
+        "expires": utc_time(info.expires_at) if info.expires_at is not None else None,
+        "keyLength": info.key_length,
+    }
+
+
 @app.command("list")
-def list_command(store: StoreOption = None) -> None:
-    """List the rows: KpsaId, entity id, expiry and key length (never the key)."""
+def list_command(
+    as_json: JsonOption = False,
+    limit: Annotated[
+        int | None, option("--limit", metavar="N", help="Print at most N rows (default: all).")
+    ] = None,
+    after: Annotated[
+        str | None,
+        option(
+            "--after",
+            metavar="KPSAID",
+            help="Start after this KpsaId: the last one of the previous page.",
+        ),
+    ] = None,
+    store: StoreOption = None,
+) -> None:
+    """List the rows in KpsaId order: KpsaId, entity id, expiry and key length (never the
+    key), streamed; --limit and --after page through a large table."""
+    if limit is not None and limit < 0:
+        fail("--limit must not be negative", 2)
+    now = datetime.now(UTC)
+    last: list[str] = []
+
+    def cells(info: PskInfo) -> tuple[str | Text, ...]:
+        last[:] = [info.kpsa_id]
+        expiry: str | Text = utc_time(info.expires_at)
+        if info.expires_at is not None and info.expires_at <= now:
+            expiry = Text(f"{expiry} expired", style="red")
+        return info.kpsa_id, info.entity_id or "-", expiry, f"{info.key_length} octets"
+
+    def to_json(info: PskInfo) -> dict[str, object]:
+        last[:] = [info.kpsa_id]
+        return _info_json(info)
+
     with _errors(), _open(store) as st:
-        now = datetime.now(UTC)
-        table = Table(title=f"psk-lookup-table {_store_name(store)}", title_justify="left")
-        table.add_column("KpsaId", no_wrap=True)
-        table.add_column("entity id", no_wrap=True)
-        table.add_column("expires (UTC)", no_wrap=True)
-        table.add_column("key length", justify="right", no_wrap=True)
-        rows = 0
-        for info in st.list():
-            rows += 1
-            expired = info.expires_at is not None and info.expires_at <= now
-            expiry = Text(utc_time(info.expires_at), style="red" if expired else "")
-            if expired:
-                expiry.append(" expired")
-            table.add_row(
-                Text(info.kpsa_id),
-                Text(info.entity_id or "-"),
-                expiry,
-                Text(f"{info.key_length} octets"),
-            )
-    if rows == 0:
-        stdout_console().print(Text(f"no keys in {_store_name(store)}"))
-    else:
-        stdout_console().print(table)
+        shown = print_listing(
+            st.list(after=after, limit=limit),
+            title=f"psk-lookup-table {_store_name(store)}",
+            columns=("KpsaId", "entity id", "expires (UTC)", "key length"),
+            right=("key length",),
+            cells=cells,
+            to_json=to_json,
+            as_json=as_json,
+            empty=f"no keys in {_store_name(store)}" + (f" after {after}" if after else ""),
+        )
+    if limit is not None and shown == limit and last:
+        # On stderr, so a pipe of rows or JSON lines stays clean.
+        stderr_console().print(Text(f"next page: --after {last[0]}"))
 
 
 @app.command("remove")

@@ -18,22 +18,23 @@ SA not live), 2 for malformed input.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from m2msec.cli.common import (
+    JsonOption,
     done,
     fail,
+    json_line,
     key_value_table,
     listing_table,
     option,
+    print_listing,
+    result_console,
     run_on_fast_loop,
     stdout_console,
     sub_app,
@@ -68,7 +69,6 @@ AdminSocketOption = Annotated[
         "$XDG_DATA_HOME/m2msec, else in ~/.local/share/m2msec).",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Write JSON instead of a table.")]
 SaIdArgument = Annotated[
     str, typer.Argument(metavar="SAID", help="The SA identifier in hex, as sa list shows it.")
 ]
@@ -100,17 +100,6 @@ def _sa_id(text: str) -> SaId:
         fail(str(exc), 2)
 
 
-def _console() -> Console:
-    """stdout; when it is not a terminal, wide enough that no cell is ever cut."""
-    if sys.stdout.isatty():
-        return stdout_console()
-    return Console(highlight=False, soft_wrap=True, width=100_000)
-
-
-def _json_line(doc: dict[str, Any]) -> None:
-    typer.echo(json.dumps(doc, separators=(",", ":"), ensure_ascii=False))
-
-
 def _state(record: SaRecord) -> Text:
     return Text(record.state.value, style="green" if record.state.live else "")
 
@@ -139,41 +128,37 @@ def list_command(
     except ValueError as exc:
         fail(f"--{exc}" if str(exc).startswith("peer") else str(exc), 2)
     records = _ask(admin_socket, lambda client: client.list(query))
-    if as_json:
-        for record in records:
-            _json_line(record_to_json(record))
-        return
-    if not records:
-        what = "live SAs" if state == "live" else "SAs" if state == "all" else f"{state} SAs"
-        stdout_console().print(Text(f"no {what}" + (f" of peer {peer}" if peer else "")))
-        return
-    table = listing_table(
-        f"Security associations ({state})",
-        "SA id",
-        "role",
-        "peer",
-        "framework",
-        "protocol",
-        "cipher suite",
-        "key id",
-        "state",
-        "established (UTC)",
-        "expires (UTC)",
+    what = "live SAs" if state == "live" else "SAs" if state == "all" else f"{state} SAs"
+    print_listing(
+        records,
+        title=f"Security associations ({state})",
+        columns=_SA_COLUMNS,
+        cells=_sa_cells,
+        to_json=record_to_json,
+        as_json=as_json,
+        empty=f"no {what}" + (f" of peer {peer}" if peer else ""),
     )
-    for r in records:
-        table.add_row(
-            Text(r.sa_id.hex()),
-            Text(r.role.value),
-            Text(r.peer_id),
-            Text(r.framework),
-            Text(r.protocol),
-            Text(r.cipher_suite),
-            Text(r.key_id or "-"),
-            _state(r),
-            Text(utc_time(r.established_at)),
-            Text(utc_time(r.expires_at)),
-        )
-    _console().print(table)
+
+
+_SA_COLUMNS = (
+    "SA id", "role", "peer", "framework", "protocol", "cipher suite", "key id",
+    "state", "established (UTC)", "expires (UTC)",
+)  # fmt: skip
+
+
+def _sa_cells(r: SaRecord) -> tuple[str | Text, ...]:
+    return (
+        r.sa_id.hex(),
+        r.role.value,
+        r.peer_id,
+        r.framework,
+        r.protocol,
+        r.cipher_suite,
+        r.key_id or "-",
+        _state(r),
+        utc_time(r.established_at),
+        utc_time(r.expires_at),
+    )
 
 
 def _detail_rows(detail: SaDetail) -> list[tuple[str, str]]:
@@ -209,9 +194,9 @@ def show_command(
     if detail is None:
         fail(f"no SA {said.hex()} at the gateway", 1)
     if as_json:
-        _json_line(detail_to_json(detail))
+        json_line(detail_to_json(detail))
         return
-    out = _console()
+    out = result_console()
     out.print(key_value_table(_detail_rows(detail)))
     if detail.history:
         table = listing_table("History", "at (UTC)", "event", "state", "cause")

@@ -83,8 +83,9 @@ class PskStore(Protocol):
         """Delete a row; return False if there was none."""
         ...
 
-    def list(self) -> Iterator[PskInfo]:
-        """All rows, ordered by KpsaId, without keys."""
+    def list(self, *, after: str | None = None, limit: int | None = None) -> Iterator[PskInfo]:
+        """Rows ordered by KpsaId, without keys: those after KpsaId ``after``, at most
+        ``limit`` (keyset paging, bounded memory at any size)."""
         ...
 
     def count(self) -> int: ...

@@ -340,20 +340,27 @@ class SealedPskStore(SealedStore):
         self._invalidate(kpsa_id)
         return removed
 
-    def list(self) -> Iterator[PskInfo]:
-        """All rows ordered by KpsaId, without keys (nothing is unsealed).
+    def list(self, *, after: str | None = None, limit: int | None = None) -> Iterator[PskInfo]:
+        """Rows ordered by KpsaId, without keys (nothing is unsealed): those whose KpsaId
+        sorts after ``after`` (the last one of the previous page), at most ``limit``.
 
-        Read page by page, so no lock or read transaction is held while the caller iterates.
+        Read page by page (keyset paging, one index range scan per page), so memory stays
+        bounded at any table size and no lock or read transaction is held while the caller
+        iterates.
         """
-        last: str | None = None
-        while True:
+        if limit is not None and limit < 0:
+            raise ValueError("limit must not be negative")
+        last = after
+        left = limit
+        while left is None or left > 0:
+            size = _LIST_PAGE if left is None else min(left, _LIST_PAGE)
             with self._rlock:
                 try:
                     conn = self._reader()
                     if last is None:
-                        cursor = conn.execute(self._sql.list_first, (_LIST_PAGE,))
+                        cursor = conn.execute(self._sql.list_first, (size,))
                     else:
-                        cursor = conn.execute(self._sql.list_after, (last, _LIST_PAGE))
+                        cursor = conn.execute(self._sql.list_after, (last, size))
                     page = cursor.fetchall()
                 except self._db.errors as exc:
                     raise self._error("read", exc) from None
@@ -364,9 +371,11 @@ class SealedPskStore(SealedStore):
                     from_epoch(expires_at),
                     sealed_plaintext_length(sealed_length),
                 )
-            if len(page) < _LIST_PAGE:
+            if len(page) < size:
                 return
             last = page[-1][0]
+            if left is not None:
+                left -= len(page)
 
     def count(self) -> int:
         with self._rlock:
