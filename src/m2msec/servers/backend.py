@@ -50,14 +50,17 @@ from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
 
+from m2msec.bindings.http import valid_header_block
 from m2msec.bindings.http_client import (
     IDEMPOTENT_METHODS,
     ClientRequest,
     ClosedBeforeAnswer,
+    HeaderLines,
     HttpAnswer,
     InvalidRequest,
     ResponseTooLarge,
     prepare_request,
+    prepare_wire_request,
 )
 from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.service.client import HttpClient
@@ -289,6 +292,9 @@ class BackendPool:
         if not host_header.isascii():
             host_header = host_header.encode("idna").decode("ascii")
         self._host_header = host_header
+        self._host_line = b"Host: %s\r\n" % host_header.encode("ascii")
+        if not valid_header_block(self._host_line, 1):
+            raise ConfigurationError(f"backend {url!r}: not a host name HTTP can carry")
         self._prefix = parts.path.rstrip("/")
         self._ssl: ssl.SSLContext | None = None
         if scheme == "https":
@@ -336,11 +342,20 @@ class BackendPool:
         """
         if self._closed:
             raise BackendUnreachable("client closed")
-        fields = [("Host", self._host_header), *headers]
-        if body or method in ("POST", "PUT"):
-            fields.append(("Content-Length", str(len(body))))
+        framed = body or method in ("POST", "PUT")
         try:
-            prepared = prepare_request(method, self._prefix + target, fields, body)
+            if isinstance(headers, HeaderLines):
+                # Lines already in wire form, checked by their maker (the forwarder's
+                # raw path): only Host and the framing are added, nothing re-encoded.
+                wire = self._host_line + headers.wire
+                if framed:
+                    wire += b"Content-Length: %d\r\n" % len(body)
+                prepared = prepare_wire_request(method, self._prefix + target, wire, body)
+            else:
+                fields = [("Host", self._host_header), *headers]
+                if framed:
+                    fields.append(("Content-Length", str(len(body))))
+                prepared = prepare_request(method, self._prefix + target, fields, body)
         except InvalidRequest as exc:
             raise BackendRequestError(f"request cannot be sent: {exc}") from None
         try:
