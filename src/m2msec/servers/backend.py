@@ -64,6 +64,7 @@ from m2msec.bindings.http_client import (
 )
 from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.service.client import HttpClient
+from m2msec.service.deadline import Deadline
 from m2msec.service.limits import HttpLimits
 
 __all__ = [
@@ -141,6 +142,7 @@ class _BackendStream(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def usable(self) -> bool:
@@ -151,6 +153,7 @@ class _BackendStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()  # once, not per read
 
     def data_received(self, data: bytes) -> None:
         if self.on_idle_event is not None:
@@ -191,7 +194,7 @@ class _BackendStream(asyncio.Protocol):
     async def recv(self) -> bytes:
         """The octets received so far; ``b""`` once the backend has closed its side."""
         while not self._buffer and not self.eof:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = (self._loop or asyncio.get_running_loop()).create_future()
             try:
                 await self._waiter
             finally:
@@ -311,6 +314,7 @@ class BackendPool:
         self._waiters: collections.deque[asyncio.Future[_Slot | None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first request
         #: Counters since start: connections opened, requests retried on a fresh one.
         self.connections_opened = 0
         self.retries = 0
@@ -358,8 +362,11 @@ class BackendPool:
                 prepared = prepare_request(method, self._prefix + target, fields, body)
         except InvalidRequest as exc:
             raise BackendRequestError(f"request cannot be sent: {exc}") from None
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with Deadline(loop, loop.time() + self.timeout):
                 answer = await self._send(prepared)
         except TimeoutError:
             raise BackendTimeout(f"no answer within {self.timeout:g} s") from None
@@ -479,13 +486,17 @@ class BackendPool:
             if len(self._idle) < self.max_idle:
                 assert slot.stream is not None
                 slot.in_pool = True
-                slot.idle_since = asyncio.get_running_loop().time()
+                slot.idle_since = self._time()
                 slot.stream.on_idle_event = lambda: self._forget(slot)
                 self._idle.append(slot)
                 self._schedule_sweep()
                 return
         slot.drop()
         self._slot_freed()
+
+    def _time(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
 
     def _slot_freed(self) -> None:
         while self._waiters:
