@@ -1,11 +1,11 @@
-"""HTTP/1.1 client of the gateway towards its backend CSE: persistent h11 connections.
+"""HTTP/1.1 client of the gateway towards its backend CSE: persistent connections.
 
 The gateway (:mod:`m2msec.servers.gateway`) is Entity B of the TS-0003 clause 8.2
 security associations; behind it the CSE (for example ACME) speaks plain HTTP, the
 TS-0009 binding of the TS-0004 primitives. Every request the gateway accepts is
 forwarded over the link this module maintains, so its cost is paid on every request.
 HTTP itself is the service layer's one client (:class:`~m2msec.service.client.HttpClient`
-driving the sans-IO :class:`~m2msec.bindings.http_client.HttpClientConnection`, h11's
+driving the sans-IO :class:`~m2msec.bindings.http_client.HttpClientConnection`, llhttp's
 framing); this module adds only the pool, its timeouts and its error types, over asyncio
 protocols, with no URL parsing, header defaults or cookie handling of its own.
 
@@ -26,11 +26,13 @@ protocols, with no URL parsing, header defaults or cookie handling of its own.
   of its answer is retried once, on a fresh connection, when that is safe: the method is
   idempotent (RFC 9110 9.2.2), or the connection was already seen closed before any octet
   of the request was written. Nothing else is retried;
-* answers are read with h11's framing (Content-Length, chunked, or until close), 1xx
+* answers are read with llhttp's framing (Content-Length, chunked, or until close), 1xx
   interim answers skipped, and the body bounded by ``max_body`` (:class:`BackendTooLarge`);
 * headers go out as given (names and values as Latin-1 octets) plus ``Host`` and, when
   there is a body (or for POST and PUT), ``Content-Length``: rewriting (hop-by-hop fields,
-  ``X-M2MSec-*``) is the gateway's job. Answer headers come back as received, original
+  ``X-M2MSec-*``) is the gateway's job. Header lines already in wire form and checked
+  (a :class:`~m2msec.bindings.http_client.HeaderLines` from the forwarder's raw path) are
+  sent as they are, after ``Host``. Answer headers come back as received, original
   case included.
 
 ``https://`` backends are reached over TLS with :func:`ssl.create_default_context` (the
