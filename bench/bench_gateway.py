@@ -30,6 +30,7 @@ process or stunnel, the backend not included), latency, and ratios ours/stunnel.
     python bench/bench_gateway.py --seconds 3 --rounds 1 --no-stunnel --profile /tmp/gw.prof
     python bench/bench_gateway.py --seconds 3 --rounds 2 --backend-close
     python bench/bench_gateway.py --seconds 3 --rounds 2 --uvloop
+    python bench/bench_gateway.py --seconds 3 --rounds 3 --uvloop --fresh   # waking devices
 """
 
 from __future__ import annotations
@@ -249,6 +250,45 @@ def read_response(sock: Any, engine: Any, buf: bytearray) -> bytes:
             buf += getattr(event, "data", b"")
 
 
+def fresh_worker(index: int, port: int, start: float, seconds: float, results: Any) -> None:
+    """``--fresh``: a waking device - new TCP connection, full TLS-PSK handshake (no
+    resumption), one RETRIEVE read to its end, close_notify, close; repeated."""
+    import socket
+
+    profile = PskInitiator(KPSA_ID, KPSA_TEXT.encode(), CSE_ID, server_name=SNI).profile(
+        tls13=False
+    )
+    ops = errors = 0
+    first_error = ""
+    lat: list[float] = []
+    time.sleep(max(0.0, start - time.time()))
+    cpu0 = time.process_time()
+    deadline = time.monotonic() + seconds
+    n = 0
+    while (t0 := time.monotonic()) < deadline:
+        n += 1
+        try:
+            with socket.create_connection((HOST, port), 5) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                engine = handshake(sock, profile)
+                engine.send(request_bytes(f"fresh-{index}-{n:09d}"))
+                sock.sendall(engine.data_to_send())
+                head = read_response(sock, engine, bytearray())
+                engine.close()
+                sock.sendall(engine.data_to_send())
+        except (OSError, RuntimeError) as exc:
+            errors += 1
+            first_error = first_error or repr(exc)
+            continue
+        lat.append(time.monotonic() - t0)
+        if head.startswith(b"HTTP/1.1 200") and b"\r\nx-m2m-rsc: 2000" in head.lower():
+            ops += 1
+        else:
+            errors += 1
+            first_error = first_error or head.split(b"\r\n")[0].decode(errors="replace")
+    results.put((ops, errors, first_error, time.process_time() - cpu0, lat))
+
+
 def worker(index: int, port: int, start: float, seconds: float, results: Any) -> None:
     import socket
 
@@ -301,11 +341,13 @@ class Result:
     first_error: str
 
 
-def measure(target: Target, workers: int, seconds: float, backend_pid: int) -> Result:
+def measure(target: Target, workers: int, seconds: float, backend_pid: int,
+            fresh: bool = False) -> Result:
     ctx = mp.get_context("fork")
     results = ctx.Queue()
     start = time.time() + 0.5
-    procs = [ctx.Process(target=worker, args=(i, target.port, start, seconds, results))
+    run = fresh_worker if fresh else worker
+    procs = [ctx.Process(target=run, args=(i, target.port, start, seconds, results))
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -371,6 +413,8 @@ def main() -> None:
                         help="run the gateway on uvloop, as `m2msec gateway` does when installed")
     parser.add_argument("--backend-close", action="store_true",
                         help="backend answers Connection: close (as ACME); implies --no-stunnel")
+    parser.add_argument("--fresh", action="store_true",
+                        help="a new association per request (handshake + one RETRIEVE + close)")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="cProfile the gateway process to PREFIX.<pid> and print the top")
     args = parser.parse_args()
@@ -382,8 +426,11 @@ def main() -> None:
         parser.error("--workers must be 1 to 64")
 
     print(f"machine: {os.cpu_count()} CPUs, {platform_line()}")
-    print(f"load: {args.workers} worker processes, one persistent TLS 1.2 PSK-AES128-CBC-SHA256 "
-          f"association each, {args.seconds:g} s per measurement, loopback\n")
+    pattern = ("a fresh TLS 1.2 PSK-AES128-CBC-SHA256 association per request (full handshake,"
+               " one RETRIEVE, close)" if args.fresh else
+               "one persistent TLS 1.2 PSK-AES128-CBC-SHA256 association each")
+    print(f"load: {args.workers} worker processes, {pattern}, {args.seconds:g} s per "
+          "measurement, loopback\n")
     rows: list[Result] = []
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="m2msec-bench-gw-") as tmpdir:
@@ -408,7 +455,8 @@ def main() -> None:
                 for make in targets:
                     with make() as target:
                         log(f"[round {rnd}/{args.rounds}] {target.name} for {args.seconds:g} s ...")
-                        r = measure(target, args.workers, args.seconds, backend.pid or 0)
+                        r = measure(target, args.workers, args.seconds, backend.pid or 0,
+                                    args.fresh)
                         log(f"    {r.rps:.0f} req/s, {r.errors} errors, "
                             f"{r.srv_ms:.3f} srv ms/req, machine {100 * r.machine:.0f}% busy")
                         rows.append(r)

@@ -1,11 +1,11 @@
-"""HTTP/1.1 client of the gateway towards its backend CSE: persistent h11 connections.
+"""HTTP/1.1 client of the gateway towards its backend CSE: persistent connections.
 
 The gateway (:mod:`m2msec.servers.gateway`) is Entity B of the TS-0003 clause 8.2
 security associations; behind it the CSE (for example ACME) speaks plain HTTP, the
 TS-0009 binding of the TS-0004 primitives. Every request the gateway accepts is
 forwarded over the link this module maintains, so its cost is paid on every request.
 HTTP itself is the service layer's one client (:class:`~m2msec.service.client.HttpClient`
-driving the sans-IO :class:`~m2msec.bindings.http_client.HttpClientConnection`, h11's
+driving the sans-IO :class:`~m2msec.bindings.http_client.HttpClientConnection`, llhttp's
 framing); this module adds only the pool, its timeouts and its error types, over asyncio
 protocols, with no URL parsing, header defaults or cookie handling of its own.
 
@@ -26,11 +26,13 @@ protocols, with no URL parsing, header defaults or cookie handling of its own.
   of its answer is retried once, on a fresh connection, when that is safe: the method is
   idempotent (RFC 9110 9.2.2), or the connection was already seen closed before any octet
   of the request was written. Nothing else is retried;
-* answers are read with h11's framing (Content-Length, chunked, or until close), 1xx
+* answers are read with llhttp's framing (Content-Length, chunked, or until close), 1xx
   interim answers skipped, and the body bounded by ``max_body`` (:class:`BackendTooLarge`);
 * headers go out as given (names and values as Latin-1 octets) plus ``Host`` and, when
   there is a body (or for POST and PUT), ``Content-Length``: rewriting (hop-by-hop fields,
-  ``X-M2MSec-*``) is the gateway's job. Answer headers come back as received, original
+  ``X-M2MSec-*``) is the gateway's job. Header lines already in wire form and checked
+  (a :class:`~m2msec.bindings.http_client.HeaderLines` from the forwarder's raw path) are
+  sent as they are, after ``Host``. Answer headers come back as received, original
   case included.
 
 ``https://`` backends are reached over TLS with :func:`ssl.create_default_context` (the
@@ -57,17 +59,21 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
+from m2msec.bindings.http import valid_header_block
 from m2msec.bindings.http_client import (
     IDEMPOTENT_METHODS,
     ClientRequest,
     ClosedBeforeAnswer,
+    HeaderLines,
     HttpAnswer,
     InvalidRequest,
     ResponseTooLarge,
     prepare_request,
+    prepare_wire_request,
 )
 from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.service.client import HttpClient
+from m2msec.service.deadline import Deadline
 from m2msec.service.limits import HttpLimits
 
 __all__ = [
@@ -173,6 +179,7 @@ class _BackendStream(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def usable(self) -> bool:
@@ -183,6 +190,7 @@ class _BackendStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()  # once, not per read
 
     def data_received(self, data: bytes) -> None:
         if self.on_idle_event is not None:
@@ -223,7 +231,7 @@ class _BackendStream(asyncio.Protocol):
     async def recv(self) -> bytes:
         """The octets received so far; ``b""`` once the backend has closed its side."""
         while not self._buffer and not self.eof:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = (self._loop or asyncio.get_running_loop()).create_future()
             try:
                 await self._waiter
             finally:
@@ -326,6 +334,9 @@ class BackendPool:
         if not host_header.isascii():
             host_header = host_header.encode("idna").decode("ascii")
         self._host_header = host_header
+        self._host_line = b"Host: %s\r\n" % host_header.encode("ascii")
+        if not valid_header_block(self._host_line, 1):
+            raise ConfigurationError(f"backend {url!r}: not a host name HTTP can carry")
         self._prefix = parts.path.rstrip("/")
         self._ssl: ssl.SSLContext | None = None
         self._factory = connect
@@ -343,6 +354,7 @@ class BackendPool:
         self._waiters: collections.deque[asyncio.Future[_Slot | None]] = collections.deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first request
         #: Counters since start: connections opened, requests retried on a fresh one.
         self.connections_opened = 0
         self.retries = 0
@@ -374,15 +386,27 @@ class BackendPool:
         """
         if self._closed:
             raise BackendUnreachable("client closed")
-        fields = [("Host", self._host_header), *headers]
-        if body or method in ("POST", "PUT"):
-            fields.append(("Content-Length", str(len(body))))
+        framed = body or method in ("POST", "PUT")
         try:
-            prepared = prepare_request(method, self._prefix + target, fields, body)
+            if isinstance(headers, HeaderLines):
+                # Lines already in wire form, checked by their maker (the forwarder's
+                # raw path): only Host and the framing are added, nothing re-encoded.
+                wire = self._host_line + headers.wire
+                if framed:
+                    wire += b"Content-Length: %d\r\n" % len(body)
+                prepared = prepare_wire_request(method, self._prefix + target, wire, body)
+            else:
+                fields = [("Host", self._host_header), *headers]
+                if framed:
+                    fields.append(("Content-Length", str(len(body))))
+                prepared = prepare_request(method, self._prefix + target, fields, body)
         except InvalidRequest as exc:
             raise BackendRequestError(f"request cannot be sent: {exc}") from None
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with Deadline(loop, loop.time() + self.timeout):
                 answer = await self._send(prepared)
         except TimeoutError:
             raise BackendTimeout(f"no answer within {self.timeout:g} s") from None
@@ -538,13 +562,17 @@ class BackendPool:
             if len(self._idle) < self.max_idle:
                 assert slot.stream is not None
                 slot.in_pool = True
-                slot.idle_since = asyncio.get_running_loop().time()
+                slot.idle_since = self._time()
                 slot.stream.on_idle_event = lambda: self._forget(slot)
                 self._idle.append(slot)
                 self._schedule_sweep()
                 return
         slot.drop()
         self._slot_freed()
+
+    def _time(self) -> float:
+        loop = self._loop or asyncio.get_running_loop()
+        return loop.time()
 
     def _slot_freed(self) -> None:
         while self._waiters:

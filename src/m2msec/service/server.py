@@ -6,9 +6,11 @@ plain streams) under one :class:`~m2msec.service.limits.HttpLimits`: the request
 complete within ``request_head_timeout`` of its first byte (else 408 and close - a slow-loris
 head no longer holds a connection for the idle timeout), a connection may idle
 ``idle_timeout`` between requests, at most ``max_requests`` are answered per connection.
-Requests are answered in order (h11's pipelining). The gateway, the MAF and the BSF only give
-it a handler; what differs between them (how a refusal and an internal error read, their
-statistics) comes in through :class:`ServiceHooks`.
+The deadlines are :class:`~m2msec.service.deadline.Deadline`, not ``asyncio.wait_for``
+(no task and no running-loop lookup per read). Requests are answered in order (pipelined
+ones queued by the connection). The gateway, the MAF and the BSF only give it a handler;
+what differs between them (how a refusal and an internal error read, their statistics)
+comes in through :class:`ServiceHooks`.
 
 Graceful shutdown: :meth:`HttpService.close` stops reading new requests, closes idle
 connections at once, lets busy ones answer for ``grace`` seconds, then closes the rest.
@@ -30,6 +32,7 @@ from m2msec.bindings.http import (
     RequestReceived,
 )
 from m2msec.bindings.messages import HttpResponse, OneM2MRequest
+from m2msec.service.deadline import Deadline
 from m2msec.service.limits import HttpLimits
 from m2msec.service.streams import Stream
 
@@ -104,7 +107,8 @@ class HttpService:
                             head_deadline = loop.time() + limits.request_head_timeout
                         wait = min(wait, max(0.0, head_deadline - loop.time()))
                     try:
-                        data = await asyncio.wait_for(stream.recv(), wait)
+                        async with Deadline(loop, loop.time() + wait):
+                            data = await stream.recv()
                     except TimeoutError:
                         if not http.reading_head:
                             return  # idle keep-alive connection
