@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
-import h11
-
 from m2msec.crypto.keyexport import RELATIVE_ID_LENGTH
 from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
@@ -269,7 +267,7 @@ class KeyFetcher(Generic[IdT, V]):
                     f"{what}: no channel to the {self.PEER} {fqdn} at {host}:{port}: "
                     f"{exc.reason}"
                 ) from None
-            except (ConnectionError, OSError, h11.ProtocolError) as exc:
+            except (ConnectionError, OSError) as exc:
                 self.stats.failed += 1
                 raise self.ERROR(
                     f"{what}: the connection to the {self.PEER} {fqdn} failed ({exc})"
@@ -328,7 +326,7 @@ class KeyFetcher(Generic[IdT, V]):
                 link = _Link(conn, OneM2MClient(conn, host=fqdn))
             try:
                 response = await link.http.request("GET", target, origin=origin)
-            except (ConnectionError, OSError, h11.ProtocolError):
+            except (ConnectionError, OSError):
                 link.conn.abort()
                 if reused:
                     # The peer closed a kept-alive connection; the other idle ones are likely

@@ -1,7 +1,7 @@
 """Entity A's Ub client: GBA bootstrapping over HTTP Digest AKA (TS 33.220 4.5.2, TS 24.109).
 
 :func:`bootstrap` runs the exchange of TS 24.109 clause 5 against the BSF, over plain
-TCP (HTTP/1.1 on h11; the Ub request-URI is the BSF URL's path, ``/`` by default)::
+TCP (HTTP/1.1 on the one client; the Ub request-URI is the BSF URL's path, ``/`` by default)::
 
     GET /  Authorization: Digest username="<IMPI>", realm="<BSF host>", nonce="",
                                  uri="/", response=""

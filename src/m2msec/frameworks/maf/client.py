@@ -28,8 +28,6 @@ from datetime import datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import quote
 
-import h11
-
 from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_CONNECTION, split_export
 from m2msec.errors import HandshakeError, IdentifierError
 from m2msec.frameworks.maf.common import (
@@ -126,7 +124,7 @@ class MafSession:
             )
         except TimeoutError:
             raise MafError(f"{what}: the MAF {self.maf} did not answer in time") from None
-        except (ConnectionError, OSError, h11.ProtocolError) as exc:
+        except (ConnectionError, OSError) as exc:
             raise MafError(f"{what}: the connection to the MAF {self.maf} failed ({exc})") from None
         return expect(response, want, what, self.maf)
 

@@ -31,8 +31,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-import h11
-
 from m2msec.bindings.coap.options import CoapBindingError
 from m2msec.crypto.keyexport import EXPORT_LENGTH, LABEL_BOOTSTRAP
 from m2msec.errors import HandshakeError
@@ -191,7 +189,7 @@ class Enrolee:
         except TimeoutError:
             late = f"{_WHAT}: the MEF {self.mef_fqdn} did not answer in time"
             raise EnrolmentError(late) from None
-        except (ConnectionError, OSError, h11.ProtocolError, CoapBindingError) as exc:
+        except (ConnectionError, OSError, CoapBindingError) as exc:
             reason = f"{_WHAT}: the connection to the MEF {self.mef_fqdn} failed ({exc})"
             raise EnrolmentError(reason) from None
 
