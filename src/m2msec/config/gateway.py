@@ -521,6 +521,18 @@ def read_app_rules(path: str | Path) -> tuple[tuple[AppRule, ...], str | None]:
         raise ConfigurationError(f"{file}: {exc}") from None
 
 
+def read_admin_socket(path: str | Path) -> str | None:
+    """The ``[sa] admin_socket`` of the gateway config at ``path`` (its relative path made
+    absolute as :func:`load_config` does), without validating the rest of the file: the
+    running gateway's socket stays findable while the file holds the broken configuration
+    that ``m2msec gateway reload`` is about to report. None: not set there."""
+    file = Path(path).expanduser()
+    data = resolve_paths(read_toml(file), _PATHS, file.resolve().parent)
+    sa = data.get("sa", {})
+    value = sa.get("admin_socket") if isinstance(sa, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def load_config(
     path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> GatewayConfig:

@@ -697,9 +697,11 @@ def _addr(peer: Any) -> str:
 
 def _ssl_reason(exc: Exception) -> str:
     """OpenSSL's reason strings of ``exc`` (e.g. "key values mismatch"), never a key."""
-    parts = [str(e[2]) for e in exc.args[0] if isinstance(e, tuple) and len(e) == 3] if (
-        exc.args and isinstance(exc.args[0], list)
-    ) else []
+    parts = (
+        [str(e[2]) for e in exc.args[0] if isinstance(e, tuple) and len(e) == 3]
+        if (exc.args and isinstance(exc.args[0], list))
+        else []
+    )
     return ", ".join(parts) or type(exc).__name__
 
 
