@@ -39,6 +39,7 @@ from m2msec.cli.common import (
     require_store,
     run_on_fast_loop,
     serve_and_report,
+    stderr_console,
     store_option,
     sub_app,
     url_option,
@@ -292,8 +293,13 @@ def _socket_of(config: Path | None) -> Path:
     if config is not None:
         try:
             configured = read_admin_socket(config)
-        except ConfigurationError:
-            configured = None  # unreadable TOML: the gateway will say so; try the default
+        except ConfigurationError as exc:
+            # Unreadable TOML: the gateway will say why; its socket may be the default one.
+            stderr_console().print(
+                f"warning: {exc}; trying the default admin socket (or give --admin-socket)",
+                markup=False,
+            )
+            configured = None
         if configured == "":
             fail(f'{config} turns the admin socket off ([sa] admin_socket = ""): send SIGHUP', 2)
         if configured is not None:
