@@ -317,7 +317,12 @@ def serve(
             label="BSF store",
             create="m2msec bsf add-subscriber",
         )
-    serve_and_report(lambda: BsfServer(cfg), _banner, _stopped)
+    serve_and_report(
+        lambda: BsfServer(cfg),
+        _banner,
+        _stopped,
+        reload_config=lambda: load_bsf_config(config, overrides),
+    )
 
 
 def _stopped(bsf: BsfServer) -> str:

@@ -22,7 +22,6 @@ import signal
 import stat
 import sys
 from collections.abc import (
-    Awaitable,
     Callable,
     Collection,
     Coroutine,
@@ -42,6 +41,7 @@ from rich.table import Table
 from rich.text import Text
 
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
+from m2msec.service.lifecycle import ReloadOutcome
 from m2msec.tls.context import SecurityContext
 
 console = Console()
@@ -446,6 +446,7 @@ def context_details(ctx: SecurityContext) -> Table:
 
 
 T = TypeVar("T")
+_log = logging.getLogger("m2msec.cli")
 
 
 def setup_logging(level: str) -> None:
@@ -473,17 +474,55 @@ def run_on_fast_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-async def serve_until_signalled(serve_forever: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run a server's ``serve_forever(stop)`` until SIGINT or SIGTERM sets ``stop``."""
+#: The exit status when a second SIGINT/SIGTERM cuts the drain short.
+EXIT_SECOND_SIGNAL = 1
+
+
+async def serve_until_signalled(server: Server) -> None:
+    """Run ``server.serve_forever(stop)`` under the operators' signals (docs/operations.md):
+
+    * the first SIGTERM or SIGINT sets ``stop``: the server drains (stops accepting, gives
+      requests in progress ``drain_timeout`` seconds, ends every association with
+      close_notify) and the command exits 0;
+    * a second one exits at once with :data:`EXIT_SECOND_SIGNAL`, without the drain;
+    * SIGHUP reloads the configuration (:meth:`ServerLifecycle.reload`: applied, or
+      refused with one log line and the old one kept).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def on_stop(sig: signal.Signals) -> None:
+        if stop.is_set():
+            _log.warning("second %s: exiting at once, without the drain", sig.name)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_SECOND_SIGNAL)
+        _log.info(
+            "%s: draining (up to %g s for requests in progress); a second signal exits at once",
+            sig.name,
+            server.drain_timeout,
+        )
+        stop.set()
+
+    def on_hangup() -> None:
+        if stop.is_set():
+            return
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    stops = (signal.SIGINT, signal.SIGTERM)
+    for sig in stops:
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
-        await serve_forever(stop)
+        await server.serve_forever(stop)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (*stops, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in list(reloads):
+            task.cancel()
 
 
 # ----------------------------------------------------------------- serve commands
@@ -516,8 +555,14 @@ C = TypeVar("C")
 
 
 class Server(Protocol):
+    """What the serve steps need of a server (``m2msec.service.lifecycle.ServerLifecycle``)."""
+
+    drain_timeout: float
+    config_source: Callable[[], Any] | None
+
     async def start(self) -> None: ...
     async def serve_forever(self, stop: asyncio.Event) -> None: ...
+    async def reload(self) -> ReloadOutcome: ...
 
 
 S = TypeVar("S", bound=Server)
@@ -554,11 +599,17 @@ def require_store(path: str | Path, *, label: str, create: str) -> None:
         require_initialised(path, label=label, create=create)
 
 
-async def _serve(make: Callable[[], S], banner: Callable[[S], RenderableType], out: Console) -> S:
+async def _serve(
+    make: Callable[[], S],
+    banner: Callable[[S], RenderableType],
+    out: Console,
+    reload_config: Callable[[], Any] | None,
+) -> S:
     server = make()
+    server.config_source = reload_config
     await server.start()
     out.print(banner(server))
-    await serve_until_signalled(server.serve_forever)
+    await serve_until_signalled(server)
     return server
 
 
@@ -566,11 +617,13 @@ def serve_and_report(
     make: Callable[[], S],
     banner: Callable[[S], RenderableType],
     stopped: Callable[[S], str],
+    reload_config: Callable[[], Any] | None = None,
 ) -> None:
     """Build the server (``make``), start it, print ``banner(server)``, serve until
-    SIGINT/SIGTERM, then print ``stopped(server)`` (its stats). A configuration error
-    exits 2, any other m2msec or OS error 1."""
+    SIGINT/SIGTERM, then print ``stopped(server)`` (its stats). ``reload_config``
+    re-reads the configuration on SIGHUP (the loader with the same file and options).
+    A configuration error exits 2, any other m2msec or OS error 1."""
     out = Console(highlight=False)
     with exit_on_errors(usage=(ConfigurationError,), failure=(M2MSecError, OSError)):
-        server = run_on_fast_loop(_serve(make, banner, out))
+        server = run_on_fast_loop(_serve(make, banner, out, reload_config))
     out.print(stopped(server))

@@ -10,6 +10,11 @@ progress finish and closes every association.
 
 Exit status: 0 after a clean shutdown, 1 when the gateway cannot start (port in use, store
 unreadable), 2 for configuration errors.
+
+SIGHUP re-reads the configuration (the same file and options); ``m2msec gateway reload``
+asks the same of a running gateway through its admin socket (``POST /reload``) and says
+whether the new configuration is in force or why it was refused (exit 1). SIGTERM/SIGINT
+drain (``drain_timeout``); a second one exits at once. docs/operations.md "Reload", "Drain".
 """
 
 from __future__ import annotations
@@ -24,22 +29,30 @@ from m2msec.cli.common import (
     ConfigOption,
     LogLevelOption,
     MetricsOption,
+    done,
+    fail,
     file_option,
     init_option,
     load_serve_config,
     option,
     path_overrides,
     require_store,
+    run_on_fast_loop,
     serve_and_report,
+    stderr_console,
     store_option,
     sub_app,
     url_option,
 )
 from m2msec.config import load_config
+from m2msec.config.gateway import read_admin_socket
 from m2msec.config.listeners import FRAMEWORKS
-from m2msec.errors import StoreError
-from m2msec.paths import default_store_path
+from m2msec.errors import ConfigurationError, StoreError
+from m2msec.paths import default_admin_socket, default_store_path
+from m2msec.sa.admin import AdminProtocolError
+from m2msec.servers.admin import AdminClient, AdminUnavailable
 from m2msec.servers.gateway import Gateway
+from m2msec.service.lifecycle import ReloadOutcome
 
 __all__ = ["app"]
 
@@ -242,7 +255,64 @@ def serve(
             label="psk-lookup-table",
             create="m2msec psk add / psk import",
         )
-    serve_and_report(lambda: Gateway(cfg), _banner, _stopped)
+    serve_and_report(
+        lambda: Gateway(cfg),
+        _banner,
+        _stopped,
+        reload_config=lambda: load_config(config, overrides),
+    )
+
+
+@app.command()
+def reload(
+    admin_socket: Annotated[
+        Path | None,
+        option(
+            "--admin-socket",
+            metavar="PATH",
+            help="The running gateway's admin socket (default: [sa] admin_socket of --config, "
+            "else admin.sock in the data directory).",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a running gateway re-read its configuration (as SIGHUP does) and say how it went.
+
+    Certificates, keys, trust anchors, CRLs and the TOML are re-read; new handshakes use
+    them, live associations continue. A configuration that fails (or changes a setting
+    that needs a restart) is refused whole, the running one stays, and this exits 1.
+    """
+    path = admin_socket or _socket_of(config)
+
+    async def ask() -> ReloadOutcome:
+        async with AdminClient(path, timeout=60.0) as client:
+            return await client.reload()
+
+    try:
+        outcome = run_on_fast_loop(ask())
+    except (AdminUnavailable, AdminProtocolError) as exc:
+        fail(str(exc), 1)
+    if not outcome.applied:
+        fail(f"reload refused, the running configuration stays in force: {outcome.message}", 1)
+    done("reloaded:", outcome.message)
+
+
+def _socket_of(config: Path | None) -> Path:
+    if config is not None:
+        try:
+            configured = read_admin_socket(config)
+        except ConfigurationError as exc:
+            # Unreadable TOML: the gateway will say why; its socket may be the default one.
+            stderr_console().print(
+                f"warning: {exc}; trying the default admin socket (or give --admin-socket)",
+                markup=False,
+            )
+            configured = None
+        if configured == "":
+            fail(f'{config} turns the admin socket off ([sa] admin_socket = ""): send SIGHUP', 2)
+        if configured is not None:
+            return Path(configured)
+    return default_admin_socket()
 
 
 def _stopped(gw: Gateway) -> str:

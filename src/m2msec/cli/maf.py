@@ -507,7 +507,12 @@ def serve(
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
     cfg = load_serve_config(log_level, load_maf_config, config, overrides)
-    serve_and_report(lambda: _server(cfg, init=init), _banner, _stopped)
+    serve_and_report(
+        lambda: _server(cfg, init=init),
+        _banner,
+        _stopped,
+        reload_config=lambda: load_maf_config(config, overrides),
+    )
 
 
 def _stopped(maf: MafServer) -> str:

@@ -103,7 +103,12 @@ def serve(
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
     cfg = load_serve_config(log_level, load_mef_config, config, overrides)
-    serve_and_report(lambda: _server(cfg, init=init), _banner, _stopped)
+    serve_and_report(
+        lambda: _server(cfg, init=init),
+        _banner,
+        _stopped,
+        reload_config=lambda: load_mef_config(config, overrides),
+    )
 
 
 def _server(cfg: MefConfig, *, init: bool) -> MefServer:

@@ -21,6 +21,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     coap_response_options = true          # oneM2M-RSC/-RQI/... in CoAP answers (see below)
     resumption = true                     # session resumption on tls:// and dtls:// (below)
     cse_originators = "ts-0004"           # or "strict": CSE From must lie under its CSE-ID
+    drain_timeout = 10.0                  # seconds requests in progress get at SIGTERM
 
     [metrics]                             # off by default (m2msec.config.metrics)
     listen = "http://127.0.0.1:9464"      # /metrics, /healthz, /readyz
@@ -127,6 +128,7 @@ from m2msec.config.metrics import METRICS_KEYS, MetricsListen, parse_metrics
 from m2msec.config.values import boolean, file_path, invalid, number, unknown_key
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
+from m2msec.service.lifecycle import DRAIN_TIMEOUT
 from m2msec.service.limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT
 
 __all__ = [
@@ -185,6 +187,7 @@ class GatewayConfig:
     coap_response_options: bool = True
     resumption: bool = True
     cse_originators: str = "ts-0004"
+    drain_timeout: float = DRAIN_TIMEOUT
     app_rules: tuple[AppRule, ...] = ()
     egress: tuple[EgressConfig, ...] = ()
     metrics: MetricsListen | None = None
@@ -229,6 +232,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "coap_response_options",
             "resumption",
             "cse_originators",
+            "drain_timeout",
             "app_rule",
         }
     ),
@@ -448,6 +452,7 @@ def parse_config(
         ),
         resumption=boolean(gw.get("resumption", True), "gateway.resumption"),
         cse_originators=_cse_originators(gw.get("cse_originators", "ts-0004")),
+        drain_timeout=num("drain_timeout", DRAIN_TIMEOUT),
         app_rules=_app_rules(gw.get("app_rule", [])),
         egress=egress,
         metrics=parse_metrics(data.get("metrics")),
@@ -514,6 +519,18 @@ def read_app_rules(path: str | Path) -> tuple[tuple[AppRule, ...], str | None]:
         )
     except ConfigurationError as exc:
         raise ConfigurationError(f"{file}: {exc}") from None
+
+
+def read_admin_socket(path: str | Path) -> str | None:
+    """The ``[sa] admin_socket`` of the gateway config at ``path`` (its relative path made
+    absolute as :func:`load_config` does), without validating the rest of the file: the
+    running gateway's socket stays findable while the file holds the broken configuration
+    that ``m2msec gateway reload`` is about to report. None: not set there."""
+    file = Path(path).expanduser()
+    data = resolve_paths(read_toml(file), _PATHS, file.resolve().parent)
+    sa = data.get("sa", {})
+    value = sa.get("admin_socket") if isinstance(sa, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def load_config(

@@ -23,6 +23,9 @@ The routes (JSON bodies, ``application/json``; docs/sa.md section 7)::
     POST   /sa/<hex>/update        Update: ask the Initiator to re-key
     DELETE /sa/<hex>               Remove one SA
     DELETE /sa?peer=ID             Remove every live SA of one peer
+    POST   /reload                 re-read the configuration (issue 14; docs/operations.md):
+                                   200 {"result": "reloaded", "message": ...} or 409
+                                   {"result": "refused", "error": ...}, the old one in force
 
 A malformed SA identifier, query or body is answered 400, an unknown path 404, a method a
 path does not take 405 (with ``Allow``), each as ``{"error": "..."}``. A refused operation
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -61,6 +64,7 @@ from m2msec.sa.admin_wire import (
     record_to_json,
 )
 from m2msec.sa.records import SaId, SaRecord, SaState
+from m2msec.service.lifecycle import ReloadOutcome
 
 __all__ = [
     "MAX_SA_ID_OCTETS",
@@ -86,8 +90,10 @@ __all__ = [
     "read_detail",
     "read_list",
     "read_outcome",
+    "read_reload",
     "record_from_json",
     "record_to_json",
+    "reload_answer",
     "sa_query",
 ]
 
@@ -158,6 +164,7 @@ class AdminOperation(enum.StrEnum):
     UPDATE = "update"
     REMOVE = "remove"
     REMOVE_PEER = "remove-peer"
+    RELOAD = "reload"
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +238,17 @@ def parse_request(method: str, target: str, body: bytes = b"") -> AdminCall:
     if parts.scheme or parts.netloc or parts.fragment:
         raise AdminError(400, "the request target must be a path")
     path = parts.path
+    if path == "/reload":
+        if method != "POST":
+            raise AdminError(405, f"{method} is not allowed on /reload", allow="POST")
+        if parts.query or body.strip() not in (b"", b"{}"):
+            raise AdminError(400, "a reload takes no parameters (an empty body or {})")
+        return AdminCall(AdminOperation.RELOAD)
     segments = path.split("/")[1:] if path.startswith("/") else None
     if segments is None or not segments or segments[0] != "sa" or len(segments) > 3:
-        raise AdminError(404, f"no such resource {path[:60]!r}: the admin API is under /sa")
+        raise AdminError(
+            404, f"no such resource {path[:60]!r}: the admin API is under /sa and /reload"
+        )
     params = _query(parts.query)
     if len(segments) == 1:  # /sa
         if method == "GET":
@@ -280,6 +295,8 @@ def _no_body(body: bytes) -> None:
 def call_target(call: AdminCall) -> tuple[str, str]:
     """The method and target that ask for ``call`` (the client's side of :func:`parse_request`)."""
     op = call.operation
+    if op is AdminOperation.RELOAD:
+        return "POST", "/reload"
     if op is AdminOperation.LIST:
         query = call.query or SaQuery()
         params: list[tuple[str, str]] = []
@@ -350,18 +367,53 @@ def answer(call: AdminCall, result: Result) -> HttpResponse:
     )
 
 
+def reload_answer(outcome: ReloadOutcome) -> HttpResponse:
+    """``POST /reload`` answered: 200 reloaded, 409 refused (the old configuration stays)."""
+    if outcome.applied:
+        return _json_response(200, {"result": "reloaded", "message": outcome.message})
+    return _json_response(409, {"result": "refused", "error": outcome.message})
+
+
+def read_reload(status: int, body: bytes) -> ReloadOutcome:
+    """The client's side of :func:`reload_answer`; AdminProtocolError for anything else."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeError):
+        raise AdminProtocolError(status, "the reload answer is not JSON") from None
+    if isinstance(doc, dict):
+        if status == 200 and doc.get("result") == "reloaded":
+            return ReloadOutcome(True, str(doc.get("message", "")))
+        if status == 409 and doc.get("result") == "refused":
+            return ReloadOutcome(False, str(doc.get("error", "")))
+        if isinstance(doc.get("error"), str):
+            return ReloadOutcome(False, f"{doc['error']} ({status})")
+    raise AdminProtocolError(status, "not an answer to a reload")
+
+
 def _rejection(outcome: AdminOutcome) -> HttpResponse:
     assert outcome.reason is not None
     doc = {"result": "rejected", "reason": outcome.reason.value, "error": outcome.message}
     return _json_response(outcome.reason.http_status, doc)
 
 
-async def handle_request(admin: SaAdmin, method: str, target: str, body: bytes) -> HttpResponse:
-    """One admin request answered: parsed, passed to ``admin``, its result mapped back."""
+async def handle_request(
+    admin: SaAdmin,
+    method: str,
+    target: str,
+    body: bytes,
+    reload: Callable[[], Awaitable[ReloadOutcome]] | None = None,
+) -> HttpResponse:
+    """One admin request answered: parsed, passed to ``admin`` (or to ``reload``, the
+    server's :meth:`~m2msec.service.lifecycle.ServerLifecycle.reload`, for ``POST
+    /reload``; None: 404), its result mapped back."""
     try:
         call = parse_request(method, target, body)
     except AdminError as exc:
         return error_response(exc.status, exc.message, allow=exc.allow)
+    if call.operation is AdminOperation.RELOAD:
+        if reload is None:
+            return error_response(404, "this server does not reload through its admin socket")
+        return reload_answer(await reload())
     result: Result
     if call.operation is AdminOperation.LIST:
         assert call.query is not None

@@ -39,7 +39,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
@@ -62,10 +62,16 @@ from m2msec.sa.admin import (
     read_detail,
     read_list,
     read_outcome,
+    read_reload,
 )
 from m2msec.sa.records import SaId, SaRecord
 from m2msec.service.client import HttpClient
-from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle, stop_accepting, wait_closed
+from m2msec.service.lifecycle import (
+    ReloadOutcome,
+    ServerLifecycle,
+    stop_accepting,
+    wait_closed,
+)
 from m2msec.service.limits import HttpLimits
 from m2msec.service.server import HttpService, ServiceHooks
 from m2msec.service.streams import PlainStream, Stream
@@ -245,6 +251,8 @@ class AdminServer(ServerLifecycle):
         self._inode: tuple[int, int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._allowed = frozenset({os.getuid(), 0})
+        #: ``POST /reload`` calls this (the gateway's ``reload``); None: 404.
+        self.reload_hook: Callable[[], Awaitable[ReloadOutcome]] | None = None
         self._http = HttpService(
             _REQUEST_LIMITS,
             ServiceHooks(
@@ -273,7 +281,7 @@ class AdminServer(ServerLifecycle):
     async def _shutdown(self) -> None:
         servers = [self._server] if self._server is not None else []
         stop_accepting(servers)
-        await self._http.close(SHUTDOWN_GRACE)
+        await self._http.close(self.drain_timeout)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -309,7 +317,9 @@ class AdminServer(ServerLifecycle):
     async def _answer(self, request: OneM2MRequest) -> tuple[HttpResponse, bool]:
         if self.closing:
             return error_response(503, "the SA admin endpoint is shutting down"), True
-        response = await handle_request(self.admin, request.method, request.target, request.body)
+        response = await handle_request(
+            self.admin, request.method, request.target, request.body, self.reload_hook
+        )
         return response, False
 
     def _count_request(self) -> None:
@@ -363,6 +373,12 @@ class AdminClient:
     async def remove_peer(self, peer_id: str) -> AdminOutcome:
         answer = await self._send(AdminCall(AdminOperation.REMOVE_PEER, peer=peer_id))
         return read_outcome(answer.status, answer.body)
+
+    async def reload(self) -> ReloadOutcome:
+        """``POST /reload``: the server re-reads its configuration (refused: ``applied``
+        False with the reason; the old one stays in force)."""
+        answer = await self._send(AdminCall(AdminOperation.RELOAD))
+        return read_reload(answer.status, answer.body)
 
     async def _send(self, call: AdminCall) -> HttpAnswer:
         method, target = call_target(call)

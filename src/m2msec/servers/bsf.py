@@ -110,7 +110,7 @@ from m2msec.gba.service import BsfPolicy, BsfService, BsfStats, text_response
 from m2msec.gba.subscribers import SubscriberStore
 from m2msec.pki.names import certificate_fingerprint, check_public_key
 from m2msec.servers.metrics import bsf_families
-from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle, stop_accepting, wait_closed
+from m2msec.service.lifecycle import ServerLifecycle, stop_accepting, wait_closed
 from m2msec.service.limits import HttpLimits
 from m2msec.service.metrics import Readiness, store_ready
 from m2msec.service.server import HttpService, ServiceHooks
@@ -337,7 +337,7 @@ class BsfServer(ServerLifecycle):
 
     async def _shutdown(self) -> None:
         stop_accepting(self._servers)
-        await self._http_service.close(SHUTDOWN_GRACE)
+        await self._http_service.close(self.drain_timeout)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -189,6 +189,13 @@ class CoapListener:
         address = self._handle.address
         return str(address[0]), int(address[1])
 
+    def use_profile(self, profile: TLSProfile) -> None:
+        """New handshakes on this listener use ``profile`` (the gateway's reload); live
+        associations keep theirs. The profile's framework and transport do not change."""
+        if self._handle is not None:
+            self._handle.server.use_profile(profile)
+        self.profile = profile
+
     async def close(self, grace: float = 5.0) -> None:
         """Let requests in progress finish (up to ``grace`` seconds), then close them all."""
         if self._closing:

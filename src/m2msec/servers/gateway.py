@@ -40,6 +40,21 @@ Requests travel over a pool of persistent HTTP/1.1 connections
 (:class:`m2msec.servers.backend.BackendPool`, on the one HTTP client). A backend that cannot
 be reached is answered 5103 TARGET_NOT_REACHABLE (4008 REQUEST_TIMEOUT when it does not
 answer within ``backend_timeout``); the gateway keeps serving.
+
+Reload (issue 14 item 2; :meth:`ServerLifecycle.reload`, docs/operations.md "Reload"):
+:meth:`Gateway._reload` builds a new :class:`ResponderProfiles` from the re-read
+configuration (certificates, keys, trust anchors, CRLs, the MAF/MEF/GBA clients) over the
+same psk store, and only once every profile is built swaps each ``tls://`` and ``dtls://``
+listener's profile: new handshakes use it, live associations keep their sessions. What the
+listeners, the stores and the backend pool were opened with
+(:data:`~m2msec.servers.gateway_reload.RESTART_ONLY`) is refused by name. The replaced
+profiles' clients are closed once the handshakes that may still use them are over.
+
+One of the two files allowed past ~600 lines: :class:`Gateway` is the one place where the
+listeners, the lifecycle, the SA hooks and the request pipeline meet; the logic each of
+them runs lives in its own module (``gateway_sa``, ``request_checks``, ``forwarding``,
+``gateway_profiles``, ``gateway_reload``, ``gateway_stats``, ``egress``), and what stays
+here is the wiring between them.
 """
 
 from __future__ import annotations
@@ -57,6 +72,7 @@ from m2msec.app_rules import AppRule
 from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, error_response
 from m2msec.config import GatewayConfig, ListenerSpec
+from m2msec.errors import ConfigurationError
 from m2msec.sa.agent import ResponderAgent
 from m2msec.servers.association import Association, sp_fqdn_of
 from m2msec.servers.backend import (
@@ -70,6 +86,7 @@ from m2msec.servers.coap_gateway import CoapListener
 from m2msec.servers.egress import Egress
 from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
+from m2msec.servers.gateway_reload import RESTART_ONLY, reloaded_profiles
 from m2msec.servers.gateway_sa import GatewaySa, LiveSa, default_instance
 from m2msec.servers.gateway_stats import GatewayStats
 from m2msec.servers.metrics import (
@@ -80,7 +97,12 @@ from m2msec.servers.metrics import (
 )
 from m2msec.servers.registration import bind_recorded, bind_registration
 from m2msec.servers.request_checks import Forward, OwnerOf, Refuse, Rule, check_request
-from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle, stop_accepting, wait_closed
+from m2msec.service.lifecycle import (
+    ServerLifecycle,
+    refuse_restart_only,
+    stop_accepting,
+    wait_closed,
+)
 from m2msec.service.limits import HttpLimits
 from m2msec.service.metrics import Readiness
 from m2msec.service.server import HttpService, ServiceHooks
@@ -152,7 +174,7 @@ class Gateway(ServerLifecycle):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         agent: ResponderAgent | None = None,
     ) -> None:
-        super().__init__(config.metrics)
+        super().__init__(config.metrics, drain_timeout=config.drain_timeout)
         #: The SA services of the gateway as Responder (records, admin API, sweep).
         self.sa = GatewaySa(
             config.sa, default_instance(str(config.cse_id)), agent=agent, clock=clock
@@ -170,6 +192,12 @@ class Gateway(ServerLifecycle):
         self.backend: BackendPool | None = None
         self._tls: list[TLSServer] = []
         self._coap: list[CoapListener] = []
+        #: The listeners' configurations, beside ``_tls`` / ``_coap`` (for a reload).
+        self._tls_specs: list[ListenerSpec] = []
+        self._coap_specs: list[ListenerSpec] = []
+        #: Replaced responder profiles whose clients close once their handshakes are over.
+        self._retired: set[asyncio.Task[None]] = set()
+        self.reloads = 0
         self._servers: list[asyncio.Server] = []
         self._listeners: list[ListenerInfo] = []
         self._http = HttpService(
@@ -246,6 +274,8 @@ class Gateway(ServerLifecycle):
         """Open the SA services, the backend pool and the listeners, by URL scheme."""
         cfg = self.config
         await self.sa.open()
+        if self.sa.admin_server is not None:
+            self.sa.admin_server.reload_hook = self.reload  # POST /reload (m2msec gateway reload)
         profiles = {
             Transport.TLS: self._responders.for_transport(Transport.TLS),
             Transport.DTLS: self._responders.for_transport(Transport.DTLS),
@@ -294,6 +324,7 @@ class Gateway(ServerLifecycle):
         )
         server = await tls.start(spec.host, spec.port)
         self._tls.append(tls)
+        self._tls_specs.append(spec)
         return self._bound(spec, server, framework)
 
     async def _open_dtls(self, spec: ListenerSpec, profiles: _ByTransport) -> ListenerInfo:
@@ -306,6 +337,7 @@ class Gateway(ServerLifecycle):
             on_handshake_failure=self._sa_failure(name),
         )
         self._coap.append(coap)
+        self._coap_specs.append(spec)
         host, port = await coap.start(spec.host, spec.port)
         return ListenerInfo(spec, host, port, name)
 
@@ -326,11 +358,11 @@ class Gateway(ServerLifecycle):
 
     async def _shutdown(self) -> None:
         stop_accepting(self._servers)
-        await self._http.close(SHUTDOWN_GRACE)
+        await self._http.close(self.drain_timeout)
         for tls in self._tls:
             await tls.close()
         for coap in self._coap:
-            await coap.close(SHUTDOWN_GRACE)
+            await coap.close(self.drain_timeout)
         for task in list(self._plain_tasks):
             task.cancel()
         if self._plain_tasks:
@@ -345,9 +377,50 @@ class Gateway(ServerLifecycle):
         if self._rule_store is not None:
             self._rule_store.close()
             self._rule_store = None
+        for task in list(self._retired):
+            task.cancel()
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
         await self._responders.aclose()
         await self.sa.close()
         log.info("gateway stopped: %s", self.stats.as_dict())
+
+    # -- reload ---------------------------------------------------------------------------
+    async def _reload(self, config: Any) -> str:
+        """Put ``config`` in force for new handshakes (module docstring); ConfigurationError
+        (nothing changed) for a setting that needs a restart or a credential that fails."""
+        if not isinstance(config, GatewayConfig):
+            raise ConfigurationError("a reload needs a gateway configuration")
+        refuse_restart_only(self.config, config, RESTART_ONLY)
+        old = self._responders
+        fresh, tls, dtls = await reloaded_profiles(
+            config, old.store, self._tls_specs, self._coap_specs
+        )
+        # Everything is built: swap. A listener's next accept uses its new profile.
+        for server, profile in zip(self._tls, tls, strict=True):
+            server.profile = profile
+        for listener, profile in zip(self._coap, dtls, strict=True):
+            listener.use_profile(profile)
+        fresh.own_store, old.own_store = old.own_store, False
+        self._responders = fresh
+        self.sa.psk_check = fresh.psk_revalidate
+        self.config = config
+        self.drain_timeout = config.drain_timeout
+        self.reloads += 1
+        task = asyncio.get_running_loop().create_task(self._retire(old))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+        return (
+            f"{config.source}: new handshakes use the new credentials on "
+            f"{len(tls)} tls:// and {len(dtls)} dtls:// listeners; live associations continue"
+        )
+
+    async def _retire(self, old: ResponderProfiles) -> None:
+        """Close a replaced profile set's clients once the handshakes begun on it are over."""
+        try:
+            await asyncio.sleep(self.config.handshake_timeout)
+        finally:
+            await old.aclose()
 
     # -- associations ---------------------------------------------------------------------
     def _sa_failure(self, framework: str) -> Callable[[HandshakeFailure], None]:

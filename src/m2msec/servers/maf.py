@@ -75,7 +75,7 @@ from m2msec.maf.store import (
 from m2msec.servers.maf_enrolled import EnrolledClients
 from m2msec.servers.maf_journal import MafJournal
 from m2msec.servers.metrics import maf_families, observe_store
-from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
+from m2msec.service.lifecycle import ServerLifecycle
 from m2msec.service.limits import HttpLimits
 from m2msec.service.metrics import Readiness, store_ready
 from m2msec.service.server import HttpService, ServiceHooks
@@ -258,7 +258,7 @@ class MafServer(ServerLifecycle):
             self._purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purge_task
-        await self._http.close(SHUTDOWN_GRACE)
+        await self._http.close(self.drain_timeout)
         for server in (self._client_server, self._retrieval_server):
             if server is not None:
                 await server.close()

@@ -64,7 +64,7 @@ from m2msec.servers.mef_session import (
 )
 from m2msec.servers.metrics import mef_families
 from m2msec.service.group_commit import GroupCommit
-from m2msec.service.lifecycle import SHUTDOWN_GRACE, ServerLifecycle
+from m2msec.service.lifecycle import ServerLifecycle
 from m2msec.service.limits import HttpLimits
 from m2msec.service.metrics import Readiness, store_ready
 from m2msec.service.server import HttpService, ServiceHooks
@@ -254,11 +254,11 @@ class MefServer(ServerLifecycle):
             self._purge_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purge_task
-        await self._http.close(SHUTDOWN_GRACE)
+        await self._http.close(self.drain_timeout)
         for server in self._servers:
             await server.close()
         if self._commits is not None:
-            await self._commits.close(SHUTDOWN_GRACE)
+            await self._commits.close(self.drain_timeout)
         if self._own_store and self._store is not None:
             self._store.close()
         if self.listeners:

@@ -205,12 +205,8 @@ class DTLSServer:
             raise ConfigurationError(f"DTLS MTU must be within {MIN_MTU}..{MAX_MTU}, not {mtu}")
         if max_half_open < 1 or max_peers < 1 or idle_timeout <= 0 or handshake_timeout <= 0:
             raise ConfigurationError("DTLS server bounds must be positive")
-        install_cookie_callbacks(profile.ssl_context)
-        if resumption is not False:
-            # Devices that come back resume their session (see m2msec.tls.sessions).
-            cache = resumption if isinstance(resumption, ServerSessionCache) else None
-            profile = enable_resumption(profile, cache)
-        self.profile = profile
+        self._resumption = resumption
+        self.profile = self._prepared(profile)
         self.settings = _Settings(mtu, max_half_open, max_peers, idle_timeout, handshake_timeout)
         self.cookie_jar = cookie_jar or CookieJar(clock=clock)
         self.stats = DTLSServerStats()
@@ -222,6 +218,22 @@ class DTLSServer:
         self._events: deque[PeerEvent] = deque()
         # Retransmission timers of the half-open handshakes, one per address.
         self._timers = HandshakeTimers()
+
+    def _prepared(self, profile: TLSProfile) -> TLSProfile:
+        if not profile.server_side or profile.transport is not Transport.DTLS:
+            raise ConfigurationError("DTLSServer needs a responder profile for Transport.DTLS")
+        install_cookie_callbacks(profile.ssl_context)
+        resumption = self._resumption
+        if resumption is not False:
+            # Devices that come back resume their session (see m2msec.tls.sessions).
+            cache = resumption if isinstance(resumption, ServerSessionCache) else None
+            profile = enable_resumption(profile, cache)
+        return profile
+
+    def use_profile(self, profile: TLSProfile) -> None:
+        """New handshakes use ``profile`` from now on (a reload: new certificates, keys,
+        trust anchors); established peers keep their engines and sessions untouched."""
+        self.profile = self._prepared(profile)
 
     # -- introspection -------------------------------------------------------------------
     @property
