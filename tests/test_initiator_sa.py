@@ -219,12 +219,16 @@ async def m2msec(*args: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def egress_chain(
-    tmp_path: Path, acme: AcmeCse, pki: Any, store: SqlitePskStore
+    tmp_path: Path,
+    acme: AcmeCse,
+    pki: Any,  # noqa: F811
+    store: SqlitePskStore,
 ) -> AsyncIterator[tuple[Gateway, Gateway, str, Path]]:
     async with started(in_gateway(acme, pki, store)) as up:
         table = write_credentials(tmp_path, pki, up.listeners[0].port, up.listeners[1].port)
         config = egress_config(
-            table, {"listen": "127.0.0.1:0", "upstream": f"https://127.0.0.1:{up.listeners[1].port}"}
+            table,
+            {"listen": "127.0.0.1:0", "upstream": f"https://127.0.0.1:{up.listeners[1].port}"},
         )
         sock = tmp_path / "mn-admin.sock"
         config = dataclasses.replace(
@@ -242,55 +246,59 @@ async def sa_json(sock: Path, *args: str) -> list[dict[str, Any]]:
 
 
 async def test_egress_sas_listed_updated_removed_by_the_sa_cli(
-    tmp_path: Path, in_acme: AcmeCse, pki: Any, in_store: SqlitePskStore
+    tmp_path: Path,
+    in_acme: AcmeCse,  # noqa: F811
+    pki: Any,  # noqa: F811
+    in_store: SqlitePskStore,  # noqa: F811
 ) -> None:
-    async with egress_chain(tmp_path, in_acme, pki, in_store) as (up, mn, url, sock):
-        async with httpx.AsyncClient() as cse:
-            r = await cse.get(url + in_acme.base, headers=headers(MN))
-            assert r.headers["x-m2m-rsc"] == "2000", r.text
-            link = mn.egress.links[0]
-            (first,) = link.live_sa_ids
-            listed = await sa_json(sock, "list")
-            mine = [d for d in listed if d["sa_id"] == first]
-            assert len(mine) == 1 and mine[0]["role"] == "initiator"
-            assert mine[0]["peer_id"] == IN and mine[0]["state"] == "established"
-            # Update by the operator while the CSE keeps asking: all answered.
-            answers: list[str] = []
-            loop = asyncio.get_running_loop()
-            stop = loop.time() + 2.0
+    async with (
+        egress_chain(tmp_path, in_acme, pki, in_store) as (up, mn, url, sock),
+        httpx.AsyncClient() as cse,
+    ):
+        r = await cse.get(url + in_acme.base, headers=headers(MN))
+        assert r.headers["x-m2m-rsc"] == "2000", r.text
+        link = mn.egress.links[0]
+        (first,) = link.live_sa_ids
+        listed = await sa_json(sock, "list")
+        mine = [d for d in listed if d["sa_id"] == first]
+        assert len(mine) == 1 and mine[0]["role"] == "initiator"
+        assert mine[0]["peer_id"] == IN and mine[0]["state"] == "established"
+        # Update by the operator while the CSE keeps asking: all answered.
+        answers: list[str] = []
+        loop = asyncio.get_running_loop()
+        stop = loop.time() + 2.0
 
-            async def ask() -> None:
-                while loop.time() < stop:
-                    r = await cse.get(url + in_acme.base, headers=headers(MN))
-                    answers.append(r.headers["x-m2m-rsc"])
+        async def ask() -> None:
+            while loop.time() < stop:
+                r = await cse.get(url + in_acme.base, headers=headers(MN))
+                answers.append(r.headers["x-m2m-rsc"])
 
-            async def operator() -> Any:
-                await asyncio.sleep(0.3)
-                return await m2msec("sa", "update", first, "--admin-socket", str(sock))
+        async def operator() -> Any:
+            await asyncio.sleep(0.3)
+            return await m2msec("sa", "update", first, "--admin-socket", str(sock))
 
-            *_, done = await asyncio.gather(ask(), ask(), operator())
-            assert done.returncode == 0, done.describe()
-            assert len(answers) > 5 and set(answers) == {"2000"}, answers
-            (second,) = link.live_sa_ids
-            assert second != first and second in done.output
-            shown = (await sa_json(sock, "show", first))[-1]
-            assert shown["sa"]["state"] == "updated" and shown["sa"]["replaced_by"] == second
-            assert [h["event"] for h in shown["history"]] == ["established", "updating", "updated"]
-            # Remove: close_notify upstream (its SA Removal there), the next request a new SA.
-            done = await m2msec("sa", "remove", second, "--admin-socket", str(sock))
-            assert done.returncode == 0, done.describe()
-            await wait_until(lambda: up.sa.management.get(SaId.from_hex(second)) is None, "gone")
-            shown = (await sa_json(sock, "show", second))[-1]
-            assert shown["sa"]["state"] == "removed"
-            assert "removed by the operator" in shown["sa"]["cause"]
-            r = await cse.get(url + in_acme.base, headers=headers(MN))
-            assert r.headers["x-m2m-rsc"] == "2000", r.text
-            (third,) = link.live_sa_ids
-            assert third not in (first, second)
-            up.sa.store.flush(5)  # type: ignore[union-attr]
-            upstream = up.sa.store.get(second, SaRole.RESPONDER)  # type: ignore[union-attr]
-            assert upstream is not None and upstream.state is SaState.REMOVED
-            assert upstream.cause == "removed by the peer"
+        *_, done = await asyncio.gather(ask(), ask(), operator())
+        assert done.returncode == 0, done.describe()
+        assert len(answers) > 5 and set(answers) == {"2000"}, answers
+        shown = (await sa_json(sock, "show", first))[-1]
+        second = shown["sa"]["replaced_by"]
+        assert shown["sa"]["state"] == "updated" and second in done.output
+        assert first not in link.live_sa_ids and second in link.live_sa_ids
+        assert [h["event"] for h in shown["history"]] == ["established", "updating", "updated"]
+        # Remove: close_notify upstream (its SA Removal there), the next request a new SA.
+        done = await m2msec("sa", "remove", second, "--admin-socket", str(sock))
+        assert done.returncode == 0, done.describe()
+        await wait_until(lambda: up.sa.management.get(SaId.from_hex(second)) is None, "gone")
+        shown = (await sa_json(sock, "show", second))[-1]
+        assert shown["sa"]["state"] == "removed"
+        assert "removed by the operator" in shown["sa"]["cause"]
+        r = await cse.get(url + in_acme.base, headers=headers(MN))
+        assert r.headers["x-m2m-rsc"] == "2000", r.text
+        assert link.live_sa_ids and not {first, second} & set(link.live_sa_ids)
+        up.sa.store.flush(5)  # type: ignore[union-attr]
+        upstream = up.sa.store.get(second, SaRole.RESPONDER)  # type: ignore[union-attr]
+        assert upstream is not None and upstream.state is SaState.REMOVED
+        assert upstream.cause == "removed by the peer"
 
 
 # -- m2msec connect ----------------------------------------------------------------------
@@ -327,7 +335,7 @@ async def test_connect_json_rekey_record(
             assert store.get(second["sa_id"], SaRole.INITIATOR) is not None
         # Without --json: the record printed as a table; without --record: nothing kept.
         plain = await m2msec(*common, "--rekey")
-        ids = re.findall(r"sa_id\s+([0-9a-f]{32})", plain.output)
+        ids = re.findall(r"sa_id\W+([0-9a-f]{32})", plain.output)
         assert len(ids) == 2 and ids[0] != ids[1], plain.output
         assert f"SA {ids[0]} updated: replaced by {ids[1]}" in plain.output
         with contextlib.closing(SaRecordStore(db, retention=None)) as store:
@@ -346,4 +354,4 @@ async def test_establish_refused_is_a_failed_record(
     records.flush(5)
     (failed,) = list(records.list(state=SaState.FAILED))
     assert failed.role is SaRole.INITIATOR and failed.cause
-    assert failed.cause.startswith("administrative reasons")
+    assert failed.cause.startswith("Administrative reasons")

@@ -388,7 +388,11 @@ def connect(
             failed=response.status >= 400 and done.rekeyed is None,
         )
     if done.rekeyed is not None:
-        console.print(f"SA {done.record.sa_id} updated: replaced by {done.rekeyed[0].sa_id}")
+        console.print(
+            f"SA {done.record.sa_id} updated: replaced by {done.rekeyed[0].sa_id}",
+            highlight=False,
+            soft_wrap=True,
+        )
         if any(r.status >= 400 for _, _, r in rounds):
             raise typer.Exit(3)
 
