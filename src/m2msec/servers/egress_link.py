@@ -27,7 +27,7 @@ the upstream peer with the credential of the initiator's credentials table
   session evicted, the next request establishes a new SA) and the end of a session
   (``closed``). Its record sink is the gateway's :class:`~m2msec.sa.store.SaRecordStore`
   (through :class:`~m2msec.servers.gateway_sa.GatewaySa`), so ``m2msec sa list`` shows
-  these SAs beside the Responder's (docs/sa.md section 9).
+  these SAs beside the Responder's (docs/sa.md section 10).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ It is the one admin of both sides: the gateway's SAs as Initiator (the egress's 
 SAs, an :class:`InitiatorSide` given by :meth:`GatewaySa.add_initiator_side`, whose
 Initiator's SA Management writes to the same store) are listed and shown beside the
 Responder's, and ``update`` / ``remove`` of one of them re-key its link in place or end
-it with close_notify (docs/sa.md section 9).
+it with close_notify (docs/sa.md section 10).
 """
 
 from __future__ import annotations

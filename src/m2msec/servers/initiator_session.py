@@ -1,5 +1,5 @@
 """A library initiator over one peer: the SA services of seed 003 on Entity A's side
-(7.3.1.1.2.2, the Initiator's SA Management; issue 12 item 4; docs/sa.md section 9).
+(7.3.1.1.2.2, the Initiator's SA Management; issue 12 item 4; docs/sa.md section 10).
 
 :class:`SecureSession` is Entity A (TS-0003 8.2.2: the credential's framework, through
 :func:`m2msec.config.initiators.build_initiator`) holding one SA with one peer and
