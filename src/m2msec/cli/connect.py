@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import typer
+from rich.table import Table
 
 from m2msec.cli import gba_options as g
 from m2msec.cli.common import (
@@ -61,7 +63,11 @@ from m2msec.config.initiators import (
     default_server_name,
 )
 from m2msec.errors import ConfigurationError, HandshakeError, M2MSecError
-from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MClient, OneM2MResponse
+from m2msec.sa.admin_wire import record_to_json
+from m2msec.sa.records import SaRecord
+from m2msec.sa.store import SaRecordStore
+from m2msec.servers.initiator_session import SecureSession
+from m2msec.service.onem2m_client import RESOURCE_TYPES, OneM2MResponse
 from m2msec.tls.context import SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
@@ -175,26 +181,53 @@ def _table_credential(
     return credential
 
 
+@dataclass
+class _Exchange:
+    """What one run did: the SA record and the answer; with ``--rekey`` those of the SA
+    that replaced it."""
+
+    record: SaRecord
+    ctx: SecurityContext
+    response: OneM2MResponse
+    rekeyed: tuple[SaRecord, SecurityContext, OneM2MResponse] | None = None
+
+
 async def _run(
     initiator: Initiator,
     host: str,
     port: int,
-    method: str,
-    path: str,
-    origin: str,
-    content: Any,
-    ty: int | None,
+    request: tuple[str, str, str, Any, int | None],
     timeout: float,
-) -> tuple[SecurityContext, OneM2MResponse]:
-    conn = await initiator.connect(host, port, timeout=timeout)
-    client = OneM2MClient(conn, host=f"{host}:{port}")
+    *,
+    rekey: bool,
+    record: bool,
+) -> _Exchange:
+    """Establish the SA (:class:`~m2msec.servers.initiator_session.SecureSession`), send
+    the request; with ``rekey`` update the SA in place and send it again over the new one.
+    ``record``: the SA records go to the data directory's SA store."""
+    method, path, origin, content, ty = request
+    store = await asyncio.to_thread(SaRecordStore) if record else None
     try:
-        response = await asyncio.wait_for(
-            client.request(method, path, origin=origin, content=content, ty=ty), timeout
-        )
+        async with SecureSession(initiator, host, port, sink=store, timeout=timeout) as session:
+            first = await session.establish()
+            ctx = session.context
+            assert ctx is not None
+            answer = await session.request(method, path, origin=origin, content=content, ty=ty)
+            done = _Exchange(first, ctx, answer)
+            if rekey:
+                outcome = await session.update()
+                if outcome.record is None or outcome.replaced is None:
+                    why = (outcome.record.cause if outcome.record else None) or "rejected"
+                    raise M2MSecError(f"SA update failed, the old SA kept: {why}")
+                new_ctx = session.context
+                assert new_ctx is not None
+                again = await session.request(method, path, origin=origin, content=content, ty=ty)
+                done.record = outcome.replaced
+                done.rekeyed = (outcome.record, new_ctx, again)
+            return done
     finally:
-        await client.close()
-    return conn.context, response
+        if store is not None:
+            await store.aclose()
 
 
 def connect(
@@ -263,6 +296,21 @@ def connect(
             "(earlier), or 'none' (a plain CoAP request, for generic CoAP servers)",
         ),
     ] = "current",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the SA record and the answer as JSON.")
+    ] = False,
+    rekey: Annotated[
+        bool,
+        typer.Option(
+            "--rekey",
+            help="After the answer, update the SA in place (a fresh full handshake) and "
+            "send the request again over the new SA.",
+        ),
+    ] = False,
+    record: Annotated[
+        bool,
+        typer.Option("--record", help="Keep the SA records in the data directory's SA store."),
+    ] = False,
     credentials: Annotated[
         Path | None,
         file_option(
@@ -280,6 +328,8 @@ def connect(
     if parts.scheme not in ("https", "coaps") or not parts.hostname:
         fail("URL must look like https://HOST:PORT/PATH or coaps://HOST:PORT/PATH")
     coap = parts.scheme == "coaps"
+    if coap and (rekey or record or as_json):
+        fail("--rekey, --record and --json are for https:// (the SA services over TLS)")
     if coap and (gba or maf is not None):
         fail("coaps:// takes --psk-identity/--psk or --cert/--key/--ca")
     try:
@@ -326,16 +376,87 @@ def connect(
         )  # fmt: skip
         return
     path = parts.path or "/"
-    ctx, response = _request_or_fail(
-        _run(initiator, host, port, method.upper(), path, origin, body, type_code, timeout),
+    done = _request_or_fail(
+        _run(
+            initiator,
+            host,
+            port,
+            (method.upper(), path, origin, body, type_code),
+            timeout,
+            rekey=rekey,
+            record=record,
+        ),
         refused=(M2MSecError,),  # e.g. GBA bootstrapping refused by the BSF
     )
-    _print_answer(
-        ctx,
-        f"HTTP {response.status}  X-M2M-RSC: {response.rsc}",
-        response.body,
-        failed=response.status >= 400,
+    if as_json:
+        _print_json(done)
+        return
+    rounds = [(done.record, done.ctx, done.response)]
+    if done.rekeyed is not None:
+        rounds.append(done.rekeyed)
+    for rec, ctx, response in rounds:
+        console.print(_record_table(rec))
+        _print_answer(
+            ctx,
+            f"HTTP {response.status}  X-M2M-RSC: {response.rsc}",
+            response.body,
+            failed=response.status >= 400 and done.rekeyed is None,
+        )
+    if done.rekeyed is not None:
+        console.print(
+            f"SA {done.record.sa_id} updated: replaced by {done.rekeyed[0].sa_id}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if any(r.status >= 400 for _, _, r in rounds):
+            raise typer.Exit(3)
+
+
+def _record_table(rec: SaRecord) -> Table:
+    """The initiator's SA record (seed 003 7.3.1.1.2.2): never the key, its fingerprint."""
+    table = Table(show_header=False, title="SA record", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows = (
+        ("sa_id", str(rec.sa_id)),
+        ("role", rec.role.value),
+        ("framework", rec.framework),
+        ("peer", rec.peer_id),
+        ("suite", f"{rec.protocol} {rec.cipher_suite}"),
+        ("key id", rec.key_id or "-"),
+        ("key fingerprint", rec.key_fingerprint or "-"),
+        ("expires", rec.expires_at.isoformat(timespec="seconds") if rec.expires_at else "-"),
+        ("state", rec.state.value),
     )
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _response_json(response: OneM2MResponse) -> dict[str, Any]:
+    try:
+        body: Any = response.json()
+    except (ValueError, UnicodeDecodeError):
+        body = response.body.decode("utf-8", "replace")
+    return {"status": response.status, "rsc": response.rsc, "body": body}
+
+
+def _print_json(done: _Exchange) -> None:
+    """One JSON document on the last line: the SA record and the answer (and, with
+    ``--rekey``, the new SA's); exit 3 when an answer is an error."""
+    doc: dict[str, Any] = {
+        "sa": record_to_json(done.record),
+        "response": _response_json(done.response),
+    }
+    answers = [done.response]
+    if done.rekeyed is not None:
+        rec, _, response = done.rekeyed
+        doc["rekey"] = {"sa": record_to_json(rec), "replaces": str(done.record.sa_id),
+                        "response": _response_json(response)}  # fmt: skip
+        answers.append(response)
+    typer.echo(json.dumps(doc, separators=(",", ":")))
+    if any(r.status >= 400 for r in answers):
+        raise typer.Exit(3)
 
 
 def _notice(message: str) -> None:

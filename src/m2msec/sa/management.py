@@ -411,13 +411,23 @@ class InitiatorSaManagement(SaManagementBase):
         ctx: SecurityContext,
         *,
         peer_address: str | None = None,
+        also: tuple[SaId, ...] = (),
         now: datetime | None = None,
     ) -> UpdateOutcome:
         """The update's new handshake finished: the new SA is ``established``, the old one
         ``updated`` (replaced by it) and its session retired (``retire``: close, evict);
-        the agent gets Update SA's confirm (Accepted, the new identifier)."""
+        the agent gets Update SA's confirm (Accepted, the new identifier).
+
+        ``also``: further SAs of the same Responder being updated with ``existing`` (the
+        egress keeps several sessions to one upstream), ``updated`` and replaced by the
+        same new SA; their sessions are the caller's to retire."""
         now = now or self._clock()
         rec = self._established(self._new_record(ctx, peer_address, now))
+        for other in also:
+            more = self._records.get(other)
+            if other != existing and more is not None and more.state is SaState.UPDATING:
+                self._deadlines.pop(other, None)
+                self._transition(more, _E.UPDATED, updated_at=now, replaced_by=rec.sa_id)
         old = self._records.get(existing)
         replaced: SaRecord | None = None
         retire: RemoveOutcome | None = None

@@ -32,21 +32,26 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import partial
 
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, error_response
 from m2msec.config import GatewayConfig, ListenerSpec
 from m2msec.errors import IdentifierError
 from m2msec.ids import CseId, normalise_originator, originator_within, parse_entity_id
-from m2msec.sa.records import SaRecord
+from m2msec.sa.machine import RecordSink
+from m2msec.sa.management import InitiatorSaManagement
+from m2msec.sa.outcomes import RemoveOutcome, UpdateOutcome
+from m2msec.sa.records import SaId, SaRecord, SaRole
+from m2msec.sa.store import SaRecordStore
 from m2msec.servers.backend import (
     BackendError,
     BackendRequestError,
     BackendTimeout,
     BackendTooLarge,
 )
-from m2msec.servers.egress_link import EgressStats, SaRecords, UpstreamLink
+from m2msec.servers.egress_link import EgressStats, UpstreamLink
 from m2msec.servers.forwarding import relayed_headers, response_headers
 from m2msec.service.server import HttpService
 from m2msec.service.streams import PlainStream
@@ -89,23 +94,59 @@ class Egress:
     :class:`~m2msec.service.server.HttpService`, under its limits and its graceful close.
     """
 
-    def __init__(self, config: GatewayConfig, http: HttpService) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        http: HttpService,
+        *,
+        sink: RecordSink | None = None,
+        store: Callable[[], SaRecordStore | None] = lambda: None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.config = config
         self.stats = EgressStats()
         self._http = http
-        self._records = SaRecords()
+        #: The Initiator's SA Management of every upstream SA (seed 003 7.3.1.1.2.2); its
+        #: records go to ``sink`` (the gateway's SA record store, through GatewaySa).
+        self.management = InitiatorSaManagement(sink=sink, clock=clock)
+        self._store = store
         self.links: list[UpstreamLink] = []
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def records(self) -> list[SaRecord]:
-        """The initiator-side SA records (role INITIATOR), oldest first, live or ended."""
-        return list(self._records)
+        """The initiator-side SA records (role INITIATOR), oldest established first, live
+        or ended: from the SA record store, else the live ones."""
+        store = self._store()
+        if store is None:
+            return list(self.management.live())
+        store.flush(2.0)
+        return [r for r in store.list() if r.role is SaRole.INITIATOR]
+
+    # -- the initiator side of GatewaySa's admin (servers.gateway_sa.InitiatorSide) --------
+    def link_of(self, sa_id: SaId) -> UpstreamLink | None:
+        return next((link for link in self.links if link.holds(sa_id)), None)
+
+    async def update_sa(self, sa_id: SaId) -> UpdateOutcome | None:
+        """``m2msec sa update`` of an upstream SA: its link re-keys in place (a fresh
+        handshake, then the switch). None when no link holds ``sa_id``."""
+        link = self.link_of(sa_id)
+        if link is None:
+            return None
+        link.last_update = None
+        await link.rekey()
+        return link.last_update
+
+    async def remove_sa(self, sa_id: SaId, reason: str) -> RemoveOutcome | None:
+        """``m2msec sa remove`` of an upstream SA (close_notify; the next request makes a
+        new one). None when no link holds ``sa_id``."""
+        link = self.link_of(sa_id)
+        return None if link is None else await link.remove(sa_id, reason)
 
     async def open(self, spec: ListenerSpec) -> tuple[asyncio.Server, str]:
         """Start the link of the egress listener ``spec`` and listen: (server, framework)."""
         egress = self.config.egress_for(spec)
-        link = UpstreamLink(egress, self._records, self.stats)
+        link = UpstreamLink(egress, self.management, self.stats)
         await link.start()
         self.links.append(link)
         server = await asyncio.start_server(

@@ -18,10 +18,16 @@ the upstream peer with the credential of the initiator's credentials table
   go to it, while requests in flight finish on the old one, which is then closed
   (close_notify). A failed update leaves the old SA serving. For MAF the Kc is forgotten
   first, so the new SA runs under a fresh Kc.
-* Each SA gets an initiator-side :class:`~m2msec.sa.records.SaRecord` (role INITIATOR,
-  keyed by ``SecurityContext.sa_id``), logged and counted. :class:`SaRecords` is the one
-  place records are written (:meth:`SaRecords.put`), so that sending them to the SA record
-  store is a change of that one method.
+* Each SA is kept by the Initiator's SA Management of seed 003 7.3.1.1.2.2
+  (:class:`~m2msec.sa.management.InitiatorSaManagement`, role INITIATOR, keyed by
+  ``SecurityContext.sa_id``): Establish (a finished handshake; a failed one is a
+  ``failed`` record with its Cause of rejection), Update (:meth:`UpstreamLink.rekey`: the
+  old SAs ``updating``, then ``updated`` with ``replaced_by``, or ``established`` again
+  when the new handshake failed), Remove (:meth:`UpstreamLink.remove`: close_notify, the
+  session evicted, the next request establishes a new SA) and the end of a session
+  (``closed``). Its record sink is the gateway's :class:`~m2msec.sa.store.SaRecordStore`
+  (through :class:`~m2msec.servers.gateway_sa.GatewaySa`), so ``m2msec sa list`` shows
+  these SAs beside the Responder's (docs/sa.md section 10).
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from m2msec.config.egress import EgressConfig
 from m2msec.config.initiators import Initiator, build_initiator
 from m2msec.errors import HandshakeError, M2MSecError
-from m2msec.sa.records import Direction, SaId, SaRecord, SaRole, SaState
+from m2msec.sa.flows import RemoveSa, UpdateOperation, UpdateSa
+from m2msec.sa.management import InitiatorSaManagement
+from m2msec.sa.outcomes import IllegalTransition, RemoveOutcome, UpdateOutcome
+from m2msec.sa.records import SaId
 from m2msec.servers.backend import (
     BackendError,
     BackendPool,
@@ -46,14 +54,11 @@ from m2msec.servers.backend import (
     BackendUnreachable,
 )
 from m2msec.tls.aio import TLSConnection
-from m2msec.tls.context import SecurityContext
 
-__all__ = ["EgressStats", "SaRecords", "UpstreamLink"]
+__all__ = ["EgressStats", "UpstreamLink"]
 
 log = logging.getLogger(__name__)
 
-#: SA records kept in memory (the oldest are dropped first).
-RECORDS_KEPT = 1024
 #: Back-off after a failed establishment: first delay, doubling up to the last.
 RETRY_FIRST = 0.25
 RETRY_MAX = 5.0
@@ -76,75 +81,6 @@ class EgressStats:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-class SaRecords:
-    """The initiator-side SA records, by SA identifier, newest last, at most ``limit``."""
-
-    def __init__(self, limit: int = RECORDS_KEPT) -> None:
-        self.limit = limit
-        self._records: OrderedDict[SaId, SaRecord] = OrderedDict()
-
-    def put(self, record: SaRecord) -> None:
-        """Keep ``record`` (new, or a new state of a known SA): the one place records are
-        written."""
-        self._records[record.sa_id] = record
-        self._records.move_to_end(record.sa_id)
-        while len(self._records) > self.limit:
-            self._records.popitem(last=False)
-
-    def get(self, sa_id: SaId | str) -> SaRecord | None:
-        key = sa_id if isinstance(sa_id, SaId) else SaId.from_hex(sa_id)
-        return self._records.get(key)
-
-    def __iter__(self) -> Iterator[SaRecord]:
-        return iter(list(self._records.values()))
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def established(self, ctx: SecurityContext, peer_address: str | None) -> SaRecord:
-        record = SaRecord(
-            sa_id=SaId.from_hex(ctx.sa_id),
-            role=SaRole.INITIATOR,
-            framework=ctx.framework.value,
-            local_id=ctx.local_id,
-            peer_id=ctx.peer_id,
-            protocol=ctx.protocol,
-            cipher_suite=ctx.cipher_suite,
-            key_id=ctx.key_id,
-            key_fingerprint=ctx.key_fingerprint,  # a one-way tag, never the key (docs/sa.md)
-            direction=Direction.BOTH,  # one record per (D)TLS session (A-24)
-            established_at=ctx.established_at,
-            state=SaState.ESTABLISHED,
-            expires_at=ctx.valid_until,
-            peer_address=peer_address,
-        )
-        self.put(record)
-        return record
-
-    def ended(
-        self,
-        sa_id: str,
-        state: SaState,
-        *,
-        at: datetime,
-        cause: str | None = None,
-        replaced_by: str | None = None,
-    ) -> None:
-        """Move a live SA to ``state`` (an ended one keeps the state it ended in)."""
-        record = self.get(sa_id)
-        if record is None or not record.state.live:
-            return
-        self.put(
-            replace(
-                record,
-                state=state,
-                updated_at=at,
-                cause=cause,
-                replaced_by=None if replaced_by is None else SaId.from_hex(replaced_by),
-            )
-        )
 
 
 class _SaStream:
@@ -198,6 +134,10 @@ class _Generation:
     retired: bool = False
     #: Dial even within the back-off (an Update's own handshake: it is asked for).
     forced: bool = False
+    #: The SAs this generation's first SA replaces (an Update in progress).
+    update_of: tuple[SaId, ...] = ()
+    #: The open SAs, by identifier (for Remove).
+    streams: dict[str, _SaStream] = field(default_factory=dict)
 
 
 class UpstreamLink:
@@ -212,14 +152,16 @@ class UpstreamLink:
     def __init__(
         self,
         config: EgressConfig,
-        records: SaRecords,
+        management: InitiatorSaManagement,
         stats: EgressStats,
         *,
         initiator: Initiator | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.config = config
-        self.records = records
+        self.management = management
+        #: The outcome of the last Update (:meth:`rekey`), for the operator's ``sa update``.
+        self.last_update: UpdateOutcome | None = None
         self.stats = stats
         self.initiator = initiator
         self._clock = clock
@@ -237,6 +179,10 @@ class UpstreamLink:
     @property
     def framework(self) -> str:
         return self.config.credential.framework.name
+
+    def _framework_value(self) -> str:
+        from_ctx = {"psk": "provisioned-psk", "certificate": "certificate"}
+        return from_ctx.get(self.framework, self.framework)
 
     @property
     def live_sa_ids(self) -> list[str]:
@@ -270,6 +216,11 @@ class UpstreamLink:
             if gen.retired and gen.in_flight == 0:
                 self._spawn(self._close_generation(gen))
 
+    def holds(self, sa_id: SaId) -> bool:
+        """True when ``sa_id`` is one of this link's live SAs."""
+        rec = self.management.get(sa_id)
+        return rec is not None and any(str(sa_id) in g.streams for g in self._gens())
+
     async def rekey(self) -> bool:
         """Update: replace the current SAs by a fresh handshake (module docstring). True
         when new requests now go to a new SA (or there was none to replace); False when
@@ -280,17 +231,22 @@ class UpstreamLink:
                 return False
             if old.pool.open_connections == 0:
                 self._current = self._generation()  # nothing open: the next SA is fresh
-                self._retire(old, None)
+                self._retire(old)
                 return True
             initiator = self.initiator
             if initiator is not None and initiator.maf is not None:
                 initiator.maf.invalidate()  # the new SA runs under a fresh Kc
+            existing = tuple(SaId.from_hex(s) for s in old.sa_ids if s in old.live)
+            updating = tuple(sa for sa in existing if self._start_update(sa, old))
             new = self._generation()
             new.forced = True
+            new.update_of = updating
             try:
                 await new.pool.prime()
             except BackendError as exc:
                 self.stats.rekeys_failed += 1
+                for sa_id in updating:
+                    self.last_update = self.management.on_update_failed(sa_id, str(exc))
                 log.warning(
                     "egress SA update with %s failed, the current SA stays: %s",
                     self.config.upstream,
@@ -306,10 +262,38 @@ class UpstreamLink:
                 "egress SA updated: upstream=%s sa=%s replaces %s",
                 self.config.upstream,
                 replaced_by,
-                ",".join(s for s in old.sa_ids if s in old.live) or "-",
+                ",".join(str(s) for s in existing) or "-",
             )
-            self._retire(old, replaced_by)
+            self._retire(old)
             return True
+
+    def _start_update(self, sa_id: SaId, gen: _Generation) -> bool:
+        stream = gen.streams.get(str(sa_id))
+        if stream is not None:
+            stream.conn.engine.forget_session()  # the new SA is a full handshake: new keys
+        request = UpdateSa(
+            existing_sa_id=sa_id, update_operation=UpdateOperation.UPDATE_SA_IDENTIFIER_AND_KEYS
+        )
+        return self.management.update(request).proceed
+
+    async def remove(self, sa_id: SaId, reason: str) -> RemoveOutcome:
+        """Remove SA (seed 003, table 42) of one of this link's SAs: marked invalid with
+        ``reason``, its session evicted and ended with close_notify (SA Removal, table 43);
+        the pool drops it and the next request establishes a new SA."""
+        outcome = self.management.remove(RemoveSa(sa_id=sa_id), reason, both_sides=True)
+        if outcome.accepted:
+            for gen in self._gens():
+                stream = gen.streams.get(str(sa_id))
+                if stream is not None:
+                    if outcome.evict_session:
+                        stream.conn.engine.forget_session()
+                    stream.release()  # close_notify, then the transport
+            log.info("egress SA removed: upstream=%s sa=%s: %s", self.config.upstream, sa_id,
+                     reason)  # fmt: skip
+        return outcome
+
+    def _gens(self) -> list[_Generation]:
+        return list(self._old) + ([self._current] if self._current is not None else [])
 
     async def aclose(self) -> None:
         """Stop the timer, close every SA (close_notify), wait (briefly) until they are gone."""
@@ -318,8 +302,7 @@ class UpstreamLink:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        gens = list(self._old) + ([self._current] if self._current is not None else [])
-        for gen in gens:
+        for gen in self._gens():
             await gen.pool.aclose()
         if self._watchers:
             await asyncio.wait(list(self._watchers), timeout=1.0)
@@ -361,6 +344,13 @@ class UpstreamLink:
             )
         except (HandshakeError, M2MSecError, OSError) as exc:
             reason = exc.reason if isinstance(exc, HandshakeError) else str(exc)
+            if isinstance(exc, HandshakeError):  # a handshake that began: its record
+                self.management.on_handshake_failed(
+                    reason,
+                    framework=self._framework_value(),
+                    protocol="TLS",
+                    peer_address=f"{cfg.upstream_host}:{cfg.upstream_port}",
+                )
             self._failed(reason)
             raise BackendUnreachable(f"no security association: {reason}") from None
         self._failures = 0
@@ -368,7 +358,18 @@ class UpstreamLink:
         ctx = conn.context
         peer = conn.peer_address
         address = f"{peer[0]}:{peer[1]}" if peer else None
-        self.records.established(ctx, address)
+        try:
+            if gen.update_of:
+                first, *rest = gen.update_of
+                gen.update_of = ()
+                self.last_update = self.management.on_update_established(
+                    first, ctx, peer_address=address, also=tuple(rest)
+                )
+            else:
+                self.management.on_handshake_complete(ctx, peer_address=address)
+        except IllegalTransition:  # one session is one SA, established once
+            conn.abort()
+            raise BackendUnreachable("no security association: session seen before") from None
         self.stats.sas_established += 1
         gen.sa_ids.append(ctx.sa_id)
         gen.live.add(ctx.sa_id)
@@ -386,6 +387,7 @@ class UpstreamLink:
             ctx.cipher_suite,
         )
         stream = _SaStream(conn, lambda stream: self._sa_closed(gen, stream))
+        gen.streams[ctx.sa_id] = stream
         self._watchers.add(stream.watch)
         stream.watch.add_done_callback(self._watchers.discard)
         return stream
@@ -404,18 +406,16 @@ class UpstreamLink:
 
     def _sa_closed(self, gen: _Generation, stream: _SaStream) -> None:
         gen.live.discard(stream.sa_id)
+        gen.streams.pop(stream.sa_id, None)
         self.stats.sas_closed += 1
-        self.records.ended(stream.sa_id, SaState.CLOSED, at=self._clock())
+        # Ended without a Remove: ``closed`` (an SA removed or replaced stays as it is).
+        self.management.on_session_closed(SaId.from_hex(stream.sa_id), self._clock())
         log.info("egress SA closed: upstream=%s sa=%s", self.config.upstream, stream.sa_id)
 
-    def _retire(self, old: _Generation, replaced_by: str | None) -> None:
+    def _retire(self, old: _Generation) -> None:
+        """New requests go elsewhere; ``old``'s SAs (``updated`` already) are closed with
+        close_notify once its requests in flight are answered."""
         old.retired = True
-        now = self._clock()
-        for sa_id in old.sa_ids:
-            if sa_id in old.live:
-                self.records.ended(
-                    sa_id, SaState.UPDATED, at=now, cause="re-keyed", replaced_by=replaced_by
-                )
         self._old.add(old)
         if old.in_flight == 0:
             self._spawn(self._close_generation(old))

@@ -216,7 +216,10 @@ class Gateway(ServerLifecycle):
         self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
         self._plain_tasks: set[asyncio.Task[None]] = set()
         #: The egress listeners (the CSE's way out over SAs we establish), their records.
-        self.egress = Egress(config, self._http)
+        self.egress = Egress(
+            config, self._http, sink=self.sa, store=lambda: self.sa.store, clock=clock
+        )
+        self.sa.add_initiator_side(self.egress)  # m2msec sa list/update/remove reach it
         self.metrics.register(lambda: gateway_families(self))
 
     # -- lifecycle ------------------------------------------------------------------------

@@ -35,6 +35,11 @@ gateway's one revalidation (the psk row, as a resumed session is checked), and r
 :class:`GatewaySa` is also the operator's :class:`~m2msec.sa.admin.SaAdmin` (list and
 show from the store, update and remove over the live sessions), served by
 :class:`~m2msec.servers.admin.AdminServer` on the admin socket (``[sa] admin_socket``).
+It is the one admin of both sides: the gateway's SAs as Initiator (the egress's upstream
+SAs, an :class:`InitiatorSide` given by :meth:`GatewaySa.add_initiator_side`, whose
+Initiator's SA Management writes to the same store) are listed and shown beside the
+Responder's, and ``update`` / ``remove`` of one of them re-key its link in place or end
+it with close_notify (docs/sa.md section 10).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from m2msec.bindings.messages import RSC
 from m2msec.config.gateway_sections import SaConfig
@@ -71,8 +76,8 @@ from m2msec.sa.flows import (
     SaRemoved,
     SaUpdated,
 )
-from m2msec.sa.management import ResponderSaManagement
-from m2msec.sa.outcomes import IllegalTransition, RemoveOutcome, SaUnavailable
+from m2msec.sa.management import InitiatorSaManagement, ResponderSaManagement
+from m2msec.sa.outcomes import IllegalTransition, RemoveOutcome, SaUnavailable, UpdateOutcome
 from m2msec.sa.records import SaId, SaRecord, SaRole, SaState
 from m2msec.sa.store import SaRecordStore
 from m2msec.servers.admin import AdminServer
@@ -87,6 +92,7 @@ __all__ = [
     "CREDENTIAL_EXPIRED",
     "CREDENTIAL_REMOVED",
     "GatewaySa",
+    "InitiatorSide",
     "LiveSa",
     "PskCheck",
     "default_instance",
@@ -107,6 +113,19 @@ _NOT_BEGUN: Final = frozenset({EVICTED, NO_FIRST_FLIGHT, "too many handshakes in
 LIST_LIMIT: Final = 10_000
 
 PskCheck = Callable[[PeerBinding], PeerBinding]
+
+
+class InitiatorSide(Protocol):
+    """The gateway's SAs as Initiator (the egress, :class:`~m2msec.servers.egress.Egress`):
+    its Initiator's SA Management, and Update / Remove of one of its SAs (None: not one of
+    them)."""
+
+    @property
+    def management(self) -> InitiatorSaManagement: ...
+
+    async def update_sa(self, sa_id: SaId) -> UpdateOutcome | None: ...
+
+    async def remove_sa(self, sa_id: SaId, reason: str) -> RemoveOutcome | None: ...
 
 
 def default_instance(cse_id: str) -> str:
@@ -195,6 +214,16 @@ class GatewaySa(SaAdmin):
         self.sweep_interval: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.removed_by_sweep = 0
+        #: The gateway's SAs as Initiator, beside the Responder's (the egress).
+        self._initiators: list[InitiatorSide] = []
+
+    def add_initiator_side(self, side: InitiatorSide) -> None:
+        """Let the admin API list, show, update and remove ``side``'s SAs too; their
+        records go to this store (``side``'s management has this object as its sink)."""
+        self._initiators.append(side)
+
+    def _initiator_of(self, sa_id: SaId) -> InitiatorSide | None:
+        return next((s for s in self._initiators if s.management.get(sa_id) is not None), None)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
@@ -205,6 +234,7 @@ class GatewaySa(SaAdmin):
             SaRecordStore, cfg.store, retention=retention, owner=self.instance
         )
         await asyncio.to_thread(self.store.close_stale, SaRole.RESPONDER, STALE)
+        await asyncio.to_thread(self.store.close_stale, SaRole.INITIATOR, STALE)
         if cfg.admin_socket != "":
             path = cfg.admin_socket or default_admin_socket()
             server = AdminServer(self, path)
@@ -423,6 +453,15 @@ class GatewaySa(SaAdmin):
         return 1
 
     async def remove(self, sa_id: SaId) -> AdminOutcome:
+        side = self._initiator_of(sa_id)
+        if side is not None:
+            done = await side.remove_sa(sa_id, OPERATOR_REMOVED)
+            if done is not None and done.accepted and done.record is not None:
+                return AdminOutcome.accept(
+                    [done.record],
+                    "marked invalid; its session was ended (close_notify); the next request "
+                    "establishes a new SA",
+                )
         outcome = self.remove_sa(sa_id, OPERATOR_REMOVED)
         if not outcome.accepted:
             return await self._rejected(sa_id, outcome.rejection_reason)
@@ -437,11 +476,19 @@ class GatewaySa(SaAdmin):
             outcome = self.remove_sa(rec.sa_id, OPERATOR_REMOVED)
             if outcome.accepted and outcome.record is not None:
                 done.append(outcome.record)
+        for side in self._initiators:
+            for rec in side.management.find(peer_id=peer_id):
+                ended = await side.remove_sa(rec.sa_id, OPERATOR_REMOVED)
+                if ended is not None and ended.accepted and ended.record is not None:
+                    done.append(ended.record)
         if not done:
             return AdminOutcome.reject(RejectionReason.UNKNOWN_PEER)
         return AdminOutcome.accept(done, f"{len(done)} SAs marked invalid, sessions ended")
 
     async def update(self, sa_id: SaId) -> AdminOutcome:
+        side = self._initiator_of(sa_id)
+        if side is not None:
+            return await self._update_initiated(side, sa_id)
         rec = self.management.get(sa_id)
         if rec is not None and rec.state is SaState.UPDATING:
             return AdminOutcome.reject(
@@ -464,19 +511,40 @@ class GatewaySa(SaAdmin):
             f"(within {seconds} s, else the update is rejected)",
         )
 
+    async def _update_initiated(self, side: InitiatorSide, sa_id: SaId) -> AdminOutcome:
+        """Update of an SA the gateway initiated: re-keyed in place (a fresh handshake, the
+        switch, the old session closed after its requests in flight)."""
+        rec = side.management.get(sa_id)
+        if rec is not None and rec.state is SaState.UPDATING:
+            return AdminOutcome.reject(
+                RejectionReason.REFUSED, "an update of this SA is already in progress"
+            )
+        outcome = await side.update_sa(sa_id)
+        if outcome is None:
+            return await self._rejected(sa_id, None)
+        if outcome.record is None or outcome.replaced is None:
+            return AdminOutcome.reject(
+                RejectionReason.REFUSED, "the new handshake failed; the SA keeps serving"
+            )
+        return AdminOutcome.accept(
+            [outcome.replaced, outcome.record],
+            f"re-keyed in place: replaced by {outcome.record.sa_id}",
+        )
+
     async def _rejected(self, sa_id: SaId, why: RemoveRejection | None) -> AdminOutcome:
         known = why is RemoveRejection.SA_IDENTIFIER_ALREADY_MARKED_INVALID
         if not known and self.store is not None:
             with contextlib.suppress(StoreError):
-                known = await asyncio.to_thread(self.store.get, sa_id, SaRole.RESPONDER) is not None
+                known = await asyncio.to_thread(self.store.get, sa_id) is not None
         return AdminOutcome.reject(
             RejectionReason.NOT_LIVE if known else RejectionReason.UNKNOWN_SA
         )
 
     async def list(self, query: SaQuery) -> Sequence[SaRecord]:
         store = self.store
+        roles = self._roles()
         if store is None:
-            return [r for r in self.management.live() if query.matches(r)]
+            return [r for r in self._live_records() if query.matches(r)]
 
         def read() -> list[SaRecord]:
             store.flush(2.0)  # what was recorded before the question
@@ -486,30 +554,41 @@ class GatewaySa(SaAdmin):
                 live_only=query.live_only and query.state is None,
                 limit=LIST_LIMIT,
             )
-            return [r for r in rows if r.role is SaRole.RESPONDER]
+            return [r for r in rows if r.role in roles]
 
         try:
             return await asyncio.to_thread(read)
         except StoreError:
             if query.state is None and query.live_only:
-                return [r for r in self.management.live() if query.matches(r)]
+                return [r for r in self._live_records() if query.matches(r)]
             raise
+
+    def _roles(self) -> frozenset[SaRole]:
+        if self._initiators:
+            return frozenset({SaRole.RESPONDER, SaRole.INITIATOR})
+        return frozenset({SaRole.RESPONDER})
+
+    def _live_records(self) -> tuple[SaRecord, ...]:
+        sides = (self.management, *(side.management for side in self._initiators))
+        return tuple(rec for m in sides for rec in m.live())
 
     async def show(self, sa_id: SaId) -> SaDetail | None:
         store = self.store
         if store is None:
             rec = self.management.get(sa_id)
+            side = self._initiator_of(sa_id) if rec is None else None
+            rec = rec if side is None else side.management.get(sa_id)
             return None if rec is None else SaDetail(rec)
 
         def read() -> SaDetail | None:
             store.flush(2.0)
             rec = store.get(sa_id, SaRole.RESPONDER)
+            if rec is None and self._initiators:
+                rec = store.get(sa_id, SaRole.INITIATOR)
             if rec is None:
                 return None
             events = store.history(sa_id)
-            return SaDetail(
-                rec, tuple(history_entry(e) for e in events if e.role is SaRole.RESPONDER)
-            )
+            return SaDetail(rec, tuple(history_entry(e) for e in events if e.role is rec.role))
 
         return await asyncio.to_thread(read)
 
