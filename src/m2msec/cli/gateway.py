@@ -22,6 +22,7 @@ from rich.table import Table
 from m2msec.cli import gateway_rules
 from m2msec.cli.common import (
     ConfigOption,
+    LogFormatOption,
     LogLevelOption,
     MetricsOption,
     file_option,
@@ -122,7 +123,8 @@ def serve(
     listen: Annotated[
         list[str] | None,
         url_option(
-            "tls://HOST:PORT or http://HOST:PORT; repeat for several. Replaces the file's list.",
+            "tls://, dtls:// (CoAP), http:// (plain, answers 4107) or egress:// HOST:PORT, "
+            "?framework=... to pick one; repeat for several. Replaces the file's list.",
             "--listen",
             "-l",
         ),
@@ -208,6 +210,7 @@ def serve(
     ] = None,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     init: Annotated[bool, init_option("psk-lookup-table")] = False,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
@@ -227,7 +230,9 @@ def serve(
         "gateway.request_head_timeout": request_head_timeout,
         "metrics.listen": metrics,
     }
-    cfg = load_serve_config(log_level, load_config, config, overrides)
+    cfg = load_serve_config(
+        log_level, load_config, config, overrides, log_format=log_format
+    )
     if cfg.psk is not None and not init:
         require_store(
             cfg.psk.store or default_store_path(),

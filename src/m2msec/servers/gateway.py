@@ -58,7 +58,7 @@ from m2msec.bindings.http import BadRequest
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, error_response
 from m2msec.config import GatewayConfig, ListenerSpec
 from m2msec.sa.agent import ResponderAgent
-from m2msec.servers.association import Association, sp_fqdn_of
+from m2msec.servers.association import Association, log_fields, sp_fqdn_of
 from m2msec.servers.backend import (
     BackendError,
     BackendPool,
@@ -383,6 +383,7 @@ class Gateway(ServerLifecycle):
                 ctx.key_id,
                 self._live_by_credential[key],
                 _addr(peer),
+                extra=log_fields(ctx, "refused", refusal, _addr(peer)),
             )
         if not self.sa.admit(ctx, _addr(peer), refusal):
             return False
@@ -413,6 +414,7 @@ class Gateway(ServerLifecycle):
             ctx.protocol,
             ctx.cipher_suite,
             _addr(peer),
+            extra=log_fields(ctx, "established", None, _addr(peer), assoc.peer_id),
         )
         return assoc
 
@@ -423,7 +425,12 @@ class Gateway(ServerLifecycle):
         if self._live_by_credential[key] <= 0:
             del self._live_by_credential[key]
         self.stats.associations_closed += 1
-        log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
+        log.info(
+            "association closed: peer=%s sa=%s",
+            assoc.peer_id,
+            assoc.context.sa_id,
+            extra=log_fields(assoc.context, "closed", None, peer=assoc.peer_id),
+        )
 
     def live_by_framework(self) -> dict[str, int]:
         """Live associations by framework (the metrics read it; no key ids leave here)."""
