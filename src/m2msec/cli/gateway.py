@@ -70,7 +70,11 @@ def _banner(gw: Gateway) -> Table:
             what = "plain HTTP, answers 4107 SECURITY_ASSOCIATION_REQUIRED"
         table.add_row("listen", f"{info.url}  ({what})")
     table.add_row("backend", cfg.backend)
-    table.add_row("CSE-ID", str(cfg.cse_id))
+    learned = " (learned from the backend's CSEBase)" if cfg.cse_id_source == "backend" else ""
+    table.add_row("CSE-ID", f"{cfg.cse_id}{learned}")
+    if cfg.in_domain is not None:
+        read = " (read from our certificate)" if cfg.in_domain_source == "certificate" else ""
+        table.add_row("IN domain", f"{cfg.in_domain}{read}")
     if cfg.psk is not None:
         store = gw.store
         rows = "?"
@@ -135,11 +139,18 @@ def serve(
         option(
             "--cse-id",
             metavar="ID",
-            help="CSE-ID of the CSE behind the gateway, e.g. /mn-cse-123456.",
+            help="CSE-ID of the CSE behind the gateway, e.g. /mn-cse-123456 (default: the "
+            "csi of the backend's CSEBase, retrieved at start).",
         ),
     ] = None,
     in_domain: Annotated[
-        str | None, option("--in-domain", metavar="FQDN", help="IN public domain.")
+        str | None,
+        option(
+            "--in-domain",
+            metavar="FQDN",
+            help="IN public domain (default: the one our certificate names, "
+            "<CSE-ID>.<IN domain> in its subjectAltName).",
+        ),
     ] = None,
     cse_originators: Annotated[
         str | None,

@@ -67,6 +67,7 @@ from m2msec.servers.backend import (
     BackendTooLarge,
 )
 from m2msec.servers.coap_gateway import CoapListener
+from m2msec.servers.cse_base import retrieve_cse_id
 from m2msec.servers.egress import Egress
 from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
@@ -245,13 +246,6 @@ class Gateway(ServerLifecycle):
     async def _open(self) -> None:
         """Open the SA services, the backend pool and the listeners, by URL scheme."""
         cfg = self.config
-        await self.sa.open()
-        profiles = {
-            Transport.TLS: self._responders.for_transport(Transport.TLS),
-            Transport.DTLS: self._responders.for_transport(Transport.DTLS),
-        }
-        self.sa.psk_check = self._responders.psk_revalidate
-        self.sa.cache_ttl = float(getattr(self.store, "cache_ttl", 2.0))
         self.backend = BackendPool(
             cfg.backend,
             max_connections=BACKEND_CONNECTIONS,
@@ -260,6 +254,15 @@ class Gateway(ServerLifecycle):
             connect_timeout=min(cfg.backend_timeout, 5.0),
             max_body=MAX_RESPONSE_BODY,
         )
+        if cfg.cse_id_source == "pending":
+            cfg = await self._learn_cse_id(self.backend)
+        await self.sa.open()
+        profiles = {
+            Transport.TLS: self._responders.for_transport(Transport.TLS),
+            Transport.DTLS: self._responders.for_transport(Transport.DTLS),
+        }
+        self.sa.psk_check = self._responders.psk_revalidate
+        self.sa.cache_ttl = float(getattr(self.store, "cache_ttl", 2.0))
         observe_store(self.metrics, "psk", self.store)
         self.sa.start_sweeping()
         openers = {
@@ -277,6 +280,18 @@ class Gateway(ServerLifecycle):
                 info.framework or "plain",
                 ", CoAP" if spec.scheme == "dtls" else "",
             )
+
+    async def _learn_cse_id(self, backend: BackendPool) -> GatewayConfig:
+        """No ``cse_id`` configured: the csi of the backend's CSEBase (issue 14 item 6,
+        :mod:`m2msec.servers.cse_base`), and every part built from the config told."""
+        cfg = self.config
+        cse_id = await retrieve_cse_id(
+            backend, origin=cfg.cse_base_origin, timeout=cfg.cse_base_timeout
+        )
+        self.config = self._responders.config = self.egress.config = cfg.with_cse_id(cse_id)
+        self.sa.instance = self.sa.config.instance or default_instance(str(cse_id))
+        log.info("CSE-ID %s learned from the backend %s (its CSEBase csi)", cse_id, cfg.backend)
+        return self.config
 
     # -- listeners, by URL scheme ---------------------------------------------------------
     async def _open_tls(self, spec: ListenerSpec, profiles: _ByTransport) -> ListenerInfo:
