@@ -250,7 +250,7 @@ def in_domain_of(cert: x509.Certificate, cse_id: CseId | None = None) -> str:
             found[check_fqdn(domain, "IN public domain")] = None
         except IdentifierError:
             continue
-    whose = "a CSE public domain name" if cse_id is None else f"{cse_id.relative}.<domain>"
+    whose = "CSE public domain name" if cse_id is None else f"{cse_id.relative}.<domain>"
     if not found:
         raise CertificateError(
             f"the certificate names no {whose} in its subjectAltName (TS-0003 10.1.1.7; "
