@@ -165,7 +165,7 @@ async def test_gateway_serve_json_logs_associations_and_never_a_key(tmp_path: Pa
         return found[0]
 
     established = one("association established")
-    assert established["peer"] == f"{CSE}/Clight-AE1"  # as bound
+    assert established["peer"] == f"{CSE}/Clight-AE1"  # as bound (docs/readings.md A-14)
     assert established["framework"] == "provisioned-psk"
     assert re.fullmatch(r"[0-9a-f]{32,64}", established["sa_id"]), established
     assert established["cause"] is None and established["key_id"] == TR0038_KPSA_ID
