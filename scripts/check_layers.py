@@ -29,7 +29,7 @@ PACKAGE = "m2msec"
 # Bottom first. A unit is a top-level module or sub-package of m2msec; keep this in
 # step with the table in docs/architecture.md.
 LAYERS: list[list[str]] = [
-    ["errors", "paths", "m2mtime", "__init__"],
+    ["errors", "paths", "m2mtime", "logs", "__init__"],
     ["ids", "app_rules"],
     ["keyids"],
     ["crypto"],

@@ -109,7 +109,6 @@ allowed = ["Clight-AE1", "/mn-cse-9"]
          "gateway.backend"),
         (MINIMAL.replace('backend = "http://127.0.0.1:8080/"', ""), "gateway.backend: missing"),
         (MINIMAL.replace('cse_id = "/mn-cse-123456"', 'cse_id = "/a/b"'), "gateway.cse_id"),
-        (MINIMAL.replace('cse_id = "/mn-cse-123456"', ""), "gateway.cse_id: missing"),
         (MINIMAL + "max_body = -1\n", "gateway.max_body: must be greater than 0"),
         (MINIMAL + "max_body = 1.5\n", "gateway.max_body: must be an integer"),
         (MINIMAL + "tls13 = 1\n", "gateway.tls13: must be true or false"),

@@ -32,6 +32,7 @@ from rich.text import Text
 from m2msec.cli.common import (
     ConfigOption,
     JsonOption,
+    LogFormatOption,
     LogLevelOption,
     MetricsOption,
     exactly_one,
@@ -297,6 +298,7 @@ def serve(
     config: ConfigOption = None,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     init: Annotated[bool, init_option("BSF store")] = False,
 ) -> None:
     """Run the BSF until SIGINT or SIGTERM."""
@@ -310,7 +312,9 @@ def serve(
         "bsf.ub_burst": ub_burst,
         "metrics.listen": metrics,
     }
-    cfg = load_serve_config(log_level, load_bsf_config, config, overrides)
+    cfg = load_serve_config(
+        log_level, load_bsf_config, config, overrides, log_format=log_format
+    )
     if not init:
         require_store(
             cfg.store or default_bsf_store_path(),

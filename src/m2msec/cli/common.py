@@ -40,6 +40,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from m2msec import logs
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.service.lifecycle import ReloadOutcome
 from m2msec.tls.context import SecurityContext
@@ -449,12 +450,10 @@ T = TypeVar("T")
 _log = logging.getLogger("m2msec.cli")
 
 
-def setup_logging(level: str) -> None:
-    """Log m2msec's records at ``level`` (a name such as "info") to stderr."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("m2msec").setLevel(level.upper())
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log m2msec's records at ``level`` (a name such as "info") to stderr, as text lines
+    or one JSON object per line (``log_format``; :mod:`m2msec.logs`)."""
+    logs.configure(level, log_format)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -551,6 +550,15 @@ MetricsOption = Annotated[
 LogLevelOption = Annotated[
     str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
 ]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        metavar="FORMAT",
+        help="text (default) or json: one JSON object per line with time, level, logger, "
+        "message and, on association lines, sa_id, peer, framework and cause.",
+    ),
+]
 C = TypeVar("C")
 
 
@@ -581,12 +589,17 @@ def load_serve_config(
     load: Callable[[Path | None, Mapping[str, Any]], C],
     path: Path | None,
     overrides: Mapping[str, Any],
+    *,
+    log_format: str = "text",
 ) -> C:
-    """``--log-level`` checked (exit 2 if unknown) and logged at, then ``load(path,
-    overrides)`` (a :mod:`m2msec.config` loader); a configuration error exits 2."""
+    """``--log-level`` and ``--log-format`` checked (exit 2 if unknown) and logged with,
+    then ``load(path, overrides)`` (a :mod:`m2msec.config` loader); a configuration error
+    exits 2."""
     if log_level.lower() not in LOG_LEVELS:
         fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}", 2)
-    setup_logging(log_level)
+    if log_format.lower() not in logs.LOG_FORMATS:
+        fail(f"--log-format must be one of {', '.join(logs.LOG_FORMATS)}", 2)
+    setup_logging(log_level, log_format.lower())
     with exit_on_errors(usage=(ConfigurationError,)):
         return load(path, overrides)
 

@@ -27,6 +27,7 @@ from rich.table import Table
 from m2msec.cli import gateway_rules
 from m2msec.cli.common import (
     ConfigOption,
+    LogFormatOption,
     LogLevelOption,
     MetricsOption,
     done,
@@ -94,7 +95,11 @@ def _banner(gw: Gateway) -> Table:
             what = "plain HTTP, answers 4107 SECURITY_ASSOCIATION_REQUIRED"
         table.add_row("listen", f"{info.url}  ({what})")
     table.add_row("backend", cfg.backend)
-    table.add_row("CSE-ID", str(cfg.cse_id))
+    learned = " (learned from the backend's CSEBase)" if cfg.cse_id_source == "backend" else ""
+    table.add_row("CSE-ID", f"{cfg.cse_id}{learned}")
+    if cfg.in_domain is not None:
+        read = " (read from our certificate)" if cfg.in_domain_source == "certificate" else ""
+        table.add_row("IN domain", f"{cfg.in_domain}{read}")
     if cfg.psk is not None:
         store = gw.store
         rows = "?"
@@ -154,11 +159,18 @@ def serve(
         option(
             "--cse-id",
             metavar="ID",
-            help="CSE-ID of the CSE behind the gateway, e.g. /mn-cse-123456.",
+            help="CSE-ID of the CSE behind the gateway, e.g. /mn-cse-123456 (default: the "
+            "csi of the backend's CSEBase, retrieved at start).",
         ),
     ] = None,
     in_domain: Annotated[
-        str | None, option("--in-domain", metavar="FQDN", help="IN public domain.")
+        str | None,
+        option(
+            "--in-domain",
+            metavar="FQDN",
+            help="IN public domain (default: the one our certificate names, "
+            "<CSE-ID>.<IN domain> in its subjectAltName).",
+        ),
     ] = None,
     cse_originators: Annotated[
         str | None,
@@ -229,6 +241,7 @@ def serve(
     ] = None,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     init: Annotated[bool, init_option("psk-lookup-table")] = False,
 ) -> None:
     """Run the gateway until SIGINT or SIGTERM."""
@@ -248,7 +261,9 @@ def serve(
         "gateway.request_head_timeout": request_head_timeout,
         "metrics.listen": metrics,
     }
-    cfg = load_serve_config(log_level, load_config, config, overrides)
+    cfg = load_serve_config(
+        log_level, load_config, config, overrides, log_format=log_format
+    )
     if cfg.psk is not None and not init:
         require_store(
             cfg.psk.store or default_store_path(),

@@ -37,6 +37,7 @@ from rich.text import Text
 from m2msec.cli.common import (
     ConfigOption,
     JsonOption,
+    LogFormatOption,
     LogLevelOption,
     MetricsOption,
     done,
@@ -485,6 +486,7 @@ def serve(
     ] = None,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     init: Annotated[bool, init_option("MAF store")] = False,
 ) -> None:
     """Run the MAF until SIGINT or SIGTERM."""
@@ -506,7 +508,9 @@ def serve(
         "metrics.listen": metrics,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
-    cfg = load_serve_config(log_level, load_maf_config, config, overrides)
+    cfg = load_serve_config(
+        log_level, load_maf_config, config, overrides, log_format=log_format
+    )
     serve_and_report(
         lambda: _server(cfg, init=init),
         _banner,

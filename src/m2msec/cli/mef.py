@@ -21,6 +21,7 @@ from rich.table import Table
 from m2msec.cli import mef_admin
 from m2msec.cli.common import (
     ConfigOption,
+    LogFormatOption,
     LogLevelOption,
     MetricsOption,
     file_option,
@@ -88,6 +89,7 @@ def serve(
     store: StoreOption = None,
     metrics: MetricsOption = None,
     log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
     init: Annotated[bool, init_option("MEF store")] = False,
 ) -> None:
     """Run the MEF until SIGINT or SIGTERM."""
@@ -102,7 +104,9 @@ def serve(
         "metrics.listen": metrics,
         **path_overrides("certificates", cert=cert, key=key, ca=ca),
     }
-    cfg = load_serve_config(log_level, load_mef_config, config, overrides)
+    cfg = load_serve_config(
+        log_level, load_mef_config, config, overrides, log_format=log_format
+    )
     serve_and_report(
         lambda: _server(cfg, init=init),
         _banner,

@@ -1,12 +1,16 @@
 """TOML configuration of the CSE security gateway (``m2msec gateway serve``).
 
-Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
+Example (every key shown; ``listen`` and ``backend`` are required)::
 
     [gateway]
     listen = ["tls://127.0.0.1:8443", "http://127.0.0.1:8081"]
     backend = "http://127.0.0.1:8080"     # the oneM2M CSE behind the gateway
-    cse_id = "/mn-cse-123456"             # its CSE-ID, registrar of AE-ID stems (A-14)
-    in_domain = "in.provider.com"         # IN public domain (TS-0001 6.5.1.1)
+    cse_id = "/mn-cse-123456"             # its CSE-ID, registrar of AE-ID stems (A-14);
+                                          #   default: the csi of the backend's CSEBase
+    in_domain = "in.provider.com"         # IN public domain (TS-0001 6.5.1.1); default:
+                                          #   the one our own certificate names (below)
+    cse_base_origin = "CAdmin"            # From of that CSEBase RETRIEVE (ACME's admin)
+    cse_base_timeout = 30.0               # seconds to get it, with back-off; then exit 1
     handshake_timeout = 10.0              # seconds
     max_handshakes = 1024                 # handshakes in progress per listener
     first_flight_timeout = 2.0            # seconds from accept to a whole ClientHello
@@ -71,6 +75,17 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
                                           #   "" turns the admin API off
     instance = "gw-1"                     # this gateway in a shared store (default host:dir)
 
+Without ``cse_id`` the gateway learns the CSE-ID when it starts: it RETRIEVEs the CSEBase
+of the backend (target ``/-``, TS-0001 9.3.1's placeholder for the CSEBase's name) through
+its backend pool as ``cse_base_origin`` and reads its ``csi``
+(:mod:`m2msec.servers.cse_base`); until then ``cse_id`` is :data:`PENDING_CSE_ID` and
+``cse_id_source`` ``"pending"``, and :meth:`GatewayConfig.with_cse_id` validates the
+document again with the learned value (so defaults derived from it, such as ``[gba]
+naf_fqdn``, follow it). Without ``in_domain``, the IN public domain is read from the
+gateway's own certificate (``[certificates] cert``, else the ``cert`` of ``[maf]``,
+``[mef]`` or ``[gba]``): the dNSName ``<CSE-ID>.<IN public domain>`` of its subjectAltName
+(TS-0003 10.1.1.7, :func:`m2msec.pki.names.in_domain_of`; the CN is not read).
+
 Listener URLs (``tls://``, ``dtls://``, ``http://``, ``?framework=``) are read by
 :mod:`m2msec.config.listeners`, ``[gba]``, ``[maf]`` and ``[mef]`` by
 :mod:`m2msec.config.gateway_sections`, the egress listeners (``egress://`` in ``listen``,
@@ -98,9 +113,9 @@ Command-line values override file values (:func:`load_config`'s ``overrides``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 from m2msec.app_rules import AppRule, app_rule
@@ -112,6 +127,7 @@ from m2msec.config.gateway_sections import (
     MafRetrievalConfig,
     MefTargetConfig,
     SaConfig,
+    certificate_in_domain,
     parse_gba,
     parse_maf,
     parse_mef,
@@ -137,6 +153,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_HANDSHAKES",
+    "PENDING_CSE_ID",
     "GatewayConfig",
     "PskConfig",
     "app_rule",
@@ -157,6 +174,13 @@ class PskConfig:
     """``[psk]``: the psk-lookup-table. ``store`` None means the default store."""
 
     store: str | None = None
+
+
+PENDING_CSE_ID: Final = CseId("m2msec-cse-id-pending")
+"""``cse_id`` of a configuration without one, until the gateway learns the real one."""
+DEFAULT_CSE_BASE_ORIGIN: Final = "CAdmin"
+"""From of the CSEBase RETRIEVE: ACME's admin originator (``cse_base_origin``)."""
+DEFAULT_CSE_BASE_TIMEOUT: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +216,33 @@ class GatewayConfig:
     egress: tuple[EgressConfig, ...] = ()
     metrics: MetricsListen | None = None
     source: str = "<defaults>"
+    #: "config" (given), "pending" (:data:`PENDING_CSE_ID` until the gateway RETRIEVEs its
+    #: backend's CSEBase) or "backend" (learned so, :meth:`with_cse_id`).
+    cse_id_source: str = "config"
+    #: "config" (given or none) or "certificate" (read from our own certificate).
+    in_domain_source: str = "config"
+    cse_base_origin: str = DEFAULT_CSE_BASE_ORIGIN
+    cse_base_timeout: float = DEFAULT_CSE_BASE_TIMEOUT
+    #: The validated document and the folder of its relative paths, for :meth:`with_cse_id`.
+    document: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    base_dir: Path | None = field(default=None, repr=False, compare=False)
+
+    def with_cse_id(self, cse_id: CseId) -> GatewayConfig:
+        """This configuration with the CSE-ID learned from the backend: the document
+        validated again with it (``cse_id_source`` becomes "backend")."""
+        if self.document is None:
+            return replace(self, cse_id=cse_id, cse_id_source="backend")
+        gw = dict(self.document.get("gateway", {}))
+        gw["cse_id"] = str(cse_id)
+        try:
+            learned = parse_config(
+                {**self.document, "gateway": gw}, base_dir=self.base_dir, source=self.source
+            )
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                f"{self.source}: with the CSE-ID {cse_id} of the backend's CSEBase: {exc}"
+            ) from None
+        return replace(learned, cse_id_source="backend")
 
     def egress_for(self, spec: ListenerSpec) -> EgressConfig:
         """The settings of the egress listener ``spec`` (one of ``listen``)."""
@@ -218,6 +269,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "backend",
             "cse_id",
             "in_domain",
+            "cse_base_origin",
+            "cse_base_timeout",
             "handshake_timeout",
             "max_handshakes",
             "first_flight_timeout",
@@ -310,12 +363,9 @@ def parse_config(
     backend = parse_backend_url(gw["backend"])
 
     cse_text = gw.get("cse_id")
-    if cse_text is None:
-        raise invalid(
-            "gateway.cse_id",
-            "missing: the CSE-ID of the CSE behind the gateway, e.g. '/mn-cse-123456' "
-            "(AE-ID stems are read under it)",
-        )
+    cse_id_source = "config"
+    if cse_text is None:  # learned from the backend's CSEBase at start (module docstring)
+        cse_text, cse_id_source = PENDING_CSE_ID.sp_relative(), "pending"
     if not isinstance(cse_text, str):
         raise invalid("gateway.cse_id", "must be a CSE-ID string such as '/mn-cse-123456'")
     try:
@@ -324,6 +374,11 @@ def parse_config(
         raise invalid("gateway.cse_id", str(exc)) from None
 
     in_domain = gw.get("in_domain")
+    in_domain_source = "config"
+    if in_domain is None:
+        pending = cse_id_source == "pending"
+        in_domain = certificate_in_domain(data, base, None if pending else cse_id)
+        in_domain_source = "config" if in_domain is None else "certificate"
     if in_domain is not None:
         if not isinstance(in_domain, str):
             raise invalid("gateway.in_domain", "must be a domain name such as 'in.provider.com'")
@@ -457,7 +512,19 @@ def parse_config(
         egress=egress,
         metrics=parse_metrics(data.get("metrics")),
         source=source,
+        cse_id_source=cse_id_source,
+        in_domain_source=in_domain_source,
+        cse_base_origin=_origin(gw.get("cse_base_origin", DEFAULT_CSE_BASE_ORIGIN)),
+        cse_base_timeout=num("cse_base_timeout", DEFAULT_CSE_BASE_TIMEOUT),
+        document=data,
+        base_dir=base,
     )
+
+
+def _origin(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in " \r\n"):
+        raise invalid("gateway.cse_base_origin", "must be an originator such as 'CAdmin'")
+    return value
 
 
 CSE_ORIGINATORS = ("ts-0004", "strict")

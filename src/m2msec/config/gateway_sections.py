@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+
 from m2msec.config.listeners import parse_service_url
 from m2msec.config.values import boolean, file_path, invalid, number, target_retrieval
-from m2msec.errors import IdentifierError
+from m2msec.errors import CertificateError, ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
 from m2msec.mef.wire import TargetRetrieval
+from m2msec.pki.names import in_domain_of
 
 __all__ = [
     "CertificateConfig",
@@ -32,6 +35,7 @@ __all__ = [
     "MafRetrievalConfig",
     "MefTargetConfig",
     "SaConfig",
+    "certificate_in_domain",
     "parse_gba",
     "parse_maf",
     "parse_mef",
@@ -286,3 +290,33 @@ def parse_sa(section: Mapping[str, Any]) -> SaConfig:
         admin_socket=text("admin_socket", empty=True),
         instance=text("instance"),
     )
+
+
+def certificate_in_domain(data: Mapping[str, Any], base: Path, cse_id: CseId | None) -> str | None:
+    """The IN public domain the gateway's own certificate names (``[certificates]``, else
+    ``[maf]``, ``[mef]`` or ``[gba]`` ``cert``): :func:`m2msec.pki.names.in_domain_of`
+    (TS-0003 10.1.1.7); None when no section names a certificate. The default of
+    ``[gateway] in_domain`` (:mod:`m2msec.config.gateway`)."""
+    for section in ("certificates", "maf", "mef", "gba"):
+        table = data.get(section)
+        if not isinstance(table, dict) or not {"cert", "key"} <= set(table):
+            continue
+        try:
+            path = file_path(table["cert"], f"{section}.cert", base)
+        except ConfigurationError:
+            continue  # the section's own checks name the error
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise invalid(
+                "gateway.in_domain",
+                f"not given, and {section}.cert ({path}) holds no PEM certificate to read it "
+                f"from ({exc})",
+            ) from None
+        try:
+            return in_domain_of(cert, cse_id)
+        except CertificateError as exc:
+            raise invalid(
+                "gateway.in_domain", f"not given, and {section}.cert ({path}): {exc}"
+            ) from None
+    return None

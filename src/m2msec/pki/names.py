@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from m2msec.crypto import fingerprint
 from m2msec.errors import CertificateError, IdentifierError
-from m2msec.ids import AeId, CseId, EntityId, PeerKind, parse_entity_id
+from m2msec.ids import AeId, CseId, EntityId, PeerKind, check_fqdn, parse_entity_id
 
 __all__ = [
     "MIN_RSA_BITS",
@@ -55,6 +55,7 @@ __all__ = [
     "describe_names",
     "dns_and_uri_names",
     "identities_in",
+    "in_domain_of",
     "is_ca",
     "normal_id",
     "public_key_identifier",
@@ -218,6 +219,48 @@ def identities_in(
                     CertificateIdentity(PeerKind.AE, normal_id(entity, sp), f"URI:{value}")
                 )
     return found
+
+
+def in_domain_of(cert: x509.Certificate, cse_id: CseId | None = None) -> str:
+    """The IN public domain a CSE-ID certificate names (10.1.1.7, TS-0001 6.5.1.1).
+
+    10.1.1.7 puts "the public domain name representation of the CSE-ID" in the
+    subjectAltName: a dNSName ``<CSE-ID>.<IN public domain>``, the CSE-ID one label. So
+    the domain is what follows the CSE-ID's label (``cse_id`` given: only names starting
+    with ``<CSE-ID>.``, case-insensitively) or, without ``cse_id``, what follows the first
+    label of each dNSName. The subject's CN is not read: it names no oneM2M identity in a
+    10.1.1 profile (as :func:`identities_in`). Exactly one domain must result; none or
+    several raise :class:`CertificateError`, as does a wildcard.
+    """
+    prefix = None if cse_id is None else cse_id.relative.lower() + "."
+    found: dict[str, None] = {}
+    for name in dns_and_uri_names(cert):
+        if not isinstance(name, x509.DNSName):
+            continue
+        lower = name.value.lower().rstrip(".")
+        if prefix is not None:
+            if not lower.startswith(prefix):
+                continue
+            domain = lower[len(prefix) :]
+        else:
+            _, dot, domain = lower.partition(".")
+            if not dot:
+                continue
+        try:
+            found[check_fqdn(domain, "IN public domain")] = None
+        except IdentifierError:
+            continue
+    whose = "CSE public domain name" if cse_id is None else f"{cse_id.relative}.<domain>"
+    if not found:
+        raise CertificateError(
+            f"the certificate names no {whose} in its subjectAltName (TS-0003 10.1.1.7; "
+            f"it has {describe_names(subject_alt_names(cert)) or 'none'})"
+        )
+    if len(found) > 1:
+        raise CertificateError(
+            f"the certificate names several IN public domains ({', '.join(found)})"
+        )
+    return next(iter(found))
 
 
 def check_peer_certificate(cert: x509.Certificate) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from m2msec.config import GatewayConfig
 from m2msec.errors import IdentifierError
 from m2msec.ids import AeId, CseId, normalise_originator, parse_entity_id
+from m2msec.logs import sa_fields
 from m2msec.tls.context import Framework, PeerKind, SecurityContext
 
 __all__ = ["Association", "credential_of", "sp_fqdn_of"]
@@ -130,3 +131,27 @@ def credential_of(context: SecurityContext) -> str | None:
 def sp_fqdn_of(config: GatewayConfig) -> str | None:
     """The M2M-SP's FQDN the gateway's Absolute AE-IDs carry: the CSE-ID's, else in_domain."""
     return config.cse_id.sp_fqdn or config.in_domain
+
+
+def log_fields(
+    ctx: SecurityContext,
+    event: str,
+    cause: str | None,
+    address: str | None = None,
+    peer: str | None = None,
+) -> dict[str, object]:
+    """The ``extra=`` of an association log line (:func:`m2msec.logs.sa_fields`: the SA
+    identifier, peer, framework, cause, and the key *identifier*, never a key); ``peer``
+    is the identity as bound, by default the handshake's."""
+    return sa_fields(
+        sa_id=ctx.sa_id,
+        peer=peer or ctx.peer_id,
+        framework=ctx.framework.value,
+        cause=cause,
+        event=event,
+        peer_kind=ctx.peer_kind.value,
+        key_id=ctx.key_id,
+        protocol=ctx.protocol,
+        cipher=ctx.cipher_suite,
+        peer_address=address,
+    )

@@ -52,6 +52,7 @@ from m2msec.bindings.coap.messages import CoapServerSession, Exchange
 from m2msec.bindings.coap.options import CoapRequestError
 from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.errors import M2MSecError
+from m2msec.logs import sa_fields
 from m2msec.service.metrics import ServerMetrics
 from m2msec.tls.aio_dtls import (
     DTLSAssociation,
@@ -245,6 +246,13 @@ class CoapListener:
                             assoc.peer_id,
                             dtls.context.sa_id,
                             peer.bad_in_a_row,
+                            extra=sa_fields(
+                                sa_id=dtls.context.sa_id,
+                                peer=assoc.peer_id,
+                                framework=dtls.context.framework.value,
+                                cause="datagrams that are not CoAP",
+                                event="closing",
+                            ),
                         )
                         return
                     continue

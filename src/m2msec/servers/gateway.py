@@ -74,7 +74,7 @@ from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest, error_res
 from m2msec.config import GatewayConfig, ListenerSpec
 from m2msec.errors import ConfigurationError
 from m2msec.sa.agent import ResponderAgent
-from m2msec.servers.association import Association, sp_fqdn_of
+from m2msec.servers.association import Association, log_fields, sp_fqdn_of
 from m2msec.servers.backend import (
     BackendError,
     BackendPool,
@@ -83,6 +83,7 @@ from m2msec.servers.backend import (
     BackendTooLarge,
 )
 from m2msec.servers.coap_gateway import CoapListener
+from m2msec.servers.cse_base import retrieve_cse_id
 from m2msec.servers.egress import Egress
 from m2msec.servers.forwarding import forwarded_headers, response_headers
 from m2msec.servers.gateway_profiles import Profiles, ResponderProfiles, pick
@@ -276,6 +277,16 @@ class Gateway(ServerLifecycle):
     async def _open(self) -> None:
         """Open the SA services, the backend pool and the listeners, by URL scheme."""
         cfg = self.config
+        self.backend = BackendPool(
+            cfg.backend,
+            max_connections=BACKEND_CONNECTIONS,
+            max_idle=BACKEND_IDLE_CONNECTIONS,
+            timeout=cfg.backend_timeout,
+            connect_timeout=min(cfg.backend_timeout, 5.0),
+            max_body=MAX_RESPONSE_BODY,
+        )
+        if cfg.cse_id_source == "pending":
+            cfg = await self._learn_cse_id(self.backend)
         await self.sa.open()
         if self.sa.admin_server is not None:
             self.sa.admin_server.reload_hook = self.reload  # POST /reload (m2msec gateway reload)
@@ -285,14 +296,6 @@ class Gateway(ServerLifecycle):
         }
         self.sa.psk_check = self._responders.psk_revalidate
         self.sa.cache_ttl = float(getattr(self.store, "cache_ttl", 2.0))
-        self.backend = BackendPool(
-            cfg.backend,
-            max_connections=BACKEND_CONNECTIONS,
-            max_idle=BACKEND_IDLE_CONNECTIONS,
-            timeout=cfg.backend_timeout,
-            connect_timeout=min(cfg.backend_timeout, 5.0),
-            max_body=MAX_RESPONSE_BODY,
-        )
         observe_store(self.metrics, "psk", self.store)
         self.sa.start_sweeping()
         openers = {
@@ -310,6 +313,18 @@ class Gateway(ServerLifecycle):
                 info.framework or "plain",
                 ", CoAP" if spec.scheme == "dtls" else "",
             )
+
+    async def _learn_cse_id(self, backend: BackendPool) -> GatewayConfig:
+        """No ``cse_id`` configured: the csi of the backend's CSEBase (issue 14 item 6,
+        :mod:`m2msec.servers.cse_base`), and every part built from the config told."""
+        cfg = self.config
+        cse_id = await retrieve_cse_id(
+            backend, origin=cfg.cse_base_origin, timeout=cfg.cse_base_timeout
+        )
+        self.config = self._responders.config = self.egress.config = cfg.with_cse_id(cse_id)
+        self.sa.instance = self.sa.config.instance or default_instance(str(cse_id))
+        log.info("CSE-ID %s learned from the backend %s (its CSEBase csi)", cse_id, cfg.backend)
+        return self.config
 
     # -- listeners, by URL scheme ---------------------------------------------------------
     async def _open_tls(self, spec: ListenerSpec, profiles: _ByTransport) -> ListenerInfo:
@@ -394,6 +409,8 @@ class Gateway(ServerLifecycle):
         (nothing changed) for a setting that needs a restart or a credential that fails."""
         if not isinstance(config, GatewayConfig):
             raise ConfigurationError("a reload needs a gateway configuration")
+        if config.cse_id_source == "pending" and self.config.cse_id_source == "backend":
+            config = config.with_cse_id(self.config.cse_id)  # keep what the backend told us
         refuse_restart_only(self.config, config, RESTART_ONLY)
         old = self._responders
         fresh, tls, dtls = await reloaded_profiles(
@@ -459,6 +476,7 @@ class Gateway(ServerLifecycle):
                 ctx.key_id,
                 self._live_by_credential[key],
                 _addr(peer),
+                extra=log_fields(ctx, "refused", refusal, _addr(peer)),
             )
         if not self.sa.admit(ctx, _addr(peer), refusal):
             return False
@@ -489,6 +507,7 @@ class Gateway(ServerLifecycle):
             ctx.protocol,
             ctx.cipher_suite,
             _addr(peer),
+            extra=log_fields(ctx, "established", None, _addr(peer), assoc.peer_id),
         )
         return assoc
 
@@ -499,7 +518,12 @@ class Gateway(ServerLifecycle):
         if self._live_by_credential[key] <= 0:
             del self._live_by_credential[key]
         self.stats.associations_closed += 1
-        log.info("association closed: peer=%s sa=%s", assoc.peer_id, assoc.context.sa_id)
+        log.info(
+            "association closed: peer=%s sa=%s",
+            assoc.peer_id,
+            assoc.context.sa_id,
+            extra=log_fields(assoc.context, "closed", None, peer=assoc.peer_id),
+        )
 
     def live_by_framework(self) -> dict[str, int]:
         """Live associations by framework (the metrics read it; no key ids leave here)."""

@@ -58,6 +58,7 @@ from typing import Any, Final, Protocol
 from m2msec.bindings.messages import RSC
 from m2msec.config.gateway_sections import SaConfig
 from m2msec.errors import HandshakeError, StoreError
+from m2msec.logs import sa_fields
 from m2msec.paths import data_dir, default_admin_socket
 from m2msec.sa.admin import (
     AdminOutcome,
@@ -305,7 +306,20 @@ class GatewaySa(SaAdmin):
                 session.engine.refuse(why)
                 session.closer()
             if policy_refusal is None:
-                log.info("association refused: peer=%s sa=%s: %s", ctx.peer_id, ctx.sa_id, why)
+                log.info(
+                    "association refused: peer=%s sa=%s: %s",
+                    ctx.peer_id,
+                    ctx.sa_id,
+                    why,
+                    extra=sa_fields(
+                        sa_id=ctx.sa_id,
+                        peer=ctx.peer_id,
+                        framework=ctx.framework.value,
+                        cause=why,
+                        peer_address=peer,
+                        event="refused",
+                    ),
+                )
             return False
         if session is not None:
             self._live[admission.sa_id] = session
@@ -382,6 +396,14 @@ class GatewaySa(SaAdmin):
                 ctx.key_id,
                 ctx.sa_id,
                 reason,
+                extra=sa_fields(
+                    sa_id=ctx.sa_id,
+                    peer=ctx.peer_id,
+                    framework=ctx.framework.value,
+                    cause=reason,
+                    key_id=ctx.key_id,
+                    event="ended",
+                ),
             )
             self.remove_sa(SaId.from_hex(ctx.sa_id), reason, close_now=close_now)
             return Refuse(

@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, cast
 
 from m2msec.errors import HandshakeError
+from m2msec.logs import sa_fields
 from m2msec.tls.context import HandshakeFailure, SecurityContext
 from m2msec.tls.dtls.records import format_address
 from m2msec.tls.engine import (
@@ -547,7 +548,19 @@ class TLSServer:
     def _report(self, protocol: _TLSProtocol, reason: str) -> None:
         peer = protocol.peer
         self.failed += 1
-        log.info("security association with %s refused: %s", format_address(peer), reason)
+        log.info(
+            "security association with %s refused: %s",
+            format_address(peer),
+            reason,
+            extra=sa_fields(
+                peer=protocol.engine.psk_identity,
+                framework=self.profile.framework.value,
+                cause=reason,
+                peer_address=format_address(peer),
+                event="refused",
+                transport="TLS",
+            ),
+        )
         if self.on_failure is not None:
             self.on_failure(peer, reason)
         if self.on_handshake_failure is not None:

@@ -22,6 +22,7 @@ from functools import partial
 from typing import cast
 
 from m2msec.errors import HandshakeError
+from m2msec.logs import sa_fields
 from m2msec.tls.context import HandshakeFailure, SecurityContext
 from m2msec.tls.dtls.engine import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MTU, DTLSEngine
 from m2msec.tls.dtls.records import Address, format_address
@@ -261,6 +262,14 @@ class _ServerProtocol(asyncio.DatagramProtocol):
                     "DTLS security association with %s refused: %s",
                     format_address(addr),
                     event.reason,
+                    extra=sa_fields(
+                        peer=event.psk_identity,
+                        framework=self.server.profile.framework.value,
+                        cause=event.reason,
+                        peer_address=format_address(addr),
+                        event="refused",
+                        transport="DTLS",
+                    ),
                 )
                 if self.on_failure is not None:
                     try:
