@@ -1,5 +1,5 @@
 """Secret options (issue 14 item 5, docs/cli.md "Secret options"): every option that takes
-a key reads it through :func:`m2msec.cli.common.secret_text` in the same forms: ``-``
+a key reads it through :func:`m2msec.cli.secrets.secret_text` in the same forms: ``-``
 (standard input; a prompt without echo through getpass on a terminal), ``@FILE`` and the
 ``--*-file FILE`` twin (a warning unless the file is 0600), and a literal, which still works
 but warns that it is visible to other users (``ps``, shell history); ``mef add-enrolee
@@ -19,9 +19,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from m2msec.cli.common import secret_text
 from m2msec.cli.connect import options_credential
 from m2msec.cli.main import app
+from m2msec.cli.secrets import secret_text
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.gba.subscribers import SubscriberStore
 from m2msec.maf.store import MafStore

@@ -44,9 +44,6 @@ from m2msec.cli.common import (
     path_overrides,
     print_listing,
     require_store,
-    secret_file_option,
-    secret_option,
-    secret_text,
     serve_and_report,
     stderr_console,
     stdout_console,
@@ -55,6 +52,7 @@ from m2msec.cli.common import (
     sub_app,
     url_option,
 )
+from m2msec.cli.secrets import secret_file_option, secret_option, secret_text
 from m2msec.crypto.milenage import opc as derive_opc
 from m2msec.gba.aka import DEFAULT_AMF
 from m2msec.gba.records import Guss, Subscriber

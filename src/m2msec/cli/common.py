@@ -4,22 +4,20 @@ A sub-command group (:func:`sub_app`), the shared options (``--store``, ``--conf
 ``--log-level``, ``--init`` and the option shapes every command repeats), output consoles,
 key-value tables and "done" lines, one-line errors and their exit codes (:func:`fail`,
 :func:`exit_on_errors`, :func:`store_errors`, :func:`exactly_one`: 2 for a usage or
-configuration error, 1 when the operation failed), the one reader of secret options
-(:func:`secret_text`: ``-``, ``@FILE``, ``--*-file``, a warned literal), the one printer
-of listings (:func:`print_listing`: ``--json`` lines, tables never cut when stdout is not
-a terminal, streamed a page at a time), and the ``serve`` commands' steps: load the config
-with the options as overrides, run a long-lived server until a signal (logging, event
-loop, signals). docs/cli.md describes what an operator sees of these."""
+configuration error, 1 when the operation failed), the one printer of listings
+(:func:`print_listing`: ``--json`` lines, tables never cut when stdout is not a terminal,
+streamed a page at a time), and the ``serve`` commands' steps: load the config with the
+options as overrides, run a long-lived server until a signal (logging, event loop,
+signals). Secret options are read by :mod:`m2msec.cli.secrets`. docs/cli.md describes
+what an operator sees of these."""
 
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import logging
 import os
 import signal
-import stat
 import sys
 from collections.abc import (
     Callable,
@@ -334,96 +332,6 @@ def exit_on_errors(
 def store_errors() -> AbstractContextManager[None]:
     """The store commands' errors: a malformed id or value exits 2, a refusing store 1."""
     return exit_on_errors(usage=(IdentifierError, ConfigurationError), failure=(StoreError,))
-
-
-# ----------------------------------------------------------------- secret options
-# Every option that takes a secret value (a Kpsa, Km, Kpm, K, OPc, OP) is read through
-# secret_text, in one of these forms (docs/cli.md "Secret options"):
-#   -          one line of standard input; on a terminal a prompt without echo (getpass)
-#   @FILE      the file's text, and --NAME-file FILE the same: a warning unless it is 0600
-#   a literal  still works, with a warning: it is visible to other users (ps, shell history)
-# Option names that hold a key file in PEM (--key of serve/connect/enrol) are not secret
-# values: their FILE is opened by the TLS layer.
-
-KEY_METAVAR = "HEX|-|@FILE"
-
-
-def secret_option(name: str, what: str, *, literal: bool = True) -> Any:
-    """The ``typer.Option`` of a secret value ``name`` (e.g. ``--psk``) holding ``what``;
-    its help lists the forms :func:`secret_text` reads."""
-    forms = "'-' reads standard input (a hidden prompt on a terminal), @FILE a file"
-    tail = "" if literal else "; a literal value is refused"
-    return option(name, metavar=KEY_METAVAR if literal else "-|@FILE",
-                  help=f"{what}: {forms} (or {name}-file FILE){tail}.")  # fmt: skip
-
-
-def secret_file_option(name: str, what: str) -> Any:
-    """The ``--NAME-file FILE`` twin of :func:`secret_option`."""
-    return option(name, metavar="FILE", help=f"A file holding {what} (mode 0600 expected).")
-
-
-def warn(message: str) -> None:
-    """One yellow ``warning:`` line on stderr."""
-    stderr_console().print(Text(f"warning: {message}", style="yellow"))
-
-
-def _secret_file(path: Path, option_name: str) -> str:
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not text"
-        fail(f"{option_name}: cannot read {path}: {reason}", 2)
-    if os.name == "posix" and mode & 0o077:
-        warn(f"{path} ({option_name}) is readable by others (mode {mode:04o}); chmod 600 it")
-    return text.strip()
-
-
-def secret_text(
-    value: str | None,
-    option_name: str,
-    *,
-    file: Path | None = None,
-    prompt: str | None = None,
-    literal: bool = True,
-) -> str | None:
-    """The text of the secret option ``option_name`` given as ``value`` (the forms above)
-    or as its ``--*-file`` twin ``file``; None when neither was given. Exit 2 when both
-    are given, the file cannot be read, or (``literal=False``) a literal value is given.
-    Never echoes the value: messages name the option and the file only."""
-    if value is not None and file is not None:
-        fail(f"give {option_name} or {option_name}-file, not both", 2)
-    if file is not None:
-        return _secret_file(file, f"{option_name}-file")
-    if value is None:
-        return None
-    if value == "-":
-        if sys.stdin.isatty():
-            return getpass.getpass(f"{prompt or option_name}: ").strip()
-        return sys.stdin.readline().strip()
-    if value.startswith("@"):
-        return _secret_file(Path(value[1:]), option_name)
-    if not literal:
-        fail(f"give {option_name} - (standard input), {option_name} @FILE or "
-             f"{option_name}-file FILE: a key on the command line shows in ps", 2)  # fmt: skip
-    warn(
-        f"{option_name} on the command line is visible to other users (ps, shell history); "
-        f"use {option_name} -, {option_name} @FILE or {option_name}-file FILE"
-    )
-    return value.strip()
-
-
-def read_key(value: str | None, what: str = "key", *, file: Path | None = None) -> bytes:
-    """A hex key of 1 to 64 octets from the secret option ``what`` (e.g. ``--psk``) in any
-    of :func:`secret_text`'s forms; errors never echo it."""
-    text = secret_text(value, what, file=file) or ""
-    try:
-        key = bytes.fromhex("".join(text.split()))
-    except ValueError:
-        fail(f"{what} must be hexadecimal")
-    if not 0 < len(key) <= 64:
-        fail(f"{what} must be 1 to 64 octets, got {len(key)}")
-    return key
 
 
 def context_details(ctx: SecurityContext) -> Table:

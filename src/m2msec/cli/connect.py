@@ -35,16 +35,8 @@ import typer
 from rich.table import Table
 
 from m2msec.cli import gba_options as g
-from m2msec.cli.common import (
-    console,
-    context_details,
-    exit_on_errors,
-    fail,
-    file_option,
-    read_key,
-    secret_file_option,
-    secret_option,
-)
+from m2msec.cli.common import console, context_details, exit_on_errors, fail, file_option
+from m2msec.cli.secrets import read_key, secret_file_option, secret_option
 from m2msec.config.credentials import (
     CertificateSettings,
     Credential,

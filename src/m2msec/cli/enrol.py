@@ -36,8 +36,6 @@ from m2msec.cli.common import (
     file_option,
     key_value_table,
     option,
-    secret_file_option,
-    secret_option,
     stdout_console,
     store_errors,
     store_option,
@@ -45,6 +43,7 @@ from m2msec.cli.common import (
     utc_time,
 )
 from m2msec.cli.mef_admin import EnroleeBOption, MafIdOption, NafOption, read_kpm
+from m2msec.cli.secrets import secret_file_option, secret_option
 from m2msec.config.values import is_ip
 from m2msec.errors import ConfigurationError, IdentifierError, M2MSecError, StoreError
 from m2msec.frameworks.certificate import CertificateCredential

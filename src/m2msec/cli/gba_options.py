@@ -14,14 +14,8 @@ from typing import Annotated
 
 import typer
 
-from m2msec.cli.common import (
-    console,
-    exit_on_errors,
-    fail,
-    read_key,
-    secret_file_option,
-    secret_option,
-)
+from m2msec.cli.common import console, exit_on_errors, fail
+from m2msec.cli.secrets import read_key, secret_file_option, secret_option
 from m2msec.config.credentials import GbaSettings, KeySource
 from m2msec.config.initiators import gba_device as device_of
 from m2msec.errors import M2MSecError

@@ -48,9 +48,6 @@ from m2msec.cli.common import (
     path_overrides,
     print_audit,
     print_listing,
-    secret_file_option,
-    secret_option,
-    secret_text,
     serve_and_report,
     stderr_console,
     stdout_console,
@@ -60,6 +57,7 @@ from m2msec.cli.common import (
     url_option,
     utc_time,
 )
+from m2msec.cli.secrets import secret_file_option, secret_option, secret_text
 from m2msec.errors import ConfigurationError, UnknownCredentialError
 from m2msec.ids import AeId, CseId, parse_entity_id
 from m2msec.maf.store import (

@@ -37,15 +37,13 @@ from m2msec.cli.common import (
     option,
     print_audit,
     print_listing,
-    secret_file_option,
-    secret_option,
-    secret_text,
     stderr_console,
     stdout_console,
     store_errors,
     store_option,
     utc_time,
 )
+from m2msec.cli.secrets import secret_file_option, secret_option, secret_text
 from m2msec.errors import ConfigurationError, UnknownCredentialError
 from m2msec.ids import derivation_identity
 from m2msec.mef.importer import (

@@ -32,16 +32,13 @@ from m2msec.cli.common import (
     import_file_argument,
     option,
     print_listing,
-    secret_file_option,
-    secret_option,
-    secret_text,
     stderr_console,
     stdout_console,
     store_errors,
     sub_app,
     utc_time,
-    warn,
 )
+from m2msec.cli.secrets import secret_file_option, secret_option, secret_text, warn
 from m2msec.errors import ConfigurationError, UnknownCredentialError
 from m2msec.paths import default_store_path
 from m2msec.store import PskEntry, PskInfo, PskStore, open_store
