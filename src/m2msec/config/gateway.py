@@ -69,6 +69,7 @@ Example (every key shown; ``listen``, ``backend`` and ``cse_id`` are required)::
     admin_socket = "/run/m2msec/admin.sock"  # default: admin.sock in the data directory;
                                           #   "" turns the admin API off
     instance = "gw-1"                     # this gateway in a shared store (default host:dir)
+    revalidate_interval = 60.0            # seconds: live MAF/MEF SAs' keys asked for again
 
 Listener URLs (``tls://``, ``dtls://``, ``http://``, ``?framework=``) are read by
 :mod:`m2msec.config.listeners`, ``[gba]``, ``[maf]`` and ``[mef]`` by
@@ -239,7 +240,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
     "egress": EGRESS_KEYS,  # [[egress]]: an array of tables, read by config.egress
     "metrics": frozenset(METRICS_KEYS),
-    "sa": frozenset({"store", "retention", "admin_socket", "instance"}),
+    "sa": frozenset({"store", "retention", "admin_socket", "instance", "revalidate_interval"}),
 }
 
 

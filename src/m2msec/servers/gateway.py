@@ -251,6 +251,7 @@ class Gateway(ServerLifecycle):
             Transport.DTLS: self._responders.for_transport(Transport.DTLS),
         }
         self.sa.psk_check = self._responders.psk_revalidate
+        self.sa.key_source = self._responders.key_source  # MAF/MEF de-registrations
         self.sa.cache_ttl = float(getattr(self.store, "cache_ttl", 2.0))
         self.backend = BackendPool(
             cfg.backend,

@@ -29,7 +29,17 @@ listeners, TLS and DTLS, every framework, goes through it (docs/sa.md):
 ``m2msec psk remove`` reaches live SAs within the lookup cache's lifetime even when the
 device is idle: :meth:`GatewaySa.sweep` re-validates every live provisioned-PSK SA by the
 gateway's one revalidation (the psk row, as a resumed session is checked), and runs
-``expire_due``, every ``cache_ttl`` seconds. Memory stays bounded: only live SAs are held
+``expire_due``, every ``cache_ttl`` seconds. A MAF or MEF de-registration reaches live
+SAs the same way (issue 12 item 3): :meth:`GatewaySa.revalidate_remote`, started by the
+sweep, asks the function again for the key of each live MAF-framework SA (Key Retrieval,
+8.8.2.8) and each SA over a MEF-issued Kpsa (fetchCredentials or MEF Key Retrieval) at
+most once per ``[sa] revalidate_interval`` per key id, through the framework's one
+:class:`~m2msec.frameworks.remote_keys.KeyFetcher` (coalesced with handshakes' fetches),
+at most :attr:`GatewaySa.revalidation_concurrency` at a time. A definite refusal (4004,
+4103) or another key value for the same id is a Remove with reason
+:data:`CREDENTIAL_REMOVED_AT` / :data:`CREDENTIAL_CHANGED_AT` (session evicted, ended with
+close_notify, the cached key dropped); an unreachable function leaves live SAs alone and
+is logged once per outage. Memory stays bounded: only live SAs are held
 (the management keeps a bounded list of ended identifiers); ended ones are in the store.
 
 :class:`GatewaySa` is also the operator's :class:`~m2msec.sa.admin.SaAdmin` (list and
@@ -42,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hmac
 import logging
 import socket
 import time
@@ -53,6 +64,7 @@ from typing import Any, Final
 from m2msec.bindings.messages import RSC
 from m2msec.config.gateway_sections import SaConfig
 from m2msec.errors import HandshakeError, StoreError
+from m2msec.frameworks.remote_keys import KeyFetcher, Revalidation, Verdict
 from m2msec.paths import data_dir, default_admin_socket
 from m2msec.sa.admin import (
     AdminOutcome,
@@ -84,9 +96,12 @@ from m2msec.tls.context import Framework, HandshakeFailure, PeerBinding, Securit
 from m2msec.tls.engine import TLSEngine
 
 __all__ = [
+    "CREDENTIAL_CHANGED_AT",
     "CREDENTIAL_EXPIRED",
     "CREDENTIAL_REMOVED",
+    "CREDENTIAL_REMOVED_AT",
     "GatewaySa",
+    "KeySource",
     "LiveSa",
     "PskCheck",
     "default_instance",
@@ -99,7 +114,13 @@ log = logging.getLogger("m2msec.servers.gateway")
 CREDENTIAL_REMOVED: Final = "administrative reasons: credential removed"
 #: ... and when its expiry was moved to the past.
 CREDENTIAL_EXPIRED: Final = "administrative reasons: credential expired"
+#: ... when the MAF or the MEF (``{}``) refuses the key of a live SA (de-registered,
+#: client removed, Enrolee removed, expired), or names another key value by its id.
+CREDENTIAL_REMOVED_AT: Final = "administrative reasons: credential removed at the {}"
+CREDENTIAL_CHANGED_AT: Final = "administrative reasons: credential changed at the {}"
 OPERATOR_REMOVED: Final = "administrative reasons: removed by the operator"
+#: An unreachable MAF/MEF is logged once, then at most once per this many seconds.
+UNREACHABLE_LOG_EVERY: Final = 600.0
 STALE: Final = "the gateway stopped without ending it (found live when it started again)"
 #: Failures of handshakes that never began: no Initiate SA to record.
 _NOT_BEGUN: Final = frozenset({EVICTED, NO_FIRST_FLIGHT, "too many handshakes in progress"})
@@ -107,6 +128,8 @@ _NOT_BEGUN: Final = frozenset({EVICTED, NO_FIRST_FLIGHT, "too many handshakes in
 LIST_LIMIT: Final = 10_000
 
 PskCheck = Callable[[PeerBinding], PeerBinding]
+#: Which function ("MAF", "MEF") issued a live SA's key, and its fetcher; None: no remote key.
+KeySource = Callable[[SecurityContext], "tuple[str, KeyFetcher[Any, Any]] | None"]
 
 
 def default_instance(cse_id: str) -> str:
@@ -195,6 +218,14 @@ class GatewaySa(SaAdmin):
         self.sweep_interval: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.removed_by_sweep = 0
+        #: The MAF / MEF keys of live SAs (set by the gateway's profiles), re-asked for at
+        #: most once per ``revalidate_interval`` per key id, this many at a time.
+        self.key_source: KeySource | None = None
+        self.revalidate_interval = config.revalidate_interval
+        self.revalidation_concurrency = 8
+        self._remote_checked: dict[tuple[str, str], float] = {}  # (function, key id) -> when
+        self._remote_pass: asyncio.Task[int] | None = None
+        self._unreachable: dict[str, float] = {}  # function -> when its outage was logged
 
     # -- lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
@@ -231,11 +262,12 @@ class GatewaySa(SaAdmin):
     async def close(self) -> None:
         """Stop the sweep and the admin API, then commit the records and close the store
         (after the listeners: the sessions' ends are recorded)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self._remote_pass):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self._remote_pass = None
         if self.admin_server is not None:
             await self.admin_server.close()
             self.admin_server = None
@@ -401,6 +433,104 @@ class GatewaySa(SaAdmin):
                 self.sweep()
             except Exception:
                 log.exception("SA sweep failed")
+            # The MAF/MEF pass runs beside the sweep; a slow one is not started twice.
+            if self.key_source is not None and (
+                self._remote_pass is None or self._remote_pass.done()
+            ):
+                self._remote_pass = asyncio.get_running_loop().create_task(self.revalidate_remote())
+
+    async def revalidate_remote(self) -> int:
+        """One pass over the live MAF and MEF SAs (module docstring): each key id due (not
+        asked for within ``revalidate_interval``; a key id first seen counts from then) is
+        asked for again; the SAs of a refused or changed key are removed. Returns the SAs
+        ended. Never raises for a function's outage."""
+        source = self.key_source
+        if source is None:
+            return 0
+        now = time.monotonic()
+        due: dict[tuple[str, str], tuple[KeyFetcher[Any, Any], list[tuple[SaId, str | None]]]]
+        due = {}
+        seen: set[tuple[str, str]] = set()
+        for sa_id, live in self._live.items():
+            ctx = live.assoc.context if live.assoc is not None else None
+            if ctx is None or not ctx.key_id:
+                continue
+            found = source(ctx)
+            if found is None:
+                continue
+            name, fetcher = found
+            key = (name, ctx.key_id)
+            seen.add(key)
+            if now - self._remote_checked.setdefault(key, now) < self.revalidate_interval:
+                continue
+            due.setdefault(key, (fetcher, []))[1].append((sa_id, ctx.key_fingerprint))
+        for key in [k for k in self._remote_checked if k not in seen]:
+            del self._remote_checked[key]  # bounded: only the key ids of live SAs
+        if not due:
+            return 0
+        limit = asyncio.Semaphore(self.revalidation_concurrency)
+
+        async def ask(key: tuple[str, str], fetcher: KeyFetcher[Any, Any]) -> Revalidation:
+            async with limit:
+                return await fetcher.revalidate(key[1])
+
+        keys = list(due)
+        answers = await asyncio.gather(*(ask(k, due[k][0]) for k in keys), return_exceptions=True)
+        ended = 0
+        outages: dict[str, tuple[int, str]] = {}
+        for key, answer in zip(keys, answers, strict=True):
+            self._remote_checked[key] = time.monotonic()
+            name, key_id = key
+            if isinstance(answer, BaseException):
+                if isinstance(answer, asyncio.CancelledError):
+                    raise answer
+                answer = Revalidation(Verdict.UNREACHABLE, f"{type(answer).__name__}")
+            if answer.verdict is Verdict.UNREACHABLE:
+                count, _ = outages.get(name, (0, ""))
+                outages[name] = (count + 1, answer.reason)
+                continue
+            for sa_id, fingerprint in due[key][1]:
+                reason = self._remote_reason(name, answer, fingerprint)
+                if reason is None or sa_id not in self._live:
+                    continue
+                log.warning(
+                    "association sa=%s key_id=%s ended: %s (%s)",
+                    sa_id.hex(), key_id, reason, answer.reason or "another key value",
+                )  # fmt: skip
+                if self.remove_sa(sa_id, reason, close_now=True).accepted:
+                    ended += 1
+                    self.removed_by_sweep += 1
+        self._log_outages(outages, {k[0] for k in keys})
+        return ended
+
+    @staticmethod
+    def _remote_reason(name: str, answer: Revalidation, fingerprint: str | None) -> str | None:
+        """The Remove reason for one SA given its function's answer; None: it stays."""
+        if answer.verdict is Verdict.REVOKED:
+            return CREDENTIAL_REMOVED_AT.format(name)
+        fresh = answer.fingerprint
+        if fingerprint is None or fresh is None:
+            return None
+        if not hmac.compare_digest(fresh, fingerprint):  # the id now names another key
+            return CREDENTIAL_CHANGED_AT.format(name)
+        return None
+
+    def _log_outages(self, outages: dict[str, tuple[int, str]], asked: set[str]) -> None:
+        """One warning when a function stops answering, at most one per
+        :data:`UNREACHABLE_LOG_EVERY` while it stays so, one line when it is back."""
+        now = time.monotonic()
+        for name in asked:
+            if name in outages:
+                count, why = outages[name]
+                since = self._unreachable.get(name)
+                if since is None or now - since >= UNREACHABLE_LOG_EVERY:
+                    self._unreachable[name] = now
+                    log.warning(
+                        "cannot re-validate %d live SA key(s) at the %s: %s; the SAs are kept",
+                        count, name, why,
+                    )  # fmt: skip
+            elif self._unreachable.pop(name, None) is not None:
+                log.info("the %s answers re-validations again", name)
 
     # -- Remove and Update, the operator's (SaAdmin) ----------------------------------------
     def remove_sa(self, sa_id: SaId, reason: str, *, close_now: bool = True) -> RemoveOutcome:
