@@ -99,6 +99,7 @@ __all__ = ["Gateway", "GatewayStats", "ListenerInfo"]
 if TYPE_CHECKING:
     from m2msec.frameworks.gba import GbaResponder
     from m2msec.frameworks.maf import MafResponder
+    from m2msec.frameworks.mef_responder import MefResponder
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,11 @@ class Gateway(ServerLifecycle):
     def maf(self) -> MafResponder | None:
         """Entity B of the MAF framework (``[maf]``), once started."""
         return self._responders.maf
+
+    @property
+    def mef(self) -> MefResponder | None:
+        """Enrolee B of seed 004 (``[mef]``), once started."""
+        return self._responders.mef
 
     @property
     def registry(self) -> IdentityRegistry | None:
