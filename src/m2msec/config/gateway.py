@@ -74,6 +74,7 @@ Example (every key shown; ``listen`` and ``backend`` are required)::
     admin_socket = "/run/m2msec/admin.sock"  # default: admin.sock in the data directory;
                                           #   "" turns the admin API off
     instance = "gw-1"                     # this gateway in a shared store (default host:dir)
+    revalidate_interval = 60.0            # seconds: live MAF/MEF SAs' keys asked for again
 
 Without ``cse_id`` the gateway learns the CSE-ID when it starts: it RETRIEVEs the CSEBase
 of the backend (target ``/-``, TS-0001 9.3.1's placeholder for the CSEBase's name) through
@@ -296,7 +297,7 @@ _SECTIONS: dict[str, frozenset[str]] = {
     "mef": frozenset({"url", "fqdn", "cert", "key", "ca", "cache_size", "timeout", "retrieval"}),
     "egress": EGRESS_KEYS,  # [[egress]]: an array of tables, read by config.egress
     "metrics": frozenset(METRICS_KEYS),
-    "sa": frozenset({"store", "retention", "admin_socket", "instance"}),
+    "sa": frozenset({"store", "retention", "admin_socket", "instance", "revalidate_interval"}),
 }
 
 

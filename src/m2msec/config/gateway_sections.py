@@ -44,6 +44,8 @@ __all__ = [
 
 #: ``[sa] retention`` by default: 90 days, in seconds (the SA record store's default).
 DEFAULT_SA_RETENTION = 90 * 86400.0
+#: Seconds between two re-validations of a live MAF or MEF SA's key at its function.
+DEFAULT_REVALIDATE_INTERVAL = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +58,15 @@ class SaConfig:
     :func:`m2msec.paths.default_admin_socket`, ``""`` turns the admin API off.
     ``instance`` names this gateway in a store it shares (default ``<host>:<data dir>``):
     a gateway starting closes the records its own previous run left live.
+    ``revalidate_interval`` (seconds, > 0) is how often the sweep asks the MAF (Key
+    Retrieval) or the MEF again for the key of each live MAF / MEF SA (docs/sa.md).
     """
 
     store: str | None = None
     retention: float = DEFAULT_SA_RETENTION
     admin_socket: str | None = None
     instance: str | None = None
+    revalidate_interval: float = DEFAULT_REVALIDATE_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,11 +289,20 @@ def parse_sa(section: Mapping[str, Any]) -> SaConfig:
     retention = float(number(section.get("retention", DEFAULT_SA_RETENTION), "sa.retention"))
     if retention < 0:
         raise invalid("sa.retention", "seconds to keep ended SAs and history (0: keep all)")
+    interval = float(
+        number(
+            section.get("revalidate_interval", DEFAULT_REVALIDATE_INTERVAL),
+            "sa.revalidate_interval",
+        )
+    )
+    if not interval > 0:
+        raise invalid("sa.revalidate_interval", "seconds between re-validations (> 0)")
     return SaConfig(
         store=text("store"),
         retention=retention,
         admin_socket=text("admin_socket", empty=True),
         instance=text("instance"),
+        revalidate_interval=interval,
     )
 
 

@@ -129,6 +129,9 @@ class MefCredentialFetcher(KeyFetcher[KeId, FetchedCredential]):
     def _path(self, ident: KeId) -> str:
         return wire.fetch_path(ident, self.suid)
 
+    def _secret(self, value: FetchedCredential) -> bytes:
+        return value.credential
+
     def _refusal(self, ke: KeId, rsc: int | None) -> str | None:
         fqdn = ke.mef_fqdn.lower()
         if rsc == 4004:

@@ -11,6 +11,14 @@ ends (bounded LRU); concurrent lookups of one identifier share one request; requ
 bounded in time and number and kept-alive connections are reused. Subclasses say which
 request to send and how to read the answer.
 
+:meth:`KeyFetcher.revalidate` asks again for a key a live SA holds, bypassing the cache
+(coalesced with any fetch of that identifier in flight), and says what the function
+answered: the same key (:attr:`Verdict.HELD`), a definite refusal
+(:attr:`Verdict.REVOKED`: the cached key is dropped), another key value for the same
+identifier (:attr:`Verdict.CHANGED`: the new one is cached) or nothing usable
+(:attr:`Verdict.UNREACHABLE`: a network error, a timeout, a 5xx - the cache is left as it
+is). The gateway's sweep ends live SAs on the second (issue 12 item 3, docs/sa.md).
+
 :func:`entity_binding` is how either responder binds a session to the entity identity the
 function returned (docs/readings.md A-06, A-14).
 
@@ -21,12 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import hmac
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
+from m2msec.crypto.fingerprint import key_fingerprint
 from m2msec.crypto.keyexport import RELATIVE_ID_LENGTH
 from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.frameworks.certificate import CertificateCredential, CertificateInitiator
@@ -39,7 +50,16 @@ from m2msec.tls.aio import connect as tls_connect
 from m2msec.tls.context import PeerBinding, PeerKind
 from m2msec.tls.profiles import TLSProfile
 
-__all__ = ["Expiring", "FetcherStats", "KeyFetcher", "KeyIdentifier", "entity_binding"]
+__all__ = [
+    "Expiring",
+    "FetcherStats",
+    "KeyFetcher",
+    "KeyIdentifier",
+    "Revalidation",
+    "Verdict",
+    "entity_binding",
+]
+
 
 class KeyIdentifier(Protocol):
     """``hexBinary(relative)@FQDN``: a KcId (10.3.5) or a KeID (10.3.4)."""
@@ -64,6 +84,30 @@ IdT = TypeVar("IdT", bound=KeyIdentifier)
 V = TypeVar("V", bound=Expiring)
 
 
+class Verdict(enum.StrEnum):
+    """What asking the function again for a held key showed (:meth:`KeyFetcher.revalidate`)."""
+
+    HELD = "held"  # the function still hands out the same, unexpired key
+    REVOKED = "revoked"  # a definite refusal (unknown, expired, de-registered, not for us)
+    CHANGED = "changed"  # the same identifier now names another key value
+    UNREACHABLE = "unreachable"  # no usable answer: network error, timeout, 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class Revalidation:
+    """A :meth:`KeyFetcher.revalidate` outcome; ``reason`` names identifiers, never keys."""
+
+    verdict: Verdict
+    reason: str = ""
+    rsc: int | None = None
+    #: The one-way fingerprint of the key answered (HELD, CHANGED), never the key.
+    fingerprint: str | None = None
+
+    @property
+    def ends_sa(self) -> bool:
+        return self.verdict in (Verdict.REVOKED, Verdict.CHANGED)
+
+
 @dataclass(slots=True)
 class FetcherStats:
     """Counters of a :class:`KeyFetcher` (no identifiers, no keys)."""
@@ -74,6 +118,8 @@ class FetcherStats:
     refused: int = 0
     failed: int = 0
     connections: int = 0
+    revalidations: int = 0
+    revoked: int = 0
 
 
 @dataclass(slots=True)
@@ -139,6 +185,9 @@ class KeyFetcher(Generic[IdT, V]):
     RELATIVE: ClassVar[str]
     #: The key's name in messages ("Kc", "Km"...).
     KEY_NAME: ClassVar[str] = "key"
+    #: The function's answers that are definite refusals of a key (not outages): unknown,
+    #: expired or de-registered (4004), not for us (4103).
+    REFUSING_RSCS: ClassVar[frozenset[int]] = frozenset({4004, 4103})
 
     def __init__(
         self,
@@ -181,6 +230,7 @@ class KeyFetcher(Generic[IdT, V]):
         self.clock = clock
         self.stats = FetcherStats()
         self._cache: OrderedDict[_CacheKey, V] = OrderedDict()
+        #: Retrievals in flight, shared by handshakes and revalidations of one identifier.
         self._inflight: dict[_CacheKey, asyncio.Task[V]] = {}
         self._idle: dict[str, list[_Link]] = {fqdn: [] for fqdn in self._addresses}
         self._limit = asyncio.Semaphore(max_concurrent)
@@ -234,6 +284,14 @@ class KeyFetcher(Generic[IdT, V]):
         if hit is not None:
             self.stats.cache_hits += 1
             return hit
+        got = await self._shared(ident)
+        if got.expired(self.clock()):
+            raise self._refuse(f"{self.key_name} of {ident} expired at {format_time(got.expires)}")
+        return got
+
+    def _shared(self, ident: IdT) -> asyncio.Future[V]:
+        """The retrieval of ``ident`` in flight, else a new one (coalesced); shielded: one
+        caller giving up (its handshake timed out) must not cancel the others."""
         key = _key(ident)
         task = self._inflight.get(key)
         if task is None:
@@ -242,8 +300,49 @@ class KeyFetcher(Generic[IdT, V]):
             task.add_done_callback(lambda t, k=key: self._done(k, t))  # type: ignore[misc]
         else:
             self.stats.coalesced += 1
-        # shield: one caller giving up (its handshake timed out) must not cancel the others.
-        return await asyncio.shield(task)
+        return asyncio.shield(task)
+
+    async def revalidate(self, value: IdT | str, fingerprint: str | None = None) -> Revalidation:
+        """Ask the function again for the key of ``value``, which a live SA holds (module
+        docstring); ``fingerprint`` is that SA's key fingerprint
+        (:func:`m2msec.crypto.fingerprint.key_fingerprint`), compared in constant time
+        with the key answered (None: not compared). REVOKED drops the cached key."""
+        try:
+            ident = self._parse_id(value) if isinstance(value, str) else value
+        except IdentifierError as exc:
+            return Revalidation(Verdict.REVOKED, str(exc))
+        key = _key(ident)
+        if not self.knows(ident.fqdn) or len(ident.relative_bytes) != RELATIVE_ID_LENGTH:
+            self._cache.pop(key, None)
+            why = f"{ident} is not a key of a configured {self.PEER}"
+            return Revalidation(Verdict.REVOKED, why)
+        if self._closed:
+            return Revalidation(Verdict.UNREACHABLE, f"the {self.PROCEDURE} client is closed")
+        self.stats.revalidations += 1
+        try:
+            got = await self._shared(ident)
+        except self.ERROR as exc:
+            rsc = getattr(exc, "rsc", None)
+            if rsc in self.REFUSING_RSCS:
+                self._cache.pop(key, None)
+                self.stats.revoked += 1
+                return Revalidation(Verdict.REVOKED, str(exc), rsc)
+            return Revalidation(Verdict.UNREACHABLE, str(exc), rsc)
+        if got.expired(self.clock()):
+            self._cache.pop(key, None)
+            self.stats.revoked += 1
+            return Revalidation(
+                Verdict.REVOKED, f"{self.key_name} of {ident} expired at {format_time(got.expires)}"
+            )
+        fresh = key_fingerprint(self._secret(got))
+        if fingerprint is not None and not hmac.compare_digest(fresh, fingerprint):
+            self.stats.revoked += 1
+            return Revalidation(
+                Verdict.CHANGED,
+                f"the {self.PEER} now gives another {self.key_name} for {ident}",
+                fingerprint=fresh,
+            )
+        return Revalidation(Verdict.HELD, fingerprint=fresh)
 
     def _done(self, key: _CacheKey, task: asyncio.Task[V]) -> None:
         if self._inflight.get(key) is task:
@@ -264,8 +363,7 @@ class KeyFetcher(Generic[IdT, V]):
                 self.stats.failed += 1
                 host, port = self._addresses[fqdn]
                 raise self.ERROR(
-                    f"{what}: no channel to the {self.PEER} {fqdn} at {host}:{port}: "
-                    f"{exc.reason}"
+                    f"{what}: no channel to the {self.PEER} {fqdn} at {host}:{port}: {exc.reason}"
                 ) from None
             except (ConnectionError, OSError) as exc:
                 self.stats.failed += 1
@@ -274,12 +372,12 @@ class KeyFetcher(Generic[IdT, V]):
                 ) from None
         self.stats.retrievals += 1
         got = self._read(ident, response)
+        key = _key(ident)
         if got.expired(self.clock()):
-            raise self._refuse(
-                f"{self.key_name} of {ident} expired at {format_time(got.expires)}"
-            )
-        self._cache[_key(ident)] = got
-        self._cache.move_to_end(_key(ident))
+            self._cache.pop(key, None)  # the callers refuse it
+            return got
+        self._cache[key] = got
+        self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return got
@@ -288,6 +386,10 @@ class KeyFetcher(Generic[IdT, V]):
         raise NotImplementedError
 
     def _path(self, ident: IdT) -> str:
+        raise NotImplementedError
+
+    def _secret(self, value: V) -> bytes:
+        """The key in a fetched answer (for its fingerprint; never shown)."""
         raise NotImplementedError
 
     def _refusal(self, ident: IdT, rsc: int | None) -> str | None:

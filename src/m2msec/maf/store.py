@@ -48,6 +48,7 @@ from m2msec.errors import (
     IdentifierError,
     UnknownCredentialError,
 )
+from m2msec.maf.audit import AuditEvent, audit_record
 from m2msec.maf.store_records import (
     ENTITY_B_KINDS,
     MAX_KEY_OCTETS,
@@ -256,6 +257,20 @@ class MafStore(SealedStore):
             w.execute(self._sql.delete_registrations_of, (canonical,))
             keys = w.deregister_keys_of(km_id=canonical)
             w.bump_config()
+            if found or keys:
+                # In the transaction of the change, as the protocol's de-registrations are:
+                # Key Retrieval refuses these keys (4004) from now on, and Entity B ends
+                # the live SAs over them (docs/sa.md).
+                w.append_audit(
+                    [
+                        audit_record(
+                            AuditEvent.CLIENT_DEREGISTERED,
+                            kmId=canonical,
+                            keys=keys,
+                            reason="removed by the operator",
+                        )
+                    ]
+                )
         return bool(found), keys
 
     def set_client_enabled(self, km_id: str, enabled: bool) -> bool:

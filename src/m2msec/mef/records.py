@@ -196,6 +196,7 @@ class MefEvent(enum.StrEnum):
     FETCH_REFUSED = "fetch-refused"
     KEY_RETRIEVED = "key-retrieved"  # MEF Key Retrieval (8.3.5.2.8) answered with a key
     KEY_RETRIEVAL_REFUSED = "key-retrieval-refused"
+    ENROLEE_REMOVED = "enrolee-removed"  # m2msec mef remove-enrolee: its KeIDs refused (4004)
 
 
 @dataclass(frozen=True, slots=True)

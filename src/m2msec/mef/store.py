@@ -47,6 +47,7 @@ from m2msec.mef.records import (
     Enrolment,
     EnrolmentTarget,
     MefAudit,
+    MefEvent,
     TargetKind,
     enrolee_aad,
     ke_aad,
@@ -298,14 +299,25 @@ class MefStore(SealedTables):
         return [self._enrolee(r, unseal=False) for r in rows]
 
     def remove_enrolee(self, bootstrap: Bootstrap, bootstrap_id: str) -> tuple[bool, int]:
-        """Remove an Enrolee and erase its enrolments: (found, enrolments erased)."""
+        """Remove an Enrolee and erase its enrolments: (found, enrolments erased), with an
+        audit record in the same transaction. Its KeIDs are refused (4004) from then on,
+        and the Enrolee Bs holding its Kpsa end their live SAs (docs/sa.md)."""
         key = _bootstrap_key(bootstrap, bootstrap_id)
         p = self._p
 
         def run(conn: Connection) -> tuple[bool, int]:
             found = conn.execute(f"DELETE FROM enrolees WHERE bootstrap_key = {p}", (key,))
             gone = conn.execute(f"DELETE FROM enrolments WHERE bootstrap_key = {p}", (key,))
-            return bool(found.rowcount > 0), int(gone.rowcount)
+            removed = bool(found.rowcount > 0), int(gone.rowcount)
+            if removed[0] or removed[1]:
+                record = MefAudit(
+                    MefEvent.ENROLEE_REMOVED,
+                    datetime.now(UTC),
+                    "operator",
+                    reason=f"Enrolee {key} removed, {removed[1]} enrolment(s) erased",
+                )
+                conn.execute(self._insert_audit, _audit_row(record))
+            return removed
 
         return self._transaction(run)
 

@@ -122,6 +122,7 @@ __all__ = ["Gateway", "GatewayStats", "ListenerInfo"]
 if TYPE_CHECKING:
     from m2msec.frameworks.gba import GbaResponder
     from m2msec.frameworks.maf import MafResponder
+    from m2msec.frameworks.mef_responder import MefResponder
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,11 @@ class Gateway(ServerLifecycle):
         return self._responders.maf
 
     @property
+    def mef(self) -> MefResponder | None:
+        """Enrolee B of seed 004 (``[mef]``), once started."""
+        return self._responders.mef
+
+    @property
     def registry(self) -> IdentityRegistry | None:
         """The identity registry beside the psk store's table (None without one)."""
         store = self.store
@@ -295,6 +301,7 @@ class Gateway(ServerLifecycle):
             Transport.DTLS: self._responders.for_transport(Transport.DTLS),
         }
         self.sa.psk_check = self._responders.psk_revalidate
+        self.sa.remote.key_source = self._responders.key_source  # MAF/MEF de-registrations
         self.sa.cache_ttl = float(getattr(self.store, "cache_ttl", 2.0))
         observe_store(self.metrics, "psk", self.store)
         self.sa.start_sweeping()
@@ -424,6 +431,7 @@ class Gateway(ServerLifecycle):
         fresh.own_store, old.own_store = old.own_store, False
         self._responders = fresh
         self.sa.psk_check = fresh.psk_revalidate
+        self.sa.remote.key_source = fresh.key_source
         self.config = config
         self.drain_timeout = config.drain_timeout
         self.reloads += 1

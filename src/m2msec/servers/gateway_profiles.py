@@ -8,7 +8,9 @@ gateway as NAF, Ks_NAF over Zn) and the gateway as Enrolee B (seed 004, 8.3.2.1:
 resolved by fetchCredentials at the MEF). It owns what those need for the gateway's life
 (the psk store it opened, the MAF retrieval and MEF fetch clients, the Zn client) and
 closes them in :meth:`aclose`.
-Resumed sessions are re-validated first (:func:`psk_row_check` for provisioned PSK).
+Resumed sessions are re-validated first (:func:`psk_row_check` for provisioned PSK);
+:meth:`ResponderProfiles.key_source` tells the SA sweep which fetcher re-validates a live
+MAF or MEF SA's key (issue 12 item 3, docs/sa.md).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from m2msec.config import (
 from m2msec.errors import CertificateError, ConfigurationError, HandshakeError, IdentifierError
 from m2msec.servers.association import sp_fqdn_of
 from m2msec.store.base import PskStore
-from m2msec.tls.context import PeerBinding
+from m2msec.tls.context import Framework, PeerBinding, SecurityContext
 from m2msec.tls.profiles import TLSProfile, Transport
 
 __all__ = ["Profiles", "ResponderProfiles", "pick", "psk_row_check"]
@@ -134,6 +136,20 @@ class ResponderProfiles:
 
             out = {key: (name, enable_resumption(p)) for key, (name, p) in out.items()}
         return out
+
+    def key_source(self, ctx: SecurityContext) -> tuple[str, KeyFetcher[Any, Any]] | None:
+        """The function that issued the key of a live SA and the fetcher that asks it:
+        ("MAF", Key Retrieval) for the MAF framework, ("MEF", fetchCredentials or MEF Key
+        Retrieval) for a KeID of our MEF; None for every other key (psk rows, GBA)."""
+        if ctx.framework is Framework.MAF and self.maf is not None:
+            return "MAF", self.maf.retriever
+        if (
+            ctx.framework is Framework.PROVISIONED_PSK
+            and self.mef is not None
+            and self.mef.owns(ctx.key_id)
+        ):
+            return "MEF", self.mef.fetcher
+        return None
 
     def _not_enrolled(
         self, check: Callable[[PeerBinding], PeerBinding]

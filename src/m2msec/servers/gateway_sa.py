@@ -29,7 +29,16 @@ listeners, TLS and DTLS, every framework, goes through it (docs/sa.md):
 ``m2msec psk remove`` reaches live SAs within the lookup cache's lifetime even when the
 device is idle: :meth:`GatewaySa.sweep` re-validates every live provisioned-PSK SA by the
 gateway's one revalidation (the psk row, as a resumed session is checked), and runs
-``expire_due``, every ``cache_ttl`` seconds. Memory stays bounded: only live SAs are held
+``expire_due``, every ``cache_ttl`` seconds. A MAF or MEF de-registration reaches live
+SAs the same way (issue 12 item 3): :meth:`GatewaySa.revalidate_remote`, started by the
+sweep, asks the function again for the key of each live MAF-framework SA (Key Retrieval,
+8.8.2.8) and each SA over a MEF-issued Kpsa (fetchCredentials or MEF Key Retrieval) at
+most once per ``[sa] revalidate_interval`` per key id
+(:class:`~m2msec.servers.gateway_revalidation.RemoteRevalidation`). A definite refusal
+(4004, 4103) or another key value for the same id is a Remove with reason
+:data:`CREDENTIAL_REMOVED_AT` / :data:`CREDENTIAL_CHANGED_AT` (session evicted, ended with
+close_notify, the cached key dropped); an unreachable function leaves live SAs alone and
+is logged once per outage. Memory stays bounded: only live SAs are held
 (the management keeps a bounded list of ended identifiers); ended ones are in the store.
 
 :class:`GatewaySa` is also the operator's :class:`~m2msec.sa.admin.SaAdmin` (list and
@@ -83,6 +92,12 @@ from m2msec.sa.records import SaId, SaRecord, SaRole, SaState
 from m2msec.sa.store import SaRecordStore
 from m2msec.servers.admin import AdminServer
 from m2msec.servers.association import Association
+from m2msec.servers.gateway_revalidation import (
+    CREDENTIAL_CHANGED_AT,
+    CREDENTIAL_REMOVED_AT,
+    KeySource,
+    RemoteRevalidation,
+)
 from m2msec.servers.request_checks import Refuse, Rule
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection
 from m2msec.tls.aio_dtls import DTLSAssociation
@@ -90,10 +105,13 @@ from m2msec.tls.context import Framework, HandshakeFailure, PeerBinding, Securit
 from m2msec.tls.engine import TLSEngine
 
 __all__ = [
+    "CREDENTIAL_CHANGED_AT",
     "CREDENTIAL_EXPIRED",
     "CREDENTIAL_REMOVED",
+    "CREDENTIAL_REMOVED_AT",
     "GatewaySa",
     "InitiatorSide",
+    "KeySource",
     "LiveSa",
     "PskCheck",
     "default_instance",
@@ -215,6 +233,8 @@ class GatewaySa(SaAdmin):
         self.sweep_interval: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.removed_by_sweep = 0
+        #: The MAF / MEF keys of live SAs, re-asked for (issue 12 item 3).
+        self.remote = RemoteRevalidation(config.revalidate_interval)
         #: The gateway's SAs as Initiator, beside the Responder's (the egress).
         self._initiators: list[InitiatorSide] = []
 
@@ -262,11 +282,12 @@ class GatewaySa(SaAdmin):
     async def close(self) -> None:
         """Stop the sweep and the admin API, then commit the records and close the store
         (after the listeners: the sessions' ends are recorded)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        for task in (self._sweeper, self.remote.task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._sweeper = self.remote.task = None
         if self.admin_server is not None:
             await self.admin_server.close()
             self.admin_server = None
@@ -453,6 +474,26 @@ class GatewaySa(SaAdmin):
                 self.sweep()
             except Exception:
                 log.exception("SA sweep failed")
+            # The MAF/MEF pass runs beside the sweep; a slow one is not started twice.
+            remote = self.remote
+            if remote.key_source is not None and (remote.task is None or remote.task.done()):
+                remote.task = asyncio.get_running_loop().create_task(self.revalidate_remote())
+
+    async def revalidate_remote(self) -> int:
+        """One pass of :class:`RemoteRevalidation` over the live SAs; the SAs of a refused
+        or changed key are removed. Returns the SAs ended; never raises for an outage."""
+        ended = 0
+        live = [(i, x.assoc.context if x.assoc else None) for i, x in self._live.items()]
+        for sa_id, key_id, reason, why in await self.remote.due_removals(live):
+            if sa_id not in self._live:
+                continue
+            log.warning(
+                "association sa=%s key_id=%s ended: %s (%s)", sa_id.hex(), key_id, reason, why
+            )
+            if self.remove_sa(sa_id, reason, close_now=True).accepted:
+                ended += 1
+                self.removed_by_sweep += 1
+        return ended
 
     # -- Remove and Update, the operator's (SaAdmin) ----------------------------------------
     def remove_sa(self, sa_id: SaId, reason: str, *, close_now: bool = True) -> RemoveOutcome:

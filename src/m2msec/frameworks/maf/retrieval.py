@@ -71,6 +71,9 @@ class MafKeyRetriever(KeyFetcher[KcId, RetrievedKc]):
     def _path(self, ident: KcId) -> str:
         return f"/maf/keys/{ident.relative_hex}"
 
+    def _secret(self, value: RetrievedKc) -> bytes:
+        return value.kc
+
     def _refusal(self, kc: KcId, rsc: int | None) -> str | None:
         fqdn = kc.maf_fqdn.lower()
         if rsc == 4004:
