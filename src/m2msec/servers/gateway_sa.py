@@ -59,35 +59,26 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from m2msec.bindings.messages import RSC
 from m2msec.config.gateway_sections import SaConfig
 from m2msec.errors import HandshakeError, StoreError
 from m2msec.logs import sa_fields
 from m2msec.paths import data_dir, default_admin_socket
-from m2msec.sa.admin import (
-    AdminOutcome,
-    RejectionReason,
-    SaAdmin,
-    SaDetail,
-    SaQuery,
-)
-from m2msec.sa.admin_wire import history_entry
 from m2msec.sa.agent import AcceptAll, ResponderAgent, refuse
 from m2msec.sa.flows import (
     InitiateSaReceived,
     InitiateSaReceivedConfirm,
-    RemoveRejection,
     SaEstablishmentComplete,
     SaRemoved,
     SaUpdated,
 )
-from m2msec.sa.management import InitiatorSaManagement, ResponderSaManagement
-from m2msec.sa.outcomes import IllegalTransition, RemoveOutcome, SaUnavailable, UpdateOutcome
+from m2msec.sa.management import ResponderSaManagement
+from m2msec.sa.outcomes import IllegalTransition, RemoveOutcome, SaUnavailable
 from m2msec.sa.records import SaId, SaRecord, SaRole, SaState
 from m2msec.sa.store import SaRecordStore
 from m2msec.servers.admin import AdminServer
@@ -98,6 +89,7 @@ from m2msec.servers.gateway_revalidation import (
     KeySource,
     RemoteRevalidation,
 )
+from m2msec.servers.gateway_sa_admin import InitiatorSide, SaAdminOps
 from m2msec.servers.request_checks import Refuse, Rule
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection
 from m2msec.tls.aio_dtls import DTLSAssociation
@@ -124,27 +116,11 @@ log = logging.getLogger("m2msec.servers.gateway")
 CREDENTIAL_REMOVED: Final = "administrative reasons: credential removed"
 #: ... and when its expiry was moved to the past.
 CREDENTIAL_EXPIRED: Final = "administrative reasons: credential expired"
-OPERATOR_REMOVED: Final = "administrative reasons: removed by the operator"
 STALE: Final = "the gateway stopped without ending it (found live when it started again)"
 #: Failures of handshakes that never began: no Initiate SA to record.
 _NOT_BEGUN: Final = frozenset({EVICTED, NO_FIRST_FLIGHT, "too many handshakes in progress"})
-#: At most this many records in one ``list`` answer (oldest first).
-LIST_LIMIT: Final = 10_000
 
 PskCheck = Callable[[PeerBinding], PeerBinding]
-
-
-class InitiatorSide(Protocol):
-    """The gateway's SAs as Initiator (the egress, :class:`~m2msec.servers.egress.Egress`):
-    its Initiator's SA Management, and Update / Remove of one of its SAs (None: not one of
-    them)."""
-
-    @property
-    def management(self) -> InitiatorSaManagement: ...
-
-    async def update_sa(self, sa_id: SaId) -> UpdateOutcome | None: ...
-
-    async def remove_sa(self, sa_id: SaId, reason: str) -> RemoveOutcome | None: ...
 
 
 def default_instance(cse_id: str) -> str:
@@ -201,7 +177,7 @@ class _GatewayAgent:
         self.app.sa_removed(flow)
 
 
-class GatewaySa(SaAdmin):
+class GatewaySa(SaAdminOps):
     """The gateway's SA services (module docstring): ``await open()``, ``await close()``.
 
     ``instance`` names this gateway's records in a shared store; ``clock`` is the
@@ -242,9 +218,6 @@ class GatewaySa(SaAdmin):
         """Let the admin API list, show, update and remove ``side``'s SAs too; their
         records go to this store (``side``'s management has this object as its sink)."""
         self._initiators.append(side)
-
-    def _initiator_of(self, sa_id: SaId) -> InitiatorSide | None:
-        return next((s for s in self._initiators if s.management.get(sa_id) is not None), None)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def open(self) -> None:
@@ -515,51 +488,9 @@ class GatewaySa(SaAdmin):
             live.engine.forget_session()
         return 1
 
-    async def remove(self, sa_id: SaId) -> AdminOutcome:
-        side = self._initiator_of(sa_id)
-        if side is not None:
-            done = await side.remove_sa(sa_id, OPERATOR_REMOVED)
-            if done is not None and done.accepted and done.record is not None:
-                return AdminOutcome.accept(
-                    [done.record],
-                    "marked invalid; its session was ended (close_notify); the next request "
-                    "establishes a new SA",
-                )
-        outcome = self.remove_sa(sa_id, OPERATOR_REMOVED)
-        if not outcome.accepted:
-            return await self._rejected(sa_id, outcome.rejection_reason)
-        assert outcome.record is not None
-        return AdminOutcome.accept(
-            [outcome.record], "marked invalid; its session was ended (close_notify)"
-        )
-
-    async def remove_peer(self, peer_id: str) -> AdminOutcome:
-        done: list[SaRecord] = []
-        for rec in self.management.find(peer_id=peer_id):
-            outcome = self.remove_sa(rec.sa_id, OPERATOR_REMOVED)
-            if outcome.accepted and outcome.record is not None:
-                done.append(outcome.record)
-        for side in self._initiators:
-            for rec in side.management.find(peer_id=peer_id):
-                ended = await side.remove_sa(rec.sa_id, OPERATOR_REMOVED)
-                if ended is not None and ended.accepted and ended.record is not None:
-                    done.append(ended.record)
-        if not done:
-            return AdminOutcome.reject(RejectionReason.UNKNOWN_PEER)
-        return AdminOutcome.accept(done, f"{len(done)} SAs marked invalid, sessions ended")
-
-    async def update(self, sa_id: SaId) -> AdminOutcome:
-        side = self._initiator_of(sa_id)
-        if side is not None:
-            return await self._update_initiated(side, sa_id)
-        rec = self.management.get(sa_id)
-        if rec is not None and rec.state is SaState.UPDATING:
-            return AdminOutcome.reject(
-                RejectionReason.REFUSED, "an update of this SA is already in progress"
-            )
-        plan = self.management.update(sa_id)
-        if not plan.proceed or plan.record is None:
-            return await self._rejected(sa_id, None)
+    def _end_for_update(self, sa_id: SaId) -> None:
+        """End an SA's session so that its Initiator re-keys: now if idle, else after the
+        answer in flight; its session evicted (the next handshake is a full one)."""
         live = self._live.get(sa_id)
         if live is not None:
             live.engine.forget_session()  # the next handshake is a full one: new keys
@@ -567,93 +498,6 @@ class GatewaySa(SaAdmin):
                 live.closing = True
             else:
                 live.closer()
-        seconds = int(self.management.update_timeout.total_seconds())
-        return AdminOutcome.accept(
-            [plan.record],
-            f"its session is being ended; the Initiator's next handshake replaces it "
-            f"(within {seconds} s, else the update is rejected)",
-        )
-
-    async def _update_initiated(self, side: InitiatorSide, sa_id: SaId) -> AdminOutcome:
-        """Update of an SA the gateway initiated: re-keyed in place (a fresh handshake, the
-        switch, the old session closed after its requests in flight)."""
-        rec = side.management.get(sa_id)
-        if rec is not None and rec.state is SaState.UPDATING:
-            return AdminOutcome.reject(
-                RejectionReason.REFUSED, "an update of this SA is already in progress"
-            )
-        outcome = await side.update_sa(sa_id)
-        if outcome is None:
-            return await self._rejected(sa_id, None)
-        if outcome.record is None or outcome.replaced is None:
-            return AdminOutcome.reject(
-                RejectionReason.REFUSED, "the new handshake failed; the SA keeps serving"
-            )
-        return AdminOutcome.accept(
-            [outcome.replaced, outcome.record],
-            f"re-keyed in place: replaced by {outcome.record.sa_id}",
-        )
-
-    async def _rejected(self, sa_id: SaId, why: RemoveRejection | None) -> AdminOutcome:
-        known = why is RemoveRejection.SA_IDENTIFIER_ALREADY_MARKED_INVALID
-        if not known and self.store is not None:
-            with contextlib.suppress(StoreError):
-                known = await asyncio.to_thread(self.store.get, sa_id) is not None
-        return AdminOutcome.reject(
-            RejectionReason.NOT_LIVE if known else RejectionReason.UNKNOWN_SA
-        )
-
-    async def list(self, query: SaQuery) -> Sequence[SaRecord]:
-        store = self.store
-        roles = self._roles()
-        if store is None:
-            return [r for r in self._live_records() if query.matches(r)]
-
-        def read() -> list[SaRecord]:
-            store.flush(2.0)  # what was recorded before the question
-            rows = store.list(
-                peer=query.peer,
-                state=query.state,
-                live_only=query.live_only and query.state is None,
-                limit=LIST_LIMIT,
-            )
-            return [r for r in rows if r.role in roles]
-
-        try:
-            return await asyncio.to_thread(read)
-        except StoreError:
-            if query.state is None and query.live_only:
-                return [r for r in self._live_records() if query.matches(r)]
-            raise
-
-    def _roles(self) -> frozenset[SaRole]:
-        if self._initiators:
-            return frozenset({SaRole.RESPONDER, SaRole.INITIATOR})
-        return frozenset({SaRole.RESPONDER})
-
-    def _live_records(self) -> tuple[SaRecord, ...]:
-        sides = (self.management, *(side.management for side in self._initiators))
-        return tuple(rec for m in sides for rec in m.live())
-
-    async def show(self, sa_id: SaId) -> SaDetail | None:
-        store = self.store
-        if store is None:
-            rec = self.management.get(sa_id)
-            side = self._initiator_of(sa_id) if rec is None else None
-            rec = rec if side is None else side.management.get(sa_id)
-            return None if rec is None else SaDetail(rec)
-
-        def read() -> SaDetail | None:
-            store.flush(2.0)
-            rec = store.get(sa_id, SaRole.RESPONDER)
-            if rec is None and self._initiators:
-                rec = store.get(sa_id, SaRole.INITIATOR)
-            if rec is None:
-                return None
-            events = store.history(sa_id)
-            return SaDetail(rec, tuple(history_entry(e) for e in events if e.role is rec.role))
-
-        return await asyncio.to_thread(read)
 
     def live_count(self) -> int:
         return len(self._live)
