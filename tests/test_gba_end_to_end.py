@@ -19,12 +19,15 @@ from pathlib import Path
 import pytest
 
 from m2msec.config import parse_config
+from m2msec.config.initiators import Initiator
 from m2msec.crypto.gba import ks_ext_naf, naf_id, ua_protocol_id_tls_psk
 from m2msec.errors import HandshakeError
 from m2msec.servers.gateway import Gateway
+from m2msec.servers.initiator_session import SecureSession
 from m2msec.service.onem2m_client import OneM2MClient
-from m2msec.tls.aio import connect
+from m2msec.tls.aio import TLSConnection, connect
 from m2msec.tls.context import Framework, PeerKind
+from m2msec.tls.profiles import Transport
 from tests.acme import AcmeCse, acme_fixture, ae_content
 from tests.interop import run
 from tests.test_gba_framework import (
@@ -315,3 +318,38 @@ async def test_device_registers_during_a_ub_challenge_flood(acme: AcmeCse, tmp_p
         assert net.bsf.stats.challenges <= 2
         sub = net.bsf.store.get_subscriber(DEVICE_IMPI)
         assert sub is not None and sub.sqn > sqn_before
+
+
+async def test_update_of_a_gba_sa_bootstraps_again_for_a_fresh_ks_naf(
+    acme: AcmeCse, tmp_path: Path
+) -> None:
+    """Seed 003 7.3.3 over GBA (issue 12 item 1): Update SA re-keys with a fresh Ks_NAF,
+    not only a new TLS session: the device bootstraps again over Ub (a new B-TID, so the
+    NAF fetches a new Ks_NAF over Zn) and the new SA is served."""
+    async with gba_network(tmp_path) as net, naf_gateway(net, acme.url) as gw:
+        net.add_subscriber(DEVICE_IMPI)
+        device = net.device()
+
+        async def open_association(host: str, port: int, timeout: float) -> TLSConnection:
+            return await device.connect(host, port, NAF_FQDN, id_b=f"/{IN_CSE}", timeout=timeout)
+
+        initiator = Initiator(
+            None,  # type: ignore[arg-type]  # the device is given, not built from a table
+            Transport.TLS,
+            f"/{IN_CSE}",
+            NAF_FQDN,
+            gba=device,
+            _open=open_association,
+        )
+        async with SecureSession(initiator, "127.0.0.1", _port(gw)) as session:
+            first = await session.establish()
+            r = await session.request("GET", acme.base, origin="C", ty=None)
+            assert r.rsc in (2000, 4103)  # served (ACME's access rules decide the rest)
+            outcome = await session.update()
+            assert outcome.record is not None and outcome.replaced is not None
+            assert outcome.record.sa_id != first.sa_id
+            assert outcome.record.key_id != first.key_id  # a new B-TID ...
+            assert net.bsf.stats.bootstraps == 2 and net.bsf.stats.zn_answered == 2  # ... Ks_NAF
+            assert outcome.replaced.state.value == "updated"
+            r = await session.request("GET", acme.base, origin="C", ty=None)
+            assert r.rsc in (2000, 4103)

@@ -238,6 +238,15 @@ class UpstreamLink:
                 initiator.maf.invalidate()  # the new SA runs under a fresh Kc
             existing = tuple(SaId.from_hex(s) for s in old.sa_ids if s in old.live)
             updating = tuple(sa for sa in existing if self._start_update(sa, old))
+            if initiator is not None and initiator.gba is not None:
+                try:  # a fresh Ks over Ub, so the new SA runs under a fresh Ks_NAF
+                    await initiator.gba.ensure_bootstrap(force=True)
+                except (M2MSecError, OSError) as exc:
+                    self.stats.rekeys_failed += 1
+                    for sa_id in updating:
+                        self.last_update = self.management.on_update_failed(sa_id, str(exc))
+                    log.warning("egress SA update: GBA bootstrap failed, the SA stays: %s", exc)
+                    return False
             new = self._generation()
             new.forced = True
             new.update_of = updating

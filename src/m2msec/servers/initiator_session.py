@@ -14,10 +14,10 @@ Every SA it holds is kept by an :class:`~m2msec.sa.management.InitiatorSaManagem
   (``check_send``: never in clear, never over a removed or expired SA).
 * :meth:`SecureSession.update` - Update SA (7.3.3, table 36), in place: a fresh *full*
   handshake (the current session forgotten in the client cache so it is not resumed; MAF:
-  a fresh Kc), then new requests go to the new SA and the old session is closed with
-  close_notify once the requests on it are answered. The old record is ``updated`` with
-  ``replaced_by``. A failed update (the peer refuses the new handshake) is Rejected and
-  the old SA keeps serving.
+  a fresh Kc; GBA: a fresh bootstrap, so a fresh Ks_NAF), then new requests go to the
+  new SA and the old session is closed with close_notify once the requests on it are
+  answered. The old record is ``updated`` with ``replaced_by``. A failed update (the
+  peer refuses the new handshake) is Rejected and the old SA keeps serving.
 * :meth:`SecureSession.remove` - Remove SA (7.3.6, table 42): marked invalid, the session
   forgotten (no resumption) and ended with close_notify (SA Removal, table 43).
 * A session the peer ends is the peer's SA Removal (its close_notify) or ``closed``.
@@ -207,6 +207,8 @@ class SecureSession:
             if self.initiator.maf is not None:
                 self.initiator.maf.invalidate()  # and a fresh Kc
             try:
+                if self.initiator.gba is not None:  # a fresh Ks over Ub, so a fresh Ks_NAF
+                    await self.initiator.gba.ensure_bootstrap(force=True)
                 conn = await self.initiator.connect(self.host, self.port, timeout=self.timeout)
             except (HandshakeError, M2MSecError, OSError) as exc:
                 reason = exc.reason if isinstance(exc, HandshakeError) else str(exc)
