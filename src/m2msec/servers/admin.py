@@ -73,7 +73,7 @@ from m2msec.service.lifecycle import (
     wait_closed,
 )
 from m2msec.service.limits import HttpLimits
-from m2msec.service.server import HttpService, ServiceHooks
+from m2msec.service.server import HttpService, PlainConnections, ServiceHooks
 from m2msec.service.streams import PlainStream, Stream
 
 __all__ = [
@@ -249,7 +249,6 @@ class AdminServer(ServerLifecycle):
         self._server: asyncio.Server | None = None
         self._lock_fd: int | None = None
         self._inode: tuple[int, int] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._allowed = frozenset({os.getuid(), 0})
         #: ``POST /reload`` calls this (the gateway's ``reload``); None: 404.
         self.reload_hook: Callable[[], Awaitable[ReloadOutcome]] | None = None
@@ -265,6 +264,7 @@ class AdminServer(ServerLifecycle):
             ),
             name="SA admin",
         )
+        self._plain = PlainConnections(self._http)
 
     async def _open(self) -> None:
         path = self.path
@@ -282,10 +282,7 @@ class AdminServer(ServerLifecycle):
         servers = [self._server] if self._server is not None else []
         stop_accepting(servers)
         await self._http.close(self.drain_timeout)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._plain.cancel()
         await wait_closed(servers)
         if self._inode is not None:
             with contextlib.suppress(OSError):
@@ -297,22 +294,13 @@ class AdminServer(ServerLifecycle):
             self._lock_fd = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            uid = _peer_uid(writer)
-            if uid is not None and uid not in self._allowed:
-                self.stats.refused_peers += 1
-                log.warning("SA admin: refused a connection of uid %d (not ours)", uid)
-                return
-            await self._http.serve(PlainStream(reader, writer), self._answer)
-        except asyncio.CancelledError:
-            pass
-        finally:
+        uid = _peer_uid(writer)
+        if uid is not None and uid not in self._allowed:
+            self.stats.refused_peers += 1
+            log.warning("SA admin: refused a connection of uid %d (not ours)", uid)
             writer.close()
-            if task is not None:
-                self._tasks.discard(task)
+            return
+        await self._plain.serve(reader, writer, self._answer)
 
     async def _answer(self, request: OneM2MRequest) -> tuple[HttpResponse, bool]:
         if self.closing:

@@ -113,8 +113,7 @@ from m2msec.servers.metrics import bsf_families
 from m2msec.service.lifecycle import ServerLifecycle, stop_accepting, wait_closed
 from m2msec.service.limits import HttpLimits
 from m2msec.service.metrics import Readiness, store_ready
-from m2msec.service.server import HttpService, ServiceHooks
-from m2msec.service.streams import PlainStream, Stream
+from m2msec.service.server import Handler, HttpService, PlainConnections, ServiceHooks
 from m2msec.store.outage import StoreOutage
 from m2msec.tls.aio import TLSConnection, TLSServer
 from m2msec.tls.context import Framework, PeerBinding, PeerKind
@@ -230,7 +229,6 @@ class BsfServer(ServerLifecycle):
         self._answers: BsfService | None = None
         self._servers: list[asyncio.Server] = []
         self._tls: list[TLSServer] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self._ub: list[tuple[str, int]] = []
         self._zn: list[tuple[str, int]] = []
         self._http_service = HttpService(
@@ -245,6 +243,7 @@ class BsfServer(ServerLifecycle):
             ),
             name="BSF",
         )
+        self._plain = PlainConnections(self._http_service)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -338,10 +337,7 @@ class BsfServer(ServerLifecycle):
     async def _shutdown(self) -> None:
         stop_accepting(self._servers)
         await self._http_service.close(self.drain_timeout)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._plain.cancel()
         for tls in self._tls:
             await tls.close()
         await wait_closed(self._servers)
@@ -353,22 +349,12 @@ class BsfServer(ServerLifecycle):
 
     # -- HTTP plumbing ---------------------------------------------------------------------
     async def _serve_ub(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            peer = writer.get_extra_info("peername")
+        peer = writer.get_extra_info("peername")
 
-            async def handle(request: OneM2MRequest) -> HttpResponse:
-                return self.service.handle_ub(request, peer)
+        async def handle(request: OneM2MRequest) -> HttpResponse:
+            return self.service.handle_ub(request, peer)
 
-            await self._http(PlainStream(reader, writer), handle)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
+        await self._plain.serve(reader, writer, self._answering(handle))
 
     async def _serve_zn(self, conn: TLSConnection) -> None:
         cert = conn.engine.connection.get_peer_certificate(as_cryptography=True)
@@ -381,11 +367,12 @@ class BsfServer(ServerLifecycle):
         async def handle(request: OneM2MRequest) -> HttpResponse:
             return self.service.handle_zn(request, names, peer)
 
-        await self._http(conn, handle)
+        await self._http_service.serve(conn, self._answering(handle))
 
-    async def _http(
-        self, stream: Stream, handle: Callable[[OneM2MRequest], Awaitable[HttpResponse]]
-    ) -> None:
+    def _answering(self, handle: Callable[[OneM2MRequest], Awaitable[HttpResponse]]) -> Handler:
+        """``handle`` as the HTTP loop's handler: a store outage is one log line per outage
+        and a 500, any other failure a 500 (the BSF keeps serving the others)."""
+
         async def answer(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
             try:
                 response = await handle(request)
@@ -398,7 +385,7 @@ class BsfServer(ServerLifecycle):
                 response = text_response(500, "BSF error")
             return response, False
 
-        await self._http_service.serve(stream, answer)
+        return answer
 
     def _count_bad_request(self, event: BadRequest) -> None:
         self.stats.bad_requests += 1

@@ -53,8 +53,7 @@ from m2msec.servers.backend import (
 )
 from m2msec.servers.egress_link import EgressStats, UpstreamLink
 from m2msec.servers.forwarding import relayed_headers, response_headers
-from m2msec.service.server import HttpService
-from m2msec.service.streams import PlainStream
+from m2msec.service.server import HttpService, PlainConnections
 
 __all__ = ["Egress", "EgressStats", "originator_allowed"]
 
@@ -112,7 +111,7 @@ class Egress:
         self._store = store
         self.links: list[UpstreamLink] = []
         self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._plain = PlainConnections(self._http)
 
     def records(self) -> list[SaRecord]:
         """The initiator-side SA records (role INITIATOR), oldest established first, live
@@ -165,10 +164,7 @@ class Egress:
         return server, link.framework
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._plain.cancel()
         for link in self.links:
             await link.aclose()
         if self.links:
@@ -177,21 +173,11 @@ class Egress:
     async def _serve(
         self, link: UpstreamLink, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
         peer = writer.get_extra_info("peername")
-        try:
-            if not (link.config.allow_remote or _is_loopback_peer(peer)):
-                return  # bound to loopback: only a misrouted packet gets here
-            handle = partial(self.handle, link)
-            await self._http.serve(PlainStream(reader, writer), handle)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
+        if not (link.config.allow_remote or _is_loopback_peer(peer)):
+            writer.close()  # bound to loopback: only a misrouted packet gets here
+            return
+        await self._plain.serve(reader, writer, partial(self.handle, link))
 
     async def handle(self, link: UpstreamLink, request: OneM2MRequest) -> tuple[HttpResponse, bool]:
         """One request of the local CSE: the allow-list, then the upstream over the SA."""

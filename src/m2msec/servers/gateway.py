@@ -106,8 +106,7 @@ from m2msec.service.lifecycle import (
 )
 from m2msec.service.limits import HttpLimits
 from m2msec.service.metrics import Readiness
-from m2msec.service.server import HttpService, ServiceHooks
-from m2msec.service.streams import PlainStream
+from m2msec.service.server import HttpService, PlainConnections, ServiceHooks
 from m2msec.store.app_rules import AppRuleStore
 from m2msec.store.base import PskStore
 from m2msec.store.psk import SealedPskStore
@@ -216,7 +215,7 @@ class Gateway(ServerLifecycle):
         #: The security contexts of the most recent associations, by SA identifier, open
         #: or closed (bounded); the SA records themselves are in ``sa.store``.
         self.recent_associations: OrderedDict[str, SecurityContext] = OrderedDict()
-        self._plain_tasks: set[asyncio.Task[None]] = set()
+        self._plain = PlainConnections(self._http)
         #: The egress listeners (the CSE's way out over SAs we establish), their records.
         self.egress = Egress(
             config, self._http, sink=self.sa, store=lambda: self.sa.store, clock=clock
@@ -388,10 +387,7 @@ class Gateway(ServerLifecycle):
             await tls.close()
         for coap in self._coap:
             await coap.close(self.drain_timeout)
-        for task in list(self._plain_tasks):
-            task.cancel()
-        if self._plain_tasks:
-            await asyncio.gather(*self._plain_tasks, return_exceptions=True)
+        await self._plain.cancel()
         await self.egress.aclose()
         await wait_closed(self._servers)
         if self.backend is not None:
@@ -573,9 +569,6 @@ class Gateway(ServerLifecycle):
     async def _serve_plain(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._plain_tasks.add(task)
         peer = writer.get_extra_info("peername")
 
         async def handle(request: OneM2MRequest) -> tuple[HttpResponse, bool]:
@@ -589,14 +582,7 @@ class Gateway(ServerLifecycle):
             self.metrics.request(request, answer)
             return answer, False
 
-        try:
-            await self._http.serve(PlainStream(reader, writer), handle)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            writer.close()
-            if task is not None:
-                self._plain_tasks.discard(task)
+        await self._plain.serve(reader, writer, handle)
 
     async def process(
         self, assoc: Association, request: OneM2MRequest

@@ -42,8 +42,7 @@ from prometheus_client.registry import Collector
 from m2msec.bindings.messages import HttpResponse, OneM2MRequest
 from m2msec.errors import StoreError
 from m2msec.service.limits import HttpLimits
-from m2msec.service.server import HttpService, ServiceHooks
-from m2msec.service.streams import PlainStream
+from m2msec.service.server import HttpService, PlainConnections, ServiceHooks
 from m2msec.tls.aio import EVICTED, NO_FIRST_FLIGHT, TLSConnection
 from m2msec.tls.profiles import TLSProfile
 from m2msec.tls.sessions import ServerSessionCache
@@ -369,12 +368,12 @@ class MetricsListener:
         self.ready = ready
         self.ready_timeout = ready_timeout
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._http = HttpService(
             HttpLimits(max_body=4096, request_head_timeout=5.0, idle_timeout=30.0),
             ServiceHooks(internal_error=lambda _r: _json(500, {"status": "error"})),
             name="metrics",
         )
+        self._plain = PlainConnections(self._http)
         self.address: tuple[str, int] | None = None
 
     @property
@@ -402,27 +401,14 @@ class MetricsListener:
         if self._server is not None:
             self._server.close()
         await self._http.close(1.0)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._plain.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await self._http.serve(PlainStream(reader, writer), self.answer)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            writer.close()
-            if task is not None:
-                self._tasks.discard(task)
+        await self._plain.serve(reader, writer, self.answer)
 
     async def answer(self, request: OneM2MRequest) -> tuple[HttpResponse, bool]:
         """The answer to one request (sans-IO apart from the readiness check)."""

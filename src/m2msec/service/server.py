@@ -34,9 +34,9 @@ from m2msec.bindings.http import (
 from m2msec.bindings.messages import HttpResponse, OneM2MRequest
 from m2msec.service.deadline import Deadline
 from m2msec.service.limits import HttpLimits
-from m2msec.service.streams import Stream
+from m2msec.service.streams import PlainStream, Stream
 
-__all__ = ["Handler", "HttpService", "ServiceHooks"]
+__all__ = ["Handler", "HttpService", "PlainConnections", "ServiceHooks"]
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +178,37 @@ class HttpService:
         for session in list(self._sessions):
             with contextlib.suppress(Exception):
                 await session.stream.close()
+
+
+class PlainConnections:
+    """The connections of a plain (unencrypted) stream listener served by one
+    :class:`HttpService`, each its own task, cancelled together on :meth:`cancel`: the
+    gateway's ``http://`` listener, the egress, the SA admin socket and the metrics
+    listener share this instead of each keeping its own task set."""
+
+    def __init__(self, http: HttpService) -> None:
+        self._http = http
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler
+    ) -> None:
+        """Serve one accepted connection until it ends or :meth:`cancel`; then close it."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._http.serve(PlainStream(reader, writer), handle)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            writer.close()
+            if task is not None:
+                self._tasks.discard(task)
+
+    async def cancel(self) -> None:
+        """End every connection still being served (after the service's grace)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
