@@ -2,13 +2,14 @@
 
 The service certificate (TS-0003 10.1.1.6; the MAF's Key Retrieval listener, the MEF's
 target and certificate Enrolee listeners, the BSF's Zn listener) is the one thing these
-servers put in force on a reload (``SIGHUP``, :meth:`m2msec.service.lifecycle.ServerLifecycle.reload`):
-``cert``, ``key``, ``ca`` and ``crl``. :func:`reload_service_certificates` builds every
-new profile first and swaps them into the listeners only when all are built, so a broken
-certificate, a key that does not match it or an unreadable CA leaves the old ones in
-force; every other setting (listen addresses, the store, the FQDN, lifetimes, limits)
-was opened with and needs a restart, refused by name (:func:`restart_only_keys`).
-Live associations keep their sessions; the next handshake uses the new certificate.
+servers put in force on a reload (``SIGHUP``,
+:meth:`m2msec.service.lifecycle.ServerLifecycle.reload`): ``cert``, ``key``, ``ca`` and
+``crl``. :func:`reload_service_certificates` builds every new profile first and swaps
+them into the listeners only when all are built, so a broken certificate, a key that
+does not match it or an unreadable CA leaves the old ones in force; every other setting
+(listen addresses, the store, the FQDN, lifetimes, limits) was opened with and needs a
+restart, refused by name (:func:`restart_only_keys`). Live associations keep their
+sessions; the next handshake uses the new certificate.
 """
 
 from __future__ import annotations
