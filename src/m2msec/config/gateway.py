@@ -24,6 +24,8 @@ Example (every key shown; ``listen`` and ``backend`` are required)::
     idle_timeout = 120.0                  # seconds a keep-alive connection may idle
     coap_response_options = true          # oneM2M-RSC/-RQI/... in CoAP answers (see below)
     resumption = true                     # session resumption on tls:// and dtls:// (below)
+    session_cache_size = 10000            # sessions each (D)TLS listener's cache holds
+    session_lifetime = 3600.0             # seconds a session may be resumed
     cse_originators = "ts-0004"           # or "strict": CSE From must lie under its CSE-ID
     drain_timeout = 10.0                  # seconds requests in progress get at SIGTERM
 
@@ -104,7 +106,10 @@ Enrolee-ID it returns, as a psk-lookup-table row binds it. GBA over DTLS-PSK is 
 extension (the seed names TLS-PSK; docs/conformance.md). ``resumption = true`` (the
 default) lets devices resume their (D)TLS 1.2 sessions (TLS 1.3: tickets) after the
 framework re-validates the identity binding (:mod:`m2msec.tls.sessions`); ``false`` turns
-it off on both transports.
+it off on both transports. ``session_cache_size`` (sessions, default 10,000) and
+``session_lifetime`` (seconds, default 3,600) size each listener profile's
+:class:`~m2msec.tls.sessions.ServerSessionCache` (issue 14: "the TLS session caches ...
+get settings and metrics"); a reload builds new caches with the new values.
 
 Errors are :class:`~m2msec.errors.ConfigurationError` naming the key, e.g.
 ``gateway.listen[1]: ...`` or ``unknown key 'gateway.lisen' (did you mean 'listen'?)``.
@@ -147,6 +152,7 @@ from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.ids import CseId, check_fqdn
 from m2msec.service.lifecycle import DRAIN_TIMEOUT
 from m2msec.service.limits import DEFAULT_IDLE_TIMEOUT, DEFAULT_REQUEST_HEAD_TIMEOUT
+from m2msec.tls.sessions import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_LIFETIME
 
 __all__ = [
     "DEFAULT_BACKEND_TIMEOUT",
@@ -211,6 +217,8 @@ class GatewayConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     coap_response_options: bool = True
     resumption: bool = True
+    session_cache_size: int = DEFAULT_MAX_SESSIONS
+    session_lifetime: float = DEFAULT_SESSION_LIFETIME
     cse_originators: str = "ts-0004"
     drain_timeout: float = DRAIN_TIMEOUT
     app_rules: tuple[AppRule, ...] = ()
@@ -285,6 +293,8 @@ _SECTIONS: dict[str, frozenset[str]] = {
             "idle_timeout",
             "coap_response_options",
             "resumption",
+            "session_cache_size",
+            "session_lifetime",
             "cse_originators",
             "drain_timeout",
             "app_rule",
@@ -507,6 +517,8 @@ def parse_config(
             gw.get("coap_response_options", True), "gateway.coap_response_options"
         ),
         resumption=boolean(gw.get("resumption", True), "gateway.resumption"),
+        session_cache_size=integer("session_cache_size", DEFAULT_MAX_SESSIONS),
+        session_lifetime=num("session_lifetime", DEFAULT_SESSION_LIFETIME),
         cse_originators=_cse_originators(gw.get("cse_originators", "ts-0004")),
         drain_timeout=num("drain_timeout", DRAIN_TIMEOUT),
         app_rules=_app_rules(gw.get("app_rule", [])),

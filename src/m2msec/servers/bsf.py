@@ -87,7 +87,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -299,20 +299,7 @@ class BsfServer(ServerLifecycle):
             cfg.ub_burst,
         )
         self._answers = BsfService(policy, self._store, hss, stats=self.stats, clock=self._clock)
-        profile = None
-        if cfg.zn_listen:
-            assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
-            try:
-                credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
-            except CertificateError as exc:
-                raise ConfigurationError(f"Zn certificate: {exc}") from None
-            if cfg.fqdn not in _own_names(credential.certificate):
-                log.warning(
-                    "the BSF certificate %s does not name %s: NAFs will refuse it",
-                    cfg.cert,
-                    cfg.fqdn,
-                )
-            profile = _zn_profile(credential, cfg.fqdn)
+        profile = self._zn_profile(cfg) if cfg.zn_listen else None
         for host, port in cfg.listen:
             server = await asyncio.start_server(self._serve_ub, host, port)
             self._servers.append(server)
@@ -333,6 +320,41 @@ class BsfServer(ServerLifecycle):
             sock = tls.sockets[0].getsockname()
             self._zn.append((sock[0], sock[1]))
             log.info("Zn listening on tls://%s:%s", sock[0], sock[1])
+
+    def _zn_profile(self, cfg: BsfConfig) -> TLSProfile:
+        """The Zn listeners' profile: the BSF certificate of ``cfg`` (ConfigurationError)."""
+        assert cfg.cert is not None and cfg.key is not None and cfg.ca is not None
+        try:
+            credential = CertificateCredential.from_files(cfg.cert, cfg.key, cfg.ca)
+        except CertificateError as exc:
+            raise ConfigurationError(f"Zn certificate: {exc}") from None
+        if cfg.fqdn not in _own_names(credential.certificate):
+            log.warning(
+                "the BSF certificate %s does not name %s: NAFs will refuse it",
+                cfg.cert,
+                cfg.fqdn,
+            )
+        return _zn_profile(credential, cfg.fqdn)
+
+    async def _reload(self, config: Any) -> str:
+        """A new BSF certificate (cert/key/ca) for the Zn listeners, or ConfigurationError
+        with nothing changed (:mod:`m2msec.servers.service_reload`)."""
+        from m2msec.servers.service_reload import reload_service_certificates
+
+        if not isinstance(config, BsfConfig):
+            raise ConfigurationError("a reload needs a BSF configuration")
+        built: list[TLSProfile] = []
+
+        async def build() -> TLSProfile:  # one profile for every Zn listener, as at start
+            if not built:
+                built.append(self._zn_profile(config))
+            return built[0]
+
+        message = await reload_service_certificates(
+            self.config, config, "bsf", [(tls, build) for tls in self._tls]
+        )
+        self.config = config
+        return message
 
     async def _shutdown(self) -> None:
         stop_accepting(self._servers)

@@ -540,7 +540,9 @@ class Gateway(ServerLifecycle):
         """The (D)TLS session caches of the listeners, by protocol (for the metrics)."""
         profiles = [t.profile for t in self._tls]
         profiles += [c.handle.server.profile for c in self._coap if c.handle is not None]
-        return [(p.transport.value, p.session_cache) for p in profiles if p.session_cache]
+        return [
+            (p.transport.value, p.session_cache) for p in profiles if p.session_cache is not None
+        ]
 
     def readiness(self) -> Readiness:
         """``/readyz``: the psk store answers a read and the backend accepts a connection."""

@@ -129,12 +129,24 @@ class ResponderProfiles:
             out["maf"] = ("maf", self._maf_profile(cfg.maf, transport))
         if cfg.mef is not None and (wanted & {"mef", "*"}):
             out["mef"] = ("mef", self._mef_profile(cfg.mef, transport))
-        if cfg.resumption and transport is Transport.TLS:
+        if cfg.resumption:
             # Devices that come back resume their session once the framework re-validates
-            # the binding (m2msec.tls.sessions); DTLS listeners do so in DTLSServer.
+            # the binding (m2msec.tls.sessions); one cache per context, sized by
+            # [gateway] session_cache_size / session_lifetime (DTLSServer keeps it).
             from m2msec.tls.resumption import enable_resumption
+            from m2msec.tls.sessions import ServerSessionCache
 
-            out = {key: (name, enable_resumption(p)) for key, (name, p) in out.items()}
+            caches: dict[int, ServerSessionCache] = {}
+            for key, (name, p) in list(out.items()):
+                cache = p.session_cache
+                if cache is None:
+                    cache = caches.get(id(p.ssl_context))
+                if cache is None:
+                    cache = ServerSessionCache(
+                        max_sessions=cfg.session_cache_size, lifetime=cfg.session_lifetime
+                    )
+                caches[id(p.ssl_context)] = cache
+                out[key] = (name, enable_resumption(p, cache))
         return out
 
     def key_source(self, ctx: SecurityContext) -> tuple[str, KeyFetcher[Any, Any]] | None:

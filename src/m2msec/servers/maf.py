@@ -251,6 +251,24 @@ class MafServer(ServerLifecycle):
             )
         self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop())
 
+    async def _reload(self, config: Any) -> str:
+        """A new MAF certificate (cert/key/ca/crl) for Key Retrieval, or ConfigurationError
+        with nothing changed (:mod:`m2msec.servers.service_reload`)."""
+        from m2msec.servers.service_reload import reload_service_certificates
+
+        if not isinstance(config, MafConfig):
+            raise ConfigurationError("a reload needs a MAF configuration")
+        server = self._retrieval_server
+
+        async def build() -> TLSProfile:
+            return self._retrieval_profile(config)
+
+        message = await reload_service_certificates(
+            self.config, config, "maf", [] if server is None else [(server, build)]
+        )
+        self.config = config
+        return message
+
     async def _shutdown(self) -> None:
         """Let requests in progress finish, stop listening, end the sessions, commit what
         is queued, close files."""
@@ -288,10 +306,10 @@ class MafServer(ServerLifecycle):
             psk_async_resolver=None if self.enrolled is None else self._resolve_km_or_ke,
         )
 
-    def _retrieval_profile(self) -> TLSProfile:
+    def _retrieval_profile(self, cfg: MafConfig | None = None) -> TLSProfile:
         from m2msec.frameworks.service_certificate import service_responder_profile
 
-        cfg = self.config
+        cfg = cfg or self.config
         missing = [n for n in ("cert", "key", "ca") if getattr(cfg, n) is None]
         if missing:
             raise ConfigurationError(

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,7 @@ from m2msec.bindings.messages import RSC, HttpResponse, OneM2MRequest
 from m2msec.config.listeners import ListenerSpec
 from m2msec.config.mef import MefConfig
 from m2msec.errors import (
+    ConfigurationError,
     HandshakeError,
     IdentifierError,
     StoreError,
@@ -289,15 +290,44 @@ class MefServer(ServerLifecycle):
             raise HandshakeError(f"unknown KpmID {kpm_id!r}")
         return kpm, PeerBinding(peer_id=kpm_id, kind=PeerKind.CREDENTIAL, key_id=kpm_id)
 
-    def _certificate_profile(self, services: tuple[str, ...]) -> TLSProfile:
-        return service_responder_profile(self.config, services=services, what="MEF certificate")
+    def _certificate_profile(
+        self, services: tuple[str, ...], cfg: MefConfig | None = None
+    ) -> TLSProfile:
+        return service_responder_profile(
+            cfg or self.config, services=services, what="MEF certificate"
+        )
 
-    async def _target_profile(self) -> TLSProfile:
+    async def _target_profile(self, cfg: MefConfig | None = None) -> TLSProfile:
         # A MAF's certificate names its FQDN (10.1.1.6), which only the allowed MAF
         # targets tell apart from a CSE's public domain name.
         targets = await asyncio.to_thread(self.store.list_targets)
         mafs = tuple(t.canonical for t in targets if t.kind is TargetKind.MAF)
-        return self._certificate_profile(services=mafs)
+        return self._certificate_profile(services=mafs, cfg=cfg)
+
+    async def _reload(self, config: Any) -> str:
+        """A new MEF certificate (cert/key/ca/crl) for the target listener and the
+        certificate Enrolee listeners, or ConfigurationError with nothing changed
+        (:mod:`m2msec.servers.service_reload`); the TLS-PSK listeners keep theirs."""
+        from m2msec.servers.service_reload import reload_service_certificates
+
+        if not isinstance(config, MefConfig):
+            raise ConfigurationError("a reload needs a MEF configuration")
+
+        async def target() -> TLSProfile:
+            return await self._target_profile(config)
+
+        async def enrolee() -> TLSProfile:
+            return self._certificate_profile(services=(), cfg=config)
+
+        swaps: list[tuple[TLSServer, Callable[[], Awaitable[TLSProfile]]]] = []
+        for bound, server in zip(self.listeners, self._servers, strict=True):
+            if bound.role == "target":
+                swaps.append((server, target))
+            elif bound.framework == "certificate" and isinstance(server, TLSServer):
+                swaps.append((server, enrolee))
+        message = await reload_service_certificates(self.config, config, "mef", swaps)
+        self.config = config
+        return message
 
     # -- connections ----------------------------------------------------------------------
     async def _serve_enrolee(self, conn: TLSConnection, bootstrap: Bootstrap) -> None:
