@@ -17,9 +17,10 @@ from m2msec.config import GatewayConfig, ListenerSpec
 from m2msec.errors import ConfigurationError
 from m2msec.servers.gateway_profiles import ResponderProfiles, pick
 from m2msec.store.base import PskStore
+from m2msec.tls.engine import openssl_reason
 from m2msec.tls.profiles import TLSProfile, Transport
 
-__all__ = ["RESTART_ONLY", "reloaded_profiles", "ssl_reason"]
+__all__ = ["RESTART_ONLY", "reloaded_profiles"]
 
 #: The settings a reload may not change (GatewayConfig attribute -> TOML key): what the
 #: listeners, the stores, the backend pool, the SA services and the HTTP limits were
@@ -63,19 +64,9 @@ async def reloaded_profiles(
     except BaseException as exc:
         await fresh.aclose()  # its own clients only: the store stays the old one's
         if isinstance(exc, SSL.Error):
-            reason = ssl_reason(exc)
+            reason = openssl_reason(exc)
             raise ConfigurationError(f"a TLS context cannot be built: {reason}") from None
         if isinstance(exc, KeyError):
             raise ConfigurationError(f"no profile for framework {exc}") from None
         raise
     return fresh, tls, dtls
-
-
-def ssl_reason(exc: Exception) -> str:
-    """OpenSSL's reason strings of ``exc`` (e.g. "key values mismatch"), never a key."""
-    parts = (
-        [str(e[2]) for e in exc.args[0] if isinstance(e, tuple) and len(e) == 3]
-        if (exc.args and isinstance(exc.args[0], list))
-        else []
-    )
-    return ", ".join(parts) or type(exc).__name__

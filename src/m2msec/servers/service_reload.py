@@ -21,9 +21,9 @@ from typing import Any
 from OpenSSL import SSL
 
 from m2msec.errors import ConfigurationError
-from m2msec.servers.gateway_reload import ssl_reason
 from m2msec.service.lifecycle import refuse_restart_only
 from m2msec.tls.aio import TLSServer
+from m2msec.tls.engine import openssl_reason
 from m2msec.tls.profiles import TLSProfile
 
 __all__ = ["RELOADABLE", "reload_service_certificates", "restart_only_keys"]
@@ -57,7 +57,7 @@ async def reload_service_certificates(
     try:
         profiles = [await build() for _server, build in listeners]
     except SSL.Error as exc:
-        raise ConfigurationError(f"a TLS context cannot be built: {ssl_reason(exc)}") from None
+        raise ConfigurationError(f"a TLS context cannot be built: {openssl_reason(exc)}") from None
     for (server, _build), profile in zip(listeners, profiles, strict=True):
         server.profile = profile  # the next accept uses it; live connections keep theirs
     return (

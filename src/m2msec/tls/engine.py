@@ -532,14 +532,14 @@ class TLSEngine:
         """True when OpenSSL failed for want of common parameters, not on a refusal."""
         if self._state.refusal or isinstance(exc, SSL.SysCallError):
             return False
-        detail = _openssl_reason(exc).lower()
+        detail = openssl_reason(exc).lower()
         return any(marker in detail for marker in _NO_COMMON_PARAMETERS)
 
     def _reason(self, exc: SSL.Error) -> str:
         # A refusal recorded by our callbacks is more precise than OpenSSL's text.
         if self._state.refusal:
             return self._state.refusal
-        detail = _openssl_reason(exc)
+        detail = openssl_reason(exc)
         if "bad record mac" in detail or "decrypt" in detail:
             detail += " (wrong PSK?)" if self._state.psk_identity else ""
         return f"handshake failed: {detail}" if not self.handshake_done else detail
@@ -569,8 +569,9 @@ _NO_COMMON_PARAMETERS = (
 )
 
 
-def _openssl_reason(exc: SSL.Error) -> str:
-    """The reason strings of an OpenSSL error queue, which never carry key material."""
+def openssl_reason(exc: SSL.Error) -> str:
+    """The reason strings of an OpenSSL error queue (e.g. "key values mismatch"), which
+    never carry key material: for handshake failures and for contexts that cannot be built."""
     reasons: list[str] = []
     for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
         if isinstance(item, tuple) and len(item) == 3:
