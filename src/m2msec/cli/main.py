@@ -7,7 +7,7 @@ import logging
 
 import typer
 
-from m2msec import __version__
+from m2msec import __version__, logs
 
 app = typer.Typer(
     name="m2msec",
@@ -50,7 +50,7 @@ def _root(
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=logs.TEXT_FORMAT,
     )
 
 
